@@ -1,0 +1,30 @@
+# Set-up-and-go targets. Each creates its own virtual environment on first use.
+# torch is pinned and installed first so a bare `torch` requirement never pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test test-slow clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The main job on the sample scene shipped in the repo (no download, no GPU).
+demo: $(VENV)/.installed
+	mkdir -p out
+	$(VENV)/bin/geosr upscale tests/data/rgbn_suba.tif out/rgbn_suba_x4.tif --scale 4 --overwrite
+	$(VENV)/bin/geosr validate out/rgbn_suba_x4.tif --source tests/data/rgbn_suba.tif
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,80 @@
+"""Super-resolution models behind the :class:`~geosr.models.base.Upscaler` protocol.
+
+:func:`load_upscaler` resolves a model spec:
+
+* ``bicubic`` / ``lanczos`` - classical baselines;
+* a name of a model shipped inside the package (``geosr-tiny-x4``);
+* a local diffusers pipeline directory or a Hugging Face hub id (the diffusion pipeline).
+
+Loaded models are cached per process and spec, so a dask worker loads a model once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from geosr.errors import ModelError
+from geosr.models.base import Upscaler
+from geosr.models.classical import BicubicUpscaler, LanczosUpscaler
+
+__all__ = ["Upscaler", "load_upscaler", "register_upscaler", "CLASSICAL"]
+
+CLASSICAL: dict[str, Callable[[int], Upscaler]] = {
+    "bicubic": BicubicUpscaler,
+    "lanczos": LanczosUpscaler,
+}
+
+# Loaders for anything that is not classical, tried in order: (matches(spec), load(spec, scale, **opts)).
+_LOADERS: list[tuple[Callable[[str], bool], Callable[..., Upscaler]]] = []
+_CACHE: dict[tuple, Upscaler] = {}
+_LOCK = threading.Lock()
+
+
+def register_upscaler(matches: Callable[[str], bool], load: Callable[..., Upscaler]) -> None:
+    """Register a loader for model specs that ``matches(spec)`` accepts."""
+    _LOADERS.append((matches, load))
+
+
+def load_upscaler(spec: str, scale: int, **options: Any) -> Upscaler:
+    """Resolve ``spec`` to an :class:`Upscaler` for ``scale`` (cached per process).
+
+    Raises
+    ------
+    ModelError
+        The spec names no known model, or the model's scale differs from ``scale``.
+    """
+    key = (spec, int(scale), tuple(sorted((k, repr(v)) for k, v in options.items())))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        if spec in CLASSICAL:
+            model = CLASSICAL[spec](int(scale))
+        else:
+            _ensure_builtin_loaders()
+            for matches, load in _LOADERS:
+                if matches(spec):
+                    model = load(spec, int(scale), **options)
+                    break
+            else:
+                known = ", ".join(sorted(CLASSICAL))
+                raise ModelError(
+                    f"unknown model {spec!r}: use one of {known}, a shipped model name, "
+                    "a diffusers pipeline directory or a hub id"
+                )
+        if model.scale != int(scale):
+            raise ModelError(f"model {spec!r} upscales x{model.scale}, but --scale is {scale}")
+        _CACHE[key] = model
+        return model
+
+
+def _ensure_builtin_loaders() -> None:
+    # The diffusion loader imports diffusers/transformers: only pay for it when a
+    # non-classical spec is asked for.
+    if _LOADERS:
+        return
+    try:
+        from geosr.models import diffusion
+    except ImportError:  # the diffusion module lands with the diffusion pipeline
+        return
+    diffusion.register()

@@ -1,0 +1,1 @@
+"""diffusers-style inference pipelines of geosr (imported as ``geosr.pipelines``)."""

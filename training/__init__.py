@@ -1,0 +1,4 @@
+"""Training of geosr's models: degradations, datasets, contrastive ControlNet, CFG distillation.
+
+Imported as ``geosr.training``.
+"""
