@@ -1,0 +1,117 @@
+"""The one caption grammar shared by the degradation model and the degradation captioner.
+
+A diffusion model is trained on captions written from the true degradation parameters
+(:func:`geosr.training.degradations.describe`) and, at inference, reads captions the
+:class:`~geosr.captioning.degradation.DegradationCaptioner` writes from its measurements.
+Both go through :func:`format_caption`, so the two can only differ in the numbers.
+
+The caption describes the image the captioner *sees* (the low-resolution tile), so:
+
+- blur sigmas are in pixels of that image (for a synthetic pair: HR sigma / scale);
+- the scale factor is not part of the caption (the captioner cannot know it; the
+  upscaler has a fixed scale anyway);
+- noise sigma is in digital numbers on the 0-255 scale.
+
+Grammar (``;``-separated clauses, always in this order)::
+
+    <blur strength> <isotropic|anisotropic> blur sigma <s.s> px[ along <angle> deg]
+    <noise level> noise sigma <n>          |  no noise
+    jpeg quality <q>                       |  no jpeg
+
+Examples: ``"mild isotropic blur sigma 0.7 px; no noise; no jpeg"`` and
+``"strong anisotropic blur sigma 2.4 px along 135 deg; moderate noise sigma 9;
+jpeg quality 60"``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ANISOTROPY_RATIO",
+    "ANGLE_STEP_DEG",
+    "JPEG_STEP",
+    "NOISE_FLOOR",
+    "blur_strength",
+    "format_caption",
+    "noise_level",
+]
+
+#: Ratio of the major to the minor blur axis from which a blur counts as anisotropic.
+ANISOTROPY_RATIO = 1.5
+
+#: Orientations are written to the nearest multiple of this (in degrees, in [0, 180)).
+ANGLE_STEP_DEG = 15
+
+#: JPEG qualities are written to the nearest multiple of this.
+JPEG_STEP = 10
+
+#: Below this noise sigma (DN) the caption says "no noise": it is under the uint8
+#: quantisation noise of a clean image plus what the best estimator can resolve.
+NOISE_FLOOR = 1.0
+
+# (upper bound, word) pairs; the last word applies above the last bound.
+_BLUR_WORDS = ((0.6, "mild"), (1.5, "moderate"))
+_NOISE_WORDS = ((5.0, "low"), (15.0, "moderate"))
+
+
+def blur_strength(sigma: float) -> str:
+    """Word for a blur sigma in px: ``mild`` (< 0.6), ``moderate`` (< 1.5) or ``strong``."""
+    for bound, word in _BLUR_WORDS:
+        if sigma < bound:
+            return word
+    return "strong"
+
+
+def noise_level(sigma: float) -> str:
+    """Word for a noise sigma in DN: ``low`` (< 5), ``moderate`` (< 15) or ``high``."""
+    for bound, word in _NOISE_WORDS:
+        if sigma < bound:
+            return word
+    return "high"
+
+
+def format_caption(
+    blur_sigma: float,
+    anisotropic: bool,
+    blur_angle_deg: float,
+    noise_sigma: float,
+    jpeg_quality: int | None,
+) -> str:
+    """Write the caption for a degradation.
+
+    Parameters
+    ----------
+    blur_sigma : float
+        Blur sigma in px of the captioned image (geometric mean of the axes when
+        anisotropic).
+    anisotropic : bool
+        Whether to write the orientation clause.
+    blur_angle_deg : float
+        Direction of the major blur axis, counter-clockwise from the image x axis (as
+        seen on screen), any real value; written modulo 180 to ``ANGLE_STEP_DEG``.
+    noise_sigma : float
+        Noise standard deviation in DN (0-255 scale).
+    jpeg_quality : int or None
+        JPEG quality, or None for no JPEG.
+
+    Returns
+    -------
+    str
+        The caption.
+    """
+    # words are chosen from the rounded numbers so that word and number never disagree
+    sigma = round(float(blur_sigma), 1)
+    blur = f"{blur_strength(sigma)} "
+    blur += f"{'anisotropic' if anisotropic else 'isotropic'} blur sigma {sigma:.1f} px"
+    if anisotropic:
+        angle = int(round(blur_angle_deg / ANGLE_STEP_DEG)) * ANGLE_STEP_DEG % 180
+        blur += f" along {angle} deg"
+    if noise_sigma < NOISE_FLOOR:
+        noise = "no noise"
+    else:
+        level = int(round(noise_sigma))
+        noise = f"{noise_level(level)} noise sigma {level}"
+    if jpeg_quality is None:
+        jpeg = "no jpeg"
+    else:
+        jpeg = f"jpeg quality {int(round(jpeg_quality / JPEG_STEP)) * JPEG_STEP}"
+    return f"{blur}; {noise}; {jpeg}"
