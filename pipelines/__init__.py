@@ -1,1 +1,5 @@
 """diffusers-style inference pipelines of geosr (imported as ``geosr.pipelines``)."""
+
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, GeoSRPipelineOutput
+
+__all__ = ["GeoSRPipeline", "GeoSRPipelineOutput"]

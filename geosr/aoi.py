@@ -1,0 +1,68 @@
+"""Areas of interest: which tiles to process, from a GeoJSON file, in the scene's CRS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
+from shapely import prepare
+from shapely.geometry import Polygon, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
+
+from geosr.errors import InputError
+
+__all__ = ["load_aoi", "window_polygon"]
+
+
+def window_polygon(window: Window, transform: Affine) -> Polygon:
+    """Footprint of a pixel window as a polygon in world coordinates (rotation-safe)."""
+    c0, r0 = float(window.col_off), float(window.row_off)
+    c1, r1 = c0 + float(window.width), r0 + float(window.height)
+    return Polygon([transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
+
+
+def load_aoi(path: str | Path, scene) -> BaseGeometry:
+    """Read the polygons of a GeoJSON file and return their union in the scene's CRS.
+
+    GeoJSON coordinates are WGS84 longitude/latitude (RFC 7946) unless the file carries a
+    legacy ``crs`` member (as QGIS and GDAL write for projected data).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no polygon, a scene without CRS, or an AOI that misses the scene.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--aoi: cannot read {path} as GeoJSON: {exc}") from exc
+    if doc.get("type") == "FeatureCollection":
+        geoms = [f.get("geometry") for f in doc.get("features", [])]
+    elif doc.get("type") == "Feature":
+        geoms = [doc.get("geometry")]
+    else:
+        geoms = [doc]
+    try:
+        shapes = [shape(g) for g in geoms if g]
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise InputError(f"--aoi: {path} holds an invalid geometry: {exc}") from exc
+    polys = [g for g in shapes if g.geom_type in ("Polygon", "MultiPolygon")]
+    if not polys:
+        raise InputError(f"--aoi: {path} holds no Polygon or MultiPolygon")
+    if not scene.crs:
+        raise InputError("--aoi needs a georeferenced input (the input has no CRS)")
+    src_crs = CRS.from_user_input(doc["crs"]["properties"]["name"]) if "crs" in doc else CRS.from_epsg(4326)
+    geom = unary_union(polys)
+    if src_crs != scene.crs:
+        geom = shape(transform_geom(src_crs, scene.crs, geom.__geo_interface__))
+    footprint = window_polygon(Window(0, 0, scene.width, scene.height), scene.transform)
+    if not geom.intersects(footprint):
+        raise InputError(f"--aoi: {path} does not overlap the input scene")
+    prepare(geom)
+    return geom

@@ -1,0 +1,164 @@
+"""Seamless blending of overlapping high-resolution tiles, in bounded memory.
+
+Each HR tile (core + halo, all times ``scale``) is weighted by a separable window that is
+1 in the core and falls off with a cosine across the halo. Contributions are overlap-added
+and divided by the summed weight, so the weights of all tiles covering a pixel sum to 1
+(partition of unity) and every pixel lies in some core (weight >= 1 before normalising).
+
+Memory stays bounded by the tiles in flight, not by the scene: the output is cut into
+*cells* by every tile edge, each cell knows how many tiles cover it, and a cell is emitted
+(to the writer) and freed as soon as its last contributor arrived. With tiles arriving
+roughly row-major, only the overlap band between two tile rows is pending at any time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from rasterio.windows import Window
+
+from geosr.tiling import Tile
+
+__all__ = ["BLEND_MODES", "axis_weights", "tile_weights", "BlendAccumulator"]
+
+BLEND_MODES = ("cosine", "none")
+
+
+def axis_weights(before: int, core: int, after: int, mode: str = "cosine") -> np.ndarray:
+    """1-D weights over ``before`` halo + ``core`` + ``after`` halo pixels.
+
+    ``cosine``: 1 in the core, a raised-cosine fall-off across each halo that stays > 0 but
+    reaches ~0 at the halo's outer edge, where the tile saw the least context.
+    ``none``: 1 in the core, 0 in the halo (hard seams, for comparison).
+    """
+    if mode not in BLEND_MODES:
+        raise ValueError(f"unknown blend mode {mode!r}: use one of {', '.join(BLEND_MODES)}")
+    w = np.ones(before + core + after, np.float32)
+    if mode == "none":
+        w[:before] = 0.0
+        w[before + core :] = 0.0
+        return w
+    for n, sl, flip in ((before, slice(0, before), True), (after, slice(before + core, None), False)):
+        if n == 0:
+            continue
+        d = np.arange(1, n + 1, dtype=np.float64)  # distance from the core edge
+        ramp = 0.5 * (1.0 + np.cos(np.pi * (d - 0.5) / n))
+        w[sl] = (ramp[::-1] if flip else ramp).astype(np.float32)
+    return w
+
+
+def tile_weights(tile: Tile, overlap: int, scale: int, mode: str = "cosine") -> np.ndarray:
+    """``[H, W]`` weights of the tile's part inside the raster (its read window x scale)."""
+    ov = overlap * scale
+    top, bottom, left, right = (p * scale for p in tile.pad)
+    ch, cw = int(tile.core.height) * scale, int(tile.core.width) * scale
+    wy = axis_weights(ov, ch, ov, mode)[top : top + int(tile.read.height) * scale]
+    wx = axis_weights(ov, cw, ov, mode)[left : left + int(tile.read.width) * scale]
+    return np.outer(wy, wx)
+
+
+class BlendAccumulator:
+    """Overlap-add HR tiles and emit finished cells.
+
+    Parameters
+    ----------
+    tiles : sequence of Tile
+        The tiles that WILL be added (skipped tiles excluded): they define which cells
+        wait for whom.
+    width, height : int
+        LR raster size.
+    overlap, scale : int
+    channels : int
+        Bands per HR tile.
+    emit : callable
+        ``emit(window, data)`` with an HR :class:`Window` and ``[C, h, w]`` float32 blended
+        values, called once per finished cell.
+    mode : str
+        Blend mode, see :func:`axis_weights`.
+    """
+
+    def __init__(
+        self,
+        tiles: Sequence[Tile],
+        width: int,
+        height: int,
+        overlap: int,
+        scale: int,
+        channels: int,
+        emit: Callable[[Window, np.ndarray], None],
+        mode: str = "cosine",
+    ) -> None:
+        self.scale, self.overlap, self.channels, self.mode = scale, overlap, channels, mode
+        self._emit = emit
+        ys = {0, height}
+        xs = {0, width}
+        for t in tiles:
+            ys.update((int(t.read.row_off), int(t.read.row_off + t.read.height)))
+            xs.update((int(t.read.col_off), int(t.read.col_off + t.read.width)))
+        # Cuts in LR pixels: cells are whole LR pixels, so masks map onto them exactly.
+        self._ys = sorted(ys)
+        self._xs = sorted(xs)
+        self._remaining = np.zeros((len(self._ys) - 1, len(self._xs) - 1), np.int32)
+        for t in tiles:
+            (i0, i1), (j0, j1) = self._cell_range(t)
+            self._remaining[i0:i1, j0:j1] += 1
+        self._covered = self._remaining > 0
+        self._pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _cell_range(self, tile: Tile) -> tuple[tuple[int, int], tuple[int, int]]:
+        r = tile.read
+        i0 = bisect.bisect_left(self._ys, int(r.row_off))
+        i1 = bisect.bisect_left(self._ys, int(r.row_off + r.height))
+        j0 = bisect.bisect_left(self._xs, int(r.col_off))
+        j1 = bisect.bisect_left(self._xs, int(r.col_off + r.width))
+        return (i0, i1), (j0, j1)
+
+    def add(self, tile: Tile, hr: np.ndarray) -> None:
+        """Add one HR tile: ``[C, H, W]`` covering the tile's padded extent times scale."""
+        s = self.scale
+        top, _, left, _ = (p * s for p in tile.pad)
+        rh, rw = int(tile.read.height) * s, int(tile.read.width) * s
+        data = hr[:, top : top + rh, left : left + rw]
+        if data.shape[1:] != (rh, rw):
+            raise ValueError(f"tile {tile.index}: HR data {hr.shape} does not match its window")
+        weights = tile_weights(tile, self.overlap, s, self.mode)
+        y_base, x_base = int(tile.read.row_off), int(tile.read.col_off)
+        (i0, i1), (j0, j1) = self._cell_range(tile)
+        for i in range(i0, i1):
+            ys = slice((self._ys[i] - y_base) * s, (self._ys[i + 1] - y_base) * s)
+            for j in range(j0, j1):
+                xs = slice((self._xs[j] - x_base) * s, (self._xs[j + 1] - x_base) * s)
+                w = weights[ys, xs]
+                part = data[:, ys, xs] * w
+                if (i, j) in self._pending:
+                    acc, wsum = self._pending[(i, j)]
+                    acc += part
+                    wsum += w
+                else:
+                    acc, wsum = part, w.copy()
+                self._remaining[i, j] -= 1
+                if self._remaining[i, j] == 0:
+                    self._pending.pop((i, j), None)
+                    self._emit(self._cell_window(i, j), acc / np.maximum(wsum, 1e-12)[None])
+                else:
+                    self._pending[(i, j)] = (acc, wsum)
+
+    def _cell_window(self, i: int, j: int) -> Window:
+        s = self.scale
+        return Window(self._xs[j] * s, self._ys[i] * s, (self._xs[j + 1] - self._xs[j]) * s, (self._ys[i + 1] - self._ys[i]) * s)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Memory held by partly blended cells."""
+        return sum(a.nbytes + w.nbytes for a, w in self._pending.values())
+
+    @property
+    def done(self) -> bool:
+        return not self._pending and not self._remaining.any()
+
+    def uncovered(self) -> Iterator[Window]:
+        """HR windows of cells no tile covers (skipped tiles): the writer fills them as nodata."""
+        for i, j in zip(*np.nonzero(~self._covered)):
+            yield self._cell_window(int(i), int(j))

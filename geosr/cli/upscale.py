@@ -1,0 +1,81 @@
+"""``geosr upscale``: super-resolve a scene or mosaic into a COG."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+from geosr.cli.options import fail_cleanly, parse_bands, parse_creation_options, setup_logging, verbosity
+from geosr.config import DEFAULT_CAPTIONER, DEFAULT_MODEL, RunConfig, TileSpec
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("output", nargs=1, metavar="OUTPUT")
+@click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True, help="Upscaling factor.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="bicubic, lanczos, a shipped model name, a diffusers pipeline directory or a hub id.")
+@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
+@click.option("--caption-every", default="tile", show_default=True, help="tile, window:N (one caption per N x N tiles) or scene.")
+@click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
+@click.option("--overlap", default=32, show_default=True, help="Halo on each side of a tile, in input pixels.")
+@click.option("--bands", callback=parse_bands, help="Bands to process, e.g. 1,2,3 (default: all but alpha).")
+@click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s): only tiles touching them are processed.")
+@click.option("--blend", type=click.Choice(["cosine", "none"]), default="cosine", show_default=True, help="Tile blending (none shows the seams).")
+@click.option("--co", "creation_options", multiple=True, callback=parse_creation_options, metavar="NAME=VALUE", help="GDAL COG creation option, repeatable (e.g. --co COMPRESS=ZSTD).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--steps", type=int, help="Diffusion steps (diffusion models).")
+@click.option("--guidance", type=float, help="Guidance scale g (diffusion models; 1 = no guidance).")
+@click.option("--device", help="Torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Precision of neural models.")
+@click.option("--batch-size", default=4, show_default=True, help="Tiles per model call.")
+@click.option("--seed", default=0, show_default=True, help="Base seed (per-tile seeds derive from it).")
+@click.option("--address", help="dask.distributed scheduler address, e.g. tcp://scheduler:8786.")
+@click.option("--local-workers", type=int, help="Run on a local dask.distributed cluster of N processes.")
+@click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML).")
+@verbosity
+def upscale(inputs, output, scale, model, captioner, caption_every, tile, overlap, bands, aoi, blend, creation_options,
+            overwrite, steps, guidance, device, dtype, batch_size, seed, address, local_workers, performance_report,
+            verbose, quiet):
+    """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
+
+    INPUT is one GeoTIFF, a .vrt, or several same-grid GeoTIFFs / a directory / a glob,
+    upscaled as one mosaic. The output grid is the input grid refined SCALE times (same
+    CRS and bounds); nodata and masks are carried over, and tile footprints with their
+    captions go to OUTPUT's name with .captions.geojson. A failed run leaves no OUTPUT.
+
+    \b
+    Examples:
+      geosr upscale scene.tif scene_x4.tif --scale 4
+      geosr upscale tiles/ mosaic_x2.tif --scale 2 --model lanczos --co COMPRESS=ZSTD
+      geosr upscale big.vrt out.tif --aoi field.geojson --bands 1,2,3
+      geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
+    """
+    from geosr.engine import upscale_scene
+
+    setup_logging(verbose, quiet)
+
+    def run():
+        config = RunConfig(
+            scale=int(scale), model=model, captioner=captioner, caption_every=caption_every,
+            tiles=TileSpec(tile, overlap), bands=bands, aoi=aoi, blend=blend,
+            creation_options=creation_options, overwrite=overwrite, device=device, dtype=dtype,
+            steps=steps, guidance=guidance, batch_size=batch_size, seed=seed, address=address,
+            local_workers=local_workers, progress=not quiet,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _show_warning
+            return upscale_scene(inputs, output, config, performance_report=performance_report)
+
+    report = fail_cleanly(run)
+    if not quiet:
+        click.echo(
+            f"wrote {report.output} ({report.tiles_processed} tiles, {report.tiles_skipped} skipped, "
+            f"{report.output_megapixels:.1f} MP in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s)",
+            err=True,
+        )
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)

@@ -1,0 +1,31 @@
+"""``geosr validate``: COG and georeferencing checks of an output."""
+
+from __future__ import annotations
+
+import click
+
+from geosr.validation import validate_output
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("output", type=click.Path(exists=True, dir_okay=False))
+@click.option("--source", type=click.Path(exists=True, dir_okay=False), help="The input it was made from: checks grid, CRS, bounds, dtype, mask.")
+def validate(output, source):
+    """Check that OUTPUT is a valid COG and (with --source) the source grid refined.
+
+    Exits with status 1 when a problem is found.
+
+    \b
+    Example:
+      geosr validate scene_x4.tif --source scene.tif
+    """
+    res = validate_output(output, source)
+    for key, value in res.facts.items():
+        click.echo(f"{key}: {value}")
+    for w in res.warnings:
+        click.echo(f"warning: {w}")
+    for e in res.errors:
+        click.echo(f"ERROR: {e}")
+    click.echo("OK" if res.ok else "INVALID")
+    if not res.ok:
+        raise SystemExit(1)

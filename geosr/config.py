@@ -1,0 +1,135 @@
+"""Run settings as frozen dataclasses, loadable from YAML presets in configs/."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from geosr.errors import InputError
+
+__all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_MODEL", "DEFAULT_CAPTIONER"]
+
+DEFAULT_MODEL = "bicubic"
+DEFAULT_CAPTIONER = "none"
+SCALES = (2, 3, 4, 8)
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Tile plan settings, in LR pixels: core size and halo width."""
+
+    tile: int = 256
+    overlap: int = 32
+
+    def __post_init__(self) -> None:
+        if self.tile < 8:
+            raise InputError(f"--tile must be at least 8 px, got {self.tile}")
+        if self.overlap < 0 or self.overlap >= self.tile:
+            raise InputError(f"--overlap must be in [0, tile), got {self.overlap} with tile {self.tile}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``geosr upscale`` run needs besides its inputs and output.
+
+    Attributes
+    ----------
+    scale : int
+        Upscaling factor (2, 3, 4 or 8).
+    model : str
+        Model spec (see :func:`geosr.models.load_upscaler`).
+    captioner : str
+        Captioner spec (see :func:`geosr.captioning.load_captioner`).
+    caption_every : str
+        ``tile``, ``window:N`` (one caption per N x N tiles) or ``scene``.
+    tiles : TileSpec
+    bands : tuple of int or None
+        1-based bands to process (default: every data band).
+    aoi : str or None
+        Vector file (GeoJSON...) whose polygons select the tiles to process.
+    blend : str
+        ``cosine`` or ``none``.
+    creation_options : dict
+        GDAL COG creation options overriding the defaults.
+    overwrite : bool
+    device, dtype : str or None
+        Torch device and precision for neural models.
+    steps : int or None
+    guidance : float or None
+    batch_size : int
+        Tiles per model call.
+    seed : int
+        Base seed; each tile's seed is derived from it and the tile position.
+    address : str or None
+        dask.distributed scheduler address.
+    local_workers : int or None
+        Start a local dask.distributed cluster of that many worker processes.
+    progress : bool
+    """
+
+    scale: int = 4
+    model: str = DEFAULT_MODEL
+    captioner: str = DEFAULT_CAPTIONER
+    caption_every: str = "tile"
+    tiles: TileSpec = field(default_factory=TileSpec)
+    bands: tuple[int, ...] | None = None
+    aoi: str | None = None
+    blend: str = "cosine"
+    creation_options: Mapping[str, str] = field(default_factory=dict)
+    overwrite: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    batch_size: int = 4
+    seed: int = 0
+    address: str | None = None
+    local_workers: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise InputError(f"--scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.blend not in ("cosine", "none"):
+            raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
+        parse_caption_every(self.caption_every)
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword options for non-classical model loaders (only the ones that are set)."""
+        opts = dict(device=self.device, dtype=self.dtype, steps=self.steps, guidance=self.guidance, batch_size=self.batch_size)
+        return {k: v for k, v in opts.items() if v is not None}
+
+
+def parse_caption_every(spec: str) -> tuple[str, int]:
+    """``tile`` -> ("tile", 1); ``window:N`` -> ("window", N); ``scene`` -> ("scene", 0)."""
+    if spec == "tile":
+        return "tile", 1
+    if spec == "scene":
+        return "scene", 0
+    kind, _, n = spec.partition(":")
+    if kind == "window" and n.isdigit() and int(n) >= 1:
+        return "window", int(n)
+    raise InputError(f"--caption-every must be tile, window:N or scene, got {spec!r}")
+
+
+def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
+    """Read a YAML inference preset (configs/inference/*.yaml); ``overrides`` win."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read config {path}: {exc}") from exc
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(raw) - known - {"tile", "overlap"}
+    if unknown:
+        raise InputError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
+    tiles = TileSpec(raw.pop("tile", 256), raw.pop("overlap", 32))
+    if "bands" in raw and raw["bands"] is not None:
+        raw["bands"] = tuple(raw["bands"])
+    return RunConfig(tiles=tiles, **raw)

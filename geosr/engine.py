@@ -1,0 +1,539 @@
+"""The scene engine: read -> caption -> upscale -> blend -> write, on dask.
+
+:func:`upscale_scene` plans the tiles of a scene, submits one dask task per batch of
+tiles (tasks take a path and windows, never open datasets), and blends the results into
+the output as they complete. Locally it runs on a threaded ``LocalCluster``; with
+``address`` or ``local_workers`` on dask.distributed worker processes, where models live
+in a per-process cache. At most a few batches are in flight, and the blender frees each
+output cell as soon as it is complete, so memory is bounded by tiles in flight, not by
+the scene size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+from tqdm.auto import tqdm
+
+import geosr
+from geosr.blending import BlendAccumulator
+from geosr.captioning import Captioner, load_captioner
+from geosr.config import RunConfig, parse_caption_every
+from geosr.errors import InputError
+from geosr.georef import scale_gcps, scale_rpcs, scale_transform
+from geosr.models import Upscaler, load_upscaler
+from geosr.models.classical import BicubicUpscaler
+from geosr.radiometry import Stretch, fit_stretch
+from geosr.reading import read_tile, read_valid
+from geosr.scene import Scene, open_raster, open_scene
+from geosr.tiling import Tile, TileGrid
+from geosr.aoi import load_aoi, window_polygon
+from geosr.writer import OutputTarget, WorkRaster, sidecar_path
+
+__all__ = ["BandPlan", "RunReport", "upscale_scene", "plan_bands", "tile_seed", "dask_client"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Which bands go where.
+
+    Attributes
+    ----------
+    bands : tuple of int
+        1-based input bands written to the output, in output order.
+    model : tuple of int
+        Positions in ``bands`` fed to the model (in model channel order).
+    extra : tuple of int
+        Positions in ``bands`` upscaled by bicubic (bands beyond the model's channels).
+    replicate : int
+        When > 0, each model band is fed alone, replicated to this many channels, and the
+        output channels are averaged back (a 1-band scene through an RGB model).
+    """
+
+    bands: tuple[int, ...]
+    model: tuple[int, ...]
+    extra: tuple[int, ...]
+    replicate: int = 0
+
+
+def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | None) -> BandPlan:
+    """Split the output bands between the model and the classical path.
+
+    RGB-by-colorinterp bands go to a 3-channel model when present (e.g. R,G,B of an
+    R,G,B,NIR scene), else the first ``channels`` bands; the rest are never dropped but
+    upscaled with bicubic.
+    """
+    bands = tuple(requested) if requested else scene.data_bands
+    for b in bands:
+        if not 1 <= b <= scene.count:
+            raise InputError(f"--bands: band {b} does not exist (the input has {scene.count} bands)")
+        if b == scene.alpha_band:
+            raise InputError(f"--bands: band {b} is the alpha band, a mask: it is carried as the output mask")
+    if len(set(bands)) != len(bands):
+        raise InputError(f"--bands lists a band twice: {','.join(map(str, bands))}")
+    positions = tuple(range(len(bands)))
+    if channels is None:
+        return BandPlan(bands, positions, ())
+    if len(bands) < channels:
+        return BandPlan(bands, positions, (), replicate=channels)
+    model = positions[:channels]
+    if channels == 3:
+        ci = [scene.colorinterp[b - 1] if scene.colorinterp else None for b in bands]
+        rgb = [ci.index(c) for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) if c in ci]
+        if len(rgb) == 3:
+            model = tuple(rgb)
+    extra = tuple(p for p in positions if p not in model)
+    return BandPlan(bands, model, extra)
+
+
+def tile_seed(base_seed: int, scene_key: str, tile: Tile) -> int:
+    """Seed of one tile: a hash of the run seed, the scene and the tile's position.
+
+    Independent of batch composition and run order, so resumed or distributed runs give
+    the same pixels.
+    """
+    text = f"{base_seed}:{scene_key}:{int(tile.core.col_off)}:{int(tile.core.row_off)}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def scene_key(scene: Scene) -> str:
+    """Stable identifier of a scene's content layout (file names and size, not their folder)."""
+    names = ",".join(os.path.basename(p) for p in scene.paths)
+    return f"{names}:{scene.width}x{scene.height}x{scene.count}"
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Everything a worker needs to process a batch of tiles (small and picklable)."""
+
+    source: str
+    tiles: tuple[Tile, ...]
+    bands: BandPlan
+    stretch: Stretch
+    masked: bool
+    model: str
+    scale: int
+    model_options: tuple[tuple[str, object], ...]
+    seeds: tuple[int, ...]
+    captions: tuple[str | None, ...]
+    captioner: str
+
+
+@dataclass
+class TileResult:
+    index: int
+    hr: np.ndarray
+    caption: str
+
+
+@functools.lru_cache(maxsize=8)
+def _captioner(spec: str) -> Captioner:
+    # One captioner per worker process and spec (an MLLM loads once).
+    return load_captioner(spec)
+
+
+def _model(job: BatchJob) -> Upscaler:
+    return load_upscaler(job.model, job.scale, **dict(job.model_options))
+
+
+def _read_batch(job: BatchJob) -> np.ndarray:
+    with open_raster(job.source) as ds:
+        return np.stack([read_tile(ds, t, job.bands.bands, job.stretch, job.masked)[0] for t in job.tiles])
+
+
+def _model_input(batch: np.ndarray, plan: BandPlan) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.model)]))
+
+
+def caption_tiles(job: BatchJob) -> list[str]:
+    """Caption the tiles of ``job`` (model bands, clipped to [0, 1])."""
+    x = _model_input(_read_batch(job), job.bands).clamp(0, 1)
+    if job.bands.replicate:
+        x = x[:, :1].expand(-1, 3, -1, -1)
+    return list(_captioner(job.captioner).caption(x))
+
+
+def process_batch(job: BatchJob) -> list[TileResult]:
+    """Read, caption (when not given) and upscale a batch of tiles (runs on a worker)."""
+    batch = _read_batch(job)
+    plan = job.bands
+    model = _model(job)
+    x = _model_input(batch, plan)
+    captions = list(job.captions)
+    missing = [i for i, c in enumerate(captions) if c is None]
+    if missing:
+        cx = x[missing].clamp(0, 1)
+        if plan.replicate:
+            cx = cx[:, :1].expand(-1, 3, -1, -1)
+        for i, text in zip(missing, _captioner(job.captioner).caption(cx)):
+            captions[i] = text
+    b, _, h, w = batch.shape
+    s = job.scale
+    out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
+    if plan.replicate:
+        for k, pos in enumerate(plan.model):
+            xi = x[:, k : k + 1].expand(-1, plan.replicate, -1, -1).contiguous()
+            out[:, pos] = model.upscale(xi, captions, job.seeds).mean(dim=1).numpy()
+    else:
+        out[:, list(plan.model)] = model.upscale(x, captions, job.seeds).numpy()
+    if plan.extra:
+        xe = torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.extra)]))
+        out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(xe).numpy()
+    return [TileResult(t.index, out[i], captions[i]) for i, t in enumerate(job.tiles)]
+
+
+@dataclass
+class RunReport:
+    """What a run did, for the CLI summary and for benchmarks."""
+
+    output: Path
+    tiles_total: int
+    tiles_processed: int
+    tiles_skipped: int
+    seconds: float
+    output_megapixels: float
+    peak_pending_bytes: int = 0
+    captions: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.output_megapixels / self.seconds if self.seconds > 0 else float("nan")
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None = None, local_workers: int | None = None) -> Iterator["distributed.Client"]:
+    """A dask.distributed client: remote scheduler, local processes, or local threads."""
+    import distributed
+
+    if address:
+        with distributed.Client(address) as client:
+            yield client
+        return
+    kwargs = dict(dashboard_address=":0", silence_logs=logging.ERROR)
+    if local_workers:
+        cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
+    else:
+        # Threads share the model cache; torch already uses several cores per call.
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
+    with cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def _gpu_resources(client, device: str | None) -> dict | None:
+    if not (device or "").startswith("cuda"):
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    if any("GPU" in (w.get("resources") or {}) for w in workers):
+        return {"GPU": 1}
+    return None
+
+
+def upscale_scene(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    config: RunConfig,
+    performance_report: str | None = None,
+) -> RunReport:
+    """Super-resolve a scene (or same-grid mosaic) into a COG at ``output``.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        One raster / .vrt, or several same-grid rasters, a directory or a glob.
+    output : path-like
+        Target GeoTIFF; nothing is written there unless the run succeeds.
+    config : RunConfig
+    performance_report : str, optional
+        Write a dask performance report (HTML) there.
+
+    Returns
+    -------
+    RunReport
+    """
+    t0 = time.perf_counter()
+    target = OutputTarget(output, overwrite=config.overwrite)
+    # Models and captioners first: a bad spec fails before any tile is read.
+    model = load_upscaler(config.model, config.scale, **config.model_options())
+    _captioner(config.captioner)
+    caption_mode, caption_n = parse_caption_every(config.caption_every)
+
+    with target:
+        scene = open_scene(inputs, workdir=target.tmpdir)
+        plan = plan_bands(scene, config.bands, model.channels)
+        stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
+        grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
+        aoi = load_aoi(config.aoi, scene) if config.aoi else None
+        tiles, skipped = _select_tiles(scene, grid, aoi)
+        key = scene_key(scene)
+        s = config.scale
+
+        raster = WorkRaster(
+            path=target.temp("work.tif"),
+            profile=_output_profile(scene, plan, s),
+            write_mask=scene.masked and scene.nodata is None,
+            band_meta=_band_meta(scene, plan),
+            tags=_output_tags(scene, config, model),
+            gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
+            rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
+        )
+        captions: dict[int, str] = {}
+        try:
+            with open_raster(scene.source) as src, dask_client(config.address, config.local_workers) as client:
+                writer = _CellWriter(raster, src, stretch, scene, s)
+                acc = BlendAccumulator(tiles, scene.width, scene.height, grid.overlap, s, len(plan.bands), writer.write, config.blend)
+                jobs = _batch_jobs(scene, tiles, plan, stretch, config, key)
+                if caption_mode != "tile":
+                    jobs = _with_shared_captions(client, jobs, tiles, caption_mode, caption_n, grid)
+                peak = _run_jobs(client, jobs, tiles, acc, captions, config, performance_report)
+                for window in acc.uncovered():
+                    writer.write_empty(window)
+            cog = target.temp("out.tif")
+            raster.to_cog(cog, config.creation_options)
+        finally:
+            raster.close()
+        moves = {cog: target.output}
+        captions_path = sidecar_path(target.output, ".captions.geojson")
+        tmp_captions = target.temp("captions.geojson")
+        tmp_captions.write_text(json.dumps(_captions_geojson(scene, tiles, captions)))
+        moves[tmp_captions] = captions_path
+        target.commit(moves)
+
+    seconds = time.perf_counter() - t0
+    return RunReport(
+        output=target.output,
+        tiles_total=len(grid),
+        tiles_processed=len(tiles),
+        tiles_skipped=skipped,
+        seconds=seconds,
+        output_megapixels=scene.width * scene.height * s * s / 1e6,
+        peak_pending_bytes=peak,
+        captions=captions_path,
+    )
+
+
+def _select_tiles(scene: Scene, grid: TileGrid, aoi) -> tuple[list[Tile], int]:
+    """Drop tiles whose core is all no-data or outside the AOI."""
+    kept = []
+    with open_raster(scene.source) as ds:
+        for t in grid.tiles():
+            if aoi is not None and not aoi.intersects(window_polygon(t.core, scene.transform)):
+                continue
+            if scene.masked and not read_valid(ds, t.core, True).any():
+                continue
+            kept.append(t)
+    return kept, len(grid) - len(kept)
+
+
+def _batch_jobs(scene, tiles, plan, stretch, config: RunConfig, key: str) -> list[BatchJob]:
+    opts = tuple(sorted(config.model_options().items()))
+    jobs = []
+    for i in range(0, len(tiles), config.batch_size):
+        chunk = tuple(tiles[i : i + config.batch_size])
+        jobs.append(
+            BatchJob(
+                source=scene.source, tiles=chunk, bands=plan, stretch=stretch, masked=scene.masked,
+                model=config.model, scale=config.scale, model_options=opts,
+                seeds=tuple(tile_seed(config.seed, key, t) for t in chunk),
+                captions=(None,) * len(chunk), captioner=config.captioner,
+            )
+        )
+    return jobs
+
+
+def _with_shared_captions(client, jobs, tiles, mode: str, n: int, grid: TileGrid) -> list[BatchJob]:
+    """Caption one representative tile per N x N window (or per scene) and share it.
+
+    The representative is the tile nearest the window's centre among the processed ones:
+    an expensive captioner then runs a handful of times per scene.
+    """
+    from dataclasses import replace
+
+    def group(t: Tile) -> tuple[int, int]:
+        return (0, 0) if mode == "scene" else (t.row // n, t.col // n)
+
+    members: dict[tuple[int, int], list[Tile]] = {}
+    for t in tiles:
+        members.setdefault(group(t), []).append(t)
+    reps = {}
+    for g, ts in members.items():
+        cy = np.mean([t.row for t in ts])
+        cx = np.mean([t.col for t in ts])
+        reps[g] = min(ts, key=lambda t: (t.row - cy) ** 2 + (t.col - cx) ** 2)
+    template = jobs[0]
+    rep_tiles = list(reps.values())
+    futures = [
+        client.submit(caption_tiles, replace(template, tiles=(t,), seeds=(0,), captions=(None,)), pure=False)
+        for t in rep_tiles
+    ]
+    texts = {t.index: c[0] for t, c in zip(rep_tiles, client.gather(futures))}
+    by_group = {g: texts[t.index] for g, t in reps.items()}
+    return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]
+
+
+def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config: RunConfig, performance_report) -> int:
+    """Submit jobs with a bounded window in flight and blend results as they complete."""
+    import distributed
+
+    by_index = {t.index: t for t in tiles}
+    nthreads = sum(client.nthreads().values()) or 1
+    window = max(2, 2 * nthreads)
+    resources = _gpu_resources(client, config.device)
+    hr_px_per_tile = {t.index: int(t.core.width * t.core.height) * config.scale**2 for t in tiles}
+    peak = 0
+    report = distributed.performance_report(filename=performance_report) if performance_report else contextlib.nullcontext()
+    bar = tqdm(total=len(tiles), unit="tile", disable=not config.progress, desc="upscale", dynamic_ncols=True)
+    start = time.perf_counter()
+    done_px = 0
+    with report, bar:
+        pending = iter(jobs)
+        ac = distributed.as_completed()
+        for job in _take(pending, window):
+            ac.add(client.submit(process_batch, job, pure=False, resources=resources))
+        for fut in ac:
+            results = fut.result()
+            fut.release()
+            for r in results:
+                acc.add(by_index[r.index], r.hr)
+                captions[r.index] = r.caption
+                done_px += hr_px_per_tile[r.index]
+            peak = max(peak, acc.pending_bytes)
+            bar.update(len(results))
+            bar.set_postfix(MPps=f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f}")
+            for job in _take(pending, 1):
+                ac.add(client.submit(process_batch, job, pure=False, resources=resources))
+    if not acc.done:
+        raise RuntimeError("internal error: some output cells were never completed")
+    return peak
+
+
+def _take(it, n):
+    for _ in range(n):
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
+class _CellWriter:
+    """Turns blended cells into output pixels: inverse stretch, mask, nodata, write."""
+
+    def __init__(self, raster: WorkRaster, src, stretch: Stretch, scene: Scene, scale: int) -> None:
+        self.raster, self.src, self.stretch, self.scene, self.scale = raster, src, stretch, scene, scale
+
+    def _lr_window(self, window: Window) -> Window:
+        s = self.scale
+        return Window(window.col_off // s, window.row_off // s, window.width // s, window.height // s)
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        values = self.stretch.inverse(data)
+        valid = None
+        if self.scene.masked:
+            lr_valid = read_valid(self.src, self._lr_window(window), True)
+            valid = np.repeat(np.repeat(lr_valid, self.scale, axis=0), self.scale, axis=1)
+            if self.scene.nodata is not None:
+                values[:, ~valid] = np.asarray(self.scene.nodata).astype(values.dtype)
+        self.raster.write(window, values, valid)
+
+    def write_empty(self, window: Window) -> None:
+        fill = self.scene.nodata if self.scene.nodata is not None else 0
+        shape = (len(self.stretch.low), int(window.height), int(window.width))
+        values = np.full(shape, fill, dtype=self.stretch.dtype)
+        self.raster.write(window, values, np.zeros(shape[1:], bool))
+
+
+def _output_profile(scene: Scene, plan: BandPlan, s: int) -> dict:
+    profile = dict(
+        width=scene.width * s, height=scene.height * s, count=len(plan.bands), dtype=scene.dtype,
+        nodata=scene.nodata,
+    )
+    if scene.crs and not scene.gcps:
+        profile["crs"] = scene.crs
+    if not scene.gcps and not (scene.transform.is_identity and scene.rpcs is not None):
+        if scene.crs or not scene.transform.is_identity:
+            profile["transform"] = scale_transform(scene.transform, s)
+    return profile
+
+
+def _band_meta(scene: Scene, plan: BandPlan) -> dict:
+    pick = [b - 1 for b in plan.bands]
+    ci = [scene.colorinterp[i] for i in pick]
+    # GTiff can only tag R,G,B as the first three bands; others become undefined/gray.
+    if len(ci) >= 3 and ci[:3] != [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
+        ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) else c for c in ci]
+    if len(ci) < 3:
+        ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha) else c for c in ci]
+    ci = [ColorInterp.undefined if c == ColorInterp.alpha else c for c in ci]
+    return dict(
+        colorinterp=ci,
+        descriptions=[scene.descriptions[i] for i in pick],
+        scales=[scene.scales[i] for i in pick],
+        offsets=[scene.offsets[i] for i in pick],
+        units=[scene.units[i] for i in pick],
+    )
+
+
+def _output_tags(scene: Scene, config: RunConfig, model: Upscaler) -> dict:
+    tags = {k: v for k, v in scene.tags.items() if not k.startswith("GEOSR_")}
+    tags.update(
+        GEOSR_VERSION=geosr.__version__,
+        GEOSR_MODEL=getattr(model, "name", config.model),
+        GEOSR_SCALE=str(config.scale),
+        GEOSR_CAPTIONER=config.captioner,
+        GEOSR_CAPTION_EVERY=config.caption_every,
+        GEOSR_TILE=str(config.tiles.tile),
+        GEOSR_OVERLAP=str(config.tiles.overlap),
+        GEOSR_BLEND=config.blend,
+        GEOSR_SEED=str(config.seed),
+        GEOSR_SOURCE=";".join(os.path.basename(p) for p in scene.paths),
+    )
+    if config.steps is not None:
+        tags["GEOSR_STEPS"] = str(config.steps)
+    if config.guidance is not None:
+        tags["GEOSR_GUIDANCE"] = str(config.guidance)
+    return tags
+
+
+def _captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str]) -> dict:
+    """One feature per processed tile: core footprint in the scene CRS, caption, index."""
+    georef = bool(scene.crs) and not scene.gcps
+    transform = scene.transform if georef else rasterio.Affine.identity()
+    features = []
+    for t in tiles:
+        poly = window_polygon(t.core, transform)
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": poly.__geo_interface__,
+                "properties": {
+                    "tile": t.index, "row": t.row, "col": t.col, "caption": captions.get(t.index, ""),
+                    "col_off": int(t.core.col_off), "row_off": int(t.core.row_off),
+                    "width": int(t.core.width), "height": int(t.core.height),
+                },
+            }
+        )
+    fc = {"type": "FeatureCollection", "features": features}
+    if georef:
+        epsg = scene.crs.to_epsg()
+        # RFC 7946 dropped "crs", but QGIS and GDAL still read this member for non-WGS84 data.
+        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else scene.crs.to_wkt()
+        fc["crs"] = {"type": "name", "properties": {"name": name}}
+    return fc
+

@@ -1,0 +1,100 @@
+"""One radiometric stretch per scene and band: raster values <-> model range [0, 1].
+
+The stretch is fitted ONCE per scene (from a decimated read), never per tile: a per-tile
+normalisation gives every tile its own contrast and makes seams. 8-bit data maps 0..255
+to 0..1 unchanged (models are trained on 8-bit imagery); other dtypes use low/high
+percentiles of the valid pixels. The inverse returns the input dtype, clipped to its range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import rasterio
+
+__all__ = ["Stretch", "fit_stretch", "dtype_range"]
+
+# Pixels read to fit the stretch: enough for stable 0.1 / 99.9 percentiles, small enough
+# to be instant on any scene.
+FIT_PIXELS = 1_000_000
+
+
+def dtype_range(dtype: str) -> tuple[float, float]:
+    """Representable range of an integer dtype, (-inf, inf) for floats."""
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        return float(info.min), float(info.max)
+    return -np.inf, np.inf
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Linear per-band mapping ``(x - low) / (high - low)``.
+
+    Attributes
+    ----------
+    low, high : tuple of float
+        Per band, in raster units.
+    dtype : str
+        Raster dtype restored by :meth:`inverse`.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    dtype: str
+
+    def _coeffs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n != len(self.low):
+            raise ValueError(f"stretch has {len(self.low)} bands, data has {n}")
+        low = np.asarray(self.low, np.float64)[:, None, None]
+        span = (np.asarray(self.high, np.float64) - np.asarray(self.low, np.float64))[:, None, None]
+        return low, span
+
+    def forward(self, data: np.ndarray) -> np.ndarray:
+        """``[C, h, w]`` raster values -> float32 model units (not clipped)."""
+        low, span = self._coeffs(data.shape[0])
+        return ((data.astype(np.float64) - low) / span).astype(np.float32)
+
+    def inverse(self, data: np.ndarray) -> np.ndarray:
+        """``[C, h, w]`` model units -> raster values in :attr:`dtype`, clipped and rounded."""
+        low, span = self._coeffs(data.shape[0])
+        out = data.astype(np.float64) * span + low
+        lo, hi = dtype_range(self.dtype)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            out = np.rint(out)
+        return np.clip(out, lo, hi).astype(self.dtype)
+
+
+def fit_stretch(
+    source: str,
+    bands: Sequence[int],
+    dtype: str,
+    percentiles: tuple[float, float] = (0.1, 99.9),
+) -> Stretch:
+    """Fit the scene stretch of ``bands`` (1-based) of ``source``.
+
+    uint8 is mapped as 0..255. Other dtypes use ``percentiles`` of the valid pixels of a
+    decimated read (overviews when present); nodata / masked pixels never enter the fit.
+    """
+    if np.dtype(dtype) == np.uint8:
+        return Stretch((0.0,) * len(bands), (255.0,) * len(bands), dtype)
+    with rasterio.open(source) as ds:
+        step = max(1, int(np.sqrt(ds.width * ds.height / FIT_PIXELS)))
+        shape = (max(1, ds.height // step), max(1, ds.width // step))
+        data = ds.read(list(bands), out_shape=(len(bands),) + shape, masked=True)
+    lows, highs = [], []
+    for b in range(len(bands)):
+        valid = data[b].compressed()
+        valid = valid[np.isfinite(valid)]
+        if valid.size == 0:
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = (float(v) for v in np.percentile(valid, percentiles))
+        if not hi > lo:  # constant band: any positive span round-trips it exactly
+            hi = lo + 1.0
+        lows.append(lo)
+        highs.append(hi)
+    return Stretch(tuple(lows), tuple(highs), dtype)

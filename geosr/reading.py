@@ -1,0 +1,73 @@
+"""Read one tile of a scene as model input: bands, validity mask, halo padding, gap filling.
+
+Tasks call :func:`read_tile` with an open dataset; they receive paths and windows, never
+dataset handles (rasterio handles are not thread-safe and cannot be pickled).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from rasterio.io import DatasetReader
+from scipy import ndimage
+
+from geosr.radiometry import Stretch
+from geosr.tiling import Tile
+
+__all__ = ["read_tile", "read_valid", "fill_invalid", "pad_reflect"]
+
+
+def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
+    """Boolean validity of ``window``: the dataset mask (nodata, alpha, internal mask)."""
+    if not masked:
+        return np.ones((int(window.height), int(window.width)), bool)
+    return ds.dataset_mask(window=window) > 0
+
+
+def pad_reflect(data: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
+    """Reflect-pad the last two axes by ``(top, bottom, left, right)`` (scene edges, not zeros)."""
+    top, bottom, left, right = pad
+    if not any(pad):
+        return data
+    widths = [(0, 0)] * (data.ndim - 2) + [(top, bottom), (left, right)]
+    # numpy's reflect repeats the reflection for pads wider than the axis (tiny rasters).
+    return np.pad(data, widths, mode="reflect" if min(data.shape[-2:]) > 1 else "edge")
+
+
+def fill_invalid(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Replace invalid pixels by their nearest valid neighbour.
+
+    No-data values (0, 255, -9999...) must not feed the model: a model would treat them as
+    dark/bright ground and ring around them. Nearest-valid filling keeps edges of the
+    valid area natural for any interpolator or network.
+    """
+    if valid.all() or not valid.any():
+        return data
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return data[..., idx[0], idx[1]]
+
+
+def read_tile(
+    ds: DatasetReader,
+    tile: Tile,
+    bands: Sequence[int],
+    stretch: Stretch,
+    masked: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` (1-based) of a tile, padded to its full extent.
+
+    Returns
+    -------
+    data : np.ndarray
+        ``[C, H, W]`` float32 in model units (scene stretch applied, not clipped), invalid
+        pixels filled from valid neighbours, halo outside the raster reflect-padded.
+    valid : np.ndarray
+        ``[h, w]`` bool validity of the read window (not padded).
+    """
+    raw = ds.read(list(bands), window=tile.read)
+    valid = read_valid(ds, tile.read, masked)
+    data = stretch.forward(raw)
+    data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
+    data = fill_invalid(data, valid)
+    return pad_reflect(data, tile.pad), valid

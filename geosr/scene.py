@@ -1,0 +1,341 @@
+"""Open the input of a run: one raster, a .vrt, or a same-grid mosaic of several files.
+
+A :class:`Scene` describes the input without reading pixels: its grid, georeferencing
+and band metadata. Tasks re-open ``Scene.source`` themselves (a path, never a dataset
+handle), so a scene can be shipped to dask workers.
+
+A mosaic (several files, a directory, a glob) is checked to share one CRS and one pixel
+grid, then described by a VRT written to a work folder; the VRT places every file at its
+whole-pixel offset, so tiles read across file boundaries like from one raster.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+from xml.sax.saxutils import escape
+
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.dtypes import dtype_rev, typename_fwd
+from rasterio.enums import ColorInterp, MaskFlags
+
+from geosr.errors import GeoreferenceError, GridMismatchError, InputError
+
+__all__ = ["Scene", "open_scene", "open_raster", "expand_inputs", "NotGeoreferencedInputWarning"]
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".img")
+
+# Mosaic pieces may differ from the common grid by this fraction of a pixel (float noise
+# in transforms written by other tools); anything larger is a different grid.
+GRID_TOLERANCE_PX = 1e-3
+
+
+class NotGeoreferencedInputWarning(UserWarning):
+    """The input has no CRS / transform: the output will not be georeferenced either."""
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What geosr knows of an input raster, without its pixels.
+
+    Attributes
+    ----------
+    source : str
+        Path rasterio opens to read pixels (the input file, or the mosaic VRT).
+    paths : tuple of str
+        The user's input files.
+    width, height, count : int
+        Raster size and band count.
+    dtype : str
+        Pixel dtype (``uint8``, ``uint16``, ``int16``, ``float32``...).
+    crs : rasterio.crs.CRS or None
+    transform : affine.Affine
+        Pixel-corner to world transform (identity when not georeferenced).
+    gcps : tuple
+        ``(list of GroundControlPoint, CRS)`` when the raster is GCP-referenced, else ``()``.
+    rpcs : rasterio.rpc.RPC or None
+    nodata : float or None
+    alpha_band : int or None
+        1-based index of an alpha band, which is a mask, not data.
+    has_internal_mask : bool
+        A per-dataset mask band (not nodata, not alpha).
+    colorinterp, descriptions, scales, offsets, units : tuple
+        Per-band metadata carried to the output.
+    tags : dict
+        Dataset tags of the (first) input.
+    """
+
+    source: str
+    paths: tuple[str, ...]
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    gcps: tuple = ()
+    rpcs: object | None = None
+    nodata: float | None = None
+    alpha_band: int | None = None
+    has_internal_mask: bool = False
+    colorinterp: tuple[ColorInterp, ...] = ()
+    descriptions: tuple[str | None, ...] = ()
+    scales: tuple[float, ...] = ()
+    offsets: tuple[float, ...] = ()
+    units: tuple[str | None, ...] = ()
+    tags: dict = field(default_factory=dict)
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the raster has a CRS and an affine transform, GCPs or RPCs."""
+        return bool(self.crs) or bool(self.gcps) or self.rpcs is not None
+
+    @property
+    def data_bands(self) -> tuple[int, ...]:
+        """1-based indexes of the bands that hold data (all but an alpha band)."""
+        return tuple(b for b in range(1, self.count + 1) if b != self.alpha_band)
+
+    @property
+    def masked(self) -> bool:
+        """True when some pixels may be invalid (nodata, alpha or internal mask)."""
+        return self.nodata is not None or self.alpha_band is not None or self.has_internal_mask
+
+    @property
+    def is_mosaic(self) -> bool:
+        return len(self.paths) > 1
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Turn the user's INPUT arguments into a sorted list of raster files.
+
+    Directories contribute their raster files (non-recursive); glob patterns are expanded
+    (for shells that do not). Raises :class:`InputError` naming what matched nothing.
+    """
+    files: list[str] = []
+    for item in inputs:
+        text = os.fspath(item)
+        if os.path.isdir(text):
+            found = sorted(
+                str(p) for p in Path(text).iterdir() if p.suffix.lower() in RASTER_SUFFIXES
+            )
+            if not found:
+                raise InputError(f"directory {text!r} holds no raster files ({', '.join(RASTER_SUFFIXES)})")
+            files.extend(found)
+        elif os.path.exists(text):
+            files.append(text)
+        elif glob.has_magic(text):
+            found = sorted(glob.glob(text))
+            if not found:
+                raise InputError(f"pattern {text!r} matches no file")
+            files.extend(found)
+        else:
+            raise InputError(f"input {text!r} does not exist")
+    # The same file given twice would be summed twice in a mosaic.
+    unique = list(dict.fromkeys(os.path.abspath(f) for f in files))
+    if not unique:
+        raise InputError("no input given")
+    return unique
+
+
+def open_scene(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike | None = None) -> Scene:
+    """Describe the input(s) of a run.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        One raster or .vrt, or several same-grid rasters / a directory / a glob (a mosaic).
+    workdir : path-like, optional
+        Where a mosaic's VRT is written. Required for mosaics.
+
+    Raises
+    ------
+    InputError
+        Missing file, unreadable raster, or a mosaic needing ``workdir``.
+    GridMismatchError
+        Mosaic pieces on different CRS, resolution, band layout or pixel grid.
+    """
+    files = expand_inputs(inputs)
+    if len(files) == 1:
+        return _describe(files[0], files)
+    if workdir is None:
+        raise InputError("a mosaic of several inputs needs a work directory for its VRT")
+    vrt = _write_mosaic_vrt(files, Path(workdir))
+    return _describe(str(vrt), files)
+
+
+def open_raster(source: str) -> rasterio.io.DatasetReader:
+    """Open ``source`` for reading without GDAL's not-georeferenced warning.
+
+    :func:`open_scene` warns the user once per run; tasks re-open the source many times.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        return rasterio.open(source)
+
+
+def _describe(source: str, paths: Sequence[str]) -> Scene:
+    try:
+        ds = open_raster(source)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot open {source!r} as a raster: {exc}") from exc
+    with ds:
+        gcps, gcp_crs = ds.gcps
+        rpcs = ds.rpcs
+        transform = ds.transform
+        if not transform.is_identity and gcps:
+            gcps = []  # a real transform wins; GDAL reports both for some files
+        if not ds.crs and not gcps and rpcs is None:
+            warnings.warn(
+                f"{paths[0]} has no CRS or georeferencing: processed in pixel space, "
+                "and the output will not be georeferenced",
+                NotGeoreferencedInputWarning,
+                stacklevel=3,
+            )
+        if transform.is_identity and (gcps or rpcs is not None) and not ds.crs:
+            transform = Affine.identity()
+        alpha = next(
+            (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
+        )
+        flags = ds.mask_flag_enums[0] if ds.count else []
+        internal_mask = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags and alpha is None
+        return Scene(
+            source=source,
+            paths=tuple(paths),
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtype=ds.dtypes[0],
+            crs=ds.crs if ds.crs else (gcp_crs if gcps else None),
+            transform=transform,
+            gcps=(tuple(gcps), gcp_crs) if gcps else (),
+            rpcs=rpcs,
+            nodata=ds.nodata,
+            alpha_band=alpha,
+            has_internal_mask=internal_mask,
+            colorinterp=tuple(ds.colorinterp),
+            descriptions=tuple(ds.descriptions),
+            scales=tuple(ds.scales),
+            offsets=tuple(ds.offsets),
+            units=tuple(ds.units),
+            tags=dict(ds.tags()),
+        )
+
+
+def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
+    """Check that ``files`` share one grid and write a VRT that mosaics them."""
+    infos = []
+    for f in files:
+        try:
+            with rasterio.open(f) as ds:
+                infos.append(
+                    dict(
+                        path=f, crs=ds.crs, transform=ds.transform, width=ds.width,
+                        height=ds.height, count=ds.count, dtypes=ds.dtypes, nodata=ds.nodata,
+                        colorinterp=ds.colorinterp, descriptions=ds.descriptions,
+                    )
+                )
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"cannot open mosaic piece {f!r}: {exc}") from exc
+
+    first = infos[0]
+    t0: Affine = first["transform"]
+    if not first["crs"]:
+        raise GeoreferenceError(f"mosaic piece {first['path']!r} has no CRS: pieces are placed by their georeferencing")
+    if t0.b != 0 or t0.d != 0:
+        raise GridMismatchError("mosaics of rotated rasters are not supported: build a VRT with GDAL and pass it")
+    for info in infos[1:]:
+        name = info["path"]
+        if info["crs"] != first["crs"]:
+            raise GridMismatchError(
+                f"mosaic pieces are on different CRS: {first['path']} is {first['crs'].to_string()}, "
+                f"{name} is {info['crs'].to_string() if info['crs'] else 'none'}; reproject them to one grid first"
+            )
+        if (info["count"], info["dtypes"][0]) != (first["count"], first["dtypes"][0]):
+            raise GridMismatchError(
+                f"mosaic pieces differ in bands/dtype: {first['path']} has {first['count']} x {first['dtypes'][0]}, "
+                f"{name} has {info['count']} x {info['dtypes'][0]}"
+            )
+        t: Affine = info["transform"]
+        for got, want, what in ((t.a, t0.a, "pixel width"), (t.e, t0.e, "pixel height")):
+            if abs(got - want) * max(info["width"], info["height"]) > GRID_TOLERANCE_PX * abs(want):
+                raise GridMismatchError(
+                    f"mosaic pieces are not on one pixel grid: {what} of {name} is {abs(got)!r}, "
+                    f"of {first['path']} {abs(want)!r}; resample them to one grid (gdalwarp -tap) first"
+                )
+        if t.b != 0 or t.d != 0:
+            raise GridMismatchError(f"mosaic piece {name} is rotated; pieces must share one north-up grid")
+        for off, res, what in ((t.c - t0.c, t0.a, "x"), (t.f - t0.f, t0.e, "y")):
+            px = off / res
+            if abs(px - round(px)) > GRID_TOLERANCE_PX:
+                raise GridMismatchError(
+                    f"mosaic piece {name} is offset by {px:.4f} px in {what} from {first['path']}: "
+                    "pieces must align on whole pixels of one grid"
+                )
+
+    # Union extent on the common grid, in pixels of the first piece.
+    offsets = [
+        (round((i["transform"].c - t0.c) / t0.a), round((i["transform"].f - t0.f) / t0.e)) for i in infos
+    ]
+    xmin = min(o[0] for o in offsets)
+    ymin = min(o[1] for o in offsets)
+    xmax = max(o[0] + i["width"] for o, i in zip(offsets, infos))
+    ymax = max(o[1] + i["height"] for o, i in zip(offsets, infos))
+    origin = t0 @ (xmin, ymin)
+    gt = (origin[0], t0.a, 0.0, origin[1], 0.0, t0.e)
+
+    dtype = typename_fwd[dtype_rev[first["dtypes"][0]]]
+    nodata = first["nodata"]
+    lines = [
+        f'<VRTDataset rasterXSize="{xmax - xmin}" rasterYSize="{ymax - ymin}">',
+        f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(first["crs"].to_wkt())}</SRS>',
+        f"  <GeoTransform>{', '.join(repr(float(v)) for v in gt)}</GeoTransform>",
+    ]
+    for b in range(1, first["count"] + 1):
+        lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
+        if nodata is not None:
+            lines.append(f"    <NoDataValue>{_nodata_text(nodata)}</NoDataValue>")
+        ci = first["colorinterp"][b - 1]
+        lines.append(f"    <ColorInterp>{ci.name.capitalize()}</ColorInterp>")
+        if first["descriptions"][b - 1]:
+            lines.append(f"    <Description>{escape(first['descriptions'][b - 1])}</Description>")
+        for (ox, oy), info in zip(offsets, infos):
+            # ComplexSource honours each piece's nodata, so a piece's nodata collar never
+            # paints over its neighbour's valid pixels where pieces overlap.
+            lines += [
+                "    <ComplexSource>",
+                f'      <SourceFilename relativeToVRT="0">{escape(os.path.abspath(info["path"]))}</SourceFilename>',
+                f"      <SourceBand>{b}</SourceBand>",
+                f'      <SrcRect xOff="0" yOff="0" xSize="{info["width"]}" ySize="{info["height"]}"/>',
+                f'      <DstRect xOff="{ox - xmin}" yOff="{oy - ymin}" xSize="{info["width"]}" ySize="{info["height"]}"/>',
+            ]
+            if info["nodata"] is not None:
+                lines.append(f"      <NODATA>{_nodata_text(info['nodata'])}</NODATA>")
+            lines.append("    </ComplexSource>")
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    vrt = workdir / "mosaic.vrt"
+    vrt.write_text("\n".join(lines) + "\n")
+    covered = sum(i["width"] * i["height"] for i in infos)
+    if nodata is None and covered < (xmax - xmin) * (ymax - ymin):
+        warnings.warn(
+            "mosaic pieces do not cover their whole bounding box and have no nodata value: "
+            "gaps will read as 0 and be upscaled as data",
+            UserWarning,
+            stacklevel=3,
+        )
+    return vrt
+
+
+def _nodata_text(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    return repr(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,0 +1,141 @@
+"""The tile plan: overlapping low-resolution tiles and their high-resolution footprints.
+
+Every tile has a *core* (the pixels it is responsible for) and a *halo* of ``overlap``
+pixels on each side that gives the model context and the blender room to cross-fade.
+Core tiles step by ``tile`` pixels; the last row/column is shifted back inside the raster
+(never dropped, never zero-padded). Where the halo leaves the raster it is filled by
+reflection (:func:`pad_widths` says how much on each side).
+
+All windows are integer :class:`rasterio.windows.Window` objects; high-resolution windows
+are low-resolution windows times ``scale`` in whole pixels, never derived from floats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rasterio.windows import Window
+
+__all__ = ["Tile", "TileGrid", "axis_starts", "scale_window"]
+
+
+def axis_starts(size: int, tile: int) -> list[int]:
+    """Core start offsets along one axis of ``size`` pixels.
+
+    Cores step by ``tile``; the last one is shifted back so it ends at ``size``.
+    A ``tile`` of at least ``size`` gives a single core covering the axis.
+    """
+    if tile <= 0:
+        raise ValueError(f"tile size must be positive, got {tile}")
+    if size <= tile:
+        return [0]
+    n = math.ceil(size / tile)
+    return [min(i * tile, size - tile) for i in range(n)]
+
+
+def scale_window(window: Window, scale: int) -> Window:
+    """The window ``scale`` times larger, on the refined grid (integer arithmetic)."""
+    return Window(
+        int(window.col_off) * scale,
+        int(window.row_off) * scale,
+        int(window.width) * scale,
+        int(window.height) * scale,
+    )
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the plan.
+
+    Attributes
+    ----------
+    index : int
+        Position in row-major order.
+    row, col : int
+        Grid position.
+    core : Window
+        LR pixels this tile is responsible for (inside the raster).
+    read : Window
+        LR pixels read from the raster: the core plus halo, clipped to the raster.
+    pad : tuple of int
+        ``(top, bottom, left, right)`` reflect padding that extends ``read`` to the
+        full core-plus-halo extent.
+    """
+
+    index: int
+    row: int
+    col: int
+    core: Window
+    read: Window
+    pad: tuple[int, int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the padded LR tile fed to the model."""
+        top, bottom, left, right = self.pad
+        return int(self.read.height) + top + bottom, int(self.read.width) + left + right
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tile plan of a ``width`` x ``height`` raster.
+
+    Parameters
+    ----------
+    width, height : int
+        LR raster size.
+    tile : int
+        Core size in LR pixels (the last row/column cores are shifted inside).
+    overlap : int
+        Halo width in LR pixels on every side of a core.
+    """
+
+    width: int
+    height: int
+    tile: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.tile < 8:
+            raise ValueError(f"tile must be at least 8 px, got {self.tile}")
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {self.overlap}")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"empty raster ({self.width} x {self.height})")
+
+    @property
+    def rows(self) -> list[int]:
+        return axis_starts(self.height, self.tile)
+
+    @property
+    def cols(self) -> list[int]:
+        return axis_starts(self.width, self.tile)
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def tiles(self) -> list[Tile]:
+        """All tiles, row-major."""
+        out = []
+        rows, cols = self.rows, self.cols
+        for r, y0 in enumerate(rows):
+            h = min(self.tile, self.height)
+            for c, x0 in enumerate(cols):
+                w = min(self.tile, self.width)
+                out.append(self._tile(len(out), r, c, x0, y0, w, h))
+        return out
+
+    def _tile(self, index: int, r: int, c: int, x0: int, y0: int, w: int, h: int) -> Tile:
+        ov = self.overlap
+        rx0, ry0 = max(0, x0 - ov), max(0, y0 - ov)
+        rx1, ry1 = min(self.width, x0 + w + ov), min(self.height, y0 + h + ov)
+        pad = (ry0 - (y0 - ov), (y0 + h + ov) - ry1, rx0 - (x0 - ov), (x0 + w + ov) - rx1)
+        return Tile(
+            index=index,
+            row=r,
+            col=c,
+            core=Window(x0, y0, w, h),
+            read=Window(rx0, ry0, rx1 - rx0, ry1 - ry0),
+            pad=pad,
+        )

@@ -1,0 +1,168 @@
+"""What both training scripts share: YAML + CLI arguments, data, checkpoints.
+
+A run is configured by a YAML file whose keys are the scripts' flag names (dashes or
+underscores); flags given on the command line win over the file. Keys that hold a nested
+mapping (``base``, ``student_unet``) exist only in YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+
+from geosr.errors import InputError
+from geosr.training.datasets import SRPairDataset
+
+__all__ = [
+    "add_common_args",
+    "checkpoint_to_resume",
+    "make_dataloader",
+    "parse_with_config",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of data, optimisation, precision, checkpoints and logging."""
+    add = parser.add_argument
+    add("--config", type=str, default=None, help="YAML file of defaults for these flags.")
+    add("--output_dir", type=str, default="geosr-model")
+    add("--seed", type=int, default=0)
+    # data
+    add("--train_data", type=str, nargs="+", default=None, help="Image files or folders.")
+    add("--crop_size", type=int, default=128, help="HR crop side in px.")
+    add("--scale", type=int, default=4)
+    add("--degradation", choices=("iso", "aniso"), default="aniso")
+    add("--jpeg_prob", type=float, default=0.0)
+    add("--captions", type=str, default="truth",
+        help="truth | none | captioner:<spec> | file:<captions.json>")
+    add("--bands", type=int, nargs="+", default=[1, 2, 3])
+    add("--crops_per_image", type=int, default=1)
+    add("--cache_images", action=argparse.BooleanOptionalAction, default=True)
+    add("--dataloader_num_workers", type=int, default=0)
+    # optimisation
+    add("--train_batch_size", type=int, default=4)
+    add("--max_train_steps", type=int, default=1000)
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--learning_rate", type=float, default=1e-5)
+    add("--lr_scheduler", type=str, default="constant")
+    add("--lr_warmup_steps", type=int, default=0)
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--adam_weight_decay", type=float, default=1e-2)
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+        help="Default: what `accelerate config` says.")
+    add("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    # checkpoints, validation, logging
+    add("--checkpointing_steps", type=int, default=500)
+    add("--checkpoints_total_limit", type=int, default=None)
+    add("--resume_from_checkpoint", type=str, default=None,
+        help='A checkpoint-N folder, or "latest" (in output_dir).')
+    add("--validation_images", type=str, nargs="*", default=[],
+        help="HR images: degraded with a fixed seed, upscaled, written to output_dir/validation.")
+    add("--validation_steps", type=int, default=0, help="0: validate only at the end.")
+    add("--validation_inference_steps", type=int, default=20)
+    add("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb" or "none".')
+    add("--tracker_project_name", type=str, default="geosr")
+
+
+def parse_with_config(
+    parser: argparse.ArgumentParser,
+    input_args: Sequence[str] | None,
+    yaml_only: dict[str, Any],
+) -> argparse.Namespace:
+    """Parse flags over the defaults of ``--config``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The script's parser (with :func:`add_common_args`).
+    input_args : sequence of str or None
+        Arguments (None: ``sys.argv``).
+    yaml_only : dict
+        Keys allowed only in YAML, with their defaults.
+
+    Raises
+    ------
+    InputError
+        The YAML has a key that is neither a flag nor one of ``yaml_only``.
+    """
+    known, _ = parser.parse_known_args(input_args)
+    defaults = dict(yaml_only)
+    if known.config:
+        with open(known.config, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+        flags = {a.dest for a in parser._actions}
+        for key, value in loaded.items():
+            key = key.replace("-", "_")
+            if key not in flags and key not in yaml_only:
+                raise InputError(f"{known.config}: unknown key {key!r}")
+            defaults[key] = value
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(input_args)
+    if not args.train_data:
+        parser.error("--train_data is required (in the YAML or on the command line)")
+    return args
+
+
+def make_dataloader(args: argparse.Namespace) -> torch.utils.data.DataLoader:
+    """The training DataLoader of ``args`` (the dataset shuffles itself, per epoch)."""
+    dataset = SRPairDataset(
+        args.train_data,
+        crop_size=args.crop_size,
+        scale=args.scale,
+        protocol=args.degradation,
+        captions=args.captions,
+        bands=args.bands,
+        crops_per_image=args.crops_per_image,
+        jpeg_prob=args.jpeg_prob,
+        seed=args.seed,
+        cache=args.cache_images,
+    )
+    if len(dataset) < args.train_batch_size:
+        raise InputError(
+            f"{len(dataset)} samples per epoch is less than one batch of {args.train_batch_size}:"
+            " raise crops_per_image"
+        )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=False,  # the dataset permutes per (seed, epoch): a resumed run sees the same data
+        drop_last=True,
+        num_workers=args.dataloader_num_workers,
+        persistent_workers=False,  # workers must be re-forked to see set_epoch()
+    )
+
+
+def checkpoint_to_resume(output_dir: str | Path, spec: str | None) -> Path | None:
+    """The checkpoint folder ``spec`` names (``latest``: the highest ``checkpoint-N``)."""
+    if not spec:
+        return None
+    if spec != "latest":
+        path = Path(spec)
+        return path if path.is_absolute() or path.exists() else Path(output_dir) / spec
+    found = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None) -> Path:
+    """``accelerator.save_state`` to ``output_dir/checkpoint-{step}``, oldest beyond the limit removed."""
+    output_dir = Path(output_dir)
+    if total_limit is not None and accelerator.is_main_process:
+        existing = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in existing[: max(len(existing) - total_limit + 1, 0)]:
+            shutil.rmtree(old)
+    path = output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    logger.info("saved state to %s", path)
+    return path

@@ -1,0 +1,372 @@
+"""Train the LR-conditioned ControlNet of a GeoSRPipeline (the guided teacher).
+
+    accelerate launch -m geosr.training.train_controlnet --config configs/train/controlnet_sd15.yaml
+
+The ControlNet starts as a copy of the base UNet's encoder (``ControlNetModel.from_unet``)
+and learns, with the base frozen, to steer it from the LR tile (upsampled to HR size) and
+the caption. The loss is the diffusion loss plus ``contrastive_weight`` times the InfoNCE of
+:mod:`geosr.training.contrastive`. Captions are dropped (replaced by "") with probability
+``caption_dropout`` so that the model also learns the unconditional branch that
+classifier-free guidance and its distillation need.
+
+The base is a Stable-Diffusion-style diffusers directory or hub id
+(``pretrained_model_name_or_path``), or, for small pixel-space models, built from the
+``base`` mapping of the YAML and trained together with the ControlNet (``train_base``).
+The result is a complete GeoSRPipeline directory in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from tqdm.auto import tqdm
+
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
+from geosr.training.contrastive import ContrastiveAligner
+from geosr.training.degradations import degrade, describe
+from geosr.training.launch import (
+    add_common_args,
+    checkpoint_to_resume,
+    make_dataloader,
+    parse_with_config,
+    save_checkpoint,
+)
+from geosr.training.model_factory import build_components, build_controlnet, load_components
+
+__all__ = [
+    "clean_sample",
+    "diffusion_loss",
+    "encode_captions",
+    "load_models",
+    "main",
+    "parse_args",
+    "render_validation",
+]
+
+logger = get_logger(__name__)
+
+
+def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags over the YAML of ``--config``; see configs/train/*.yaml for documented values."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    add = parser.add_argument
+    add("--pretrained_model_name_or_path", type=str, default=None,
+        help="Stable-Diffusion-style diffusers dir or hub id; else the YAML `base` is built.")
+    add("--revision", type=str, default=None)
+    add("--controlnet_model_name_or_path", type=str, default=None,
+        help="Start from this ControlNet instead of a copy of the UNet.")
+    add("--train_base", action=argparse.BooleanOptionalAction, default=False,
+        help="Also train the base UNet (small models trained from scratch).")
+    add("--base_learning_rate", type=float, default=None, help="Default: learning_rate.")
+    add("--predict_residual", action=argparse.BooleanOptionalAction, default=False)
+    add("--residual_scale", type=float, default=2.0)
+    add("--upsample_mode", type=str, default="bicubic")
+    add("--caption_dropout", type=float, default=0.1)
+    add("--contrastive_weight", type=float, default=0.1, help="lambda of the InfoNCE term.")
+    add("--contrastive_temperature", type=float, default=0.07)
+    add("--contrastive_queue_size", type=int, default=1024)
+    add("--contrastive_momentum", type=float, default=0.99)
+    add("--contrastive_dim", type=int, default=128)
+    add("--validation_guidance_scale", type=float, default=4.0)
+    return parse_with_config(parser, input_args, yaml_only={"base": None})
+
+
+def load_models(args: argparse.Namespace) -> dict[str, Any]:
+    """Base components plus a ControlNet (new from the UNet, or the given one).
+
+    Returns
+    -------
+    dict
+        ``vae`` (or None), ``text_encoder``, ``tokenizer``, ``unet``, ``controlnet``,
+        ``scheduler`` (the training noise schedule).
+    """
+    if args.pretrained_model_name_or_path:
+        models = load_components(args.pretrained_model_name_or_path, revision=args.revision)
+    elif args.base:
+        models = build_components(args.base, seed=args.seed)
+    else:
+        raise ValueError("give pretrained_model_name_or_path or a `base` mapping in the YAML")
+    if args.controlnet_model_name_or_path:
+        models["controlnet"] = ControlNetModel.from_pretrained(args.controlnet_model_name_or_path)
+    else:
+        models["controlnet"] = build_controlnet(
+            models["unet"], len(args.bands), pixel_space=models["vae"] is None
+        )
+    if args.predict_residual and models["vae"] is not None:
+        raise ValueError("predict_residual works in pixel space only (a base without vae)")
+    return models
+
+
+def encode_captions(tokenizer, text_encoder, captions: Sequence[str]) -> torch.Tensor:
+    """Text-encoder hidden states of captions, padded like GeoSRPipeline.encode_prompt."""
+    ids = tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def clean_sample(
+    hr: torch.Tensor, upsampled: torch.Tensor, vae, predict_residual: bool, residual_scale: float
+) -> torch.Tensor:
+    """The clean diffusion variable ``x0`` of HR images, as GeoSRPipeline decodes it."""
+    if vae is None:
+        return image_to_target(hr, upsampled, predict_residual, residual_scale)
+    latents = vae.encode((2.0 * hr - 1.0).to(vae.dtype)).latent_dist.sample()
+    return ((latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).float()
+
+
+def diffusion_loss(
+    unet,
+    controlnet,
+    noise_scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    condition: torch.Tensor,
+    text: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """MSE of the ControlNet-steered UNet's prediction (epsilon or v) at ``x_t``."""
+    noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+    down, mid = controlnet(
+        noisy, timesteps, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False
+    )
+    pred = unet(
+        noisy,
+        timesteps,
+        encoder_hidden_states=text,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(x0, noise, timesteps)
+    else:
+        target = noise
+    return F.mse_loss(pred.float(), target.float())
+
+
+def validation_pairs(paths: Sequence[str], args: argparse.Namespace):
+    """Fixed (LR, caption, HR) of validation images: centre crop, degradation seeded by index."""
+    pairs = []
+    for k, path in enumerate(paths):
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        h, w = array.shape[:2]
+        size = min(args.crop_size, h, w) // args.scale * args.scale
+        top, left = (h - size) // 2, (w - size) // 2
+        hr = np.ascontiguousarray(array[top : top + size, left : left + size])
+        lr, params = degrade(hr, args.scale, args.degradation, seed=k)
+        pairs.append((torch.from_numpy(lr.transpose(2, 0, 1).copy()), describe(params), hr))
+    return pairs
+
+
+def render_validation(pipeline: GeoSRPipeline, pairs, out_path: Path, steps: int, guidance: float):
+    """One PNG row per pair: bicubic | pipeline output | HR."""
+    rows = []
+    for k, (lr, caption, hr) in enumerate(pairs):
+        generator = torch.Generator().manual_seed(k)
+        sr = pipeline(lr[None], prompt=caption, num_inference_steps=steps,
+                      guidance_scale=guidance, generator=generator).images[0]
+        bicubic = upsample_lr(lr[None], pipeline.config.upscale_factor)[0]
+        row = torch.cat([bicubic, sr.cpu(), torch.from_numpy(hr.transpose(2, 0, 1))], dim=2)
+        rows.append(row)
+    grid = (torch.cat(rows, dim=1).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.astype(np.uint8)).save(out_path)
+    logger.info("validation images in %s", out_path)
+
+
+def _make_pipeline(accelerator, models, controlnet, unet, args) -> GeoSRPipeline:
+    scheduler = DDIMScheduler.from_config(models["scheduler"].config, timestep_spacing="trailing")
+    return GeoSRPipeline(
+        vae=models["vae"],
+        text_encoder=models["text_encoder"],
+        tokenizer=models["tokenizer"],
+        unet=accelerator.unwrap_model(unet),
+        controlnet=accelerator.unwrap_model(controlnet),
+        scheduler=scheduler,
+        upscale_factor=args.scale,
+        upsample_mode=args.upsample_mode,
+        predict_residual=args.predict_residual,
+        residual_scale=args.residual_scale,
+        default_guidance_scale=args.validation_guidance_scale,
+    )
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Train; returns the output directory (a GeoSRPipeline, plus checkpoint-N folders)."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    models = load_models(args)
+    vae, text_encoder, tokenizer = models["vae"], models["text_encoder"], models["tokenizer"]
+    unet, controlnet, noise_scheduler = models["unet"], models["controlnet"], models["scheduler"]
+    # frozen parts run in the mixed-precision dtype; trained ones stay float32 (autocast)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for frozen in (vae, text_encoder) + (() if args.train_base else (unet,)):
+        if frozen is not None:
+            frozen.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
+    unet.train(args.train_base)
+    controlnet.train()
+    if args.gradient_checkpointing:
+        controlnet.enable_gradient_checkpointing()
+        if args.train_base:
+            unet.enable_gradient_checkpointing()
+
+    aligner = None
+    groups = [{"params": list(controlnet.parameters())}]
+    if args.contrastive_weight > 0:
+        aligner = ContrastiveAligner(
+            controlnet.controlnet_cond_embedding,
+            projection_dim=args.contrastive_dim,
+            queue_size=args.contrastive_queue_size,
+            temperature=args.contrastive_temperature,
+            momentum=args.contrastive_momentum,
+        )
+        groups.append({"params": list(aligner.head.parameters())})
+    if args.train_base:
+        groups.append({"params": list(unet.parameters()), "lr": args.base_learning_rate or args.learning_rate})
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    dataloader = make_dataloader(args)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    prepared = accelerator.prepare(controlnet, optimizer, dataloader, lr_scheduler)
+    controlnet, optimizer, dataloader, lr_scheduler = prepared
+    if args.train_base:
+        unet = accelerator.prepare(unet)
+    if aligner is not None:
+        # prepared so that save_state / load_state carry its head, key encoder and queue
+        aligner = accelerator.prepare(aligner)
+
+    updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
+    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    if args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config={
+            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    resume = checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and resume is None:
+        logger.info("no checkpoint in %s: starting a new run", output_dir)
+    elif resume is not None:
+        accelerator.load_state(str(resume))
+        global_step = int(resume.name.split("-")[1])
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = global_step % updates_per_epoch * args.gradient_accumulation_steps
+        logger.info("resumed from %s at step %d", resume, global_step)
+
+    pairs = validation_pairs(args.validation_images, args) if accelerator.is_main_process else []
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
+                    disable=not accelerator.is_local_main_process)
+    unwrapped = accelerator.unwrap_model(controlnet)
+    for epoch in range(first_epoch, num_epochs):
+        dataloader.dataset.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
+        skip_batches = 0
+        for batch in batches:
+            with accelerator.accumulate(controlnet, *([unet] if args.train_base else [])):
+                hr = batch["hr"].to(accelerator.device)
+                condition = upsample_lr(batch["lr"].to(accelerator.device), args.scale, args.upsample_mode)
+                captions = [
+                    "" if torch.rand(()) < args.caption_dropout else c for c in batch["caption"]
+                ]
+                with torch.no_grad():
+                    text = encode_captions(tokenizer, text_encoder, captions).to(weight_dtype)
+                    x0 = clean_sample(hr.to(weight_dtype if vae else torch.float32), condition, vae,
+                                      args.predict_residual, args.residual_scale)
+                noise = torch.randn_like(x0)
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
+                )
+                loss_diffusion = diffusion_loss(unet, controlnet, noise_scheduler, x0, condition,
+                                                text, noise, timesteps)
+                loss = loss_diffusion
+                logs = {"loss_diffusion": loss_diffusion.detach().item()}
+                if aligner is not None:
+                    loss_nce, keys = aligner(unwrapped.controlnet_cond_embedding, condition, hr)
+                    loss = loss + args.contrastive_weight * loss_nce
+                    logs["loss_infonce"] = loss_nce.detach().item()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(
+                        [p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm
+                    )
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if aligner is not None:
+                    inner = accelerator.unwrap_model(aligner)
+                    inner.enqueue(accelerator.gather(keys))
+                    if accelerator.sync_gradients:
+                        inner.update_key_encoder(unwrapped.controlnet_cond_embedding)
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
+            progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if pairs and args.validation_steps and global_step % args.validation_steps == 0:
+                pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
+                render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
+                                  args.validation_inference_steps, args.validation_guidance_scale)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    if accelerator.is_main_process:
+        # frozen parts may be half precision: the saved pipeline is float32 throughout
+        pipeline = _make_pipeline(accelerator, models, controlnet, unet, args).to(dtype=torch.float32)
+        pipeline.save_pretrained(str(output_dir))
+        if pairs:
+            render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
+                              args.validation_inference_steps, args.validation_guidance_scale)
+    accelerator.end_training()
+    return output_dir
+
+
+if __name__ == "__main__":
+    main(parse_args())
