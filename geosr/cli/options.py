@@ -44,9 +44,11 @@ def verbosity(f: Callable) -> Callable:
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # dask.distributed logs cluster start/stop at INFO through its own handlers.
-    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # Filter at the handler: dask.distributed gives its loggers their own INFO levels.
+    handler.setLevel(level)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def fail_cleanly(fn: Callable[[], object]) -> object:

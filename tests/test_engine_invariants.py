@@ -1,0 +1,140 @@
+"""Properties of the scene engine with a local linear operator (bicubic)."""
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import upscale_scene
+from tests.rasters import texture, uint8_scene, write_raster
+
+
+def run(src, dst, scale, tile, overlap, **kw):
+    cfg = RunConfig(scale=scale, model="bicubic", captioner="none", tiles=TileSpec(tile, overlap), progress=False, **kw)
+    return upscale_scene([src], dst, cfg)
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+@pytest.mark.parametrize(
+    "height,width,scale,tile,overlap",
+    [(97, 131, 2, 32, 8), (101, 77, 4, 24, 6), (61, 83, 3, 40, 10), (45, 53, 8, 16, 4)],
+)
+def test_tiled_equals_whole_image_bicubic(tmp_path, height, width, scale, tile, overlap):
+    src = uint8_scene(tmp_path / "in.tif", height=height, width=width)
+    run(src, tmp_path / "whole.tif", scale, tile=4096, overlap=overlap)
+    run(src, tmp_path / "tiled.tif", scale, tile=tile, overlap=overlap)
+    whole, tiled = read(tmp_path / "whole.tif"), read(tmp_path / "tiled.tif")
+    m = overlap * scale
+    inner = (slice(None), slice(m, -m), slice(m, -m))
+    diff = np.abs(whole.astype(int) - tiled.astype(int))[inner]
+    assert diff.max() <= 1, f"max diff {diff.max()} DN"
+    # The border band is still a full, sane image (reflect padding, no zeros).
+    assert tiled.min() > 0
+
+
+def test_blend_none_uses_tile_cores_as_they_are(tmp_path):
+    # Bicubic needs 2 px of context: with a 4 px halo every core pixel is exact, so the
+    # unblended mosaic of cores equals the whole-image result bit for bit.
+    src = uint8_scene(tmp_path / "in.tif", height=96, width=96)
+    run(src, tmp_path / "whole.tif", 4, tile=4096, overlap=4)
+    run(src, tmp_path / "none.tif", 4, tile=32, overlap=4, blend="none")
+    whole, none = read(tmp_path / "whole.tif"), read(tmp_path / "none.tif")
+    inner = (slice(None), slice(16, -16), slice(16, -16))
+    np.testing.assert_array_equal(none[inner], whole[inner])
+
+
+@pytest.mark.parametrize("transform", [
+    Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 4100000.0),
+    Affine.translation(500000.0, 4100000.0) @ Affine.rotation(17.0) @ Affine.scale(2.0, -2.0),
+    Affine(2.0, 0.3, 500000.0, 0.2, -2.0, 4100000.0),  # sheared
+])
+def test_pixel_corners_map_to_same_world_coordinates(tmp_path, transform):
+    src = uint8_scene(tmp_path / "in.tif", height=40, width=50, transform=transform)
+    s = 3
+    run(src, tmp_path / "out.tif", s, tile=32, overlap=4)
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "out.tif") as b:
+        assert b.crs == a.crs
+        assert (b.width, b.height) == (a.width * s, a.height * s)
+        for r, c in [(0, 0), (0, 50), (40, 0), (40, 50), (7, 13)]:
+            np.testing.assert_allclose(b.transform @ (c * s, r * s), a.transform @ (c, r), atol=1e-6)
+        np.testing.assert_allclose(b.bounds, a.bounds, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint16", 0), ("int16", -9999), ("float32", -9999.0), ("float32", None)])
+def test_dtypes_round_trip_with_nodata(tmp_path, dtype, nodata):
+    base = texture(2, 57, 63, seed=3)
+    if dtype == "uint16":
+        data = (base * 3000 + 200).astype(dtype)
+    elif dtype == "int16":
+        data = (base * 4000 - 2000).astype(dtype)
+    else:
+        data = (base * 0.4 + 0.01).astype(dtype)
+    if nodata is not None:
+        data[:, :10, :12] = nodata
+    src = write_raster(tmp_path / "in.tif", data, nodata=nodata)
+    s = 2
+    run(src, tmp_path / "out.tif", s, tile=24, overlap=6)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.dtypes[0] == dtype
+        assert out.nodata == nodata
+        hr = out.read()
+    # nodata pixels are exactly the refined input no-data area, and never leak into values
+    if nodata is not None:
+        lr_invalid = data[0] == nodata
+        hr_invalid = hr[0] == nodata
+        np.testing.assert_array_equal(hr_invalid, np.kron(lr_invalid, np.ones((s, s), bool)))
+        valid = hr[:, ~hr_invalid]
+    else:
+        valid = hr.reshape(2, -1)
+    good = data[:, data[0] != nodata] if nodata is not None else data.reshape(2, -1)
+    # bicubic overshoot stays near the valid range: nodata (-9999, 0) never blended in
+    span = float(good.max()) - float(good.min())
+    assert valid.min() >= good.min() - 0.2 * span
+    assert valid.max() <= good.max() + 0.2 * span
+    assert abs(float(valid.mean()) - float(good.mean())) < 0.02 * span
+
+
+def test_internal_mask_is_refined(tmp_path):
+    data = (texture(3, 40, 44) * 250).astype("uint8")
+    mask = np.ones((40, 44), bool)
+    mask[5:15, 20:30] = False
+    src = write_raster(tmp_path / "in.tif", data, mask=mask)
+    run(src, tmp_path / "out.tif", 2, tile=16, overlap=4)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.nodata is None
+        np.testing.assert_array_equal(out.dataset_mask() > 0, np.kron(mask, np.ones((2, 2), bool)))
+
+
+def test_alpha_band_becomes_output_mask(tmp_path):
+    data = (texture(4, 30, 34) * 250).astype("uint8")
+    data[3] = 255
+    data[3, :6, :] = 0
+    src = write_raster(tmp_path / "in.tif", data, photometric="RGB", alpha="YES")
+    run(src, tmp_path / "out.tif", 2, tile=16, overlap=4)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.count == 3
+        valid = out.dataset_mask() > 0
+        assert not valid[:12].any() and valid[12:].all()
+
+
+def test_all_nodata_tiles_are_skipped_and_written_as_nodata(tmp_path):
+    data = (texture(1, 64, 64) * 200 + 20).astype("uint8")
+    data[:, :, :32] = 0
+    src = write_raster(tmp_path / "in.tif", data, nodata=0)
+    report = run(src, tmp_path / "out.tif", 2, tile=16, overlap=4)
+    assert report.tiles_total == 16 and report.tiles_skipped == 8
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr = out.read(1)
+    assert (hr[:, :64] == 0).all() and (hr[:, 64:] > 0).all()
+
+
+def test_same_seed_same_pixels_and_deterministic_output(tmp_path):
+    src = uint8_scene(tmp_path / "in.tif", height=50, width=60)
+    run(src, tmp_path / "a.tif", 2, tile=16, overlap=4)
+    run(src, tmp_path / "b.tif", 2, tile=16, overlap=4, batch_size=3)
+    np.testing.assert_array_equal(read(tmp_path / "a.tif"), read(tmp_path / "b.tif"))

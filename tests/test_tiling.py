@@ -1,0 +1,48 @@
+import pytest
+from rasterio.windows import Window
+
+from geosr.tiling import TileGrid, axis_starts, scale_window
+
+
+@pytest.mark.parametrize("size,tile", [(1, 8), (97, 32), (100, 25), (257, 256), (256, 256), (1000, 300)])
+def test_cores_cover_axis_and_stay_inside(size, tile):
+    starts = axis_starts(size, tile)
+    covered = set()
+    for s in starts:
+        assert 0 <= s and s + min(tile, size) <= size  # shifted inside, never past the edge
+        covered.update(range(s, s + min(tile, size)))
+    assert covered == set(range(size))  # nothing dropped
+    assert starts == sorted(starts)
+
+
+def test_last_core_is_shifted_back_not_padded():
+    assert axis_starts(100, 32) == [0, 32, 64, 68]
+
+
+def test_tiles_have_one_shape_and_pads_reach_full_extent():
+    grid = TileGrid(width=131, height=97, tile=40, overlap=7)
+    tiles = grid.tiles()
+    assert len(tiles) == len(grid) == 4 * 3
+    shapes = {t.shape for t in tiles}
+    assert shapes == {(40 + 14, 40 + 14)}
+    for t in tiles:
+        top, bottom, left, right = t.pad
+        assert t.read.row_off - top == t.core.row_off - 7
+        assert t.read.col_off + t.read.width + right == t.core.col_off + t.core.width + 7
+        assert 0 <= t.read.col_off and t.read.col_off + t.read.width <= 131
+
+
+def test_tile_larger_than_scene_is_one_tile():
+    grid = TileGrid(width=50, height=30, tile=512, overlap=16)
+    (t,) = grid.tiles()
+    assert t.core == Window(0, 0, 50, 30)
+    assert t.pad == (16, 16, 16, 16)
+
+
+def test_scale_window_is_integer():
+    assert scale_window(Window(3, 5, 7, 11), 4) == Window(12, 20, 28, 44)
+
+
+def test_bad_plan_is_rejected():
+    with pytest.raises(ValueError):
+        TileGrid(10, 10, tile=4, overlap=0)
