@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, LCMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler
 from diffusers.pipelines.latent_consistency_models import LatentConsistencyModelPipeline
 
 from geosr.pipelines import GeoSRPipeline
@@ -17,6 +17,15 @@ from geosr.pipelines.pipeline_geosr import (
     upsample_lr,
 )
 from tiny_models import tiny_pipeline_components
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tiny models on a shared CPU: thread hand-offs cost far more than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_pipe(tmp_path, **kwargs) -> GeoSRPipeline:
@@ -78,6 +87,10 @@ def test_teacher_runs_two_branches_per_step(teacher):
     counted = run_counted(teacher, image=lr_tiles(2), prompt="blur", num_inference_steps=3, guidance_scale=3.0)
     assert counted.rows == [4, 4, 4]
     assert all(k.get("timestep_cond") is None for k in counted.kwargs)
+    # The unconditional rows come first and carry the empty caption.
+    empty, caption = teacher.encode_prompt(["", "blur"], torch.device("cpu"))
+    for kwargs in counted.kwargs:
+        torch.testing.assert_close(kwargs["encoder_hidden_states"], torch.stack([empty, empty, caption, caption]))
 
 
 def test_teacher_at_guidance_one_runs_the_conditional_branch_only(teacher):
@@ -147,7 +160,6 @@ def test_same_seed_same_pixels_different_seed_different_pixels(teacher):
     [
         (False, DDIMScheduler),
         (False, DDPMScheduler),  # per-step noise drawn from each image's generator
-        (False, EulerDiscreteScheduler),
         (True, LCMScheduler),  # per-step noise as well
         (True, DDIMScheduler),
     ],
@@ -217,7 +229,8 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path, kind):
     pipe.save_pretrained(tmp_path / "saved")
     loaded = GeoSRPipeline.from_pretrained(tmp_path / "saved")
     loaded.set_progress_bar_config(disable=True)
-    assert dict(loaded.config) == dict(pipe.config)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(pipe.config)
     assert loaded.is_distilled == (kind == "student")
     assert (loaded.vae is None) == (kind != "latent")
     call = dict(image=lr_tiles(2), prompt="blur", num_inference_steps=2, guidance_scale=2.0)
