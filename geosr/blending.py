@@ -95,20 +95,24 @@ class BlendAccumulator:
         ys = {0, height}
         xs = {0, width}
         for t in tiles:
-            ys.update((int(t.read.row_off), int(t.read.row_off + t.read.height)))
-            xs.update((int(t.read.col_off), int(t.read.col_off + t.read.width)))
+            for w in (t.read, t.core):
+                ys.update((int(w.row_off), int(w.row_off + w.height)))
+                xs.update((int(w.col_off), int(w.col_off + w.width)))
         # Cuts in LR pixels: cells are whole LR pixels, so masks map onto them exactly.
         self._ys = sorted(ys)
         self._xs = sorted(xs)
         self._remaining = np.zeros((len(self._ys) - 1, len(self._xs) - 1), np.int32)
+        # Cells inside some core are output; cells only reached by halos (around skipped
+        # tiles) are not: they would hold one tile's least reliable pixels.
+        self._in_core = np.zeros_like(self._remaining, bool)
         for t in tiles:
-            (i0, i1), (j0, j1) = self._cell_range(t)
+            (i0, i1), (j0, j1) = self._cell_range(t.read)
             self._remaining[i0:i1, j0:j1] += 1
-        self._covered = self._remaining > 0
+            (i0, i1), (j0, j1) = self._cell_range(t.core)
+            self._in_core[i0:i1, j0:j1] = True
         self._pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _cell_range(self, tile: Tile) -> tuple[tuple[int, int], tuple[int, int]]:
-        r = tile.read
+    def _cell_range(self, r: Window) -> tuple[tuple[int, int], tuple[int, int]]:
         i0 = bisect.bisect_left(self._ys, int(r.row_off))
         i1 = bisect.bisect_left(self._ys, int(r.row_off + r.height))
         j0 = bisect.bisect_left(self._xs, int(r.col_off))
@@ -125,7 +129,7 @@ class BlendAccumulator:
             raise ValueError(f"tile {tile.index}: HR data {hr.shape} does not match its window")
         weights = tile_weights(tile, self.overlap, s, self.mode)
         y_base, x_base = int(tile.read.row_off), int(tile.read.col_off)
-        (i0, i1), (j0, j1) = self._cell_range(tile)
+        (i0, i1), (j0, j1) = self._cell_range(tile.read)
         for i in range(i0, i1):
             ys = slice((self._ys[i] - y_base) * s, (self._ys[i + 1] - y_base) * s)
             for j in range(j0, j1):
@@ -141,7 +145,8 @@ class BlendAccumulator:
                 self._remaining[i, j] -= 1
                 if self._remaining[i, j] == 0:
                     self._pending.pop((i, j), None)
-                    self._emit(self._cell_window(i, j), acc / np.maximum(wsum, 1e-12)[None])
+                    if self._in_core[i, j]:
+                        self._emit(self._cell_window(i, j), acc / np.maximum(wsum, 1e-12)[None])
                 else:
                     self._pending[(i, j)] = (acc, wsum)
 
@@ -159,6 +164,6 @@ class BlendAccumulator:
         return not self._pending and not self._remaining.any()
 
     def uncovered(self) -> Iterator[Window]:
-        """HR windows of cells no tile covers (skipped tiles): the writer fills them as nodata."""
-        for i, j in zip(*np.nonzero(~self._covered)):
+        """HR windows of cells outside every processed core: the writer fills them as nodata."""
+        for i, j in zip(*np.nonzero(~self._in_core)):
             yield self._cell_window(int(i), int(j))

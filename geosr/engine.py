@@ -288,7 +288,8 @@ def upscale_scene(
         raster = WorkRaster(
             path=target.temp("work.tif"),
             profile=_output_profile(scene, plan, s),
-            write_mask=scene.masked and scene.nodata is None,
+            # skipped tiles (AOI, all no-data) are holes: without nodata they need a mask
+            write_mask=(scene.masked or skipped > 0) and scene.nodata is None,
             band_meta=_band_meta(scene, plan),
             tags=_output_tags(scene, config, model),
             gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
@@ -449,6 +450,7 @@ class _CellWriter:
             lr_valid = read_valid(self.src, self._lr_window(window), True)
             valid = np.repeat(np.repeat(lr_valid, self.scale, axis=0), self.scale, axis=1)
             if self.scene.nodata is not None:
+                avoid_nodata(values, valid, self.scene.nodata)
                 values[:, ~valid] = np.asarray(self.scene.nodata).astype(values.dtype)
         self.raster.write(window, values, valid)
 
@@ -457,6 +459,24 @@ class _CellWriter:
         shape = (len(self.stretch.low), int(window.height), int(window.width))
         values = np.full(shape, fill, dtype=self.stretch.dtype)
         self.raster.write(window, values, np.zeros(shape[1:], bool))
+
+
+def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
+    """Move valid pixels that landed on the nodata value one step off it, in place.
+
+    A dark valid pixel whose upscaled value rounds to nodata (0 in uint8, typically) would
+    otherwise turn into a hole in the output mask.
+    """
+    if np.isnan(nodata):
+        return
+    hit = (values == np.asarray(nodata).astype(values.dtype)) & valid[None]
+    if not hit.any():
+        return
+    if np.issubdtype(values.dtype, np.integer):
+        step = -1 if nodata >= np.iinfo(values.dtype).max else 1
+        values[hit] = np.asarray(nodata + step).astype(values.dtype)
+    else:
+        values[hit] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
 
 
 def _output_profile(scene: Scene, plan: BandPlan, s: int) -> dict:

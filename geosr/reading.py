@@ -6,9 +6,11 @@ dataset handles (rasterio handles are not thread-safe and cannot be pickled).
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
+from rasterio.errors import NodataShadowWarning
 from rasterio.io import DatasetReader
 from scipy import ndimage
 
@@ -22,7 +24,11 @@ def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
     """Boolean validity of ``window``: the dataset mask (nodata, alpha, internal mask)."""
     if not masked:
         return np.ones((int(window.height), int(window.width)), bool)
-    return ds.dataset_mask(window=window) > 0
+    with warnings.catch_warnings():
+        # nodata + alpha: GDAL (and geosr) use the nodata value; the user was told by GDAL
+        # tools long before, and the warning would repeat for every tile.
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        return ds.dataset_mask(window=window) > 0
 
 
 def pad_reflect(data: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:

@@ -1,0 +1,179 @@
+"""Mosaics, AOIs, odd inputs, and the guarantees when something goes wrong."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from click.testing import CliRunner
+from rasterio.windows import Window
+
+import geosr.engine as engine
+from geosr.cli import cli
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import upscale_scene
+from geosr.errors import GridMismatchError, InputError, OutputExistsError
+from geosr.scene import NotGeoreferencedInputWarning
+from tests.rasters import NORTH_UP, texture, uint8_scene, write_raster
+
+
+def cfg(**kw):
+    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def cut(src, dst, window):
+    with rasterio.open(src) as ds:
+        prof = ds.profile
+        # GDAL tags a 4-band byte GTiff RGBA by default: keep the source's R,G,B,NIR meaning
+        prof.update(width=int(window.width), height=int(window.height), transform=ds.window_transform(window), photometric="MINISBLACK")
+        with rasterio.open(dst, "w", **prof) as out:
+            out.write(ds.read(window=window))
+            out.colorinterp = ds.colorinterp
+    return dst
+
+
+def test_mosaic_of_pieces_equals_single_file_no_seam(tmp_path, data_dir):
+    src = data_dir / "rgbn_suba.tif"
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    w, h = 276, 212
+    for i, win in enumerate([Window(0, 0, 150, 100), Window(150, 0, w - 150, 100), Window(0, 100, 150, h - 100), Window(150, 100, w - 150, h - 100)]):
+        cut(src, pieces / f"p{i}.tif", win)
+    upscale_scene([src], tmp_path / "single.tif", cfg())
+    upscale_scene([pieces], tmp_path / "mosaic.tif", cfg())  # a directory of pieces
+    with rasterio.open(tmp_path / "single.tif") as a, rasterio.open(tmp_path / "mosaic.tif") as b:
+        assert b.transform == a.transform and b.crs == a.crs and b.shape == a.shape
+        np.testing.assert_array_equal(b.read(), a.read())
+        assert b.tags()["GEOSR_SOURCE"] == "p0.tif;p1.tif;p2.tif;p3.tif"
+
+
+def test_mosaic_on_different_grids_is_a_clear_error(tmp_path):
+    a = uint8_scene(tmp_path / "a.tif", 20, 20)
+    b = uint8_scene(tmp_path / "b.tif", 20, 20, transform=Affine(2.0001, 0, 500040.0, 0, -2.0001, 4100000.0))
+    c = uint8_scene(tmp_path / "c.tif", 20, 20, transform=NORTH_UP @ Affine.translation(20.5, 0))
+    d = uint8_scene(tmp_path / "d.tif", 20, 20, crs="EPSG:32617")
+    for other, words in ((b, "pixel grid"), (c, "offset by 20.5"), (d, "different CRS")):
+        with pytest.raises(GridMismatchError, match=words):
+            upscale_scene([a, other], tmp_path / "x.tif", cfg())
+        assert not (tmp_path / "x.tif").exists()
+
+
+def test_aoi_skips_tiles_outside(tmp_path):
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)  # 2 m pixels, origin 500000, 4100000
+    aoi = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32618"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [[
+            [500002, 4099998], [500020, 4099998], [500020, 4099980], [500002, 4099980], [500002, 4099998]]]}}],
+    }
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    report = upscale_scene([src], tmp_path / "out.tif", cfg(aoi=str(tmp_path / "aoi.geojson")))
+    assert report.tiles_total == 4 and report.tiles_processed == 1
+    with rasterio.open(tmp_path / "out.tif") as out:
+        valid = out.dataset_mask() > 0
+    assert valid[:64, :64].all() and not valid[64:, :].any() and not valid[:, 64:].any()
+    fc = json.loads((tmp_path / "out.captions.geojson").read_text())
+    assert [f["properties"]["tile"] for f in fc["features"]] == [0]
+
+
+def test_aoi_that_misses_the_scene_is_an_error(tmp_path):
+    src = uint8_scene(tmp_path / "in.tif", 32, 32)
+    far = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(far))
+    with pytest.raises(InputError, match="does not overlap"):
+        upscale_scene([src], tmp_path / "out.tif", cfg(aoi=str(tmp_path / "aoi.geojson")))
+
+
+def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    real = engine.process_batch
+
+    def flaky(job):
+        # the task function is shipped to the worker by value: decide from the job itself
+        if job.tiles[0].index == 2:
+            raise RuntimeError("worker died")
+        return real(job)
+
+    monkeypatch.setattr(engine, "process_batch", flaky)
+    with pytest.raises(RuntimeError, match="worker died"):
+        upscale_scene([src], tmp_path / "out.tif", cfg(batch_size=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_failed_overwrite_keeps_the_old_output(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 40, 40)
+    (tmp_path / "out.tif").write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        upscale_scene([src], tmp_path / "out.tif", cfg())
+    monkeypatch.setattr(engine, "process_batch", lambda job: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        upscale_scene([src], tmp_path / "out.tif", cfg(overwrite=True))
+    assert (tmp_path / "out.tif").read_bytes() == b"old"
+
+
+def test_bad_inputs_fail_before_any_output(tmp_path):
+    src = uint8_scene(tmp_path / "in.tif", 40, 40)
+    runner = CliRunner()
+    cases = [
+        (["upscale", str(tmp_path / "missing.tif"), str(tmp_path / "o.tif")], "does not exist"),
+        (["upscale", str(src), str(tmp_path / "o.tif"), "--bands", "1,7"], "band 7 does not exist"),
+        (["upscale", str(src), str(tmp_path / "o.tif"), "--model", "nosuchmodel"], "unknown model"),
+        (["upscale", str(src), str(tmp_path / "o.tif"), "--captioner", "telepathy"], "unknown captioner"),
+        (["upscale", str(src), str(tmp_path / "o.tif"), "--overlap", "300"], "--overlap"),
+        (["upscale", str(src), str(tmp_path / "nodir" / "o.tif")], "does not exist"),
+    ]
+    for args, words in cases:
+        res = runner.invoke(cli, args)
+        assert res.exit_code != 0
+        assert words in res.output, (args, res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_not_georeferenced_input_warns_and_works(tmp_path):
+    from PIL import Image
+
+    rgb = (texture(3, 40, 50).transpose(1, 2, 0) * 255).astype("uint8")
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    with pytest.warns(NotGeoreferencedInputWarning):
+        upscale_scene([tmp_path / "photo.png"], tmp_path / "out.tif", cfg())
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.crs is None and (out.width, out.height) == (100, 80)
+
+
+def test_gcps_are_scaled(tmp_path):
+    from rasterio.control import GroundControlPoint as GCP
+
+    data = (texture(1, 30, 40) * 255).astype("uint8")
+    gcps = [GCP(0, 0, 500000, 4100000), GCP(0, 40, 500080, 4100000), GCP(30, 0, 500000, 4099940), GCP(30, 40, 500080, 4099940)]
+    path = tmp_path / "gcp.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8") as ds:
+        ds.write(data)
+        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32618))
+    upscale_scene([path], tmp_path / "out.tif", cfg())
+    with rasterio.open(tmp_path / "out.tif") as out:
+        got, crs = out.gcps
+        assert crs.to_epsg() == 32618
+        assert [(g.row, g.col, g.x, g.y) for g in got] == [(g.row * 2, g.col * 2, g.x, g.y) for g in gcps]
+
+
+def test_rpcs_are_scaled_consistently_with_gdal():
+    from rasterio.rpc import RPC
+    from rasterio.transform import RPCTransformer
+
+    from geosr.georef import scale_rpcs
+
+    rpc = RPC(
+        height_off=100, height_scale=500, lat_off=40.0, lat_scale=0.05, long_off=-75.0, long_scale=0.05,
+        line_off=500, line_scale=500, samp_off=600, samp_scale=600,
+        line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
+        samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19,
+    )
+    s = 4
+    with RPCTransformer(rpc) as lr, RPCTransformer(scale_rpcs(rpc, s)) as hr:
+        for row, col in [(0, 0), (10, 25), (999, 1199)]:
+            np.testing.assert_allclose(
+                hr.xy(row * s, col * s, zs=100, offset="ul"), lr.xy(row, col, zs=100, offset="ul"), atol=1e-9
+            )
