@@ -47,6 +47,27 @@ _FACTORIES: dict[str, Callable[[str], Captioner]] = {
 }
 
 
+def _degradation(arg: str) -> Captioner:
+    from geosr.captioning.degradation import DegradationCaptioner
+
+    if arg:
+        raise CaptionerError(f"captioner 'degradation' takes no argument, got {arg!r}")
+    return DegradationCaptioner()
+
+
+def _mllm(arg: str) -> Captioner:
+    # imported on use: transformers is slow to import and only this captioner needs it
+    from geosr.captioning.mllm import MLLMCaptioner
+
+    if not arg:
+        raise CaptionerError("captioner 'mllm' needs a model: mllm:<dir-or-hub-id>")
+    return MLLMCaptioner(arg)
+
+
+_FACTORIES["degradation"] = _degradation
+_FACTORIES["mllm"] = _mllm
+
+
 def register_captioner(prefix: str, factory: Callable[[str], Captioner]) -> None:
     """Make ``prefix`` / ``prefix:<arg>`` specs build ``factory(arg)``."""
     _FACTORIES[prefix] = factory

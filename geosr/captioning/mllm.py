@@ -1,0 +1,183 @@
+"""Captions from a multimodal LLM (any transformers image-text-to-text model).
+
+Works with the families ``AutoModelForImageTextToText`` knows (Qwen2-VL / Qwen2.5-VL,
+LLaVA / LLaVA-NeXT, SmolVLM / Idefics3 ...), from a local directory or a hub id. The
+prompt comes from a YAML template; the packaged default is
+``geosr/data/captioning/mllm_prompt.yaml`` (read with :mod:`importlib.resources`, so it is
+found from any install), mirrored for users in ``configs/captioning/mllm_prompt.yaml``.
+
+Decoding is greedy (deterministic); the optional post-filter keeps the first sentence
+and at most ``MAX_WORDS`` words, since the diffusion text encoder reads short captions.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from geosr.errors import CaptionerError
+
+__all__ = ["MAX_WORDS", "MLLMCaptioner", "load_prompt_template", "shorten_caption"]
+
+#: Words kept by the short post-filter.
+MAX_WORDS = 24
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_prompt_template(path: str | Path | None = None) -> dict[str, str]:
+    """Read a prompt template (``prompt`` and optional ``system``); None: the packaged one.
+
+    Raises
+    ------
+    CaptionerError
+        Missing file, bad YAML or no ``prompt`` key.
+    """
+    try:
+        if path is None:
+            text = resources.files("geosr").joinpath("data/captioning/mllm_prompt.yaml").read_text()
+        else:
+            text = Path(path).read_text()
+        template = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CaptionerError(f"cannot read MLLM prompt template {path}: {exc}") from exc
+    if not isinstance(template, dict) or not isinstance(template.get("prompt"), str):
+        raise CaptionerError(f"MLLM prompt template {path} needs a 'prompt' string")
+    return {k: str(v) for k, v in template.items() if k in ("prompt", "system")}
+
+
+def shorten_caption(text: str, max_words: int = MAX_WORDS) -> str:
+    """First sentence or line of ``text``, quotes stripped, at most ``max_words`` words."""
+    text = text.strip().strip("\"'` ")
+    first = re.split(r"(?<=[.!?])\s|\n", text, maxsplit=1)[0]
+    words = first.split()[:max_words]
+    return " ".join(words).rstrip(".").strip("\"'` ")
+
+
+def _looks_local(model: str) -> bool:
+    # a hub id is "name" or "org/name"; anything path-like beyond that is a directory
+    return model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or "\\" in model
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise CaptionerError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class MLLMCaptioner:
+    """Captions tiles with a transformers image-text-to-text model.
+
+    Parameters
+    ----------
+    model : str
+        Local model directory or hub id.
+    device : str or torch.device, optional
+        Defaults to CUDA when available, else CPU.
+    dtype : str or torch.dtype, optional
+        ``float32``, ``float16`` or ``bfloat16``; defaults to bfloat16 on CUDA, float32 on CPU.
+    max_new_tokens : int
+        Generation budget per caption.
+    prompt_template : path, optional
+        YAML with ``prompt`` (and optional ``system``); None uses the packaged default.
+    batch_size : int
+        Tiles per ``generate`` call.
+    short : bool
+        Apply :func:`shorten_caption` to the answers.
+
+    Raises
+    ------
+    CaptionerError
+        Local directory missing, or the processor/model cannot be loaded (before any tile
+        is processed).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_new_tokens: int = 48,
+        prompt_template: str | Path | None = None,
+        batch_size: int = 8,
+        short: bool = True,
+    ) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if not model:
+            raise CaptionerError("the MLLM captioner needs a model: mllm:<dir-or-hub-id>")
+        path = Path(model).expanduser()
+        if not path.exists() and _looks_local(model):
+            raise CaptionerError(f"MLLM model directory not found: {model}")
+        source = str(path) if path.exists() else model
+        self.name = f"mllm:{model}"
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = _resolve_dtype(dtype, self.device)
+        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size = max(1, int(batch_size))
+        self.short = short
+        self.template = load_prompt_template(prompt_template)
+        try:
+            self.processor = AutoProcessor.from_pretrained(source)
+            self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype)
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            raise CaptionerError(f"cannot load MLLM captioner {model!r}: {exc}") from exc
+        self.model.to(self.device).eval()
+        # batched generation of a decoder-only model pads on the left
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        self._text = self._chat_text()
+
+    def _chat_text(self) -> str:
+        messages = []
+        if "system" in self.template:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self.template["system"]}]})
+        messages.append(
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": self.template["prompt"]}],
+            }
+        )
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    @staticmethod
+    def _to_images(tiles: torch.Tensor) -> list[Image.Image]:
+        x = tiles.detach().to("cpu", torch.float32).clamp(0, 1)
+        # RGB from the first three bands; a single band is shown as grey
+        x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
+        arr = (x.numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8)
+        return [Image.fromarray(a) for a in arr]
+
+    @torch.inference_mode()
+    def caption(self, tiles: torch.Tensor) -> list[str]:
+        """Caption ``[B, C, h, w]`` float tiles in [0, 1] (RGB order when ``C >= 3``)."""
+        images = self._to_images(tiles)
+        captions: list[str] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            inputs = self.processor(
+                text=[self._text] * len(batch),
+                images=[[im] for im in batch],
+                return_tensors="pt",
+                padding=True,
+            ).to(self.device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            new = out[:, inputs["input_ids"].shape[1] :]
+            texts = self.processor.batch_decode(new, skip_special_tokens=True)
+            captions.extend(shorten_caption(t) if self.short else t.strip() for t in texts)
+        return captions
