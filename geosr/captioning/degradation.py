@@ -7,13 +7,15 @@ No weights. Three measurements, each a classical estimator:
   image structure does not reach are the white-noise variance; they are the tail whose
   mean equals its median. Patches touching saturated pixels are left out (clipping
   shrinks the noise there).
-- **blur** (px of the given image, anisotropic): for a step edge blurred by a Gaussian of
-  covariance ``S``, the peak of the derivative-of-Gaussian gradient at scale ``s`` along
-  the edge normal ``n`` is proportional to ``1 / sqrt(n'Sn + s^2)``. The ratio of the
-  peaks at two scales at the same edge pixel gives ``n'Sn`` there (the gradient-ratio
-  "reblur" idea of Zhuo & Sim 2011, with noise energy subtracted). Fitting
-  ``n'Sn = m + a cos 2phi + b sin 2phi`` over the edge normals ``phi`` gives ``S``: its
-  axes are the blur sigmas, its major axis the orientation.
+- **blur** (px of the given image, anisotropic): multi-scale directional gradient energy.
+  Power-law content (power ~ |f|^-alpha) through a Gaussian blur of covariance ``S``,
+  differentiated along ``n`` with a derivative-of-Gaussian of scale ``s``, has a mean
+  squared response ``k_n (n'Sn + s^2) ** -beta``: the blur shifts the energy-vs-scale
+  curve by ``n'Sn``, whatever the content's amplitude ``k_n``. Per direction the shift is
+  found over six scales (white-noise energy, known from the noise estimate, subtracted
+  first), ``n'Sn = m + a cos 2t + b sin 2t`` is fitted over eight directions, and ``S``
+  gives the axes (geometric mean = ``blur_sigma``) and the orientation. Edge-ratio
+  ("reblur") methods were tried first and fail on dense aerial texture.
 - **JPEG**: blocking, i.e. how much larger the luminance steps across the 8 x 8 grid are
   than steps inside the blocks; its strength maps to a rough quality.
 
@@ -65,7 +67,8 @@ class DegradationEstimate:
     blur_sigma : float
         Gaussian blur sigma in px of the given image (geometric mean of the two axes).
     anisotropic : bool
-        Whether the major/minor blur axis ratio reaches ``ANISOTROPY_RATIO``.
+        Whether the estimated major/minor axis ratio reaches the decision ratio
+        (calibrated on the training images).
     blur_angle_deg : float
         Direction of the major blur axis in [0, 180), degrees counter-clockwise from
         the image x axis as seen on screen (meaningful when ``anisotropic``).

@@ -1,0 +1,88 @@
+"""DegradationCaptioner: measured accuracy on a real NEON plot, caption grammar, inputs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geosr.captioning import load_captioner
+from geosr.captioning.degradation import DegradationCaptioner, DegradationEstimate
+from geosr.captioning.evaluation import evaluate_captioner
+from geosr.errors import CaptionerError, InputError
+from geosr.training.degradations import DegradationParams, apply_degradation, degrade, describe
+
+DATA = Path(__file__).parent / "data"
+# the one grammar of geosr.captioning.vocabulary
+GRAMMAR = re.compile(
+    r"(mild|moderate|strong) (isotropic blur sigma \d+\.\d px|anisotropic blur sigma \d+\.\d px along \d+ deg); "
+    r"(no noise|(low|moderate|high) noise sigma \d+); (no jpeg|jpeg quality \d+)"
+)
+
+
+def test_accuracy_on_real_crops():
+    """A fast version of `geosr evaluate-captioner`, thresholds of the issue loosened a bit."""
+    result = evaluate_captioner([DATA / "neon_harv_plot.tif"], n_crops=24, crop=96, seed=3, scale=2)
+    assert result["n"] == 24
+    assert result["noise_median_abs_err"] <= 2.0
+    assert result["blur_median_abs_err"] <= 0.6
+    assert result["aniso_accuracy"] >= 0.6
+    assert result["angle_median_abs_err_deg"] <= 25.0
+
+
+@pytest.mark.parametrize("noise", [0.0, 5.0, 20.0])
+def test_noise_on_a_clean_scale(noise):
+    rng = np.random.default_rng(0)
+    hr = np.full((192, 192, 3), 0.5, np.float32)
+    hr[:, 96:] = 0.3
+    params = DegradationParams(2, 2.0, 2.0, 0.0, noise, None, "iso")
+    est = DegradationCaptioner().estimate(apply_degradation(hr, params, rng))
+    assert abs(est.noise_sigma - noise) < 1.0
+
+
+def test_caption_grammar_matches_describe():
+    import rasterio
+
+    with rasterio.open(DATA / "neon_harv_plot.tif") as ds:
+        hr = ds.read(window=((0, 256), (0, 256))).transpose(1, 2, 0).astype(np.float32) / 255.0
+    truth = []
+    tiles = []
+    for seed in range(4):
+        lr, params = degrade(hr, 2, "aniso", seed=seed, jpeg_prob=0.5)
+        truth.append(describe(params))
+        tiles.append(torch.from_numpy(lr.transpose(2, 0, 1).copy()))
+    captions = DegradationCaptioner().caption(torch.stack(tiles))
+    assert len(captions) == 4
+    for text in truth + captions:
+        assert GRAMMAR.fullmatch(text), text
+
+
+def test_estimate_uint8_and_float_agree():
+    rng = np.random.default_rng(1)
+    img = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    cap = DegradationCaptioner()
+    est = cap.estimate(img)
+    again = cap.estimate(img.astype(np.float64) / 255.0)
+    assert again.noise_sigma == pytest.approx(est.noise_sigma, rel=1e-6)
+    assert again.blur_sigma == pytest.approx(est.blur_sigma, rel=1e-6)
+    assert isinstance(est, DegradationEstimate)
+    assert est.caption() == cap.caption(torch.from_numpy(img.transpose(2, 0, 1) / 255.0)[None])[0]
+
+
+def test_bad_images():
+    cap = DegradationCaptioner()
+    with pytest.raises(InputError):
+        cap.estimate(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InputError):
+        cap.estimate(np.zeros((32, 32, 3), np.int32))
+
+
+def test_registry():
+    assert isinstance(load_captioner("degradation"), DegradationCaptioner)
+    with pytest.raises(CaptionerError, match="no argument"):
+        load_captioner("degradation:fast")
+    with pytest.raises(CaptionerError, match="unknown captioner"):
+        load_captioner("blip")
