@@ -14,7 +14,7 @@ from geosr.errors import InputError
 __all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_MODEL", "DEFAULT_CAPTIONER"]
 
 DEFAULT_MODEL = "bicubic"
-DEFAULT_CAPTIONER = "none"
+DEFAULT_CAPTIONER = "degradation"
 SCALES = (2, 3, 4, 8)
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 import geosr
 from geosr.blending import BlendAccumulator
 from geosr.captioning import Captioner, load_captioner
+from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig, parse_caption_every
 from geosr.errors import InputError
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
@@ -44,7 +45,7 @@ from geosr.tiling import Tile, TileGrid
 from geosr.aoi import load_aoi, window_polygon
 from geosr.writer import OutputTarget, WorkRaster, sidecar_path
 
-__all__ = ["BandPlan", "RunReport", "upscale_scene", "plan_bands", "tile_seed", "dask_client"]
+__all__ = ["BandPlan", "RunReport", "upscale_scene", "caption_scene", "plan_bands", "tile_seed", "dask_client"]
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,9 @@ class TileResult:
 
 @functools.lru_cache(maxsize=8)
 def _captioner(spec: str) -> Captioner:
-    # One captioner per worker process and spec (an MLLM loads once).
-    return load_captioner(spec)
+    # One captioner per worker process and spec (an MLLM loads once), remembering the
+    # captions of tiles it has seen (re-runs, repeated content, window/scene sharing).
+    return CachingCaptioner(load_captioner(spec))
 
 
 def _model(job: BatchJob) -> Upscaler:
@@ -328,6 +330,43 @@ def upscale_scene(
         peak_pending_bytes=peak,
         captions=captions_path,
     )
+
+
+def caption_scene(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    config: RunConfig,
+) -> dict:
+    """Caption every tile of a scene (or one per window/scene) into a GeoJSON file.
+
+    Uses the same tile plan, bands, stretch and AOI as :func:`upscale_scene` with
+    ``config``, so the captions are those an upscale run would use. Returns the
+    FeatureCollection written to ``output``.
+    """
+    target = OutputTarget(output, overwrite=config.overwrite)
+    _captioner(config.captioner)
+    mode, n = parse_caption_every(config.caption_every)
+    with target:
+        scene = open_scene(inputs, workdir=target.tmpdir)
+        # Captioners look at RGB: plan bands as for a 3-channel model.
+        plan = plan_bands(scene, config.bands, 3)
+        stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
+        grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
+        aoi = load_aoi(config.aoi, scene) if config.aoi else None
+        tiles, _ = _select_tiles(scene, grid, aoi)
+        jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
+        with dask_client(config.address, config.local_workers) as client:
+            if mode == "tile":
+                texts = client.gather([client.submit(caption_tiles, j, pure=False) for j in jobs])
+                captions = {t.index: c for j, cs in zip(jobs, texts) for t, c in zip(j.tiles, cs)}
+            else:
+                shared = _with_shared_captions(client, jobs, tiles, mode, n, grid)
+                captions = {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
+        fc = _captions_geojson(scene, tiles, captions)
+        tmp = target.temp("captions.geojson")
+        tmp.write_text(json.dumps(fc, indent=1))
+        target.commit({tmp: target.output})
+    return fc
 
 
 def _select_tiles(scene: Scene, grid: TileGrid, aoi) -> tuple[list[Tile], int]:

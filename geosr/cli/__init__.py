@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from geosr import __version__
+from geosr.cli.bench import bench
+from geosr.cli.caption import caption
+from geosr.cli.evaluate_captioner import evaluate_captioner
 from geosr.cli.info import info
 from geosr.cli.upscale import upscale
 from geosr.cli.validate import validate
@@ -27,3 +30,6 @@ def cli() -> None:
 cli.add_command(upscale)
 cli.add_command(info)
 cli.add_command(validate)
+cli.add_command(bench)
+cli.add_command(caption)
+cli.add_command(evaluate_captioner, name="evaluate-captioner")

@@ -1,0 +1,44 @@
+"""``geosr caption``: what the captioner says about each tile of a scene."""
+
+from __future__ import annotations
+
+import click
+
+from geosr.cli.options import fail_cleanly, parse_bands, setup_logging, verbosity
+from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", "output", required=True, type=click.Path(dir_okay=False), help="GeoJSON to write (tile footprints + captions).")
+@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
+@click.option("--caption-every", default="tile", show_default=True, help="tile, window:N or scene.")
+@click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
+@click.option("--overlap", default=32, show_default=True, help="Halo on each side of a tile.")
+@click.option("--bands", callback=parse_bands, help="Bands to look at, e.g. 1,2,3.")
+@click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s) selecting tiles.")
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+@click.option("--address", help="dask.distributed scheduler address.")
+@verbosity
+def caption(inputs, output, captioner, caption_every, tile, overlap, bands, aoi, overwrite, address, verbose, quiet):
+    """Caption the tiles of INPUT as `geosr upscale` would, into a GeoJSON of tile
+    footprints (scene CRS) with their captions.
+
+    \b
+    Examples:
+      geosr caption scene.tif --out captions.geojson
+      geosr caption scene.tif --out c.geojson --captioner mllm:./Qwen2.5-VL-3B --caption-every window:4
+    """
+    from geosr.engine import caption_scene
+
+    setup_logging(verbose, quiet)
+    config = fail_cleanly(lambda: RunConfig(
+        captioner=captioner, caption_every=caption_every, tiles=TileSpec(tile, overlap), bands=bands, aoi=aoi,
+        overwrite=overwrite, address=address, progress=not quiet,
+    ))
+    fc = fail_cleanly(lambda: caption_scene(inputs, output, config))
+    if not quiet:
+        texts = [f["properties"]["caption"] for f in fc["features"]]
+        click.echo(f"wrote {len(texts)} captions to {output}", err=True)
+        for text in dict.fromkeys(texts):
+            click.echo(f"  {texts.count(text):>4} x {text}", err=True)

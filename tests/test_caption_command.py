@@ -1,0 +1,42 @@
+"""`geosr caption` and --caption-every through the engine."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from geosr.cli import cli
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import caption_scene, upscale_scene
+
+
+def test_caption_command_writes_geojson(tmp_path, data_dir):
+    out = tmp_path / "c.geojson"
+    res = CliRunner().invoke(cli, ["caption", str(data_dir / "neon_harv_plot.tif"), "--out", str(out), "--tile", "128", "-q"])
+    assert res.exit_code == 0, res.output
+    fc = json.loads(out.read_text())
+    assert len(fc["features"]) == 16
+    assert all("blur" in f["properties"]["caption"] for f in fc["features"])
+    assert fc["crs"]["properties"]["name"].endswith("32618")
+
+
+@pytest.mark.parametrize("every,distinct_max", [("scene", 1), ("window:2", 16)])
+def test_caption_every_shares_captions(tmp_path, data_dir, every, distinct_max):
+    cfg = RunConfig(captioner="degradation", caption_every=every, tiles=TileSpec(64, 8), progress=False)
+    fc = caption_scene([data_dir / "neon_harv_plot.tif"], tmp_path / "c.geojson", cfg)
+    texts = [f["properties"]["caption"] for f in fc["features"]]
+    assert len(texts) == 49
+    assert 1 <= len(set(texts)) <= distinct_max
+
+
+def test_upscale_records_shared_caption(tmp_path, data_dir):
+    cfg = RunConfig(scale=2, model="bicubic", captioner="fixed:hazy", caption_every="scene", tiles=TileSpec(128, 8), progress=False)
+    upscale_scene([data_dir / "rgbn_suba.tif"], tmp_path / "o.tif", cfg)
+    fc = json.loads((tmp_path / "o.captions.geojson").read_text())
+    assert {f["properties"]["caption"] for f in fc["features"]} == {"hazy"}
+
+
+def test_bad_caption_every_is_rejected(tmp_path, data_dir):
+    res = CliRunner().invoke(cli, ["caption", str(data_dir / "rgbn_suba.tif"), "--out", str(tmp_path / "c.geojson"), "--caption-every", "window:x"])
+    assert res.exit_code != 0 and "window:N" in res.output
+    assert not (tmp_path / "c.geojson").exists()
