@@ -232,7 +232,9 @@ def main(args: argparse.Namespace) -> Path:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for frozen in (vae, text_encoder) + (() if args.train_base else (unet,)):
         if frozen is not None:
-            frozen.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
+            frozen.requires_grad_(False).to(accelerator.device)
+            if weight_dtype != torch.float32:
+                frozen.to(dtype=weight_dtype)
     unet.train(args.train_base)
     controlnet.train()
     if args.gradient_checkpointing:
@@ -358,8 +360,9 @@ def main(args: argparse.Namespace) -> Path:
     accelerator.wait_for_everyone()
     save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
     if accelerator.is_main_process:
-        # frozen parts may be half precision: the saved pipeline is float32 throughout
-        pipeline = _make_pipeline(accelerator, models, controlnet, unet, args).to(dtype=torch.float32)
+        pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
+        if weight_dtype != torch.float32:
+            pipeline.to(dtype=torch.float32)  # the frozen parts ran in half precision
         pipeline.save_pretrained(str(output_dir))
         if pairs:
             render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
