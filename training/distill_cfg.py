@@ -1,0 +1,395 @@
+"""Distil a classifier-free-guided GeoSRPipeline teacher into a one-branch student.
+
+    accelerate launch -m geosr.training.distill_cfg --config configs/train/distill_sd15.yaml
+
+Guided distillation (Meng et al. 2023): the frozen teacher runs two branches, ``eps_u`` with
+the empty caption and ``eps_c`` with the caption, and is guided with
+``g ~ U[guidance_scale_min, guidance_scale_max]``. The student's UNet takes ``w = g - 1``
+through ``time_cond_proj_dim`` (embedded with the pipeline's own
+:func:`~geosr.pipelines.pipeline_geosr.guidance_embedding`) and runs one branch:
+
+- ``step_distillation: none``: loss = MSE(student(x_t, t, w, c), eps_u + g (eps_c - eps_u));
+- ``step_distillation: consistency``: latent-consistency distillation (Luo et al. 2023, as
+  diffusers' ``train_lcm_distill_sd_wds.py``) of the guided teacher's DDIM ODE on a skeleton
+  of ``num_ddim_timesteps`` steps, with an EMA copy of the student as the target network,
+  so that 1-4 steps of the saved LCMScheduler suffice.
+
+The student starts as the teacher (its new guidance projection zero-initialised: at first it
+is the conditional branch, exact for ``w = 0``), or, with a ``student_unet`` mapping of config
+overrides in the YAML, as a smaller ("lightweight") UNet and ControlNet trained from scratch.
+The output directory is a complete GeoSRPipeline with an LCMScheduler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import ControlNetModel, DDPMScheduler, LCMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, upsample_lr
+from geosr.training.launch import (
+    add_common_args,
+    checkpoint_to_resume,
+    make_dataloader,
+    parse_with_config,
+    save_checkpoint,
+)
+from geosr.training.train_controlnet import (
+    clean_sample,
+    encode_captions,
+    render_validation,
+    validation_pairs,
+)
+
+__all__ = [
+    "consistency_loss",
+    "guidance_distillation_loss",
+    "make_student",
+    "main",
+    "parse_args",
+    "predict",
+    "teacher_guided",
+]
+
+logger = get_logger(__name__)
+
+
+def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags over the YAML of ``--config``; see configs/train/distill_*.yaml."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    add = parser.add_argument
+    add("--teacher_model", type=str, required=False, default=None,
+        help="GeoSRPipeline directory or hub id of the guided teacher.")
+    add("--guidance_scale_min", type=float, default=1.0)
+    add("--guidance_scale_max", type=float, default=8.0)
+    add("--guidance_embedding_dim", type=int, default=256, help="The student's time_cond_proj_dim.")
+    add("--step_distillation", choices=("none", "consistency"), default="none")
+    add("--num_ddim_timesteps", type=int, default=50, help="Consistency: DDIM skeleton size.")
+    add("--ema_decay", type=float, default=0.95, help="Consistency: target network EMA.")
+    add("--num_inference_steps", type=int, default=4, help="Default steps of the saved student.")
+    add("--validation_guidance_scale", type=float, default=4.0)
+    args = parse_with_config(parser, input_args, yaml_only={"student_unet": None})
+    if not args.teacher_model:
+        parser.error("--teacher_model is required (in the YAML or on the command line)")
+    if not 1.0 <= args.guidance_scale_min <= args.guidance_scale_max:
+        parser.error("need 1 <= guidance_scale_min <= guidance_scale_max (w = g - 1 >= 0)")
+    return args
+
+
+def make_student(
+    teacher: GeoSRPipeline, embedding_dim: int, overrides: dict | None = None, seed: int = 0
+) -> tuple[UNet2DConditionModel, ControlNetModel]:
+    """Student UNet (with ``time_cond_proj_dim``) and ControlNet.
+
+    Without ``overrides`` both are copies of the teacher's and the new guidance projection
+    is zero, so the student starts as the teacher's conditional branch. With overrides of
+    the UNet config (a "lightweight" student) both are initialised afresh, the ControlNet
+    from the new UNet with the teacher's conditioning encoder layout.
+    """
+    config = {**teacher.unet.config, **(overrides or {}), "time_cond_proj_dim": embedding_dim}
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(config)
+    if overrides:
+        cn = teacher.controlnet.config
+        controlnet = ControlNetModel.from_unet(
+            unet,
+            conditioning_embedding_out_channels=tuple(cn.conditioning_embedding_out_channels),
+            conditioning_channels=cn.conditioning_channels,
+        )
+        return unet, controlnet
+    missing, unexpected = unet.load_state_dict(teacher.unet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("time_embedding.cond_proj") for k in missing):
+        raise RuntimeError(f"student does not match the teacher: {missing} {unexpected}")
+    torch.nn.init.zeros_(unet.time_embedding.cond_proj.weight)
+    return unet, copy.deepcopy(teacher.controlnet)
+
+
+def predict(unet, controlnet, sample, timesteps, text, condition, timestep_cond=None) -> torch.Tensor:
+    """One branch: ControlNet residuals, then the UNet's prediction."""
+    down, mid = controlnet(
+        sample, timesteps, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False
+    )
+    return unet(
+        sample,
+        timesteps,
+        encoder_hidden_states=text,
+        timestep_cond=timestep_cond,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+
+
+@torch.no_grad()
+def teacher_guided(teacher: GeoSRPipeline, sample, timesteps, text, empty, condition, g) -> torch.Tensor:
+    """``eps_u + g (eps_c - eps_u)``, both branches in one ``2B`` forward as the pipeline does."""
+    both = predict(
+        teacher.unet,
+        teacher.controlnet,
+        torch.cat([sample, sample]),
+        torch.cat([timesteps, timesteps]),
+        torch.cat([empty, text]),
+        torch.cat([condition, condition]),
+    ).float()
+    uncond, cond = both.chunk(2)
+    g = g.view(-1, *([1] * (sample.ndim - 1)))
+    return uncond + g * (cond - uncond)
+
+
+def guidance_distillation_loss(student, student_controlnet, teacher, batch) -> torch.Tensor:
+    """MSE between the student's one-branch prediction and the teacher's guided one.
+
+    ``batch`` holds ``noisy``, ``timesteps``, ``text``, ``empty``, ``condition``, ``g``.
+    """
+    target = teacher_guided(teacher, batch["noisy"], batch["timesteps"], batch["text"],
+                            batch["empty"], batch["condition"], batch["g"])
+    w_emb = guidance_embedding(batch["g"] - 1.0, student.config.time_cond_proj_dim)
+    pred = predict(student, student_controlnet, batch["noisy"], batch["timesteps"], batch["text"],
+                   batch["condition"], w_emb.to(batch["noisy"].dtype))
+    return F.mse_loss(pred.float(), target)
+
+
+def _x0_eps(pred, sample, alpha_bar, prediction_type: str):
+    """(x0, eps) from a network output in the scheduler's parametrisation."""
+    a = alpha_bar.sqrt().view(-1, 1, 1, 1)
+    s = (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
+    if prediction_type == "v_prediction":
+        return a * sample - s * pred, a * pred + s * sample
+    return (sample - s * pred) / a, pred
+
+
+def _boundary(timesteps: torch.Tensor, sigma_data: float = 0.5, scaling: float = 10.0):
+    """LCM's consistency boundary scalings (the same as LCMScheduler's)."""
+    t = scaling * timesteps.float()
+    c_skip = sigma_data**2 / (t**2 + sigma_data**2)
+    c_out = t / (t**2 + sigma_data**2) ** 0.5
+    return c_skip.view(-1, 1, 1, 1), c_out.view(-1, 1, 1, 1)
+
+
+def consistency_loss(student, student_controlnet, target_unet, target_controlnet, teacher,
+                     noise_scheduler: DDPMScheduler, batch, skip: int) -> torch.Tensor:
+    """Latent-consistency loss across one guided-teacher DDIM step of ``skip`` timesteps."""
+    t, x_t = batch["timesteps"], batch["noisy"]
+    t_prev = (t - skip).clamp(min=0)
+    alphas = noise_scheduler.alphas_cumprod.to(x_t.device)
+    kind = noise_scheduler.config.prediction_type
+    w_emb = guidance_embedding(batch["g"] - 1.0, student.config.time_cond_proj_dim).to(x_t.dtype)
+
+    pred = predict(student, student_controlnet, x_t, t, batch["text"], batch["condition"], w_emb)
+    x0, _ = _x0_eps(pred.float(), x_t, alphas[t], kind)
+    c_skip, c_out = _boundary(t)
+    online = c_skip * x_t + c_out * x0
+
+    with torch.no_grad():
+        guided = teacher_guided(teacher, x_t, t, batch["text"], batch["empty"], batch["condition"], batch["g"])
+        x0_teacher, eps_teacher = _x0_eps(guided, x_t, alphas[t], kind)
+        a_prev = alphas[t_prev].view(-1, 1, 1, 1)
+        x_prev = a_prev.sqrt() * x0_teacher + (1 - a_prev).sqrt() * eps_teacher
+        pred_prev = predict(target_unet, target_controlnet, x_prev, t_prev, batch["text"],
+                            batch["condition"], w_emb).float()
+        x0_prev, _ = _x0_eps(pred_prev, x_prev, alphas[t_prev], kind)
+        c_skip_prev, c_out_prev = _boundary(t_prev)
+        target = c_skip_prev * x_prev + c_out_prev * x0_prev
+    return F.mse_loss(online, target)
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Distil; returns the output directory (a GeoSRPipeline, plus checkpoint-N folders)."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    teacher = GeoSRPipeline.from_pretrained(args.teacher_model)
+    if teacher.is_distilled:
+        raise ValueError(f"{args.teacher_model} is already a distilled student")
+    cfg = teacher.config
+    noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    student, student_controlnet = make_student(
+        teacher, args.guidance_embedding_dim, args.student_unet, seed=args.seed
+    )
+    for frozen in (teacher.vae, teacher.text_encoder, teacher.unet, teacher.controlnet):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(accelerator.device)
+            if weight_dtype != torch.float32:
+                frozen.to(dtype=weight_dtype)
+    student.train()
+    student_controlnet.train()
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+        student_controlnet.enable_gradient_checkpointing()
+
+    consistency = args.step_distillation == "consistency"
+    if consistency:
+        # the target network: an EMA of the student, never trained directly
+        target_unet = copy.deepcopy(student).requires_grad_(False).to(accelerator.device)
+        target_controlnet = copy.deepcopy(student_controlnet).requires_grad_(False).to(accelerator.device)
+        skip = noise_scheduler.config.num_train_timesteps // args.num_ddim_timesteps
+
+    optimizer = torch.optim.AdamW(
+        list(student.parameters()) + list(student_controlnet.parameters()),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    dataloader = make_dataloader(args)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    student, student_controlnet, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        student, student_controlnet, optimizer, dataloader, lr_scheduler
+    )
+    if consistency:
+        # registered so that a resumed run continues with the same target network
+        accelerator.register_for_checkpointing(target_unet, target_controlnet)
+    if args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config={
+            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
+    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    resume = checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        global_step = int(resume.name.split("-")[1])
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = global_step % updates_per_epoch * args.gradient_accumulation_steps
+        logger.info("resumed from %s at step %d", resume, global_step)
+
+    empty = encode_captions(teacher.tokenizer, teacher.text_encoder, [""]).to(weight_dtype)
+    pairs = validation_pairs(args.validation_images, args) if accelerator.is_main_process else []
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
+                    disable=not accelerator.is_local_main_process)
+    for epoch in range(first_epoch, num_epochs):
+        dataloader.dataset.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
+        skip_batches = 0
+        for batch in batches:
+            with accelerator.accumulate(student, student_controlnet):
+                hr = batch["hr"].to(accelerator.device)
+                condition = upsample_lr(batch["lr"].to(accelerator.device), cfg.upscale_factor, cfg.upsample_mode)
+                with torch.no_grad():
+                    text = encode_captions(teacher.tokenizer, teacher.text_encoder, batch["caption"]).to(weight_dtype)
+                    x0 = clean_sample(hr.to(weight_dtype if teacher.vae else torch.float32), condition,
+                                      teacher.vae, cfg.predict_residual, cfg.residual_scale)
+                n = x0.shape[0]
+                if consistency:
+                    index = torch.randint(0, args.num_ddim_timesteps, (n,), device=x0.device)
+                    timesteps = (index + 1) * skip - 1  # LCMScheduler's skeleton
+                else:
+                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), device=x0.device)
+                g = torch.empty(n, device=x0.device).uniform_(args.guidance_scale_min, args.guidance_scale_max)
+                step = {
+                    "noisy": noise_scheduler.add_noise(x0, torch.randn_like(x0), timesteps).to(weight_dtype),
+                    "timesteps": timesteps,
+                    "text": text,
+                    "empty": empty.expand(n, -1, -1),
+                    "condition": condition.to(weight_dtype),
+                    "g": g,
+                }
+                if consistency:
+                    loss = consistency_loss(student, student_controlnet, target_unet, target_controlnet,
+                                            teacher, noise_scheduler, step, skip)
+                else:
+                    loss = guidance_distillation_loss(student, student_controlnet, teacher, step)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(
+                        list(student.parameters()) + list(student_controlnet.parameters()), args.max_grad_norm
+                    )
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if consistency and accelerator.sync_gradients:
+                    with torch.no_grad():
+                        online = list(accelerator.unwrap_model(student).parameters())
+                        online += list(accelerator.unwrap_model(student_controlnet).parameters())
+                        ema = list(target_unet.parameters()) + list(target_controlnet.parameters())
+                        for target, source in zip(ema, online):
+                            target.lerp_(source.detach(), 1.0 - args.ema_decay)
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if pairs and args.validation_steps and global_step % args.validation_steps == 0:
+                render_validation(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
+                                  pairs, output_dir / "validation" / f"step-{global_step}.png",
+                                  args.num_inference_steps, args.validation_guidance_scale)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    if accelerator.is_main_process:
+        pipeline = _student_pipeline(accelerator, teacher, student, student_controlnet, args)
+        if weight_dtype != torch.float32:
+            pipeline.to(dtype=torch.float32)  # the frozen teacher parts ran in half precision
+        pipeline.save_pretrained(str(output_dir))
+        if pairs:
+            render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
+                              args.num_inference_steps, args.validation_guidance_scale)
+    accelerator.end_training()
+    return output_dir
+
+
+def _student_pipeline(accelerator, teacher, student, student_controlnet, args) -> GeoSRPipeline:
+    # LCMScheduler on the teacher's noise schedule: its boundary conditions are the ones the
+    # consistency loss trains, and for a guidance-only student it is an x0-predicting few-step sampler
+    scheduler = LCMScheduler.from_config(
+        teacher.scheduler.config,
+        timestep_spacing="trailing",
+        original_inference_steps=args.num_ddim_timesteps,
+    )
+    cfg = teacher.config
+    return GeoSRPipeline(
+        vae=teacher.vae,
+        text_encoder=teacher.text_encoder,
+        tokenizer=teacher.tokenizer,
+        unet=accelerator.unwrap_model(student),
+        controlnet=accelerator.unwrap_model(student_controlnet),
+        scheduler=scheduler,
+        upscale_factor=cfg.upscale_factor,
+        upsample_mode=cfg.upsample_mode,
+        predict_residual=cfg.predict_residual,
+        residual_scale=cfg.residual_scale,
+        default_num_inference_steps=args.num_inference_steps,
+        default_guidance_scale=args.validation_guidance_scale,
+    )
+
+
+if __name__ == "__main__":
+    main(parse_args())
