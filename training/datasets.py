@@ -220,7 +220,7 @@ class SRPairDataset(Dataset):
         lr_t = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))
         return {"hr": hr_t, "lr": lr_t, "caption": self._caption(info, lr_t, describe(params))}
 
-    def _random_crop(self, info: _ImageInfo, rng: np.random.Generator, tries: int = 20):
+    def _random_crop(self, info: _ImageInfo, rng: np.random.Generator, tries: int = 50):
         """An ``H x W x C`` float crop, or None when ``tries`` windows were all too masked."""
         size = self.crop_size
         if info.path.suffix.lower() not in _TIFF_SUFFIXES:
