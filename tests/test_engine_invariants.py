@@ -138,3 +138,23 @@ def test_same_seed_same_pixels_and_deterministic_output(tmp_path):
     run(src, tmp_path / "a.tif", 2, tile=16, overlap=4)
     run(src, tmp_path / "b.tif", 2, tile=16, overlap=4, batch_size=3)
     np.testing.assert_array_equal(read(tmp_path / "a.tif"), read(tmp_path / "b.tif"))
+
+
+def test_band_metadata_and_tags_are_carried(tmp_path):
+    data = (texture(2, 30, 40) * 1000).astype("int16")
+    src = write_raster(tmp_path / "in.tif", data, nodata=-1)
+    with rasterio.open(src, "r+") as ds:
+        ds.set_band_description(1, "surface temperature")
+        ds.set_band_description(2, "emissivity")
+        ds.scales = (0.01, 0.001)
+        ds.offsets = (273.15, 0.0)
+        ds.units = ("K", "1")
+        ds.update_tags(ACQUISITION="2024-06-01", SENSOR="demo")
+    run(src, tmp_path / "out.tif", 2, tile=16, overlap=4)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.descriptions == ("surface temperature", "emissivity")
+        assert out.scales == (0.01, 0.001) and out.offsets == (273.15, 0.0)
+        assert out.units == ("K", "1")
+        tags = out.tags()
+        assert tags["ACQUISITION"] == "2024-06-01" and tags["SENSOR"] == "demo"
+        assert tags["GEOSR_MODEL"] == "bicubic" and tags["GEOSR_SCALE"] == "2"
