@@ -47,6 +47,7 @@ from geosr.training.launch import (
     save_checkpoint,
 )
 from geosr.training.train_controlnet import (
+    step_generator,
     clean_sample,
     encode_captions,
     render_validation,
@@ -298,15 +299,18 @@ def main(args: argparse.Namespace) -> Path:
                     text = encode_captions(teacher.tokenizer, teacher.text_encoder, batch["caption"]).to(weight_dtype)
                     x0 = clean_sample(hr.to(weight_dtype if teacher.vae else torch.float32), condition,
                                       teacher.vae, cfg.predict_residual, cfg.residual_scale)
-                n = x0.shape[0]
+                n, gen = x0.shape[0], step_generator(args.seed, global_step, accelerator)
                 if consistency:
-                    index = torch.randint(0, args.num_ddim_timesteps, (n,), device=x0.device)
+                    index = torch.randint(0, args.num_ddim_timesteps, (n,), generator=gen, device=x0.device)
                     timesteps = (index + 1) * skip - 1  # LCMScheduler's skeleton
                 else:
-                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), device=x0.device)
-                g = torch.empty(n, device=x0.device).uniform_(args.guidance_scale_min, args.guidance_scale_max)
+                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,),
+                                              generator=gen, device=x0.device)
+                g = args.guidance_scale_min + (args.guidance_scale_max - args.guidance_scale_min) * torch.rand(
+                    n, generator=gen, device=x0.device)
+                noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
                 step = {
-                    "noisy": noise_scheduler.add_noise(x0, torch.randn_like(x0), timesteps).to(weight_dtype),
+                    "noisy": noise_scheduler.add_noise(x0, noise, timesteps).to(weight_dtype),
                     "timesteps": timesteps,
                     "text": text,
                     "empty": empty.expand(n, -1, -1),

@@ -54,6 +54,7 @@ __all__ = [
     "main",
     "parse_args",
     "render_validation",
+    "step_generator",
 ]
 
 logger = get_logger(__name__)
@@ -194,6 +195,17 @@ def render_validation(pipeline: GeoSRPipeline, pairs, out_path: Path, steps: int
     logger.info("validation images in %s", out_path)
 
 
+def step_generator(seed: int, step: int, accelerator) -> torch.Generator:
+    """Randomness of one optimisation step (noise, timesteps, caption dropout).
+
+    A function of (seed, step, process) rather than of the global RNG, so that a resumed run
+    draws exactly what the uninterrupted run drew (re-creating a DataLoader iterator after a
+    resume consumes global random numbers).
+    """
+    gen = torch.Generator(device=accelerator.device)
+    return gen.manual_seed((seed * 1_000_003 + step) * 64 + accelerator.process_index)
+
+
 def _make_pipeline(accelerator, models, controlnet, unet, args) -> GeoSRPipeline:
     scheduler = DDIMScheduler.from_config(models["scheduler"].config, timestep_spacing="trailing")
     return GeoSRPipeline(
@@ -306,17 +318,16 @@ def main(args: argparse.Namespace) -> Path:
             with accelerator.accumulate(controlnet, *([unet] if args.train_base else [])):
                 hr = batch["hr"].to(accelerator.device)
                 condition = upsample_lr(batch["lr"].to(accelerator.device), args.scale, args.upsample_mode)
-                captions = [
-                    "" if torch.rand(()) < args.caption_dropout else c for c in batch["caption"]
-                ]
+                gen = step_generator(args.seed, global_step, accelerator)
+                drop = torch.rand(len(batch["caption"]), generator=gen, device=accelerator.device)
+                captions = ["" if d < args.caption_dropout else c for d, c in zip(drop.tolist(), batch["caption"])]
                 with torch.no_grad():
                     text = encode_captions(tokenizer, text_encoder, captions).to(weight_dtype)
                     x0 = clean_sample(hr.to(weight_dtype if vae else torch.float32), condition, vae,
                                       args.predict_residual, args.residual_scale)
-                noise = torch.randn_like(x0)
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
-                )
+                noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
+                                          generator=gen, device=x0.device)
                 loss_diffusion = diffusion_loss(unet, controlnet, noise_scheduler, x0, condition,
                                                 text, noise, timesteps)
                 loss = loss_diffusion
