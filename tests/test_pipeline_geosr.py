@@ -283,7 +283,7 @@ def test_student_rejects_guidance_below_one(student):
 
 def test_output_size_must_fit_the_unet(tmp_path):
     pipe = make_pipe(tmp_path, scale=1)
-    with pytest.raises(ValueError, match="multiple of 2: pad the input"):
+    with pytest.raises(ValueError, match="multiple of 4: pad the input"):
         pipe(lr_tiles(1, size=7), num_inference_steps=1)
 
 

@@ -1,0 +1,267 @@
+"""The diffusion upscaler: a :class:`~geosr.pipelines.GeoSRPipeline` behind the Upscaler protocol.
+
+A model spec is a local pipeline directory (``model_index.json`` inside), the name of a model
+shipped in the package (``geosr/data/models/<name>/``) or a Hugging Face hub id (``org/name``).
+Each pipeline is loaded once per process, device and dtype, and shared by all upscalers that
+use it (a dask worker serves every batch with one copy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+from importlib.resources import files
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from geosr.errors import InputError, ModelError
+from geosr.models import register_upscaler
+
+__all__ = ["DiffusionUpscaler", "register", "matches", "resolve_model"]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PIPELINE_CLASS = "GeoSRPipeline"
+# A hub id is "org/name"; anything else with a separator, or starting with "." or "~", is a path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# One pipeline per (source, device, dtype) and a lock per pipeline: a pipeline call is not
+# re-entrant (the scheduler keeps the timestep state), and dask threads share the copy.
+_PIPELINES: dict[tuple[str, str, torch.dtype], tuple[object, threading.Lock]] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def _shipped_model(name: str) -> str | None:
+    if os.sep in name or "/" in name or name.startswith("."):
+        return None
+    resource = files("geosr").joinpath("data", "models", name)
+    if resource.is_dir() and resource.joinpath("model_index.json").is_file():
+        return str(resource)
+    return None
+
+
+def _looks_like_path(spec: str) -> bool:
+    if spec.startswith((".", "~", os.sep, "/")):
+        return True
+    return (os.sep in spec or "/" in spec) and not HUB_ID.match(spec)
+
+
+def matches(spec: str) -> bool:
+    """Whether ``spec`` is for this loader: a path, a shipped model name or a hub id."""
+    return (
+        Path(spec).expanduser().exists()
+        or _looks_like_path(spec)
+        or _shipped_model(spec) is not None
+        or bool(HUB_ID.match(spec))
+    )
+
+
+def resolve_model(spec: str) -> str:
+    """Where to load ``spec`` from: a local pipeline directory, or the hub id itself.
+
+    Raises
+    ------
+    ModelError
+        ``spec`` names a missing path, or a directory that is not a GeoSRPipeline.
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _check_pipeline_dir(spec, path)
+    shipped = _shipped_model(spec)
+    if shipped is not None:
+        return shipped
+    if HUB_ID.match(spec):
+        return spec
+    raise ModelError(f"model directory {spec!r} does not exist")
+
+
+def _check_pipeline_dir(spec: str, path: Path) -> str:
+    index = path / "model_index.json"
+    if not path.is_dir() or not index.is_file():
+        raise ModelError(f"{spec!r} is not a diffusers pipeline directory (no model_index.json)")
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot read {index}: {err}") from err
+    if class_name != PIPELINE_CLASS:
+        raise ModelError(f"{spec!r} holds a {class_name}, not a {PIPELINE_CLASS}")
+    return str(path)
+
+
+def _load_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[object, threading.Lock]:
+    key = (source, device, dtype)
+    with _PIPELINES_LOCK:
+        if key not in _PIPELINES:
+            # Imported here: diffusers/transformers take seconds to import, classical runs skip it.
+            from geosr.pipelines.pipeline_geosr import GeoSRPipeline
+
+            try:
+                pipe = GeoSRPipeline.from_pretrained(source)
+            except (OSError, ValueError, TypeError) as err:
+                raise ModelError(f"cannot load the diffusion pipeline {source!r}: {err}") from err
+            # Cast after loading: from_pretrained's dtype keyword changed name across diffusers versions.
+            pipe.to(device=device, dtype=dtype)
+            pipe.set_progress_bar_config(disable=True)
+            _PIPELINES[key] = (pipe, threading.Lock())
+        return _PIPELINES[key]
+
+
+class DiffusionUpscaler:
+    """Super-resolve tiles with a GeoSRPipeline (teacher or distilled student).
+
+    Parameters
+    ----------
+    model : str
+        A pipeline directory, a shipped model name or a hub id.
+    scale : int
+        Expected upscaling factor; must equal the pipeline's ``upscale_factor``.
+    device : str, optional
+        Torch device; ``cuda`` when available, else ``cpu``.
+    dtype : {"fp32", "fp16", "bf16"}, optional
+        Precision of the networks; bf16 on CUDA, fp32 on the CPU by default.
+    steps : int, optional
+        Diffusion steps; the checkpoint's default when not given.
+    guidance : float, optional
+        Guidance scale ``g`` (1 = no guidance); the checkpoint's default when not given.
+    batch_size : int
+        Tiles per pipeline call; halved for the rest of the run when CUDA runs out of memory.
+
+    Raises
+    ------
+    ModelError
+        The model cannot be found or loaded, or its scale differs from ``scale``.
+    InputError
+        Unknown ``dtype`` or a ``batch_size`` below 1.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        scale: int,
+        device: str | None = None,
+        dtype: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        batch_size: int = 4,
+    ) -> None:
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_cuda = torch.device(self.device).type == "cuda"
+        dtype = dtype or ("bf16" if on_cuda else "fp32")
+        if dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.dtype = DTYPES[dtype]
+        self.batch_size = int(batch_size)
+        self.source = resolve_model(model)
+        self._pipe, self._lock = _load_pipeline(self.source, self.device, self.dtype)
+        config = self._pipe.config
+        if config.upscale_factor != int(scale):
+            raise ModelError(f"model {model!r} upscales x{config.upscale_factor}, but the scale asked for is {scale}")
+        self.scale = int(scale)
+        self.channels = self._pipe.image_channels
+        self.steps = steps
+        self.guidance = guidance
+        kind = "student" if self._pipe.is_distilled else "teacher"
+        shown_steps = "default" if steps is None else steps
+        shown_guidance = config.default_guidance_scale if guidance is None else guidance
+        self.name = f"diffusion:{model} ({kind}, steps {shown_steps}, guidance {shown_guidance}, {dtype})"
+
+    def upscale(
+        self,
+        tiles: torch.Tensor,
+        captions: Sequence[str],
+        seeds: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Upscale ``[B, C, h, w]`` tiles (clamped to ``[0, 1]``) to ``[B, C, h*s, w*s]`` float32 CPU.
+
+        Each tile's noise comes from its own seed (0 when ``seeds`` is not given), so a tile's
+        pixels do not depend on the batch it is in, nor on the batch size.
+        """
+        batch, channels, height, width = tiles.shape
+        if channels != self.channels:
+            raise InputError(f"the model takes {self.channels} channels, got {channels}")
+        captions = list(captions)
+        seeds = [0] * batch if seeds is None else [int(s) for s in seeds]
+        if len(captions) != batch or len(seeds) != batch:
+            raise InputError(f"{batch} tiles need {batch} captions and seeds, got {len(captions)} and {len(seeds)}")
+        # The scene stretch may overshoot [0, 1] a little, and nodata may hold NaN: the
+        # pipeline takes valid images only (masked pixels are restored by the engine).
+        tiles = tiles.float().nan_to_num(0.0).clamp(0.0, 1.0)
+        # Pad to the size the UNet can downsample, then crop the HR result back.
+        multiple = self._pipe.size_multiple // math.gcd(self._pipe.size_multiple, self.scale)
+        pad_h, pad_w = -height % multiple, -width % multiple
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            tiles = F.pad(tiles, (0, pad_w, 0, pad_h), mode=mode)
+        hr = self._upscale_batches(tiles, captions, seeds)
+        return hr[..., : height * self.scale, : width * self.scale].contiguous()
+
+    def _upscale_batches(self, tiles: torch.Tensor, captions: list[str], seeds: list[int]) -> torch.Tensor:
+        done: list[torch.Tensor] = []
+        start = 0
+        while start < len(tiles):
+            n = min(self.batch_size, len(tiles) - start)
+            part = slice(start, start + n)
+            try:
+                out = self._run(self._pipe, self._lock, tiles[part], captions[part], seeds[part])
+            except torch.cuda.OutOfMemoryError:
+                if n == 1:
+                    raise
+                # Same tiles again at half the batch; later batches keep the smaller size.
+                self.batch_size = n // 2
+                logger.warning("out of memory at %d tiles per call: retrying with %d", n, self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            self._redo_non_finite(out, tiles[part], captions[part], seeds[part])
+            done.append(out)
+            start += n
+        return torch.cat(done)
+
+    def _redo_non_finite(
+        self, out: torch.Tensor, tiles: torch.Tensor, captions: list[str], seeds: list[int]
+    ) -> None:
+        bad = [i for i in range(len(out)) if not torch.isfinite(out[i]).all()]
+        if not bad:
+            return
+        if self.dtype == torch.float32:
+            raise ModelError(f"the model produced non-finite values for {len(bad)} tile(s) in float32")
+        # fp16 overflows (and rare bf16 blow-ups) are fixed by float32 arithmetic; the fp32
+        # copy is loaded on first need, one tile at a time to stay inside the memory budget.
+        logger.warning("non-finite output for %d tile(s): redoing them in float32", len(bad))
+        pipe, lock = _load_pipeline(self.source, self.device, torch.float32)
+        for i in bad:
+            redo = self._run(pipe, lock, tiles[i : i + 1], captions[i : i + 1], seeds[i : i + 1])
+            if not torch.isfinite(redo).all():
+                raise ModelError("the model produced non-finite values even in float32")
+            out[i] = redo[0]
+
+    def _run(
+        self, pipe, lock: threading.Lock, tiles: torch.Tensor, captions: list[str], seeds: list[int]
+    ) -> torch.Tensor:
+        # CPU generators: the same seed draws the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        with lock:
+            images = pipe(
+                tiles,
+                prompt=captions,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                generator=generators,
+                output_type="pt",
+            ).images
+        return images.float().cpu()
+
+
+def register() -> None:
+    """Register this loader with :func:`geosr.models.load_upscaler`."""
+    register_upscaler(matches, DiffusionUpscaler)
