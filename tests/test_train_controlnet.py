@@ -36,18 +36,18 @@ def write_pngs(folder, n=4, size=40):
     return folder
 
 
-def tiny_run_config(tmp_path, **overrides):
-    """A YAML for a few steps of the tiny pixel-space recipe on synthetic PNGs."""
+def common_run_config(tmp_path) -> dict:
+    """Keys both training scripts take: a few steps on synthetic PNGs."""
     data = write_pngs(tmp_path / "train")
-    config = dict(
+    return dict(
         train_data=[str(data)], crop_size=32, scale=4, degradation="aniso", crops_per_image=2,
-        train_base=True, predict_residual=True, base=TINY_BASE, train_batch_size=2,
-        learning_rate=1e-3, max_train_steps=4, checkpointing_steps=2, contrastive_weight=0.1,
-        contrastive_queue_size=8, contrastive_dim=8, validation_images=[str(data / "img0.png")],
-        validation_inference_steps=2, report_to="none", mixed_precision="no", seed=0,
-        output_dir=str(tmp_path / "teacher"),
+        train_batch_size=2, learning_rate=1e-3, max_train_steps=4, checkpointing_steps=2,
+        validation_images=[str(data / "img0.png")], validation_inference_steps=2,
+        report_to="none", mixed_precision="no", seed=0,
     )
-    config.update(overrides)
+
+
+def write_yaml(tmp_path, config: dict):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -84,7 +84,11 @@ def test_yaml_and_flags():
 
 
 def test_few_steps_then_resume_from_latest(tmp_path):
-    config = tiny_run_config(tmp_path)
+    config = write_yaml(tmp_path, dict(
+        common_run_config(tmp_path), train_base=True, predict_residual=True, base=TINY_BASE,
+        contrastive_weight=0.1, contrastive_queue_size=8, contrastive_dim=8,
+        output_dir=str(tmp_path / "teacher"),
+    ))
     out = train_controlnet.main(train_controlnet.parse_args(["--config", str(config)]))
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
     assert (out / "validation" / "step-4.png").is_file()

@@ -100,15 +100,21 @@ def make_student(
     the UNet config (a "lightweight" student) both are initialised afresh, the ControlNet
     from the new UNet with the teacher's conditioning encoder layout.
     """
-    config = {**teacher.unet.config, **(overrides or {}), "time_cond_proj_dim": embedding_dim}
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(config)
+    # overrides as keyword arguments: a merged dict would keep the config's
+    # `_use_default_values`, which makes from_config drop time_cond_proj_dim
+    unet = UNet2DConditionModel.from_config(
+        teacher.unet.config, **(overrides or {}), time_cond_proj_dim=embedding_dim
+    )
     if overrides:
         cn = teacher.controlnet.config
         controlnet = ControlNetModel.from_unet(
             unet,
             conditioning_embedding_out_channels=tuple(cn.conditioning_embedding_out_channels),
             conditioning_channels=cn.conditioning_channels,
+            # nothing to copy from a fresh UNet, and its guidance projection has no
+            # counterpart in ControlNetModel's time embedding
+            load_weights_from_unet=False,
         )
         return unet, controlnet
     missing, unexpected = unet.load_state_dict(teacher.unet.state_dict(), strict=False)

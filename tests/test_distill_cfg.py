@@ -1,0 +1,109 @@
+"""distill_cfg: the student learns the teacher's guided prediction in one branch per step."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
+from geosr.training import distill_cfg
+from geosr.training.train_controlnet import encode_captions
+from test_train_controlnet import common_run_config, write_yaml
+from tiny_models import tiny_pipeline_components
+
+
+@pytest.fixture
+def teacher(tmp_path):
+    components = tiny_pipeline_components(tmp_path=tmp_path)
+    return GeoSRPipeline(**components)
+
+
+def fixed_batch(teacher, n=4):
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(n, 3, 16, 16, generator=g)
+    condition = upsample_lr(torch.nn.functional.avg_pool2d(hr, 4), 4)
+    x0 = image_to_target(hr, condition, True, 2.0)
+    timesteps = torch.tensor([100, 400, 700, 950])[:n]
+    noisy = teacher.scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), timesteps)
+    captions = ["strong isotropic blur sigma 2.0 px; no noise; no jpeg", "mild isotropic blur sigma 0.5 px; "
+                "high noise sigma 20; jpeg quality 40", "moderate anisotropic blur sigma 1.0 px along 45 deg",
+                "no noise"][:n]
+    with torch.no_grad():
+        text = encode_captions(teacher.tokenizer, teacher.text_encoder, captions)
+        empty = encode_captions(teacher.tokenizer, teacher.text_encoder, [""] * n)
+    return {"noisy": noisy, "timesteps": timesteps, "text": text, "empty": empty,
+            "condition": condition, "g": torch.tensor([2.0, 4.0, 6.0, 8.0])[:n]}
+
+
+def test_student_error_against_guided_teacher_halves(teacher):
+    torch.manual_seed(0)
+    student, controlnet = distill_cfg.make_student(teacher, embedding_dim=16)
+    batch = fixed_batch(teacher)
+    optimizer = torch.optim.Adam(list(student.parameters()) + list(controlnet.parameters()), lr=3e-3)
+    with torch.no_grad():
+        before = distill_cfg.guidance_distillation_loss(student, controlnet, teacher, batch).item()
+    for _ in range(40):
+        loss = distill_cfg.guidance_distillation_loss(student, controlnet, teacher, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = distill_cfg.guidance_distillation_loss(student, controlnet, teacher, batch).item()
+    print(f"student MSE vs guided teacher {before:.3g} -> {after:.3g} ({1 - after / before:.0%} drop)")
+    assert after <= 0.5 * before
+
+
+def _rows_per_step(pipe, steps=2, batch=2):
+    rows = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        pipe(torch.rand(batch, 3, 8, 8), prompt="mild isotropic blur sigma 0.5 px; no noise; no jpeg",
+             num_inference_steps=steps, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    return sum(rows) / (steps * batch)
+
+
+def test_student_runs_one_branch_where_teacher_runs_two(teacher, tmp_path):
+    student_unet, student_controlnet = distill_cfg.make_student(teacher, embedding_dim=16)
+    components = tiny_pipeline_components(student=True, tmp_path=tmp_path)
+    components.update(unet=student_unet, controlnet=student_controlnet)
+    student = GeoSRPipeline(**components)
+    assert student.is_distilled and not teacher.is_distilled
+    assert _rows_per_step(teacher) == 2.0
+    assert _rows_per_step(student) == 1.0
+
+
+def test_lightweight_student_is_smaller(teacher):
+    smaller = [max(1, c // 2) for c in teacher.unet.config.block_out_channels]
+    unet, controlnet = distill_cfg.make_student(teacher, 16, {"block_out_channels": smaller})
+    assert sum(p.numel() for p in unet.parameters()) < sum(p.numel() for p in teacher.unet.parameters())
+    assert controlnet.config.conditioning_embedding_out_channels == teacher.controlnet.config.conditioning_embedding_out_channels
+
+
+def test_distill_run_resume_and_geosr_upscale(tmp_path, teacher, data_dir):
+    teacher_dir = tmp_path / "teacher-pipeline"
+    teacher.save_pretrained(teacher_dir)
+    config = write_yaml(tmp_path, dict(common_run_config(tmp_path), output_dir=str(tmp_path / "student")))
+    argv = ["--config", str(config), "--teacher_model", str(teacher_dir), "--guidance_embedding_dim", "16",
+            "--step_distillation", "consistency", "--num_inference_steps", "2"]
+    out = distill_cfg.main(distill_cfg.parse_args(argv))
+    pipe = GeoSRPipeline.from_pretrained(out)
+    assert pipe.is_distilled and pipe.config.default_num_inference_steps == 2
+    first = torch.load(out / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    shutil.rmtree(out / "checkpoint-4")
+    distill_cfg.main(distill_cfg.parse_args(argv + ["--resume_from_checkpoint", "latest", "--validation_images"]))
+    second = torch.load(out / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    for key, state in first["state"].items():
+        assert int(second["state"][key]["step"]) == 4
+        torch.testing.assert_close(second["state"][key]["exp_avg"], state["exp_avg"])
+
+    cli = pytest.importorskip("geosr.cli")
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli.cli, ["upscale", str(data_dir / "rgbn_suba.tif"), str(tmp_path / "sr.tif"),
+                                          "--scale", "4", "--model", str(out), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sr.tif").is_file()
