@@ -93,7 +93,7 @@ def _check_pipeline_dir(spec: str, path: Path) -> str:
         raise ModelError(f"cannot read {index}: {err}") from err
     if class_name != PIPELINE_CLASS:
         raise ModelError(f"{spec!r} holds a {class_name}, not a {PIPELINE_CLASS}")
-    return str(path)
+    return str(path.resolve())  # one cache entry however the directory is spelled
 
 
 def _load_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[object, threading.Lock]:
@@ -104,14 +104,25 @@ def _load_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[object
             from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 
             try:
-                pipe = GeoSRPipeline.from_pretrained(source)
+                pipe = GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
             except (OSError, ValueError, TypeError) as err:
                 raise ModelError(f"cannot load the diffusion pipeline {source!r}: {err}") from err
-            # Cast after loading: from_pretrained's dtype keyword changed name across diffusers versions.
-            pipe.to(device=device, dtype=dtype)
+            pipe.to(device)
             pipe.set_progress_bar_config(disable=True)
             _PIPELINES[key] = (pipe, threading.Lock())
         return _PIPELINES[key]
+
+
+def _dtype_keyword() -> str:
+    # diffusers renamed from_pretrained's torch_dtype to dtype (huggingface/diffusers#14205) and
+    # warns on the old name, the only one older releases understand. Loading in the dtype, not
+    # casting afterwards, keeps a model's _keep_in_fp32_modules in float32.
+    import diffusers
+    from diffusers.utils import deprecation_utils
+    from packaging.version import Version
+
+    renamed = hasattr(deprecation_utils, "_resolve_dtype") or Version(diffusers.__version__).major >= 1
+    return "dtype" if renamed else "torch_dtype"
 
 
 class DiffusionUpscaler:
