@@ -2,8 +2,9 @@
 
 Every tile has a *core* (the pixels it is responsible for) and a *halo* of ``overlap``
 pixels on each side that gives the model context and the blender room to cross-fade.
-Core tiles step by ``tile`` pixels; the last row/column is shifted back inside the raster
-(never dropped, never zero-padded). Where the halo leaves the raster it is filled by
+Cores are the fewest of at most ``tile`` pixels, balanced to one size, so every tile has
+the same shape (batches) and no sliver tile repeats work; the last row/column is shifted
+back inside the raster (never dropped, never zero-padded). Where the halo leaves the raster it is filled by
 reflection (:func:`pad_widths` says how much on each side).
 
 All windows are integer :class:`rasterio.windows.Window` objects; high-resolution windows
@@ -17,21 +18,31 @@ from dataclasses import dataclass
 
 from rasterio.windows import Window
 
-__all__ = ["Tile", "TileGrid", "axis_starts", "scale_window"]
+__all__ = ["Tile", "TileGrid", "axis_starts", "core_size", "scale_window"]
+
+
+def core_size(size: int, tile: int) -> int:
+    """Core length along an axis: the fewest cores of at most ``tile`` px, balanced.
+
+    ``ceil(size / n)`` with ``n = ceil(size / tile)`` cores: a 276 px axis with ``tile=256``
+    gets two 138 px cores rather than 256 + a 20 px sliver shifted back over the first, so
+    the model does not run on the same pixels twice.
+    """
+    if tile <= 0:
+        raise ValueError(f"tile size must be positive, got {tile}")
+    n = math.ceil(size / tile)
+    return math.ceil(size / n)
 
 
 def axis_starts(size: int, tile: int) -> list[int]:
     """Core start offsets along one axis of ``size`` pixels.
 
-    Cores step by ``tile``; the last one is shifted back so it ends at ``size``.
-    A ``tile`` of at least ``size`` gives a single core covering the axis.
+    Cores have the balanced length :func:`core_size`; the last one is shifted back (by less
+    than ``n`` px) so it ends at ``size``. A ``tile`` of at least ``size`` gives one core.
     """
-    if tile <= 0:
-        raise ValueError(f"tile size must be positive, got {tile}")
-    if size <= tile:
-        return [0]
-    n = math.ceil(size / tile)
-    return [min(i * tile, size - tile) for i in range(n)]
+    core = core_size(size, tile)
+    n = math.ceil(size / core)
+    return [min(i * core, size - core) for i in range(n)]
 
 
 def scale_window(window: Window, scale: int) -> Window:
@@ -86,7 +97,8 @@ class TileGrid:
     width, height : int
         LR raster size.
     tile : int
-        Core size in LR pixels (the last row/column cores are shifted inside).
+        Largest core size in LR pixels; cores are balanced to equal sizes of at most
+        ``tile`` (see :func:`core_size`).
     overlap : int
         Halo width in LR pixels on every side of a core.
     """
@@ -119,10 +131,9 @@ class TileGrid:
         """All tiles, row-major."""
         out = []
         rows, cols = self.rows, self.cols
+        h, w = core_size(self.height, self.tile), core_size(self.width, self.tile)
         for r, y0 in enumerate(rows):
-            h = min(self.tile, self.height)
             for c, x0 in enumerate(cols):
-                w = min(self.tile, self.width)
                 out.append(self._tile(len(out), r, c, x0, y0, w, h))
         return out
 

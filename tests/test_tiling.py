@@ -1,22 +1,26 @@
 import pytest
 from rasterio.windows import Window
 
-from geosr.tiling import TileGrid, axis_starts, scale_window
+from geosr.tiling import TileGrid, axis_starts, core_size, scale_window
 
 
 @pytest.mark.parametrize("size,tile", [(1, 8), (97, 32), (100, 25), (257, 256), (256, 256), (1000, 300)])
 def test_cores_cover_axis_and_stay_inside(size, tile):
     starts = axis_starts(size, tile)
     covered = set()
+    core = core_size(size, tile)
+    assert core <= tile
     for s in starts:
-        assert 0 <= s and s + min(tile, size) <= size  # shifted inside, never past the edge
-        covered.update(range(s, s + min(tile, size)))
+        assert 0 <= s and s + core <= size  # shifted inside, never past the edge
+        covered.update(range(s, s + core))
     assert covered == set(range(size))  # nothing dropped
     assert starts == sorted(starts)
 
 
-def test_last_core_is_shifted_back_not_padded():
-    assert axis_starts(100, 32) == [0, 32, 64, 68]
+def test_cores_are_balanced_and_the_last_is_shifted_back_not_padded():
+    assert axis_starts(100, 32) == [0, 25, 50, 75]
+    assert axis_starts(276, 256) == [0, 138]
+    assert axis_starts(101, 32) == [0, 26, 52, 75]  # last shifted back by 3 px, inside
 
 
 def test_tiles_have_one_shape_and_pads_reach_full_extent():
@@ -24,7 +28,7 @@ def test_tiles_have_one_shape_and_pads_reach_full_extent():
     tiles = grid.tiles()
     assert len(tiles) == len(grid) == 4 * 3
     shapes = {t.shape for t in tiles}
-    assert shapes == {(40 + 14, 40 + 14)}
+    assert shapes == {(33 + 14, 33 + 14)}  # 131 px -> 4 cores of 33, 97 px -> 3 of 33
     for t in tiles:
         top, bottom, left, right = t.pad
         assert t.read.row_off - top == t.core.row_off - 7
