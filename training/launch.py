@@ -72,7 +72,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="HR images: degraded with a fixed seed, upscaled, written to output_dir/validation.")
     add("--validation_steps", type=int, default=0, help="0: validate only at the end.")
     add("--validation_inference_steps", type=int, default=20)
-    add("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb" or "none".')
+    add("--report_to", type=str, default="none", help='"tensorboard", "wandb" or "none".')
     add("--tracker_project_name", type=str, default="geosr")
 
 
