@@ -11,7 +11,7 @@ import torch
 
 from geosr.captioning import load_captioner
 from geosr.captioning.degradation import DegradationCaptioner, DegradationEstimate
-from geosr.captioning.evaluation import evaluate_captioner
+from geosr.captioning.evaluation import degraded_crops, evaluate_captioner
 from geosr.errors import CaptionerError, InputError
 from geosr.training.degradations import DegradationParams, apply_degradation, degrade, describe
 
@@ -24,13 +24,25 @@ GRAMMAR = re.compile(
 
 
 def test_accuracy_on_real_crops():
-    """A fast version of `geosr evaluate-captioner`, thresholds of the issue loosened a bit."""
-    result = evaluate_captioner([DATA / "neon_harv_plot.tif"], n_crops=24, crop=96, seed=3, scale=2)
-    assert result["n"] == 24
+    """A fast version of `geosr evaluate-captioner` (targets: noise <= 2 DN, blur <= 0.5 px,
+    iso vs aniso >= 0.85), thresholds loosened a bit where the small sample needs it."""
+    result = evaluate_captioner([DATA / "neon_harv_plot.tif"], n_crops=40, crop=96, seed=3, scale=2)
+    assert result["n"] == 40
     assert result["noise_median_abs_err"] <= 2.0
-    assert result["blur_median_abs_err"] <= 0.6
-    assert result["aniso_accuracy"] >= 0.6
-    assert result["angle_median_abs_err_deg"] <= 25.0
+    assert result["blur_median_abs_err"] <= 0.5
+    assert result["aniso_accuracy"] >= 0.85
+    assert result["angle_median_abs_err_deg"] <= 10.0
+
+
+def test_sharp_tiles_are_not_called_anisotropic():
+    """Tiny axis variances make a meaningless ratio: the variance-difference floor holds."""
+    cap = DegradationCaptioner()
+    crops = degraded_crops([DATA / "neon_harv_plot.tif"], 12, 96, seed=4, scale=2, blur_range=(0.1, 0.4))
+    for lr, params in crops:
+        if params.protocol == "iso":
+            est = cap.estimate(lr)
+            assert not est.anisotropic, est
+            assert est.blur_sigma < 0.8
 
 
 @pytest.mark.parametrize("noise", [0.0, 5.0, 20.0])
