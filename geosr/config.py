@@ -13,7 +13,7 @@ from geosr.errors import InputError
 
 __all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_MODEL", "DEFAULT_CAPTIONER"]
 
-DEFAULT_MODEL = "bicubic"
+DEFAULT_MODEL = "geosr-tiny-x4"  # at x4; other scales fall back to bicubic (geosr.models.default_model)
 DEFAULT_CAPTIONER = "degradation"
 SCALES = (2, 3, 4, 8)
 
@@ -40,8 +40,9 @@ class RunConfig:
     ----------
     scale : int
         Upscaling factor (2, 3, 4 or 8).
-    model : str
-        Model spec (see :func:`geosr.models.load_upscaler`).
+    model : str or None
+        Model spec (see :func:`geosr.models.load_upscaler`); None picks the shipped model
+        for the scale, else bicubic (:func:`geosr.models.default_model`).
     captioner : str
         Captioner spec (see :func:`geosr.captioning.load_captioner`).
     caption_every : str
@@ -72,7 +73,7 @@ class RunConfig:
     """
 
     scale: int = 4
-    model: str = DEFAULT_MODEL
+    model: str | None = None
     captioner: str = DEFAULT_CAPTIONER
     caption_every: str = "tile"
     tiles: TileSpec = field(default_factory=TileSpec)
@@ -99,6 +100,10 @@ class RunConfig:
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
         parse_caption_every(self.caption_every)
+        if self.model is None:
+            from geosr.models import default_model
+
+            object.__setattr__(self, "model", default_model(self.scale))
 
     def model_options(self) -> dict[str, Any]:
         """Keyword options for non-classical model loaders (only the ones that are set)."""

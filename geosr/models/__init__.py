@@ -11,14 +11,16 @@ Loaded models are cached per process and spec, so a dask worker loads a model on
 
 from __future__ import annotations
 
+import os
 import threading
+from importlib.resources import files
 from typing import Any, Callable
 
 from geosr.errors import ModelError
 from geosr.models.base import Upscaler
 from geosr.models.classical import BicubicUpscaler, LanczosUpscaler
 
-__all__ = ["Upscaler", "load_upscaler", "register_upscaler", "CLASSICAL"]
+__all__ = ["Upscaler", "load_upscaler", "register_upscaler", "shipped_model_path", "default_model", "CLASSICAL"]
 
 CLASSICAL: dict[str, Callable[[int], Upscaler]] = {
     "bicubic": BicubicUpscaler,
@@ -29,6 +31,26 @@ CLASSICAL: dict[str, Callable[[int], Upscaler]] = {
 _LOADERS: list[tuple[Callable[[str], bool], Callable[..., Upscaler]]] = []
 _CACHE: dict[tuple, Upscaler] = {}
 _LOCK = threading.Lock()
+
+
+def shipped_model_path(name: str) -> str | None:
+    """Directory of a model shipped inside the package (``geosr/data/models/<name>``), or None."""
+    if os.sep in name or "/" in name or name.startswith("."):
+        return None
+    resource = files("geosr").joinpath("data", "models", name)
+    if resource.is_dir() and resource.joinpath("model_index.json").is_file():
+        return str(resource)
+    return None
+
+
+def default_model(scale: int) -> str:
+    """The model ``geosr upscale`` uses when none is named.
+
+    The shipped diffusion model for that scale (``geosr-tiny-x4`` at x4), else bicubic:
+    a shipped model only knows its own scale.
+    """
+    name = f"geosr-tiny-x{int(scale)}"
+    return name if shipped_model_path(name) else "bicubic"
 
 
 def register_upscaler(matches: Callable[[str], bool], load: Callable[..., Upscaler]) -> None:

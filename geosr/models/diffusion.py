@@ -14,7 +14,6 @@ import math
 import os
 import re
 import threading
-from importlib.resources import files
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from geosr.errors import InputError, ModelError
-from geosr.models import register_upscaler
+from geosr.models import register_upscaler, shipped_model_path
 
 __all__ = ["DiffusionUpscaler", "register", "matches", "resolve_model"]
 
@@ -39,15 +38,6 @@ _PIPELINES: dict[tuple[str, str, torch.dtype], tuple[object, threading.Lock]] = 
 _PIPELINES_LOCK = threading.Lock()
 
 
-def _shipped_model(name: str) -> str | None:
-    if os.sep in name or "/" in name or name.startswith("."):
-        return None
-    resource = files("geosr").joinpath("data", "models", name)
-    if resource.is_dir() and resource.joinpath("model_index.json").is_file():
-        return str(resource)
-    return None
-
-
 def _looks_like_path(spec: str) -> bool:
     if spec.startswith((".", "~", os.sep, "/")):
         return True
@@ -59,7 +49,7 @@ def matches(spec: str) -> bool:
     return (
         Path(spec).expanduser().exists()
         or _looks_like_path(spec)
-        or _shipped_model(spec) is not None
+        or shipped_model_path(spec) is not None
         or bool(HUB_ID.match(spec))
     )
 
@@ -75,7 +65,7 @@ def resolve_model(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.exists():
         return _check_pipeline_dir(spec, path)
-    shipped = _shipped_model(spec)
+    shipped = shipped_model_path(spec)
     if shipped is not None:
         return shipped
     if HUB_ID.match(spec):
