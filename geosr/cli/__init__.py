@@ -7,6 +7,7 @@ import click
 from geosr import __version__
 from geosr.cli.bench import bench
 from geosr.cli.caption import caption
+from geosr.cli.evaluate import evaluate
 from geosr.cli.evaluate_captioner import evaluate_captioner
 from geosr.cli.info import info
 from geosr.cli.upscale import upscale
@@ -33,3 +34,4 @@ cli.add_command(validate)
 cli.add_command(bench)
 cli.add_command(caption)
 cli.add_command(evaluate_captioner, name="evaluate-captioner")
+cli.add_command(evaluate)

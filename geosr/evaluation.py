@@ -1,0 +1,556 @@
+"""Full-reference evaluation of a super-resolution model on synthetically degraded HR images.
+
+Protocol, per HR image (the ``i``-th of the list given):
+
+1. read the first three bands (RGB uint8) and keep the valid area (see *Nodata* below);
+   centre-crop to ``crop`` px when asked, and to at most :data:`MAX_LR_SIDE` LR px a side
+   (a diffusion model super-resolves the whole LR image in one call), then to a multiple
+   of ``scale``;
+2. degrade with :func:`geosr.training.degradations.degrade` (the ``degradation`` protocol,
+   ``seed + i``): every method sees the same LR, quantised to 8 bits as a real tile is;
+3. caption the LR with the captioner and super-resolve it with the model (model seed
+   ``seed + i``) and with each baseline (bicubic always);
+4. clamp the outputs to [0, 1], quantise them to 8 bits (as a saved image would be), shave
+   ``scale`` px off every border (the degradation's reflect padding and the interpolation's
+   edge handling make the border meaningless) and compare with the HR on RGB in [0, 1]:
+   PSNR, SSIM (Wang et al. 2004: 11 x 11 Gaussian window, sigma 1.5, per channel, averaged)
+   and the sharpness ratio (gradient energy of the output / of the HR: below 1 is blurrier
+   than the truth, above 1 is over-sharpened or noisy).
+
+LPIPS and CLIP-IQA are reported only when their weights are on this machine already; they
+are never downloaded, and the result says why each was skipped.
+
+Nodata: a few isolated pixels flagged nodata (at most :data:`MAX_FLAGGED_FRACTION` of
+the image) are real values that happen to equal the nodata value, e.g. saturated white in
+NEON plots with nodata 255: they are kept as they are. Otherwise the image is cropped to
+its largest all-valid rectangle, and skipped when that is smaller than
+:data:`MIN_LR_SIDE` LR px a side (the reason is in the result's ``skipped`` list).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from geosr.captioning import load_captioner
+from geosr.captioning.evaluation import find_images
+from geosr.errors import InputError
+from geosr.models import CLASSICAL, load_upscaler
+from geosr.training.degradations import PROTOCOLS, DegradationParams, degrade
+
+__all__ = [
+    "MAX_LR_SIDE",
+    "evaluate_sr",
+    "find_hr_images",
+    "psnr",
+    "render_comparison",
+    "sharpness_ratio",
+    "ssim",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_LR_SIDE = 512  # LR px a side; larger images are centre-cropped
+MIN_LR_SIDE = 16  # LR px a side; smaller (valid areas of) images are skipped
+MAX_FLAGGED_FRACTION = 1e-3  # isolated nodata-flagged pixels kept as values, see the module doc
+_RECT_GRID = 256  # cells a side of the mask the valid-rectangle search runs on
+_LUMA = np.array([0.299, 0.587, 0.114])
+_CLIP_IQA_MODEL = "openai/clip-vit-base-patch16"
+_CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
+_SKIPPED = "skipped: weights not available locally"
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+def find_hr_images(dirs: Iterable[str | Path]) -> list[Path]:
+    """PNG / JPEG / TIFF (GeoTIFF) files under each folder, recursively, sorted.
+
+    Raises
+    ------
+    InputError
+        A folder does not exist, or no image is found.
+    """
+    dirs = list(dirs)
+    paths = find_images(dirs)
+    if not paths:
+        raise InputError(f"no PNG, JPEG or TIFF images found under {', '.join(map(str, dirs))}")
+    return paths
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _shave(a: np.ndarray, border: int) -> np.ndarray:
+    return a[border : a.shape[0] - border, border : a.shape[1] - border] if border else a
+
+
+def _pair(a: np.ndarray, b: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+    if a.shape != b.shape:
+        raise InputError(f"images differ in shape: {a.shape} vs {b.shape}")
+    a, b = _shave(np.asarray(a, np.float64), border), _shave(np.asarray(b, np.float64), border)
+    if a.size == 0:
+        raise InputError(f"nothing left of a {a.shape} image after shaving {border} px")
+    return a, b
+
+
+def psnr(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
+    """Peak signal-to-noise ratio (dB) of two images in [0, 1] (peak 1).
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        ``H x W`` or ``H x W x C`` images of the same shape, values in [0, 1].
+    border : int
+        Pixels shaved off each edge first.
+
+    Returns
+    -------
+    float
+        ``10 log10(1 / MSE)``; ``inf`` for identical images.
+    """
+    a, b = _pair(a, b, border)
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
+    """Structural similarity (Wang et al. 2004) of two images in [0, 1].
+
+    The standard setting: 11 x 11 Gaussian window with sigma 1.5, population covariances,
+    ``K1 = 0.01``, ``K2 = 0.03``, data range 1; the mean over channels of ``H x W x C`` input.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        ``H x W`` or ``H x W x C`` images of the same shape, at least 11 px a side after shaving.
+    border : int
+        Pixels shaved off each edge first.
+    """
+    # imported here: scikit-image takes a while to import and only the evaluation needs it
+    from skimage.metrics import structural_similarity
+
+    a, b = _pair(a, b, border)
+    if min(a.shape[:2]) < 11:
+        raise InputError(f"SSIM needs at least 11 x 11 px, got {a.shape[:2]}")
+    return float(
+        structural_similarity(
+            a,
+            b,
+            data_range=1.0,
+            channel_axis=-1 if a.ndim == 3 else None,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )
+
+
+def _gradient_energy(img: np.ndarray) -> float:
+    luma = img @ _LUMA if img.ndim == 3 else img
+    gy, gx = np.gradient(luma)
+    return float(np.mean(gx**2 + gy**2))
+
+
+def sharpness_ratio(out: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
+    """Gradient energy of ``out`` over that of ``hr``, on the luminance.
+
+    The energy is the mean squared gradient magnitude (central differences,
+    :func:`numpy.gradient`) of ``0.299 R + 0.587 G + 0.114 B`` (or of the single band).
+    1 means as much fine detail as the HR; interpolation gives less (blur), noise or
+    hallucinated texture can give more.
+
+    Parameters
+    ----------
+    out, hr : numpy.ndarray
+        ``H x W x 3`` or ``H x W`` images of the same shape.
+    border : int
+        Pixels shaved off each edge first.
+
+    Returns
+    -------
+    float
+        The ratio; ``nan`` when the HR is flat (no gradient at all).
+    """
+    out, hr = _pair(out, hr, border)
+    reference = _gradient_energy(hr)
+    return _gradient_energy(out) / reference if reference > 0 else math.nan
+
+
+# ------------------------------------------------------------ optional learned metrics
+
+
+def _lpips_metric(device: str) -> tuple[Metric | None, str]:
+    """LPIPS (AlexNet) when the lpips package, its linear weights and the AlexNet backbone are local."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or spec.origin is None:
+        return None, f"{_SKIPPED} (lpips is not installed)"
+    linear = Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth"
+    # lpips builds torchvision's AlexNet with ImageNet weights: the file torch.hub would download
+    backbone = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    if not (linear.is_file() and backbone.is_file()):
+        return None, f"{_SKIPPED} (need {linear} and {backbone})"
+    import lpips
+
+    net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+
+    def metric(out: np.ndarray, hr: np.ndarray) -> float:
+        x, y = (torch.from_numpy(v.transpose(2, 0, 1)).float()[None].to(device) * 2 - 1 for v in (out, hr))
+        with torch.no_grad():
+            return float(net(x, y).mean())
+
+    return metric, "computed (lpips AlexNet v0.1; lower is better)"
+
+
+def _clip_iqa_metric(device: str) -> tuple[Callable[[np.ndarray], float] | None, str]:
+    """CLIP-IQA (Wang et al. 2023, "Good photo." vs "Bad photo.") when CLIP ViT-B/16 is in the HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(_CLIP_IQA_MODEL, "config.json"), str):
+        return None, f"{_SKIPPED} ({_CLIP_IQA_MODEL} is not in the Hugging Face cache)"
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model = CLIPModel.from_pretrained(_CLIP_IQA_MODEL, local_files_only=True).to(device).eval()
+        processor = CLIPProcessor.from_pretrained(_CLIP_IQA_MODEL, local_files_only=True)
+    except OSError as err:  # a partial cache: the config but not every file
+        return None, f"{_SKIPPED} ({err})"
+
+    def metric(img: np.ndarray) -> float:
+        inputs = processor(
+            text=list(_CLIP_IQA_PROMPTS),
+            images=np.round(img * 255).astype(np.uint8),
+            return_tensors="pt",
+            padding=True,
+        ).to(device)
+        # logits_per_image: CLIP's scaled cosine similarities (scale 100), stable across versions
+        with torch.no_grad():
+            logits = model(**inputs).logits_per_image
+        return float(torch.softmax(logits, dim=-1)[0, 0])
+
+    return metric, f"computed ({_CLIP_IQA_MODEL}; no-reference, higher is better)"
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _largest_valid_rectangle(valid: np.ndarray) -> tuple[int, int, int, int]:
+    """``(row0, row1, col0, col1)`` of the largest all-True rectangle (maximal-histogram method).
+
+    The search runs in Python, so a large mask is first reduced to blocks (a block is valid
+    when all its pixels are) of at most ``_RECT_GRID`` a side: the box found is all-valid,
+    and at most a block short of the largest one on each edge.
+    """
+    block = max(1, math.ceil(max(valid.shape) / _RECT_GRID))
+    if block > 1:
+        pad = [(0, -n % block) for n in valid.shape]
+        coarse = np.pad(valid, pad, constant_values=False)
+        coarse = coarse.reshape(coarse.shape[0] // block, block, coarse.shape[1] // block, block).all(axis=(1, 3))
+        r0, r1, c0, c1 = _largest_valid_rectangle(coarse)
+        # padded blocks are invalid, so the box stays inside the image
+        return r0 * block, r1 * block, c0 * block, c1 * block
+    heights = np.zeros(valid.shape[1] + 1, dtype=np.int64)  # a zero sentinel flushes the stack
+    best, box = 0, (0, 0, 0, 0)
+    for row in range(valid.shape[0]):
+        heights[:-1] = np.where(valid[row], heights[:-1] + 1, 0)
+        stack: list[int] = []
+        for col, h in enumerate(heights):
+            while stack and heights[stack[-1]] >= h:
+                top = heights[stack.pop()]
+                left = stack[-1] + 1 if stack else 0
+                if top * (col - left) > best:
+                    best, box = int(top * (col - left)), (row - int(top) + 1, row + 1, left, col)
+            stack.append(col)
+    return box
+
+
+def _read_hr(path: Path, scale: int, crop: int | None) -> np.ndarray:
+    """The HR image as ``H x W x 3`` float32 in [0, 1], prepared as the module docstring says.
+
+    Raises
+    ------
+    InputError
+        Not an RGB uint8 image, or too little valid area (the message says which).
+    """
+    # PNG / JPEG carry no georeferencing, which is expected here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            if ds.count < 3 or ds.dtypes[0] != "uint8":
+                raise InputError(f"need an RGB uint8 image, got {ds.count} band(s) of {ds.dtypes[0]}")
+            rgb = ds.read([1, 2, 3]).transpose(1, 2, 0)
+            valid = ds.dataset_mask() > 0
+    if 1.0 - valid.mean() > MAX_FLAGGED_FRACTION:
+        r0, r1, c0, c1 = _largest_valid_rectangle(valid)
+        rgb = rgb[r0:r1, c0:c1]
+    side = scale * min(crop // scale if crop else MAX_LR_SIDE, MAX_LR_SIDE)
+    h, w = (min(n, side) // scale * scale for n in rgb.shape[:2])
+    if min(h, w) < MIN_LR_SIDE * scale:
+        size = f"{rgb.shape[0]} x {rgb.shape[1]}"
+        raise InputError(f"the image (its valid area) is {size} px, under {MIN_LR_SIDE * scale} px a side")
+    y, x = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
+    return rgb[y : y + h, x : x + w].astype(np.float32) / 255.0
+
+
+def _quantise(img: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
+
+
+def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+
+
+class _Run:
+    """The upscalers and the captioner of one evaluation, and the per-image steps."""
+
+    def __init__(
+        self,
+        scale: int,
+        degradation: str,
+        model: str,
+        captioner: str,
+        baselines: Sequence[str],
+        steps: int | None,
+        guidance: float | None,
+        device: str | None,
+    ) -> None:
+        if degradation not in PROTOCOLS:
+            raise InputError(f"unknown degradation {degradation!r}: use one of {', '.join(PROTOCOLS)}")
+        unknown = [b for b in baselines if b not in CLASSICAL]
+        if unknown:
+            raise InputError(f"baselines must be classical ({', '.join(CLASSICAL)}), got {unknown}")
+        self.scale, self.degradation = int(scale), degradation
+        # the delta is reported against bicubic, so it is always a baseline
+        self.baselines = {name: load_upscaler(name, scale) for name in dict.fromkeys(("bicubic", *baselines))}
+        options = {k: v for k, v in dict(steps=steps, guidance=guidance, device=device).items() if v is not None}
+        self.model = load_upscaler(model, scale, **options)
+        self.captioner = load_captioner(captioner)
+
+    def make_lr(self, hr: np.ndarray, seed: int) -> tuple[np.ndarray, DegradationParams]:
+        lr, params = degrade(hr, self.scale, self.degradation, seed=seed)
+        return _quantise(lr), params
+
+    def super_resolve(self, lr: np.ndarray, seed: int) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
+        """Caption, the baselines' outputs by name, and the model's output (all ``H x W x 3``)."""
+        tiles = _to_tensor(lr)
+        caption = self.captioner.caption(tiles)[0]
+
+        def run(upscaler) -> np.ndarray:
+            out = upscaler.upscale(tiles, [caption], seeds=[seed])[0]
+            return _quantise(out.float().numpy().transpose(1, 2, 0))
+
+        return caption, {name: run(u) for name, u in self.baselines.items()}, run(self.model)
+
+
+# ----------------------------------------------------------------------- evaluation
+
+
+def _scores(out: np.ndarray, hr: np.ndarray, border: int, lpips_fn, clip_iqa_fn) -> dict[str, float]:
+    scores = {
+        "psnr": psnr(out, hr, border),
+        "ssim": ssim(out, hr, border),
+        "sharpness": sharpness_ratio(out, hr, border),
+    }
+    if lpips_fn is not None:
+        scores["lpips"] = lpips_fn(_shave(out, border), _shave(hr, border))
+    if clip_iqa_fn is not None:
+        scores["clip_iqa"] = clip_iqa_fn(_shave(out, border))
+    return scores
+
+
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+
+def evaluate_sr(
+    hr_paths: Sequence[str | Path],
+    scale: int,
+    degradation: str,
+    model: str = "geosr-tiny-x4",
+    captioner: str = "degradation",
+    seed: int = 0,
+    limit: int | None = None,
+    crop: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    device: str | None = None,
+    baselines: Sequence[str] = ("bicubic",),
+) -> dict:
+    """Super-resolve degraded HR images with a model and baselines; compare with the HR.
+
+    See the module docstring for the protocol.
+
+    Parameters
+    ----------
+    hr_paths : sequence of path
+        HR images (RGB uint8: PNG, JPEG, GeoTIFF); see :func:`find_hr_images`.
+    scale : int
+        Downsampling / upscaling factor.
+    degradation : {"iso", "aniso"}
+        Training protocol that makes the LR (:mod:`geosr.training.degradations`).
+    model : str
+        Model spec for :func:`geosr.models.load_upscaler`.
+    captioner : str
+        Captioner spec for :func:`geosr.captioning.load_captioner`; it captions the LR.
+    seed : int
+        Image ``i`` is degraded, and super-resolved, with seed ``seed + i``.
+    limit : int, optional
+        Evaluate the first ``limit`` usable images only.
+    crop : int, optional
+        Centre-crop each HR image to ``crop`` px a side (at most :data:`MAX_LR_SIDE` LR px).
+    steps, guidance, device : optional
+        Passed to the model loader (diffusion models); None keeps the model's defaults.
+    baselines : sequence of str
+        Classical upscalers to compare with; bicubic is always one.
+
+    Returns
+    -------
+    dict
+        ``settings``; ``model`` (``name``, ``description``, the mean metrics and
+        ``delta_vs_bicubic``); ``baselines`` (name -> mean metrics); ``images`` (per image:
+        ``path``, ``seed``, ``hr_size``, ``degradation`` parameters, ``caption``, ``model``
+        and ``baselines`` metrics); ``skipped`` (``path``, ``reason``) and
+        ``optional_metrics`` (``lpips`` / ``clip_iqa``: computed or why skipped). Metrics
+        are ``psnr`` (dB), ``ssim``, ``sharpness`` and, when available, ``lpips``, ``clip_iqa``.
+
+    Raises
+    ------
+    InputError
+        Unknown degradation or baseline, or no usable image.
+    ModelError, CaptionerError
+        The model or the captioner cannot be loaded.
+    """
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be >= 1, got {limit}")
+    if crop is not None and crop < MIN_LR_SIDE * scale:
+        raise InputError(f"crop must be at least {MIN_LR_SIDE * scale} px at x{scale}, got {crop}")
+    if not hr_paths:
+        raise InputError("no HR images given")
+    run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device)
+    metric_device = device or "cpu"
+    lpips_fn, lpips_status = _lpips_metric(metric_device)
+    clip_iqa_fn, clip_iqa_status = _clip_iqa_metric(metric_device)
+    images, skipped = [], []
+    for index, path in enumerate(map(Path, hr_paths)):
+        if limit is not None and len(images) >= limit:
+            break
+        try:
+            hr = _read_hr(path, run.scale, crop)
+        except (InputError, RasterioIOError) as err:
+            logger.warning("skipping %s: %s", path, err)
+            skipped.append({"path": str(path), "reason": str(err)})
+            continue
+        lr, params = run.make_lr(hr, seed + index)
+        caption, base_out, model_out = run.super_resolve(lr, seed + index)
+        border = run.scale
+        images.append(
+            {
+                "path": str(path),
+                "seed": seed + index,
+                "hr_size": list(hr.shape[:2]),
+                "degradation": asdict(params),
+                "caption": caption,
+                "model": _scores(model_out, hr, border, lpips_fn, clip_iqa_fn),
+                "baselines": {n: _scores(o, hr, border, lpips_fn, clip_iqa_fn) for n, o in base_out.items()},
+            }
+        )
+        logger.info("%d. %s: PSNR %.2f dB", len(images), path.name, images[-1]["model"]["psnr"])
+    if not images:
+        raise InputError(f"none of the {len(hr_paths)} image(s) is usable; first reason: {skipped[0]['reason']}")
+    model_means = _means([im["model"] for im in images])
+    base_means = {n: _means([im["baselines"][n] for im in images]) for n in run.baselines}
+    return {
+        "settings": {
+            "scale": run.scale,
+            "degradation": degradation,
+            "model": model,
+            "captioner": run.captioner.name,
+            "seed": seed,
+            "limit": limit,
+            "crop": crop,
+            "max_lr_side": MAX_LR_SIDE,
+            "steps": steps,
+            "guidance": guidance,
+            "device": device,
+            "border": run.scale,
+            "n_images": len(images),
+            "color": "RGB in [0, 1], 8-bit quantised LR and outputs",
+        },
+        "model": {
+            "name": model,
+            "description": run.model.name,
+            **model_means,
+            "delta_vs_bicubic": {k: v - base_means["bicubic"][k] for k, v in model_means.items()},
+        },
+        "baselines": base_means,
+        "images": images,
+        "skipped": skipped,
+        "optional_metrics": {"lpips": lpips_status, "clip_iqa": clip_iqa_status},
+    }
+
+
+# ----------------------------------------------------------------------- comparison
+
+
+def render_comparison(
+    hr_path: str | Path,
+    out_png: str | Path,
+    scale: int,
+    degradation: str,
+    model: str = "geosr-tiny-x4",
+    captioner: str = "degradation",
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    device: str | None = None,
+    crop: int = 128,
+) -> Path:
+    """Write a PNG of side-by-side crops: LR (nearest-enlarged) | bicubic | model | HR.
+
+    The image goes through the same steps as in :func:`evaluate_sr` (pass the image's seed,
+    ``seed + i`` there, to show the same LR); the panels are the centre ``crop`` px (HR
+    scale) of the outputs, labelled with the method and its whole-image PSNR.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_png``.
+    """
+    from PIL import Image, ImageDraw
+
+    run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device)
+    hr = _read_hr(Path(hr_path), run.scale, None)
+    lr, _params = run.make_lr(hr, seed)
+    _caption, base_out, model_out = run.super_resolve(lr, seed)
+    nearest = np.repeat(np.repeat(lr, run.scale, axis=0), run.scale, axis=1)
+    side = min(int(crop), *hr.shape[:2]) // run.scale * run.scale
+    y, x = ((n - side) // 2 // run.scale * run.scale for n in hr.shape[:2])  # on the LR pixel grid
+
+    panels = [
+        ("LR (nearest)", "", nearest),
+        ("bicubic", f" {psnr(base_out['bicubic'], hr, run.scale):.2f} dB", base_out["bicubic"]),
+        (Path(model).name, f" {psnr(model_out, hr, run.scale):.2f} dB", model_out),
+        ("HR", "", hr),
+    ]
+    label_h, gap = 14, 4
+    sheet = Image.new("RGB", (len(panels) * (side + gap) - gap, side + label_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, suffix, img) in enumerate(panels):
+        tile = np.round(img[y : y + side, x : x + side] * 255).astype(np.uint8)
+        sheet.paste(Image.fromarray(tile), (i * (side + gap), label_h))
+        # a long model name is shortened so that the label fits its panel
+        while len(name) > 3 and draw.textlength(name + suffix) > side - 4:
+            name = name[:-3] + ".."
+        draw.text((i * (side + gap) + 2, 1), name + suffix, fill="black")
+    out_png = Path(out_png)
+    sheet.save(out_png)
+    return out_png
