@@ -172,9 +172,14 @@ class DiffusionUpscaler:
         self.steps = steps
         self.guidance = guidance
         kind = "student" if self._pipe.is_distilled else "teacher"
-        shown_steps = "default" if steps is None else steps
+        shown_steps = steps if steps is not None else (config.default_num_inference_steps or "pipeline default")
         shown_guidance = config.default_guidance_scale if guidance is None else guidance
         self.name = f"diffusion:{model} ({kind}, steps {shown_steps}, guidance {shown_guidance}, {dtype})"
+
+    @property
+    def pipeline(self):
+        """The loaded :class:`~geosr.pipelines.pipeline_geosr.GeoSRPipeline` (shared per source/device/dtype)."""
+        return self._pipe
 
     def upscale(
         self,
