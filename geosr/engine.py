@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -163,12 +163,17 @@ def _model_input(batch: np.ndarray, plan: BandPlan) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.model)]))
 
 
-def caption_tiles(job: BatchJob) -> list[str]:
-    """Caption the tiles of ``job`` (model bands, clipped to [0, 1])."""
-    x = _model_input(_read_batch(job), job.bands).clamp(0, 1)
-    if job.bands.replicate:
+def _caption(spec: str, x: torch.Tensor, plan: BandPlan) -> list[str]:
+    """Caption model-input tiles: clipped to [0, 1], a single band shown as grey RGB."""
+    x = x.clamp(0, 1)
+    if plan.replicate:
         x = x[:, :1].expand(-1, 3, -1, -1)
-    return list(_captioner(job.captioner).caption(x))
+    return list(_captioner(spec).caption(x))
+
+
+def caption_tiles(job: BatchJob) -> list[str]:
+    """Caption the tiles of ``job`` (runs on a worker)."""
+    return _caption(job.captioner, _model_input(_read_batch(job), job.bands), job.bands)
 
 
 def process_batch(job: BatchJob) -> list[TileResult]:
@@ -180,10 +185,7 @@ def process_batch(job: BatchJob) -> list[TileResult]:
     captions = list(job.captions)
     missing = [i for i, c in enumerate(captions) if c is None]
     if missing:
-        cx = x[missing].clamp(0, 1)
-        if plan.replicate:
-            cx = cx[:, :1].expand(-1, 3, -1, -1)
-        for i, text in zip(missing, _captioner(job.captioner).caption(cx)):
+        for i, text in zip(missing, _caption(job.captioner, x[missing], plan)):
             captions[i] = text
     b, _, h, w = batch.shape
     s = job.scale
@@ -212,7 +214,6 @@ class RunReport:
     output_megapixels: float
     peak_pending_bytes: int = 0
     captions: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def megapixels_per_second(self) -> float:
