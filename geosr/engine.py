@@ -35,6 +35,7 @@ from geosr.captioning import Captioner, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig, parse_caption_every
 from geosr.errors import InputError
+from geosr.gdal_lock import GDAL_IO_LOCK
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
 from geosr.models import Upscaler, load_upscaler
 from geosr.models.classical import BicubicUpscaler
@@ -155,7 +156,7 @@ def _model(job: BatchJob) -> Upscaler:
 
 
 def _read_batch(job: BatchJob) -> np.ndarray:
-    with open_raster(job.source) as ds:
+    with GDAL_IO_LOCK, open_raster(job.source) as ds:
         return np.stack([read_tile(ds, t, job.bands.bands, job.stretch, job.masked)[0] for t in job.tiles])
 
 
@@ -487,18 +488,21 @@ class _CellWriter:
         values = self.stretch.inverse(data)
         valid = None
         if self.scene.masked:
-            lr_valid = read_valid(self.src, self._lr_window(window), True)
+            with GDAL_IO_LOCK:
+                lr_valid = read_valid(self.src, self._lr_window(window), True)
             valid = np.repeat(np.repeat(lr_valid, self.scale, axis=0), self.scale, axis=1)
             if self.scene.nodata is not None:
                 avoid_nodata(values, valid, self.scene.nodata)
                 values[:, ~valid] = np.asarray(self.scene.nodata).astype(values.dtype)
-        self.raster.write(window, values, valid)
+        with GDAL_IO_LOCK:
+            self.raster.write(window, values, valid)
 
     def write_empty(self, window: Window) -> None:
         fill = self.scene.nodata if self.scene.nodata is not None else 0
         shape = (len(self.stretch.low), int(window.height), int(window.width))
         values = np.full(shape, fill, dtype=self.stretch.dtype)
-        self.raster.write(window, values, np.zeros(shape[1:], bool))
+        with GDAL_IO_LOCK:
+            self.raster.write(window, values, np.zeros(shape[1:], bool))
 
 
 def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
