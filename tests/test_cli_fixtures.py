@@ -39,11 +39,12 @@ def test_upscale_real_fixture_is_valid_cog_on_refined_grid(tmp_path, data_dir, n
         # the nodata collar is exactly the refined input collar
         lr_valid = a.dataset_mask() > 0
         np.testing.assert_array_equal(b.dataset_mask() > 0, np.kron(lr_valid, np.ones((scale, scale), bool)))
-        # every band is upscaled, none dropped; NIR (band 4) too, and it stays close to its input
+        # every band is upscaled, none dropped; NIR (band 4) too, and radiometry is kept:
+        # x4 runs the shipped diffusion model (it denoises, so allow a few DN of mean shift)
         hr = b.read(masked=True)
         lr = a.read(masked=True)
         for k in range(a.count):
-            assert abs(float(hr[k].mean()) - float(lr[k].mean())) < 2.0
+            assert abs(float(hr[k].mean()) - float(lr[k].mean())) < 4.0
     fc = json.loads((tmp_path / "out.captions.geojson").read_text())
     assert fc["crs"]["properties"]["name"].endswith("32618")
     assert len(fc["features"]) >= 1 and {"tile", "caption", "row", "col"} <= set(fc["features"][0]["properties"])
