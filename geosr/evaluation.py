@@ -42,6 +42,8 @@ import rasterio
 import torch
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+from tqdm.auto import tqdm
+
 from geosr.captioning import load_captioner
 from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
@@ -440,6 +442,8 @@ def evaluate_sr(
     lpips_fn, lpips_status = _lpips_metric(metric_device)
     clip_iqa_fn, clip_iqa_status = _clip_iqa_metric(metric_device)
     images, skipped = [], []
+    # A progress bar on a terminal only (disable=None): a full validation set takes minutes.
+    bar = tqdm(total=min(limit or len(hr_paths), len(hr_paths)), unit="image", desc="evaluate", disable=None)
     for index, path in enumerate(map(Path, hr_paths)):
         if limit is not None and len(images) >= limit:
             break
@@ -448,6 +452,8 @@ def evaluate_sr(
         except (InputError, RasterioIOError) as err:
             logger.warning("skipping %s: %s", path, err)
             skipped.append({"path": str(path), "reason": str(err)})
+            if limit is None:  # the bar counts usable images
+                bar.total -= 1
             continue
         lr, params = run.make_lr(hr, seed + index)
         caption, base_out, model_out = run.super_resolve(lr, seed + index)
@@ -464,6 +470,8 @@ def evaluate_sr(
             }
         )
         logger.info("%d. %s: PSNR %.2f dB", len(images), path.name, images[-1]["model"]["psnr"])
+        bar.update()
+    bar.close()
     if not images:
         raise InputError(f"none of the {len(hr_paths)} image(s) is usable; first reason: {skipped[0]['reason']}")
     model_means = _means([im["model"] for im in images])

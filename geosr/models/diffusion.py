@@ -8,6 +8,7 @@ use it (a dask worker serves every batch with one copy).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,13 +95,32 @@ def _load_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[object
             from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 
             try:
-                pipe = GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
+                with _quiet_loading():
+                    pipe = GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
             except (OSError, ValueError, TypeError) as err:
                 raise ModelError(f"cannot load the diffusion pipeline {source!r}: {err}") from err
             pipe.to(device)
             pipe.set_progress_bar_config(disable=True)
             _PIPELINES[key] = (pipe, threading.Lock())
         return _PIPELINES[key]
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No diffusers/transformers loading bars: geosr shows its own tile progress."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def _dtype_keyword() -> str:
