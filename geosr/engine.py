@@ -408,6 +408,9 @@ def _with_shared_captions(client, jobs, tiles, mode: str, n: int, grid: TileGrid
     """
     from dataclasses import replace
 
+    if not jobs:  # every tile skipped (all no-data, outside the AOI): nothing to caption
+        return jobs
+
     def group(t: Tile) -> tuple[int, int]:
         return (0, 0) if mode == "scene" else (t.row // n, t.col // n)
 

@@ -40,3 +40,19 @@ def test_bad_caption_every_is_rejected(tmp_path, data_dir):
     res = CliRunner().invoke(cli, ["caption", str(data_dir / "rgbn_suba.tif"), "--out", str(tmp_path / "c.geojson"), "--caption-every", "window:x"])
     assert res.exit_code != 0 and "window:N" in res.output
     assert not (tmp_path / "c.geojson").exists()
+
+
+@pytest.mark.parametrize("every", ["tile", "scene", "window:2"])
+def test_all_nodata_scene_has_nothing_to_caption(tmp_path, every):
+    import numpy as np
+    import rasterio
+
+    from tests.rasters import write_raster
+
+    src = write_raster(tmp_path / "in.tif", np.zeros((3, 40, 40), "uint8"), nodata=0)
+    cfg = RunConfig(scale=2, model="bicubic", captioner="degradation", caption_every=every, tiles=TileSpec(16, 4), progress=False)
+    report = upscale_scene([src], tmp_path / "o.tif", cfg)
+    assert report.tiles_processed == 0
+    with rasterio.open(tmp_path / "o.tif") as out:
+        assert (out.read() == 0).all() and not out.dataset_mask().any()
+    assert json.loads((tmp_path / "o.captions.geojson").read_text())["features"] == []

@@ -46,7 +46,7 @@ def format_table(result: dict) -> str:
     "--degradation", type=click.Choice(["iso", "aniso"]), default="aniso", show_default=True,
     help="Training protocol making the LR: iso (IKC blur) or aniso (DRSR blur + noise).",
 )
-@click.option("--model", default="geosr-tiny-x4", show_default=True, help="Model spec, as for geosr upscale.")
+@click.option("--model", help="Model spec, as for geosr upscale (default: the shipped model of --scale, else bicubic).")
 @click.option("--captioner", default="degradation", show_default=True, help="Captioner of the LR images.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N usable images only.")
 @click.option("--crop", type=click.IntRange(min=1), help="Centre-crop each HR image to PX a side.")
@@ -77,7 +77,10 @@ def evaluate(
     """
     from geosr.evaluation import evaluate_sr, find_hr_images, render_comparison
 
+    from geosr.models import default_model
+
     setup_logging(verbose, quiet)
+    model = model or default_model(int(scale))
     options = dict(model=model, captioner=captioner, steps=steps, guidance=guidance, device=device)
     result = fail_cleanly(
         lambda: evaluate_sr(
