@@ -193,9 +193,12 @@ def load_components(
 
 
 def build_controlnet(
-    unet: UNet2DConditionModel, conditioning_channels: int, pixel_space: bool
+    unet: UNet2DConditionModel, conditioning_channels: int, pixel_space: bool, load_weights: bool = True
 ) -> ControlNetModel:
     """A ControlNet initialised from ``unet`` (encoder weights copied, zero convolutions).
+
+    ``load_weights=False`` takes only the architecture (random weights), which also works
+    for a student UNet whose time embedding has a guidance projection the ControlNet lacks.
 
     In pixel space the condition (LR upsampled to HR size) already has the sample's size, so
     the condition encoder keeps full resolution (one level of channels, no stride); in
@@ -206,4 +209,5 @@ def build_controlnet(
         unet,
         conditioning_embedding_out_channels=out_channels,
         conditioning_channels=conditioning_channels,
+        load_weights_from_unet=load_weights,
     )

@@ -6,6 +6,7 @@ import click
 
 from geosr import __version__
 from geosr.cli.bench import bench
+from geosr.cli.bench_model import bench_model
 from geosr.cli.caption import caption
 from geosr.cli.evaluate import evaluate
 from geosr.cli.evaluate_captioner import evaluate_captioner
@@ -32,6 +33,7 @@ cli.add_command(upscale)
 cli.add_command(info)
 cli.add_command(validate)
 cli.add_command(bench)
+cli.add_command(bench_model, name="bench-model")
 cli.add_command(caption)
 cli.add_command(evaluate_captioner, name="evaluate-captioner")
 cli.add_command(evaluate)

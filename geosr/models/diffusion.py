@@ -91,18 +91,23 @@ def _load_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[object
     key = (source, device, dtype)
     with _PIPELINES_LOCK:
         if key not in _PIPELINES:
-            # Imported here: diffusers/transformers take seconds to import, classical runs skip it.
-            from geosr.pipelines.pipeline_geosr import GeoSRPipeline
-
             try:
-                with _quiet_loading():
-                    pipe = GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
+                pipe = load_pipeline_quietly(source, dtype)
             except (OSError, ValueError, TypeError) as err:
                 raise ModelError(f"cannot load the diffusion pipeline {source!r}: {err}") from err
             pipe.to(device)
             pipe.set_progress_bar_config(disable=True)
             _PIPELINES[key] = (pipe, threading.Lock())
         return _PIPELINES[key]
+
+
+def load_pipeline_quietly(source: str, dtype: torch.dtype = torch.float32):
+    """``GeoSRPipeline.from_pretrained`` in ``dtype``, without loading bars."""
+    # Imported here: diffusers/transformers take seconds to import, classical runs skip it.
+    from geosr.pipelines.pipeline_geosr import GeoSRPipeline
+
+    with _quiet_loading():
+        return GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
 
 
 @contextlib.contextmanager
