@@ -61,8 +61,9 @@ class RunConfig:
         Torch device and precision for neural models.
     steps : int or None
     guidance : float or None
-    batch_size : int
-        Tiles per model call.
+    batch_size : int or None
+        Tiles per model call; None picks :func:`geosr.models.default_batch_size` for the
+        model and device.
     seed : int
         Base seed; each tile's seed is derived from it and the tile position.
     address : str or None
@@ -86,7 +87,7 @@ class RunConfig:
     dtype: str | None = None
     steps: int | None = None
     guidance: float | None = None
-    batch_size: int = 4
+    batch_size: int | None = None
     seed: int = 0
     address: str | None = None
     local_workers: int | None = None
@@ -95,8 +96,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
             raise InputError(f"--scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
         parse_caption_every(self.caption_every)
@@ -104,6 +103,12 @@ class RunConfig:
             from geosr.models import default_model
 
             object.__setattr__(self, "model", default_model(self.scale))
+        if self.batch_size is None:
+            from geosr.models import default_batch_size
+
+            object.__setattr__(self, "batch_size", default_batch_size(self.model, self.device))
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
 
     def model_options(self) -> dict[str, Any]:
         """Keyword options for non-classical model loaders (only the ones that are set)."""

@@ -71,3 +71,15 @@ def test_beats_bicubic_on_shipped_validation_crops(model):
 
         gains.append(psnr(model.upscale(x, caps, seeds=[i])) - psnr(bicubic.upscale(x, caps)))
     assert np.mean(gains) > 0.3, gains
+
+
+def test_default_batch_size_follows_model_and_device():
+    from geosr.config import RunConfig
+    from geosr.models import default_batch_size
+
+    assert default_batch_size("bicubic") == 4
+    assert default_batch_size(NAME, "cpu") == 1
+    assert default_batch_size(NAME, "cuda:1") == 4
+    assert RunConfig(scale=4, device="cpu").batch_size == 1
+    assert RunConfig(scale=2).batch_size == 4  # bicubic: batching only saves task overhead
+    assert RunConfig(scale=4, device="cpu", batch_size=3).batch_size == 3

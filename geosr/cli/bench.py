@@ -30,7 +30,7 @@ def bench(inputs, synthetic, json_out, upscale_args):
     for r in results:
         size = "x".join(map(str, r["input_size"]))
         click.echo(f"{r['input']:<24} {size:>11} {r['output_megapixels']:>8.1f} {r['seconds']:>8.1f} "
-                   f"{r['megapixels_per_second']:>7.2f} {r['peak_rss_mib']:>13.1f}")
+                   f"{r['megapixels_per_second']:>7.3g} {r['peak_rss_mib']:>13.1f}")
     if json_out:
         with open(json_out, "w") as f:
             json.dump(results, f, indent=2)

@@ -28,7 +28,8 @@ from geosr.config import DEFAULT_CAPTIONER, DEFAULT_MODEL, RunConfig, TileSpec
 @click.option("--guidance", type=float, help="Guidance scale g (diffusion models; 1 = no guidance).")
 @click.option("--device", help="Torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Precision of neural models.")
-@click.option("--batch-size", default=4, show_default=True, help="Tiles per model call.")
+@click.option("--batch-size", type=int, help="Tiles per model call (default: 4; 1 for a neural model on the CPU, "
+              "where batching saves no time and multiplies memory).")
 @click.option("--seed", default=0, show_default=True, help="Base seed (per-tile seeds derive from it).")
 @click.option("--address", help="dask.distributed scheduler address, e.g. tcp://scheduler:8786.")
 @click.option("--local-workers", type=int, help="Run on a local dask.distributed cluster of N processes.")
