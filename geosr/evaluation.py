@@ -520,7 +520,7 @@ def render_comparison(
     steps: int | None = None,
     guidance: float | None = None,
     device: str | None = None,
-    crop: int = 128,
+    crop: int = 256,
 ) -> Path:
     """Write a PNG of side-by-side crops: LR (nearest-enlarged) | bicubic | model | HR.
 
