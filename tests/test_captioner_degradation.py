@@ -121,3 +121,19 @@ def test_jpeg_blocking_is_detected_and_rated():
             assert est.jpeg_quality is not None and abs(est.jpeg_quality - quality) <= 20, (quality, est)
             tile = torch.from_numpy(np.array(Image.open(buf))).permute(2, 0, 1)[None].float() / 255
             assert "jpeg quality" in cap.caption(tile)[0]
+
+
+def test_blurred_noise_free_crops_are_not_called_jpeg():
+    """Smooth, noise-free LR crops used to show 8-px 'blocking' from content alone (20 of
+    these 50 were called JPEG before the other-period control)."""
+    from PIL import Image
+
+    cap = DegradationCaptioner()
+    called = 0
+    for path in sorted((DATA / "val_crops").glob("*.png")):
+        hr = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+        for seed in range(10):
+            lr, params = degrade(hr, 2, "iso", seed=seed)
+            assert params.jpeg_quality is None and params.noise_sigma == 0
+            called += cap.estimate(lr).jpeg_quality is not None
+    assert called <= 2
