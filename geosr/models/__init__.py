@@ -66,13 +66,11 @@ def default_batch_size(spec: str, device: str | None = None) -> int:
     """
     if spec in CLASSICAL:
         return 4
-    if device is None:
-        import torch
+    import torch
 
-        on_cuda = torch.cuda.is_available()
-    else:
-        on_cuda = device.startswith("cuda")
-    return 4 if on_cuda else 1
+    from geosr.models.diffusion import resolve_device
+
+    return 4 if torch.device(resolve_device(device)).type == "cuda" else 1
 
 
 def register_upscaler(matches: Callable[[str], bool], load: Callable[..., Upscaler]) -> None:

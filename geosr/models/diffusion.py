@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from geosr.errors import InputError, ModelError
 from geosr.models import register_upscaler, shipped_model_path
 
-__all__ = ["DiffusionUpscaler", "register", "matches", "resolve_model"]
+__all__ = ["DiffusionUpscaler", "register", "matches", "resolve_model", "resolve_device", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,19 @@ def _load_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[object
             pipe.set_progress_bar_config(disable=True)
             _PIPELINES[key] = (pipe, threading.Lock())
         return _PIPELINES[key]
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device of a neural model: ``device``, else cuda when available, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+    """The precision named ``fp32``/``fp16``/``bf16``; by default bf16 on CUDA, fp32 elsewhere."""
+    dtype = dtype or ("bf16" if torch.device(device).type == "cuda" else "fp32")
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def load_pipeline_quietly(source: str, dtype: torch.dtype = torch.float32):
@@ -178,14 +191,10 @@ class DiffusionUpscaler:
         guidance: float | None = None,
         batch_size: int = 4,
     ) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        on_cuda = torch.device(self.device).type == "cuda"
-        dtype = dtype or ("bf16" if on_cuda else "fp32")
-        if dtype not in DTYPES:
-            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        self.dtype = DTYPES[dtype]
         self.batch_size = int(batch_size)
         self.source = resolve_model(model)
         self._pipe, self._lock = _load_pipeline(self.source, self.device, self.dtype)
