@@ -20,6 +20,12 @@ Protocol, per HR image (the ``i``-th of the list given):
 LPIPS and CLIP-IQA are reported only when their weights are on this machine already; they
 are never downloaded, and the result says why each was skipped.
 
+Caption ablation (``caption_ablation=True``): the model also runs on the same LR with
+captions that are wrong on purpose, to show what the caption is worth: ``clean`` (a sharp,
+noise-free caption), ``noisy`` (strong noise stated where there may be none), ``blurry``
+(strong blur stated) and ``empty`` (the unconditional branch). Each variant is scored like
+the model; the measured caption is the reference.
+
 Nodata: a few isolated pixels flagged nodata (at most :data:`MAX_FLAGGED_FRACTION` of
 the image) are real values that happen to equal the nodata value, e.g. saturated white in
 NEON plots with nodata 255: they are kept as they are. Otherwise the image is cropped to
@@ -45,12 +51,14 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from tqdm.auto import tqdm
 
 from geosr.captioning import load_captioner
+from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
 from geosr.models import CLASSICAL, load_upscaler
 from geosr.training.degradations import PROTOCOLS, DegradationParams, degrade
 
 __all__ = [
+    "ABLATION_CAPTIONS",
     "MAX_LR_SIDE",
     "evaluate_sr",
     "find_hr_images",
@@ -303,6 +311,15 @@ def _read_hr(path: Path, scale: int, crop: int | None) -> np.ndarray:
     return rgb[y : y + h, x : x + w].astype(np.float32) / 255.0
 
 
+#: Deliberately wrong captions of the caption ablation, in the captioner's vocabulary.
+ABLATION_CAPTIONS = {
+    "clean": format_caption(0.3, False, 0.0, 0.0, None),
+    "noisy": format_caption(0.3, False, 0.0, 20.0, None),
+    "blurry": format_caption(2.0, False, 0.0, 0.0, None),
+    "empty": "",
+}
+
+
 def _quantise(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
 
@@ -345,12 +362,14 @@ class _Run:
         """Caption, the baselines' outputs by name, and the model's output (all ``H x W x 3``)."""
         tiles = _to_tensor(lr)
         caption = self.captioner.caption(tiles)[0]
+        baselines = {name: self.run(u, lr, caption, seed) for name, u in self.baselines.items()}
+        return caption, baselines, self.run(self.model, lr, caption, seed)
 
-        def run(upscaler) -> np.ndarray:
-            out = upscaler.upscale(tiles, [caption], seeds=[seed])[0]
-            return _quantise(out.float().numpy().transpose(1, 2, 0))
-
-        return caption, {name: run(u) for name, u in self.baselines.items()}, run(self.model)
+    @staticmethod
+    def run(upscaler, lr: np.ndarray, caption: str, seed: int) -> np.ndarray:
+        """One upscaler's 8-bit quantised ``H x W x 3`` output for ``lr`` with ``caption``."""
+        out = upscaler.upscale(_to_tensor(lr), [caption], seeds=[seed])[0]
+        return _quantise(out.float().numpy().transpose(1, 2, 0))
 
 
 # ----------------------------------------------------------------------- evaluation
@@ -386,6 +405,7 @@ def evaluate_sr(
     guidance: float | None = None,
     device: str | None = None,
     baselines: Sequence[str] = ("bicubic",),
+    caption_ablation: bool = False,
 ) -> dict:
     """Super-resolve degraded HR images with a model and baselines; compare with the HR.
 
@@ -397,8 +417,8 @@ def evaluate_sr(
         HR images (RGB uint8: PNG, JPEG, GeoTIFF); see :func:`find_hr_images`.
     scale : int
         Downsampling / upscaling factor.
-    degradation : {"iso", "aniso"}
-        Training protocol that makes the LR (:mod:`geosr.training.degradations`).
+    degradation : {"clean", "iso", "aniso"}
+        Protocol that makes the LR (:mod:`geosr.training.degradations`).
     model : str
         Model spec for :func:`geosr.models.load_upscaler`.
     captioner : str
@@ -413,12 +433,16 @@ def evaluate_sr(
         Passed to the model loader (diffusion models); None keeps the model's defaults.
     baselines : sequence of str
         Classical upscalers to compare with; bicubic is always one.
+    caption_ablation : bool
+        Also run the model with each caption of :data:`ABLATION_CAPTIONS`.
 
     Returns
     -------
     dict
-        ``settings``; ``model`` (``name``, ``description``, the mean metrics and
-        ``delta_vs_bicubic``); ``baselines`` (name -> mean metrics); ``images`` (per image:
+        ``settings``; ``model`` (``name``, ``description``, the mean metrics,
+        ``delta_vs_bicubic`` and ``worse_than_bicubic``, the share of images whose PSNR is
+        below bicubic's); ``baselines`` (name -> mean metrics); ``caption_ablation`` (variant
+        -> mean metrics, ``measured`` included; empty unless asked); ``images`` (per image:
         ``path``, ``seed``, ``hr_size``, ``degradation`` parameters, ``caption``, ``model``
         and ``baselines`` metrics); ``skipped`` (``path``, ``reason``) and
         ``optional_metrics`` (``lpips`` / ``clip_iqa``: computed or why skipped). Metrics
@@ -469,6 +493,11 @@ def evaluate_sr(
                 "baselines": {n: _scores(o, hr, border, lpips_fn, clip_iqa_fn) for n, o in base_out.items()},
             }
         )
+        if caption_ablation:
+            images[-1]["caption_ablation"] = {
+                name: _scores(run.run(run.model, lr, text, seed + index), hr, border, None, None)
+                for name, text in ABLATION_CAPTIONS.items()
+            }
         logger.info("%d. %s: PSNR %.2f dB", len(images), path.name, images[-1]["model"]["psnr"])
         bar.update()
     bar.close()
@@ -476,6 +505,12 @@ def evaluate_sr(
         raise InputError(f"none of the {len(hr_paths)} image(s) is usable; first reason: {skipped[0]['reason']}")
     model_means = _means([im["model"] for im in images])
     base_means = {n: _means([im["baselines"][n] for im in images]) for n in run.baselines}
+    worse = np.mean([im["model"]["psnr"] < im["baselines"]["bicubic"]["psnr"] for im in images])
+    ablation = {}
+    if caption_ablation:
+        ablation["measured"] = {k: model_means[k] for k in ("psnr", "ssim", "sharpness")}
+        for name in ABLATION_CAPTIONS:
+            ablation[name] = _means([im["caption_ablation"][name] for im in images])
     return {
         "settings": {
             "scale": run.scale,
@@ -498,8 +533,10 @@ def evaluate_sr(
             "description": run.model.name,
             **model_means,
             "delta_vs_bicubic": {k: v - base_means["bicubic"][k] for k, v in model_means.items()},
+            "worse_than_bicubic": float(worse),
         },
         "baselines": base_means,
+        "caption_ablation": ablation,
         "images": images,
         "skipped": skipped,
         "optional_metrics": {"lpips": lpips_status, "clip_iqa": clip_iqa_status},

@@ -17,6 +17,18 @@ Residual (``predict_residual=True``, pixel space only)
     modes; a model that predicts ``x0 = 0`` returns the bicubic baseline, which is what makes
     tiny, briefly trained models and 1-step students useful.
 
+Low-resolution diffusion variable (``unshuffle_factor = f``, pixel space, residual only)
+    The residual ``x0`` is pixel-unshuffled by ``f`` (AdcSR's PixelUnshuffle-in, ResShift's
+    LR-size latent): the UNet works on ``C * f**2`` channels at ``1/f`` of the HR size, so its
+    cost per output pixel falls by ``f**2``; ``f = 8`` is the grid an SD VAE latent has. The
+    ControlNet then reads the LR tile at the LR size (not upsampled) and its condition encoder
+    downsamples by ``f / upscale_factor``. ``f = None`` (older checkpoints) keeps the HR-size
+    variable and the upsampled condition. With ``concat_lr`` the LR tile, pixel-unshuffled to
+    the variable's grid (:func:`lr_on_grid`), is also concatenated to the UNet's and the
+    ControlNet's input, as Stable Diffusion's x4 upscaler concatenates its low-res image: the
+    network reads the LR pixels directly instead of only through the ControlNet residuals,
+    which is what lets a small model learn fine detail in a CPU budget.
+
 Guidance (diffusers / Imagen convention)
     With guidance scale ``g`` a teacher predicts ``eps = eps_u + g * (eps_c - eps_u)``, with the
     empty caption as the unconditional branch; ``g = 1`` is the conditional model alone (one
@@ -49,13 +61,18 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
+
 __all__ = [
     "GeoSRPipeline",
     "GeoSRPipelineOutput",
     "guidance_embedding",
+    "control_image",
     "image_to_target",
+    "lr_on_grid",
     "target_to_image",
     "upsample_lr",
+    "with_lr",
 ]
 
 ImageInput = torch.Tensor | np.ndarray | PIL.Image.Image | Sequence[PIL.Image.Image]
@@ -114,21 +131,52 @@ def upsample_lr(image: torch.Tensor, scale_factor: int, mode: str = "bicubic") -
 
 
 def image_to_target(
-    hr: torch.Tensor, upsampled: torch.Tensor, predict_residual: bool, residual_scale: float
+    hr: torch.Tensor,
+    upsampled: torch.Tensor,
+    predict_residual: bool,
+    residual_scale: float,
+    unshuffle_factor: int | None = None,
 ) -> torch.Tensor:
-    """Clean pixel-space diffusion variable ``x0`` for an HR image in ``[0, 1]`` (training target)."""
+    """Clean pixel-space diffusion variable ``x0`` for an HR image in ``[0, 1]`` (training target).
+
+    With ``unshuffle_factor`` the residual is pixel-unshuffled to ``1/f`` of the HR size.
+    """
     if predict_residual:
-        return residual_scale * (hr - upsampled)
+        x0 = residual_scale * (hr - upsampled)
+        return F.pixel_unshuffle(x0, unshuffle_factor) if unshuffle_factor else x0
     return 2.0 * hr - 1.0
 
 
 def target_to_image(
-    x0: torch.Tensor, upsampled: torch.Tensor, predict_residual: bool, residual_scale: float
+    x0: torch.Tensor,
+    upsampled: torch.Tensor,
+    predict_residual: bool,
+    residual_scale: float,
+    unshuffle_factor: int | None = None,
 ) -> torch.Tensor:
     """Inverse of :func:`image_to_target` (not clamped)."""
     if predict_residual:
+        if unshuffle_factor:
+            x0 = F.pixel_shuffle(x0, unshuffle_factor)
         return upsampled + x0 / residual_scale
     return (x0 + 1.0) / 2.0
+
+
+def lr_on_grid(lr: torch.Tensor, upscale_factor: int, unshuffle_factor: int) -> torch.Tensor:
+    """The LR tile pixel-unshuffled onto the diffusion variable's grid (``1/f`` of the HR size)."""
+    return F.pixel_unshuffle(lr.clamp(0.0, 1.0), unshuffle_factor // upscale_factor)
+
+
+def with_lr(sample: torch.Tensor, lr_grid: torch.Tensor | None) -> torch.Tensor:
+    """The network input: ``sample``, with ``lr_grid`` concatenated on the channels when given."""
+    if lr_grid is None:
+        return sample
+    return torch.cat([sample, lr_grid.to(sample.dtype)], dim=1)
+
+
+def control_image(lr: torch.Tensor, upsampled: torch.Tensor, unshuffle_factor: int | None) -> torch.Tensor:
+    """The ControlNet condition: the LR tile itself in LR-space models, else its upsampled copy."""
+    return lr.clamp(0.0, 1.0) if unshuffle_factor else upsampled
 
 
 @dataclass
@@ -161,8 +209,10 @@ class GeoSRPipeline(DiffusionPipeline):
     text_encoder : CLIPTextModel
         Encodes captions; its hidden size is the UNet's ``cross_attention_dim``.
     tokenizer : CLIPTokenizer
-    unet : UNet2DConditionModel
-    controlnet : ControlNetModel
+    unet : UNet2DConditionModel or LRSpaceDenoiser
+        The denoiser; :class:`~geosr.pipelines.lr_space_models.LRSpaceDenoiser` for the small
+        LR-space models geosr ships.
+    controlnet : ControlNetModel or LRSpaceControlNet
         ``conditioning_channels`` = image channels; its conditioning encoder downsamples by the
         VAE factor (1 in pixel space).
     scheduler : SchedulerMixin
@@ -179,6 +229,12 @@ class GeoSRPipeline(DiffusionPipeline):
         Steps when a call names none; ``None`` means 4 for a student, 25 for a teacher.
     default_guidance_scale : float
         Guidance scale when a call names none.
+    unshuffle_factor : int, optional
+        Diffuse the residual pixel-unshuffled by this factor (a multiple of ``upscale_factor``;
+        see the module docstring); None: at the HR size.
+    concat_lr : bool
+        Concatenate the LR tile on the variable's grid to the networks' input (needs
+        ``unshuffle_factor``).
 
     Examples
     --------
@@ -194,8 +250,8 @@ class GeoSRPipeline(DiffusionPipeline):
         vae: AutoencoderKL | None,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        controlnet: ControlNetModel,
+        unet: UNet2DConditionModel | LRSpaceDenoiser,
+        controlnet: ControlNetModel | LRSpaceControlNet,
         scheduler: SchedulerMixin,
         upscale_factor: int = 4,
         upsample_mode: str = "bicubic",
@@ -203,6 +259,8 @@ class GeoSRPipeline(DiffusionPipeline):
         residual_scale: float = 2.0,
         default_num_inference_steps: int | None = None,
         default_guidance_scale: float = 4.0,
+        unshuffle_factor: int | None = None,
+        concat_lr: bool = False,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -220,6 +278,8 @@ class GeoSRPipeline(DiffusionPipeline):
             residual_scale=float(residual_scale),
             default_num_inference_steps=default_num_inference_steps,
             default_guidance_scale=float(default_guidance_scale),
+            unshuffle_factor=None if unshuffle_factor is None else int(unshuffle_factor),
+            concat_lr=bool(concat_lr),
         )
 
     @property
@@ -228,11 +288,31 @@ class GeoSRPipeline(DiffusionPipeline):
         return self.unet.config.time_cond_proj_dim is not None
 
     @property
+    def unshuffle_factor(self) -> int | None:
+        """HR pixels per side of one diffusion-variable pixel in LR-space models, else None."""
+        # older checkpoints have no such key in their config
+        return getattr(self.config, "unshuffle_factor", None)
+
+    @property
+    def concat_channels(self) -> int:
+        """Channels of the LR concatenated to the networks' input (0 without ``concat_lr``)."""
+        if not getattr(self.config, "concat_lr", False):
+            return 0
+        return self.image_channels * self.condition_factor**2
+
+    @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent pixel (1 in pixel space)."""
+        """HR pixels per side of one diffusion-variable pixel (1 in HR pixel space)."""
         if self.vae is None:
-            return 1
+            return self.unshuffle_factor or 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def condition_factor(self) -> int:
+        """How much the ControlNet's condition encoder must downsample its input."""
+        if self.unshuffle_factor:
+            return self.unshuffle_factor // self.config.upscale_factor
+        return self.vae_scale_factor
 
     @property
     def image_channels(self) -> int:
@@ -242,7 +322,9 @@ class GeoSRPipeline(DiffusionPipeline):
     @property
     def size_multiple(self) -> int:
         """The HR height and width must be multiples of this (VAE and UNet downsampling)."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        # an LRSpaceDenoiser keeps its grid (no block_out_channels, no downsampling)
+        levels = len(getattr(self.unet.config, "block_out_channels", None) or (0,))
+        return self.vae_scale_factor * 2 ** (levels - 1)
 
     def encode_prompt(self, prompt: list[str], device: torch.device) -> torch.Tensor:
         """Text-encoder hidden states ``[B, L, D]`` of ``prompt``, padded to the tokenizer's length."""
@@ -312,8 +394,15 @@ class GeoSRPipeline(DiffusionPipeline):
             raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {config.upsample_mode!r}")
         if config.upscale_factor < 1:
             raise ValueError(f"upscale_factor must be >= 1, got {config.upscale_factor}")
+        factor = self.unshuffle_factor
+        if factor is not None and (factor < config.upscale_factor or factor % config.upscale_factor):
+            raise ValueError(
+                f"unshuffle_factor {factor} must be a multiple of upscale_factor {config.upscale_factor}"
+            )
+        if factor is not None and (self.vae is not None or not config.predict_residual):
+            raise ValueError("unshuffle_factor needs pixel space (no vae) and predict_residual")
         if self.vae is None:
-            space, expected = "pixel space", self.image_channels
+            space, expected = "pixel space", self.image_channels * (factor or 1) ** 2
         else:
             if config.predict_residual:
                 raise ValueError("predict_residual works in pixel space only: drop the vae or the option")
@@ -323,9 +412,12 @@ class GeoSRPipeline(DiffusionPipeline):
                     f"conditioning_channels is {self.image_channels}"
                 )
             space, expected = "latent space", self.vae.config.latent_channels
-        if unet.in_channels != expected or unet.out_channels != expected:
+        if getattr(config, "concat_lr", False) and not factor:
+            raise ValueError("concat_lr needs unshuffle_factor (the LR is concatenated on its grid)")
+        expected_in = expected + self.concat_channels
+        if unet.in_channels != expected_in or unet.out_channels != expected:
             raise ValueError(
-                f"in {space} the unet must map {expected} channels to {expected}, "
+                f"in {space} the unet must map {expected_in} channels to {expected}, "
                 f"got {unet.in_channels} -> {unet.out_channels}"
             )
         if controlnet.in_channels != unet.in_channels:
@@ -333,11 +425,11 @@ class GeoSRPipeline(DiffusionPipeline):
                 f"controlnet in_channels {controlnet.in_channels} != unet in_channels {unet.in_channels}"
             )
         cond_factor = 2 ** (len(controlnet.conditioning_embedding_out_channels) - 1)
-        if cond_factor != self.vae_scale_factor:
+        if cond_factor != self.condition_factor:
             raise ValueError(
-                f"the controlnet's conditioning encoder downsamples by {cond_factor}, the vae by "
-                f"{self.vae_scale_factor}: they must agree (pixel space: one "
-                "conditioning_embedding_out_channels entry)"
+                f"the controlnet's conditioning encoder downsamples by {cond_factor}, but its "
+                f"condition is {self.condition_factor}x the diffusion variable's size: they must "
+                "agree (HR pixel space: one conditioning_embedding_out_channels entry)"
             )
         if self.text_encoder.config.hidden_size != unet.cross_attention_dim:
             raise ValueError(
@@ -421,11 +513,17 @@ class GeoSRPipeline(DiffusionPipeline):
             self.config.upscale_factor,
             self.config.upsample_mode,
         )
-        control_image = upsampled.to(self.controlnet.dtype)
+        condition = control_image(image.to(device=device, dtype=torch.float32), upsampled, self.unshuffle_factor)
+        condition = condition.to(self.controlnet.dtype)
+        lr_grid = None
+        if self.concat_channels:
+            lr_grid = lr_on_grid(image.to(device=device, dtype=torch.float32), self.config.upscale_factor,
+                                 self.unshuffle_factor)
         prompt_embeds = self.encode_prompt(prompt, device)
         if two_branches:
             prompt_embeds = torch.cat([self.encode_prompt([""] * batch, device), prompt_embeds])
-            control_image = torch.cat([control_image, control_image])
+            condition = torch.cat([condition, condition])
+            lr_grid = None if lr_grid is None else torch.cat([lr_grid, lr_grid])
         timestep_cond = None
         if self.is_distilled:
             w = torch.full((batch,), guidance_scale - 1.0, device=device)
@@ -435,7 +533,8 @@ class GeoSRPipeline(DiffusionPipeline):
         # networks run in the pipeline's dtype): bf16 scheduler arithmetic visibly bands.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         hr_h, hr_w = upsampled.shape[-2:]
-        shape = (batch, self.unet.config.in_channels, hr_h // self.vae_scale_factor, hr_w // self.vae_scale_factor)
+        channels = self.unet.config.in_channels - self.concat_channels
+        shape = (batch, channels, hr_h // self.vae_scale_factor, hr_w // self.vae_scale_factor)
         sample = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         sample = sample * self.scheduler.init_noise_sigma
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
@@ -443,12 +542,13 @@ class GeoSRPipeline(DiffusionPipeline):
         # 3. Denoise.
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([sample, sample]) if two_branches else sample
-            model_input = self.scheduler.scale_model_input(model_input, t).to(self.unet.dtype)
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_input = with_lr(model_input, lr_grid).to(self.unet.dtype)
             down_residuals, mid_residual = self.controlnet(
                 model_input,
                 t,
                 encoder_hidden_states=prompt_embeds,
-                controlnet_cond=control_image,
+                controlnet_cond=condition,
                 conditioning_scale=controlnet_conditioning_scale,
                 return_dict=False,
             )
@@ -471,7 +571,7 @@ class GeoSRPipeline(DiffusionPipeline):
             latents = sample / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
             sample = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
         hr = target_to_image(
-            sample, upsampled, self.config.predict_residual, self.config.residual_scale
+            sample, upsampled, self.config.predict_residual, self.config.residual_scale, self.unshuffle_factor
         ).clamp(0.0, 1.0)
         self.maybe_free_model_hooks()
 

@@ -23,6 +23,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
+
 TEXT_DIM = 32
 GUIDANCE_EMBED_DIM = 16
 
@@ -48,6 +50,7 @@ def tiny_pipeline_components(
     tmp_path: str | Path | None = None,
     seed: int = 0,
     latent: bool = False,
+    unshuffle_factor: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``GeoSRPipeline(**components)``: tiny RGB modules plus config.
 
@@ -65,6 +68,9 @@ def tiny_pipeline_components(
     latent : bool
         Add a tiny ``AutoencoderKL`` (latent space, factor 2) and predict images, not residuals;
         by default the pipeline works in pixel space on residuals.
+    unshuffle_factor : int, optional
+        An LR-space model instead: a tiny ``LRSpaceDenoiser`` and ``LRSpaceControlNet`` on the
+        residual pixel-unshuffled by this factor, with the LR concatenated (``concat_lr``).
 
     Returns
     -------
@@ -85,6 +91,8 @@ def tiny_pipeline_components(
             norm_num_groups=1,
             mid_block_add_attention=False,
         )
+    if unshuffle_factor:
+        return _tiny_lr_space_components(student, scale, tmp_path, unshuffle_factor)
     unet_channels = 4 if latent else 3
     unet = UNet2DConditionModel(
         sample_size=32,
@@ -113,6 +121,46 @@ def tiny_pipeline_components(
         teacher_weights = unet.state_dict()
         unet = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=GUIDANCE_EMBED_DIM)
         unet.load_state_dict(teacher_weights, strict=False)
+    return {
+        "vae": vae,
+        "unet": unet.eval(),
+        "controlnet": controlnet.eval(),
+        **_text_and_scheduler(student, tmp_path),
+        "upscale_factor": scale,
+        "predict_residual": not latent,
+    }
+
+
+def _tiny_lr_space_components(student: bool, scale: int, tmp_path, factor: int) -> dict[str, Any]:
+    residual, lr_channels = 3 * factor**2, 3 * (factor // scale) ** 2
+    unet = LRSpaceDenoiser(
+        in_channels=residual + lr_channels,
+        out_channels=residual,
+        channels=8,
+        num_blocks=2,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4,
+        embedding_dim=16,
+        text_pool_heads=2,
+        time_cond_proj_dim=GUIDANCE_EMBED_DIM if student else None,
+    )
+    condition_levels = (factor // scale).bit_length()
+    controlnet = LRSpaceControlNet.from_unet(
+        unet, conditioning_embedding_out_channels=tuple(8 * 2**k for k in range(condition_levels))
+    )
+    return {
+        "vae": None,
+        "unet": unet.eval(),
+        "controlnet": controlnet.eval(),
+        **_text_and_scheduler(student, tmp_path),
+        "upscale_factor": scale,
+        "predict_residual": True,
+        "unshuffle_factor": factor,
+        "concat_lr": True,
+    }
+
+
+def _text_and_scheduler(student: bool, tmp_path) -> dict[str, Any]:
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=0,
@@ -143,13 +191,4 @@ def tiny_pipeline_components(
         timestep_spacing="trailing",
     )
     scheduler = LCMScheduler(**schedule) if student else DDIMScheduler(**schedule)
-    return {
-        "vae": vae,
-        "text_encoder": text_encoder.eval(),
-        "tokenizer": tokenizer,
-        "unet": unet.eval(),
-        "controlnet": controlnet.eval(),
-        "scheduler": scheduler,
-        "upscale_factor": scale,
-        "predict_residual": not latent,
-    }
+    return {"text_encoder": text_encoder.eval(), "tokenizer": tokenizer, "scheduler": scheduler}

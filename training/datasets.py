@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from geosr.captioning import Captioner, load_captioner
 from geosr.errors import InputError
-from geosr.training.degradations import PROTOCOLS, degrade, describe
+from geosr.training.degradations import MIXED, PROTOCOLS, degrade, describe
 
 __all__ = ["IMAGE_SUFFIXES", "SRPairDataset", "find_images"]
 
@@ -115,8 +115,8 @@ class SRPairDataset(Dataset):
         HR crop side in pixels; a multiple of ``scale``.
     scale : int
         Super-resolution factor; the LR side is ``crop_size // scale``.
-    protocol : {"iso", "aniso"}
-        Degradation protocol (IKC / DRSR), see :mod:`geosr.training.degradations`.
+    protocol : {"clean", "iso", "aniso", "mixed"}
+        Degradation protocol, see :mod:`geosr.training.degradations`.
     captions : str
         ``"truth"``: written from the sampled degradation (:func:`describe`);
         ``"captioner:<spec>"``: a :mod:`geosr.captioning` captioner run on the LR crop;
@@ -161,8 +161,8 @@ class SRPairDataset(Dataset):
     ) -> None:
         if crop_size % scale:
             raise InputError(f"crop_size {crop_size} is not a multiple of scale {scale}")
-        if protocol not in PROTOCOLS:
-            raise InputError(f"unknown degradation protocol {protocol!r}: use one of {PROTOCOLS}")
+        if protocol not in PROTOCOLS + (MIXED,):
+            raise InputError(f"unknown degradation protocol {protocol!r}: use one of {PROTOCOLS + (MIXED,)}")
         self.crop_size, self.scale, self.protocol = int(crop_size), int(scale), protocol
         self.bands = tuple(int(b) for b in bands)
         self.crops_per_image = int(crops_per_image)

@@ -1,12 +1,19 @@
 """Synthetic degradations HR -> LR, returning the parameters that made them.
 
-Two protocols from the blind-SR literature:
+Three evaluation protocols, two of them from the blind-SR literature:
+
+- ``"clean"``: bicubic downsampling with anti-aliasing (MATLAB ``imresize``), nothing else:
+  the classical SR benchmark setting.
 
 - ``"iso"`` (IKC, Gu et al. 2019): isotropic Gaussian blur whose sigma range grows with
   the scale, bicubic downsampling, no noise.
 - ``"aniso"`` (DRSR / DAN-style, Luo et al. 2020): anisotropic Gaussian blur
   (sigma_x, sigma_y, theta), bicubic downsampling, additive Gaussian noise, and
   optionally JPEG.
+
+For training, ``"mixed"`` draws one of the three per sample (clean 30 %, iso 20 %, aniso
+50 %), with the aniso noise skewed towards low levels (``25 * u**2`` DN: 45 % of draws below
+5 DN), because real aerial and satellite scenes are mostly mildly blurred and little noisy.
 
 The order is blur (at HR resolution, reflect padding) -> bicubic downsampling by
 ``scale`` (no antialias: the blur is the anti-alias filter) -> noise -> JPEG -> clip.
@@ -36,6 +43,7 @@ from geosr.captioning.vocabulary import ANISOTROPY_RATIO, format_caption
 from geosr.errors import InputError
 
 __all__ = [
+    "MIXED",
     "PROTOCOLS",
     "DegradationParams",
     "apply_degradation",
@@ -45,7 +53,13 @@ __all__ = [
     "sample_params",
 ]
 
-PROTOCOLS = ("iso", "aniso")
+PROTOCOLS = ("clean", "iso", "aniso")
+#: The training mixture of the three protocols, see the module docstring.
+MIXED = "mixed"
+_MIXED_WEIGHTS = {"clean": 0.3, "iso": 0.2, "aniso": 0.5}
+#: Blur a caption states for a clean (anti-aliased bicubic) LR: what DegradationCaptioner
+#: typically measures on one (0.1-0.6 px on UC Merced train crops), in LR px.
+CLEAN_BLUR_LR_PX = 0.3
 
 # DRSR samples sigma_x, sigma_y in [0.6, 5] HR px at x4; other scales keep the same
 # range in LR px (i.e. scaled by scale / 4).
@@ -73,7 +87,9 @@ class DegradationParams:
     jpeg_quality : int or None
         JPEG quality of the final re-encoding, None for none.
     protocol : str
-        ``"iso"`` or ``"aniso"``: which sampler made the parameters.
+        ``"clean"``, ``"iso"`` or ``"aniso"``: which sampler made the parameters. A clean
+        degradation applies no blur (the anti-aliasing of the bicubic resize is its only
+        low-pass); its sigmas are the blur a caption states for it (``CLEAN_BLUR_LR_PX``).
     """
 
     scale: int
@@ -121,10 +137,11 @@ def sample_params(
 
     Parameters
     ----------
-    protocol : {"iso", "aniso"}
-        ``"iso"``: sigma uniform in [0.2, scale] HR px (IKC: x2 [0.2, 2], x3 [0.2, 3],
-        x4 [0.2, 4]), no noise. ``"aniso"``: sigma_x, sigma_y uniform in
-        [0.6, 5] * scale / 4 HR px, theta uniform in [0, 180), noise uniform in [0, 25] DN.
+    protocol : {"clean", "iso", "aniso", "mixed"}
+        ``"clean"``: anti-aliased bicubic only. ``"iso"``: sigma uniform in [0.2, scale] HR px
+        (IKC: x2 [0.2, 2], x3 [0.2, 3], x4 [0.2, 4]), no noise. ``"aniso"``: sigma_x, sigma_y
+        uniform in [0.6, 5] * scale / 4 HR px, theta uniform in [0, 180), noise uniform in
+        [0, 25] DN. ``"mixed"``: the training mixture of the module docstring.
     scale : int
         Downsampling factor.
     rng : numpy.random.Generator
@@ -136,16 +153,27 @@ def sample_params(
     -------
     DegradationParams
     """
-    if protocol == "iso":
+    low_noise = False
+    if protocol == MIXED:
+        names = list(_MIXED_WEIGHTS)
+        protocol = names[int(rng.choice(len(names), p=list(_MIXED_WEIGHTS.values())))]
+        low_noise = True
+    if protocol == "clean":
+        sigma = CLEAN_BLUR_LR_PX * scale
+        sx, sy, theta, noise = sigma, sigma, 0.0, 0.0
+    elif protocol == "iso":
         sigma = float(rng.uniform(0.2, float(scale)))
         sx, sy, theta, noise = sigma, sigma, 0.0, 0.0
     elif protocol == "aniso":
         lo, hi = (s * scale / 4 for s in _ANISO_SIGMA_X4)
         sx, sy = (float(v) for v in rng.uniform(lo, hi, size=2))
         theta = float(rng.uniform(0.0, 180.0))
-        noise = float(rng.uniform(*_ANISO_NOISE_DN))
+        if low_noise:
+            noise = float(_ANISO_NOISE_DN[1] * rng.uniform() ** 2)
+        else:
+            noise = float(rng.uniform(*_ANISO_NOISE_DN))
     else:
-        raise InputError(f"unknown degradation protocol {protocol!r}: use one of {PROTOCOLS}")
+        raise InputError(f"unknown degradation protocol {protocol!r}: use one of {PROTOCOLS + (MIXED,)}")
     jpeg = None
     if rng.random() < jpeg_prob:
         jpeg = int(rng.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1))
@@ -210,10 +238,12 @@ def _degrade_batch(
     h, w = (x.shape[-2] // s) * s, (x.shape[-1] // s) * s
     if h == 0 or w == 0:
         raise InputError(f"HR image {tuple(x.shape[-2:])} is smaller than the scale {s}")
-    out = _blur(x[..., :h, :w], params)
+    clean = params.protocol == "clean"
+    out = x[..., :h, :w] if clean else _blur(x[..., :h, :w], params)
     if s > 1:
+        # a clean LR is anti-aliased by the resize itself; elsewhere the blur is the anti-alias
         out = F.interpolate(
-            out, size=(h // s, w // s), mode="bicubic", align_corners=False, antialias=False
+            out, size=(h // s, w // s), mode="bicubic", align_corners=False, antialias=clean
         )
     if params.noise_sigma > 0:
         noise = rng.standard_normal(tuple(out.shape), dtype=np.float32) * (params.noise_sigma / 255.0)

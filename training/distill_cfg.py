@@ -14,6 +14,12 @@ through ``time_cond_proj_dim`` (embedded with the pipeline's own
   of ``num_ddim_timesteps`` steps, with an EMA copy of the student as the target network,
   so that 1-4 steps of the saved LCMScheduler suffice.
 
+A fidelity term (``fidelity_weight``, as one-step SR students such as SinSR, OSEDiff and AdcSR
+have) adds the L1 distance between the student's x0 estimate and the true HR, so that the
+student is pulled towards the data where the teacher is wrong instead of only copying it;
+``final_timestep_prob`` draws that share of the batch at the last training timestep, the
+only one a 1-step student ever runs at.
+
 The student starts as the teacher (its new guidance projection zero-initialised: at first it
 is the conditional branch, exact for ``w = 0``), or, with a ``student_unet`` mapping of config
 overrides in the YAML, as a smaller ("lightweight") UNet and ControlNet trained from scratch.
@@ -34,11 +40,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import ControlNetModel, DDPMScheduler, LCMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, LCMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, upsample_lr
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, with_lr
 from geosr.training.launch import (
     add_common_args,
     checkpoint_to_resume,
@@ -46,9 +52,11 @@ from geosr.training.launch import (
     parse_with_config,
     save_checkpoint,
 )
+from geosr.training.model_factory import controlnet_class
 from geosr.training.train_controlnet import (
     step_generator,
     clean_sample,
+    condition_inputs,
     encode_captions,
     render_validation,
     validation_pairs,
@@ -61,6 +69,7 @@ __all__ = [
     "main",
     "parse_args",
     "predict",
+    "student_loss",
     "teacher_guided",
 ]
 
@@ -82,6 +91,10 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--ema_decay", type=float, default=0.95, help="Consistency: target network EMA.")
     add("--num_inference_steps", type=int, default=4, help="Default steps of the saved student.")
     add("--validation_guidance_scale", type=float, default=4.0)
+    add("--fidelity_weight", type=float, default=0.0,
+        help="Weight of the L1 between the student's x0 estimate and the true HR x0.")
+    add("--final_timestep_prob", type=float, default=0.0,
+        help="Share of samples drawn at the last timestep (where a 1-step student runs).")
     args = parse_with_config(parser, input_args, yaml_only={"student_unet": None})
     if not args.teacher_model:
         parser.error("--teacher_model is required (in the YAML or on the command line)")
@@ -92,7 +105,7 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
 
 def make_student(
     teacher: GeoSRPipeline, embedding_dim: int, overrides: dict | None = None, seed: int = 0
-) -> tuple[UNet2DConditionModel, ControlNetModel]:
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Student UNet (with ``time_cond_proj_dim``) and ControlNet.
 
     Without ``overrides`` both are copies of the teacher's and the new guidance projection
@@ -103,12 +116,12 @@ def make_student(
     torch.manual_seed(seed)
     # overrides as keyword arguments: a merged dict would keep the config's
     # `_use_default_values`, which makes from_config drop time_cond_proj_dim
-    unet = UNet2DConditionModel.from_config(
+    unet = type(teacher.unet).from_config(
         teacher.unet.config, **(overrides or {}), time_cond_proj_dim=embedding_dim
     )
     if overrides:
         cn = teacher.controlnet.config
-        controlnet = ControlNetModel.from_unet(
+        controlnet = controlnet_class(unet).from_unet(
             unet,
             conditioning_embedding_out_channels=tuple(cn.conditioning_embedding_out_channels),
             conditioning_channels=cn.conditioning_channels,
@@ -118,14 +131,15 @@ def make_student(
         )
         return unet, controlnet
     missing, unexpected = unet.load_state_dict(teacher.unet.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("time_embedding.cond_proj") for k in missing):
+    if unexpected or any("time_embedding.cond_proj" not in k for k in missing):
         raise RuntimeError(f"student does not match the teacher: {missing} {unexpected}")
     torch.nn.init.zeros_(unet.time_embedding.cond_proj.weight)
     return unet, copy.deepcopy(teacher.controlnet)
 
 
-def predict(unet, controlnet, sample, timesteps, text, condition, timestep_cond=None) -> torch.Tensor:
-    """One branch: ControlNet residuals, then the UNet's prediction."""
+def predict(unet, controlnet, sample, timesteps, text, condition, timestep_cond=None, lr_grid=None) -> torch.Tensor:
+    """One branch: ControlNet residuals, then the UNet's prediction (``lr_grid``: see ``with_lr``)."""
+    sample = with_lr(sample, lr_grid)
     down, mid = controlnet(
         sample, timesteps, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False
     )
@@ -141,7 +155,9 @@ def predict(unet, controlnet, sample, timesteps, text, condition, timestep_cond=
 
 
 @torch.no_grad()
-def teacher_guided(teacher: GeoSRPipeline, sample, timesteps, text, empty, condition, g) -> torch.Tensor:
+def teacher_guided(
+    teacher: GeoSRPipeline, sample, timesteps, text, empty, condition, g, lr_grid=None
+) -> torch.Tensor:
     """``eps_u + g (eps_c - eps_u)``, both branches in one ``2B`` forward as the pipeline does."""
     both = predict(
         teacher.unet,
@@ -150,6 +166,7 @@ def teacher_guided(teacher: GeoSRPipeline, sample, timesteps, text, empty, condi
         torch.cat([timesteps, timesteps]),
         torch.cat([empty, text]),
         torch.cat([condition, condition]),
+        lr_grid=None if lr_grid is None else torch.cat([lr_grid, lr_grid]),
     ).float()
     uncond, cond = both.chunk(2)
     g = g.view(-1, *([1] * (sample.ndim - 1)))
@@ -159,14 +176,41 @@ def teacher_guided(teacher: GeoSRPipeline, sample, timesteps, text, empty, condi
 def guidance_distillation_loss(student, student_controlnet, teacher, batch) -> torch.Tensor:
     """MSE between the student's one-branch prediction and the teacher's guided one.
 
-    ``batch`` holds ``noisy``, ``timesteps``, ``text``, ``empty``, ``condition``, ``g``.
+    ``batch`` holds ``noisy``, ``timesteps``, ``text``, ``empty``, ``condition``, ``g`` (and
+    ``lr_grid`` for ``concat_lr`` models).
+    """
+    return student_loss(student, student_controlnet, teacher, batch)[0]
+
+
+def student_loss(
+    student, student_controlnet, teacher, batch, noise_scheduler: DDPMScheduler | None = None,
+    fidelity_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The guidance-distillation MSE, plus the fidelity term when ``fidelity_weight`` is set.
+
+    ``batch`` holds ``noisy``, ``timesteps``, ``text``, ``empty``, ``condition``, ``g`` and,
+    for the fidelity term, ``x0`` (the true clean variable). The fidelity term is
+    ``fidelity_weight * L1(x0_student, x0)``, with the student's x0 estimate taken from its
+    prediction through ``noise_scheduler``'s parametrisation.
+
+    Returns
+    -------
+    (loss, logs)
     """
     target = teacher_guided(teacher, batch["noisy"], batch["timesteps"], batch["text"],
-                            batch["empty"], batch["condition"], batch["g"])
+                            batch["empty"], batch["condition"], batch["g"], batch.get("lr_grid"))
     w_emb = guidance_embedding(batch["g"] - 1.0, student.config.time_cond_proj_dim)
     pred = predict(student, student_controlnet, batch["noisy"], batch["timesteps"], batch["text"],
-                   batch["condition"], w_emb.to(batch["noisy"].dtype))
-    return F.mse_loss(pred.float(), target)
+                   batch["condition"], w_emb.to(batch["noisy"].dtype), batch.get("lr_grid")).float()
+    loss_distill = F.mse_loss(pred, target)
+    logs = {"loss_distill": loss_distill.detach().item()}
+    if not fidelity_weight:
+        return loss_distill, logs
+    alphas = noise_scheduler.alphas_cumprod.to(pred.device)[batch["timesteps"]]
+    x0, _ = _x0_eps(pred, batch["noisy"].float(), alphas, noise_scheduler.config.prediction_type)
+    loss_fidelity = F.l1_loss(x0, batch["x0"].float())
+    logs["loss_fidelity"] = loss_fidelity.detach().item()
+    return loss_distill + fidelity_weight * loss_fidelity, logs
 
 
 def _x0_eps(pred, sample, alpha_bar, prediction_type: str):
@@ -195,18 +239,20 @@ def consistency_loss(student, student_controlnet, target_unet, target_controlnet
     kind = noise_scheduler.config.prediction_type
     w_emb = guidance_embedding(batch["g"] - 1.0, student.config.time_cond_proj_dim).to(x_t.dtype)
 
-    pred = predict(student, student_controlnet, x_t, t, batch["text"], batch["condition"], w_emb)
+    lr_grid = batch.get("lr_grid")
+    pred = predict(student, student_controlnet, x_t, t, batch["text"], batch["condition"], w_emb, lr_grid)
     x0, _ = _x0_eps(pred.float(), x_t, alphas[t], kind)
     c_skip, c_out = _boundary(t)
     online = c_skip * x_t + c_out * x0
 
     with torch.no_grad():
-        guided = teacher_guided(teacher, x_t, t, batch["text"], batch["empty"], batch["condition"], batch["g"])
+        guided = teacher_guided(teacher, x_t, t, batch["text"], batch["empty"], batch["condition"], batch["g"],
+                                lr_grid)
         x0_teacher, eps_teacher = _x0_eps(guided, x_t, alphas[t], kind)
         a_prev = alphas[t_prev].view(-1, 1, 1, 1)
         x_prev = a_prev.sqrt() * x0_teacher + (1 - a_prev).sqrt() * eps_teacher
         pred_prev = predict(target_unet, target_controlnet, x_prev, t_prev, batch["text"],
-                            batch["condition"], w_emb).float()
+                            batch["condition"], w_emb, lr_grid).float()
         x0_prev, _ = _x0_eps(pred_prev, x_prev, alphas[t_prev], kind)
         c_skip_prev, c_out_prev = _boundary(t_prev)
         target = c_skip_prev * x_prev + c_out_prev * x0_prev
@@ -300,18 +346,24 @@ def main(args: argparse.Namespace) -> Path:
         for batch in batches:
             with accelerator.accumulate(student, student_controlnet):
                 hr = batch["hr"].to(accelerator.device)
-                condition = upsample_lr(batch["lr"].to(accelerator.device), cfg.upscale_factor, cfg.upsample_mode)
+                upsampled, condition, lr_grid, _ = condition_inputs(
+                    batch["lr"].to(accelerator.device), hr, cfg.upscale_factor, cfg.upsample_mode,
+                    teacher.unshuffle_factor, teacher.concat_channels > 0,
+                )
                 with torch.no_grad():
                     text = encode_captions(teacher.tokenizer, teacher.text_encoder, batch["caption"]).to(weight_dtype)
-                    x0 = clean_sample(hr.to(weight_dtype if teacher.vae else torch.float32), condition,
-                                      teacher.vae, cfg.predict_residual, cfg.residual_scale)
+                    x0 = clean_sample(hr.to(weight_dtype if teacher.vae else torch.float32), upsampled,
+                                      teacher.vae, cfg.predict_residual, cfg.residual_scale,
+                                      teacher.unshuffle_factor)
                 n, gen = x0.shape[0], step_generator(args.seed, global_step, accelerator)
                 if consistency:
                     index = torch.randint(0, args.num_ddim_timesteps, (n,), generator=gen, device=x0.device)
                     timesteps = (index + 1) * skip - 1  # LCMScheduler's skeleton
                 else:
-                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,),
-                                              generator=gen, device=x0.device)
+                    last = noise_scheduler.config.num_train_timesteps - 1
+                    timesteps = torch.randint(0, last + 1, (n,), generator=gen, device=x0.device)
+                    final = torch.rand(n, generator=gen, device=x0.device) < args.final_timestep_prob
+                    timesteps = torch.where(final, torch.full_like(timesteps, last), timesteps)
                 g = args.guidance_scale_min + (args.guidance_scale_max - args.guidance_scale_min) * torch.rand(
                     n, generator=gen, device=x0.device)
                 noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
@@ -322,12 +374,16 @@ def main(args: argparse.Namespace) -> Path:
                     "empty": empty.expand(n, -1, -1),
                     "condition": condition.to(weight_dtype),
                     "g": g,
+                    "x0": x0,
+                    "lr_grid": lr_grid,
                 }
+                logs = {}
                 if consistency:
                     loss = consistency_loss(student, student_controlnet, target_unet, target_controlnet,
                                             teacher, noise_scheduler, step, skip)
                 else:
-                    loss = guidance_distillation_loss(student, student_controlnet, teacher, step)
+                    loss, logs = student_loss(student, student_controlnet, teacher, step,
+                                              noise_scheduler, args.fidelity_weight)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(
@@ -348,7 +404,7 @@ def main(args: argparse.Namespace) -> Path:
                 continue
             global_step += 1
             progress.update(1)
-            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
             progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
@@ -398,6 +454,8 @@ def _student_pipeline(accelerator, teacher, student, student_controlnet, args) -
         residual_scale=cfg.residual_scale,
         default_num_inference_steps=args.num_inference_steps,
         default_guidance_scale=args.validation_guidance_scale,
+        unshuffle_factor=teacher.unshuffle_factor,
+        concat_lr=teacher.concat_channels > 0,
     )
 
 

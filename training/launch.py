@@ -40,7 +40,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--train_data", type=str, nargs="+", default=None, help="Image files or folders.")
     add("--crop_size", type=int, default=128, help="HR crop side in px.")
     add("--scale", type=int, default=4)
-    add("--degradation", choices=("iso", "aniso"), default="aniso")
+    add("--degradation", choices=("clean", "iso", "aniso", "mixed"), default="mixed",
+        help="Degradation protocol of the LR inputs (mixed: the training mixture of all three).")
     add("--jpeg_prob", type=float, default=0.0)
     add("--captions", type=str, default="truth",
         help="truth | none | captioner:<spec> | file:<captions.json>")

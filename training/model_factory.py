@@ -21,14 +21,21 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
+
 __all__ = [
     "CAPTION_WORDS",
+    "DENOISER_CLASSES",
     "TOKENIZER_DIR",
     "build_components",
     "build_controlnet",
+    "controlnet_class",
     "load_components",
     "write_caption_tokenizer",
 ]
+
+#: Denoiser classes a ``base.unet`` config may name with its ``class`` key.
+DENOISER_CLASSES = {"UNet2DConditionModel": UNet2DConditionModel, "LRSpaceDenoiser": LRSpaceDenoiser}
 
 #: Where the shipped offline CLIP tokenizer lives.
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
@@ -130,7 +137,8 @@ def build_components(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     Parameters
     ----------
     config : dict
-        ``unet`` (kwargs of :class:`~diffusers.UNet2DConditionModel`), ``text_encoder``
+        ``unet`` (kwargs of :class:`~diffusers.UNet2DConditionModel`, or of the class its
+        ``class`` key names: ``LRSpaceDenoiser``), ``text_encoder``
         (kwargs of :class:`~transformers.CLIPTextConfig`, ``vocab_size`` is filled in from
         the tokenizer), ``scheduler`` (kwargs of :class:`~diffusers.DDPMScheduler`) and
         optionally ``tokenizer`` (a folder; default: the shipped vocabulary).
@@ -150,7 +158,9 @@ def build_components(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_kwargs))
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**config["unet"])
+    unet_kwargs = dict(config["unet"])
+    unet_class = DENOISER_CLASSES[unet_kwargs.pop("class", "UNet2DConditionModel")]
+    unet = unet_class(**unet_kwargs)
     if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
         raise ValueError(
             f"unet.cross_attention_dim ({unet.config.cross_attention_dim}) must equal "
@@ -192,20 +202,37 @@ def load_components(
     }
 
 
+def controlnet_class(unet) -> type:
+    """The ControlNet class that goes with a denoiser (``from_unet`` builds it)."""
+    return LRSpaceControlNet if isinstance(unet, LRSpaceDenoiser) else ControlNetModel
+
+
 def build_controlnet(
-    unet: UNet2DConditionModel, conditioning_channels: int, pixel_space: bool, load_weights: bool = True
+    unet: UNet2DConditionModel,
+    conditioning_channels: int,
+    pixel_space: bool,
+    load_weights: bool = True,
+    condition_factor: int = 1,
 ) -> ControlNetModel:
     """A ControlNet initialised from ``unet`` (encoder weights copied, zero convolutions).
 
     ``load_weights=False`` takes only the architecture (random weights), which also works
     for a student UNet whose time embedding has a guidance projection the ControlNet lacks.
 
-    In pixel space the condition (LR upsampled to HR size) already has the sample's size, so
-    the condition encoder keeps full resolution (one level of channels, no stride); in
-    latent space it uses diffusers' default 8x-downsampling encoder.
+    In pixel space the condition is ``condition_factor`` times the sample's size (1: the LR
+    upsampled to the HR size; ``unshuffle_factor / scale`` in LR-space models, whose condition is
+    the LR tile itself), and the condition encoder downsamples by that factor with one
+    stride-2 level per halving; in latent space it uses diffusers' default 8x-downsampling
+    encoder.
     """
-    out_channels = (16,) if pixel_space else (16, 32, 96, 256)
-    return ControlNetModel.from_unet(
+    if pixel_space:
+        levels = int(condition_factor).bit_length() - 1
+        if condition_factor < 1 or 2**levels != condition_factor:
+            raise ValueError(f"condition_factor must be a power of 2, got {condition_factor}")
+        out_channels = tuple(16 * 2**k for k in range(levels + 1))
+    else:
+        out_channels = (16, 32, 96, 256)
+    return controlnet_class(unet).from_unet(
         unet,
         conditioning_embedding_out_channels=out_channels,
         conditioning_channels=conditioning_channels,

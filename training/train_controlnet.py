@@ -34,7 +34,14 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
+from geosr.pipelines.pipeline_geosr import (
+    GeoSRPipeline,
+    control_image,
+    image_to_target,
+    lr_on_grid,
+    upsample_lr,
+    with_lr,
+)
 from geosr.training.contrastive import ContrastiveAligner
 from geosr.training.degradations import degrade, describe
 from geosr.training.launch import (
@@ -48,6 +55,7 @@ from geosr.training.model_factory import build_components, build_controlnet, loa
 
 __all__ = [
     "clean_sample",
+    "condition_inputs",
     "diffusion_loss",
     "encode_captions",
     "load_models",
@@ -76,7 +84,13 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--predict_residual", action=argparse.BooleanOptionalAction, default=False)
     add("--residual_scale", type=float, default=2.0)
     add("--upsample_mode", type=str, default="bicubic")
+    add("--unshuffle_factor", type=int, default=None,
+        help="Diffuse the residual pixel-unshuffled by this factor (LR-space model; pixel space).")
+    add("--concat_lr", action=argparse.BooleanOptionalAction, default=False,
+        help="Concatenate the LR (on the variable's grid) to the networks' input; needs unshuffle_factor.")
     add("--caption_dropout", type=float, default=0.1)
+    add("--objective", choices=("diffusion", "regression"), default="diffusion",
+        help="regression: the same-budget baseline (L1 on x0 at the last timestep, empty captions).")
     add("--contrastive_weight", type=float, default=0.1, help="lambda of the InfoNCE term.")
     add("--contrastive_temperature", type=float, default=0.07)
     add("--contrastive_queue_size", type=int, default=1024)
@@ -105,10 +119,17 @@ def load_models(args: argparse.Namespace) -> dict[str, Any]:
         models["controlnet"] = ControlNetModel.from_pretrained(args.controlnet_model_name_or_path)
     else:
         models["controlnet"] = build_controlnet(
-            models["unet"], len(args.bands), pixel_space=models["vae"] is None
+            models["unet"],
+            len(args.bands),
+            pixel_space=models["vae"] is None,
+            condition_factor=args.unshuffle_factor // args.scale if args.unshuffle_factor else 1,
         )
     if args.predict_residual and models["vae"] is not None:
         raise ValueError("predict_residual works in pixel space only (a base without vae)")
+    if args.unshuffle_factor and (models["vae"] is not None or not args.predict_residual):
+        raise ValueError("unshuffle_factor needs a pixel-space base and predict_residual")
+    if args.concat_lr and not args.unshuffle_factor:
+        raise ValueError("concat_lr needs unshuffle_factor")
     return models
 
 
@@ -125,11 +146,16 @@ def encode_captions(tokenizer, text_encoder, captions: Sequence[str]) -> torch.T
 
 
 def clean_sample(
-    hr: torch.Tensor, upsampled: torch.Tensor, vae, predict_residual: bool, residual_scale: float
+    hr: torch.Tensor,
+    upsampled: torch.Tensor,
+    vae,
+    predict_residual: bool,
+    residual_scale: float,
+    unshuffle_factor: int | None = None,
 ) -> torch.Tensor:
     """The clean diffusion variable ``x0`` of HR images, as GeoSRPipeline decodes it."""
     if vae is None:
-        return image_to_target(hr, upsampled, predict_residual, residual_scale)
+        return image_to_target(hr, upsampled, predict_residual, residual_scale, unshuffle_factor)
     latents = vae.encode((2.0 * hr - 1.0).to(vae.dtype)).latent_dist.sample()
     return ((latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).float()
 
@@ -143,9 +169,16 @@ def diffusion_loss(
     text: torch.Tensor,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
+    lr_grid: torch.Tensor | None = None,
+    objective: str = "diffusion",
 ) -> torch.Tensor:
-    """MSE of the ControlNet-steered UNet's prediction (epsilon or v) at ``x_t``."""
-    noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+    """MSE of the ControlNet-steered UNet's prediction (epsilon or v) at ``x_t``.
+
+    ``lr_grid``: the LR concatenated to the networks' input (``concat_lr`` models).
+    ``objective="regression"``: the L1 distance of the x0 estimate to ``x0`` instead (the
+    plain-regression baseline, trained at the last timestep only).
+    """
+    noisy = with_lr(noise_scheduler.add_noise(x0, noise, timesteps), lr_grid)
     down, mid = controlnet(
         noisy, timesteps, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False
     )
@@ -157,11 +190,46 @@ def diffusion_loss(
         mid_block_additional_residual=mid,
         return_dict=False,
     )[0]
+    if objective == "regression":
+        alpha = noise_scheduler.alphas_cumprod.to(pred.device)[timesteps].view(-1, 1, 1, 1)
+        x_t = noisy[:, : x0.shape[1]].float()
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            x0_hat = alpha.sqrt() * x_t - (1 - alpha).sqrt() * pred.float()
+        else:
+            x0_hat = (x_t - (1 - alpha).sqrt() * pred.float()) / alpha.sqrt()
+        return F.l1_loss(x0_hat, x0.float())
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(x0, noise, timesteps)
     else:
         target = noise
     return F.mse_loss(pred.float(), target.float())
+
+
+def condition_inputs(
+    lr: torch.Tensor,
+    hr: torch.Tensor,
+    scale: int,
+    upsample_mode: str,
+    unshuffle_factor: int | None,
+    concat_lr: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """What a GeoSRPipeline makes of an LR batch, and the HR seen as its contrastive positive.
+
+    Returns
+    -------
+    (upsampled, condition, lr_grid, hr_condition)
+        The LR at the HR size (the residual's base), the ControlNet condition
+        (:func:`~geosr.pipelines.pipeline_geosr.control_image`), the LR on the diffusion
+        variable's grid when it is concatenated to the networks' input (else None), and the HR
+        on the condition's grid: the HR itself when the condition is HR-sized, else the HR
+        area-averaged to the LR size (the same content without the degradation, which is what
+        the positive stands for).
+    """
+    upsampled = upsample_lr(lr, scale, upsample_mode)
+    condition = control_image(lr, upsampled, unshuffle_factor)
+    lr_grid = lr_on_grid(lr, scale, unshuffle_factor) if concat_lr else None
+    hr_condition = hr if condition.shape[-2:] == hr.shape[-2:] else F.avg_pool2d(hr, scale)
+    return upsampled, condition, lr_grid, hr_condition
 
 
 def validation_pairs(paths: Sequence[str], args: argparse.Namespace):
@@ -220,6 +288,8 @@ def _make_pipeline(accelerator, models, controlnet, unet, args) -> GeoSRPipeline
         predict_residual=args.predict_residual,
         residual_scale=args.residual_scale,
         default_guidance_scale=args.validation_guidance_scale,
+        unshuffle_factor=args.unshuffle_factor,
+        concat_lr=args.concat_lr,
     )
 
 
@@ -317,23 +387,30 @@ def main(args: argparse.Namespace) -> Path:
         for batch in batches:
             with accelerator.accumulate(controlnet, *([unet] if args.train_base else [])):
                 hr = batch["hr"].to(accelerator.device)
-                condition = upsample_lr(batch["lr"].to(accelerator.device), args.scale, args.upsample_mode)
+                upsampled, condition, lr_grid, hr_condition = condition_inputs(
+                    batch["lr"].to(accelerator.device), hr, args.scale, args.upsample_mode,
+                    args.unshuffle_factor, args.concat_lr,
+                )
                 gen = step_generator(args.seed, global_step, accelerator)
                 drop = torch.rand(len(batch["caption"]), generator=gen, device=accelerator.device)
                 captions = ["" if d < args.caption_dropout else c for d, c in zip(drop.tolist(), batch["caption"])]
+                if args.objective == "regression":
+                    captions = [""] * len(captions)
                 with torch.no_grad():
                     text = encode_captions(tokenizer, text_encoder, captions).to(weight_dtype)
-                    x0 = clean_sample(hr.to(weight_dtype if vae else torch.float32), condition, vae,
-                                      args.predict_residual, args.residual_scale)
+                    x0 = clean_sample(hr.to(weight_dtype if vae else torch.float32), upsampled, vae,
+                                      args.predict_residual, args.residual_scale, args.unshuffle_factor)
                 noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
                 timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
                                           generator=gen, device=x0.device)
+                if args.objective == "regression":
+                    timesteps = torch.full_like(timesteps, noise_scheduler.config.num_train_timesteps - 1)
                 loss_diffusion = diffusion_loss(unet, controlnet, noise_scheduler, x0, condition,
-                                                text, noise, timesteps)
+                                                text, noise, timesteps, lr_grid, args.objective)
                 loss = loss_diffusion
                 logs = {"loss_diffusion": loss_diffusion.detach().item()}
                 if aligner is not None:
-                    loss_nce, keys = aligner(unwrapped.controlnet_cond_embedding, condition, hr)
+                    loss_nce, keys = aligner(unwrapped.controlnet_cond_embedding, condition, hr_condition)
                     loss = loss + args.contrastive_weight * loss_nce
                     logs["loss_infonce"] = loss_nce.detach().item()
                 accelerator.backward(loss)

@@ -34,6 +34,19 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_ablation(result: dict) -> str:
+    """The caption ablation of a result: the model's metrics with each caption variant."""
+    ablation = result["caption_ablation"]
+    reference = ablation["measured"]["psnr"]
+    lines = ["caption     PSNR dB  vs measured    SSIM  sharpness"]
+    for name, metrics in ablation.items():
+        lines.append(
+            f"{name:<10}{metrics['psnr']:9.2f}{metrics['psnr'] - reference:+13.2f}"
+            f"{metrics['ssim']:8.4f}{metrics['sharpness']:11.3f}"
+        )
+    return "\n".join(lines)
+
+
 @click.command(short_help="Score a model against bicubic on synthetically degraded HR images.")
 @click.option(
     "--hr", "hr_dirs", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
@@ -43,8 +56,12 @@ def format_table(result: dict) -> str:
     "--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True, help="Upscaling factor."
 )
 @click.option(
-    "--degradation", type=click.Choice(["iso", "aniso"]), default="aniso", show_default=True,
-    help="Training protocol making the LR: iso (IKC blur) or aniso (DRSR blur + noise).",
+    "--degradation", type=click.Choice(["clean", "iso", "aniso"]), default="aniso", show_default=True,
+    help="Protocol making the LR: clean (anti-aliased bicubic), iso (IKC blur) or aniso (DRSR blur + noise).",
+)
+@click.option(
+    "--caption-ablation", is_flag=True,
+    help="Also run the model with deliberately wrong captions (clean, noisy, blurry, empty) on the same LR.",
 )
 @click.option("--model", help="Model spec, as for geosr upscale (default: the shipped model of --scale, else bicubic).")
 @click.option("--captioner", default="degradation", show_default=True, help="Captioner of the LR images.")
@@ -61,8 +78,8 @@ def format_table(result: dict) -> str:
 )
 @verbosity
 def evaluate(
-    hr_dirs, scale, degradation, model, captioner, limit, crop, seed, steps, guidance, device,
-    json_out, png_out, verbose, quiet,
+    hr_dirs, scale, degradation, caption_ablation, model, captioner, limit, crop, seed, steps, guidance,
+    device, json_out, png_out, verbose, quiet,
 ) -> None:
     """Degrade HR images with a training protocol, super-resolve them, compare with the HR.
 
@@ -84,7 +101,8 @@ def evaluate(
     options = dict(model=model, captioner=captioner, steps=steps, guidance=guidance, device=device)
     result = fail_cleanly(
         lambda: evaluate_sr(
-            find_hr_images(hr_dirs), int(scale), degradation, seed=seed, limit=limit, crop=crop, **options
+            find_hr_images(hr_dirs), int(scale), degradation, seed=seed, limit=limit, crop=crop,
+            caption_ablation=caption_ablation, **options
         )
     )
     settings = result["settings"]
@@ -95,6 +113,9 @@ def evaluate(
     for item in result["skipped"]:
         click.echo(f"skipped {item['path']}: {item['reason']}")
     click.echo(format_table(result))
+    click.echo(f"images where the model's PSNR is below bicubic's: {100 * result['model']['worse_than_bicubic']:.1f} %")
+    if result["caption_ablation"]:
+        click.echo(format_ablation(result))
     for name, status in result["optional_metrics"].items():
         click.echo(f"{name}: {status}")
     if json_out is not None:
