@@ -16,7 +16,17 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 from geosr.cli import cli
 from geosr.errors import InputError
-from geosr.evaluation import evaluate_sr, find_hr_images, psnr, render_comparison, sharpness_ratio, ssim
+from geosr.evaluation import (
+    ABLATION_CAPTIONS,
+    _read_hr,
+    evaluate_sr,
+    find_hr_images,
+    psnr,
+    render_comparison,
+    sharpness_ratio,
+    ssim,
+)
+from geosr.training.degradations import degrade
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 from rasters import texture, write_raster
 from tiny_models import tiny_pipeline_components, tiny_tokenizer
@@ -127,7 +137,11 @@ def test_every_method_sees_the_same_lr(hr_dir):
 def test_tiny_diffusion_model_on_pngs_and_a_real_geotiff(hr_dir, tiny_model, data_dir):
     paths = [*find_hr_images([hr_dir]), data_dir / "neon_harv_plot.tif"]
     result = evaluate_sr(paths, 4, "aniso", model=tiny_model, crop=96, steps=1)
-    assert set(result) == {"settings", "model", "baselines", "images", "skipped", "optional_metrics"}
+    assert set(result) == {"settings", "model", "baselines", "caption_ablation", "images", "skipped",
+                           "optional_metrics"}
+    assert result["caption_ablation"] == {}
+    worse = np.mean([im["model"]["psnr"] < im["baselines"]["bicubic"]["psnr"] for im in result["images"]])
+    assert result["model"]["worse_than_bicubic"] == pytest.approx(worse)
     assert result["skipped"] == []
     assert [im["hr_size"] for im in result["images"]] == [[64, 64], [72, 80], [96, 96]]
     assert "student" in result["model"]["description"]
@@ -182,6 +196,32 @@ def test_nodata_collar_is_cropped_and_tiny_valid_areas_skipped(tmp_path):
 
 
 # ----------------------------------------------------------------- comparison + CLI
+
+
+def test_clean_protocol_is_antialiased_bicubic_only(hr_dir):
+    result = evaluate_sr(find_hr_images([hr_dir]), 2, "clean", model="bicubic")
+    params = result["images"][0]["degradation"]
+    assert params["protocol"] == "clean" and params["noise_sigma"] == 0 and params["jpeg_quality"] is None
+    # the same LR as a plain anti-aliased bicubic downsampling
+    hr = _read_hr(find_hr_images([hr_dir])[0], 2, None)
+    lr, _ = degrade(hr, 2, "clean", seed=0)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(hr.transpose(2, 0, 1))[None], scale_factor=0.5, mode="bicubic", antialias=True
+    )[0].numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(lr, np.clip(expected, 0, 1), atol=1e-5)
+
+
+def test_caption_ablation_scores_each_wrong_caption(hr_dir, tiny_model):
+    result = evaluate_sr(find_hr_images([hr_dir]), 4, "aniso", model=tiny_model, steps=1, caption_ablation=True)
+    ablation = result["caption_ablation"]
+    assert set(ablation) == {"measured", *ABLATION_CAPTIONS}
+    assert ablation["measured"]["psnr"] == pytest.approx(result["model"]["psnr"])
+    for name in ABLATION_CAPTIONS:
+        assert math.isfinite(ablation[name]["psnr"]) and name in result["images"][0]["caption_ablation"]
+    res = CliRunner().invoke(cli, ["evaluate", "--hr", str(hr_dir), "--model", tiny_model, "--steps", "1",
+                                   "--caption-ablation", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "vs measured" in res.output and "below bicubic" in res.output
 
 
 def test_render_comparison(hr_dir, tmp_path):
