@@ -7,9 +7,11 @@ from pathlib import Path
 
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import CRSError, TransformError
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
-from shapely import prepare
+from shapely import make_valid, prepare
+from shapely.errors import ShapelyError
 from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
@@ -42,27 +44,41 @@ def load_aoi(path: str | Path, scene) -> BaseGeometry:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"--aoi: cannot read {path} as GeoJSON: {exc}") from exc
+    if not scene.crs:
+        raise InputError("--aoi needs a georeferenced input (the input has no CRS)")
+    try:
+        geom, src_crs = _polygons(doc)
+    except InputError as exc:
+        raise InputError(f"--aoi: {path} {exc}") from None
+    # Malformed members (coordinates that are not numbers, a bad "crs" name, rings that are
+    # too short) surface as errors of shapely or PROJ.
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError, ShapelyError, CRSError) as exc:
+        raise InputError(f"--aoi: {path} holds an invalid geometry or crs member: {exc}") from exc
+    if src_crs != scene.crs:
+        try:
+            geom = shape(transform_geom(src_crs, scene.crs, geom.__geo_interface__))
+        except (ValueError, CRSError, TransformError) as exc:
+            raise InputError(f"--aoi: cannot transform {path} to the scene CRS: {exc}") from exc
+    footprint = window_polygon(Window(0, 0, scene.width, scene.height), scene.transform)
+    if not geom.intersects(footprint):
+        raise InputError(f"--aoi: {path} does not overlap the input scene")
+    prepare(geom)
+    return geom
+
+
+def _polygons(doc) -> tuple[BaseGeometry, CRS]:
+    """Union of the (Multi)Polygons of a GeoJSON document, and their CRS."""
+    if not isinstance(doc, dict):
+        raise InputError("is not a GeoJSON object")
     if doc.get("type") == "FeatureCollection":
         geoms = [f.get("geometry") for f in doc.get("features", [])]
     elif doc.get("type") == "Feature":
         geoms = [doc.get("geometry")]
     else:
         geoms = [doc]
-    try:
-        shapes = [shape(g) for g in geoms if g]
-    except (AttributeError, ValueError, TypeError) as exc:
-        raise InputError(f"--aoi: {path} holds an invalid geometry: {exc}") from exc
-    polys = [g for g in shapes if g.geom_type in ("Polygon", "MultiPolygon")]
+    polys = [g for g in (shape(g) for g in geoms if g) if g.geom_type in ("Polygon", "MultiPolygon")]
     if not polys:
-        raise InputError(f"--aoi: {path} holds no Polygon or MultiPolygon")
-    if not scene.crs:
-        raise InputError("--aoi needs a georeferenced input (the input has no CRS)")
+        raise InputError("holds no Polygon or MultiPolygon")
     src_crs = CRS.from_user_input(doc["crs"]["properties"]["name"]) if "crs" in doc else CRS.from_epsg(4326)
-    geom = unary_union(polys)
-    if src_crs != scene.crs:
-        geom = shape(transform_geom(src_crs, scene.crs, geom.__geo_interface__))
-    footprint = window_polygon(Window(0, 0, scene.width, scene.height), scene.transform)
-    if not geom.intersects(footprint):
-        raise InputError(f"--aoi: {path} does not overlap the input scene")
-    prepare(geom)
-    return geom
+    # A ring that crosses itself (a hand-drawn bow tie) is repaired, not refused: its area is clear.
+    return unary_union([make_valid(p) if not p.is_valid else p for p in polys]), src_crs

@@ -9,12 +9,17 @@ Memory stays bounded by the tiles in flight, not by the scene: the output is cut
 *cells* by every tile edge, each cell knows how many tiles cover it, and a cell is emitted
 (to the writer) and freed as soon as its last contributor arrived. With tiles arriving
 roughly row-major, only the overlap band between two tile rows is pending at any time.
+
+A cell's contributions are summed in tile order, not arrival order, so its pixels are the
+same bits whichever worker finished first - what lets a resumed run (which skips the
+cells it finished before, :class:`BlendAccumulator`'s ``finished``) write the same bytes
+as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 from rasterio.windows import Window
@@ -77,6 +82,9 @@ class BlendAccumulator:
         values, called once per finished cell.
     mode : str
         Blend mode, see :func:`axis_weights`.
+    finished : collection of (int, int)
+        HR ``(col_off, row_off)`` of cells already written by an earlier run: they are
+        neither waited for nor emitted again.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class BlendAccumulator:
         channels: int,
         emit: Callable[[Window, np.ndarray], None],
         mode: str = "cosine",
+        finished: Collection[tuple[int, int]] = (),
     ) -> None:
         self.scale, self.overlap, self.channels, self.mode = scale, overlap, channels, mode
         self._emit = emit
@@ -110,7 +119,15 @@ class BlendAccumulator:
             self._remaining[i0:i1, j0:j1] += 1
             (i0, i1), (j0, j1) = self._cell_range(t.core)
             self._in_core[i0:i1, j0:j1] = True
-        self._pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._finished = np.zeros_like(self._remaining, bool)
+        if finished:
+            for i in range(self._finished.shape[0]):
+                for j in range(self._finished.shape[1]):
+                    w = self._cell_window(i, j)
+                    self._finished[i, j] = (int(w.col_off), int(w.row_off)) in finished
+        self._remaining[self._finished] = 0
+        # cell -> contributions (tile index, weighted data, weights) until the last arrives
+        self._pending: dict[tuple[int, int], list[tuple[int, np.ndarray, np.ndarray]]] = {}
 
     def _cell_range(self, r: Window) -> tuple[tuple[int, int], tuple[int, int]]:
         i0 = bisect.bisect_left(self._ys, int(r.row_off))
@@ -133,22 +150,22 @@ class BlendAccumulator:
         for i in range(i0, i1):
             ys = slice((self._ys[i] - y_base) * s, (self._ys[i + 1] - y_base) * s)
             for j in range(j0, j1):
+                if self._finished[i, j]:
+                    continue
                 xs = slice((self._xs[j] - x_base) * s, (self._xs[j + 1] - x_base) * s)
                 w = weights[ys, xs]
-                part = data[:, ys, xs] * w
-                if (i, j) in self._pending:
-                    acc, wsum = self._pending[(i, j)]
-                    acc += part
-                    wsum += w
-                else:
-                    acc, wsum = part, w.copy()
+                parts = self._pending.setdefault((i, j), [])
+                parts.append((tile.index, data[:, ys, xs] * w, w))
                 self._remaining[i, j] -= 1
                 if self._remaining[i, j] == 0:
-                    self._pending.pop((i, j), None)
+                    del self._pending[(i, j)]
                     if self._in_core[i, j]:
-                        self._emit(self._cell_window(i, j), acc / np.maximum(wsum, 1e-12)[None])
-                else:
-                    self._pending[(i, j)] = (acc, wsum)
+                        self._emit(self._cell_window(i, j), _blend(parts))
+
+    def needs(self, tile: Tile) -> bool:
+        """True when some cell under the tile is not finished yet."""
+        (i0, i1), (j0, j1) = self._cell_range(tile.read)
+        return not self._finished[i0:i1, j0:j1].all()
 
     def _cell_window(self, i: int, j: int) -> Window:
         s = self.scale
@@ -157,7 +174,12 @@ class BlendAccumulator:
     @property
     def pending_bytes(self) -> int:
         """Memory held by partly blended cells."""
-        return sum(a.nbytes + w.nbytes for a, w in self._pending.values())
+        return sum(a.nbytes + w.nbytes for parts in self._pending.values() for _, a, w in parts)
+
+    @property
+    def cells(self) -> int:
+        """Cells that are output (inside some core)."""
+        return int(self._in_core.sum())
 
     @property
     def done(self) -> bool:
@@ -167,3 +189,13 @@ class BlendAccumulator:
         """HR windows of cells outside every processed core: the writer fills them as nodata."""
         for i, j in zip(*np.nonzero(~self._in_core)):
             yield self._cell_window(int(i), int(j))
+
+
+def _blend(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Normalised sum of a cell's contributions, added in tile order (same bits every run)."""
+    parts = sorted(parts, key=lambda p: p[0])
+    acc, wsum = parts[0][1].copy(), parts[0][2].copy()
+    for _, a, w in parts[1:]:
+        acc += a
+        wsum += w
+    return acc / np.maximum(wsum, 1e-12)[None]

@@ -57,6 +57,9 @@ class RunConfig:
     creation_options : dict
         GDAL COG creation options overriding the defaults.
     overwrite : bool
+    resume : bool
+        Continue a stopped run of the same output, inputs and settings (see
+        :mod:`geosr.resumable`); without a stopped run, start from the beginning.
     device, dtype : str or None
         Torch device and precision for neural models.
     steps : int or None
@@ -83,6 +86,7 @@ class RunConfig:
     blend: str = "cosine"
     creation_options: Mapping[str, str] = field(default_factory=dict)
     overwrite: bool = False
+    resume: bool = False
     device: str | None = None
     dtype: str | None = None
     steps: int | None = None

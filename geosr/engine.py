@@ -7,6 +7,12 @@ the output as they complete. Locally it runs on a threaded ``LocalCluster``; wit
 in a per-process cache. At most a few batches are in flight, and the blender frees each
 output cell as soon as it is complete, so memory is bounded by tiles in flight, not by
 the scene size.
+
+A run holds the OUTPUT lock (:mod:`geosr.output_lock`), checks everything it can before
+the first tile (inputs, dtype, creation options, disk space), works in its own folder and
+journals finished cells (:mod:`geosr.journal`), so a run that stops can be resumed
+(:mod:`geosr.resumable`). A dask worker that dies is replaced by dask and its tasks
+rescheduled; tasks are pure functions of their job, so the pixels do not change.
 """
 
 from __future__ import annotations
@@ -34,19 +40,25 @@ from geosr.blending import BlendAccumulator
 from geosr.captioning import Captioner, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig, parse_caption_every
+from geosr.creation_options import check_creation_options
+from geosr.diskspace import check_free_space, estimate_disk_use
 from geosr.errors import InputError
-from geosr.gdal_lock import GDAL_IO_LOCK
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
+from geosr.journal import RunJournal, WorkFolder
 from geosr.models import Upscaler, load_upscaler
 from geosr.models.classical import BicubicUpscaler
+from geosr.output_lock import OutputLock
 from geosr.radiometry import Stretch, fit_stretch
 from geosr.reading import read_tile, read_valid
-from geosr.scene import Scene, open_raster, open_scene
+from geosr.resumable import open_journal, run_identity, settle_stopped_run
+from geosr.scene import Scene, expand_inputs, open_raster, open_scene
 from geosr.tiling import Tile, TileGrid
 from geosr.aoi import load_aoi, window_polygon
-from geosr.writer import OutputTarget, WorkRaster, sidecar_path
+from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path
 
 __all__ = ["BandPlan", "RunReport", "upscale_scene", "caption_scene", "plan_bands", "tile_seed", "dask_client"]
+
+CAPTIONS_SUFFIX = ".captions.geojson"
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +168,7 @@ def _model(job: BatchJob) -> Upscaler:
 
 
 def _read_batch(job: BatchJob) -> np.ndarray:
-    with GDAL_IO_LOCK, open_raster(job.source) as ds:
+    with open_raster(job.source) as ds:
         return np.stack([read_tile(ds, t, job.bands.bands, job.stretch, job.masked)[0] for t in job.tiles])
 
 
@@ -211,6 +223,7 @@ class RunReport:
     tiles_total: int
     tiles_processed: int
     tiles_skipped: int
+    tiles_resumed: int
     seconds: float
     output_megapixels: float
     peak_pending_bytes: int = 0
@@ -265,69 +278,114 @@ def upscale_scene(
     output : path-like
         Target GeoTIFF; nothing is written there unless the run succeeds.
     config : RunConfig
+        ``config.resume`` continues a stopped run of the same output and settings.
     performance_report : str, optional
         Write a dask performance report (HTML) there.
 
     Returns
     -------
     RunReport
+
+    Raises
+    ------
+    GeosrError
+        A narrow subclass per kind of failure (see :mod:`geosr.errors`); a run that stops
+        with finished cells keeps them for ``--resume`` and says so in the message.
     """
     t0 = time.perf_counter()
-    target = OutputTarget(output, overwrite=config.overwrite)
+    files = expand_inputs(inputs)
+    target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
     # Models and captioners first: a bad spec fails before any tile is read.
     model = load_upscaler(config.model, config.scale, **config.model_options())
     _captioner(config.captioner)
-    caption_mode, caption_n = parse_caption_every(config.caption_every)
+    identity = run_identity(files, config)
 
-    with target:
-        scene = open_scene(inputs, workdir=target.tmpdir)
-        plan = plan_bands(scene, config.bands, model.channels)
-        stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
-        grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
-        aoi = load_aoi(config.aoi, scene) if config.aoi else None
-        tiles, skipped = _select_tiles(scene, grid, aoi)
-        key = scene_key(scene)
-        s = config.scale
-
-        raster = WorkRaster(
-            path=target.temp("work.tif"),
-            profile=_output_profile(scene, plan, s),
-            # skipped tiles (AOI, all no-data) are holes: without nodata they need a mask
-            write_mask=(scene.masked or skipped > 0) and scene.nodata is None,
-            band_meta=_band_meta(scene, plan),
-            tags=_output_tags(scene, config, model),
-            gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
-            rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
-        )
-        captions: dict[int, str] = {}
+    with OutputLock(target.output):
+        journal = open_journal(target.output, identity, config.resume)
+        cells = [0]  # known once the tile plan exists; reported when the run stops
         try:
-            with open_raster(scene.source) as src, dask_client(config.address, config.local_workers) as client:
-                writer = _CellWriter(raster, src, stretch, scene, s)
-                acc = BlendAccumulator(tiles, scene.width, scene.height, grid.overlap, s, len(plan.bands), writer.write, config.blend)
-                jobs = _batch_jobs(scene, tiles, plan, stretch, config, key)
-                if caption_mode != "tile":
-                    jobs = _with_shared_captions(client, jobs, tiles, caption_mode, caption_n, grid)
-                peak = _run_jobs(client, jobs, tiles, acc, captions, config, performance_report)
-                for window in acc.uncovered():
-                    writer.write_empty(window)
-            cog = target.temp("out.tif")
-            raster.to_cog(cog, config.creation_options)
-        finally:
-            raster.close()
-        moves = {cog: target.output}
-        captions_path = sidecar_path(target.output, ".captions.geojson")
-        tmp_captions = target.temp("captions.geojson")
-        tmp_captions.write_text(json.dumps(_captions_geojson(scene, tiles, captions)))
-        moves[tmp_captions] = captions_path
-        target.commit(moves)
+            report = _upscale_in(journal, files, target, config, model, performance_report, cells)
+        except BaseException as exc:
+            replacement = settle_stopped_run(journal, exc, cells[0])
+            if replacement is None:
+                raise
+            raise replacement from exc
+        journal.folder.remove()
+    report.seconds = time.perf_counter() - t0
+    return report
 
-    seconds = time.perf_counter() - t0
+
+def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunConfig, model: Upscaler,
+                performance_report, cells: list[int]) -> RunReport:
+    """The run itself, in the journal's work folder (see :func:`upscale_scene`)."""
+    folder = journal.folder
+    caption_mode, caption_n = parse_caption_every(config.caption_every)
+    scene = open_scene(files, workdir=folder.path)
+    plan = plan_bands(scene, config.bands, model.channels)
+    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
+    aoi = load_aoi(config.aoi, scene) if config.aoi else None
+    tiles, skipped = _select_tiles(scene, grid, aoi)
+    s = config.scale
+    profile = _output_profile(scene, plan, s)
+    # skipped tiles (AOI, all no-data) are holes: without nodata they need a mask
+    write_mask = (scene.masked or skipped > 0) and scene.nodata is None
+
+    # Everything that can be checked before the first tile is checked here.
+    check_creation_options(config.creation_options, len(plan.bands), scene.dtype, write_mask, DEFAULT_COG_OPTIONS)
+    estimate = estimate_disk_use(
+        scene.source, plan.bands, WorkRaster.bytes_needed(profile, write_mask),
+        output_bytes=profile["width"] * profile["height"] * len(plan.bands) * np.dtype(scene.dtype).itemsize,
+        options={**DEFAULT_COG_OPTIONS, **config.creation_options},
+    )
+    check_free_space(folder.path, estimate, already_used=folder.size())
+    stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
+
+    raster = WorkRaster(
+        folder=folder.path,
+        profile=profile,
+        write_mask=write_mask,
+        band_meta=_band_meta(scene, plan),
+        tags=_output_tags(scene, config, model),
+        gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
+        rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
+    )
+    captions: dict[int, str] = dict(journal.captions)
+    try:
+        with open_raster(scene.source) as src, dask_client(config.address, config.local_workers) as client:
+            writer = _CellWriter(raster, src, stretch, scene, s, journal)
+            acc = BlendAccumulator(
+                tiles, scene.width, scene.height, grid.overlap, s, len(plan.bands), writer.write, config.blend,
+                finished=journal.cells,
+            )
+            cells[0] = acc.cells
+            todo = [t for t in tiles if acc.needs(t)]
+            jobs = _batch_jobs(scene, todo, plan, stretch, config, scene_key(scene))
+            if caption_mode != "tile":
+                jobs = _with_shared_captions(client, jobs, tiles, caption_mode, caption_n, grid)
+            peak = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal, raster)
+            for window in acc.uncovered():
+                writer.write_empty(window)
+        journal.commit(raster.sync)
+        cog = folder / "out.tif"
+        raster.to_cog(cog, config.creation_options)
+    except BaseException:
+        # Whatever stopped the run, the cells finished so far are worth keeping.
+        with contextlib.suppress(Exception):
+            journal.commit(raster.sync)
+        raise
+    finally:
+        raster.close()
+    captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
+    tmp_captions = folder / "captions.geojson"
+    tmp_captions.write_text(json.dumps(_captions_geojson(scene, tiles, captions)))
+    target.commit({cog: target.output, tmp_captions: captions_path})
     return RunReport(
         output=target.output,
         tiles_total=len(grid),
-        tiles_processed=len(tiles),
+        tiles_processed=len(todo),
         tiles_skipped=skipped,
-        seconds=seconds,
+        tiles_resumed=len(tiles) - len(todo),
+        seconds=0.0,
         output_megapixels=scene.width * scene.height * s * s / 1e6,
         peak_pending_bytes=peak,
         captions=captions_path,
@@ -345,29 +403,34 @@ def caption_scene(
     ``config``, so the captions are those an upscale run would use. Returns the
     FeatureCollection written to ``output``.
     """
-    target = OutputTarget(output, overwrite=config.overwrite)
+    files = expand_inputs(inputs)
+    target = OutputTarget(output, overwrite=config.overwrite, inputs=files)
     _captioner(config.captioner)
     mode, n = parse_caption_every(config.caption_every)
-    with target:
-        scene = open_scene(inputs, workdir=target.tmpdir)
-        # Captioners look at RGB: plan bands as for a 3-channel model.
-        plan = plan_bands(scene, config.bands, 3)
-        stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
-        grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
-        aoi = load_aoi(config.aoi, scene) if config.aoi else None
-        tiles, _ = _select_tiles(scene, grid, aoi)
-        jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
-        with dask_client(config.address, config.local_workers) as client:
-            if mode == "tile":
-                texts = client.gather([client.submit(caption_tiles, j, pure=False) for j in jobs])
-                captions = {t.index: c for j, cs in zip(jobs, texts) for t, c in zip(j.tiles, cs)}
-            else:
-                shared = _with_shared_captions(client, jobs, tiles, mode, n, grid)
-                captions = {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
-        fc = _captions_geojson(scene, tiles, captions)
-        tmp = target.temp("captions.geojson")
-        tmp.write_text(json.dumps(fc, indent=1))
-        target.commit({tmp: target.output})
+    with OutputLock(target.output):
+        folder = WorkFolder.create(target.output)
+        try:
+            scene = open_scene(files, workdir=folder.path)
+            # Captioners look at RGB: plan bands as for a 3-channel model.
+            plan = plan_bands(scene, config.bands, 3)
+            stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
+            grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
+            aoi = load_aoi(config.aoi, scene) if config.aoi else None
+            tiles, _ = _select_tiles(scene, grid, aoi)
+            jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
+            with dask_client(config.address, config.local_workers) as client:
+                if mode == "tile":
+                    texts = client.gather([client.submit(caption_tiles, j, pure=False) for j in jobs])
+                    captions = {t.index: c for j, cs in zip(jobs, texts) for t, c in zip(j.tiles, cs)}
+                else:
+                    shared = _with_shared_captions(client, jobs, tiles, mode, n, grid)
+                    captions = {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
+            fc = _captions_geojson(scene, tiles, captions)
+            tmp = folder / "captions.geojson"
+            tmp.write_text(json.dumps(fc, indent=1))
+            target.commit({tmp: target.output})
+        finally:
+            folder.remove()
     return fc
 
 
@@ -433,8 +496,10 @@ def _with_shared_captions(client, jobs, tiles, mode: str, n: int, grid: TileGrid
     return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]
 
 
-def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config: RunConfig, performance_report) -> int:
-    """Submit jobs with a bounded window in flight and blend results as they complete."""
+def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config: RunConfig, performance_report,
+              journal: RunJournal, raster: WorkRaster) -> int:
+    """Submit jobs with a bounded window in flight, blend results as they complete, and
+    commit finished cells to the journal every few seconds."""
     import distributed
 
     by_index = {t.index: t for t in tiles}
@@ -456,9 +521,13 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config
             results = fut.result()
             fut.release()
             for r in results:
+                # The caption goes in the journal before any cell this tile finishes.
+                journal.record(captions={r.index: r.caption})
                 acc.add(by_index[r.index], r.hr)
                 captions[r.index] = r.caption
                 done_px += hr_px_per_tile[r.index]
+            if journal.commit_due():
+                journal.commit(raster.sync)
             peak = max(peak, acc.pending_bytes)
             bar.update(len(results))
             bar.set_postfix(MPps=f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f}")
@@ -480,8 +549,9 @@ def _take(it, n):
 class _CellWriter:
     """Turns blended cells into output pixels: inverse stretch, mask, nodata, write."""
 
-    def __init__(self, raster: WorkRaster, src, stretch: Stretch, scene: Scene, scale: int) -> None:
+    def __init__(self, raster: WorkRaster, src, stretch: Stretch, scene: Scene, scale: int, journal: RunJournal) -> None:
         self.raster, self.src, self.stretch, self.scene, self.scale = raster, src, stretch, scene, scale
+        self.journal = journal
 
     def _lr_window(self, window: Window) -> Window:
         s = self.scale
@@ -491,21 +561,19 @@ class _CellWriter:
         values = self.stretch.inverse(data)
         valid = None
         if self.scene.masked:
-            with GDAL_IO_LOCK:
-                lr_valid = read_valid(self.src, self._lr_window(window), True)
+            lr_valid = read_valid(self.src, self._lr_window(window), True)
             valid = np.repeat(np.repeat(lr_valid, self.scale, axis=0), self.scale, axis=1)
             if self.scene.nodata is not None:
                 avoid_nodata(values, valid, self.scene.nodata)
                 values[:, ~valid] = np.asarray(self.scene.nodata).astype(values.dtype)
-        with GDAL_IO_LOCK:
-            self.raster.write(window, values, valid)
+        self.raster.write(window, values, valid)
+        self.journal.record(cell=(int(window.col_off), int(window.row_off)))
 
     def write_empty(self, window: Window) -> None:
         fill = self.scene.nodata if self.scene.nodata is not None else 0
         shape = (len(self.stretch.low), int(window.height), int(window.width))
         values = np.full(shape, fill, dtype=self.stretch.dtype)
-        with GDAL_IO_LOCK:
-            self.raster.write(window, values, np.zeros(shape[1:], bool))
+        self.raster.write(window, values, np.zeros(shape[1:], bool))
 
 
 def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:

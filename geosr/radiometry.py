@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import rasterio
 
+from geosr.errors import read_errors_named
+
 __all__ = ["Stretch", "fit_stretch", "dtype_range"]
 
 # Pixels read to fit the stretch: enough for stable 0.1 / 99.9 percentiles, small enough
@@ -81,7 +83,7 @@ def fit_stretch(
     """
     if np.dtype(dtype) == np.uint8:
         return Stretch((0.0,) * len(bands), (255.0,) * len(bands), dtype)
-    with rasterio.open(source) as ds:
+    with rasterio.open(source) as ds, read_errors_named(source, what="a decimated read to fit the stretch"):
         step = max(1, int(np.sqrt(ds.width * ds.height / FIT_PIXELS)))
         shape = (max(1, ds.height // step), max(1, ds.width // step))
         data = ds.read(list(bands), out_shape=(len(bands),) + shape, masked=True)

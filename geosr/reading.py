@@ -1,7 +1,9 @@
 """Read one tile of a scene as model input: bands, validity mask, halo padding, gap filling.
 
 Tasks call :func:`read_tile` with an open dataset; they receive paths and windows, never
-dataset handles (rasterio handles are not thread-safe and cannot be pickled).
+dataset handles (rasterio handles are not thread-safe and cannot be pickled). A read that
+fails (a truncated or corrupt file) raises :class:`~geosr.errors.ReadError` naming the
+file, the window and the band, with GDAL's cause.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rasterio.errors import NodataShadowWarning
 from rasterio.io import DatasetReader
 from scipy import ndimage
 
+from geosr.errors import read_errors_named
 from geosr.radiometry import Stretch
 from geosr.tiling import Tile
 
@@ -24,7 +27,7 @@ def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
     """Boolean validity of ``window``: the dataset mask (nodata, alpha, internal mask)."""
     if not masked:
         return np.ones((int(window.height), int(window.width)), bool)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), read_errors_named(ds.name, window, "mask"):
         # nodata + alpha: GDAL (and geosr) use the nodata value; the user was told by GDAL
         # tools long before, and the warning would repeat for every tile.
         warnings.simplefilter("ignore", NodataShadowWarning)
@@ -71,7 +74,10 @@ def read_tile(
     valid : np.ndarray
         ``[h, w]`` bool validity of the read window (not padded).
     """
-    raw = ds.read(list(bands), window=tile.read)
+    raw = np.empty((len(bands), int(tile.read.height), int(tile.read.width)), ds.dtypes[0])
+    for i, b in enumerate(bands):  # band by band, so a failure names its band
+        with read_errors_named(ds.name, tile.read, b):
+            raw[i] = ds.read(b, window=tile.read)
     valid = read_valid(ds, tile.read, masked)
     data = stretch.forward(raw)
     data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)

@@ -32,6 +32,10 @@ __all__ = ["Scene", "open_scene", "open_raster", "expand_inputs", "NotGeoreferen
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".img")
 
+# Real-valued pixel types the stretch and the models handle; complex (SAR) data is not imagery
+# a super-resolution model was trained on.
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
 # Mosaic pieces may differ from the common grid by this fraction of a pixel (float noise
 # in transforms written by other tools); anything larger is a different grid.
 GRID_TOLERANCE_PX = 1e-3
@@ -186,6 +190,11 @@ def _describe(source: str, paths: Sequence[str]) -> Scene:
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot open {source!r} as a raster: {exc}") from exc
     with ds:
+        if ds.dtypes[0] not in SUPPORTED_DTYPES:
+            raise InputError(
+                f"{paths[0]} has {ds.dtypes[0]} pixels: geosr reads real-valued bands "
+                f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. gdal_translate -ot Float32"
+            )
         gcps, gcp_crs = ds.gcps
         rpcs = ds.rpcs
         transform = ds.transform

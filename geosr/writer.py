@@ -1,29 +1,35 @@
-"""Write the output: windowed tiled GeoTIFF in a temporary folder, then COG, then rename.
+"""Write the output: pixels into a raw work raster, then one COG pass, then a rename.
 
-Nothing is ever written at the target path until the very end: blocks go to a work
-GeoTIFF in ``.<name>.geosr-tmp/`` beside the target; on success GDAL's COG driver turns it
-into a Cloud Optimized GeoTIFF (internal tiles, AVERAGE overviews, DEFLATE + predictor,
-per-band statistics, mask or nodata, all metadata) and ``os.replace`` moves it into place,
-together with its sidecars. Any failure removes the temporary folder, so a failed run
-leaves no file at the target.
+Nothing is ever written at the target path until the very end. Output cells go to a raw,
+pixel-interleaved file in the run's work folder (see :mod:`geosr.journal`): plain
+``pwrite`` at computed offsets, made durable with ``fdatasync`` before the journal names
+them - GDAL's block cache and GeoTIFF directory could not promise that a cell written
+before a SIGKILL is on disk. At the end a VRT describes the raw file with all metadata,
+GDAL's COG driver turns it into a Cloud Optimized GeoTIFF (internal tiles, AVERAGE
+overviews, DEFLATE + predictor, per-band statistics, mask or nodata) and ``os.replace``
+moves it into place, together with its sidecars.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.windows import Window
 
-from geosr.errors import InputError, OutputExistsError
+from geosr.errors import GDAL_ERRORS, OutputError, OutputExistsError, WriteError, gdal_cause
 
-__all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "sidecar_path"]
+__all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path"]
 
 DEFAULT_COG_OPTIONS: dict[str, str] = {
     "COMPRESS": "DEFLATE",
@@ -37,7 +43,7 @@ DEFAULT_COG_OPTIONS: dict[str, str] = {
 
 # GDAL's block cache counts in the process's memory: keep it small so peak memory is set by
 # the tiles in flight, not by the output size (GDAL's default is 5 % of RAM).
-WRITER_GDAL_ENV: dict = {"GDAL_CACHEMAX": 64, "GDAL_PAM_ENABLED": "NO", "GDAL_TIFF_INTERNAL_MASK": "YES"}
+WRITER_GDAL_ENV: dict = {"GDAL_CACHEMAX": 64, "GDAL_PAM_ENABLED": "NO"}
 
 
 def sidecar_path(output: Path, suffix: str) -> Path:
@@ -46,35 +52,46 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 
 
 class OutputTarget:
-    """The target path of a run and its temporary folder.
+    """The target path of a run, checked before any work, and the final commit.
 
-    Use as a context manager: on an exception the temporary folder is removed and nothing
-    is left at the target; :meth:`commit` moves finished files into place.
+    Parameters
+    ----------
+    output : path-like
+    overwrite : bool
+        Replace OUTPUT and its sidecars if they exist.
+    inputs : sequence of path-like
+        The run's input files: OUTPUT must not be one of them.
+    sidecars : sequence of str
+        Suffixes of the files written next to OUTPUT (``.captions.geojson``).
+
+    Raises
+    ------
+    OutputExistsError
+        OUTPUT or a sidecar exists and ``overwrite`` is False.
+    OutputError
+        OUTPUT is a directory or an input; its folder is missing or not writable.
     """
 
-    def __init__(self, output: str | os.PathLike, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        output: str | os.PathLike,
+        overwrite: bool = False,
+        inputs: Sequence[str | os.PathLike] = (),
+        sidecars: Sequence[str] = (),
+    ) -> None:
         self.output = Path(output).absolute()
         if self.output.is_dir():
-            raise InputError(f"output {self.output} is a directory; give a file name such as out.tif")
-        if self.output.exists() and not overwrite:
-            raise OutputExistsError(f"{self.output} exists; pass --overwrite to replace it")
+            raise OutputError(f"output {self.output} is a directory; give a file name such as out.tif")
+        for path in inputs:
+            if _same_file(self.output, Path(path)):
+                raise OutputError(f"output {self.output} is also an input: write to another file")
+        for path in [self.output] + [sidecar_path(self.output, s) for s in sidecars]:
+            if path.exists() and not overwrite:
+                raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
         if not self.output.parent.exists():
-            raise InputError(f"output folder {self.output.parent} does not exist")
+            raise OutputError(f"output folder {self.output.parent} does not exist")
         if not os.access(self.output.parent, os.W_OK):
-            raise InputError(f"output folder {self.output.parent} is not writable")
-        self.tmpdir = self.output.parent / f".{self.output.name}.geosr-tmp"
-
-    def __enter__(self) -> "OutputTarget":
-        # A folder left by a killed run holds nothing reusable yet: start clean.
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-        self.tmpdir.mkdir()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-    def temp(self, name: str) -> Path:
-        return self.tmpdir / name
+            raise OutputError(f"output folder {self.output.parent} is not writable")
 
     def commit(self, moves: Mapping[Path, Path]) -> None:
         """Move finished temporary files to their final paths (the main output last)."""
@@ -83,25 +100,35 @@ class OutputTarget:
             os.replace(src, dst)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 @dataclass
 class WorkRaster:
-    """The temporary tiled GeoTIFF that output blocks are written into.
+    """The raw work raster that output cells are written into, in a run's work folder.
+
+    An existing raster of the right size in ``folder`` is reopened as is (a resumed run);
+    otherwise sparse files are created, so unwritten areas cost no disk.
 
     Parameters
     ----------
-    path : Path
+    folder : Path
     profile : dict
-        rasterio profile of the output grid (driver, size, count, dtype, crs, transform,
+        rasterio profile of the output grid (width, height, count, dtype, crs, transform,
         nodata...).
     write_mask : bool
-        Write an internal mask band (inputs with alpha or an internal mask, no nodata).
+        Keep a validity mask (inputs with alpha or an internal mask, no nodata).
     band_meta : dict
         ``colorinterp``, ``descriptions``, ``scales``, ``offsets``, ``units`` per band.
     tags : dict
         Dataset tags.
     """
 
-    path: Path
+    folder: Path
     profile: dict
     write_mask: bool
     band_meta: dict = field(default_factory=dict)
@@ -109,24 +136,126 @@ class WorkRaster:
     gcps: tuple = ()
     rpcs: object | None = None
 
+    PIXELS = "pixels.raw"
+    MASK = "mask.raw"
+
     def __post_init__(self) -> None:
-        self._env = rasterio.Env(**WRITER_GDAL_ENV)
-        self._env.__enter__()
-        profile = dict(self.profile)
-        profile.update(driver="GTiff", tiled=True, blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER")
-        if self.gcps:
-            profile.pop("transform", None)
-            profile.pop("crs", None)
+        p = self.profile
+        self.width, self.height, self.count = int(p["width"]), int(p["height"]), int(p["count"])
+        self.dtype = np.dtype(p["dtype"])
+        self._pixel_bytes = self.count * self.dtype.itemsize
+        self._fds: dict[str, int] = {}
+        self._open(self.PIXELS, self.width * self.height * self._pixel_bytes)
+        if self.write_mask:
+            self._open(self.MASK, self.width * self.height)
+
+    @staticmethod
+    def bytes_needed(profile: Mapping, write_mask: bool) -> int:
+        """Disk the raster occupies once every cell is written."""
+        pixels = int(profile["width"]) * int(profile["height"])
+        return pixels * int(profile["count"]) * np.dtype(profile["dtype"]).itemsize + (pixels if write_mask else 0)
+
+    def _open(self, name: str, size: int) -> None:
+        path = self.folder / name
         try:
-            self._ds = rasterio.open(self.path, "w", **profile)
-        except Exception:
-            self._env.__exit__(None, None, None)
-            raise
-        ds = self._ds
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
+        self._fds[name] = fd
+
+    def write(self, window: Window, data: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Write ``[C, h, w]`` pixels (and their validity, when the output has a mask)."""
+        col, row = int(window.col_off), int(window.row_off)
+        self._write_rows(self.PIXELS, np.moveaxis(data.astype(self.dtype, copy=False), 0, -1), col, row, self._pixel_bytes)
+        if self.write_mask:
+            mask = np.full(data.shape[1:], 255, np.uint8) if valid is None else np.where(valid, 255, 0).astype(np.uint8)
+            self._write_rows(self.MASK, mask, col, row, 1)
+
+    def _write_rows(self, name: str, rows: np.ndarray, col: int, row: int, pixel_bytes: int) -> None:
+        rows = np.ascontiguousarray(rows)
+        fd = self._fds[name]
+        line = self.width * pixel_bytes
+        try:
+            for r in range(rows.shape[0]):
+                buf = memoryview(rows[r]).cast("B")
+                if os.pwrite(fd, buf, (row + r) * line + col * pixel_bytes) != len(buf):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise _write_error(self.folder / name, exc) from exc
+
+    def sync(self) -> None:
+        """Make everything written so far durable (before the journal names it)."""
+        for name, fd in self._fds.items():
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise _write_error(self.folder / name, exc) from exc
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def to_cog(self, dst: Path, creation_options: Mapping[str, str] | None = None) -> None:
+        """Close the work raster and translate it to a COG at ``dst``."""
+        self.close()
+        options = dict(DEFAULT_COG_OPTIONS)
+        options.update({k.upper(): str(v) for k, v in (creation_options or {}).items()})
+        vrt = self._write_vrt()
+        try:
+            with rasterio.Env(**WRITER_GDAL_ENV):
+                rasterio.shutil.copy(vrt, dst, driver="COG", **options)
+        except GDAL_ERRORS as exc:
+            raise WriteError(f"cannot write the COG {dst}: {gdal_cause(exc)}") from exc
+
+    def _write_vrt(self) -> Path:
+        """A VRT over the raw files, carrying the output's georeferencing and metadata."""
+        gdal_type = typename_fwd[dtype_rev[self.dtype.name]]
+        order = "LSB" if sys.byteorder == "little" else "MSB"
+        # Absolute paths: GDAL's COG driver re-resolves relative raw paths against the
+        # current directory while computing statistics (and creates empty files there).
+        pixels = escape(str((self.folder / self.PIXELS).absolute()))
+        lines = [f'<VRTDataset rasterXSize="{self.width}" rasterYSize="{self.height}">']
+        for b in range(self.count):
+            lines += [
+                f'  <VRTRasterBand dataType="{gdal_type}" band="{b + 1}" subClass="VRTRawRasterBand">',
+                f'    <SourceFilename relativeToVRT="0">{pixels}</SourceFilename>',
+                f"    <ImageOffset>{b * self.dtype.itemsize}</ImageOffset><PixelOffset>{self._pixel_bytes}</PixelOffset>",
+                f"    <LineOffset>{self.width * self._pixel_bytes}</LineOffset><ByteOrder>{order}</ByteOrder>",
+                "  </VRTRasterBand>",
+            ]
+        if self.write_mask:
+            mask = escape(str((self.folder / self.MASK).absolute()))
+            lines += [
+                '  <MaskBand><VRTRasterBand dataType="Byte" subClass="VRTRawRasterBand">',
+                f'    <SourceFilename relativeToVRT="0">{mask}</SourceFilename>',
+                f"    <ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>{self.width}</LineOffset>",
+                "  </VRTRasterBand></MaskBand>",
+            ]
+        lines.append("</VRTDataset>")
+        vrt = self.folder / "work.vrt"
+        vrt.write_text("\n".join(lines) + "\n")
+        with rasterio.Env(**WRITER_GDAL_ENV), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(vrt, "r+") as ds:
+                self._set_metadata(ds)
+        return vrt
+
+    def _set_metadata(self, ds) -> None:
+        p = self.profile
         if self.gcps:
             ds.gcps = self.gcps
+        else:
+            if p.get("crs"):
+                ds.crs = p["crs"]
+            if p.get("transform") is not None:
+                ds.transform = p["transform"]
         if self.rpcs is not None:
             ds.rpcs = self.rpcs
+        if p.get("nodata") is not None:
+            ds.nodata = p["nodata"]
         meta = self.band_meta
         if meta.get("colorinterp"):
             ds.colorinterp = meta["colorinterp"]
@@ -141,22 +270,8 @@ class WorkRaster:
             ds.units = [u or "" for u in meta["units"]]
         ds.update_tags(**self.tags)
 
-    def write(self, window: Window, data: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Write ``[C, h, w]`` pixels (and their validity, when the output has a mask)."""
-        self._ds.write(data, window=window)
-        if self.write_mask:
-            mask = np.full(data.shape[1:], 255, np.uint8) if valid is None else np.where(valid, 255, 0).astype(np.uint8)
-            self._ds.write_mask(mask, window=window)
 
-    def close(self) -> None:
-        if not self._ds.closed:
-            self._ds.close()
-            self._env.__exit__(None, None, None)
-
-    def to_cog(self, dst: Path, creation_options: Mapping[str, str] | None = None) -> None:
-        """Close the work raster and translate it to a COG at ``dst``."""
-        self.close()
-        options = dict(DEFAULT_COG_OPTIONS)
-        options.update({k.upper(): str(v) for k, v in (creation_options or {}).items()})
-        with rasterio.Env(**WRITER_GDAL_ENV):
-            rasterio.shutil.copy(self.path, dst, driver="COG", **options)
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"no space left on the device of {path.parent} while writing {path.name}")
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
-from geosr.errors import GeosrError
+from geosr.errors import EXIT_CODES, GeosrError, RunStopped, StopRequested
 
 
 def parse_bands(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
@@ -51,9 +53,67 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def fail_cleanly(fn: Callable[[], object]) -> object:
-    """Run ``fn`` and turn geosr's own errors into a one-line click error (exit 1)."""
+class OneLineErrors(click.Command):
+    """A command whose usage errors are one line too (click prints usage + hint + error)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _exit(" ".join(exc.format_message().split()), exc.exit_code) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message and notes (:func:`geosr.resumable.settle_stopped_run`) on one line."""
+    parts = [str(exc)] + list(getattr(exc, "__notes__", ()))
+    return " ".join("; ".join(p for p in parts if p).split())
+
+
+def fail_cleanly(fn: Callable[[], object], catch_all: bool = False, verbose: int = 0) -> object:
+    """Run ``fn`` and turn geosr's errors into a one-line message and their exit code.
+
+    With ``catch_all``, any other exception (a bug) and Ctrl-C also end in one line (exit 1
+    and 8); ``verbose`` then still shows the traceback of a bug.
+    """
     try:
         return fn()
     except GeosrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _exit(one_line(exc), exc.exit_code) from exc
+    except KeyboardInterrupt as exc:
+        if not catch_all:
+            raise
+        raise _exit("stopped before any work was kept", RunStopped.exit_code) from exc
+    except Exception as exc:
+        if not catch_all or verbose:
+            raise
+        raise _exit(f"unexpected error: {type(exc).__name__}: {one_line(exc)} (rerun with -v for the traceback)", 1) from exc
+
+
+def _exit(message: str, code: int) -> click.ClickException:
+    err = click.ClickException(message)
+    err.exit_code = code
+    return err
+
+
+def exit_codes_help() -> str:
+    """The exit status table, for a command's --help."""
+    return "\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`StopRequested` in the main thread, naming the signal.
+
+    Schedulers pre-empt jobs with SIGTERM: the run then stops like after Ctrl-C, keeping
+    its finished cells and saying how to resume.
+    """
+
+    def stop(signum, _frame):
+        raise StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

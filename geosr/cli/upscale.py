@@ -6,11 +6,14 @@ import warnings
 
 import click
 
-from geosr.cli.options import fail_cleanly, parse_bands, parse_creation_options, setup_logging, verbosity
+from geosr.cli.options import (
+    OneLineErrors, exit_codes_help, fail_cleanly, one_line, parse_bands, parse_creation_options, setup_logging, stop_on_signals,
+    verbosity,
+)
 from geosr.config import DEFAULT_CAPTIONER, DEFAULT_MODEL, RunConfig, TileSpec
 
 
-@click.command(context_settings={"max_content_width": 100})
+@click.command(cls=OneLineErrors, context_settings={"max_content_width": 100}, epilog="\b\nExit status:\n" + exit_codes_help())
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.argument("output", nargs=1, metavar="OUTPUT")
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True, help="Upscaling factor.")
@@ -23,7 +26,9 @@ from geosr.config import DEFAULT_CAPTIONER, DEFAULT_MODEL, RunConfig, TileSpec
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s): only tiles touching them are processed.")
 @click.option("--blend", type=click.Choice(["cosine", "none"]), default="cosine", show_default=True, help="Tile blending (none shows the seams).")
 @click.option("--co", "creation_options", multiple=True, callback=parse_creation_options, metavar="NAME=VALUE", help="GDAL COG creation option, repeatable (e.g. --co COMPRESS=ZSTD).")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT (and its captions) if they exist.")
+@click.option("--resume", is_flag=True, help="Continue a stopped run of OUTPUT (same inputs and settings; refused "
+              "with the reason if they differ); without one, start from the beginning.")
 @click.option("--steps", type=int, help="Diffusion steps (diffusion models).")
 @click.option("--guidance", type=float, help="Guidance scale g (diffusion models; 1 = no guidance).")
 @click.option("--device", help="Torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available).")
@@ -36,7 +41,7 @@ from geosr.config import DEFAULT_CAPTIONER, DEFAULT_MODEL, RunConfig, TileSpec
 @click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML).")
 @verbosity
 def upscale(inputs, output, scale, model, captioner, caption_every, tile, overlap, bands, aoi, blend, creation_options,
-            overwrite, steps, guidance, device, dtype, batch_size, seed, address, local_workers, performance_report,
+            overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, local_workers, performance_report,
             verbose, quiet):
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
 
@@ -45,12 +50,18 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
     CRS and bounds); nodata and masks are carried over, and tile footprints with their
     captions go to OUTPUT's name with .captions.geojson. A failed run leaves no OUTPUT.
 
+    One run per OUTPUT: a second run is refused while the first holds OUTPUT's lock. A run
+    that stops (SIGTERM, SIGINT, SIGKILL, a full disk, lost workers) keeps its finished
+    output cells in .OUTPUT.geosr-run-*/ beside OUTPUT; the same command with --resume
+    continues from there and writes the same bytes as an uninterrupted run.
+
     \b
     Examples:
       geosr upscale scene.tif scene_x4.tif --scale 4
       geosr upscale tiles/ mosaic_x2.tif --scale 2 --model lanczos --co COMPRESS=ZSTD
       geosr upscale big.vrt out.tif --aoi field.geojson --bands 1,2,3
       geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
+      geosr upscale big.vrt out.tif --resume      # after a pre-empted run
     """
     from geosr.engine import upscale_scene
 
@@ -60,23 +71,25 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
         config = RunConfig(
             scale=int(scale), model=model, captioner=captioner, caption_every=caption_every,
             tiles=TileSpec(tile, overlap), bands=bands, aoi=aoi, blend=blend,
-            creation_options=creation_options, overwrite=overwrite, device=device, dtype=dtype,
+            creation_options=creation_options, overwrite=overwrite, resume=resume, device=device, dtype=dtype,
             steps=steps, guidance=guidance, batch_size=batch_size, seed=seed, address=address,
             local_workers=local_workers, progress=not quiet,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(), stop_on_signals():
+            # -q: errors only (one line each); warnings are remarks.
+            warnings.simplefilter("ignore" if quiet else "always")
             warnings.showwarning = _show_warning
             return upscale_scene(inputs, output, config, performance_report=performance_report)
 
-    report = fail_cleanly(run)
+    report = fail_cleanly(run, catch_all=True, verbose=verbose)
     if not quiet:
         click.echo(
             f"wrote {report.output} ({report.tiles_processed} tiles, {report.tiles_skipped} skipped, "
-            f"{report.output_megapixels:.1f} MP in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s)",
+            + (f"{report.tiles_resumed} done before resuming, " if report.tiles_resumed else "")
+            + f"{report.output_megapixels:.1f} MP in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s)",
             err=True,
         )
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {one_line(message)}", err=True)

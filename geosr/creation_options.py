@@ -1,0 +1,158 @@
+"""Check ``--co`` creation options before any tile is processed.
+
+GDAL publishes what each driver accepts (``DMD_CREATIONOPTIONLIST``: names, types, allowed
+values, bounds); geosr reads the COG driver's list and checks names and values against
+it, then writes a tiny COG of the output's band count and dtype in memory with the same
+options, so combinations GDAL refuses (JPEG on float32...) fail in a second, not after
+every tile was computed. The values are checked *before* the trial write because some
+bad values (``BLOCKSIZE=abc``) abort GDAL's process instead of raising an error, and GDAL
+only warns about others (``COMPRESS=FOO`` silently writes an uncompressed file).
+
+rasterio does not expose driver metadata, so the list is read with ``ctypes`` from the
+libgdal rasterio has loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+import math
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.io import MemoryFile
+
+from geosr.errors import GDAL_ERRORS, InputError, gdal_cause
+
+__all__ = ["check_creation_options", "cog_creation_options"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One creation option as GDAL describes it."""
+
+    name: str
+    type: str
+    values: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+def _loaded_libgdal() -> ctypes.CDLL | None:
+    """The libgdal this process uses (rasterio's), found among the mapped files."""
+    import rasterio._base  # noqa: F401  (maps libgdal into the process)
+
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        for line in maps.read_text().splitlines():
+            path = line.split()[-1]
+            if "/libgdal" in path:
+                return ctypes.CDLL(path)
+    name = ctypes.util.find_library("gdal")
+    return ctypes.CDLL(name) if name else None
+
+
+@functools.lru_cache(maxsize=1)
+def cog_creation_options() -> dict[str, OptionSpec]:
+    """The COG driver's creation options (empty when libgdal cannot be reached)."""
+    lib = _loaded_libgdal()
+    if lib is None:
+        log.debug("libgdal not found: --co values are checked by the trial write only")
+        return {}
+    lib.GDALGetDriverByName.restype = ctypes.c_void_p
+    lib.GDALGetDriverByName.argtypes = [ctypes.c_char_p]
+    lib.GDALGetMetadataItem.restype = ctypes.c_char_p
+    lib.GDALGetMetadataItem.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    with rasterio.Env():  # registers the drivers
+        driver = lib.GDALGetDriverByName(b"COG")
+        xml = lib.GDALGetMetadataItem(driver, b"DMD_CREATIONOPTIONLIST", None) if driver else None
+    if not xml:
+        return {}
+    specs = {}
+    for opt in ET.fromstring(xml.decode()).iter("Option"):
+        values = []
+        for v in opt.iter("Value"):
+            values.append((v.text or "").strip())
+            if v.get("alias"):
+                values.append(v.get("alias"))
+        lo, hi = opt.get("min"), opt.get("max")
+        specs[opt.get("name").upper()] = OptionSpec(
+            opt.get("name").upper(), opt.get("type", "string"), tuple(values),
+            float(lo) if lo is not None else None, float(hi) if hi is not None else None,
+        )
+    return specs
+
+
+def _check_value(spec: OptionSpec, value: str) -> str | None:
+    """Why ``value`` is not valid for ``spec`` (None when it is)."""
+    if spec.type == "string-select" and spec.values and value.upper() not in {v.upper() for v in spec.values}:
+        return f"takes one of {', '.join(spec.values)}"
+    if spec.type in ("int", "integer", "float"):
+        try:
+            number = int(value) if spec.type != "float" else float(value)
+        except ValueError:
+            return f"takes {'an integer' if spec.type != 'float' else 'a number'}"
+        if not math.isfinite(number):
+            return "takes a finite number"
+        if spec.minimum is not None and number < spec.minimum:
+            return f"must be at least {spec.minimum:g}"
+        if spec.maximum is not None and number > spec.maximum:
+            return f"must be at most {spec.maximum:g}"
+    if spec.type == "boolean" and value.upper() not in ("YES", "NO", "TRUE", "FALSE", "ON", "OFF", "1", "0"):
+        return "takes YES or NO"
+    return None
+
+
+# A tile edge GDAL can allocate in the trial write and that TIFF allows (multiples of 16).
+MAX_BLOCKSIZE = 4096
+
+
+def check_creation_options(options: Mapping[str, str], count: int, dtype: str, mask: bool, defaults: Mapping[str, str]) -> None:
+    """Raise :class:`InputError` when GDAL's COG driver would not honour ``options``.
+
+    Parameters
+    ----------
+    options : mapping
+        The user's ``--co`` options (upper-case names).
+    count, dtype, mask
+        Band count, dtype and mask of the output.
+    defaults : mapping
+        geosr's own COG options, which ``options`` override.
+    """
+    specs = cog_creation_options()
+    for name, value in options.items():
+        if specs and name not in specs:
+            raise InputError(f"--co {name}={value}: the COG driver has no option {name} (it has {', '.join(sorted(specs))})")
+        why = _check_value(specs[name], value) if specs else None
+        if why:
+            raise InputError(f"--co {name}={value}: {name} {why}")
+    block = options.get("BLOCKSIZE")
+    if block is not None and (not block.isdigit() or int(block) % 16 or int(block) > MAX_BLOCKSIZE):
+        raise InputError(f"--co BLOCKSIZE={block}: TIFF tiles are a multiple of 16 px, at most {MAX_BLOCKSIZE} here")
+    # One thread: GDAL reports compression errors from worker threads only on stderr.
+    merged = {**defaults, **options, "NUM_THREADS": "1"}
+    # One pixel more than a tile, so the trial also builds an overview.
+    size = int(merged.get("BLOCKSIZE", 512)) + 1
+    data = np.zeros((count, size, size), dtype)
+    try:
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as mem, warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a bare trial raster
+            with mem.open(driver="GTiff", width=size, height=size, count=count, dtype=dtype) as ds:
+                ds.write(data)
+                if mask:
+                    ds.write_mask(np.full((size, size), 255, np.uint8))
+            rasterio.shutil.copy(mem.name, "/vsimem/geosr-co-check.tif", driver="COG", **merged)
+            rasterio.shutil.delete("/vsimem/geosr-co-check.tif")
+    except GDAL_ERRORS as exc:
+        given = " ".join(f"--co {k}={v}" for k, v in options.items()) or "the default creation options"
+        raise InputError(f"{given}: GDAL cannot write a {count}-band {dtype} COG with them: {gdal_cause(exc)}") from exc

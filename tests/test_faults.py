@@ -1,0 +1,186 @@
+"""Runs that survive: the bad-input matrix, one run per OUTPUT, resume after a kill, lost workers.
+
+Every failure must end in ONE line on stderr with a stable exit code, leave nothing at
+OUTPUT and no files of its own beside it, and keep a pre-existing OUTPUT and its captions
+byte for byte. A stopped run must resume to the same bytes as an uninterrupted one.
+"""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import geosr.diskspace
+import geosr.engine as engine
+from geosr.cli import cli
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import upscale_scene
+from geosr.errors import WriteError
+from geosr.output_lock import OutputLock
+from geosr.resumable import StoppedRunWarning, open_journal
+from geosr.validation import validate_output
+from geosr.writer import WorkRaster
+from tests.rasters import texture, uint8_scene, write_raster
+
+RUN = ["--scale", "2", "--model", "bicubic", "--captioner", "none", "--tile", "32", "--overlap", "8", "-q"]
+OLD_OUTPUT, OLD_CAPTIONS = b"old output", b"old captions"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def error_lines(res) -> list[str]:
+    return [line for line in res.stderr.splitlines() if line.strip()]
+
+
+def corrupt_tile(src: Path, dst: Path) -> Path:
+    """A DEFLATE-tiled copy of ``src`` whose second tile holds garbage."""
+    with rasterio.open(src) as ds:
+        prof = ds.profile
+        prof.update(tiled=True, blockxsize=32, blockysize=32, compress="deflate")
+        with rasterio.open(dst, "w", **prof) as out:
+            out.write(ds.read())
+    with rasterio.open(dst) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_0", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_1_0", "TIFF", bidx=1))
+    raw = bytearray(dst.read_bytes())
+    raw[offset : offset + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """Inputs good and bad, and an OUTPUT (with captions) from an earlier run."""
+    good = uint8_scene(tmp_path / "in.tif", 64, 80)
+    with open(good, "rb") as f:
+        full = f.read()
+    (tmp_path / "truncated.tif").write_bytes(full[: len(full) * 2 // 3])
+    corrupt_tile(good, tmp_path / "corrupt.tif")
+    (tmp_path / "not_a_raster.tif").write_text("hello")
+    write_raster(tmp_path / "complex.tif", (texture(1, 20, 20) * 100).astype("complex64"))
+    write_raster(tmp_path / "u16.tif", (texture(3, 40, 40) * 4000).astype("uint16"))
+    (tmp_path / "aoi_not_json.geojson").write_text("{not json")
+    (tmp_path / "aoi_list.geojson").write_text("[1, 2]")
+    (tmp_path / "aoi_bad_coords.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [[["a", "b"]]]}))
+    (tmp_path / "aoi_bad_crs.geojson").write_text(json.dumps({
+        "type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]],
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::999999"}},
+    }))
+    (tmp_path / "out.tif").write_bytes(OLD_OUTPUT)
+    (tmp_path / "out.captions.geojson").write_bytes(OLD_CAPTIONS)
+    return tmp_path
+
+
+def _no_space(request, monkeypatch, folder):
+    class Usage:
+        free = 1000
+
+    monkeypatch.setattr(geosr.diskspace.shutil, "disk_usage", lambda path: Usage())
+
+
+def _locked(request, monkeypatch, folder):
+    lock = OutputLock(folder / "out.tif").__enter__()
+    request.addfinalizer(lambda: lock.__exit__(None, None, None))
+
+
+def _stopped_run_with_other_settings(request, monkeypatch, folder):
+    earlier = folder / ".out.tif.geosr-run-earlier"
+    earlier.mkdir()
+    (earlier / "run.json").write_text(json.dumps({"--tile": "64"}))
+
+
+# case id: (arguments after INPUT OUTPUT-or-None, exit code, words in the message, setup)
+MATRIX = {
+    "missing input": (["missing.tif", "out.tif", "--overwrite"], 3, "does not exist", None),
+    "not a raster": (["not_a_raster.tif", "out.tif", "--overwrite"], 3, "cannot open", None),
+    "truncated input": (["truncated.tif", "out.tif", "--overwrite"], 3, "cannot read", None),
+    "corrupt tile": (["corrupt.tif", "out.tif", "--overwrite"], 3, "corrupt.tif, window col 0 row 0", None),
+    "complex dtype": (["complex.tif", "out.tif", "--overwrite"], 3, "complex64 pixels", None),
+    "unknown --co": (["in.tif", "out.tif", "--overwrite", "--co", "FOO=1"], 3, "no option FOO", None),
+    "bad --co value": (["in.tif", "out.tif", "--overwrite", "--co", "COMPRESS=FOO"], 3, "COMPRESS takes one of", None),
+    "--co abc blocksize": (["in.tif", "out.tif", "--overwrite", "--co", "BLOCKSIZE=abc"], 3, "takes an integer", None),
+    "--co JPEG on uint16": (["u16.tif", "out.tif", "--overwrite", "--co", "COMPRESS=JPEG"], 3, "not allowed for JPEG", None),
+    "AOI not JSON": (["in.tif", "out.tif", "--overwrite", "--aoi", "aoi_not_json.geojson"], 3, "as GeoJSON", None),
+    "AOI a list": (["in.tif", "out.tif", "--overwrite", "--aoi", "aoi_list.geojson"], 3, "not a GeoJSON object", None),
+    "AOI bad coordinates": (["in.tif", "out.tif", "--overwrite", "--aoi", "aoi_bad_coords.geojson"], 3, "invalid geometry", None),
+    "AOI bad crs": (["in.tif", "out.tif", "--overwrite", "--aoi", "aoi_bad_crs.geojson"], 3, "crs member", None),
+    "unknown model": (["in.tif", "out.tif", "--overwrite", "--model", "nosuchmodel"], 3, "unknown model", None),
+    "bad --bands": (["in.tif", "out.tif", "--overwrite", "--bands", "x"], 2, "comma-separated", None),
+    "OUTPUT is the input": (["in.tif", "in.tif", "--overwrite"], 4, "is also an input", None),
+    "OUTPUT exists": (["in.tif", "out.tif"], 4, "out.tif exists; pass --overwrite", None),
+    "output folder missing": (["in.tif", "nodir/out.tif"], 4, "does not exist", None),
+    "another run holds OUTPUT": (["in.tif", "out.tif", "--overwrite"], 5, "being written by another geosr run (pid", _locked),
+    "disk full": (["in.tif", "out.tif", "--overwrite"], 6, "not enough disk space", _no_space),
+    "--resume, other settings": (["in.tif", "out.tif", "--overwrite", "--resume"], 7, "--tile was '64', now '32'",
+                                 _stopped_run_with_other_settings),
+}
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=list(MATRIX))
+def test_bad_input_matrix(case, scene, monkeypatch, request):
+    args, code, words, setup = MATRIX[case]
+    monkeypatch.chdir(scene)
+    if setup:
+        setup(request, monkeypatch, scene)
+    before = sorted(p.name for p in scene.iterdir())
+    res = invoke("upscale", *RUN, *args)
+    lines = error_lines(res)
+    assert res.exit_code == code, (res.exit_code, res.stderr)
+    assert len(lines) == 1 and words in lines[0], res.stderr
+    assert (scene / "out.tif").read_bytes() == OLD_OUTPUT
+    assert (scene / "out.captions.geojson").read_bytes() == OLD_CAPTIONS
+    assert sorted(p.name for p in scene.iterdir()) == before  # nothing left, nothing taken away
+
+
+def test_existing_captions_are_not_replaced_without_overwrite(scene):
+    (scene / "out.tif").unlink()
+    res = invoke("upscale", scene / "in.tif", scene / "out.tif", *RUN)
+    assert res.exit_code == 4 and "out.captions.geojson exists" in res.stderr
+    assert (scene / "out.captions.geojson").read_bytes() == OLD_CAPTIONS and not (scene / "out.tif").exists()
+
+
+def cfg(**kw):
+    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_disk_full_mid_run_keeps_cells_and_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 96, 96)
+    upscale_scene([src], tmp_path / "ref.tif", cfg())
+    real, writes = WorkRaster._write_rows, [0]
+
+    def fill_up(self, *args):
+        writes[0] += 1
+        if writes[0] > 25:
+            raise WriteError("no space left on the device (simulated)") from OSError(errno.ENOSPC, "full")
+        return real(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", fill_up)
+    with pytest.raises(WriteError, match="no space left") as info:
+        upscale_scene([src], tmp_path / "out.tif", cfg())
+    assert "--resume" in info.value.__notes__[0]
+    assert not (tmp_path / "out.tif").exists()
+    monkeypatch.setattr(WorkRaster, "_write_rows", real)
+    # A run without --resume leaves the stopped run's folder alone and reports its size.
+    with OutputLock(tmp_path / "out.tif"), pytest.warns(StoppedRunWarning, match=r"KiB\): add --resume"):
+        open_journal(tmp_path / "out.tif", {}, resume=False).folder.remove()
+    report = upscale_scene([src], tmp_path / "out.tif", cfg(resume=True))
+    assert report.tiles_resumed > 0
+    assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+    assert (tmp_path / "out.captions.geojson").read_text() == (tmp_path / "ref.captions.geojson").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.tif", "ref.tif", "ref.captions.geojson", "out.tif", "out.captions.geojson"]
+    )
