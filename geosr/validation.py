@@ -1,4 +1,10 @@
-"""Checks of an output file: COG validity and georeferencing against its source."""
+"""Checks of an output file: COG layout, every pixel readable, georeferencing against its source.
+
+``validate_output`` is what ``geosr validate`` runs. It reads every block of every band,
+mask and overview (a truncated or corrupt file fails there, not in a user's GIS), and
+remarks on an output whose bands are constant where the source varies (pixels lost on the
+way, e.g. an all-zero COG).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rio_cogeo.cogeo import cog_validate
 
+from geosr.errors import GDAL_ERRORS, gdal_cause
 from geosr.georef import scale_transform
 from geosr.scene import open_raster
 
 __all__ = ["ValidationResult", "validate_output"]
+
+# Pixels of the source read (decimated) to tell a varying band from a constant one.
+SOURCE_SAMPLE_PX = 1024
 
 
 @dataclass
@@ -33,9 +44,11 @@ class ValidationResult:
 def validate_output(path: str | os.PathLike, source: str | os.PathLike | None = None) -> ValidationResult:
     """Validate ``path`` as a COG and, given ``source``, as its refined grid.
 
-    Checks: COG layout (rio-cogeo), no ``.aux.xml`` sidecar, and against the source: an
-    integer scale, ``transform == source.transform @ Affine.scale(1/scale)``, same bounds,
-    CRS, dtype, nodata and a mask when the source has one.
+    Checks: COG layout (rio-cogeo), no ``.aux.xml`` sidecar, every block of every band,
+    mask and overview readable; against the source: an integer scale, ``transform ==
+    source.transform @ Affine.scale(1/scale)`` and the same bounds (for a georeferenced
+    source), CRS, dtype, nodata and a mask when the source has one. Bands that are
+    constant (where the source's vary) are reported as warnings.
     """
     path = Path(path)
     res = ValidationResult(path)
@@ -43,12 +56,20 @@ def validate_output(path: str | os.PathLike, source: str | os.PathLike | None = 
         res.errors.append(f"{path} does not exist")
         return res
     with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-        valid, errors, warns = cog_validate(str(path), quiet=True)
-        res.errors += [f"COG: {e}" for e in errors]
-        res.warnings += [f"COG: {w}" for w in warns]
-        if Path(str(path) + ".aux.xml").exists():
-            res.errors.append(f"a sidecar {path.name}.aux.xml exists: metadata should live in the file")
-        with open_raster(str(path)) as out:
+        try:
+            out = open_raster(str(path))
+        except GDAL_ERRORS as exc:
+            res.errors.append(f"cannot open {path}: {gdal_cause(exc)}")
+            return res
+        with out:
+            try:
+                valid, errors, warns = cog_validate(str(path), quiet=True)
+            except GDAL_ERRORS as exc:
+                errors, warns = [f"cannot be read: {gdal_cause(exc)}"], []
+            res.errors += [f"COG: {e}" for e in errors]
+            res.warnings += [f"COG: {w}" for w in warns]
+            if Path(str(path) + ".aux.xml").exists():
+                res.errors.append(f"a sidecar {path.name}.aux.xml exists: metadata should live in the file")
             res.facts.update(
                 size=(out.width, out.height), count=out.count, dtype=out.dtypes[0], crs=str(out.crs),
                 transform=tuple(out.transform)[:6], nodata=out.nodata, colorinterp=[c.name for c in out.colorinterp],
@@ -56,11 +77,85 @@ def validate_output(path: str | os.PathLike, source: str | os.PathLike | None = 
             )
             if not out.overviews(1) and max(out.width, out.height) > 512:
                 res.warnings.append("no overviews")
-            if source is None:
+            ranges = _read_everything(res, path, out)
+            src = None
+            if source is not None:
+                try:
+                    src = open_raster(str(source))
+                except GDAL_ERRORS as exc:
+                    res.errors.append(f"cannot open the source {source}: {gdal_cause(exc)}")
+            if src is None:
+                if ranges and all(lo == hi for lo, hi in ranges):
+                    res.warnings.append(f"every band is constant ({ranges[0][0]:g}): is this the image you expect?")
                 return res
-            with open_raster(str(source)) as src:
+            with src:
                 _check_against_source(res, out, src)
+                if ranges:
+                    _check_constant_bands(res, ranges, src)
     return res
+
+
+def _read_everything(res: ValidationResult, path: Path, out) -> list[tuple[float, float]] | None:
+    """Read every block of every band, mask and overview; per-band (min, max) of valid pixels.
+
+    Records the first unreadable block of each level as an error and returns None then,
+    or when no pixel is valid.
+    """
+    masked = out.nodata is not None or any(MaskFlags.per_dataset in f for f in out.mask_flag_enums)
+    lo = np.full(out.count, np.inf)
+    hi = np.full(out.count, -np.inf)
+    ok = True
+    for level in [None] + list(range(len(out.overviews(1)))):
+        what = "full resolution" if level is None else f"overview {level + 1}"
+        try:
+            ds = out if level is None else rasterio.open(str(path), overview_level=level)
+        except GDAL_ERRORS as exc:
+            res.errors.append(f"cannot open {what}: {gdal_cause(exc)}")
+            ok = False
+            continue
+        try:
+            for _, window in ds.block_windows(1):
+                try:
+                    data = ds.read(window=window, masked=masked)  # masked: reads the mask blocks too
+                except GDAL_ERRORS as exc:
+                    res.errors.append(
+                        f"cannot read the block at col {window.col_off} row {window.row_off} ({what}): {gdal_cause(exc)}"
+                    )
+                    ok = False
+                    break
+                if level is None:
+                    flat = data.reshape(out.count, -1)
+                    if masked and np.ma.count(flat):
+                        lo = np.fmin(lo, flat.min(axis=1).filled(np.inf))
+                        hi = np.fmax(hi, flat.max(axis=1).filled(-np.inf))
+                    elif not masked:
+                        lo = np.fmin(lo, np.nanmin(flat, axis=1))
+                        hi = np.fmax(hi, np.nanmax(flat, axis=1))
+        finally:
+            if ds is not out:
+                ds.close()
+    if not ok:
+        return None
+    if not np.isfinite(lo).all():
+        res.warnings.append("no valid pixel in some band")
+        return None
+    return list(zip(lo.tolist(), hi.tolist()))
+
+
+def _check_constant_bands(res: ValidationResult, ranges: list[tuple[float, float]], src) -> None:
+    if src.count != len(ranges):
+        return  # a band subset: which source band is which is not recorded
+    step = max(1, int(np.sqrt(src.width * src.height) / SOURCE_SAMPLE_PX))
+    shape = (src.count, max(1, src.height // step), max(1, src.width // step))
+    try:
+        sample = src.read(out_shape=shape, masked=True)
+    except GDAL_ERRORS as exc:
+        res.errors.append(f"cannot read the source: {gdal_cause(exc)}")
+        return
+    for b, (lo, hi) in enumerate(ranges):
+        band = sample[b].compressed()
+        if lo == hi and band.size and band.min() != band.max():
+            res.warnings.append(f"band {b + 1} is constant ({lo:g}) where the source varies: pixels were lost")
 
 
 def _check_against_source(res: ValidationResult, out, src) -> None:
@@ -72,17 +167,20 @@ def _check_against_source(res: ValidationResult, out, src) -> None:
     res.facts["scale"] = s
     if src.crs != out.crs:
         res.errors.append(f"CRS differs: source {src.crs}, output {out.crs}")
-    if not src.gcps[0]:
+    georeferenced = bool(src.crs) or not src.transform.is_identity
+    if not src.gcps[0] and georeferenced:
         want = scale_transform(src.transform, s)
         if not out.transform.almost_equals(want, precision=1e-9 * max(1.0, abs(src.transform.c), abs(src.transform.f))):
             res.errors.append(f"transform {tuple(out.transform)[:6]} != source transform / {s} {tuple(want)[:6]}")
         if not np.allclose(out.bounds, src.bounds, rtol=0, atol=1e-6 * max(abs(v) for v in src.res)):
             res.errors.append(f"bounds differ: source {tuple(src.bounds)}, output {tuple(out.bounds)}")
+    elif not src.gcps[0] and not out.transform.is_identity:
+        res.errors.append("the source is not georeferenced, the output has a transform")
     if out.dtypes[0] != src.dtypes[0]:
         res.errors.append(f"dtype differs: source {src.dtypes[0]}, output {out.dtypes[0]}")
     if src.nodata is not None and out.nodata != src.nodata and not (np.isnan(src.nodata) and np.isnan(out.nodata or 0.0)):
         res.errors.append(f"nodata differs: source {src.nodata}, output {out.nodata}")
-    src_masked = src.nodata is not None or any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
-    out_masked = out.nodata is not None or any(rasterio.enums.MaskFlags.per_dataset in f for f in out.mask_flag_enums)
+    src_masked = src.nodata is not None or any(MaskFlags.per_dataset in f for f in src.mask_flag_enums)
+    out_masked = out.nodata is not None or any(MaskFlags.per_dataset in f for f in out.mask_flag_enums)
     if src_masked and not out_masked:
         res.errors.append("the source has a mask or nodata, the output has neither")

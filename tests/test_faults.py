@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from click.testing import CliRunner
 
 import geosr.diskspace
@@ -184,3 +185,133 @@ def test_disk_full_mid_run_keeps_cells_and_resumes_to_the_same_bytes(tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["in.tif", "ref.tif", "ref.captions.geojson", "out.tif", "out.captions.geojson"]
     )
+
+
+# A geosr process whose tiles take 0.1 s each (sleep before the real work), so there is
+# time to reach it mid-run; the pixels are those of a plain run.
+SLOW_GEOSR = textwrap.dedent(
+    """
+    import sys, time
+    import geosr.engine as engine
+    real = engine.process_batch
+    def slow(job):
+        time.sleep(0.1 * len(job.tiles))
+        return real(job)
+    engine.process_batch = slow
+    from geosr.cli import cli
+    cli(sys.argv[1:], prog_name="geosr")
+    """
+)
+SLOW_SCENE = dict(height=160, width=192)  # 30 tiles of 32 px: about 3 s of sleeping
+
+
+def start_slow_run(folder: Path, *args) -> subprocess.Popen:
+    script = folder / "slow_geosr.py"
+    script.write_text(SLOW_GEOSR)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    return subprocess.Popen(
+        [sys.executable, str(script), "upscale", *map(str, args), *RUN, "--batch-size", "1"],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"geosr ended early ({proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError("timed out waiting for geosr")
+        time.sleep(0.05)
+
+
+def journal_has_cells(folder: Path, output: str = "out.tif") -> bool:
+    return any(j.stat().st_size > 0 for j in folder.glob(f".{output}.geosr-run-*/journal.jsonl"))
+
+
+def test_two_runs_on_one_output_one_refused_other_valid(tmp_path):
+    src = uint8_scene(tmp_path / "in.tif", **SLOW_SCENE)
+    first = start_slow_run(tmp_path, src, tmp_path / "out.tif")
+    lock = tmp_path / ".out.tif.geosr-lock"
+    wait_for(lambda: lock.exists() and lock.stat().st_size > 0, first)
+    second = invoke("upscale", src, tmp_path / "out.tif", "--overwrite", *RUN)
+    assert second.exit_code == 5
+    assert error_lines(second) == [f"Error: {tmp_path / 'out.tif'} is being written by another geosr run "
+                                   f"({lock.read_text().strip()}); wait for it to finish or choose another OUTPUT"]
+    assert f"pid {first.pid} " in second.stderr
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    res = validate_output(tmp_path / "out.tif", src)
+    assert res.ok and not res.warnings, (res.errors, res.warnings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.captions.geojson", "out.tif", "slow_geosr.py"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_stopped_run_resumes_to_the_same_bytes(tmp_path, sig):
+    src = uint8_scene(tmp_path / "in.tif", **SLOW_SCENE)
+    assert invoke("upscale", src, tmp_path / "ref.tif", *RUN, "--batch-size", "1").exit_code == 0
+    run = start_slow_run(tmp_path, src, tmp_path / "out.tif")
+    wait_for(lambda: journal_has_cells(tmp_path), run)
+    run.send_signal(sig)
+    code = run.wait(timeout=60)
+    stderr = run.stderr.read()
+    if sig == signal.SIGTERM:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 8 and len(lines) == 1, stderr
+        assert lines[0].startswith("Error: stopped by SIGTERM;") and "rerun the same command with --resume" in lines[0]
+    assert not (tmp_path / "out.tif").exists() and not (tmp_path / "out.captions.geojson").exists()
+    (work,) = tmp_path.glob(".out.tif.geosr-run-*")
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+    assert (tmp_path / "out.captions.geojson").read_bytes() == (tmp_path / "ref.captions.geojson").read_bytes()
+    assert not work.exists() and not (tmp_path / ".out.tif.geosr-lock").exists()
+
+
+def test_a_killed_dask_worker_does_not_change_the_pixels(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 64, 96)
+    upscale_scene([src], tmp_path / "threads.tif", cfg(batch_size=2))
+    real, marker = engine.process_batch, tmp_path / "killed-once"
+
+    def dies_once(job):
+        # shipped to the worker processes by value: the marker file says it happened
+        if job.tiles[0].index == 2 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(job)
+
+    monkeypatch.setattr(engine, "process_batch", dies_once)
+    upscale_scene([src], tmp_path / "procs.tif", cfg(batch_size=2, local_workers=2))
+    assert marker.exists()
+    with rasterio.open(tmp_path / "threads.tif") as a, rasterio.open(tmp_path / "procs.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_validate_reads_every_block(tmp_path):
+    src = uint8_scene(tmp_path / "in.tif", 300, 300)
+    upscale_scene([src], tmp_path / "out.tif", cfg(tiles=TileSpec(128, 8), batch_size=4))
+    assert validate_output(tmp_path / "out.tif", src).ok
+    full = (tmp_path / "out.tif").read_bytes()
+    (tmp_path / "truncated.tif").write_bytes(full[: len(full) * 3 // 4])
+    res = validate_output(tmp_path / "truncated.tif", src)
+    assert not res.ok and any("cannot read the block" in e for e in res.errors), res.errors
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        prof = dict(ds.profile, driver="GTiff")
+        zeros = np.zeros((ds.count, ds.height, ds.width), ds.dtypes[0])
+    with rasterio.open(tmp_path / "zeros_work.tif", "w", **prof) as ds:
+        ds.write(zeros)
+    rasterio.shutil.copy(tmp_path / "zeros_work.tif", tmp_path / "zeros.tif", driver="COG")
+    res = validate_output(tmp_path / "zeros.tif", src)
+    assert "band 1 is constant (0) where the source varies: pixels were lost" in res.warnings
+    res = CliRunner().invoke(cli, ["validate", str(tmp_path / "zeros.tif")])
+    assert "every band is constant (0)" in res.output
+
+
+def test_validate_source_without_georeferencing(tmp_path):
+    from PIL import Image
+
+    Image.fromarray((texture(3, 40, 50).transpose(1, 2, 0) * 255).astype("uint8")).save(tmp_path / "photo.png")
+    res = invoke("upscale", tmp_path / "photo.png", tmp_path / "out.tif", *RUN)
+    assert res.exit_code == 0 and res.stderr == ""  # -q: no warning either
+    res = validate_output(tmp_path / "out.tif", tmp_path / "photo.png")
+    assert res.ok, res.errors

@@ -13,7 +13,9 @@ from geosr.validation import validate_output
 def validate(output, source):
     """Check that OUTPUT is a valid COG and (with --source) the source grid refined.
 
-    Exits with status 1 when a problem is found.
+    Reads every block of every band, mask and overview (a truncated or corrupt file
+    fails), and warns when a band is constant where the source's varies. Exits with
+    status 1 when a problem is found.
 
     \b
     Example:
