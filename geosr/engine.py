@@ -42,7 +42,7 @@ from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
-from geosr.errors import InputError
+from geosr.errors import GeosrError, InputError
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
 from geosr.journal import RunJournal, WorkFolder
 from geosr.models import Upscaler, load_upscaler
@@ -184,11 +184,32 @@ def _caption(spec: str, x: torch.Tensor, plan: BandPlan) -> list[str]:
     return list(_captioner(spec).caption(x))
 
 
+def _shippable_errors(task):
+    """Let geosr's errors leave a dask task whole.
+
+    dask pickles a task's exception with its chain (``__cause__``/``__context__``); GDAL's
+    errors in that chain do not unpickle, and dask then hands the client a bare
+    ``Exception("ReadError(...)")``. The message already holds GDAL's cause.
+    """
+
+    @functools.wraps(task)
+    def run(job):
+        try:
+            return task(job)
+        except GeosrError as exc:
+            exc.__cause__ = exc.__context__ = None
+            raise
+
+    return run
+
+
+@_shippable_errors
 def caption_tiles(job: BatchJob) -> list[str]:
     """Caption the tiles of ``job`` (runs on a worker)."""
     return _caption(job.captioner, _model_input(_read_batch(job), job.bands), job.bands)
 
 
+@_shippable_errors
 def process_batch(job: BatchJob) -> list[TileResult]:
     """Read, caption (when not given) and upscale a batch of tiles (runs on a worker)."""
     batch = _read_batch(job)
@@ -243,7 +264,9 @@ def dask_client(address: str | None = None, local_workers: int | None = None) ->
         with distributed.Client(address) as client:
             yield client
         return
-    kwargs = dict(dashboard_address=":0", silence_logs=logging.ERROR)
+    # Worker processes log a failed task with its traceback, a restart with its pid...: geosr
+    # reports failures itself, in one line.
+    kwargs = dict(dashboard_address=":0", silence_logs=logging.CRITICAL)
     if local_workers:
         cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
     else:
@@ -337,7 +360,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         output_bytes=profile["width"] * profile["height"] * len(plan.bands) * np.dtype(scene.dtype).itemsize,
         options={**DEFAULT_COG_OPTIONS, **config.creation_options},
     )
-    check_free_space(folder.path, estimate, already_used=folder.size())
+    check_free_space(target.output.parent, estimate, already_used=folder.size())
     stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
 
     raster = WorkRaster(

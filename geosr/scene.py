@@ -193,7 +193,7 @@ def _describe(source: str, paths: Sequence[str]) -> Scene:
         if ds.dtypes[0] not in SUPPORTED_DTYPES:
             raise InputError(
                 f"{paths[0]} has {ds.dtypes[0]} pixels: geosr reads real-valued bands "
-                f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. gdal_translate -ot Float32"
+                f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. to its amplitude as float32"
             )
         gcps, gcp_crs = ds.gcps
         rpcs = ds.rpcs

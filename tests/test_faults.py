@@ -28,7 +28,9 @@ from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.output_lock import OutputLock
-from geosr.resumable import StoppedRunWarning, open_journal
+from geosr.journal import RunJournal, WorkFolder
+from geosr.resumable import StoppedRunWarning, open_journal, run_identity
+from geosr.scene import expand_inputs
 from geosr.validation import validate_output
 from geosr.writer import WorkRaster
 from tests.rasters import texture, uint8_scene, write_raster
@@ -45,16 +47,16 @@ def error_lines(res) -> list[str]:
     return [line for line in res.stderr.splitlines() if line.strip()]
 
 
-def corrupt_tile(src: Path, dst: Path) -> Path:
-    """A DEFLATE-tiled copy of ``src`` whose second tile holds garbage."""
+def corrupt_tile(src: Path, dst: Path, block: str = "1_0") -> Path:
+    """A DEFLATE-tiled copy of ``src`` whose 32 px block ``block`` ("col_row") holds garbage."""
     with rasterio.open(src) as ds:
         prof = ds.profile
         prof.update(tiled=True, blockxsize=32, blockysize=32, compress="deflate")
         with rasterio.open(dst, "w", **prof) as out:
             out.write(ds.read())
     with rasterio.open(dst) as ds:
-        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_0", "TIFF", bidx=1))
-        size = int(ds.get_tag_item("BLOCK_SIZE_1_0", "TIFF", bidx=1))
+        offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{block}", "TIFF", bidx=1))
+        size = int(ds.get_tag_item(f"BLOCK_SIZE_{block}", "TIFF", bidx=1))
     raw = bytearray(dst.read_bytes())
     raw[offset : offset + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
     dst.write_bytes(bytes(raw))
@@ -69,6 +71,8 @@ def scene(tmp_path):
         full = f.read()
     (tmp_path / "truncated.tif").write_bytes(full[: len(full) * 2 // 3])
     corrupt_tile(good, tmp_path / "corrupt.tif")
+    # wider than the central 512 px sampled up front: the bad block is met by a tile task
+    corrupt_tile(uint8_scene(tmp_path / "wide.tif", 40, 600), tmp_path / "corrupt_wide.tif", block="0_0")
     (tmp_path / "not_a_raster.tif").write_text("hello")
     write_raster(tmp_path / "complex.tif", (texture(1, 20, 20) * 100).astype("complex64"))
     write_raster(tmp_path / "u16.tif", (texture(3, 40, 40) * 4000).astype("uint16"))
@@ -97,9 +101,9 @@ def _locked(request, monkeypatch, folder):
 
 
 def _stopped_run_with_other_settings(request, monkeypatch, folder):
-    earlier = folder / ".out.tif.geosr-run-earlier"
-    earlier.mkdir()
-    (earlier / "run.json").write_text(json.dumps({"--tile": "64"}))
+    earlier = WorkFolder(folder / ".out.tif.geosr-run-earlier")
+    earlier.path.mkdir()
+    RunJournal.start(earlier, run_identity(expand_inputs([folder / "in.tif"]), cfg(tiles=TileSpec(64, 8))))
 
 
 # case id: (arguments after INPUT OUTPUT-or-None, exit code, words in the message, setup)
@@ -108,6 +112,8 @@ MATRIX = {
     "not a raster": (["not_a_raster.tif", "out.tif", "--overwrite"], 3, "cannot open", None),
     "truncated input": (["truncated.tif", "out.tif", "--overwrite"], 3, "cannot read", None),
     "corrupt tile": (["corrupt.tif", "out.tif", "--overwrite"], 3, "corrupt.tif, window col 0 row 0", None),
+    "corrupt tile, met mid-run": (["corrupt_wide.tif", "out.tif", "--overwrite"], 3,
+                                  "corrupt_wide.tif, window col 0 row 0 size 40x28, band 1: ZIPDecode", None),
     "complex dtype": (["complex.tif", "out.tif", "--overwrite"], 3, "complex64 pixels", None),
     "unknown --co": (["in.tif", "out.tif", "--overwrite", "--co", "FOO=1"], 3, "no option FOO", None),
     "bad --co value": (["in.tif", "out.tif", "--overwrite", "--co", "COMPRESS=FOO"], 3, "COMPRESS takes one of", None),
@@ -124,8 +130,8 @@ MATRIX = {
     "output folder missing": (["in.tif", "nodir/out.tif"], 4, "does not exist", None),
     "another run holds OUTPUT": (["in.tif", "out.tif", "--overwrite"], 5, "being written by another geosr run (pid", _locked),
     "disk full": (["in.tif", "out.tif", "--overwrite"], 6, "not enough disk space", _no_space),
-    "--resume, other settings": (["in.tif", "out.tif", "--overwrite", "--resume"], 7, "--tile was '64', now '32'",
-                                 _stopped_run_with_other_settings),
+    "--resume, other settings": (["in.tif", "out.tif", "--overwrite", "--resume"], 7,
+                                 "made differently: --tile was '64', now '32'. Rerun", _stopped_run_with_other_settings),
 }
 
 

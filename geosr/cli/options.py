@@ -51,6 +51,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     # Filter at the handler: dask.distributed gives its loggers their own INFO levels.
     handler.setLevel(level)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # dask logs a failed task with its traceback and a lost worker at ERROR; geosr reports
+    # those failures itself, in one line. -v shows dask's warnings and errors again.
+    logging.getLogger("distributed").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 class OneLineErrors(click.Command):
