@@ -107,3 +107,25 @@ def test_few_steps_then_resume_from_latest(tmp_path):
         assert int(second["state"][key]["step"]) == 4
         for name in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(second["state"][key][name], state[name])
+
+    # resumed at its last step, a run only saves: no step beyond max_train_steps
+    train_controlnet.main(train_controlnet.parse_args(
+        ["--config", str(config), "--resume_from_checkpoint", "latest", "--validation_images"]))
+    third = torch.load(out / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    assert all(int(s["step"]) == 4 for s in third["state"].values())
+    assert not (out / "checkpoint-5").exists()
+
+
+def test_lr_space_teacher_and_regression_baseline_train(tmp_path):
+    base = dict(TINY_BASE, unet=dict(
+        {"class": "LRSpaceDenoiser"}, in_channels=51, out_channels=48, channels=8, num_blocks=2,
+        cross_attention_dim=32, attention_head_dim=4, embedding_dim=16, text_pool_heads=2,
+    ))
+    common = dict(common_run_config(tmp_path), train_base=True, predict_residual=True, residual_scale=10.0,
+                  unshuffle_factor=4, concat_lr=True, base=base, degradation="mixed", max_train_steps=2,
+                  validation_images=[])
+    for objective in ("diffusion", "regression"):
+        config = write_yaml(tmp_path, dict(common, objective=objective, output_dir=str(tmp_path / objective)))
+        pipe = GeoSRPipeline.from_pretrained(train_controlnet.main(train_controlnet.parse_args(["--config", str(config)])))
+        assert pipe.unshuffle_factor == 4 and pipe.concat_channels == 3
+        assert pipe(torch.rand(1, 3, 8, 8), num_inference_steps=1).images.shape == (1, 3, 32, 32)

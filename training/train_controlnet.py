@@ -380,7 +380,8 @@ def main(args: argparse.Namespace) -> Path:
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
                     disable=not accelerator.is_local_main_process)
     unwrapped = accelerator.unwrap_model(controlnet)
-    for epoch in range(first_epoch, num_epochs):
+    # a run resumed at (or past) its last step only saves: no extra step
+    for epoch in range(first_epoch, num_epochs if global_step < args.max_train_steps else first_epoch):
         dataloader.dataset.set_epoch(epoch)
         batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
         skip_batches = 0
