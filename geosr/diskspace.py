@@ -2,13 +2,13 @@
 
 A run that fills the disk after hours of work helps nobody; geosr checks up front. The
 peak is reached while GDAL's COG driver writes: the raw work raster (exactly its size,
-every byte is written), the COG's full-resolution image, its overviews (a third of it),
-and the COG driver's temporary overview file (another third) all exist at once.
+every byte is written), the COG (full-resolution image and overviews, a third more), and
+the COG driver's temporary overview file ``*.ovr.tmp`` all exist at once.
 
-The COG's size depends on how well the pixels compress. geosr compresses a window of the
+The COG's size depends on how well the pixels compress: geosr compresses a window of the
 *input* with the run's compression options in memory and applies that ratio to the
-output: upscaled pixels are smoother than the input's, so they compress at least as well
-and the estimate errs on the safe side.
+output. The temporary overview file is not compressed like the COG; measured, it held 0.5
+to 0.65 times the uncompressed output's size (uint8 to uint16), so 2/3 is assumed.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ __all__ = ["DiskEstimate", "estimate_disk_use", "check_free_space"]
 # Creation options that change the compressed size (the rest only lay it out).
 COMPRESSION_OPTIONS = ("COMPRESS", "PREDICTOR", "LEVEL", "QUALITY", "MAX_Z_ERROR", "NBITS")
 SAMPLE_PX = 512
-# Full image + overviews (1/4 + 1/16 + ... = 1/3) + the COG driver's temporary overview file.
-COG_PEAK_FACTOR = 1 + 1 / 3 + 1 / 3
+# Full image + overviews (1/4 + 1/16 + ... = 1/3), of the compressed size.
+COG_FACTOR = 1 + 1 / 3
+# The COG driver's temporary overview file, of the uncompressed output size (measured <= 0.65).
+OVERVIEW_TMP_FACTOR = 2 / 3
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,12 @@ class DiskEstimate:
 
     work: int
     cog: int
+    overview_tmp: int
     ratio: float
 
     @property
     def total(self) -> int:
-        return self.work + self.cog
+        return self.work + self.cog + self.overview_tmp
 
 
 def _compression_ratio(source: str, bands: Sequence[int], options: Mapping[str, str]) -> float:
@@ -88,7 +91,10 @@ def estimate_disk_use(
         The COG creation options of the run.
     """
     ratio = _compression_ratio(source, bands, options)
-    return DiskEstimate(work=work_bytes, cog=int(output_bytes * ratio * COG_PEAK_FACTOR), ratio=ratio)
+    return DiskEstimate(
+        work=work_bytes, cog=int(output_bytes * ratio * COG_FACTOR),
+        overview_tmp=int(output_bytes * OVERVIEW_TMP_FACTOR), ratio=ratio,
+    )
 
 
 def check_free_space(folder: Path, estimate: DiskEstimate, already_used: int = 0) -> None:
@@ -101,6 +107,7 @@ def check_free_space(folder: Path, estimate: DiskEstimate, already_used: int = 0
     if free < need:
         raise WriteError(
             f"not enough disk space in {folder}: the run needs about {describe_size(need)} "
-            f"(work raster {describe_size(estimate.work)}, COG and its overviews {describe_size(estimate.cog)}), "
+            f"(work raster {describe_size(estimate.work)}, COG {describe_size(estimate.cog)}, "
+            f"GDAL's temporary overviews {describe_size(estimate.overview_tmp)}), "
             f"{describe_size(free)} is free"
         )

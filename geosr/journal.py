@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 from geosr.errors import WriteError
 
@@ -179,7 +179,3 @@ class RunJournal:
     def finished(self) -> int:
         """Cells whose pixels are durable."""
         return len(self.cells)
-
-    def cells_of(self, windows: Iterable) -> set[tuple[int, int]]:
-        """The subset of HR cell windows (col_off, row_off) already finished."""
-        return {w for w in windows if w in self.cells}

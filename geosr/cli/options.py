@@ -50,10 +50,12 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     # Filter at the handler: dask.distributed gives its loggers their own INFO levels.
     handler.setLevel(level)
+    if not verbose:
+        # dask and tornado log a failed task with its traceback, a lost worker, a cancelled
+        # gather at ERROR; geosr reports those failures itself, in one line. (A filter on the
+        # handler: dask's config gives its loggers their own levels.) -v shows them again.
+        handler.addFilter(lambda record: not record.name.startswith(("distributed", "tornado")))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # dask logs a failed task with its traceback and a lost worker at ERROR; geosr reports
-    # those failures itself, in one line. -v shows dask's warnings and errors again.
-    logging.getLogger("distributed").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 class OneLineErrors(click.Command):
