@@ -126,8 +126,9 @@ def _read_everything(res: ValidationResult, path: Path, out) -> list[tuple[float
                 if level is None:
                     flat = data.reshape(out.count, -1)
                     if masked and np.ma.count(flat):
-                        lo = np.fmin(lo, flat.min(axis=1).filled(np.inf))
-                        hi = np.fmax(hi, flat.max(axis=1).filled(-np.inf))
+                        # float before filling: a band with no valid pixel here has no minimum
+                        lo = np.fmin(lo, flat.min(axis=1).astype(np.float64).filled(np.inf))
+                        hi = np.fmax(hi, flat.max(axis=1).astype(np.float64).filled(-np.inf))
                     elif not masked:
                         lo = np.fmin(lo, np.nanmin(flat, axis=1))
                         hi = np.fmax(hi, np.nanmax(flat, axis=1))

@@ -321,3 +321,13 @@ def test_validate_source_without_georeferencing(tmp_path):
     assert res.exit_code == 0 and res.stderr == ""  # -q: no warning either
     res = validate_output(tmp_path / "out.tif", tmp_path / "photo.png")
     assert res.ok, res.errors
+
+
+def test_validate_a_masked_output_with_an_empty_block(tmp_path):
+    data = (texture(3, 600, 600) * 250 + 3).astype("uint8")
+    valid = np.zeros((600, 600), bool)
+    valid[:200, :200] = True  # every output block but the first is all no-data
+    src = write_raster(tmp_path / "in.tif", data, mask=valid)
+    upscale_scene([src], tmp_path / "out.tif", cfg(tiles=TileSpec(200, 8), batch_size=4))
+    res = validate_output(tmp_path / "out.tif", src)
+    assert res.ok and not res.warnings, (res.errors, res.warnings)
