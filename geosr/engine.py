@@ -23,10 +23,11 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -384,7 +385,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
             todo = [t for t in tiles if acc.needs(t)]
             jobs = _batch_jobs(scene, todo, plan, stretch, config, scene_key(scene))
             if caption_mode != "tile":
-                jobs = _with_shared_captions(client, jobs, tiles, caption_mode, caption_n, grid)
+                jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
             peak = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal, raster)
             for window in acc.uncovered():
                 writer.write_empty(window)
@@ -417,44 +418,46 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
 
 def caption_scene(
     inputs: Sequence[str | os.PathLike],
-    output: str | os.PathLike,
+    output: str | os.PathLike | None,
     config: RunConfig,
 ) -> dict:
     """Caption every tile of a scene (or one per window/scene) into a GeoJSON file.
 
     Uses the same tile plan, bands, stretch and AOI as :func:`upscale_scene` with
     ``config``, so the captions are those an upscale run would use. Returns the
-    FeatureCollection written to ``output``.
+    FeatureCollection written to ``output`` (only returned when ``output`` is None).
     """
     files = expand_inputs(inputs)
-    target = OutputTarget(output, overwrite=config.overwrite, inputs=files)
+    target = OutputTarget(output, overwrite=config.overwrite, inputs=files) if output is not None else None
     _captioner(config.captioner)
-    mode, n = parse_caption_every(config.caption_every)
+    if target is None:
+        with tempfile.TemporaryDirectory(prefix="geosr-") as tmp:  # a mosaic's VRT
+            return _caption_features(files, config, Path(tmp))
     with OutputLock(target.output):
         folder = WorkFolder.create(target.output)
         try:
-            scene = open_scene(files, workdir=folder.path)
-            # Captioners look at RGB: plan bands as for a 3-channel model.
-            plan = plan_bands(scene, config.bands, 3)
-            stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
-            grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
-            aoi = load_aoi(config.aoi, scene) if config.aoi else None
-            tiles, _ = _select_tiles(scene, grid, aoi)
-            jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
-            with dask_client(config.address, config.local_workers) as client:
-                if mode == "tile":
-                    texts = client.gather([client.submit(caption_tiles, j, pure=False) for j in jobs])
-                    captions = {t.index: c for j, cs in zip(jobs, texts) for t, c in zip(j.tiles, cs)}
-                else:
-                    shared = _with_shared_captions(client, jobs, tiles, mode, n, grid)
-                    captions = {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
-            fc = _captions_geojson(scene, tiles, captions)
+            fc = _caption_features(files, config, folder.path)
             tmp = folder / "captions.geojson"
             tmp.write_text(json.dumps(fc, indent=1))
             target.commit({tmp: target.output})
         finally:
             folder.remove()
     return fc
+
+
+def _caption_features(files: Sequence[str], config: RunConfig, workdir: Path) -> dict:
+    """The captions FeatureCollection of :func:`caption_scene`."""
+    mode, n = parse_caption_every(config.caption_every)
+    scene = open_scene(files, workdir=workdir)
+    # Captioners look at RGB: plan bands as for a 3-channel model.
+    plan = plan_bands(scene, config.bands, 3)
+    stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
+    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
+    aoi = load_aoi(config.aoi, scene) if config.aoi else None
+    tiles, _ = _select_tiles(scene, grid, aoi)
+    jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
+    with dask_client(config.address, config.local_workers) as client:
+        return _captions_geojson(scene, tiles, caption_jobs(_captions_on(client), jobs, tiles, mode, n, grid))
 
 
 def _select_tiles(scene: Scene, grid: TileGrid, aoi) -> tuple[list[Tile], int]:
@@ -486,16 +489,35 @@ def _batch_jobs(scene, tiles, plan, stretch, config: RunConfig, key: str) -> lis
     return jobs
 
 
-def _with_shared_captions(client, jobs, tiles, mode: str, n: int, grid: TileGrid) -> list[BatchJob]:
+CaptionRunner = Callable[[Sequence[BatchJob]], list[list[str]]]
+
+
+def _captions_on(client) -> CaptionRunner:
+    """Caption jobs as tasks of a dask.distributed client, in parallel."""
+    return lambda jobs: client.gather([client.submit(caption_tiles, j, pure=False) for j in jobs])
+
+
+def caption_jobs(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[Tile], mode: str, n: int,
+                 grid: TileGrid) -> dict[int, str]:
+    """Caption of every tile of ``jobs`` (per tile, or shared per window/scene) by tile index."""
+    if mode == "tile":
+        return {t.index: c for j, cs in zip(jobs, run(jobs)) for t, c in zip(j.tiles, cs)}
+    shared = with_shared_captions(run, jobs, tiles, mode, n, grid)
+    return {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
+
+
+def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[Tile], mode: str, n: int,
+                         grid: TileGrid) -> list[BatchJob]:
     """Caption one representative tile per N x N window (or per scene) and share it.
 
     The representative is the tile nearest the window's centre among the processed ones:
-    an expensive captioner then runs a handful of times per scene.
+    an expensive captioner then runs a handful of times per scene. ``run`` captions a list
+    of jobs (on a dask client, or in this process for a lazy result).
     """
     from dataclasses import replace
 
     if not jobs:  # every tile skipped (all no-data, outside the AOI): nothing to caption
-        return jobs
+        return list(jobs)
 
     def group(t: Tile) -> tuple[int, int]:
         return (0, 0) if mode == "scene" else (t.row // n, t.col // n)
@@ -510,11 +532,8 @@ def _with_shared_captions(client, jobs, tiles, mode: str, n: int, grid: TileGrid
         reps[g] = min(ts, key=lambda t: (t.row - cy) ** 2 + (t.col - cx) ** 2)
     template = jobs[0]
     rep_tiles = list(reps.values())
-    futures = [
-        client.submit(caption_tiles, replace(template, tiles=(t,), seeds=(0,), captions=(None,)), pure=False)
-        for t in rep_tiles
-    ]
-    texts = {t.index: c[0] for t, c in zip(rep_tiles, client.gather(futures))}
+    rep_jobs = [replace(template, tiles=(t,), seeds=(0,), captions=(None,)) for t in rep_tiles]
+    texts = {t.index: c[0] for t, c in zip(rep_tiles, run(rep_jobs))}
     by_group = {g: texts[t.index] for g, t in reps.items()}
     return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]
 

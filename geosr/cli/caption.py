@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from geosr.cli.options import fail_cleanly, parse_bands, setup_logging, verbosity
-from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
+from geosr.config import DEFAULT_CAPTIONER
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -29,14 +29,13 @@ def caption(inputs, output, captioner, caption_every, tile, overlap, bands, aoi,
       geosr caption scene.tif --out captions.geojson
       geosr caption scene.tif --out c.geojson --captioner mllm:./Qwen2.5-VL-3B --caption-every window:4
     """
-    from geosr.engine import caption_scene
+    import geosr
 
     setup_logging(verbose, quiet)
-    config = fail_cleanly(lambda: RunConfig(
-        captioner=captioner, caption_every=caption_every, tiles=TileSpec(tile, overlap), bands=bands, aoi=aoi,
-        overwrite=overwrite, address=address, progress=not quiet,
+    fc = fail_cleanly(lambda: geosr.caption(
+        list(inputs), output, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
+        bands=bands, aoi=aoi, overwrite=overwrite, address=address,
     ))
-    fc = fail_cleanly(lambda: caption_scene(inputs, output, config))
     if not quiet:
         texts = [f["properties"]["caption"] for f in fc["features"]]
         click.echo(f"wrote {len(texts)} captions to {output}", err=True)

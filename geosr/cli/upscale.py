@@ -10,7 +10,7 @@ from geosr.cli.options import (
     OneLineErrors, exit_codes_help, fail_cleanly, one_line, parse_bands, parse_creation_options, setup_logging, stop_on_signals,
     verbosity,
 )
-from geosr.config import DEFAULT_CAPTIONER, DEFAULT_MODEL, RunConfig, TileSpec
+from geosr.config import DEFAULT_CAPTIONER, DEFAULT_MODEL
 
 
 @click.command(cls=OneLineErrors, context_settings={"max_content_width": 100}, epilog="\b\nExit status:\n" + exit_codes_help())
@@ -63,23 +63,22 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
       geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
       geosr upscale big.vrt out.tif --resume      # after a pre-empted run
     """
-    from geosr.engine import upscale_scene
+    import geosr
 
     setup_logging(verbose, quiet)
 
     def run():
-        config = RunConfig(
-            scale=int(scale), model=model, captioner=captioner, caption_every=caption_every,
-            tiles=TileSpec(tile, overlap), bands=bands, aoi=aoi, blend=blend,
-            creation_options=creation_options, overwrite=overwrite, resume=resume, device=device, dtype=dtype,
-            steps=steps, guidance=guidance, batch_size=batch_size, seed=seed, address=address,
-            local_workers=local_workers, progress=not quiet,
-        )
         with warnings.catch_warnings(), stop_on_signals():
             # -q: errors only (one line each); warnings are remarks.
             warnings.simplefilter("ignore" if quiet else "always")
             warnings.showwarning = _show_warning
-            return upscale_scene(inputs, output, config, performance_report=performance_report)
+            return geosr.upscale(
+                list(inputs), output, scale=int(scale), model=model, captioner=captioner, caption_every=caption_every,
+                tile=tile, overlap=overlap, bands=bands, aoi=aoi, blend=blend, creation_options=creation_options,
+                overwrite=overwrite, resume=resume, device=device, dtype=dtype, steps=steps, guidance=guidance,
+                batch_size=batch_size, seed=seed, address=address, local_workers=local_workers,
+                performance_report=performance_report, progress=not quiet,
+            )
 
     report = fail_cleanly(run, catch_all=True, verbose=verbose)
     if not quiet:

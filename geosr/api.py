@@ -1,0 +1,224 @@
+"""The Python API: :func:`upscale` and :func:`caption`, exported from :mod:`geosr`.
+
+The command line is a thin layer over these two functions. A source is a path (or several),
+an open rasterio dataset or an ``xarray.DataArray`` with rioxarray georeferencing (see
+:mod:`geosr.sources`). With an output path a run writes a COG (:func:`geosr.engine.upscale_scene`,
+with its lock, journal and ``resume``); without one :func:`upscale` returns a lazy DataArray
+on the refined grid (:mod:`geosr.lazy`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
+from geosr.errors import InputError
+from geosr.sources import Source, source_files
+
+if TYPE_CHECKING:
+    import xarray
+
+    from geosr.engine import RunReport
+
+__all__ = ["upscale", "caption"]
+
+
+def upscale(
+    source: Source,
+    output: str | os.PathLike | None = None,
+    *,
+    scale: int,
+    model: str | None = None,
+    captioner: str = DEFAULT_CAPTIONER,
+    caption_every: str = "tile",
+    tile: int = 256,
+    overlap: int = 32,
+    bands: Sequence[int] | None = None,
+    aoi: str | os.PathLike | None = None,
+    blend: str = "cosine",
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int | None = None,
+    creation_options: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    address: str | None = None,
+    local_workers: int | None = None,
+    performance_report: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> "RunReport | xarray.DataArray":
+    """Super-resolve a scene: into a COG at ``output``, or as a lazy DataArray.
+
+    Parameters
+    ----------
+    source : path-like, sequence of path-like, rasterio dataset or xarray.DataArray
+        One raster or .vrt; several same-grid rasters, a directory or a glob (a mosaic);
+        an open rasterio dataset; or a DataArray with rioxarray georeferencing, dims
+        ``(band, y, x)`` or ``(y, x)``, in memory or dask-backed. A DataArray is written to a
+        temporary GeoTIFF first (computed chunk by chunk; the input is ``scale**2`` times
+        smaller than the output), named after its source file when it has one, so its
+        tile seeds are those of the file.
+    output : path-like, optional
+        Write a Cloud Optimized GeoTIFF there (and ``OUTPUT.captions.geojson``) and return
+        the run's report. Without it, nothing is computed now: a lazy DataArray is returned.
+    scale : int
+        2, 3, 4 or 8.
+    model : str, optional
+        ``bicubic``, ``lanczos``, a shipped model, a diffusers directory or hub id
+        (default: the shipped model at x4, bicubic at other scales).
+    captioner : str
+        ``degradation``, ``mllm:DIR-OR-HUB-ID``, ``fixed:TEXT`` or ``none``.
+    caption_every : str
+        ``tile``, ``window:N`` or ``scene``.
+    tile, overlap : int
+        Tile core size and halo in input pixels.
+    bands : sequence of int, optional
+        1-based bands to process (default: all but alpha).
+    aoi : path-like, optional
+        GeoJSON polygon(s): only tiles touching them are processed, the rest is nodata.
+    blend : str
+        ``cosine`` or ``none``.
+    seed : int
+        Base seed; per-tile seeds derive from it.
+    device, dtype, steps, guidance, batch_size
+        Neural model options (torch device, ``fp32``/``fp16``/``bf16``, diffusion steps,
+        guidance scale, tiles per model call).
+    creation_options, overwrite, resume, address, local_workers, performance_report
+        Options of a run that writes ``output`` (as ``geosr upscale``): GDAL COG creation
+        options, replace OUTPUT, continue a stopped run, dask.distributed scheduler
+        address or local worker processes, dask performance report (HTML).
+    progress : bool
+        Show a progress bar (runs with ``output`` only).
+
+    Returns
+    -------
+    RunReport or xarray.DataArray
+        With ``output``: the report of the run. Without: a lazy ``(band, y, x)`` DataArray
+        on the input grid refined ``scale`` times (same bounds and CRS, transform
+        ``in.transform * Affine.scale(1 / scale)``), in the input dtype, with rioxarray's
+        transform, CRS and nodata, ``band`` = input band numbers, ``long_name`` = their
+        descriptions. Its dask chunks are the tile grid times ``scale``; computing a
+        region runs only the tiles under it, on the current dask scheduler, with the
+        pixels ``geosr upscale`` writes. Masks other than nodata (alpha, internal masks)
+        are not carried: write a COG for those.
+
+    Raises
+    ------
+    geosr.errors.GeosrError
+        :class:`~geosr.errors.InputError` for bad arguments or inputs, and the narrow
+        classes of :mod:`geosr.errors` for failed runs (``exit_code`` of each is the CLI's).
+
+    Examples
+    --------
+    >>> import geosr, rioxarray
+    >>> da = rioxarray.open_rasterio("scene.tif", chunks={"x": 1024, "y": 1024})
+    >>> hr = geosr.upscale(da, scale=4, model="bicubic")   # lazy
+    >>> hr.isel(x=slice(0, 512), y=slice(0, 512)).compute()
+    >>> geosr.upscale("scene.tif", "scene_x4.tif", scale=4)  # a COG and its report
+    """
+    config = _run_config(
+        scale=scale, model=model, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
+        bands=bands, aoi=aoi, blend=blend, seed=seed, device=device, dtype=dtype, steps=steps, guidance=guidance,
+        batch_size=batch_size, creation_options=creation_options, overwrite=overwrite, resume=resume,
+        address=address, local_workers=local_workers, progress=progress,
+    )
+    if output is None:
+        _refuse_run_options(
+            creation_options=creation_options, overwrite=overwrite, resume=resume, address=address,
+            local_workers=local_workers, performance_report=performance_report, progress=progress,
+        )
+        from geosr.lazy import lazy_upscale
+
+        return lazy_upscale(source_files(source), config)
+    from geosr.engine import upscale_scene
+
+    files = source_files(source)
+    try:
+        report = os.fspath(performance_report) if performance_report is not None else None
+        return upscale_scene(files.paths, output, config, performance_report=report)
+    finally:
+        files.cleanup()
+
+
+def caption(
+    source: Source,
+    output: str | os.PathLike | None = None,
+    *,
+    captioner: str = DEFAULT_CAPTIONER,
+    caption_every: str = "tile",
+    tile: int = 256,
+    overlap: int = 32,
+    bands: Sequence[int] | None = None,
+    aoi: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    address: str | None = None,
+    local_workers: int | None = None,
+) -> dict:
+    """Caption the tiles of a scene as :func:`upscale` would.
+
+    Parameters
+    ----------
+    source : path-like, sequence of path-like, rasterio dataset or xarray.DataArray
+        As for :func:`upscale`.
+    output : path-like, optional
+        Write the captions there as GeoJSON (refused if it exists, unless ``overwrite``).
+    captioner, caption_every, tile, overlap, bands, aoi
+        As for :func:`upscale`.
+    overwrite : bool
+        Replace ``output`` if it exists.
+    address, local_workers
+        Caption on a dask.distributed scheduler, or on local worker processes.
+
+    Returns
+    -------
+    dict
+        A GeoJSON FeatureCollection: one feature per processed tile, its core footprint in
+        the scene CRS and properties ``tile``, ``row``, ``col``, ``caption`` and the LR
+        window (``col_off``, ``row_off``, ``width``, ``height``).
+
+    Raises
+    ------
+    geosr.errors.GeosrError
+        As for :func:`upscale`.
+    """
+    from geosr.engine import caption_scene
+
+    if output is None and overwrite:
+        raise InputError("overwrite only applies when writing to an output file")
+    config = _run_config(
+        captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap, bands=bands, aoi=aoi,
+        overwrite=overwrite, address=address, local_workers=local_workers,
+    )
+    files = source_files(source)
+    try:
+        return caption_scene(files.paths, output, config)
+    finally:
+        files.cleanup()
+
+
+def _run_config(*, scale: int = 4, tile: int = 256, overlap: int = 32, bands: Sequence[int] | None = None,
+                aoi: str | os.PathLike | None = None, creation_options: Mapping[str, str] | None = None,
+                **options) -> RunConfig:
+    """A :class:`RunConfig` from keyword arguments, with the type checks a CLI gets from click."""
+    for name, value in (("scale", scale), ("tile", tile), ("overlap", overlap)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{name} must be an integer, got {value!r}")
+    if bands is not None:
+        if isinstance(bands, (str, bytes)) or not all(isinstance(b, int) and not isinstance(b, bool) for b in bands):
+            raise InputError(f"bands must be a sequence of 1-based band numbers, got {bands!r}")
+        bands = tuple(bands)
+    return RunConfig(
+        scale=scale, tiles=TileSpec(tile, overlap), bands=bands, aoi=os.fspath(aoi) if aoi is not None else None,
+        creation_options={k.upper(): str(v) for k, v in (creation_options or {}).items()}, **options,
+    )
+
+
+def _refuse_run_options(**options) -> None:
+    """Options that only mean something for a run writing a file must not be silently ignored."""
+    given = [name for name, value in options.items() if value not in (None, False, {})]
+    if given:
+        raise InputError(f"{', '.join(given)} only apply when writing to an output file (pass output=...)")

@@ -1,0 +1,199 @@
+"""The upscaled scene as a lazy, georeferenced ``xarray.DataArray``.
+
+The same tile plan, band plan, stretch, seeds and blending as :func:`geosr.engine.upscale_scene`,
+as a dask graph in two layers instead of a run:
+
+- one task per tile: read, caption and upscale it (:func:`geosr.engine.process_batch` on a
+  one-tile job), giving its HR pixels;
+- one task per output chunk: blend the tiles whose read window touches it, in tile order,
+  then inverse stretch, mask and nodata as the writer does.
+
+Output chunks are the tile grid's rows and columns times ``scale`` (tile cores, which
+overlap when the last row/column is shifted back, cut at the next core's start), so a chunk
+depends on the few tiles around it: ``.isel`` of a corner computes only the tiles under it.
+Pixel for pixel the result is what ``geosr upscale`` writes (each pixel sums the same
+contributions in the same order).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+
+import dask.array
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+from rasterio.windows import Window
+
+from geosr.aoi import load_aoi
+from geosr.blending import tile_weights
+from geosr.config import RunConfig, parse_caption_every
+from geosr.engine import (
+    BatchJob, _batch_jobs, _captioner, _select_tiles, avoid_nodata, caption_tiles, plan_bands, process_batch, scene_key,
+    with_shared_captions,
+)
+from geosr.georef import scale_gcps, scale_transform
+from geosr.models import load_upscaler
+from geosr.radiometry import Stretch, fit_stretch
+from geosr.reading import read_valid
+from geosr.scene import expand_inputs, open_raster, open_scene
+from geosr.sources import SourceFiles
+from geosr.tiling import Tile, TileGrid
+
+__all__ = ["lazy_upscale"]
+
+
+def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
+    """A lazy DataArray of ``files`` upscaled with ``config`` (nothing is computed yet).
+
+    Parameters
+    ----------
+    files : SourceFiles
+        The input; kept alive by the result's graph (temporary copies live as long as it).
+    config : RunConfig
+        ``scale``, ``model``, ``captioner``, ``caption_every``, ``tiles``, ``bands``,
+        ``aoi``, ``blend``, ``seed`` and the model options are used. With ``caption_every``
+        other than ``tile``, the shared captions are computed now (a few tiles).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(band, y, x)`` on the input grid refined ``scale`` times, in the input dtype, with
+        rioxarray's transform, CRS (or GCPs) and nodata; ``band`` holds the 1-based input
+        band numbers and ``long_name`` their descriptions.
+    """
+    model = load_upscaler(config.model, config.scale, **config.model_options())
+    _captioner(config.captioner)
+    paths = expand_inputs(files.paths)
+    scene = open_scene(paths, workdir=files.workdir if len(paths) > 1 else None)
+    plan = plan_bands(scene, config.bands, model.channels)
+    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
+    aoi = load_aoi(config.aoi, scene) if config.aoi else None
+    tiles, _ = _select_tiles(scene, grid, aoi)
+    stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
+    jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
+    mode, n = parse_caption_every(config.caption_every)
+    if mode != "tile":
+        jobs = with_shared_captions(lambda js: [caption_tiles(j) for j in js], jobs, tiles, mode, n, grid)
+    # One tile per task, so an output chunk waits for its own tiles only. Seeds and captions
+    # are per tile, so the pixels do not depend on the batching.
+    tile_jobs = [
+        replace(j, tiles=(t,), seeds=(seed,), captions=(caption,))
+        for j in jobs for t, seed, caption in zip(j.tiles, j.seeds, j.captions)
+    ]
+    s = config.scale
+    token = tokenize(scene.source, os.path.getmtime(scene.source), config, stretch, plan)
+    tile_name, name = f"geosr-tile-{token}", f"geosr-upscale-{token}"
+    dsk: dict = {(tile_name, job.tiles[0].index): (functools.partial(_upscale_tile, job),) for job in tile_jobs}
+
+    renderer = _ChunkRenderer(
+        files=files, source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
+        overlap=grid.overlap, blend=config.blend,
+    )
+    ys = grid.rows + [scene.height]
+    xs = grid.cols + [scene.width]
+    for i in range(len(ys) - 1):
+        for j in range(len(xs) - 1):
+            window = Window(xs[j], ys[i], xs[j + 1] - xs[j], ys[i + 1] - ys[i])
+            under = tuple(t for t in tiles if _intersects(t.read, window))
+            dsk[(name, 0, i, j)] = (
+                functools.partial(renderer, window, under), *[(tile_name, t.index) for t in under]
+            )
+    chunks = ((len(plan.bands),), tuple(s * (b - a) for a, b in zip(ys, ys[1:])), tuple(s * (b - a) for a, b in zip(xs, xs[1:])))
+    data = dask.array.Array(HighLevelGraph.from_collections(name, dsk, dependencies=()), name, chunks, dtype=scene.dtype)
+    return _georeferenced(data, scene, plan.bands, s)
+
+
+def _upscale_tile(job: BatchJob) -> np.ndarray:
+    return process_batch(job)[0].hr
+
+
+def _intersects(a: Window, b: Window) -> bool:
+    return (
+        a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width
+        and a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height
+    )
+
+
+@dataclass(frozen=True)
+class _ChunkRenderer:
+    """Blends the tiles under one output chunk and turns them into output pixels.
+
+    The arithmetic is :class:`geosr.blending.BlendAccumulator`'s and the writer's, pixel
+    for pixel, so the chunk holds the bytes ``geosr upscale`` writes there.
+    """
+
+    files: SourceFiles  # keeps temporary inputs alive as long as the graph
+    source: str
+    stretch: Stretch
+    masked: bool
+    nodata: float | None
+    scale: int
+    overlap: int
+    blend: str
+
+    def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
+        s = self.scale
+        h, w = int(window.height) * s, int(window.width) * s
+        acc = np.zeros((len(self.stretch.low), h, w), np.float32)
+        wsum = np.zeros((h, w), np.float32)
+        in_core = np.zeros((h, w), bool)
+        for tile, hr in sorted(zip(tiles, hrs), key=lambda p: p[0].index):  # tile order: same bits as a run
+            top, _, left, _ = (p * s for p in tile.pad)
+            data = hr[:, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
+            weights = tile_weights(tile, self.overlap, s, self.blend)
+            src, dst = _overlap_slices(tile.read, window, s)
+            acc[(slice(None),) + dst] += data[(slice(None),) + src] * weights[src]
+            wsum[dst] += weights[src]
+            in_core[_overlap_slices(tile.core, window, s)[1]] = True
+        values = self.stretch.inverse(acc / np.maximum(wsum, 1e-12)[None])
+        if self.masked:
+            with open_raster(self.source) as ds:
+                lr_valid = read_valid(ds, window, True)
+            valid = np.repeat(np.repeat(lr_valid, s, axis=0), s, axis=1)
+            if self.nodata is not None:
+                avoid_nodata(values, valid, self.nodata)
+                values[:, ~valid] = np.asarray(self.nodata).astype(values.dtype)
+        # Pixels outside every processed core (skipped tiles) are holes, as in a run.
+        values[:, ~in_core] = np.asarray(self.nodata if self.nodata is not None else 0).astype(values.dtype)
+        return values
+
+
+def _overlap_slices(a: Window, b: Window, s: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """HR slices of the overlap of LR windows ``a`` and ``b``: into ``a``'s array, into ``b``'s."""
+    r0, r1 = max(a.row_off, b.row_off), min(a.row_off + a.height, b.row_off + b.height)
+    c0, c1 = max(a.col_off, b.col_off), min(a.col_off + a.width, b.col_off + b.width)
+    r0, r1, c0, c1 = (int(v) for v in (r0, max(r0, r1), c0, max(c0, c1)))
+
+    def cut(win: Window) -> tuple[slice, slice]:
+        y, x = int(win.row_off), int(win.col_off)
+        return slice((r0 - y) * s, (r1 - y) * s), slice((c0 - x) * s, (c1 - x) * s)
+
+    return cut(a), cut(b)
+
+
+def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int) -> xr.DataArray:
+    """Wrap ``data`` with rioxarray's georeferencing of the refined grid."""
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    transform = scale_transform(scene.transform, s)
+    _, height, width = data.shape
+    coords: dict = {"band": list(bands)}
+    if transform.b == 0 and transform.d == 0:  # 1-D pixel-centre coordinates need a north-up grid
+        coords["x"] = transform.c + transform.a * (np.arange(width) + 0.5)
+        coords["y"] = transform.f + transform.e * (np.arange(height) + 0.5)
+    descriptions = [scene.descriptions[b - 1] for b in bands]
+    attrs = {"long_name": tuple(d or "" for d in descriptions)} if any(descriptions) else {}
+    out = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=attrs, name="geosr")
+    if scene.gcps:
+        gcps, crs = scene.gcps
+        return out.rio.write_gcps(scale_gcps(gcps, s), crs)
+    out = out.rio.write_transform(transform)
+    if scene.crs:
+        out = out.rio.write_crs(scene.crs)
+    if scene.nodata is not None:
+        out = out.rio.write_nodata(scene.nodata, encoded=False)
+    return out

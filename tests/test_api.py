@@ -1,0 +1,140 @@
+"""The Python API: geosr.upscale / geosr.caption, the lazy DataArray and the .geosr accessor."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+import xarray as xr
+from affine import Affine
+from click.testing import CliRunner
+
+import geosr
+import geosr.lazy
+from geosr.cli import cli
+from geosr.errors import GeosrError, InputError, ModelError, OutputExistsError
+from rasters import texture, write_raster
+
+# A 2-band uint16 scene with nodata and a no-data block that covers a whole tile core (a
+# skipped tile: a hole in the output), odd sizes, tile 32 / overlap 8 at x2: 4 x 5 tiles.
+OPTIONS = dict(scale=2, model="bicubic", tile=32, overlap=8)
+CLI_OPTIONS = ["--scale", "2", "--model", "bicubic", "--tile", "32", "--overlap", "8", "-q"]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api")
+    data = (texture(2, 97, 131, seed=3) * 3000 + 100).astype(np.uint16)
+    data[:, :40, :50] = 0
+    src = write_raster(folder / "scene.tif", data, nodata=0)
+    with rasterio.open(src, "r+") as ds:
+        ds.descriptions = ("red", "nir")
+    out = folder / "cli_x2.tif"
+    res = CliRunner().invoke(cli, ["upscale", str(src), str(out), *CLI_OPTIONS])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        cli_pixels, profile = ds.read(), ds.profile
+    return src, cli_pixels, profile
+
+
+def test_lazy_result_is_the_cli_output_on_the_refined_grid(scene):
+    src, cli_pixels, profile = scene
+    hr = geosr.upscale(src, **OPTIONS)
+    assert isinstance(hr.data, dask.array.Array)
+    assert hr.dims == ("band", "y", "x") and hr.shape == cli_pixels.shape and hr.dtype == np.uint16
+    with rasterio.open(src) as ds:
+        assert hr.rio.transform() == ds.transform * Affine.scale(0.5) == profile["transform"]
+        assert hr.rio.crs == ds.crs
+        np.testing.assert_allclose(hr.rio.bounds(), tuple(ds.bounds))
+    assert hr.rio.nodata == 0
+    assert list(hr.band.values) == [1, 2] and hr.attrs["long_name"] == ("red", "nir")
+    np.testing.assert_array_equal(hr.values, cli_pixels)
+    assert (cli_pixels[:, :50, :54] == 0).all()  # the skipped tile is a hole in both
+
+
+def test_lazy_result_computes_only_the_tiles_under_the_selection(scene, monkeypatch):
+    src, cli_pixels, _ = scene
+    upscaled = []
+    process_batch = geosr.lazy.process_batch
+
+    def counting(job):
+        upscaled.extend(t.index for t in job.tiles)
+        return process_batch(job)
+
+    monkeypatch.setattr(geosr.lazy, "process_batch", counting)
+    hr = geosr.upscale(src, **OPTIONS)
+    assert hr.chunks[1][0] == 50 and hr.chunks[2][0] == 54  # tile cores (25 x 27 LR px) x 2
+    with dask.config.set(scheduler="synchronous"):
+        corner = hr.isel(y=slice(-10, None), x=slice(-10, None)).values
+    np.testing.assert_array_equal(corner, cli_pixels[:, -10:, -10:])
+    # The bottom-right chunk lies under the last tile and the halos of its 3 neighbours.
+    assert sorted(upscaled) == [13, 14, 18, 19]
+
+
+def test_chunked_rioxarray_input_and_to_raster(scene, tmp_path):
+    src, cli_pixels, profile = scene
+    da = rioxarray.open_rasterio(src, chunks={"x": 64, "y": 48})
+    hr = geosr.upscale(da, **OPTIONS)
+    out = tmp_path / "lazy.tif"
+    hr.rio.to_raster(out)
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(), cli_pixels)
+        assert ds.transform == profile["transform"] and ds.crs == profile["crs"] and ds.nodata == 0
+
+
+def test_accessor_on_an_in_memory_dataarray(scene):
+    src, cli_pixels, _ = scene
+    da = rioxarray.open_rasterio(src).load()
+    hr = da.geosr.upscale(**OPTIONS)
+    np.testing.assert_array_equal(hr.values, cli_pixels)
+    one_band = da.isel(band=1, drop=True)  # (y, x)
+    np.testing.assert_array_equal(one_band.geosr.upscale(**OPTIONS).values[0], cli_pixels[1])
+
+
+def test_output_mode_from_a_rasterio_dataset_writes_the_cli_pixels(scene, tmp_path):
+    src, cli_pixels, _ = scene
+    with rasterio.open(src) as ds:
+        report = geosr.upscale(ds, tmp_path / "api.tif", **OPTIONS)
+    assert report.output == tmp_path / "api.tif" and report.tiles_skipped == 1
+    with rasterio.open(report.output) as ds:
+        np.testing.assert_array_equal(ds.read(), cli_pixels)
+    with pytest.raises(OutputExistsError):
+        geosr.upscale(src, tmp_path / "api.tif", **OPTIONS)
+
+
+def test_caption_returns_or_writes_the_cli_captions(scene, tmp_path):
+    src, _, _ = scene
+    fc = geosr.caption(rioxarray.open_rasterio(src), tile=32, overlap=8, caption_every="scene")
+    assert len(fc["features"]) == 19 and len({f["properties"]["caption"] for f in fc["features"]}) == 1
+    out = tmp_path / "c.geojson"
+    res = CliRunner().invoke(cli, ["caption", str(src), "--out", str(out), "--tile", "32", "--overlap", "8",
+                                   "--caption-every", "scene", "-q"])
+    assert res.exit_code == 0, res.output
+    assert geosr.caption(src, tmp_path / "api.geojson", tile=32, overlap=8, caption_every="scene") == fc
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda src: geosr.upscale(src, scale=5), InputError),
+        (lambda src: geosr.upscale(src, scale="4"), InputError),
+        (lambda src: geosr.upscale(src, scale=2, bands="1,2"), InputError),
+        (lambda src: geosr.upscale(src, scale=2, bands=[3]), InputError),
+        (lambda src: geosr.upscale(src, scale=2, tile=4), InputError),
+        (lambda src: geosr.upscale(src, scale=2, model="no-such-model"), ModelError),
+        (lambda src: geosr.upscale(src, scale=2, model="bicubic", overwrite=True), InputError),
+        (lambda src: geosr.upscale(42, scale=2), InputError),
+        (lambda src: geosr.upscale(src.parent / "missing.tif", scale=2, model="bicubic"), InputError),
+        (lambda src: geosr.upscale(xr.DataArray(np.zeros((2, 3, 4, 5)), dims=("t", "band", "y", "x")), scale=2), InputError),
+        (lambda src: geosr.caption(src, caption_every="sometimes"), InputError),
+    ],
+    ids=["scale", "scale-str", "bands-str", "band-missing", "tile", "model", "run-option-lazy", "source-type",
+         "missing-file", "dataarray-dims", "caption-every"],
+)
+def test_bad_arguments_raise_geosr_errors(scene, call, error):
+    with pytest.raises(error) as info:
+        call(scene[0])
+    assert isinstance(info.value, GeosrError)
