@@ -136,6 +136,8 @@ def upscale(
         return lazy_upscale(source_files(source), config)
     from geosr.engine import upscale_scene
 
+    if performance_report is not None:
+        _require_reports()
     files = source_files(source)
     try:
         report = os.fspath(performance_report) if performance_report is not None else None
@@ -215,6 +217,14 @@ def _run_config(*, scale: int = 4, tile: int = 256, overlap: int = 32, bands: Se
         scale=scale, tiles=TileSpec(tile, overlap), bands=bands, aoi=os.fspath(aoi) if aoi is not None else None,
         creation_options={k.upper(): str(v) for k, v in (creation_options or {}).items()}, **options,
     )
+
+
+def _require_reports() -> None:
+    """dask's performance report draws with bokeh, an optional dependency: say so before the run."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError as exc:
+        raise InputError("a performance report needs bokeh: pip install 'geosr[reports]'") from exc
 
 
 def _refuse_run_options(**options) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import dask
 import numpy as np
 import pytest
@@ -114,6 +116,13 @@ def test_caption_returns_or_writes_the_cli_captions(scene, tmp_path):
     assert res.exit_code == 0, res.output
     assert geosr.caption(src, tmp_path / "api.geojson", tile=32, overlap=8, caption_every="scene") == fc
     assert out.exists()
+
+
+def test_performance_report_without_bokeh_is_refused_up_front(scene, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bokeh", None)  # as if the [reports] extra were not installed
+    with pytest.raises(InputError, match=r"geosr\[reports\]"):
+        geosr.upscale(scene[0], tmp_path / "o.tif", performance_report=tmp_path / "r.html", **OPTIONS)
+    assert not (tmp_path / "o.tif").exists()
 
 
 @pytest.mark.parametrize(
