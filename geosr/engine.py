@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -43,94 +42,26 @@ from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
-from geosr.errors import GeosrError, InputError
+from geosr.errors import GeosrError
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
 from geosr.journal import RunJournal, WorkFolder
 from geosr.models import Upscaler, load_upscaler
 from geosr.models.classical import BicubicUpscaler
 from geosr.output_lock import OutputLock
-from geosr.radiometry import Stretch, fit_stretch
+from geosr.radiometry import Stretch
 from geosr.reading import read_tile, read_valid
 from geosr.resumable import open_journal, run_identity, settle_stopped_run
-from geosr.scene import Scene, expand_inputs, open_raster, open_scene
+from geosr.scene import Scene, expand_inputs, open_raster
+from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
 from geosr.tiling import Tile, TileGrid
-from geosr.aoi import load_aoi, window_polygon
+from geosr.aoi import window_polygon
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path
 
-__all__ = ["BandPlan", "RunReport", "upscale_scene", "caption_scene", "plan_bands", "tile_seed", "dask_client"]
+__all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
 
 CAPTIONS_SUFFIX = ".captions.geojson"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BandPlan:
-    """Which bands go where.
-
-    Attributes
-    ----------
-    bands : tuple of int
-        1-based input bands written to the output, in output order.
-    model : tuple of int
-        Positions in ``bands`` fed to the model (in model channel order).
-    extra : tuple of int
-        Positions in ``bands`` upscaled by bicubic (bands beyond the model's channels).
-    replicate : int
-        When > 0, each model band is fed alone, replicated to this many channels, and the
-        output channels are averaged back (a 1-band scene through an RGB model).
-    """
-
-    bands: tuple[int, ...]
-    model: tuple[int, ...]
-    extra: tuple[int, ...]
-    replicate: int = 0
-
-
-def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | None) -> BandPlan:
-    """Split the output bands between the model and the classical path.
-
-    RGB-by-colorinterp bands go to a 3-channel model when present (e.g. R,G,B of an
-    R,G,B,NIR scene), else the first ``channels`` bands; the rest are never dropped but
-    upscaled with bicubic.
-    """
-    bands = tuple(requested) if requested else scene.data_bands
-    for b in bands:
-        if not 1 <= b <= scene.count:
-            raise InputError(f"--bands: band {b} does not exist (the input has {scene.count} bands)")
-        if b == scene.alpha_band:
-            raise InputError(f"--bands: band {b} is the alpha band, a mask: it is carried as the output mask")
-    if len(set(bands)) != len(bands):
-        raise InputError(f"--bands lists a band twice: {','.join(map(str, bands))}")
-    positions = tuple(range(len(bands)))
-    if channels is None:
-        return BandPlan(bands, positions, ())
-    if len(bands) < channels:
-        return BandPlan(bands, positions, (), replicate=channels)
-    model = positions[:channels]
-    if channels == 3:
-        ci = [scene.colorinterp[b - 1] if scene.colorinterp else None for b in bands]
-        rgb = [ci.index(c) for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) if c in ci]
-        if len(rgb) == 3:
-            model = tuple(rgb)
-    extra = tuple(p for p in positions if p not in model)
-    return BandPlan(bands, model, extra)
-
-
-def tile_seed(base_seed: int, scene_key: str, tile: Tile) -> int:
-    """Seed of one tile: a hash of the run seed, the scene and the tile's position.
-
-    Independent of batch composition and run order, so resumed or distributed runs give
-    the same pixels.
-    """
-    text = f"{base_seed}:{scene_key}:{int(tile.core.col_off)}:{int(tile.core.row_off)}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-def scene_key(scene: Scene) -> str:
-    """Stable identifier of a scene's content layout (file names and size, not their folder)."""
-    names = ",".join(os.path.basename(p) for p in scene.paths)
-    return f"{names}:{scene.width}x{scene.height}x{scene.count}"
 
 
 @dataclass(frozen=True)
@@ -344,11 +275,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
     """The run itself, in the journal's work folder (see :func:`upscale_scene`)."""
     folder = journal.folder
     caption_mode, caption_n = parse_caption_every(config.caption_every)
-    scene = open_scene(files, workdir=folder.path)
-    plan = plan_bands(scene, config.bands, model.channels)
-    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
-    aoi = load_aoi(config.aoi, scene) if config.aoi else None
-    tiles, skipped = _select_tiles(scene, grid, aoi)
+    scene_plan = plan_scene(files, config, model.channels, folder.path)
+    scene, plan, grid, tiles, skipped = scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.skipped
     s = config.scale
     profile = _output_profile(scene, plan, s)
     # skipped tiles (AOI, all no-data) are holes: without nodata they need a mask
@@ -362,7 +290,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         options={**DEFAULT_COG_OPTIONS, **config.creation_options},
     )
     check_free_space(target.output.parent, estimate, already_used=folder.size())
-    stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
+    stretch = scene_plan.stretch
 
     raster = WorkRaster(
         folder=folder.path,
@@ -383,7 +311,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
             )
             cells[0] = acc.cells
             todo = [t for t in tiles if acc.needs(t)]
-            jobs = _batch_jobs(scene, todo, plan, stretch, config, scene_key(scene))
+            jobs = batch_jobs(scene_plan, todo, config)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
             peak = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal, raster)
@@ -448,41 +376,27 @@ def caption_scene(
 def _caption_features(files: Sequence[str], config: RunConfig, workdir: Path) -> dict:
     """The captions FeatureCollection of :func:`caption_scene`."""
     mode, n = parse_caption_every(config.caption_every)
-    scene = open_scene(files, workdir=workdir)
     # Captioners look at RGB: plan bands as for a 3-channel model.
-    plan = plan_bands(scene, config.bands, 3)
-    stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
-    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
-    aoi = load_aoi(config.aoi, scene) if config.aoi else None
-    tiles, _ = _select_tiles(scene, grid, aoi)
-    jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
+    scene_plan = plan_scene(files, config, 3, workdir)
+    tiles = list(scene_plan.tiles)
+    jobs = batch_jobs(scene_plan, tiles, config)
     with dask_client(config.address, config.local_workers) as client:
-        return _captions_geojson(scene, tiles, caption_jobs(_captions_on(client), jobs, tiles, mode, n, grid))
+        captions = caption_jobs(_captions_on(client), jobs, tiles, mode, n, scene_plan.grid)
+    return _captions_geojson(scene_plan.scene, tiles, captions)
 
 
-def _select_tiles(scene: Scene, grid: TileGrid, aoi) -> tuple[list[Tile], int]:
-    """Drop tiles whose core is all no-data or outside the AOI."""
-    kept = []
-    with open_raster(scene.source) as ds:
-        for t in grid.tiles():
-            if aoi is not None and not aoi.intersects(window_polygon(t.core, scene.transform)):
-                continue
-            if scene.masked and not read_valid(ds, t.core, True).any():
-                continue
-            kept.append(t)
-    return kept, len(grid) - len(kept)
-
-
-def _batch_jobs(scene, tiles, plan, stretch, config: RunConfig, key: str) -> list[BatchJob]:
+def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) -> list[BatchJob]:
+    """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds."""
+    scene, stretch = scene_plan.scene, scene_plan.stretch
     opts = tuple(sorted(config.model_options().items()))
     jobs = []
     for i in range(0, len(tiles), config.batch_size):
         chunk = tuple(tiles[i : i + config.batch_size])
         jobs.append(
             BatchJob(
-                source=scene.source, tiles=chunk, bands=plan, stretch=stretch, masked=scene.masked,
+                source=scene.source, tiles=chunk, bands=scene_plan.bands, stretch=stretch, masked=scene.masked,
                 model=config.model, scale=config.scale, model_options=opts,
-                seeds=tuple(tile_seed(config.seed, key, t) for t in chunk),
+                seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
                 captions=(None,) * len(chunk), captioner=config.captioner,
             )
         )

@@ -28,20 +28,17 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window
 
-from geosr.aoi import load_aoi
 from geosr.blending import tile_weights
 from geosr.config import RunConfig, parse_caption_every
-from geosr.engine import (
-    BatchJob, _batch_jobs, _captioner, _select_tiles, avoid_nodata, caption_tiles, plan_bands, process_batch, scene_key,
-    with_shared_captions,
-)
+from geosr.engine import BatchJob, _captioner, avoid_nodata, batch_jobs, caption_tiles, process_batch, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
 from geosr.models import load_upscaler
-from geosr.radiometry import Stretch, fit_stretch
+from geosr.radiometry import Stretch
 from geosr.reading import read_valid
-from geosr.scene import expand_inputs, open_raster, open_scene
+from geosr.scene import expand_inputs, open_raster
+from geosr.scene_plan import plan_scene
 from geosr.sources import SourceFiles
-from geosr.tiling import Tile, TileGrid
+from geosr.tiling import Tile
 
 __all__ = ["lazy_upscale"]
 
@@ -68,13 +65,11 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
     model = load_upscaler(config.model, config.scale, **config.model_options())
     _captioner(config.captioner)
     paths = expand_inputs(files.paths)
-    scene = open_scene(paths, workdir=files.workdir if len(paths) > 1 else None)
-    plan = plan_bands(scene, config.bands, model.channels)
-    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
-    aoi = load_aoi(config.aoi, scene) if config.aoi else None
-    tiles, _ = _select_tiles(scene, grid, aoi)
-    stretch = fit_stretch(scene.source, plan.bands, scene.dtype)
-    jobs = _batch_jobs(scene, tiles, plan, stretch, config, scene_key(scene))
+    scene_plan = plan_scene(paths, config, model.channels, files.workdir if len(paths) > 1 else None)
+    scene, plan, grid, tiles, stretch = (
+        scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.stretch
+    )
+    jobs = batch_jobs(scene_plan, tiles, config)
     mode, n = parse_caption_every(config.caption_every)
     if mode != "tile":
         jobs = with_shared_captions(lambda js: [caption_tiles(j) for j in js], jobs, tiles, mode, n, grid)
