@@ -2,7 +2,8 @@
 
 :func:`upscale_scene` plans the tiles of a scene, submits one dask task per batch of
 tiles (tasks take a path and windows, never open datasets), and blends the results into
-the output as they complete. Locally it runs on a threaded ``LocalCluster``; with
+the output as they complete (where tasks run and how many are in flight:
+:mod:`geosr.scheduling`). Locally it runs on a threaded ``LocalCluster``; with
 ``address`` or ``local_workers`` on dask.distributed worker processes, where models live
 in a per-process cache. At most a few batches are in flight, and the blender frees each
 output cell as soon as it is complete, so memory is bounded by tiles in flight, not by
@@ -26,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -53,6 +54,7 @@ from geosr.reading import read_tile, read_valid
 from geosr.resumable import open_journal, run_identity, settle_stopped_run
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
+from geosr.scheduling import bounded_map, dask_client, gpu_resources
 from geosr.tiling import Tile, TileGrid
 from geosr.aoi import window_polygon
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path
@@ -185,37 +187,6 @@ class RunReport:
     @property
     def megapixels_per_second(self) -> float:
         return self.output_megapixels / self.seconds if self.seconds > 0 else float("nan")
-
-
-@contextlib.contextmanager
-def dask_client(address: str | None = None, local_workers: int | None = None) -> Iterator["distributed.Client"]:
-    """A dask.distributed client: remote scheduler, local processes, or local threads."""
-    import distributed
-
-    if address:
-        with distributed.Client(address) as client:
-            yield client
-        return
-    # Worker processes log a failed task with its traceback, a restart with its pid...: geosr
-    # reports failures itself, in one line.
-    kwargs = dict(dashboard_address=":0", silence_logs=logging.CRITICAL)
-    if local_workers:
-        cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
-    else:
-        # Threads share the model cache; torch already uses several cores per call.
-        threads = max(1, (os.cpu_count() or 2) // 2)
-        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
-    with cluster, distributed.Client(cluster) as client:
-        yield client
-
-
-def _gpu_resources(client, device: str | None) -> dict | None:
-    if not (device or "").startswith("cuda"):
-        return None
-    workers = client.scheduler_info().get("workers", {}).values()
-    if any("GPU" in (w.get("resources") or {}) for w in workers):
-        return {"GPU": 1}
-    return None
 
 
 def upscale_scene(
@@ -454,14 +425,12 @@ def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Se
 
 def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config: RunConfig, performance_report,
               journal: RunJournal, raster: WorkRaster) -> int:
-    """Submit jobs with a bounded window in flight, blend results as they complete, and
-    commit finished cells to the journal every few seconds."""
+    """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
+    results as they complete, and commit finished cells to the journal every few seconds."""
     import distributed
 
     by_index = {t.index: t for t in tiles}
-    nthreads = sum(client.nthreads().values()) or 1
-    window = max(2, 2 * nthreads)
-    resources = _gpu_resources(client, config.device)
+    resources = gpu_resources(client, config.device)
     hr_px_per_tile = {t.index: int(t.core.width * t.core.height) * config.scale**2 for t in tiles}
     peak = 0
     report = distributed.performance_report(filename=performance_report) if performance_report else contextlib.nullcontext()
@@ -469,13 +438,7 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config
     start = time.perf_counter()
     done_px = 0
     with report, bar:
-        pending = iter(jobs)
-        ac = distributed.as_completed()
-        for job in _take(pending, window):
-            ac.add(client.submit(process_batch, job, pure=False, resources=resources))
-        for fut in ac:
-            results = fut.result()
-            fut.release()
+        for results in bounded_map(client, process_batch, jobs, resources):
             for r in results:
                 # The caption goes in the journal before any cell this tile finishes.
                 journal.record(captions={r.index: r.caption})
@@ -487,19 +450,9 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config
             peak = max(peak, acc.pending_bytes)
             bar.update(len(results))
             bar.set_postfix(MPps=f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f}")
-            for job in _take(pending, 1):
-                ac.add(client.submit(process_batch, job, pure=False, resources=resources))
     if not acc.done:
         raise RuntimeError("internal error: some output cells were never completed")
     return peak
-
-
-def _take(it, n):
-    for _ in range(n):
-        try:
-            yield next(it)
-        except StopIteration:
-            return
 
 
 class _CellWriter:

@@ -1,0 +1,82 @@
+"""Where a run's tasks go: its dask.distributed client, GPU resources, and a bounded window
+of tasks in flight.
+
+The engine decides what a task is and what to do with its result; this module decides
+where tasks run and how many are in flight. At most twice the cluster's threads are
+submitted at a time, so tile results waiting to be blended stay few, whatever the scene size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Callable, Iterable, Iterator, TypeVar
+
+__all__ = ["dask_client", "gpu_resources", "bounded_map"]
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None = None, local_workers: int | None = None) -> Iterator["distributed.Client"]:
+    """A dask.distributed client: remote scheduler, local processes, or local threads."""
+    import distributed
+
+    if address:
+        with distributed.Client(address) as client:
+            yield client
+        return
+    # Worker processes log a failed task with its traceback, a restart with its pid...: geosr
+    # reports failures itself, in one line.
+    kwargs = dict(dashboard_address=":0", silence_logs=logging.CRITICAL)
+    if local_workers:
+        cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
+    else:
+        # Threads share the model cache; torch already uses several cores per call.
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
+    with cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def gpu_resources(client: "distributed.Client", device: str | None) -> dict | None:
+    """``{"GPU": 1}`` for CUDA tasks when the cluster's workers declare a GPU resource."""
+    if not (device or "").startswith("cuda"):
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    if any("GPU" in (w.get("resources") or {}) for w in workers):
+        return {"GPU": 1}
+    return None
+
+
+def bounded_map(
+    client: "distributed.Client", fn: Callable[[Job], Result], jobs: Iterable[Job], resources: dict | None = None
+) -> Iterator[Result]:
+    """``fn(job)`` of every job on ``client``, results yielded as they complete.
+
+    At most twice the cluster's threads are in flight; the next job is submitted once the
+    caller has taken a result (and blended it), so memory follows the window, not the jobs.
+    """
+    import distributed
+
+    window = max(2, 2 * (sum(client.nthreads().values()) or 1))
+    pending = iter(jobs)
+    futures = distributed.as_completed()
+    for job in _take(pending, window):
+        futures.add(client.submit(fn, job, pure=False, resources=resources))
+    for future in futures:
+        result = future.result()
+        future.release()
+        yield result
+        for job in _take(pending, 1):
+            futures.add(client.submit(fn, job, pure=False, resources=resources))
+
+
+def _take(it: Iterator[Job], n: int) -> Iterator[Job]:
+    for _ in range(n):
+        try:
+            yield next(it)
+        except StopIteration:
+            return
