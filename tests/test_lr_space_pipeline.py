@@ -146,3 +146,13 @@ def test_fidelity_term_pulls_the_student_to_the_hr(tmp_path):
         loss.backward()
         optimizer.step()
     assert history[-1] < 0.7 * history[0], history
+
+
+def test_fresh_student_starts_as_an_lr_regressor(tmp_path):
+    teacher = GeoSRPipeline(**tiny_pipeline_components(scale=4, unshuffle_factor=4, tmp_path=tmp_path))
+    unet, controlnet = distill_cfg.make_student(teacher, embedding_dim=16, overrides={"channels": 8}, seed=1)
+    residual = unet.config.out_channels
+    # the noisy sample's input weights start at zero; the ControlNet copies the fresh trunk
+    assert not unet.conv_in.weight[:, :residual].any() and unet.conv_in.weight[:, residual:].any()
+    torch.testing.assert_close(controlnet.conv_in.weight, unet.conv_in.weight)
+    assert not torch.equal(unet.conv_out.weight, teacher.unet.conv_out.weight)

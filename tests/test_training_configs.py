@@ -1,5 +1,6 @@
 """Every shipped training recipe parses: no stale key, the right script, sane values."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ def _script(path: Path):
 
 def test_the_recipes_are_there():
     names = {p.stem for p in CONFIGS}
-    assert {"geosr_tiny_x4_teacher", "geosr_tiny_x4_student", "tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
+    v2 = {f"geosr_tiny_v2_x{s}_{stage}" for s in (2, 4) for stage in ("teacher", "student")}
+    shipped = {"geosr_tiny_x4_teacher", "geosr_tiny_x4_student"}
+    assert shipped | v2 | {"tiny_cpu_controlnet", "tiny_cpu_distill", "geosr_tiny_v2_regression_baseline_x4"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -29,12 +32,25 @@ def test_recipe_parses_with_its_script(path):
 
 def test_shipped_model_recipe_matches_the_shipped_model():
     from geosr.models import shipped_model_path
-    import json
 
-    student = distill_cfg.parse_args(["--config", str(CONFIGS[0].parent / "geosr_tiny_x4_student.yaml")])
-    index = json.loads((Path(shipped_model_path("geosr-tiny-x4")) / "model_index.json").read_text())
-    unet = json.loads((Path(shipped_model_path("geosr-tiny-x4")) / "unet" / "config.json").read_text())
+    root = CONFIGS[0].parent
+    student = distill_cfg.parse_args(["--config", str(root / "geosr_tiny_x4_student.yaml")])
+    shipped = Path(shipped_model_path("geosr-tiny-x4"))
+    index = json.loads((shipped / "model_index.json").read_text())
+    unet = json.loads((shipped / "unet" / "config.json").read_text())
     assert index["default_num_inference_steps"] == student.num_inference_steps
     assert index["default_guidance_scale"] == student.validation_guidance_scale
     assert unet["time_cond_proj_dim"] == student.guidance_embedding_dim
     assert index["upscale_factor"] == student.scale
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_v2_recipes_pair_teacher_and_student(scale):
+    root = CONFIGS[0].parent
+    teacher = train_controlnet.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_teacher.yaml")])
+    student = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student.yaml")])
+    assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == scale
+    unet = teacher.base["unet"]
+    residual = 3 * teacher.unshuffle_factor**2
+    assert unet["out_channels"] == residual
+    assert unet["in_channels"] == residual + 3 * (teacher.unshuffle_factor // scale) ** 2  # concat_lr

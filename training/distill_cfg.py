@@ -52,6 +52,7 @@ from geosr.training.launch import (
     parse_with_config,
     save_checkpoint,
 )
+from geosr.pipelines.lr_space_models import LRSpaceDenoiser
 from geosr.training.model_factory import controlnet_class
 from geosr.training.train_controlnet import (
     step_generator,
@@ -125,9 +126,10 @@ def make_student(
             unet,
             conditioning_embedding_out_channels=tuple(cn.conditioning_embedding_out_channels),
             conditioning_channels=cn.conditioning_channels,
-            # nothing to copy from a fresh UNet, and its guidance projection has no
-            # counterpart in ControlNetModel's time embedding
-            load_weights_from_unet=False,
+            # diffusers' ControlNetModel has no counterpart of the guidance projection, so it
+            # starts random; an LRSpaceControlNet copies the fresh trunk (its sample channels
+            # start at zero there too, see LRSpaceDenoiser)
+            load_weights_from_unet=isinstance(unet, LRSpaceDenoiser),
         )
         return unet, controlnet
     missing, unexpected = unet.load_state_dict(teacher.unet.state_dict(), strict=False)
