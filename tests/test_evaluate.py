@@ -253,7 +253,7 @@ def test_no_images_found(tmp_path):
     with pytest.raises(InputError, match="no PNG, JPEG or TIFF"):
         find_hr_images([tmp_path])
     res = CliRunner().invoke(cli, ["evaluate", "--hr", str(tmp_path), "--model", "bicubic"])
-    assert res.exit_code == 1 and "no PNG, JPEG or TIFF" in res.output
+    assert res.exit_code == 3 and "no PNG, JPEG or TIFF" in res.output  # bad input, as geosr upscale
 
 
 def test_bad_options(hr_dir):
