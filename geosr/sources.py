@@ -136,8 +136,10 @@ def _dataarray_files(da: "xarray.DataArray") -> SourceFiles:
     copy = files.workdir / (name if name.lower().endswith((".tif", ".tiff")) else f"{name}.tif")
     try:
         # Blocks of a fixed size: rioxarray would otherwise take the dask chunks, which
-        # GeoTIFF refuses unless they are multiples of 16.
-        da.rio.to_raster(copy, tiled=True, blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER")
+        # GeoTIFF refuses unless they are multiples of 16. MINISBLACK and no ALPHA: for 3 or 4
+        # uint8 bands GDAL would write RGB(A) and turn a 4th band (e.g. NIR) into an alpha mask.
+        da.rio.to_raster(copy, tiled=True, blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER",
+                         PHOTOMETRIC="MINISBLACK", ALPHA="NO")
     except (RioXarrayError, *GDAL_ERRORS) as exc:
         files.cleanup()
         raise InputError(f"cannot write the DataArray as a GeoTIFF: {exc}") from exc

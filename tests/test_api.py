@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -147,3 +148,12 @@ def test_bad_arguments_raise_geosr_errors(scene, call, error):
     with pytest.raises(error) as info:
         call(scene[0])
     assert isinstance(info.value, GeosrError)
+
+
+def test_a_four_band_uint8_dataarray_keeps_its_fourth_band():
+    # R, G, B, NIR: GDAL would write 4 uint8 bands as RGBA and make NIR a mask
+    path = Path(__file__).parent / "data" / "rgbn_suba.tif"
+    da = rioxarray.open_rasterio(path, chunks=256)
+    hr = da.geosr.upscale(scale=2, model="bicubic")
+    assert hr.shape == (4, 2 * da.shape[1], 2 * da.shape[2])
+    np.testing.assert_array_equal(hr.values, geosr.upscale(str(path), scale=2, model="bicubic").values)
