@@ -508,17 +508,17 @@ class GeoSRPipeline(DiffusionPipeline):
         two_branches = not self.is_distilled and guidance_scale != 1.0
 
         # 1. Condition: upsampled LR (in float32: it is also the residual's base) and captions.
+        image = image.to(device=device, dtype=torch.float32)
         upsampled = upsample_lr(
-            image.to(device=device, dtype=torch.float32),
+            image,
             self.config.upscale_factor,
             self.config.upsample_mode,
         )
-        condition = control_image(image.to(device=device, dtype=torch.float32), upsampled, self.unshuffle_factor)
+        condition = control_image(image, upsampled, self.unshuffle_factor)
         condition = condition.to(self.controlnet.dtype)
         lr_grid = None
         if self.concat_channels:
-            lr_grid = lr_on_grid(image.to(device=device, dtype=torch.float32), self.config.upscale_factor,
-                                 self.unshuffle_factor)
+            lr_grid = lr_on_grid(image, self.config.upscale_factor, self.unshuffle_factor)
         prompt_embeds = self.encode_prompt(prompt, device)
         if two_branches:
             prompt_embeds = torch.cat([self.encode_prompt([""] * batch, device), prompt_embeds])

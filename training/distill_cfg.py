@@ -56,6 +56,7 @@ from geosr.pipelines.lr_space_models import LRSpaceDenoiser
 from geosr.training.model_factory import controlnet_class
 from geosr.training.train_controlnet import (
     step_generator,
+    x0_eps,
     clean_sample,
     condition_inputs,
     encode_captions,
@@ -209,19 +210,10 @@ def student_loss(
     if not fidelity_weight:
         return loss_distill, logs
     alphas = noise_scheduler.alphas_cumprod.to(pred.device)[batch["timesteps"]]
-    x0, _ = _x0_eps(pred, batch["noisy"].float(), alphas, noise_scheduler.config.prediction_type)
+    x0, _ = x0_eps(pred, batch["noisy"].float(), alphas, noise_scheduler.config.prediction_type)
     loss_fidelity = F.l1_loss(x0, batch["x0"].float())
     logs["loss_fidelity"] = loss_fidelity.detach().item()
     return loss_distill + fidelity_weight * loss_fidelity, logs
-
-
-def _x0_eps(pred, sample, alpha_bar, prediction_type: str):
-    """(x0, eps) from a network output in the scheduler's parametrisation."""
-    a = alpha_bar.sqrt().view(-1, 1, 1, 1)
-    s = (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
-    if prediction_type == "v_prediction":
-        return a * sample - s * pred, a * pred + s * sample
-    return (sample - s * pred) / a, pred
 
 
 def _boundary(timesteps: torch.Tensor, sigma_data: float = 0.5, scaling: float = 10.0):
@@ -243,19 +235,19 @@ def consistency_loss(student, student_controlnet, target_unet, target_controlnet
 
     lr_grid = batch.get("lr_grid")
     pred = predict(student, student_controlnet, x_t, t, batch["text"], batch["condition"], w_emb, lr_grid)
-    x0, _ = _x0_eps(pred.float(), x_t, alphas[t], kind)
+    x0, _ = x0_eps(pred.float(), x_t, alphas[t], kind)
     c_skip, c_out = _boundary(t)
     online = c_skip * x_t + c_out * x0
 
     with torch.no_grad():
         guided = teacher_guided(teacher, x_t, t, batch["text"], batch["empty"], batch["condition"], batch["g"],
                                 lr_grid)
-        x0_teacher, eps_teacher = _x0_eps(guided, x_t, alphas[t], kind)
+        x0_teacher, eps_teacher = x0_eps(guided, x_t, alphas[t], kind)
         a_prev = alphas[t_prev].view(-1, 1, 1, 1)
         x_prev = a_prev.sqrt() * x0_teacher + (1 - a_prev).sqrt() * eps_teacher
         pred_prev = predict(target_unet, target_controlnet, x_prev, t_prev, batch["text"],
                             batch["condition"], w_emb, lr_grid).float()
-        x0_prev, _ = _x0_eps(pred_prev, x_prev, alphas[t_prev], kind)
+        x0_prev, _ = x0_eps(pred_prev, x_prev, alphas[t_prev], kind)
         c_skip_prev, c_out_prev = _boundary(t_prev)
         target = c_skip_prev * x_prev + c_out_prev * x0_prev
     return F.mse_loss(online, target)

@@ -63,6 +63,7 @@ __all__ = [
     "parse_args",
     "render_validation",
     "step_generator",
+    "x0_eps",
 ]
 
 logger = get_logger(__name__)
@@ -160,6 +161,15 @@ def clean_sample(
     return ((latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).float()
 
 
+def x0_eps(pred: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str):
+    """(x0, eps) from a network output in the scheduler's parametrisation (``alpha_bar``: ``[B]``)."""
+    a = alpha_bar.sqrt().view(-1, 1, 1, 1)
+    s = (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
+    if prediction_type == "v_prediction":
+        return a * sample - s * pred, a * pred + s * sample
+    return (sample - s * pred) / a, pred
+
+
 def diffusion_loss(
     unet,
     controlnet,
@@ -191,12 +201,9 @@ def diffusion_loss(
         return_dict=False,
     )[0]
     if objective == "regression":
-        alpha = noise_scheduler.alphas_cumprod.to(pred.device)[timesteps].view(-1, 1, 1, 1)
-        x_t = noisy[:, : x0.shape[1]].float()
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            x0_hat = alpha.sqrt() * x_t - (1 - alpha).sqrt() * pred.float()
-        else:
-            x0_hat = (x_t - (1 - alpha).sqrt() * pred.float()) / alpha.sqrt()
+        alpha = noise_scheduler.alphas_cumprod.to(pred.device)[timesteps]
+        x_t = noisy[:, : x0.shape[1]].float()  # without the concatenated LR
+        x0_hat, _ = x0_eps(pred.float(), x_t, alpha, noise_scheduler.config.prediction_type)
         return F.l1_loss(x0_hat, x0.float())
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(x0, noise, timesteps)
