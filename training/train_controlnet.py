@@ -92,6 +92,9 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--caption_dropout", type=float, default=0.1)
     add("--objective", choices=("diffusion", "regression"), default="diffusion",
         help="regression: the same-budget baseline (L1 on x0 at the last timestep, empty captions).")
+    add("--final_timestep_prob", type=float, default=0.0,
+        help="Share of the batch drawn at the last timestep, where a 1-step student starts: there "
+             "the teacher learns the x0 regression its student is initialised from.")
     add("--contrastive_weight", type=float, default=0.1, help="lambda of the InfoNCE term.")
     add("--contrastive_temperature", type=float, default=0.07)
     add("--contrastive_queue_size", type=int, default=1024)
@@ -411,8 +414,12 @@ def main(args: argparse.Namespace) -> Path:
                 noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
                 timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
                                           generator=gen, device=x0.device)
+                last = torch.full_like(timesteps, noise_scheduler.config.num_train_timesteps - 1)
                 if args.objective == "regression":
-                    timesteps = torch.full_like(timesteps, noise_scheduler.config.num_train_timesteps - 1)
+                    timesteps = last
+                elif args.final_timestep_prob:
+                    final = torch.rand(len(timesteps), generator=gen, device=x0.device) < args.final_timestep_prob
+                    timesteps = torch.where(final, last, timesteps)
                 loss_diffusion = diffusion_loss(unet, controlnet, noise_scheduler, x0, condition,
                                                 text, noise, timesteps, lr_grid, args.objective)
                 loss = loss_diffusion
