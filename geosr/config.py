@@ -11,9 +11,8 @@ import yaml
 
 from geosr.errors import InputError
 
-__all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_MODEL", "DEFAULT_CAPTIONER"]
+__all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_CAPTIONER"]
 
-DEFAULT_MODEL = "geosr-tiny-x4"  # at x4; other scales fall back to bicubic (geosr.models.default_model)
 DEFAULT_CAPTIONER = "degradation"
 SCALES = (2, 3, 4, 8)
 

@@ -54,7 +54,7 @@ from geosr.captioning import load_captioner
 from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
-from geosr.models import CLASSICAL, load_upscaler
+from geosr.models import CLASSICAL, default_model, load_upscaler
 from geosr.training.degradations import PROTOCOLS, DegradationParams, degrade
 
 __all__ = [
@@ -335,7 +335,7 @@ class _Run:
         self,
         scale: int,
         degradation: str,
-        model: str,
+        model: str | None,
         captioner: str,
         baselines: Sequence[str],
         steps: int | None,
@@ -351,7 +351,7 @@ class _Run:
         # the delta is reported against bicubic, so it is always a baseline
         self.baselines = {name: load_upscaler(name, scale) for name in dict.fromkeys(("bicubic", *baselines))}
         options = {k: v for k, v in dict(steps=steps, guidance=guidance, device=device).items() if v is not None}
-        self.model = load_upscaler(model, scale, **options)
+        self.model = load_upscaler(model or default_model(scale), scale, **options)
         self.captioner = load_captioner(captioner)
 
     def make_lr(self, hr: np.ndarray, seed: int) -> tuple[np.ndarray, DegradationParams]:
@@ -396,7 +396,7 @@ def evaluate_sr(
     hr_paths: Sequence[str | Path],
     scale: int,
     degradation: str,
-    model: str = "geosr-tiny-x4",
+    model: str | None = None,
     captioner: str = "degradation",
     seed: int = 0,
     limit: int | None = None,
@@ -419,8 +419,9 @@ def evaluate_sr(
         Downsampling / upscaling factor.
     degradation : {"clean", "iso", "aniso"}
         Protocol that makes the LR (:mod:`geosr.training.degradations`).
-    model : str
-        Model spec for :func:`geosr.models.load_upscaler`.
+    model : str, optional
+        Model spec for :func:`geosr.models.load_upscaler`; default: the shipped model of
+        ``scale`` (:func:`geosr.models.default_model`).
     captioner : str
         Captioner spec for :func:`geosr.captioning.load_captioner`; it captions the LR.
     seed : int
@@ -551,7 +552,7 @@ def render_comparison(
     out_png: str | Path,
     scale: int,
     degradation: str,
-    model: str = "geosr-tiny-x4",
+    model: str | None = None,
     captioner: str = "degradation",
     seed: int = 0,
     steps: int | None = None,
@@ -583,7 +584,7 @@ def render_comparison(
     panels = [
         ("LR (nearest)", "", nearest),
         ("bicubic", f" {psnr(base_out['bicubic'], hr, run.scale):.2f} dB", base_out["bicubic"]),
-        (Path(model).name, f" {psnr(model_out, hr, run.scale):.2f} dB", model_out),
+        (Path(model or default_model(scale)).name, f" {psnr(model_out, hr, run.scale):.2f} dB", model_out),
         ("HR", "", hr),
     ]
     label_h, gap = 14, 4

@@ -3,7 +3,7 @@
 :func:`load_upscaler` resolves a model spec:
 
 * ``bicubic`` / ``lanczos`` - classical baselines;
-* a name of a model shipped inside the package (``geosr-tiny-x4``);
+* a name of a model shipped inside the package (``geosr-tiny-x4``, ``geosr-tiny-x2``);
 * a local diffusers pipeline directory or a Hugging Face hub id (the diffusion pipeline).
 
 Loaded models are cached per process and spec, so a dask worker loads a model once.
@@ -49,7 +49,7 @@ def shipped_model_path(name: str) -> str | None:
 def default_model(scale: int) -> str:
     """The model ``geosr upscale`` uses when none is named.
 
-    The shipped diffusion model for that scale (``geosr-tiny-x4`` at x4), else bicubic:
+    The shipped diffusion model for that scale (``geosr-tiny-x4``, ``geosr-tiny-x2``), else bicubic:
     a shipped model only knows its own scale.
     """
     name = f"geosr-tiny-x{int(scale)}"
