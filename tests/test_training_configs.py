@@ -19,8 +19,7 @@ def _script(path: Path):
 def test_the_recipes_are_there():
     names = {p.stem for p in CONFIGS}
     v2 = {f"geosr_tiny_v2_x{s}_{stage}" for s in (2, 4) for stage in ("teacher", "student")}
-    shipped = {"geosr_tiny_x4_teacher", "geosr_tiny_x4_student"}
-    assert shipped | v2 | {"tiny_cpu_controlnet", "tiny_cpu_distill", "geosr_tiny_v2_regression_baseline_x4"} <= names
+    assert v2 | {"tiny_cpu_controlnet", "tiny_cpu_distill", "geosr_tiny_v2_regression_baseline_x4"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -30,18 +29,27 @@ def test_recipe_parses_with_its_script(path):
     assert args.output_dir
 
 
-def test_shipped_model_recipe_matches_the_shipped_model():
+@pytest.mark.parametrize("scale", [2, 4])
+def test_shipped_models_match_their_recipes(scale):
     from geosr.models import shipped_model_path
 
     root = CONFIGS[0].parent
-    student = distill_cfg.parse_args(["--config", str(root / "geosr_tiny_x4_student.yaml")])
-    shipped = Path(shipped_model_path("geosr-tiny-x4"))
+    teacher = train_controlnet.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_teacher.yaml")])
+    student = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student.yaml")])
+    shipped = Path(shipped_model_path(f"geosr-tiny-x{scale}"))
     index = json.loads((shipped / "model_index.json").read_text())
     unet = json.loads((shipped / "unet" / "config.json").read_text())
-    assert index["default_num_inference_steps"] == student.num_inference_steps
+    scheduler = json.loads((shipped / "scheduler" / "scheduler_config.json").read_text())
+    assert index["default_num_inference_steps"] == student.num_inference_steps == 1
     assert index["default_guidance_scale"] == student.validation_guidance_scale
+    assert index["upscale_factor"] == scale
+    assert index["unshuffle_factor"] == teacher.unshuffle_factor
+    assert index["residual_scale"] == teacher.residual_scale
     assert unet["time_cond_proj_dim"] == student.guidance_embedding_dim
-    assert index["upscale_factor"] == student.scale
+    recipe_unet = {k: v for k, v in teacher.base["unet"].items() if k != "class"}
+    assert {k: unet[k] for k in recipe_unet} == recipe_unet
+    for key, value in teacher.base["scheduler"].items():
+        assert scheduler[key] == value, key
 
 
 @pytest.mark.parametrize("scale", [2, 4])
