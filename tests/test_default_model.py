@@ -50,6 +50,9 @@ def test_students_are_one_step_cfg_distilled_lr_space_models(shipped):
     assert pipe.unshuffle_factor == 4  # the denoiser runs at HR/4, not at the output size
     assert type(pipe.unet).__name__ == "LRSpaceDenoiser"
     assert pipe.scheduler.config.rescale_betas_zero_snr  # no noise leak at the one step
+    # loaded for inference in channels_last (faster oneDNN convolutions on the CPU)
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert pipe.controlnet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.channels == 3
 
 

@@ -60,9 +60,9 @@ def default_batch_size(spec: str, device: str | None = None) -> int:
     """Tiles per model call when the user asks for none: 4, but 1 for a neural model on the CPU.
 
     On the CPU a batch saves no time (each convolution already uses every core) while it
-    multiplies the memory of a pixel-space diffusion tile: ``geosr-tiny-x4`` on a 400 px
-    scene peaks at 3.5 GiB of process memory at 1 tile per call and 10.4 GiB at 4, and is
-    16 % faster at 1 (docs/benchmarks.md). On CUDA batching does pay.
+    multiplies the memory of the tiles in flight: the first, HR-pixel-space default model on
+    a 400 px scene peaked at 3.5 GiB of process memory at 1 tile per call and 10.4 GiB at 4,
+    and was 16 % faster at 1 (docs/benchmarks.md). On CUDA batching does pay.
     """
     if spec in CLASSICAL:
         return 4

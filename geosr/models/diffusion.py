@@ -96,12 +96,6 @@ def _load_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[object
             except (OSError, ValueError, TypeError) as err:
                 raise ModelError(f"cannot load the diffusion pipeline {source!r}: {err}") from err
             pipe.to(device)
-            if pipe.unshuffle_factor:
-                # The LR-space trunk is all 3x3 convolutions on few channels: in channels_last
-                # oneDNN runs them 1.35x faster on the CPU (docs/benchmarks.md); the outputs
-                # differ from contiguous weights by float rounding only (~1e-5).
-                for net in (pipe.unet, pipe.controlnet):
-                    net.to(memory_format=torch.channels_last)
             pipe.set_progress_bar_config(disable=True)
             _PIPELINES[key] = (pipe, threading.Lock())
         return _PIPELINES[key]
@@ -121,12 +115,19 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
 
 
 def load_pipeline_quietly(source: str, dtype: torch.dtype = torch.float32):
-    """``GeoSRPipeline.from_pretrained`` in ``dtype``, without loading bars."""
+    """``GeoSRPipeline.from_pretrained`` in ``dtype``, without loading bars, ready for inference."""
     # Imported here: diffusers/transformers take seconds to import, classical runs skip it.
     from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 
     with _quiet_loading():
-        return GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
+        pipe = GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
+    if pipe.unshuffle_factor:
+        # The LR-space trunk is all 3x3 convolutions on few channels: in channels_last
+        # oneDNN runs them 1.35x faster on the CPU (docs/benchmarks.md); the outputs differ
+        # from contiguous weights by float rounding only (~1e-5). `.to(device)` keeps it.
+        for net in (pipe.unet, pipe.controlnet):
+            net.to(memory_format=torch.channels_last)
+    return pipe
 
 
 @contextlib.contextmanager
