@@ -351,7 +351,8 @@ class _Run:
         # the delta is reported against bicubic, so it is always a baseline
         self.baselines = {name: load_upscaler(name, scale) for name in dict.fromkeys(("bicubic", *baselines))}
         options = {k: v for k, v in dict(steps=steps, guidance=guidance, device=device).items() if v is not None}
-        self.model = load_upscaler(model or default_model(scale), scale, **options)
+        self.model_spec = model or default_model(scale)  # what the figures are reported under
+        self.model = load_upscaler(self.model_spec, scale, **options)
         self.captioner = load_captioner(captioner)
 
     def make_lr(self, hr: np.ndarray, seed: int) -> tuple[np.ndarray, DegradationParams]:
@@ -516,7 +517,7 @@ def evaluate_sr(
         "settings": {
             "scale": run.scale,
             "degradation": degradation,
-            "model": model,
+            "model": run.model_spec,
             "captioner": run.captioner.name,
             "seed": seed,
             "limit": limit,
@@ -530,7 +531,7 @@ def evaluate_sr(
             "color": "RGB in [0, 1], 8-bit quantised LR and outputs",
         },
         "model": {
-            "name": model,
+            "name": run.model_spec,
             "description": run.model.name,
             **model_means,
             "delta_vs_bicubic": {k: v - base_means["bicubic"][k] for k, v in model_means.items()},
@@ -584,7 +585,7 @@ def render_comparison(
     panels = [
         ("LR (nearest)", "", nearest),
         ("bicubic", f" {psnr(base_out['bicubic'], hr, run.scale):.2f} dB", base_out["bicubic"]),
-        (Path(model or default_model(scale)).name, f" {psnr(model_out, hr, run.scale):.2f} dB", model_out),
+        (Path(run.model_spec).name, f" {psnr(model_out, hr, run.scale):.2f} dB", model_out),
         ("HR", "", hr),
     ]
     label_h, gap = 14, 4

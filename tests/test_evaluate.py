@@ -134,6 +134,11 @@ def test_every_method_sees_the_same_lr(hr_dir):
     assert a["images"][0]["degradation"]["protocol"] == "aniso"
 
 
+def test_without_a_model_the_shipped_one_of_the_scale_is_run_and_named(hr_dir):
+    result = evaluate_sr(find_hr_images([hr_dir])[:1], 2, "clean", crop=64)
+    assert result["settings"]["model"] == result["model"]["name"] == "geosr-tiny-x2"
+
+
 def test_tiny_diffusion_model_on_pngs_and_a_real_geotiff(hr_dir, tiny_model, data_dir):
     paths = [*find_hr_images([hr_dir]), data_dir / "neon_harv_plot.tif"]
     result = evaluate_sr(paths, 4, "aniso", model=tiny_model, crop=96, steps=1)
