@@ -129,3 +129,16 @@ def test_lr_space_teacher_and_regression_baseline_train(tmp_path):
         pipe = GeoSRPipeline.from_pretrained(train_controlnet.main(train_controlnet.parse_args(["--config", str(config)])))
         assert pipe.unshuffle_factor == 4 and pipe.concat_channels == 3
         assert pipe(torch.rand(1, 3, 8, 8), num_inference_steps=1).images.shape == (1, 3, 32, 32)
+
+
+def test_with_final_timesteps_moves_the_drawn_share_to_the_last_timestep():
+    from geosr.training.train_controlnet import with_final_timesteps
+
+    timesteps = torch.arange(1000)
+    moved = with_final_timesteps(timesteps, 0.25, 999, torch.Generator().manual_seed(0))
+    changed = moved != timesteps
+    assert (moved[changed] == 999).all()
+    assert 0.2 < (moved == 999).float().mean() < 0.3
+    assert torch.equal(with_final_timesteps(timesteps, 0.0, 999, torch.Generator().manual_seed(0)), timesteps)
+    again = with_final_timesteps(timesteps, 0.25, 999, torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)

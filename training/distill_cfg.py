@@ -56,6 +56,7 @@ from geosr.pipelines.lr_space_models import LRSpaceDenoiser
 from geosr.training.model_factory import controlnet_class
 from geosr.training.train_controlnet import (
     step_generator,
+    with_final_timesteps,
     x0_eps,
     clean_sample,
     condition_inputs,
@@ -357,8 +358,7 @@ def main(args: argparse.Namespace) -> Path:
                 else:
                     last = noise_scheduler.config.num_train_timesteps - 1
                     timesteps = torch.randint(0, last + 1, (n,), generator=gen, device=x0.device)
-                    final = torch.rand(n, generator=gen, device=x0.device) < args.final_timestep_prob
-                    timesteps = torch.where(final, torch.full_like(timesteps, last), timesteps)
+                    timesteps = with_final_timesteps(timesteps, args.final_timestep_prob, last, gen)
                 g = args.guidance_scale_min + (args.guidance_scale_max - args.guidance_scale_min) * torch.rand(
                     n, generator=gen, device=x0.device)
                 noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)

@@ -63,6 +63,7 @@ __all__ = [
     "parse_args",
     "render_validation",
     "step_generator",
+    "with_final_timesteps",
     "x0_eps",
 ]
 
@@ -273,6 +274,16 @@ def render_validation(pipeline: GeoSRPipeline, pairs, out_path: Path, steps: int
     logger.info("validation images in %s", out_path)
 
 
+def with_final_timesteps(timesteps: torch.Tensor, prob: float, last: int, generator: torch.Generator) -> torch.Tensor:
+    """``timesteps`` with a ``prob`` share, drawn from ``generator``, moved to ``last``.
+
+    The last timestep is the only one a 1-step student runs at: the teacher learns its x0
+    regression there, the student its one step.
+    """
+    final = torch.rand(len(timesteps), generator=generator, device=timesteps.device) < prob
+    return torch.where(final, torch.full_like(timesteps, last), timesteps)
+
+
 def step_generator(seed: int, step: int, accelerator) -> torch.Generator:
     """Randomness of one optimisation step (noise, timesteps, caption dropout).
 
@@ -414,12 +425,11 @@ def main(args: argparse.Namespace) -> Path:
                 noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
                 timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
                                           generator=gen, device=x0.device)
-                last = torch.full_like(timesteps, noise_scheduler.config.num_train_timesteps - 1)
+                last = noise_scheduler.config.num_train_timesteps - 1
                 if args.objective == "regression":
-                    timesteps = last
+                    timesteps = torch.full_like(timesteps, last)
                 elif args.final_timestep_prob:
-                    final = torch.rand(len(timesteps), generator=gen, device=x0.device) < args.final_timestep_prob
-                    timesteps = torch.where(final, last, timesteps)
+                    timesteps = with_final_timesteps(timesteps, args.final_timestep_prob, last, gen)
                 loss_diffusion = diffusion_loss(unet, controlnet, noise_scheduler, x0, condition,
                                                 text, noise, timesteps, lr_grid, args.objective)
                 loss = loss_diffusion
