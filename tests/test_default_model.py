@@ -101,5 +101,9 @@ def test_default_batch_size_follows_model_and_device():
     from geosr.models import default_batch_size
 
     assert default_batch_size("bicubic") == 4
-    assert default_batch_size("geosr-tiny-x4", "cuda:1") == 4
+    for scale in SCALES:
+        assert default_batch_size(f"geosr-tiny-x{scale}", "cpu") == 1
+        assert default_batch_size(f"geosr-tiny-x{scale}", "cuda:1") == 4
+        assert RunConfig(scale=scale, device="cpu").batch_size == 1
+    assert RunConfig(scale=3).batch_size == 4  # bicubic: batching only saves task overhead
     assert RunConfig(scale=4, device="cpu", batch_size=3).batch_size == 3
