@@ -17,6 +17,7 @@ from geosr.training.degradations import (
     degrade,
     describe,
     gaussian_kernel,
+    mixture_weights,
     sample_params,
 )
 
@@ -90,6 +91,20 @@ def test_aniso_ranges():
     assert max(max(p.blur_sigma_x, p.blur_sigma_y) for p in draws) <= 5.0
     assert all(0 <= p.noise_sigma <= 25 and 30 <= p.jpeg_quality <= 95 for p in draws)
     assert all(0 <= p.blur_angle_deg < 180 for p in draws)
+
+
+def test_mixture_shares():
+    rng = np.random.default_rng(0)
+    default = [sample_params("mixed", 4, rng).protocol for _ in range(2000)]
+    assert 0.45 < default.count("aniso") / 2000 < 0.55
+    rng = np.random.default_rng(0)
+    mix = {"clean": 3, "iso": 1}  # shares are normalised; a missing protocol is never drawn
+    draws = [sample_params("mixed", 4, rng, mix=mix).protocol for _ in range(2000)]
+    assert "aniso" not in draws and 0.7 < draws.count("clean") / 2000 < 0.8
+    assert mixture_weights(mix) == {"clean": 0.75, "iso": 0.25, "aniso": 0.0}
+    for bad in ({"gaussian": 1.0}, {"clean": -1.0, "iso": 2.0}, {"clean": 0.0}):
+        with pytest.raises(InputError):
+            mixture_weights(bad)
 
 
 def test_bad_inputs(hr):

@@ -100,6 +100,17 @@ def test_distill_run_resume_and_geosr_upscale(tmp_path, teacher, data_dir):
         assert int(second["state"][key]["step"]) == 4
         torch.testing.assert_close(second["state"][key]["exp_avg"], state["exp_avg"])
 
+    # a later stage continues from this student (init_student), not from a teacher copy
+    unet, controlnet = distill_cfg.make_student(teacher, 16)
+    distill_cfg.load_student_weights(unet, controlnet, str(out))
+    for mine, saved in ((unet, pipe.unet), (controlnet, pipe.controlnet)):
+        for key, value in saved.state_dict().items():
+            torch.testing.assert_close(mine.state_dict()[key], value)
+    with pytest.raises(ValueError, match="config differs"):
+        distill_cfg.load_student_weights(*distill_cfg.make_student(teacher, 8), str(out))
+    with pytest.raises(ValueError, match="not a distilled student"):
+        distill_cfg.load_student_weights(unet, controlnet, str(teacher_dir))
+
     cli = pytest.importorskip("geosr.cli")
     from click.testing import CliRunner
 

@@ -18,7 +18,8 @@ def _script(path: Path):
 
 def test_the_recipes_are_there():
     names = {p.stem for p in CONFIGS}
-    v2 = {f"geosr_tiny_v2_x{s}_{stage}" for s in (2, 4) for stage in ("teacher", "student")}
+    stages = ("teacher", "student", "student_continued")
+    v2 = {f"geosr_tiny_v2_x{s}_{stage}" for s in (2, 4) for stage in stages}
     assert v2 | {"tiny_cpu_controlnet", "tiny_cpu_distill", "geosr_tiny_v2_regression_baseline_x4"} <= names
 
 
@@ -35,7 +36,7 @@ def test_shipped_models_match_their_recipes(scale):
 
     root = CONFIGS[0].parent
     teacher = train_controlnet.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_teacher.yaml")])
-    student = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student.yaml")])
+    student = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student_continued.yaml")])
     shipped = Path(shipped_model_path(f"geosr-tiny-x{scale}"))
     index = json.loads((shipped / "model_index.json").read_text())
     unet = json.loads((shipped / "unet" / "config.json").read_text())
@@ -58,6 +59,13 @@ def test_v2_recipes_pair_teacher_and_student(scale):
     teacher = train_controlnet.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_teacher.yaml")])
     student = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student.yaml")])
     assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == scale
+    # stage 3 continues the stage-2 student, with the same teacher and the same student layout
+    continued = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student_continued.yaml")])
+    assert continued.init_student == student.output_dir != continued.output_dir
+    assert continued.teacher_model == student.teacher_model and continued.scale == scale
+    assert continued.guidance_embedding_dim == student.guidance_embedding_dim
+    assert continued.student_unet == student.student_unet and continued.crop_size == student.crop_size
+    assert set(continued.degradation_mix) <= {"clean", "iso", "aniso"}
     unet = teacher.base["unet"]
     residual = 3 * teacher.unshuffle_factor**2
     assert unet["out_channels"] == residual

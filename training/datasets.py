@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from geosr.captioning import Captioner, load_captioner
 from geosr.errors import InputError
-from geosr.training.degradations import MIXED, PROTOCOLS, degrade, describe
+from geosr.training.degradations import MIXED, PROTOCOLS, degrade, describe, mixture_weights
 
 __all__ = ["IMAGE_SUFFIXES", "SRPairDataset", "find_images"]
 
@@ -130,6 +130,9 @@ class SRPairDataset(Dataset):
         Windows with a larger fraction of masked pixels are rejected and redrawn.
     jpeg_prob : float
         Probability of a JPEG step in the degradation.
+    mix : dict, optional
+        ``protocol="mixed"``: the share of each protocol (default: the module default of
+        :mod:`geosr.training.degradations`).
     shuffle : bool
         Visit the images in a new order each epoch (a permutation drawn from ``(seed,
         epoch)``), so the DataLoader itself need not shuffle and a resumed run, skipping the
@@ -154,6 +157,7 @@ class SRPairDataset(Dataset):
         crops_per_image: int = 1,
         max_nodata_fraction: float = 0.0,
         jpeg_prob: float = 0.0,
+        mix: dict[str, float] | None = None,
         shuffle: bool = True,
         augment: bool = True,
         seed: int = 0,
@@ -168,6 +172,7 @@ class SRPairDataset(Dataset):
         self.crops_per_image = int(crops_per_image)
         self.max_nodata_fraction = float(max_nodata_fraction)
         self.jpeg_prob, self.augment, self.seed = float(jpeg_prob), bool(augment), int(seed)
+        self.mix = None if mix is None else mixture_weights(mix)
         self.cache, self.shuffle = cache, bool(shuffle)
         self.epoch = 0
         roots = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
@@ -215,7 +220,9 @@ class SRPairDataset(Dataset):
             if rng.random() < 0.5:
                 hr = hr[:, ::-1]
         hr = np.ascontiguousarray(hr)
-        lr, params = degrade(hr, self.scale, self.protocol, rng=rng, jpeg_prob=self.jpeg_prob)
+        lr, params = degrade(
+            hr, self.scale, self.protocol, rng=rng, jpeg_prob=self.jpeg_prob, mix=self.mix
+        )
         hr_t = torch.from_numpy(hr.transpose(2, 0, 1).copy())
         lr_t = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))
         return {"hr": hr_t, "lr": lr_t, "caption": self._caption(info, lr_t, describe(params))}

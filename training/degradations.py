@@ -50,6 +50,7 @@ __all__ = [
     "degrade",
     "describe",
     "gaussian_kernel",
+    "mixture_weights",
     "sample_params",
 ]
 
@@ -130,8 +131,32 @@ class DegradationParams:
         return major % 180.0
 
 
+def mixture_weights(mix: dict[str, float] | None = None) -> dict[str, float]:
+    """The ``"mixed"`` shares of the three protocols, checked and normalised.
+
+    Raises
+    ------
+    InputError
+        A key is not a protocol, a share is negative, or they sum to zero.
+    """
+    if mix is None:
+        return dict(_MIXED_WEIGHTS)
+    unknown = set(mix) - set(PROTOCOLS)
+    if unknown:
+        raise InputError(f"degradation mix: unknown protocol(s) {sorted(unknown)}; use {PROTOCOLS}")
+    weights = {name: float(mix.get(name, 0.0)) for name in PROTOCOLS}
+    total = sum(weights.values())
+    if min(weights.values()) < 0 or total <= 0:
+        raise InputError(f"degradation mix {mix}: shares must be >= 0 and not all zero")
+    return {name: w / total for name, w in weights.items()}
+
+
 def sample_params(
-    protocol: str, scale: int, rng: np.random.Generator, jpeg_prob: float = 0.0
+    protocol: str,
+    scale: int,
+    rng: np.random.Generator,
+    jpeg_prob: float = 0.0,
+    mix: dict[str, float] | None = None,
 ) -> DegradationParams:
     """Draw degradation parameters from a protocol's ranges.
 
@@ -148,6 +173,9 @@ def sample_params(
         Source of randomness.
     jpeg_prob : float, optional
         Probability of a JPEG re-encoding with quality uniform in [30, 95].
+    mix : dict, optional
+        ``"mixed"`` only: the share of each protocol (default clean 0.3, iso 0.2, aniso 0.5);
+        normalised to sum to one.
 
     Returns
     -------
@@ -155,8 +183,9 @@ def sample_params(
     """
     low_noise = False
     if protocol == MIXED:
-        names = list(_MIXED_WEIGHTS)
-        protocol = names[int(rng.choice(len(names), p=list(_MIXED_WEIGHTS.values())))]
+        weights = mixture_weights(mix)
+        names = list(weights)
+        protocol = names[int(rng.choice(len(names), p=list(weights.values())))]
         low_noise = True
     if protocol == "clean":
         sigma = CLEAN_BLUR_LR_PX * scale
@@ -296,6 +325,7 @@ def degrade(
     seed: int | None = None,
     rng: np.random.Generator | None = None,
     jpeg_prob: float = 0.0,
+    mix: dict[str, float] | None = None,
 ) -> tuple[Array, DegradationParams]:
     """Sample parameters from ``protocol`` and apply them.
 
@@ -313,13 +343,15 @@ def degrade(
         Generator for both the parameters and the noise.
     jpeg_prob : float, optional
         Probability of a JPEG re-encoding.
+    mix : dict, optional
+        Shares of the ``"mixed"`` protocol, see :func:`sample_params`.
 
     Returns
     -------
     (lr, params)
     """
     rng = np.random.default_rng(seed) if rng is None else rng
-    params = sample_params(protocol, scale, rng, jpeg_prob=jpeg_prob)
+    params = sample_params(protocol, scale, rng, jpeg_prob=jpeg_prob, mix=mix)
     return apply_degradation(hr, params, rng), params
 
 

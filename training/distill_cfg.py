@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import math
 from pathlib import Path
@@ -68,6 +69,7 @@ from geosr.training.train_controlnet import (
 __all__ = [
     "consistency_loss",
     "guidance_distillation_loss",
+    "load_student_weights",
     "make_student",
     "main",
     "parse_args",
@@ -86,6 +88,9 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--teacher_model", type=str, required=False, default=None,
         help="GeoSRPipeline directory or hub id of the guided teacher.")
+    add("--init_student", type=str, default=None,
+        help="A distilled student of this teacher (GeoSRPipeline directory) to continue from,"
+             " instead of a copy of the teacher.")
     add("--guidance_scale_min", type=float, default=1.0)
     add("--guidance_scale_max", type=float, default=8.0)
     add("--guidance_embedding_dim", type=int, default=256, help="The student's time_cond_proj_dim.")
@@ -139,6 +144,30 @@ def make_student(
         raise RuntimeError(f"student does not match the teacher: {missing} {unexpected}")
     torch.nn.init.zeros_(unet.time_embedding.cond_proj.weight)
     return unet, copy.deepcopy(teacher.controlnet)
+
+
+def load_student_weights(unet: torch.nn.Module, controlnet: torch.nn.Module, path: str) -> None:
+    """Load a saved student's UNet and ControlNet weights into ``unet`` and ``controlnet``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is not a distilled student, or its networks differ from these (another
+        teacher, ``student_unet`` or ``guidance_embedding_dim``).
+    """
+    saved = GeoSRPipeline.from_pretrained(path)
+    if not saved.is_distilled:
+        raise ValueError(f"init_student {path} is not a distilled student")
+    for name, mine, theirs in (("unet", unet, saved.unet), ("controlnet", controlnet, saved.controlnet)):
+        if _architecture(mine.config) != _architecture(theirs.config):
+            raise ValueError(f"init_student {path}: its {name} config differs from this student's")
+        mine.load_state_dict(theirs.state_dict())
+
+
+def _architecture(config) -> dict:
+    """A network config without the bookkeeping keys (``_name_or_path``, versions), as saved
+    (JSON: tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
 
 
 def predict(unet, controlnet, sample, timesteps, text, condition, timestep_cond=None, lr_grid=None) -> torch.Tensor:
@@ -277,6 +306,8 @@ def main(args: argparse.Namespace) -> Path:
     student, student_controlnet = make_student(
         teacher, args.guidance_embedding_dim, args.student_unet, seed=args.seed
     )
+    if args.init_student:
+        load_student_weights(student, student_controlnet, args.init_student)
     for frozen in (teacher.vae, teacher.text_encoder, teacher.unet, teacher.controlnet):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(accelerator.device)

@@ -18,6 +18,7 @@ import yaml
 
 from geosr.errors import InputError
 from geosr.training.datasets import SRPairDataset
+from geosr.training.degradations import mixture_weights
 
 __all__ = [
     "add_common_args",
@@ -42,6 +43,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--scale", type=int, default=4)
     add("--degradation", choices=("clean", "iso", "aniso", "mixed"), default="mixed",
         help="Degradation protocol of the LR inputs (mixed: the training mixture of all three).")
+    add("--degradation_mix", type=parse_mix, default=None,
+        help="Shares of the mixed protocol, e.g. clean=0.4,iso=0.3,aniso=0.3 (a mapping in YAML).")
     add("--jpeg_prob", type=float, default=0.0)
     add("--captions", type=str, default="truth",
         help="truth | none | captioner:<spec> | file:<captions.json>")
@@ -75,6 +78,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--validation_inference_steps", type=int, default=20)
     add("--report_to", type=str, default="none", help='"tensorboard", "wandb" or "none".')
     add("--tracker_project_name", type=str, default="geosr")
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"clean=0.4,iso=0.3,aniso=0.3"`` -> ``{"clean": 0.4, ...}`` (checked as training uses it)."""
+    try:
+        mix = {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write protocol=share pairs, e.g. clean=0.4,iso=0.3,aniso=0.3")
+    try:
+        mixture_weights(mix)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return mix
 
 
 def parse_with_config(
@@ -127,6 +143,7 @@ def make_dataloader(args: argparse.Namespace) -> torch.utils.data.DataLoader:
         bands=args.bands,
         crops_per_image=args.crops_per_image,
         jpeg_prob=args.jpeg_prob,
+        mix=args.degradation_mix,
         seed=args.seed,
         cache=args.cache_images,
     )
