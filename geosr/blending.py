@@ -126,6 +126,9 @@ class BlendAccumulator:
                     w = self._cell_window(i, j)
                     self._finished[i, j] = (int(w.col_off), int(w.row_off)) in finished
         self._remaining[self._finished] = 0
+        # cells one tile covers (a core's inside, most of the output) are that tile's pixels
+        # times a weight of 1: emitted as they are, never copied, weighted or divided
+        self._single = self._remaining == 1
         # cell -> contributions (tile index, weighted data, weights) until the last arrives
         self._pending: dict[tuple[int, int], list[tuple[int, np.ndarray, np.ndarray]]] = {}
 
@@ -144,7 +147,10 @@ class BlendAccumulator:
         data = hr[:, top : top + rh, left : left + rw]
         if data.shape[1:] != (rh, rw):
             raise ValueError(f"tile {tile.index}: HR data {hr.shape} does not match its window")
-        weights = tile_weights(tile, self.overlap, s, self.mode)
+        ov = self.overlap * s
+        pad_top, pad_left = tile.pad[0] * s, tile.pad[2] * s
+        wy = axis_weights(ov, int(tile.core.height) * s, ov, self.mode)[pad_top : pad_top + rh]
+        wx = axis_weights(ov, int(tile.core.width) * s, ov, self.mode)[pad_left : pad_left + rw]
         y_base, x_base = int(tile.read.row_off), int(tile.read.col_off)
         (i0, i1), (j0, j1) = self._cell_range(tile.read)
         for i in range(i0, i1):
@@ -153,10 +159,14 @@ class BlendAccumulator:
                 if self._finished[i, j]:
                     continue
                 xs = slice((self._xs[j] - x_base) * s, (self._xs[j + 1] - x_base) * s)
-                w = weights[ys, xs]
+                self._remaining[i, j] -= 1
+                if self._single[i, j]:
+                    if self._in_core[i, j]:
+                        self._emit(self._cell_window(i, j), data[:, ys, xs])
+                    continue
+                w = np.outer(wy[ys], wx[xs])  # = tile_weights(...)[ys, xs]
                 parts = self._pending.setdefault((i, j), [])
                 parts.append((tile.index, data[:, ys, xs] * w, w))
-                self._remaining[i, j] -= 1
                 if self._remaining[i, j] == 0:
                     del self._pending[(i, j)]
                     if self._in_core[i, j]:
@@ -194,8 +204,9 @@ class BlendAccumulator:
 def _blend(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
     """Normalised sum of a cell's contributions, added in tile order (same bits every run)."""
     parts = sorted(parts, key=lambda p: p[0])
-    acc, wsum = parts[0][1].copy(), parts[0][2].copy()
+    acc, wsum = parts[0][1], parts[0][2]  # this cell's own arrays: summed in place
     for _, a, w in parts[1:]:
         acc += a
         wsum += w
-    return acc / np.maximum(wsum, 1e-12)[None]
+    acc /= np.maximum(wsum, 1e-12)[None]
+    return acc

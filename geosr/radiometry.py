@@ -63,11 +63,18 @@ class Stretch:
     def inverse(self, data: np.ndarray) -> np.ndarray:
         """``[C, h, w]`` model units -> raster values in :attr:`dtype`, clipped and rounded."""
         low, span = self._coeffs(data.shape[0])
-        out = data.astype(np.float64) * span + low
+        dtype = np.dtype(self.dtype)
+        # float32 holds every 8/16-bit value exactly and is the model's own precision:
+        # half the memory traffic of float64 on the output's largest arrays
+        work = np.float32 if dtype.itemsize <= 2 or dtype == np.float32 else np.float64
+        out = data.astype(work)  # a new array, worked on in place
+        out *= span.astype(work)
+        out += low.astype(work)
+        if np.issubdtype(dtype, np.integer):
+            np.rint(out, out=out)
         lo, hi = dtype_range(self.dtype)
-        if np.issubdtype(np.dtype(self.dtype), np.integer):
-            out = np.rint(out)
-        return np.clip(out, lo, hi).astype(self.dtype)
+        np.clip(out, lo, hi, out=out)
+        return out.astype(dtype, copy=False)
 
 
 def fit_stretch(

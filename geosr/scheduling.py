@@ -30,7 +30,8 @@ def dask_client(address: str | None = None, local_workers: int | None = None) ->
         return
     # Worker processes log a failed task with its traceback, a restart with its pid...: geosr
     # reports failures itself, in one line.
-    kwargs = dict(dashboard_address=":0", silence_logs=logging.CRITICAL)
+    # no dashboard: its web server (bokeh) costs a second of start-up and nothing here uses it
+    kwargs = dict(dashboard_address=None, silence_logs=logging.CRITICAL)
     if local_workers:
         cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
     else:
