@@ -101,6 +101,7 @@ class BlendAccumulator:
     ) -> None:
         self.scale, self.overlap, self.channels, self.mode = scale, overlap, channels, mode
         self._emit = emit
+        self._tiles = list(tiles)
         ys = {0, height}
         xs = {0, width}
         for t in tiles:
@@ -171,6 +172,26 @@ class BlendAccumulator:
                     del self._pending[(i, j)]
                     if self._in_core[i, j]:
                         self._emit(self._cell_window(i, j), _blend(parts))
+
+    def open_cells(self) -> list[tuple[Window, tuple[int, ...]]]:
+        """The output cells still to write: LR window and the indices of the tiles covering it.
+
+        For writers that blend cells where the tiles are (:mod:`geosr.worker_writes`)
+        instead of calling :meth:`add`; cells outside every core are not listed
+        (:meth:`uncovered`), nor cells an earlier run finished.
+        """
+        cover: dict[tuple[int, int], list[int]] = {}
+        for t in self._tiles:
+            (i0, i1), (j0, j1) = self._cell_range(t.read)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    if self._in_core[i, j] and not self._finished[i, j]:
+                        cover.setdefault((i, j), []).append(t.index)
+        return [
+            (Window(self._xs[j], self._ys[i], self._xs[j + 1] - self._xs[j], self._ys[i + 1] - self._ys[i]),
+             tuple(sorted(ix)))
+            for (i, j), ix in sorted(cover.items())
+        ]
 
     def needs(self, tile: Tile) -> bool:
         """True when some cell under the tile is not finished yet."""

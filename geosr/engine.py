@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 import geosr
 from geosr.blending import BlendAccumulator
+from geosr.cell_render import CellRenderer, avoid_nodata
 from geosr.captioning import Captioner, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig, parse_caption_every
@@ -47,7 +48,7 @@ from geosr.errors import GeosrError
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
 from geosr.journal import RunJournal, WorkFolder
 from geosr.models import Upscaler, load_upscaler
-from geosr.models.classical import BicubicUpscaler
+from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
 from geosr.output_lock import OutputLock
 from geosr.radiometry import Stretch
 from geosr.reading import read_tile, read_valid
@@ -127,9 +128,9 @@ def _shippable_errors(task):
     """
 
     @functools.wraps(task)
-    def run(job):
+    def run(*args):
         try:
-            return task(job)
+            return task(*args)
         except GeosrError as exc:
             exc.__cause__ = exc.__context__ = None
             raise
@@ -285,7 +286,16 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
             jobs = batch_jobs(scene_plan, todo, config)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
-            peak = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal, raster)
+            if (config.address or config.local_workers) and _workers_see(client, folder.path):
+                # worker processes blend and write their cells: the tiles never come here
+                renderer = CellRenderer(
+                    source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
+                    overlap=grid.overlap, blend=config.blend,
+                )
+                peak = _run_jobs_on_workers(client, jobs, todo, acc, renderer, captions, config, performance_report,
+                                            journal, raster)
+            else:
+                peak = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal, raster)
             for window in acc.uncovered():
                 writer.write_empty(window)
         journal.commit(raster.sync)
@@ -426,33 +436,75 @@ def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Se
 def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config: RunConfig, performance_report,
               journal: RunJournal, raster: WorkRaster) -> int:
     """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
-    results as they complete, and commit finished cells to the journal every few seconds."""
-    import distributed
-
+    results here as they complete, and commit finished cells to the journal every few seconds."""
     by_index = {t.index: t for t in tiles}
-    resources = gpu_resources(client, config.device)
-    hr_px_per_tile = {t.index: int(t.core.width * t.core.height) * config.scale**2 for t in tiles}
+    resources = gpu_resources(client, _is_neural(config), config.device)
     peak = 0
-    report = distributed.performance_report(filename=performance_report) if performance_report else contextlib.nullcontext()
-    bar = tqdm(total=len(tiles), unit="tile", disable=not config.progress, desc="upscale", dynamic_ncols=True)
-    start = time.perf_counter()
-    done_px = 0
-    with report, bar:
+    with _progress(tiles, config, performance_report) as progress:
         for results in bounded_map(client, process_batch, jobs, resources):
             for r in results:
                 # The caption goes in the journal before any cell this tile finishes.
                 journal.record(captions={r.index: r.caption})
                 acc.add(by_index[r.index], r.hr)
                 captions[r.index] = r.caption
-                done_px += hr_px_per_tile[r.index]
             if journal.commit_due():
                 journal.commit(raster.sync)
             peak = max(peak, acc.pending_bytes)
-            bar.update(len(results))
-            bar.set_postfix(MPps=f"{done_px / 1e6 / max(time.perf_counter() - start, 1e-9):.2f}")
+            progress([r.index for r in results])
     if not acc.done:
         raise RuntimeError("internal error: some output cells were never completed")
     return peak
+
+
+def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: CellRenderer, captions: dict,
+                         config: RunConfig, performance_report, journal: RunJournal, raster: WorkRaster) -> int:
+    """Run the jobs with workers blending and writing (:mod:`geosr.worker_writes`); nothing is
+    pending here, so the peak of pending bytes is 0."""
+    from geosr.worker_writes import run_writing_on_workers  # it builds on this module
+
+    with _progress(tiles, config, performance_report) as progress:
+        run_writing_on_workers(
+            client, jobs, acc, renderer, raster, journal, captions, gpu_resources(client, _is_neural(config), config.device), progress,
+        )
+    return 0
+
+
+def _is_neural(config: RunConfig) -> bool:
+    """Whether the run's model is a network (its tasks want a GPU), not an interpolation."""
+    return not isinstance(_model_of(config), CLASSICAL_UPSCALERS)
+
+
+def _model_of(config: RunConfig) -> Upscaler:
+    return load_upscaler(config.model, config.scale, **config.model_options())
+
+
+def _workers_see(client, folder: Path) -> bool:
+    from geosr.worker_writes import workers_see  # it builds on this module
+
+    return workers_see(client, folder)
+
+
+@contextlib.contextmanager
+def _progress(tiles, config: RunConfig, performance_report):
+    """The progress bar (tiles, output MP/s) and the dask performance report of a run.
+
+    Yields ``progress(tile_indices)``, to call as tiles are done.
+    """
+    import distributed
+
+    px = {t.index: int(t.core.width * t.core.height) * config.scale**2 for t in tiles}
+    report = distributed.performance_report(filename=performance_report) if performance_report else contextlib.nullcontext()
+    bar = tqdm(total=len(tiles), unit="tile", disable=not config.progress, desc="upscale", dynamic_ncols=True)
+    start = time.perf_counter()
+    done = [0]
+
+    def progress(indices) -> None:
+        done[0] += sum(px[i] for i in indices)
+        bar.update(len(indices))
+        bar.set_postfix(MPps=f"{done[0] / 1e6 / max(time.perf_counter() - start, 1e-9):.2f}")
+
+    with report, bar:
+        yield progress
 
 
 class _CellWriter:
@@ -483,24 +535,6 @@ class _CellWriter:
         shape = (len(self.stretch.low), int(window.height), int(window.width))
         values = np.full(shape, fill, dtype=self.stretch.dtype)
         self.raster.write(window, values, np.zeros(shape[1:], bool))
-
-
-def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
-    """Move valid pixels that landed on the nodata value one step off it, in place.
-
-    A dark valid pixel whose upscaled value rounds to nodata (0 in uint8, typically) would
-    otherwise turn into a hole in the output mask.
-    """
-    if np.isnan(nodata):
-        return
-    hit = (values == np.asarray(nodata).astype(values.dtype)) & valid[None]
-    if not hit.any():
-        return
-    if np.issubdtype(values.dtype, np.integer):
-        step = -1 if nodata >= np.iinfo(values.dtype).max else 1
-        values[hit] = np.asarray(nodata + step).astype(values.dtype)
-    else:
-        values[hit] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
 
 
 def _output_profile(scene: Scene, plan: BandPlan, s: int) -> dict:

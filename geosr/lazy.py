@@ -28,17 +28,14 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window
 
-from geosr.blending import tile_weights
+from geosr.cell_render import CellRenderer
 from geosr.config import RunConfig, parse_caption_every
-from geosr.engine import BatchJob, _captioner, avoid_nodata, batch_jobs, caption_tiles, process_batch, with_shared_captions
+from geosr.engine import BatchJob, _captioner, batch_jobs, caption_tiles, process_batch, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
 from geosr.models import load_upscaler
-from geosr.radiometry import Stretch
-from geosr.reading import read_valid
-from geosr.scene import expand_inputs, open_raster
+from geosr.scene import expand_inputs
 from geosr.scene_plan import plan_scene
 from geosr.sources import SourceFiles
-from geosr.tiling import Tile
 
 __all__ = ["lazy_upscale"]
 
@@ -114,60 +111,10 @@ def _intersects(a: Window, b: Window) -> bool:
 
 
 @dataclass(frozen=True)
-class _ChunkRenderer:
-    """Blends the tiles under one output chunk and turns them into output pixels.
+class _ChunkRenderer(CellRenderer):
+    """A :class:`~geosr.cell_render.CellRenderer` that keeps the input files alive as long as the graph."""
 
-    The arithmetic is :class:`geosr.blending.BlendAccumulator`'s and the writer's, pixel
-    for pixel, so the chunk holds the bytes ``geosr upscale`` writes there.
-    """
-
-    files: SourceFiles  # keeps temporary inputs alive as long as the graph
-    source: str
-    stretch: Stretch
-    masked: bool
-    nodata: float | None
-    scale: int
-    overlap: int
-    blend: str
-
-    def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
-        s = self.scale
-        h, w = int(window.height) * s, int(window.width) * s
-        acc = np.zeros((len(self.stretch.low), h, w), np.float32)
-        wsum = np.zeros((h, w), np.float32)
-        in_core = np.zeros((h, w), bool)
-        for tile, hr in sorted(zip(tiles, hrs), key=lambda p: p[0].index):  # tile order: same bits as a run
-            top, _, left, _ = (p * s for p in tile.pad)
-            data = hr[:, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
-            weights = tile_weights(tile, self.overlap, s, self.blend)
-            src, dst = _overlap_slices(tile.read, window, s)
-            acc[(slice(None),) + dst] += data[(slice(None),) + src] * weights[src]
-            wsum[dst] += weights[src]
-            in_core[_overlap_slices(tile.core, window, s)[1]] = True
-        values = self.stretch.inverse(acc / np.maximum(wsum, 1e-12)[None])
-        if self.masked:
-            with open_raster(self.source) as ds:
-                lr_valid = read_valid(ds, window, True)
-            valid = np.repeat(np.repeat(lr_valid, s, axis=0), s, axis=1)
-            if self.nodata is not None:
-                avoid_nodata(values, valid, self.nodata)
-                values[:, ~valid] = np.asarray(self.nodata).astype(values.dtype)
-        # Pixels outside every processed core (skipped tiles) are holes, as in a run.
-        values[:, ~in_core] = np.asarray(self.nodata if self.nodata is not None else 0).astype(values.dtype)
-        return values
-
-
-def _overlap_slices(a: Window, b: Window, s: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """HR slices of the overlap of LR windows ``a`` and ``b``: into ``a``'s array, into ``b``'s."""
-    r0, r1 = max(a.row_off, b.row_off), min(a.row_off + a.height, b.row_off + b.height)
-    c0, c1 = max(a.col_off, b.col_off), min(a.col_off + a.width, b.col_off + b.width)
-    r0, r1, c0, c1 = (int(v) for v in (r0, max(r0, r1), c0, max(c0, c1)))
-
-    def cut(win: Window) -> tuple[slice, slice]:
-        y, x = int(win.row_off), int(win.col_off)
-        return slice((r0 - y) * s, (r1 - y) * s), slice((c0 - x) * s, (c1 - x) * s)
-
-    return cut(a), cut(b)
+    files: SourceFiles | None = None
 
 
 def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int) -> xr.DataArray:

@@ -42,9 +42,15 @@ def dask_client(address: str | None = None, local_workers: int | None = None) ->
         yield client
 
 
-def gpu_resources(client: "distributed.Client", device: str | None) -> dict | None:
-    """``{"GPU": 1}`` for CUDA tasks when the cluster's workers declare a GPU resource."""
-    if not (device or "").startswith("cuda"):
+def gpu_resources(client: "distributed.Client", neural: bool, device: str | None) -> dict | None:
+    """``{"GPU": 1}`` for the tasks of a neural model when the cluster's workers declare a GPU.
+
+    Workers started with ``dask worker --resources GPU=1`` (one per GPU, each with its own
+    ``CUDA_VISIBLE_DEVICES``) then run one such task at a time and keep one model each; the
+    device comes from the worker (``device`` None or ``cuda``: what it sees). Classical models,
+    an explicit CPU device, and reading, blending and writing run on any worker.
+    """
+    if not neural or (device is not None and not device.startswith("cuda")):
         return None
     workers = client.scheduler_info().get("workers", {}).values()
     if any("GPU" in (w.get("resources") or {}) for w in workers):

@@ -59,3 +59,7 @@ class LanczosUpscaler:
                     img.resize((w * self.scale, h * self.scale), Image.Resampling.LANCZOS)
                 )
         return torch.from_numpy(out)
+
+
+#: The interpolators: no network, no GPU wanted.
+CLASSICAL_UPSCALERS = (BicubicUpscaler, LanczosUpscaler)

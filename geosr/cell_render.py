@@ -1,0 +1,120 @@
+"""Output pixels of one window from the HR tiles under it: blend, inverse stretch, mask, nodata.
+
+The arithmetic of :class:`geosr.blending.BlendAccumulator` and of the run's writer, pixel for
+pixel (each pixel sums the same contributions in the same order), for the places that hold a
+window's tiles rather than a stream of them: the chunks of the lazy xarray result
+(:mod:`geosr.lazy`) and the cells that dask workers blend and write themselves
+(:mod:`geosr.worker_writes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from rasterio.windows import Window
+
+from geosr.blending import tile_weights
+from geosr.radiometry import Stretch
+from geosr.reading import read_valid
+from geosr.scene import open_raster
+from geosr.tiling import Tile
+
+__all__ = ["CellRenderer", "avoid_nodata"]
+
+
+@dataclass(frozen=True)
+class CellRenderer:
+    """Turns the HR tiles under an LR window into that window's output pixels.
+
+    Attributes
+    ----------
+    source : str
+        The scene read by the tiles (for its validity mask).
+    stretch : Stretch
+        The scene stretch, inverted to output values.
+    masked : bool
+        The scene has a validity mask (nodata, alpha, internal mask).
+    nodata : float or None
+    scale, overlap : int
+    blend : str
+        Blend mode, see :func:`geosr.blending.axis_weights`.
+    """
+
+    source: str
+    stretch: Stretch
+    masked: bool
+    nodata: float | None
+    scale: int
+    overlap: int
+    blend: str
+
+    def render(
+        self, window: Window, tiles: Sequence[Tile], hrs: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(values [C, h, w] in the output dtype, HR validity or None when unmasked)``.
+
+        Pixels outside every tile core are holes (nodata, or 0), as in a run.
+        """
+        s = self.scale
+        h, w = int(window.height) * s, int(window.width) * s
+        acc = np.zeros((len(self.stretch.low), h, w), np.float32)
+        wsum = np.zeros((h, w), np.float32)
+        in_core = np.zeros((h, w), bool)
+        for tile, hr in sorted(zip(tiles, hrs), key=lambda p: p[0].index):  # tile order: same bits as a run
+            top, _, left, _ = (p * s for p in tile.pad)
+            data = hr[:, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
+            weights = tile_weights(tile, self.overlap, s, self.blend)
+            src, dst = _overlap_slices(tile.read, window, s)
+            acc[(slice(None),) + dst] += data[(slice(None),) + src] * weights[src]
+            wsum[dst] += weights[src]
+            in_core[_overlap_slices(tile.core, window, s)[1]] = True
+        acc /= np.maximum(wsum, 1e-12)[None]
+        values = self.stretch.inverse(acc)
+        valid = None
+        if self.masked:
+            with open_raster(self.source) as ds:
+                lr_valid = read_valid(ds, window, True)
+            valid = np.repeat(np.repeat(lr_valid, s, axis=0), s, axis=1)
+            if self.nodata is not None:
+                avoid_nodata(values, valid, self.nodata)
+                values[:, ~valid] = np.asarray(self.nodata).astype(values.dtype)
+        if not in_core.all():
+            values[:, ~in_core] = np.asarray(self.nodata if self.nodata is not None else 0).astype(values.dtype)
+        return values, valid
+
+    def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
+        """The output values of ``window`` (a dask task of the lazy result)."""
+        return self.render(window, tiles, hrs)[0]
+
+
+def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
+    """Move valid pixels that landed on the nodata value one step off it, in place.
+
+    A dark valid pixel whose upscaled value rounds to nodata (0 in uint8, typically) would
+    otherwise turn into a hole in the output mask.
+    """
+    if np.isnan(nodata):
+        return
+    hit = (values == np.asarray(nodata).astype(values.dtype)) & valid[None]
+    if not hit.any():
+        return
+    if np.issubdtype(values.dtype, np.integer):
+        step = -1 if nodata >= np.iinfo(values.dtype).max else 1
+        values[hit] = np.asarray(nodata + step).astype(values.dtype)
+    else:
+        values[hit] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
+
+
+def _overlap_slices(a: Window, b: Window, s: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """HR slices of the overlap of LR windows ``a`` and ``b``: into ``a``'s array, into ``b``'s."""
+    r0, r1 = max(a.row_off, b.row_off), min(a.row_off + a.height, b.row_off + b.height)
+    c0, c1 = max(a.col_off, b.col_off), min(a.col_off + a.width, b.col_off + b.width)
+    r0, r1, c0, c1 = (int(v) for v in (r0, max(r0, r1), c0, max(c0, c1)))
+
+    def cut(win: Window) -> tuple[slice, slice]:
+        y, x = int(win.row_off), int(win.col_off)
+        return slice((r0 - y) * s, (r1 - y) * s), slice((c0 - x) * s, (c1 - x) * s)
+
+    return cut(a), cut(b)

@@ -1,0 +1,154 @@
+"""Blend and write the output cells on the dask workers: HR tiles never reach the client.
+
+With worker processes (``--local-workers``, ``--address``) a run is a graph of two kinds of
+tasks. A tile batch (read, caption, upscale: :func:`geosr.engine.process_batch`) leaves its
+HR result on the worker that made it. A cell task per batch takes the results of the batches
+it needs (dask moves them worker to worker), blends the output cells that batch completes
+(those whose last covering tile is in it), inverse-stretches and masks them, writes them into
+the run's raw work raster (``pwrite`` at disjoint offsets: no lock) and makes them durable
+before it returns. The client gets back cell offsets and captions only, so its memory and
+traffic stay flat whatever the scene size, and blending and writing run on every worker.
+
+The pixels are the bits the client's blend writes: :class:`geosr.cell_render.CellRenderer`
+sums the same contributions in the same order. The work folder must be visible to the workers
+at the same path (a local cluster, or a shared filesystem): :func:`workers_see` checks it, and
+the engine blends on the client otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rasterio.windows import Window
+
+from geosr.blending import BlendAccumulator
+from geosr.cell_render import CellRenderer
+from geosr import engine
+from geosr.engine import BatchJob, TileResult, _shippable_errors
+from geosr.journal import RunJournal
+from geosr.tiling import Tile
+from geosr.writer import WorkRaster
+
+__all__ = ["CellJob", "CellsWritten", "workers_see", "write_cells", "run_writing_on_workers"]
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Output cells for one worker task to blend and write (small and picklable).
+
+    Attributes
+    ----------
+    folder, profile, write_mask
+        The run's :class:`~geosr.writer.WorkRaster`, reopened on the worker.
+    renderer : CellRenderer
+    cells : tuple
+        ``(LR window, the tiles covering it)`` per cell.
+    """
+
+    folder: str
+    profile: dict
+    write_mask: bool
+    renderer: CellRenderer
+    cells: tuple[tuple[Window, tuple[Tile, ...]], ...]
+
+
+@dataclass(frozen=True)
+class CellsWritten:
+    """What a cell task wrote: HR ``(col_off, row_off)`` of its cells, and tile captions."""
+
+    cells: tuple[tuple[int, int], ...]
+    captions: dict[int, str]
+
+
+@_shippable_errors
+def write_cells(job: CellJob, *batches: list[TileResult]) -> CellsWritten:
+    """Blend, render and durably write ``job``'s cells from the batch results (on a worker)."""
+    results = {r.index: r for batch in batches for r in batch}
+    s = job.renderer.scale
+    raster = WorkRaster(Path(job.folder), job.profile, job.write_mask)
+    written = []
+    try:
+        for window, tiles in job.cells:
+            values, valid = job.renderer.render(window, tiles, [results[t.index].hr for t in tiles])
+            hr = Window(window.col_off * s, window.row_off * s, window.width * s, window.height * s)
+            raster.write(hr, values, valid)
+            written.append((int(hr.col_off), int(hr.row_off)))
+        raster.sync()  # durable before the client's journal names these cells
+    finally:
+        raster.close()
+    return CellsWritten(tuple(written), {i: r.caption for i, r in results.items()})
+
+
+def workers_see(client, folder: Path) -> bool:
+    """True when every worker of ``client`` sees ``folder`` at the same path."""
+    seen = client.run(os.path.isdir, str(folder))
+    return bool(seen) and all(seen.values())
+
+
+def run_writing_on_workers(
+    client,
+    jobs: Sequence[BatchJob],
+    acc: BlendAccumulator,
+    renderer: CellRenderer,
+    raster: WorkRaster,
+    journal: RunJournal,
+    captions: dict[int, str],
+    resources: dict | None,
+    progress: Callable[[list[int]], None],
+) -> None:
+    """Run ``jobs`` with their cell tasks, a bounded window in flight; journal what is written.
+
+    ``progress(indices)`` is called with the tiles of each batch whose results were all used.
+    """
+    import distributed
+
+    batch_of = {t.index: b for b, job in enumerate(jobs) for t in job.tiles}
+    tile = {t.index: t for job in jobs for t in job.tiles}
+    owned: dict[int, list] = {}
+    for window, indices in acc.open_cells():
+        owner = max(batch_of[i] for i in indices)  # the batch that completes the cell
+        owned.setdefault(owner, []).append((window, tuple(tile[i] for i in indices)))
+    needs = {b: sorted({batch_of[t.index] for _, ts in cells for t in ts}) for b, cells in owned.items()}
+    users = Counter(a for batches in needs.values() for a in batches)
+
+    in_flight = max(2, 2 * (sum(client.nthreads().values()) or 1))
+    owners = iter(sorted(owned))
+    batch_futures: dict[int, distributed.Future] = {}
+    owner_of: dict[str, int] = {}
+    futures = distributed.as_completed()
+
+    def submit_next() -> None:
+        b = next(owners, None)
+        if b is None:
+            return
+        for a in needs[b]:
+            if a not in batch_futures:
+                batch_futures[a] = client.submit(engine.process_batch, jobs[a], pure=False, resources=resources)
+        job = CellJob(str(raster.folder), raster.profile, raster.write_mask, renderer, tuple(owned[b]))
+        future = client.submit(write_cells, job, *(batch_futures[a] for a in needs[b]), pure=False)
+        owner_of[future.key] = b
+        futures.add(future)
+
+    for _ in range(in_flight):
+        submit_next()
+    for future in futures:
+        b = owner_of.pop(future.key)
+        done: CellsWritten = future.result()
+        future.release()
+        # the captions go in the journal before the cells of their tiles
+        journal.record(captions=done.captions)
+        for cell in done.cells:
+            journal.record(cell=cell)
+        captions.update(done.captions)
+        for a in needs[b]:
+            users[a] -= 1
+            if users[a] == 0:  # no cell task left needs this batch: free it on its worker
+                batch_futures.pop(a).release()
+                progress([t.index for t in jobs[a].tiles])
+        if journal.commit_due():
+            journal.commit(raster.sync)
+        submit_next()
