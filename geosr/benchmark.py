@@ -15,36 +15,62 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import rasterio
 from affine import Affine
 from scipy import ndimage
 
-__all__ = ["synthetic_scene", "measure_run", "bench"]
+if TYPE_CHECKING:
+    from geosr.tiling import TileGrid
+
+__all__ = ["synthetic_scene", "measure_run", "bench", "model_only_seconds", "seam_score"]
 
 
 def synthetic_scene(path: Path, size: int, bands: int = 3, seed: int = 0) -> Path:
-    """Write a ``size`` x ``size`` uint8 GeoTIFF with ground-like texture, block by block."""
-    rng = np.random.default_rng(seed)
+    """Write a ``size`` x ``size`` uint8 GeoTIFF with ground-like texture, block by block.
+
+    The texture is smoothed noise that is continuous across blocks (each block is filtered
+    with the noise of its neighbours), so the scene has no seams of its own for the seam
+    score to find.
+    """
+    block, halo = 256, 8
     profile = dict(
         driver="GTiff", width=size, height=size, count=bands, dtype="uint8", crs="EPSG:32618",
-        transform=Affine(0.5, 0, 500000, 0, -0.5, 4100000), tiled=True, blockxsize=256, blockysize=256,
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 4100000), tiled=True, blockxsize=block, blockysize=block,
         compress="DEFLATE",
     )
+
+    def noise(by: int, bx: int) -> np.ndarray:  # the noise of block (by, bx), the same whoever asks
+        return np.random.default_rng([seed, by + 1, bx + 1]).random((bands, block, block))
+
     with rasterio.open(path, "w", **profile) as ds:
-        for _, win in ds.block_windows(1):
+        for (by, bx), win in ds.block_windows(1):
+            around = np.concatenate([
+                np.concatenate([noise(by + dy, bx + dx) for dx in (-1, 0, 1)], axis=2) for dy in (-1, 0, 1)
+            ], axis=1)[:, block - halo : 2 * block + halo, block - halo : 2 * block + halo]
+            smooth = ndimage.gaussian_filter(around, (0, 1.5, 1.5))[:, halo : halo + block, halo : halo + block]
             h, w = int(win.height), int(win.width)
-            noise = ndimage.gaussian_filter(rng.random((bands, h, w)), (0, 1.5, 1.5))
-            ds.write((np.clip((noise - 0.5) * 6 + 0.5, 0, 1) * 250).astype("uint8"), window=win)
+            ds.write((np.clip((smooth[:, :h, :w] - 0.5) * 6 + 0.5, 0, 1) * 250).astype("uint8"), window=win)
     return path
 
 
 def measure_run(inputs: Sequence[str], output: str, args: Sequence[str] = ()) -> dict:
-    """Run ``geosr upscale`` in a child process; return its timing and peak RSS."""
-    cmd = [sys.executable, "-m", "geosr.benchmark", *inputs, output, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    """Run ``geosr upscale`` in a child process, then the model alone on its tiles in another.
+
+    Returns seconds, output MP/s, peak RSS of the client and of the largest worker process,
+    MiB of results the client received, the model-only seconds, the engine overhead ratio
+    (whole run / model only) and the output's seam score.
+    """
+    result = _run_child([*inputs, output, *args])
+    result.update(_run_child(["--model-only", *inputs, output, *args]))
+    result["overhead_ratio"] = round(result["seconds"] / max(result["model_seconds"], 1e-9), 2)
+    return result
+
+
+def _run_child(argv: Sequence[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "geosr.benchmark", *argv], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark run failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -71,25 +97,114 @@ def bench(
     return results
 
 
+def _upscale_params(argv: Sequence[str]) -> dict:
+    """``geosr upscale`` arguments -> keyword arguments of :func:`geosr.upscale` (as the CLI passes them)."""
+    from geosr.cli.upscale import upscale as command
+
+    params = dict(command.make_context("upscale", list(argv)).params)
+    for key in ("verbose", "quiet"):
+        params.pop(key)
+    params.update(source=list(params.pop("inputs")), scale=int(params["scale"]), progress=False)
+    return params
+
+
 def _child(argv: Sequence[str]) -> None:
     """Entry of the measured child: one ``geosr upscale`` in-process, then a JSON line."""
-    from click.testing import CliRunner  # noqa: F401  (keeps import cost comparable)
+    import geosr
 
-    from geosr.cli import cli
-
+    params = _upscale_params(argv)
     t0 = time.perf_counter()
-    try:
-        cli.main(args=["upscale", *argv, "-q"], standalone_mode=False)
-    except SystemExit as exc:  # click exits on errors
-        if exc.code:
-            raise
+    report = geosr.upscale(**params)
     seconds = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with rasterio.open(argv[argv.index("--overwrite") - 1] if "--overwrite" in argv else argv[1]) as ds:
-        mp = ds.width * ds.height / 1e6
-    print(json.dumps({"seconds": round(seconds, 2), "output_megapixels": round(mp, 2),
-                      "megapixels_per_second": round(mp / seconds, 3), "peak_rss_mib": round(peak_kib / 1024, 1)}))
+    # worker processes of --local-workers, reaped by now: the largest one's peak
+    workers_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if params["local_workers"] else 0
+    mp = report.output_megapixels
+    print(json.dumps({
+        "seconds": round(seconds, 2), "output_megapixels": round(mp, 2),
+        "megapixels_per_second": round(mp / seconds, 3), "peak_rss_mib": round(peak_kib / 1024, 1),
+        "peak_rss_worker_mib": round(workers_kib / 1024, 1) if workers_kib else None,
+        "client_received_mib": round(report.result_bytes / 2**20, 2),
+    }))
+
+
+def _model_only_child(argv: Sequence[str]) -> None:
+    """Entry of the second child: the model alone on the run's tiles, and the seam score of its output."""
+    params = _upscale_params(argv)
+    output = params.pop("output")
+    from geosr.api import _run_config
+
+    run_keys = ("overwrite", "resume", "address", "local_workers", "performance_report", "creation_options")
+    config = _run_config(**{k: v for k, v in params.items() if k not in run_keys + ("source",)})
+    seconds, grid = model_only_seconds(params["source"], config)
+    print(json.dumps({"model_seconds": round(seconds, 2), "seam_score": round(seam_score(output, grid, config.scale), 4)}))
+
+
+def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"]:
+    """Seconds the model alone takes on the tiles of a run of ``config``, and the run's tile grid.
+
+    Tiles are read and captioned first (not timed), in the run's batches, then given to the
+    model exactly as the run gives them (:func:`geosr.engine.upscale_batch`).
+    """
+    from geosr.engine import _caption, _model_input, _read_batch, batch_jobs, upscale_batch
+    from geosr.models import load_upscaler
+    from geosr.scene import expand_inputs
+    from geosr.scene_plan import plan_scene
+
+    model = load_upscaler(config.model, config.scale, **config.model_options())
+    with tempfile.TemporaryDirectory(prefix="geosr-bench-") as tmp:
+        scene_plan = plan_scene(expand_inputs(inputs), config, model.channels, Path(tmp))
+        seconds = 0.0
+        for job in batch_jobs(scene_plan, list(scene_plan.tiles), config):
+            batch = _read_batch(job)
+            x = _model_input(batch, job.bands)
+            captions = _caption(job.captioner, x, job.bands)
+            t0 = time.perf_counter()
+            upscale_batch(model, batch, x, job.bands, captions, job.seeds, job.scale)
+            seconds += time.perf_counter() - t0
+    return seconds, scene_plan.grid
+
+
+def seam_score(path: str, grid, scale: int, rows_per_read: int = 512) -> float:
+    """Mean absolute gradient across tile-core boundaries over the mean elsewhere (1 = seamless).
+
+    Horizontal steps ``|I[x] - I[x-1]|`` at the columns where a tile core starts, and vertical
+    ones at such rows, against the other steps between input pixels; all bands, read in strips.
+    """
+    with rasterio.open(path) as ds:
+        width, height = ds.width, ds.height
+        col_sum = np.zeros(width - 1)
+        row_sum = np.zeros(height - 1)
+        previous = None
+        for top in range(0, height, rows_per_read):
+            strip = ds.read(window=((top, min(top + rows_per_read, height)), (0, width))).astype(np.float32)
+            col_sum += np.abs(np.diff(strip, axis=2)).sum(axis=(0, 1))
+            if previous is not None:
+                strip = np.concatenate([previous, strip], axis=1)
+                start = top - 1
+            else:
+                start = 0
+            row_sum[start : start + strip.shape[1] - 1] += np.abs(np.diff(strip, axis=1)).sum(axis=(0, 2))
+            previous = strip[:, -1:]
+    # a core starting at x: the step between HR columns x*s - 1 and x*s (index x*s - 1 of the diffs)
+    cols = np.array([c * scale - 1 for c in grid.cols if c > 0], int)
+    rows = np.array([r * scale - 1 for r in grid.rows if r > 0], int)
+    # compared with the steps of the same phase: also between two input pixels (an HR step
+    # inside an input pixel differs systematically from one across, for any interpolator)
+    col_phase = np.arange(col_sum.size) % scale == scale - 1
+    row_phase = np.arange(row_sum.size) % scale == scale - 1
+    col_phase[cols] = False
+    row_phase[rows] = False
+    if not (len(cols) + len(rows)) or not (col_phase.any() or row_phase.any()):
+        return 1.0
+    # columns are summed over the height, rows over the width: means per pixel step
+    seam = (col_sum[cols].sum() / height + row_sum[rows].sum() / width) / (len(cols) + len(rows))
+    other = (col_sum[col_phase].sum() / height + row_sum[row_phase].sum() / width) / (col_phase.sum() + row_phase.sum())
+    return float(seam / max(other, 1e-12))
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1:])
+    if sys.argv[1] == "--model-only":
+        _model_only_child(sys.argv[2:])
+    else:
+        _child(sys.argv[1:])

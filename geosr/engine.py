@@ -156,19 +156,25 @@ def process_batch(job: BatchJob) -> list[TileResult]:
     if missing:
         for i, text in zip(missing, _caption(job.captioner, x[missing], plan)):
             captions[i] = text
+    out = upscale_batch(model, batch, x, plan, captions, job.seeds, job.scale)
+    return [TileResult(t.index, out[i], captions[i]) for i, t in enumerate(job.tiles)]
+
+
+def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
+                  seeds: Sequence[int], s: int) -> np.ndarray:
+    """The model's part of a batch: ``[B, bands, h*s, w*s]`` from the read batch and its model input."""
     b, _, h, w = batch.shape
-    s = job.scale
     out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
     if plan.replicate:
         for k, pos in enumerate(plan.model):
             xi = x[:, k : k + 1].expand(-1, plan.replicate, -1, -1).contiguous()
-            out[:, pos] = model.upscale(xi, captions, job.seeds).mean(dim=1).numpy()
+            out[:, pos] = model.upscale(xi, captions, seeds).mean(dim=1).numpy()
     else:
-        out[:, list(plan.model)] = model.upscale(x, captions, job.seeds).numpy()
+        out[:, list(plan.model)] = model.upscale(x, captions, seeds).numpy()
     if plan.extra:
         xe = torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.extra)]))
         out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(xe).numpy()
-    return [TileResult(t.index, out[i], captions[i]) for i, t in enumerate(job.tiles)]
+    return out
 
 
 @dataclass
@@ -184,6 +190,7 @@ class RunReport:
     output_megapixels: float
     peak_pending_bytes: int = 0
     captions: Path | None = None
+    result_bytes: int = 0
 
     @property
     def megapixels_per_second(self) -> float:
@@ -292,10 +299,11 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
                     source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
                     overlap=grid.overlap, blend=config.blend,
                 )
-                peak = _run_jobs_on_workers(client, jobs, todo, acc, renderer, captions, config, performance_report,
-                                            journal, raster)
+                peak, received = _run_jobs_on_workers(client, jobs, todo, acc, renderer, captions, config,
+                                                      performance_report, journal, raster)
             else:
-                peak = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal, raster)
+                peak, received = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal,
+                                           raster)
             for window in acc.uncovered():
                 writer.write_empty(window)
         journal.commit(raster.sync)
@@ -322,6 +330,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         output_megapixels=scene.width * scene.height * s * s / 1e6,
         peak_pending_bytes=peak,
         captions=captions_path,
+        result_bytes=received,
     )
 
 
@@ -434,12 +443,15 @@ def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Se
 
 
 def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config: RunConfig, performance_report,
-              journal: RunJournal, raster: WorkRaster) -> int:
+              journal: RunJournal, raster: WorkRaster) -> tuple[int, int]:
     """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
-    results here as they complete, and commit finished cells to the journal every few seconds."""
+    results here as they complete, and commit finished cells to the journal every few seconds.
+
+    Returns the peak of bytes pending in the blender and the bytes of results received.
+    """
     by_index = {t.index: t for t in tiles}
     resources = gpu_resources(client, _is_neural(config), config.device)
-    peak = 0
+    peak = received = 0
     with _progress(tiles, config, performance_report) as progress:
         for results in bounded_map(client, process_batch, jobs, resources):
             for r in results:
@@ -447,26 +459,31 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config
                 journal.record(captions={r.index: r.caption})
                 acc.add(by_index[r.index], r.hr)
                 captions[r.index] = r.caption
+                received += r.hr.nbytes + len(r.caption)
             if journal.commit_due():
                 journal.commit(raster.sync)
             peak = max(peak, acc.pending_bytes)
             progress([r.index for r in results])
     if not acc.done:
         raise RuntimeError("internal error: some output cells were never completed")
-    return peak
+    return peak, received
 
 
 def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: CellRenderer, captions: dict,
-                         config: RunConfig, performance_report, journal: RunJournal, raster: WorkRaster) -> int:
-    """Run the jobs with workers blending and writing (:mod:`geosr.worker_writes`); nothing is
-    pending here, so the peak of pending bytes is 0."""
+                         config: RunConfig, performance_report, journal: RunJournal,
+                         raster: WorkRaster) -> tuple[int, int]:
+    """Run the jobs with workers blending and writing (:mod:`geosr.worker_writes`).
+
+    Returns 0 pending bytes (nothing is blended here) and the bytes of results received.
+    """
     from geosr.worker_writes import run_writing_on_workers  # it builds on this module
 
     with _progress(tiles, config, performance_report) as progress:
-        run_writing_on_workers(
-            client, jobs, acc, renderer, raster, journal, captions, gpu_resources(client, _is_neural(config), config.device), progress,
+        received = run_writing_on_workers(
+            client, jobs, acc, renderer, raster, journal, captions,
+            gpu_resources(client, _is_neural(config), config.device), progress,
         )
-    return 0
+    return 0, received
 
 
 def _is_neural(config: RunConfig) -> bool:

@@ -18,6 +18,7 @@ the engine blends on the client otherwise.
 from __future__ import annotations
 
 import os
+import pickle
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,11 @@ def run_writing_on_workers(
     captions: dict[int, str],
     resources: dict | None,
     progress: Callable[[list[int]], None],
-) -> None:
+) -> int:
     """Run ``jobs`` with their cell tasks, a bounded window in flight; journal what is written.
 
     ``progress(indices)`` is called with the tiles of each batch whose results were all used.
+    Returns the bytes of results the client received (pickled cell reports).
     """
     import distributed
 
@@ -133,12 +135,14 @@ def run_writing_on_workers(
         owner_of[future.key] = b
         futures.add(future)
 
+    received = 0
     for _ in range(in_flight):
         submit_next()
     for future in futures:
         b = owner_of.pop(future.key)
         done: CellsWritten = future.result()
         future.release()
+        received += len(pickle.dumps(done))
         # the captions go in the journal before the cells of their tiles
         journal.record(captions=done.captions)
         for cell in done.cells:
@@ -152,3 +156,4 @@ def run_writing_on_workers(
         if journal.commit_due():
             journal.commit(raster.sync)
         submit_next()
+    return received

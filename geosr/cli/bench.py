@@ -15,8 +15,11 @@ from geosr.benchmark import bench as run_bench
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--upscale-args", default="", help="Extra 'geosr upscale' options, quoted, e.g. \"--scale 4 --model bicubic\".")
 def bench(inputs, synthetic, json_out, upscale_args):
-    """Measure `geosr upscale` on INPUT scenes and/or synthetic ones: seconds, output
-    megapixels per second and peak resident memory, each run in a fresh process.
+    """Measure `geosr upscale` on INPUT scenes and/or synthetic ones, each run in a fresh
+    process: seconds, output megapixels per second, the model alone on the same tiles
+    (seconds, and run / model: the engine's overhead), peak resident memory of the client and
+    of the largest worker process, MiB of results the client received, and the seam score
+    (mean gradient across tile-core boundaries / elsewhere; 1 = seamless).
 
     \b
     Examples:
@@ -26,11 +29,14 @@ def bench(inputs, synthetic, json_out, upscale_args):
     if not inputs and not synthetic:
         raise click.UsageError("give INPUT scenes or --synthetic SIZE")
     results = run_bench(inputs, synthetic, upscale_args.split())
-    click.echo(f"{'input':<24} {'size':>11} {'out MP':>8} {'s':>8} {'MP/s':>7} {'peak RSS MiB':>13}")
+    click.echo(f"{'input':<22} {'size':>11} {'out MP':>7} {'s':>7} {'MP/s':>6} {'model s':>8} {'run/model':>9} "
+               f"{'RSS MiB':>8} {'worker':>7} {'recv MiB':>9} {'seams':>6}")
     for r in results:
         size = "x".join(map(str, r["input_size"]))
-        click.echo(f"{r['input']:<24} {size:>11} {r['output_megapixels']:>8.1f} {r['seconds']:>8.1f} "
-                   f"{r['megapixels_per_second']:>7.3g} {r['peak_rss_mib']:>13.1f}")
+        worker = f"{r['peak_rss_worker_mib']:.0f}" if r["peak_rss_worker_mib"] else "-"
+        click.echo(f"{r['input']:<22} {size:>11} {r['output_megapixels']:>7.1f} {r['seconds']:>7.1f} "
+                   f"{r['megapixels_per_second']:>6.3g} {r['model_seconds']:>8.1f} {r['overhead_ratio']:>9.2f} "
+                   f"{r['peak_rss_mib']:>8.0f} {worker:>7} {r['client_received_mib']:>9.1f} {r['seam_score']:>6.3f}")
     if json_out:
         with open(json_out, "w") as f:
             json.dump(results, f, indent=2)
