@@ -165,11 +165,12 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
     return seconds, scene_plan.grid
 
 
-def seam_score(path: str, grid, scale: int, rows_per_read: int = 512) -> float:
+def seam_score(path: str, grid, scale: int, rows_per_read: int = 512, near: int = 8) -> float:
     """Mean absolute gradient across tile-core boundaries over the mean elsewhere (1 = seamless).
 
     Horizontal steps ``|I[x] - I[x-1]|`` at the columns where a tile core starts, and vertical
-    ones at such rows, against the other steps between input pixels; all bands, read in strips.
+    ones at such rows, against the steps between input pixels within ``near`` input pixels of
+    them; all bands, read in strips.
     """
     with rasterio.open(path) as ds:
         width, height = ds.width, ds.height
@@ -189,17 +190,24 @@ def seam_score(path: str, grid, scale: int, rows_per_read: int = 512) -> float:
     # a core starting at x: the step between HR columns x*s - 1 and x*s (index x*s - 1 of the diffs)
     cols = np.array([c * scale - 1 for c in grid.cols if c > 0], int)
     rows = np.array([r * scale - 1 for r in grid.rows if r > 0], int)
-    # compared with the steps of the same phase: also between two input pixels (an HR step
+    # compared with the steps of the same phase (also between two input pixels: an HR step
     # inside an input pixel differs systematically from one across, for any interpolator)
-    col_phase = np.arange(col_sum.size) % scale == scale - 1
-    row_phase = np.arange(row_sum.size) % scale == scale - 1
-    col_phase[cols] = False
-    row_phase[rows] = False
-    if not (len(cols) + len(rows)) or not (col_phase.any() or row_phase.any()):
+    # near the seam, within `near` input pixels: content varies across a scene, seams are local
+    def local(sums: np.ndarray, seams: np.ndarray) -> tuple[float, float]:
+        at, around = [], []
+        for k in seams:
+            ref = [k + d * scale for d in range(-near, near + 1) if d and 0 <= k + d * scale < sums.size]
+            at.append(sums[k])
+            around.append(np.mean(sums[ref]) if ref else sums[k])
+        return float(np.sum(at)), float(np.sum(around))
+
+    col_at, col_around = local(col_sum, cols)
+    row_at, row_around = local(row_sum, rows)
+    if not (len(cols) + len(rows)):
         return 1.0
-    # columns are summed over the height, rows over the width: means per pixel step
-    seam = (col_sum[cols].sum() / height + row_sum[rows].sum() / width) / (len(cols) + len(rows))
-    other = (col_sum[col_phase].sum() / height + row_sum[row_phase].sum() / width) / (col_phase.sum() + row_phase.sum())
+    # columns are summed over the height, rows over the width: per pixel step
+    seam = col_at / height + row_at / width
+    other = col_around / height + row_around / width
     return float(seam / max(other, 1e-12))
 
 

@@ -32,7 +32,7 @@ def test_seam_score_finds_steps_at_tile_cores_only(tmp_path):
     assert seam_score(str(_write(tmp_path / "stepped.tif", stepped)), grid, 2, rows_per_read=10) > 3
     # a step elsewhere is not a seam
     elsewhere = smooth.copy()
-    elsewhere[:, :, 41:] += 20
+    elsewhere[:, :, 46:] += 20  # a step between two input pixels, near the seam
     assert seam_score(str(_write(tmp_path / "elsewhere.tif", elsewhere)), grid, 2) < 1.0
 
 
