@@ -33,7 +33,7 @@ def upscale(
     captioner: str = DEFAULT_CAPTIONER,
     caption_every: str = "tile",
     tile: int = 256,
-    overlap: int = 32,
+    overlap: int = 16,
     bands: Sequence[int] | None = None,
     aoi: str | os.PathLike | None = None,
     blend: str = "cosine",
@@ -153,7 +153,7 @@ def caption(
     captioner: str = DEFAULT_CAPTIONER,
     caption_every: str = "tile",
     tile: int = 256,
-    overlap: int = 32,
+    overlap: int = 16,
     bands: Sequence[int] | None = None,
     aoi: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -202,7 +202,7 @@ def caption(
         files.cleanup()
 
 
-def _run_config(*, scale: int = 4, tile: int = 256, overlap: int = 32, bands: Sequence[int] | None = None,
+def _run_config(*, scale: int = 4, tile: int = 256, overlap: int = 16, bands: Sequence[int] | None = None,
                 aoi: str | os.PathLike | None = None, creation_options: Mapping[str, str] | None = None,
                 **options) -> RunConfig:
     """A :class:`RunConfig` from keyword arguments, with the type checks a CLI gets from click."""

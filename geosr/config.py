@@ -22,7 +22,7 @@ class TileSpec:
     """Tile plan settings, in LR pixels: core size and halo width."""
 
     tile: int = 256
-    overlap: int = 32
+    overlap: int = 16
 
     def __post_init__(self) -> None:
         if self.tile < 8:
@@ -142,7 +142,7 @@ def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
     unknown = set(raw) - known - {"tile", "overlap"}
     if unknown:
         raise InputError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
-    tiles = TileSpec(raw.pop("tile", 256), raw.pop("overlap", 32))
+    tiles = TileSpec(raw.pop("tile", 256), raw.pop("overlap", 16))
     if "bands" in raw and raw["bands"] is not None:
         raw["bands"] = tuple(raw["bands"])
     return RunConfig(tiles=tiles, **raw)

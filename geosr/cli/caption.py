@@ -14,7 +14,7 @@ from geosr.config import DEFAULT_CAPTIONER
 @click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N or scene.")
 @click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
-@click.option("--overlap", default=32, show_default=True, help="Halo on each side of a tile.")
+@click.option("--overlap", default=16, show_default=True, help="Halo on each side of a tile.")
 @click.option("--bands", callback=parse_bands, help="Bands to look at, e.g. 1,2,3.")
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s) selecting tiles.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")

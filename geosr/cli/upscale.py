@@ -21,7 +21,7 @@ from geosr.config import DEFAULT_CAPTIONER
 @click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N (one caption per N x N tiles) or scene.")
 @click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
-@click.option("--overlap", default=32, show_default=True, help="Halo on each side of a tile, in input pixels.")
+@click.option("--overlap", default=16, show_default=True, help="Halo on each side of a tile, in input pixels (cross-faded; raise it for models that see far, e.g. SD-size UNets).")
 @click.option("--bands", callback=parse_bands, help="Bands to process, e.g. 1,2,3 (default: all but alpha).")
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s): only tiles touching them are processed.")
 @click.option("--blend", type=click.Choice(["cosine", "none"]), default="cosine", show_default=True, help="Tile blending (none shows the seams).")
