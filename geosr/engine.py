@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 import geosr
 from geosr.blending import BlendAccumulator
-from geosr.cell_render import CellRenderer, avoid_nodata
 from geosr.captioning import Captioner, load_captioner
 from geosr.captioning.cache import CachingCaptioner
+from geosr.cell_render import CellRenderer, avoid_nodata
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
