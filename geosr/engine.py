@@ -55,7 +55,7 @@ from geosr.reading import read_tile, read_valid
 from geosr.resumable import open_journal, run_identity, settle_stopped_run
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
-from geosr.scheduling import bounded_map, dask_client, gpu_resources
+from geosr.scheduling import bounded_map, dask_client, gpu_resources, undo_malloc_trim_threshold
 from geosr.tiling import Tile, TileGrid
 from geosr.aoi import window_polygon
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path
@@ -147,6 +147,7 @@ def caption_tiles(job: BatchJob) -> list[str]:
 @_shippable_errors
 def process_batch(job: BatchJob) -> list[TileResult]:
     """Read, caption (when not given) and upscale a batch of tiles (runs on a worker)."""
+    undo_malloc_trim_threshold()
     batch = _read_batch(job)
     plan = job.bands
     model = _model(job)

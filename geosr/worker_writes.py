@@ -31,6 +31,7 @@ from geosr.cell_render import CellRenderer
 from geosr import engine
 from geosr.engine import BatchJob, TileResult, _shippable_errors
 from geosr.journal import RunJournal
+from geosr.scheduling import undo_malloc_trim_threshold
 from geosr.tiling import Tile
 from geosr.writer import WorkRaster
 
@@ -68,6 +69,7 @@ class CellsWritten:
 @_shippable_errors
 def write_cells(job: CellJob, *batches: list[TileResult]) -> CellsWritten:
     """Blend, render and durably write ``job``'s cells from the batch results (on a worker)."""
+    undo_malloc_trim_threshold()
     results = {r.index: r for batch in batches for r in batch}
     s = job.renderer.scale
     raster = WorkRaster(Path(job.folder), job.profile, job.write_mask)

@@ -19,3 +19,17 @@ def test_local_process_cluster_matches_threads_and_writes_report(tmp_path, data_
         np.testing.assert_array_equal(a.read(), b.read())
     assert (tmp_path / "report.html").stat().st_size > 1000
     assert (tmp_path / "procs.captions.geojson").read_text() == (tmp_path / "threads.captions.geojson").read_text()
+
+
+def test_workers_get_glibc_adaptive_allocation_back(monkeypatch):
+    # dask's nannies export MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold: the
+    # tasks undo it once per process (a tile took 2.5 s instead of 1.4 s under it)
+    from geosr.scheduling import undo_malloc_trim_threshold
+
+    undo_malloc_trim_threshold.cache_clear()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert undo_malloc_trim_threshold() is False  # not a dask worker: leave malloc alone
+    undo_malloc_trim_threshold.cache_clear()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert undo_malloc_trim_threshold() is True
+    undo_malloc_trim_threshold.cache_clear()
