@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from geosr import engine
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline
-from test_faults import uint8_scene
+from test_faults import kill_worker_once, uint8_scene
 from tiny_models import tiny_pipeline_components
 
 
@@ -95,16 +94,8 @@ def test_a_killed_cluster_worker_does_not_change_the_pixels(tmp_path, cluster, m
     src = uint8_scene(tmp_path / "in.tif", 64, 96)
     base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=2)
     upscale_scene([src], tmp_path / "local.tif", RunConfig(**base))
-    real, marker = engine.process_batch, tmp_path / "killed-once"
-
-    def dies_once(job):
-        # shipped to the workers by value; the nanny restarts the worker it kills
-        if job.tiles[0].index == 2 and not marker.exists():
-            marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(job)
-
-    monkeypatch.setattr(engine, "process_batch", dies_once)
+    marker = tmp_path / "killed-once"
+    kill_worker_once(monkeypatch, marker)  # the nanny restarts the worker it kills
     upscale_scene([src], tmp_path / "cluster.tif", RunConfig(address=_address(cluster), **base))
     assert marker.exists()
     with rasterio.open(tmp_path / "local.tif") as a, rasterio.open(tmp_path / "cluster.tif") as b:

@@ -274,19 +274,28 @@ def test_stopped_run_resumes_to_the_same_bytes(tmp_path, sig):
     assert not work.exists() and not (tmp_path / ".out.tif.geosr-lock").exists()
 
 
-def test_a_killed_dask_worker_does_not_change_the_pixels(tmp_path, monkeypatch):
-    src = uint8_scene(tmp_path / "in.tif", 64, 96)
-    upscale_scene([src], tmp_path / "threads.tif", cfg(batch_size=2))
-    real, marker = engine.process_batch, tmp_path / "killed-once"
+def kill_worker_once(monkeypatch, marker, tile_index: int = 2) -> None:
+    """Make the worker process that gets tile ``tile_index`` SIGKILL itself, once.
+
+    The patched task is shipped to the worker processes by value; ``marker`` (a file) says
+    it happened, so the rescheduled task runs normally.
+    """
+    real = engine.process_batch
 
     def dies_once(job):
-        # shipped to the worker processes by value: the marker file says it happened
-        if job.tiles[0].index == 2 and not marker.exists():
+        if job.tiles[0].index == tile_index and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return real(job)
 
     monkeypatch.setattr(engine, "process_batch", dies_once)
+
+
+def test_a_killed_dask_worker_does_not_change_the_pixels(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 64, 96)
+    upscale_scene([src], tmp_path / "threads.tif", cfg(batch_size=2))
+    marker = tmp_path / "killed-once"
+    kill_worker_once(monkeypatch, marker)
     upscale_scene([src], tmp_path / "procs.tif", cfg(batch_size=2, local_workers=2))
     assert marker.exists()
     with rasterio.open(tmp_path / "threads.tif") as a, rasterio.open(tmp_path / "procs.tif") as b:
