@@ -19,7 +19,8 @@ def bench(inputs, synthetic, json_out, upscale_args):
     process: seconds, output megapixels per second, the model alone on the same tiles
     (seconds, and run / model: the engine's overhead), peak resident memory of the client and
     of the largest worker process, MiB of results the client received, and the seam score
-    (mean gradient across tile-core boundaries / elsewhere; 1 = seamless).
+    (gradient across tile-core boundaries / the same steps within 8 input px of
+    them; 1 = seamless).
 
     \b
     Examples:
