@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["dask_client", "gpu_resources", "bounded_map", "undo_malloc_trim_threshold"]
+__all__ = ["dask_client", "gpu_resources", "bounded_map", "in_flight", "undo_malloc_trim_threshold"]
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -70,7 +70,7 @@ def bounded_map(
     """
     import distributed
 
-    window = max(2, 2 * (sum(client.nthreads().values()) or 1))
+    window = in_flight(client)
     pending = iter(jobs)
     futures = distributed.as_completed()
     for job in _take(pending, window):
@@ -81,6 +81,11 @@ def bounded_map(
         yield result
         for job in _take(pending, 1):
             futures.add(client.submit(fn, job, pure=False, resources=resources))
+
+
+def in_flight(client: "distributed.Client") -> int:
+    """How many tasks to keep submitted: twice the cluster's threads (at least 2)."""
+    return max(2, 2 * (sum(client.nthreads().values()) or 1))
 
 
 def _take(it: Iterator[Job], n: int) -> Iterator[Job]:

@@ -27,11 +27,11 @@ from typing import Callable, Sequence
 from rasterio.windows import Window
 
 from geosr.blending import BlendAccumulator
-from geosr.cell_render import CellRenderer
 from geosr import engine
+from geosr.cell_render import CellRenderer
 from geosr.engine import BatchJob, TileResult, _shippable_errors
 from geosr.journal import RunJournal
-from geosr.scheduling import undo_malloc_trim_threshold
+from geosr.scheduling import in_flight, undo_malloc_trim_threshold
 from geosr.tiling import Tile
 from geosr.writer import WorkRaster
 
@@ -119,7 +119,6 @@ def run_writing_on_workers(
     needs = {b: sorted({batch_of[t.index] for _, ts in cells for t in ts}) for b, cells in owned.items()}
     users = Counter(a for batches in needs.values() for a in batches)
 
-    in_flight = max(2, 2 * (sum(client.nthreads().values()) or 1))
     owners = iter(sorted(owned))
     batch_futures: dict[int, distributed.Future] = {}
     owner_of: dict[str, int] = {}
@@ -138,7 +137,7 @@ def run_writing_on_workers(
         futures.add(future)
 
     received = 0
-    for _ in range(in_flight):
+    for _ in range(in_flight(client)):
         submit_next()
     for future in futures:
         b = owner_of.pop(future.key)
