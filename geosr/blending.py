@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from geosr.tiling import Tile
 
-__all__ = ["BLEND_MODES", "axis_weights", "tile_weights", "BlendAccumulator"]
+__all__ = ["BLEND_MODES", "axis_weights", "tile_axis_weights", "BlendAccumulator"]
 
 BLEND_MODES = ("cosine", "none")
 
@@ -54,14 +54,18 @@ def axis_weights(before: int, core: int, after: int, mode: str = "cosine") -> np
     return w
 
 
-def tile_weights(tile: Tile, overlap: int, scale: int, mode: str = "cosine") -> np.ndarray:
-    """``[H, W]`` weights of the tile's part inside the raster (its read window x scale)."""
+def tile_axis_weights(tile: Tile, overlap: int, scale: int, mode: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """Row and column weights of the tile's part inside the raster (its read window x scale).
+
+    The tile's ``[H, W]`` weights are ``outer(wy, wx)``; a window of them is
+    ``outer(wy[ys], wx[xs])``, made only where needed.
+    """
     ov = overlap * scale
-    top, bottom, left, right = (p * scale for p in tile.pad)
+    top, _, left, _ = (p * scale for p in tile.pad)
     ch, cw = int(tile.core.height) * scale, int(tile.core.width) * scale
     wy = axis_weights(ov, ch, ov, mode)[top : top + int(tile.read.height) * scale]
     wx = axis_weights(ov, cw, ov, mode)[left : left + int(tile.read.width) * scale]
-    return np.outer(wy, wx)
+    return wy, wx
 
 
 class BlendAccumulator:
@@ -148,10 +152,7 @@ class BlendAccumulator:
         data = hr[:, top : top + rh, left : left + rw]
         if data.shape[1:] != (rh, rw):
             raise ValueError(f"tile {tile.index}: HR data {hr.shape} does not match its window")
-        ov = self.overlap * s
-        pad_top, pad_left = tile.pad[0] * s, tile.pad[2] * s
-        wy = axis_weights(ov, int(tile.core.height) * s, ov, self.mode)[pad_top : pad_top + rh]
-        wx = axis_weights(ov, int(tile.core.width) * s, ov, self.mode)[pad_left : pad_left + rw]
+        wy, wx = tile_axis_weights(tile, self.overlap, s, self.mode)
         y_base, x_base = int(tile.read.row_off), int(tile.read.col_off)
         (i0, i1), (j0, j1) = self._cell_range(tile.read)
         for i in range(i0, i1):
@@ -165,7 +166,7 @@ class BlendAccumulator:
                     if self._in_core[i, j]:
                         self._emit(self._cell_window(i, j), data[:, ys, xs])
                     continue
-                w = np.outer(wy[ys], wx[xs])  # = tile_weights(...)[ys, xs]
+                w = np.outer(wy[ys], wx[xs])
                 parts = self._pending.setdefault((i, j), [])
                 parts.append((tile.index, data[:, ys, xs] * w, w))
                 if self._remaining[i, j] == 0:

@@ -15,13 +15,13 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from geosr.blending import tile_weights
+from geosr.blending import tile_axis_weights
 from geosr.radiometry import Stretch
 from geosr.reading import read_valid
 from geosr.scene import open_raster
 from geosr.tiling import Tile
 
-__all__ = ["CellRenderer", "avoid_nodata"]
+__all__ = ["CellRenderer", "avoid_nodata", "output_pixels"]
 
 
 @dataclass(frozen=True)
@@ -65,21 +65,18 @@ class CellRenderer:
         for tile, hr in sorted(zip(tiles, hrs), key=lambda p: p[0].index):  # tile order: same bits as a run
             top, _, left, _ = (p * s for p in tile.pad)
             data = hr[:, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
-            weights = tile_weights(tile, self.overlap, s, self.blend)
+            wy, wx = tile_axis_weights(tile, self.overlap, s, self.blend)
             src, dst = _overlap_slices(tile.read, window, s)
-            acc[(slice(None),) + dst] += data[(slice(None),) + src] * weights[src]
-            wsum[dst] += weights[src]
+            weights = np.outer(wy[src[0]], wx[src[1]])  # only this window's part of the tile
+            acc[(slice(None),) + dst] += data[(slice(None),) + src] * weights
+            wsum[dst] += weights
             in_core[_overlap_slices(tile.core, window, s)[1]] = True
         acc /= np.maximum(wsum, 1e-12)[None]
-        values = self.stretch.inverse(acc)
-        valid = None
+        lr_valid = None
         if self.masked:
             with open_raster(self.source) as ds:
                 lr_valid = read_valid(ds, window, True)
-            valid = np.repeat(np.repeat(lr_valid, s, axis=0), s, axis=1)
-            if self.nodata is not None:
-                avoid_nodata(values, valid, self.nodata)
-                values[:, ~valid] = np.asarray(self.nodata).astype(values.dtype)
+        values, valid = output_pixels(acc, self.stretch, lr_valid, s, self.nodata)
         if not in_core.all():
             values[:, ~in_core] = np.asarray(self.nodata if self.nodata is not None else 0).astype(values.dtype)
         return values, valid
@@ -87,6 +84,24 @@ class CellRenderer:
     def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
         """The output values of ``window`` (a dask task of the lazy result)."""
         return self.render(window, tiles, hrs)[0]
+
+
+def output_pixels(
+    data: np.ndarray, stretch: Stretch, lr_valid: np.ndarray | None, scale: int, nodata: float | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Blended model units -> output values and their HR validity (None: all valid).
+
+    Inverse stretch; with the scene's LR validity mask, each invalid LR pixel's ``scale x
+    scale`` block becomes nodata (when there is one) and valid pixels are kept off it.
+    """
+    values = stretch.inverse(data)
+    if lr_valid is None:
+        return values, None
+    valid = np.repeat(np.repeat(lr_valid, scale, axis=0), scale, axis=1)
+    if nodata is not None:
+        avoid_nodata(values, valid, nodata)
+        values[:, ~valid] = np.asarray(nodata).astype(values.dtype)
+    return values, valid
 
 
 def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:

@@ -40,7 +40,7 @@ import geosr
 from geosr.blending import BlendAccumulator
 from geosr.captioning import Captioner, load_captioner
 from geosr.captioning.cache import CachingCaptioner
-from geosr.cell_render import CellRenderer, avoid_nodata
+from geosr.cell_render import CellRenderer, output_pixels
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
@@ -294,17 +294,19 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
             jobs = batch_jobs(scene_plan, todo, config)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
+            # the tasks of a network ask for a GPU where workers declare one
+            resources = gpu_resources(client, not isinstance(model, CLASSICAL_UPSCALERS), config.device)
             if (config.address or config.local_workers) and _workers_see(client, folder.path):
                 # worker processes blend and write their cells: the tiles never come here
                 renderer = CellRenderer(
                     source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
                     overlap=grid.overlap, blend=config.blend,
                 )
-                peak, received = _run_jobs_on_workers(client, jobs, todo, acc, renderer, captions, config,
+                peak, received = _run_jobs_on_workers(client, jobs, todo, acc, renderer, resources, captions, config,
                                                       performance_report, journal, raster)
             else:
-                peak, received = _run_jobs(client, jobs, todo, acc, captions, config, performance_report, journal,
-                                           raster)
+                peak, received = _run_jobs(client, jobs, todo, acc, resources, captions, config, performance_report,
+                                           journal, raster)
             for window in acc.uncovered():
                 writer.write_empty(window)
         journal.commit(raster.sync)
@@ -443,15 +445,14 @@ def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Se
     return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]
 
 
-def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config: RunConfig, performance_report,
-              journal: RunJournal, raster: WorkRaster) -> tuple[int, int]:
+def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None, captions: dict, config: RunConfig,
+              performance_report, journal: RunJournal, raster: WorkRaster) -> tuple[int, int]:
     """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
     results here as they complete, and commit finished cells to the journal every few seconds.
 
     Returns the peak of bytes pending in the blender and the bytes of results received.
     """
     by_index = {t.index: t for t in tiles}
-    resources = gpu_resources(client, _is_neural(config), config.device)
     peak = received = 0
     with _progress(tiles, config, performance_report) as progress:
         for results in bounded_map(client, process_batch, jobs, resources):
@@ -470,8 +471,8 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, captions: dict, config
     return peak, received
 
 
-def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: CellRenderer, captions: dict,
-                         config: RunConfig, performance_report, journal: RunJournal,
+def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: CellRenderer, resources: dict | None,
+                         captions: dict, config: RunConfig, performance_report, journal: RunJournal,
                          raster: WorkRaster) -> tuple[int, int]:
     """Run the jobs with workers blending and writing (:mod:`geosr.worker_writes`).
 
@@ -480,20 +481,8 @@ def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: C
     from geosr.worker_writes import run_writing_on_workers  # it builds on this module
 
     with _progress(tiles, config, performance_report) as progress:
-        received = run_writing_on_workers(
-            client, jobs, acc, renderer, raster, journal, captions,
-            gpu_resources(client, _is_neural(config), config.device), progress,
-        )
+        received = run_writing_on_workers(client, jobs, acc, renderer, raster, journal, captions, resources, progress)
     return 0, received
-
-
-def _is_neural(config: RunConfig) -> bool:
-    """Whether the run's model is a network (its tasks want a GPU), not an interpolation."""
-    return not isinstance(_model_of(config), CLASSICAL_UPSCALERS)
-
-
-def _model_of(config: RunConfig) -> Upscaler:
-    return load_upscaler(config.model, config.scale, **config.model_options())
 
 
 def _workers_see(client, folder: Path) -> bool:
@@ -537,14 +526,8 @@ class _CellWriter:
         return Window(window.col_off // s, window.row_off // s, window.width // s, window.height // s)
 
     def write(self, window: Window, data: np.ndarray) -> None:
-        values = self.stretch.inverse(data)
-        valid = None
-        if self.scene.masked:
-            lr_valid = read_valid(self.src, self._lr_window(window), True)
-            valid = np.repeat(np.repeat(lr_valid, self.scale, axis=0), self.scale, axis=1)
-            if self.scene.nodata is not None:
-                avoid_nodata(values, valid, self.scene.nodata)
-                values[:, ~valid] = np.asarray(self.scene.nodata).astype(values.dtype)
+        lr_valid = read_valid(self.src, self._lr_window(window), True) if self.scene.masked else None
+        values, valid = output_pixels(data, self.stretch, lr_valid, self.scale, self.scene.nodata)
         self.raster.write(window, values, valid)
         self.journal.record(cell=(int(window.col_off), int(window.row_off)))
 
