@@ -137,7 +137,8 @@ def _model_only_child(argv: Sequence[str]) -> None:
     run_keys = ("overwrite", "resume", "address", "local_workers", "performance_report", "creation_options")
     config = _run_config(**{k: v for k, v in params.items() if k not in run_keys + ("source",)})
     seconds, grid = model_only_seconds(params["source"], config)
-    print(json.dumps({"model_seconds": round(seconds, 2), "seam_score": round(seam_score(output, grid, config.scale), 4)}))
+    # not rounded: a fast model on a small scene takes milliseconds, and the ratio divides by it
+    print(json.dumps({"model_seconds": seconds, "seam_score": round(seam_score(output, grid, config.scale), 4)}))
 
 
 def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"]:

@@ -36,7 +36,7 @@ def bench(inputs, synthetic, json_out, upscale_args):
         size = "x".join(map(str, r["input_size"]))
         worker = f"{r['peak_rss_worker_mib']:.0f}" if r["peak_rss_worker_mib"] else "-"
         click.echo(f"{r['input']:<22} {size:>11} {r['output_megapixels']:>7.1f} {r['seconds']:>7.1f} "
-                   f"{r['megapixels_per_second']:>6.3g} {r['model_seconds']:>8.1f} {r['overhead_ratio']:>9.2f} "
+                   f"{r['megapixels_per_second']:>6.3g} {r['model_seconds']:>8.3g} {r['overhead_ratio']:>9.2f} "
                    f"{r['peak_rss_mib']:>8.0f} {worker:>7} {r['client_received_mib']:>9.1f} {r['seam_score']:>6.3f}")
     if json_out:
         with open(json_out, "w") as f:
