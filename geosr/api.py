@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
 from geosr.errors import InputError
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD
 from geosr.sources import Source, source_files
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ def upscale(
     local_workers: int | None = None,
     performance_report: str | os.PathLike | None = None,
     progress: bool = False,
+    route: str = "auto",
+    route_threshold: float = DEFAULT_ROUTE_THRESHOLD,
+    route_map: str | os.PathLike | None = None,
 ) -> "RunReport | xarray.DataArray":
     """Super-resolve a scene: into a COG at ``output``, or as a lazy DataArray.
 
@@ -93,6 +97,14 @@ def upscale(
         address or local worker processes, dask performance report (HTML).
     progress : bool
         Show a progress bar (runs with ``output`` only).
+    route : str
+        ``auto`` (default): tiles that are flat and clean go to bicubic instead of the
+        model (:mod:`geosr.routing`); ``off``: every tile goes to the model.
+    route_threshold : float
+        Texture (RMS gradient, DN per input pixel) under which a clean tile is flat.
+    route_map : path-like, optional
+        Also write the route map, one pixel per tile (texture, noise, model or not), a
+        small GeoTIFF (:mod:`geosr.route_map`; runs with ``output`` only).
 
     Returns
     -------
@@ -124,12 +136,14 @@ def upscale(
         scale=scale, model=model, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
         bands=bands, aoi=aoi, blend=blend, seed=seed, device=device, dtype=dtype, steps=steps, guidance=guidance,
         batch_size=batch_size, creation_options=creation_options, overwrite=overwrite, resume=resume,
-        address=address, local_workers=local_workers, progress=progress,
+        address=address, local_workers=local_workers, progress=progress, route=route,
+        route_threshold=route_threshold,
     )
     if output is None:
         _refuse_run_options(
             creation_options=creation_options, overwrite=overwrite, resume=resume, address=address,
             local_workers=local_workers, performance_report=performance_report, progress=progress,
+            route_map=route_map,
         )
         from geosr.lazy import lazy_upscale
 
@@ -141,7 +155,7 @@ def upscale(
     files = source_files(source)
     try:
         report = os.fspath(performance_report) if performance_report is not None else None
-        return upscale_scene(files.paths, output, config, performance_report=report)
+        return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
     finally:
         files.cleanup()
 

@@ -25,7 +25,7 @@ from scipy import ndimage
 if TYPE_CHECKING:
     from geosr.tiling import TileGrid
 
-__all__ = ["synthetic_scene", "measure_run", "bench", "model_only_seconds", "seam_score"]
+__all__ = ["synthetic_scene", "synthetic_fields_scene", "measure_run", "bench", "model_only_seconds", "seam_score"]
 
 
 def synthetic_scene(path: Path, size: int, bands: int = 3, seed: int = 0) -> Path:
@@ -56,6 +56,50 @@ def synthetic_scene(path: Path, size: int, bands: int = 3, seed: int = 0) -> Pat
     return path
 
 
+def synthetic_fields_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """Write a ``size`` x ``size`` RGB uint8 GeoTIFF that is half flat: water and fields | texture.
+
+    The left half is water (top: a smooth swell of a few DN and 0.8 DN of sensor noise) and
+    fields (bottom: rectangular parcels of crop colours with gentle gradients and 1 DN of
+    grain); the right half is the texture of :func:`synthetic_scene`'s first band, tinted
+    green. A scene
+    on which texture-aware routing has something to route, and something not to.
+    """
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    img = np.empty((size, size, 3), np.float32)
+    yy, xx = np.mgrid[0:size, 0:half].astype(np.float32)
+    swell = ndimage.gaussian_filter(rng.standard_normal((size, half)), 12)
+    water = np.array([28, 58, 84], np.float32) + 3 * (swell / swell.std())[..., None] + 0.02 * yy[..., None]
+    img[:, :half] = water
+    top = half  # fields fill the bottom of the left half
+    palette = np.array([[120, 140, 70], [150, 130, 90], [95, 120, 60], [170, 160, 120], [110, 100, 70]], np.float32)
+    y0 = top
+    while y0 < size:
+        h = int(rng.integers(60, 200))
+        x0 = 0
+        while x0 < half:
+            w = int(rng.integers(60, 220))
+            sl = (slice(y0, min(y0 + h, size)), slice(x0, min(x0 + w, half)))
+            gy, gx = rng.uniform(-0.03, 0.03, 2)
+            ramp = gy * (yy[sl] - y0) + gx * (xx[sl] - x0)
+            img[sl] = palette[rng.integers(len(palette))] + ramp[..., None]
+            x0 += w
+        y0 += h
+    img[:, :half] += rng.normal(0, 1.0, (size, half, 3)) * np.where(yy < top, 0.8, 1.0)[..., None]
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32618",
+                   transform=Affine(0.5, 0, 500000, 0, -0.5, 4100000), tiled=True, compress="DEFLATE")
+    with tempfile.TemporaryDirectory() as tmp:
+        textured = synthetic_scene(Path(tmp) / "t.tif", size, seed=seed)
+        with rasterio.open(textured) as ds:
+            lum = ds.read(1, window=((0, size), (half, size))).astype(np.float32) / 250.0
+    # vegetation-like: one luminance texture, tinted (aerial texture is mostly luminance)
+    img[:, half:] = (0.35 + 0.9 * lum)[..., None] * np.array([90, 115, 70], np.float32)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.clip(np.round(img), 0, 255).astype(np.uint8).transpose(2, 0, 1))
+    return path
+
+
 def measure_run(inputs: Sequence[str], output: str, args: Sequence[str] = ()) -> dict:
     """Run ``geosr upscale`` in a child process, then the model alone on its tiles in another.
 
@@ -81,20 +125,72 @@ def bench(
     synthetic: Sequence[int],
     upscale_args: Sequence[str],
     workdir: str | None = None,
+    degrade: str | None = None,
+    compare_route: bool = False,
+    synthetic_fields: Sequence[int] = (),
 ) -> list[dict]:
-    """Measure each given scene (or synthetic square scenes of the given sizes)."""
+    """Measure each given scene (or synthetic square scenes of the given sizes).
+
+    Parameters
+    ----------
+    inputs, synthetic, synthetic_fields
+        Scenes to run on, and sizes of synthetic scenes (:func:`synthetic_scene`,
+        :func:`synthetic_fields_scene`) to add.
+    upscale_args : sequence of str
+        ``geosr upscale`` options of the measured runs.
+    workdir : str, optional
+        Where the temporary outputs go.
+    degrade : str, optional
+        A degradation protocol: each scene is then the HR truth, the run is on its LR
+        (:func:`geosr.reference_scene.write_degraded`) and the result has ``psnr``/``ssim``
+        against the scene.
+    compare_route : bool
+        Also run with ``--route off`` (every tile to the model) and report it under
+        ``route_off``, with ``time_saved`` (share of the run's seconds) and, with
+        ``degrade``, ``psnr_change``/``ssim_change`` of routing.
+    """
     results = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         scenes = list(inputs or [])
         for size in synthetic:
             scenes.append(str(synthetic_scene(Path(tmp) / f"synthetic_{size}.tif", size)))
+        for size in synthetic_fields:
+            scenes.append(str(synthetic_fields_scene(Path(tmp) / f"fields_{size}.tif", size)))
         for i, scene in enumerate(scenes):
             out = str(Path(tmp) / f"out_{i}.tif")
-            res = measure_run([scene], out, ["--overwrite", *upscale_args])
-            with rasterio.open(scene) as ds:
+            run_on = scene
+            if degrade:
+                from geosr.reference_scene import write_degraded
+
+                run_on = str(write_degraded(scene, Path(tmp) / f"lr_{i}.tif", _scale_of(upscale_args), degrade))
+            res = _measure_scored(run_on, out, ["--overwrite", *upscale_args], scene if degrade else None)
+            if compare_route:
+                off = _measure_scored(run_on, out, ["--overwrite", *upscale_args, "--route", "off"], scene if degrade else None)
+                res["route_off"] = off
+                res["time_saved"] = round(1 - res["seconds"] / off["seconds"], 3)
+                if degrade:
+                    res["psnr_change"] = round(res["psnr"] - off["psnr"], 4)
+                    res["ssim_change"] = round(res["ssim"] - off["ssim"], 5)
+            with rasterio.open(run_on) as ds:
                 res.update(input=os.path.basename(scene), input_size=[ds.width, ds.height])
             results.append(res)
     return results
+
+
+def _measure_scored(scene: str, out: str, args: Sequence[str], reference: str | None) -> dict:
+    """:func:`measure_run`, with the output scored against ``reference`` when there is one."""
+    res = measure_run([scene], out, args)
+    if reference is not None:
+        from geosr.reference_scene import score_output
+
+        scores = score_output(reference, out, _scale_of(args))
+        res.update({k: round(v, 4) for k, v in scores.items()})
+    return res
+
+
+def _scale_of(upscale_args: Sequence[str]) -> int:
+    """The ``--scale`` that ``geosr upscale`` options give (its default when absent)."""
+    return _upscale_params(["INPUT", "OUTPUT", *upscale_args])["scale"]
 
 
 def _upscale_params(argv: Sequence[str]) -> dict:
@@ -125,6 +221,7 @@ def _child(argv: Sequence[str]) -> None:
         "megapixels_per_second": round(mp / seconds, 3), "peak_rss_mib": round(peak_kib / 1024, 1),
         "peak_rss_worker_mib": round(workers_kib / 1024, 1) if workers_kib else None,
         "client_received_mib": round(report.result_bytes / 2**20, 2),
+        "tiles_processed": report.tiles_processed, "tiles_routed": report.tiles_routed,
     }))
 
 
@@ -134,7 +231,7 @@ def _model_only_child(argv: Sequence[str]) -> None:
     output = params.pop("output")
     from geosr.api import _run_config
 
-    run_keys = ("overwrite", "resume", "address", "local_workers", "performance_report", "creation_options")
+    run_keys = ("overwrite", "resume", "address", "local_workers", "performance_report", "creation_options", "route_map")
     config = _run_config(**{k: v for k, v in params.items() if k not in run_keys + ("source",)})
     seconds, grid = model_only_seconds(params["source"], config)
     # not rounded: a fast model on a small scene takes milliseconds, and the ratio divides by it
@@ -144,10 +241,10 @@ def _model_only_child(argv: Sequence[str]) -> None:
 def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"]:
     """Seconds the model alone takes on the tiles of a run of ``config``, and the run's tile grid.
 
-    Tiles are read and captioned first (not timed), in the run's batches, then given to the
-    model exactly as the run gives them (:func:`geosr.engine.upscale_batch`).
+    Tiles are read and captioned first (not timed), in the run's batches, then routed and
+    given to the model exactly as the run gives them (:func:`geosr.engine.upscale_routed`).
     """
-    from geosr.engine import _caption, _model_input, _read_batch, batch_jobs, upscale_batch
+    from geosr.engine import _caption, _model_input, _read_batch_and_valid, batch_jobs, batch_routes, upscale_routed
     from geosr.models import load_upscaler
     from geosr.scene import expand_inputs
     from geosr.scene_plan import plan_scene
@@ -157,11 +254,12 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
         scene_plan = plan_scene(expand_inputs(inputs), config, model.channels, Path(tmp))
         seconds = 0.0
         for job in batch_jobs(scene_plan, list(scene_plan.tiles), config):
-            batch = _read_batch(job)
+            batch, valid = _read_batch_and_valid(job)
             x = _model_input(batch, job.bands)
             captions = _caption(job.captioner, x, job.bands)
-            t0 = time.perf_counter()
-            upscale_batch(model, batch, x, job.bands, captions, job.seeds, job.scale)
+            t0 = time.perf_counter()  # routing is timed with the model: it decides what the model does
+            routes = batch_routes(job, x, valid)
+            upscale_routed(model, batch, x, job.bands, captions, job.seeds, job.scale, routes)
             seconds += time.perf_counter() - t0
     return seconds, scene_plan.grid
 

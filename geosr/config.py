@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import yaml
 
 from geosr.errors import InputError
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
 
 __all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_CAPTIONER"]
 
@@ -73,6 +74,11 @@ class RunConfig:
     local_workers : int or None
         Start a local dask.distributed cluster of that many worker processes.
     progress : bool
+    route : str
+        ``auto``: flat, clean tiles go to bicubic instead of the model (:mod:`geosr.routing`);
+        ``off``: every tile goes to the model. Classical models are never routed.
+    route_threshold : float
+        Texture (DN per LR px) under which a clean tile is flat (``route="auto"``).
     """
 
     scale: int = 4
@@ -95,6 +101,8 @@ class RunConfig:
     address: str | None = None
     local_workers: int | None = None
     progress: bool = True
+    route: str = "auto"
+    route_threshold: float = DEFAULT_ROUTE_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -102,6 +110,10 @@ class RunConfig:
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
         parse_caption_every(self.caption_every)
+        if self.route not in ROUTES:
+            raise InputError(f"--route must be {' or '.join(ROUTES)}, got {self.route!r}")
+        if not self.route_threshold >= 0:
+            raise InputError(f"--route-threshold must be >= 0, got {self.route_threshold}")
         if self.model is None:
             from geosr.models import default_model
 
@@ -112,6 +124,16 @@ class RunConfig:
             object.__setattr__(self, "batch_size", default_batch_size(self.model, self.device))
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    @property
+    def routed_threshold(self) -> float | None:
+        """The routing threshold of a run that routes tiles, None for one that does not.
+
+        Classical models are their own cheap path: routing them would change nothing.
+        """
+        from geosr.models import CLASSICAL
+
+        return self.route_threshold if self.route == "auto" and self.model not in CLASSICAL else None
 
     def model_options(self) -> dict[str, Any]:
         """Keyword options for non-classical model loaders (only the ones that are set)."""

@@ -52,6 +52,8 @@ from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
 from geosr.output_lock import OutputLock
 from geosr.radiometry import Stretch
 from geosr.reading import read_tile, read_valid
+from geosr.route_map import check_route_map_target, write_route_map
+from geosr.routing import MODEL, TileRoute, route_tiles
 from geosr.resumable import open_journal, run_identity, settle_stopped_run
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
@@ -82,6 +84,7 @@ class BatchJob:
     seeds: tuple[int, ...]
     captions: tuple[str | None, ...]
     captioner: str
+    route_threshold: float | None = None  # None: every tile to the model (geosr.routing)
 
 
 @dataclass
@@ -89,6 +92,7 @@ class TileResult:
     index: int
     hr: np.ndarray
     caption: str
+    route: TileRoute | None = None  # None: not routed (every tile went to the model)
 
 
 @functools.lru_cache(maxsize=8)
@@ -103,8 +107,15 @@ def _model(job: BatchJob) -> Upscaler:
 
 
 def _read_batch(job: BatchJob) -> np.ndarray:
+    return _read_batch_and_valid(job)[0]
+
+
+def _read_batch_and_valid(job: BatchJob) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles ``[B, C, H, W]`` and their validity ``[B, H, W]`` (the reflect-padded halo is invalid)."""
     with open_raster(job.source) as ds:
-        return np.stack([read_tile(ds, t, job.bands.bands, job.stretch, job.masked)[0] for t in job.tiles])
+        read = [read_tile(ds, t, job.bands.bands, job.stretch, job.masked) for t in job.tiles]
+    valid = [np.pad(v, ((t.pad[0], t.pad[1]), (t.pad[2], t.pad[3]))) for t, (_, v) in zip(job.tiles, read)]
+    return np.stack([d for d, _ in read]), np.stack(valid)
 
 
 def _model_input(batch: np.ndarray, plan: BandPlan) -> torch.Tensor:
@@ -146,19 +157,54 @@ def caption_tiles(job: BatchJob) -> list[str]:
 
 @_shippable_errors
 def process_batch(job: BatchJob) -> list[TileResult]:
-    """Read, caption (when not given) and upscale a batch of tiles (runs on a worker)."""
+    """Read, route, caption (when not given) and upscale a batch of tiles (runs on a worker).
+
+    With routing (``job.route_threshold``), tiles routed to bicubic are neither captioned
+    (their caption is empty) nor given to the model; the others go to the model as one batch.
+    """
     undo_malloc_trim_threshold()
-    batch = _read_batch(job)
+    batch, valid = _read_batch_and_valid(job)
     plan = job.bands
-    model = _model(job)
     x = _model_input(batch, plan)
-    captions = list(job.captions)
+    routes = batch_routes(job, x, valid)
+    # a routed tile is not captioned (a shared caption given for its window is kept)
+    captions = ["" if (c is None and r is not None and r.path != MODEL) else c for c, r in zip(job.captions, routes)]
     missing = [i for i, c in enumerate(captions) if c is None]
     if missing:
         for i, text in zip(missing, _caption(job.captioner, x[missing], plan)):
             captions[i] = text
-    out = upscale_batch(model, batch, x, plan, captions, job.seeds, job.scale)
-    return [TileResult(t.index, out[i], captions[i]) for i, t in enumerate(job.tiles)]
+    out = upscale_routed(_model(job), batch, x, plan, captions, job.seeds, job.scale, routes)
+    return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
+
+
+def batch_routes(job: BatchJob, x: torch.Tensor, valid: np.ndarray) -> list[TileRoute | None]:
+    """Each tile's route (:mod:`geosr.routing`), or None for every tile of a job that does not route.
+
+    Only the valid pixels of each tile's core are measured: the halo belongs to the
+    neighbours too, and texture there would keep a flat tile beside a textured one on the model.
+    """
+    if job.route_threshold is None:
+        return [None] * len(job.tiles)
+    in_core = np.zeros_like(valid)
+    for i, t in enumerate(job.tiles):
+        top, left = ((n - int(c)) // 2 for n, c in zip(t.shape, (t.core.height, t.core.width)))
+        in_core[i, top : top + int(t.core.height), left : left + int(t.core.width)] = True
+    return list(route_tiles(x, job.route_threshold, torch.from_numpy(valid & in_core)))
+
+
+def upscale_routed(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
+                   seeds: Sequence[int], s: int, routes: Sequence[TileRoute | None]) -> np.ndarray:
+    """:func:`upscale_batch`, with the tiles routed to the cheap path upscaled by bicubic instead."""
+    cheap = [i for i, r in enumerate(routes) if r is not None and r.path != MODEL]
+    if not cheap:
+        return upscale_batch(model, batch, x, plan, captions, seeds, s)
+    on_model = [i for i in range(len(routes)) if i not in cheap]
+    out = np.empty((len(routes), len(plan.bands), *(n * s for n in batch.shape[-2:])), np.float32)
+    for subset, upscaler in ((on_model, model), (cheap, BicubicUpscaler(s))):
+        if subset:
+            out[subset] = upscale_batch(upscaler, batch[subset], x[subset], plan, [captions[i] for i in subset],
+                                        [seeds[i] for i in subset], s)
+    return out
 
 
 def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
@@ -192,6 +238,8 @@ class RunReport:
     peak_pending_bytes: int = 0
     captions: Path | None = None
     result_bytes: int = 0
+    tiles_routed: int = 0  # tiles that went to the cheap path (geosr.routing)
+    route_map: Path | None = None
 
     @property
     def megapixels_per_second(self) -> float:
@@ -203,6 +251,7 @@ def upscale_scene(
     output: str | os.PathLike,
     config: RunConfig,
     performance_report: str | None = None,
+    route_map: str | os.PathLike | None = None,
 ) -> RunReport:
     """Super-resolve a scene (or same-grid mosaic) into a COG at ``output``.
 
@@ -216,6 +265,8 @@ def upscale_scene(
         ``config.resume`` continues a stopped run of the same output and settings.
     performance_report : str, optional
         Write a dask performance report (HTML) there.
+    route_map : path-like, optional
+        Write the routing map there (:func:`geosr.route_map.write_route_map`), with the output.
 
     Returns
     -------
@@ -230,6 +281,8 @@ def upscale_scene(
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
     target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
+    if route_map is not None:
+        check_route_map_target(route_map, config, target.output)
     # Models and captioners first: a bad spec fails before any tile is read.
     model = load_upscaler(config.model, config.scale, **config.model_options())
     _captioner(config.captioner)
@@ -239,7 +292,7 @@ def upscale_scene(
         journal = open_journal(target.output, identity, config.resume)
         cells = [0]  # known once the tile plan exists; reported when the run stops
         try:
-            report = _upscale_in(journal, files, target, config, model, performance_report, cells)
+            report = _upscale_in(journal, files, target, config, model, performance_report, route_map, cells)
         except BaseException as exc:
             replacement = settle_stopped_run(journal, exc, cells[0])
             if replacement is None:
@@ -251,7 +304,7 @@ def upscale_scene(
 
 
 def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunConfig, model: Upscaler,
-                performance_report, cells: list[int]) -> RunReport:
+                performance_report, route_map, cells: list[int]) -> RunReport:
     """The run itself, in the journal's work folder (see :func:`upscale_scene`)."""
     folder = journal.folder
     caption_mode, caption_n = parse_caption_every(config.caption_every)
@@ -282,6 +335,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
     )
     captions: dict[int, str] = dict(journal.captions)
+    routes: dict[int, TileRoute] = dict(journal.routes)
     try:
         with open_raster(scene.source) as src, dask_client(config.address, config.local_workers) as client:
             writer = _CellWriter(raster, src, stretch, scene, s, journal)
@@ -302,11 +356,11 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
                     source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
                     overlap=grid.overlap, blend=config.blend,
                 )
-                peak, received = _run_jobs_on_workers(client, jobs, todo, acc, renderer, resources, captions, config,
-                                                      performance_report, journal, raster)
+                peak, received = _run_jobs_on_workers(client, jobs, todo, acc, renderer, resources, captions, routes,
+                                                      config, performance_report, journal, raster)
             else:
-                peak, received = _run_jobs(client, jobs, todo, acc, resources, captions, config, performance_report,
-                                           journal, raster)
+                peak, received = _run_jobs(client, jobs, todo, acc, resources, captions, routes, config,
+                                           performance_report, journal, raster)
             for window in acc.uncovered():
                 writer.write_empty(window)
         journal.commit(raster.sync)
@@ -321,8 +375,12 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         raster.close()
     captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
     tmp_captions = folder / "captions.geojson"
-    tmp_captions.write_text(json.dumps(_captions_geojson(scene, tiles, captions)))
-    target.commit({cog: target.output, tmp_captions: captions_path})
+    tmp_captions.write_text(json.dumps(_captions_geojson(scene, tiles, captions, routes)))
+    moves = {cog: target.output, tmp_captions: captions_path}
+    if route_map is not None:
+        moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
+                                 config.route_threshold)] = Path(route_map).absolute()
+    target.commit(moves)
     return RunReport(
         output=target.output,
         tiles_total=len(grid),
@@ -334,6 +392,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         peak_pending_bytes=peak,
         captions=captions_path,
         result_bytes=received,
+        tiles_routed=sum(r.path != MODEL for r in routes.values()),
+        route_map=Path(route_map).absolute() if route_map is not None else None,
     )
 
 
@@ -391,6 +451,7 @@ def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) 
                 model=config.model, scale=config.scale, model_options=opts,
                 seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
                 captions=(None,) * len(chunk), captioner=config.captioner,
+                route_threshold=config.routed_threshold,
             )
         )
     return jobs
@@ -445,8 +506,8 @@ def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Se
     return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]
 
 
-def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None, captions: dict, config: RunConfig,
-              performance_report, journal: RunJournal, raster: WorkRaster) -> tuple[int, int]:
+def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None, captions: dict, routes: dict,
+              config: RunConfig, performance_report, journal: RunJournal, raster: WorkRaster) -> tuple[int, int]:
     """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
     results here as they complete, and commit finished cells to the journal every few seconds.
 
@@ -457,10 +518,12 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None
     with _progress(tiles, config, performance_report) as progress:
         for results in bounded_map(client, process_batch, jobs, resources):
             for r in results:
-                # The caption goes in the journal before any cell this tile finishes.
-                journal.record(captions={r.index: r.caption})
+                # The caption and route go in the journal before any cell this tile finishes.
+                journal.record(captions={r.index: r.caption}, routes={r.index: r.route} if r.route else None)
                 acc.add(by_index[r.index], r.hr)
                 captions[r.index] = r.caption
+                if r.route:
+                    routes[r.index] = r.route
                 received += r.hr.nbytes + len(r.caption)
             if journal.commit_due():
                 journal.commit(raster.sync)
@@ -472,7 +535,7 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None
 
 
 def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: CellRenderer, resources: dict | None,
-                         captions: dict, config: RunConfig, performance_report, journal: RunJournal,
+                         captions: dict, routes: dict, config: RunConfig, performance_report, journal: RunJournal,
                          raster: WorkRaster) -> tuple[int, int]:
     """Run the jobs with workers blending and writing (:mod:`geosr.worker_writes`).
 
@@ -481,7 +544,8 @@ def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: C
     from geosr.worker_writes import run_writing_on_workers  # it builds on this module
 
     with _progress(tiles, config, performance_report) as progress:
-        received = run_writing_on_workers(client, jobs, acc, renderer, raster, journal, captions, resources, progress)
+        received = run_writing_on_workers(client, jobs, acc, renderer, raster, journal, captions, routes, resources,
+                                          progress)
     return 0, received
 
 
@@ -590,8 +654,14 @@ def _output_tags(scene: Scene, config: RunConfig, model: Upscaler) -> dict:
     return tags
 
 
-def _captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str]) -> dict:
-    """One feature per processed tile: core footprint in the scene CRS, caption, index."""
+def _route_properties(route: TileRoute) -> dict:
+    return {"route": route.path, "texture": route.texture, "noise": route.noise}
+
+
+def _captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
+                      routes: dict[int, TileRoute] | None = None) -> dict:
+    """One feature per processed tile: core footprint in the scene CRS, caption, index, and
+    for a routed run the tile's ``route`` (``model`` / ``bicubic``), ``texture`` and ``noise``."""
     georef = bool(scene.crs) and not scene.gcps
     transform = scene.transform if georef else rasterio.Affine.identity()
     features = []
@@ -605,6 +675,7 @@ def _captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, s
                     "tile": t.index, "row": t.row, "col": t.col, "caption": captions.get(t.index, ""),
                     "col_off": int(t.core.col_off), "row_off": int(t.core.row_off),
                     "width": int(t.core.width), "height": int(t.core.height),
+                    **(_route_properties(routes[t.index]) if routes and t.index in routes else {}),
                 },
             }
         )

@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +56,7 @@ from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
 from geosr.models import CLASSICAL, default_model, load_upscaler
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD, MODEL, ROUTES, route_tiles
 from geosr.training.degradations import PROTOCOLS, DegradationParams, degrade
 
 __all__ = [
@@ -360,11 +362,17 @@ class _Run:
         return _quantise(lr), params
 
     def super_resolve(self, lr: np.ndarray, seed: int) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
-        """Caption, the baselines' outputs by name, and the model's output (all ``H x W x 3``)."""
+        """Caption, the baselines' outputs by name, and the model's output (all ``H x W x 3``).
+
+        The model's seconds are kept in :attr:`model_seconds`.
+        """
         tiles = _to_tensor(lr)
         caption = self.captioner.caption(tiles)[0]
         baselines = {name: self.run(u, lr, caption, seed) for name, u in self.baselines.items()}
-        return caption, baselines, self.run(self.model, lr, caption, seed)
+        t0 = time.perf_counter()
+        out = self.run(self.model, lr, caption, seed)
+        self.model_seconds = time.perf_counter() - t0
+        return caption, baselines, out
 
     @staticmethod
     def run(upscaler, lr: np.ndarray, caption: str, seed: int) -> np.ndarray:
@@ -407,6 +415,8 @@ def evaluate_sr(
     device: str | None = None,
     baselines: Sequence[str] = ("bicubic",),
     caption_ablation: bool = False,
+    route: str = "auto",
+    route_threshold: float = DEFAULT_ROUTE_THRESHOLD,
 ) -> dict:
     """Super-resolve degraded HR images with a model and baselines; compare with the HR.
 
@@ -437,6 +447,10 @@ def evaluate_sr(
         Classical upscalers to compare with; bicubic is always one.
     caption_ablation : bool
         Also run the model with each caption of :data:`ABLATION_CAPTIONS`.
+    route, route_threshold
+        With ``route="auto"`` and a neural model, each LR image is routed as ``geosr
+        upscale`` routes a tile (:mod:`geosr.routing`); the model's figures stay those of
+        the model on every image, and ``routing`` says what routing would change.
 
     Returns
     -------
@@ -446,7 +460,11 @@ def evaluate_sr(
         below bicubic's); ``baselines`` (name -> mean metrics); ``caption_ablation`` (variant
         -> mean metrics, ``measured`` included; empty unless asked); ``images`` (per image:
         ``path``, ``seed``, ``hr_size``, ``degradation`` parameters, ``caption``, ``model``
-        and ``baselines`` metrics); ``skipped`` (``path``, ``reason``) and
+        and ``baselines`` metrics, ``model_seconds``, ``route`` when routed); ``routing``
+        (when routed: ``threshold``, ``routed_share`` of images, ``psnr_change`` and
+        ``ssim_change`` of the mean with routed images given bicubic's output,
+        ``model_time_saved``, the share of the model's seconds spent on routed images);
+        ``skipped`` (``path``, ``reason``) and
         ``optional_metrics`` (``lpips`` / ``clip_iqa``: computed or why skipped). Metrics
         are ``psnr`` (dB), ``ssim``, ``sharpness`` and, when available, ``lpips``, ``clip_iqa``.
 
@@ -464,6 +482,9 @@ def evaluate_sr(
     if not hr_paths:
         raise InputError("no HR images given")
     run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device)
+    if route not in ROUTES:
+        raise InputError(f"route must be {' or '.join(ROUTES)}, got {route!r}")
+    routed = route == "auto" and run.model_spec not in CLASSICAL
     metric_device = device or "cpu"
     lpips_fn, lpips_status = _lpips_metric(metric_device)
     clip_iqa_fn, clip_iqa_status = _clip_iqa_metric(metric_device)
@@ -493,8 +514,12 @@ def evaluate_sr(
                 "caption": caption,
                 "model": _scores(model_out, hr, border, lpips_fn, clip_iqa_fn),
                 "baselines": {n: _scores(o, hr, border, lpips_fn, clip_iqa_fn) for n, o in base_out.items()},
+                "model_seconds": run.model_seconds,
             }
         )
+        if routed:
+            r = route_tiles(_to_tensor(lr), route_threshold)[0]
+            images[-1]["route"] = {"route": r.path, "texture": r.texture, "noise": r.noise}
         if caption_ablation:
             images[-1]["caption_ablation"] = {
                 name: _scores(run.run(run.model, lr, text, seed + index), hr, border, None, None)
@@ -539,9 +564,28 @@ def evaluate_sr(
         },
         "baselines": base_means,
         "caption_ablation": ablation,
+        "routing": _routing_summary(images, route_threshold) if routed else {},
         "images": images,
         "skipped": skipped,
         "optional_metrics": {"lpips": lpips_status, "clip_iqa": clip_iqa_status},
+    }
+
+
+def _routing_summary(images: list[dict], threshold: float) -> dict:
+    """What routing changes over the images: routed ones get bicubic's output."""
+    cheap = [im["route"]["route"] != MODEL for im in images]
+
+    def change(metric: str) -> float:
+        return float(np.mean([(im["baselines"]["bicubic"][metric] - im["model"][metric]) if c else 0.0
+                              for im, c in zip(images, cheap)]))
+
+    seconds = sum(im["model_seconds"] for im in images)
+    return {
+        "threshold": threshold,
+        "routed_share": float(np.mean(cheap)),
+        "psnr_change": change("psnr"),
+        "ssim_change": change("ssim"),
+        "model_time_saved": sum(im["model_seconds"] for im, c in zip(images, cheap) if c) / max(seconds, 1e-12),
     }
 
 

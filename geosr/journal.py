@@ -8,7 +8,8 @@ the work raster (see :class:`geosr.writer.WorkRaster`) and two small files:
   setting that changes the output's bytes. ``--resume`` adopts a stopped run only when
   the identities are equal, and otherwise says which entries differ.
 - ``journal.jsonl``: one JSON line per commit, with the output cells finished since the
-  last commit (HR window offsets) and the captions of the tiles that fed them.
+  last commit (HR window offsets) and the captions and routes (:mod:`geosr.routing`) of
+  the tiles that fed them.
 
 A commit first makes the cells' pixels durable (``fdatasync`` of the work raster, done
 by the caller's ``sync``), then appends and ``fsync``s the journal line, so the journal
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from geosr.errors import WriteError
+from geosr.routing import TileRoute
 
 __all__ = ["COMMIT_SECONDS", "WorkFolder", "RunJournal", "describe_size", "identity_differences"]
 
@@ -103,18 +105,21 @@ def identity_differences(old: Mapping[str, object], new: Mapping[str, object]) -
 
 
 class RunJournal:
-    """Identity, finished cells and captions of the run working in ``folder``."""
+    """Identity, finished cells, captions and tile routes of the run working in ``folder``."""
 
     IDENTITY = "run.json"
     JOURNAL = "journal.jsonl"
 
-    def __init__(self, folder: WorkFolder, identity: dict, cells: set, captions: dict) -> None:
+    def __init__(self, folder: WorkFolder, identity: dict, cells: set, captions: dict,
+                 routes: dict | None = None) -> None:
         self.folder = folder
         self.identity = identity
         self.cells: set[tuple[int, int]] = cells
         self.captions: dict[int, str] = captions
+        self.routes: dict[int, TileRoute] = routes or {}
         self._new_cells: list[tuple[int, int]] = []
         self._new_captions: dict[int, str] = {}
+        self._new_routes: dict[int, TileRoute] = {}
         self._last_commit = time.monotonic()
 
     @classmethod
@@ -134,6 +139,7 @@ class RunJournal:
             return None
         cells: set[tuple[int, int]] = set()
         captions: dict[int, str] = {}
+        routes: dict[int, TileRoute] = {}
         try:
             lines = (folder / cls.JOURNAL).read_text().splitlines()
         except FileNotFoundError:
@@ -145,14 +151,18 @@ class RunJournal:
                 break  # torn by a kill mid-append: everything after it is lost too
             cells.update(tuple(c) for c in rec.get("cells", ()))
             captions.update({int(k): v for k, v in rec.get("captions", {}).items()})
-        return cls(folder, identity, cells, captions)
+            routes.update({int(k): TileRoute(*v) for k, v in rec.get("routes", {}).items()})
+        return cls(folder, identity, cells, captions, routes)
 
-    def record(self, cell: tuple[int, int] | None = None, captions: Mapping[int, str] | None = None) -> None:
-        """Note a finished cell and/or tile captions; durable at the next :meth:`commit`."""
+    def record(self, cell: tuple[int, int] | None = None, captions: Mapping[int, str] | None = None,
+               routes: Mapping[int, TileRoute] | None = None) -> None:
+        """Note a finished cell, tile captions and/or routes; durable at the next :meth:`commit`."""
         if cell is not None:
             self._new_cells.append(cell)
         if captions:
             self._new_captions.update(captions)
+        if routes:
+            self._new_routes.update(routes)
 
     def commit_due(self) -> bool:
         return time.monotonic() - self._last_commit >= COMMIT_SECONDS
@@ -160,10 +170,13 @@ class RunJournal:
     def commit(self, sync: Callable[[], None]) -> None:
         """Make recorded cells durable: ``sync()`` the pixels, then append the journal line."""
         self._last_commit = time.monotonic()
-        if not self._new_cells and not self._new_captions:
+        if not self._new_cells and not self._new_captions and not self._new_routes:
             return
         sync()
-        line = json.dumps({"cells": self._new_cells, "captions": {str(k): v for k, v in self._new_captions.items()}})
+        line = json.dumps({
+            "cells": self._new_cells, "captions": {str(k): v for k, v in self._new_captions.items()},
+            "routes": {str(k): [r.path, r.texture, r.noise] for k, r in self._new_routes.items()},
+        })
         try:
             with open(self.folder / self.JOURNAL, "a") as f:
                 f.write(line + "\n")
@@ -173,7 +186,8 @@ class RunJournal:
             raise WriteError(f"cannot append to the journal {self.folder / self.JOURNAL}: {exc.strerror}") from exc
         self.cells.update(self._new_cells)
         self.captions.update(self._new_captions)
-        self._new_cells, self._new_captions = [], {}
+        self.routes.update(self._new_routes)
+        self._new_cells, self._new_captions, self._new_routes = [], {}, {}
 
     @property
     def finished(self) -> int:

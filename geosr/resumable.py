@@ -47,6 +47,7 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         "--caption-every": config.caption_every, "--tile": config.tiles.tile, "--overlap": config.tiles.overlap,
         "--bands": config.bands, "--blend": config.blend, "--seed": config.seed, "--steps": config.steps,
         "--guidance": config.guidance, "--device": config.device, "--dtype": config.dtype,
+        "--route": config.route, "--route-threshold": config.route_threshold,
         "--co": sorted(config.creation_options.items()),
         "--aoi": f"{os.path.abspath(config.aoi)} sha256 {_file_digest(config.aoi)}" if config.aoi else None,
     }

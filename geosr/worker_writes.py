@@ -30,6 +30,7 @@ from geosr.blending import BlendAccumulator
 from geosr import engine
 from geosr.cell_render import CellRenderer
 from geosr.engine import BatchJob, TileResult, _shippable_errors
+from geosr.routing import TileRoute
 from geosr.journal import RunJournal
 from geosr.scheduling import in_flight, undo_malloc_trim_threshold
 from geosr.tiling import Tile
@@ -60,10 +61,11 @@ class CellJob:
 
 @dataclass(frozen=True)
 class CellsWritten:
-    """What a cell task wrote: HR ``(col_off, row_off)`` of its cells, and tile captions."""
+    """What a cell task wrote: HR ``(col_off, row_off)`` of its cells, tile captions and routes."""
 
     cells: tuple[tuple[int, int], ...]
     captions: dict[int, str]
+    routes: dict[int, TileRoute]
 
 
 @_shippable_errors
@@ -83,7 +85,8 @@ def write_cells(job: CellJob, *batches: list[TileResult]) -> CellsWritten:
         raster.sync()  # durable before the client's journal names these cells
     finally:
         raster.close()
-    return CellsWritten(tuple(written), {i: r.caption for i, r in results.items()})
+    return CellsWritten(tuple(written), {i: r.caption for i, r in results.items()},
+                        {i: r.route for i, r in results.items() if r.route is not None})
 
 
 def workers_see(client, folder: Path) -> bool:
@@ -100,6 +103,7 @@ def run_writing_on_workers(
     raster: WorkRaster,
     journal: RunJournal,
     captions: dict[int, str],
+    routes: dict[int, TileRoute],
     resources: dict | None,
     progress: Callable[[list[int]], None],
 ) -> int:
@@ -144,11 +148,12 @@ def run_writing_on_workers(
         done: CellsWritten = future.result()
         future.release()
         received += len(pickle.dumps(done))
-        # the captions go in the journal before the cells of their tiles
-        journal.record(captions=done.captions)
+        # the captions and routes go in the journal before the cells of their tiles
+        journal.record(captions=done.captions, routes=done.routes)
         for cell in done.cells:
             journal.record(cell=cell)
         captions.update(done.captions)
+        routes.update(done.routes)
         for a in needs[b]:
             users[a] -= 1
             if users[a] == 0:  # no cell task left needs this batch: free it on its worker

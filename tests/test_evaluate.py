@@ -129,7 +129,9 @@ def test_every_method_sees_the_same_lr(hr_dir):
     paths = find_hr_images([hr_dir])
     a = evaluate_sr(paths, 4, "aniso", model="lanczos", seed=3)
     b = evaluate_sr(paths, 4, "aniso", model="lanczos", seed=3)
-    assert a["images"] == b["images"]
+    untimed = [[{k: v for k, v in im.items() if k != "model_seconds"} for im in r["images"]] for r in (a, b)]
+    assert untimed[0] == untimed[1]
+    assert a["routing"] == {}  # a classical model is never routed
     assert abs(a["model"]["delta_vs_bicubic"]["psnr"]) < 1.0
     assert a["images"][0]["degradation"]["protocol"] == "aniso"
 
@@ -142,9 +144,16 @@ def test_without_a_model_the_shipped_one_of_the_scale_is_run_and_named(hr_dir):
 def test_tiny_diffusion_model_on_pngs_and_a_real_geotiff(hr_dir, tiny_model, data_dir):
     paths = [*find_hr_images([hr_dir]), data_dir / "neon_harv_plot.tif"]
     result = evaluate_sr(paths, 4, "aniso", model=tiny_model, crop=96, steps=1)
-    assert set(result) == {"settings", "model", "baselines", "caption_ablation", "images", "skipped",
+    assert set(result) == {"settings", "model", "baselines", "caption_ablation", "routing", "images", "skipped",
                            "optional_metrics"}
     assert result["caption_ablation"] == {}
+    # routing: routed images would get bicubic's output; the mean change says what that costs
+    cheap = [im["route"]["route"] == "bicubic" for im in result["images"]]
+    assert result["routing"]["routed_share"] == pytest.approx(np.mean(cheap))
+    assert result["routing"]["psnr_change"] == pytest.approx(np.mean([
+        im["baselines"]["bicubic"]["psnr"] - im["model"]["psnr"] if c else 0.0 for im, c in zip(result["images"], cheap)
+    ]))
+    assert 0 <= result["routing"]["model_time_saved"] <= 1
     worse = np.mean([im["model"]["psnr"] < im["baselines"]["bicubic"]["psnr"] for im in result["images"]])
     assert result["model"]["worse_than_bicubic"] == pytest.approx(worse)
     assert result["skipped"] == []

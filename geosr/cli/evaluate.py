@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from geosr.cli.options import fail_cleanly, setup_logging, verbosity
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
 
 _COLUMNS = (  # metric key, header, format
     ("psnr", "PSNR dB", "{:8.2f}"),
@@ -71,6 +72,11 @@ def format_ablation(result: dict) -> str:
 @click.option("--steps", type=click.IntRange(min=1), help="Diffusion steps (default: the model's).")
 @click.option("--guidance", type=float, help="Guidance scale (default: the model's).")
 @click.option("--device", help="Torch device (default: cuda when available).")
+@click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
+              help="auto: also report what texture-aware routing (as geosr upscale does per tile, here per "
+                   "image) changes: images routed to bicubic, PSNR / SSIM change, model time saved.")
+@click.option("--route-threshold", type=float, default=DEFAULT_ROUTE_THRESHOLD, show_default=True,
+              help="Texture under which a clean image is flat (as for geosr upscale).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write all figures here.")
 @click.option(
     "--png", "png_out", type=click.Path(dir_okay=False, path_type=Path),
@@ -79,7 +85,7 @@ def format_ablation(result: dict) -> str:
 @verbosity
 def evaluate(
     hr_dirs, scale, degradation, caption_ablation, model, captioner, limit, crop, seed, steps, guidance,
-    device, json_out, png_out, verbose, quiet,
+    device, route, route_threshold, json_out, png_out, verbose, quiet,
 ) -> None:
     """Degrade HR images with a training protocol, super-resolve them, compare with the HR.
 
@@ -102,7 +108,7 @@ def evaluate(
     result = fail_cleanly(
         lambda: evaluate_sr(
             find_hr_images(hr_dirs), int(scale), degradation, seed=seed, limit=limit, crop=crop,
-            caption_ablation=caption_ablation, **options
+            caption_ablation=caption_ablation, route=route, route_threshold=route_threshold, **options
         )
     )
     settings = result["settings"]
@@ -116,6 +122,11 @@ def evaluate(
     click.echo(f"images where the model's PSNR is below bicubic's: {100 * result['model']['worse_than_bicubic']:.1f} %")
     if result["caption_ablation"]:
         click.echo(format_ablation(result))
+    if result["routing"]:
+        r = result["routing"]
+        click.echo(f"routing (threshold {r['threshold']}): {r['routed_share']:.1%} of images to bicubic, "
+                   f"PSNR {r['psnr_change']:+.3f} dB, SSIM {r['ssim_change']:+.4f}, "
+                   f"{r['model_time_saved']:.1%} of the model's time saved")
     for name, status in result["optional_metrics"].items():
         click.echo(f"{name}: {status}")
     if json_out is not None:

@@ -11,6 +11,7 @@ from geosr.cli.options import (
     verbosity,
 )
 from geosr.config import DEFAULT_CAPTIONER
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
 
 
 @click.command(cls=OneLineErrors, context_settings={"max_content_width": 100}, epilog="\b\nExit status:\n" + exit_codes_help())
@@ -39,10 +40,17 @@ from geosr.config import DEFAULT_CAPTIONER
 @click.option("--address", help="dask.distributed scheduler address, e.g. tcp://scheduler:8786.")
 @click.option("--local-workers", type=int, help="Run on a local dask.distributed cluster of N processes.")
 @click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML).")
+@click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
+              help="auto: flat, clean tiles go to bicubic instead of the model (never where there is texture or "
+                   "noise); off: every tile goes to the model.")
+@click.option("--route-threshold", type=float, default=DEFAULT_ROUTE_THRESHOLD, show_default=True,
+              help="Texture (RMS gradient in DN per input pixel, noise discounted) under which a clean tile is flat.")
+@click.option("--route-map", type=click.Path(dir_okay=False), help="Also write a small GeoTIFF, one pixel per tile: "
+              "texture, noise and 1 where the model ran (open it over the scene in QGIS).")
 @verbosity
 def upscale(inputs, output, scale, model, captioner, caption_every, tile, overlap, bands, aoi, blend, creation_options,
             overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, local_workers, performance_report,
-            verbose, quiet):
+            route, route_threshold, route_map, verbose, quiet):
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
 
     INPUT is one GeoTIFF, a .vrt, or several same-grid GeoTIFFs / a directory / a glob,
@@ -77,13 +85,15 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
                 tile=tile, overlap=overlap, bands=bands, aoi=aoi, blend=blend, creation_options=creation_options,
                 overwrite=overwrite, resume=resume, device=device, dtype=dtype, steps=steps, guidance=guidance,
                 batch_size=batch_size, seed=seed, address=address, local_workers=local_workers,
-                performance_report=performance_report, progress=not quiet,
+                performance_report=performance_report, progress=not quiet, route=route,
+                route_threshold=route_threshold, route_map=route_map,
             )
 
     report = fail_cleanly(run, catch_all=True, verbose=verbose)
     if not quiet:
         click.echo(
             f"wrote {report.output} ({report.tiles_processed} tiles, {report.tiles_skipped} skipped, "
+            + (f"{report.tiles_routed} routed to bicubic, " if report.tiles_routed else "")
             + (f"{report.tiles_resumed} done before resuming, " if report.tiles_resumed else "")
             + f"{report.output_megapixels:.1f} MP in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s)",
             err=True,

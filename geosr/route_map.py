@@ -1,0 +1,90 @@
+"""The route map of a routed run: one pixel per tile, where the model went and why.
+
+A small float32 GeoTIFF beside the output (``--route-map``) that an analyst drapes over
+the scene in QGIS: band 1 ``texture`` and band 2 ``noise`` (DN, :mod:`geosr.routing`),
+band 3 ``model`` (1: the tile went to the model, 0: to bicubic). Its pixels are the
+tiles' cores: pixel ``(row, col)`` covers the core of tile ``(row, col)``, so its pixel
+size is the core size (:func:`geosr.tiling.core_size`) times the scene's. The last row and
+column of cores are shifted back inside the scene by less than one pixel per tile
+(:func:`geosr.tiling.axis_starts`); the map draws them on the regular grid, so its far
+edge overhangs the scene by that much. Tiles that were not processed (outside the AOI,
+all no-data) are NaN, the map's nodata.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.control import GroundControlPoint
+from rasterio.transform import Affine
+
+from geosr.config import RunConfig
+from geosr.errors import InputError, OutputError, OutputExistsError
+from geosr.routing import MODEL, NOISE_LIMIT, TileRoute
+from geosr.scene import Scene
+from geosr.tiling import Tile, TileGrid, core_size
+
+__all__ = ["check_route_map_target", "write_route_map", "ROUTE_MAP_BANDS"]
+
+ROUTE_MAP_BANDS = ("texture", "noise", "model")
+
+
+def check_route_map_target(path: str | os.PathLike, config: RunConfig, output: Path) -> None:
+    """Refuse, before any work, a route map that cannot be written or would say nothing.
+
+    Raises
+    ------
+    InputError
+        The run does not route tiles (``--route off`` or a classical model).
+    OutputExistsError
+        The file exists and ``config.overwrite`` is False.
+    OutputError
+        It is the output itself, a directory, or its folder does not exist.
+    """
+    if config.routed_threshold is None:
+        why = "--route off" if config.route == "off" else f"the classical model {config.model!r} is never routed"
+        raise InputError(f"--route-map needs a routed run (--route auto with a neural model): {why}")
+    path = Path(path).absolute()
+    if path == output:
+        raise OutputError(f"the route map {path} is the output itself: give another file name")
+    if path.is_dir():
+        raise OutputError(f"route map {path} is a directory; give a file name such as route.tif")
+    if path.exists() and not config.overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise OutputError(f"route map folder {path.parent} does not exist")
+
+
+def write_route_map(path: Path, scene: Scene, grid: TileGrid, tiles: Sequence[Tile],
+                    routes: Mapping[int, TileRoute], threshold: float) -> Path:
+    """Write the route map of ``tiles`` routed at ``threshold`` (see the module docstring); return ``path``."""
+    rows, cols = len(grid.rows), len(grid.cols)
+    data = np.full((len(ROUTE_MAP_BANDS), rows, cols), np.nan, np.float32)
+    for t in tiles:
+        r = routes.get(t.index)
+        if r is not None:
+            data[:, t.row, t.col] = (r.texture, r.noise, float(r.path == MODEL))
+    ch, cw = core_size(grid.height, grid.tile), core_size(grid.width, grid.tile)
+    profile = dict(driver="GTiff", width=cols, height=rows, count=len(ROUTE_MAP_BANDS), dtype="float32",
+                   nodata=float("nan"), compress="DEFLATE")
+    gcps = None
+    if scene.gcps:  # GCP pixel/line are continuous coordinates: they scale with the pixel size
+        gcps = ([GroundControlPoint(row=g.row / ch, col=g.col / cw, x=g.x, y=g.y, z=g.z, id=g.id)
+                 for g in scene.gcps[0]], scene.gcps[1])
+    else:
+        profile["transform"] = scene.transform @ Affine.scale(cw, ch)
+        if scene.crs:
+            profile["crs"] = scene.crs
+    with rasterio.open(path, "w", **profile) as ds:
+        if gcps:
+            ds.gcps = gcps
+        ds.write(data)
+        for i, name in enumerate(ROUTE_MAP_BANDS, start=1):
+            ds.set_band_description(i, name)
+        ds.update_tags(GEOSR_ROUTE_THRESHOLD=str(threshold), GEOSR_ROUTE_NOISE_LIMIT=str(NOISE_LIMIT),
+                       GEOSR_TILE_CORE=f"{cw} x {ch}")
+    return path

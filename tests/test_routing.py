@@ -1,0 +1,164 @@
+"""Texture-aware routing: the measures, the decision, and routed runs end to end."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+
+from geosr.benchmark import seam_score
+from geosr.cli import cli
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import upscale_scene
+from geosr.errors import InputError, OutputExistsError
+from geosr.journal import RunJournal, WorkFolder
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD, MODEL, NOISE_LIMIT, TileRoute, measure_tiles, route_tiles
+from tests.rasters import NORTH_UP, texture, write_raster
+
+
+def _tiles(*images: np.ndarray) -> torch.Tensor:
+    """``[B, 3, h, w]`` in [0, 1] from ``h x w`` luminance images in DN (grey RGB)."""
+    return torch.from_numpy(np.stack([np.repeat(im[None] / 255.0, 3, axis=0) for im in images]).astype(np.float32))
+
+
+def _flat(noise_dn: float, side: int = 96, seed: int = 0) -> np.ndarray:
+    return 120.0 + np.random.default_rng(seed).normal(0, noise_dn, (side, side)) if noise_dn else np.full((side, side), 120.0)
+
+
+def test_noise_is_measured_and_not_read_as_texture():
+    texture_dn, noise_dn = measure_tiles(_tiles(_flat(0.0), _flat(1.0), _flat(5.0)))
+    assert noise_dn[0] < 0.05 and texture_dn[0] < 0.05
+    assert noise_dn[1] == pytest.approx(1.0, rel=0.15) and noise_dn[2] == pytest.approx(5.0, rel=0.15)
+    # white noise of 5 DN has a large raw gradient; the texture left after the discount is small
+    assert texture_dn[2] < DEFAULT_ROUTE_THRESHOLD
+
+
+def test_flat_clean_tiles_go_to_bicubic_and_texture_or_noise_keeps_the_model():
+    ground = texture(1, 96, 96, seed=1)[0] * 200
+    routes = route_tiles(_tiles(_flat(0.5), ground, _flat(NOISE_LIMIT * 3)))
+    assert [r.path for r in routes] == ["bicubic", MODEL, MODEL]
+    assert routes[1].texture > 3 * DEFAULT_ROUTE_THRESHOLD
+    # threshold 0: nothing is flat enough
+    assert {r.path for r in route_tiles(_tiles(_flat(0.5)), threshold=0.0)} == {MODEL}
+    with pytest.raises(InputError, match="route-threshold"):
+        route_tiles(_tiles(_flat(0.5)), threshold=-1)
+
+
+def test_only_valid_pixels_are_measured():
+    """A tile mostly of filled no-data (flat) with a textured valid corner stays on the model."""
+    img = _flat(0.0)
+    corner = texture(1, 32, 32, seed=2)[0]
+    img[:32, :32] = 120.0 + (corner - corner.mean()) * 60  # about 2.6 DN of texture
+    valid = torch.zeros(1, 96, 96, dtype=torch.bool)
+    valid[0, :32, :32] = True
+    assert route_tiles(_tiles(img))[0].path == "bicubic"  # diluted by the flat fill
+    assert route_tiles(_tiles(img), valid=valid)[0].path == MODEL
+
+
+def test_run_config_checks_route_settings():
+    with pytest.raises(InputError, match="--route must be"):
+        RunConfig(route="sometimes")
+    with pytest.raises(InputError, match="--route-threshold"):
+        RunConfig(route_threshold=-0.5)
+    assert RunConfig(scale=2, model="bicubic").routed_threshold is None  # classical models are not routed
+    assert RunConfig(scale=2, route="off").routed_threshold is None
+    assert RunConfig(scale=2).routed_threshold == DEFAULT_ROUTE_THRESHOLD
+
+
+def test_journal_keeps_routes_for_resume(tmp_path):
+    folder = WorkFolder.create(tmp_path / "out.tif")
+    journal = RunJournal.start(folder, {"a": "b"})
+    journal.record(cell=(0, 0), captions={3: "x"}, routes={3: TileRoute("bicubic", 0.4, 0.7)})
+    journal.commit(lambda: None)
+    assert RunJournal.load(folder).routes == {3: TileRoute("bicubic", 0.4, 0.7)}
+
+
+def _half_flat_scene(path, height=128, width=256, flat_cols=96):
+    """Grey-ish RGB: the left ``flat_cols`` columns flat (1 DN grain), the rest textured ground."""
+    rng = np.random.default_rng(5)
+    data = texture(3, height, width, seed=3) * 200 + 20
+    data[:, :, :flat_cols] = np.array([90.0, 110.0, 80.0])[:, None, None] + rng.normal(0, 0.7, (3, height, flat_cols))
+    return write_raster(path, np.clip(np.round(data), 0, 255).astype(np.uint8))
+
+
+def _routed_run(src, dst, route="auto", route_map=None):
+    cfg = RunConfig(scale=2, captioner="degradation", tiles=TileSpec(64, 16), progress=False, route=route)
+    return upscale_scene([src], dst, cfg, route_map=route_map)
+
+
+def test_a_flat_half_is_routed_away_without_a_seam(tmp_path):
+    src = _half_flat_scene(tmp_path / "in.tif")
+    report = _routed_run(src, tmp_path / "auto.tif", route_map=tmp_path / "route.tif")
+    _routed_run(src, tmp_path / "off.tif", route="off")
+    bicubic = tmp_path / "bicubic.tif"
+    upscale_scene([src], bicubic, RunConfig(scale=2, model="bicubic", captioner="none", tiles=TileSpec(64, 16),
+                                            progress=False))
+    # tiles of columns 0 (flat) are routed; 1 (flat up to px 96, then texture) and later are not
+    props = [f["properties"] for f in json.loads((tmp_path / "auto.captions.geojson").read_text())["features"]]
+    routed = {p["col"] for p in props if p["route"] == "bicubic"}
+    assert routed == {0} and report.tiles_routed == 2 and report.tiles_processed == 8
+    assert all(p["caption"] == "" for p in props if p["route"] == "bicubic")  # routed tiles are not captioned
+    assert all(p["caption"] and p["texture"] > DEFAULT_ROUTE_THRESHOLD for p in props if p["route"] == MODEL)
+
+    with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "off.tif") as o, \
+            rasterio.open(bicubic) as b:
+        auto, off, bic = a.read().astype(int), o.read().astype(int), b.read().astype(int)
+    # far from the routed tiles, the pixels are the model's; in the routed cores, bicubic's
+    assert np.array_equal(auto[:, :, 2 * 128 :], off[:, :, 2 * 128 :])
+    assert np.abs(auto[:, :, : 2 * 48] - bic[:, :, : 2 * 48]).max() <= 1
+    # the route changes at the core boundary x = 64 (inside the flat part): no seam there
+    assert seam_score(str(tmp_path / "auto.tif"), SimpleNamespace(cols=[64], rows=[]), 2) < 1.15
+
+    with rasterio.open(tmp_path / "route.tif") as m:
+        assert m.descriptions == ("texture", "noise", "model") and m.crs == "EPSG:32618"
+        assert m.transform == NORTH_UP * rasterio.Affine.scale(64)
+        grid = m.read()
+    assert grid.shape == (3, 2, 4) and list(grid[2, 0]) == [0, 1, 1, 1]
+    by_tile = {(p["row"], p["col"]): p for p in props}
+    assert grid[0, 1, 2] == pytest.approx(by_tile[(1, 2)]["texture"], abs=1e-3)
+
+
+def test_route_map_is_refused_where_it_would_say_nothing_or_overwrite(tmp_path):
+    src = _half_flat_scene(tmp_path / "in.tif", width=128)
+    with pytest.raises(InputError, match="--route off"):
+        _routed_run(src, tmp_path / "a.tif", route="off", route_map=tmp_path / "r.tif")
+    (tmp_path / "r.tif").write_text("keep")
+    with pytest.raises(OutputExistsError):
+        _routed_run(src, tmp_path / "a.tif", route_map=tmp_path / "r.tif")
+    assert not (tmp_path / "a.tif").exists() and (tmp_path / "r.tif").read_text() == "keep"
+
+
+def test_cli_routes_and_reports_it(tmp_path):
+    src = _half_flat_scene(tmp_path / "in.tif")
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "o.tif"), "--scale", "2", "--tile", "64",
+                                      "--route-map", str(tmp_path / "m.tif")])
+    assert result.exit_code == 0, result.output
+    assert "2 routed to bicubic" in result.output and (tmp_path / "m.tif").exists()
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "o2.tif"), "--scale", "2",
+                                      "--route-threshold", "-1"])
+    assert result.exit_code != 0 and "--route-threshold must be >= 0" in result.output
+
+
+def test_evaluate_reports_what_routing_changes(tmp_path):
+    from PIL import Image
+
+    from geosr.evaluation import evaluate_sr
+
+    rng = np.random.default_rng(0)
+    flat = np.clip(np.round(np.array([90.0, 110.0, 80.0]) + rng.normal(0, 0.5, (64, 64, 3))), 0, 255)
+    Image.fromarray(flat.astype(np.uint8)).save(tmp_path / "flat.png")
+    ground = (texture(3, 64, 64, seed=4) * 200 + 20).astype(np.uint8).transpose(1, 2, 0)
+    Image.fromarray(ground).save(tmp_path / "ground.png")
+    result = evaluate_sr([tmp_path / "flat.png", tmp_path / "ground.png"], 2, "clean")
+    flat_im, ground_im = result["images"]
+    assert flat_im["route"]["route"] == "bicubic" and ground_im["route"]["route"] == MODEL
+    routing = result["routing"]
+    assert routing["routed_share"] == 0.5
+    assert routing["psnr_change"] == pytest.approx(
+        (flat_im["baselines"]["bicubic"]["psnr"] - flat_im["model"]["psnr"]) / 2)
+    assert routing["model_time_saved"] == pytest.approx(
+        flat_im["model_seconds"] / (flat_im["model_seconds"] + ground_im["model_seconds"]))
+    assert evaluate_sr([tmp_path / "flat.png"], 2, "clean", route="off")["routing"] == {}
