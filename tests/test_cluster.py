@@ -18,6 +18,7 @@ import distributed
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
@@ -74,7 +75,14 @@ def test_neural_run_on_a_cluster_matches_local_and_uses_the_gpu_worker(tmp_path,
     src = uint8_scene(tmp_path / "in.tif", 80, 96)
     base = dict(scale=2, model=str(model), captioner="degradation", tiles=TileSpec(32, 8), progress=False,
                 batch_size=1, steps=1)
-    upscale_scene([src], tmp_path / "local.tif", RunConfig(**base))
+    # dask workers run torch on one thread; a convolution sums in another order on two, and
+    # a pixel may round 1 DN differently: compare with the same thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        upscale_scene([src], tmp_path / "local.tif", RunConfig(**base))
+    finally:
+        torch.set_num_threads(threads)
     with distributed.Client(scheduler_file=str(cluster)) as watcher, distributed.get_task_stream(client=watcher) as ts:
         report = upscale_scene([src], tmp_path / "cluster.tif", RunConfig(address=_address(cluster), **base))
         names = _workers_by_name(watcher)
