@@ -59,20 +59,20 @@ def synthetic_scene(path: Path, size: int, bands: int = 3, seed: int = 0) -> Pat
 def synthetic_fields_scene(path: Path, size: int, seed: int = 0) -> Path:
     """Write a ``size`` x ``size`` RGB uint8 GeoTIFF that is half flat: water and fields | texture.
 
-    The left half is water (top: a smooth swell of a few DN and 0.8 DN of sensor noise) and
-    fields (bottom: rectangular parcels of crop colours with gentle gradients and 1 DN of
-    grain); the right half is the texture of :func:`synthetic_scene`'s first band, tinted
+    The left 53 % is water (top 47 %: a smooth swell of a few DN and 0.8 DN of sensor noise)
+    and fields (below: rectangular parcels of crop colours with gentle gradients and 1 DN of
+    grain); the rest is the texture of :func:`synthetic_scene`'s first band, tinted
     green. A scene
     on which texture-aware routing has something to route, and something not to.
     """
     rng = np.random.default_rng(seed)
-    half = size // 2
+    # the three regions meet off any tile grid: a seam score must not see content edges
+    half, top = int(size * 0.53), int(size * 0.47)
     img = np.empty((size, size, 3), np.float32)
     yy, xx = np.mgrid[0:size, 0:half].astype(np.float32)
     swell = ndimage.gaussian_filter(rng.standard_normal((size, half)), 12)
     water = np.array([28, 58, 84], np.float32) + 3 * (swell / swell.std())[..., None] + 0.02 * yy[..., None]
     img[:, :half] = water
-    top = half  # fields fill the bottom of the left half
     palette = np.array([[120, 140, 70], [150, 130, 90], [95, 120, 60], [170, 160, 120], [110, 100, 70]], np.float32)
     y0 = top
     while y0 < size:

@@ -66,15 +66,15 @@ def test_bench_reports_model_time_overhead_memory_traffic_and_seams(tmp_path):
 def test_bench_scores_a_degraded_scene_and_what_routing_saves(tmp_path):
     out = tmp_path / "bench.json"
     args = "--scale 2 --tile 64 --overlap 8"
-    result = CliRunner().invoke(cli, ["bench", "--synthetic-fields", "256", "--degrade", "clean", "--compare-route",
+    result = CliRunner().invoke(cli, ["bench", "--synthetic-fields", "512", "--degrade", "clean", "--compare-route",
                                       "--json", str(out), "--upscale-args", args])
     assert result.exit_code == 0, result.output
     assert "routing saved" in result.output
     r = json.loads(out.read_text())[0]
-    assert r["input_size"] == [128, 128]  # the run was on the scene's LR
-    # the water quarter is flat and clean: its tiles went to bicubic; the route-off run routed none
-    assert r["tiles_routed"] >= 1 and r["route_off"]["tiles_routed"] == 0
-    assert r["tiles_processed"] == r["route_off"]["tiles_processed"] == 4
+    assert r["input_size"] == [256, 256]  # the run was on the scene's LR
+    # the water is flat and clean: its tiles went to bicubic; the route-off run routed none
+    assert r["tiles_routed"] >= 2 and r["route_off"]["tiles_routed"] == 0
+    assert r["tiles_processed"] == r["route_off"]["tiles_processed"] == 16
     assert 15 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["scored_fraction"] > 0.8
     assert r["psnr_change"] == round(r["psnr"] - r["route_off"]["psnr"], 4)
     assert r["time_saved"] == round(1 - r["seconds"] / r["route_off"]["seconds"], 3)
