@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-gpu clean
+.PHONY: demo test test-gpu qgis-plugin clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,13 @@ test: $(VENV)/.installed
 test-gpu: $(VENV)/.installed
 	$(PY) -m pytest -m gpu
 
+# The QGIS Processing provider as a zip for Plugins > Manage and Install Plugins > Install from ZIP.
+qgis-plugin:
+	mkdir -p dist
+	$(PYTHON) -c "import pathlib, zipfile; \
+	files = [p for p in sorted(pathlib.Path('qgis_plugin/geosr_qgis').rglob('*')) if p.is_file() and '__pycache__' not in p.parts]; \
+	z = zipfile.ZipFile('dist/geosr_qgis.zip', 'w', zipfile.ZIP_DEFLATED); \
+	[z.write(p, p.relative_to('qgis_plugin')) for p in files]; z.close(); print('dist/geosr_qgis.zip:', len(files), 'files')"
+
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out build dist *.egg-info
