@@ -5,7 +5,7 @@ Run with the Python that has ``qgis`` (``/usr/bin/python3`` with ``python3-qgis`
     QT_QPA_PLATFORM=offscreen python3 tests/qgis_driver.py GEOSR_EXECUTABLE COMMAND ARGS...
 
 Commands (each prints one JSON line): ``algorithms``; ``upscale INPUT OUTPUT [KEY=VALUE...]``
-(runAndLoadResults, then what was loaded into the project); ``fail INPUT OUTPUT KEY=VALUE...``
+(runAndLoadResults, then what was loaded into the project); ``caption INPUT OUTPUT [KEY=VALUE...]``; ``fail INPUT OUTPUT KEY=VALUE...``
 (the error message); ``cancel INPUT OUTPUT`` (cancel at the first progress);
 ``screenshots INPUT OUTPUT DIR`` (the algorithm dialog and the loaded layers, as PNGs).
 Used by tests/test_qgis_plugin.py.
@@ -75,6 +75,14 @@ def main():
                 entry["fields"] = [f.name() for f in layer.fields()]
             layers[layer.name()] = entry
         print(json.dumps({"result": {k: str(v) for k, v in result.items()}, "layers": layers}))
+    elif command == "caption":
+        params = parameters(args[0], args[1], args[2:])
+        params.pop("SCALE")
+        result = processing.runAndLoadResults("geosr:caption", params)
+        layer = next(iter(QgsProject.instance().mapLayers().values()))
+        print(json.dumps({"result": {k: str(v) for k, v in result.items()}, "features": layer.featureCount(),
+                          "labels": layer.labelsEnabled() and layer.labeling().settings().fieldName,
+                          "captions": sorted({f["caption"] for f in layer.getFeatures()})}))
     elif command == "fail":
         try:
             processing.run("geosr:upscale", parameters(args[0], args[1], args[2:]))

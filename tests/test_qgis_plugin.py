@@ -145,3 +145,24 @@ def test_cancel_leaves_nothing_at_the_output_and_a_rerun_resumes(tmp_path, data_
     assert [p.name.startswith(".out.tif.geosr-run-") for p in tmp_path.iterdir()] == [True]  # kept for resume
     _drive("upscale", data_dir / "RGB.byte.tif", out, "SCALE=2", "TILE=48")  # the same settings, Resume on
     assert out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pyqgis
+def test_caption_algorithm_with_an_aoi_writes_and_labels_the_captions(tmp_path, data_dir):
+    import geosr
+
+    with rasterio.open(data_dir / "RGB.byte.tif") as ds:
+        left, top = ds.transform * (0, 0)
+        right, bottom = ds.transform * (100, 100)  # the top-left 100 px: one tile of 48
+        crs = ds.crs.to_string()
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": crs}},
+                               "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon",
+                                   "coordinates": [[[left, top], [right, top], [right, bottom], [left, bottom],
+                                                    [left, top]]]}}]}))
+    out = tmp_path / "captions.geojson"
+    done = _drive("caption", data_dir / "RGB.byte.tif", out, "TILE=48", f"AOI={aoi}")
+    expected = geosr.caption(str(data_dir / "RGB.byte.tif"), tile=48, aoi=aoi)
+    assert done["result"] == {"OUTPUT": str(out)} and done["labels"] == "caption"
+    assert done["features"] == len(expected["features"]) < 20  # the AOI's tiles only
+    assert done["captions"] == sorted({f["properties"]["caption"] for f in expected["features"]})
