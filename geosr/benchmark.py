@@ -1,8 +1,8 @@
 """Benchmarks of whole runs: throughput and peak memory, each run in a fresh process.
 
 Peak resident memory is only comparable between runs that start from the same empty
-process, so every measured run is a child ``python -m geosr.benchmark`` that reports its
-own ``ru_maxrss`` as JSON.
+process, so every measured run is a child ``python -m geosr.benchmark`` that reports the
+peak of its own address space (``VmHWM``) as JSON.
 """
 
 from __future__ import annotations
@@ -204,6 +204,23 @@ def _upscale_params(argv: Sequence[str]) -> dict:
     return params
 
 
+def _own_peak_rss_kib() -> int:
+    """Peak resident memory of this process's own address space (KiB).
+
+    ``ru_maxrss`` is not that: Linux carries the parent's high-water mark into a child
+    across fork and exec, so a child of a bench process that holds a large scene would
+    report the parent's peak. ``VmHWM`` belongs to the address space exec made.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # other systems: the best there is
+
+
 def _child(argv: Sequence[str]) -> None:
     """Entry of the measured child: one ``geosr upscale`` in-process, then a JSON line."""
     import geosr
@@ -212,8 +229,9 @@ def _child(argv: Sequence[str]) -> None:
     t0 = time.perf_counter()
     report = geosr.upscale(**params)
     seconds = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # worker processes of --local-workers, reaped by now: the largest one's peak
+    peak_kib = _own_peak_rss_kib()
+    # worker processes of --local-workers, reaped by now: the largest one's peak (an upper
+    # bound: ru_maxrss carries this process's high-water mark at the worker's start into it)
     workers_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if params["local_workers"] else 0
     mp = report.output_megapixels
     print(json.dumps({

@@ -78,3 +78,13 @@ def test_bench_scores_a_degraded_scene_and_what_routing_saves(tmp_path):
     assert 15 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["scored_fraction"] > 0.8
     assert r["psnr_change"] == round(r["psnr"] - r["route_off"]["psnr"], 4)
     assert r["time_saved"] == round(1 - r["seconds"] / r["route_off"]["seconds"], 3)
+
+
+def test_a_measured_run_reports_its_own_peak_memory_not_its_parent_s(tmp_path, data_dir):
+    """Linux carries a parent's RSS high-water mark into a child's ru_maxrss across fork + exec."""
+    from geosr.benchmark import measure_run
+
+    ballast = np.ones(900 * 2**20, np.uint8)  # this process: over 900 MiB resident
+    res = measure_run([str(data_dir / "rgbn_suba.tif")], str(tmp_path / "o.tif"),
+                      ["--scale", "2", "--model", "bicubic", "--captioner", "none"])
+    assert ballast.sum() == ballast.size and res["peak_rss_mib"] < 800
