@@ -3,7 +3,7 @@
 Aerial scenes are mostly flat - water, bare fields, roofs, roads - and a super-resolution
 model gains little there while costing as much as on a forest edge. With ``--route auto``
 each LR tile is measured before the model runs (a few small filters on its luminance, about
-8 ms per 288 px tile on one CPU core) and goes to the cheap path, bicubic, when it is both
+8 ms per 288 px tile on a 2-core laptop-class CPU) and goes to the cheap path, bicubic, when it is both
 
 - **flat**: its *texture*, the RMS gradient of the luminance (DN per LR pixel, 0-255
   scale) after a 1 px Gaussian, with the part that white noise of the measured level
@@ -12,8 +12,9 @@ each LR tile is measured before the model runs (a few small filters on its lumin
   Bicubic does not denoise: a noisy flat tile routed away would stay noisy beside its
   denoised neighbours, so noisy tiles stay on the model whatever their texture.
 
-Both estimates err towards the model: Immerkaer's estimator reads texture as extra noise,
-and extra noise both keeps a tile on the model and is not counted as texture.
+The rule errs towards the model: Immerkaer's estimator reads texture as extra noise; that
+lowers the texture left after the noise discount, but the same extra noise keeps the tile
+over the noise limit, on the model.
 Routed tiles go through the same blending as the others, so there is no seam where the
 path changes. The thresholds were calibrated on ``../shared/data/train`` crops (never
 val); README "Texture-aware routing" gives the command and the figures.
