@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import yaml
 
 from geosr.errors import InputError
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD, routing_threshold
 
 __all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_CAPTIONER"]
 
@@ -110,10 +110,6 @@ class RunConfig:
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
         parse_caption_every(self.caption_every)
-        if self.route not in ROUTES:
-            raise InputError(f"--route must be {' or '.join(ROUTES)}, got {self.route!r}")
-        if not self.route_threshold >= 0:
-            raise InputError(f"--route-threshold must be >= 0, got {self.route_threshold}")
         if self.model is None:
             from geosr.models import default_model
 
@@ -124,16 +120,12 @@ class RunConfig:
             object.__setattr__(self, "batch_size", default_batch_size(self.model, self.device))
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        routing_threshold(self.route, self.route_threshold, self.model)  # refuses bad settings now
 
     @property
     def routed_threshold(self) -> float | None:
-        """The routing threshold of a run that routes tiles, None for one that does not.
-
-        Classical models are their own cheap path: routing them would change nothing.
-        """
-        from geosr.models import CLASSICAL
-
-        return self.route_threshold if self.route == "auto" and self.model not in CLASSICAL else None
+        """The routing threshold of a run that routes tiles, None for one that does not."""
+        return routing_threshold(self.route, self.route_threshold, self.model)
 
     def model_options(self) -> dict[str, Any]:
         """Keyword options for non-classical model loaders (only the ones that are set)."""

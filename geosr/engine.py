@@ -654,10 +654,6 @@ def _output_tags(scene: Scene, config: RunConfig, model: Upscaler) -> dict:
     return tags
 
 
-def _route_properties(route: TileRoute) -> dict:
-    return {"route": route.path, "texture": route.texture, "noise": route.noise}
-
-
 def _captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
                       routes: dict[int, TileRoute] | None = None) -> dict:
     """One feature per processed tile: core footprint in the scene CRS, caption, index, and
@@ -675,7 +671,7 @@ def _captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, s
                     "tile": t.index, "row": t.row, "col": t.col, "caption": captions.get(t.index, ""),
                     "col_off": int(t.core.col_off), "row_off": int(t.core.row_off),
                     "width": int(t.core.width), "height": int(t.core.height),
-                    **(_route_properties(routes[t.index]) if routes and t.index in routes else {}),
+                    **(routes[t.index].properties() if routes and t.index in routes else {}),
                 },
             }
         )

@@ -56,7 +56,7 @@ from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
 from geosr.models import CLASSICAL, default_model, load_upscaler
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD, MODEL, ROUTES, route_tiles
+from geosr.routing import DEFAULT_ROUTE_THRESHOLD, MODEL, route_tiles, routing_threshold
 from geosr.training.degradations import PROTOCOLS, DegradationParams, degrade
 
 __all__ = [
@@ -482,9 +482,7 @@ def evaluate_sr(
     if not hr_paths:
         raise InputError("no HR images given")
     run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device)
-    if route not in ROUTES:
-        raise InputError(f"route must be {' or '.join(ROUTES)}, got {route!r}")
-    routed = route == "auto" and run.model_spec not in CLASSICAL
+    threshold = routing_threshold(route, route_threshold, run.model_spec)
     metric_device = device or "cpu"
     lpips_fn, lpips_status = _lpips_metric(metric_device)
     clip_iqa_fn, clip_iqa_status = _clip_iqa_metric(metric_device)
@@ -517,9 +515,8 @@ def evaluate_sr(
                 "model_seconds": run.model_seconds,
             }
         )
-        if routed:
-            r = route_tiles(_to_tensor(lr), route_threshold)[0]
-            images[-1]["route"] = {"route": r.path, "texture": r.texture, "noise": r.noise}
+        if threshold is not None:
+            images[-1]["route"] = route_tiles(_to_tensor(lr), threshold)[0].properties()
         if caption_ablation:
             images[-1]["caption_ablation"] = {
                 name: _scores(run.run(run.model, lr, text, seed + index), hr, border, None, None)
@@ -564,7 +561,7 @@ def evaluate_sr(
         },
         "baselines": base_means,
         "caption_ablation": ablation,
-        "routing": _routing_summary(images, route_threshold) if routed else {},
+        "routing": _routing_summary(images, threshold) if threshold is not None else {},
         "images": images,
         "skipped": skipped,
         "optional_metrics": {"lpips": lpips_status, "clip_iqa": clip_iqa_status},

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from geosr.errors import InputError
 
-__all__ = ["ROUTES", "DEFAULT_ROUTE_THRESHOLD", "NOISE_LIMIT", "TileRoute", "measure_tiles", "route_tiles"]
+__all__ = ["ROUTES", "DEFAULT_ROUTE_THRESHOLD", "NOISE_LIMIT", "TileRoute", "routing_threshold", "measure_tiles",
+           "route_tiles"]
 
 ROUTES = ("auto", "off")
 #: texture (RMS gradient, DN / LR px) under which a clean tile goes to bicubic
@@ -54,6 +55,29 @@ class TileRoute:
     path: str
     texture: float
     noise: float
+
+    def properties(self) -> dict:
+        """The route as the captions sidecar and ``geosr evaluate`` record it."""
+        return {"route": self.path, "texture": self.texture, "noise": self.noise}
+
+
+def routing_threshold(route: str, threshold: float, model: str) -> float | None:
+    """The texture threshold a run of ``model`` routes at, or None when it does not route.
+
+    Classical models are their own cheap path: routing them would change nothing.
+
+    Raises
+    ------
+    InputError
+        ``route`` is not one of :data:`ROUTES`, or ``threshold`` is negative.
+    """
+    from geosr.models import CLASSICAL
+
+    if route not in ROUTES:
+        raise InputError(f"--route must be {' or '.join(ROUTES)}, got {route!r}")
+    if not threshold >= 0:
+        raise InputError(f"--route-threshold must be >= 0, got {threshold}")
+    return threshold if route == "auto" and model not in CLASSICAL else None
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:

@@ -44,8 +44,8 @@ def bench(inputs, synthetic, synthetic_fields, json_out, upscale_args, degrade, 
                + (f" {'PSNR':>6} {'SSIM':>6}" if degrade else ""))
     for r in results:
         rows = [(r["input"], r)] + ([("  --route off", r["route_off"])] if compare_route else [])
+        size = "x".join(map(str, r["input_size"]))
         for name, m in rows:
-            size = "x".join(map(str, r["input_size"]))
             worker = f"{m['peak_rss_worker_mib']:.0f}" if m["peak_rss_worker_mib"] else "-"
             routed = f"{m['tiles_routed']}/{m['tiles_processed']}"
             click.echo(f"{name:<22} {size:>11} {m['output_megapixels']:>7.1f} {m['seconds']:>7.1f} "
