@@ -1,4 +1,4 @@
-"""How well a degradation estimator measures known synthetic degradations on real imagery.
+"""How well a captioner states known synthetic degradations of real imagery.
 
 Protocol (one draw per crop, all from one seeded generator):
 
@@ -6,10 +6,14 @@ Protocol (one draw per crop, all from one seeded generator):
 2. draw an LR blur sigma ``g`` uniform in ``blur_range`` (LR px), half the crops
    isotropic, half anisotropic with axis ratio uniform in ``aniso_ratio_range`` and a
    uniform orientation (the axes are ``g * sqrt(r)`` and ``g / sqrt(r)``, so ``g`` stays
-   the geometric mean), and a noise sigma uniform in ``noise_range`` (DN);
+   the geometric mean), a noise sigma uniform in ``noise_range`` (DN) and, for
+   ``jpeg_share`` of the crops, a JPEG quality uniform in ``jpeg_quality_range``;
 3. degrade with :func:`geosr.training.degradations.apply_degradation` (blur at HR, bicubic
-   x``scale`` down, noise), quantise to uint8 as a real tile would be, and estimate.
+   x``scale`` down, noise, JPEG), quantise to uint8 as a real tile would be, caption it,
+   and read the caption back with :func:`geosr.captioning.vocabulary.parse_caption`.
 
+Every captioner is scored the same way, through the text it writes: a caption that does
+not follow the grammar counts against the parse rate and is left out of the errors.
 Blurring at HR and downsampling makes the truth well defined: the image's own blur and
 sensor noise shrink by ``scale`` and are dominated by the synthetic ones.
 """
@@ -17,26 +21,24 @@ sensor noise shrink by ``scale`` and are dominated by the synthetic ones.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
+import torch
 
+from geosr.captioning.vocabulary import parse_caption
 from geosr.errors import InputError
 
 if TYPE_CHECKING:
+    from geosr.captioning import Captioner
     from geosr.training.degradations import DegradationParams
 
-__all__ = ["IMAGE_SUFFIXES", "Estimator", "degraded_crops", "evaluate_captioner", "find_images"]
+__all__ = ["IMAGE_SUFFIXES", "degraded_crops", "evaluate_captioner", "find_images"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-
-
-class Estimator(Protocol):
-    """Anything with ``estimate(image) -> DegradationEstimate``."""
-
-    def estimate(self, image: np.ndarray): ...
 
 
 def find_images(roots: Iterable[str | Path]) -> list[Path]:
@@ -71,6 +73,8 @@ def degraded_crops(
     blur_range: tuple[float, float] = (0.5, 4.0),
     noise_range: tuple[float, float] = (0.0, 25.0),
     aniso_ratio_range: tuple[float, float] = (2.0, 4.0),
+    jpeg_share: float = 0.0,
+    jpeg_quality_range: tuple[int, int] = (10, 90),
 ) -> Iterator[tuple[np.ndarray, "DegradationParams"]]:
     """Yield ``(lr_uint8, params)`` pairs drawn as the module docstring says.
 
@@ -98,13 +102,18 @@ def degraded_crops(
         g = float(rng.uniform(*blur_range))
         aniso = done % 2 == 1
         ratio = float(rng.uniform(*aniso_ratio_range)) if aniso else 1.0
+        theta = float(rng.uniform(0.0, 180.0)) if aniso else 0.0
+        noise = float(rng.uniform(*noise_range))
+        # drawn for every crop, so that the blur/noise draws do not depend on jpeg_share
+        quality = int(rng.integers(jpeg_quality_range[0], jpeg_quality_range[1] + 1))
+        jpeg = quality if rng.random() < jpeg_share else None
         params = DegradationParams(
             scale=scale,
             blur_sigma_x=g * math.sqrt(ratio) * scale,
             blur_sigma_y=g / math.sqrt(ratio) * scale,
-            blur_theta_deg=float(rng.uniform(0.0, 180.0)) if aniso else 0.0,
-            noise_sigma=float(rng.uniform(*noise_range)),
-            jpeg_quality=None,
+            blur_theta_deg=theta,
+            noise_sigma=noise,
+            jpeg_quality=jpeg,
             protocol="aniso" if aniso else "iso",
         )
         lr = apply_degradation(hr, params, rng)
@@ -112,64 +121,106 @@ def degraded_crops(
         done += 1
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else math.nan
+
+
 def evaluate_captioner(
     image_paths: Sequence[str | Path],
+    captioner: "Captioner | None" = None,
     n_crops: int = 200,
     crop: int = 96,
     seed: int = 0,
     scale: int = 2,
-    estimator: Estimator | None = None,
     blur_range: tuple[float, float] = (0.5, 4.0),
     noise_range: tuple[float, float] = (0.0, 25.0),
     aniso_ratio_range: tuple[float, float] = (2.0, 4.0),
+    jpeg_share: float = 0.0,
+    jpeg_quality_range: tuple[int, int] = (10, 90),
+    batch_size: int = 16,
 ) -> dict:
-    """Median absolute errors of an estimator on synthetically degraded real crops.
+    """Score a captioner's captions of synthetically degraded real crops.
 
     Parameters
     ----------
     image_paths : sequence of path
         RGB uint8 images (GeoTIFF, PNG...), at least ``crop * scale`` px on each side;
         smaller ones are left out.
+    captioner : Captioner, optional
+        Defaults to :class:`~geosr.captioning.degradation.DegradationCaptioner`.
     n_crops : int
         Number of degraded crops.
     crop : int
-        LR crop size in px (the size of the estimated tile).
+        LR crop size in px (the size of the captioned tile).
     seed : int
-        Seed of the whole draw.
+        Seed of the whole draw (the same crops for every captioner).
     scale : int
-        Downsampling factor between the HR crop and the estimated tile.
-    estimator : Estimator, optional
-        Defaults to :class:`~geosr.captioning.degradation.DegradationCaptioner`.
+        Downsampling factor between the HR crop and the captioned tile.
     blur_range, noise_range, aniso_ratio_range : (float, float)
         Ranges of the LR blur sigma (px), noise sigma (DN) and anisotropic axis ratio.
+    jpeg_share : float
+        Share of the crops re-encoded as JPEG.
+    jpeg_quality_range : (int, int)
+        Range of their JPEG quality.
+    batch_size : int
+        Crops per ``caption`` call.
 
     Returns
     -------
     dict
-        ``n``, ``noise_median_abs_err`` (DN), ``blur_median_abs_err`` (LR px),
-        ``aniso_accuracy`` (fraction of crops whose iso/aniso class is right),
-        ``angle_median_abs_err_deg`` (anisotropic crops), and the setup.
+        ``n``; ``parse_rate`` (share of captions that follow the grammar); over the parsed
+        captions: ``noise_median_abs_err`` (DN), ``blur_median_abs_err`` (LR px),
+        ``aniso_accuracy`` (iso/aniso class right), ``angle_median_abs_err_deg``
+        (anisotropic crops called anisotropic), ``jpeg_accuracy`` (JPEG or not right; NaN
+        without JPEG crops), ``jpeg_quality_median_abs_err`` (JPEG crops called JPEG);
+        ``seconds_per_crop``; the captioner's name and the setup.
     """
-    from geosr.captioning.degradation import DegradationCaptioner
+    if captioner is None:
+        from geosr.captioning.degradation import DegradationCaptioner
 
-    estimator = DegradationCaptioner() if estimator is None else estimator
-    noise_err, blur_err, angle_err, correct = [], [], [], []
-    for lr, params in degraded_crops(
-        image_paths, n_crops, crop, seed, scale, blur_range, noise_range, aniso_ratio_range
-    ):
-        est = estimator.estimate(lr)
-        noise_err.append(abs(est.noise_sigma - params.noise_sigma))
-        blur_err.append(abs(est.blur_sigma - params.blur_sigma / scale))
-        correct.append(est.anisotropic == params.anisotropic)
-        if params.protocol == "aniso":
-            d = abs(est.blur_angle_deg - params.blur_angle_deg) % 180.0
+        captioner = DegradationCaptioner()
+    crops = list(
+        degraded_crops(
+            image_paths, n_crops, crop, seed, scale, blur_range, noise_range, aniso_ratio_range,
+            jpeg_share, jpeg_quality_range,
+        )
+    )
+    captions: list[str] = []
+    start = time.perf_counter()
+    for first in range(0, len(crops), batch_size):
+        batch = np.stack([lr for lr, _ in crops[first : first + batch_size]])
+        tiles = torch.from_numpy(batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        captions.extend(captioner.caption(tiles))
+    seconds = time.perf_counter() - start
+    noise_err, blur_err, angle_err, quality_err = [], [], [], []
+    aniso_right, jpeg_right = [], []
+    parsed = 0
+    for text, (_, params) in zip(captions, crops):
+        facts = parse_caption(text)
+        if facts is None:
+            continue
+        parsed += 1
+        noise_err.append(abs(facts.noise_sigma - params.noise_sigma))
+        blur_err.append(abs(facts.blur_sigma - params.blur_sigma / scale))
+        aniso_right.append(facts.anisotropic == params.anisotropic)
+        if params.anisotropic and facts.anisotropic:
+            d = abs(facts.blur_angle_deg - params.blur_angle_deg) % 180.0
             angle_err.append(min(d, 180.0 - d))
+        if jpeg_share > 0:
+            jpeg_right.append((facts.jpeg_quality is None) == (params.jpeg_quality is None))
+        if params.jpeg_quality is not None and facts.jpeg_quality is not None:
+            quality_err.append(abs(facts.jpeg_quality - params.jpeg_quality))
     return {
-        "n": len(noise_err),
-        "noise_median_abs_err": float(np.median(noise_err)),
-        "blur_median_abs_err": float(np.median(blur_err)),
-        "aniso_accuracy": float(np.mean(correct)),
-        "angle_median_abs_err_deg": float(np.median(angle_err)) if angle_err else math.nan,
+        "captioner": captioner.name,
+        "n": len(captions),
+        "parse_rate": parsed / len(captions),
+        "noise_median_abs_err": _median(noise_err),
+        "blur_median_abs_err": _median(blur_err),
+        "aniso_accuracy": float(np.mean(aniso_right)) if aniso_right else math.nan,
+        "angle_median_abs_err_deg": _median(angle_err),
+        "jpeg_accuracy": float(np.mean(jpeg_right)) if jpeg_right else math.nan,
+        "jpeg_quality_median_abs_err": _median(quality_err),
+        "seconds_per_crop": seconds / len(captions),
         "setup": {
             "images": len(image_paths),
             "n_crops": n_crops,
@@ -179,5 +230,7 @@ def evaluate_captioner(
             "blur_range": list(blur_range),
             "noise_range": list(noise_range),
             "aniso_ratio_range": list(aniso_ratio_range),
+            "jpeg_share": jpeg_share,
+            "jpeg_quality_range": list(jpeg_quality_range),
         },
     }

@@ -25,14 +25,19 @@ jpeg quality 60"``.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 __all__ = [
     "ANISOTROPY_RATIO",
     "ANGLE_STEP_DEG",
     "JPEG_STEP",
     "NOISE_FLOOR",
+    "CaptionFacts",
     "blur_strength",
     "format_caption",
     "noise_level",
+    "parse_caption",
 ]
 
 #: Ratio of the major to the minor blur axis from which a blur counts as anisotropic.
@@ -115,3 +120,61 @@ def format_caption(
     else:
         jpeg = f"jpeg quality {int(round(jpeg_quality / JPEG_STEP)) * JPEG_STEP}"
     return f"{blur}; {noise}; {jpeg}"
+
+
+@dataclass(frozen=True)
+class CaptionFacts:
+    """The numbers a caption states (what :func:`parse_caption` reads back).
+
+    Attributes
+    ----------
+    blur_sigma : float
+        Blur sigma in px of the captioned image.
+    anisotropic : bool
+        Whether the caption has an orientation clause.
+    blur_angle_deg : float or None
+        Orientation of the major blur axis, degrees in [0, 180); None when isotropic.
+    noise_sigma : float
+        Noise sigma in DN (0 for ``no noise``).
+    jpeg_quality : int or None
+        JPEG quality, or None for ``no jpeg``.
+    """
+
+    blur_sigma: float
+    anisotropic: bool
+    blur_angle_deg: float | None
+    noise_sigma: float
+    jpeg_quality: int | None
+
+
+_CAPTION_RE = re.compile(
+    r"(?P<strength>mild|moderate|strong) (?P<kind>isotropic|anisotropic) blur sigma "
+    r"(?P<sigma>\d+\.\d) px(?: along (?P<angle>\d+) deg)?; "
+    r"(?:no noise|(?P<level>low|moderate|high) noise sigma (?P<noise>\d+)); "
+    r"(?:no jpeg|jpeg quality (?P<jpeg>\d+))"
+)
+
+
+def parse_caption(text: str) -> CaptionFacts | None:
+    """Read a caption written in the grammar back into numbers; None if it does not follow it.
+
+    A caption follows the grammar when it is exactly what :func:`format_caption` writes:
+    the three clauses in order, words that agree with their numbers (``mild`` only below
+    0.6 px, ``low`` noise only below 5 DN...), an orientation clause exactly when the blur
+    is anisotropic, angles in [0, 180) on the 15 degree steps and JPEG qualities in
+    [10, 100] on steps of 10. Surrounding white space and a final full stop are allowed
+    (a language model may add them).
+    """
+    match = _CAPTION_RE.fullmatch(text.strip().rstrip("."))
+    if match is None:
+        return None
+    g = match.groupdict()
+    sigma = float(g["sigma"])
+    anisotropic = g["kind"] == "anisotropic"
+    angle = None if g["angle"] is None else float(g["angle"])
+    noise = 0.0 if g["noise"] is None else float(g["noise"])
+    jpeg = None if g["jpeg"] is None else int(g["jpeg"])
+    facts = CaptionFacts(sigma, anisotropic, angle, noise, jpeg)
+    # the same numbers must write the same caption: words, clauses and steps all agree
+    rewritten = format_caption(sigma, anisotropic, angle or 0.0, noise, jpeg)
+    return facts if rewritten == text.strip().rstrip(".") else None

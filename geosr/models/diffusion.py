@@ -8,7 +8,6 @@ use it (a dask worker serves every batch with one copy).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -16,13 +15,14 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from geosr.errors import InputError, ModelError
 from geosr.models import register_upscaler, shipped_model_path
+from geosr.quiet_loading import quiet_loading
 
 __all__ = ["DiffusionUpscaler", "register", "matches", "resolve_model", "resolve_device", "resolve_dtype"]
 
@@ -119,7 +119,7 @@ def load_pipeline_quietly(source: str, dtype: torch.dtype = torch.float32):
     # Imported here: diffusers/transformers take seconds to import, classical runs skip it.
     from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 
-    with _quiet_loading():
+    with quiet_loading():
         pipe = GeoSRPipeline.from_pretrained(source, **{_dtype_keyword(): dtype})
     if pipe.unshuffle_factor:
         # The LR-space trunk is all 3x3 convolutions on few channels: in channels_last
@@ -128,24 +128,6 @@ def load_pipeline_quietly(source: str, dtype: torch.dtype = torch.float32):
         for net in (pipe.unet, pipe.controlnet):
             net.to(memory_format=torch.channels_last)
     return pipe
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No diffusers/transformers loading bars: geosr shows its own tile progress."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was[0]:
-            diffusers_logging.enable_progress_bar()
-        if was[1]:
-            transformers_logging.enable_progress_bar()
 
 
 def _dtype_keyword() -> str:
