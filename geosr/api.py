@@ -75,7 +75,8 @@ def upscale(
         ``bicubic``, ``lanczos``, a shipped model, a diffusers directory or hub id
         (default: the shipped model at x4, bicubic at other scales).
     captioner : str
-        ``degradation``, ``mllm:DIR-OR-HUB-ID``, ``fixed:TEXT`` or ``none``.
+        ``degradation``, ``mllm:geosr-caption-tiny`` (the shipped VLM), ``mllm:DIR-OR-HUB-ID``,
+        ``fixed:TEXT`` or ``none``.
     caption_every : str
         ``tile``, ``window:N`` or ``scene``.
     tile, overlap : int

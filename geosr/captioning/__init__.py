@@ -1,7 +1,8 @@
 """Captioners: one "change caption" per tile, saying how it differs from a clean sharp image.
 
 :func:`load_captioner` resolves a spec: ``degradation`` (default, no weights),
-``mllm:<dir-or-hub-id>``, ``fixed:<text>`` or ``none``.
+``mllm:<dir-or-hub-id>`` (or ``mllm:geosr-caption-tiny``, the VLM shipped in the package),
+``fixed:<text>`` or ``none``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _mllm(arg: str) -> Captioner:
     from geosr.captioning.mllm import MLLMCaptioner
 
     if not arg:
-        raise CaptionerError("captioner 'mllm' needs a model: mllm:<dir-or-hub-id>")
+        raise CaptionerError("captioner 'mllm' needs a model: mllm:geosr-caption-tiny or mllm:<dir-or-hub-id>")
     return MLLMCaptioner(arg)
 
 

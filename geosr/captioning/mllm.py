@@ -1,7 +1,10 @@
 """Captions from a multimodal LLM (any transformers image-text-to-text model).
 
 Works with the families ``AutoModelForImageTextToText`` knows (Qwen2-VL / Qwen2.5-VL,
-LLaVA / LLaVA-NeXT, SmolVLM / Idefics3 ...), from a local directory or a hub id. The
+LLaVA / LLaVA-NeXT, SmolVLM / Idefics3 ...), from a local directory, a hub id, or the name
+of a captioner shipped inside the package (``geosr-caption-tiny``, a 2.7 M-parameter LLaVA
+trained in-project: see :mod:`geosr.training.train_captioner`), which loads through the
+same processor / chat template / ``generate`` code as any hub model. The
 prompt comes from a YAML template; the packaged default is
 ``geosr/data/captioning/mllm_prompt.yaml`` (read with :mod:`importlib.resources`, so it is
 found from any install), mirrored for users in ``configs/captioning/mllm_prompt.yaml``.
@@ -22,8 +25,15 @@ import yaml
 from PIL import Image
 
 from geosr.errors import CaptionerError
+from geosr.quiet_loading import quiet_loading
 
-__all__ = ["MAX_WORDS", "MLLMCaptioner", "load_prompt_template", "shorten_caption"]
+__all__ = [
+    "MAX_WORDS", "SHIPPED_CAPTIONER", "MLLMCaptioner", "load_prompt_template", "shipped_captioner_path",
+    "shorten_caption",
+]
+
+#: The multimodal captioner shipped inside the package (``mllm:geosr-caption-tiny``).
+SHIPPED_CAPTIONER = "geosr-caption-tiny"
 
 #: Words kept by the short post-filter.
 MAX_WORDS = 24
@@ -60,6 +70,16 @@ def shorten_caption(text: str, max_words: int = MAX_WORDS) -> str:
     return " ".join(words).rstrip(".").strip("\"'` ")
 
 
+def shipped_captioner_path(name: str) -> str | None:
+    """Directory of a captioning model shipped inside the package (``geosr/data/models/<name>``), or None."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        return None
+    resource = resources.files("geosr").joinpath("data", "models", name)
+    if resource.is_dir() and resource.joinpath("config.json").is_file():
+        return str(resource)
+    return None
+
+
 def _looks_local(model: str) -> bool:
     # a hub id is "name" or "org/name"; anything path-like beyond that is a directory
     return model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or "\\" in model
@@ -81,7 +101,7 @@ class MLLMCaptioner:
     Parameters
     ----------
     model : str
-        Local model directory or hub id.
+        Name of a shipped captioner (``geosr-caption-tiny``), local model directory or hub id.
     device : str or torch.device, optional
         Defaults to CUDA when available, else CPU.
     dtype : str or torch.dtype, optional
@@ -117,9 +137,10 @@ class MLLMCaptioner:
         if not model:
             raise CaptionerError("the MLLM captioner needs a model: mllm:<dir-or-hub-id>")
         path = Path(model).expanduser()
-        if not path.exists() and _looks_local(model):
+        shipped = shipped_captioner_path(model)
+        if shipped is None and not path.exists() and _looks_local(model):
             raise CaptionerError(f"MLLM model directory not found: {model}")
-        source = str(path) if path.exists() else model
+        source = shipped or (str(path) if path.exists() else model)
         self.name = f"mllm:{model}"
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = _resolve_dtype(dtype, self.device)
@@ -128,8 +149,9 @@ class MLLMCaptioner:
         self.short = short
         self.template = load_prompt_template(prompt_template)
         try:
-            self.processor = AutoProcessor.from_pretrained(source)
-            self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype)
+            with quiet_loading():
+                self.processor = AutoProcessor.from_pretrained(source)
+                self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype)
         except (OSError, ValueError, KeyError, ImportError) as exc:
             raise CaptionerError(f"cannot load MLLM captioner {model!r}: {exc}") from exc
         self.model.to(self.device).eval()

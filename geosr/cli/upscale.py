@@ -19,7 +19,7 @@ from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
 @click.argument("output", nargs=1, metavar="OUTPUT")
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True, help="Upscaling factor.")
 @click.option("--model", default=None, help="bicubic, lanczos, a shipped model name, a diffusers pipeline directory or a hub id. [default: geosr-tiny-x4 at x4, geosr-tiny-x2 at x2, bicubic at other scales]")
-@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
+@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N (one caption per N x N tiles) or scene.")
 @click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
 @click.option("--overlap", default=16, show_default=True, help="Halo on each side of a tile, in input pixels (cross-faded; raise it for models that see far, e.g. SD-size UNets).")
