@@ -171,9 +171,10 @@ def evaluate_captioner(
         ``n``; ``parse_rate`` (share of captions that follow the grammar); over the parsed
         captions: ``noise_median_abs_err`` (DN), ``blur_median_abs_err`` (LR px),
         ``aniso_accuracy`` (iso/aniso class right), ``angle_median_abs_err_deg``
-        (anisotropic crops called anisotropic), ``jpeg_accuracy`` (JPEG or not right; NaN
-        without JPEG crops), ``jpeg_quality_median_abs_err`` (JPEG crops called JPEG);
-        ``seconds_per_crop``; the captioner's name and the setup.
+        (anisotropic crops called anisotropic), ``jpeg_accuracy`` (JPEG or not right; with
+        ``jpeg_share=0`` the share of crops not wrongly called JPEG),
+        ``jpeg_quality_median_abs_err`` (JPEG crops called JPEG); ``seconds_per_crop``; the
+        captioner's name and the setup.
     """
     if captioner is None:
         from geosr.captioning.degradation import DegradationCaptioner
@@ -206,8 +207,8 @@ def evaluate_captioner(
         if params.anisotropic and facts.anisotropic:
             d = abs(facts.blur_angle_deg - params.blur_angle_deg) % 180.0
             angle_err.append(min(d, 180.0 - d))
-        if jpeg_share > 0:
-            jpeg_right.append((facts.jpeg_quality is None) == (params.jpeg_quality is None))
+        # without JPEG crops this is the share of crops NOT wrongly called JPEG
+        jpeg_right.append((facts.jpeg_quality is None) == (params.jpeg_quality is None))
         if params.jpeg_quality is not None and facts.jpeg_quality is not None:
             quality_err.append(abs(facts.jpeg_quality - params.jpeg_quality))
     return {
