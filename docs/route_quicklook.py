@@ -29,14 +29,14 @@ def main(scene: str, route_map: str, out: str, side: int) -> None:
         for c in range(grid.shape[2]):
             x0, y0 = c * core_w * f, r * core_h * f
             box = [x0, y0, x0 + core_w * f - 1, y0 + core_h * f - 1]
-            if grid[2, r, c] == 0:  # band 3, "model": 0 where the tile went to bicubic
-                draw.rectangle(box, fill=(255, 140, 0, 110))
+            if grid[2, r, c] == 0:  # band 3, "model": 0 where the tile went to the cheap path
+                draw.rectangle(box, fill=(255, 0, 255, 120))
             draw.rectangle(box, outline=(255, 255, 255, 200))
             draw.text((x0 + 3, y0 + 2), f"{grid[0, r, c]:.1f}", fill=(255, 255, 255, 255))
     sheet = Image.new("RGB", (pic.width, pic.height + 18), "white")
     sheet.paste(Image.alpha_composite(pic, over).convert("RGB"), (0, 0))
-    ImageDraw.Draw(sheet).text((4, pic.height + 3), "tinted orange: tile routed to bicubic; number: tile texture "
-                               "(DN per input px); white lines: tile cores", fill="black")
+    ImageDraw.Draw(sheet).text((4, pic.height + 3), "tinted magenta: tile routed to the cheap path (geosr-tiny-fast-xS); "
+                               "number: tile texture (DN per input px); white lines: tile cores", fill="black")
     sheet.quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
 from geosr.errors import InputError
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD
 from geosr.sources import Source, source_files
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ def upscale(
     performance_report: str | os.PathLike | None = None,
     progress: bool = False,
     route: str = "auto",
-    route_threshold: float = DEFAULT_ROUTE_THRESHOLD,
+    route_threshold: float | None = None,
     route_map: str | os.PathLike | None = None,
 ) -> "RunReport | xarray.DataArray":
     """Super-resolve a scene: into a COG at ``output``, or as a lazy DataArray.
@@ -99,10 +98,12 @@ def upscale(
     progress : bool
         Show a progress bar (runs with ``output`` only).
     route : str
-        ``auto`` (default): tiles that are flat and clean go to bicubic instead of the
-        model (:mod:`geosr.routing`); ``off``: every tile goes to the model.
-    route_threshold : float
-        Texture (RMS gradient, DN per input pixel) under which a clean tile is flat.
+        ``auto`` (default): tiles that are flat and clean go to the cheap path instead of
+        the model (:mod:`geosr.routing`: the shipped fast network for the scale, else
+        bicubic); ``off``: every tile goes to the model.
+    route_threshold : float, optional
+        Texture (RMS gradient, DN per input pixel) under which a clean tile is flat; default:
+        the one calibrated for the cheap path.
     route_map : path-like, optional
         Also write the route map, one pixel per tile (texture, noise, model or not), a
         small GeoTIFF (:mod:`geosr.route_map`; runs with ``output`` only).

@@ -262,7 +262,8 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
     Tiles are read and captioned first (not timed), in the run's batches, then routed and
     given to the model exactly as the run gives them (:func:`geosr.engine.upscale_routed`).
     """
-    from geosr.engine import _caption, _model_input, _read_batch_and_valid, batch_jobs, batch_routes, upscale_routed
+    from geosr.engine import (_caption, _cheap_model_for, _model_input, _read_batch_and_valid, batch_jobs,
+                              batch_routes, upscale_routed)
     from geosr.models import load_upscaler
     from geosr.scene import expand_inputs
     from geosr.scene_plan import plan_scene
@@ -277,7 +278,8 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
             captions = _caption(job.captioner, x, job.bands)
             t0 = time.perf_counter()  # routing is timed with the model: it decides what the model does
             routes = batch_routes(job, x, valid)
-            upscale_routed(model, batch, x, job.bands, captions, job.seeds, job.scale, routes)
+            upscale_routed(model, _cheap_model_for(job, routes), batch, x, job.bands, captions, job.seeds, job.scale,
+                           routes)
             seconds += time.perf_counter() - t0
     return seconds, scene_plan.grid
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import yaml
 
 from geosr.errors import InputError
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD, routing_threshold
+from geosr.routing import cheap_path, routing_threshold
 
 __all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_CAPTIONER"]
 
@@ -75,10 +75,12 @@ class RunConfig:
         Start a local dask.distributed cluster of that many worker processes.
     progress : bool
     route : str
-        ``auto``: flat, clean tiles go to bicubic instead of the model (:mod:`geosr.routing`);
+        ``auto``: flat, clean tiles go to the cheap path instead of the model
+        (:mod:`geosr.routing`: the shipped fast network for the scale, else bicubic);
         ``off``: every tile goes to the model. Classical models are never routed.
-    route_threshold : float
-        Texture (DN per LR px) under which a clean tile is flat (``route="auto"``).
+    route_threshold : float or None
+        Texture (DN per LR px) under which a clean tile is flat (``route="auto"``); None:
+        the one calibrated for the cheap path.
     """
 
     scale: int = 4
@@ -102,7 +104,7 @@ class RunConfig:
     local_workers: int | None = None
     progress: bool = True
     route: str = "auto"
-    route_threshold: float = DEFAULT_ROUTE_THRESHOLD
+    route_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -120,12 +122,17 @@ class RunConfig:
             object.__setattr__(self, "batch_size", default_batch_size(self.model, self.device))
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
-        routing_threshold(self.route, self.route_threshold, self.model)  # refuses bad settings now
+        routing_threshold(self.route, self.route_threshold, self.model, self.scale)  # refuses bad settings now
 
     @property
     def routed_threshold(self) -> float | None:
         """The routing threshold of a run that routes tiles, None for one that does not."""
-        return routing_threshold(self.route, self.route_threshold, self.model)
+        return routing_threshold(self.route, self.route_threshold, self.model, self.scale)
+
+    @property
+    def route_to(self) -> str:
+        """Where routed tiles go (:func:`geosr.routing.cheap_path`)."""
+        return cheap_path(self.scale)
 
     def model_options(self) -> dict[str, Any]:
         """Keyword options for non-classical model loaders (only the ones that are set)."""

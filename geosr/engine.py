@@ -47,13 +47,13 @@ from geosr.diskspace import check_free_space, estimate_disk_use
 from geosr.errors import GeosrError
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
 from geosr.journal import RunJournal, WorkFolder
-from geosr.models import Upscaler, load_upscaler
+from geosr.models import CLASSICAL, Upscaler, load_upscaler
 from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
 from geosr.output_lock import OutputLock
 from geosr.radiometry import Stretch
 from geosr.reading import read_tile, read_valid
 from geosr.route_map import check_route_map_target, write_route_map
-from geosr.routing import MODEL, TileRoute, route_tiles
+from geosr.routing import BICUBIC, MODEL, TileRoute, route_tiles
 from geosr.resumable import open_journal, run_identity, settle_stopped_run
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
@@ -85,6 +85,7 @@ class BatchJob:
     captions: tuple[str | None, ...]
     captioner: str
     route_threshold: float | None = None  # None: every tile to the model (geosr.routing)
+    route_to: str = BICUBIC  # where routed tiles go: bicubic or a fast network's spec
 
 
 @dataclass
@@ -104,6 +105,15 @@ def _captioner(spec: str) -> Captioner:
 
 def _model(job: BatchJob) -> Upscaler:
     return load_upscaler(job.model, job.scale, **dict(job.model_options))
+
+
+def _cheap_model_for(job: BatchJob, routes: Sequence[TileRoute | None]) -> Upscaler | None:
+    """The cheap path of ``job``'s routed tiles on the run's device and precision; None (and not
+    loaded) when no tile of it is routed there."""
+    if not any(r is not None and r.path != MODEL for r in routes):
+        return None
+    options = {k: v for k, v in job.model_options if k in ("device", "dtype")}
+    return load_upscaler(job.route_to, job.scale, **({} if job.route_to in CLASSICAL else options))
 
 
 def _read_batch(job: BatchJob) -> np.ndarray:
@@ -159,7 +169,7 @@ def caption_tiles(job: BatchJob) -> list[str]:
 def process_batch(job: BatchJob) -> list[TileResult]:
     """Read, route, caption (when not given) and upscale a batch of tiles (runs on a worker).
 
-    With routing (``job.route_threshold``), tiles routed to bicubic are neither captioned
+    With routing (``job.route_threshold``), tiles routed to the cheap path are neither captioned
     (their caption is empty) nor given to the model; the others go to the model as one batch.
     """
     undo_malloc_trim_threshold()
@@ -173,7 +183,8 @@ def process_batch(job: BatchJob) -> list[TileResult]:
     if missing:
         for i, text in zip(missing, _caption(job.captioner, x[missing], plan)):
             captions[i] = text
-    out = upscale_routed(_model(job), batch, x, plan, captions, job.seeds, job.scale, routes)
+    out = upscale_routed(_model(job), _cheap_model_for(job, routes), batch, x, plan, captions, job.seeds, job.scale,
+                         routes)
     return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
 
 
@@ -189,18 +200,20 @@ def batch_routes(job: BatchJob, x: torch.Tensor, valid: np.ndarray) -> list[Tile
     for i, t in enumerate(job.tiles):
         top, left = ((n - int(c)) // 2 for n, c in zip(t.shape, (t.core.height, t.core.width)))
         in_core[i, top : top + int(t.core.height), left : left + int(t.core.width)] = True
-    return list(route_tiles(x, job.route_threshold, torch.from_numpy(valid & in_core)))
+    return list(route_tiles(x, job.route_threshold, torch.from_numpy(valid & in_core), cheap=job.route_to))
 
 
-def upscale_routed(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
-                   seeds: Sequence[int], s: int, routes: Sequence[TileRoute | None]) -> np.ndarray:
-    """:func:`upscale_batch`, with the tiles routed to the cheap path upscaled by bicubic instead."""
+def upscale_routed(model: Upscaler, cheap_model: Upscaler | None, batch: np.ndarray, x: torch.Tensor,
+                   plan: BandPlan, captions: Sequence[str], seeds: Sequence[int], s: int,
+                   routes: Sequence[TileRoute | None]) -> np.ndarray:
+    """:func:`upscale_batch`, with the tiles routed to the cheap path upscaled by ``cheap_model`` instead
+    (which may be None when no tile is routed)."""
     cheap = [i for i, r in enumerate(routes) if r is not None and r.path != MODEL]
     if not cheap:
         return upscale_batch(model, batch, x, plan, captions, seeds, s)
     on_model = [i for i in range(len(routes)) if i not in cheap]
     out = np.empty((len(routes), len(plan.bands), *(n * s for n in batch.shape[-2:])), np.float32)
-    for subset, upscaler in ((on_model, model), (cheap, BicubicUpscaler(s))):
+    for subset, upscaler in ((on_model, model), (cheap, cheap_model)):
         if subset:
             out[subset] = upscale_batch(upscaler, batch[subset], x[subset], plan, [captions[i] for i in subset],
                                         [seeds[i] for i in subset], s)
@@ -379,7 +392,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
     moves = {cog: target.output, tmp_captions: captions_path}
     if route_map is not None:
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
-                                 config.route_threshold)] = Path(route_map).absolute()
+                                 config.routed_threshold)] = Path(route_map).absolute()
     target.commit(moves)
     return RunReport(
         output=target.output,
@@ -451,7 +464,7 @@ def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) 
                 model=config.model, scale=config.scale, model_options=opts,
                 seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
                 captions=(None,) * len(chunk), captioner=config.captioner,
-                route_threshold=config.routed_threshold,
+                route_threshold=config.routed_threshold, route_to=config.route_to,
             )
         )
     return jobs

@@ -56,7 +56,7 @@ from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
 from geosr.models import CLASSICAL, default_model, load_upscaler
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD, MODEL, route_tiles, routing_threshold
+from geosr.routing import MODEL, cheap_path, route_tiles, routing_threshold
 from geosr.training.degradations import PROTOCOLS, DegradationParams, degrade
 
 __all__ = [
@@ -416,7 +416,7 @@ def evaluate_sr(
     baselines: Sequence[str] = ("bicubic",),
     caption_ablation: bool = False,
     route: str = "auto",
-    route_threshold: float = DEFAULT_ROUTE_THRESHOLD,
+    route_threshold: float | None = None,
 ) -> dict:
     """Super-resolve degraded HR images with a model and baselines; compare with the HR.
 
@@ -460,10 +460,11 @@ def evaluate_sr(
         below bicubic's); ``baselines`` (name -> mean metrics); ``caption_ablation`` (variant
         -> mean metrics, ``measured`` included; empty unless asked); ``images`` (per image:
         ``path``, ``seed``, ``hr_size``, ``degradation`` parameters, ``caption``, ``model``
-        and ``baselines`` metrics, ``model_seconds``, ``route`` when routed); ``routing``
-        (when routed: ``threshold``, ``routed_share`` of images, ``psnr_change`` and
-        ``ssim_change`` of the mean with routed images given bicubic's output,
-        ``model_time_saved``, the share of the model's seconds spent on routed images);
+        and ``baselines`` metrics, ``model_seconds``, ``route`` when routed, with the cheap
+        path's ``scores`` where it was taken); ``routing`` (when routed: ``threshold``,
+        ``cheap_path``, ``routed_share`` of images, ``psnr_change`` and ``ssim_change`` of the
+        mean with routed images given the cheap path's output, ``model_time_saved``, the
+        share of the model's seconds spent on routed images);
         ``skipped`` (``path``, ``reason``) and
         ``optional_metrics`` (``lpips`` / ``clip_iqa``: computed or why skipped). Metrics
         are ``psnr`` (dB), ``ssim``, ``sharpness`` and, when available, ``lpips``, ``clip_iqa``.
@@ -482,7 +483,10 @@ def evaluate_sr(
     if not hr_paths:
         raise InputError("no HR images given")
     run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device)
-    threshold = routing_threshold(route, route_threshold, run.model_spec)
+    threshold = routing_threshold(route, route_threshold, run.model_spec, run.scale)
+    cheap = cheap_path(run.scale)
+    cheap_options = {"device": device} if device and cheap not in CLASSICAL else {}
+    cheap_model = load_upscaler(cheap, run.scale, **cheap_options) if threshold is not None else None
     metric_device = device or "cpu"
     lpips_fn, lpips_status = _lpips_metric(metric_device)
     clip_iqa_fn, clip_iqa_status = _clip_iqa_metric(metric_device)
@@ -516,7 +520,10 @@ def evaluate_sr(
             }
         )
         if threshold is not None:
-            images[-1]["route"] = route_tiles(_to_tensor(lr), threshold)[0].properties()
+            images[-1]["route"] = route_tiles(_to_tensor(lr), threshold, cheap=cheap)[0].properties()
+            if images[-1]["route"]["route"] != MODEL:  # what the run would write there instead
+                images[-1]["route"]["scores"] = _scores(run.run(cheap_model, lr, "", seed + index), hr, border,
+                                                        None, None)
         if caption_ablation:
             images[-1]["caption_ablation"] = {
                 name: _scores(run.run(run.model, lr, text, seed + index), hr, border, None, None)
@@ -561,24 +568,25 @@ def evaluate_sr(
         },
         "baselines": base_means,
         "caption_ablation": ablation,
-        "routing": _routing_summary(images, threshold) if threshold is not None else {},
+        "routing": _routing_summary(images, threshold, cheap) if threshold is not None else {},
         "images": images,
         "skipped": skipped,
         "optional_metrics": {"lpips": lpips_status, "clip_iqa": clip_iqa_status},
     }
 
 
-def _routing_summary(images: list[dict], threshold: float) -> dict:
-    """What routing changes over the images: routed ones get bicubic's output."""
+def _routing_summary(images: list[dict], threshold: float, cheap_path: str) -> dict:
+    """What routing changes over the images: routed ones get the cheap path's output."""
     cheap = [im["route"]["route"] != MODEL for im in images]
 
     def change(metric: str) -> float:
-        return float(np.mean([(im["baselines"]["bicubic"][metric] - im["model"][metric]) if c else 0.0
+        return float(np.mean([(im["route"]["scores"][metric] - im["model"][metric]) if c else 0.0
                               for im, c in zip(images, cheap)]))
 
     seconds = sum(im["model_seconds"] for im in images)
     return {
         "threshold": threshold,
+        "cheap_path": cheap_path,
         "routed_share": float(np.mean(cheap)),
         "psnr_change": change("psnr"),
         "ssim_change": change("ssim"),

@@ -1,16 +1,23 @@
-"""Texture-aware tile routing: the model where there is texture, bicubic where there is none.
+"""Texture-aware tile routing: the model where there is texture, a cheap path where there is none.
 
 Aerial scenes are mostly flat - water, bare fields, roofs, roads - and a super-resolution
 model gains little there while costing as much as on a forest edge. With ``--route auto``
 each LR tile is measured before the model runs (a few small filters on its luminance, about
-8 ms per 288 px tile on a 2-core laptop-class CPU) and goes to the cheap path, bicubic, when it is both
+8 ms per 288 px tile on a 2-core laptop-class CPU) and goes to the cheap path when it is both
 
 - **flat**: its *texture*, the RMS gradient of the luminance (DN per LR pixel, 0-255
   scale) after a 1 px Gaussian, with the part that white noise of the measured level
   explains taken out, is below the threshold; and
 - **clean**: its *noise* (Immerkaer's fast estimator, DN) is below :data:`NOISE_LIMIT`.
-  Bicubic does not denoise: a noisy flat tile routed away would stay noisy beside its
-  denoised neighbours, so noisy tiles stay on the model whatever their texture.
+  The cheap path does not denoise: a noisy flat tile routed away would stay noisy beside its
+  denoised neighbours, so noisy tiles stay on the model whatever their texture; and
+- **sharp**: its *blur*, measured (only on tiles that are flat and clean) as the degradation
+  captioner measures it, is below :data:`BLUR_LIMIT`: the cheap path does not deblur.
+
+The cheap path (:func:`cheap_path`) is, ClassSR-style, a much smaller network where one is
+shipped for the scale (``geosr-tiny-fast-x2``/``-x4``: a fifth of the default model's
+weights, trained by plain regression on clean crops), else
+bicubic; each has its own calibrated threshold (:data:`CALIBRATED_THRESHOLDS`).
 
 The rule errs towards the model: Immerkaer's estimator reads texture as extra noise; that
 lowers the texture left after the noise discount, but the same extra noise keeps the tile
@@ -31,16 +38,21 @@ import torch.nn.functional as F
 
 from geosr.errors import InputError
 
-__all__ = ["ROUTES", "DEFAULT_ROUTE_THRESHOLD", "NOISE_LIMIT", "TileRoute", "routing_threshold", "measure_tiles",
-           "route_tiles"]
+__all__ = ["ROUTES", "CALIBRATED_THRESHOLDS", "NOISE_LIMIT", "BLUR_LIMIT", "TileRoute", "cheap_path", "routing_threshold",
+           "measure_tiles", "measure_blur", "route_tiles"]
 
 ROUTES = ("auto", "off")
-#: texture (RMS gradient, DN / LR px) under which a clean tile goes to bicubic
-DEFAULT_ROUTE_THRESHOLD = 1.0
+#: per cheap path, the texture (RMS gradient, DN / LR px) under which a clean tile takes it
+#: (``python -m geosr.training.calibrate_routing``; README "Texture-aware routing")
+CALIBRATED_THRESHOLDS = {"bicubic": 1.0, "geosr-tiny-fast-x2": 4.0, "geosr-tiny-fast-x4": 4.0}
 #: noise (DN) from which a tile stays on the model whatever its texture
 NOISE_LIMIT = 2.0
+#: blur (LR px, as the degradation captioner measures it) from which a flat, clean tile stays
+#: on the model: the cheap paths do not deblur. Clean val LRs read 0.1-0.5 px; blurred flat
+#: images the model restores by 1-4 dB read 0.6-1.2 px.
+BLUR_LIMIT = 0.55
 
-MODEL, CHEAP = "model", "bicubic"
+MODEL, BICUBIC = "model", "bicubic"
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 _SMOOTH_SIGMA = 1.0  # px: the gradient is of structure, not of pixel-to-pixel noise
@@ -50,7 +62,7 @@ _IMMERKAER = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]
 
 @dataclass(frozen=True)
 class TileRoute:
-    """Where one tile went and why: ``path`` is ``model`` or ``bicubic``; texture and noise in DN."""
+    """Where one tile went and why: ``path`` is ``model`` or the cheap path's name; texture and noise in DN."""
 
     path: str
     texture: float
@@ -61,10 +73,19 @@ class TileRoute:
         return {"route": self.path, "texture": self.texture, "noise": self.noise}
 
 
-def routing_threshold(route: str, threshold: float, model: str) -> float | None:
-    """The texture threshold a run of ``model`` routes at, or None when it does not route.
+def cheap_path(scale: int) -> str:
+    """Where routed tiles go at ``scale``: the shipped fast network for it, else bicubic."""
+    from geosr.models import shipped_model_path
 
-    Classical models are their own cheap path: routing them would change nothing.
+    name = f"geosr-tiny-fast-x{int(scale)}"
+    return name if shipped_model_path(name) is not None else BICUBIC
+
+
+def routing_threshold(route: str, threshold: float | None, model: str, scale: int) -> float | None:
+    """The texture threshold a run of ``model`` at ``scale`` routes at, or None when it does not route.
+
+    ``threshold`` None takes the one calibrated for the scale's cheap path. Classical models
+    are their own cheap path: routing them would change nothing.
 
     Raises
     ------
@@ -75,9 +96,11 @@ def routing_threshold(route: str, threshold: float, model: str) -> float | None:
 
     if route not in ROUTES:
         raise InputError(f"--route must be {' or '.join(ROUTES)}, got {route!r}")
-    if not threshold >= 0:
+    if threshold is not None and not threshold >= 0:
         raise InputError(f"--route-threshold must be >= 0, got {threshold}")
-    return threshold if route == "auto" and model not in CLASSICAL else None
+    if route != "auto" or model in CLASSICAL:
+        return None
+    return threshold if threshold is not None else CALIBRATED_THRESHOLDS[cheap_path(scale)]
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -155,14 +178,23 @@ def measure_tiles(x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[n
     return texture.double().numpy(), noise.double().numpy()
 
 
-def route_tiles(x: torch.Tensor, threshold: float = DEFAULT_ROUTE_THRESHOLD,
-                valid: torch.Tensor | None = None) -> list[TileRoute]:
-    """The route of each model-input tile ``[B, C, h, w]`` (see the module docstring and
-    :func:`measure_tiles` for ``valid``)."""
+def route_tiles(x: torch.Tensor, threshold: float, valid: torch.Tensor | None = None,
+                cheap: str = BICUBIC) -> list[TileRoute]:
+    """The route of each model-input tile ``[B, C, h, w]``: ``cheap`` (the cheap path's name)
+    or :data:`MODEL` (see the module docstring and :func:`measure_tiles` for ``valid``)."""
     if not threshold >= 0:
         raise InputError(f"--route-threshold must be >= 0, got {threshold}")
     texture, noise = measure_tiles(x, valid)
-    return [
-        TileRoute(CHEAP if (t < threshold and n < NOISE_LIMIT) else MODEL, round(float(t), 3), round(float(n), 3))
-        for t, n in zip(texture, noise)
-    ]
+    routes = []
+    for i, (t, n) in enumerate(zip(texture, noise)):
+        path = cheap if (t < threshold and n < NOISE_LIMIT and measure_blur(x[i]) < BLUR_LIMIT) else MODEL
+        routes.append(TileRoute(path, round(float(t), 3), round(float(n), 3)))
+    return routes
+
+
+def measure_blur(tile: torch.Tensor) -> float:
+    """Blur sigma (px) of one ``[C, h, w]`` tile in [0, 1], as the degradation captioner measures it."""
+    from geosr.captioning.degradation import DegradationCaptioner
+
+    rgb = tile[:3] if tile.shape[0] >= 3 else tile[:1]
+    return DegradationCaptioner().estimate(rgb.float().clamp(0, 1).numpy().transpose(1, 2, 0)).blur_sigma

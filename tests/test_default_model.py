@@ -38,6 +38,9 @@ def test_shipped_weights_are_small_complete_and_the_defaults():
         assert not list(Path(path).rglob("checkpoint-*"))
         total += sum(w.stat().st_size for w in weights)
         assert default_model(scale) == name
+    # with routing's cheap paths (tests/test_fast_models.py), all SR weights stay within 25 MB
+    fast = [shipped_model_path(f"geosr-tiny-fast-x{scale}") for scale in SCALES]
+    total += sum(w.stat().st_size for path in fast if path for w in Path(path).rglob("*.safetensors"))
     assert total <= 25 * 2**20
     assert default_model(3) == "bicubic"
 

@@ -15,7 +15,9 @@ from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.errors import InputError, OutputExistsError
 from geosr.journal import RunJournal, WorkFolder
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD, MODEL, NOISE_LIMIT, TileRoute, measure_tiles, route_tiles
+from geosr.routing import CALIBRATED_THRESHOLDS, MODEL, NOISE_LIMIT, TileRoute, cheap_path, measure_tiles, route_tiles
+
+BICUBIC_THRESHOLD = CALIBRATED_THRESHOLDS["bicubic"]
 from tests.rasters import NORTH_UP, texture, write_raster
 
 
@@ -33,14 +35,20 @@ def test_noise_is_measured_and_not_read_as_texture():
     assert noise_dn[0] < 0.05 and texture_dn[0] < 0.05
     assert noise_dn[1] == pytest.approx(1.0, rel=0.15) and noise_dn[2] == pytest.approx(5.0, rel=0.15)
     # white noise of 5 DN has a large raw gradient; the texture left after the discount is small
-    assert texture_dn[2] < DEFAULT_ROUTE_THRESHOLD
+    assert texture_dn[2] < BICUBIC_THRESHOLD
 
 
 def test_flat_clean_tiles_go_to_bicubic_and_texture_or_noise_keeps_the_model():
     ground = texture(1, 96, 96, seed=1)[0] * 200
-    routes = route_tiles(_tiles(_flat(0.5), ground, _flat(NOISE_LIMIT * 3)))
+    routes = route_tiles(_tiles(_flat(0.5), ground, _flat(NOISE_LIMIT * 3)), BICUBIC_THRESHOLD)
     assert [r.path for r in routes] == ["bicubic", MODEL, MODEL]
-    assert routes[1].texture > 3 * DEFAULT_ROUTE_THRESHOLD
+    assert routes[1].texture > 3 * BICUBIC_THRESHOLD
+    assert route_tiles(_tiles(_flat(0.5)), BICUBIC_THRESHOLD, cheap="geosr-tiny-fast-x2")[0].path == "geosr-tiny-fast-x2"
+    # flat and clean but blurred: the cheap path does not deblur, the model keeps it
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(ground / 255.0).float()[None, None], 9, 1, 4)[0, 0]
+    blurred = (0.47 + (blurred - blurred.mean()) * 0.05).numpy() * 255  # texture ~1 DN/px, blur >> 1 px
+    route = route_tiles(_tiles(blurred), 4.0)[0]
+    assert route.texture < 4.0 and route.noise < NOISE_LIMIT and route.path == MODEL
     # threshold 0: nothing is flat enough
     assert {r.path for r in route_tiles(_tiles(_flat(0.5)), threshold=0.0)} == {MODEL}
     with pytest.raises(InputError, match="route-threshold"):
@@ -54,8 +62,9 @@ def test_only_valid_pixels_are_measured():
     img[:32, :32] = 120.0 + (corner - corner.mean()) * 60  # about 2.6 DN of texture
     valid = torch.zeros(1, 96, 96, dtype=torch.bool)
     valid[0, :32, :32] = True
-    assert route_tiles(_tiles(img))[0].path == "bicubic"  # diluted by the flat fill
-    assert route_tiles(_tiles(img), valid=valid)[0].path == MODEL
+    assert route_tiles(_tiles(img), BICUBIC_THRESHOLD)[0].texture < BICUBIC_THRESHOLD  # diluted by the flat fill
+    routed = route_tiles(_tiles(img), BICUBIC_THRESHOLD, valid=valid)[0]
+    assert routed.texture > BICUBIC_THRESHOLD and routed.path == MODEL
 
 
 def test_run_config_checks_route_settings():
@@ -65,7 +74,10 @@ def test_run_config_checks_route_settings():
         RunConfig(route_threshold=-0.5)
     assert RunConfig(scale=2, model="bicubic").routed_threshold is None  # classical models are not routed
     assert RunConfig(scale=2, route="off").routed_threshold is None
-    assert RunConfig(scale=2).routed_threshold == DEFAULT_ROUTE_THRESHOLD
+    # the default threshold is the one calibrated for the scale's cheap path; a given one wins
+    assert RunConfig(scale=2).routed_threshold == CALIBRATED_THRESHOLDS[cheap_path(2)]
+    assert RunConfig(scale=2, route_threshold=0.5).routed_threshold == 0.5
+    assert RunConfig(scale=2).route_to == cheap_path(2) == "geosr-tiny-fast-x2"
 
 
 def test_journal_keeps_routes_for_resume(tmp_path):
@@ -76,7 +88,7 @@ def test_journal_keeps_routes_for_resume(tmp_path):
     assert RunJournal.load(folder).routes == {3: TileRoute("bicubic", 0.4, 0.7)}
 
 
-def _half_flat_scene(path, height=128, width=256, flat_cols=96):
+def _half_flat_scene(path, height=128, width=256, flat_cols=80):
     """Grey-ish RGB: the left ``flat_cols`` columns flat (1 DN grain), the rest textured ground."""
     rng = np.random.default_rng(5)
     data = texture(3, height, width, seed=3) * 200 + 20
@@ -93,22 +105,22 @@ def test_a_flat_half_is_routed_away_without_a_seam(tmp_path):
     src = _half_flat_scene(tmp_path / "in.tif")
     report = _routed_run(src, tmp_path / "auto.tif", route_map=tmp_path / "route.tif")
     _routed_run(src, tmp_path / "off.tif", route="off")
-    bicubic = tmp_path / "bicubic.tif"
-    upscale_scene([src], bicubic, RunConfig(scale=2, model="bicubic", captioner="none", tiles=TileSpec(64, 16),
-                                            progress=False))
-    # tiles of columns 0 (flat) are routed; 1 (flat up to px 96, then texture) and later are not
+    cheap = tmp_path / "cheap.tif"
+    upscale_scene([src], cheap, RunConfig(scale=2, model=cheap_path(2), captioner="none", tiles=TileSpec(64, 16),
+                                          progress=False))
+    # tiles of columns 0 (flat) are routed; 1 (flat up to px 80, then texture) and later are not
     props = [f["properties"] for f in json.loads((tmp_path / "auto.captions.geojson").read_text())["features"]]
-    routed = {p["col"] for p in props if p["route"] == "bicubic"}
+    routed = {p["col"] for p in props if p["route"] == cheap_path(2)}
     assert routed == {0} and report.tiles_routed == 2 and report.tiles_processed == 8
-    assert all(p["caption"] == "" for p in props if p["route"] == "bicubic")  # routed tiles are not captioned
-    assert all(p["caption"] and p["texture"] > DEFAULT_ROUTE_THRESHOLD for p in props if p["route"] == MODEL)
+    assert all(p["caption"] == "" for p in props if p["route"] != MODEL)  # routed tiles are not captioned
+    assert all(p["caption"] and p["texture"] > CALIBRATED_THRESHOLDS[cheap_path(2)] for p in props if p["route"] == MODEL)
 
     with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "off.tif") as o, \
-            rasterio.open(bicubic) as b:
-        auto, off, bic = a.read().astype(int), o.read().astype(int), b.read().astype(int)
-    # far from the routed tiles, the pixels are the model's; in the routed cores, bicubic's
+            rasterio.open(cheap) as b:
+        auto, off, fast = a.read().astype(int), o.read().astype(int), b.read().astype(int)
+    # far from the routed tiles, the pixels are the model's; in the routed cores, the cheap path's
     assert np.array_equal(auto[:, :, 2 * 128 :], off[:, :, 2 * 128 :])
-    assert np.abs(auto[:, :, : 2 * 48] - bic[:, :, : 2 * 48]).max() <= 1
+    assert np.abs(auto[:, :, : 2 * 48] - fast[:, :, : 2 * 48]).max() <= 1
     # the route changes at the core boundary x = 64 (inside the flat part): no seam there
     assert seam_score(str(tmp_path / "auto.tif"), SimpleNamespace(cols=[64], rows=[]), 2) < 1.15
 
@@ -136,7 +148,7 @@ def test_cli_routes_and_reports_it(tmp_path):
     result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "o.tif"), "--scale", "2", "--tile", "64",
                                       "--route-map", str(tmp_path / "m.tif")])
     assert result.exit_code == 0, result.output
-    assert "2 routed to bicubic" in result.output and (tmp_path / "m.tif").exists()
+    assert f"2 routed to {cheap_path(2)}" in result.output and (tmp_path / "m.tif").exists()
     result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "o2.tif"), "--scale", "2",
                                       "--route-threshold", "-1"])
     assert result.exit_code != 0 and "--route-threshold must be >= 0" in result.output
@@ -154,11 +166,11 @@ def test_evaluate_reports_what_routing_changes(tmp_path):
     Image.fromarray(ground).save(tmp_path / "ground.png")
     result = evaluate_sr([tmp_path / "flat.png", tmp_path / "ground.png"], 2, "clean")
     flat_im, ground_im = result["images"]
-    assert flat_im["route"]["route"] == "bicubic" and ground_im["route"]["route"] == MODEL
+    assert flat_im["route"]["route"] == cheap_path(2) and ground_im["route"]["route"] == MODEL
+    assert "scores" in flat_im["route"] and "scores" not in ground_im["route"]
     routing = result["routing"]
-    assert routing["routed_share"] == 0.5
-    assert routing["psnr_change"] == pytest.approx(
-        (flat_im["baselines"]["bicubic"]["psnr"] - flat_im["model"]["psnr"]) / 2)
+    assert routing["routed_share"] == 0.5 and routing["cheap_path"] == cheap_path(2)
+    assert routing["psnr_change"] == pytest.approx((flat_im["route"]["scores"]["psnr"] - flat_im["model"]["psnr"]) / 2)
     assert routing["model_time_saved"] == pytest.approx(
         flat_im["model_seconds"] / (flat_im["model_seconds"] + ground_im["model_seconds"]))
     assert evaluate_sr([tmp_path / "flat.png"], 2, "clean", route="off")["routing"] == {}

@@ -308,7 +308,9 @@ def _make_pipeline(accelerator, models, controlnet, unet, args) -> GeoSRPipeline
         upsample_mode=args.upsample_mode,
         predict_residual=args.predict_residual,
         residual_scale=args.residual_scale,
-        default_guidance_scale=args.validation_guidance_scale,
+        # a regression model is one plain step: no guidance, no second branch
+        default_num_inference_steps=1 if args.objective == "regression" else None,
+        default_guidance_scale=1.0 if args.objective == "regression" else args.validation_guidance_scale,
         unshuffle_factor=args.unshuffle_factor,
         concat_lr=args.concat_lr,
     )

@@ -27,7 +27,7 @@ def bench(inputs, synthetic, synthetic_fields, json_out, upscale_args, degrade, 
     (seconds, and run / model: the engine's overhead), peak resident memory of the client and
     of the largest worker process, MiB of results the client received, the seam score
     (gradient across tile-core boundaries / the same steps within 8 input px of
-    them; 1 = seamless) and the tiles routed to bicubic (--route auto) of those processed.
+    them; 1 = seamless) and the tiles routed to the cheap path (--route auto) of those processed.
 
     \b
     Examples:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from geosr.cli.options import fail_cleanly, setup_logging, verbosity
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
+from geosr.routing import ROUTES
 
 _COLUMNS = (  # metric key, header, format
     ("psnr", "PSNR dB", "{:8.2f}"),
@@ -74,9 +74,9 @@ def format_ablation(result: dict) -> str:
 @click.option("--device", help="Torch device (default: cuda when available).")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
               help="auto: also report what texture-aware routing (as geosr upscale does per tile, here per "
-                   "image) changes: images routed to bicubic, PSNR / SSIM change, model time saved.")
-@click.option("--route-threshold", type=float, default=DEFAULT_ROUTE_THRESHOLD, show_default=True,
-              help="Texture under which a clean image is flat (as for geosr upscale).")
+                   "image) changes: images routed to the cheap path, PSNR / SSIM change, model time saved.")
+@click.option("--route-threshold", type=float,
+              help="Texture under which a clean image is flat (as for geosr upscale; default: calibrated).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write all figures here.")
 @click.option(
     "--png", "png_out", type=click.Path(dir_okay=False, path_type=Path),
@@ -124,7 +124,7 @@ def evaluate(
         click.echo(format_ablation(result))
     if result["routing"]:
         r = result["routing"]
-        click.echo(f"routing (threshold {r['threshold']}): {r['routed_share']:.1%} of images to bicubic, "
+        click.echo(f"routing (threshold {r['threshold']}): {r['routed_share']:.1%} of images to {r['cheap_path']}, "
                    f"PSNR {r['psnr_change']:+.3f} dB, SSIM {r['ssim_change']:+.4f}, "
                    f"{r['model_time_saved']:.1%} of the model's time saved")
     for name, status in result["optional_metrics"].items():

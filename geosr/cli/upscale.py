@@ -11,7 +11,7 @@ from geosr.cli.options import (
     verbosity,
 )
 from geosr.config import DEFAULT_CAPTIONER
-from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
+from geosr.routing import CALIBRATED_THRESHOLDS, ROUTES, cheap_path
 
 
 @click.command(cls=OneLineErrors, context_settings={"max_content_width": 100}, epilog="\b\nExit status:\n" + exit_codes_help())
@@ -41,10 +41,13 @@ from geosr.routing import DEFAULT_ROUTE_THRESHOLD, ROUTES
 @click.option("--local-workers", type=int, help="Run on a local dask.distributed cluster of N processes.")
 @click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML).")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
-              help="auto: flat, clean tiles go to bicubic instead of the model (never where there is texture or "
-                   "noise); off: every tile goes to the model.")
-@click.option("--route-threshold", type=float, default=DEFAULT_ROUTE_THRESHOLD, show_default=True,
-              help="Texture (RMS gradient in DN per input pixel, noise discounted) under which a clean tile is flat.")
+              help="auto: flat, clean tiles go to a cheap path instead of the model (never where there is texture or "
+                   "noise): the shipped fast network geosr-tiny-fast-x2/-x4 at x2/x4, bicubic at other scales; "
+                   "off: every tile goes to the model.")
+@click.option("--route-threshold", type=float,
+              help="Texture (RMS gradient in DN per input pixel, noise discounted) under which a clean tile is flat. "
+                   "Default: calibrated for the cheap path ("
+                   + ", ".join(f"{k} {v}" for k, v in CALIBRATED_THRESHOLDS.items()) + ").")
 @click.option("--route-map", type=click.Path(dir_okay=False), help="Also write a small GeoTIFF, one pixel per tile: "
               "texture, noise and 1 where the model ran (open it over the scene in QGIS).")
 @verbosity
@@ -93,7 +96,7 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
     if not quiet:
         click.echo(
             f"wrote {report.output} ({report.tiles_processed} tiles, {report.tiles_skipped} skipped, "
-            + (f"{report.tiles_routed} routed to bicubic, " if report.tiles_routed else "")
+            + (f"{report.tiles_routed} routed to {cheap_path(scale)}, " if report.tiles_routed else "")
             + (f"{report.tiles_resumed} done before resuming, " if report.tiles_resumed else "")
             + f"{report.output_megapixels:.1f} MP in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s)",
             err=True,
