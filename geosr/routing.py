@@ -12,7 +12,9 @@ each LR tile is measured before the model runs (a few small filters on its lumin
   The cheap path does not denoise: a noisy flat tile routed away would stay noisy beside its
   denoised neighbours, so noisy tiles stay on the model whatever their texture; and
 - **sharp**: its *blur*, measured (only on tiles that are flat and clean) as the degradation
-  captioner measures it, is below :data:`BLUR_LIMIT`: the cheap path does not deblur.
+  captioner measures it, is below :data:`BLUR_LIMIT`: the cheap path does not deblur. A tile
+  with no structure at all (texture under :data:`NO_STRUCTURE`) needs no deblurring and is
+  not asked: featureless water reads as blurred.
 
 The cheap path (:func:`cheap_path`) is, ClassSR-style, a much smaller network where one is
 shipped for the scale (``geosr-tiny-fast-x2``/``-x4``: a fifth of the default model's
@@ -38,18 +40,22 @@ import torch.nn.functional as F
 
 from geosr.errors import InputError
 
-__all__ = ["ROUTES", "CALIBRATED_THRESHOLDS", "NOISE_LIMIT", "BLUR_LIMIT", "TileRoute", "cheap_path", "routing_threshold",
-           "measure_tiles", "measure_blur", "route_tiles"]
+__all__ = ["ROUTES", "CALIBRATED_THRESHOLDS", "NOISE_LIMIT", "BLUR_LIMIT", "NO_STRUCTURE", "TileRoute", "cheap_path",
+           "routing_threshold", "measure_tiles", "measure_blur", "route_tiles"]
 
 ROUTES = ("auto", "off")
+#: texture (DN / LR px) under which a tile has nothing for deblurring to restore, whatever
+#: its blur reads (featureless water reads as blurred): bicubic's threshold, calibrated as
+#: losing nothing measurable to the model
+NO_STRUCTURE = 1.0
 #: per cheap path, the texture (RMS gradient, DN / LR px) under which a clean tile takes it
 #: (``python -m geosr.training.calibrate_routing``; README "Texture-aware routing")
-CALIBRATED_THRESHOLDS = {"bicubic": 1.0, "geosr-tiny-fast-x2": 4.0, "geosr-tiny-fast-x4": 4.0}
+CALIBRATED_THRESHOLDS = {"bicubic": NO_STRUCTURE, "geosr-tiny-fast-x2": 4.0, "geosr-tiny-fast-x4": 4.0}
 #: noise (DN) from which a tile stays on the model whatever its texture
 NOISE_LIMIT = 2.0
-#: blur (LR px, as the degradation captioner measures it) from which a flat, clean tile stays
-#: on the model: the cheap paths do not deblur. Clean val LRs read 0.1-0.5 px; blurred flat
-#: images the model restores by 1-4 dB read 0.6-1.2 px.
+#: blur (LR px, as the degradation captioner measures it) from which a flat, clean tile with
+#: some texture stays on the model: the cheap paths do not deblur. Clean val LRs read
+#: 0.1-0.5 px; blurred flat images the model restores by 1-4 dB read 0.6-1.2 px.
 BLUR_LIMIT = 0.55
 
 MODEL, BICUBIC = "model", "bicubic"
@@ -187,7 +193,8 @@ def route_tiles(x: torch.Tensor, threshold: float, valid: torch.Tensor | None = 
     texture, noise = measure_tiles(x, valid)
     routes = []
     for i, (t, n) in enumerate(zip(texture, noise)):
-        path = cheap if (t < threshold and n < NOISE_LIMIT and measure_blur(x[i]) < BLUR_LIMIT) else MODEL
+        sharp = t < NO_STRUCTURE or measure_blur(x[i]) < BLUR_LIMIT
+        path = cheap if (t < threshold and n < NOISE_LIMIT and sharp) else MODEL
         routes.append(TileRoute(path, round(float(t), 3), round(float(n), 3)))
     return routes
 

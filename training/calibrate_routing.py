@@ -23,7 +23,7 @@ import numpy as np
 from geosr.captioning import load_captioner
 from geosr.evaluation import _quantise, _read_hr, _to_tensor, find_hr_images
 from geosr.models import default_model, load_upscaler
-from geosr.routing import BLUR_LIMIT, cheap_path, measure_blur, measure_tiles
+from geosr.routing import BLUR_LIMIT, NO_STRUCTURE, cheap_path, measure_blur, measure_tiles
 from geosr.training.degradations import PROTOCOLS, degrade
 
 TRAIN = ("../shared/data/train/ucmerced", "../shared/data/train/neon")
@@ -62,7 +62,7 @@ def sweep(rows: list[dict]) -> list[dict]:
     with the router's blur gate."""
     texture = np.array([r["texture"] for r in rows])
     noise = np.array([r["noise"] for r in rows])
-    sharp = np.array([r["blur"] < BLUR_LIMIT for r in rows])  # the router's blur gate
+    sharp = np.array([r["texture"] < NO_STRUCTURE or r["blur"] < BLUR_LIMIT for r in rows])  # the router's blur gate
     gain = np.array([r["mse_cheap"] - r["mse_model"] for r in rows])
     model_total = sum(r["mse_model"] for r in rows)
     out = []
