@@ -41,8 +41,8 @@ from geosr.routing import CALIBRATED_THRESHOLDS, ROUTES, cheap_path
 @click.option("--local-workers", type=int, help="Run on a local dask.distributed cluster of N processes.")
 @click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML).")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
-              help="auto: flat, clean tiles go to a cheap path instead of the model (never where there is texture or "
-                   "noise): the shipped fast network geosr-tiny-fast-x2/-x4 at x2/x4, bicubic at other scales; "
+              help="auto: flat, clean, sharp tiles go to a cheap path instead of the model (never where there is texture, "
+                   "noise or blur to restore): the shipped fast network geosr-tiny-fast-x2/-x4 at x2/x4, bicubic at other scales; "
                    "off: every tile goes to the model.")
 @click.option("--route-threshold", type=float,
               help="Texture (RMS gradient in DN per input pixel, noise discounted) under which a clean tile is flat. "
