@@ -455,6 +455,7 @@ def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) 
     """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds."""
     scene, stretch = scene_plan.scene, scene_plan.stretch
     opts = tuple(sorted(config.model_options().items()))
+    threshold, route_to = config.routed_threshold, config.route_to  # once: they look for shipped models
     jobs = []
     for i in range(0, len(tiles), config.batch_size):
         chunk = tuple(tiles[i : i + config.batch_size])
@@ -464,7 +465,7 @@ def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) 
                 model=config.model, scale=config.scale, model_options=opts,
                 seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
                 captions=(None,) * len(chunk), captioner=config.captioner,
-                route_threshold=config.routed_threshold, route_to=config.route_to,
+                route_threshold=threshold, route_to=route_to,
             )
         )
     return jobs

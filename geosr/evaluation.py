@@ -575,7 +575,7 @@ def evaluate_sr(
     }
 
 
-def _routing_summary(images: list[dict], threshold: float, cheap_path: str) -> dict:
+def _routing_summary(images: list[dict], threshold: float, cheap_name: str) -> dict:
     """What routing changes over the images: routed ones get the cheap path's output."""
     cheap = [im["route"]["route"] != MODEL for im in images]
 
@@ -586,7 +586,7 @@ def _routing_summary(images: list[dict], threshold: float, cheap_path: str) -> d
     seconds = sum(im["model_seconds"] for im in images)
     return {
         "threshold": threshold,
-        "cheap_path": cheap_path,
+        "cheap_path": cheap_name,
         "routed_share": float(np.mean(cheap)),
         "psnr_change": change("psnr"),
         "ssim_change": change("ssim"),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from geosr.errors import InputError
 
 __all__ = ["ROUTES", "CALIBRATED_THRESHOLDS", "NOISE_LIMIT", "BLUR_LIMIT", "NO_STRUCTURE", "TileRoute", "cheap_path",
-           "routing_threshold", "measure_tiles", "measure_blur", "route_tiles"]
+           "routing_threshold", "measure_tiles", "measure_blur", "passes_blur_gate", "route_tiles"]
 
 ROUTES = ("auto", "off")
 #: texture (DN / LR px) under which a tile has nothing for deblurring to restore, whatever
@@ -193,10 +194,17 @@ def route_tiles(x: torch.Tensor, threshold: float, valid: torch.Tensor | None = 
     texture, noise = measure_tiles(x, valid)
     routes = []
     for i, (t, n) in enumerate(zip(texture, noise)):
-        sharp = t < NO_STRUCTURE or measure_blur(x[i]) < BLUR_LIMIT
-        path = cheap if (t < threshold and n < NOISE_LIMIT and sharp) else MODEL
+        flat_and_clean = t < threshold and n < NOISE_LIMIT
+        path = cheap if flat_and_clean and passes_blur_gate(t, lambda: measure_blur(x[i])) else MODEL
         routes.append(TileRoute(path, round(float(t), 3), round(float(n), 3)))
     return routes
+
+
+def passes_blur_gate(texture: float, blur: Callable[[], float]) -> bool:
+    """Whether a flat, clean tile may take the cheap path as far as blur goes: one with no
+    structure (texture under :data:`NO_STRUCTURE`) always, else only when it reads sharp
+    (``blur()``, LR px, under :data:`BLUR_LIMIT`; called only then, as it costs a spectrum fit)."""
+    return texture < NO_STRUCTURE or blur() < BLUR_LIMIT
 
 
 def measure_blur(tile: torch.Tensor) -> float:

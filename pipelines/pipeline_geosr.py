@@ -287,6 +287,13 @@ class GeoSRPipeline(DiffusionPipeline):
         """Whether the UNet takes the guidance weight as an input (one branch per step)."""
         return self.unet.config.time_cond_proj_dim is not None
 
+    def runs_two_branches(self, guidance_scale: float | None = None) -> bool:
+        """Whether a step runs the conditional and unconditional branches (classifier-free
+        guidance of a teacher); ``guidance_scale`` None takes the checkpoint's default."""
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
+        return not self.is_distilled and guidance_scale != 1.0
+
     @property
     def unshuffle_factor(self) -> int | None:
         """HR pixels per side of one diffusion-variable pixel in LR-space models, else None."""
@@ -505,7 +512,7 @@ class GeoSRPipeline(DiffusionPipeline):
             controlnet_conditioning_scale,
         )
         device = self._execution_device
-        two_branches = not self.is_distilled and guidance_scale != 1.0
+        two_branches = self.runs_two_branches(guidance_scale)
 
         # 1. Condition: upsampled LR (in float32: it is also the residual's base) and captions.
         image = image.to(device=device, dtype=torch.float32)

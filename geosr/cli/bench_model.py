@@ -55,7 +55,7 @@ def bench_model(model, preset, hr_tile, batch_sizes, steps, device, dtype, repea
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--hr-tile")
     n_steps = steps or pipe.config.default_num_inference_steps
-    branches = 1 if pipe.is_distilled or pipe.config.default_guidance_scale == 1.0 else 2  # as the pipeline decides
+    branches = 2 if pipe.runs_two_branches() else 1
     click.echo(f"{name}: {hr_tile} px HR tiles, {n_steps} step(s) x {branches} branch(es), {device} {dtype}")
     click.echo(f"{'batch':>5} {'s/call':>8} {'tiles/s':>8} {'HR MP/s':>8} {'peak GPU MiB':>13}")
     for r in rows:
