@@ -70,6 +70,7 @@ __all__ = [
     "control_image",
     "image_to_target",
     "lr_on_grid",
+    "regrid",
     "target_to_image",
     "upsample_lr",
     "with_lr",
@@ -165,6 +166,18 @@ def target_to_image(
 def lr_on_grid(lr: torch.Tensor, upscale_factor: int, unshuffle_factor: int) -> torch.Tensor:
     """The LR tile pixel-unshuffled onto the diffusion variable's grid (``1/f`` of the HR size)."""
     return F.pixel_unshuffle(lr.clamp(0.0, 1.0), unshuffle_factor // upscale_factor)
+
+
+def regrid(x: torch.Tensor, from_factor: int, to_factor: int) -> torch.Tensor:
+    """A variable pixel-unshuffled by ``from_factor``, pixel-unshuffled by ``to_factor`` instead.
+
+    An exact rearrangement of the same HR-sized values (noise stays i.i.d., and anything
+    elementwise - adding noise, v or eps parametrisations - commutes with it): how a
+    distillation teacher on one grid teaches a student on another.
+    """
+    if from_factor == to_factor:
+        return x
+    return F.pixel_unshuffle(F.pixel_shuffle(x, from_factor), to_factor)
 
 
 def with_lr(sample: torch.Tensor, lr_grid: torch.Tensor | None) -> torch.Tensor:

@@ -118,3 +118,39 @@ def test_distill_run_resume_and_geosr_upscale(tmp_path, teacher, data_dir):
                                           "--scale", "4", "--model", str(out), "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sr.tif").is_file()
+
+
+def test_regrid_gives_the_other_grids_target_exactly():
+    from geosr.pipelines.pipeline_geosr import regrid
+
+    g = torch.Generator().manual_seed(0)
+    hr, lr = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    up = upsample_lr(lr, 2)
+    on_lr_half = image_to_target(hr, up, True, 16.0, unshuffle_factor=4)  # a teacher at LR/2
+    on_lr = image_to_target(hr, up, True, 16.0, unshuffle_factor=2)       # its student at LR
+    assert torch.equal(regrid(on_lr_half, 4, 2), on_lr)
+    assert torch.equal(regrid(on_lr, 2, 4), on_lr_half)
+
+
+def test_student_on_a_finer_grid_than_its_teacher(tmp_path):
+    """x2: an LR/2 teacher (unshuffle 4) teaches a student on the LR grid (unshuffle 2)."""
+    teacher = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, scale=2, unshuffle_factor=4))
+    teacher_dir = tmp_path / "teacher"
+    teacher.save_pretrained(teacher_dir)
+    unet, controlnet = distill_cfg.make_student(teacher, 16, {"channels": 8}, unshuffle_factor=2)
+    assert (unet.config.in_channels, unet.config.out_channels) == (15, 12)
+    assert len(controlnet.config.conditioning_embedding_out_channels) == 1  # the LR is on its grid: no downsampling
+    with pytest.raises(ValueError, match="times a power of two"):
+        distill_cfg.make_student(teacher, 16, unshuffle_factor=3)
+
+    config = write_yaml(tmp_path, dict(
+        common_run_config(tmp_path), scale=2, crop_size=32, output_dir=str(tmp_path / "student"),
+        teacher_model=str(teacher_dir), guidance_embedding_dim=16, student_unshuffle_factor=2,
+        fidelity_weight=1.0, final_timestep_prob=0.5, num_inference_steps=1, validation_images=[]))
+    with pytest.raises(SystemExit):  # the consistency loss keeps the teacher's grid
+        distill_cfg.parse_args(["--config", str(config), "--step_distillation", "consistency"])
+    student = GeoSRPipeline.from_pretrained(distill_cfg.main(distill_cfg.parse_args(["--config", str(config)])))
+    assert student.is_distilled and student.unshuffle_factor == 2 and student.concat_channels == 3
+    out = student(torch.rand(1, 3, 8, 8), prompt="no noise", num_inference_steps=1,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 3, 16, 16)

@@ -23,6 +23,10 @@ only one a 1-step student ever runs at.
 The student starts as the teacher (its new guidance projection zero-initialised: at first it
 is the conditional branch, exact for ``w = 0``), or, with a ``student_unet`` mapping of config
 overrides in the YAML, as a smaller ("lightweight") UNet and ControlNet trained from scratch.
+An LR-space student may also live on another grid than its teacher
+(``student_unshuffle_factor``, e.g. the LR grid at x2 under a teacher at LR/2): it is then
+built afresh for that grid, and the teacher's noisy input, guided prediction and the true x0
+reach it through :func:`~geosr.pipelines.pipeline_geosr.regrid`, an exact rearrangement.
 The output directory is a complete GeoSRPipeline with an LCMScheduler.
 """
 
@@ -45,7 +49,7 @@ from diffusers import DDPMScheduler, LCMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, with_lr
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, lr_on_grid, regrid, with_lr
 from geosr.training.launch import (
     add_common_args,
     checkpoint_to_resume,
@@ -54,7 +58,7 @@ from geosr.training.launch import (
     save_checkpoint,
 )
 from geosr.pipelines.lr_space_models import LRSpaceDenoiser
-from geosr.training.model_factory import controlnet_class
+from geosr.training.model_factory import build_controlnet, controlnet_class
 from geosr.training.train_controlnet import (
     step_generator,
     with_final_timesteps,
@@ -103,30 +107,53 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
         help="Weight of the L1 between the student's x0 estimate and the true HR x0.")
     add("--final_timestep_prob", type=float, default=0.0,
         help="Share of samples drawn at the last timestep (where a 1-step student runs).")
+    add("--student_unshuffle_factor", type=int, default=None,
+        help="LR-space teachers: the student's grid (HR / f), when it differs from the teacher's.")
     args = parse_with_config(parser, input_args, yaml_only={"student_unet": None})
     if not args.teacher_model:
         parser.error("--teacher_model is required (in the YAML or on the command line)")
+    if args.student_unshuffle_factor is not None and args.step_distillation == "consistency":
+        parser.error("student_unshuffle_factor: consistency distillation keeps the teacher's grid")
     if not 1.0 <= args.guidance_scale_min <= args.guidance_scale_max:
         parser.error("need 1 <= guidance_scale_min <= guidance_scale_max (w = g - 1 >= 0)")
     return args
 
 
 def make_student(
-    teacher: GeoSRPipeline, embedding_dim: int, overrides: dict | None = None, seed: int = 0
+    teacher: GeoSRPipeline,
+    embedding_dim: int,
+    overrides: dict | None = None,
+    seed: int = 0,
+    unshuffle_factor: int | None = None,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Student UNet (with ``time_cond_proj_dim``) and ControlNet.
 
     Without ``overrides`` both are copies of the teacher's and the new guidance projection
     is zero, so the student starts as the teacher's conditional branch. With overrides of
     the UNet config (a "lightweight" student) both are initialised afresh, the ControlNet
-    from the new UNet with the teacher's conditioning encoder layout.
+    from the new UNet with the teacher's conditioning encoder layout. ``unshuffle_factor``
+    (an LR-space teacher only) puts a fresh student on the grid ``HR / unshuffle_factor``:
+    its channels and its ControlNet's condition encoder are set for that grid.
+
+    Raises
+    ------
+    ValueError
+        ``unshuffle_factor`` for a teacher that is not LR-space, or not a multiple of its
+        scale by a power of two.
     """
     torch.manual_seed(seed)
+    overrides = dict(overrides or {})
+    new_grid = unshuffle_factor is not None and unshuffle_factor != teacher.unshuffle_factor
+    if new_grid:
+        overrides.update(_grid_overrides(teacher, unshuffle_factor))
     # overrides as keyword arguments: a merged dict would keep the config's
     # `_use_default_values`, which makes from_config drop time_cond_proj_dim
-    unet = type(teacher.unet).from_config(
-        teacher.unet.config, **(overrides or {}), time_cond_proj_dim=embedding_dim
-    )
+    unet = type(teacher.unet).from_config(teacher.unet.config, **overrides, time_cond_proj_dim=embedding_dim)
+    if new_grid:
+        # the condition (the LR tile) is unshuffle_factor / scale times the student's grid
+        controlnet = build_controlnet(unet, teacher.image_channels, pixel_space=True,
+                                      condition_factor=unshuffle_factor // teacher.config.upscale_factor)
+        return unet, controlnet
     if overrides:
         cn = teacher.controlnet.config
         controlnet = controlnet_class(unet).from_unet(
@@ -144,6 +171,18 @@ def make_student(
         raise RuntimeError(f"student does not match the teacher: {missing} {unexpected}")
     torch.nn.init.zeros_(unet.time_embedding.cond_proj.weight)
     return unet, copy.deepcopy(teacher.controlnet)
+
+
+def _grid_overrides(teacher: GeoSRPipeline, factor: int) -> dict:
+    """The UNet channels of an LR-space student on the grid ``HR / factor``."""
+    scale = teacher.config.upscale_factor
+    if teacher.unshuffle_factor is None:
+        raise ValueError("student_unshuffle_factor needs an LR-space teacher (unshuffle_factor set)")
+    if factor % scale or (factor // scale) & (factor // scale - 1):
+        raise ValueError(f"student_unshuffle_factor {factor} must be {scale} times a power of two")
+    bands = teacher.image_channels
+    lr_channels = bands * (factor // scale) ** 2 if teacher.concat_channels else 0  # concat_lr
+    return {"out_channels": bands * factor**2, "in_channels": bands * factor**2 + lr_channels}
 
 
 def load_student_weights(unet: torch.nn.Module, controlnet: torch.nn.Module, path: str) -> None:
@@ -222,9 +261,11 @@ def student_loss(
     """The guidance-distillation MSE, plus the fidelity term when ``fidelity_weight`` is set.
 
     ``batch`` holds ``noisy``, ``timesteps``, ``text``, ``empty``, ``condition``, ``g`` and,
-    for the fidelity term, ``x0`` (the true clean variable). The fidelity term is
-    ``fidelity_weight * L1(x0_student, x0)``, with the student's x0 estimate taken from its
-    prediction through ``noise_scheduler``'s parametrisation.
+    for the fidelity term, ``x0`` (the true clean variable), all on the teacher's grid. The
+    fidelity term is ``fidelity_weight * L1(x0_student, x0)``, with the student's x0 estimate
+    taken from its prediction through ``noise_scheduler``'s parametrisation. A student on
+    another grid gets ``student_grid`` (teacher's, student's unshuffle factor) and
+    ``student_lr_grid`` (the LR on its grid, ``concat_lr`` models).
 
     Returns
     -------
@@ -232,16 +273,22 @@ def student_loss(
     """
     target = teacher_guided(teacher, batch["noisy"], batch["timesteps"], batch["text"],
                             batch["empty"], batch["condition"], batch["g"], batch.get("lr_grid"))
+    noisy, lr_grid, x0 = batch["noisy"], batch.get("lr_grid"), batch.get("x0")
+    if "student_grid" in batch:
+        grids = batch["student_grid"]
+        target, noisy = regrid(target, *grids), regrid(noisy, *grids)
+        x0 = None if x0 is None else regrid(x0, *grids)
+        lr_grid = batch.get("student_lr_grid")
     w_emb = guidance_embedding(batch["g"] - 1.0, student.config.time_cond_proj_dim)
-    pred = predict(student, student_controlnet, batch["noisy"], batch["timesteps"], batch["text"],
-                   batch["condition"], w_emb.to(batch["noisy"].dtype), batch.get("lr_grid")).float()
+    pred = predict(student, student_controlnet, noisy, batch["timesteps"], batch["text"],
+                   batch["condition"], w_emb.to(noisy.dtype), lr_grid).float()
     loss_distill = F.mse_loss(pred, target)
     logs = {"loss_distill": loss_distill.detach().item()}
     if not fidelity_weight:
         return loss_distill, logs
     alphas = noise_scheduler.alphas_cumprod.to(pred.device)[batch["timesteps"]]
-    x0, _ = x0_eps(pred, batch["noisy"].float(), alphas, noise_scheduler.config.prediction_type)
-    loss_fidelity = F.l1_loss(x0, batch["x0"].float())
+    x0_student, _ = x0_eps(pred, noisy.float(), alphas, noise_scheduler.config.prediction_type)
+    loss_fidelity = F.l1_loss(x0_student, x0.float())
     logs["loss_fidelity"] = loss_fidelity.detach().item()
     return loss_distill + fidelity_weight * loss_fidelity, logs
 
@@ -304,8 +351,10 @@ def main(args: argparse.Namespace) -> Path:
     noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     student, student_controlnet = make_student(
-        teacher, args.guidance_embedding_dim, args.student_unet, seed=args.seed
+        teacher, args.guidance_embedding_dim, args.student_unet, seed=args.seed,
+        unshuffle_factor=args.student_unshuffle_factor,
     )
+    student_factor = args.student_unshuffle_factor or teacher.unshuffle_factor
     if args.init_student:
         load_student_weights(student, student_controlnet, args.init_student)
     for frozen in (teacher.vae, teacher.text_encoder, teacher.unet, teacher.controlnet):
@@ -403,6 +452,11 @@ def main(args: argparse.Namespace) -> Path:
                     "x0": x0,
                     "lr_grid": lr_grid,
                 }
+                if student_factor != teacher.unshuffle_factor:
+                    step["student_grid"] = (teacher.unshuffle_factor, student_factor)
+                    if lr_grid is not None:
+                        step["student_lr_grid"] = lr_on_grid(
+                            batch["lr"].to(accelerator.device), cfg.upscale_factor, student_factor)
                 logs = {}
                 if consistency:
                     loss = consistency_loss(student, student_controlnet, target_unet, target_controlnet,
@@ -480,7 +534,7 @@ def _student_pipeline(accelerator, teacher, student, student_controlnet, args) -
         residual_scale=cfg.residual_scale,
         default_num_inference_steps=args.num_inference_steps,
         default_guidance_scale=args.validation_guidance_scale,
-        unshuffle_factor=teacher.unshuffle_factor,
+        unshuffle_factor=args.student_unshuffle_factor or teacher.unshuffle_factor,
         concat_lr=teacher.concat_channels > 0,
     )
 
