@@ -19,11 +19,19 @@ def _script(path: Path):
     return distill_cfg if "teacher_model" in yaml.safe_load(path.read_text()) else train_controlnet
 
 
+# (teacher, student) recipes of the shipped defaults: x4 is v2's third stage, x2 the v3 student
+# on the LR grid under the v2 x2 teacher
+SHIPPED_RECIPES = {
+    4: ("geosr_tiny_v2_x4_teacher", "geosr_tiny_v2_x4_student_continued"),
+    2: ("geosr_tiny_v2_x2_teacher", "geosr_tiny_v3_x2_student"),
+}
+
+
 def test_the_recipes_are_there():
     names = {p.stem for p in CONFIGS}
-    stages = ("teacher", "student", "student_continued")
-    v2 = {f"geosr_tiny_v2_x{s}_{stage}" for s in (2, 4) for stage in stages}
-    assert v2 | {"tiny_cpu_controlnet", "tiny_cpu_distill", "geosr_tiny_v2_regression_baseline_x4"} <= names
+    shipped = {name for pair in SHIPPED_RECIPES.values() for name in pair} | {"geosr_tiny_v2_x4_student"}
+    baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v3_regression_baseline_x2"}
+    assert shipped | baselines | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -48,9 +56,7 @@ def test_the_caption_recipe_is_there():
 def test_shipped_models_match_their_recipes(scale):
     from geosr.models import shipped_model_path
 
-    root = CONFIGS[0].parent
-    teacher = train_controlnet.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_teacher.yaml")])
-    student = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student_continued.yaml")])
+    teacher, student = _shipped_recipes(scale)
     shipped = Path(shipped_model_path(f"geosr-tiny-x{scale}"))
     index = json.loads((shipped / "model_index.json").read_text())
     unet = json.loads((shipped / "unet" / "config.json").read_text())
@@ -58,28 +64,43 @@ def test_shipped_models_match_their_recipes(scale):
     assert index["default_num_inference_steps"] == student.num_inference_steps == 1
     assert index["default_guidance_scale"] == student.validation_guidance_scale
     assert index["upscale_factor"] == scale
-    assert index["unshuffle_factor"] == teacher.unshuffle_factor
+    factor = student.student_unshuffle_factor or teacher.unshuffle_factor
+    assert index["unshuffle_factor"] == factor == scale  # both defaults live on the LR grid
     assert index["residual_scale"] == teacher.residual_scale
     assert unet["time_cond_proj_dim"] == student.guidance_embedding_dim
     recipe_unet = {k: v for k, v in teacher.base["unet"].items() if k != "class"}
+    recipe_unet.update(student.student_unet or {})
+    recipe_unet.update(out_channels=3 * factor**2, in_channels=3 * factor**2 + 3 * (factor // scale) ** 2)
     assert {k: unet[k] for k in recipe_unet} == recipe_unet
     for key, value in teacher.base["scheduler"].items():
         assert scheduler[key] == value, key
 
 
-@pytest.mark.parametrize("scale", [2, 4])
-def test_v2_recipes_pair_teacher_and_student(scale):
+def _shipped_recipes(scale):
     root = CONFIGS[0].parent
-    teacher = train_controlnet.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_teacher.yaml")])
-    student = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student.yaml")])
-    assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == scale
+    teacher_name, student_name = SHIPPED_RECIPES[scale]
+    return (train_controlnet.parse_args(["--config", str(root / f"{teacher_name}.yaml")]),
+            distill_cfg.parse_args(["--config", str(root / f"{student_name}.yaml")]))
+
+
+def test_x4_stages_pair_teacher_and_student():
+    root = CONFIGS[0].parent
+    teacher, continued = _shipped_recipes(4)
+    student = distill_cfg.parse_args(["--config", str(root / "geosr_tiny_v2_x4_student.yaml")])
+    assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == 4
     # stage 3 continues the stage-2 student, with the same teacher and the same student layout
-    continued = distill_cfg.parse_args(["--config", str(root / f"geosr_tiny_v2_x{scale}_student_continued.yaml")])
     assert continued.init_student == student.output_dir != continued.output_dir
-    assert continued.teacher_model == student.teacher_model and continued.scale == scale
+    assert continued.teacher_model == student.teacher_model and continued.scale == 4
     assert continued.guidance_embedding_dim == student.guidance_embedding_dim
     assert continued.student_unet == student.student_unet and continued.crop_size == student.crop_size
     assert set(continued.degradation_mix) <= {"clean", "iso", "aniso"}
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_shipped_recipes_pair_teacher_and_student(scale):
+    teacher, student = _shipped_recipes(scale)
+    assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == scale
+    assert student.crop_size == teacher.crop_size
     unet = teacher.base["unet"]
     residual = 3 * teacher.unshuffle_factor**2
     assert unet["out_channels"] == residual
