@@ -185,6 +185,11 @@ def _grid_overrides(teacher: GeoSRPipeline, factor: int) -> dict:
     return {"out_channels": bands * factor**2, "in_channels": bands * factor**2 + lr_channels}
 
 
+def _student_factor(args: argparse.Namespace, teacher: GeoSRPipeline) -> int | None:
+    """The student's unshuffle factor: ``student_unshuffle_factor``, else the teacher's."""
+    return args.student_unshuffle_factor or teacher.unshuffle_factor
+
+
 def load_student_weights(unet: torch.nn.Module, controlnet: torch.nn.Module, path: str) -> None:
     """Load a saved student's UNet and ControlNet weights into ``unet`` and ``controlnet``.
 
@@ -354,7 +359,7 @@ def main(args: argparse.Namespace) -> Path:
         teacher, args.guidance_embedding_dim, args.student_unet, seed=args.seed,
         unshuffle_factor=args.student_unshuffle_factor,
     )
-    student_factor = args.student_unshuffle_factor or teacher.unshuffle_factor
+    student_factor = _student_factor(args, teacher)
     if args.init_student:
         load_student_weights(student, student_controlnet, args.init_student)
     for frozen in (teacher.vae, teacher.text_encoder, teacher.unet, teacher.controlnet):
@@ -534,7 +539,7 @@ def _student_pipeline(accelerator, teacher, student, student_controlnet, args) -
         residual_scale=cfg.residual_scale,
         default_num_inference_steps=args.num_inference_steps,
         default_guidance_scale=args.validation_guidance_scale,
-        unshuffle_factor=args.student_unshuffle_factor or teacher.unshuffle_factor,
+        unshuffle_factor=_student_factor(args, teacher),
         concat_lr=teacher.concat_channels > 0,
     )
 
