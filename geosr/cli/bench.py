@@ -6,7 +6,6 @@ import json
 
 import click
 
-from geosr.benchmark import bench as run_bench
 from geosr.training.degradations import PROTOCOLS
 
 
@@ -37,6 +36,8 @@ def bench(inputs, synthetic, synthetic_fields, json_out, upscale_args, degrade, 
     """
     if not inputs and not synthetic and not synthetic_fields:
         raise click.UsageError("give INPUT scenes, --synthetic SIZE or --synthetic-fields SIZE")
+    from geosr.benchmark import bench as run_bench  # here: scipy's import would slow every geosr command
+
     results = run_bench(inputs, synthetic, upscale_args.split(), degrade=degrade, compare_route=compare_route,
                         synthetic_fields=synthetic_fields)
     click.echo(f"{'input':<22} {'size':>11} {'out MP':>7} {'s':>7} {'MP/s':>6} {'model s':>8} {'run/model':>9} "

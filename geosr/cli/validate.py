@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from geosr.validation import validate_output
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -21,6 +20,8 @@ def validate(output, source):
     Example:
       geosr validate scene_x4.tif --source scene.tif
     """
+    from geosr.validation import validate_output  # here: rio-cogeo's import would slow every geosr command
+
     res = validate_output(output, source)
     for key, value in res.facts.items():
         click.echo(f"{key}: {value}")
