@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 import geosr
 from geosr.blending import BlendAccumulator
-from geosr.captioning import Captioner, load_captioner
+from geosr.captioning import Captioner, FixedCaptioner, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.cell_render import CellRenderer, output_pixels
 from geosr.config import RunConfig, parse_caption_every
@@ -100,7 +100,9 @@ class TileResult:
 def _captioner(spec: str) -> Captioner:
     # One captioner per worker process and spec (an MLLM loads once), remembering the
     # captions of tiles it has seen (re-runs, repeated content, window/scene sharing).
-    return CachingCaptioner(load_captioner(spec))
+    # A fixed caption does not look at the pixels: hashing them would only cost time.
+    captioner = load_captioner(spec)
+    return captioner if isinstance(captioner, FixedCaptioner) else CachingCaptioner(captioner)
 
 
 def _model(job: BatchJob) -> Upscaler:
@@ -134,10 +136,13 @@ def _model_input(batch: np.ndarray, plan: BandPlan) -> torch.Tensor:
 
 def _caption(spec: str, x: torch.Tensor, plan: BandPlan) -> list[str]:
     """Caption model-input tiles: clipped to [0, 1], a single band shown as grey RGB."""
+    captioner = _captioner(spec)
+    if isinstance(captioner, FixedCaptioner):
+        return captioner.caption(x)  # the same text for every tile: no copy of the pixels
     x = x.clamp(0, 1)
     if plan.replicate:
         x = x[:, :1].expand(-1, 3, -1, -1)
-    return list(_captioner(spec).caption(x))
+    return list(captioner.caption(x))
 
 
 def _shippable_errors(task):
