@@ -35,8 +35,10 @@ COMPRESSION_OPTIONS = ("COMPRESS", "PREDICTOR", "LEVEL", "QUALITY", "MAX_Z_ERROR
 SAMPLE_PX = 512
 # Full image + overviews (1/4 + 1/16 + ... = 1/3), of the compressed size.
 COG_FACTOR = 1 + 1 / 3
-# The COG driver's temporary overview file, of the uncompressed output size (measured <= 0.65).
-OVERVIEW_TMP_FACTOR = 2 / 3
+# Temporary files of the COG pass, of the uncompressed output size: the default options' tiled
+# copy of the work raster with its overviews (1 + 1/3, geosr.writer), or the COG driver's
+# temporary overview file (measured <= 0.65).
+COG_PASS_TMP_FACTOR = 1 + 1 / 3
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,12 @@ class DiskEstimate:
 
     work: int
     cog: int
-    overview_tmp: int
+    cog_pass_tmp: int
     ratio: float
 
     @property
     def total(self) -> int:
-        return self.work + self.cog + self.overview_tmp
+        return self.work + self.cog + self.cog_pass_tmp
 
 
 def _compression_ratio(source: str, bands: Sequence[int], options: Mapping[str, str]) -> float:
@@ -93,7 +95,7 @@ def estimate_disk_use(
     ratio = _compression_ratio(source, bands, options)
     return DiskEstimate(
         work=work_bytes, cog=int(output_bytes * ratio * COG_FACTOR),
-        overview_tmp=int(output_bytes * OVERVIEW_TMP_FACTOR), ratio=ratio,
+        cog_pass_tmp=int(output_bytes * COG_PASS_TMP_FACTOR), ratio=ratio,
     )
 
 
@@ -108,6 +110,6 @@ def check_free_space(folder: Path, estimate: DiskEstimate, already_used: int = 0
         raise WriteError(
             f"not enough disk space in {folder}: the run needs about {describe_size(need)} "
             f"(work raster {describe_size(estimate.work)}, COG {describe_size(estimate.cog)}, "
-            f"GDAL's temporary overviews {describe_size(estimate.overview_tmp)}), "
+            f"the COG pass's temporary files {describe_size(estimate.cog_pass_tmp)}), "
             f"{describe_size(free)} is free"
         )

@@ -203,7 +203,7 @@ class WorkRaster:
         """Close the work raster and translate it to a COG at ``dst``.
 
         With the default creation options and no mask band, the overviews and statistics are
-        made on the uncompressed work raster first and the GTiff driver copies them
+        made on an uncompressed, tiled copy of the work raster first and the GTiff driver copies them
         (``COPY_SRC_OVERVIEWS``, the layout GDAL's COG driver also writes): 2-3x faster than
         the COG driver, whose own overview step re-reads and re-encodes a temporary file
         (4096 x 4096 RGB: 5.1 s -> 2.2 s). Any other options go through the COG driver.
@@ -223,21 +223,36 @@ class WorkRaster:
 
     def _default_cog(self, vrt: Path, dst: Path) -> None:
         """The COG of :data:`DEFAULT_COG_OPTIONS`: AVERAGE overviews down to one 512 px block,
-        exact per-band statistics, DEFLATE with the predictor, 512 px tiles."""
+        exact per-band statistics, DEFLATE with the predictor, 512 px tiles.
+
+        The work raster is first copied to an uncompressed GeoTIFF tiled like the COG: the final
+        copy reads its source block by block, and from the raw pixel-interleaved file that is one
+        small read per band and row of every block (4096 x 4096 RGB at x2: 7.5 s for the final
+        copy from the raw file, 5.2 s from the tiled one, which costs 0.6 s to make).
+        """
         block = int(DEFAULT_COG_OPTIONS["BLOCKSIZE"])
         levels, factor = [], 1
         # the COG driver's rule: halve until the overview fits in one block
         while -(-self.width // factor) > block or -(-self.height // factor) > block:
             factor *= 2
             levels.append(factor)
+        tiled = self.folder / "tiled.tif"
+        # A swath of one row of blocks: GDAL then writes whole blocks (its default 10 MB swath
+        # made this copy 6x slower); memory grows with the output's width, not its area.
+        swath = max(10 << 20, block * self.width * self._pixel_bytes)
+        with rasterio.Env(GDAL_SWATH_SIZE=str(swath)):
+            rasterio.shutil.copy(
+                vrt, tiled, driver="GTiff", TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
+                COMPRESS="NONE", INTERLEAVE="PIXEL", BIGTIFF="IF_SAFER",  # its overviews come later
+            )
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", COMPRESS_OVERVIEW="NONE"):
-            with rasterio.open(vrt, "r+") as ds:
+            with rasterio.open(tiled, "r+") as ds:
                 if levels:
-                    ds.build_overviews(levels, Resampling.average)  # work.vrt.ovr, in the work folder
+                    ds.build_overviews(levels, Resampling.average)
                 # full resolution, nodata excluded; GDAL keeps them as STATISTICS_* metadata
                 ds.stats(approx=False)
         rasterio.shutil.copy(
-            vrt, dst, driver="GTiff", TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
+            tiled, dst, driver="GTiff", TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
             COMPRESS="DEFLATE", PREDICTOR="3" if self.dtype.kind == "f" else "2", INTERLEAVE="PIXEL",
             BIGTIFF=DEFAULT_COG_OPTIONS["BIGTIFF"], NUM_THREADS="ALL_CPUS", COPY_SRC_OVERVIEWS="YES",
         )
