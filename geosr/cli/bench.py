@@ -23,7 +23,8 @@ from geosr.training.degradations import PROTOCOLS
 def bench(inputs, synthetic, synthetic_fields, json_out, upscale_args, degrade, compare_route):
     """Measure `geosr upscale` on INPUT scenes and/or synthetic ones, each run in a fresh
     process: seconds, output megapixels per second, the model alone on the same tiles
-    (seconds, and run / model: the engine's overhead), peak resident memory of the client and
+    (seconds, and run / model: the engine's overhead), the seconds a fresh process takes to load
+    the model (imports included; "excl.": run / model without them), peak resident memory of the client and
     of the largest worker process, MiB of results the client received, the seam score
     (gradient across tile-core boundaries / the same steps within 8 input px of
     them; 1 = seamless) and the tiles routed to the cheap path (--route auto) of those processed.
@@ -40,7 +41,7 @@ def bench(inputs, synthetic, synthetic_fields, json_out, upscale_args, degrade, 
 
     results = run_bench(inputs, synthetic, upscale_args.split(), degrade=degrade, compare_route=compare_route,
                         synthetic_fields=synthetic_fields)
-    click.echo(f"{'input':<22} {'size':>11} {'out MP':>7} {'s':>7} {'MP/s':>6} {'model s':>8} {'run/model':>9} "
+    click.echo(f"{'input':<22} {'size':>11} {'out MP':>7} {'s':>7} {'MP/s':>6} {'model s':>8} {'run/model':>9} {'load s':>6} {'excl.':>5} "
                f"{'RSS MiB':>8} {'worker':>7} {'recv MiB':>9} {'seams':>6} {'routed':>7}"
                + (f" {'PSNR':>6} {'SSIM':>6}" if degrade else ""))
     for r in results:
@@ -51,6 +52,7 @@ def bench(inputs, synthetic, synthetic_fields, json_out, upscale_args, degrade, 
             routed = f"{m['tiles_routed']}/{m['tiles_processed']}"
             click.echo(f"{name:<22} {size:>11} {m['output_megapixels']:>7.1f} {m['seconds']:>7.1f} "
                        f"{m['megapixels_per_second']:>6.3g} {m['model_seconds']:>8.3g} {m['overhead_ratio']:>9.2f} "
+                       f"{m['load_seconds']:>6.1f} {m['overhead_ratio_loaded']:>5.2f} "
                        f"{m['peak_rss_mib']:>8.0f} {worker:>7} {m['client_received_mib']:>9.1f} {m['seam_score']:>6.3f} "
                        f"{routed:>7}" + (f" {m['psnr']:>6.2f} {m['ssim']:>6.4f}" if degrade else ""))
         if compare_route:
