@@ -60,6 +60,7 @@ from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, undo_malloc_trim_threshold
 from geosr.tiling import Tile, TileGrid
 from geosr.aoi import window_polygon
+from geosr.warm_up import warm_up_workers
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
@@ -109,13 +110,18 @@ def _model(job: BatchJob) -> Upscaler:
     return load_upscaler(job.model, job.scale, **dict(job.model_options))
 
 
+def cheap_path_model(spec: str, scale: int, model_options: dict) -> Upscaler:
+    """Routing's cheap path ``spec`` on the run's device and precision (``model_options``' device
+    and dtype; a classical one takes none)."""
+    options = {k: v for k, v in model_options.items() if k in ("device", "dtype")}
+    return load_upscaler(spec, scale, **({} if spec in CLASSICAL else options))
+
+
 def _cheap_model_for(job: BatchJob, routes: Sequence[TileRoute | None]) -> Upscaler | None:
-    """The cheap path of ``job``'s routed tiles on the run's device and precision; None (and not
-    loaded) when no tile of it is routed there."""
+    """The cheap path of ``job``'s routed tiles; None (and not loaded) when no tile of it is routed there."""
     if not any(r is not None and r.path != MODEL for r in routes):
         return None
-    options = {k: v for k, v in job.model_options if k in ("device", "dtype")}
-    return load_upscaler(job.route_to, job.scale, **({} if job.route_to in CLASSICAL else options))
+    return cheap_path_model(job.route_to, job.scale, dict(job.model_options))
 
 
 def _read_batch(job: BatchJob) -> np.ndarray:
@@ -301,27 +307,31 @@ def upscale_scene(
     target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
     if route_map is not None:
         check_route_map_target(route_map, config, target.output)
-    # Models and captioners first: a bad spec fails before any tile is read.
-    model = load_upscaler(config.model, config.scale, **config.model_options())
-    _captioner(config.captioner)
-    identity = run_identity(files, config)
+    with dask_client(config.address, config.local_workers) as client:
+        # Worker processes load the model while this process does (geosr.warm_up).
+        warm_up_workers(client, config)
+        # Models and captioners first: a bad spec fails before any tile is read.
+        model = load_upscaler(config.model, config.scale, **config.model_options())
+        _captioner(config.captioner)
+        identity = run_identity(files, config)
 
-    with OutputLock(target.output):
-        journal = open_journal(target.output, identity, config.resume)
-        cells = [0]  # known once the tile plan exists; reported when the run stops
-        try:
-            report = _upscale_in(journal, files, target, config, model, performance_report, route_map, cells)
-        except BaseException as exc:
-            replacement = settle_stopped_run(journal, exc, cells[0])
-            if replacement is None:
-                raise
-            raise replacement from exc
-        journal.folder.remove()
+        with OutputLock(target.output):
+            journal = open_journal(target.output, identity, config.resume)
+            cells = [0]  # known once the tile plan exists; reported when the run stops
+            try:
+                report = _upscale_in(journal, files, target, config, model, client, performance_report, route_map,
+                                     cells)
+            except BaseException as exc:
+                replacement = settle_stopped_run(journal, exc, cells[0])
+                if replacement is None:
+                    raise
+                raise replacement from exc
+            journal.folder.remove()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunConfig, model: Upscaler,
+def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunConfig, model: Upscaler, client,
                 performance_report, route_map, cells: list[int]) -> RunReport:
     """The run itself, in the journal's work folder (see :func:`upscale_scene`)."""
     folder = journal.folder
@@ -355,7 +365,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
     captions: dict[int, str] = dict(journal.captions)
     routes: dict[int, TileRoute] = dict(journal.routes)
     try:
-        with open_raster(scene.source) as src, dask_client(config.address, config.local_workers) as client:
+        with open_raster(scene.source) as src:
             writer = _CellWriter(raster, src, stretch, scene, s, journal)
             acc = BlendAccumulator(
                 tiles, scene.width, scene.height, grid.overlap, s, len(plan.bands), writer.write, config.blend,

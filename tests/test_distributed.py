@@ -33,3 +33,31 @@ def test_workers_get_glibc_adaptive_allocation_back(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     assert undo_malloc_trim_threshold() is True
     undo_malloc_trim_threshold.cache_clear()
+
+
+def _loaded_on_worker(spec: str, scale: int, captioner: str) -> bool:
+    from geosr import engine, models
+
+    return any(k[:2] == (spec, scale) for k in models._CACHE) and engine._captioner.cache_info().currsize > 0
+
+
+def test_worker_processes_load_the_model_before_their_first_task():
+    # a fresh worker pays its imports and the model's load: warmed up, it does so while the
+    # client loads its own copy, not inside the first task (geosr.warm_up)
+    import time
+
+    from geosr.scheduling import dask_client
+    from geosr.warm_up import warm_up_workers
+
+    config = RunConfig(scale=2, model="bicubic", captioner="degradation", local_workers=2, progress=False)
+    with dask_client(None, 2) as client:
+        assert not any(client.run(_loaded_on_worker, "bicubic", 2, "degradation").values())
+        warm_up_workers(client, config)  # returns at once: the load runs in a thread of each worker
+        deadline = time.monotonic() + 60
+        while not all(client.run(_loaded_on_worker, "bicubic", 2, "degradation").values()):
+            assert time.monotonic() < deadline, "the workers never loaded the model"
+            time.sleep(0.2)
+        # a spec that cannot load leaves the workers as they were; the run's own load reports it
+        warm_up_workers(client, RunConfig(scale=2, model="./no-such-model", local_workers=2))
+        time.sleep(1)
+        assert all(client.run(_loaded_on_worker, "bicubic", 2, "degradation").values())
