@@ -1,14 +1,16 @@
 """Disk a run needs, estimated before any tile, against the free space beside OUTPUT.
 
 A run that fills the disk after hours of work helps nobody; geosr checks up front. The
-peak is reached while GDAL's COG driver writes: the raw work raster (exactly its size,
-every byte is written), the COG (full-resolution image and overviews, a third more), and
-the COG driver's temporary overview file ``*.ovr.tmp`` all exist at once.
+peak is reached while the COG is written: the raw work raster (exactly its size, every byte
+is written), the COG (full-resolution image and overviews, a third more), and the COG pass's
+temporary files all exist at once: with the default options an uncompressed tiled copy of
+the work raster with its overviews (4/3 of the uncompressed output, :mod:`geosr.writer`),
+with others the COG driver's temporary overview file ``*.ovr.tmp`` (measured 0.5 to 0.65 of
+it, uint8 to uint16); the larger, 4/3, is assumed.
 
 The COG's size depends on how well the pixels compress: geosr compresses a window of the
 *input* with the run's compression options in memory and applies that ratio to the
-output. The temporary overview file is not compressed like the COG; measured, it held 0.5
-to 0.65 times the uncompressed output's size (uint8 to uint16), so 2/3 is assumed.
+output.
 """
 
 from __future__ import annotations
