@@ -127,6 +127,11 @@ def test_bad_inputs_fail_before_any_output(tmp_path):
         (["upscale", str(src), str(tmp_path / "o.tif"), "--bands", "1,7"], "band 7 does not exist"),
         (["upscale", str(src), str(tmp_path / "o.tif"), "--model", "nosuchmodel"], "unknown model"),
         (["upscale", str(src), str(tmp_path / "o.tif"), "--captioner", "telepathy"], "unknown captioner"),
+        # on worker processes the model is loaded (and found wanting) on a worker, not the client
+        (["upscale", str(src), str(tmp_path / "o.tif"), "--model", "nosuchmodel", "--local-workers", "1"],
+         "unknown model"),
+        (["upscale", str(src), str(tmp_path / "o.tif"), "--captioner", "telepathy", "--local-workers", "1"],
+         "unknown captioner"),
         (["upscale", str(src), str(tmp_path / "o.tif"), "--overlap", "300"], "--overlap"),
         (["upscale", str(src), str(tmp_path / "nodir" / "o.tif")], "does not exist"),
     ]
