@@ -19,18 +19,21 @@ def _script(path: Path):
     return distill_cfg if "teacher_model" in yaml.safe_load(path.read_text()) else train_controlnet
 
 
-# (teacher, student) recipes of the shipped defaults: x4 is v2's third stage, x2 the v3 student
+# (teacher, student) recipes of the shipped defaults: x4 is v2's third stage, x2 the v3 student's second stage
 # on the LR grid under the v2 x2 teacher
 SHIPPED_RECIPES = {
     4: ("geosr_tiny_v2_x4_teacher", "geosr_tiny_v2_x4_student_continued"),
-    2: ("geosr_tiny_v2_x2_teacher", "geosr_tiny_v3_x2_student"),
+    2: ("geosr_tiny_v2_x2_teacher", "geosr_tiny_v3_x2_student_continued"),
 }
+# the first student stage of each shipped default, which the shipped stage continues
+FIRST_STAGES = {4: "geosr_tiny_v2_x4_student", 2: "geosr_tiny_v3_x2_student"}
 
 
 def test_the_recipes_are_there():
     names = {p.stem for p in CONFIGS}
-    shipped = {name for pair in SHIPPED_RECIPES.values() for name in pair} | {"geosr_tiny_v2_x4_student"}
-    baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v3_regression_baseline_x2"}
+    shipped = {name for pair in SHIPPED_RECIPES.values() for name in pair} | set(FIRST_STAGES.values())
+    baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v3_regression_baseline_x2",
+                 "geosr_tiny_v3_regression_baseline_x2_continued"}
     assert shipped | baselines | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
@@ -83,16 +86,18 @@ def _shipped_recipes(scale):
             distill_cfg.parse_args(["--config", str(root / f"{student_name}.yaml")]))
 
 
-def test_x4_stages_pair_teacher_and_student():
+@pytest.mark.parametrize("scale", [2, 4])
+def test_student_stages_pair_teacher_and_student(scale):
     root = CONFIGS[0].parent
-    teacher, continued = _shipped_recipes(4)
-    student = distill_cfg.parse_args(["--config", str(root / "geosr_tiny_v2_x4_student.yaml")])
-    assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == 4
-    # stage 3 continues the stage-2 student, with the same teacher and the same student layout
+    teacher, continued = _shipped_recipes(scale)
+    student = distill_cfg.parse_args(["--config", str(root / f"{FIRST_STAGES[scale]}.yaml")])
+    assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == scale
+    # the shipped stage continues the first student, with the same teacher and the same student layout
     assert continued.init_student == student.output_dir != continued.output_dir
-    assert continued.teacher_model == student.teacher_model and continued.scale == 4
+    assert continued.teacher_model == student.teacher_model and continued.scale == scale
     assert continued.guidance_embedding_dim == student.guidance_embedding_dim
     assert continued.student_unet == student.student_unet and continued.crop_size == student.crop_size
+    assert continued.student_unshuffle_factor == student.student_unshuffle_factor
     assert set(continued.degradation_mix) <= {"clean", "iso", "aniso"}
 
 
