@@ -130,6 +130,12 @@ class RunConfig:
         return routing_threshold(self.route, self.route_threshold, self.model, self.scale)
 
     @property
+    def on_worker_processes(self) -> bool:
+        """Whether tasks run in worker processes (``address``, ``local_workers``), not in
+        threads of this process."""
+        return bool(self.address or self.local_workers)
+
+    @property
     def route_to(self) -> str:
         """Where routed tiles go (:func:`geosr.routing.cheap_path`)."""
         return cheap_path(self.scale)

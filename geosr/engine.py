@@ -275,7 +275,7 @@ def _model_facts_on(client, config: RunConfig) -> ModelFacts:
     copy loaded here would only compete with theirs for the cores (x4 on two local workers:
     13 s instead of 5 s on a 2-core machine) and never run.
     """
-    if not (config.address or config.local_workers):
+    if not config.on_worker_processes:
         return model_facts(config)
     warm_up_workers(client, config)
     resources = gpu_resources(client, config.model not in CLASSICAL, config.device)
@@ -409,7 +409,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
             # the tasks of a network ask for a GPU where workers declare one
             resources = gpu_resources(client, model.neural, config.device)
-            if (config.address or config.local_workers) and _workers_see(client, folder.path):
+            if config.on_worker_processes and _workers_see(client, folder.path):
                 # worker processes blend and write their cells: the tiles never come here
                 renderer = CellRenderer(
                     source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,

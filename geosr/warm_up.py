@@ -1,11 +1,11 @@
 """Worker processes start loading a run's model and captioner as soon as the cluster is up.
 
 A fresh worker process otherwise pays its imports (torch, diffusers, transformers) and the
-model's load inside its first task, after the client has paid the same for its own check of
-the model: on a 2-core machine about 6 s each, one after the other, before the first tile.
-:func:`warm_up_workers` starts the load in a background thread of every worker and returns at
-once, so the workers load while the client does. Long-lived workers (``--address``) that
-already hold the model find it in their cache and do nothing.
+model's load inside its first task: on a 2-core machine about 6 s before its first tile.
+:func:`warm_up_workers` starts that load in a background thread of every worker and returns
+at once; the client then asks a worker to describe the model (:func:`geosr.engine.model_facts`)
+instead of loading a copy of its own, which would compete with theirs for the cores. Long-lived
+workers (``--address``) that already hold the model find it in their cache and do nothing.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def warm_up_workers(client: "distributed.Client", config: RunConfig) -> None:
-    """Start loading ``config``'s model, routing's cheap path and captioner on every worker
-    process of ``client`` (not on a threaded local cluster: it shares the client's process)."""
-    if not (config.address or config.local_workers):
-        return
+    """Start loading ``config``'s model, routing's cheap path and captioner on every worker of ``client``."""
     client.run(_start, config)
 
 
@@ -35,15 +32,13 @@ def _start(config: RunConfig) -> None:
 
 
 def _load(config: RunConfig) -> None:
-    """What the run's first task would load, with the same cache keys (its tasks then wait on the
-    caches' locks instead of loading again). A failure is left to the task, which reports it."""
+    """What the run's tasks would load, with the same cache keys (a task then waits on the caches'
+    locks instead of loading again). A failure is left to the tasks, which report it."""
     try:
-        from geosr.engine import _captioner, cheap_path_model
-        from geosr.models import load_upscaler
+        from geosr.engine import cheap_path_model, model_facts
 
-        load_upscaler(config.model, config.scale, **config.model_options())
+        model_facts(config)
         if config.routed_threshold is not None:
             cheap_path_model(config.route_to, config.scale, config.model_options())
-        _captioner(config.captioner)
-    except Exception:  # noqa: BLE001 - the first task loads again and raises where the run sees it
+    except Exception:  # noqa: BLE001 - a task loads again and raises where the run sees it
         log.debug("warm-up failed", exc_info=True)
