@@ -343,6 +343,7 @@ class _Run:
         steps: int | None,
         guidance: float | None,
         device: str | None,
+        dtype: str | None = None,
     ) -> None:
         if degradation not in PROTOCOLS:
             raise InputError(f"unknown degradation {degradation!r}: use one of {', '.join(PROTOCOLS)}")
@@ -352,7 +353,8 @@ class _Run:
         self.scale, self.degradation = int(scale), degradation
         # the delta is reported against bicubic, so it is always a baseline
         self.baselines = {name: load_upscaler(name, scale) for name in dict.fromkeys(("bicubic", *baselines))}
-        options = {k: v for k, v in dict(steps=steps, guidance=guidance, device=device).items() if v is not None}
+        options = dict(steps=steps, guidance=guidance, device=device, dtype=dtype)
+        options = {k: v for k, v in options.items() if v is not None}
         self.model_spec = model or default_model(scale)  # what the figures are reported under
         self.model = load_upscaler(self.model_spec, scale, **options)
         self.captioner = load_captioner(captioner)
@@ -413,6 +415,7 @@ def evaluate_sr(
     steps: int | None = None,
     guidance: float | None = None,
     device: str | None = None,
+    dtype: str | None = None,
     baselines: Sequence[str] = ("bicubic",),
     caption_ablation: bool = False,
     route: str = "auto",
@@ -441,7 +444,7 @@ def evaluate_sr(
         Evaluate the first ``limit`` usable images only.
     crop : int, optional
         Centre-crop each HR image to ``crop`` px a side (at most :data:`MAX_LR_SIDE` LR px).
-    steps, guidance, device : optional
+    steps, guidance, device, dtype : optional
         Passed to the model loader (diffusion models); None keeps the model's defaults.
     baselines : sequence of str
         Classical upscalers to compare with; bicubic is always one.
@@ -482,10 +485,10 @@ def evaluate_sr(
         raise InputError(f"crop must be at least {MIN_LR_SIDE * scale} px at x{scale}, got {crop}")
     if not hr_paths:
         raise InputError("no HR images given")
-    run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device)
+    run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device, dtype)
     threshold = routing_threshold(route, route_threshold, run.model_spec, run.scale)
     cheap = cheap_path(run.scale)
-    cheap_options = {"device": device} if device and cheap not in CLASSICAL else {}
+    cheap_options = {} if cheap in CLASSICAL else {k: v for k, v in dict(device=device, dtype=dtype).items() if v}
     cheap_model = load_upscaler(cheap, run.scale, **cheap_options) if threshold is not None else None
     metric_device = device or "cpu"
     lpips_fn, lpips_status = _lpips_metric(metric_device)
@@ -555,6 +558,7 @@ def evaluate_sr(
             "steps": steps,
             "guidance": guidance,
             "device": device,
+            "dtype": dtype,
             "border": run.scale,
             "n_images": len(images),
             "color": "RGB in [0, 1], 8-bit quantised LR and outputs",
@@ -609,6 +613,7 @@ def render_comparison(
     guidance: float | None = None,
     device: str | None = None,
     crop: int = 256,
+    dtype: str | None = None,
 ) -> Path:
     """Write a PNG of side-by-side crops: LR (nearest-enlarged) | bicubic | model | HR.
 
@@ -623,7 +628,7 @@ def render_comparison(
     """
     from PIL import Image, ImageDraw
 
-    run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device)
+    run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device, dtype)
     hr = _read_hr(Path(hr_path), run.scale, None)
     lr, _params = run.make_lr(hr, seed)
     _caption, base_out, model_out = run.super_resolve(lr, seed)

@@ -72,6 +72,8 @@ def format_ablation(result: dict) -> str:
 @click.option("--steps", type=click.IntRange(min=1), help="Diffusion steps (default: the model's).")
 @click.option("--guidance", type=float, help="Guidance scale (default: the model's).")
 @click.option("--device", help="Torch device (default: cuda when available).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]),
+              help="Precision of the networks (default: as for geosr upscale).")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
               help="auto: also report what texture-aware routing (as geosr upscale does per tile, here per "
                    "image) changes: images routed to the cheap path, PSNR / SSIM change, model time saved.")
@@ -85,7 +87,7 @@ def format_ablation(result: dict) -> str:
 @verbosity
 def evaluate(
     hr_dirs, scale, degradation, caption_ablation, model, captioner, limit, crop, seed, steps, guidance,
-    device, route, route_threshold, json_out, png_out, verbose, quiet,
+    device, dtype, route, route_threshold, json_out, png_out, verbose, quiet,
 ) -> None:
     """Degrade HR images with a training protocol, super-resolve them, compare with the HR.
 
@@ -104,7 +106,7 @@ def evaluate(
 
     setup_logging(verbose, quiet)
     model = model or default_model(int(scale))
-    options = dict(model=model, captioner=captioner, steps=steps, guidance=guidance, device=device)
+    options = dict(model=model, captioner=captioner, steps=steps, guidance=guidance, device=device, dtype=dtype)
     result = fail_cleanly(
         lambda: evaluate_sr(
             find_hr_images(hr_dirs), int(scale), degradation, seed=seed, limit=limit, crop=crop,
