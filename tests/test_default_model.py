@@ -113,3 +113,22 @@ def test_default_batch_size_follows_model_and_device():
         assert RunConfig(scale=scale, device="cpu").batch_size == 1
     assert RunConfig(scale=3).batch_size == 4  # bicubic: batching only saves task overhead
     assert RunConfig(scale=4, device="cpu", batch_size=3).batch_size == 3
+
+
+def test_bf16_stays_within_a_hair_of_fp32(shipped):
+    # bf16 is the default on CPUs with AMX: the shipped networks must not lose their gain there
+    # (on all val: 0.002-0.006 dB below fp32, docs/benchmarks.md).
+    scale, _ = shipped
+    hr, lr = _pair(VAL_CROPS[1], scale, "aniso", seed=3)
+    x = torch.from_numpy(lr).permute(2, 0, 1)[None].float()
+    captions = load_captioner("degradation").caption(x)
+    full, half = (load_upscaler(f"geosr-tiny-x{scale}", scale, dtype=d).upscale(x, captions, seeds=[3])
+                  for d in ("fp32", "bf16"))
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    target = torch.from_numpy(hr).permute(2, 0, 1)[None]
+
+    def psnr(y, ref):
+        return float(-10 * torch.log10(((y - ref)[..., scale:-scale, scale:-scale] ** 2).mean()))
+
+    assert psnr(half, full) > 45.0  # the two outputs differ by well under one 8-bit level
+    assert abs(psnr(half, target) - psnr(full, target)) < 0.1

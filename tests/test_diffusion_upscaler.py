@@ -149,7 +149,7 @@ def test_non_finite_tiles_are_redone_in_fp32(student_dir, monkeypatch):
 def test_non_finite_in_fp32_is_an_error(student_dir, monkeypatch):
     CallLog(monkeypatch, spoil=lambda log, pipe, image: True)
     with pytest.raises(ModelError, match="non-finite"):
-        DiffusionUpscaler(student_dir, 4, steps=1).upscale(tiles(2), CAPTIONS[:2], SEEDS[:2])
+        DiffusionUpscaler(student_dir, 4, steps=1, dtype="fp32").upscale(tiles(2), CAPTIONS[:2], SEEDS[:2])
 
 
 def test_model_errors_name_the_problem(tmp_path, teacher_dir):
@@ -209,3 +209,20 @@ def test_cli_upscale_end_to_end(tmp_path, data_dir, student_dir):
     # RGB went through the (untrained) model; NIR, beyond its 3 channels, through bicubic.
     assert not np.array_equal(pixels[:3], reference[:3])
     np.testing.assert_array_equal(pixels[3], reference[3])
+
+
+def test_default_precision_follows_the_hardware(student_dir, monkeypatch):
+    from geosr.models import diffusion
+
+    assert diffusion.default_dtype_name("cuda:1") == "bf16"
+    monkeypatch.setattr(diffusion, "cpu_has_bf16_matrix_units", lambda: False)
+    assert diffusion.default_dtype_name("cpu") == "fp32"
+    assert DiffusionUpscaler(student_dir, 4, steps=1).dtype == torch.float32
+    monkeypatch.setattr(diffusion, "cpu_has_bf16_matrix_units", lambda: True)
+    assert diffusion.default_dtype_name("cpu") == "bf16"
+    model = DiffusionUpscaler(student_dir, 4, steps=1)
+    assert model.dtype == torch.bfloat16 and "bf16" in model.name
+    assert DiffusionUpscaler(student_dir, 4, steps=1, dtype="fp32").dtype == torch.float32  # asked for wins
+    # a bool either way, whatever this machine is
+    monkeypatch.undo()
+    assert isinstance(diffusion.cpu_has_bf16_matrix_units(), bool)

@@ -48,7 +48,7 @@ def test_cuda_defaults_to_bf16(student_dir):
 def test_cuda_matches_cpu_fp32(student_dir, dtype):
     x = tiles(2)
     options = dict(steps=2, guidance=2.0)
-    cpu = DiffusionUpscaler(student_dir, 4, device="cpu", **options).upscale(x, CAPTIONS[:2], SEEDS[:2])
+    cpu = DiffusionUpscaler(student_dir, 4, device="cpu", dtype="fp32", **options).upscale(x, CAPTIONS[:2], SEEDS[:2])
     gpu = DiffusionUpscaler(student_dir, 4, device="cuda", dtype=dtype, **options).upscale(x, CAPTIONS[:2], SEEDS[:2])
     assert gpu.device.type == "cpu" and gpu.dtype == torch.float32 and torch.isfinite(gpu).all()
     # CPU generators: the same seeds draw the same noise on both devices.

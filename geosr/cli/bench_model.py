@@ -18,7 +18,7 @@ from geosr.cli.options import fail_cleanly
 @click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes to try.")
 @click.option("--steps", type=click.IntRange(min=1), help="Denoising steps (default: the model's).")
 @click.option("--device", default=None, help="Torch device (default: cuda when available, else cpu).")
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None, help="Default: bf16 on CUDA, fp32 on CPU.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None, help="Default: bf16 on CUDA and on CPUs with AMX, else fp32.")
 @click.option("--repeats", default=3, show_default=True, help="Timed calls per batch size (after one warm-up).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
 def bench_model(model, preset, hr_tile, batch_sizes, steps, device, dtype, repeats, json_out):

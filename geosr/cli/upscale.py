@@ -33,7 +33,7 @@ from geosr.routing import CALIBRATED_THRESHOLDS, ROUTES, cheap_path
 @click.option("--steps", type=int, help="Diffusion steps (diffusion models).")
 @click.option("--guidance", type=float, help="Guidance scale g (diffusion models; 1 = no guidance).")
 @click.option("--device", help="Torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available).")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Precision of neural models.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Precision of neural models (default: bf16 on CUDA and on CPUs with AMX, else fp32).")
 @click.option("--batch-size", type=int, help="Tiles per model call (default: 4; 1 for a neural model on the CPU, "
               "where batching saves no time and multiplies memory).")
 @click.option("--seed", default=0, show_default=True, help="Base seed (per-tile seeds derive from it).")
