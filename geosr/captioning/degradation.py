@@ -376,5 +376,6 @@ class DegradationCaptioner:
 
     def caption(self, tiles: torch.Tensor) -> list[str]:
         """Caption ``[B, C, h, w]`` float tiles in [0, 1]."""
-        arr = tiles.detach().to("cpu", torch.float64).clamp(0, 1).numpy().transpose(0, 2, 3, 1)
+        # clamped in float32: estimate() widens to float64 DN itself (exactly), one pass less
+        arr = tiles.detach().to("cpu", torch.float32).clamp(0, 1).numpy().transpose(0, 2, 3, 1)
         return [self.estimate(tile).caption() for tile in arr]
