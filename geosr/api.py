@@ -89,8 +89,9 @@ def upscale(
     seed : int
         Base seed; per-tile seeds derive from it.
     device, dtype, steps, guidance, batch_size
-        Neural model options (torch device, ``fp32``/``fp16``/``bf16``, diffusion steps,
-        guidance scale, tiles per model call).
+        Neural model options (torch device, ``fp32``/``fp16``/``bf16`` - by default bf16 on
+        CUDA and on CPUs with AMX, else fp32 -, diffusion steps, guidance scale, tiles per
+        model call).
     creation_options, overwrite, resume, address, local_workers, performance_report
         Options of a run that writes ``output`` (as ``geosr upscale``): GDAL COG creation
         options, replace OUTPUT, continue a stopped run, dask.distributed scheduler

@@ -61,7 +61,8 @@ class RunConfig:
         Continue a stopped run of the same output, inputs and settings (see
         :mod:`geosr.resumable`); without a stopped run, start from the beginning.
     device, dtype : str or None
-        Torch device and precision for neural models.
+        Torch device and precision for neural models (None: cuda when available; bf16 on
+        CUDA and on CPUs with AMX, else fp32, see :func:`geosr.models.diffusion.default_dtype_name`).
     steps : int or None
     guidance : float or None
     batch_size : int or None
