@@ -103,12 +103,15 @@ def synthetic_fields_scene(path: Path, size: int, seed: int = 0) -> Path:
 def measure_run(inputs: Sequence[str], output: str, args: Sequence[str] = ()) -> dict:
     """Run ``geosr upscale`` in a child process, then the model alone on its tiles in another.
 
-    Returns seconds, output MP/s, peak RSS of the client and of the largest worker process,
+    Returns the model's description (``GEOSR_MODEL``: name, steps, guidance, precision),
+    seconds, output MP/s, peak RSS of the client and of the largest worker process,
     MiB of results the client received, the model-only seconds, the seconds of loading the
     model in a fresh process (imports included: the run pays them too), the engine overhead
     ratio (whole run / model only), the same without the load, and the output's seam score.
     """
     result = _run_child([*inputs, output, *args])
+    with rasterio.open(output) as ds:  # what ran, precision included: figures compare only with it
+        result["model"] = ds.tags().get("GEOSR_MODEL", "")
     result.update(_run_child(["--model-only", *inputs, output, *args]))
     model = max(result["model_seconds"], 1e-9)
     result["overhead_ratio"] = round(result["seconds"] / model, 2)

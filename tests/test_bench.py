@@ -49,6 +49,7 @@ def test_bench_reports_model_time_overhead_memory_traffic_and_seams(tmp_path):
     assert result.exit_code == 0, result.output
     assert "run/model" in result.output and "seams" in result.output
     local = json.loads(out.read_text())[0]
+    assert local["model"].startswith("bicubic") and f"model: {local['model']}" in result.output  # what ran
     assert local["output_megapixels"] == round(256 * 256 / 1e6, 2)
     assert local["model_seconds"] > 0 and local["overhead_ratio"] == round(local["seconds"] / local["model_seconds"], 2)
     # the load of a fresh process, reported beside the run and taken out of the second ratio

@@ -55,6 +55,7 @@ def bench(inputs, synthetic, synthetic_fields, json_out, upscale_args, degrade, 
                        f"{m['load_seconds']:>6.1f} {m['overhead_ratio_loaded']:>5.2f} "
                        f"{m['peak_rss_mib']:>8.0f} {worker:>7} {m['client_received_mib']:>9.1f} {m['seam_score']:>6.3f} "
                        f"{routed:>7}" + (f" {m['psnr']:>6.2f} {m['ssim']:>6.4f}" if degrade else ""))
+        click.echo(f"  model: {r['model']}")
         if compare_route:
             change = f", PSNR {r['psnr_change']:+.3f} dB, SSIM {r['ssim_change']:+.4f}" if degrade else ""
             click.echo(f"  routing saved {r['time_saved']:.0%} of the time{change}")
