@@ -124,11 +124,8 @@ def cpu_has_bf16_matrix_units() -> bool:
 
 def default_dtype_name(device: str) -> str:
     """``bf16`` on CUDA and on CPUs with bf16 matrix units, ``fp32`` elsewhere."""
-    if torch.device(device).type == "cuda":
-        return "bf16"
-    if torch.device(device).type == "cpu" and cpu_has_bf16_matrix_units():
-        return "bf16"
-    return "fp32"
+    kind = torch.device(device).type
+    return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_has_bf16_matrix_units()) else "fp32"
 
 
 def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
