@@ -19,19 +19,19 @@ def _script(path: Path):
     return distill_cfg if "teacher_model" in yaml.safe_load(path.read_text()) else train_controlnet
 
 
-# (teacher, student) recipes of the shipped defaults: x4 is v2's third stage, x2 the v3 student's second stage
-# on the LR grid under the v2 x2 teacher
-SHIPPED_RECIPES = {
-    4: ("geosr_tiny_v2_x4_teacher", "geosr_tiny_v2_x4_student_continued"),
-    2: ("geosr_tiny_v2_x2_teacher", "geosr_tiny_v3_x2_student_continued"),
+# The teacher and the student stages of each shipped default, in training order: each student stage
+# continues the one before it; the last one is shipped. x4: v2 (three stages with the teacher, then a
+# fourth); x2: the v3 student on the LR grid under the v2 x2 teacher (LR/2), three stages.
+TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
+STUDENT_STAGES = {
+    4: ("geosr_tiny_v2_x4_student", "geosr_tiny_v2_x4_student_continued", "geosr_tiny_v2_x4_student_stage4"),
+    2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3"),
 }
-# the first student stage of each shipped default, which the shipped stage continues
-FIRST_STAGES = {4: "geosr_tiny_v2_x4_student", 2: "geosr_tiny_v3_x2_student"}
 
 
 def test_the_recipes_are_there():
     names = {p.stem for p in CONFIGS}
-    shipped = {name for pair in SHIPPED_RECIPES.values() for name in pair} | set(FIRST_STAGES.values())
+    shipped = set(TEACHERS.values()) | {name for stages in STUDENT_STAGES.values() for name in stages}
     baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v3_regression_baseline_x2",
                  "geosr_tiny_v3_regression_baseline_x2_continued"}
     assert shipped | baselines | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
@@ -79,26 +79,29 @@ def test_shipped_models_match_their_recipes(scale):
         assert scheduler[key] == value, key
 
 
+def _recipe(name):
+    return _script(CONFIGS[0].parent / f"{name}.yaml").parse_args(["--config", str(CONFIGS[0].parent / f"{name}.yaml")])
+
+
 def _shipped_recipes(scale):
-    root = CONFIGS[0].parent
-    teacher_name, student_name = SHIPPED_RECIPES[scale]
-    return (train_controlnet.parse_args(["--config", str(root / f"{teacher_name}.yaml")]),
-            distill_cfg.parse_args(["--config", str(root / f"{student_name}.yaml")]))
+    """The teacher's recipe and the shipped (last) student stage's."""
+    return _recipe(TEACHERS[scale]), _recipe(STUDENT_STAGES[scale][-1])
 
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_student_stages_pair_teacher_and_student(scale):
-    root = CONFIGS[0].parent
-    teacher, continued = _shipped_recipes(scale)
-    student = distill_cfg.parse_args(["--config", str(root / f"{FIRST_STAGES[scale]}.yaml")])
-    assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == scale
-    # the shipped stage continues the first student, with the same teacher and the same student layout
-    assert continued.init_student == student.output_dir != continued.output_dir
-    assert continued.teacher_model == student.teacher_model and continued.scale == scale
-    assert continued.guidance_embedding_dim == student.guidance_embedding_dim
-    assert continued.student_unet == student.student_unet and continued.crop_size == student.crop_size
-    assert continued.student_unshuffle_factor == student.student_unshuffle_factor
-    assert set(continued.degradation_mix) <= {"clean", "iso", "aniso"}
+    teacher = _recipe(TEACHERS[scale])
+    stages = [_recipe(name) for name in STUDENT_STAGES[scale]]
+    assert stages[0].teacher_model == teacher.output_dir and stages[0].scale == teacher.scale == scale
+    assert not stages[0].init_student
+    # each later stage continues the one before, with the same teacher and the same student layout
+    for before, stage in zip(stages, stages[1:]):
+        assert stage.init_student == before.output_dir != stage.output_dir
+        assert stage.teacher_model == before.teacher_model and stage.scale == scale
+        assert stage.guidance_embedding_dim == before.guidance_embedding_dim
+        assert stage.student_unet == before.student_unet and stage.crop_size == before.crop_size
+        assert stage.student_unshuffle_factor == before.student_unshuffle_factor
+        assert set(stage.degradation_mix) <= {"clean", "iso", "aniso"}
 
 
 @pytest.mark.parametrize("scale", [2, 4])
