@@ -32,8 +32,9 @@ STUDENT_STAGES = {
 def test_the_recipes_are_there():
     names = {p.stem for p in CONFIGS}
     shipped = set(TEACHERS.values()) | {name for stages in STUDENT_STAGES.values() for name in stages}
-    baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v3_regression_baseline_x2",
-                 "geosr_tiny_v3_regression_baseline_x2_continued"}
+    baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v2_regression_baseline_x4_6400",
+                 "geosr_tiny_v3_regression_baseline_x2", "geosr_tiny_v3_regression_baseline_x2_continued",
+                 "geosr_tiny_v3_regression_baseline_x2_stage3"}
     assert shipped | baselines | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
