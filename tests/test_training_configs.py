@@ -81,7 +81,8 @@ def test_shipped_models_match_their_recipes(scale):
 
 
 def _recipe(name):
-    return _script(CONFIGS[0].parent / f"{name}.yaml").parse_args(["--config", str(CONFIGS[0].parent / f"{name}.yaml")])
+    path = CONFIGS[0].parent / f"{name}.yaml"
+    return _script(path).parse_args(["--config", str(path)])
 
 
 def _shipped_recipes(scale):
