@@ -419,7 +419,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
                                                       config, performance_report, journal, raster)
             else:
                 peak, received = _run_jobs(client, jobs, todo, acc, resources, captions, routes, config,
-                                           performance_report, journal, raster)
+                                           performance_report, journal, writer)
             for window in acc.uncovered():
                 writer.write_empty(window)
         journal.commit(raster.sync)
@@ -567,9 +567,10 @@ def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Se
 
 
 def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None, captions: dict, routes: dict,
-              config: RunConfig, performance_report, journal: RunJournal, raster: WorkRaster) -> tuple[int, int]:
+              config: RunConfig, performance_report, journal: RunJournal, writer: _CellWriter) -> tuple[int, int]:
     """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
-    results here as they complete, and commit finished cells to the journal every few seconds.
+    results here as they complete, write the cells each batch finishes, and commit finished cells
+    to the journal every few seconds.
 
     Returns the peak of bytes pending in the blender and the bytes of results received.
     """
@@ -585,8 +586,9 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None
                 if r.route:
                     routes[r.index] = r.route
                 received += r.hr.nbytes + len(r.caption)
+            writer.flush()
             if journal.commit_due():
-                journal.commit(raster.sync)
+                journal.commit(writer.raster.sync)
             peak = max(peak, acc.pending_bytes)
             progress([r.index for r in results])
     if not acc.done:
@@ -639,11 +641,16 @@ def _progress(tiles, config: RunConfig, performance_report):
 
 
 class _CellWriter:
-    """Turns blended cells into output pixels: inverse stretch, mask, nodata, write."""
+    """Turns blended cells into output pixels (inverse stretch, mask, nodata) and writes them.
+
+    :meth:`write` (the blender's ``emit``) queues a cell; :meth:`flush` writes the queue, cells
+    side by side as one run (:meth:`WorkRaster.write_cells`), and names the cells in the journal.
+    """
 
     def __init__(self, raster: WorkRaster, src, stretch: Stretch, scene: Scene, scale: int, journal: RunJournal) -> None:
         self.raster, self.src, self.stretch, self.scene, self.scale = raster, src, stretch, scene, scale
         self.journal = journal
+        self._queue: list[tuple[Window, np.ndarray, np.ndarray | None]] = []
 
     def _lr_window(self, window: Window) -> Window:
         s = self.scale
@@ -651,9 +658,14 @@ class _CellWriter:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         lr_valid = read_valid(self.src, self._lr_window(window), True) if self.scene.masked else None
-        values, valid = output_pixels(data, self.stretch, lr_valid, self.scale, self.scene.nodata)
-        self.raster.write(window, values, valid)
-        self.journal.record(cell=(int(window.col_off), int(window.row_off)))
+        self._queue.append((window, *output_pixels(data, self.stretch, lr_valid, self.scale, self.scene.nodata)))
+
+    def flush(self) -> None:
+        """Write the queued cells and record them in the journal."""
+        self.raster.write_cells(self._queue)
+        for window, _, _ in self._queue:
+            self.journal.record(cell=(int(window.col_off), int(window.row_off)))
+        self._queue = []
 
     def write_empty(self, window: Window) -> None:
         fill = self.scene.nodata if self.scene.nodata is not None else 0

@@ -75,17 +75,18 @@ def write_cells(job: CellJob, *batches: list[TileResult]) -> CellsWritten:
     results = {r.index: r for batch in batches for r in batch}
     s = job.renderer.scale
     raster = WorkRaster(Path(job.folder), job.profile, job.write_mask)
-    written = []
+    cells = []
     try:
         for window, tiles in job.cells:
             values, valid = job.renderer.render(window, tiles, [results[t.index].hr for t in tiles])
             hr = Window(window.col_off * s, window.row_off * s, window.width * s, window.height * s)
-            raster.write(hr, values, valid)
-            written.append((int(hr.col_off), int(hr.row_off)))
+            cells.append((hr, values, valid))
+        raster.write_cells(cells)  # cells side by side: one write per row of them
         raster.sync()  # durable before the client's journal names these cells
     finally:
         raster.close()
-    return CellsWritten(tuple(written), {i: r.caption for i, r in results.items()},
+    written = tuple((int(hr.col_off), int(hr.row_off)) for hr, _, _ in cells)
+    return CellsWritten(written, {i: r.caption for i, r in results.items()},
                         {i: r.route for i, r in results.items() if r.route is not None})
 
 

