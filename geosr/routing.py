@@ -61,10 +61,10 @@ BLUR_LIMIT = 0.55
 
 MODEL, BICUBIC = "model", "bicubic"
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
+_LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32)
 _SMOOTH_SIGMA = 1.0  # px: the gradient is of structure, not of pixel-to-pixel noise
 # Immerkaer (1996): the difference of two Laplacians, blind to planes and (mostly) to edges
-_IMMERKAER = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+_IMMERKAER = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ def _smoothed_gradient_sq(y: torch.Tensor) -> torch.Tensor:
 @lru_cache(maxsize=1)
 def _noise_gradient_gain() -> float:
     """Mean ``|grad|^2`` that unit white noise leaves after the smoothing (computed, not guessed)."""
-    noise = torch.randn(1, 1, 512, 512, generator=torch.Generator().manual_seed(0))
+    # float32 said, not taken from torch's default dtype: loading a bf16 model in another
+    # thread of a dask worker sets that default for the whole process while it loads
+    noise = torch.randn(1, 1, 512, 512, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     return float(_smoothed_gradient_sq(noise).mean())
 
 

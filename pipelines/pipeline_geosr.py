@@ -111,7 +111,7 @@ def guidance_embedding(
         raise ValueError(f"w must be 1-D (one weight per sample), got shape {tuple(w.shape)}")
     w = w * 1000.0
     half_dim = embedding_dim // 2
-    freq = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
+    freq = torch.log(torch.tensor(10000.0, dtype=torch.float32)) / (half_dim - 1)
     freq = torch.exp(torch.arange(half_dim, dtype=dtype) * -freq).to(w.device)
     emb = w.to(dtype)[:, None] * freq[None, :]
     emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
@@ -546,7 +546,7 @@ class GeoSRPipeline(DiffusionPipeline):
             lr_grid = None if lr_grid is None else torch.cat([lr_grid, lr_grid])
         timestep_cond = None
         if self.is_distilled:
-            w = torch.full((batch,), guidance_scale - 1.0, device=device)
+            w = torch.full((batch,), guidance_scale - 1.0, device=device, dtype=torch.float32)
             timestep_cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(self.unet.dtype)
 
         # 2. Initial noise. The sample stays float32 through the scheduler steps (only the

@@ -140,6 +140,19 @@ def test_guidance_embedding_matches_diffusers_lcm():
         torch.testing.assert_close(guidance_embedding(w, dim, torch.float32), expected, rtol=0, atol=0)
 
 
+def test_guidance_embedding_does_not_follow_torch_default_dtype():
+    # a bf16 model loading in another thread sets torch's default dtype for the whole process
+    w = torch.tensor([0.5, 3.0])
+    expected = guidance_embedding(w, 256)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        got = guidance_embedding(w, 256)
+    finally:
+        torch.set_default_dtype(default)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_guidance_embedding_rejects_non_vector():
     with pytest.raises(ValueError, match="1-D"):
         guidance_embedding(torch.zeros(2, 1), 16)

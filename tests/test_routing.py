@@ -40,6 +40,24 @@ def test_noise_is_measured_and_not_read_as_texture():
     assert texture_dn[2] < BICUBIC_THRESHOLD
 
 
+def test_routing_measures_in_float32_while_a_bf16_model_loads_in_another_thread():
+    # transformers and diffusers set torch's default dtype for the whole process while they load a
+    # bf16 model: a dask worker's warm-up does that beside a task that routes its tiles
+    from geosr import routing
+
+    x = _tiles(_flat(1.0), texture(1, 96, 96, seed=1)[0] * 200)
+    expected = measure_tiles(x)
+    routing._noise_gradient_gain.cache_clear()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        measured = measure_tiles(x)
+    finally:
+        torch.set_default_dtype(default)
+        routing._noise_gradient_gain.cache_clear()
+    np.testing.assert_allclose(measured, expected, rtol=1e-6)
+
+
 def test_flat_clean_tiles_go_to_bicubic_and_texture_or_noise_keeps_the_model():
     ground = texture(1, 96, 96, seed=1)[0] * 200
     routes = route_tiles(_tiles(_flat(0.5), ground, _flat(NOISE_LIMIT * 3)), BICUBIC_THRESHOLD)
