@@ -96,6 +96,11 @@ class TileResult:
     caption: str
     route: TileRoute | None = None  # None: not routed (every tile went to the model)
 
+    def __sizeof__(self) -> int:
+        # dask sizes a task's result with sys.getsizeof: without the HR array a result looks
+        # like 100 bytes, and dask neither counts its memory nor keeps work where it is
+        return object.__sizeof__(self) + self.hr.nbytes + len(self.caption)
+
 
 @functools.lru_cache(maxsize=8)
 def _captioner(spec: str) -> Captioner:

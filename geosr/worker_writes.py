@@ -86,6 +86,9 @@ class TilePart:
     caption: str
     route: TileRoute | None
 
+    def __sizeof__(self) -> int:  # for dask, as TileResult's
+        return object.__sizeof__(self) + self.data.nbytes + len(self.caption)
+
     def result(self) -> TileResult:
         """The tile's result with zeros outside the part (where the cells do not look)."""
         hr = np.zeros(self.shape, self.data.dtype)

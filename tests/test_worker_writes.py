@@ -45,3 +45,13 @@ def test_cells_from_neighbour_parts_match_cells_from_whole_tiles(scale):
             np.testing.assert_array_equal(from_parts, from_whole)
     # the overlap strips travel, not the tiles (a halo of 6 px on 44 px tiles here: about 1/5)
     assert 0 < moved < 0.3 * whole
+
+
+def test_dask_sees_the_size_of_tile_results_and_parts():
+    # dask sizes results with sys.getsizeof: it keeps work where the bytes are, and counts them
+    from dask.sizeof import sizeof
+
+    hr = np.zeros((3, 64, 64), np.float32)
+    (part,) = tile_parts([TileResult(0, hr, "caption")], {0: (0, 64, 0, 16)})
+    assert sizeof([TileResult(0, hr, "caption")]) >= hr.nbytes
+    assert hr.nbytes / 4 <= sizeof([part]) < hr.nbytes / 2
