@@ -57,7 +57,7 @@ from geosr.routing import BICUBIC, MODEL, TileRoute, route_tiles
 from geosr.resumable import open_journal, run_identity, settle_stopped_run
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
-from geosr.scheduling import bounded_map, dask_client, gpu_resources, undo_malloc_trim_threshold
+from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early, undo_malloc_trim_threshold
 from geosr.tiling import Tile, TileGrid
 from geosr.aoi import window_polygon
 from geosr.warm_up import warm_up_workers
@@ -346,7 +346,7 @@ def upscale_scene(
     target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
     if route_map is not None:
         check_route_map_target(route_map, config, target.output)
-    with dask_client(config.address, config.local_workers) as client:
+    with released_early(config.address, config.local_workers) as (client, release_cluster):
         # Models and captioners first: a bad spec fails before any tile is read.
         model = _model_facts_on(client, config)
         identity = run_identity(files, config)
@@ -355,8 +355,8 @@ def upscale_scene(
             journal = open_journal(target.output, identity, config.resume)
             cells = [0]  # known once the tile plan exists; reported when the run stops
             try:
-                report = _upscale_in(journal, files, target, config, model, client, performance_report, route_map,
-                                     cells)
+                report = _upscale_in(journal, files, target, config, model, client, release_cluster,
+                                     performance_report, route_map, cells)
             except BaseException as exc:
                 replacement = settle_stopped_run(journal, exc, cells[0])
                 if replacement is None:
@@ -368,8 +368,9 @@ def upscale_scene(
 
 
 def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunConfig, model: ModelFacts, client,
-                performance_report, route_map, cells: list[int]) -> RunReport:
-    """The run itself, in the journal's work folder (see :func:`upscale_scene`)."""
+                release_cluster: Callable[[], None], performance_report, route_map, cells: list[int]) -> RunReport:
+    """The run itself, in the journal's work folder (see :func:`upscale_scene`); ``release_cluster()``
+    once the tiles are done (the cluster closes during the COG pass)."""
     folder = journal.folder
     caption_mode, caption_n = parse_caption_every(config.caption_every)
     scene_plan = plan_scene(files, config, model.channels, folder.path)
@@ -428,6 +429,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
             for window in acc.uncovered():
                 writer.write_empty(window)
         journal.commit(raster.sync)
+        release_cluster()
         cog = folder / "out.tif"
         raster.to_cog(cog, config.creation_options)
     except BaseException:

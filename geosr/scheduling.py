@@ -13,9 +13,13 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["dask_client", "gpu_resources", "bounded_map", "in_flight", "undo_malloc_trim_threshold"]
+__all__ = ["dask_client", "released_early", "gpu_resources", "bounded_map", "in_flight",
+           "undo_malloc_trim_threshold"]
+
+log = logging.getLogger(__name__)
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -42,6 +46,40 @@ def dask_client(address: str | None = None, local_workers: int | None = None) ->
         cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
     with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def released_early(
+    address: str | None = None, local_workers: int | None = None
+) -> Iterator[tuple["distributed.Client", Callable[[], None]]]:
+    """:func:`dask_client`, and ``release()`` to close it in a background thread before the block ends.
+
+    A run's last step (the COG pass) needs no cluster, and stopping worker processes takes
+    about 2 s: released, that happens beside it. The block's end waits for the close.
+    """
+    stack = contextlib.ExitStack()
+    client = stack.enter_context(dask_client(address, local_workers))
+    closing: list[threading.Thread] = []
+
+    def release() -> None:
+        if not closing:
+            later = stack.pop_all()
+            closing.append(threading.Thread(target=_close_quietly, args=(later,), name="geosr-close", daemon=True))
+            closing[0].start()
+
+    try:
+        yield client, release
+    finally:
+        for thread in closing:
+            thread.join()
+        stack.close()
+
+
+def _close_quietly(stack: contextlib.ExitStack) -> None:
+    try:
+        stack.close()
+    except Exception:  # noqa: BLE001 - the run's work is done; a slow or failed close must not undo it
+        log.debug("closing the dask cluster failed", exc_info=True)
 
 
 def gpu_resources(client: "distributed.Client", neural: bool, device: str | None) -> dict | None:

@@ -21,6 +21,24 @@ def test_local_process_cluster_matches_threads_and_writes_report(tmp_path, data_
     assert (tmp_path / "procs.captions.geojson").read_text() == (tmp_path / "threads.captions.geojson").read_text()
 
 
+def test_a_released_cluster_closes_beside_the_rest_of_the_block():
+    import time
+
+    from geosr.scheduling import released_early
+
+    with released_early(local_workers=1) as (client, release):
+        assert client.submit(sum, [1, 2]).result() == 3
+        release()
+        release()  # once is enough
+        deadline = time.monotonic() + 60
+        while client.status != "closed":  # it closes while the block goes on
+            assert time.monotonic() < deadline, "the released cluster did not close"
+            time.sleep(0.05)
+    with released_early() as (client, release):  # never released: closed at the end, as dask_client
+        pass
+    assert client.status == "closed"
+
+
 def test_workers_get_glibc_adaptive_allocation_back(monkeypatch):
     # dask's nannies export MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold: the
     # tasks undo it once per process (a tile took 2.5 s instead of 1.4 s under it)
