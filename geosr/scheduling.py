@@ -28,23 +28,7 @@ Result = TypeVar("Result")
 @contextlib.contextmanager
 def dask_client(address: str | None = None, local_workers: int | None = None) -> Iterator["distributed.Client"]:
     """A dask.distributed client: remote scheduler, local processes, or local threads."""
-    import distributed
-
-    if address:
-        with distributed.Client(address) as client:
-            yield client
-        return
-    # Worker processes log a failed task with its traceback, a restart with its pid...: geosr
-    # reports failures itself, in one line.
-    # no dashboard: its web server (bokeh) costs a second of start-up and nothing here uses it
-    kwargs = dict(dashboard_address=None, silence_logs=logging.CRITICAL)
-    if local_workers:
-        cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
-    else:
-        # Threads share the model cache; torch already uses several cores per call.
-        threads = max(1, (os.cpu_count() or 2) // 2)
-        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
-    with cluster, distributed.Client(cluster) as client:
+    with released_early(address, local_workers) as (client, _):
         yield client
 
 
@@ -52,34 +36,58 @@ def dask_client(address: str | None = None, local_workers: int | None = None) ->
 def released_early(
     address: str | None = None, local_workers: int | None = None
 ) -> Iterator[tuple["distributed.Client", Callable[[], None]]]:
-    """:func:`dask_client`, and ``release()`` to close it in a background thread before the block ends.
+    """:func:`dask_client`, and ``release()`` to close it before the block ends.
 
-    A run's last step (the COG pass) needs no cluster, and stopping worker processes takes
-    about 2 s: released, that happens beside it. The block's end waits for the close.
+    A run's last step (the COG pass) needs no cluster, and stopping local worker processes
+    takes about 2 s: ``release()`` closes the client at once (in this thread, where dask made
+    it the current client) and the local cluster in a background thread, beside the rest of
+    the block. The block's end waits for that close.
     """
-    stack = contextlib.ExitStack()
-    client = stack.enter_context(dask_client(address, local_workers))
+    import distributed
+
+    cluster = None if address else _local_cluster(local_workers)
+    client_exit = contextlib.ExitStack()
     closing: list[threading.Thread] = []
 
     def release() -> None:
         if not closing:
-            later = stack.pop_all()
-            closing.append(threading.Thread(target=_close_quietly, args=(later,), name="geosr-close", daemon=True))
+            client_exit.close()
+            closing.append(threading.Thread(target=_close_quietly, args=(cluster,), name="geosr-close", daemon=True))
             closing[0].start()
 
     try:
+        client = client_exit.enter_context(distributed.Client(address or cluster))
         yield client, release
     finally:
-        for thread in closing:
-            thread.join()
-        stack.close()
+        if closing:
+            closing[0].join()
+        else:
+            client_exit.close()
+            if cluster is not None:
+                cluster.close()
 
 
-def _close_quietly(stack: contextlib.ExitStack) -> None:
+def _local_cluster(local_workers: int | None) -> "distributed.LocalCluster":
+    import distributed
+
+    # Worker processes log a failed task with its traceback, a restart with its pid...: geosr
+    # reports failures itself, in one line.
+    # no dashboard: its web server (bokeh) costs a second of start-up and nothing here uses it
+    kwargs = dict(dashboard_address=None, silence_logs=logging.CRITICAL)
+    if local_workers:
+        return distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
+    # Threads share the model cache; torch already uses several cores per call.
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    return distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
+
+
+def _close_quietly(cluster: "distributed.LocalCluster | None") -> None:
+    if cluster is None:
+        return
     try:
-        stack.close()
+        cluster.close()
     except Exception:  # noqa: BLE001 - the run's work is done; a slow or failed close must not undo it
-        log.debug("closing the dask cluster failed", exc_info=True)
+        log.debug("closing the local dask cluster failed", exc_info=True)
 
 
 def gpu_resources(client: "distributed.Client", neural: bool, device: str | None) -> dict | None:
