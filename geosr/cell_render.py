@@ -21,7 +21,7 @@ from geosr.reading import read_valid
 from geosr.scene import open_raster
 from geosr.tiling import Tile
 
-__all__ = ["CellRenderer", "avoid_nodata", "output_pixels"]
+__all__ = ["CellRenderer", "avoid_nodata", "output_pixels", "overlap_slices"]
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,11 @@ class CellRenderer:
             top, _, left, _ = (p * s for p in tile.pad)
             data = hr[:, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
             wy, wx = tile_axis_weights(tile, self.overlap, s, self.blend)
-            src, dst = _overlap_slices(tile.read, window, s)
+            src, dst = overlap_slices(tile.read, window, s)
             weights = np.outer(wy[src[0]], wx[src[1]])  # only this window's part of the tile
             acc[(slice(None),) + dst] += data[(slice(None),) + src] * weights
             wsum[dst] += weights
-            in_core[_overlap_slices(tile.core, window, s)[1]] = True
+            in_core[overlap_slices(tile.core, window, s)[1]] = True
         acc /= np.maximum(wsum, 1e-12)[None]
         lr_valid = None
         if self.masked:
@@ -122,7 +122,7 @@ def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
         values[hit] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
 
 
-def _overlap_slices(a: Window, b: Window, s: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+def overlap_slices(a: Window, b: Window, s: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
     """HR slices of the overlap of LR windows ``a`` and ``b``: into ``a``'s array, into ``b``'s."""
     r0, r1 = max(a.row_off, b.row_off), min(a.row_off + a.height, b.row_off + b.height)
     c0, c1 = max(a.col_off, b.col_off), min(a.col_off + a.width, b.col_off + b.width)

@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from geosr.blending import BlendAccumulator
 from geosr import engine
-from geosr.cell_render import CellRenderer, _overlap_slices
+from geosr.cell_render import CellRenderer, overlap_slices
 from geosr.engine import BatchJob, TileResult, _shippable_errors
 from geosr.routing import TileRoute
 from geosr.journal import RunJournal
@@ -105,7 +105,7 @@ def part_boxes(cells: Sequence[tuple[Window, tuple[Tile, ...]]], tiles: Collecti
         for t in covering:
             if t.index not in tiles:
                 continue
-            rows, cols = _overlap_slices(t.read, window, scale)[0]
+            rows, cols = overlap_slices(t.read, window, scale)[0]
             top, left = t.pad[0] * scale, t.pad[2] * scale
             box = (top + rows.start, top + rows.stop, left + cols.start, left + cols.stop)
             old = boxes.get(t.index, box)
@@ -115,7 +115,7 @@ def part_boxes(cells: Sequence[tuple[Window, tuple[Tile, ...]]], tiles: Collecti
 
 @_shippable_errors
 def tile_parts(batch: list[TileResult], boxes: dict[int, tuple[int, int, int, int]]) -> list[TilePart]:
-    """The ``boxes`` of a batch's results, copied (runs where the batch is)."""
+    """The ``boxes`` of a batch's results, copied (a task that dask places with the batch's result)."""
     parts = []
     for r in batch:
         if r.index in boxes:
