@@ -1,16 +1,16 @@
 """Blend and write the output cells on the dask workers: HR tiles never reach the client.
 
-With worker processes (``--local-workers``, ``--address``) a run is a graph of two kinds of
-tasks. A tile batch (read, caption, upscale: :func:`geosr.engine.process_batch`) leaves its
-HR result on the worker that made it. A cell task per batch takes the results of the batches
-it needs, blends the output cells that batch completes (those whose last covering tile is in
-it), inverse-stretches and masks them, writes them into
-the run's raw work raster (``pwrite`` at disjoint offsets: no lock) and makes them durable
-before it returns. The client gets back cell offsets and captions only, so its memory and
-traffic stay flat whatever the scene size, and blending and writing run on every worker.
-Of a neighbouring batch, a cell task gets only the parts of its tiles that its cells cover
-(:func:`tile_parts`, cut where the batch is): the overlap strips, not whole HR tiles, travel
-between workers (x4, 256 px tiles, 16 px halo: about 1/9 of a tile per neighbour).
+With worker processes (``--local-workers``, ``--address``) a run is a graph of tile tasks and
+cell tasks. A tile batch (read, caption, upscale: :func:`geosr.engine.process_batch`) leaves
+its HR result on the worker that made it. A cell task per batch takes that result and, of each
+neighbouring batch, only the parts of its tiles that its cells read (:func:`tile_parts`, a
+small task dask places with the neighbour's result: the overlap strips travel between workers,
+not whole HR tiles; x4, 256 px tiles, 16 px halo: about 1/9 of a tile per neighbour). It blends
+the output cells its batch completes (those whose last covering tile is in it),
+inverse-stretches and masks them, writes them into the run's raw work raster (``pwrite`` at
+disjoint offsets: no lock) and makes them durable before it returns. The client gets back cell
+offsets and captions only, so its memory and traffic stay flat whatever the scene size, and
+blending and writing run on every worker.
 
 The pixels are the bits the client's blend writes: :class:`geosr.cell_render.CellRenderer`
 sums the same contributions in the same order. The work folder must be visible to the workers
