@@ -45,17 +45,19 @@ def released_early(
     """
     import distributed
 
-    cluster = None if address else _local_cluster(local_workers)
-    client_exit = contextlib.ExitStack()
+    # entered as `with cluster, Client(cluster)` would, and left in its order: the client, then the cluster
+    cluster_exit, client_exit = contextlib.ExitStack(), contextlib.ExitStack()
     closing: list[threading.Thread] = []
 
     def release() -> None:
         if not closing:
             client_exit.close()
-            closing.append(threading.Thread(target=_close_quietly, args=(cluster,), name="geosr-close", daemon=True))
+            closing.append(threading.Thread(target=_close_quietly, args=(cluster_exit,), name="geosr-close",
+                                            daemon=True))
             closing[0].start()
 
     try:
+        cluster = None if address else cluster_exit.enter_context(_local_cluster(local_workers))
         client = client_exit.enter_context(distributed.Client(address or cluster))
         yield client, release
     finally:
@@ -63,8 +65,7 @@ def released_early(
             closing[0].join()
         else:
             client_exit.close()
-            if cluster is not None:
-                cluster.close()
+            cluster_exit.close()
 
 
 def _local_cluster(local_workers: int | None) -> "distributed.LocalCluster":
@@ -81,11 +82,9 @@ def _local_cluster(local_workers: int | None) -> "distributed.LocalCluster":
     return distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
 
 
-def _close_quietly(cluster: "distributed.LocalCluster | None") -> None:
-    if cluster is None:
-        return
+def _close_quietly(cluster_exit: contextlib.ExitStack) -> None:
     try:
-        cluster.close()
+        cluster_exit.close()
     except Exception:  # noqa: BLE001 - the run's work is done; a slow or failed close must not undo it
         log.debug("closing the local dask cluster failed", exc_info=True)
 
