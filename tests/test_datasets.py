@@ -84,3 +84,41 @@ def test_dataloader_with_two_workers(png_dir):
     assert len(serial) == len(parallel) == 3
     for a, b in zip(serial, parallel):
         assert torch.equal(a["hr"], b["hr"]) and a["caption"] == b["caption"]
+
+
+def test_rescaled_and_jittered_crops(tmp_path):
+    # a smooth image with a sharp edge: a coarser GSD makes the edge span fewer pixels
+    folder = tmp_path / "big"
+    folder.mkdir()
+    image = np.zeros((96, 96, 3), dtype=np.uint8)
+    image[:, 48:] = 200
+    image[..., 1] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :]
+    Image.fromarray(image).save(folder / "edge.png")
+    plain = SRPairDataset(folder, crop_size=32, scale=4, crops_per_image=4, seed=1, augment=False)
+    rescaled = SRPairDataset(folder, crop_size=32, scale=4, crops_per_image=4, seed=1, augment=False,
+                             rescale_prob=1.0, rescale_range=(0.5, 0.5))
+    for i in range(len(plain)):
+        a, b = plain[i]["hr"], rescaled[i]["hr"]
+        assert b.shape == (3, 32, 32) and 0 <= b.min() and b.max() <= 1
+        # green is a ramp of 255/95 per source px: twice that per px at half the resolution
+        slope_a = float((a[1, :, 1:] - a[1, :, :-1]).median())
+        slope_b = float((b[1, :, 1:] - b[1, :, :-1]).median())
+        assert slope_b == pytest.approx(2 * slope_a, rel=0.15)
+    again = SRPairDataset(folder, crop_size=32, scale=4, crops_per_image=4, seed=1, augment=False,
+                          rescale_prob=1.0, rescale_range=(0.5, 0.5))
+    assert all(_same(rescaled[i], again[i]) for i in range(len(again)))
+
+    jittered = SRPairDataset(folder, crop_size=32, scale=4, crops_per_image=4, seed=1, augment=False,
+                             color_jitter=0.2, protocol="clean")
+    clean = SRPairDataset(folder, crop_size=32, scale=4, crops_per_image=4, seed=1, augment=False,
+                          protocol="clean")
+    changed = [not torch.allclose(jittered[i]["hr"], clean[i]["hr"], atol=1e-3) for i in range(len(clean))]
+    assert all(changed)
+    assert all(0 <= jittered[i]["hr"].min() and jittered[i]["hr"].max() <= 1 for i in range(len(clean)))
+
+
+@pytest.mark.parametrize("kwargs", [dict(rescale_range=(0.5, 1.5)), dict(rescale_range=(0.0, 1.0)),
+                                    dict(rescale_prob=1.5), dict(color_jitter=-0.1)])
+def test_bad_augmentation_settings_are_refused(png_dir, kwargs):
+    with pytest.raises(InputError):
+        SRPairDataset(png_dir, crop_size=32, scale=4, **kwargs)

@@ -142,3 +142,32 @@ def test_with_final_timesteps_moves_the_drawn_share_to_the_last_timestep():
     assert torch.equal(with_final_timesteps(timesteps, 0.0, 999, torch.Generator().manual_seed(0)), timesteps)
     again = with_final_timesteps(timesteps, 0.25, 999, torch.Generator().manual_seed(0))
     assert torch.equal(moved, again)
+
+
+def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
+    base = dict(TINY_BASE, unet=dict(
+        {"class": "LRSpaceDenoiser"}, in_channels=51, out_channels=48, channels=8, num_blocks=2,
+        cross_attention_dim=32, attention_head_dim=4, embedding_dim=16, text_pool_heads=2,
+    ))
+    common = dict(common_run_config(tmp_path), train_base=True, predict_residual=True, residual_scale=10.0,
+                  unshuffle_factor=4, concat_lr=True, base=base, degradation="mixed", validation_images=[],
+                  rescale_prob=0.5, color_jitter=0.1, learning_rate=1e-2)
+    config = write_yaml(tmp_path, dict(common, ema_decay=0.9, output_dir=str(tmp_path / "ema_run")))
+    out = train_controlnet.main(train_controlnet.parse_args(["--config", str(config)]))
+    # the checkpoint at step 2 wrote the averaged network beside the optimizer state
+    assert (out / "ema" / "STEP").read_text().strip() == "2"
+    at_two = GeoSRPipeline.from_pretrained(out / "ema")
+    final = GeoSRPipeline.from_pretrained(out)
+    # the final pipeline is the average, not the last step's weights: it differs from step 2's average
+    w_final = final.controlnet.conv_in.weight
+    assert not torch.equal(w_final, at_two.controlnet.conv_in.weight)
+    assert at_two.text_encoder.dtype == torch.float32
+
+    # a new run from that folder starts from its weights (not a fresh init)
+    config2 = write_yaml(tmp_path, dict(common, max_train_steps=1, checkpointing_steps=10, learning_rate=0.0,
+                                        lr_warmup_steps=0, output_dir=str(tmp_path / "continued")))
+    out2 = train_controlnet.main(train_controlnet.parse_args(
+        ["--config", str(config2), "--init_pipeline", str(out)]))
+    continued = GeoSRPipeline.from_pretrained(out2)
+    for mine, theirs in zip(continued.unet.parameters(), final.unet.parameters()):
+        torch.testing.assert_close(mine, theirs)

@@ -95,6 +95,26 @@ def _to_unit(array: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).transpose(1, 2, 0)
 
 
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """``H x W x C`` float image -> ``size x size x C`` by antialiased bicubic, clipped to [0, 1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bicubic", antialias=True,
+                                          align_corners=False)
+    return out[0].clamp_(0.0, 1.0).numpy().transpose(1, 2, 0)
+
+
+def _jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A random brightness / contrast / per-band gain / gamma change of an image in [0, 1]."""
+    bands = image.shape[2]
+    gain = (1.0 + rng.uniform(-strength, strength)) * (1.0 + rng.uniform(-strength, strength, bands) / 3)
+    contrast = 1.0 + rng.uniform(-strength, strength)
+    gamma = float(np.exp(rng.uniform(-strength, strength)))
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    out = (image - mean) * contrast + mean
+    out = np.clip(out * gain.astype(np.float32), 0.0, 1.0) ** gamma
+    return out.astype(np.float32)
+
+
 def _load_captions(path: Path) -> dict[str, str]:
     """A JSON object mapping image file name (or path relative to any source) to caption."""
     with open(path, encoding="utf-8") as f:
@@ -139,6 +159,18 @@ class SRPairDataset(Dataset):
         batches already seen, gets exactly the batches it would have got.
     augment : bool
         Random flips and 90-degree rotations of the HR crop.
+    rescale_prob : float
+        Probability that a crop is drawn at another ground sample distance: a window
+        ``1/f`` times the crop side, ``f`` uniform in ``rescale_range``, resized to the crop
+        (antialiased bicubic). The training sets hold two GSDs (0.1 m NEON, 0.3 m UC Merced);
+        users' scenes hold any.
+    rescale_range : (float, float)
+        Range of the factor ``f``; ``f < 1`` coarsens the GSD (downsampling, which sharpens
+        per pixel), ``f > 1`` is not allowed (upsampling would teach blur as "sharp").
+    color_jitter : float
+        Strength ``j`` of a random photometric change of the HR crop (before degradation):
+        brightness and contrast by ``1 +- j``, per-band gain by ``1 +- j/3``, gamma by
+        ``exp(+-j)``; clipped to [0, 1]. 0 turns it off.
     seed : int
         Base seed; see the module docstring.
     cache : bool
@@ -160,6 +192,9 @@ class SRPairDataset(Dataset):
         mix: dict[str, float] | None = None,
         shuffle: bool = True,
         augment: bool = True,
+        rescale_prob: float = 0.0,
+        rescale_range: tuple[float, float] = (0.5, 1.0),
+        color_jitter: float = 0.0,
         seed: int = 0,
         cache: bool = False,
     ) -> None:
@@ -172,6 +207,13 @@ class SRPairDataset(Dataset):
         self.crops_per_image = int(crops_per_image)
         self.max_nodata_fraction = float(max_nodata_fraction)
         self.jpeg_prob, self.augment, self.seed = float(jpeg_prob), bool(augment), int(seed)
+        low, high = (float(v) for v in rescale_range)
+        if not 0.0 < low <= high <= 1.0:
+            raise InputError(f"rescale_range {rescale_range}: need 0 < low <= high <= 1")
+        if not 0.0 <= rescale_prob <= 1.0 or color_jitter < 0.0:
+            raise InputError(f"rescale_prob {rescale_prob} must lie in [0, 1], color_jitter {color_jitter} >= 0")
+        self.rescale_prob, self.rescale_range = float(rescale_prob), (low, high)
+        self.color_jitter = float(color_jitter)
         self.mix = None if mix is None else mixture_weights(mix)
         self.cache, self.shuffle = cache, bool(shuffle)
         self.epoch = 0
@@ -208,13 +250,22 @@ class SRPairDataset(Dataset):
             index = int(np.random.default_rng([self.seed, self.epoch]).permutation(len(self))[index])
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         # an image whose windows are all rejected hands over to the next one
+        factor = 1.0
+        if self.rescale_prob and rng.random() < self.rescale_prob:
+            factor = float(rng.uniform(*self.rescale_range))
         for k in range(len(self.images)):
             info = self.images[(index + k) % len(self.images)]
-            hr = self._random_crop(info, rng)
+            # the window a factor-f crop needs, as large as the image allows
+            window = min(round(self.crop_size / factor), info.width, info.height)
+            hr = self._random_crop(info, rng, window)
             if hr is not None:
                 break
         else:
             raise InputError("every image is masked everywhere (nodata) at this crop size")
+        if hr.shape[0] != self.crop_size:
+            hr = _resize(hr, self.crop_size)
+        if self.color_jitter:
+            hr = _jitter(hr, self.color_jitter, rng)
         if self.augment:
             hr = np.rot90(hr, k=int(rng.integers(4)))
             if rng.random() < 0.5:
@@ -227,9 +278,8 @@ class SRPairDataset(Dataset):
         lr_t = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))
         return {"hr": hr_t, "lr": lr_t, "caption": self._caption(info, lr_t, describe(params))}
 
-    def _random_crop(self, info: _ImageInfo, rng: np.random.Generator, tries: int = 50):
-        """An ``H x W x C`` float crop, or None when ``tries`` windows were all too masked."""
-        size = self.crop_size
+    def _random_crop(self, info: _ImageInfo, rng: np.random.Generator, size: int, tries: int = 50):
+        """An ``size x size x C`` float crop, or None when ``tries`` windows were all too masked."""
         if info.path.suffix.lower() not in _TIFF_SUFFIXES:
             image = self._pillow(info.path)
             row = int(rng.integers(info.height - size + 1))

@@ -48,6 +48,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--jpeg_prob", type=float, default=0.0)
     add("--captions", type=str, default="truth",
         help="truth | none | captioner:<spec> | file:<captions.json>")
+    add("--rescale_prob", type=float, default=0.0,
+        help="Share of crops drawn at a coarser ground sample distance (see rescale_range).")
+    add("--rescale_range", type=float, nargs=2, default=[0.5, 1.0],
+        help="Range of the GSD factor f of a rescaled crop (a 1/f px window resized to the crop).")
+    add("--color_jitter", type=float, default=0.0,
+        help="Strength of random brightness/contrast/gain/gamma of the HR crop (0: off).")
     add("--bands", type=int, nargs="+", default=[1, 2, 3])
     add("--crops_per_image", type=int, default=1)
     add("--cache_images", action=argparse.BooleanOptionalAction, default=True)
@@ -144,6 +150,9 @@ def make_dataloader(args: argparse.Namespace) -> torch.utils.data.DataLoader:
         crops_per_image=args.crops_per_image,
         jpeg_prob=args.jpeg_prob,
         mix=args.degradation_mix,
+        rescale_prob=args.rescale_prob,
+        rescale_range=tuple(args.rescale_range),
+        color_jitter=args.color_jitter,
         seed=args.seed,
         cache=args.cache_images,
     )

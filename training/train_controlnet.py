@@ -18,6 +18,7 @@ The result is a complete GeoSRPipeline directory in ``output_dir``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -31,6 +32,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -59,6 +61,7 @@ __all__ = [
     "diffusion_loss",
     "encode_captions",
     "load_models",
+    "load_pipeline_components",
     "main",
     "parse_args",
     "render_validation",
@@ -102,6 +105,12 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--contrastive_momentum", type=float, default=0.99)
     add("--contrastive_dim", type=int, default=128)
     add("--validation_guidance_scale", type=float, default=4.0)
+    add("--ema_decay", type=float, default=0.0,
+        help="Keep an exponential moving average of the trained weights (e.g. 0.999; 0: off): the "
+             "saved pipelines (final, and ema/ at every checkpoint) carry the averaged weights.")
+    add("--init_pipeline", type=str, default=None,
+        help="Start the denoiser, ControlNet and text encoder from this saved GeoSRPipeline folder "
+             "(e.g. a campaign's training_state/...) instead of building them from `base`.")
     return parse_with_config(parser, input_args, yaml_only={"base": None})
 
 
@@ -114,6 +123,8 @@ def load_models(args: argparse.Namespace) -> dict[str, Any]:
         ``vae`` (or None), ``text_encoder``, ``tokenizer``, ``unet``, ``controlnet``,
         ``scheduler`` (the training noise schedule).
     """
+    if args.init_pipeline:
+        return load_pipeline_components(args.init_pipeline)
     if args.pretrained_model_name_or_path:
         models = load_components(args.pretrained_model_name_or_path, revision=args.revision)
     elif args.base:
@@ -136,6 +147,21 @@ def load_models(args: argparse.Namespace) -> dict[str, Any]:
     if args.concat_lr and not args.unshuffle_factor:
         raise ValueError("concat_lr needs unshuffle_factor")
     return models
+
+
+def load_pipeline_components(path: str | Path) -> dict[str, Any]:
+    """The components of a saved LR-space GeoSRPipeline, to train on from (weights, no optimizer state)."""
+    pipeline = GeoSRPipeline.from_pretrained(str(path))
+    if pipeline.controlnet is None:
+        raise ValueError(f"{path}: a pipeline without a ControlNet cannot be trained on as a teacher")
+    return {
+        "vae": pipeline.vae,
+        "text_encoder": pipeline.text_encoder,
+        "tokenizer": pipeline.tokenizer,
+        "unet": pipeline.unet,
+        "controlnet": pipeline.controlnet,
+        "scheduler": DDPMScheduler.from_config(pipeline.scheduler.config),
+    }
 
 
 def encode_captions(tokenizer, text_encoder, captions: Sequence[str]) -> torch.Tensor:
@@ -295,6 +321,17 @@ def step_generator(seed: int, step: int, accelerator) -> torch.Generator:
     return gen.manual_seed((seed * 1_000_003 + step) * 64 + accelerator.process_index)
 
 
+@contextlib.contextmanager
+def averaged_weights(ema: EMAModel, parameters: list[torch.nn.Parameter]):
+    """Swap the EMA weights into ``parameters`` for the duration of the block."""
+    ema.store(parameters)
+    ema.copy_to(parameters)
+    try:
+        yield
+    finally:
+        ema.restore(parameters)
+
+
 def _make_pipeline(accelerator, models, controlnet, unet, args) -> GeoSRPipeline:
     scheduler = DDIMScheduler.from_config(models["scheduler"].config, timestep_spacing="trailing")
     return GeoSRPipeline(
@@ -382,6 +419,16 @@ def main(args: argparse.Namespace) -> Path:
         # prepared so that save_state / load_state carry its head, key encoder and queue
         aligner = accelerator.prepare(aligner)
 
+    ema = None
+    if args.ema_decay:
+        trained = list(accelerator.unwrap_model(controlnet).parameters())
+        if args.train_base:
+            trained += list(accelerator.unwrap_model(unet).parameters())
+        # warm-up (decay 1 - (1 + step)^-3/4: 0.994 at 1k steps, the cap 0.999 at 10k) so that
+        # the average does not hold on to the random init of a network trained from scratch
+        ema = EMAModel(trained, decay=args.ema_decay, use_ema_warmup=True, power=0.75)
+        accelerator.register_for_checkpointing(ema)  # saved and resumed with the rest
+
     updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
     num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
     if args.report_to != "none":
@@ -453,6 +500,8 @@ def main(args: argparse.Namespace) -> Path:
                     inner.enqueue(accelerator.gather(keys))
                     if accelerator.sync_gradients:
                         inner.update_key_encoder(unwrapped.controlnet_cond_embedding)
+                if ema is not None and accelerator.sync_gradients:
+                    ema.step(trained)
 
             if not accelerator.sync_gradients:
                 continue
@@ -463,6 +512,14 @@ def main(args: argparse.Namespace) -> Path:
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                if ema is not None and accelerator.is_main_process:
+                    with averaged_weights(ema, trained):
+                        pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
+                        pipeline.to(dtype=torch.float32)  # the frozen parts may run in half precision
+                        pipeline.save_pretrained(str(output_dir / "ema"))
+                        if text_encoder is not None:
+                            text_encoder.to(dtype=weight_dtype)
+                    (output_dir / "ema" / "STEP").write_text(f"{global_step}\n")
             if pairs and args.validation_steps and global_step % args.validation_steps == 0:
                 pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
                 render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
@@ -475,6 +532,8 @@ def main(args: argparse.Namespace) -> Path:
     accelerator.wait_for_everyone()
     save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
     if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(trained)  # the run's result is the averaged network
         pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
         if weight_dtype != torch.float32:
             pipeline.to(dtype=torch.float32)  # the frozen parts ran in half precision
