@@ -46,7 +46,7 @@ from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
 from geosr.errors import GeosrError
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
-from geosr.journal import RunJournal, WorkFolder
+from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.models import CLASSICAL, Upscaler, load_upscaler
 from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
 from geosr.output_lock import OutputLock
@@ -54,7 +54,7 @@ from geosr.radiometry import Stretch
 from geosr.reading import read_tile, read_valid
 from geosr.route_map import check_route_map_target, write_route_map
 from geosr.routing import BICUBIC, MODEL, TileRoute, route_tiles
-from geosr.resumable import open_journal, run_identity, settle_stopped_run
+from geosr.resumable import open_journal, run_identity, settle_stopped_run, verify_finished_cells
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early, undo_malloc_trim_threshold
@@ -399,6 +399,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
         rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
     )
+    verify_finished_cells(journal, raster)
     captions: dict[int, str] = dict(journal.captions)
     routes: dict[int, TileRoute] = dict(journal.routes)
     try:
@@ -669,9 +670,10 @@ class _CellWriter:
 
     def flush(self) -> None:
         """Write the queued cells and record them in the journal."""
-        self.raster.write_cells(self._queue)
-        for window, _, _ in self._queue:
-            self.journal.record(cell=(int(window.col_off), int(window.row_off)))
+        crcs = self.raster.write_cells(self._queue)
+        for (window, _, _), crc in zip(self._queue, crcs):
+            self.journal.record(cell=CellRecord(int(window.col_off), int(window.row_off),
+                                                int(window.width), int(window.height), crc))
         self._queue = []
 
     def write_empty(self, window: Window) -> None:

@@ -8,31 +8,61 @@ the work raster (see :class:`geosr.writer.WorkRaster`) and two small files:
   setting that changes the output's bytes. ``--resume`` adopts a stopped run only when
   the identities are equal, and otherwise says which entries differ.
 - ``journal.jsonl``: one JSON line per commit, with the output cells finished since the
-  last commit (HR window offsets) and the captions and routes (:mod:`geosr.routing`) of
-  the tiles that fed them.
+  last commit (HR window, and the CRC-32 of the bytes written there: :class:`CellRecord`)
+  and the captions and routes (:mod:`geosr.routing`) of the tiles that fed them.
 
 A commit first makes the cells' pixels durable (``fdatasync`` of the work raster, done
 by the caller's ``sync``), then appends and ``fsync``s the journal line, so the journal
-never names a cell whose pixels could be lost with the node. A line torn by a kill is
-ignored. Cells are committed every :data:`COMMIT_SECONDS`, so a SIGKILL loses at most
-that much work.
+never names a cell whose pixels could be lost with the node. Cells are committed every
+:data:`COMMIT_SECONDS`, so a SIGKILL loses at most that much work.
+
+The journal is read up to its last valid record: a line torn by a kill or a full disk, or
+damaged in any other way (binary garbage, wrong types), ends it, and the damaged tail is
+cut (:meth:`RunJournal.cut_damaged_tail`) before a resumed run appends to it, so new records
+never hide behind a torn line. A record only says a cell *was* written: a resumed run
+checks each cell's bytes against its checksum (:meth:`geosr.writer.WorkRaster.cell_crc`)
+before trusting it, so a deleted, truncated or overwritten work raster costs recomputation,
+never wrong pixels.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 from geosr.errors import WriteError
 from geosr.routing import TileRoute
 
-__all__ = ["COMMIT_SECONDS", "WorkFolder", "RunJournal", "describe_size", "identity_differences"]
+__all__ = ["COMMIT_SECONDS", "CellRecord", "DamagedJournal", "WorkFolder", "RunJournal", "describe_size",
+           "identity_differences"]
+
+log = logging.getLogger(__name__)
 
 COMMIT_SECONDS = 1.0
+
+
+class CellRecord(NamedTuple):
+    """A finished output cell: its HR window and the CRC-32 of its bytes in the work raster."""
+
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+    crc: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(col_off, row_off)``: how the blender names a cell."""
+        return self.col_off, self.row_off
+
+
+class DamagedJournal(Exception):
+    """A work folder's ``run.json`` is missing or not a run identity; the message says which."""
 
 
 def describe_size(nbytes: int) -> str:
@@ -110,14 +140,17 @@ class RunJournal:
     IDENTITY = "run.json"
     JOURNAL = "journal.jsonl"
 
-    def __init__(self, folder: WorkFolder, identity: dict, cells: set, captions: dict,
-                 routes: dict | None = None) -> None:
+    def __init__(self, folder: WorkFolder, identity: dict, cells: Mapping[tuple[int, int], CellRecord],
+                 captions: dict, routes: dict | None = None, valid_bytes: int = 0, damaged_bytes: int = 0) -> None:
         self.folder = folder
         self.identity = identity
-        self.cells: set[tuple[int, int]] = cells
+        #: finished cells by ``(col_off, row_off)``
+        self.records: dict[tuple[int, int], CellRecord] = dict(cells)
         self.captions: dict[int, str] = captions
         self.routes: dict[int, TileRoute] = routes or {}
-        self._new_cells: list[tuple[int, int]] = []
+        #: bytes of journal.jsonl up to the end of its last valid record, and after it
+        self.valid_bytes, self.damaged_bytes = valid_bytes, damaged_bytes
+        self._new_cells: list[CellRecord] = []
         self._new_captions: dict[int, str] = {}
         self._new_routes: dict[int, TileRoute] = {}
         self._last_commit = time.monotonic()
@@ -128,33 +161,73 @@ class RunJournal:
         tmp = folder / (cls.IDENTITY + ".tmp")
         tmp.write_text(json.dumps(dict(identity), indent=1, sort_keys=True))
         os.replace(tmp, folder / cls.IDENTITY)
-        return cls(folder, dict(identity), set(), {})
+        return cls(folder, dict(identity), {}, {})
 
     @classmethod
-    def load(cls, folder: WorkFolder) -> "RunJournal | None":
-        """The journal in ``folder``, or None when it has no identity (killed at birth)."""
+    def load(cls, folder: WorkFolder) -> "RunJournal":
+        """The journal in ``folder``, read up to its last valid record.
+
+        Raises
+        ------
+        DamagedJournal
+            ``run.json`` is missing (a run killed at birth, or a deleted file) or is not a
+            run identity (a mapping of strings): nothing in the folder can be vouched for.
+        """
         try:
-            identity = json.loads((folder / cls.IDENTITY).read_text())
-        except (OSError, ValueError):
-            return None
-        cells: set[tuple[int, int]] = set()
+            identity = json.loads((folder / cls.IDENTITY).read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise DamagedJournal(f"it has no {cls.IDENTITY}") from None
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise DamagedJournal(f"its {cls.IDENTITY} is unreadable ({type(exc).__name__})") from None
+        if not isinstance(identity, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in identity.items()):
+            raise DamagedJournal(f"its {cls.IDENTITY} is not a run identity")
+        try:
+            data = (folder / cls.JOURNAL).read_bytes()
+        except FileNotFoundError:
+            data = b""
+        except OSError as exc:
+            raise DamagedJournal(f"its {cls.JOURNAL} is unreadable ({exc.strerror})") from None
+        cells: dict[tuple[int, int], CellRecord] = {}
         captions: dict[int, str] = {}
         routes: dict[int, TileRoute] = {}
-        try:
-            lines = (folder / cls.JOURNAL).read_text().splitlines()
-        except FileNotFoundError:
-            lines = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break  # torn by a kill mid-append: everything after it is lost too
-            cells.update(tuple(c) for c in rec.get("cells", ()))
-            captions.update({int(k): v for k, v in rec.get("captions", {}).items()})
-            routes.update({int(k): TileRoute(*v) for k, v in rec.get("routes", {}).items()})
-        return cls(folder, identity, cells, captions, routes)
+        valid = 0
+        for line in data.splitlines(keepends=True):
+            parsed = _parse_record(line) if line.endswith(b"\n") else None
+            if parsed is None:
+                break  # torn by a kill or a full disk, or damaged: nothing after it is trusted
+            for cell in parsed[0]:
+                cells[cell.key] = cell
+            captions.update(parsed[1])
+            routes.update(parsed[2])
+            valid += len(line)
+        return cls(folder, identity, cells, captions, routes, valid, len(data) - valid)
 
-    def record(self, cell: tuple[int, int] | None = None, captions: Mapping[int, str] | None = None,
+    def cut_damaged_tail(self) -> None:
+        """Cut what follows the last valid record, so that appended records are read again."""
+        if not self.damaged_bytes:
+            return
+        path = self.folder / self.JOURNAL
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(self.valid_bytes)
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise WriteError(f"cannot cut the damaged end of the journal {path}: {exc.strerror}") from exc
+        log.warning("%s: %d damaged bytes after the last valid record were cut", path, self.damaged_bytes)
+        self.damaged_bytes = 0
+
+    def forget(self, cells: Sequence[tuple[int, int]]) -> None:
+        """Stop trusting ``cells`` (their bytes failed verification): they will be recomputed."""
+        for key in cells:
+            self.records.pop(key, None)
+
+    @property
+    def cells(self) -> set[tuple[int, int]]:
+        """``(col_off, row_off)`` of the finished cells."""
+        return set(self.records)
+
+    def record(self, cell: CellRecord | None = None, captions: Mapping[int, str] | None = None,
                routes: Mapping[int, TileRoute] | None = None) -> None:
         """Note a finished cell, tile captions and/or routes; durable at the next :meth:`commit`."""
         if cell is not None:
@@ -174,7 +247,7 @@ class RunJournal:
             return
         sync()
         line = json.dumps({
-            "cells": self._new_cells, "captions": {str(k): v for k, v in self._new_captions.items()},
+            "cells": [list(c) for c in self._new_cells], "captions": {str(k): v for k, v in self._new_captions.items()},
             "routes": {str(k): [r.path, r.texture, r.noise] for k, r in self._new_routes.items()},
         })
         try:
@@ -184,7 +257,8 @@ class RunJournal:
                 os.fsync(f.fileno())
         except OSError as exc:
             raise WriteError(f"cannot append to the journal {self.folder / self.JOURNAL}: {exc.strerror}") from exc
-        self.cells.update(self._new_cells)
+        self.records.update((c.key, c) for c in self._new_cells)
+        self.valid_bytes += len(line) + 1
         self.captions.update(self._new_captions)
         self.routes.update(self._new_routes)
         self._new_cells, self._new_captions, self._new_routes = [], {}, {}
@@ -192,4 +266,18 @@ class RunJournal:
     @property
     def finished(self) -> int:
         """Cells whose pixels are durable."""
-        return len(self.cells)
+        return len(self.records)
+
+
+def _parse_record(line: bytes) -> tuple[list[CellRecord], dict[int, str], dict[int, TileRoute]] | None:
+    """One journal line, or None when it is not a record this module wrote."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+        if not isinstance(rec, dict):
+            return None
+        cells = [CellRecord(*(int(v) for v in c)) for c in rec.get("cells", ())]  # TypeError: wrong length
+        captions = {int(k): str(v) for k, v in rec.get("captions", {}).items()}
+        routes = {int(k): TileRoute(str(v[0]), float(v[1]), float(v[2])) for k, v in rec.get("routes", {}).items()}
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return None
+    return cells, captions, routes

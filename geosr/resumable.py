@@ -1,8 +1,10 @@
 """Runs that can stop and resume: a run's identity, adopting a stopped run, what a stop keeps.
 
 A run is resumable when an earlier run of the same OUTPUT stopped (SIGTERM, SIGKILL, a
-lost worker, a full disk) with the *same identity*: the same input files (path, size,
-mtime), the same geosr version and every setting that changes the output's bytes. Settings
+lost worker, a full disk) with the *same identity*: the same input files - every file GDAL
+reads for them, the sources of a VRT (nested ones too) included - each with its size, mtime
+and a hash of its header and a sample of its blocks, the same geosr version and every setting
+that changes the output's bytes. Settings
 that only change how the work is spread (``--batch-size``, ``--address``,
 ``--local-workers``) are not part of it. Per-tile seeds and blending in tile order make a
 tile's pixels independent of when and where it ran, so a resumed run writes the same bytes
@@ -16,14 +18,25 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+import rasterio
+from rasterio.windows import Window
 
 import geosr
 from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
-from geosr.journal import RunJournal, WorkFolder, describe_size, identity_differences
+from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
 
-__all__ = ["StoppedRunWarning", "run_identity", "open_journal", "settle_stopped_run"]
+if TYPE_CHECKING:
+    from geosr.writer import WorkRaster
+
+__all__ = ["StoppedRunWarning", "files_read", "run_identity", "open_journal", "settle_stopped_run",
+           "verify_finished_cells"]
+
+#: Bytes hashed from each input: the head (TIFF header, IFDs and often the first blocks), the
+#: tail (where GDAL appends rewritten blocks and IFDs) and evenly spaced samples in between.
+SAMPLE_HEAD, SAMPLE_TAIL, SAMPLE_COUNT, SAMPLE_SIZE = 65536, 65536, 32, 4096
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +49,53 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def content_sample(path: str, size: int) -> str:
+    """SHA-256 (16 hex digits) of a file's head, tail and evenly spaced blocks between.
+
+    Catches a file rewritten in place with the same size and mtime (a restored backup, a
+    re-export) without reading a multi-gigabyte scene whole.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= SAMPLE_HEAD + SAMPLE_TAIL + SAMPLE_COUNT * SAMPLE_SIZE:
+            digest.update(f.read())
+        else:
+            digest.update(f.read(SAMPLE_HEAD))
+            step = (size - SAMPLE_HEAD - SAMPLE_TAIL) // SAMPLE_COUNT
+            for k in range(SAMPLE_COUNT):
+                f.seek(SAMPLE_HEAD + k * step)
+                digest.update(f.read(SAMPLE_SIZE))
+            f.seek(size - SAMPLE_TAIL)
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def files_read(inputs: Sequence[str]) -> list[str]:
+    """Every local file the inputs make GDAL read: the inputs and, for VRTs, their sources, recursively.
+
+    A VRT's own file list names its direct sources only (a VRT of VRTs lists the inner VRT,
+    not the files under it), so VRTs among the sources are opened in turn.
+    """
+    seen: dict[str, None] = {}
+    todo = [os.path.abspath(f) for f in inputs]
+    while todo:
+        path = todo.pop(0)
+        if path in seen:
+            continue
+        seen[path] = None
+        if path.lower().endswith(".vrt") and os.path.isfile(path):
+            with rasterio.open(path) as ds:
+                todo += [os.path.abspath(f) for f in ds.files[1:] if os.path.isfile(f)]
+    return list(seen)
+
+
 def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     """What must be equal for a stopped run to be resumed: inputs and output-changing settings."""
     ident = {"geosr version": geosr.__version__, "inputs": ", ".join(files)}
-    for f in files:
+    for f in files_read(files):
         st = os.stat(f)
-        ident[f"input {f}"] = f"{st.st_size} bytes, modified {st.st_mtime_ns} ns"
+        ident[f"input {f}"] = (f"{st.st_size} bytes, modified {st.st_mtime_ns} ns, "
+                               f"content sample {content_sample(f, st.st_size)}")
     settings = {
         "--scale": config.scale, "--model": config.model, "--captioner": config.captioner,
         "--caption-every": config.caption_every, "--tile": config.tiles.tile, "--overlap": config.tiles.overlap,
@@ -58,8 +112,11 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
 def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJournal:
     """The journal this run works with: a stopped run's (``resume``) or a new one.
 
-    Must be called while holding the OUTPUT lock. Without ``resume``, work folders of
-    stopped runs are left alone and reported (:class:`StoppedRunWarning`) with their size.
+    Must be called while holding the OUTPUT lock. With ``resume``, of the stopped runs with
+    this identity the one with the most finished cells is adopted (a second, newer one that
+    had only just started must not hide a nearly complete one). Work folders not adopted
+    are left alone and reported (:class:`StoppedRunWarning`) with their size, and why they
+    cannot be resumed when that is the reason.
 
     Raises
     ------
@@ -67,28 +124,66 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
         ``resume`` and a stopped run exists, but none with this identity.
     """
     stopped = WorkFolder.left_by_stopped_runs(output)
+    journals: list[RunJournal] = []
+    damaged: dict[Path, str] = {}
+    for folder in stopped:
+        try:
+            journals.append(RunJournal.load(folder))
+        except DamagedJournal as exc:
+            damaged[folder.path] = str(exc)
+    adopted = None
     if resume:
-        journals = [j for j in (RunJournal.load(f) for f in stopped) if j is not None]
-        for journal in journals:
-            if journal.identity == identity:
-                log.info("resuming %s: %d output cells were finished", journal.folder.path.name, journal.finished)
-                return journal
-        if journals:
+        same = [j for j in journals if j.identity == identity]
+        if same:
+            adopted = max(same, key=lambda j: j.finished)  # newest first: max keeps the newest of a tie
+            adopted.cut_damaged_tail()
+            log.info("resuming %s: %d output cells were finished", adopted.folder.path.name, adopted.finished)
+        elif journals:
             newest = journals[0]
             raise ResumeError(
                 f"--resume: the stopped run in {newest.folder.path} was made differently: "
                 f"{'; '.join(identity_differences(newest.identity, identity))}. "
                 "Rerun with its arguments, or delete that folder to start over"
             )
-        log.info("--resume: no stopped run of %s; starting from the beginning", output)
+        else:
+            log.info("--resume: no stopped run of %s; starting from the beginning", output)
     for folder in stopped:
+        if adopted is not None and folder.path == adopted.folder.path:
+            continue
+        why = f"; it cannot be resumed: {damaged[folder.path]}" if folder.path in damaged else ""
+        hint = "delete it" if why or adopted is not None else "add --resume to continue it, or delete it"
         warnings.warn(
-            f"a stopped run left {folder.path} ({describe_size(folder.size())}): "
-            "add --resume to continue it, or delete it",
+            f"a stopped run left {folder.path} ({describe_size(folder.size())}){why}: {hint}",
             StoppedRunWarning,
             stacklevel=3,
         )
-    return RunJournal.start(WorkFolder.create(output), identity)
+    return adopted if adopted is not None else RunJournal.start(WorkFolder.create(output), identity)
+
+
+def verify_finished_cells(journal: RunJournal, raster: "WorkRaster") -> list[tuple[int, int]]:
+    """Check each journalled cell's bytes in ``raster`` against its checksum; forget those that differ.
+
+    The journal says a cell was written, not that its bytes are still there: a work raster
+    deleted, truncated or overwritten since would otherwise be adopted as finished (black or
+    foreign pixels with exit 0). Cells that fail are recomputed; a warning says how many.
+
+    Returns
+    -------
+    list of (int, int)
+        The cells forgotten.
+    """
+    bad = [key for key, rec in journal.records.items()
+           if raster.cell_crc(Window(rec.col_off, rec.row_off, rec.width, rec.height)) != rec.crc]
+    if bad:
+        resized = f" ({', '.join(raster.resized)} had the wrong size)" if raster.resized else ""
+        warnings.warn(
+            f"{len(bad)} of {journal.finished} finished output cells in {journal.folder.path} no longer hold "
+            f"the bytes that were written{resized}: recomputing them",
+            StoppedRunWarning,
+            stacklevel=2,
+        )
+        journal.forget(bad)
+    return bad
 
 
 def settle_stopped_run(journal: RunJournal, exc: BaseException, cells_total: int) -> BaseException | None:

@@ -3,7 +3,9 @@
 ``validate_output`` is what ``geosr validate`` runs. It reads every block of every band,
 mask and overview (a truncated or corrupt file fails there, not in a user's GIS), and
 remarks on an output whose bands are constant where the source varies (pixels lost on the
-way, e.g. an all-zero COG).
+way, e.g. an all-zero COG). Given the source, it also compares the output, averaged back onto
+a decimated source grid, with the source region by region: a tile left black or filled from
+other data (a damaged resume, a changed input) is an error even when the rest is right.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio.enums import MaskFlags, Resampling
 from rio_cogeo.cogeo import cog_validate
 
 from geosr.errors import GDAL_ERRORS, gdal_cause
@@ -25,6 +27,10 @@ __all__ = ["ValidationResult", "validate_output"]
 
 # Pixels of the source read (decimated) to tell a varying band from a constant one.
 SOURCE_SAMPLE_PX = 1024
+# The source-agreement check: regions of this many sample px a side; a region disagrees when
+# the mean |output averaged onto the source grid - source| of a band exceeds this share of the
+# band's 1-99 % range (a super-resolved output averages back to its source within a few %).
+AGREEMENT_REGION_PX, AGREEMENT_TOLERANCE = 16, 0.25
 
 
 @dataclass
@@ -92,6 +98,8 @@ def validate_output(path: str | os.PathLike, source: str | os.PathLike | None = 
                 _check_against_source(res, out, src)
                 if ranges:
                     _check_constant_bands(res, ranges, src)
+                    if not res.errors:
+                        _check_agreement(res, out, src)
     return res
 
 
@@ -185,3 +193,44 @@ def _check_against_source(res: ValidationResult, out, src) -> None:
     out_masked = out.nodata is not None or any(MaskFlags.per_dataset in f for f in out.mask_flag_enums)
     if src_masked and not out_masked:
         res.errors.append("the source has a mask or nodata, the output has neither")
+
+
+def _check_agreement(res: ValidationResult, out, src) -> None:
+    """Error when regions of the output, averaged onto the source grid, do not match the source."""
+    if src.count != out.count:
+        return  # a band subset: which source band is which is not recorded
+    step = max(1, int(np.ceil(max(src.width, src.height) / SOURCE_SAMPLE_PX)))
+    shape = (src.count, max(1, src.height // step), max(1, src.width // step))
+    try:
+        want = src.read(out_shape=shape, masked=True, resampling=Resampling.average)
+        got = out.read(out_shape=shape, masked=True, resampling=Resampling.average)
+    except GDAL_ERRORS as exc:
+        res.errors.append(f"cannot compare with the source: {gdal_cause(exc)}")
+        return
+    want, got = want.astype(np.float64), got.astype(np.float64)
+    valid = ~np.ma.getmaskarray(want).any(axis=0) & ~np.ma.getmaskarray(got).any(axis=0)
+    if not valid.any():
+        return
+    w, g = want.filled(0.0), got.filled(0.0)
+    spread = [np.percentile(w[b][valid], 99) - np.percentile(w[b][valid], 1) for b in range(src.count)]
+    r = AGREEMENT_REGION_PX
+    bad = []
+    for row in range(0, shape[1], r):
+        for col in range(0, shape[2], r):
+            v = valid[row:row + r, col:col + r]
+            if v.mean() < 0.5:
+                continue
+            for b in range(src.count):
+                if spread[b] <= 0:
+                    continue
+                diff = np.abs(g[b, row:row + r, col:col + r] - w[b, row:row + r, col:col + r])[v].mean()
+                if diff > AGREEMENT_TOLERANCE * spread[b]:
+                    bad.append((col * step, row * step, b + 1, diff, spread[b]))
+                    break
+    if bad:
+        col, row, band, diff, spread_b = bad[0]
+        res.errors.append(
+            f"the output does not match the source in {len(bad)} region(s) of {r * step} source px: first at "
+            f"source col {col} row {row}, band {band} differs by {diff:.3g} on average (the band spans "
+            f"{spread_b:.3g}): pixels were lost or come from other data"
+        )

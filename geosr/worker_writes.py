@@ -35,7 +35,7 @@ from geosr import engine
 from geosr.cell_render import CellRenderer, overlap_slices
 from geosr.engine import BatchJob, TileResult, _shippable_errors
 from geosr.routing import TileRoute
-from geosr.journal import RunJournal
+from geosr.journal import CellRecord, RunJournal
 from geosr.scheduling import in_flight, undo_malloc_trim_threshold
 from geosr.tiling import Tile
 from geosr.writer import WorkRaster
@@ -66,9 +66,9 @@ class CellJob:
 
 @dataclass(frozen=True)
 class CellsWritten:
-    """What a cell task wrote: HR ``(col_off, row_off)`` of its cells, tile captions and routes."""
+    """What a cell task wrote: its cells (HR windows and checksums), tile captions and routes."""
 
-    cells: tuple[tuple[int, int], ...]
+    cells: tuple[CellRecord, ...]
     captions: dict[int, str]
     routes: dict[int, TileRoute]
 
@@ -137,11 +137,12 @@ def write_cells(job: CellJob, *batches: list[TileResult] | list[TilePart]) -> Ce
             values, valid = job.renderer.render(window, tiles, [results[t.index].hr for t in tiles])
             hr = Window(window.col_off * s, window.row_off * s, window.width * s, window.height * s)
             cells.append((hr, values, valid))
-        raster.write_cells(cells)  # cells side by side: one write per row of them
+        crcs = raster.write_cells(cells)  # cells side by side: one write per row of them
         raster.sync()  # durable before the client's journal names these cells
     finally:
         raster.close()
-    written = tuple((int(hr.col_off), int(hr.row_off)) for hr, _, _ in cells)
+    written = tuple(CellRecord(int(hr.col_off), int(hr.row_off), int(hr.width), int(hr.height), crc)
+                    for (hr, _, _), crc in zip(cells, crcs))
     return CellsWritten(written, {i: r.caption for i, r in results.items()},
                         {i: r.route for i, r in results.items() if r.route is not None})
 

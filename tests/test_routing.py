@@ -15,7 +15,7 @@ from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.errors import InputError, OutputExistsError
-from geosr.journal import RunJournal, WorkFolder
+from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.routing import (CALIBRATED_THRESHOLDS, MODEL, NO_STRUCTURE, NOISE_LIMIT, TileRoute, cheap_path, measure_tiles,
                            route_tiles)
 from tests.rasters import NORTH_UP, texture, write_raster
@@ -105,7 +105,7 @@ def test_run_config_checks_route_settings():
 def test_journal_keeps_routes_for_resume(tmp_path):
     folder = WorkFolder.create(tmp_path / "out.tif")
     journal = RunJournal.start(folder, {"a": "b"})
-    journal.record(cell=(0, 0), captions={3: "x"}, routes={3: TileRoute("bicubic", 0.4, 0.7)})
+    journal.record(cell=CellRecord(0, 0, 8, 8, 1234), captions={3: "x"}, routes={3: TileRoute("bicubic", 0.4, 0.7)})
     journal.commit(lambda: None)
     assert RunJournal.load(folder).routes == {3: TileRoute("bicubic", 0.4, 0.7)}
 

@@ -1,0 +1,236 @@
+"""A resumed run is never silently wrong (issue 26): damaged work folders, changed sources, damaged journals.
+
+Each stopped run here is stopped the way a full disk stops it (a write half way through the
+run fails), which leaves a real work folder: pixels.raw, run.json, journal.jsonl.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geosr.cli import cli
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import upscale_scene
+from geosr.errors import WriteError
+from geosr.journal import CellRecord, RunJournal, WorkFolder
+from geosr.output_lock import OutputLock
+from geosr.resumable import StoppedRunWarning, files_read, open_journal
+from geosr.validation import validate_output
+from geosr.writer import WorkRaster
+from tests.rasters import uint8_scene, write_raster
+
+RUN = ["--scale", "2", "--model", "bicubic", "--captioner", "none", "--tile", "32", "--overlap", "8",
+       "--batch-size", "1", "-q"]
+
+
+def cfg(**kw):
+    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def stop_half_way(monkeypatch, inputs, output: Path) -> Path:
+    """Run until half the work raster's writes are done, then fail as a full disk does; the work folder."""
+    real, writes = WorkRaster._write_rows, [0]
+
+    def count(self, *args):
+        writes[0] += 1
+        return real(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", count)
+    reference = output.with_name("full_" + output.name)
+    upscale_scene(inputs, reference, cfg())
+    reference.unlink()
+    reference.with_name(reference.stem + ".captions.geojson").unlink()
+    total, writes[0] = writes[0], 0
+
+    def fill_up(self, *args):
+        writes[0] += 1
+        if writes[0] > total // 2:
+            raise WriteError("no space left on the device (simulated)") from OSError(errno.ENOSPC, "full")
+        return real(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", fill_up)
+    with pytest.raises(WriteError):
+        upscale_scene(inputs, output, cfg())
+    monkeypatch.setattr(WorkRaster, "_write_rows", real)
+    (work,) = output.parent.glob(f".{output.name}.geosr-run-*")
+    return work
+
+
+@pytest.fixture
+def stopped(tmp_path, monkeypatch):
+    """(source, reference output of an uninterrupted run, work folder of a run stopped half way)."""
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    upscale_scene([src], tmp_path / "ref.tif", cfg())
+    work = stop_half_way(monkeypatch, [src], tmp_path / "out.tif")
+    assert RunJournal.load(WorkFolder(work)).finished > 0
+    return src, tmp_path / "ref.tif", work
+
+
+def resume_cli(src, out):
+    return invoke("upscale", src, out, *RUN, "--resume")
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "overwritten"])
+def test_a_damaged_work_raster_is_recomputed_not_trusted(stopped, damage):
+    src, ref, work = stopped
+    pixels = work / WorkRaster.PIXELS
+    if damage == "deleted":
+        pixels.unlink()
+    elif damage == "truncated":
+        os.truncate(pixels, pixels.stat().st_size // 5)
+    else:  # same size, other bytes in the finished part
+        with open(pixels, "r+b") as f:
+            f.write(b"\x7f" * 5000)
+    with pytest.warns(StoppedRunWarning, match="no longer hold the bytes that were written"):
+        upscale_scene([src], ref.with_name("out.tif"), cfg(resume=True))
+    assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
+    assert not work.exists()
+
+
+def test_an_intact_work_raster_is_adopted_whole(stopped):
+    src, ref, work = stopped
+    finished = RunJournal.load(WorkFolder(work)).finished
+    report = upscale_scene([src], ref.with_name("out.tif"), cfg(resume=True))
+    assert report.tiles_resumed > 0 and finished > 0
+    assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
+
+
+def write_vrt(path: Path, parts: list[tuple[str, int]], width: int, height: int) -> Path:
+    """A VRT of 3-band uint8 sources placed side by side at the given column offsets."""
+    with rasterio.open(path.parent / parts[0][0]) as ds:
+        transform, crs = ds.transform, ds.crs
+    bands = []
+    for b in (1, 2, 3):
+        sources = "".join(
+            f'<SimpleSource><SourceFilename relativeToVRT="1">{name}</SourceFilename><SourceBand>{b}</SourceBand>'
+            f'<SrcRect xOff="0" yOff="0" xSize="{width // len(parts)}" ySize="{height}"/>'
+            f'<DstRect xOff="{col}" yOff="0" xSize="{width // len(parts)}" ySize="{height}"/></SimpleSource>'
+            for name, col in parts
+        )
+        bands.append(f'<VRTRasterBand dataType="Byte" band="{b}">{sources}</VRTRasterBand>')
+    path.write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{crs.to_wkt()}</SRS>'
+        f'<GeoTransform>{", ".join(map(str, transform.to_gdal()))}</GeoTransform>{"".join(bands)}</VRTDataset>'
+    )
+    return path
+
+
+def split_scene(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """in.tif cut into a.tif | b.tif (each keeps its place on the grid) and a VRT over them."""
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    with rasterio.open(src) as ds:
+        for name, col in (("a.tif", 0), ("b.tif", 64)):
+            window = rasterio.windows.Window(col, 0, 64, 96)
+            write_raster(tmp_path / name, ds.read(window=window), transform=ds.window_transform(window), crs=ds.crs)
+    return write_vrt(tmp_path / "scene.vrt", [("a.tif", 0), ("b.tif", 64)], 128, 96), tmp_path / "a.tif", tmp_path / "b.tif"
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["vrt", "vrt-of-vrt"])
+def test_a_changed_vrt_source_refuses_the_resume(tmp_path, monkeypatch, nested):
+    vrt, a, b = split_scene(tmp_path)
+    if nested:
+        vrt = write_vrt(tmp_path / "outer.vrt", [("scene.vrt", 0)], 128, 96)
+    assert {str(a), str(b)} <= set(files_read([str(vrt)]))
+    stop_half_way(monkeypatch, [str(vrt)], tmp_path / "out.tif")
+    # rewrite a.tif in place: other pixels, same size, same mtime
+    stat = a.stat()
+    with rasterio.open(a, "r+") as ds:
+        ds.write(255 - ds.read())
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert a.stat().st_size == stat.st_size and a.stat().st_mtime_ns == stat.st_mtime_ns
+    res = resume_cli(vrt, tmp_path / "out.tif")
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 7 and len(lines) == 1, res.stderr
+    assert f"input {a} was" in lines[0] and str(b) not in lines[0].split("; now")[0].split(f"input {a}")[0]
+    assert not (tmp_path / "out.tif").exists()
+
+
+def journal_path(work: Path) -> Path:
+    return work / RunJournal.JOURNAL
+
+
+@pytest.mark.parametrize("damage", [b"\x00\xff\xfe garbage \x80\n", b"null\n", b'{"cells": [["x", 1]]}\n',
+                                    b'{"cells": [[0, 0]]}\n', b'{"cells": 5}\n', b'{"cells": [[0, 0, 8, 8, 1]]'])
+def test_a_damaged_journal_is_read_up_to_its_last_valid_record(stopped, damage):
+    src, ref, work = stopped
+    valid = journal_path(work).read_bytes()
+    before = RunJournal.load(WorkFolder(work)).finished
+    with open(journal_path(work), "ab") as f:
+        f.write(damage + b'{"cells": [[0, 0, 8, 8, 1]], "captions": {}, "routes": {}}\n')
+    journal = RunJournal.load(WorkFolder(work))
+    assert journal.finished == before and journal.valid_bytes == len(valid) and journal.damaged_bytes > 0
+    # the damaged tail is cut before anything is appended: the resumed run's records count
+    res = resume_cli(src, ref.with_name("out.tif"))
+    assert res.exit_code == 0, res.stderr
+    assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
+
+
+def test_the_torn_tail_is_cut_so_that_new_records_are_read(stopped):
+    src, ref, work = stopped
+    with open(journal_path(work), "ab") as f:
+        f.write(b'{"cells": [[0, 0, 6')  # torn by a full disk
+    output = ref.with_name("out.tif")
+    with OutputLock(output):
+        journal = open_journal(output, RunJournal.load(WorkFolder(work)).identity, resume=True)
+    data = journal_path(work).read_bytes()
+    assert data.endswith(b"\n") and journal.damaged_bytes == 0
+    journal.record(cell=CellRecord(1, 2, 3, 4, 5))
+    journal.commit(lambda: None)
+    assert RunJournal.load(WorkFolder(work)).records[(1, 2)] == CellRecord(1, 2, 3, 4, 5)
+
+
+@pytest.mark.parametrize("identity", [b"\x89PNG\x00\xff", b"null", b'{"a": 1}', b"[1, 2]", None])
+def test_a_damaged_run_identity_starts_over_and_says_so(stopped, identity):
+    src, ref, work = stopped
+    if identity is None:
+        (work / RunJournal.IDENTITY).unlink()
+    else:
+        (work / RunJournal.IDENTITY).write_bytes(identity)
+    with pytest.warns(StoppedRunWarning, match=r"it cannot be resumed: its run.json|it has no run.json"):
+        report = upscale_scene([src], ref.with_name("out.tif"), cfg(resume=True))
+    assert report.tiles_resumed == 0
+    assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
+    assert work.exists()  # not ours to delete: reported, left alone
+
+
+def test_resume_adopts_the_stopped_run_with_the_most_cells(stopped, tmp_path):
+    src, ref, work = stopped
+    # a newer run of the same command that stopped before finishing any cell
+    newer = tmp_path / ".out.tif.geosr-run-newer"
+    newer.mkdir()
+    shutil.copy(work / RunJournal.IDENTITY, newer / RunJournal.IDENTITY)
+    os.utime(newer, (work.stat().st_mtime + 100, work.stat().st_mtime + 100))
+    with pytest.warns(StoppedRunWarning, match=f"left {newer}"):
+        report = upscale_scene([src], ref.with_name("out.tif"), cfg(resume=True))
+    assert report.tiles_resumed > 0
+    assert not work.exists() and newer.exists()
+    assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
+
+
+def test_validate_source_catches_black_tiles(tmp_path):
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    upscale_scene([src], tmp_path / "out.tif", cfg())
+    assert validate_output(tmp_path / "out.tif", src).ok
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        data, profile = ds.read(), ds.profile
+    data[:, 64:128, 96:160] = 0  # one 32 px source tile's worth of black
+    write_raster(tmp_path / "black.tif", data, transform=profile["transform"], crs=profile["crs"])
+    res = validate_output(tmp_path / "black.tif", src)
+    assert any("does not match the source" in e for e in res.errors), res.errors
+    res = invoke("validate", tmp_path / "black.tif", "--source", src)
+    assert res.exit_code != 0 and "does not match the source" in res.output + res.stderr
