@@ -171,3 +171,20 @@ def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
     continued = GeoSRPipeline.from_pretrained(out2)
     for mine, theirs in zip(continued.unet.parameters(), final.unet.parameters()):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_a_teacher_can_take_the_caption_encoder_of_a_saved_pipeline():
+    from pathlib import Path
+
+    from geosr.training.model_factory import build_components
+
+    shipped = Path(__file__).parents[1] / "geosr" / "data" / "models" / "geosr-tiny-x4"
+    base = dict(TINY_BASE, text_encoder=str(shipped), unet=dict(
+        {"class": "LRSpaceDenoiser"}, in_channels=51, out_channels=48, channels=8, num_blocks=2,
+        cross_attention_dim=64, attention_head_dim=4, embedding_dim=16, text_pool_heads=2,
+    ))
+    built = build_components(base, seed=123)
+    saved = GeoSRPipeline.from_pretrained(shipped)
+    assert built["tokenizer"].get_vocab() == saved.tokenizer.get_vocab()
+    for mine, theirs in zip(built["text_encoder"].state_dict().values(), saved.text_encoder.state_dict().values()):
+        torch.testing.assert_close(mine, theirs)

@@ -140,7 +140,8 @@ def build_components(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
         ``unet`` (kwargs of :class:`~diffusers.UNet2DConditionModel`, or of the class its
         ``class`` key names: ``LRSpaceDenoiser``), ``text_encoder``
         (kwargs of :class:`~transformers.CLIPTextConfig`, ``vocab_size`` is filled in from
-        the tokenizer), ``scheduler`` (kwargs of :class:`~diffusers.DDPMScheduler`) and
+        the tokenizer; or the folder of a saved pipeline whose caption encoder and tokenizer
+        are taken as they are), ``scheduler`` (kwargs of :class:`~diffusers.DDPMScheduler`) and
         optionally ``tokenizer`` (a folder; default: the shipped vocabulary).
     seed : int
         Seed of the random initialisation.
@@ -150,13 +151,20 @@ def build_components(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     dict
         ``vae`` (None: pixel space), ``text_encoder``, ``tokenizer``, ``unet``, ``scheduler``.
     """
-    tokenizer = CLIPTokenizer.from_pretrained(str(config.get("tokenizer", TOKENIZER_DIR)))
-    text_kwargs = {"vocab_size": len(tokenizer), **config.get("text_encoder", {})}
-    text_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
-    text_kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
-    text_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_kwargs))
+    encoder = config.get("text_encoder", {})
+    if isinstance(encoder, (str, Path)):
+        # the frozen caption encoder of an earlier pipeline: its students can be trained on
+        # from this teacher, since the caption embeddings they learnt to read stay the same
+        tokenizer = CLIPTokenizer.from_pretrained(str(encoder), subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(str(encoder), subfolder="text_encoder").float()
+    else:
+        tokenizer = CLIPTokenizer.from_pretrained(str(config.get("tokenizer", TOKENIZER_DIR)))
+        text_kwargs = {"vocab_size": len(tokenizer), **encoder}
+        text_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+        text_kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
+        text_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_kwargs))
     torch.manual_seed(seed)
     unet_kwargs = dict(config["unet"])
     unet_class = DENOISER_CLASSES[unet_kwargs.pop("class", "UNet2DConditionModel")]
