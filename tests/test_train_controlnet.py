@@ -13,6 +13,7 @@ from PIL import Image
 
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
 from geosr.training import train_controlnet
+from geosr.training.campaign_state import export_state
 from tiny_models import tiny_pipeline_components
 
 TINY_BASE = {
@@ -163,14 +164,25 @@ def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
     assert not torch.equal(w_final, at_two.controlnet.conv_in.weight)
     assert at_two.text_encoder.dtype == torch.float32
 
-    # a new run from that folder starts from its weights (not a fresh init)
+    # the campaign's committed state: the EMA networks in float16, and how far they got
+    state = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.5, note="test")
+    assert state["step"] == 2 and state["hours"] == 0.5 and "--init_pipeline" in state["continue"]
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "state" / "teacher" / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    again = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.25)
+    assert again["hours"] == 0.75 and len(again["history"]) == 2
+
+    # a new run from that state starts from its weights (not a fresh init), in float32
     config2 = write_yaml(tmp_path, dict(common, max_train_steps=1, checkpointing_steps=10, learning_rate=0.0,
                                         lr_warmup_steps=0, output_dir=str(tmp_path / "continued")))
     out2 = train_controlnet.main(train_controlnet.parse_args(
-        ["--config", str(config2), "--init_pipeline", str(out)]))
+        ["--config", str(config2), "--init_pipeline", str(tmp_path / "state" / "teacher")]))
     continued = GeoSRPipeline.from_pretrained(out2)
-    for mine, theirs in zip(continued.unet.parameters(), final.unet.parameters()):
-        torch.testing.assert_close(mine, theirs)
+    assert continued.unet.dtype == torch.float32
+    for mine, theirs in zip(continued.unet.parameters(), at_two.unet.parameters()):
+        torch.testing.assert_close(mine, theirs.half().float())
 
 
 def test_a_teacher_can_take_the_caption_encoder_of_a_saved_pipeline():

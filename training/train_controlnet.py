@@ -151,7 +151,9 @@ def load_models(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_pipeline_components(path: str | Path) -> dict[str, Any]:
     """The components of a saved LR-space GeoSRPipeline, to train on from (weights, no optimizer state)."""
-    pipeline = GeoSRPipeline.from_pretrained(str(path))
+    # float32 whatever it was saved in (a campaign's state is float16): the trained weights
+    # stay float32 under autocast
+    pipeline = GeoSRPipeline.from_pretrained(str(path)).to(dtype=torch.float32)
     if pipeline.controlnet is None:
         raise ValueError(f"{path}: a pipeline without a ControlNet cannot be trained on as a teacher")
     return {

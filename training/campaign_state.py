@@ -1,0 +1,89 @@
+"""The committed state of the training campaign: the networks being trained, small enough for git.
+
+Training runs span sessions on machines that may be gone by the next one. What survives is
+``training_state/<run>/``: the run's averaged (EMA) networks as a GeoSRPipeline folder in
+float16 (a 3.9 M teacher is 8 MB), and ``STATE.json`` saying how far it got and how to go on.
+Optimizer state is not kept (it is 2x the weights in float32); a continued run rebuilds it
+with a short warm-up.
+
+    python -m geosr.training.campaign_state outputs/geosr-tiny-v3-x4-teacher \\
+        training_state/geosr-tiny-v3-x4-teacher --recipe configs/train/geosr_tiny_v3_x4_teacher.yaml --hours 2.4
+
+Continue on a machine that has ``outputs/`` (same session, or one that kept it)::
+
+    python -m geosr.training.train_controlnet --config RECIPE --resume_from_checkpoint latest
+
+and on a new machine, from the committed weights (``STATE.json`` has the exact command)::
+
+    python -m geosr.training.train_controlnet --config RECIPE --init_pipeline training_state/<run> ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline
+
+__all__ = ["export_state", "main"]
+
+STATE = "STATE.json"
+
+
+def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: float, note: str = "") -> dict:
+    """Write the EMA networks of ``run_dir`` (its ``ema/``, else the run's final pipeline) to ``dest`` in fp16.
+
+    ``dest`` is replaced in place; its previous ``STATE.json`` history is carried over.
+
+    Returns
+    -------
+    dict
+        The new ``STATE.json``.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    source = run_dir / "ema" if (run_dir / "ema").is_dir() else run_dir
+    step_file = source / "STEP"
+    step = int(step_file.read_text()) if step_file.is_file() else None
+    history = []
+    if (dest / STATE).is_file():
+        history = json.loads((dest / STATE).read_text()).get("history", [])
+    pipeline = GeoSRPipeline.from_pretrained(str(source)).to(dtype=torch.float16)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.save_pretrained(str(tmp))
+    history.append({"date": time.strftime("%Y-%m-%d %H:%M"), "step": step, "hours": hours, "note": note})
+    state = {
+        "recipe": recipe,
+        "step": step,
+        "hours": round(sum(h["hours"] for h in history), 2),
+        "continue": (f"python -m geosr.training.train_controlnet --config {recipe} --init_pipeline {dest} "
+                     f"--lr_warmup_steps 200 --seed {1000 + len(history)}"),
+        "history": history,
+    }
+    (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return state
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="A training run's output_dir (its ema/ is taken when there).")
+    parser.add_argument("dest", help="training_state/<run>: replaced in place.")
+    parser.add_argument("--recipe", required=True, help="The YAML the run was trained with.")
+    parser.add_argument("--hours", type=float, required=True, help="Hours of training since the last export.")
+    parser.add_argument("--note", default="", help="What this stretch of training was (machine, threads, dtype).")
+    args = parser.parse_args(argv)
+    state = export_state(args.run_dir, args.dest, args.recipe, args.hours, args.note)
+    print(json.dumps({k: v for k, v in state.items() if k != "history"}, indent=1))
+    return state
+
+
+if __name__ == "__main__":
+    main()
