@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
@@ -110,6 +111,13 @@ def test_distill_run_resume_and_geosr_upscale(tmp_path, teacher, data_dir):
         distill_cfg.load_student_weights(*distill_cfg.make_student(teacher, 8), str(out))
     with pytest.raises(ValueError, match="not a distilled student"):
         distill_cfg.load_student_weights(unet, controlnet, str(teacher_dir))
+    # the student was saved with the teacher's caption encoder; another encoder is refused
+    distill_cfg.load_student_weights(unet, controlnet, str(out), teacher.text_encoder)
+    other = copy.deepcopy(teacher.text_encoder)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.1)
+    with pytest.raises(ValueError, match="caption encoder is not the teacher's"):
+        distill_cfg.load_student_weights(unet, controlnet, str(out), other)
 
     cli = pytest.importorskip("geosr.cli")
     from click.testing import CliRunner

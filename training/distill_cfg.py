@@ -190,18 +190,26 @@ def _student_factor(args: argparse.Namespace, teacher: GeoSRPipeline) -> int | N
     return args.student_unshuffle_factor or teacher.unshuffle_factor
 
 
-def load_student_weights(unet: torch.nn.Module, controlnet: torch.nn.Module, path: str) -> None:
+def load_student_weights(unet: torch.nn.Module, controlnet: torch.nn.Module, path: str,
+                         text_encoder: torch.nn.Module | None = None) -> None:
     """Load a saved student's UNet and ControlNet weights into ``unet`` and ``controlnet``.
 
     Raises
     ------
     ValueError
         ``path`` is not a distilled student, or its networks differ from these (another
-        teacher, ``student_unet`` or ``guidance_embedding_dim``).
+        teacher, ``student_unet`` or ``guidance_embedding_dim``), or its caption encoder is
+        not ``text_encoder`` (the teacher's, which the student is saved with: its caption
+        pathway would read other embeddings than it learnt to).
     """
     saved = GeoSRPipeline.from_pretrained(path)
     if not saved.is_distilled:
         raise ValueError(f"init_student {path} is not a distilled student")
+    if text_encoder is not None and not all(
+            torch.equal(a, b.to(a.dtype)) for a, b in zip(saved.text_encoder.state_dict().values(),
+                                                          text_encoder.state_dict().values())):
+        raise ValueError(f"init_student {path}: its caption encoder is not the teacher's "
+                         "(give the teacher's base that student's text_encoder folder)")
     for name, mine, theirs in (("unet", unet, saved.unet), ("controlnet", controlnet, saved.controlnet)):
         if _architecture(mine.config) != _architecture(theirs.config):
             raise ValueError(f"init_student {path}: its {name} config differs from this student's")
@@ -361,7 +369,7 @@ def main(args: argparse.Namespace) -> Path:
     )
     student_factor = _student_factor(args, teacher)
     if args.init_student:
-        load_student_weights(student, student_controlnet, args.init_student)
+        load_student_weights(student, student_controlnet, args.init_student, teacher.text_encoder)
     for frozen in (teacher.vae, teacher.text_encoder, teacher.unet, teacher.controlnet):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(accelerator.device)
