@@ -69,6 +69,7 @@ __all__ = [
     "guidance_embedding",
     "control_image",
     "image_to_target",
+    "interpolate_lr",
     "lr_on_grid",
     "regrid",
     "target_to_image",
@@ -120,15 +121,19 @@ def guidance_embedding(
     return emb
 
 
+def interpolate_lr(image: torch.Tensor, scale_factor: int, mode: str = "bicubic") -> torch.Tensor:
+    """The LR tile interpolated to the HR size, not clamped: the linear part of :func:`upsample_lr`."""
+    align = False if mode in ("bilinear", "bicubic") else None
+    return F.interpolate(image, scale_factor=scale_factor, mode=mode, align_corners=align)
+
+
 def upsample_lr(image: torch.Tensor, scale_factor: int, mode: str = "bicubic") -> torch.Tensor:
     """The LR tile at the HR size: the ControlNet condition and the residual's base.
 
     Clamped to ``[0, 1]`` because bicubic overshoots at edges and a condition image (and the
     baseline a residual model starts from) must be a valid image.
     """
-    align = False if mode in ("bilinear", "bicubic") else None
-    up = F.interpolate(image, scale_factor=scale_factor, mode=mode, align_corners=align)
-    return up.clamp(0.0, 1.0)
+    return interpolate_lr(image, scale_factor, mode).clamp(0.0, 1.0)
 
 
 def image_to_target(

@@ -36,8 +36,10 @@ class Upscaler(Protocol):
         Parameters
         ----------
         tiles : torch.Tensor
-            ``[B, C, h, w]`` float32, nominally in ``[0, 1]`` (the scene stretch may leave a few
-            values outside; models that need the range clamp it themselves).
+            ``[B, C, h, w]`` float32, nominally in ``[0, 1]``. The scene stretch leaves what
+            lies beyond its percentiles outside that range: a model that needs the range
+            clamps it itself and must give those values back at least as well as bicubic
+            does (e.g. by adding the bicubic of what the clamp took away).
         captions : sequence of str
             One change caption per tile (may be empty strings).
         seeds : sequence of int, optional

@@ -234,7 +234,14 @@ class DiffusionUpscaler:
         captions: Sequence[str],
         seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Upscale ``[B, C, h, w]`` tiles (clamped to ``[0, 1]``) to ``[B, C, h*s, w*s]`` float32 CPU.
+        """Upscale ``[B, C, h, w]`` tiles to ``[B, C, h*s, w*s]`` float32 CPU.
+
+        The pipeline sees the tiles clamped to ``[0, 1]``; what the clamp took away (values the
+        scene stretch left outside that range: highlights, shadows, outliers) comes back
+        interpolated as the pipeline's residual base is
+        (:func:`~geosr.pipelines.pipeline_geosr.interpolate_lr`), so the result
+        is ``bicubic(tiles) + (pipeline(clamped) - bicubic(clamped))``: the model's residual over
+        bicubic, in the tiles' own units. In range, that is the pipeline's output unchanged.
 
         Each tile's noise comes from its own seed (0 when ``seeds`` is not given), so a tile's
         pixels do not depend on the batch it is in, nor on the batch size.
@@ -246,16 +253,24 @@ class DiffusionUpscaler:
         seeds = [0] * batch if seeds is None else [int(s) for s in seeds]
         if len(captions) != batch or len(seeds) != batch:
             raise InputError(f"{batch} tiles need {batch} captions and seeds, got {len(captions)} and {len(seeds)}")
-        # The scene stretch may overshoot [0, 1] a little, and nodata may hold NaN: the
-        # pipeline takes valid images only (masked pixels are restored by the engine).
-        tiles = tiles.float().nan_to_num(0.0).clamp(0.0, 1.0)
+        # The pipeline takes valid images only (NaN never reaches it: the engine fills
+        # masked and non-finite pixels; a direct caller's NaN or inf reads as 0).
+        tiles = tiles.float().nan_to_num(0.0, posinf=0.0, neginf=0.0)
         # Pad to the size the UNet can downsample, then crop the HR result back.
         multiple = self._pipe.size_multiple // math.gcd(self._pipe.size_multiple, self.scale)
         pad_h, pad_w = -height % multiple, -width % multiple
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             tiles = F.pad(tiles, (0, pad_w, 0, pad_h), mode=mode)
-        hr = self._upscale_batches(tiles, captions, seeds)
+        inside = tiles.clamp(0.0, 1.0)
+        hr = self._upscale_batches(inside, captions, seeds)
+        outside = tiles - inside
+        if outside.any():
+            # bicubic(tiles) - bicubic(inside) = bicubic(outside): interpolation is linear, and
+            # zero wherever no pixel under the kernel was clamped
+            from geosr.pipelines.pipeline_geosr import interpolate_lr
+
+            hr += interpolate_lr(outside, self.scale, self._pipe.config.upsample_mode)
         return hr[..., : height * self.scale, : width * self.scale].contiguous()
 
     def _upscale_batches(self, tiles: torch.Tensor, captions: list[str], seeds: list[int]) -> torch.Tensor:
