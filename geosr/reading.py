@@ -23,14 +23,19 @@ __all__ = ["read_tile", "read_valid", "fill_invalid", "pad_reflect"]
 
 
 def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
-    """Boolean validity of ``window``: the dataset mask (nodata, alpha, internal mask)."""
+    """Boolean validity of ``window``: the dataset mask (nodata, alpha, internal mask) and,
+    in a float raster, no band NaN or infinite (:attr:`geosr.scene.Scene.non_finite`)."""
     if not masked:
         return np.ones((int(window.height), int(window.width)), bool)
     with warnings.catch_warnings(), read_errors_named(ds.name, window, "mask"):
         # nodata + alpha: GDAL (and geosr) use the nodata value; the user was told by GDAL
         # tools long before, and the warning would repeat for every tile.
         warnings.simplefilter("ignore", NodataShadowWarning)
-        return ds.dataset_mask(window=window) > 0
+        valid = ds.dataset_mask(window=window) > 0
+        if np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
+            # GDAL's mask knows one nodata value; NaN and inf pixels without it are no-data too
+            valid &= np.isfinite(ds.read(window=window)).all(axis=0)
+    return valid
 
 
 def pad_reflect(data: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
@@ -73,7 +78,7 @@ def read_tile(
         ``[C, H, W]`` float32 in model units (scene stretch applied, not clipped), invalid
         pixels filled from valid neighbours, halo outside the raster reflect-padded.
     valid : np.ndarray
-        ``[h, w]`` bool validity of the read window (not padded).
+        ``[h, w]`` bool validity of the read window (not padded): :func:`read_valid`.
     """
     raw = np.empty((len(bands), int(tile.read.height), int(tile.read.width)), ds.dtypes[0])
     for i, b in enumerate(bands):  # band by band, so a failure names its band
@@ -81,6 +86,8 @@ def read_tile(
             raw[i] = ds.read(b, window=tile.read)
     valid = read_valid(ds, tile.read, masked)
     data = stretch.forward(raw)
+    # NaN and inf are invalid (read_valid) and filled below; zeroed first for a scene whose
+    # pixels were not checked (open_scene(check_pixels=False)): a model takes finite values only
     data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
     data = fill_invalid(data, valid)
     return pad_reflect(data, tile.pad), valid

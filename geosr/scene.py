@@ -20,21 +20,29 @@ from pathlib import Path
 from typing import Sequence
 from xml.sax.saxutils import escape
 
+import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.windows import Window
 
-from geosr.errors import GeoreferenceError, GridMismatchError, InputError
+from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
 
-__all__ = ["Scene", "open_scene", "open_raster", "expand_inputs", "NotGeoreferencedInputWarning"]
+__all__ = [
+    "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite",
+    "NotGeoreferencedInputWarning", "NonFiniteInputWarning",
+]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".img")
 
 # Real-valued pixel types the stretch and the models handle; complex (SAR) data is not imagery
 # a super-resolution model was trained on.
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+# Rows read at a time when looking for NaN and infinities (count_non_finite).
+NON_FINITE_STRIP_BYTES = 64 * 2**20
 
 # Mosaic pieces may differ from the common grid by this fraction of a pixel (float noise
 # in transforms written by other tools); anything larger is a different grid.
@@ -43,6 +51,10 @@ GRID_TOLERANCE_PX = 1e-3
 
 class NotGeoreferencedInputWarning(UserWarning):
     """The input has no CRS / transform: the output will not be georeferenced either."""
+
+
+class NonFiniteInputWarning(UserWarning):
+    """Pixels of a float input are NaN or infinite without nodata saying so: they are no-data."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,10 @@ class Scene:
         Per-band metadata carried to the output.
     tags : dict
         Dataset tags of the (first) input.
+    non_finite : int
+        Pixels of a float raster with a NaN or infinite band that its nodata does not
+        already mask (0 when the pixels were not checked). They are no-data: masked like
+        nodata (:func:`geosr.reading.read_valid`), filled before any model sees them.
     """
 
     source: str
@@ -95,6 +111,7 @@ class Scene:
     offsets: tuple[float, ...] = ()
     units: tuple[str | None, ...] = ()
     tags: dict = field(default_factory=dict)
+    non_finite: int = 0
 
     @property
     def georeferenced(self) -> bool:
@@ -108,8 +125,8 @@ class Scene:
 
     @property
     def masked(self) -> bool:
-        """True when some pixels may be invalid (nodata, alpha or internal mask)."""
-        return self.nodata is not None or self.alpha_band is not None or self.has_internal_mask
+        """True when some pixels may be invalid (nodata, alpha, internal mask, NaN or infinity)."""
+        return self.nodata is not None or self.alpha_band is not None or self.has_internal_mask or self.non_finite > 0
 
     @property
     def is_mosaic(self) -> bool:
@@ -148,7 +165,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return unique
 
 
-def open_scene(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike | None = None) -> Scene:
+def open_scene(
+    inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike | None = None, check_pixels: bool = True
+) -> Scene:
     """Describe the input(s) of a run.
 
     Parameters
@@ -157,6 +176,10 @@ def open_scene(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike |
         One raster or .vrt, or several same-grid rasters / a directory / a glob (a mosaic).
     workdir : path-like, optional
         Where a mosaic's VRT is written. Required for mosaics.
+    check_pixels : bool
+        Read a float raster's pixels for NaN and infinities (:attr:`Scene.non_finite`, with
+        a :class:`NonFiniteInputWarning` when there are some). ``geosr info`` describes
+        metadata only and skips it.
 
     Raises
     ------
@@ -167,11 +190,11 @@ def open_scene(inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike |
     """
     files = expand_inputs(inputs)
     if len(files) == 1:
-        return _describe(files[0], files)
+        return _describe(files[0], files, check_pixels)
     if workdir is None:
         raise InputError("a mosaic of several inputs needs a work directory for its VRT")
     vrt = _write_mosaic_vrt(files, Path(workdir))
-    return _describe(str(vrt), files)
+    return _describe(str(vrt), files, check_pixels)
 
 
 def open_raster(source: str) -> rasterio.io.DatasetReader:
@@ -184,7 +207,29 @@ def open_raster(source: str) -> rasterio.io.DatasetReader:
         return rasterio.open(source)
 
 
-def _describe(source: str, paths: Sequence[str]) -> Scene:
+def count_non_finite(ds: rasterio.io.DatasetReader) -> int:
+    """Pixels of ``ds`` with a NaN or infinite band, other than those its nodata masks.
+
+    Every pixel is read (in strips of about 64 MB): one NaN or inf pixel is enough to make a
+    dark spot, and a decimated read would miss it. Integer rasters hold none and are not read.
+    """
+    if not np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
+        return 0
+    nan_is_nodata = ds.nodata is not None and math.isnan(ds.nodata)
+    rows = max(1, NON_FINITE_STRIP_BYTES // (ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize))
+    found = 0
+    for top in range(0, ds.height, rows):
+        strip = Window(0, top, ds.width, min(rows, ds.height - top))
+        with read_errors_named(ds.name, strip, what="a check for NaN and infinities"):
+            block = ds.read(window=strip)
+        bad = ~np.isfinite(block).all(axis=0)
+        if nan_is_nodata:  # all-NaN pixels are the declared nodata, masked already
+            bad &= ~np.isnan(block).all(axis=0)
+        found += int(np.count_nonzero(bad))
+    return found
+
+
+def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> Scene:
     try:
         ds = open_raster(source)
     except rasterio.errors.RasterioIOError as exc:
@@ -214,6 +259,14 @@ def _describe(source: str, paths: Sequence[str]) -> Scene:
         )
         flags = ds.mask_flag_enums[0] if ds.count else []
         internal_mask = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags and alpha is None
+        non_finite = count_non_finite(ds) if check_pixels else 0
+        if non_finite:
+            warnings.warn(
+                f"{paths[0] if len(paths) == 1 else 'the mosaic'}: {non_finite} pixels are NaN or infinite "
+                f"(of {ds.width * ds.height}): treated as no-data, masked in the output",
+                NonFiniteInputWarning,
+                stacklevel=3,
+            )
         return Scene(
             source=source,
             paths=tuple(paths),
@@ -234,6 +287,7 @@ def _describe(source: str, paths: Sequence[str]) -> Scene:
             offsets=tuple(ds.offsets),
             units=tuple(ds.units),
             tags=dict(ds.tags()),
+            non_finite=non_finite,
         )
 
 

@@ -27,7 +27,8 @@ def info(inputs, tile, overlap, scale, as_json):
       geosr info scene.tif --tile 512
     """
     with tempfile.TemporaryDirectory() as tmp:
-        scene = fail_cleanly(lambda: open_scene(inputs, workdir=tmp))
+        # metadata only: no read of every pixel for NaN (a run does that), no torch (the command starts fast)
+        scene = fail_cleanly(lambda: open_scene(inputs, workdir=tmp, check_pixels=False))
     grid = TileGrid(scene.width, scene.height, tile, overlap)
     facts = {
         "inputs": list(scene.paths),

@@ -1,0 +1,142 @@
+"""Values outside the scene stretch survive the neural path; NaN and infinities are no-data.
+
+Issue 27.1: a uint16 scene through the default model came out clipped to the input's 0.1 / 99.9
+percentiles. Issue 26.6: NaN and inf pixels without a nodata value were written as valid 0s.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+
+import geosr
+from geosr.cli import cli
+from geosr.models import load_upscaler
+from geosr.radiometry import fit_stretch
+from geosr.scene import NonFiniteInputWarning
+from tests.rasters import texture, write_raster
+
+SIDE = 192
+# 4 x 4 blobs, two bright and two dark per band: 32 px each way, 0.087 % of the scene, so the
+# 0.1 / 99.9 percentiles stay in the bulk and every blob pixel lies far outside the stretch
+BLOBS = {"high": [(30, 40), (130, 150)], "low": [(60, 120), (150, 30)]}
+
+
+def outlier_scene(path, dtype: str):
+    """Ground-like texture plus far-out blobs (highlights and shadows the stretch cannot hold)."""
+    base = texture(3, SIDE, SIDE, seed=2)
+    if dtype == "uint16":  # a Landsat-like range, blobs at a glint and deep shadow
+        data, values = 6000 + base * 14000, {"high": 52000, "low": 300}
+    else:  # reflectance, blobs beyond what a percentile stretch keeps
+        data, values = 0.02 + base * 0.3, {"high": 2.5, "low": -0.8}
+    for kind, corners in BLOBS.items():
+        for r, c in corners:
+            data[:, r : r + 4, c : c + 4] = values[kind]
+    return write_raster(path, data.astype(dtype))
+
+
+def upscale(src, out, model):
+    return geosr.upscale(src, out, scale=2, model=model, tile=96, overlap=16, route="off", captioner="degradation")
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_default_model_keeps_values_outside_the_stretch_as_bicubic_does(tmp_path, dtype):
+    src = outlier_scene(tmp_path / "in.tif", dtype)
+    with rasterio.open(src) as ds:
+        data = ds.read().astype(np.float64)
+    stretch = fit_stretch(str(src), (1, 2, 3), dtype)
+    assert all(data[b].max() > 2 * stretch.high[b] for b in range(3))  # the blobs are far outside it
+    upscale(src, tmp_path / "bicubic.tif", "bicubic")
+    upscale(src, tmp_path / "model.tif", None)  # the shipped default at x2
+    with rasterio.open(tmp_path / "bicubic.tif") as a, rasterio.open(tmp_path / "model.tif") as b:
+        assert b.tags()["GEOSR_MODEL"].startswith("diffusion:geosr-tiny-x2")
+        bicubic, model = a.read().astype(np.float64), b.read().astype(np.float64)
+    for band in range(3):
+        span = bicubic[band].max() - bicubic[band].min()
+        # min and max within a few % of bicubic's (the model's residual at the blob edges);
+        # clipped, the maximum was the 99.9th percentile: 40 % of the span below
+        assert abs(model[band].max() - bicubic[band].max()) <= 0.05 * span
+        assert abs(model[band].min() - bicubic[band].min()) <= 0.05 * span
+        # and the blobs themselves come back, not just their brightest pixel
+        for kind, corners in BLOBS.items():
+            for r, c in corners:
+                core = (band, slice(2 * r + 2, 2 * r + 6), slice(2 * c + 2, 2 * c + 6))
+                assert np.abs(model[core] - bicubic[core]).max() <= 0.05 * span
+
+
+def test_in_range_tiles_are_the_pipelines_own_output():
+    """Nothing outside [0, 1]: the added bicubic term is exactly zero."""
+    model = load_upscaler("geosr-tiny-x2", 2)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    caption = ["mild isotropic blur sigma 0.5 px; no noise; no jpeg"]
+    ref = model.pipeline(x, prompt=caption, generator=[torch.Generator("cpu").manual_seed(3)], output_type="pt").images
+    assert torch.equal(model.upscale(x, caption, [3]), ref.float().cpu())
+
+
+def nan_scene(path, nodata=None):
+    data = (texture(3, 64, 80, seed=5) * 0.4 + 0.02).astype("float32")
+    data[:, 10:20, 10:30] = np.nan  # a NaN patch (every band)
+    data[1, 40, 50] = np.inf  # single infinite pixels, one band each
+    data[0, 50, 60] = -np.inf
+    if nodata is not None:
+        data[:, 60:, :] = nodata
+    return write_raster(path, data, nodata=nodata), data
+
+
+@pytest.mark.parametrize("model", ["bicubic", None])
+def test_nan_and_inf_pixels_are_masked_never_written_as_values(tmp_path, model):
+    src, data = nan_scene(tmp_path / "in.tif")
+    with pytest.warns(NonFiniteInputWarning, match="202 pixels are NaN or infinite"):
+        upscale(src, tmp_path / "out.tif", model)
+    bad = ~np.isfinite(data).all(axis=0)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        valid = out.dataset_mask() > 0
+        hr = out.read()
+    np.testing.assert_array_equal(valid, np.kron(~bad, np.ones((2, 2), bool)))
+    assert np.isfinite(hr).all()
+    good = data[:, ~bad]
+    # no dark spot: the filled pixels were never 0 to the model (valid data start at 0.02)
+    assert hr[:, valid].min() >= good.min() - 0.1 * np.ptp(good)
+
+
+def test_nan_beside_a_declared_nodata_becomes_nodata_too(tmp_path):
+    src, data = nan_scene(tmp_path / "in.tif", nodata=-9999.0)
+    with pytest.warns(NonFiniteInputWarning, match="202 pixels"):  # the nodata rows are not counted
+        upscale(src, tmp_path / "out.tif", "bicubic")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr = out.read(1)
+    lr_invalid = ~np.isfinite(data).all(axis=0) | (data[0] == -9999.0)
+    np.testing.assert_array_equal(hr == -9999.0, np.kron(lr_invalid, np.ones((2, 2), bool)))
+
+
+def test_all_nan_scene_is_an_all_masked_output(tmp_path):
+    src = write_raster(tmp_path / "in.tif", np.full((3, 40, 40), np.nan, np.float32))
+    with pytest.warns(NonFiniteInputWarning, match="1600 pixels are NaN or infinite"):
+        report = upscale(src, tmp_path / "out.tif", None)
+    assert report.tiles_processed == 0
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert not out.dataset_mask().any()
+
+
+def test_stretch_statistics_ignore_nan_and_inf(tmp_path):
+    src, data = nan_scene(tmp_path / "in.tif")
+    stretch = fit_stretch(str(src), (1, 2, 3), "float32")
+    for b in range(3):
+        finite = data[b][np.isfinite(data[b])]
+        np.testing.assert_allclose((stretch.low[b], stretch.high[b]), np.percentile(finite, (0.1, 99.9)), rtol=1e-6)
+
+
+def test_command_says_it_once(tmp_path):
+    src, _ = nan_scene(tmp_path / "in.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteInputWarning)  # the command shows it on stderr
+        result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2",
+                                          "--model", "bicubic", "--captioner", "none"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "NaN" in line]
+    assert lines == [f"warning: {src}: 202 pixels are NaN or infinite (of 5120): treated as no-data, masked in the output"]
