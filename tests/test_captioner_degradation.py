@@ -12,13 +12,14 @@ import torch
 from geosr.captioning import load_captioner
 from geosr.captioning.degradation import DegradationCaptioner, DegradationEstimate
 from geosr.captioning.evaluation import degraded_crops, evaluate_captioner
+from geosr.captioning.vocabulary import CaptionFacts, format_caption, parse_caption
 from geosr.errors import CaptionerError, InputError
 from geosr.training.degradations import DegradationParams, apply_degradation, degrade, describe
 
 DATA = Path(__file__).parent / "data"
 # the one grammar of geosr.captioning.vocabulary
 GRAMMAR = re.compile(
-    r"(mild|moderate|strong) (isotropic blur sigma \d+\.\d px|anisotropic blur sigma \d+\.\d px along \d+ deg); "
+    r"(no blur|(mild|moderate|strong) (isotropic blur sigma \d+\.\d px|anisotropic blur sigma \d+\.\d px along \d+ deg)); "
     r"(no noise|(low|moderate|high) noise sigma \d+); (no jpeg|jpeg quality \d+)"
 )
 
@@ -82,6 +83,23 @@ def test_estimate_uint8_and_float_agree():
     assert again.blur_sigma == pytest.approx(est.blur_sigma, rel=1e-6)
     assert isinstance(est, DegradationEstimate)
     assert est.caption() == cap.caption(torch.from_numpy(img.transpose(2, 0, 1) / 255.0)[None])[0]
+
+
+def test_a_blur_that_rounds_to_zero_is_no_blur():
+    """Issue 27.6: a sharp drone scene was "mild isotropic blur sigma 0.0 px" on every tile."""
+    sharp = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)  # nothing blurred
+    est = DegradationCaptioner().estimate(sharp)
+    assert round(est.blur_sigma, 1) == 0.0
+    assert est.caption().startswith("no blur; "), est.caption()
+    assert GRAMMAR.fullmatch(est.caption())
+    # the training captions (the truth a model learns from) follow the same rule
+    barely = DegradationParams(4, 0.15, 0.15, 0.0, 3.0, None, "iso")  # 0.04 LR px
+    assert describe(barely) == "no blur; low noise sigma 3; no jpeg"
+    assert describe(DegradationParams(4, 0.3, 0.3, 0.0, 0.0, None, "iso")) == "mild isotropic blur sigma 0.1 px; no noise; no jpeg"
+    # and read back: sigma 0, no orientation; the contradiction is no caption of the grammar
+    assert parse_caption("no blur; low noise sigma 3; no jpeg") == CaptionFacts(0.0, False, None, 3.0, None)
+    assert parse_caption("mild isotropic blur sigma 0.0 px; no noise; no jpeg") is None
+    assert format_caption(0.04, True, 30.0, 0.0, None) == "no blur; no noise; no jpeg"
 
 
 def test_bad_images():

@@ -14,9 +14,11 @@ The caption describes the image the captioner *sees* (the low-resolution tile), 
 
 Grammar (``;``-separated clauses, always in this order)::
 
-    <blur strength> <isotropic|anisotropic> blur sigma <s.s> px[ along <angle> deg]
+    <blur strength> <isotropic|anisotropic> blur sigma <s.s> px[ along <angle> deg]  |  no blur
     <noise level> noise sigma <n>          |  no noise
     jpeg quality <q>                       |  no jpeg
+
+A blur sigma that rounds to 0.0 px is ``no blur`` (never "mild ... blur sigma 0.0 px").
 
 Examples: ``"mild isotropic blur sigma 0.7 px; no noise; no jpeg"`` and
 ``"strong anisotropic blur sigma 2.4 px along 135 deg; moderate noise sigma 9;
@@ -87,9 +89,9 @@ def format_caption(
     ----------
     blur_sigma : float
         Blur sigma in px of the captioned image (geometric mean of the axes when
-        anisotropic).
+        anisotropic); one that rounds to 0.0 px is written ``no blur``.
     anisotropic : bool
-        Whether to write the orientation clause.
+        Whether to write the orientation clause (a blur that is written has one).
     blur_angle_deg : float
         Direction of the major blur axis, counter-clockwise from the image x axis (as
         seen on screen), any real value; written modulo 180 to ``ANGLE_STEP_DEG``.
@@ -105,11 +107,14 @@ def format_caption(
     """
     # words are chosen from the rounded numbers so that word and number never disagree
     sigma = round(float(blur_sigma), 1)
-    blur = f"{blur_strength(sigma)} "
-    blur += f"{'anisotropic' if anisotropic else 'isotropic'} blur sigma {sigma:.1f} px"
-    if anisotropic:
-        angle = int(round(blur_angle_deg / ANGLE_STEP_DEG)) * ANGLE_STEP_DEG % 180
-        blur += f" along {angle} deg"
+    if sigma == 0.0:  # a blur of 0.0 px is none: no strength, kind or direction to state
+        blur = "no blur"
+    else:
+        blur = f"{blur_strength(sigma)} "
+        blur += f"{'anisotropic' if anisotropic else 'isotropic'} blur sigma {sigma:.1f} px"
+        if anisotropic:
+            angle = int(round(blur_angle_deg / ANGLE_STEP_DEG)) * ANGLE_STEP_DEG % 180
+            blur += f" along {angle} deg"
     if noise_sigma < NOISE_FLOOR:
         noise = "no noise"
     else:
@@ -129,7 +134,7 @@ class CaptionFacts:
     Attributes
     ----------
     blur_sigma : float
-        Blur sigma in px of the captioned image.
+        Blur sigma in px of the captioned image (0 for ``no blur``).
     anisotropic : bool
         Whether the caption has an orientation clause.
     blur_angle_deg : float or None
@@ -148,8 +153,8 @@ class CaptionFacts:
 
 
 _CAPTION_RE = re.compile(
-    r"(?P<strength>mild|moderate|strong) (?P<kind>isotropic|anisotropic) blur sigma "
-    r"(?P<sigma>\d+\.\d) px(?: along (?P<angle>\d+) deg)?; "
+    r"(?:no blur|(?P<strength>mild|moderate|strong) (?P<kind>isotropic|anisotropic) blur sigma "
+    r"(?P<sigma>\d+\.\d) px(?: along (?P<angle>\d+) deg)?); "
     r"(?:no noise|(?P<level>low|moderate|high) noise sigma (?P<noise>\d+)); "
     r"(?:no jpeg|jpeg quality (?P<jpeg>\d+))"
 )
@@ -160,16 +165,16 @@ def parse_caption(text: str) -> CaptionFacts | None:
 
     A caption follows the grammar when it is exactly what :func:`format_caption` writes:
     the three clauses in order, words that agree with their numbers (``mild`` only below
-    0.6 px, ``low`` noise only below 5 DN...), an orientation clause exactly when the blur
-    is anisotropic, angles in [0, 180) on the 15 degree steps and JPEG qualities in
-    [10, 100] on steps of 10. Surrounding white space and a final full stop are allowed
-    (a language model may add them).
+    0.6 px, ``no blur`` for 0.0 px, ``low`` noise only below 5 DN...), an orientation
+    clause exactly when the blur is anisotropic, angles in [0, 180) on the 15 degree steps
+    and JPEG qualities in [10, 100] on steps of 10. Surrounding white space and a final full
+    stop are allowed (a language model may add them).
     """
     match = _CAPTION_RE.fullmatch(text.strip().rstrip("."))
     if match is None:
         return None
     g = match.groupdict()
-    sigma = float(g["sigma"])
+    sigma = 0.0 if g["sigma"] is None else float(g["sigma"])
     anisotropic = g["kind"] == "anisotropic"
     angle = None if g["angle"] is None else float(g["angle"])
     noise = 0.0 if g["noise"] is None else float(g["noise"])
