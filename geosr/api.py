@@ -9,11 +9,14 @@ on the refined grid (:mod:`geosr.lazy`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from typing import TYPE_CHECKING, Mapping, Sequence
+import re
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
-from geosr.errors import InputError
+from geosr.errors import GeosrError, InputError
 from geosr.sources import Source, source_files
 
 if TYPE_CHECKING:
@@ -21,7 +24,16 @@ if TYPE_CHECKING:
 
     from geosr.engine import RunReport
 
-__all__ = ["upscale", "caption"]
+__all__ = ["upscale", "caption", "python_spelling", "keyword_wording", "command_line_wording"]
+
+# Whether errors leaving the API name options as the command line spells them (--overwrite)
+# or as Python does (overwrite=True): the commands call the same functions.
+_WORDING: contextvars.ContextVar[str] = contextvars.ContextVar("geosr_option_wording", default="python")
+# Options whose Python spelling is not the flag's name with "_" for "-".
+_KEYWORDS = {"overwrite": "overwrite=True", "resume": "resume=True", "co": "creation_options"}
+_FLAG = re.compile(r"(?<![\w-])--(?P<name>[a-z][a-z0-9-]*)")
+# Options that messages name with a value: "--route off" is route='off'.
+_FLAG_WITH_VALUE = re.compile(r"(?<![\w-])--(?P<name>route|model) (?P<value>auto|off|nearest)\b")
 
 
 def upscale(
@@ -71,8 +83,9 @@ def upscale(
     scale : int
         2, 3, 4 or 8.
     model : str, optional
-        ``bicubic``, ``lanczos``, a shipped model, a diffusers directory or hub id
-        (default: the shipped model at x4, bicubic at other scales).
+        ``bicubic``, ``lanczos``, a shipped model, a diffusers directory or hub id (default:
+        the model shipped for the scale, ``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2;
+        bicubic at x3 and x8).
     captioner : str
         ``degradation``, ``mllm:geosr-caption-tiny`` (the shipped VLM), ``mllm:DIR-OR-HUB-ID``,
         ``fixed:TEXT`` or ``none``.
@@ -126,6 +139,7 @@ def upscale(
     geosr.errors.GeosrError
         :class:`~geosr.errors.InputError` for bad arguments or inputs, and the narrow
         classes of :mod:`geosr.errors` for failed runs (``exit_code`` of each is the CLI's).
+        Messages name options as keyword arguments (``pass overwrite=True``).
 
     Examples
     --------
@@ -135,32 +149,33 @@ def upscale(
     >>> hr.isel(x=slice(0, 512), y=slice(0, 512)).compute()
     >>> geosr.upscale("scene.tif", "scene_x4.tif", scale=4)  # a COG and its report
     """
-    config = _run_config(
-        scale=scale, model=model, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
-        bands=bands, aoi=aoi, blend=blend, seed=seed, device=device, dtype=dtype, steps=steps, guidance=guidance,
-        batch_size=batch_size, creation_options=creation_options, overwrite=overwrite, resume=resume,
-        address=address, local_workers=local_workers, progress=progress, route=route,
-        route_threshold=route_threshold,
-    )
-    if output is None:
-        _refuse_run_options(
-            creation_options=creation_options, overwrite=overwrite, resume=resume, address=address,
-            local_workers=local_workers, performance_report=performance_report, progress=progress,
-            route_map=route_map,
+    with keyword_wording():
+        config = _run_config(
+            scale=scale, model=model, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
+            bands=bands, aoi=aoi, blend=blend, seed=seed, device=device, dtype=dtype, steps=steps,
+            guidance=guidance, batch_size=batch_size, creation_options=creation_options, overwrite=overwrite,
+            resume=resume, address=address, local_workers=local_workers, progress=progress, route=route,
+            route_threshold=route_threshold,
         )
-        from geosr.lazy import lazy_upscale
+        if output is None:
+            _refuse_run_options(
+                creation_options=creation_options, overwrite=overwrite, resume=resume, address=address,
+                local_workers=local_workers, performance_report=performance_report, progress=progress,
+                route_map=route_map,
+            )
+            from geosr.lazy import lazy_upscale
 
-        return lazy_upscale(source_files(source), config)
-    from geosr.engine import upscale_scene
+            return lazy_upscale(source_files(source), config)
+        from geosr.engine import upscale_scene
 
-    if performance_report is not None:
-        _require_reports()
-    files = source_files(source)
-    try:
-        report = os.fspath(performance_report) if performance_report is not None else None
-        return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
-    finally:
-        files.cleanup()
+        if performance_report is not None:
+            _require_reports()
+        files = source_files(source)
+        try:
+            report = os.fspath(performance_report) if performance_report is not None else None
+            return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
+        finally:
+            files.cleanup()
 
 
 def caption(
@@ -206,17 +221,18 @@ def caption(
     """
     from geosr.engine import caption_scene
 
-    if output is None and overwrite:
-        raise InputError("overwrite only applies when writing to an output file")
-    config = _run_config(
-        captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap, bands=bands, aoi=aoi,
-        overwrite=overwrite, address=address, local_workers=local_workers,
-    )
-    files = source_files(source)
-    try:
-        return caption_scene(files.paths, output, config)
-    finally:
-        files.cleanup()
+    with keyword_wording():
+        if output is None and overwrite:
+            raise InputError("overwrite only applies when writing to an output file")
+        config = _run_config(
+            captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap, bands=bands, aoi=aoi,
+            overwrite=overwrite, address=address, local_workers=local_workers,
+        )
+        files = source_files(source)
+        try:
+            return caption_scene(files.paths, output, config)
+        finally:
+            files.cleanup()
 
 
 def _run_config(*, scale: int = 4, tile: int = 256, overlap: int = 16, bands: Sequence[int] | None = None,
@@ -249,3 +265,46 @@ def _refuse_run_options(**options) -> None:
     given = [name for name, value in options.items() if value not in (None, False, {})]
     if given:
         raise InputError(f"{', '.join(given)} only apply when writing to an output file (pass output=...)")
+
+
+def python_spelling(text: str) -> str:
+    """``text`` with the command line's options spelled as keyword arguments of :func:`upscale`.
+
+    ``pass --overwrite`` -> ``pass overwrite=True``, ``--route off`` -> ``route='off'``,
+    ``--co`` -> ``creation_options``, ``--batch-size`` -> ``batch_size``; flags that are no
+    keyword of the API are left as they are.
+    """
+    import inspect
+
+    keywords = set(inspect.signature(upscale).parameters)
+
+    def spell(match: re.Match) -> str:
+        name = match["name"].replace("-", "_")
+        return _KEYWORDS.get(match["name"], name if name in keywords else match[0])
+
+    text = _FLAG_WITH_VALUE.sub(lambda m: f"{m['name']}={m['value']!r}", text)
+    return _FLAG.sub(spell, text).replace("the same command", "the same call")
+
+
+@contextlib.contextmanager
+def keyword_wording() -> Iterator[None]:
+    """Errors leaving the block name options as Python keywords (:func:`python_spelling`),
+    unless the command line asked for its own spelling (:func:`command_line_wording`)."""
+    try:
+        yield
+    except GeosrError as exc:
+        if _WORDING.get() == "python":
+            exc.args = tuple(python_spelling(a) if isinstance(a, str) else a for a in exc.args)
+            if hasattr(exc, "__notes__"):
+                exc.__notes__ = [python_spelling(n) for n in exc.__notes__]
+        raise
+
+
+@contextlib.contextmanager
+def command_line_wording() -> Iterator[None]:
+    """Within the block, the API's errors keep the command line's spelling of options."""
+    token = _WORDING.set("command line")
+    try:
+        yield
+    finally:
+        _WORDING.reset(token)

@@ -157,3 +157,40 @@ def test_a_four_band_uint8_dataarray_keeps_its_fourth_band():
     hr = da.geosr.upscale(scale=2, model="bicubic")
     assert hr.shape == (4, 2 * da.shape[1], 2 * da.shape[2])
     np.testing.assert_array_equal(hr.values, geosr.upscale(str(path), scale=2, model="bicubic").values)
+
+
+def test_errors_name_python_keywords_and_the_command_its_flags(scene, tmp_path):
+    """Issue 27.8: from Python, `pass --overwrite` is no advice; the command keeps its flags."""
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"")
+    with pytest.raises(OutputExistsError, match=r"pass overwrite=True to replace it") as info:
+        geosr.upscale(scene[0], out, **OPTIONS)
+    assert "--" not in str(info.value)
+    with pytest.raises(InputError, match=r"^tile must be at least 8 px"):
+        geosr.upscale(scene[0], scale=2, tile=4)
+    res = CliRunner().invoke(cli, ["upscale", str(scene[0]), str(out), *CLI_OPTIONS])
+    assert res.exit_code == OutputExistsError.exit_code and "pass --overwrite to replace it" in res.output
+
+
+@pytest.mark.parametrize(
+    "cli_text, python_text",
+    [
+        ("out.tif exists; pass --overwrite to replace it", "out.tif exists; pass overwrite=True to replace it"),
+        ("3 of 9 output cells are kept in F (2 MiB): rerun the same command with --resume to continue",
+         "3 of 9 output cells are kept in F (2 MiB): rerun the same call with resume=True to continue"),
+        ("--route-map needs a routed run (--route auto with a neural model): --route off",
+         "route_map needs a routed run (route='auto' with a neural model): route='off'"),
+        ("--co COMPRESS=FOO: COMPRESS must be one of ...", "creation_options COMPRESS=FOO: COMPRESS must be one of ..."),
+        ("--batch-size must be >= 1, got 0", "batch_size must be >= 1, got 0"),
+        ("x.tif looks like a classification raster: upscale it with --model nearest",
+         "x.tif looks like a classification raster: upscale it with model='nearest'"),
+        ("a flag the API does not have: --upscale-args", "a flag the API does not have: --upscale-args"),
+    ],
+)
+def test_python_spelling_of_command_line_options(cli_text, python_text):
+    assert geosr.api.python_spelling(cli_text) == python_text
+
+
+def test_model_docstring_names_the_default_at_each_scale():
+    doc = " ".join(geosr.upscale.__doc__.split())
+    assert "``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2; bicubic at x3 and x8" in doc

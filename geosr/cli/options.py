@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 import click
 
+from geosr.api import command_line_wording
 from geosr.errors import EXIT_CODES, GeosrError, RunStopped, StopRequested
 
 
@@ -81,7 +82,8 @@ def fail_cleanly(fn: Callable[[], object], catch_all: bool = False, verbose: int
     and 8); ``verbose`` then still shows the traceback of a bug.
     """
     try:
-        return fn()
+        with command_line_wording():  # --overwrite, not the API's overwrite=True
+            return fn()
     except GeosrError as exc:
         raise _exit(one_line(exc), exc.exit_code) from exc
     except KeyboardInterrupt as exc:
