@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
 from geosr.errors import GeosrError, InputError
+from geosr.scene import categorical_reason, expand_inputs
 from geosr.sources import Source, source_files
 
 if TYPE_CHECKING:
@@ -83,8 +84,9 @@ def upscale(
     scale : int
         2, 3, 4 or 8.
     model : str, optional
-        ``bicubic``, ``lanczos``, a shipped model, a diffusers directory or hub id (default:
-        the model shipped for the scale, ``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2;
+        ``bicubic``, ``lanczos``, ``nearest`` (the one model for classification rasters:
+        land cover, masks), a shipped model, a diffusers directory or hub id (default: the
+        model shipped for the scale, ``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2;
         bicubic at x3 and x8).
     captioner : str
         ``degradation``, ``mllm:geosr-caption-tiny`` (the shipped VLM), ``mllm:DIR-OR-HUB-ID``,
@@ -137,9 +139,10 @@ def upscale(
     Raises
     ------
     geosr.errors.GeosrError
-        :class:`~geosr.errors.InputError` for bad arguments or inputs, and the narrow
-        classes of :mod:`geosr.errors` for failed runs (``exit_code`` of each is the CLI's).
-        Messages name options as keyword arguments (``pass overwrite=True``).
+        :class:`~geosr.errors.InputError` for bad arguments or inputs (a classification
+        raster with any model but ``nearest``, too), and the narrow classes of
+        :mod:`geosr.errors` for failed runs (``exit_code`` of each is the CLI's). Messages
+        name options as keyword arguments (``pass overwrite=True``).
 
     Examples
     --------
@@ -165,13 +168,20 @@ def upscale(
             )
             from geosr.lazy import lazy_upscale
 
-            return lazy_upscale(source_files(source), config)
+            files = source_files(source)
+            try:
+                _refuse_classes(files.paths, config.model)
+            except InputError:
+                files.cleanup()
+                raise
+            return lazy_upscale(files, config)
         from geosr.engine import upscale_scene
 
         if performance_report is not None:
             _require_reports()
         files = source_files(source)
         try:
+            _refuse_classes(files.paths, config.model)
             report = os.fspath(performance_report) if performance_report is not None else None
             return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
         finally:
@@ -250,6 +260,21 @@ def _run_config(*, scale: int = 4, tile: int = 256, overlap: int = 16, bands: Se
         scale=scale, tiles=TileSpec(tile, overlap), bands=bands, aoi=os.fspath(aoi) if aoi is not None else None,
         creation_options={k.upper(): str(v) for k, v in (creation_options or {}).items()}, **options,
     )
+
+
+def _refuse_classes(source: Sequence[str], model: str) -> None:
+    """A classification raster (land cover, a mask) goes through ``nearest`` only: every other
+    model blends neighbouring class codes into codes of no class (:func:`categorical_reason`;
+    a mosaic is judged by its first file)."""
+    if model == "nearest":
+        return
+    path = expand_inputs(source)[0]
+    reason = categorical_reason(path)
+    if reason is not None:
+        raise InputError(
+            f"{path} looks like a classification raster ({reason}): {model} would blend its classes "
+            "into values that are no class; upscale it with --model nearest"
+        )
 
 
 def _require_reports() -> None:

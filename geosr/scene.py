@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
 
 __all__ = [
-    "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite",
+    "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite", "categorical_reason",
     "NotGeoreferencedInputWarning", "NonFiniteInputWarning",
 ]
 
@@ -43,6 +43,18 @@ SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "floa
 
 # Rows read at a time when looking for NaN and infinities (count_non_finite).
 NON_FINITE_STRIP_BYTES = 64 * 2**20
+
+# When an integer raster holds classes (land cover codes, masks), not measurements
+# (categorical_reason). Measured on synthetic land cover (NLCD-, WorldCover-, MODIS-like codes,
+# blocky and organic patches) and 0/1 and 0/255 masks: equal neighbours 0.88-0.98, steps 0.37-1.0
+# of the range; on hazy, noisy or smooth low-contrast imagery of 9-50 grey levels: equal
+# neighbours 0.10-0.88, steps 0.02-0.19 of the range.
+CATEGORICAL_MAX_VALUES = 64  # distinct values per band, at most
+CATEGORICAL_MIN_EQUAL = 0.5  # share of equal neighbouring pixels, at least: classes lie in patches
+CATEGORICAL_MIN_JUMP = 0.2  # mean step between unequal neighbours / value range, at least: codes jump
+CATEGORICAL_MIN_PIXELS = 4096  # valid pixels sampled, at least, to judge at all
+CATEGORICAL_WINDOW = 128  # px: the sample is full-resolution windows, neighbours stay neighbours
+CATEGORICAL_WINDOWS = 4  # windows per side, spread over the raster
 
 # Mosaic pieces may differ from the common grid by this fraction of a pixel (float noise
 # in transforms written by other tools); anything larger is a different grid.
@@ -227,6 +239,81 @@ def count_non_finite(ds: rasterio.io.DatasetReader) -> int:
             bad &= ~np.isnan(block).all(axis=0)
         found += int(np.count_nonzero(bad))
     return found
+
+
+def categorical_reason(path: str) -> str | None:
+    """Why the raster at ``path`` holds classes (land cover, a mask) rather than measurements,
+    or None when it does not look like it.
+
+    A colour table (palette indices) or a raster attribute table in its ``.aux.xml`` says so.
+    Otherwise an integer raster is judged on full-resolution windows (neighbours must stay
+    neighbours): it holds classes when every data band has 2 to
+    :data:`CATEGORICAL_MAX_VALUES` distinct values, lies in uniform patches (at least
+    :data:`CATEGORICAL_MIN_EQUAL` of neighbouring pixels equal) and jumps between them (the
+    mean step between unequal neighbours at least :data:`CATEGORICAL_MIN_JUMP` of the value
+    range). Hazy or noisy imagery with few grey levels steps by a level or two; float,
+    constant and small rasters (under :data:`CATEGORICAL_MIN_PIXELS` valid pixels) are
+    taken as measurements.
+
+    Raises
+    ------
+    InputError
+        ``path`` does not open as a raster.
+    """
+    try:
+        ds = open_raster(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot open {path!r} as a raster: {exc}") from exc
+    with ds:
+        if ColorInterp.palette in ds.colorinterp:
+            return "a colour table"
+        aux = Path(path + ".aux.xml")
+        if aux.is_file() and "<GDALRasterAttributeTable" in aux.read_text(errors="replace"):
+            return "a raster attribute table"
+        if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+            return None
+        bands = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] != ColorInterp.alpha]
+        samples = []
+        for window in _sample_windows(ds.width, ds.height):
+            with read_errors_named(path, window, what="a sample to look for classes"):
+                samples.append(ds.read(bands, window=window, masked=True))
+    counts = []
+    for b in range(len(bands)):
+        values, equal, jump = _patch_statistics([sample[b] for sample in samples])
+        distinct = len(np.unique(values))
+        if values.size < CATEGORICAL_MIN_PIXELS or not 2 <= distinct <= CATEGORICAL_MAX_VALUES:
+            return None
+        if equal < CATEGORICAL_MIN_EQUAL or jump < CATEGORICAL_MIN_JUMP * float(np.ptp(values)):
+            return None
+        counts.append(distinct)
+    return f"{max(counts)} distinct values in uniform patches"
+
+
+def _sample_windows(width: int, height: int) -> list[Window]:
+    """Up to :data:`CATEGORICAL_WINDOWS` x :data:`CATEGORICAL_WINDOWS` windows of
+    :data:`CATEGORICAL_WINDOW` px, spread evenly over the raster (the whole of a small one)."""
+    def starts(length: int, size: int) -> np.ndarray:
+        count = min(CATEGORICAL_WINDOWS, -(-length // size))  # no more windows than it takes to cover it
+        return np.linspace(0, length - size, count).round().astype(int)
+
+    size_x, size_y = min(width, CATEGORICAL_WINDOW), min(height, CATEGORICAL_WINDOW)
+    return [Window(int(c), int(r), size_x, size_y) for r in starts(height, size_y) for c in starts(width, size_x)]
+
+
+def _patch_statistics(samples: Sequence[np.ma.MaskedArray]) -> tuple[np.ndarray, float, float]:
+    """Over ``[h, w]`` masked samples of one band: the valid values, the share of equal pairs among
+    valid neighbouring pixels (across and down), and the mean step between unequal ones."""
+    values, steps = [], []
+    for a in samples:
+        values.append(a.compressed().astype(np.int64))
+        for x, y in ((a[:, 1:], a[:, :-1]), (a[1:], a[:-1])):
+            both = ~(np.ma.getmaskarray(x) | np.ma.getmaskarray(y))
+            steps.append(np.abs(x.data[both].astype(np.int64) - y.data[both]))
+    values_all, steps_all = np.concatenate(values), np.concatenate(steps)
+    if steps_all.size == 0:
+        return values_all, 0.0, 0.0
+    unequal = steps_all[steps_all > 0]
+    return values_all, 1.0 - unequal.size / steps_all.size, float(unequal.mean()) if unequal.size else 0.0
 
 
 def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> Scene:

@@ -2,7 +2,7 @@
 
 :func:`load_upscaler` resolves a model spec:
 
-* ``bicubic`` / ``lanczos`` - classical baselines;
+* ``bicubic`` / ``lanczos`` - classical baselines; ``nearest`` - for classification rasters;
 * a name of a model shipped inside the package (``geosr-tiny-x4``, ``geosr-tiny-x2``);
 * a local diffusers pipeline directory or a Hugging Face hub id (the diffusion pipeline).
 
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from geosr.errors import ModelError
 from geosr.models.base import Upscaler
-from geosr.models.classical import BicubicUpscaler, LanczosUpscaler
+from geosr.models.classical import BicubicUpscaler, LanczosUpscaler, NearestUpscaler
 
 __all__ = [
     "Upscaler", "load_upscaler", "register_upscaler", "shipped_model_path", "default_model",
@@ -28,6 +28,7 @@ __all__ = [
 CLASSICAL: dict[str, Callable[[int], Upscaler]] = {
     "bicubic": BicubicUpscaler,
     "lanczos": LanczosUpscaler,
+    "nearest": NearestUpscaler,
 }
 
 # Loaders for anything that is not classical, tried in order: (matches(spec), load(spec, scale, **opts)).

@@ -1,4 +1,5 @@
-"""Classical interpolation upscalers: the baselines and the path for extra bands."""
+"""Classical interpolation upscalers: the baselines, the path for extra bands, and nearest
+neighbour for classification rasters (land cover, masks), whose values are classes."""
 
 from __future__ import annotations
 
@@ -61,5 +62,28 @@ class LanczosUpscaler:
         return torch.from_numpy(out)
 
 
+class NearestUpscaler:
+    """Nearest neighbour: every input pixel becomes a ``scale x scale`` block of its value.
+
+    The one upscaler that makes no new values, for rasters whose values are classes (land
+    cover, masks): any interpolation between two class codes is a code of no class.
+    """
+
+    channels = None
+
+    def __init__(self, scale: int) -> None:
+        self.scale = int(scale)
+        self.name = "nearest"
+
+    def upscale(
+        self,
+        tiles: torch.Tensor,
+        captions: Sequence[str] = (),
+        seeds: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        # an integer factor: "nearest" repeats each pixel exactly scale x scale times
+        return F.interpolate(tiles.float(), scale_factor=self.scale, mode="nearest").cpu()
+
+
 #: The interpolators: no network, no GPU wanted.
-CLASSICAL_UPSCALERS = (BicubicUpscaler, LanczosUpscaler)
+CLASSICAL_UPSCALERS = (BicubicUpscaler, LanczosUpscaler, NearestUpscaler)

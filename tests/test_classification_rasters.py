@@ -1,0 +1,96 @@
+"""Classification rasters (land cover, masks): refused by interpolating models, upscaled by ``nearest``.
+
+Issue 27.2: a land-cover raster came out with thousands of values that are no class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import geosr
+from geosr.cli import cli
+from geosr.errors import InputError
+from geosr.scene import categorical_reason
+from tests.rasters import texture, uint8_scene, write_raster
+
+DATA = Path(__file__).parent / "data"
+CLASSES = np.array([11, 21, 42, 52, 71, 90], np.uint8)  # NLCD-like codes
+
+
+def land_cover(path, nodata=None, **kw):
+    """Blocky regions of six class codes, 96 x 120 px."""
+    rng = np.random.default_rng(7)
+    coarse = rng.integers(0, len(CLASSES), (12, 15))
+    data = CLASSES[np.kron(coarse, np.ones((8, 8), int))][None]
+    if nodata is not None:
+        data[:, :8, :] = nodata
+    return write_raster(path, data, nodata=nodata, **kw), data
+
+
+@pytest.mark.parametrize("model", [None, "bicubic"])
+def test_a_land_cover_raster_is_refused_with_a_one_line_hint(tmp_path, model):
+    src, _ = land_cover(tmp_path / "lc.tif")
+    args = ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2"] + (["--model", model] if model else [])
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == InputError.exit_code
+    assert res.output.strip().splitlines() == [
+        f"Error: {src} looks like a classification raster (6 distinct values in uniform patches): {model or 'geosr-tiny-x2'} would "
+        "blend its classes into values that are no class; upscale it with --model nearest"
+    ]
+    assert not (tmp_path / "out.tif").exists()
+    with pytest.raises(InputError, match=r"upscale it with model='nearest'$"):
+        geosr.upscale(src, scale=2, model=model)  # the lazy result too, before any work
+
+
+def test_nearest_keeps_every_class_and_the_mask(tmp_path):
+    src, data = land_cover(tmp_path / "lc.tif", nodata=0)
+    geosr.upscale(src, tmp_path / "out.tif", scale=3, model="nearest", tile=32, overlap=8)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr = out.read()
+        assert out.tags()["GEOSR_MODEL"] == "nearest" and out.nodata == 0
+    np.testing.assert_array_equal(hr, np.kron(data, np.ones((1, 3, 3), np.uint8)))
+
+
+def test_colour_tables_and_attribute_tables_mark_classes(tmp_path):
+    # small, and two values only: the colour table alone says these are classes
+    path = tmp_path / "palette.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8",
+                       crs="EPSG:32618", transform=rasterio.Affine(2, 0, 0, 0, -2, 0)) as ds:
+        ds.write(np.repeat(np.array([0, 1], np.uint8), 600).reshape(1, 30, 40))
+        ds.write_colormap(1, {0: (0, 0, 255, 255), 1: (0, 128, 0, 255)})
+    assert categorical_reason(str(path)) == "a colour table"
+    rat, _ = land_cover(tmp_path / "rat.tif")
+    Path(str(rat) + ".aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><GDALRasterAttributeTable tableType="thematic">'
+        '<FieldDefn index="0"><Name>Value</Name><Type>0</Type><Usage>5</Usage></FieldDefn>'
+        "</GDALRasterAttributeTable></PAMRasterBand></PAMDataset>"
+    )
+    assert categorical_reason(str(rat)) == "a raster attribute table"
+
+
+def test_imagery_is_not_taken_for_classes(tmp_path):
+    # the real fixtures and the synthetic scenes the other tests run
+    for path in sorted(DATA.glob("*.tif")):
+        assert categorical_reason(str(path)) is None, path
+    assert categorical_reason(str(uint8_scene(tmp_path / "u8.tif"))) is None
+    # few grey levels, but imagery: hazy ground (41 levels), flat water with 1 DN of noise
+    # (9 levels), a smooth ramp (50 levels) step by a level or two, classes jump
+    rng = np.random.default_rng(0)
+    few_levels = {
+        "haze": (texture(1, 200, 200)[0] * 40 + 100).round(),
+        "water": 80 + rng.normal(0, 1, (200, 200)).round(),
+        "ramp": np.tile(np.linspace(0, 49, 200).round(), (200, 1)),
+    }
+    for name, data in few_levels.items():
+        assert len(np.unique(data)) <= 64
+        assert categorical_reason(str(write_raster(tmp_path / f"{name}.tif", data.astype(np.uint16)[None]))) is None
+    # too small, constant, or float: not judged
+    _, lc = land_cover(tmp_path / "lc.tif")
+    assert categorical_reason(str(write_raster(tmp_path / "small.tif", lc[:, :40, :60]))) is None
+    assert categorical_reason(str(write_raster(tmp_path / "flat.tif", np.full((1, 80, 80), 7, np.uint8)))) is None
+    assert categorical_reason(str(write_raster(tmp_path / "float.tif", lc.astype(np.float32)))) is None
