@@ -1,21 +1,60 @@
-"""The ``geosr`` command line: a click group, one module per subcommand."""
+"""The ``geosr`` command line: a click group, one module per subcommand.
+
+Subcommands are imported only when one runs (or its own ``--help`` is asked for): most of
+them need torch, which takes seconds to import, and ``geosr info`` or ``geosr --help`` need
+none of it.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from geosr import __version__
-from geosr.cli.bench import bench
-from geosr.cli.bench_model import bench_model
-from geosr.cli.caption import caption
-from geosr.cli.evaluate import evaluate
-from geosr.cli.evaluate_captioner import evaluate_captioner
-from geosr.cli.info import info
-from geosr.cli.upscale import upscale
-from geosr.cli.validate import validate
+
+# name -> (module, function, the line `geosr --help` lists it with: its help's first words)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "upscale": ("geosr.cli.upscale", "upscale", "Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT."),
+    "info": ("geosr.cli.info", "info", "Describe INPUT (one raster, a .vrt or a same-grid mosaic): size, CRS, "
+             "transform, dtype, nodata/mask, bands, and the tile plan."),
+    "validate": ("geosr.cli.validate", "validate", "Check that OUTPUT is a valid COG and (with --source) the "
+                 "source grid refined."),
+    "bench": ("geosr.cli.bench", "bench", "Measure `geosr upscale` on INPUT scenes and/or synthetic ones, each "
+              "run in a fresh process"),
+    "bench-model": ("geosr.cli.bench_model", "bench_model", "Measure a super-resolution pipeline alone (no I/O, "
+                    "captions or blending)"),
+    "caption": ("geosr.cli.caption", "caption", "Caption the tiles of INPUT as `geosr upscale` would, into a "
+                "GeoJSON of tile footprints (scene CRS) with their captions."),
+    "evaluate-captioner": ("geosr.cli.evaluate_captioner", "evaluate_captioner", "Score captioners on "
+                           "synthetically degraded images, side by side."),
+    "evaluate": ("geosr.cli.evaluate", "evaluate", "Score a model against bicubic on synthetically degraded HR "
+                 "images."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module when the subcommand is looked up, and lists
+    the subcommands from :data:`SUBCOMMANDS` without importing any."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in SUBCOMMANDS:
+            return None
+        module, attribute, _ = SUBCOMMANDS[name]
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = [(n, click.utils.make_default_short_help(SUBCOMMANDS[n][2], limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="geosr")
 def cli() -> None:
     """Super-resolve large georeferenced rasters (GeoTIFF scenes and mosaics).
@@ -27,13 +66,3 @@ def cli() -> None:
       geosr info scene.tif
       geosr validate scene_x4.tif --source scene.tif
     """
-
-
-cli.add_command(upscale)
-cli.add_command(info)
-cli.add_command(validate)
-cli.add_command(bench)
-cli.add_command(bench_model, name="bench-model")
-cli.add_command(caption)
-cli.add_command(evaluate_captioner, name="evaluate-captioner")
-cli.add_command(evaluate)
