@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-gpu qgis-plugin clean
+.PHONY: demo test test-gpu notebook qgis-plugin clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test: $(VENV)/.installed
 # CUDA paths (bf16/fp16, OOM back-off): on a machine with a GPU; they skip without one.
 test-gpu: $(VENV)/.installed
 	$(PY) -m pytest -m gpu
+
+# The quickstart notebook (notebooks/quickstart.ipynb) in JupyterLab, with the notebook extra installed once.
+$(VENV)/.notebook: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[notebook]'
+	touch $@
+
+notebook: $(VENV)/.notebook
+	$(VENV)/bin/jupyter lab notebooks/quickstart.ipynb
 
 # The QGIS Processing provider as a zip for Plugins > Manage and Install Plugins > Install from ZIP.
 qgis-plugin:
