@@ -271,10 +271,10 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
     """Seconds the model alone takes on the tiles of a run of ``config``, and the run's tile grid.
 
     Tiles are read and captioned first (not timed), in the run's batches, then routed and
-    given to the model exactly as the run gives them (:func:`geosr.engine.upscale_routed`).
+    given to the model exactly as the run gives them (:func:`geosr.tasks.upscale_routed`).
     """
-    from geosr.engine import (_caption, _cheap_model_for, _model_input, _read_batch_and_valid, batch_jobs,
-                              batch_routes, upscale_routed)
+    from geosr.tasks import (batch_jobs, batch_routes, caption_batch, cheap_model_for, model_input,
+                             read_batch_and_valid, upscale_routed)
     from geosr.models import load_upscaler
     from geosr.scene import expand_inputs
     from geosr.scene_plan import plan_scene
@@ -284,12 +284,12 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
         scene_plan = plan_scene(expand_inputs(inputs), config, model.channels, Path(tmp))
         seconds = 0.0
         for job in batch_jobs(scene_plan, list(scene_plan.tiles), config):
-            batch, valid = _read_batch_and_valid(job)
-            x = _model_input(batch, job.bands)
-            captions = _caption(job.captioner, x, job.bands)
+            batch, valid = read_batch_and_valid(job)
+            x = model_input(batch, job.bands)
+            captions = caption_batch(job.captioner, x, job.bands)
             t0 = time.perf_counter()  # routing is timed with the model: it decides what the model does
             routes = batch_routes(job, x, valid)
-            upscale_routed(model, _cheap_model_for(job, routes), batch, x, job.bands, captions, job.seeds, job.scale,
+            upscale_routed(model, cheap_model_for(job, routes), batch, x, job.bands, captions, job.seeds, job.scale,
                            routes)
             seconds += time.perf_counter() - t0
     return seconds, scene_plan.grid

@@ -19,7 +19,6 @@ rescheduled; tasks are pure functions of their job, so the pixels do not change.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -30,246 +29,36 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import rasterio
-import torch
-from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-import geosr
+import geosr.tasks as tasks
 from geosr.blending import BlendAccumulator
-from geosr.captioning import Captioner, FixedCaptioner, load_captioner
-from geosr.captioning.cache import CachingCaptioner
 from geosr.cell_render import CellRenderer, output_pixels
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
-from geosr.errors import GeosrError
-from geosr.georef import scale_gcps, scale_rpcs, scale_transform
+from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
-from geosr.models import CLASSICAL, Upscaler, load_upscaler
-from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
+from geosr.models import CLASSICAL
 from geosr.output_lock import OutputLock
+from geosr.output_meta import CAPTIONS_SUFFIX, band_meta, captions_geojson, output_profile, output_tags
 from geosr.radiometry import Stretch
-from geosr.reading import read_tile, read_valid
-from geosr.route_map import check_route_map_target, write_route_map
-from geosr.routing import BICUBIC, MODEL, TileRoute, route_tiles
+from geosr.reading import read_valid
 from geosr.resumable import open_journal, run_identity, settle_stopped_run, verify_finished_cells
+from geosr.route_map import check_route_map_target, write_route_map
+from geosr.routing import MODEL, TileRoute
 from geosr.scene import Scene, expand_inputs, open_raster
-from geosr.scene_plan import BandPlan, ScenePlan, plan_scene, tile_seed
-from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early, undo_malloc_trim_threshold
-from geosr.tiling import Tile, TileGrid
-from geosr.aoi import window_polygon
+from geosr.scene_plan import plan_scene
+from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
+from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
 from geosr.warm_up import warm_up_workers
+from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
 
-CAPTIONS_SUFFIX = ".captions.geojson"
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchJob:
-    """Everything a worker needs to process a batch of tiles (small and picklable)."""
-
-    source: str
-    tiles: tuple[Tile, ...]
-    bands: BandPlan
-    stretch: Stretch
-    masked: bool
-    model: str
-    scale: int
-    model_options: tuple[tuple[str, object], ...]
-    seeds: tuple[int, ...]
-    captions: tuple[str | None, ...]
-    captioner: str
-    route_threshold: float | None = None  # None: every tile to the model (geosr.routing)
-    route_to: str = BICUBIC  # where routed tiles go: bicubic or a fast network's spec
-
-
-@dataclass
-class TileResult:
-    index: int
-    hr: np.ndarray
-    caption: str
-    route: TileRoute | None = None  # None: not routed (every tile went to the model)
-
-    def __sizeof__(self) -> int:
-        # dask sizes a task's result with sys.getsizeof: without the HR array a result looks
-        # like 100 bytes, and dask neither counts its memory nor keeps work where it is
-        return object.__sizeof__(self) + self.hr.nbytes + len(self.caption)
-
-
-@functools.lru_cache(maxsize=8)
-def _captioner(spec: str) -> Captioner:
-    # One captioner per worker process and spec (an MLLM loads once), remembering the
-    # captions of tiles it has seen (re-runs, repeated content, window/scene sharing).
-    # A fixed caption does not look at the pixels: hashing them would only cost time.
-    captioner = load_captioner(spec)
-    return captioner if isinstance(captioner, FixedCaptioner) else CachingCaptioner(captioner)
-
-
-def _model(job: BatchJob) -> Upscaler:
-    return load_upscaler(job.model, job.scale, **dict(job.model_options))
-
-
-def cheap_path_model(spec: str, scale: int, model_options: dict) -> Upscaler:
-    """Routing's cheap path ``spec`` on the run's device and precision (``model_options``' device
-    and dtype; a classical one takes none)."""
-    options = {k: v for k, v in model_options.items() if k in ("device", "dtype")}
-    return load_upscaler(spec, scale, **({} if spec in CLASSICAL else options))
-
-
-def _cheap_model_for(job: BatchJob, routes: Sequence[TileRoute | None]) -> Upscaler | None:
-    """The cheap path of ``job``'s routed tiles; None (and not loaded) when no tile of it is routed there."""
-    if not any(r is not None and r.path != MODEL for r in routes):
-        return None
-    return cheap_path_model(job.route_to, job.scale, dict(job.model_options))
-
-
-def _read_batch(job: BatchJob) -> np.ndarray:
-    return _read_batch_and_valid(job)[0]
-
-
-def _read_batch_and_valid(job: BatchJob) -> tuple[np.ndarray, np.ndarray]:
-    """The tiles ``[B, C, H, W]`` and their validity ``[B, H, W]`` (the reflect-padded halo is invalid)."""
-    with open_raster(job.source) as ds:
-        read = [read_tile(ds, t, job.bands.bands, job.stretch, job.masked) for t in job.tiles]
-    valid = [np.pad(v, ((t.pad[0], t.pad[1]), (t.pad[2], t.pad[3]))) for t, (_, v) in zip(job.tiles, read)]
-    return np.stack([d for d, _ in read]), np.stack(valid)
-
-
-def _model_input(batch: np.ndarray, plan: BandPlan) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.model)]))
-
-
-def _caption(spec: str, x: torch.Tensor, plan: BandPlan) -> list[str]:
-    """Caption model-input tiles: clipped to [0, 1], a single band shown as grey RGB."""
-    captioner = _captioner(spec)
-    if isinstance(captioner, FixedCaptioner):
-        return captioner.caption(x)  # the same text for every tile: no copy of the pixels
-    x = x.clamp(0, 1)
-    if plan.replicate:
-        x = x[:, :1].expand(-1, 3, -1, -1)
-    return list(captioner.caption(x))
-
-
-def _shippable_errors(task):
-    """Let geosr's errors leave a dask task whole.
-
-    dask pickles a task's exception with its chain (``__cause__``/``__context__``); GDAL's
-    errors in that chain do not unpickle, and dask then hands the client a bare
-    ``Exception("ReadError(...)")``. The message already holds GDAL's cause.
-    """
-
-    @functools.wraps(task)
-    def run(*args):
-        try:
-            return task(*args)
-        except GeosrError as exc:
-            exc.__cause__ = exc.__context__ = None
-            raise
-
-    return run
-
-
-@_shippable_errors
-def caption_tiles(job: BatchJob) -> list[str]:
-    """Caption the tiles of ``job`` (runs on a worker)."""
-    return _caption(job.captioner, _model_input(_read_batch(job), job.bands), job.bands)
-
-
-@_shippable_errors
-def process_batch(job: BatchJob) -> list[TileResult]:
-    """Read, route, caption (when not given) and upscale a batch of tiles (runs on a worker).
-
-    With routing (``job.route_threshold``), tiles routed to the cheap path are neither captioned
-    (their caption is empty) nor given to the model; the others go to the model as one batch.
-    """
-    undo_malloc_trim_threshold()
-    batch, valid = _read_batch_and_valid(job)
-    plan = job.bands
-    x = _model_input(batch, plan)
-    routes = batch_routes(job, x, valid)
-    # a routed tile is not captioned (a shared caption given for its window is kept)
-    captions = ["" if (c is None and r is not None and r.path != MODEL) else c for c, r in zip(job.captions, routes)]
-    missing = [i for i, c in enumerate(captions) if c is None]
-    if missing:
-        for i, text in zip(missing, _caption(job.captioner, x[missing], plan)):
-            captions[i] = text
-    out = upscale_routed(_model(job), _cheap_model_for(job, routes), batch, x, plan, captions, job.seeds, job.scale,
-                         routes)
-    return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
-
-
-def batch_routes(job: BatchJob, x: torch.Tensor, valid: np.ndarray) -> list[TileRoute | None]:
-    """Each tile's route (:mod:`geosr.routing`), or None for every tile of a job that does not route.
-
-    Only the valid pixels of each tile's core are measured: the halo belongs to the
-    neighbours too, and texture there would keep a flat tile beside a textured one on the model.
-    """
-    if job.route_threshold is None:
-        return [None] * len(job.tiles)
-    in_core = np.zeros_like(valid)
-    for i, t in enumerate(job.tiles):
-        top, left = ((n - int(c)) // 2 for n, c in zip(t.shape, (t.core.height, t.core.width)))
-        in_core[i, top : top + int(t.core.height), left : left + int(t.core.width)] = True
-    return list(route_tiles(x, job.route_threshold, torch.from_numpy(valid & in_core), cheap=job.route_to))
-
-
-def upscale_routed(model: Upscaler, cheap_model: Upscaler | None, batch: np.ndarray, x: torch.Tensor,
-                   plan: BandPlan, captions: Sequence[str], seeds: Sequence[int], s: int,
-                   routes: Sequence[TileRoute | None]) -> np.ndarray:
-    """:func:`upscale_batch`, with the tiles routed to the cheap path upscaled by ``cheap_model`` instead
-    (which may be None when no tile is routed)."""
-    cheap = [i for i, r in enumerate(routes) if r is not None and r.path != MODEL]
-    if not cheap:
-        return upscale_batch(model, batch, x, plan, captions, seeds, s)
-    on_model = [i for i in range(len(routes)) if i not in cheap]
-    out = np.empty((len(routes), len(plan.bands), *(n * s for n in batch.shape[-2:])), np.float32)
-    for subset, upscaler in ((on_model, model), (cheap, cheap_model)):
-        if subset:
-            out[subset] = upscale_batch(upscaler, batch[subset], x[subset], plan, [captions[i] for i in subset],
-                                        [seeds[i] for i in subset], s)
-    return out
-
-
-def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
-                  seeds: Sequence[int], s: int) -> np.ndarray:
-    """The model's part of a batch: ``[B, bands, h*s, w*s]`` from the read batch and its model input."""
-    b, _, h, w = batch.shape
-    out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
-    if plan.replicate:
-        for k, pos in enumerate(plan.model):
-            xi = x[:, k : k + 1].expand(-1, plan.replicate, -1, -1).contiguous()
-            out[:, pos] = model.upscale(xi, captions, seeds).mean(dim=1).numpy()
-    else:
-        out[:, list(plan.model)] = model.upscale(x, captions, seeds).numpy()
-    if plan.extra:
-        xe = torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.extra)]))
-        out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(xe).numpy()
-    return out
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the client needs of a run's model: the name it is tagged with, its input channels
-    (None: any), and whether it is a network (its tasks then ask for a GPU where there is one)."""
-
-    name: str
-    channels: int | None
-    neural: bool
-
-
-@_shippable_errors
-def model_facts(config: RunConfig) -> ModelFacts:
-    """Load ``config``'s model and captioner (cached per process) and describe the model."""
-    model = load_upscaler(config.model, config.scale, **config.model_options())
-    _captioner(config.captioner)
-    return ModelFacts(getattr(model, "name", config.model), model.channels,
-                      not isinstance(model, CLASSICAL_UPSCALERS))
 
 
 def _model_facts_on(client, config: RunConfig) -> ModelFacts:
@@ -281,10 +70,10 @@ def _model_facts_on(client, config: RunConfig) -> ModelFacts:
     13 s instead of 5 s on a 2-core machine) and never run.
     """
     if not config.on_worker_processes:
-        return model_facts(config)
+        return tasks.model_facts(config)
     warm_up_workers(client, config)
     resources = gpu_resources(client, config.model not in CLASSICAL, config.device)
-    return client.submit(model_facts, config, pure=False, resources=resources).result()
+    return client.submit(tasks.model_facts, config, pure=False, resources=resources).result()
 
 
 @dataclass
@@ -376,7 +165,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
     scene_plan = plan_scene(files, config, model.channels, folder.path)
     scene, plan, grid, tiles, skipped = scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.skipped
     s = config.scale
-    profile = _output_profile(scene, plan, s)
+    profile = output_profile(scene, plan, s)
     # skipped tiles (AOI, all no-data) are holes: without nodata they need a mask
     write_mask = (scene.masked or skipped > 0) and scene.nodata is None
 
@@ -394,8 +183,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         folder=folder.path,
         profile=profile,
         write_mask=write_mask,
-        band_meta=_band_meta(scene, plan),
-        tags=_output_tags(scene, config, model),
+        band_meta=band_meta(scene, plan),
+        tags=output_tags(scene, config, model),
         gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
         rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
     )
@@ -416,7 +205,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
             # the tasks of a network ask for a GPU where workers declare one
             resources = gpu_resources(client, model.neural, config.device)
-            if config.on_worker_processes and _workers_see(client, folder.path):
+            if config.on_worker_processes and workers_see(client, folder.path):
                 # worker processes blend and write their cells: the tiles never come here
                 renderer = CellRenderer(
                     source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
@@ -442,7 +231,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         raster.close()
     captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
     tmp_captions = folder / "captions.geojson"
-    tmp_captions.write_text(json.dumps(_captions_geojson(scene, tiles, captions, routes)))
+    tmp_captions.write_text(json.dumps(captions_geojson(scene, tiles, captions, routes)))
     moves = {cog: target.output, tmp_captions: captions_path}
     if route_map is not None:
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
@@ -477,7 +266,7 @@ def caption_scene(
     """
     files = expand_inputs(inputs)
     target = OutputTarget(output, overwrite=config.overwrite, inputs=files) if output is not None else None
-    _captioner(config.captioner)
+    tasks.captioner_for(config.captioner)
     if target is None:
         with tempfile.TemporaryDirectory(prefix="geosr-") as tmp:  # a mosaic's VRT
             return _caption_features(files, config, Path(tmp))
@@ -502,76 +291,12 @@ def _caption_features(files: Sequence[str], config: RunConfig, workdir: Path) ->
     jobs = batch_jobs(scene_plan, tiles, config)
     with dask_client(config.address, config.local_workers) as client:
         captions = caption_jobs(_captions_on(client), jobs, tiles, mode, n, scene_plan.grid)
-    return _captions_geojson(scene_plan.scene, tiles, captions)
-
-
-def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) -> list[BatchJob]:
-    """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds."""
-    scene, stretch = scene_plan.scene, scene_plan.stretch
-    opts = tuple(sorted(config.model_options().items()))
-    threshold, route_to = config.routed_threshold, config.route_to  # once: they look for shipped models
-    jobs = []
-    for i in range(0, len(tiles), config.batch_size):
-        chunk = tuple(tiles[i : i + config.batch_size])
-        jobs.append(
-            BatchJob(
-                source=scene.source, tiles=chunk, bands=scene_plan.bands, stretch=stretch, masked=scene.masked,
-                model=config.model, scale=config.scale, model_options=opts,
-                seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
-                captions=(None,) * len(chunk), captioner=config.captioner,
-                route_threshold=threshold, route_to=route_to,
-            )
-        )
-    return jobs
-
-
-CaptionRunner = Callable[[Sequence[BatchJob]], list[list[str]]]
+    return captions_geojson(scene_plan.scene, tiles, captions)
 
 
 def _captions_on(client) -> CaptionRunner:
     """Caption jobs as tasks of a dask.distributed client, in parallel."""
-    return lambda jobs: client.gather([client.submit(caption_tiles, j, pure=False) for j in jobs])
-
-
-def caption_jobs(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[Tile], mode: str, n: int,
-                 grid: TileGrid) -> dict[int, str]:
-    """Caption of every tile of ``jobs`` (per tile, or shared per window/scene) by tile index."""
-    if mode == "tile":
-        return {t.index: c for j, cs in zip(jobs, run(jobs)) for t, c in zip(j.tiles, cs)}
-    shared = with_shared_captions(run, jobs, tiles, mode, n, grid)
-    return {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
-
-
-def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[Tile], mode: str, n: int,
-                         grid: TileGrid) -> list[BatchJob]:
-    """Caption one representative tile per N x N window (or per scene) and share it.
-
-    The representative is the tile nearest the window's centre among the processed ones:
-    an expensive captioner then runs a handful of times per scene. ``run`` captions a list
-    of jobs (on a dask client, or in this process for a lazy result).
-    """
-    from dataclasses import replace
-
-    if not jobs:  # every tile skipped (all no-data, outside the AOI): nothing to caption
-        return list(jobs)
-
-    def group(t: Tile) -> tuple[int, int]:
-        return (0, 0) if mode == "scene" else (t.row // n, t.col // n)
-
-    members: dict[tuple[int, int], list[Tile]] = {}
-    for t in tiles:
-        members.setdefault(group(t), []).append(t)
-    reps = {}
-    for g, ts in members.items():
-        cy = np.mean([t.row for t in ts])
-        cx = np.mean([t.col for t in ts])
-        reps[g] = min(ts, key=lambda t: (t.row - cy) ** 2 + (t.col - cx) ** 2)
-    template = jobs[0]
-    rep_tiles = list(reps.values())
-    rep_jobs = [replace(template, tiles=(t,), seeds=(0,), captions=(None,)) for t in rep_tiles]
-    texts = {t.index: c[0] for t, c in zip(rep_tiles, run(rep_jobs))}
-    by_group = {g: texts[t.index] for g, t in reps.items()}
-    return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]
+    return lambda jobs: client.gather([client.submit(tasks.caption_tiles, j, pure=False) for j in jobs])
 
 
 def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None, captions: dict, routes: dict,
@@ -585,7 +310,7 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None
     by_index = {t.index: t for t in tiles}
     peak = received = 0
     with _progress(tiles, config, performance_report) as progress:
-        for results in bounded_map(client, process_batch, jobs, resources):
+        for results in bounded_map(client, tasks.process_batch, jobs, resources):
             for r in results:
                 # The caption and route go in the journal before any cell this tile finishes.
                 journal.record(captions={r.index: r.caption}, routes={r.index: r.route} if r.route else None)
@@ -611,18 +336,10 @@ def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: C
 
     Returns 0 pending bytes (nothing is blended here) and the bytes of results received.
     """
-    from geosr.worker_writes import run_writing_on_workers  # it builds on this module
-
     with _progress(tiles, config, performance_report) as progress:
         received = run_writing_on_workers(client, jobs, acc, renderer, raster, journal, captions, routes, resources,
                                           progress)
     return 0, received
-
-
-def _workers_see(client, folder: Path) -> bool:
-    from geosr.worker_writes import workers_see  # it builds on this module
-
-    return workers_see(client, folder)
 
 
 @contextlib.contextmanager
@@ -681,86 +398,3 @@ class _CellWriter:
         shape = (len(self.stretch.low), int(window.height), int(window.width))
         values = np.full(shape, fill, dtype=self.stretch.dtype)
         self.raster.write(window, values, np.zeros(shape[1:], bool))
-
-
-def _output_profile(scene: Scene, plan: BandPlan, s: int) -> dict:
-    profile = dict(
-        width=scene.width * s, height=scene.height * s, count=len(plan.bands), dtype=scene.dtype,
-        nodata=scene.nodata,
-    )
-    if scene.crs and not scene.gcps:
-        profile["crs"] = scene.crs
-    if not scene.gcps and not (scene.transform.is_identity and scene.rpcs is not None):
-        if scene.crs or not scene.transform.is_identity:
-            profile["transform"] = scale_transform(scene.transform, s)
-    return profile
-
-
-def _band_meta(scene: Scene, plan: BandPlan) -> dict:
-    pick = [b - 1 for b in plan.bands]
-    ci = [scene.colorinterp[i] for i in pick]
-    # GTiff can only tag R,G,B as the first three bands; others become undefined/gray.
-    if len(ci) >= 3 and ci[:3] != [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
-        ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) else c for c in ci]
-    if len(ci) < 3:
-        ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha) else c for c in ci]
-    ci = [ColorInterp.undefined if c == ColorInterp.alpha else c for c in ci]
-    return dict(
-        colorinterp=ci,
-        descriptions=[scene.descriptions[i] for i in pick],
-        scales=[scene.scales[i] for i in pick],
-        offsets=[scene.offsets[i] for i in pick],
-        units=[scene.units[i] for i in pick],
-    )
-
-
-def _output_tags(scene: Scene, config: RunConfig, model: Upscaler) -> dict:
-    tags = {k: v for k, v in scene.tags.items() if not k.startswith("GEOSR_")}
-    tags.update(
-        GEOSR_VERSION=geosr.__version__,
-        GEOSR_MODEL=getattr(model, "name", config.model),
-        GEOSR_SCALE=str(config.scale),
-        GEOSR_CAPTIONER=config.captioner,
-        GEOSR_CAPTION_EVERY=config.caption_every,
-        GEOSR_TILE=str(config.tiles.tile),
-        GEOSR_OVERLAP=str(config.tiles.overlap),
-        GEOSR_BLEND=config.blend,
-        GEOSR_SEED=str(config.seed),
-        GEOSR_SOURCE=";".join(os.path.basename(p) for p in scene.paths),
-    )
-    if config.steps is not None:
-        tags["GEOSR_STEPS"] = str(config.steps)
-    if config.guidance is not None:
-        tags["GEOSR_GUIDANCE"] = str(config.guidance)
-    return tags
-
-
-def _captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
-                      routes: dict[int, TileRoute] | None = None) -> dict:
-    """One feature per processed tile: core footprint in the scene CRS, caption, index, and
-    for a routed run the tile's ``route`` (``model`` / ``bicubic``), ``texture`` and ``noise``."""
-    georef = bool(scene.crs) and not scene.gcps
-    transform = scene.transform if georef else rasterio.Affine.identity()
-    features = []
-    for t in tiles:
-        poly = window_polygon(t.core, transform)
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": poly.__geo_interface__,
-                "properties": {
-                    "tile": t.index, "row": t.row, "col": t.col, "caption": captions.get(t.index, ""),
-                    "col_off": int(t.core.col_off), "row_off": int(t.core.row_off),
-                    "width": int(t.core.width), "height": int(t.core.height),
-                    **(routes[t.index].properties() if routes and t.index in routes else {}),
-                },
-            }
-        )
-    fc = {"type": "FeatureCollection", "features": features}
-    if georef:
-        epsg = scene.crs.to_epsg()
-        # RFC 7946 dropped "crs", but QGIS and GDAL still read this member for non-WGS84 data.
-        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else scene.crs.to_wkt()
-        fc["crs"] = {"type": "name", "properties": {"name": name}}
-    return fc
-

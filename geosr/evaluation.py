@@ -6,7 +6,7 @@ Protocol, per HR image (the ``i``-th of the list given):
    centre-crop to ``crop`` px when asked, and to at most :data:`MAX_LR_SIDE` LR px a side
    (a diffusion model super-resolves the whole LR image in one call), then to a multiple
    of ``scale``;
-2. degrade with :func:`geosr.training.degradations.degrade` (the ``degradation`` protocol,
+2. degrade with :func:`geosr.degradations.degrade` (the ``degradation`` protocol,
    ``seed + i``): every method sees the same LR, quantised to 8 bits as a real tile is;
 3. caption the LR with the captioner and super-resolve it with the model (model seed
    ``seed + i``) and with each baseline (bicubic always);
@@ -57,7 +57,7 @@ from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
 from geosr.models import CLASSICAL, default_model, load_upscaler
 from geosr.routing import MODEL, cheap_path, route_tiles, routing_threshold
-from geosr.training.degradations import PROTOCOLS, DegradationParams, degrade
+from geosr.degradations import PROTOCOLS, DegradationParams, degrade
 
 __all__ = [
     "ABLATION_CAPTIONS",
@@ -432,7 +432,7 @@ def evaluate_sr(
     scale : int
         Downsampling / upscaling factor.
     degradation : {"clean", "iso", "aniso"}
-        Protocol that makes the LR (:mod:`geosr.training.degradations`).
+        Protocol that makes the LR (:mod:`geosr.degradations`).
     model : str, optional
         Model spec for :func:`geosr.models.load_upscaler`; default: the shipped model of
         ``scale`` (:func:`geosr.models.default_model`).

@@ -3,7 +3,7 @@
 The same tile plan, band plan, stretch, seeds and blending as :func:`geosr.engine.upscale_scene`,
 as a dask graph in two layers instead of a run:
 
-- one task per tile: read, caption and upscale it (:func:`geosr.engine.process_batch` on a
+- one task per tile: read, caption and upscale it (:func:`geosr.tasks.process_batch` on a
   one-tile job), giving its HR pixels;
 - one task per output chunk: blend the tiles whose read window touches it, in tile order,
   then inverse stretch, mask and nodata as the writer does.
@@ -30,7 +30,8 @@ from rasterio.windows import Window
 
 from geosr.cell_render import CellRenderer
 from geosr.config import RunConfig, parse_caption_every
-from geosr.engine import BatchJob, _captioner, batch_jobs, caption_tiles, process_batch, with_shared_captions
+import geosr.tasks as tasks
+from geosr.tasks import BatchJob, batch_jobs, captioner_for, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
 from geosr.models import load_upscaler
 from geosr.scene import expand_inputs
@@ -60,7 +61,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
         band numbers and ``long_name`` their descriptions.
     """
     model = load_upscaler(config.model, config.scale, **config.model_options())
-    _captioner(config.captioner)
+    captioner_for(config.captioner)
     paths = expand_inputs(files.paths)
     scene_plan = plan_scene(paths, config, model.channels, files.workdir if len(paths) > 1 else None)
     scene, plan, grid, tiles, stretch = (
@@ -69,7 +70,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
     jobs = batch_jobs(scene_plan, tiles, config)
     mode, n = parse_caption_every(config.caption_every)
     if mode != "tile":
-        jobs = with_shared_captions(lambda js: [caption_tiles(j) for j in js], jobs, tiles, mode, n, grid)
+        jobs = with_shared_captions(lambda js: [tasks.caption_tiles(j) for j in js], jobs, tiles, mode, n, grid)
     # One tile per task, so an output chunk waits for its own tiles only. Seeds and captions
     # are per tile, so the pixels do not depend on the batching.
     tile_jobs = [
@@ -100,7 +101,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
 
 
 def _upscale_tile(job: BatchJob) -> np.ndarray:
-    return process_batch(job)[0].hr
+    return tasks.process_batch(job)[0].hr
 
 
 def _intersects(a: Window, b: Window) -> bool:

@@ -36,7 +36,7 @@ def build_preset_pipeline(preset: str | Path | dict[str, Any], seed: int = 0):
     from diffusers import AutoencoderKL, LCMScheduler
 
     from geosr.pipelines.pipeline_geosr import GeoSRPipeline
-    from geosr.training.model_factory import build_components, build_controlnet
+    from geosr.pipelines.components import build_components, build_controlnet
 
     config = yaml.safe_load(Path(preset).read_text()) if not isinstance(preset, dict) else dict(preset)
     components = build_components(config, seed=seed)

@@ -2,7 +2,7 @@
 
 ``geosr bench --degrade PROTOCOL`` measures whole runs for quality as well as speed: the
 given RGB scene is the HR truth, :func:`write_degraded` writes its LR (the
-:mod:`geosr.training.degradations` protocol, on the scene's grid coarsened ``scale``
+:mod:`geosr.degradations` protocol, on the scene's grid coarsened ``scale``
 times: same CRS and bounds) and :func:`score_output` compares the run's output with the
 scene. Scores leave out a band of ``2 * scale`` HR pixels along the scene's edges and
 around no-data (the blur of the degradation reaches across them).
@@ -40,7 +40,7 @@ def write_degraded(hr_path: str | os.PathLike, lr_path: str | os.PathLike, scale
     LR grid is the HR grid coarsened ``scale`` times from the same origin. An LR pixel is
     valid (internal mask) when all of its HR pixels are.
     """
-    from geosr.training.degradations import degrade
+    from geosr.degradations import degrade
 
     rgb, valid, profile = _read_rgb(hr_path)
     h, w = (n // scale * scale for n in rgb.shape[:2])

@@ -3,7 +3,7 @@
 A fresh worker process otherwise pays its imports (torch, diffusers, transformers) and the
 model's load inside its first task: on a 2-core machine about 6 s before its first tile.
 :func:`warm_up_workers` starts that load in a background thread of every worker and returns
-at once; the client then asks a worker to describe the model (:func:`geosr.engine.model_facts`)
+at once; the client then asks a worker to describe the model (:func:`geosr.tasks.model_facts`)
 instead of loading a copy of its own, which would compete with theirs for the cores. Long-lived
 workers (``--address``) that already hold the model find it in their cache and do nothing.
 """
@@ -14,6 +14,7 @@ import logging
 import threading
 
 from geosr.config import RunConfig
+from geosr.tasks import cheap_path_model, model_facts
 
 __all__ = ["warm_up_workers"]
 
@@ -35,8 +36,6 @@ def _load(config: RunConfig) -> None:
     """What the run's tasks would load, with the same cache keys (a task then waits on the caches'
     locks instead of loading again). A failure is left to the tasks, which report it."""
     try:
-        from geosr.engine import cheap_path_model, model_facts
-
         model_facts(config)
         if config.routed_threshold is not None:
             cheap_path_model(config.route_to, config.scale, config.model_options())

@@ -1,7 +1,7 @@
 """Blend and write the output cells on the dask workers: HR tiles never reach the client.
 
 With worker processes (``--local-workers``, ``--address``) a run is a graph of tile tasks and
-cell tasks. A tile batch (read, caption, upscale: :func:`geosr.engine.process_batch`) leaves
+cell tasks. A tile batch (read, caption, upscale: :func:`geosr.tasks.process_batch`) leaves
 its HR result on the worker that made it. A cell task per batch takes that result and, of each
 neighbouring batch, only the parts of its tiles that its cells read (:func:`tile_parts`, a
 small task dask places with the neighbour's result: the overlap strips travel between workers,
@@ -31,9 +31,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from geosr.blending import BlendAccumulator
-from geosr import engine
 from geosr.cell_render import CellRenderer, overlap_slices
-from geosr.engine import BatchJob, TileResult, _shippable_errors
+import geosr.tasks as tasks
+from geosr.tasks import BatchJob, TileResult, shippable_errors
 from geosr.routing import TileRoute
 from geosr.journal import CellRecord, RunJournal
 from geosr.scheduling import in_flight, undo_malloc_trim_threshold
@@ -113,7 +113,7 @@ def part_boxes(cells: Sequence[tuple[Window, tuple[Tile, ...]]], tiles: Collecti
     return boxes
 
 
-@_shippable_errors
+@shippable_errors
 def tile_parts(batch: list[TileResult], boxes: dict[int, tuple[int, int, int, int]]) -> list[TilePart]:
     """The ``boxes`` of a batch's results, copied (a task that dask places with the batch's result)."""
     parts = []
@@ -124,7 +124,7 @@ def tile_parts(batch: list[TileResult], boxes: dict[int, tuple[int, int, int, in
     return parts
 
 
-@_shippable_errors
+@shippable_errors
 def write_cells(job: CellJob, *batches: list[TileResult] | list[TilePart]) -> CellsWritten:
     """Blend, render and durably write ``job``'s cells from the batch results or their parts (on a worker)."""
     undo_malloc_trim_threshold()
@@ -193,7 +193,7 @@ def run_writing_on_workers(
         inputs = []
         for a in needs[b]:
             if a not in batch_futures:
-                batch_futures[a] = client.submit(engine.process_batch, jobs[a], pure=False, resources=resources)
+                batch_futures[a] = client.submit(tasks.process_batch, jobs[a], pure=False, resources=resources)
             if a == b:
                 inputs.append(batch_futures[a])
             else:  # cut where batch a is: only the strips b's cells use travel

@@ -15,7 +15,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 import geosr
-import geosr.lazy
+import geosr.tasks
 from geosr.cli import cli
 from geosr.errors import GeosrError, InputError, ModelError, OutputExistsError
 from rasters import texture, write_raster
@@ -60,13 +60,13 @@ def test_lazy_result_is_the_cli_output_on_the_refined_grid(scene):
 def test_lazy_result_computes_only_the_tiles_under_the_selection(scene, monkeypatch):
     src, cli_pixels, _ = scene
     upscaled = []
-    process_batch = geosr.lazy.process_batch
+    process_batch = geosr.tasks.process_batch
 
     def counting(job):
         upscaled.extend(t.index for t in job.tiles)
         return process_batch(job)
 
-    monkeypatch.setattr(geosr.lazy, "process_batch", counting)
+    monkeypatch.setattr(geosr.tasks, "process_batch", counting)
     hr = geosr.upscale(src, **OPTIONS)
     assert hr.chunks[1][0] == 50 and hr.chunks[2][0] == 54  # tile cores (25 x 27 LR px) x 2
     with dask.config.set(scheduler="synchronous"):

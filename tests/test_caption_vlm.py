@@ -19,7 +19,7 @@ from geosr.captioning.vocabulary import format_caption, parse_caption
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
-from geosr.training.degradations import describe, sample_params
+from geosr.degradations import describe, sample_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = f"mllm:{SHIPPED_CAPTIONER}"

@@ -14,7 +14,7 @@ from geosr.captioning.degradation import DegradationCaptioner, DegradationEstima
 from geosr.captioning.evaluation import degraded_crops, evaluate_captioner
 from geosr.captioning.vocabulary import CaptionFacts, format_caption, parse_caption
 from geosr.errors import CaptionerError, InputError
-from geosr.training.degradations import DegradationParams, apply_degradation, degrade, describe
+from geosr.degradations import DegradationParams, apply_degradation, degrade, describe
 
 DATA = Path(__file__).parent / "data"
 # the one grammar of geosr.captioning.vocabulary

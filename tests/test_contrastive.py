@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from geosr.pipelines.pipeline_geosr import upsample_lr
 from geosr.training.contrastive import ContrastiveAligner, info_nce
-from geosr.training.degradations import degrade
+from geosr.degradations import degrade
 from tiny_models import tiny_pipeline_components
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from geosr.captioning import load_captioner
 from geosr.models import default_model, load_upscaler, shipped_model_path
-from geosr.training.degradations import degrade
+from geosr.degradations import degrade
 
 SCALES = (4, 2)
 VAL_CROPS = sorted((Path(__file__).parent / "data" / "val_crops").glob("*.png"))

@@ -11,7 +11,7 @@ import torch
 
 from geosr.captioning.vocabulary import format_caption
 from geosr.errors import InputError
-from geosr.training.degradations import (
+from geosr.degradations import (
     DegradationParams,
     apply_degradation,
     degrade,

@@ -54,9 +54,9 @@ def test_workers_get_glibc_adaptive_allocation_back(monkeypatch):
 
 
 def _loaded_on_worker(spec: str, scale: int, captioner: str) -> bool:
-    from geosr import engine, models
+    from geosr import models, tasks
 
-    return any(k[:2] == (spec, scale) for k in models._CACHE) and engine._captioner.cache_info().currsize > 0
+    return any(k[:2] == (spec, scale) for k in models._CACHE) and tasks.captioner_for.cache_info().currsize > 0
 
 
 def test_worker_processes_load_the_model_before_their_first_task():

@@ -26,7 +26,7 @@ from geosr.evaluation import (
     sharpness_ratio,
     ssim,
 )
-from geosr.training.degradations import degrade
+from geosr.degradations import degrade
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 from rasters import texture, write_raster
 from tiny_models import tiny_pipeline_components, tiny_tokenizer

@@ -13,7 +13,7 @@ from PIL import Image
 
 from geosr.models import load_upscaler, shipped_model_path
 from geosr.routing import CALIBRATED_THRESHOLDS, cheap_path
-from geosr.training.degradations import degrade
+from geosr.degradations import degrade
 
 SCALES = (4, 2)
 VAL_CROPS = sorted((Path(__file__).parent / "data" / "val_crops").glob("*.png"))

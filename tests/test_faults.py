@@ -22,7 +22,7 @@ import rasterio.shutil
 from click.testing import CliRunner
 
 import geosr.diskspace
-import geosr.engine as engine
+import geosr.tasks as tasks
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
@@ -71,8 +71,8 @@ def scene(tmp_path):
         full = f.read()
     (tmp_path / "truncated.tif").write_bytes(full[: len(full) * 2 // 3])
     corrupt_tile(good, tmp_path / "corrupt.tif")
-    # wider than the central 512 px sampled up front: the bad block is met by a tile task
-    corrupt_tile(uint8_scene(tmp_path / "wide.tif", 40, 600), tmp_path / "corrupt_wide.tif", block="0_0")
+    # a block neither the classes sample (4 windows of 128 px a side) nor the stretch (the central 512 px) reads
+    corrupt_tile(uint8_scene(tmp_path / "wide.tif", 40, 1200), tmp_path / "corrupt_wide.tif", block="5_0")
     (tmp_path / "not_a_raster.tif").write_text("hello")
     write_raster(tmp_path / "complex.tif", (texture(1, 20, 20) * 100).astype("complex64"))
     write_raster(tmp_path / "u16.tif", (texture(3, 40, 40) * 4000).astype("uint16"))
@@ -113,7 +113,7 @@ MATRIX = {
     "truncated input": (["truncated.tif", "out.tif", "--overwrite"], 3, "cannot read", None),
     "corrupt tile": (["corrupt.tif", "out.tif", "--overwrite"], 3, "corrupt.tif, window col 0 row 0", None),
     "corrupt tile, met mid-run": (["corrupt_wide.tif", "out.tif", "--overwrite"], 3,
-                                  "corrupt_wide.tif, window col 0 row 0 size 40x28, band 1: ZIPDecode", None),
+                                  "corrupt_wide.tif, window col 120 row 0 size 48x28, band 1: ZIPDecode", None),
     "complex dtype": (["complex.tif", "out.tif", "--overwrite"], 3, "complex64 pixels", None),
     "unknown --co": (["in.tif", "out.tif", "--overwrite", "--co", "FOO=1"], 3, "no option FOO", None),
     "bad --co value": (["in.tif", "out.tif", "--overwrite", "--co", "COMPRESS=FOO"], 3, "COMPRESS takes one of", None),
@@ -205,12 +205,12 @@ def test_disk_full_mid_run_keeps_cells_and_resumes_to_the_same_bytes(tmp_path, m
 SLOW_GEOSR = textwrap.dedent(
     """
     import sys, time
-    import geosr.engine as engine
-    real = engine.process_batch
+    import geosr.tasks as tasks
+    real = tasks.process_batch
     def slow(job):
         time.sleep(0.1 * len(job.tiles))
         return real(job)
-    engine.process_batch = slow
+    tasks.process_batch = slow
     from geosr.cli import cli
     cli(sys.argv[1:], prog_name="geosr")
     """
@@ -287,7 +287,7 @@ def kill_worker_once(monkeypatch, marker, tile_index: int = 2) -> None:
     The patched task is shipped to the worker processes by value; ``marker`` (a file) says
     it happened, so the rescheduled task runs normally.
     """
-    real = engine.process_batch
+    real = tasks.process_batch
 
     def dies_once(job):
         if job.tiles[0].index == tile_index and not marker.exists():
@@ -295,7 +295,7 @@ def kill_worker_once(monkeypatch, marker, tile_index: int = 2) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(job)
 
-    monkeypatch.setattr(engine, "process_batch", dies_once)
+    monkeypatch.setattr(tasks, "process_batch", dies_once)
 
 
 def test_a_killed_dask_worker_does_not_change_the_pixels(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from affine import Affine
 from click.testing import CliRunner
 from rasterio.windows import Window
 
-import geosr.engine as engine
+import geosr.tasks as tasks
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
@@ -89,7 +89,7 @@ def test_aoi_that_misses_the_scene_is_an_error(tmp_path):
 
 def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
     src = uint8_scene(tmp_path / "in.tif", 64, 64)
-    real = engine.process_batch
+    real = tasks.process_batch
 
     def flaky(job):
         # the task function is shipped to the worker by value: decide from the job itself
@@ -97,7 +97,7 @@ def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
             raise RuntimeError("worker died")
         return real(job)
 
-    monkeypatch.setattr(engine, "process_batch", flaky)
+    monkeypatch.setattr(tasks, "process_batch", flaky)
     with pytest.raises(RuntimeError, match="worker died") as info:
         upscale_scene([src], tmp_path / "out.tif", cfg(batch_size=1))
     # No output, no sidecar, no lock; at most the work folder with the cells finished
@@ -113,7 +113,7 @@ def test_failed_overwrite_keeps_the_old_output(tmp_path, monkeypatch):
     (tmp_path / "out.tif").write_bytes(b"old")
     with pytest.raises(OutputExistsError, match="--overwrite"):
         upscale_scene([src], tmp_path / "out.tif", cfg())
-    monkeypatch.setattr(engine, "process_batch", lambda job: 1 / 0)
+    monkeypatch.setattr(tasks, "process_batch", lambda job: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         upscale_scene([src], tmp_path / "out.tif", cfg(overwrite=True))
     assert (tmp_path / "out.tif").read_bytes() == b"old"

@@ -188,7 +188,7 @@ def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
 def test_a_teacher_can_take_the_caption_encoder_of_a_saved_pipeline():
     from pathlib import Path
 
-    from geosr.training.model_factory import build_components
+    from geosr.pipelines.components import build_components
 
     shipped = Path(__file__).parents[1] / "geosr" / "data" / "models" / "geosr-tiny-x4"
     base = dict(TINY_BASE, text_encoder=str(shipped), unet=dict(

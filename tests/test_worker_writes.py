@@ -8,7 +8,7 @@ import pytest
 
 from geosr.blending import BlendAccumulator
 from geosr.cell_render import CellRenderer
-from geosr.engine import TileResult
+from geosr.tasks import TileResult
 from geosr.radiometry import Stretch
 from geosr.tiling import TileGrid
 from geosr.worker_writes import part_boxes, tile_parts

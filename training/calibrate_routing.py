@@ -25,7 +25,7 @@ from geosr.captioning import load_captioner
 from geosr.evaluation import _quantise, _read_hr, _to_tensor, find_hr_images
 from geosr.models import default_model, load_upscaler
 from geosr.routing import cheap_path, measure_blur, measure_tiles, passes_blur_gate
-from geosr.training.degradations import PROTOCOLS, degrade
+from geosr.degradations import PROTOCOLS, degrade
 
 TRAIN = ("../shared/data/train/ucmerced", "../shared/data/train/neon")
 TEXTURE_THRESHOLDS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)

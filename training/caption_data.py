@@ -4,13 +4,13 @@ One draw per crop, from one seeded generator:
 
 1. an image and a scale (``scales``), an HR crop of ``lr_size * scale`` px without nodata;
 2. a degradation: ``clean_share`` of the crops anti-aliased bicubic only (the caption says
-   0.3 px, as :func:`~geosr.training.degradations.describe` does for the clean protocol),
+   0.3 px, as :func:`~geosr.degradations.describe` does for the clean protocol),
    the others a Gaussian blur whose LR sigma (geometric mean of the axes) is uniform in
    ``blur_range``, isotropic or (``aniso_share``) with an axis ratio uniform in
    ``aniso_ratio_range`` and a uniform orientation; then noise (none for ``noise_free_share``
    of the crops, else uniform in ``noise_range`` DN) and JPEG (``jpeg_share``, quality
    uniform in ``jpeg_quality_range``), through
-   :func:`~geosr.training.degradations.apply_degradation`;
+   :func:`~geosr.degradations.apply_degradation`;
 3. quantised to uint8, and the model's ``image_size`` px cut at a random offset of the LR
    (so the JPEG 8 x 8 grid is not always at the crop's corner, as in a tile of a scene).
 
@@ -29,7 +29,7 @@ import numpy as np
 import rasterio
 
 from geosr.errors import InputError
-from geosr.training.degradations import CLEAN_BLUR_LR_PX, DegradationParams, apply_degradation, describe
+from geosr.degradations import CLEAN_BLUR_LR_PX, DegradationParams, apply_degradation, describe
 
 __all__ = ["CaptionCrops", "CropRecipe", "draw_caption_crops", "draw_params"]
 

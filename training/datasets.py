@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from geosr.captioning import Captioner, load_captioner
 from geosr.errors import InputError
-from geosr.training.degradations import MIXED, PROTOCOLS, degrade, describe, mixture_weights
+from geosr.degradations import MIXED, PROTOCOLS, degrade, describe, mixture_weights
 
 __all__ = ["IMAGE_SUFFIXES", "SRPairDataset", "find_images"]
 
@@ -136,7 +136,7 @@ class SRPairDataset(Dataset):
     scale : int
         Super-resolution factor; the LR side is ``crop_size // scale``.
     protocol : {"clean", "iso", "aniso", "mixed"}
-        Degradation protocol, see :mod:`geosr.training.degradations`.
+        Degradation protocol, see :mod:`geosr.degradations`.
     captions : str
         ``"truth"``: written from the sampled degradation (:func:`describe`);
         ``"captioner:<spec>"``: a :mod:`geosr.captioning` captioner run on the LR crop;
@@ -152,7 +152,7 @@ class SRPairDataset(Dataset):
         Probability of a JPEG step in the degradation.
     mix : dict, optional
         ``protocol="mixed"``: the share of each protocol (default: the module default of
-        :mod:`geosr.training.degradations`).
+        :mod:`geosr.degradations`).
     shuffle : bool
         Visit the images in a new order each epoch (a permutation drawn from ``(seed,
         epoch)``), so the DataLoader itself need not shuffle and a resumed run, skipping the

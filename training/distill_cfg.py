@@ -58,7 +58,7 @@ from geosr.training.launch import (
     save_checkpoint,
 )
 from geosr.pipelines.lr_space_models import LRSpaceDenoiser
-from geosr.training.model_factory import build_controlnet, controlnet_class
+from geosr.pipelines.components import build_controlnet, controlnet_class
 from geosr.training.train_controlnet import (
     step_generator,
     with_final_timesteps,

@@ -18,7 +18,7 @@ import yaml
 
 from geosr.errors import InputError
 from geosr.training.datasets import SRPairDataset
-from geosr.training.degradations import mixture_weights
+from geosr.degradations import mixture_weights
 
 __all__ = [
     "add_common_args",

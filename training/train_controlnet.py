@@ -45,7 +45,7 @@ from geosr.pipelines.pipeline_geosr import (
     with_lr,
 )
 from geosr.training.contrastive import ContrastiveAligner
-from geosr.training.degradations import degrade, describe
+from geosr.degradations import degrade, describe
 from geosr.training.launch import (
     add_common_args,
     checkpoint_to_resume,
@@ -53,7 +53,8 @@ from geosr.training.launch import (
     parse_with_config,
     save_checkpoint,
 )
-from geosr.training.model_factory import build_components, build_controlnet, load_components
+from geosr.pipelines.components import build_components, build_controlnet
+from geosr.training.model_factory import load_components
 
 __all__ = [
     "clean_sample",

@@ -24,7 +24,7 @@ No weights. Three measurements, each a classical estimator:
   than steps inside the blocks; its strength maps to a rough quality.
 
 The caption is written with :func:`geosr.captioning.vocabulary.format_caption`, the same
-grammar :func:`geosr.training.degradations.describe` uses for the truth.
+grammar :func:`geosr.degradations.describe` uses for the truth.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 from geosr.captioning.vocabulary import format_caption
 from geosr.errors import InputError

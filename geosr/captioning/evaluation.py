@@ -8,7 +8,7 @@ Protocol (one draw per crop, all from one seeded generator):
    uniform orientation (the axes are ``g * sqrt(r)`` and ``g / sqrt(r)``, so ``g`` stays
    the geometric mean), a noise sigma uniform in ``noise_range`` (DN) and, for
    ``jpeg_share`` of the crops, a JPEG quality uniform in ``jpeg_quality_range``;
-3. degrade with :func:`geosr.training.degradations.apply_degradation` (blur at HR, bicubic
+3. degrade with :func:`geosr.degradations.apply_degradation` (blur at HR, bicubic
    x``scale`` down, noise, JPEG), quantise to uint8 as a real tile would be, caption it,
    and read the caption back with :func:`geosr.captioning.vocabulary.parse_caption`.
 
@@ -34,7 +34,7 @@ from geosr.errors import InputError
 
 if TYPE_CHECKING:
     from geosr.captioning import Captioner
-    from geosr.training.degradations import DegradationParams
+    from geosr.degradations import DegradationParams
 
 __all__ = ["IMAGE_SUFFIXES", "degraded_crops", "evaluate_captioner", "find_images"]
 
@@ -81,7 +81,7 @@ def degraded_crops(
     Even-numbered crops are isotropic, odd-numbered ones anisotropic. See
     :func:`evaluate_captioner` for the parameters.
     """
-    from geosr.training.degradations import DegradationParams, apply_degradation
+    from geosr.degradations import DegradationParams, apply_degradation
 
     if not image_paths:
         raise InputError("no images to draw crops from")

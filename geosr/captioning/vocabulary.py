@@ -1,7 +1,7 @@
 """The one caption grammar shared by the degradation model and the degradation captioner.
 
 A diffusion model is trained on captions written from the true degradation parameters
-(:func:`geosr.training.degradations.describe`) and, at inference, reads captions the
+(:func:`geosr.degradations.describe`) and, at inference, reads captions the
 :class:`~geosr.captioning.degradation.DegradationCaptioner` writes from its measurements.
 Both go through :func:`format_caption`, so the two can only differ in the numbers.
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from geosr.training.degradations import PROTOCOLS
+from geosr.degradations import PROTOCOLS
 
 
 @click.command(context_settings={"max_content_width": 100, "ignore_unknown_options": True})

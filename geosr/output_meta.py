@@ -1,0 +1,112 @@
+"""What an output carries besides its pixels: grid and profile, band metadata, tags, captions GeoJSON.
+
+The output's grid is the scene's refined by the scale (:func:`geosr.georef.scale_transform`);
+its bands keep the source's colour interpretation (as far as GeoTIFF allows), descriptions,
+scales, offsets and units; its tags keep the source's and add the ``GEOSR_*`` provenance. Tile
+footprints with their captions (and routes) go to the ``OUTPUT.captions.geojson`` sidecar.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import rasterio
+from rasterio.enums import ColorInterp
+
+import geosr
+from geosr.aoi import window_polygon
+from geosr.config import RunConfig
+from geosr.georef import scale_transform
+from geosr.models import Upscaler
+from geosr.routing import TileRoute
+from geosr.scene import Scene
+from geosr.scene_plan import BandPlan
+from geosr.tiling import Tile
+
+__all__ = ["CAPTIONS_SUFFIX", "band_meta", "captions_geojson", "output_profile", "output_tags"]
+
+#: The sidecar of tile footprints and captions beside OUTPUT.
+CAPTIONS_SUFFIX = ".captions.geojson"
+
+
+def output_profile(scene: Scene, plan: BandPlan, s: int) -> dict:
+    profile = dict(
+        width=scene.width * s, height=scene.height * s, count=len(plan.bands), dtype=scene.dtype,
+        nodata=scene.nodata,
+    )
+    if scene.crs and not scene.gcps:
+        profile["crs"] = scene.crs
+    if not scene.gcps and not (scene.transform.is_identity and scene.rpcs is not None):
+        if scene.crs or not scene.transform.is_identity:
+            profile["transform"] = scale_transform(scene.transform, s)
+    return profile
+
+
+def band_meta(scene: Scene, plan: BandPlan) -> dict:
+    pick = [b - 1 for b in plan.bands]
+    ci = [scene.colorinterp[i] for i in pick]
+    # GTiff can only tag R,G,B as the first three bands; others become undefined/gray.
+    if len(ci) >= 3 and ci[:3] != [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
+        ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) else c for c in ci]
+    if len(ci) < 3:
+        ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha) else c for c in ci]
+    ci = [ColorInterp.undefined if c == ColorInterp.alpha else c for c in ci]
+    return dict(
+        colorinterp=ci,
+        descriptions=[scene.descriptions[i] for i in pick],
+        scales=[scene.scales[i] for i in pick],
+        offsets=[scene.offsets[i] for i in pick],
+        units=[scene.units[i] for i in pick],
+    )
+
+
+def output_tags(scene: Scene, config: RunConfig, model: Upscaler) -> dict:
+    tags = {k: v for k, v in scene.tags.items() if not k.startswith("GEOSR_")}
+    tags.update(
+        GEOSR_VERSION=geosr.__version__,
+        GEOSR_MODEL=getattr(model, "name", config.model),
+        GEOSR_SCALE=str(config.scale),
+        GEOSR_CAPTIONER=config.captioner,
+        GEOSR_CAPTION_EVERY=config.caption_every,
+        GEOSR_TILE=str(config.tiles.tile),
+        GEOSR_OVERLAP=str(config.tiles.overlap),
+        GEOSR_BLEND=config.blend,
+        GEOSR_SEED=str(config.seed),
+        GEOSR_SOURCE=";".join(os.path.basename(p) for p in scene.paths),
+    )
+    if config.steps is not None:
+        tags["GEOSR_STEPS"] = str(config.steps)
+    if config.guidance is not None:
+        tags["GEOSR_GUIDANCE"] = str(config.guidance)
+    return tags
+
+
+def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
+                      routes: dict[int, TileRoute] | None = None) -> dict:
+    """One feature per processed tile: core footprint in the scene CRS, caption, index, and
+    for a routed run the tile's ``route`` (``model`` / ``bicubic``), ``texture`` and ``noise``."""
+    georef = bool(scene.crs) and not scene.gcps
+    transform = scene.transform if georef else rasterio.Affine.identity()
+    features = []
+    for t in tiles:
+        poly = window_polygon(t.core, transform)
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": poly.__geo_interface__,
+                "properties": {
+                    "tile": t.index, "row": t.row, "col": t.col, "caption": captions.get(t.index, ""),
+                    "col_off": int(t.core.col_off), "row_off": int(t.core.row_off),
+                    "width": int(t.core.width), "height": int(t.core.height),
+                    **(routes[t.index].properties() if routes and t.index in routes else {}),
+                },
+            }
+        )
+    fc = {"type": "FeatureCollection", "features": features}
+    if georef:
+        epsg = scene.crs.to_epsg()
+        # RFC 7946 dropped "crs", but QGIS and GDAL still read this member for non-WGS84 data.
+        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else scene.crs.to_wkt()
+        fc["crs"] = {"type": "name", "properties": {"name": name}}
+    return fc

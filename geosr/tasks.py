@@ -1,0 +1,303 @@
+"""The unit of work a worker runs: a batch of tiles read -> routed -> captioned -> upscaled.
+
+A :class:`BatchJob` is small and picklable (a path, windows, the band plan and stretch, the
+model and captioner specs, per-tile seeds); :func:`process_batch` turns it into
+:class:`TileResult` s wherever dask runs it - a thread of the client, a local worker
+process, a GPU node. Models and captioners are loaded once per process and spec
+(:func:`captioner_for`, :func:`geosr.models.load_upscaler`'s cache). Errors leave a task
+whole (:func:`shippable_errors`). Nothing here knows about runs, journals or outputs
+(:mod:`geosr.engine` orchestrates; :mod:`geosr.worker_writes` blends on workers).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from geosr.captioning import Captioner, FixedCaptioner, load_captioner
+from geosr.captioning.cache import CachingCaptioner
+from geosr.config import RunConfig
+from geosr.errors import GeosrError
+from geosr.models import CLASSICAL, Upscaler, load_upscaler
+from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
+from geosr.radiometry import Stretch
+from geosr.reading import read_tile
+from geosr.routing import BICUBIC, MODEL, TileRoute, route_tiles
+from geosr.scene import open_raster
+from geosr.scene_plan import BandPlan, ScenePlan, tile_seed
+from geosr.scheduling import undo_malloc_trim_threshold
+from geosr.tiling import Tile, TileGrid
+
+__all__ = [
+    "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for",
+    "cheap_model_for", "cheap_path_model", "model_facts", "model_for", "model_input", "process_batch",
+    "read_batch", "read_batch_and_valid", "shippable_errors", "upscale_batch", "upscale_routed",
+]
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Everything a worker needs to process a batch of tiles (small and picklable)."""
+
+    source: str
+    tiles: tuple[Tile, ...]
+    bands: BandPlan
+    stretch: Stretch
+    masked: bool
+    model: str
+    scale: int
+    model_options: tuple[tuple[str, object], ...]
+    seeds: tuple[int, ...]
+    captions: tuple[str | None, ...]
+    captioner: str
+    route_threshold: float | None = None  # None: every tile to the model (geosr.routing)
+    route_to: str = BICUBIC  # where routed tiles go: bicubic or a fast network's spec
+
+
+@dataclass
+class TileResult:
+    index: int
+    hr: np.ndarray
+    caption: str
+    route: TileRoute | None = None  # None: not routed (every tile went to the model)
+
+    def __sizeof__(self) -> int:
+        # dask sizes a task's result with sys.getsizeof: without the HR array a result looks
+        # like 100 bytes, and dask neither counts its memory nor keeps work where it is
+        return object.__sizeof__(self) + self.hr.nbytes + len(self.caption)
+
+
+@functools.lru_cache(maxsize=8)
+def captioner_for(spec: str) -> Captioner:
+    # One captioner per worker process and spec (an MLLM loads once), remembering the
+    # captions of tiles it has seen (re-runs, repeated content, window/scene sharing).
+    # A fixed caption does not look at the pixels: hashing them would only cost time.
+    captioner = load_captioner(spec)
+    return captioner if isinstance(captioner, FixedCaptioner) else CachingCaptioner(captioner)
+
+
+def model_for(job: BatchJob) -> Upscaler:
+    return load_upscaler(job.model, job.scale, **dict(job.model_options))
+
+
+def cheap_path_model(spec: str, scale: int, model_options: dict) -> Upscaler:
+    """Routing's cheap path ``spec`` on the run's device and precision (``model_options``' device
+    and dtype; a classical one takes none)."""
+    options = {k: v for k, v in model_options.items() if k in ("device", "dtype")}
+    return load_upscaler(spec, scale, **({} if spec in CLASSICAL else options))
+
+
+def cheap_model_for(job: BatchJob, routes: Sequence[TileRoute | None]) -> Upscaler | None:
+    """The cheap path of ``job``'s routed tiles; None (and not loaded) when no tile of it is routed there."""
+    if not any(r is not None and r.path != MODEL for r in routes):
+        return None
+    return cheap_path_model(job.route_to, job.scale, dict(job.model_options))
+
+
+def read_batch(job: BatchJob) -> np.ndarray:
+    return read_batch_and_valid(job)[0]
+
+
+def read_batch_and_valid(job: BatchJob) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles ``[B, C, H, W]`` and their validity ``[B, H, W]`` (the reflect-padded halo is invalid)."""
+    with open_raster(job.source) as ds:
+        read = [read_tile(ds, t, job.bands.bands, job.stretch, job.masked) for t in job.tiles]
+    valid = [np.pad(v, ((t.pad[0], t.pad[1]), (t.pad[2], t.pad[3]))) for t, (_, v) in zip(job.tiles, read)]
+    return np.stack([d for d, _ in read]), np.stack(valid)
+
+
+def model_input(batch: np.ndarray, plan: BandPlan) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.model)]))
+
+
+def caption_batch(spec: str, x: torch.Tensor, plan: BandPlan) -> list[str]:
+    """Caption model-input tiles: clipped to [0, 1], a single band shown as grey RGB."""
+    captioner = captioner_for(spec)
+    if isinstance(captioner, FixedCaptioner):
+        return captioner.caption(x)  # the same text for every tile: no copy of the pixels
+    x = x.clamp(0, 1)
+    if plan.replicate:
+        x = x[:, :1].expand(-1, 3, -1, -1)
+    return list(captioner.caption(x))
+
+
+def shippable_errors(task):
+    """Let geosr's errors leave a dask task whole.
+
+    dask pickles a task's exception with its chain (``__cause__``/``__context__``); GDAL's
+    errors in that chain do not unpickle, and dask then hands the client a bare
+    ``Exception("ReadError(...)")``. The message already holds GDAL's cause.
+    """
+
+    @functools.wraps(task)
+    def run(*args):
+        try:
+            return task(*args)
+        except GeosrError as exc:
+            exc.__cause__ = exc.__context__ = None
+            raise
+
+    return run
+
+
+@shippable_errors
+def caption_tiles(job: BatchJob) -> list[str]:
+    """Caption the tiles of ``job`` (runs on a worker)."""
+    return caption_batch(job.captioner, model_input(read_batch(job), job.bands), job.bands)
+
+
+@shippable_errors
+def process_batch(job: BatchJob) -> list[TileResult]:
+    """Read, route, caption (when not given) and upscale a batch of tiles (runs on a worker).
+
+    With routing (``job.route_threshold``), tiles routed to the cheap path are neither captioned
+    (their caption is empty) nor given to the model; the others go to the model as one batch.
+    """
+    undo_malloc_trim_threshold()
+    batch, valid = read_batch_and_valid(job)
+    plan = job.bands
+    x = model_input(batch, plan)
+    routes = batch_routes(job, x, valid)
+    # a routed tile is not captioned (a shared caption given for its window is kept)
+    captions = ["" if (c is None and r is not None and r.path != MODEL) else c for c, r in zip(job.captions, routes)]
+    missing = [i for i, c in enumerate(captions) if c is None]
+    if missing:
+        for i, text in zip(missing, caption_batch(job.captioner, x[missing], plan)):
+            captions[i] = text
+    out = upscale_routed(model_for(job), cheap_model_for(job, routes), batch, x, plan, captions, job.seeds, job.scale,
+                         routes)
+    return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
+
+
+def batch_routes(job: BatchJob, x: torch.Tensor, valid: np.ndarray) -> list[TileRoute | None]:
+    """Each tile's route (:mod:`geosr.routing`), or None for every tile of a job that does not route.
+
+    Only the valid pixels of each tile's core are measured: the halo belongs to the
+    neighbours too, and texture there would keep a flat tile beside a textured one on the model.
+    """
+    if job.route_threshold is None:
+        return [None] * len(job.tiles)
+    in_core = np.zeros_like(valid)
+    for i, t in enumerate(job.tiles):
+        top, left = ((n - int(c)) // 2 for n, c in zip(t.shape, (t.core.height, t.core.width)))
+        in_core[i, top : top + int(t.core.height), left : left + int(t.core.width)] = True
+    return list(route_tiles(x, job.route_threshold, torch.from_numpy(valid & in_core), cheap=job.route_to))
+
+
+def upscale_routed(model: Upscaler, cheap_model: Upscaler | None, batch: np.ndarray, x: torch.Tensor,
+                   plan: BandPlan, captions: Sequence[str], seeds: Sequence[int], s: int,
+                   routes: Sequence[TileRoute | None]) -> np.ndarray:
+    """:func:`upscale_batch`, with the tiles routed to the cheap path upscaled by ``cheap_model`` instead
+    (which may be None when no tile is routed)."""
+    cheap = [i for i, r in enumerate(routes) if r is not None and r.path != MODEL]
+    if not cheap:
+        return upscale_batch(model, batch, x, plan, captions, seeds, s)
+    on_model = [i for i in range(len(routes)) if i not in cheap]
+    out = np.empty((len(routes), len(plan.bands), *(n * s for n in batch.shape[-2:])), np.float32)
+    for subset, upscaler in ((on_model, model), (cheap, cheap_model)):
+        if subset:
+            out[subset] = upscale_batch(upscaler, batch[subset], x[subset], plan, [captions[i] for i in subset],
+                                        [seeds[i] for i in subset], s)
+    return out
+
+
+def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
+                  seeds: Sequence[int], s: int) -> np.ndarray:
+    """The model's part of a batch: ``[B, bands, h*s, w*s]`` from the read batch and its model input."""
+    b, _, h, w = batch.shape
+    out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
+    if plan.replicate:
+        for k, pos in enumerate(plan.model):
+            xi = x[:, k : k + 1].expand(-1, plan.replicate, -1, -1).contiguous()
+            out[:, pos] = model.upscale(xi, captions, seeds).mean(dim=1).numpy()
+    else:
+        out[:, list(plan.model)] = model.upscale(x, captions, seeds).numpy()
+    if plan.extra:
+        xe = torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.extra)]))
+        out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(xe).numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the client needs of a run's model: the name it is tagged with, its input channels
+    (None: any), and whether it is a network (its tasks then ask for a GPU where there is one)."""
+
+    name: str
+    channels: int | None
+    neural: bool
+
+
+@shippable_errors
+def model_facts(config: RunConfig) -> ModelFacts:
+    """Load ``config``'s model and captioner (cached per process) and describe the model."""
+    model = load_upscaler(config.model, config.scale, **config.model_options())
+    captioner_for(config.captioner)
+    return ModelFacts(getattr(model, "name", config.model), model.channels,
+                      not isinstance(model, CLASSICAL_UPSCALERS))
+
+
+def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) -> list[BatchJob]:
+    """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds."""
+    scene, stretch = scene_plan.scene, scene_plan.stretch
+    opts = tuple(sorted(config.model_options().items()))
+    threshold, route_to = config.routed_threshold, config.route_to  # once: they look for shipped models
+    jobs = []
+    for i in range(0, len(tiles), config.batch_size):
+        chunk = tuple(tiles[i : i + config.batch_size])
+        jobs.append(
+            BatchJob(
+                source=scene.source, tiles=chunk, bands=scene_plan.bands, stretch=stretch, masked=scene.masked,
+                model=config.model, scale=config.scale, model_options=opts,
+                seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
+                captions=(None,) * len(chunk), captioner=config.captioner,
+                route_threshold=threshold, route_to=route_to,
+            )
+        )
+    return jobs
+
+
+CaptionRunner = Callable[[Sequence[BatchJob]], list[list[str]]]
+
+
+def caption_jobs(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[Tile], mode: str, n: int,
+                 grid: TileGrid) -> dict[int, str]:
+    """Caption of every tile of ``jobs`` (per tile, or shared per window/scene) by tile index."""
+    if mode == "tile":
+        return {t.index: c for j, cs in zip(jobs, run(jobs)) for t, c in zip(j.tiles, cs)}
+    shared = with_shared_captions(run, jobs, tiles, mode, n, grid)
+    return {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
+
+
+def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[Tile], mode: str, n: int,
+                         grid: TileGrid) -> list[BatchJob]:
+    """Caption one representative tile per N x N window (or per scene) and share it.
+
+    The representative is the tile nearest the window's centre among the processed ones:
+    an expensive captioner then runs a handful of times per scene. ``run`` captions a list
+    of jobs (on a dask client, or in this process for a lazy result).
+    """
+    if not jobs:  # every tile skipped (all no-data, outside the AOI): nothing to caption
+        return list(jobs)
+
+    def group(t: Tile) -> tuple[int, int]:
+        return (0, 0) if mode == "scene" else (t.row // n, t.col // n)
+
+    members: dict[tuple[int, int], list[Tile]] = {}
+    for t in tiles:
+        members.setdefault(group(t), []).append(t)
+    reps = {}
+    for g, ts in members.items():
+        cy = np.mean([t.row for t in ts])
+        cx = np.mean([t.col for t in ts])
+        reps[g] = min(ts, key=lambda t: (t.row - cy) ** 2 + (t.col - cx) ** 2)
+    template = jobs[0]
+    rep_tiles = list(reps.values())
+    rep_jobs = [replace(template, tiles=(t,), seeds=(0,), captions=(None,)) for t in rep_tiles]
+    texts = {t.index: c[0] for t, c in zip(rep_tiles, run(rep_jobs))}
+    by_group = {g: texts[t.index] for g, t in reps.items()}
+    return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]
