@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from geosr.engine import RunReport
 
-__all__ = ["upscale", "caption", "python_spelling", "keyword_wording", "command_line_wording"]
+__all__ = ["upscale", "caption", "config_from_options", "python_spelling", "keyword_wording", "command_line_wording"]
 
 # Whether errors leaving the API name options as the command line spells them (--overwrite)
 # or as Python does (overwrite=True): the commands call the same functions.
@@ -153,7 +153,7 @@ def upscale(
     >>> geosr.upscale("scene.tif", "scene_x4.tif", scale=4)  # a COG and its report
     """
     with keyword_wording():
-        config = _run_config(
+        config = config_from_options(
             scale=scale, model=model, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
             bands=bands, aoi=aoi, blend=blend, seed=seed, device=device, dtype=dtype, steps=steps,
             guidance=guidance, batch_size=batch_size, creation_options=creation_options, overwrite=overwrite,
@@ -234,7 +234,7 @@ def caption(
     with keyword_wording():
         if output is None and overwrite:
             raise InputError("overwrite only applies when writing to an output file")
-        config = _run_config(
+        config = config_from_options(
             captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap, bands=bands, aoi=aoi,
             overwrite=overwrite, address=address, local_workers=local_workers,
         )
@@ -245,7 +245,7 @@ def caption(
             files.cleanup()
 
 
-def _run_config(*, scale: int = 4, tile: int = 256, overlap: int = 16, bands: Sequence[int] | None = None,
+def config_from_options(*, scale: int = 4, tile: int = 256, overlap: int = 16, bands: Sequence[int] | None = None,
                 aoi: str | os.PathLike | None = None, creation_options: Mapping[str, str] | None = None,
                 **options) -> RunConfig:
     """A :class:`RunConfig` from keyword arguments, with the type checks a CLI gets from click."""

@@ -253,11 +253,11 @@ def _model_only_child(argv: Sequence[str]) -> None:
     """Entry of the second child: the model alone on the run's tiles, and the seam score of its output."""
     params = _upscale_params(argv)
     output = params.pop("output")
-    from geosr.api import _run_config
+    from geosr.api import config_from_options
     from geosr.models import load_upscaler
 
     run_keys = ("overwrite", "resume", "address", "local_workers", "performance_report", "creation_options", "route_map")
-    config = _run_config(**{k: v for k, v in params.items() if k not in run_keys + ("source",)})
+    config = config_from_options(**{k: v for k, v in params.items() if k not in run_keys + ("source",)})
     t0 = time.perf_counter()
     load_upscaler(config.model, config.scale, **config.model_options())  # cached: the timed part reuses it
     load_seconds = time.perf_counter() - t0

@@ -64,6 +64,10 @@ __all__ = [
     "MAX_LR_SIDE",
     "evaluate_sr",
     "find_hr_images",
+    "image_to_batch",
+    "largest_valid_rectangle",
+    "quantise_8bit",
+    "read_hr_image",
     "psnr",
     "render_comparison",
     "sharpness_ratio",
@@ -255,7 +259,7 @@ def _clip_iqa_metric(device: str) -> tuple[Callable[[np.ndarray], float] | None,
 # --------------------------------------------------------------------------- images
 
 
-def _largest_valid_rectangle(valid: np.ndarray) -> tuple[int, int, int, int]:
+def largest_valid_rectangle(valid: np.ndarray) -> tuple[int, int, int, int]:
     """``(row0, row1, col0, col1)`` of the largest all-True rectangle (maximal-histogram method).
 
     The search runs in Python, so a large mask is first reduced to blocks (a block is valid
@@ -267,7 +271,7 @@ def _largest_valid_rectangle(valid: np.ndarray) -> tuple[int, int, int, int]:
         pad = [(0, -n % block) for n in valid.shape]
         coarse = np.pad(valid, pad, constant_values=False)
         coarse = coarse.reshape(coarse.shape[0] // block, block, coarse.shape[1] // block, block).all(axis=(1, 3))
-        r0, r1, c0, c1 = _largest_valid_rectangle(coarse)
+        r0, r1, c0, c1 = largest_valid_rectangle(coarse)
         # padded blocks are invalid, so the box stays inside the image
         return r0 * block, r1 * block, c0 * block, c1 * block
     heights = np.zeros(valid.shape[1] + 1, dtype=np.int64)  # a zero sentinel flushes the stack
@@ -285,7 +289,7 @@ def _largest_valid_rectangle(valid: np.ndarray) -> tuple[int, int, int, int]:
     return box
 
 
-def _read_hr(path: Path, scale: int, crop: int | None) -> np.ndarray:
+def read_hr_image(path: Path, scale: int, crop: int | None) -> np.ndarray:
     """The HR image as ``H x W x 3`` float32 in [0, 1], prepared as the module docstring says.
 
     Raises
@@ -302,7 +306,7 @@ def _read_hr(path: Path, scale: int, crop: int | None) -> np.ndarray:
             rgb = ds.read([1, 2, 3]).transpose(1, 2, 0)
             valid = ds.dataset_mask() > 0
     if 1.0 - valid.mean() > MAX_FLAGGED_FRACTION:
-        r0, r1, c0, c1 = _largest_valid_rectangle(valid)
+        r0, r1, c0, c1 = largest_valid_rectangle(valid)
         rgb = rgb[r0:r1, c0:c1]
     side = scale * min(crop // scale if crop else MAX_LR_SIDE, MAX_LR_SIDE)
     h, w = (min(n, side) // scale * scale for n in rgb.shape[:2])
@@ -322,11 +326,13 @@ ABLATION_CAPTIONS = {
 }
 
 
-def _quantise(img: np.ndarray) -> np.ndarray:
+def quantise_8bit(img: np.ndarray) -> np.ndarray:
+    """Round an image in [0, 1] to the 8-bit levels an LR or output would be stored with."""
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
 
 
-def _to_tensor(img: np.ndarray) -> torch.Tensor:
+def image_to_batch(img: np.ndarray) -> torch.Tensor:
+    """``H x W x C`` float image -> a ``1 x C x H x W`` tensor, as upscalers take tiles."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
 
 
@@ -361,14 +367,14 @@ class _Run:
 
     def make_lr(self, hr: np.ndarray, seed: int) -> tuple[np.ndarray, DegradationParams]:
         lr, params = degrade(hr, self.scale, self.degradation, seed=seed)
-        return _quantise(lr), params
+        return quantise_8bit(lr), params
 
     def super_resolve(self, lr: np.ndarray, seed: int) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
         """Caption, the baselines' outputs by name, and the model's output (all ``H x W x 3``).
 
         The model's seconds are kept in :attr:`model_seconds`.
         """
-        tiles = _to_tensor(lr)
+        tiles = image_to_batch(lr)
         caption = self.captioner.caption(tiles)[0]
         baselines = {name: self.run(u, lr, caption, seed) for name, u in self.baselines.items()}
         t0 = time.perf_counter()
@@ -379,8 +385,8 @@ class _Run:
     @staticmethod
     def run(upscaler, lr: np.ndarray, caption: str, seed: int) -> np.ndarray:
         """One upscaler's 8-bit quantised ``H x W x 3`` output for ``lr`` with ``caption``."""
-        out = upscaler.upscale(_to_tensor(lr), [caption], seeds=[seed])[0]
-        return _quantise(out.float().numpy().transpose(1, 2, 0))
+        out = upscaler.upscale(image_to_batch(lr), [caption], seeds=[seed])[0]
+        return quantise_8bit(out.float().numpy().transpose(1, 2, 0))
 
 
 # ----------------------------------------------------------------------- evaluation
@@ -500,7 +506,7 @@ def evaluate_sr(
         if limit is not None and len(images) >= limit:
             break
         try:
-            hr = _read_hr(path, run.scale, crop)
+            hr = read_hr_image(path, run.scale, crop)
         except (InputError, RasterioIOError) as err:
             logger.warning("skipping %s: %s", path, err)
             skipped.append({"path": str(path), "reason": str(err)})
@@ -523,7 +529,7 @@ def evaluate_sr(
             }
         )
         if threshold is not None:
-            images[-1]["route"] = route_tiles(_to_tensor(lr), threshold, cheap=cheap)[0].properties()
+            images[-1]["route"] = route_tiles(image_to_batch(lr), threshold, cheap=cheap)[0].properties()
             if images[-1]["route"]["route"] != MODEL:  # what the run would write there instead
                 images[-1]["route"]["scores"] = _scores(run.run(cheap_model, lr, "", seed + index), hr, border,
                                                         None, None)
@@ -629,7 +635,7 @@ def render_comparison(
     from PIL import Image, ImageDraw
 
     run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device, dtype)
-    hr = _read_hr(Path(hr_path), run.scale, None)
+    hr = read_hr_image(Path(hr_path), run.scale, None)
     lr, _params = run.make_lr(hr, seed)
     _caption, base_out, model_out = run.super_resolve(lr, seed)
     nearest = np.repeat(np.repeat(lr, run.scale, axis=0), run.scale, axis=1)

@@ -63,7 +63,7 @@ def score_output(hr_path: str | os.PathLike, out_path: str | os.PathLike, scale:
     SSIM is computed on the largest rectangle of such pixels; ``scored_fraction`` is the
     share of the output's pixels that the PSNR counts.
     """
-    from geosr.evaluation import _largest_valid_rectangle, ssim
+    from geosr.evaluation import largest_valid_rectangle, ssim
 
     hr, hr_valid, _ = _read_rgb(hr_path)
     out, out_valid, _ = _read_rgb(out_path)
@@ -75,7 +75,7 @@ def score_output(hr_path: str | os.PathLike, out_path: str | os.PathLike, scale:
     if not keep.any():
         raise InputError(f"{out_path} and {hr_path} share no valid pixels away from edges")
     mse = float(((out - hr) ** 2)[keep].mean())
-    r0, r1, c0, c1 = _largest_valid_rectangle(keep)
+    r0, r1, c0, c1 = largest_valid_rectangle(keep)
     return {
         "psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
         "ssim": float(ssim(out[r0:r1, c0:c1], hr[r0:r1, c0:c1])),

@@ -10,7 +10,7 @@ import torch
 
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
 from geosr.training import distill_cfg
-from geosr.training.train_controlnet import encode_captions
+from geosr.training.diffusion_batches import encode_captions
 from test_train_controlnet import common_run_config, write_yaml
 from tiny_models import tiny_pipeline_components
 

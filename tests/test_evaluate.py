@@ -18,10 +18,10 @@ from geosr.cli import cli
 from geosr.errors import InputError
 from geosr.evaluation import (
     ABLATION_CAPTIONS,
-    _read_hr,
     evaluate_sr,
     find_hr_images,
     psnr,
+    read_hr_image,
     render_comparison,
     sharpness_ratio,
     ssim,
@@ -217,7 +217,7 @@ def test_clean_protocol_is_antialiased_bicubic_only(hr_dir):
     params = result["images"][0]["degradation"]
     assert params["protocol"] == "clean" and params["noise_sigma"] == 0 and params["jpeg_quality"] is None
     # the same LR as a plain anti-aliased bicubic downsampling
-    hr = _read_hr(find_hr_images([hr_dir])[0], 2, None)
+    hr = read_hr_image(find_hr_images([hr_dir])[0], 2, None)
     lr, _ = degrade(hr, 2, "clean", seed=0)
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(hr.transpose(2, 0, 1))[None], scale_factor=0.5, mode="bicubic", antialias=True

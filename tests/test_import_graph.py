@@ -88,3 +88,15 @@ def test_the_library_and_cli_start_without_torch(code):
         capture_output=True, text=True, check=True, cwd=ROOT,
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """``from geosr.x import _name`` ties a module to another's internals: make the name public."""
+    offenders = []
+    for folder in ("geosr", "pipelines", "training"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("geosr"):
+                    offenders += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}"
+                                  for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders

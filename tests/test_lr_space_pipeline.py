@@ -10,7 +10,7 @@ import torch
 from geosr.pipelines import GeoSRPipeline, LRSpaceControlNet, LRSpaceDenoiser
 from geosr.pipelines.pipeline_geosr import image_to_target, target_to_image, upsample_lr
 from geosr.training import distill_cfg
-from geosr.training.train_controlnet import condition_inputs
+from geosr.training.diffusion_batches import condition_inputs
 from tiny_models import tiny_pipeline_components
 
 CAPTION = "mild isotropic blur sigma 0.3 px; low noise sigma 4; no jpeg"

@@ -14,6 +14,7 @@ from PIL import Image
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
 from geosr.training import train_controlnet
 from geosr.training.campaign_state import export_state
+from geosr.training.diffusion_batches import encode_captions
 from tiny_models import tiny_pipeline_components
 
 TINY_BASE = {
@@ -63,7 +64,7 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     hr = torch.rand(4, 3, 32, 32, generator=g)
     condition = upsample_lr(torch.nn.functional.avg_pool2d(hr, 4), 4)
     x0 = image_to_target(hr, condition, True, 2.0)
-    text = train_controlnet.encode_captions(components["tokenizer"], components["text_encoder"],
+    text = encode_captions(components["tokenizer"], components["text_encoder"],
                                             ["mild isotropic blur sigma 0.5 px; no noise; no jpeg"] * 4).detach()
     noise = torch.randn(x0.shape, generator=g)
     timesteps = torch.tensor([50, 300, 600, 900])
@@ -133,7 +134,7 @@ def test_lr_space_teacher_and_regression_baseline_train(tmp_path):
 
 
 def test_with_final_timesteps_moves_the_drawn_share_to_the_last_timestep():
-    from geosr.training.train_controlnet import with_final_timesteps
+    from geosr.training.diffusion_batches import with_final_timesteps
 
     timesteps = torch.arange(1000)
     moved = with_final_timesteps(timesteps, 0.25, 999, torch.Generator().manual_seed(0))

@@ -22,7 +22,7 @@ import json
 import numpy as np
 
 from geosr.captioning import load_captioner
-from geosr.evaluation import _quantise, _read_hr, _to_tensor, find_hr_images
+from geosr.evaluation import find_hr_images, image_to_batch, quantise_8bit, read_hr_image
 from geosr.models import default_model, load_upscaler
 from geosr.routing import cheap_path, measure_blur, measure_tiles, passes_blur_gate
 from geosr.degradations import PROTOCOLS, degrade
@@ -41,15 +41,15 @@ def measure_crops(scale: int, images: int, lr_side: int, cheap: str, seed: int =
     captioner = load_captioner("degradation")
     rows = []
     for i in order:
-        hr = _read_hr(paths[i], scale, lr_side * scale)
+        hr = read_hr_image(paths[i], scale, lr_side * scale)
         for protocol in PROTOCOLS:
             lr, params = degrade(hr, scale, protocol, seed=int(i))
-            x = _to_tensor(_quantise(lr))
+            x = image_to_batch(quantise_8bit(lr))
             caption = captioner.caption(x)[0]
             mse = {}
             for name, upscaler in upscalers.items():
                 text = caption if name == "model" else ""  # the cheap path is not captioned
-                out = _quantise(upscaler.upscale(x, [text], seeds=[0])[0].numpy().transpose(1, 2, 0))
+                out = quantise_8bit(upscaler.upscale(x, [text], seeds=[0])[0].numpy().transpose(1, 2, 0))
                 mse[name] = float((((out - hr) * 255)[scale:-scale, scale:-scale] ** 2).mean())
             texture, noise = measure_tiles(x)
             rows.append(dict(path=str(paths[i]), protocol=protocol, true_noise=params.noise_sigma,

@@ -35,16 +35,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
-import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, LCMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -52,22 +48,25 @@ from tqdm.auto import tqdm
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, lr_on_grid, regrid, with_lr
 from geosr.training.launch import (
     add_common_args,
-    checkpoint_to_resume,
     make_dataloader,
     parse_with_config,
+    resume_run,
     save_checkpoint,
+    start_run,
+    start_trackers,
+    training_batches,
 )
 from geosr.pipelines.lr_space_models import LRSpaceDenoiser
 from geosr.pipelines.components import build_controlnet, controlnet_class
-from geosr.training.train_controlnet import (
-    step_generator,
-    with_final_timesteps,
-    x0_eps,
+from geosr.training.diffusion_batches import (
     clean_sample,
     condition_inputs,
     encode_captions,
     render_validation,
+    step_generator,
     validation_pairs,
+    with_final_timesteps,
+    x0_eps,
 )
 
 __all__ = [
@@ -345,17 +344,7 @@ def consistency_loss(student, student_controlnet, target_unet, target_controlnet
 
 def main(args: argparse.Namespace) -> Path:
     """Distil; returns the output directory (a GeoSRPipeline, plus checkpoint-N folders)."""
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator, output_dir = start_run(args)
 
     teacher = GeoSRPipeline.from_pretrained(args.teacher_model)
     if teacher.is_distilled:
@@ -408,106 +397,88 @@ def main(args: argparse.Namespace) -> Path:
     if consistency:
         # registered so that a resumed run continues with the same target network
         accelerator.register_for_checkpointing(target_unet, target_controlnet)
-    if args.report_to != "none":
-        accelerator.init_trackers(args.tracker_project_name, config={
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
-
-    updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    resume = checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        global_step = int(resume.name.split("-")[1])
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = global_step % updates_per_epoch * args.gradient_accumulation_steps
-        logger.info("resumed from %s at step %d", resume, global_step)
+    start_trackers(accelerator, args)
+    global_step = resume_run(accelerator, args, output_dir)
 
     empty = encode_captions(teacher.tokenizer, teacher.text_encoder, [""]).to(weight_dtype)
     pairs = validation_pairs(args.validation_images, args) if accelerator.is_main_process else []
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
                     disable=not accelerator.is_local_main_process)
-    # a run resumed at (or past) its last step only saves: no extra step
-    for epoch in range(first_epoch, num_epochs if global_step < args.max_train_steps else first_epoch):
-        dataloader.dataset.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
-        skip_batches = 0
-        for batch in batches:
-            with accelerator.accumulate(student, student_controlnet):
-                hr = batch["hr"].to(accelerator.device)
-                upsampled, condition, lr_grid, _ = condition_inputs(
-                    batch["lr"].to(accelerator.device), hr, cfg.upscale_factor, cfg.upsample_mode,
-                    teacher.unshuffle_factor, teacher.concat_channels > 0,
+    # a run resumed at (or past) its last step gets no batch: it only saves
+    for batch in training_batches(accelerator, dataloader, global_step, args):
+        with accelerator.accumulate(student, student_controlnet):
+            hr = batch["hr"].to(accelerator.device)
+            upsampled, condition, lr_grid, _ = condition_inputs(
+                batch["lr"].to(accelerator.device), hr, cfg.upscale_factor, cfg.upsample_mode,
+                teacher.unshuffle_factor, teacher.concat_channels > 0,
+            )
+            with torch.no_grad():
+                text = encode_captions(teacher.tokenizer, teacher.text_encoder, batch["caption"]).to(weight_dtype)
+                x0 = clean_sample(hr.to(weight_dtype if teacher.vae else torch.float32), upsampled,
+                                  teacher.vae, cfg.predict_residual, cfg.residual_scale,
+                                  teacher.unshuffle_factor)
+            n, gen = x0.shape[0], step_generator(args.seed, global_step, accelerator)
+            if consistency:
+                index = torch.randint(0, args.num_ddim_timesteps, (n,), generator=gen, device=x0.device)
+                timesteps = (index + 1) * skip - 1  # LCMScheduler's skeleton
+            else:
+                last = noise_scheduler.config.num_train_timesteps - 1
+                timesteps = torch.randint(0, last + 1, (n,), generator=gen, device=x0.device)
+                timesteps = with_final_timesteps(timesteps, args.final_timestep_prob, last, gen)
+            g = args.guidance_scale_min + (args.guidance_scale_max - args.guidance_scale_min) * torch.rand(
+                n, generator=gen, device=x0.device)
+            noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+            step = {
+                "noisy": noise_scheduler.add_noise(x0, noise, timesteps).to(weight_dtype),
+                "timesteps": timesteps,
+                "text": text,
+                "empty": empty.expand(n, -1, -1),
+                "condition": condition.to(weight_dtype),
+                "g": g,
+                "x0": x0,
+                "lr_grid": lr_grid,
+            }
+            if student_factor != teacher.unshuffle_factor:
+                step["student_grid"] = (teacher.unshuffle_factor, student_factor)
+                if lr_grid is not None:
+                    step["student_lr_grid"] = lr_on_grid(
+                        batch["lr"].to(accelerator.device), cfg.upscale_factor, student_factor)
+            logs = {}
+            if consistency:
+                loss = consistency_loss(student, student_controlnet, target_unet, target_controlnet,
+                                        teacher, noise_scheduler, step, skip)
+            else:
+                loss, logs = student_loss(student, student_controlnet, teacher, step,
+                                          noise_scheduler, args.fidelity_weight)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(
+                    list(student.parameters()) + list(student_controlnet.parameters()), args.max_grad_norm
                 )
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if consistency and accelerator.sync_gradients:
                 with torch.no_grad():
-                    text = encode_captions(teacher.tokenizer, teacher.text_encoder, batch["caption"]).to(weight_dtype)
-                    x0 = clean_sample(hr.to(weight_dtype if teacher.vae else torch.float32), upsampled,
-                                      teacher.vae, cfg.predict_residual, cfg.residual_scale,
-                                      teacher.unshuffle_factor)
-                n, gen = x0.shape[0], step_generator(args.seed, global_step, accelerator)
-                if consistency:
-                    index = torch.randint(0, args.num_ddim_timesteps, (n,), generator=gen, device=x0.device)
-                    timesteps = (index + 1) * skip - 1  # LCMScheduler's skeleton
-                else:
-                    last = noise_scheduler.config.num_train_timesteps - 1
-                    timesteps = torch.randint(0, last + 1, (n,), generator=gen, device=x0.device)
-                    timesteps = with_final_timesteps(timesteps, args.final_timestep_prob, last, gen)
-                g = args.guidance_scale_min + (args.guidance_scale_max - args.guidance_scale_min) * torch.rand(
-                    n, generator=gen, device=x0.device)
-                noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-                step = {
-                    "noisy": noise_scheduler.add_noise(x0, noise, timesteps).to(weight_dtype),
-                    "timesteps": timesteps,
-                    "text": text,
-                    "empty": empty.expand(n, -1, -1),
-                    "condition": condition.to(weight_dtype),
-                    "g": g,
-                    "x0": x0,
-                    "lr_grid": lr_grid,
-                }
-                if student_factor != teacher.unshuffle_factor:
-                    step["student_grid"] = (teacher.unshuffle_factor, student_factor)
-                    if lr_grid is not None:
-                        step["student_lr_grid"] = lr_on_grid(
-                            batch["lr"].to(accelerator.device), cfg.upscale_factor, student_factor)
-                logs = {}
-                if consistency:
-                    loss = consistency_loss(student, student_controlnet, target_unet, target_controlnet,
-                                            teacher, noise_scheduler, step, skip)
-                else:
-                    loss, logs = student_loss(student, student_controlnet, teacher, step,
-                                              noise_scheduler, args.fidelity_weight)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(
-                        list(student.parameters()) + list(student_controlnet.parameters()), args.max_grad_norm
-                    )
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if consistency and accelerator.sync_gradients:
-                    with torch.no_grad():
-                        online = list(accelerator.unwrap_model(student).parameters())
-                        online += list(accelerator.unwrap_model(student_controlnet).parameters())
-                        ema = list(target_unet.parameters()) + list(target_controlnet.parameters())
-                        for target, source in zip(ema, online):
-                            target.lerp_(source.detach(), 1.0 - args.ema_decay)
+                    online = list(accelerator.unwrap_model(student).parameters())
+                    online += list(accelerator.unwrap_model(student_controlnet).parameters())
+                    ema = list(target_unet.parameters()) + list(target_controlnet.parameters())
+                    for target, source in zip(ema, online):
+                        target.lerp_(source.detach(), 1.0 - args.ema_decay)
 
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
-            progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if pairs and args.validation_steps and global_step % args.validation_steps == 0:
-                render_validation(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
-                                  pairs, output_dir / "validation" / f"step-{global_step}.png",
-                                  args.num_inference_steps, args.validation_guidance_scale)
-            if global_step >= args.max_train_steps:
-                break
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        progress.update(1)
+        logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
+        progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
+        accelerator.log(logs, step=global_step)
+        if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if pairs and args.validation_steps and global_step % args.validation_steps == 0:
+            render_validation(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
+                              pairs, output_dir / "validation" / f"step-{global_step}.png",
+                              args.num_inference_steps, args.validation_guidance_scale)
         if global_step >= args.max_train_steps:
             break
 

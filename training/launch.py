@@ -1,4 +1,4 @@
-"""What both training scripts share: YAML + CLI arguments, data, checkpoints.
+"""What both training scripts share: YAML + CLI arguments, data, the accelerator, resume, checkpoints.
 
 A run is configured by a YAML file whose keys are the scripts' flag names (dashes or
 underscores); flags given on the command line win over the file. Keys that hold a nested
@@ -11,10 +11,12 @@ import argparse
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
 
 from geosr.errors import InputError
 from geosr.training.datasets import SRPairDataset
@@ -25,7 +27,11 @@ __all__ = [
     "checkpoint_to_resume",
     "make_dataloader",
     "parse_with_config",
+    "resume_run",
     "save_checkpoint",
+    "start_run",
+    "start_trackers",
+    "training_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,3 +199,58 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
     accelerator.save_state(str(path))
     logger.info("saved state to %s", path)
     return path
+
+
+def start_run(args: argparse.Namespace) -> tuple[Accelerator, Path]:
+    """The run's accelerator (mixed precision, gradient accumulation, trackers), logging, seed and output folder."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    return accelerator, output_dir
+
+
+def start_trackers(accelerator: Accelerator, args: argparse.Namespace) -> None:
+    """TensorBoard / W&B trackers with the run's scalar settings, when ``report_to`` asks for them."""
+    if args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config={
+            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+
+def resume_run(accelerator: Accelerator, args: argparse.Namespace, output_dir: Path) -> int:
+    """Load the checkpoint ``resume_from_checkpoint`` names (prepared objects, registered ones, RNG); its step, else 0."""
+    resume = checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
+    if resume is None:
+        if args.resume_from_checkpoint:
+            logger.info("no checkpoint in %s: starting a new run", output_dir)
+        return 0
+    accelerator.load_state(str(resume))
+    step = int(resume.name.split("-")[1])
+    logger.info("resumed from %s at step %d", resume, step)
+    return step
+
+
+def training_batches(accelerator: Accelerator, dataloader: torch.utils.data.DataLoader, global_step: int,
+                     args: argparse.Namespace) -> Iterator[dict]:
+    """The batches of a run from ``global_step`` on, epoch after epoch, until the caller stops.
+
+    Each epoch draws new crops and degradations (``set_epoch``); a resumed run skips the
+    batches its checkpoint had seen in the current epoch, so it trains on exactly the batches
+    the uninterrupted run would have. A run already at ``max_train_steps`` gets none.
+    """
+    if global_step >= args.max_train_steps:
+        return
+    updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
+    epoch, skip = divmod(global_step, updates_per_epoch)
+    skip *= args.gradient_accumulation_steps
+    while True:
+        dataloader.dataset.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(dataloader, skip) if skip else dataloader)
+        skip, epoch = 0, epoch + 1

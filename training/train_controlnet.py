@@ -19,57 +19,43 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from PIL import Image
 from tqdm.auto import tqdm
 
-from geosr.pipelines.pipeline_geosr import (
-    GeoSRPipeline,
-    control_image,
-    image_to_target,
-    lr_on_grid,
-    upsample_lr,
-    with_lr,
-)
+from geosr.pipelines.components import build_components, build_controlnet
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, with_lr
 from geosr.training.contrastive import ContrastiveAligner
-from geosr.degradations import degrade, describe
+from geosr.training.diffusion_batches import (
+    clean_sample,
+    condition_inputs,
+    encode_captions,
+    render_validation,
+    step_generator,
+    validation_pairs,
+    with_final_timesteps,
+    x0_eps,
+)
 from geosr.training.launch import (
     add_common_args,
-    checkpoint_to_resume,
     make_dataloader,
     parse_with_config,
+    resume_run,
     save_checkpoint,
+    start_run,
+    start_trackers,
+    training_batches,
 )
-from geosr.pipelines.components import build_components, build_controlnet
 from geosr.training.model_factory import load_components
 
-__all__ = [
-    "clean_sample",
-    "condition_inputs",
-    "diffusion_loss",
-    "encode_captions",
-    "load_models",
-    "load_pipeline_components",
-    "main",
-    "parse_args",
-    "render_validation",
-    "step_generator",
-    "with_final_timesteps",
-    "x0_eps",
-]
+__all__ = ["averaged_weights", "diffusion_loss", "load_models", "load_pipeline_components", "main", "parse_args"]
 
 logger = get_logger(__name__)
 
@@ -167,42 +153,6 @@ def load_pipeline_components(path: str | Path) -> dict[str, Any]:
     }
 
 
-def encode_captions(tokenizer, text_encoder, captions: Sequence[str]) -> torch.Tensor:
-    """Text-encoder hidden states of captions, padded like GeoSRPipeline.encode_prompt."""
-    ids = tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
-
-
-def clean_sample(
-    hr: torch.Tensor,
-    upsampled: torch.Tensor,
-    vae,
-    predict_residual: bool,
-    residual_scale: float,
-    unshuffle_factor: int | None = None,
-) -> torch.Tensor:
-    """The clean diffusion variable ``x0`` of HR images, as GeoSRPipeline decodes it."""
-    if vae is None:
-        return image_to_target(hr, upsampled, predict_residual, residual_scale, unshuffle_factor)
-    latents = vae.encode((2.0 * hr - 1.0).to(vae.dtype)).latent_dist.sample()
-    return ((latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor).float()
-
-
-def x0_eps(pred: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str):
-    """(x0, eps) from a network output in the scheduler's parametrisation (``alpha_bar``: ``[B]``)."""
-    a = alpha_bar.sqrt().view(-1, 1, 1, 1)
-    s = (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
-    if prediction_type == "v_prediction":
-        return a * sample - s * pred, a * pred + s * sample
-    return (sample - s * pred) / a, pred
-
-
 def diffusion_loss(
     unet,
     controlnet,
@@ -245,85 +195,6 @@ def diffusion_loss(
     return F.mse_loss(pred.float(), target.float())
 
 
-def condition_inputs(
-    lr: torch.Tensor,
-    hr: torch.Tensor,
-    scale: int,
-    upsample_mode: str,
-    unshuffle_factor: int | None,
-    concat_lr: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """What a GeoSRPipeline makes of an LR batch, and the HR seen as its contrastive positive.
-
-    Returns
-    -------
-    (upsampled, condition, lr_grid, hr_condition)
-        The LR at the HR size (the residual's base), the ControlNet condition
-        (:func:`~geosr.pipelines.pipeline_geosr.control_image`), the LR on the diffusion
-        variable's grid when it is concatenated to the networks' input (else None), and the HR
-        on the condition's grid: the HR itself when the condition is HR-sized, else the HR
-        area-averaged to the LR size (the same content without the degradation, which is what
-        the positive stands for).
-    """
-    upsampled = upsample_lr(lr, scale, upsample_mode)
-    condition = control_image(lr, upsampled, unshuffle_factor)
-    lr_grid = lr_on_grid(lr, scale, unshuffle_factor) if concat_lr else None
-    hr_condition = hr if condition.shape[-2:] == hr.shape[-2:] else F.avg_pool2d(hr, scale)
-    return upsampled, condition, lr_grid, hr_condition
-
-
-def validation_pairs(paths: Sequence[str], args: argparse.Namespace):
-    """Fixed (LR, caption, HR) of validation images: centre crop, degradation seeded by index."""
-    pairs = []
-    for k, path in enumerate(paths):
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        h, w = array.shape[:2]
-        size = min(args.crop_size, h, w) // args.scale * args.scale
-        top, left = (h - size) // 2, (w - size) // 2
-        hr = np.ascontiguousarray(array[top : top + size, left : left + size])
-        lr, params = degrade(hr, args.scale, args.degradation, seed=k)
-        pairs.append((torch.from_numpy(lr.transpose(2, 0, 1).copy()), describe(params), hr))
-    return pairs
-
-
-def render_validation(pipeline: GeoSRPipeline, pairs, out_path: Path, steps: int, guidance: float):
-    """One PNG row per pair: bicubic | pipeline output | HR."""
-    rows = []
-    for k, (lr, caption, hr) in enumerate(pairs):
-        generator = torch.Generator().manual_seed(k)
-        sr = pipeline(lr[None], prompt=caption, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=generator).images[0]
-        bicubic = upsample_lr(lr[None], pipeline.config.upscale_factor)[0]
-        row = torch.cat([bicubic, sr.cpu(), torch.from_numpy(hr.transpose(2, 0, 1))], dim=2)
-        rows.append(row)
-    grid = (torch.cat(rows, dim=1).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.astype(np.uint8)).save(out_path)
-    logger.info("validation images in %s", out_path)
-
-
-def with_final_timesteps(timesteps: torch.Tensor, prob: float, last: int, generator: torch.Generator) -> torch.Tensor:
-    """``timesteps`` with a ``prob`` share, drawn from ``generator``, moved to ``last``.
-
-    The last timestep is the only one a 1-step student runs at: the teacher learns its x0
-    regression there, the student its one step.
-    """
-    final = torch.rand(len(timesteps), generator=generator, device=timesteps.device) < prob
-    return torch.where(final, torch.full_like(timesteps, last), timesteps)
-
-
-def step_generator(seed: int, step: int, accelerator) -> torch.Generator:
-    """Randomness of one optimisation step (noise, timesteps, caption dropout).
-
-    A function of (seed, step, process) rather than of the global RNG, so that a resumed run
-    draws exactly what the uninterrupted run drew (re-creating a DataLoader iterator after a
-    resume consumes global random numbers).
-    """
-    gen = torch.Generator(device=accelerator.device)
-    return gen.manual_seed((seed * 1_000_003 + step) * 64 + accelerator.process_index)
-
-
 @contextlib.contextmanager
 def averaged_weights(ema: EMAModel, parameters: list[torch.nn.Parameter]):
     """Swap the EMA weights into ``parameters`` for the duration of the block."""
@@ -358,17 +229,7 @@ def _make_pipeline(accelerator, models, controlnet, unet, args) -> GeoSRPipeline
 
 def main(args: argparse.Namespace) -> Path:
     """Train; returns the output directory (a GeoSRPipeline, plus checkpoint-N folders)."""
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator, output_dir = start_run(args)
 
     models = load_models(args)
     vae, text_encoder, tokenizer = models["vae"], models["text_encoder"], models["tokenizer"]
@@ -432,103 +293,83 @@ def main(args: argparse.Namespace) -> Path:
         ema = EMAModel(trained, decay=args.ema_decay, use_ema_warmup=True, power=0.75)
         accelerator.register_for_checkpointing(ema)  # saved and resumed with the rest
 
-    updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
-    if args.report_to != "none":
-        accelerator.init_trackers(args.tracker_project_name, config={
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
-
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    resume = checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and resume is None:
-        logger.info("no checkpoint in %s: starting a new run", output_dir)
-    elif resume is not None:
-        accelerator.load_state(str(resume))
-        global_step = int(resume.name.split("-")[1])
-        first_epoch = global_step // updates_per_epoch
-        skip_batches = global_step % updates_per_epoch * args.gradient_accumulation_steps
-        logger.info("resumed from %s at step %d", resume, global_step)
+    start_trackers(accelerator, args)
+    global_step = resume_run(accelerator, args, output_dir)
 
     pairs = validation_pairs(args.validation_images, args) if accelerator.is_main_process else []
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
                     disable=not accelerator.is_local_main_process)
     unwrapped = accelerator.unwrap_model(controlnet)
-    # a run resumed at (or past) its last step only saves: no extra step
-    for epoch in range(first_epoch, num_epochs if global_step < args.max_train_steps else first_epoch):
-        dataloader.dataset.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
-        skip_batches = 0
-        for batch in batches:
-            with accelerator.accumulate(controlnet, *([unet] if args.train_base else [])):
-                hr = batch["hr"].to(accelerator.device)
-                upsampled, condition, lr_grid, hr_condition = condition_inputs(
-                    batch["lr"].to(accelerator.device), hr, args.scale, args.upsample_mode,
-                    args.unshuffle_factor, args.concat_lr,
+    # a run resumed at (or past) its last step gets no batch: it only saves
+    for batch in training_batches(accelerator, dataloader, global_step, args):
+        with accelerator.accumulate(controlnet, *([unet] if args.train_base else [])):
+            hr = batch["hr"].to(accelerator.device)
+            upsampled, condition, lr_grid, hr_condition = condition_inputs(
+                batch["lr"].to(accelerator.device), hr, args.scale, args.upsample_mode,
+                args.unshuffle_factor, args.concat_lr,
+            )
+            gen = step_generator(args.seed, global_step, accelerator)
+            drop = torch.rand(len(batch["caption"]), generator=gen, device=accelerator.device)
+            captions = ["" if d < args.caption_dropout else c for d, c in zip(drop.tolist(), batch["caption"])]
+            if args.objective == "regression":
+                captions = [""] * len(captions)
+            with torch.no_grad():
+                text = encode_captions(tokenizer, text_encoder, captions).to(weight_dtype)
+                x0 = clean_sample(hr.to(weight_dtype if vae else torch.float32), upsampled, vae,
+                                  args.predict_residual, args.residual_scale, args.unshuffle_factor)
+            noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
+                                      generator=gen, device=x0.device)
+            last = noise_scheduler.config.num_train_timesteps - 1
+            if args.objective == "regression":
+                timesteps = torch.full_like(timesteps, last)
+            elif args.final_timestep_prob:
+                timesteps = with_final_timesteps(timesteps, args.final_timestep_prob, last, gen)
+            loss_diffusion = diffusion_loss(unet, controlnet, noise_scheduler, x0, condition,
+                                            text, noise, timesteps, lr_grid, args.objective)
+            loss = loss_diffusion
+            logs = {"loss_diffusion": loss_diffusion.detach().item()}
+            if aligner is not None:
+                loss_nce, keys = aligner(unwrapped.controlnet_cond_embedding, condition, hr_condition)
+                loss = loss + args.contrastive_weight * loss_nce
+                logs["loss_infonce"] = loss_nce.detach().item()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm
                 )
-                gen = step_generator(args.seed, global_step, accelerator)
-                drop = torch.rand(len(batch["caption"]), generator=gen, device=accelerator.device)
-                captions = ["" if d < args.caption_dropout else c for d, c in zip(drop.tolist(), batch["caption"])]
-                if args.objective == "regression":
-                    captions = [""] * len(captions)
-                with torch.no_grad():
-                    text = encode_captions(tokenizer, text_encoder, captions).to(weight_dtype)
-                    x0 = clean_sample(hr.to(weight_dtype if vae else torch.float32), upsampled, vae,
-                                      args.predict_residual, args.residual_scale, args.unshuffle_factor)
-                noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
-                                          generator=gen, device=x0.device)
-                last = noise_scheduler.config.num_train_timesteps - 1
-                if args.objective == "regression":
-                    timesteps = torch.full_like(timesteps, last)
-                elif args.final_timestep_prob:
-                    timesteps = with_final_timesteps(timesteps, args.final_timestep_prob, last, gen)
-                loss_diffusion = diffusion_loss(unet, controlnet, noise_scheduler, x0, condition,
-                                                text, noise, timesteps, lr_grid, args.objective)
-                loss = loss_diffusion
-                logs = {"loss_diffusion": loss_diffusion.detach().item()}
-                if aligner is not None:
-                    loss_nce, keys = aligner(unwrapped.controlnet_cond_embedding, condition, hr_condition)
-                    loss = loss + args.contrastive_weight * loss_nce
-                    logs["loss_infonce"] = loss_nce.detach().item()
-                accelerator.backward(loss)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if aligner is not None:
+                inner = accelerator.unwrap_model(aligner)
+                inner.enqueue(accelerator.gather(keys))
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm
-                    )
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if aligner is not None:
-                    inner = accelerator.unwrap_model(aligner)
-                    inner.enqueue(accelerator.gather(keys))
-                    if accelerator.sync_gradients:
-                        inner.update_key_encoder(unwrapped.controlnet_cond_embedding)
-                if ema is not None and accelerator.sync_gradients:
-                    ema.step(trained)
+                    inner.update_key_encoder(unwrapped.controlnet_cond_embedding)
+            if ema is not None and accelerator.sync_gradients:
+                ema.step(trained)
 
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
-            progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-                if ema is not None and accelerator.is_main_process:
-                    with averaged_weights(ema, trained):
-                        pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
-                        pipeline.to(dtype=torch.float32)  # the frozen parts may run in half precision
-                        pipeline.save_pretrained(str(output_dir / "ema"))
-                        if text_encoder is not None:
-                            text_encoder.to(dtype=weight_dtype)
-                    (output_dir / "ema" / "STEP").write_text(f"{global_step}\n")
-            if pairs and args.validation_steps and global_step % args.validation_steps == 0:
-                pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
-                render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
-                                  args.validation_inference_steps, args.validation_guidance_scale)
-            if global_step >= args.max_train_steps:
-                break
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        progress.update(1)
+        logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
+        progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
+        accelerator.log(logs, step=global_step)
+        if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if ema is not None and accelerator.is_main_process:
+                with averaged_weights(ema, trained):
+                    pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
+                    pipeline.to(dtype=torch.float32)  # the frozen parts may run in half precision
+                    pipeline.save_pretrained(str(output_dir / "ema"))
+                    if text_encoder is not None:
+                        text_encoder.to(dtype=weight_dtype)
+                (output_dir / "ema" / "STEP").write_text(f"{global_step}\n")
+        if pairs and args.validation_steps and global_step % args.validation_steps == 0:
+            pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
+            render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
+                              args.validation_inference_steps, args.validation_guidance_scale)
         if global_step >= args.max_train_steps:
             break
 
