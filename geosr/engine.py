@@ -86,7 +86,8 @@ class RunReport:
     tiles_skipped: int
     tiles_resumed: int
     seconds: float
-    output_megapixels: float
+    output_megapixels: float  # the whole output grid (an AOI run keeps it, masked outside the AOI)
+    processed_megapixels: float  # output pixels this run computed: its tiles' cores, times scale**2
     peak_pending_bytes: int = 0
     captions: Path | None = None
     result_bytes: int = 0
@@ -95,7 +96,8 @@ class RunReport:
 
     @property
     def megapixels_per_second(self) -> float:
-        return self.output_megapixels / self.seconds if self.seconds > 0 else float("nan")
+        """Output megapixels computed per second: tiles skipped (AOI, no-data) or resumed do not count."""
+        return self.processed_megapixels / self.seconds if self.seconds > 0 else float("nan")
 
 
 def upscale_scene(
@@ -245,6 +247,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         tiles_resumed=len(tiles) - len(todo),
         seconds=0.0,
         output_megapixels=scene.width * scene.height * s * s / 1e6,
+        processed_megapixels=sum(int(t.core.width * t.core.height) for t in todo) * s * s / 1e6,
         peak_pending_bytes=peak,
         captions=captions_path,
         result_bytes=received,

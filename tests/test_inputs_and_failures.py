@@ -72,6 +72,10 @@ def test_aoi_skips_tiles_outside(tmp_path):
     (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
     report = upscale_scene([src], tmp_path / "out.tif", cfg(aoi=str(tmp_path / "aoi.geojson")))
     assert report.tiles_total == 4 and report.tiles_processed == 1
+    # the output keeps the whole grid; the rate counts what was computed: one tile of four
+    assert report.output_megapixels == 128 * 128 / 1e6
+    assert report.processed_megapixels == 64 * 64 / 1e6
+    assert report.megapixels_per_second == report.processed_megapixels / report.seconds
     with rasterio.open(tmp_path / "out.tif") as out:
         valid = out.dataset_mask() > 0
     assert valid[:64, :64].all() and not valid[64:, :].any() and not valid[:, 64:].any()
