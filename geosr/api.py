@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import os
 import re
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
 from geosr.errors import GeosrError, InputError
@@ -42,7 +42,8 @@ def upscale(
     output: str | os.PathLike | None = None,
     *,
     scale: int,
-    model: str | None = None,
+    model: str | Callable | None = None,
+    model_metadata: Mapping[str, Any] | None = None,
     captioner: str = DEFAULT_CAPTIONER,
     caption_every: str = "tile",
     tile: int = 256,
@@ -83,11 +84,18 @@ def upscale(
         the run's report. Without it, nothing is computed now: a lazy DataArray is returned.
     scale : int
         2, 3, 4 or 8.
-    model : str, optional
+    model : str or callable, optional
         ``bicubic``, ``lanczos``, ``nearest`` (the one model for classification rasters:
         land cover, masks), a shipped model, a diffusers directory or hub id (default: the
         model shipped for the scale, ``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2;
-        bicubic at x3 and x8).
+        bicubic at x3 and x8); your own network as an ONNX file (``.onnx``), a TorchScript
+        archive (``.pt``), or a torch module or function ``(N, C, h, w) -> (N, C, s*h, s*w)``
+        (named ``python:NAME@HASH`` in tags and the run identity; see
+        :mod:`geosr.models.callable` for its limits).
+    model_metadata : mapping, optional
+        What your own network takes, over what it says of itself: ``scale``, ``bands``,
+        ``value_range`` (``0-1``, ``0-255``, ``raw/10000``...), ``tile_multiple``,
+        ``tile_size``, ``min_overlap`` (:mod:`geosr.models.model_card`).
     captioner : str
         ``degradation``, ``mllm:geosr-caption-tiny`` (the shipped VLM), ``mllm:DIR-OR-HUB-ID``,
         ``fixed:TEXT`` or ``none``.
@@ -153,13 +161,18 @@ def upscale(
     >>> geosr.upscale("scene.tif", "scene_x4.tif", scale=4)  # a COG and its report
     """
     with keyword_wording():
+        model, model_object = _model_spec(model)
         config = config_from_options(
-            scale=scale, model=model, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
+            scale=scale, model=model, model_object=model_object, model_metadata=dict(model_metadata or {}),
+            captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
             bands=bands, aoi=aoi, blend=blend, seed=seed, device=device, dtype=dtype, steps=steps,
             guidance=guidance, batch_size=batch_size, creation_options=creation_options, overwrite=overwrite,
             resume=resume, address=address, local_workers=local_workers, progress=progress, route=route,
             route_threshold=route_threshold,
         )
+        # torch-free `import geosr`: the model modules load when a run starts
+        from geosr.models.fit import check_model_fits
+
         if output is None:
             _refuse_run_options(
                 creation_options=creation_options, overwrite=overwrite, resume=resume, address=address,
@@ -171,6 +184,7 @@ def upscale(
             files = source_files(source)
             try:
                 _refuse_classes(files.paths, config.model)
+                check_model_fits(files.paths, config)
             except InputError:
                 files.cleanup()
                 raise
@@ -182,6 +196,7 @@ def upscale(
         files = source_files(source)
         try:
             _refuse_classes(files.paths, config.model)
+            check_model_fits(files.paths, config)
             report = os.fspath(performance_report) if performance_report is not None else None
             return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
         finally:
@@ -260,6 +275,16 @@ def config_from_options(*, scale: int = 4, tile: int = 256, overlap: int = 16, b
         scale=scale, tiles=TileSpec(tile, overlap), bands=bands, aoi=os.fspath(aoi) if aoi is not None else None,
         creation_options={k.upper(): str(v) for k, v in (creation_options or {}).items()}, **options,
     )
+
+
+def _model_spec(model: str | Callable | None) -> tuple[str | None, Any]:
+    """A model spec, and the object it names when ``model`` is a Python network."""
+    if model is None or isinstance(model, str):
+        return model, None
+    from geosr.models.callable import model_object
+
+    carried = model_object(model)
+    return carried.spec, carried
 
 
 def _refuse_classes(source: Sequence[str], model: str) -> None:

@@ -80,7 +80,13 @@ class RunConfig:
         ``off``: every tile goes to the model. Classical models are never routed.
     route_threshold : float or None
         Texture (DN per LR px) under which a clean tile is flat (``route="auto"``); None:
-        the one calibrated for the cheap path.
+        the one calibrated for the cheap path. Users' own networks are not routed: the cheap
+        paths were calibrated against the shipped models.
+    model_metadata : mapping
+        Metadata of a user's network (ONNX, TorchScript, Python object) that overrides what
+        it says of itself: ``scale``, ``bands``, ``value_range``... (:mod:`geosr.models.model_card`).
+    model_object : geosr.models.callable.ModelObject or None
+        The Python object ``model`` (``python:NAME@HASH``) names, carried to worker processes.
     """
 
     scale: int = 4
@@ -105,6 +111,8 @@ class RunConfig:
     progress: bool = True
     route: str = "auto"
     route_threshold: float | None = None
+    model_metadata: Mapping[str, Any] = field(default_factory=dict)
+    model_object: Any = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -130,8 +138,11 @@ class RunConfig:
     @property
     def routed_threshold(self) -> float | None:
         """The routing threshold of a run that routes tiles, None for one that does not."""
+        from geosr.models import own_model_kind
         from geosr.routing import routing_threshold
 
+        if own_model_kind(self.model):
+            return None
         return routing_threshold(self.route, self.route_threshold, self.model, self.scale)
 
     @property
@@ -149,7 +160,8 @@ class RunConfig:
 
     def model_options(self) -> dict[str, Any]:
         """Keyword options for non-classical model loaders (only the ones that are set)."""
-        opts = dict(device=self.device, dtype=self.dtype, steps=self.steps, guidance=self.guidance, batch_size=self.batch_size)
+        opts = dict(device=self.device, dtype=self.dtype, steps=self.steps, guidance=self.guidance, batch_size=self.batch_size,
+                    metadata=tuple(sorted(self.model_metadata.items())) or None, module=self.model_object)
         return {k: v for k, v in opts.items() if v is not None}
 
 

@@ -24,6 +24,7 @@ from geosr.config import RunConfig
 from geosr.errors import GeosrError
 from geosr.models import CLASSICAL, Upscaler, load_upscaler
 from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
+from geosr.models.own_network import upscale_in_units
 from geosr.radiometry import Stretch
 from geosr.reading import read_tile
 from geosr.routing import BICUBIC, MODEL, TileRoute, route_tiles
@@ -169,7 +170,7 @@ def process_batch(job: BatchJob) -> list[TileResult]:
         for i, text in zip(missing, caption_batch(job.captioner, x[missing], plan)):
             captions[i] = text
     out = upscale_routed(model_for(job), cheap_model_for(job, routes), batch, x, plan, captions, job.seeds, job.scale,
-                         routes)
+                         routes, job.stretch)
     return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
 
 
@@ -190,32 +191,36 @@ def batch_routes(job: BatchJob, x: torch.Tensor, valid: np.ndarray) -> list[Tile
 
 def upscale_routed(model: Upscaler, cheap_model: Upscaler | None, batch: np.ndarray, x: torch.Tensor,
                    plan: BandPlan, captions: Sequence[str], seeds: Sequence[int], s: int,
-                   routes: Sequence[TileRoute | None]) -> np.ndarray:
+                   routes: Sequence[TileRoute | None], stretch: Stretch | None = None) -> np.ndarray:
     """:func:`upscale_batch`, with the tiles routed to the cheap path upscaled by ``cheap_model`` instead
     (which may be None when no tile is routed)."""
     cheap = [i for i, r in enumerate(routes) if r is not None and r.path != MODEL]
     if not cheap:
-        return upscale_batch(model, batch, x, plan, captions, seeds, s)
+        return upscale_batch(model, batch, x, plan, captions, seeds, s, stretch)
     on_model = [i for i in range(len(routes)) if i not in cheap]
     out = np.empty((len(routes), len(plan.bands), *(n * s for n in batch.shape[-2:])), np.float32)
     for subset, upscaler in ((on_model, model), (cheap, cheap_model)):
         if subset:
             out[subset] = upscale_batch(upscaler, batch[subset], x[subset], plan, [captions[i] for i in subset],
-                                        [seeds[i] for i in subset], s)
+                                        [seeds[i] for i in subset], s, stretch)
     return out
 
 
 def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
-                  seeds: Sequence[int], s: int) -> np.ndarray:
-    """The model's part of a batch: ``[B, bands, h*s, w*s]`` from the read batch and its model input."""
+                  seeds: Sequence[int], s: int, stretch: Stretch | None = None) -> np.ndarray:
+    """The model's part of a batch: ``[B, bands, h*s, w*s]`` from the read batch and its model input.
+
+    ``stretch`` (the scene's) is for a network that reads raster values
+    (:func:`geosr.models.own_network.upscale_in_units`).
+    """
     b, _, h, w = batch.shape
     out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
     if plan.replicate:
         for k, pos in enumerate(plan.model):
             xi = x[:, k : k + 1].expand(-1, plan.replicate, -1, -1).contiguous()
-            out[:, pos] = model.upscale(xi, captions, seeds).mean(dim=1).numpy()
+            out[:, pos] = upscale_in_units(model, xi, captions, seeds, stretch, [pos] * plan.replicate).mean(dim=1).numpy()
     else:
-        out[:, list(plan.model)] = model.upscale(x, captions, seeds).numpy()
+        out[:, list(plan.model)] = upscale_in_units(model, x, captions, seeds, stretch, plan.model).numpy()
     if plan.extra:
         xe = torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.extra)]))
         out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(xe).numpy()

@@ -4,7 +4,10 @@
 
 * ``bicubic`` / ``lanczos`` - classical baselines; ``nearest`` - for classification rasters;
 * a name of a model shipped inside the package (``geosr-tiny-x4``, ``geosr-tiny-x2``);
-* a local diffusers pipeline directory or a Hugging Face hub id (the diffusion pipeline).
+* a local diffusers pipeline directory or a Hugging Face hub id (the diffusion pipeline);
+* users' own networks: an ONNX file (``.onnx``), a TorchScript archive (``.pt``, ``.pth``,
+  ``.ts``) or a Python object (``python:NAME@HASH``, :mod:`geosr.models.callable`), all behind
+  :class:`~geosr.models.own_network.NetworkUpscaler`.
 
 Loaded models are cached per process and spec, so a dask worker loads a model once.
 """
@@ -22,7 +25,7 @@ from geosr.models.classical import BicubicUpscaler, LanczosUpscaler, NearestUpsc
 
 __all__ = [
     "Upscaler", "load_upscaler", "register_upscaler", "shipped_model_path", "default_model",
-    "default_batch_size", "CLASSICAL",
+    "default_batch_size", "own_model_kind", "CLASSICAL",
 ]
 
 CLASSICAL: dict[str, Callable[[int], Upscaler]] = {
@@ -74,6 +77,35 @@ def default_batch_size(spec: str, device: str | None = None) -> int:
     return 4 if torch.device(resolve_device(device)).type == "cuda" else 1
 
 
+def own_model_kind(spec: str) -> str | None:
+    """``onnx``, ``torchscript`` or ``python`` for a spec of a user's own network, else None.
+
+    Told by the spec alone (the file's suffix, the ``python:`` prefix), without importing a runtime.
+    """
+    if spec.startswith("python:"):
+        return "python"
+    suffix = os.path.splitext(spec)[1].lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".pt", ".pth", ".ts", ".torchscript"):
+        return "torchscript"
+    return None
+
+
+def _load_own_model(spec: str, scale: int, steps: int | None = None, guidance: float | None = None,
+                    **options: Any) -> Upscaler:
+    if steps is not None or guidance is not None:
+        raise ModelError(f"steps and guidance are options of diffusion pipelines, not of {spec}")
+    kind = own_model_kind(spec)
+    if kind == "onnx":
+        from geosr.models import onnx as loader
+    elif kind == "torchscript":
+        from geosr.models import torchscript as loader
+    else:
+        from geosr.models import callable as loader
+    return loader.load(spec, scale, **options)
+
+
 def register_upscaler(matches: Callable[[str], bool], load: Callable[..., Upscaler]) -> None:
     """Register a loader for model specs that ``matches(spec)`` accepts."""
     _LOADERS.append((matches, load))
@@ -87,6 +119,8 @@ def load_upscaler(spec: str, scale: int, **options: Any) -> Upscaler:
     ModelError
         The spec names no known model, or the model's scale differs from ``scale``.
     """
+    if own_model_kind(spec) is None and {"metadata", "module"} & set(options):
+        raise ModelError(f"model metadata applies to ONNX, TorchScript and Python models, not to {spec!r}")
     key = (spec, int(scale), tuple(sorted((k, repr(v)) for k, v in options.items())))
     with _LOCK:
         if key in _CACHE:
@@ -103,7 +137,7 @@ def load_upscaler(spec: str, scale: int, **options: Any) -> Upscaler:
                 known = ", ".join(sorted(CLASSICAL))
                 raise ModelError(
                     f"unknown model {spec!r}: use one of {known}, a shipped model name, "
-                    "a diffusers pipeline directory or a hub id"
+                    "a diffusers pipeline directory, a hub id, or a .onnx / .pt file"
                 )
         if model.scale != int(scale):
             raise ModelError(f"model {spec!r} upscales x{model.scale}, but --scale is {scale}")
@@ -112,10 +146,12 @@ def load_upscaler(spec: str, scale: int, **options: Any) -> Upscaler:
 
 
 def _ensure_builtin_loaders() -> None:
-    # The diffusion loader imports diffusers/transformers: only pay for it when a
-    # non-classical spec is asked for.
+    # The diffusion loader imports diffusers/transformers (when it loads): only pay for the
+    # registration when a non-classical spec is asked for.
     if _LOADERS:
         return
+    # users' networks first: the diffusion loader takes every path
+    register_upscaler(lambda spec: own_model_kind(spec) is not None, _load_own_model)
     try:
         from geosr.models import diffusion
     except ImportError:  # the diffusion module lands with the diffusion pipeline
