@@ -244,6 +244,15 @@ def test_deepness_metadata_is_read_and_a_segmentor_refused():
         card_from_metadata({"value_range": "bright"})
 
 
+def test_the_shipped_student_exports_to_onnx_with_the_same_pixels(tmp_path):
+    from geosr.models.student_onnx import compare_export, export_student
+
+    path = tmp_path / "x2.onnx"
+    metadata = export_student("geosr-tiny-x2", path)
+    assert metadata["caption"] == "no blur; no noise; no jpeg" and metadata["scale"] == 2
+    assert compare_export("geosr-tiny-x2", path) <= 1.0  # DN of 255: measured 6e-5
+
+
 def _carried(network):
     from geosr.models.callable import ModelObject
 

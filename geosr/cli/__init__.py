@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                            "synthetically degraded images, side by side."),
     "evaluate": ("geosr.cli.evaluate", "evaluate", "Score a model against bicubic on synthetically degraded HR "
                  "images."),
+    "export-onnx": ("geosr.cli.export_onnx", "export_onnx", "Export MODEL, a one-step CFG-distilled student"),
 }
 
 
