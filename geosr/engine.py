@@ -186,7 +186,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         profile=profile,
         write_mask=write_mask,
         band_meta=band_meta(scene, plan),
-        tags=output_tags(scene, config, model),
+        tags=output_tags(scene, config, model, plan),
         gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
         rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
     )

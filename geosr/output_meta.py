@@ -24,7 +24,7 @@ from geosr.scene import Scene
 from geosr.scene_plan import BandPlan
 from geosr.tiling import Tile
 
-__all__ = ["CAPTIONS_SUFFIX", "band_meta", "captions_geojson", "output_profile", "output_tags"]
+__all__ = ["CAPTIONS_SUFFIX", "band_meta", "band_tags", "captions_geojson", "output_profile", "output_tags"]
 
 #: The sidecar of tile footprints and captions beside OUTPUT.
 CAPTIONS_SUFFIX = ".captions.geojson"
@@ -61,7 +61,21 @@ def band_meta(scene: Scene, plan: BandPlan) -> dict:
     )
 
 
-def output_tags(scene: Scene, config: RunConfig, model: Upscaler) -> dict:
+def band_tags(plan: BandPlan) -> dict[str, str]:
+    """What went where, in 1-based input band numbers: ``GEOSR_MODEL_BANDS`` (the model's
+    groups, ``;`` between calls: ``3,2,1;4;5``), ``GEOSR_BICUBIC_BANDS`` (when some bands were
+    left to bicubic), ``GEOSR_RGB_BANDS`` and ``GEOSR_RGB_SOURCE`` (the bands taken as red,
+    green and blue, and what said so: ``band descriptions``, ``assumed``...)."""
+    tags = {"GEOSR_MODEL_BANDS": ";".join(",".join(map(str, plan.input_bands(g.positions))) for g in plan.groups)}
+    if plan.extra:
+        tags["GEOSR_BICUBIC_BANDS"] = ",".join(map(str, plan.input_bands(plan.extra)))
+    if plan.rgb is not None:
+        tags["GEOSR_RGB_BANDS"] = ",".join(map(str, plan.rgb.bands))
+        tags["GEOSR_RGB_SOURCE"] = plan.rgb.source
+    return tags
+
+
+def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan) -> dict:
     tags = {k: v for k, v in scene.tags.items() if not k.startswith("GEOSR_")}
     tags.update(
         GEOSR_VERSION=geosr.__version__,
@@ -75,6 +89,7 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler) -> dict:
         GEOSR_SEED=str(config.seed),
         GEOSR_SOURCE=";".join(os.path.basename(p) for p in scene.paths),
     )
+    tags.update(band_tags(plan))
     if config.steps is not None:
         tags["GEOSR_STEPS"] = str(config.steps)
     if config.guidance is not None:

@@ -1,6 +1,6 @@
 """The plan of one scene: what every way of running geosr on it agrees on.
 
-:func:`plan_scene` opens the input, splits its bands between the model and bicubic, lays
+:func:`plan_scene` opens the input, groups its bands for the model (:func:`plan_bands`), lays
 the tile grid, drops the tiles that are all no-data or outside the AOI and (on first use)
 fits the scene stretch. ``geosr upscale``, ``geosr caption`` and the lazy DataArray of
 :func:`geosr.upscale` all start from it, so they see the same tiles, bands, stretch and
@@ -12,12 +12,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-from rasterio.enums import ColorInterp
-
 from geosr.aoi import load_aoi, window_polygon
+from geosr.band_roles import RGBAssumedWarning, RGBBands, find_rgb, parse_bands_to_model
 from geosr.config import RunConfig
 from geosr.errors import InputError
 from geosr.radiometry import Stretch, fit_stretch
@@ -25,7 +25,24 @@ from geosr.reading import read_valid
 from geosr.scene import Scene, open_raster, open_scene
 from geosr.tiling import Tile, TileGrid
 
-__all__ = ["BandPlan", "ScenePlan", "plan_scene", "plan_bands", "select_tiles", "tile_seed", "scene_key"]
+__all__ = ["BandGroup", "BandPlan", "ScenePlan", "plan_scene", "plan_bands", "warn_rgb_assumed", "select_tiles", "tile_seed", "scene_key"]
+
+
+@dataclass(frozen=True)
+class BandGroup:
+    """Bands that go through the model together, in one call per batch.
+
+    Attributes
+    ----------
+    positions : tuple of int
+        Positions in :attr:`BandPlan.bands`, in model channel order.
+    replicate : int
+        When > 0, the group is one band fed replicated to this many channels, and the model's
+        output channels are averaged back (a single band through an RGB model).
+    """
+
+    positions: tuple[int, ...]
+    replicate: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,27 +53,65 @@ class BandPlan:
     ----------
     bands : tuple of int
         1-based input bands written to the output, in output order.
-    model : tuple of int
-        Positions in ``bands`` fed to the model (in model channel order).
+    groups : tuple of BandGroup
+        The model's groups: R, G, B first when the model is RGB, then every other band on
+        its own (see :func:`plan_bands`).
     extra : tuple of int
-        Positions in ``bands`` upscaled by bicubic (bands beyond the model's channels).
-    replicate : int
-        When > 0, each model band is fed alone, replicated to this many channels, and the
-        output channels are averaged back (a 1-band scene through an RGB model).
+        Positions in ``bands`` upscaled by bicubic (``bands_to_model`` left them out).
+    look : tuple of int
+        Positions in ``bands`` that captioning and routing see: R, G, B when there are three
+        bands or more, else the first group.
+    rgb : RGBBands or None
+        The input bands taken as red, green and blue and what said so (None: an RGB model
+        with fewer than three bands, or a model that takes any band count).
     """
 
     bands: tuple[int, ...]
-    model: tuple[int, ...]
-    extra: tuple[int, ...]
-    replicate: int = 0
+    groups: tuple[BandGroup, ...]
+    extra: tuple[int, ...] = ()
+    look: tuple[int, ...] = ()
+    rgb: RGBBands | None = None
+
+    def input_bands(self, positions: Sequence[int]) -> tuple[int, ...]:
+        """The 1-based input bands at ``positions`` of :attr:`bands`."""
+        return tuple(self.bands[p] for p in positions)
 
 
-def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | None) -> BandPlan:
-    """Split the output bands between the model and the classical path.
+def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | None, *,
+               bands_to_model: str | Sequence[int] = "all", rgb_bands: Sequence[int] | None = None) -> BandPlan:
+    """Split the output bands into the model's groups and the bands left to bicubic.
 
-    RGB-by-colorinterp bands go to a 3-channel model when present (e.g. R,G,B of an
-    R,G,B,NIR scene), else the first ``channels`` bands; the rest are never dropped but
-    upscaled with bicubic.
+    A model of any channel count (``channels`` None: bicubic, lanczos) takes all bands at
+    once. A 3-channel (RGB) model takes R, G, B as one group (:func:`geosr.band_roles.find_rgb`:
+    read from the scene, else the first three bands with an :class:`RGBAssumedWarning`) and
+    every other band alone, replicated to its three channels and averaged back: on real
+    imagery a single band gains as much as, or more than, the same band among two others the
+    model reads as colours (docs/design.md, "Band plan"). A 1-band model takes every band
+    alone. A network of another band count (an own network's card) takes the first that
+    many bands, the rest go through bicubic; fewer bands than it takes go one by one,
+    replicated.
+
+    Parameters
+    ----------
+    scene : Scene
+    requested : sequence of int, optional
+        1-based bands to write (``--bands``); default every data band.
+    channels : int or None
+        The model's input channels.
+    bands_to_model : ``"all"``, ``"rgb"`` or sequence of int
+        ``all``: every band through the model; ``rgb``: the R, G, B group only, the rest
+        bicubic (with fewer than three bands, or a model that is not RGB: as ``all``); band
+        numbers: those bands through the model (R, G, B as a group when all three are among
+        them), the rest bicubic.
+    rgb_bands : sequence of int, optional
+        The input bands that are red, green and blue, overriding what the scene says (an RGB
+        model on three bands or more reads it; other plans have no R, G, B).
+
+    Raises
+    ------
+    InputError
+        A band that does not exist, is the alpha band or is listed twice; ``bands_to_model``
+        naming a band not written; bad ``rgb_bands``.
     """
     bands = tuple(requested) if requested else scene.data_bands
     for b in bands:
@@ -66,19 +121,51 @@ def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | No
             raise InputError(f"--bands: band {b} is the alpha band, a mask: it is carried as the output mask")
     if len(set(bands)) != len(bands):
         raise InputError(f"--bands lists a band twice: {','.join(map(str, bands))}")
+    bands_to_model = parse_bands_to_model(bands_to_model)
     positions = tuple(range(len(bands)))
     if channels is None:
-        return BandPlan(bands, positions, ())
-    if len(bands) < channels:
-        return BandPlan(bands, positions, (), replicate=channels)
-    model = positions[:channels]
-    if channels == 3:
-        ci = [scene.colorinterp[b - 1] if scene.colorinterp else None for b in bands]
-        rgb = [ci.index(c) for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) if c in ci]
-        if len(rgb) == 3:
-            model = tuple(rgb)
-    extra = tuple(p for p in positions if p not in model)
-    return BandPlan(bands, model, extra)
+        return BandPlan(bands, (BandGroup(positions),), look=positions)
+    if isinstance(bands_to_model, tuple):
+        missing = sorted(set(bands_to_model) - set(bands))
+        if missing:
+            raise InputError(f"--bands-to-model: band {missing[0]} is not among the bands written "
+                             f"({','.join(map(str, bands))})")
+        modelled = tuple(p for p in positions if bands[p] in bands_to_model)
+    else:
+        modelled = positions
+    rgb = None
+    first: tuple[int, ...] = ()
+    if channels == 3 and len(bands) >= 3:
+        rgb = find_rgb(scene, bands, rgb_bands)
+        if rgb.assumed:
+            warn_rgb_assumed(scene, rgb)
+        first = tuple(bands.index(b) for b in rgb.bands)
+        if bands_to_model == "rgb":
+            modelled = first
+        elif not set(first) <= set(modelled):
+            first = ()  # not all of R, G, B go to the model: those that do go alone
+    if channels not in (1, 3) and len(modelled) >= channels:
+        # a network of another band count: its card says nothing of what further bands are
+        modelled = modelled[:channels]
+        groups = [BandGroup(modelled)]
+    else:
+        replicate = 0 if channels == 1 else channels
+        groups = ([BandGroup(first)] if first else []) + [BandGroup((p,), replicate) for p in modelled if p not in first]
+    extra = tuple(p for p in positions if p not in modelled)
+    look = tuple(bands.index(b) for b in rgb.bands) if rgb else groups[0].positions
+    return BandPlan(bands, tuple(groups), extra, look, rgb)
+
+
+def warn_rgb_assumed(scene: Scene, rgb: RGBBands) -> None:
+    """Say, in one line, which bands are taken as R, G, B without metadata saying so, and how to choose."""
+    name = os.path.basename(scene.paths[0]) + (f" (+{len(scene.paths) - 1} files)" if len(scene.paths) > 1 else "")
+    r, g, b = rgb.bands
+    warnings.warn(
+        f"{name}: no colour interpretation, band description or wavelength says which bands are red, green "
+        f"and blue; bands {r},{g},{b} are taken as R,G,B (choose with --rgb-bands, e.g. --rgb-bands {b},{g},{r})",
+        RGBAssumedWarning,
+        stacklevel=3,
+    )
 
 
 def tile_seed(base_seed: int, scene_key: str, tile: Tile) -> int:
@@ -130,7 +217,8 @@ class ScenePlan:
         return fit_stretch(self.scene.source, self.bands.bands, self.scene.dtype)
 
 
-def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None) -> ScenePlan:
+def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None, *,
+               bands_to_model: str | Sequence[int] = "all", rgb_bands: Sequence[int] | None = None) -> ScenePlan:
     """Plan ``files`` (one raster, or a same-grid mosaic) for ``config``.
 
     Parameters
@@ -143,9 +231,11 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
         Channels of the model the bands are planned for (3 for a captioner).
     workdir : path-like, optional
         Where a mosaic's VRT goes (required for a mosaic); it must outlive the plan's use.
+    bands_to_model, rgb_bands
+        See :func:`plan_bands`.
     """
     scene = open_scene(files, workdir=workdir)
-    bands = plan_bands(scene, config.bands, channels)
+    bands = plan_bands(scene, config.bands, channels, bands_to_model=bands_to_model, rgb_bands=rgb_bands)
     grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
     aoi = load_aoi(config.aoi, scene) if config.aoi else None
     return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi)), scene_key(scene))

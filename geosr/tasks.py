@@ -35,7 +35,7 @@ from geosr.tiling import Tile, TileGrid
 
 __all__ = [
     "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for",
-    "cheap_model_for", "cheap_path_model", "model_facts", "model_for", "model_input", "process_batch",
+    "cheap_model_for", "cheap_path_model", "group_input", "model_facts", "model_for", "model_input", "process_batch",
     "read_batch", "read_batch_and_valid", "shippable_errors", "upscale_batch", "upscale_routed",
 ]
 
@@ -112,17 +112,25 @@ def read_batch_and_valid(job: BatchJob) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_input(batch: np.ndarray, plan: BandPlan) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.model)]))
+    """The bands of a read batch that captioning and routing see (``plan.look``: R, G, B when
+    there are three bands or more), as a tensor."""
+    return group_input(batch, plan.look)
+
+
+def group_input(batch: np.ndarray, positions: Sequence[int]) -> torch.Tensor:
+    """``batch[:, positions]`` as a contiguous tensor."""
+    return torch.from_numpy(np.ascontiguousarray(batch[:, list(positions)]))
 
 
 def caption_batch(spec: str, x: torch.Tensor, plan: BandPlan) -> list[str]:
-    """Caption model-input tiles: clipped to [0, 1], a single band shown as grey RGB."""
+    """Caption the tiles captioning sees (:func:`model_input`): clipped to [0, 1], a single band
+    shown as grey RGB."""
     captioner = captioner_for(spec)
     if isinstance(captioner, FixedCaptioner):
         return captioner.caption(x)  # the same text for every tile: no copy of the pixels
     x = x.clamp(0, 1)
-    if plan.replicate:
-        x = x[:, :1].expand(-1, 3, -1, -1)
+    if len(plan.look) == 1:
+        x = x.expand(-1, 3, -1, -1)
     return list(captioner.caption(x))
 
 
@@ -210,20 +218,24 @@ def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: Ban
                   seeds: Sequence[int], s: int, stretch: Stretch | None = None) -> np.ndarray:
     """The model's part of a batch: ``[B, bands, h*s, w*s]`` from the read batch and its model input.
 
-    ``stretch`` (the scene's) is for a network that reads raster values
-    (:func:`geosr.models.own_network.upscale_in_units`).
+    Each group of ``plan`` is one model call with the tiles' captions and seeds (read from the
+    R, G, B group: the same text and noise for every band of a tile); ``x``, the input of
+    ``plan.look``, serves the group that is those bands without a second copy. The bands
+    ``plan`` leaves out go through bicubic. ``stretch`` (the scene's) is for a network that
+    reads raster values (:func:`geosr.models.own_network.upscale_in_units`).
     """
     b, _, h, w = batch.shape
     out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
-    if plan.replicate:
-        for k, pos in enumerate(plan.model):
-            xi = x[:, k : k + 1].expand(-1, plan.replicate, -1, -1).contiguous()
-            out[:, pos] = upscale_in_units(model, xi, captions, seeds, stretch, [pos] * plan.replicate).mean(dim=1).numpy()
-    else:
-        out[:, list(plan.model)] = upscale_in_units(model, x, captions, seeds, stretch, plan.model).numpy()
+    for group in plan.groups:
+        xg = x if group.positions == plan.look else group_input(batch, group.positions)
+        if group.replicate:
+            xg = xg.expand(-1, group.replicate, -1, -1).contiguous()
+            hr = upscale_in_units(model, xg, captions, seeds, stretch, group.positions * group.replicate)
+            out[:, group.positions[0]] = hr.mean(dim=1).numpy()
+        else:
+            out[:, list(group.positions)] = upscale_in_units(model, xg, captions, seeds, stretch, group.positions).numpy()
     if plan.extra:
-        xe = torch.from_numpy(np.ascontiguousarray(batch[:, list(plan.extra)]))
-        out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(xe).numpy()
+        out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(group_input(batch, plan.extra)).numpy()
     return out
 
 

@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from rasterio.enums import ColorInterp
 
 import geosr
 from geosr.cli import cli
@@ -25,6 +26,8 @@ SIDE = 192
 # 4 x 4 blobs, two bright and two dark per band: 32 px each way, 0.087 % of the scene, so the
 # 0.1 / 99.9 percentiles stay in the bulk and every blob pixel lies far outside the stretch
 BLOBS = {"high": [(30, 40), (130, 150)], "low": [(60, 120), (150, 30)]}
+# The scenes say which bands are red, green and blue (else an RGB model warns that it assumes it)
+RGB = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
 
 
 def outlier_scene(path, dtype: str):
@@ -37,7 +40,7 @@ def outlier_scene(path, dtype: str):
     for kind, corners in BLOBS.items():
         for r, c in corners:
             data[:, r : r + 4, c : c + 4] = values[kind]
-    return write_raster(path, data.astype(dtype))
+    return write_raster(path, data.astype(dtype), colorinterp=RGB)
 
 
 def upscale(src, out, model):
@@ -85,7 +88,7 @@ def nan_scene(path, nodata=None):
     data[0, 50, 60] = -np.inf
     if nodata is not None:
         data[:, 60:, :] = nodata
-    return write_raster(path, data, nodata=nodata), data
+    return write_raster(path, data, nodata=nodata, colorinterp=RGB), data
 
 
 @pytest.mark.parametrize("model", ["bicubic", None])
@@ -115,7 +118,7 @@ def test_nan_beside_a_declared_nodata_becomes_nodata_too(tmp_path):
 
 
 def test_all_nan_scene_is_an_all_masked_output(tmp_path):
-    src = write_raster(tmp_path / "in.tif", np.full((3, 40, 40), np.nan, np.float32))
+    src = write_raster(tmp_path / "in.tif", np.full((3, 40, 40), np.nan, np.float32), colorinterp=RGB)
     with pytest.warns(NonFiniteInputWarning, match="1600 pixels are NaN or infinite"):
         report = upscale(src, tmp_path / "out.tif", None)
     assert report.tiles_processed == 0

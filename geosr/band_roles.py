@@ -1,0 +1,217 @@
+"""Which bands of a scene are red, green and blue: read from the raster, not guessed.
+
+An RGB model takes red, green and blue in that order, and a band stack can hold them in any
+order (a Sentinel-2 stack of B2, B3, B4 is blue, green, red) or among others (R, G, B, NIR).
+:func:`find_rgb` reads, in this order:
+
+1. the bands the user gave (``--rgb-bands``);
+2. band descriptions that name a colour (``red``, ``Red``, ``R``, ``green``...) or a sensor's
+   band number (``B04``, ``B4``, ``SR_B4``, GDAL's Sentinel-2 ``B4, central wavelength 665
+   nm``): Sentinel-2 and Landsat 8-9 numbering (B2 blue, B3 green, B4 red), or Landsat 4-7's
+   (B1, B2, B3) where the dataset tags name one of those satellites;
+3. band centre wavelengths in the band metadata (GDAL's ``IMAGERY`` domain
+   ``CENTRAL_WAVELENGTH_UM``; ``WAVELENGTH`` with ``WAVELENGTH_UNIT`` as the Sentinel-2 and
+   ENVI drivers write them);
+4. the colour interpretation (GDAL gives a 3- or 4-band uint8 GeoTIFF R, G, B by default,
+   whatever it holds, so the bands' own names go first).
+
+Otherwise the first three bands are *assumed* to be R, G, B, and the caller warns
+(:class:`RGBAssumedWarning`). Which bands go to the model is :func:`parse_bands_to_model`'s.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from rasterio.enums import ColorInterp
+
+from geosr.errors import InputError
+from geosr.scene import Scene, open_raster
+
+__all__ = [
+    "RGBBands", "RGBAssumedWarning", "find_rgb", "rgb_from_descriptions", "rgb_from_wavelengths",
+    "parse_band_list", "parse_bands_to_model", "BANDS_TO_MODEL",
+]
+
+#: ``bands_to_model`` words: every band through the model, or only the R, G, B group.
+BANDS_TO_MODEL = ("all", "rgb")
+
+# Centre wavelengths (nm) of each colour, and the window a band's centre must lie in to be it:
+# Sentinel-2 490/560/665, Landsat 8-9 482/561/655, WorldView-3 480/545/660. The windows stop
+# short of coastal (443) and yellow (605) bands and of red edge (705).
+_COLOURS = {"red": (665.0, 620.0, 700.0), "green": (560.0, 520.0, 600.0), "blue": (490.0, 450.0, 520.0)}
+
+# Band numbers of the colours: Sentinel-2 and Landsat 8-9 (OLI) share them; Landsat 4-7
+# (TM, ETM+) number blue 1, green 2, red 3.
+_OLI_NUMBERS = {4: "red", 3: "green", 2: "blue"}
+_TM_NUMBERS = {3: "red", 2: "green", 1: "blue"}
+_TM_SENSOR = re.compile(r"landsat[\s_-]*0?[457](?!\d)|(?<![a-z0-9])l[te]0?[457](?!\d)", re.I)
+
+# "B4", "B04", "SR_B4", "TOA_B4", "B4, central wavelength 665 nm"; not "B8A", "B10", "Band 4"
+# (a position, not a sensor band) nor "blue".
+_BAND_NUMBER = re.compile(r"^(?:(?:sr|toa)_)?b0?(\d{1,2})(?![\da-z])", re.I)
+# Words that make "red"/"blue" in a description another band: red edge, coastal blue.
+_NOT_A_COLOUR = {"edge", "rededge", "coastal", "deep", "infrared", "nir", "ir"}
+_LETTERS = {"r": "red", "g": "green", "b": "blue"}
+
+
+class RGBAssumedWarning(UserWarning):
+    """No metadata says which bands are red, green and blue: the first three are taken as R, G, B."""
+
+
+@dataclass(frozen=True)
+class RGBBands:
+    """The bands taken as red, green and blue, and what said so.
+
+    Attributes
+    ----------
+    bands : tuple of int
+        1-based input band numbers of red, green and blue, in that order.
+    source : str
+        ``given``, ``band descriptions``, ``wavelengths``, ``colour interpretation`` or
+        ``assumed`` (nothing said: the first three bands).
+    """
+
+    bands: tuple[int, int, int]
+    source: str
+
+    @property
+    def assumed(self) -> bool:
+        """Whether no metadata said so (the caller warns)."""
+        return self.source == "assumed"
+
+
+def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = None) -> RGBBands:
+    """R, G, B among ``bands`` (at least three) of ``scene``, read as the module docstring says.
+
+    Parameters
+    ----------
+    scene : Scene
+        Its descriptions, colour interpretation and tags are read; its source is opened for
+        the band metadata (wavelengths) only when the descriptions do not tell.
+    bands : sequence of int
+        1-based input bands to look among (the run's bands, alpha excluded).
+    given : sequence of int, optional
+        Bands the user named red, green and blue.
+
+    Raises
+    ------
+    InputError
+        ``given`` is not three distinct bands among ``bands``.
+    """
+    if given is not None:
+        given = tuple(int(b) for b in given)
+        if len(given) != 3 or len(set(given)) != 3 or not set(given) <= set(bands):
+            raise InputError(f"--rgb-bands needs three different bands among {','.join(map(str, bands))} "
+                             f"(red, green, blue), got {','.join(map(str, given))}")
+        return RGBBands(given, "given")
+    found = rgb_from_descriptions({b: scene.descriptions[b - 1] for b in bands}, scene.tags)
+    if found:
+        return RGBBands(found, "band descriptions")
+    with open_raster(scene.source) as ds:
+        band_tags = {b: {**ds.tags(b), **ds.tags(b, ns="IMAGERY")} for b in bands}
+    found = rgb_from_wavelengths(band_tags)
+    if found:
+        return RGBBands(found, "wavelengths")
+    interp = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
+    found = _unique({b: interp.get(scene.colorinterp[b - 1]) for b in bands})
+    if found:
+        return RGBBands(found, "colour interpretation")
+    return RGBBands(tuple(bands[:3]), "assumed")
+
+
+def _unique(colours: Mapping[int, str | None]) -> tuple[int, int, int] | None:
+    """The one band of each colour, or None when a colour has none or several."""
+    chosen = []
+    for colour in ("red", "green", "blue"):
+        hits = [b for b, c in colours.items() if c == colour]
+        if len(hits) != 1:
+            return None
+        chosen.append(hits[0])
+    return tuple(chosen)
+
+
+def rgb_from_descriptions(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str, str]) -> tuple[int, int, int] | None:
+    """Red, green and blue bands by their descriptions (colour words or sensor band numbers), or None."""
+    numbers = _TM_NUMBERS if any(_TM_SENSOR.search(str(v)) for v in dataset_tags.values()) else _OLI_NUMBERS
+    return _unique({b: _colour_named(d, numbers) for b, d in descriptions.items()})
+
+
+def _colour_named(description: str | None, numbers: Mapping[int, str]) -> str | None:
+    if not description:
+        return None
+    text = description.strip()
+    if text.lower() in _LETTERS:
+        return _LETTERS[text.lower()]
+    match = _BAND_NUMBER.match(text)
+    if match:
+        return numbers.get(int(match.group(1)))
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    colours = [c for c in ("red", "green", "blue") if c in words]
+    return colours[0] if len(colours) == 1 and not words & _NOT_A_COLOUR else None
+
+
+def rgb_from_wavelengths(band_tags: Mapping[int, Mapping[str, str]]) -> tuple[int, int, int] | None:
+    """Red, green and blue bands by their centre wavelengths: for each colour, the band nearest its
+    centre within its window (:data:`_COLOURS`); None when a colour has no band there."""
+    centres = {b: nm for b, tags in band_tags.items() if (nm := _centre_nm(tags)) is not None}
+    chosen = []
+    for centre, low, high in _COLOURS.values():
+        inside = [b for b, nm in centres.items() if low <= nm < high]
+        if not inside:
+            return None
+        chosen.append(min(inside, key=lambda b: abs(centres[b] - centre)))
+    return tuple(chosen) if len(set(chosen)) == 3 else None
+
+
+def _centre_nm(tags: Mapping[str, str]) -> float | None:
+    """A band's centre wavelength in nm from its metadata, or None."""
+    upper = {k.upper(): v for k, v in tags.items()}
+    try:
+        if "CENTRAL_WAVELENGTH_UM" in upper:
+            return 1000.0 * float(upper["CENTRAL_WAVELENGTH_UM"])
+        value = next((upper[k] for k in ("WAVELENGTH", "CENTRAL_WAVELENGTH", "CENTER_WAVELENGTH") if k in upper), None)
+        if value is None:
+            return None
+        nm = float(str(value).split()[0])
+    except ValueError:
+        return None
+    unit = upper.get("WAVELENGTH_UNIT", upper.get("WAVELENGTH_UNITS", "")).strip().lower()
+    # micrometres said, or unsaid and too small for nanometres (no imagery band is under 30 nm)
+    return nm * 1000.0 if unit in ("um", "µm", "micrometer", "micrometers", "micron", "microns") or (not unit and nm < 30) else nm
+
+
+def parse_band_list(text: str, what: str) -> tuple[int, ...]:
+    """``"3,2,1"`` -> ``(3, 2, 1)``; ``what`` names the option in the error.
+
+    Raises
+    ------
+    InputError
+        Not a comma-separated list of positive integers.
+    """
+    try:
+        bands = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        bands = ()
+    if not bands or min(bands) < 1:
+        raise InputError(f"{what} takes band numbers separated by commas (e.g. 3,2,1), got {text!r}")
+    return bands
+
+
+def parse_bands_to_model(spec: str | Sequence[int]) -> str | tuple[int, ...]:
+    """``all``, ``rgb``, or the 1-based bands (a sequence or ``"4,5,6"``) that go through the model.
+
+    Raises
+    ------
+    InputError
+        Anything else.
+    """
+    if isinstance(spec, str):
+        word = spec.strip().lower()
+        return word if word in BANDS_TO_MODEL else parse_band_list(spec, "--bands-to-model (or all, rgb)")
+    bands = tuple(int(b) for b in spec)
+    if not bands or min(bands) < 1:
+        raise InputError(f"--bands-to-model takes all, rgb or band numbers, got {spec!r}")
+    return bands
