@@ -13,11 +13,15 @@ import ctypes
 import functools
 import logging
 import os
+import socket
+import struct
 import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["dask_client", "released_early", "gpu_resources", "bounded_map", "in_flight",
-           "undo_malloc_trim_threshold"]
+from geosr.errors import InputError
+
+__all__ = ["dask_client", "released_early", "check_scheduler", "connect_timeout", "DEFAULT_CONNECT_TIMEOUT",
+           "gpu_resources", "bounded_map", "in_flight", "undo_malloc_trim_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,10 @@ def released_early(
     """
     import distributed
 
+    if local_workers is not None and (isinstance(local_workers, bool) or not isinstance(local_workers, int)
+                                      or local_workers < 1):
+        # LocalCluster(n_workers=-3) starts no worker, and the run waits for one forever
+        raise InputError(f"--local-workers must be a whole number of at least 1, got {local_workers!r}")
     # entered as `with cluster, Client(cluster)` would, and left in its order: the client, then the cluster
     cluster_exit, client_exit = contextlib.ExitStack(), contextlib.ExitStack()
     closing: list[threading.Thread] = []
@@ -57,8 +65,11 @@ def released_early(
             closing[0].start()
 
     try:
-        cluster = None if address else cluster_exit.enter_context(_local_cluster(local_workers))
-        client = client_exit.enter_context(distributed.Client(address or cluster))
+        if address:
+            client = client_exit.enter_context(_remote_client(address))
+        else:
+            cluster = cluster_exit.enter_context(_local_cluster(local_workers))
+            client = client_exit.enter_context(distributed.Client(cluster))
         yield client, release
     finally:
         if closing:
@@ -68,13 +79,106 @@ def released_early(
             cluster_exit.close()
 
 
+# Seconds to wait for a scheduler at --address: dask's own 30 s (then a bare "OSError") made a
+# mistyped address look like a hang; dask config ``geosr.connect-timeout`` (--connect-timeout) sets it.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+_EXPECTED = "--address expects a dask scheduler, e.g. tcp://host:8786"
+# A dask scheduler greets a new connection with its handshake: an 8-byte frame length, then
+# about 60 bytes. Anything longer is another protocol's bytes read as a length (b"SSH-2.0-" is
+# 3 EiB, which dask's client then tries to allocate).
+_MAX_GREETING = 1 << 20
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for the scheduler at ``--address`` (connection and its first words).
+
+    dask config ``geosr.connect-timeout`` (set by ``--connect-timeout``, or e.g.
+    ``DASK_GEOSR__CONNECT_TIMEOUT=30``), else :data:`DEFAULT_CONNECT_TIMEOUT`.
+    """
+    import dask
+    from dask.utils import parse_timedelta
+
+    return parse_timedelta(dask.config.get("geosr.connect-timeout", DEFAULT_CONNECT_TIMEOUT), default="seconds")
+
+
+def check_scheduler(address: str, timeout: float) -> None:
+    """Raise :class:`InputError` unless a dask scheduler answers at ``address`` within ``timeout`` s.
+
+    ``distributed.Client`` retries a refused connection until its timeout, waits forever on
+    a server that says nothing (an HTTP server, such as dask's own dashboard on :8787) and
+    allocates whatever length another protocol's first bytes spell. Here a plain socket
+    connects and reads the greeting a dask scheduler sends at once, without answering it
+    (the scheduler logs "closed before handshake completed" at INFO). ``tls://`` is only
+    connected to (a TLS server waits for the client's hello); other schemes (``inproc``,
+    ``ucx``, ``ws``) are left to dask.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            from distributed.comm.registry import get_backend
+
+            get_backend(scheme)  # unknown schemes (http://...) are refused with the known ones
+            return
+        host, port = parse_host_port(location)
+    except ValueError as exc:
+        raise InputError(f"--address {address}: {exc}; {_EXPECTED}") from exc
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot connect to {address}: unknown host {host} ({exc.strerror}); {_EXPECTED}") from exc
+    except TimeoutError as exc:
+        raise InputError(f"cannot connect to {address} within {timeout:g} s (a wrong host or a firewall? "
+                         f"--connect-timeout waits longer); {_EXPECTED}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot connect to {address}: {exc.strerror or exc}; {_EXPECTED}") from exc
+    with sock:
+        if scheme == "tls":
+            return
+        try:
+            greeting = sock.recv(8, socket.MSG_WAITALL)
+        except TimeoutError as exc:
+            raise InputError(
+                f"{address} said nothing within {timeout:g} s, so it is no dask scheduler, which greets at once "
+                f"(an HTTP server, such as dask's dashboard, waits to be asked); {_EXPECTED}"
+            ) from exc
+        except OSError as exc:
+            raise InputError(f"cannot connect to {address}: {exc.strerror or exc}; {_EXPECTED}") from exc
+    if len(greeting) < 8:
+        raise InputError(f"{address} closed the connection without the greeting of a dask scheduler; {_EXPECTED}")
+    (length,) = struct.unpack("Q", greeting)  # dask's frame length, in the byte order of the machines
+    if not 0 < length <= _MAX_GREETING:
+        raise InputError(f"{address} answered {greeting.decode('latin-1')!r}, which is no dask scheduler's greeting; "
+                         f"{_EXPECTED}")
+
+
+def _remote_client(address: str) -> "distributed.Client":
+    """A client of the scheduler at ``address``, or a one-line :class:`InputError` within the connect timeout."""
+    import distributed
+
+    timeout = connect_timeout()
+    check_scheduler(address, timeout)
+    try:
+        return distributed.Client(address, timeout=timeout)
+    # what dask raises when the greeting was right but the rest is not: a closed comm
+    # (CommClosedError and TimeoutError are OSErrors), a refused or garbled handshake
+    except (OSError, MemoryError, ValueError) as exc:
+        raise InputError(f"cannot connect to {address}: {type(exc).__name__}: {' '.join(str(exc).split())}; "
+                         f"{_EXPECTED}") from exc
+
+
 def _local_cluster(local_workers: int | None) -> "distributed.LocalCluster":
     import distributed
 
     # Worker processes log a failed task with its traceback, a restart with its pid...: geosr
     # reports failures itself, in one line.
-    # no dashboard: its web server (bokeh) costs a second of start-up and nothing here uses it
-    kwargs = dict(dashboard_address=None, silence_logs=logging.CRITICAL)
+    # No dashboard (bokeh costs a second of start-up and nothing here uses it). The scheduler
+    # serves its HTTP routes anyway, on :8787 unless told: when that port was taken (another
+    # cluster, a second geosr run) every run warned "Port 8787 is already in use" and leaked
+    # the socket of its try ("unclosed socket"). Any free local port does.
+    kwargs = dict(dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                  silence_logs=logging.CRITICAL)
     if local_workers:
         return distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True, **kwargs)
     # Threads share the model cache; torch already uses several cores per call.

@@ -12,6 +12,7 @@ from geosr.cli.options import (
 )
 from geosr.config import DEFAULT_CAPTIONER
 from geosr.routing import CALIBRATED_THRESHOLDS, ROUTES, cheap_path
+from geosr.scheduling import DEFAULT_CONNECT_TIMEOUT
 
 
 @click.command(cls=OneLineErrors, context_settings={"max_content_width": 100}, epilog="\b\nExit status:\n" + exit_codes_help())
@@ -38,7 +39,9 @@ from geosr.routing import CALIBRATED_THRESHOLDS, ROUTES, cheap_path
               "where batching saves no time and multiplies memory).")
 @click.option("--seed", default=0, show_default=True, help="Base seed (per-tile seeds derive from it).")
 @click.option("--address", help="dask.distributed scheduler address, e.g. tcp://scheduler:8786.")
-@click.option("--local-workers", type=int, help="Run on a local dask.distributed cluster of N processes.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CONNECT_TIMEOUT,
+              show_default=True, metavar="SECONDS", help="How long to wait for the --address scheduler to answer.")
+@click.option("--local-workers", type=click.IntRange(min=1), help="Run on a local dask.distributed cluster of N processes.")
 @click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML).")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
               help="auto: flat, clean, sharp tiles go to a cheap path instead of the model (never where there is texture, "
@@ -52,8 +55,8 @@ from geosr.routing import CALIBRATED_THRESHOLDS, ROUTES, cheap_path
               "texture, noise and 1 where the model ran (open it over the scene in QGIS).")
 @verbosity
 def upscale(inputs, output, scale, model, captioner, caption_every, tile, overlap, bands, aoi, blend, creation_options,
-            overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, local_workers, performance_report,
-            route, route_threshold, route_map, verbose, quiet):
+            overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, connect_timeout, local_workers,
+            performance_report, route, route_threshold, route_map, verbose, quiet):
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
 
     INPUT is one GeoTIFF, a .vrt, or several same-grid GeoTIFFs / a directory / a glob,
@@ -74,12 +77,15 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
       geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
       geosr upscale big.vrt out.tif --resume      # after a pre-empted run
     """
+    import dask
+
     import geosr
 
     setup_logging(verbose, quiet)
 
     def run():
-        with warnings.catch_warnings(), stop_on_signals():
+        # the API reads it where it connects (geosr.scheduling.connect_timeout)
+        with warnings.catch_warnings(), stop_on_signals(), dask.config.set({"geosr.connect-timeout": connect_timeout}):
             # -q: errors only (one line each); warnings are remarks.
             warnings.simplefilter("ignore" if quiet else "always")
             warnings.showwarning = _show_warning

@@ -1,0 +1,177 @@
+"""Failures that are fast and one line: cluster mistakes (issue 26 item 4; issue 27 item 4).
+
+Every case runs through the real command line on small synthetic rasters and checks the exit
+status, that stderr is ONE line naming the problem, how long it took where the issue said
+it hung, and that nothing is left at OUTPUT nor beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import distributed
+import pytest
+from click.testing import CliRunner
+
+import geosr
+from geosr.cli import cli
+from geosr.errors import InputError
+from tests.rasters import uint8_scene
+
+RUN = ["--scale", "2", "--model", "bicubic", "--captioner", "none", "-q"]
+SCHEDULER = "a dask scheduler, e.g. tcp://host:8786"
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+GEOSR = str(Path(sys.executable).with_name("geosr"))  # the installed command
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def timed(*args):
+    start = time.monotonic()
+    res = invoke(*args)
+    return res, time.monotonic() - start
+
+
+def error_line(stderr: str) -> str:
+    """The one line of ``stderr`` (fails when there are more)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture
+def scene(tmp_path):
+    uint8_scene(tmp_path / "in.tif", 64, 80)
+    return tmp_path
+
+
+# --- issue 26 item 4, issue 27 item 4: cluster mistakes, a quiet local cluster ----------------
+
+@contextlib.contextmanager
+def http_server():
+    """An HTTP server (it says nothing until asked, like dask's dashboard)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def tcp_server(greeting: bytes | None):
+    """A server that sends ``greeting`` on each connection (None: closes it at once)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if greeting is None:
+                conn.close()
+            else:
+                conn.sendall(greeting)
+                held.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@contextlib.contextmanager
+def nothing_listening():
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    yield f"tcp://127.0.0.1:{port}"
+
+
+# case: (the address, extra arguments, words of the message)
+ADDRESSES = {
+    "nothing listens": (nothing_listening, [], "Connection refused"),
+    "an HTTP server": (http_server, ["--connect-timeout", "1"], "said nothing within 1 s"),
+    "another protocol": (lambda: tcp_server(b"SSH-2.0-OpenSSH_9.6\r\n"), [], "answered 'SSH-2.0-'"),
+    "a server that hangs up": (lambda: tcp_server(None), [], "closed the connection without the greeting"),
+    "an http:// address": (lambda: contextlib.nullcontext("http://127.0.0.1:8787"), [], "unknown address scheme 'http'"),
+}
+
+
+@pytest.mark.parametrize("case", ADDRESSES, ids=list(ADDRESSES))
+def test_a_wrong_address_fails_in_seconds_in_one_line(case, scene):
+    server, extra, words = ADDRESSES[case]
+    with server() as address:
+        res, seconds = timed("upscale", scene / "in.tif", scene / "out.tif", *RUN, "--address", address, *extra)
+    line = error_line(res.stderr)
+    assert res.exit_code == 3, res.stderr
+    assert address in line and words in line and SCHEDULER in line, line
+    assert seconds < 5, seconds
+    assert names(scene) == ["in.tif"]
+
+
+def test_local_workers_below_one_is_refused_at_once(scene):
+    res, seconds = timed("upscale", scene / "in.tif", scene / "out.tif", *RUN, "--local-workers", "-3")
+    assert res.exit_code == 2 and "--local-workers" in error_line(res.stderr) and "x>=1" in error_line(res.stderr)
+    assert seconds < 5
+    with pytest.raises(InputError, match="at least 1, got -3"):
+        geosr.upscale(scene / "in.tif", scene / "out.tif", scale=2, model="bicubic", captioner="none", local_workers=-3)
+    assert names(scene) == ["in.tif"]
+
+
+def test_the_api_takes_the_connect_timeout_from_dask_config(scene):
+    start = time.monotonic()
+    with http_server() as address, dask.config.set({"geosr.connect-timeout": "1s"}):
+        with pytest.raises(InputError, match="said nothing within 1 s"):
+            geosr.upscale(scene / "in.tif", scene / "out.tif", scale=2, model="bicubic", captioner="none",
+                          address=address)
+    assert time.monotonic() - start < 5
+    assert names(scene) == ["in.tif"]
+
+
+def test_a_real_scheduler_passes_the_check(scene):
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        res = invoke("upscale", scene / "in.tif", scene / "out.tif", *RUN, "--address", cluster.scheduler_address)
+    assert res.exit_code == 0 and res.stderr == "", res.stderr
+    assert names(scene) == ["in.tif", "out.captions.geojson", "out.tif"]
+
+
+@pytest.mark.parametrize("workers", [[], ["--local-workers", "2"]], ids=["threads", "local workers"])
+def test_a_default_run_prints_only_its_progress_and_result(scene, workers):
+    """No 'Port 8787 is already in use' nor 'unclosed socket' when 8787 is taken (issue 27 item 4)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(socket.create_server(("0.0.0.0", 8787)))
+        except OSError:
+            pass  # taken already: so much the better
+        proc = subprocess.run(
+            [GEOSR, "upscale", "in.tif", "out.tif", *RUN[:-1], *workers],
+            cwd=scene, env=ENV, capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in re.split(r"[\r\n]+", proc.stderr) if line.strip()]
+    assert lines[-1].startswith(f"wrote {scene / 'out.tif'} (") and lines[0].startswith("upscale:"), proc.stderr
+    assert all(line.startswith("upscale:") for line in lines[:-1]), proc.stderr
