@@ -9,20 +9,18 @@ bad values (``BLOCKSIZE=abc``) abort GDAL's process instead of raising an error,
 only warns about others (``COMPRESS=FOO`` silently writes an uncompressed file).
 
 rasterio does not expose driver metadata, so the list is read with ``ctypes`` from the
-libgdal rasterio has loaded.
+libgdal rasterio has loaded (:func:`geosr.stoppable_gdal.loaded_libgdal`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 import math
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -31,6 +29,7 @@ import rasterio.shutil
 from rasterio.io import MemoryFile
 
 from geosr.errors import GDAL_ERRORS, InputError, gdal_cause
+from geosr.stoppable_gdal import loaded_libgdal
 
 __all__ = ["check_creation_options", "cog_creation_options"]
 
@@ -48,24 +47,10 @@ class OptionSpec:
     maximum: float | None = None
 
 
-def _loaded_libgdal() -> ctypes.CDLL | None:
-    """The libgdal this process uses (rasterio's), found among the mapped files."""
-    import rasterio._base  # noqa: F401  (maps libgdal into the process)
-
-    maps = Path("/proc/self/maps")
-    if maps.exists():
-        for line in maps.read_text().splitlines():
-            path = line.split()[-1]
-            if "/libgdal" in path:
-                return ctypes.CDLL(path)
-    name = ctypes.util.find_library("gdal")
-    return ctypes.CDLL(name) if name else None
-
-
 @functools.lru_cache(maxsize=1)
 def cog_creation_options() -> dict[str, OptionSpec]:
     """The COG driver's creation options (empty when libgdal cannot be reached)."""
-    lib = _loaded_libgdal()
+    lib = loaded_libgdal(by_name=True)
     if lib is None:
         log.debug("libgdal not found: --co values are checked by the trial write only")
         return {}

@@ -1,8 +1,9 @@
-"""Failures that are fast and one line: cluster mistakes (issue 26 item 4; issue 27 item 4).
+"""Failures that are fast and one line: cluster mistakes, a stop or a full disk in the COG pass
+(issue 26 items 4, 5, 7; issue 27 item 4).
 
 Every case runs through the real command line on small synthetic rasters and checks the exit
 status, that stderr is ONE line naming the problem, how long it took where the issue said
-it hung, and that nothing is left at OUTPUT nor beside it.
+it hung, and that nothing is left at OUTPUT nor beside it but a resumable work folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import http.server
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from click.testing import CliRunner
 import geosr
 from geosr.cli import cli
 from geosr.errors import InputError
+from geosr.stoppable_gdal import GdalPass
+from geosr.validation import validate_output
 from tests.rasters import uint8_scene
 
 RUN = ["--scale", "2", "--model", "bicubic", "--captioner", "none", "-q"]
@@ -175,3 +179,142 @@ def test_a_default_run_prints_only_its_progress_and_result(scene, workers):
     lines = [line for line in re.split(r"[\r\n]+", proc.stderr) if line.strip()]
     assert lines[-1].startswith(f"wrote {scene / 'out.tif'} (") and lines[0].startswith("upscale:"), proc.stderr
     assert all(line.startswith("upscale:") for line in lines[:-1]), proc.stderr
+
+
+# --- issue 26 items 5 and 7: a stop or a full disk during the COG pass ----------------------
+
+def work_folders(folder: Path) -> list[Path]:
+    return list(folder.glob(".out.tif.geosr-run-*"))
+
+
+def assert_stopped_resumable(folder: Path, line: str) -> None:
+    """One line saying how to resume, nothing at OUTPUT, and a work folder with no partial COG."""
+    assert line.startswith("Error: stopped by SIGTERM;") and "rerun the same command with --resume" in line, line
+    assert not (folder / "out.tif").exists() and not (folder / "out.captions.geojson").exists()
+    (work,) = work_folders(folder)
+    assert not {"out.tif", "tiled.tif"} & set(names(work)), names(work)
+    assert not [name for name in names(work) if name.endswith(".tmp")], names(work)
+
+
+def test_sigterm_in_the_cog_pass_stops_it_within_about_a_second(tmp_path):
+    # LZMA makes the COG pass of this 1600 x 1600 output several seconds long
+    src = uint8_scene(tmp_path / "in.tif", 800, 800)
+    args = ["--co", "COMPRESS=LZMA"]
+    proc = subprocess.Popen([GEOSR, "upscale", "in.tif", "out.tif", *RUN, *args],
+                            cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # the writer describes the work raster in work.vrt right before its first GDAL call
+    while not any((work / "work.vrt").exists() for work in work_folders(tmp_path)):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the COG pass did not start"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    # the stop itself takes ~0.2 s; the rest is Python (and torch) ending the process
+    assert time.monotonic() - sent < 3
+    stderr = proc.stderr.read()
+    assert code == 8, stderr
+    assert_stopped_resumable(tmp_path, error_line(stderr))
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN, *args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert names(tmp_path) == ["in.tif", "out.captions.geojson", "out.tif"]
+    assert validate_output(tmp_path / "out.tif", src).ok
+
+
+def stop_in(monkeypatch, step: str, when: str = "during") -> None:
+    """SIGTERM this process in ``step`` of the COG pass (a file it writes, or "overviews").
+
+    ``during``: at the step's first progress callback, as a signal would come while GDAL
+    works; ``after``: once the step has returned.
+    """
+    current = []
+    copy, overviews, go_on = GdalPass.create_copy, GdalPass.overviews_and_statistics, GdalPass._go_on
+
+    def create_copy(self, src, dst, *args):
+        current.append(dst.name)
+        copy(self, src, dst, *args)
+        if when == "after" and dst.name == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def overviews_and_statistics(self, *args):
+        current.append("overviews")
+        overviews(self, *args)
+
+    def progress(self, complete, *args):
+        if when == "during" and current and current[-1] == step and not self._signals:
+            os.kill(os.getpid(), signal.SIGTERM)  # noted by the pass's handler as soon as Python runs
+        return go_on(self, complete, *args)
+
+    monkeypatch.setattr(GdalPass, "create_copy", create_copy)
+    monkeypatch.setattr(GdalPass, "overviews_and_statistics", overviews_and_statistics)
+    monkeypatch.setattr(GdalPass, "_go_on", progress)
+
+
+STEPS = {
+    "tiled copy": ("tiled.tif", []),
+    "overviews and statistics": ("overviews", []),
+    "final copy": ("out.tif", []),
+    "COG driver": ("out.tif", ["--co", "COMPRESS=ZSTD"]),
+}
+
+
+@pytest.mark.parametrize("step", STEPS, ids=list(STEPS))
+def test_a_stop_in_any_step_of_the_cog_pass_resumes_to_the_same_bytes(step, tmp_path, monkeypatch):
+    target, args = STEPS[step]
+    src = uint8_scene(tmp_path / "in.tif", 300, 280)  # 600 x 560 out: two overview levels
+    assert invoke("upscale", src, tmp_path / "ref.tif", *RUN, *args).exit_code == 0
+    with monkeypatch.context() as patch:
+        stop_in(patch, target)
+        res, seconds = timed("upscale", src, tmp_path / "out.tif", *RUN, *args)
+    assert res.exit_code == 8, res.stderr
+    assert_stopped_resumable(tmp_path, error_line(res.stderr))
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN, *args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+    assert not work_folders(tmp_path)
+
+
+def test_a_stop_once_the_cog_is_written_keeps_it(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 300, 280)
+    assert invoke("upscale", src, tmp_path / "ref.tif", *RUN).exit_code == 0
+    stop_in(monkeypatch, "out.tif", when="after")
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN)
+    assert res.exit_code == 0 and res.stderr == "", res.stderr
+    assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+    assert not work_folders(tmp_path)
+
+
+def disk_full_in(monkeypatch, name: str) -> None:
+    """The COG pass's file ``name`` in the work folder is /dev/full: every write of it is ENOSPC."""
+    from geosr.writer import WorkRaster
+
+    to_cog = WorkRaster.to_cog
+
+    def full(self, dst, *args):
+        (dst.parent / name).symlink_to("/dev/full")
+        return to_cog(self, dst, *args)
+
+    monkeypatch.setattr(WorkRaster, "to_cog", full)
+
+
+@pytest.mark.parametrize("name, args", [("tiled.tif", []), ("out.tif", ["--co", "COMPRESS=ZSTD"])],
+                         ids=["default pass", "COG driver"])
+def test_a_full_disk_in_the_cog_pass_is_one_line_and_resumable(name, args, tmp_path, monkeypatch, capfd):
+    src = uint8_scene(tmp_path / "in.tif", 300, 280)
+    assert invoke("upscale", src, tmp_path / "ref.tif", *RUN, *args).exit_code == 0
+    capfd.readouterr()
+    with monkeypatch.context() as patch:
+        disk_full_in(patch, name)
+        res = invoke("upscale", src, tmp_path / "out.tif", *RUN, *args)
+    (work,) = work_folders(tmp_path)
+    line = error_line(res.stderr)
+    assert res.exit_code == 6, res.stderr
+    assert line.startswith(f"Error: no space left on the device of {work} while writing {name};"), line
+    assert "--resume" in line
+    assert capfd.readouterr().err == ""  # libtiff printed its complaints into the message, not on stderr
+    assert not (tmp_path / "out.tif").exists() and not {"out.tif", "tiled.tif"} & set(names(work))
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN, *args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
