@@ -49,6 +49,8 @@ def upscale(
     tile: int = 256,
     overlap: int = 16,
     bands: Sequence[int] | None = None,
+    bands_to_model: str | Sequence[int] = "all",
+    rgb_bands: Sequence[int] | None = None,
     aoi: str | os.PathLike | None = None,
     blend: str = "cosine",
     seed: int = 0,
@@ -105,6 +107,14 @@ def upscale(
         Tile core size and halo in input pixels.
     bands : sequence of int, optional
         1-based bands to process (default: all but alpha).
+    bands_to_model : ``"all"``, ``"rgb"`` or sequence of int
+        ``all`` (default): every band through the model, R, G, B as one group and every
+        other band (NIR, red edge, SWIR, panchromatic...) alone; ``rgb``: R, G, B only, the
+        other bands bicubic; band numbers: those bands through the model, the rest bicubic.
+    rgb_bands : sequence of int, optional
+        The bands that are red, green and blue, e.g. ``(3, 2, 1)`` for a B2, B3, B4 stack
+        (default: read from band descriptions, wavelengths or colour interpretation; else
+        bands 1-3, with a warning). Captions and routing read these bands.
     aoi : path-like, optional
         GeoJSON polygon(s): only tiles touching them are processed, the rest is nodata.
     blend : str
@@ -165,7 +175,8 @@ def upscale(
         config = config_from_options(
             scale=scale, model=model, model_object=model_object, model_metadata=dict(model_metadata or {}),
             captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
-            bands=bands, aoi=aoi, blend=blend, seed=seed, device=device, dtype=dtype, steps=steps,
+            bands=bands, bands_to_model=bands_to_model, rgb_bands=rgb_bands, aoi=aoi, blend=blend, seed=seed,
+            device=device, dtype=dtype, steps=steps,
             guidance=guidance, batch_size=batch_size, creation_options=creation_options, overwrite=overwrite,
             resume=resume, address=address, local_workers=local_workers, progress=progress, route=route,
             route_threshold=route_threshold,
@@ -212,6 +223,7 @@ def caption(
     tile: int = 256,
     overlap: int = 16,
     bands: Sequence[int] | None = None,
+    rgb_bands: Sequence[int] | None = None,
     aoi: str | os.PathLike | None = None,
     overwrite: bool = False,
     address: str | None = None,
@@ -225,8 +237,8 @@ def caption(
         As for :func:`upscale`.
     output : path-like, optional
         Write the captions there as GeoJSON (refused if it exists, unless ``overwrite``).
-    captioner, caption_every, tile, overlap, bands, aoi
-        As for :func:`upscale`.
+    captioner, caption_every, tile, overlap, bands, rgb_bands, aoi
+        As for :func:`upscale` (captioners read the R, G, B bands).
     overwrite : bool
         Replace ``output`` if it exists.
     address, local_workers
@@ -250,7 +262,8 @@ def caption(
         if output is None and overwrite:
             raise InputError("overwrite only applies when writing to an output file")
         config = config_from_options(
-            captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap, bands=bands, aoi=aoi,
+            captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap, bands=bands,
+            rgb_bands=rgb_bands, aoi=aoi,
             overwrite=overwrite, address=address, local_workers=local_workers,
         )
         files = source_files(source)

@@ -32,7 +32,7 @@ from geosr.scene import Scene, open_raster
 
 __all__ = [
     "RGBBands", "RGBAssumedWarning", "find_rgb", "rgb_from_descriptions", "rgb_from_wavelengths",
-    "parse_band_list", "parse_bands_to_model", "BANDS_TO_MODEL",
+    "parse_bands_to_model", "parse_rgb_bands", "BANDS_TO_MODEL",
 ]
 
 #: ``bands_to_model`` words: every band through the model, or only the R, G, B group.
@@ -102,8 +102,8 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
         ``given`` is not three distinct bands among ``bands``.
     """
     if given is not None:
-        given = tuple(int(b) for b in given)
-        if len(given) != 3 or len(set(given)) != 3 or not set(given) <= set(bands):
+        given = parse_rgb_bands(given)
+        if not set(given) <= set(bands):
             raise InputError(f"--rgb-bands needs three different bands among {','.join(map(str, bands))} "
                              f"(red, green, blue), got {','.join(map(str, given))}")
         return RGBBands(given, "given")
@@ -183,20 +183,26 @@ def _centre_nm(tags: Mapping[str, str]) -> float | None:
     return nm * 1000.0 if unit in ("um", "µm", "micrometer", "micrometers", "micron", "microns") or (not unit and nm < 30) else nm
 
 
-def parse_band_list(text: str, what: str) -> tuple[int, ...]:
-    """``"3,2,1"`` -> ``(3, 2, 1)``; ``what`` names the option in the error.
+def _band_numbers(spec: str | Sequence[int]) -> tuple[int, ...] | None:
+    """``"3,2,1"`` or a sequence -> ``(3, 2, 1)``; None when that is not 1-based band numbers."""
+    try:
+        bands = tuple(int(p) for p in (spec.split(",") if isinstance(spec, str) else spec))
+    except (TypeError, ValueError):
+        return None
+    return bands if bands and min(bands) >= 1 else None
+
+
+def parse_rgb_bands(spec: str | Sequence[int]) -> tuple[int, int, int]:
+    """The bands given as red, green and blue (a sequence or ``"3,2,1"``).
 
     Raises
     ------
     InputError
-        Not a comma-separated list of positive integers.
+        Not three different 1-based band numbers.
     """
-    try:
-        bands = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        bands = ()
-    if not bands or min(bands) < 1:
-        raise InputError(f"{what} takes band numbers separated by commas (e.g. 3,2,1), got {text!r}")
+    bands = _band_numbers(spec)
+    if bands is None or len(bands) != 3 or len(set(bands)) != 3:
+        raise InputError(f"--rgb-bands needs three different band numbers (red, green, blue, e.g. 3,2,1), got {spec!r}")
     return bands
 
 
@@ -208,10 +214,9 @@ def parse_bands_to_model(spec: str | Sequence[int]) -> str | tuple[int, ...]:
     InputError
         Anything else.
     """
-    if isinstance(spec, str):
-        word = spec.strip().lower()
-        return word if word in BANDS_TO_MODEL else parse_band_list(spec, "--bands-to-model (or all, rgb)")
-    bands = tuple(int(b) for b in spec)
-    if not bands or min(bands) < 1:
-        raise InputError(f"--bands-to-model takes all, rgb or band numbers, got {spec!r}")
+    if isinstance(spec, str) and spec.strip().lower() in BANDS_TO_MODEL:
+        return spec.strip().lower()
+    bands = _band_numbers(spec)
+    if bands is None:
+        raise InputError(f"--bands-to-model takes all, rgb or band numbers (e.g. 4,5,6), got {spec!r}")
     return bands

@@ -11,7 +11,7 @@ import yaml
 
 from geosr.errors import InputError
 
-__all__ = ["TileSpec", "RunConfig", "load_run_config", "DEFAULT_CAPTIONER"]
+__all__ = ["TileSpec", "RunConfig", "load_run_config", "check_device", "DEFAULT_CAPTIONER"]
 
 DEFAULT_CAPTIONER = "degradation"
 SCALES = (2, 3, 4, 8)
@@ -62,6 +62,8 @@ class RunConfig:
     device, dtype : str or None
         Torch device and precision for neural models (None: cuda when available; bf16 on
         CUDA and on CPUs with AMX, else fp32, see :func:`geosr.models.diffusion.default_dtype_name`).
+        The device is checked on this machine (:func:`check_device`) unless the run goes to
+        a scheduler at ``address``, whose workers have their own.
     steps : int or None
     guidance : float or None
     batch_size : int or None
@@ -120,6 +122,8 @@ class RunConfig:
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
         parse_caption_every(self.caption_every)
+        if not self.address:
+            check_device(self.device)
         if self.model is None:
             from geosr.models import default_model
 
@@ -163,6 +167,39 @@ class RunConfig:
         opts = dict(device=self.device, dtype=self.dtype, steps=self.steps, guidance=self.guidance, batch_size=self.batch_size,
                     metadata=tuple(sorted(self.model_metadata.items())) or None, module=self.model_object)
         return {k: v for k, v in opts.items() if v is not None}
+
+
+def check_device(device: str | None) -> None:
+    """Raise :class:`InputError` when torch cannot run models on ``device`` here.
+
+    Without this, ``--device cuda`` on a CPU-only torch failed ~30 s into the run, in the
+    first model call, with torch's "AssertionError: Torch not compiled with CUDA enabled".
+    torch is imported only for a device other than None and ``cpu``.
+    """
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"--device {device}: not a torch device; use cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise InputError(f"--device {device}: this torch ({torch.__version__}) is built without CUDA; "
+                             "use --device cpu, or a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise InputError(f"--device {device}: torch sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"--device {device}: torch sees {count} CUDA device{'s' if count > 1 else ''} "
+                             f"(cuda:0 to cuda:{count - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {device}: torch has no MPS (Apple GPU) device here; use --device cpu")
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device}: geosr runs models on cpu, cuda or mps")
 
 
 def parse_caption_every(spec: str) -> tuple[str, int]:

@@ -101,6 +101,46 @@ def _check_value(spec: OptionSpec, value: str) -> str | None:
 # A tile edge GDAL can allocate in the trial write and that TIFF allows (multiples of 16).
 MAX_BLOCKSIZE = 4096
 
+# Bounds that GDAL's option list gives only in prose ("JPEG/WEBP quality 1-100") or not at all;
+# GDAL writes values outside them without a word (QUALITY=500, LEVEL=99) or ignores them
+# (NUM_THREADS=-5). Inclusive, from GDAL's GTiff/COG driver documentation.
+RANGES: dict[str, tuple[float, float]] = {
+    "QUALITY": (1, 100),
+    "OVERVIEW_QUALITY": (1, 100),
+    "MAX_Z_ERROR": (0, math.inf),
+    "MAX_Z_ERROR_OVERVIEW": (0, math.inf),
+}
+# LEVEL per codec: DEFLATE goes to 12 with libdeflate, which rasterio's GDAL is built with.
+LEVELS: dict[str, tuple[int, int]] = {
+    "DEFLATE": (1, 12), "LERC_DEFLATE": (1, 12), "ZSTD": (1, 22), "LERC_ZSTD": (1, 22), "LZMA": (0, 9),
+}
+
+
+def _out_of_range(name: str, value: str, options: Mapping[str, str]) -> str | None:
+    """Why ``value`` is outside the range geosr knows for option ``name`` (None when inside).
+
+    ``options`` are all options in force (defaults included): LEVEL's range is its codec's.
+    """
+    if name == "NUM_THREADS":
+        if value.upper() != "ALL_CPUS" and not (value.isdigit() and int(value) >= 1):
+            return "takes a number of threads of at least 1, or ALL_CPUS"
+        return None
+    if name == "LEVEL":
+        codecs = [(key, options.get(key, "").upper()) for key in ("COMPRESS", "OVERVIEW_COMPRESS")]
+        bounds = [(f" with {key}={codec}", *LEVELS[codec]) for key, codec in codecs if codec in LEVELS]
+    elif name in RANGES:
+        bounds = [("", *RANGES[name])]
+    else:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None  # GDAL's list says what type it takes
+    for where, lo, hi in bounds:
+        if not lo <= number <= hi:
+            return f"must be {lo:g} to {hi:g}{where}" if math.isfinite(hi) else f"must be at least {lo:g}"
+    return None
+
 
 def check_creation_options(options: Mapping[str, str], count: int, dtype: str, mask: bool, defaults: Mapping[str, str]) -> None:
     """Raise :class:`InputError` when GDAL's COG driver would not honour ``options``.
@@ -118,7 +158,7 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
     for name, value in options.items():
         if specs and name not in specs:
             raise InputError(f"--co {name}={value}: the COG driver has no option {name} (it has {', '.join(sorted(specs))})")
-        why = _check_value(specs[name], value) if specs else None
+        why = (_check_value(specs[name], value) if specs else None) or _out_of_range(name, value, {**defaults, **options})
         if why:
             raise InputError(f"--co {name}={value}: {name} {why}")
     block = options.get("BLOCKSIZE")

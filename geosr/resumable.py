@@ -99,7 +99,8 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     settings = {
         "--scale": config.scale, "--model": config.model, "--captioner": config.captioner,
         "--caption-every": config.caption_every, "--tile": config.tiles.tile, "--overlap": config.tiles.overlap,
-        "--bands": config.bands, "--blend": config.blend, "--seed": config.seed, "--steps": config.steps,
+        "--bands": config.bands, "--bands-to-model": config.bands_to_model, "--rgb-bands": config.rgb_bands,
+        "--blend": config.blend, "--seed": config.seed, "--steps": config.steps,
         "--guidance": config.guidance, "--device": config.device, "--dtype": config.dtype,
         "--route": config.route, "--route-threshold": config.route_threshold,
         "--co": sorted(config.creation_options.items()),

@@ -217,8 +217,7 @@ class ScenePlan:
         return fit_stretch(self.scene.source, self.bands.bands, self.scene.dtype)
 
 
-def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None, *,
-               bands_to_model: str | Sequence[int] = "all", rgb_bands: Sequence[int] | None = None) -> ScenePlan:
+def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None) -> ScenePlan:
     """Plan ``files`` (one raster, or a same-grid mosaic) for ``config``.
 
     Parameters
@@ -226,16 +225,14 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     files : sequence of str
         Input files, as :func:`geosr.scene.expand_inputs` returns them.
     config : RunConfig
-        ``bands``, ``tiles`` and ``aoi`` are used.
+        ``bands``, ``bands_to_model``, ``rgb_bands``, ``tiles`` and ``aoi`` are used.
     channels : int or None
         Channels of the model the bands are planned for (3 for a captioner).
     workdir : path-like, optional
         Where a mosaic's VRT goes (required for a mosaic); it must outlive the plan's use.
-    bands_to_model, rgb_bands
-        See :func:`plan_bands`.
     """
     scene = open_scene(files, workdir=workdir)
-    bands = plan_bands(scene, config.bands, channels, bands_to_model=bands_to_model, rgb_bands=rgb_bands)
+    bands = plan_bands(scene, config.bands, channels, bands_to_model=config.bands_to_model, rgb_bands=config.rgb_bands)
     grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
     aoi = load_aoi(config.aoi, scene) if config.aoi else None
     return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi)), scene_key(scene))

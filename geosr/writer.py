@@ -27,10 +27,10 @@ import rasterio
 from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.windows import Window
 
-from geosr.errors import OutputError, OutputExistsError, WriteError
+from geosr.errors import InputError, OutputError, OutputExistsError, WriteError
 from geosr.stoppable_gdal import GdalFailure, GdalPass
 
-__all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path"]
+__all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path", "check_file_name"]
 
 DEFAULT_COG_OPTIONS: dict[str, str] = {
     "COMPRESS": "DEFLATE",
@@ -67,6 +67,8 @@ class OutputTarget:
 
     Raises
     ------
+    InputError
+        OUTPUT's name is not UTF-8 (:func:`check_file_name`).
     OutputExistsError
         OUTPUT or a sidecar exists and ``overwrite`` is False.
     OutputError
@@ -81,6 +83,7 @@ class OutputTarget:
         sidecars: Sequence[str] = (),
     ) -> None:
         self.output = Path(output).absolute()
+        check_file_name(self.output)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a file name such as out.tif")
         for path in inputs:
@@ -99,6 +102,21 @@ class OutputTarget:
         items = sorted(moves.items(), key=lambda kv: kv[1] == self.output)
         for src, dst in items:
             os.replace(src, dst)
+
+
+def check_file_name(path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` when ``path`` is not valid UTF-8, which GDAL needs.
+
+    Python keeps such bytes (``b"sc\\xe8ne.tif"`` from a Latin-1 shell) as surrogates that
+    rasterio cannot encode: the run failed with a bare UnicodeEncodeError, after its work when
+    OUTPUT had the name.
+    """
+    name = os.fsencode(path)
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = repr(name)[2:-1]  # the bytes, escaped: one printable line
+        raise InputError(f"{shown}: the file name is not UTF-8, which GDAL needs; rename the file") from exc
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import rasterio
+from click.testing import CliRunner
 from rasterio.enums import ColorInterp
 
+import geosr
 from geosr.band_roles import RGBAssumedWarning, parse_bands_to_model, rgb_from_descriptions, rgb_from_wavelengths
+from geosr.cli import cli
 from geosr.errors import InputError
 from geosr.output_meta import band_tags
 from geosr.scene import open_scene
 from geosr.scene_plan import BandGroup, plan_bands
-from multispectral import RGBN, sentinel2_stack
+from multispectral import RGBN, SENTINEL2_BANDS, sentinel2_stack
 from rasters import texture, write_raster
 
 GRAY = [ColorInterp.gray] + [ColorInterp.undefined] * 3
@@ -104,7 +108,7 @@ def test_given_rgb_bands(tmp_path):
         plan = plan_bands(scene, None, 3, rgb_bands=(3, 2, 1))
     assert plan.rgb.source == "given" and plan.groups[0] == BandGroup((2, 1, 0))
     for bad in [(1, 2), (1, 1, 2), (1, 2, 9)]:
-        with pytest.raises(InputError, match="--rgb-bands needs three different bands"):
+        with pytest.raises(InputError, match="--rgb-bands needs three different band"):
             plan_bands(scene, None, 3, rgb_bands=bad)
 
 
@@ -148,3 +152,86 @@ def test_networks_of_other_band_counts():
     two = plan_bands(scene, None, 2)  # what a 2-band network's further bands are, its card does not say
     assert two.groups == (BandGroup((0, 1)),) and two.extra == (2, 3)
     assert plan_bands(scene, (1, 2, 3), 4).groups == tuple(BandGroup((p,), replicate=4) for p in range(3))
+
+
+# ------------------------------------------------------------------ runs through the engine
+
+
+def run(src, out, **options):
+    return geosr.upscale(src, out, scale=2, overwrite=True, **options)
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read().astype(np.float64), ds.tags()
+
+
+def rgbn_crop(tmp_path, bands=(1, 2, 3, 4)):
+    """A textured 128 x 96 window of the RGBN fixture (the no-data collar left out)."""
+    with rasterio.open(RGBN) as src:
+        window = rasterio.windows.Window(40, 60, 128, 96)
+        data = src.read(list(bands), window=window)
+        profile = {**src.profile, "width": 128, "height": 96, "count": len(bands),
+                   "transform": src.window_transform(window), "photometric": "MINISBLACK"}  # not RGBA
+        colorinterp = [src.colorinterp[b - 1] for b in bands]
+    with rasterio.open(tmp_path / "crop.tif", "w", **profile) as dst:
+        dst.write(data)
+        dst.colorinterp = colorinterp
+    return tmp_path / "crop.tif"
+
+
+def test_every_band_of_a_4_band_scene_changes_from_bicubic(tmp_path):
+    src = rgbn_crop(tmp_path)
+    run(src, tmp_path / "bicubic.tif", model="bicubic", tile=64, overlap=8)
+    run(src, tmp_path / "model.tif", tile=64, overlap=8)
+    bicubic, _ = read(tmp_path / "bicubic.tif")
+    model, tags = read(tmp_path / "model.tif")
+    assert [np.abs(model[b] - bicubic[b]).mean() > 0.5 for b in range(4)] == [True] * 4
+    assert tags["GEOSR_MODEL_BANDS"] == "1,2,3;4" and "GEOSR_BICUBIC_BANDS" not in tags
+    # --bands-to-model rgb: NIR through bicubic, as before issue 29
+    res = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "rgb.tif"), "--scale", "2", "--tile", "64",
+                                   "--overlap", "8", "--bands-to-model", "rgb", "-q"])
+    assert res.exit_code == 0, res.output
+    rgb_only, tags = read(tmp_path / "rgb.tif")
+    np.testing.assert_array_equal(rgb_only[3], bicubic[3])
+    np.testing.assert_array_equal(rgb_only[:3], model[:3])  # R, G, B as in the run of every band
+    assert tags["GEOSR_MODEL_BANDS"] == "1,2,3" and tags["GEOSR_BICUBIC_BANDS"] == "4"
+
+
+def test_a_single_band_is_sharpened_alone(tmp_path):
+    src = rgbn_crop(tmp_path, bands=(4,))
+    run(src, tmp_path / "bicubic.tif", model="bicubic")
+    run(src, tmp_path / "model.tif")
+    assert np.abs(read(tmp_path / "model.tif")[0] - read(tmp_path / "bicubic.tif")[0]).mean() > 0.5
+    assert read(tmp_path / "model.tif")[1]["GEOSR_MODEL_BANDS"] == "1"
+
+
+def test_a_sentinel2_uint16_stack_runs_end_to_end_with_its_band_metadata(tmp_path):
+    # rows 40-136, columns 0-128: the no-data collar (columns 0-10) included
+    src = sentinel2_stack(tmp_path / "s2.tif", (slice(40, 136), slice(0, 128)))
+    run(src, tmp_path / "bicubic.tif", model="bicubic", tile=64, overlap=8)
+    run(src, tmp_path / "model.tif", tile=64, overlap=8)
+    with rasterio.open(src) as lr, rasterio.open(tmp_path / "model.tif") as out:
+        assert out.dtypes == lr.dtypes == ("uint16",) * 10 and out.nodata == 0
+        assert out.descriptions == tuple(SENTINEL2_BANDS) and out.scales == lr.scales and out.offsets == lr.offsets
+        np.testing.assert_array_equal(out.dataset_mask() > 0, np.kron(lr.dataset_mask() > 0, np.ones((2, 2), bool)))
+        tags = out.tags()
+    assert tags["GEOSR_RGB_BANDS"] == "3,2,1" and tags["GEOSR_RGB_SOURCE"] == "band descriptions"
+    assert tags["GEOSR_MODEL_BANDS"] == "3,2,1;4;5;6;7;8;9;10"
+    assert tags["SPACECRAFT_NAME"] == "Sentinel-2B"
+    model, bicubic = read(tmp_path / "model.tif")[0][:, :, 24:], read(tmp_path / "bicubic.tif")[0][:, :, 24:]
+    for b in range(10):
+        assert np.abs(model[b] - bicubic[b]).mean() > 2.0, SENTINEL2_BANDS  # DN of 10000 per unit reflectance
+
+
+def test_undefined_bands_warn_in_a_run_and_the_output_says_so(tmp_path):
+    src = write_raster(tmp_path / "in.tif", (texture(4, 40, 48) * 3000 + 500).astype("uint16"))
+    with pytest.warns(RGBAssumedWarning, match="bands 1,2,3 are taken as R,G,B"):
+        run(src, tmp_path / "a.tif")
+    assert read(tmp_path / "a.tif")[1]["GEOSR_RGB_SOURCE"] == "assumed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RGBAssumedWarning)
+        run(src, tmp_path / "b.tif", rgb_bands=(3, 2, 1))
+    tags = read(tmp_path / "b.tif")[1]
+    assert tags["GEOSR_RGB_BANDS"] == "3,2,1" and tags["GEOSR_RGB_SOURCE"] == "given"
+    assert tags["GEOSR_MODEL_BANDS"] == "3,2,1;4"

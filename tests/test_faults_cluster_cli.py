@@ -1,5 +1,5 @@
-"""Failures that are fast and one line: cluster mistakes, a stop or a full disk in the COG pass
-(issue 26 items 4, 5, 7; issue 27 item 4).
+"""Failures that are fast and one line: cluster mistakes, a stop or a full disk in the COG pass,
+devices, file names and --co ranges (issue 26 items 4, 5, 7; issue 27 item 4).
 
 Every case runs through the real command line on small synthetic rasters and checks the exit
 status, that stderr is ONE line naming the problem, how long it took where the issue said
@@ -23,6 +23,7 @@ from pathlib import Path
 import dask
 import distributed
 import pytest
+import torch
 from click.testing import CliRunner
 
 import geosr
@@ -318,3 +319,57 @@ def test_a_full_disk_in_the_cog_pass_is_one_line_and_resumable(name, args, tmp_p
     res = invoke("upscale", src, tmp_path / "out.tif", *RUN, *args, "--resume")
     assert res.exit_code == 0, res.stderr
     assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+
+
+# --- issue 26 item 7: devices, file names and --co ranges, checked up front ------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+@pytest.mark.parametrize("device, words", [
+    ("cuda", "is built without CUDA" if not torch.backends.cuda.is_built() else "sees no CUDA device"),
+    ("gpu", "not a torch device; use cpu, cuda, cuda:N or mps"),
+], ids=["cuda", "no such device"])
+def test_a_device_torch_cannot_use_is_refused_up_front(device, words, scene):
+    res, seconds = timed("upscale", scene / "in.tif", scene / "out.tif", *RUN, "--device", device)
+    line = error_line(res.stderr)
+    assert res.exit_code == 3 and f"--device {device}: " in line and words in line, line
+    assert seconds < 5
+    with pytest.raises(InputError, match=words):
+        geosr.upscale(scene / "in.tif", scene / "out.tif", scale=2, captioner="none", device=device)
+    assert names(scene) == ["in.tif"]
+
+
+LATIN1 = os.fsdecode(b"sc\xe8ne.tif")  # what Python makes of a Latin-1 file name
+
+
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_a_file_name_that_is_not_utf8_is_one_line(which, scene):
+    if which == "input":
+        os.link(scene / "in.tif", scene / LATIN1)
+        args = [scene / LATIN1, scene / "out.tif"]
+    else:
+        args = [scene / "in.tif", scene / LATIN1]
+    before = names(scene)
+    res, seconds = timed("upscale", *args, *RUN)
+    line = error_line(res.stderr)
+    assert res.exit_code == 3 and "sc\\xe8ne.tif: the file name is not UTF-8" in line, line
+    assert seconds < 5 and names(scene) == before
+
+
+@pytest.mark.parametrize("options, words", [
+    (["QUALITY=500"], "--co QUALITY=500: QUALITY must be 1 to 100"),
+    (["LEVEL=99"], "--co LEVEL=99: LEVEL must be 1 to 12 with COMPRESS=DEFLATE"),
+    (["COMPRESS=ZSTD", "LEVEL=23"], "--co LEVEL=23: LEVEL must be 1 to 22 with COMPRESS=ZSTD"),
+    (["NUM_THREADS=-5"], "--co NUM_THREADS=-5: NUM_THREADS takes a number of threads of at least 1, or ALL_CPUS"),
+    (["MAX_Z_ERROR=-1"], "--co MAX_Z_ERROR=-1: MAX_Z_ERROR must be at least 0"),
+], ids=["QUALITY", "LEVEL", "ZSTD LEVEL", "NUM_THREADS", "MAX_Z_ERROR"])
+def test_creation_options_out_of_range_are_refused(options, words, scene):
+    co = [arg for option in options for arg in ("--co", option)]
+    res, seconds = timed("upscale", scene / "in.tif", scene / "out.tif", *RUN, *co)
+    assert res.exit_code == 3 and words in error_line(res.stderr), res.stderr
+    assert seconds < 5 and names(scene) == ["in.tif"]
+
+
+def test_creation_options_in_range_are_taken(scene):
+    co = ["--co", "COMPRESS=ZSTD", "--co", "LEVEL=22", "--co", "NUM_THREADS=2"]
+    res = invoke("upscale", scene / "in.tif", scene / "out.tif", *RUN, *co)
+    assert res.exit_code == 0, res.stderr

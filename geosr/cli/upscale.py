@@ -13,6 +13,7 @@ from geosr.cli.options import (
 from geosr.config import DEFAULT_CAPTIONER
 from geosr.routing import CALIBRATED_THRESHOLDS, ROUTES, cheap_path
 from geosr.scheduling import DEFAULT_CONNECT_TIMEOUT
+from geosr.writer import check_file_name
 
 
 @click.command(cls=OneLineErrors, context_settings={"max_content_width": 100}, epilog="\b\nExit status:\n" + exit_codes_help())
@@ -84,6 +85,8 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
     setup_logging(verbose, quiet)
 
     def run():
+        for name in (*inputs, output):
+            check_file_name(name)
         # the API reads it where it connects (geosr.scheduling.connect_timeout)
         with warnings.catch_warnings(), stop_on_signals(), dask.config.set({"geosr.connect-timeout": connect_timeout}):
             # -q: errors only (one line each); warnings are remarks.
