@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from geosr.band_roles import parse_bands_to_model, parse_rgb_bands
 from geosr.errors import InputError
 
 __all__ = ["TileSpec", "RunConfig", "load_run_config", "check_device", "DEFAULT_CAPTIONER"]
@@ -49,6 +50,13 @@ class RunConfig:
     tiles : TileSpec
     bands : tuple of int or None
         1-based bands to process (default: every data band).
+    bands_to_model : str or tuple of int
+        ``all`` (default: every band through the model; with an RGB model R, G, B as one
+        group and every other band alone), ``rgb`` (the R, G, B group only, the other bands
+        bicubic) or the 1-based bands that go through the model (:func:`geosr.scene_plan.plan_bands`).
+    rgb_bands : tuple of int or None
+        The bands that are red, green and blue, in that order (default: what the scene's
+        band descriptions, wavelengths or colour interpretation say, :mod:`geosr.band_roles`).
     aoi : str or None
         Vector file (GeoJSON...) whose polygons select the tiles to process.
     blend : str
@@ -97,6 +105,8 @@ class RunConfig:
     caption_every: str = "tile"
     tiles: TileSpec = field(default_factory=TileSpec)
     bands: tuple[int, ...] | None = None
+    bands_to_model: str | tuple[int, ...] = "all"
+    rgb_bands: tuple[int, ...] | None = None
     aoi: str | None = None
     blend: str = "cosine"
     creation_options: Mapping[str, str] = field(default_factory=dict)
@@ -122,6 +132,9 @@ class RunConfig:
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
         parse_caption_every(self.caption_every)
+        object.__setattr__(self, "bands_to_model", parse_bands_to_model(self.bands_to_model))
+        if self.rgb_bands is not None:
+            object.__setattr__(self, "rgb_bands", parse_rgb_bands(self.rgb_bands))
         if not self.address:
             check_device(self.device)
         if self.model is None:
@@ -226,6 +239,7 @@ def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
     if unknown:
         raise InputError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
     tiles = TileSpec(raw.pop("tile", 256), raw.pop("overlap", 16))
-    if "bands" in raw and raw["bands"] is not None:
-        raw["bands"] = tuple(raw["bands"])
+    for key in ("bands", "rgb_bands"):
+        if raw.get(key) is not None:
+            raw[key] = tuple(raw[key])
     return RunConfig(tiles=tiles, **raw)

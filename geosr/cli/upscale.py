@@ -26,6 +26,11 @@ from geosr.writer import check_file_name
 @click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
 @click.option("--overlap", default=16, show_default=True, help="Halo on each side of a tile, in input pixels (cross-faded; raise it for models that see far, e.g. SD-size UNets).")
 @click.option("--bands", callback=parse_bands, help="Bands to process, e.g. 1,2,3 (default: all but alpha).")
+@click.option("--bands-to-model", default="all", show_default=True, help="all: every band through the model (R, G, B "
+              "as one group, every other band - NIR, red edge, SWIR, pan - alone); rgb: R, G, B only, the rest bicubic; "
+              "or band numbers, e.g. 4,5,6.")
+@click.option("--rgb-bands", callback=parse_bands, help="The bands that are red, green, blue, e.g. 3,2,1 for a B2,B3,B4 "
+              "stack (default: read from band descriptions, wavelengths or colour interpretation).")
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s): only tiles touching them are processed.")
 @click.option("--blend", type=click.Choice(["cosine", "none"]), default="cosine", show_default=True, help="Tile blending (none shows the seams).")
 @click.option("--co", "creation_options", multiple=True, callback=parse_creation_options, metavar="NAME=VALUE", help="GDAL COG creation option, repeatable (e.g. --co COMPRESS=ZSTD).")
@@ -55,7 +60,8 @@ from geosr.writer import check_file_name
 @click.option("--route-map", type=click.Path(dir_okay=False), help="Also write a small GeoTIFF, one pixel per tile: "
               "texture, noise and 1 where the model ran (open it over the scene in QGIS).")
 @verbosity
-def upscale(inputs, output, scale, model, captioner, caption_every, tile, overlap, bands, aoi, blend, creation_options,
+def upscale(inputs, output, scale, model, captioner, caption_every, tile, overlap, bands, bands_to_model, rgb_bands, aoi,
+            blend, creation_options,
             overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, connect_timeout, local_workers,
             performance_report, route, route_threshold, route_map, verbose, quiet):
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
@@ -94,7 +100,8 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
             warnings.showwarning = _show_warning
             return geosr.upscale(
                 list(inputs), output, scale=int(scale), model=model, captioner=captioner, caption_every=caption_every,
-                tile=tile, overlap=overlap, bands=bands, aoi=aoi, blend=blend, creation_options=creation_options,
+                tile=tile, overlap=overlap, bands=bands, bands_to_model=bands_to_model, rgb_bands=rgb_bands, aoi=aoi,
+                blend=blend, creation_options=creation_options,
                 overwrite=overwrite, resume=resume, device=device, dtype=dtype, steps=steps, guidance=guidance,
                 batch_size=batch_size, seed=seed, address=address, local_workers=local_workers,
                 performance_report=performance_report, progress=not quiet, route=route,
