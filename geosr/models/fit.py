@@ -41,9 +41,9 @@ def read_card(config: RunConfig) -> ModelCard | None:
 def check_model_fits(files: Sequence[str], config: RunConfig) -> None:
     """Raise :class:`InputError` when ``config``'s own network cannot run on ``files`` as asked.
 
-    A network of C bands needs C bands of the input (``--bands`` picks them; bands beyond go
-    through bicubic as always); a single-band input goes through a 3-band network as grey, as
-    through the shipped models. A fixed-size network needs ``tile + 2 x overlap`` within its
+    A network of C bands, C other than 1 and 3, needs at least C bands of the input (its first
+    C go through it, ``--bands`` picks them); 1- and 3-band networks take any band count, as the
+    shipped models do (:func:`geosr.scene_plan.plan_bands`: R, G, B together, other bands alone). A fixed-size network needs ``tile + 2 x overlap`` within its
     size, and a network's ``min_overlap`` an overlap at least that wide.
     """
     card = read_card(config)
@@ -66,7 +66,7 @@ def check_model_fits(files: Sequence[str], config: RunConfig) -> None:
                              f"and --tile {tile} with --overlap {overlap} makes {tile + 2 * overlap}: pass {hint}")
     bands = card.bands or DEFAULT_BANDS
     count = _input_bands(files, config)
-    if count < bands and not (count == 1 and bands == 3):
+    if bands not in (1, 3) and count < bands:
         chosen = "selected with --bands" if config.bands else "in the input"
         raise InputError(f"{name} takes {bands} bands{where}; there {'is' if count == 1 else 'are'} {count} {chosen}")
 
