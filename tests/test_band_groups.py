@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from rasterio.enums import ColorInterp
 
 import geosr
+from geosr.band_evaluation import edge_offset
 from geosr.band_roles import RGBAssumedWarning, parse_bands_to_model, rgb_from_descriptions, rgb_from_wavelengths
 from geosr.cli import cli
 from geosr.errors import InputError
@@ -222,6 +223,9 @@ def test_a_sentinel2_uint16_stack_runs_end_to_end_with_its_band_metadata(tmp_pat
     model, bicubic = read(tmp_path / "model.tif")[0][:, :, 24:], read(tmp_path / "bicubic.tif")[0][:, :, 24:]
     for b in range(10):
         assert np.abs(model[b] - bicubic[b]).mean() > 2.0, SENTINEL2_BANDS  # DN of 10000 per unit reflectance
+        # edges line up across bands: no band moves against red (no colour fringes in a composite)
+        assert np.abs(edge_offset(model[b], model[2])).max() < 0.1
+        assert np.abs(edge_offset(model[b], bicubic[b])).max() < 0.1
 
 
 def test_undefined_bands_warn_in_a_run_and_the_output_says_so(tmp_path):

@@ -30,6 +30,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                            "synthetically degraded images, side by side."),
     "evaluate": ("geosr.cli.evaluate", "evaluate", "Score a model against bicubic on synthetically degraded HR "
                  "images."),
+    "evaluate-bands": ("geosr.cli.evaluate_bands", "evaluate_bands", "Score every band of a degraded multi-band "
+                       "raster, and spectral indices, against bicubic."),
     "export-onnx": ("geosr.cli.export_onnx", "export_onnx", "Export MODEL, a one-step CFG-distilled student"),
 }
 
