@@ -157,6 +157,7 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
 
     SCALE, MODEL, ROUTE, RESUME, DEVICE, EXTRA, OUTPUT, ROUTE_MAP, CAPTIONS = (
         "SCALE", "MODEL", "ROUTE", "RESUME", "DEVICE", "EXTRA", "OUTPUT", "ROUTE_MAP", "CAPTIONS")
+    BANDS_TO_MODEL, RGB_BANDS = "BANDS_TO_MODEL", "RGB_BANDS"
 
     def name(self):
         return "upscale"
@@ -177,6 +178,12 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
             self.MODEL, "Model (empty: the shipped model of the scale; bicubic, lanczos, a folder or hub id)",
             optional=True))
         self._add_tiling_parameters()
+        self.addParameter(QgsProcessingParameterString(
+            self.BANDS_TO_MODEL, "Bands through the model (all; rgb: R, G, B only, the rest bicubic; or e.g. 4,5,6)",
+            defaultValue="all"))
+        self._advanced(QgsProcessingParameterString(
+            self.RGB_BANDS, "Red, green, blue bands (e.g. 3,2,1; empty: read from the raster's band names)",
+            optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.ROUTE, "Texture-aware routing (flat, clean tiles to bicubic)", options=ROUTES, defaultValue=0))
         self._advanced(QgsProcessingParameterBoolean(
@@ -198,6 +205,10 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         if model:
             args += ["--model", model]
         args += self._tiling_args(parameters, context, feedback)
+        args += ["--bands-to-model", self.parameterAsString(parameters, self.BANDS_TO_MODEL, context).strip() or "all"]
+        rgb_bands = self.parameterAsString(parameters, self.RGB_BANDS, context).strip()
+        if rgb_bands:
+            args += ["--rgb-bands", rgb_bands]
         if self.parameterAsBool(parameters, self.RESUME, context):
             args.append("--resume")
         device = self.parameterAsString(parameters, self.DEVICE, context).strip()
