@@ -43,8 +43,9 @@ def check_model_fits(files: Sequence[str], config: RunConfig) -> None:
 
     A network of C bands, C other than 1 and 3, needs at least C bands of the input (its first
     C go through it, ``--bands`` picks them); 1- and 3-band networks take any band count, as the
-    shipped models do (:func:`geosr.scene_plan.plan_bands`: R, G, B together, other bands alone). A fixed-size network needs ``tile + 2 x overlap`` within its
-    size, and a network's ``min_overlap`` an overlap at least that wide.
+    shipped models do (:func:`geosr.scene_plan.plan_bands`: R, G, B together, other bands alone).
+    A fixed-size network needs ``tile + 2 x overlap`` within its size, and a network's
+    ``min_overlap`` an overlap at least that wide.
     """
     card = read_card(config)
     if card is None:
