@@ -114,9 +114,17 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
             f"wrote {report.output} ({report.tiles_processed} tiles, {report.tiles_skipped} skipped, "
             + (f"{report.tiles_routed} routed to {cheap_path(scale)}, " if report.tiles_routed else "")
             + (f"{report.tiles_resumed} done before resuming, " if report.tiles_resumed else "")
-            + f"{report.output_megapixels:.1f} MP in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s)",
+            + _megapixels(report)
+            + f" in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s)",
             err=True,
         )
+
+
+def _megapixels(report) -> str:
+    """What was computed; an output grid larger than that (an AOI, a resume) is masked or was there."""
+    if abs(report.processed_megapixels - report.output_megapixels) < 0.05:
+        return f"{report.output_megapixels:.1f} MP"
+    return f"{report.processed_megapixels:.1f} MP computed of a {report.output_megapixels:.1f} MP output"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
