@@ -253,6 +253,48 @@ def test_the_shipped_student_exports_to_onnx_with_the_same_pixels(tmp_path):
     assert compare_export("geosr-tiny-x2", path) <= 1.0  # DN of 255: measured 6e-5
 
 
+class FakeRunner:
+    """A runner that runs out of memory above ``max_batch`` tiles and overflows in reduced precision."""
+
+    def __init__(self, max_batch: int = 99, overflow: bool = False) -> None:
+        self.max_batch, self.overflow, self.calls = max_batch, overflow, []
+        self.reduced, self.description = overflow, "bf16 on fake"
+
+    def __call__(self, tiles, noise=None, precise=False):
+        self.calls.append((len(tiles), precise))
+        if len(tiles) > self.max_batch:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        out = F.interpolate(tiles, scale_factor=2, mode="nearest")
+        if self.overflow and not precise:
+            out[0, 0, 0, 0] = float("inf")
+        return out
+
+    def out_of_memory(self, exc):
+        return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run():
+    from geosr.models.model_card import ModelCard
+    from geosr.models.own_network import NetworkUpscaler
+
+    runner = FakeRunner(max_batch=2)
+    model = NetworkUpscaler("fake", "python", runner, ModelCard(), scale=2, batch_size=8)
+    tiles = torch.rand(5, 3, 8, 8)
+    assert torch.equal(model.upscale(tiles), F.interpolate(tiles, scale_factor=2, mode="nearest"))
+    assert model.batch_size == 2 and runner.calls[1:] == [(5, False), (2, False), (2, False), (1, False)]
+
+
+def test_a_tile_that_overflows_in_reduced_precision_is_redone_in_float32():
+    from geosr.models.model_card import ModelCard
+    from geosr.models.own_network import NetworkUpscaler
+
+    runner = FakeRunner(overflow=True)
+    model = NetworkUpscaler("fake", "python", runner, ModelCard(), scale=2)
+    tiles = torch.rand(2, 3, 8, 8)
+    assert torch.equal(model.upscale(tiles), F.interpolate(tiles, scale_factor=2, mode="nearest"))
+    assert runner.calls[-1] == (1, True)
+
+
 def _carried(network):
     from geosr.models.callable import ModelObject
 
