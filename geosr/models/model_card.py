@@ -153,7 +153,7 @@ class ModelCard:
 
     def describe(self) -> str:
         """One line for tags and messages, e.g. ``x4, 3 bands, range 0..255``."""
-        parts = [f"x{self.scale}" if self.scale else "scale unknown", f"{self.bands or 3} bands",
+        parts = [f"x{self.scale}" if self.scale else "scale not stated", f"{self.bands or 3} bands",
                  f"range {self.value_range}"]
         if self.output_range:
             parts.append(f"output {self.output_range}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import replace
 from typing import Protocol, Sequence
 
 import torch
@@ -107,8 +108,9 @@ class NetworkUpscaler:
         if measured != int(scale):
             raise InputError(f"{spec} upscales x{measured}, but the scale asked for is {scale}: pass --scale {measured}")
         self.scale = measured
+        self.card = replace(card, scale=measured)
         shown = spec if spec.startswith(f"{kind}:") else f"{kind}:{spec}"
-        self.name = f"{shown} ({card.describe().replace('scale unknown', f'x{measured}')}, {runner.description})"
+        self.name = f"{shown} ({self.card.describe()}, {runner.description})"
 
     def _probe(self, spec: str) -> int:
         """The network's scale, measured on one mid-range trial tile; checks the shape contract."""
