@@ -290,7 +290,7 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
             t0 = time.perf_counter()  # routing is timed with the model: it decides what the model does
             routes = batch_routes(job, x, valid)
             upscale_routed(model, cheap_model_for(job, routes), batch, x, job.bands, captions, job.seeds, job.scale,
-                           routes)
+                           routes, job.stretch)
             seconds += time.perf_counter() - t0
     return seconds, scene_plan.grid
 

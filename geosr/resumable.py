@@ -103,10 +103,15 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         "--blend": config.blend, "--seed": config.seed, "--steps": config.steps,
         "--guidance": config.guidance, "--device": config.device, "--dtype": config.dtype,
         "--route": config.route, "--route-threshold": config.route_threshold,
+        "--model-meta": sorted(config.model_metadata.items()) or None,
         "--co": sorted(config.creation_options.items()),
         "--aoi": f"{os.path.abspath(config.aoi)} sha256 {_file_digest(config.aoi)}" if config.aoi else None,
     }
     ident.update({k: str(v) for k, v in settings.items()})
+    if config.model and os.path.isfile(config.model):
+        # a user's network file (.onnx, .pt) replaced at the same path makes other pixels
+        st = os.stat(config.model)
+        ident["model file"] = f"{st.st_size} bytes, content sample {content_sample(config.model, st.st_size)}"
     return ident
 
 

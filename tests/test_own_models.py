@@ -299,3 +299,21 @@ def _carried(network):
     from geosr.models.callable import ModelObject
 
     return ModelObject(object_spec(network) + "x", network)
+
+
+def test_model_meta_on_the_command_line(tmp_path):
+    """``--model-meta KEY=VALUE`` reaches the run (here: a scale the network does not have is refused)."""
+    from click.testing import CliRunner
+
+    from geosr.cli import cli
+    from geosr.cli.options import parse_model_metadata
+    assert parse_model_metadata(None, None, ("Scale=4", "value_range = 0-255")) == {"scale": "4", "value_range": "0-255"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript (still loads)
+        torch.jit.save(torch.jit.trace(ESPCN(2), torch.rand(1, 3, 16, 16)), str(tmp_path / "net.pt"))
+    src = uint8_scene(tmp_path / "in.tif", 48, 48)
+    res = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2", "--model",
+                                   str(tmp_path / "net.pt"), "--model-meta", "scale=4", "--captioner", "none", "-q"])
+    assert res.exit_code == 3 and "upscales x4" in res.stderr and not (tmp_path / "out.tif").exists(), res.stderr
+    bad = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--model-meta", "scale"])
+    assert bad.exit_code == 2 and "NAME=VALUE" in bad.output + bad.stderr

@@ -234,3 +234,16 @@ def test_validate_source_catches_black_tiles(tmp_path):
     assert any("does not match the source" in e for e in res.errors), res.errors
     res = invoke("validate", tmp_path / "black.tif", "--source", src)
     assert res.exit_code != 0 and "does not match the source" in res.output + res.stderr
+
+
+def test_the_identity_covers_a_network_file_and_its_metadata(tmp_path):
+    from geosr.resumable import run_identity
+
+    src = uint8_scene(tmp_path / "in.tif", 32, 32)
+    net = tmp_path / "net.onnx"
+    net.write_bytes(b"\x08\x07" + bytes(1000))
+    first = run_identity([str(src)], cfg(model=str(net)))
+    net.write_bytes(b"\x08\x07" + bytes(999) + b"\x01")  # the same size, another network
+    assert run_identity([str(src)], cfg(model=str(net)))["model file"] != first["model file"]
+    assert run_identity([str(src)], cfg(model=str(net), model_metadata={"scale": "2"}))["--model-meta"] != \
+        first["--model-meta"]

@@ -27,15 +27,24 @@ def parse_bands(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
     return bands
 
 
-def parse_creation_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, str]:
-    """``--co NAME=VALUE`` pairs -> dict."""
+def _pairs(values: tuple[str, ...], case: Callable[[str], str]) -> dict[str, str]:
     out = {}
     for item in values:
         name, sep, val = item.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip():
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
-        out[name.upper()] = val
+        out[case(name.strip())] = val.strip()
     return out
+
+
+def parse_creation_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, str]:
+    """``--co NAME=VALUE`` pairs -> dict (GDAL's option names in capitals)."""
+    return _pairs(values, str.upper)
+
+
+def parse_model_metadata(_ctx, _param, values: tuple[str, ...]) -> dict[str, str]:
+    """``--model-meta KEY=VALUE`` pairs -> dict (keys as :mod:`geosr.models.model_card` reads them)."""
+    return _pairs(values, str.lower)
 
 
 def verbosity(f: Callable) -> Callable:

@@ -7,7 +7,7 @@ import warnings
 import click
 
 from geosr.cli.options import (
-    OneLineErrors, exit_codes_help, fail_cleanly, one_line, parse_bands, parse_creation_options, setup_logging, stop_on_signals,
+    OneLineErrors, exit_codes_help, fail_cleanly, one_line, parse_bands, parse_creation_options, parse_model_metadata, setup_logging, stop_on_signals,
     verbosity,
 )
 from geosr.config import DEFAULT_CAPTIONER
@@ -20,7 +20,12 @@ from geosr.writer import check_file_name
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.argument("output", nargs=1, metavar="OUTPUT")
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True, help="Upscaling factor.")
-@click.option("--model", default=None, help="bicubic, lanczos, a shipped model name, a diffusers pipeline directory or a hub id. [default: geosr-tiny-x4 at x4, geosr-tiny-x2 at x2, bicubic at other scales]")
+@click.option("--model", default=None, help="bicubic, lanczos, nearest (classification rasters), a shipped model name, "
+              "a diffusers pipeline directory, a hub id, or your own network: an ONNX file (.onnx) or a TorchScript "
+              "archive (.pt). [default: geosr-tiny-x4 at x4, geosr-tiny-x2 at x2, bicubic at other scales]")
+@click.option("--model-meta", "model_metadata", multiple=True, callback=parse_model_metadata, metavar="KEY=VALUE",
+              help="What your own network (.onnx, .pt) takes, over its own metadata; repeatable: scale=4, bands=4, "
+                   "value_range=0-255 (or raw/10000: raster values / 10000), tile_multiple=8, tile_size=64, min_overlap=8.")
 @click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N (one caption per N x N tiles) or scene.")
 @click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
@@ -60,7 +65,7 @@ from geosr.writer import check_file_name
 @click.option("--route-map", type=click.Path(dir_okay=False), help="Also write a small GeoTIFF, one pixel per tile: "
               "texture, noise and 1 where the model ran (open it over the scene in QGIS).")
 @verbosity
-def upscale(inputs, output, scale, model, captioner, caption_every, tile, overlap, bands, bands_to_model, rgb_bands, aoi,
+def upscale(inputs, output, scale, model, model_metadata, captioner, caption_every, tile, overlap, bands, bands_to_model, rgb_bands, aoi,
             blend, creation_options,
             overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, connect_timeout, local_workers,
             performance_report, route, route_threshold, route_map, verbose, quiet):
@@ -99,7 +104,7 @@ def upscale(inputs, output, scale, model, captioner, caption_every, tile, overla
             warnings.simplefilter("ignore" if quiet else "always")
             warnings.showwarning = _show_warning
             return geosr.upscale(
-                list(inputs), output, scale=int(scale), model=model, captioner=captioner, caption_every=caption_every,
+                list(inputs), output, scale=int(scale), model=model, model_metadata=model_metadata, captioner=captioner, caption_every=caption_every,
                 tile=tile, overlap=overlap, bands=bands, bands_to_model=bands_to_model, rgb_bands=rgb_bands, aoi=aoi,
                 blend=blend, creation_options=creation_options,
                 overwrite=overwrite, resume=resume, device=device, dtype=dtype, steps=steps, guidance=guidance,
