@@ -1,10 +1,14 @@
-"""The Python API: :func:`upscale` and :func:`caption`, exported from :mod:`geosr`.
+"""The Python API, exported from :mod:`geosr`: one return type per verb.
 
-The command line is a thin layer over these two functions. A source is a path (or several),
-an open rasterio dataset or an ``xarray.DataArray`` with rioxarray georeferencing (see
-:mod:`geosr.sources`). With an output path a run writes a COG (:func:`geosr.engine.upscale_scene`,
-with its lock, journal and ``resume``); without one :func:`upscale` returns a lazy DataArray
-on the refined grid (:mod:`geosr.lazy`).
+- :func:`upscale` -> a lazy ``xarray.DataArray`` on the refined grid (:mod:`geosr.lazy`),
+  computed where it is read;
+- :func:`upscale_to_file` -> the :class:`~geosr.engine.RunReport` of a run that writes a COG
+  (:func:`geosr.engine.upscale_scene`: lock, journal, ``resume``) - what ``geosr upscale`` runs;
+- :func:`caption` -> the GeoJSON FeatureCollection of the tiles' captions (written to a file
+  when given one).
+
+A source is a path (or several), an open rasterio dataset or an ``xarray.DataArray`` with
+rioxarray georeferencing (see :mod:`geosr.sources`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
+from geosr.config import DEFAULT_CAPTIONER, DEFAULT_OVERLAP, DEFAULT_TILE, RunConfig, TileSpec
 from geosr.errors import GeosrError, InputError
 from geosr.scene import categorical_reason, expand_inputs
 from geosr.sources import Source, source_files
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 
     from geosr.engine import RunReport
 
-__all__ = ["upscale", "caption", "config_from_options", "python_spelling", "keyword_wording", "command_line_wording"]
+__all__ = ["upscale", "upscale_to_file", "caption", "config_from_options", "python_spelling", "keyword_wording", "command_line_wording"]
 
 # Whether errors leaving the API name options as the command line spells them (--overwrite)
 # or as Python does (overwrite=True): the commands call the same functions.
@@ -39,15 +43,14 @@ _FLAG_WITH_VALUE = re.compile(r"(?<![\w-])--(?P<name>route|model) (?P<value>auto
 
 def upscale(
     source: Source,
-    output: str | os.PathLike | None = None,
     *,
     scale: int,
     model: str | Callable | None = None,
     model_metadata: Mapping[str, Any] | None = None,
     captioner: str = DEFAULT_CAPTIONER,
     caption_every: str = "tile",
-    tile: int = 256,
-    overlap: int = 16,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
     bands: Sequence[int] | None = None,
     bands_to_model: str | Sequence[int] = "all",
     rgb_bands: Sequence[int] | None = None,
@@ -59,18 +62,14 @@ def upscale(
     steps: int | None = None,
     guidance: float | None = None,
     batch_size: int | None = None,
-    creation_options: Mapping[str, str] | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    address: str | None = None,
-    local_workers: int | None = None,
-    performance_report: str | os.PathLike | None = None,
-    progress: bool = False,
     route: str = "auto",
     route_threshold: float | None = None,
-    route_map: str | os.PathLike | None = None,
-) -> "RunReport | xarray.DataArray":
-    """Super-resolve a scene: into a COG at ``output``, or as a lazy DataArray.
+) -> "xarray.DataArray":
+    """Super-resolve a scene lazily: a DataArray on the refined grid, computed where it is read.
+
+    Nothing runs now. Computing a region runs only the tiles under it, on the current dask
+    scheduler, with the pixels :func:`upscale_to_file` writes; write the whole scene as a COG
+    with :func:`upscale_to_file` (or ``geosr upscale``) instead, which also resumes.
 
     Parameters
     ----------
@@ -81,9 +80,6 @@ def upscale(
         temporary GeoTIFF first (computed chunk by chunk; the input is ``scale**2`` times
         smaller than the output), named after its source file when it has one, so its
         tile seeds are those of the file.
-    output : path-like, optional
-        Write a Cloud Optimized GeoTIFF there (and ``OUTPUT.captions.geojson``) and return
-        the run's report. Without it, nothing is computed now: a lazy DataArray is returned.
     scale : int
         2, 3, 4 or 8.
     model : str or callable, optional
@@ -125,12 +121,6 @@ def upscale(
         Neural model options (torch device, ``fp32``/``fp16``/``bf16`` - by default bf16 on
         CUDA and on CPUs with AMX, else fp32 -, diffusion steps, guidance scale, tiles per
         model call).
-    creation_options, overwrite, resume, address, local_workers, performance_report
-        Options of a run that writes ``output`` (as ``geosr upscale``): GDAL COG creation
-        options, replace OUTPUT, continue a stopped run, dask.distributed scheduler
-        address or local worker processes, dask performance report (HTML).
-    progress : bool
-        Show a progress bar (runs with ``output`` only).
     route : str
         ``auto`` (default): tiles that are flat and clean go to the cheap path instead of
         the model (:mod:`geosr.routing`: the shipped fast network for the scale, else
@@ -138,80 +128,218 @@ def upscale(
     route_threshold : float, optional
         Texture (RMS gradient, DN per input pixel) under which a clean tile is flat; default:
         the one calibrated for the cheap path.
-    route_map : path-like, optional
-        Also write the route map, one pixel per tile (texture, noise, model or not), a
-        small GeoTIFF (:mod:`geosr.route_map`; runs with ``output`` only).
 
     Returns
     -------
-    RunReport or xarray.DataArray
-        With ``output``: the report of the run. Without: a lazy ``(band, y, x)`` DataArray
-        on the input grid refined ``scale`` times (same bounds and CRS, transform
-        ``in.transform * Affine.scale(1 / scale)``), in the input dtype, with rioxarray's
-        transform, CRS and nodata, ``band`` = input band numbers, ``long_name`` = their
-        descriptions. Its dask chunks are the tile grid times ``scale``; computing a
-        region runs only the tiles under it, on the current dask scheduler, with the
-        pixels ``geosr upscale`` writes. Masks other than nodata (alpha, internal masks)
-        are not carried: write a COG for those.
+    xarray.DataArray
+        A lazy ``(band, y, x)`` DataArray on the input grid refined ``scale`` times (same
+        bounds and CRS, transform ``in.transform * Affine.scale(1 / scale)``), in the input
+        dtype, with rioxarray's transform, CRS and nodata, ``band`` = input band numbers,
+        ``long_name`` = their descriptions. Its dask chunks are the tile grid times ``scale``.
+        Masks other than nodata (alpha, internal masks) are not carried: write a COG for those.
 
     Raises
     ------
     geosr.errors.GeosrError
         :class:`~geosr.errors.InputError` for bad arguments or inputs (a classification
-        raster with any model but ``nearest``, too), and the narrow classes of
-        :mod:`geosr.errors` for failed runs (``exit_code`` of each is the CLI's). Messages
-        name options as keyword arguments (``pass overwrite=True``).
+        raster with any model but ``nearest``, a network that does not fit, too). Messages
+        name options as keyword arguments.
 
     Examples
     --------
     >>> import geosr, rioxarray
     >>> da = rioxarray.open_rasterio("scene.tif", chunks={"x": 1024, "y": 1024})
-    >>> hr = geosr.upscale(da, scale=4, model="bicubic")   # lazy
+    >>> hr = geosr.upscale(da, scale=4, model="bicubic")
     >>> hr.isel(x=slice(0, 512), y=slice(0, 512)).compute()
-    >>> geosr.upscale("scene.tif", "scene_x4.tif", scale=4)  # a COG and its report
     """
     with keyword_wording():
-        model, model_object = _model_spec(model)
-        config = config_from_options(
-            scale=scale, model=model, model_object=model_object, model_metadata=dict(model_metadata or {}),
-            captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
-            bands=bands, bands_to_model=bands_to_model, rgb_bands=rgb_bands, aoi=aoi, blend=blend, seed=seed,
-            device=device, dtype=dtype, steps=steps,
-            guidance=guidance, batch_size=batch_size, creation_options=creation_options, overwrite=overwrite,
-            resume=resume, address=address, local_workers=local_workers, progress=progress, route=route,
-            route_threshold=route_threshold,
-        )
-        # torch-free `import geosr`: the model modules load when a run starts
-        from geosr.models.fit import check_model_fits
+        config = _upscale_config(locals())
+        from geosr.lazy import lazy_upscale
 
-        if output is None:
-            _refuse_run_options(
-                creation_options=creation_options, overwrite=overwrite, resume=resume, address=address,
-                local_workers=local_workers, performance_report=performance_report, progress=progress,
-                route_map=route_map,
-            )
-            from geosr.lazy import lazy_upscale
+        files = source_files(source)
+        try:
+            _check_model(files.paths, config)
+        except InputError:
+            files.cleanup()
+            raise
+        return lazy_upscale(files, config)
 
-            files = source_files(source)
-            try:
-                _refuse_classes(files.paths, config.model)
-                check_model_fits(files.paths, config)
-            except InputError:
-                files.cleanup()
-                raise
-            return lazy_upscale(files, config)
+
+def upscale_to_file(
+    source: Source,
+    output: str | os.PathLike,
+    *,
+    scale: int,
+    model: str | Callable | None = None,
+    model_metadata: Mapping[str, Any] | None = None,
+    captioner: str = DEFAULT_CAPTIONER,
+    caption_every: str = "tile",
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    bands: Sequence[int] | None = None,
+    bands_to_model: str | Sequence[int] = "all",
+    rgb_bands: Sequence[int] | None = None,
+    aoi: str | os.PathLike | None = None,
+    blend: str = "cosine",
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int | None = None,
+    route: str = "auto",
+    route_threshold: float | None = None,
+    creation_options: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    address: str | None = None,
+    connect_timeout: float | None = None,
+    local_workers: int | None = None,
+    performance_report: str | os.PathLike | None = None,
+    progress: bool = False,
+    route_map: str | os.PathLike | None = None,
+) -> "RunReport":
+    """Super-resolve a scene into a Cloud Optimized GeoTIFF at ``output`` (what ``geosr upscale`` runs).
+
+    The run holds OUTPUT's lock, journals its finished cells (a stopped run continues with
+    ``resume=True``) and writes nothing at ``output`` unless it succeeds; the captions go to
+    ``OUTPUT.captions.geojson``.
+
+    Parameters
+    ----------
+    source : path-like, sequence of path-like, rasterio dataset or xarray.DataArray
+        One raster or .vrt; several same-grid rasters, a directory or a glob (a mosaic);
+        an open rasterio dataset; or a DataArray with rioxarray georeferencing, dims
+        ``(band, y, x)`` or ``(y, x)``, in memory or dask-backed. A DataArray is written to a
+        temporary GeoTIFF first (computed chunk by chunk; the input is ``scale**2`` times
+        smaller than the output), named after its source file when it has one, so its
+        tile seeds are those of the file.
+    scale : int
+        2, 3, 4 or 8.
+    model : str or callable, optional
+        ``bicubic``, ``lanczos``, ``nearest`` (the one model for classification rasters:
+        land cover, masks), a shipped model, a diffusers directory or hub id (default: the
+        model shipped for the scale, ``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2;
+        bicubic at x3 and x8); your own network as an ONNX file (``.onnx``), a TorchScript
+        archive (``.pt``), or a torch module or function ``(N, C, h, w) -> (N, C, s*h, s*w)``
+        (named ``python:NAME@HASH`` in tags and the run identity; see
+        :mod:`geosr.models.callable` for its limits).
+    model_metadata : mapping, optional
+        What your own network takes, over what it says of itself: ``scale``, ``bands``,
+        ``value_range`` (``0-1``, ``0-255``, ``raw/10000``...), ``tile_multiple``,
+        ``tile_size``, ``min_overlap`` (:mod:`geosr.models.model_card`).
+    captioner : str
+        ``degradation``, ``mllm:geosr-caption-tiny`` (the shipped VLM), ``mllm:DIR-OR-HUB-ID``,
+        ``fixed:TEXT`` or ``none``.
+    caption_every : str
+        ``tile``, ``window:N`` or ``scene``.
+    tile, overlap : int
+        Tile core size and halo in input pixels.
+    bands : sequence of int, optional
+        1-based bands to process (default: all but alpha).
+    bands_to_model : ``"all"``, ``"rgb"`` or sequence of int
+        ``all`` (default): every band through the model, R, G, B as one group and every
+        other band (NIR, red edge, SWIR, panchromatic...) alone; ``rgb``: R, G, B only, the
+        other bands bicubic; band numbers: those bands through the model, the rest bicubic.
+    rgb_bands : sequence of int, optional
+        The bands that are red, green and blue, e.g. ``(3, 2, 1)`` for a B2, B3, B4 stack
+        (default: read from band descriptions, wavelengths or colour interpretation; else
+        bands 1-3, with a warning). Captions and routing read these bands.
+    aoi : path-like, optional
+        GeoJSON polygon(s): only tiles touching them are processed, the rest is nodata.
+    blend : str
+        ``cosine`` or ``none``.
+    seed : int
+        Base seed; per-tile seeds derive from it.
+    device, dtype, steps, guidance, batch_size
+        Neural model options (torch device, ``fp32``/``fp16``/``bf16`` - by default bf16 on
+        CUDA and on CPUs with AMX, else fp32 -, diffusion steps, guidance scale, tiles per
+        model call).
+    route : str
+        ``auto`` (default): tiles that are flat and clean go to the cheap path instead of
+        the model (:mod:`geosr.routing`: the shipped fast network for the scale, else
+        bicubic); ``off``: every tile goes to the model.
+    route_threshold : float, optional
+        Texture (RMS gradient, DN per input pixel) under which a clean tile is flat; default:
+        the one calibrated for the cheap path.
+    output : path-like
+        The COG to write.
+    creation_options, overwrite, resume
+        GDAL COG creation options, replace OUTPUT, continue a stopped run of the same output
+        and settings.
+    address, connect_timeout, local_workers
+        A dask.distributed scheduler address (``tcp://host:8786``) and how long to wait for it
+        (seconds, default 5), or local worker processes.
+    performance_report : path-like, optional
+        Write dask's performance report (HTML) there.
+    progress : bool
+        Show a progress bar.
+    route_map : path-like, optional
+        Also write the route map, one pixel per tile (texture, noise, model or not), a small
+        GeoTIFF (:mod:`geosr.route_map`).
+
+    Returns
+    -------
+    RunReport
+        What the run did: tiles processed, skipped, resumed and routed, seconds, output and
+        computed megapixels, the captions sidecar.
+
+    Raises
+    ------
+    geosr.errors.GeosrError
+        :class:`~geosr.errors.InputError` for bad arguments or inputs, and the narrow classes
+        of :mod:`geosr.errors` for failed runs (``exit_code`` of each is the CLI's). Messages
+        name options as keyword arguments (``pass overwrite=True``).
+
+    Examples
+    --------
+    >>> report = geosr.upscale_to_file("scene.tif", "scene_x4.tif", scale=4)
+    >>> report.output, report.megapixels_per_second
+    """
+    with keyword_wording():
+        config = _upscale_config(locals())
         from geosr.engine import upscale_scene
 
         if performance_report is not None:
             _require_reports()
         files = source_files(source)
         try:
-            _refuse_classes(files.paths, config.model)
-            check_model_fits(files.paths, config)
+            _check_model(files.paths, config)
             report = os.fspath(performance_report) if performance_report is not None else None
-            return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
+            with _scheduler_timeout(connect_timeout):
+                return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
         finally:
             files.cleanup()
+
+
+def _upscale_config(arguments: Mapping[str, Any]) -> RunConfig:
+    """The :class:`RunConfig` of an :func:`upscale` / :func:`upscale_to_file` call's arguments."""
+    run_only = ("source", "output", "connect_timeout", "performance_report", "route_map")
+    options = {k: v for k, v in arguments.items() if k not in run_only}
+    options["model"], options["model_object"] = _model_spec(options["model"])
+    options["model_metadata"] = dict(options["model_metadata"] or {})
+    return config_from_options(**options)
+
+
+def _check_model(files: Sequence[str], config: RunConfig) -> None:
+    """Refuse what the model cannot do on these files, before any tile: classes, a network that does not fit."""
+    # torch-free `import geosr`: the model modules load when a run starts
+    from geosr.models.fit import check_model_fits
+
+    _refuse_classes(files, config.model)
+    check_model_fits(files, config)
+
+
+@contextlib.contextmanager
+def _scheduler_timeout(seconds: float | None) -> Iterator[None]:
+    """``connect_timeout`` where the scheduler code reads it (dask's config, as the CLI sets it)."""
+    if seconds is None:
+        yield
+        return
+    import dask
+
+    with dask.config.set({"geosr.connect-timeout": float(seconds)}):
+        yield
 
 
 def caption(
@@ -220,8 +348,8 @@ def caption(
     *,
     captioner: str = DEFAULT_CAPTIONER,
     caption_every: str = "tile",
-    tile: int = 256,
-    overlap: int = 16,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
     bands: Sequence[int] | None = None,
     rgb_bands: Sequence[int] | None = None,
     aoi: str | os.PathLike | None = None,
@@ -273,9 +401,9 @@ def caption(
             files.cleanup()
 
 
-def config_from_options(*, scale: int = 4, tile: int = 256, overlap: int = 16, bands: Sequence[int] | None = None,
-                aoi: str | os.PathLike | None = None, creation_options: Mapping[str, str] | None = None,
-                **options) -> RunConfig:
+def config_from_options(*, scale: int = 4, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                        bands: Sequence[int] | None = None, aoi: str | os.PathLike | None = None,
+                        creation_options: Mapping[str, str] | None = None, **options) -> RunConfig:
     """A :class:`RunConfig` from keyword arguments, with the type checks a CLI gets from click."""
     for name, value in (("scale", scale), ("tile", tile), ("overlap", overlap)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -323,13 +451,6 @@ def _require_reports() -> None:
         raise InputError("a performance report needs bokeh: pip install 'geosr[reports]'") from exc
 
 
-def _refuse_run_options(**options) -> None:
-    """Options that only mean something for a run writing a file must not be silently ignored."""
-    given = [name for name, value in options.items() if value not in (None, False, {})]
-    if given:
-        raise InputError(f"{', '.join(given)} only apply when writing to an output file (pass output=...)")
-
-
 def python_spelling(text: str) -> str:
     """``text`` with the command line's options spelled as keyword arguments of :func:`upscale`.
 
@@ -339,7 +460,7 @@ def python_spelling(text: str) -> str:
     """
     import inspect
 
-    keywords = set(inspect.signature(upscale).parameters)
+    keywords = set(inspect.signature(upscale_to_file).parameters)
 
     def spell(match: re.Match) -> str:
         name = match["name"].replace("-", "_")

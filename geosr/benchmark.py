@@ -200,7 +200,7 @@ def _scale_of(upscale_args: Sequence[str]) -> int:
 
 
 def _upscale_params(argv: Sequence[str]) -> dict:
-    """``geosr upscale`` arguments -> keyword arguments of :func:`geosr.upscale` (as the CLI passes them)."""
+    """``geosr upscale`` arguments -> keyword arguments of :func:`geosr.upscale_to_file` (as the CLI passes them)."""
     from geosr.cli.upscale import upscale as command
 
     params = dict(command.make_context("upscale", list(argv)).params)
@@ -233,7 +233,7 @@ def _child(argv: Sequence[str]) -> None:
 
     params = _upscale_params(argv)
     t0 = time.perf_counter()
-    report = geosr.upscale(**params)
+    report = geosr.upscale_to_file(**params)
     seconds = time.perf_counter() - t0
     peak_kib = _own_peak_rss_kib()
     # worker processes of --local-workers, reaped by now: the largest one's peak (an upper
@@ -256,7 +256,8 @@ def _model_only_child(argv: Sequence[str]) -> None:
     from geosr.api import config_from_options
     from geosr.models import load_upscaler
 
-    run_keys = ("overwrite", "resume", "address", "local_workers", "performance_report", "creation_options", "route_map")
+    run_keys = ("overwrite", "resume", "address", "connect_timeout", "local_workers", "performance_report",
+                "creation_options", "route_map")
     config = config_from_options(**{k: v for k, v in params.items() if k not in run_keys + ("source",)})
     t0 = time.perf_counter()
     load_upscaler(config.model, config.scale, **config.model_options())  # cached: the timed part reuses it

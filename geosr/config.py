@@ -1,20 +1,18 @@
-"""Run settings as frozen dataclasses, loadable from YAML presets in configs/."""
+"""Run settings as frozen dataclasses, and the defaults every front end (API, CLI, QGIS) shares."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
-
-import yaml
 
 from geosr.band_roles import parse_bands_to_model, parse_rgb_bands
 from geosr.errors import InputError
 
-__all__ = ["TileSpec", "RunConfig", "load_run_config", "check_device", "DEFAULT_CAPTIONER"]
+__all__ = ["TileSpec", "RunConfig", "check_device", "DEFAULT_CAPTIONER", "DEFAULT_OVERLAP", "DEFAULT_TILE"]
 
 DEFAULT_CAPTIONER = "degradation"
+#: Tile core and halo in input pixels: the one place these defaults live (API, CLI, QGIS read them).
+DEFAULT_TILE, DEFAULT_OVERLAP = 256, 16
 SCALES = (2, 3, 4, 8)
 
 
@@ -22,8 +20,8 @@ SCALES = (2, 3, 4, 8)
 class TileSpec:
     """Tile plan settings, in LR pixels: core size and halo width."""
 
-    tile: int = 256
-    overlap: int = 16
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
 
     def __post_init__(self) -> None:
         if self.tile < 8:
@@ -225,21 +223,3 @@ def parse_caption_every(spec: str) -> tuple[str, int]:
     if kind == "window" and n.isdigit() and int(n) >= 1:
         return "window", int(n)
     raise InputError(f"--caption-every must be tile, window:N or scene, got {spec!r}")
-
-
-def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
-    """Read a YAML inference preset (configs/inference/*.yaml); ``overrides`` win."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read config {path}: {exc}") from exc
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = set(raw) - known - {"tile", "overlap"}
-    if unknown:
-        raise InputError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
-    tiles = TileSpec(raw.pop("tile", 256), raw.pop("overlap", 16))
-    for key in ("bands", "rgb_bands"):
-        if raw.get(key) is not None:
-            raw[key] = tuple(raw[key])
-    return RunConfig(tiles=tiles, **raw)

@@ -19,7 +19,7 @@ from rasterio.errors import RasterioError
 __all__ = [
     "EXIT_CODES", "GeosrError", "InputError", "ReadError", "GridMismatchError", "GeoreferenceError",
     "OutputError", "OutputExistsError", "OutputLockedError", "WriteError", "ResumeError", "RunStopped",
-    "ModelError", "CaptionerError", "ValidationError", "StopRequested", "GDAL_ERRORS", "gdal_cause",
+    "ModelError", "CaptionerError", "StopRequested", "GDAL_ERRORS", "gdal_cause",
     "read_errors_named",
 ]
 
@@ -95,10 +95,6 @@ class RunStopped(GeosrError):
     """The run stopped before finishing (a signal, a lost worker); it can be resumed."""
 
     exit_code = 8
-
-
-class ValidationError(GeosrError):
-    """``geosr validate`` found problems in an output file."""
 
 
 class StopRequested(KeyboardInterrupt):

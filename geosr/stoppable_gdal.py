@@ -79,6 +79,11 @@ def loaded_libgdal(use_errno: bool = False, by_name: bool = False) -> ctypes.CDL
     return ctypes.CDLL(name, use_errno=use_errno) if name else None
 
 
+#: What GDAL reports, as a failure, for the statistics of a band with no valid pixel; an
+#: all-masked output (an all-NaN scene) is a right answer, written without statistics.
+_NO_VALID_PIXEL = "no valid pixels found"
+
+
 @functools.lru_cache(maxsize=1)
 def _gdal() -> ctypes.CDLL | None:
     """libgdal with the signatures of the functions used here (None: see :func:`loaded_libgdal`)."""
@@ -98,6 +103,7 @@ def _gdal() -> ctypes.CDLL | None:
         ("CPLPushErrorHandlerEx", None, [_ERROR_HANDLER, vp]),
         ("CPLPopErrorHandler", None, []),
         ("CPLErrorReset", None, []),
+        ("CPLGetLastErrorMsg", cp, []),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
@@ -204,6 +210,8 @@ class GdalPass:
                     # full resolution, nodata excluded; GDAL keeps them as STATISTICS_* metadata
                     if lib.GDALComputeRasterStatistics(lib.GDALGetRasterBand(ds, band), 0,
                                                        *map(ctypes.byref, stats), self._progress, None):
+                        if _NO_VALID_PIXEL in (lib.CPLGetLastErrorMsg() or b"").decode(errors="replace"):
+                            continue  # an all-masked band (an all-NaN scene) has no statistics: not a failure
                         fail()
             except BaseException:
                 lib.GDALClose(ds)
@@ -225,8 +233,8 @@ class GdalPass:
 
         def reasons() -> list[str]:
             printed = _LIBTIFF_ERROR.findall(stderr.read())
-            return list(dict.fromkeys([line.strip() for line in printed] +
-                                      [text for cls, text in messages if cls >= _CE_FAILURE]))
+            failures = [text for cls, text in messages if cls >= _CE_FAILURE and _NO_VALID_PIXEL not in text]
+            return list(dict.fromkeys([line.strip() for line in printed] + failures))
 
         def fail() -> None:
             if self._signals:

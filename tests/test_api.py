@@ -99,12 +99,12 @@ def test_accessor_on_an_in_memory_dataarray(scene):
 def test_output_mode_from_a_rasterio_dataset_writes_the_cli_pixels(scene, tmp_path):
     src, cli_pixels, _ = scene
     with rasterio.open(src) as ds:
-        report = geosr.upscale(ds, tmp_path / "api.tif", **OPTIONS)
+        report = geosr.upscale_to_file(ds, tmp_path / "api.tif", **OPTIONS)
     assert report.output == tmp_path / "api.tif" and report.tiles_skipped == 1
     with rasterio.open(report.output) as ds:
         np.testing.assert_array_equal(ds.read(), cli_pixels)
     with pytest.raises(OutputExistsError):
-        geosr.upscale(src, tmp_path / "api.tif", **OPTIONS)
+        geosr.upscale_to_file(src, tmp_path / "api.tif", **OPTIONS)
 
 
 def test_caption_returns_or_writes_the_cli_captions(scene, tmp_path):
@@ -122,7 +122,7 @@ def test_caption_returns_or_writes_the_cli_captions(scene, tmp_path):
 def test_performance_report_without_bokeh_is_refused_up_front(scene, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bokeh", None)  # as if the [reports] extra were not installed
     with pytest.raises(InputError, match=r"geosr\[reports\]"):
-        geosr.upscale(scene[0], tmp_path / "o.tif", performance_report=tmp_path / "r.html", **OPTIONS)
+        geosr.upscale_to_file(scene[0], tmp_path / "o.tif", performance_report=tmp_path / "r.html", **OPTIONS)
     assert not (tmp_path / "o.tif").exists()
 
 
@@ -135,19 +135,33 @@ def test_performance_report_without_bokeh_is_refused_up_front(scene, tmp_path, m
         (lambda src: geosr.upscale(src, scale=2, bands=[3]), InputError),
         (lambda src: geosr.upscale(src, scale=2, tile=4), InputError),
         (lambda src: geosr.upscale(src, scale=2, model="no-such-model"), ModelError),
-        (lambda src: geosr.upscale(src, scale=2, model="bicubic", overwrite=True), InputError),
         (lambda src: geosr.upscale(42, scale=2), InputError),
         (lambda src: geosr.upscale(src.parent / "missing.tif", scale=2, model="bicubic"), InputError),
         (lambda src: geosr.upscale(xr.DataArray(np.zeros((2, 3, 4, 5)), dims=("t", "band", "y", "x")), scale=2), InputError),
         (lambda src: geosr.caption(src, caption_every="sometimes"), InputError),
     ],
-    ids=["scale", "scale-str", "bands-str", "band-missing", "tile", "model", "run-option-lazy", "source-type",
+    ids=["scale", "scale-str", "bands-str", "band-missing", "tile", "model", "source-type",
          "missing-file", "dataarray-dims", "caption-every"],
 )
 def test_bad_arguments_raise_geosr_errors(scene, call, error):
     with pytest.raises(error) as info:
         call(scene[0])
     assert isinstance(info.value, GeosrError)
+
+
+def test_one_return_type_per_verb_and_the_accessor_shows_the_signatures(scene, tmp_path):
+    import inspect
+
+    src = scene[0]
+    assert isinstance(geosr.upscale(src, **OPTIONS), xr.DataArray)
+    assert isinstance(geosr.upscale_to_file(src, tmp_path / "o.tif", **OPTIONS), geosr.RunReport)
+    with pytest.raises(TypeError):  # a lazy result has no file options: Python says so
+        geosr.upscale(src, overwrite=True, **OPTIONS)
+    da = rioxarray.open_rasterio(src)
+    for name in ("upscale", "upscale_to_file", "caption"):
+        shown = inspect.signature(getattr(da.geosr, name))
+        wanted = list(inspect.signature(getattr(geosr, name)).parameters)[1:]  # all but the source
+        assert list(shown.parameters) == wanted
 
 
 def test_a_four_band_uint8_dataarray_keeps_its_fourth_band():
@@ -164,7 +178,7 @@ def test_errors_name_python_keywords_and_the_command_its_flags(scene, tmp_path):
     out = tmp_path / "out.tif"
     out.write_bytes(b"")
     with pytest.raises(OutputExistsError, match=r"pass overwrite=True to replace it") as info:
-        geosr.upscale(scene[0], out, **OPTIONS)
+        geosr.upscale_to_file(scene[0], out, **OPTIONS)
     assert "--" not in str(info.value)
     with pytest.raises(InputError, match=r"^tile must be at least 8 px"):
         geosr.upscale(scene[0], scale=2, tile=4)

@@ -159,7 +159,7 @@ def test_networks_of_other_band_counts():
 
 
 def run(src, out, **options):
-    return geosr.upscale(src, out, scale=2, overwrite=True, **options)
+    return geosr.upscale_to_file(src, out, scale=2, overwrite=True, **options)
 
 
 def read(path):

@@ -49,7 +49,7 @@ def test_a_land_cover_raster_is_refused_with_a_one_line_hint(tmp_path, model):
 
 def test_nearest_keeps_every_class_and_the_mask(tmp_path):
     src, data = land_cover(tmp_path / "lc.tif", nodata=0)
-    geosr.upscale(src, tmp_path / "out.tif", scale=3, model="nearest", tile=32, overlap=8)
+    geosr.upscale_to_file(src, tmp_path / "out.tif", scale=3, model="nearest", tile=32, overlap=8)
     with rasterio.open(tmp_path / "out.tif") as out:
         hr = out.read()
         assert out.tags()["GEOSR_MODEL"] == "nearest" and out.nodata == 0

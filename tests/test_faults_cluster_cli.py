@@ -142,7 +142,7 @@ def test_local_workers_below_one_is_refused_at_once(scene):
     assert res.exit_code == 2 and "--local-workers" in error_line(res.stderr) and "x>=1" in error_line(res.stderr)
     assert seconds < 5
     with pytest.raises(InputError, match="at least 1, got -3"):
-        geosr.upscale(scene / "in.tif", scene / "out.tif", scale=2, model="bicubic", captioner="none", local_workers=-3)
+        geosr.upscale_to_file(scene / "in.tif", scene / "out.tif", scale=2, model="bicubic", captioner="none", local_workers=-3)
     assert names(scene) == ["in.tif"]
 
 
@@ -150,7 +150,7 @@ def test_the_api_takes_the_connect_timeout_from_dask_config(scene):
     start = time.monotonic()
     with http_server() as address, dask.config.set({"geosr.connect-timeout": "1s"}):
         with pytest.raises(InputError, match="said nothing within 1 s"):
-            geosr.upscale(scene / "in.tif", scene / "out.tif", scale=2, model="bicubic", captioner="none",
+            geosr.upscale_to_file(scene / "in.tif", scene / "out.tif", scale=2, model="bicubic", captioner="none",
                           address=address)
     assert time.monotonic() - start < 5
     assert names(scene) == ["in.tif"]
@@ -334,7 +334,7 @@ def test_a_device_torch_cannot_use_is_refused_up_front(device, words, scene):
     assert res.exit_code == 3 and f"--device {device}: " in line and words in line, line
     assert seconds < 5
     with pytest.raises(InputError, match=words):
-        geosr.upscale(scene / "in.tif", scene / "out.tif", scale=2, captioner="none", device=device)
+        geosr.upscale_to_file(scene / "in.tif", scene / "out.tif", scale=2, captioner="none", device=device)
     assert names(scene) == ["in.tif"]
 
 

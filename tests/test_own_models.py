@@ -118,7 +118,7 @@ def test_own_network_gives_the_module_pixels_on_the_refined_grid(kind, scene, ne
     else:
         model = net
     out = tmp_path / "out.tif"
-    geosr.upscale(scene, out, scale=2, model=model, **COMMON)
+    geosr.upscale_to_file(scene, out, scale=2, model=model, **COMMON)
     pixels, meta = read(out)
     with rasterio.open(scene) as src:
         assert meta["transform"] == src.transform * Affine.scale(1 / 2)
@@ -141,8 +141,8 @@ def test_value_range_0_255_and_a_sidecar_give_the_same_pixels(scene, net, tmp_pa
 
     model = export_onnx(In255(), tmp_path / "in255.onnx")
     (tmp_path / "in255.json").write_text(json.dumps({"scale": 2, "value_range": "0-255"}))
-    geosr.upscale(scene, tmp_path / "a.tif", scale=2, model=model, **COMMON)
-    geosr.upscale(scene, tmp_path / "b.tif", scale=2, model=net, **COMMON)
+    geosr.upscale_to_file(scene, tmp_path / "a.tif", scale=2, model=model, **COMMON)
+    geosr.upscale_to_file(scene, tmp_path / "b.tif", scale=2, model=net, **COMMON)
     a, b = read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
@@ -156,7 +156,7 @@ def test_a_raw_value_network_reads_raster_values_not_the_stretch(tmp_path):
     def nearest(x):
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
-    geosr.upscale(path, tmp_path / "out.tif", scale=2, model=nearest, model_metadata={"value_range": "raw/10000"},
+    geosr.upscale_to_file(path, tmp_path / "out.tif", scale=2, model=nearest, model_metadata={"value_range": "raw/10000"},
                   **COMMON)
     out = read(tmp_path / "out.tif")[0]
     assert np.array_equal(out, data.repeat(2, axis=1).repeat(2, axis=2))
@@ -167,8 +167,8 @@ def test_a_python_object_goes_to_worker_processes(scene, tmp_path):
         pass
 
     net = Local(seed=3).eval()
-    geosr.upscale(scene, tmp_path / "w.tif", scale=2, model=net, local_workers=1, **COMMON)
-    geosr.upscale(scene, tmp_path / "t.tif", scale=2, model=net, **COMMON)
+    geosr.upscale_to_file(scene, tmp_path / "w.tif", scale=2, model=net, local_workers=1, **COMMON)
+    geosr.upscale_to_file(scene, tmp_path / "t.tif", scale=2, model=net, **COMMON)
     assert np.array_equal(read(tmp_path / "w.tif")[0], read(tmp_path / "t.tif")[0])
 
 
@@ -182,10 +182,10 @@ def test_the_identity_of_a_python_object_is_its_weights_and_code(net):
 def test_a_wrong_scale_is_refused_up_front(scene, net, tmp_path):
     model = export_onnx(net, tmp_path / "x2.onnx", {"scale": 2})
     with pytest.raises(InputError, match=r"upscales x2 \(x2.onnx metadata\); the run asks for x4: pass scale 2"):
-        geosr.upscale(scene, tmp_path / "out.tif", scale=4, model=model, **COMMON)
+        geosr.upscale_to_file(scene, tmp_path / "out.tif", scale=4, model=model, **COMMON)
     # without metadata the scale is measured on a trial tile when the model loads, before any tile
     with pytest.raises(InputError, match="upscales x2, but the scale asked for is 4") as caught:
-        geosr.upscale(scene, tmp_path / "out.tif", scale=4, model=net, **COMMON)
+        geosr.upscale_to_file(scene, tmp_path / "out.tif", scale=4, model=net, **COMMON)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out.tif").exists()
 
@@ -193,7 +193,7 @@ def test_a_wrong_scale_is_refused_up_front(scene, net, tmp_path):
 def test_a_wrong_band_count_is_refused_up_front(scene, tmp_path):
     model = export_onnx(ESPCN(bands=4), tmp_path / "rgbn.onnx", {"scale": 2}, bands=4)
     with pytest.raises(InputError, match=r"rgbn.onnx takes 4 bands \(rgbn.onnx metadata\); there are 3 in the input"):
-        geosr.upscale(scene, tmp_path / "out.tif", scale=2, model=model, **COMMON)
+        geosr.upscale_to_file(scene, tmp_path / "out.tif", scale=2, model=model, **COMMON)
 
 
 def test_non_finite_output_is_never_written(scene, tmp_path):
@@ -203,7 +203,7 @@ def test_non_finite_output_is_never_written(scene, tmp_path):
         return y
 
     with pytest.raises(ModelError, match="NaN or infinite values for 1 of 1 tile") as caught:
-        geosr.upscale(scene, tmp_path / "out.tif", scale=2, model=broken, **COMMON)
+        geosr.upscale_to_file(scene, tmp_path / "out.tif", scale=2, model=broken, **COMMON)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out.tif").exists()
 
@@ -218,12 +218,12 @@ def test_a_network_that_is_not_an_upscaler_is_refused(net):
 
 def test_a_fixed_size_network_takes_smaller_tiles_padded_and_refuses_larger(scene, net, tmp_path):
     model = export_onnx(net, tmp_path / "fixed.onnx", {"scale": 2}, static=48)
-    geosr.upscale(scene, tmp_path / "out.tif", scale=2, model=model, **COMMON)  # 32 + 2 x 8 = 48
+    geosr.upscale_to_file(scene, tmp_path / "out.tif", scale=2, model=model, **COMMON)  # 32 + 2 x 8 = 48
     inner = away_from_seams(scene, 2)
     diff = np.abs(read(tmp_path / "out.tif")[0].astype(int) - whole_image(net, scene).astype(int))[:, inner]
     assert diff.max() <= 1
     with pytest.raises(InputError, match=r"takes tiles of at most 48x48 px .*: pass tile 32"):
-        geosr.upscale(scene, tmp_path / "big.tif", scale=2, model=model, **{**COMMON, "tile": 64})
+        geosr.upscale_to_file(scene, tmp_path / "big.tif", scale=2, model=model, **{**COMMON, "tile": 64})
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -44,7 +44,7 @@ def outlier_scene(path, dtype: str):
 
 
 def upscale(src, out, model):
-    return geosr.upscale(src, out, scale=2, model=model, tile=96, overlap=16, route="off", captioner="degradation")
+    return geosr.upscale_to_file(src, out, scale=2, model=model, tile=96, overlap=16, route="off", captioner="degradation")
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geosr.cli.options import fail_cleanly, parse_bands, setup_logging, verbosity
+from geosr.cli.options import fail_cleanly, parse_bands, setup_logging, tile_options, verbosity
 from geosr.config import DEFAULT_CAPTIONER
 
 
@@ -13,8 +13,7 @@ from geosr.config import DEFAULT_CAPTIONER
 @click.option("--out", "output", required=True, type=click.Path(dir_okay=False), help="GeoJSON to write (tile footprints + captions).")
 @click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N or scene.")
-@click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
-@click.option("--overlap", default=16, show_default=True, help="Halo on each side of a tile.")
+@tile_options
 @click.option("--bands", callback=parse_bands, help="Bands to look at, e.g. 1,2,3.")
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s) selecting tiles.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")

@@ -7,15 +7,14 @@ import tempfile
 
 import click
 
-from geosr.cli.options import fail_cleanly
+from geosr.cli.options import fail_cleanly, tile_options
 from geosr.scene import open_scene
 from geosr.tiling import TileGrid
 
 
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("--tile", default=256, show_default=True, help="Tile core size for the plan.")
-@click.option("--overlap", default=16, show_default=True, help="Halo for the plan.")
+@tile_options
 @click.option("--scale", default=4, show_default=True, help="Scale for the output size shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(inputs, tile, overlap, scale, as_json):

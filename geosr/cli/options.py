@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 import click
 
 from geosr.api import command_line_wording
+from geosr.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from geosr.errors import EXIT_CODES, GeosrError, RunStopped, StopRequested
 
 
@@ -45,6 +46,14 @@ def parse_creation_options(_ctx, _param, values: tuple[str, ...]) -> dict[str, s
 def parse_model_metadata(_ctx, _param, values: tuple[str, ...]) -> dict[str, str]:
     """``--model-meta KEY=VALUE`` pairs -> dict (keys as :mod:`geosr.models.model_card` reads them)."""
     return _pairs(values, str.lower)
+
+
+def tile_options(f: Callable) -> Callable:
+    """``--tile`` and ``--overlap``, with the defaults every front end shares (:mod:`geosr.config`)."""
+    f = click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True,
+                     help="Halo on each side of a tile, in input pixels (cross-faded; raise it for models that see "
+                          "far, e.g. SD-size UNets).")(f)
+    return click.option("--tile", default=DEFAULT_TILE, show_default=True, help="Tile core size in input pixels.")(f)
 
 
 def verbosity(f: Callable) -> Callable:

@@ -7,7 +7,7 @@ import warnings
 import click
 
 from geosr.cli.options import (
-    OneLineErrors, exit_codes_help, fail_cleanly, one_line, parse_bands, parse_creation_options, parse_model_metadata, setup_logging, stop_on_signals,
+    OneLineErrors, exit_codes_help, fail_cleanly, one_line, parse_bands, parse_creation_options, parse_model_metadata, setup_logging, stop_on_signals, tile_options,
     verbosity,
 )
 from geosr.config import DEFAULT_CAPTIONER
@@ -28,8 +28,7 @@ from geosr.writer import check_file_name
                    "value_range=0-255 (or raw/10000: raster values / 10000), tile_multiple=8, tile_size=64, min_overlap=8.")
 @click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N (one caption per N x N tiles) or scene.")
-@click.option("--tile", default=256, show_default=True, help="Tile core size in input pixels.")
-@click.option("--overlap", default=16, show_default=True, help="Halo on each side of a tile, in input pixels (cross-faded; raise it for models that see far, e.g. SD-size UNets).")
+@tile_options
 @click.option("--bands", callback=parse_bands, help="Bands to process, e.g. 1,2,3 (default: all but alpha).")
 @click.option("--bands-to-model", default="all", show_default=True, help="all: every band through the model (R, G, B "
               "as one group, every other band - NIR, red edge, SWIR, pan - alone); rgb: R, G, B only, the rest bicubic; "
@@ -89,8 +88,6 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
       geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
       geosr upscale big.vrt out.tif --resume      # after a pre-empted run
     """
-    import dask
-
     import geosr
 
     setup_logging(verbose, quiet)
@@ -98,17 +95,17 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
     def run():
         for name in (*inputs, output):
             check_file_name(name)
-        # the API reads it where it connects (geosr.scheduling.connect_timeout)
-        with warnings.catch_warnings(), stop_on_signals(), dask.config.set({"geosr.connect-timeout": connect_timeout}):
+        with warnings.catch_warnings(), stop_on_signals():
             # -q: errors only (one line each); warnings are remarks.
             warnings.simplefilter("ignore" if quiet else "always")
             warnings.showwarning = _show_warning
-            return geosr.upscale(
+            return geosr.upscale_to_file(
                 list(inputs), output, scale=int(scale), model=model, model_metadata=model_metadata, captioner=captioner, caption_every=caption_every,
                 tile=tile, overlap=overlap, bands=bands, bands_to_model=bands_to_model, rgb_bands=rgb_bands, aoi=aoi,
                 blend=blend, creation_options=creation_options,
                 overwrite=overwrite, resume=resume, device=device, dtype=dtype, steps=steps, guidance=guidance,
-                batch_size=batch_size, seed=seed, address=address, local_workers=local_workers,
+                batch_size=batch_size, seed=seed, address=address, connect_timeout=connect_timeout,
+                local_workers=local_workers,
                 performance_report=performance_report, progress=not quiet, route=route,
                 route_threshold=route_threshold, route_map=route_map,
             )
