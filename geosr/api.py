@@ -41,39 +41,8 @@ _FLAG = re.compile(r"(?<![\w-])--(?P<name>[a-z][a-z0-9-]*)")
 _FLAG_WITH_VALUE = re.compile(r"(?<![\w-])--(?P<name>route|model) (?P<value>auto|off|nearest)\b")
 
 
-def upscale(
-    source: Source,
-    *,
-    scale: int,
-    model: str | Callable | None = None,
-    model_metadata: Mapping[str, Any] | None = None,
-    captioner: str = DEFAULT_CAPTIONER,
-    caption_every: str = "tile",
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    bands: Sequence[int] | None = None,
-    bands_to_model: str | Sequence[int] = "all",
-    rgb_bands: Sequence[int] | None = None,
-    aoi: str | os.PathLike | None = None,
-    blend: str = "cosine",
-    seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    steps: int | None = None,
-    guidance: float | None = None,
-    batch_size: int | None = None,
-    route: str = "auto",
-    route_threshold: float | None = None,
-) -> "xarray.DataArray":
-    """Super-resolve a scene lazily: a DataArray on the refined grid, computed where it is read.
-
-    Nothing runs now. Computing a region runs only the tiles under it, on the current dask
-    scheduler, with the pixels :func:`upscale_to_file` writes; write the whole scene as a COG
-    with :func:`upscale_to_file` (or ``geosr upscale``) instead, which also resumes.
-
-    Parameters
-    ----------
-    source : path-like, sequence of path-like, rasterio dataset or xarray.DataArray
+#: The parameters :func:`upscale` and :func:`upscale_to_file` share, written once for both docstrings.
+_SCENE_PARAMETERS = """    source : path-like, sequence of path-like, rasterio dataset or xarray.DataArray
         One raster or .vrt; several same-grid rasters, a directory or a glob (a mosaic);
         an open rasterio dataset; or a DataArray with rioxarray georeferencing, dims
         ``(band, y, x)`` or ``(y, x)``, in memory or dask-backed. A DataArray is written to a
@@ -128,7 +97,42 @@ def upscale(
     route_threshold : float, optional
         Texture (RMS gradient, DN per input pixel) under which a clean tile is flat; default:
         the one calibrated for the cheap path.
+"""
 
+
+def upscale(
+    source: Source,
+    *,
+    scale: int,
+    model: str | Callable | None = None,
+    model_metadata: Mapping[str, Any] | None = None,
+    captioner: str = DEFAULT_CAPTIONER,
+    caption_every: str = "tile",
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    bands: Sequence[int] | None = None,
+    bands_to_model: str | Sequence[int] = "all",
+    rgb_bands: Sequence[int] | None = None,
+    aoi: str | os.PathLike | None = None,
+    blend: str = "cosine",
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int | None = None,
+    route: str = "auto",
+    route_threshold: float | None = None,
+) -> "xarray.DataArray":
+    """Super-resolve a scene lazily: a DataArray on the refined grid, computed where it is read.
+
+    Nothing runs now. Computing a region runs only the tiles under it, on the current dask
+    scheduler, with the pixels :func:`upscale_to_file` writes; write the whole scene as a COG
+    with :func:`upscale_to_file` (or ``geosr upscale``) instead, which also resumes.
+
+    Parameters
+    ----------
+%(scene_parameters)s
     Returns
     -------
     xarray.DataArray
@@ -207,62 +211,7 @@ def upscale_to_file(
 
     Parameters
     ----------
-    source : path-like, sequence of path-like, rasterio dataset or xarray.DataArray
-        One raster or .vrt; several same-grid rasters, a directory or a glob (a mosaic);
-        an open rasterio dataset; or a DataArray with rioxarray georeferencing, dims
-        ``(band, y, x)`` or ``(y, x)``, in memory or dask-backed. A DataArray is written to a
-        temporary GeoTIFF first (computed chunk by chunk; the input is ``scale**2`` times
-        smaller than the output), named after its source file when it has one, so its
-        tile seeds are those of the file.
-    scale : int
-        2, 3, 4 or 8.
-    model : str or callable, optional
-        ``bicubic``, ``lanczos``, ``nearest`` (the one model for classification rasters:
-        land cover, masks), a shipped model, a diffusers directory or hub id (default: the
-        model shipped for the scale, ``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2;
-        bicubic at x3 and x8); your own network as an ONNX file (``.onnx``), a TorchScript
-        archive (``.pt``), or a torch module or function ``(N, C, h, w) -> (N, C, s*h, s*w)``
-        (named ``python:NAME@HASH`` in tags and the run identity; see
-        :mod:`geosr.models.callable` for its limits).
-    model_metadata : mapping, optional
-        What your own network takes, over what it says of itself: ``scale``, ``bands``,
-        ``value_range`` (``0-1``, ``0-255``, ``raw/10000``...), ``tile_multiple``,
-        ``tile_size``, ``min_overlap`` (:mod:`geosr.models.model_card`).
-    captioner : str
-        ``degradation``, ``mllm:geosr-caption-tiny`` (the shipped VLM), ``mllm:DIR-OR-HUB-ID``,
-        ``fixed:TEXT`` or ``none``.
-    caption_every : str
-        ``tile``, ``window:N`` or ``scene``.
-    tile, overlap : int
-        Tile core size and halo in input pixels.
-    bands : sequence of int, optional
-        1-based bands to process (default: all but alpha).
-    bands_to_model : ``"all"``, ``"rgb"`` or sequence of int
-        ``all`` (default): every band through the model, R, G, B as one group and every
-        other band (NIR, red edge, SWIR, panchromatic...) alone; ``rgb``: R, G, B only, the
-        other bands bicubic; band numbers: those bands through the model, the rest bicubic.
-    rgb_bands : sequence of int, optional
-        The bands that are red, green and blue, e.g. ``(3, 2, 1)`` for a B2, B3, B4 stack
-        (default: read from band descriptions, wavelengths or colour interpretation; else
-        bands 1-3, with a warning). Captions and routing read these bands.
-    aoi : path-like, optional
-        GeoJSON polygon(s): only tiles touching them are processed, the rest is nodata.
-    blend : str
-        ``cosine`` or ``none``.
-    seed : int
-        Base seed; per-tile seeds derive from it.
-    device, dtype, steps, guidance, batch_size
-        Neural model options (torch device, ``fp32``/``fp16``/``bf16`` - by default bf16 on
-        CUDA and on CPUs with AMX, else fp32 -, diffusion steps, guidance scale, tiles per
-        model call).
-    route : str
-        ``auto`` (default): tiles that are flat and clean go to the cheap path instead of
-        the model (:mod:`geosr.routing`: the shipped fast network for the scale, else
-        bicubic); ``off``: every tile goes to the model.
-    route_threshold : float, optional
-        Texture (RMS gradient, DN per input pixel) under which a clean tile is flat; default:
-        the one calibrated for the cheap path.
-    output : path-like
+%(scene_parameters)s    output : path-like
         The COG to write.
     creation_options, overwrite, resume
         GDAL COG creation options, replace OUTPUT, continue a stopped run of the same output
@@ -310,6 +259,10 @@ def upscale_to_file(
                 return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
         finally:
             files.cleanup()
+
+
+upscale.__doc__ = upscale.__doc__.replace("%(scene_parameters)s", _SCENE_PARAMETERS)
+upscale_to_file.__doc__ = upscale_to_file.__doc__.replace("%(scene_parameters)s", _SCENE_PARAMETERS)
 
 
 def _upscale_config(arguments: Mapping[str, Any]) -> RunConfig:
