@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, lr_on_grid, regrid, with_lr
 from geosr.training.launch import (
     add_common_args,
+    end_step,
     make_dataloader,
     parse_with_config,
     resume_run,
@@ -469,12 +470,7 @@ def main(args: argparse.Namespace) -> Path:
         if not accelerator.sync_gradients:
             continue
         global_step += 1
-        progress.update(1)
-        logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
-        progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
-        accelerator.log(logs, step=global_step)
-        if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir)
         if pairs and args.validation_steps and global_step % args.validation_steps == 0:
             render_validation(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
                               pairs, output_dir / "validation" / f"step-{global_step}.png",

@@ -25,6 +25,7 @@ from geosr.degradations import mixture_weights
 __all__ = [
     "add_common_args",
     "checkpoint_to_resume",
+    "end_step",
     "make_dataloader",
     "parse_with_config",
     "resume_run",
@@ -235,6 +236,22 @@ def resume_run(accelerator: Accelerator, args: argparse.Namespace, output_dir: P
     step = int(resume.name.split("-")[1])
     logger.info("resumed from %s at step %d", resume, step)
     return step
+
+
+def end_step(accelerator: Accelerator, progress, logs: dict, loss: torch.Tensor, lr_scheduler, global_step: int,
+             args: argparse.Namespace, output_dir: Path) -> bool:
+    """Book an optimisation step that ended at ``global_step``: progress, logs, a checkpoint when due.
+
+    Returns whether a checkpoint was saved (the caller may save more beside it).
+    """
+    progress.update(1)
+    logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
+    progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
+    accelerator.log(logs, step=global_step)
+    if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        return True
+    return False
 
 
 def training_batches(accelerator: Accelerator, dataloader: torch.utils.data.DataLoader, global_step: int,

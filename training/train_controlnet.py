@@ -45,6 +45,7 @@ from geosr.training.diffusion_batches import (
 )
 from geosr.training.launch import (
     add_common_args,
+    end_step,
     make_dataloader,
     parse_with_config,
     resume_run,
@@ -352,12 +353,7 @@ def main(args: argparse.Namespace) -> Path:
         if not accelerator.sync_gradients:
             continue
         global_step += 1
-        progress.update(1)
-        logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
-        progress.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
-        accelerator.log(logs, step=global_step)
-        if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir):
             if ema is not None and accelerator.is_main_process:
                 with averaged_weights(ema, trained):
                     pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
