@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from geosr.errors import InputError, ModelError
 from geosr.models import register_upscaler, shipped_model_path
+from geosr.models.batching import run_in_batches
 from geosr.quiet_loading import quiet_loading
 
 __all__ = [
@@ -274,26 +275,16 @@ class DiffusionUpscaler:
         return hr[..., : height * self.scale, : width * self.scale].contiguous()
 
     def _upscale_batches(self, tiles: torch.Tensor, captions: list[str], seeds: list[int]) -> torch.Tensor:
-        done: list[torch.Tensor] = []
-        start = 0
-        while start < len(tiles):
-            n = min(self.batch_size, len(tiles) - start)
-            part = slice(start, start + n)
-            try:
-                out = self._run(self._pipe, self._lock, tiles[part], captions[part], seeds[part])
-            except torch.cuda.OutOfMemoryError:
-                if n == 1:
-                    raise
-                # Same tiles again at half the batch; later batches keep the smaller size.
-                self.batch_size = n // 2
-                logger.warning("out of memory at %d tiles per call: retrying with %d", n, self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
+        def run(part: slice) -> torch.Tensor:
+            out = self._run(self._pipe, self._lock, tiles[part], captions[part], seeds[part])
             self._redo_non_finite(out, tiles[part], captions[part], seeds[part])
-            done.append(out)
-            start += n
-        return torch.cat(done)
+            return out
+
+        return run_in_batches(len(tiles), self.batch_size, run,
+                              lambda exc: isinstance(exc, torch.cuda.OutOfMemoryError), self._shrink)
+
+    def _shrink(self, batch_size: int) -> None:
+        self.batch_size = batch_size
 
     def _redo_non_finite(
         self, out: torch.Tensor, tiles: torch.Tensor, captions: list[str], seeds: list[int]

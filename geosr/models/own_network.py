@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from geosr.errors import InputError, ModelError
+from geosr.models.batching import run_in_batches
 from geosr.models.model_card import ModelCard
 
 __all__ = ["Runner", "NetworkUpscaler", "seeded_noise", "upscale_in_units", "DEFAULT_BANDS"]
@@ -219,26 +220,15 @@ class NetworkUpscaler:
         return (out - r.low) / (r.high - r.low)
 
     def _batches(self, model_in: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        done: list[torch.Tensor] = []
-        start = 0
-        while start < len(model_in):
-            n = min(self.batch_size, len(model_in) - start)
-            part = slice(start, start + n)
-            try:
-                out = self._call(model_in[part], seeds[part])
-            except Exception as exc:  # noqa: BLE001 - only the runtime's out-of-memory error is caught
-                if n == 1 or not self.runner.out_of_memory(exc):
-                    raise
-                # the same tiles again at half the batch; later batches keep the smaller size
-                self.batch_size = n // 2
-                logger.warning("out of memory at %d tiles per call: retrying with %d", n, self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
+        def run(part: slice) -> torch.Tensor:
+            out = self._call(model_in[part], seeds[part])
             self._redo_non_finite(out, model_in[part], seeds[part])
-            done.append(out)
-            start += n
-        return torch.cat(done)
+            return out
+
+        return run_in_batches(len(model_in), self.batch_size, run, self.runner.out_of_memory, self._shrink)
+
+    def _shrink(self, batch_size: int) -> None:
+        self.batch_size = batch_size
 
     def _call(self, model_in: torch.Tensor, seeds: list[int], precise: bool = False) -> torch.Tensor:
         h, w = model_in.shape[-2:]
