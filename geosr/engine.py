@@ -54,7 +54,7 @@ from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_e
 from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
-from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path
+from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path, write_error
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
 
@@ -233,7 +233,10 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
         raster.close()
     captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
     tmp_captions = folder / "captions.geojson"
-    tmp_captions.write_text(json.dumps(captions_geojson(scene, tiles, captions, routes)))
+    try:
+        tmp_captions.write_text(json.dumps(captions_geojson(scene, tiles, captions, routes)))
+    except OSError as exc:  # a disk that took the COG may not take its captions: exit 6, one line
+        raise write_error(tmp_captions, exc) from exc
     moves = {cog: target.output, tmp_captions: captions_path}
     if route_map is not None:
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,

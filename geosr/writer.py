@@ -30,7 +30,8 @@ from rasterio.windows import Window
 from geosr.errors import InputError, OutputError, OutputExistsError, WriteError
 from geosr.stoppable_gdal import GdalFailure, GdalPass
 
-__all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path", "check_file_name"]
+__all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path", "check_file_name",
+           "write_error"]
 
 DEFAULT_COG_OPTIONS: dict[str, str] = {
     "COMPRESS": "DEFLATE",
@@ -186,7 +187,7 @@ class WorkRaster:
                     self.resized.append(f"{name} ({found} of {size} bytes)")
                 os.ftruncate(fd, size)
         except OSError as exc:
-            raise _write_error(path, exc) from exc
+            raise write_error(path, exc) from exc
         self._fds[name] = fd
 
     def write(self, window: Window, data: np.ndarray, valid: np.ndarray | None = None) -> None:
@@ -246,7 +247,7 @@ class WorkRaster:
                 try:
                     crc = zlib.crc32(os.pread(self._fds[name], w * pixel_bytes, r * line + col * pixel_bytes), crc)
                 except OSError as exc:
-                    raise _write_error(self.folder / name, exc) from exc
+                    raise write_error(self.folder / name, exc) from exc
         return crc
 
     def _write_rows(self, name: str, rows: np.ndarray, col: int, row: int, pixel_bytes: int) -> None:
@@ -259,7 +260,7 @@ class WorkRaster:
                 if os.pwrite(fd, buf, (row + r) * line + col * pixel_bytes) != len(buf):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:
-            raise _write_error(self.folder / name, exc) from exc
+            raise write_error(self.folder / name, exc) from exc
 
     def sync(self) -> None:
         """Make everything written so far durable (before the journal names it)."""
@@ -267,7 +268,7 @@ class WorkRaster:
             try:
                 os.fdatasync(fd)
             except OSError as exc:
-                raise _write_error(self.folder / name, exc) from exc
+                raise write_error(self.folder / name, exc) from exc
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -416,7 +417,8 @@ def _horizontal_runs(cells: Sequence[tuple[Window, np.ndarray, np.ndarray | None
     return runs
 
 
-def _write_error(path: Path, exc: OSError) -> WriteError:
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """A failed write of ``path`` as the one-line :class:`WriteError` the CLI exits 6 with."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return WriteError(f"no space left on the device of {path.parent} while writing {path.name}")
     return WriteError(f"cannot write {path}: {exc.strerror or exc}")

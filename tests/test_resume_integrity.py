@@ -247,3 +247,18 @@ def test_the_identity_covers_a_network_file_and_its_metadata(tmp_path):
     assert run_identity([str(src)], cfg(model=str(net)))["model file"] != first["model file"]
     assert run_identity([str(src)], cfg(model=str(net), model_metadata={"scale": "2"}))["--model-meta"] != \
         first["--model-meta"]
+
+
+def test_a_disk_that_takes_the_cog_but_not_its_captions_is_a_write_error(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == "captions.geojson":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(WriteError, match="no space left on the device of .* while writing captions.geojson"):
+        upscale_scene([src], tmp_path / "out.tif", cfg())
+    assert not (tmp_path / "out.tif").exists()
