@@ -11,7 +11,7 @@ Protocol, for one HR raster of any band count and dtype:
 3. write the LR as a GeoTIFF on the HR grid coarsened ``scale`` times, with the HR's band
    descriptions, scales, offsets, units, colour interpretation, band metadata (wavelengths),
    tags and nodata; an LR pixel is valid when all of its HR pixels are;
-4. run ``geosr upscale`` on it twice, with the model and with bicubic (:func:`geosr.upscale`:
+4. run ``geosr upscale`` on it twice, with the model and with bicubic (:func:`geosr.upscale_to_file`:
    tiles, stretch, blending and writing as any run);
 5. score each band on the pixels valid in the HR and in both outputs, away from the edges and
    from no-data by ``2 * scale`` px (the degradation's blur reaches across them): PSNR with
@@ -36,7 +36,7 @@ import rasterio
 from affine import Affine
 from scipy import ndimage
 
-from geosr.api import upscale
+from geosr.api import upscale_to_file
 from geosr.degradations import degrade
 from geosr.errors import InputError
 from geosr.evaluation import largest_valid_rectangle
@@ -184,14 +184,14 @@ def evaluate_bands(
     degradation : {"clean", "iso", "aniso"}
         :mod:`geosr.degradations` protocol making the LR (``clean``: anti-aliased bicubic).
     seed : int
-        Seed of the degradation (the runs' own seeds are :func:`geosr.upscale`'s default).
+        Seed of the degradation (the runs' own seeds are :func:`geosr.upscale_to_file`'s default).
     indices : sequence of (int, int)
         Pairs of 1-based bands ``(a, b)`` whose normalised difference ``(a - b) / (a + b)`` is
         scored (NDVI: ``(nir, red)``).
     workdir : path-like, optional
         Where the LR and the outputs are written (kept); a temporary folder otherwise.
     **upscale_options
-        Keyword arguments of :func:`geosr.upscale` for the model's run (``model``,
+        Keyword arguments of :func:`geosr.upscale_to_file` for the model's run (``model``,
         ``bands_to_model``, ``rgb_bands``, ``device``, ``dtype``, ``tile``...).
 
     Returns
@@ -221,10 +221,10 @@ def evaluate_bands(
         folder.mkdir(parents=True, exist_ok=True)
         lr = write_degraded_bands(hr_path, folder / "lr.tif", scale, degradation, seed)
         t0 = time.perf_counter()
-        report = upscale(lr, folder / "model.tif", scale=scale, overwrite=True, **upscale_options)
+        report = upscale_to_file(lr, folder / "model.tif", scale=scale, overwrite=True, **upscale_options)
         seconds = time.perf_counter() - t0
-        upscale(lr, folder / "bicubic.tif", scale=scale, model="bicubic", overwrite=True,
-                      **{k: v for k, v in upscale_options.items() if k in ("tile", "overlap", "bands")})
+        upscale_to_file(lr, folder / "bicubic.tif", scale=scale, model="bicubic", overwrite=True,
+                        **{k: v for k, v in upscale_options.items() if k in ("tile", "overlap", "bands")})
         hr, hr_valid, meta = _read(hr_path)
         model, model_valid, model_meta = _read(folder / "model.tif")
         bicubic, bicubic_valid, _ = _read(folder / "bicubic.tif")
