@@ -52,6 +52,7 @@ from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
 from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
+from geosr.tiling import coarsen_window
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path, write_error
@@ -383,12 +384,8 @@ class _CellWriter:
         self.journal = journal
         self._queue: list[tuple[Window, np.ndarray, np.ndarray | None]] = []
 
-    def _lr_window(self, window: Window) -> Window:
-        s = self.scale
-        return Window(window.col_off // s, window.row_off // s, window.width // s, window.height // s)
-
     def write(self, window: Window, data: np.ndarray) -> None:
-        lr_valid = read_valid(self.src, self._lr_window(window), True) if self.scene.masked else None
+        lr_valid = read_valid(self.src, coarsen_window(window, self.scale), True) if self.scene.masked else None
         self._queue.append((window, *output_pixels(data, self.stretch, lr_valid, self.scale, self.scene.nodata)))
 
     def flush(self) -> None:

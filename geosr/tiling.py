@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from rasterio.windows import Window
 
-__all__ = ["Tile", "TileGrid", "axis_starts", "core_size", "scale_window"]
+__all__ = ["Tile", "TileGrid", "axis_starts", "coarsen_window", "core_size", "scale_window"]
 
 
 def core_size(size: int, tile: int) -> int:
@@ -53,6 +53,14 @@ def scale_window(window: Window, scale: int) -> Window:
         int(window.width) * scale,
         int(window.height) * scale,
     )
+
+
+def coarsen_window(window: Window, scale: int) -> Window:
+    """The window of the input grid under a refined-grid ``window`` whose edges lie on input pixels."""
+    if any(int(v) % scale for v in (window.col_off, window.row_off, window.width, window.height)):
+        raise ValueError(f"{window} does not lie on the input grid of a x{scale} refinement")
+    return Window(int(window.col_off) // scale, int(window.row_off) // scale,
+                  int(window.width) // scale, int(window.height) // scale)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from geosr.tasks import BatchJob, TileResult, shippable_errors
 from geosr.routing import TileRoute
 from geosr.journal import CellRecord, RunJournal
 from geosr.scheduling import in_flight, undo_malloc_trim_threshold
-from geosr.tiling import Tile
+from geosr.tiling import Tile, scale_window
 from geosr.writer import WorkRaster
 
 __all__ = ["CellJob", "CellsWritten", "TilePart", "part_boxes", "tile_parts", "workers_see", "write_cells",
@@ -135,7 +135,7 @@ def write_cells(job: CellJob, *batches: list[TileResult] | list[TilePart]) -> Ce
     try:
         for window, tiles in job.cells:
             values, valid = job.renderer.render(window, tiles, [results[t.index].hr for t in tiles])
-            hr = Window(window.col_off * s, window.row_off * s, window.width * s, window.height * s)
+            hr = scale_window(window, s)
             cells.append((hr, values, valid))
         crcs = raster.write_cells(cells)  # cells side by side: one write per row of them
         raster.sync()  # durable before the client's journal names these cells

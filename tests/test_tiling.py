@@ -1,7 +1,7 @@
 import pytest
 from rasterio.windows import Window
 
-from geosr.tiling import TileGrid, axis_starts, core_size, scale_window
+from geosr.tiling import TileGrid, axis_starts, coarsen_window, core_size, scale_window
 
 
 @pytest.mark.parametrize("size,tile", [(1, 8), (97, 32), (100, 25), (257, 256), (256, 256), (1000, 300)])
@@ -50,3 +50,11 @@ def test_scale_window_is_integer():
 def test_bad_plan_is_rejected():
     with pytest.raises(ValueError):
         TileGrid(10, 10, tile=4, overlap=0)
+
+
+def test_windows_refine_and_coarsen_in_integers():
+    w = Window(3, 5, 7, 11)
+    assert scale_window(w, 4) == Window(12, 20, 28, 44)
+    assert coarsen_window(scale_window(w, 4), 4) == w
+    with pytest.raises(ValueError, match="does not lie on the input grid"):
+        coarsen_window(Window(2, 0, 4, 4), 4)
