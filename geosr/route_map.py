@@ -59,6 +59,24 @@ def check_route_map_target(path: str | os.PathLike, config: RunConfig, output: P
         raise OutputError(f"route map folder {path.parent} does not exist")
 
 
+def _statistics(band: np.ndarray) -> dict[str, str]:
+    """GDAL statistics of a route-map band over its natural range, which starts at 0.
+
+    Texture and noise are >= 0 and the model flag is 0 or 1: a range from 0 to the band's
+    maximum (1 at least for the flag) is what a viewer should stretch over, and it is never
+    empty - QGIS fails on a band whose stored minimum equals its maximum (a scene whose every
+    tile went to the model: "ERROR 5 ... dfMax should be strictly greater than dfMin").
+    """
+    valid = band[np.isfinite(band)]
+    top = float(valid.max()) if valid.size else 0.0
+    return {
+        "STATISTICS_MINIMUM": "0",
+        "STATISTICS_MAXIMUM": repr(top if top > 0 else 1.0),
+        "STATISTICS_MEAN": repr(float(valid.mean()) if valid.size else 0.0),
+        "STATISTICS_STDDEV": repr(float(valid.std()) if valid.size else 0.0),
+    }
+
+
 def write_route_map(path: Path, scene: Scene, grid: TileGrid, tiles: Sequence[Tile],
                     routes: Mapping[int, TileRoute], threshold: float) -> Path:
     """Write the route map of ``tiles`` routed at ``threshold`` (see the module docstring); return ``path``."""
@@ -85,6 +103,7 @@ def write_route_map(path: Path, scene: Scene, grid: TileGrid, tiles: Sequence[Ti
         ds.write(data)
         for i, name in enumerate(ROUTE_MAP_BANDS, start=1):
             ds.set_band_description(i, name)
+            ds.update_tags(i, **_statistics(data[i - 1]))
         ds.update_tags(GEOSR_ROUTE_THRESHOLD=str(threshold), GEOSR_ROUTE_NOISE_LIMIT=str(NOISE_LIMIT),
                        GEOSR_TILE_CORE=f"{cw} x {ch}")
     return path

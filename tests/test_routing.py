@@ -18,7 +18,8 @@ from geosr.errors import InputError, OutputExistsError
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.routing import (CALIBRATED_THRESHOLDS, MODEL, NO_STRUCTURE, NOISE_LIMIT, TileRoute, cheap_path, measure_tiles,
                            route_tiles)
-from tests.rasters import NORTH_UP, texture, write_raster
+from geosr.tiling import TileGrid
+from tests.rasters import NORTH_UP, texture, uint8_scene, write_raster
 
 BICUBIC_THRESHOLD = CALIBRATED_THRESHOLDS["bicubic"]
 
@@ -196,3 +197,21 @@ def test_evaluate_reports_what_routing_changes(tmp_path):
     assert routing["model_time_saved"] == pytest.approx(
         flat_im["model_seconds"] / (flat_im["model_seconds"] + ground_im["model_seconds"]))
     assert evaluate_sr([tmp_path / "flat.png"], 2, "clean", route="off")["routing"] == {}
+
+
+def test_route_map_statistics_are_never_an_empty_range(tmp_path):
+    """QGIS fails on a band whose stored minimum equals its maximum: every tile on the model."""
+    from geosr.route_map import write_route_map
+    from geosr.scene import open_scene
+
+    src = uint8_scene(tmp_path / "in.tif", 64, 128)
+    scene = open_scene([str(src)])
+    grid = TileGrid(scene.width, scene.height, 32, 8)
+    tiles = grid.tiles()
+    routes = {t.index: TileRoute(MODEL, 3.0, 2.0) for t in tiles}  # constant bands
+    path = write_route_map(tmp_path / "route.tif", scene, grid, tiles, routes, 1.0)
+    with rasterio.open(path) as m:
+        for b in (1, 2, 3):
+            tags = m.tags(b)
+            assert float(tags["STATISTICS_MINIMUM"]) < float(tags["STATISTICS_MAXIMUM"]), tags
+        assert float(m.tags(3)["STATISTICS_MAXIMUM"]) == 1.0

@@ -185,7 +185,7 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
             self.RGB_BANDS, "Red, green, blue bands (e.g. 3,2,1; empty: read from the raster's band names)",
             optional=True))
         self.addParameter(QgsProcessingParameterEnum(
-            self.ROUTE, "Texture-aware routing (flat, clean tiles to bicubic)", options=ROUTES, defaultValue=0))
+            self.ROUTE, "Texture-aware routing (flat, clean tiles to the fast network of the scale, or bicubic)", options=ROUTES, defaultValue=0))
         self._advanced(QgsProcessingParameterBoolean(
             self.RESUME, "Resume a stopped run of the same output", defaultValue=True))
         self._advanced(QgsProcessingParameterString(self.DEVICE, "Torch device (e.g. cpu, cuda)", optional=True))
