@@ -175,7 +175,7 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUT, "Input raster(s)", QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterEnum(self.SCALE, "Scale", options=SCALES, defaultValue=2))
         self.addParameter(QgsProcessingParameterString(
-            self.MODEL, "Model (empty: the shipped model of the scale; bicubic, lanczos, a folder or hub id)",
+            self.MODEL, "Model (empty: the shipped model of the scale; bicubic, lanczos, nearest, a folder or hub id, or your own .onnx / .pt network)",
             optional=True))
         self._add_tiling_parameters()
         self.addParameter(QgsProcessingParameterString(
