@@ -286,12 +286,18 @@ def _stderr_read() -> Iterator[_CapturedStderr]:
     """Point file descriptor 2 at a temporary file for the block.
 
     On a normal exit what was written is passed on to the real stderr (another thread may have
-    written there); when the block raises, it went into the error's message.
+    written there); when the block raises, it went into the error's message. Only the main
+    thread redirects: descriptor 2 belongs to the process, and two threads (the COGs of tiled
+    output's blocks, :mod:`geosr.tiled_output`) saving and restoring it in turn could leave it
+    pointing at a deleted file; elsewhere libtiff's lines go to stderr and GDAL's own messages
+    and errno decide.
     """
     sys.stderr.flush()
     try:
+        if threading.current_thread() is not threading.main_thread():
+            raise OSError("not the main thread")
         saved = os.dup(2)
-    except OSError:  # no stderr at all
+    except OSError:  # no stderr at all, or not ours to redirect
         with tempfile.TemporaryFile() as file:
             yield _CapturedStderr(file)
         return

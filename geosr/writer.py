@@ -31,7 +31,7 @@ from geosr.errors import InputError, OutputError, OutputExistsError, WriteError
 from geosr.stoppable_gdal import GdalFailure, GdalPass
 
 __all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path", "check_file_name",
-           "write_error"]
+           "translate_to_cog", "write_error"]
 
 DEFAULT_COG_OPTIONS: dict[str, str] = {
     "COMPRESS": "DEFLATE",
@@ -276,85 +276,34 @@ class WorkRaster:
         self._fds = {}
 
     def to_cog(self, dst: Path, creation_options: Mapping[str, str] | None = None) -> None:
-        """Close the work raster and translate it to a COG at ``dst``.
-
-        With the default creation options and no mask band, the overviews and statistics are
-        made on an uncompressed, tiled copy of the work raster first and the GTiff driver copies them
-        (``COPY_SRC_OVERVIEWS``, the layout GDAL's COG driver also writes): 2-3x faster than
-        the COG driver, whose own overview step re-reads and re-encodes a temporary file
-        (4096 x 4096 RGB: 5.1 s -> 2.2 s). Any other options go through the COG driver.
-
-        SIGINT/SIGTERM stop the pass within a block (:class:`~geosr.stoppable_gdal.GdalPass`)
-        and raise their exception; a stopped or failed pass leaves no file at ``dst``. A full
-        disk is a :class:`WriteError` naming the folder.
-        """
+        """Close the work raster and translate it to a COG at ``dst`` (:func:`translate_to_cog`)."""
         self.close()
-        options = dict(DEFAULT_COG_OPTIONS)
-        options.update({k.upper(): str(v) for k, v in (creation_options or {}).items()})
-        vrt = self._write_vrt()
-        tiled = self.folder / "tiled.tif"
-        try:
-            with rasterio.Env(**WRITER_GDAL_ENV), GdalPass() as gdal:
-                if options == DEFAULT_COG_OPTIONS and not self.write_mask:
-                    self._default_cog(gdal, vrt, tiled, dst)
-                else:
-                    gdal.create_copy(vrt, dst, "COG", options)
-        except GdalFailure as exc:
-            dst.unlink(missing_ok=True)
-            if exc.no_space:
-                raise WriteError(f"no space left on the device of {exc.path.parent} while writing "
-                                 f"{exc.path.name}") from exc
-            raise WriteError(f"cannot write the COG {dst}: {exc}") from exc
-        except BaseException:
-            dst.unlink(missing_ok=True)
-            raise
-        finally:
-            tiled.unlink(missing_ok=True)  # as large as the work raster
+        translate_to_cog(self.write_vrt(), dst, self.width, self.height, self.count, self.dtype, self.write_mask,
+                         creation_options, self.folder / "tiled.tif")
 
-    def _default_cog(self, gdal: GdalPass, vrt: Path, tiled: Path, dst: Path) -> None:
-        """The COG of :data:`DEFAULT_COG_OPTIONS`: AVERAGE overviews down to one 512 px block,
-        exact per-band statistics, DEFLATE with the predictor, 512 px tiles.
+    def write_vrt(self, path: Path | None = None, window: Window | None = None) -> Path:
+        """A VRT over the raw files (or ``window`` of them), with the output's georeferencing and metadata.
 
-        The work raster is first copied to an uncompressed GeoTIFF tiled like the COG: the final
-        copy reads its source block by block, and from the raw pixel-interleaved file that is one
-        small read per band and row of every block (4096 x 4096 RGB at x2: 7.5 s for the final
-        copy from the raw file, 5.2 s from the tiled one, which costs 0.6 s to make).
+        A window is the same raw layout starting further into the files (its first pixel's
+        offset, the full line length): a block of the output is read in place, never copied.
+        The window's transform is the output's shifted to its corner; GCPs and RPCs are not
+        shifted, so a window needs a geotransform (:mod:`geosr.tiled_output` checks it).
         """
-        block = int(DEFAULT_COG_OPTIONS["BLOCKSIZE"])
-        levels, factor = [], 1
-        # the COG driver's rule: halve until the overview fits in one block
-        while -(-self.width // factor) > block or -(-self.height // factor) > block:
-            factor *= 2
-            levels.append(factor)
-        # A swath of one row of blocks: GDAL then writes whole blocks (its default 10 MB swath
-        # made this copy 6x slower); memory grows with the output's width, not its area.
-        swath = max(10 << 20, block * self.width * self._pixel_bytes)
-        with rasterio.Env(GDAL_SWATH_SIZE=str(swath)):
-            gdal.create_copy(vrt, tiled, "GTiff", dict(
-                TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
-                COMPRESS="NONE", INTERLEAVE="PIXEL", BIGTIFF="IF_SAFER",  # its overviews come later
-            ))
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", COMPRESS_OVERVIEW="NONE"):
-            gdal.overviews_and_statistics(tiled, levels, "AVERAGE")
-        gdal.create_copy(tiled, dst, "GTiff", dict(
-            TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
-            COMPRESS="DEFLATE", PREDICTOR="3" if self.dtype.kind == "f" else "2", INTERLEAVE="PIXEL",
-            BIGTIFF=DEFAULT_COG_OPTIONS["BIGTIFF"], NUM_THREADS="ALL_CPUS", COPY_SRC_OVERVIEWS="YES",
-        ))
-
-    def _write_vrt(self) -> Path:
-        """A VRT over the raw files, carrying the output's georeferencing and metadata."""
+        window = window or Window(0, 0, self.width, self.height)
+        col, row, width, height = (int(v) for v in (window.col_off, window.row_off, window.width, window.height))
+        start = row * self.width + col  # the window's first pixel
         gdal_type = typename_fwd[dtype_rev[self.dtype.name]]
         order = "LSB" if sys.byteorder == "little" else "MSB"
         # Absolute paths: GDAL's COG driver re-resolves relative raw paths against the
         # current directory while computing statistics (and creates empty files there).
         pixels = escape(str((self.folder / self.PIXELS).absolute()))
-        lines = [f'<VRTDataset rasterXSize="{self.width}" rasterYSize="{self.height}">']
+        lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
         for b in range(self.count):
             lines += [
                 f'  <VRTRasterBand dataType="{gdal_type}" band="{b + 1}" subClass="VRTRawRasterBand">',
                 f'    <SourceFilename relativeToVRT="0">{pixels}</SourceFilename>',
-                f"    <ImageOffset>{b * self.dtype.itemsize}</ImageOffset><PixelOffset>{self._pixel_bytes}</PixelOffset>",
+                f"    <ImageOffset>{start * self._pixel_bytes + b * self.dtype.itemsize}</ImageOffset>"
+                f"<PixelOffset>{self._pixel_bytes}</PixelOffset>",
                 f"    <LineOffset>{self.width * self._pixel_bytes}</LineOffset><ByteOrder>{order}</ByteOrder>",
                 "  </VRTRasterBand>",
             ]
@@ -363,19 +312,20 @@ class WorkRaster:
             lines += [
                 '  <MaskBand><VRTRasterBand dataType="Byte" subClass="VRTRawRasterBand">',
                 f'    <SourceFilename relativeToVRT="0">{mask}</SourceFilename>',
-                f"    <ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>{self.width}</LineOffset>",
+                f"    <ImageOffset>{start}</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>{self.width}</LineOffset>",
                 "  </VRTRasterBand></MaskBand>",
             ]
         lines.append("</VRTDataset>")
-        vrt = self.folder / "work.vrt"
+        vrt = path or self.folder / "work.vrt"
         vrt.write_text("\n".join(lines) + "\n")
         with rasterio.Env(**WRITER_GDAL_ENV), warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(vrt, "r+") as ds:
-                self._set_metadata(ds)
+                self.set_metadata(ds, window)
         return vrt
 
-    def _set_metadata(self, ds) -> None:
+    def set_metadata(self, ds, window: Window | None = None) -> None:
+        """Give the open dataset ``ds`` the output's georeferencing (of ``window``), band metadata and tags."""
         p = self.profile
         if self.gcps:
             ds.gcps = self.gcps
@@ -383,7 +333,7 @@ class WorkRaster:
             if p.get("crs"):
                 ds.crs = p["crs"]
             if p.get("transform") is not None:
-                ds.transform = p["transform"]
+                ds.transform = p["transform"] if window is None else rasterio.windows.transform(window, p["transform"])
         if self.rpcs is not None:
             ds.rpcs = self.rpcs
         if p.get("nodata") is not None:
@@ -401,6 +351,74 @@ class WorkRaster:
         if meta.get("units") and any(meta["units"]):
             ds.units = [u or "" for u in meta["units"]]
         ds.update_tags(**self.tags)
+
+
+def translate_to_cog(vrt: Path, dst: Path, width: int, height: int, count: int, dtype, write_mask: bool,
+                     creation_options: Mapping[str, str] | None, tiled: Path) -> None:
+    """Translate the raster ``vrt`` (``width`` x ``height``, ``count`` bands of ``dtype``) to a COG at ``dst``.
+
+    With the default creation options and no mask band, the overviews and statistics are
+    made on an uncompressed, tiled copy (``tiled``, deleted after) first and the GTiff driver
+    copies them (``COPY_SRC_OVERVIEWS``, the layout GDAL's COG driver also writes): 2-3x
+    faster than the COG driver, whose own overview step re-reads and re-encodes a temporary
+    file (4096 x 4096 RGB: 5.1 s -> 2.2 s). Any other options go through the COG driver.
+
+    SIGINT/SIGTERM stop the pass within a block (:class:`~geosr.stoppable_gdal.GdalPass`)
+    and raise their exception; a stopped or failed pass leaves no file at ``dst``. A full
+    disk is a :class:`WriteError` naming the folder.
+    """
+    options = dict(DEFAULT_COG_OPTIONS)
+    options.update({k.upper(): str(v) for k, v in (creation_options or {}).items()})
+    try:
+        with rasterio.Env(**WRITER_GDAL_ENV), GdalPass() as gdal:
+            if options == DEFAULT_COG_OPTIONS and not write_mask:
+                _default_cog(gdal, vrt, tiled, dst, width, height, count * np.dtype(dtype).itemsize, np.dtype(dtype))
+            else:
+                gdal.create_copy(vrt, dst, "COG", options)
+    except GdalFailure as exc:
+        dst.unlink(missing_ok=True)
+        if exc.no_space:
+            raise WriteError(f"no space left on the device of {exc.path.parent} while writing "
+                             f"{exc.path.name}") from exc
+        raise WriteError(f"cannot write the COG {dst}: {exc}") from exc
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+    finally:
+        tiled.unlink(missing_ok=True)  # as large as the raster
+
+
+def _default_cog(gdal: GdalPass, vrt: Path, tiled: Path, dst: Path, width: int, height: int, pixel_bytes: int,
+                 dtype: np.dtype) -> None:
+    """The COG of :data:`DEFAULT_COG_OPTIONS`: AVERAGE overviews down to one 512 px block,
+    exact per-band statistics, DEFLATE with the predictor, 512 px tiles.
+
+    The raster is first copied to an uncompressed GeoTIFF tiled like the COG: the final
+    copy reads its source block by block, and from the raw pixel-interleaved file that is one
+    small read per band and row of every block (4096 x 4096 RGB at x2: 7.5 s for the final
+    copy from the raw file, 5.2 s from the tiled one, which costs 0.6 s to make).
+    """
+    block = int(DEFAULT_COG_OPTIONS["BLOCKSIZE"])
+    levels, factor = [], 1
+    # the COG driver's rule: halve until the overview fits in one block
+    while -(-width // factor) > block or -(-height // factor) > block:
+        factor *= 2
+        levels.append(factor)
+    # A swath of one row of blocks: GDAL then writes whole blocks (its default 10 MB swath
+    # made this copy 6x slower); memory grows with the output's width, not its area.
+    swath = max(10 << 20, block * width * pixel_bytes)
+    with rasterio.Env(GDAL_SWATH_SIZE=str(swath)):
+        gdal.create_copy(vrt, tiled, "GTiff", dict(
+            TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
+            COMPRESS="NONE", INTERLEAVE="PIXEL", BIGTIFF="IF_SAFER",  # its overviews come later
+        ))
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", COMPRESS_OVERVIEW="NONE"):
+        gdal.overviews_and_statistics(tiled, levels, "AVERAGE")
+    gdal.create_copy(tiled, dst, "GTiff", dict(
+        TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
+        COMPRESS="DEFLATE", PREDICTOR="3" if dtype.kind == "f" else "2", INTERLEAVE="PIXEL",
+        BIGTIFF=DEFAULT_COG_OPTIONS["BIGTIFF"], NUM_THREADS="ALL_CPUS", COPY_SRC_OVERVIEWS="YES",
+    ))
 
 
 def _horizontal_runs(cells: Sequence[tuple[Window, np.ndarray, np.ndarray | None]]) -> list[list]:
