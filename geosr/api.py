@@ -202,6 +202,7 @@ def upscale_to_file(
     performance_report: str | os.PathLike | None = None,
     progress: bool = False,
     route_map: str | os.PathLike | None = None,
+    split: int | None = None,
 ) -> "RunReport":
     """Super-resolve a scene into a Cloud Optimized GeoTIFF at ``output`` (what ``geosr upscale`` runs).
 
@@ -226,6 +227,11 @@ def upscale_to_file(
     route_map : path-like, optional
         Also write the route map, one pixel per tile (texture, noise, model or not), a small
         GeoTIFF (:mod:`geosr.route_map`).
+    split : int, optional
+        Tiled output (:mod:`geosr.tiled_output`): the output grid in blocks of ``split`` x
+        ``split`` pixels (a multiple of the COG block size, 512), one COG each, with a VRT and
+        a STAC Collection; ``output`` is then a folder (``OUT_DIR/mosaic.vrt``) or a ``.vrt``.
+        An ``output`` ending in ``/`` or ``.vrt`` asks for it with blocks of 16384.
 
     Returns
     -------
@@ -246,6 +252,7 @@ def upscale_to_file(
     >>> report.output, report.megapixels_per_second
     """
     with keyword_wording():
+        split = _split_of(output, split, creation_options)
         config = _upscale_config(locals())
         from geosr.engine import upscale_scene
 
@@ -272,6 +279,13 @@ def _upscale_config(arguments: Mapping[str, Any]) -> RunConfig:
     options["model"], options["model_object"] = _model_spec(options["model"])
     options["model_metadata"] = dict(options["model_metadata"] or {})
     return config_from_options(**options)
+
+
+def _split_of(output: str | os.PathLike, split: int | None, creation_options: Mapping[str, str] | None) -> int | None:
+    """The block size of tiled output, or None for a single COG (:func:`geosr.tiled_output.tiled_split`)."""
+    from geosr.tiled_output import tiled_split
+
+    return tiled_split(output, split, creation_options)
 
 
 def _check_model(files: Sequence[str], config: RunConfig) -> None:

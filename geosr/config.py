@@ -95,6 +95,9 @@ class RunConfig:
         it says of itself: ``scale``, ``bands``, ``value_range``... (:mod:`geosr.models.model_card`).
     model_object : geosr.models.callable.ModelObject or None
         The Python object ``model`` (``python:NAME@HASH``) names, carried to worker processes.
+    split : int or None
+        Tiled output (:mod:`geosr.tiled_output`): blocks of ``split`` x ``split`` output pixels,
+        one COG each, with a VRT and STAC; None writes one COG.
     """
 
     scale: int = 4
@@ -123,6 +126,7 @@ class RunConfig:
     route_threshold: float | None = None
     model_metadata: Mapping[str, Any] = field(default_factory=dict)
     model_object: Any = None
+    split: int | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:

@@ -19,6 +19,7 @@ rescheduled; tasks are pure functions of their job, so the pixels do not change.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from geosr.cell_render import CellRenderer, output_pixels
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
+from geosr.errors import InputError
 from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.models import CLASSICAL
@@ -52,7 +54,8 @@ from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
 from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
-from geosr.tiling import coarsen_window
+from geosr.tiled_output import BlockWriter, TiledTarget
+from geosr.tiling import coarsen_window, scale_window
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path, write_error
@@ -135,7 +138,10 @@ def upscale_scene(
     """
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
-    target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
+    if config.split is not None:
+        target = TiledTarget(output, overwrite=config.overwrite, inputs=files)
+    else:
+        target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
     if route_map is not None:
         check_route_map_target(route_map, config, target.output)
     with released_early(config.address, config.local_workers) as (client, release_cluster):
@@ -159,7 +165,7 @@ def upscale_scene(
     return report
 
 
-def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunConfig, model: ModelFacts, client,
+def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget, config: RunConfig, model: ModelFacts, client,
                 release_cluster: Callable[[], None], performance_report, route_map, cells: list[int]) -> RunReport:
     """The run itself, in the journal's work folder (see :func:`upscale_scene`); ``release_cluster()``
     once the tiles are done (the cluster closes during the COG pass)."""
@@ -169,6 +175,9 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
     scene, plan, grid, tiles, skipped = scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.skipped
     s = config.scale
     profile = output_profile(scene, plan, s)
+    if config.split is not None and (not profile.get("crs") or profile.get("transform") is None):
+        raise InputError(f"{scene.source}: tiled output (--split) needs a scene with a CRS and a geotransform "
+                         "(its blocks and STAC Items are placed by them); write a single COG instead")
     # skipped tiles (AOI, all no-data) are holes: without nodata they need a mask
     write_mask = (scene.masked or skipped > 0) and scene.nodata is None
 
@@ -202,6 +211,12 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
                 finished=journal.cells,
             )
             cells[0] = acc.cells
+            for window in acc.uncovered():  # before the blocks over them can be written
+                writer.write_empty(window)
+            blocks = None
+            if config.split is not None:
+                blocks = BlockWriter(client, raster, journal, config.split, target.staging(folder.path)[0],
+                                     [scale_window(w, s) for w, _ in acc.open_cells()], config.creation_options)
             todo = [t for t in tiles if acc.needs(t)]
             jobs = batch_jobs(scene_plan, todo, config)
             if caption_mode != "tile":
@@ -219,30 +234,43 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget, config: RunCon
             else:
                 peak, received = _run_jobs(client, jobs, todo, acc, resources, captions, routes, config,
                                            performance_report, journal, writer)
-            for window in acc.uncovered():
-                writer.write_empty(window)
         journal.commit(raster.sync)
+        if blocks is not None:
+            blocks.wait()  # the last blocks' COGs, on the cluster
         release_cluster()
         cog = folder / "out.tif"
-        raster.to_cog(cog, config.creation_options)
+        if blocks is None:
+            raster.to_cog(cog, config.creation_options)
     except BaseException:
-        # Whatever stopped the run, the cells finished so far are worth keeping.
+        # Whatever stopped the run, the cells finished so far are worth keeping (and the blocks
+        # journalled so far; no new block is started).
+        journal.on_commit.clear()
         with contextlib.suppress(Exception):
             journal.commit(raster.sync)
         raise
     finally:
         raster.close()
-    captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
-    tmp_captions = folder / "captions.geojson"
+    if blocks is None:
+        captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
+        tmp_captions = folder / "captions.geojson"
+    else:
+        captions_path, (_, tmp_vrt, tmp_captions) = target.captions, target.staging(folder.path)
+    fc = captions_geojson(scene, tiles, captions, routes)
     try:
-        tmp_captions.write_text(json.dumps(captions_geojson(scene, tiles, captions, routes)))
+        if blocks is None:
+            tmp_captions.write_text(json.dumps(fc))
+        else:
+            blocks.write_mosaic(tmp_vrt, tmp_captions, fc, datetime.datetime.now(datetime.timezone.utc))
     except OSError as exc:  # a disk that took the COG may not take its captions: exit 6, one line
         raise write_error(tmp_captions, exc) from exc
-    moves = {cog: target.output, tmp_captions: captions_path}
+    moves = {cog: target.output, tmp_captions: captions_path} if blocks is None else {}
     if route_map is not None:
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
                                  config.routed_threshold)] = Path(route_map).absolute()
-    target.commit(moves)
+    if blocks is None:
+        target.commit(moves)
+    else:
+        target.commit(folder.path, moves)
     return RunReport(
         output=target.output,
         tiles_total=len(grid),

@@ -9,7 +9,9 @@ the work raster (see :class:`geosr.writer.WorkRaster`) and two small files:
   the identities are equal, and otherwise says which entries differ.
 - ``journal.jsonl``: one JSON line per commit, with the output cells finished since the
   last commit (HR window, and the CRC-32 of the bytes written there: :class:`CellRecord`)
-  and the captions and routes (:mod:`geosr.routing`) of the tiles that fed them.
+  and the captions and routes (:mod:`geosr.routing`) of the tiles that fed them; for tiled
+  output (:mod:`geosr.tiled_output`) also the block COGs finished since, with their size and
+  CRC-32.
 
 A commit first makes the cells' pixels durable (``fdatasync`` of the work raster, done
 by the caller's ``sync``), then appends and ``fsync``s the journal line, so the journal
@@ -141,18 +143,24 @@ class RunJournal:
     JOURNAL = "journal.jsonl"
 
     def __init__(self, folder: WorkFolder, identity: dict, cells: Mapping[tuple[int, int], CellRecord],
-                 captions: dict, routes: dict | None = None, valid_bytes: int = 0, damaged_bytes: int = 0) -> None:
+                 captions: dict, routes: dict | None = None, valid_bytes: int = 0, damaged_bytes: int = 0,
+                 blocks: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.folder = folder
         self.identity = identity
         #: finished cells by ``(col_off, row_off)``
         self.records: dict[tuple[int, int], CellRecord] = dict(cells)
         self.captions: dict[int, str] = captions
         self.routes: dict[int, TileRoute] = routes or {}
+        #: finished block files of tiled output: name -> (size, CRC-32), durable when journalled
+        self.blocks: dict[str, tuple[int, int]] = dict(blocks or {})
+        #: called with the cells of each commit once they are durable (tiled output's blocks wait for them)
+        self.on_commit: list[Callable[[list[CellRecord]], None]] = []
         #: bytes of journal.jsonl up to the end of its last valid record, and after it
         self.valid_bytes, self.damaged_bytes = valid_bytes, damaged_bytes
         self._new_cells: list[CellRecord] = []
         self._new_captions: dict[int, str] = {}
         self._new_routes: dict[int, TileRoute] = {}
+        self._new_blocks: dict[str, tuple[int, int]] = {}
         self._last_commit = time.monotonic()
 
     @classmethod
@@ -191,6 +199,7 @@ class RunJournal:
         cells: dict[tuple[int, int], CellRecord] = {}
         captions: dict[int, str] = {}
         routes: dict[int, TileRoute] = {}
+        blocks: dict[str, tuple[int, int]] = {}
         valid = 0
         for line in data.splitlines(keepends=True):
             parsed = _parse_record(line) if line.endswith(b"\n") else None
@@ -200,8 +209,9 @@ class RunJournal:
                 cells[cell.key] = cell
             captions.update(parsed[1])
             routes.update(parsed[2])
+            blocks.update(parsed[3])
             valid += len(line)
-        return cls(folder, identity, cells, captions, routes, valid, len(data) - valid)
+        return cls(folder, identity, cells, captions, routes, valid, len(data) - valid, blocks)
 
     def cut_damaged_tail(self) -> None:
         """Cut what follows the last valid record, so that appended records are read again."""
@@ -228,14 +238,17 @@ class RunJournal:
         return set(self.records)
 
     def record(self, cell: CellRecord | None = None, captions: Mapping[int, str] | None = None,
-               routes: Mapping[int, TileRoute] | None = None) -> None:
-        """Note a finished cell, tile captions and/or routes; durable at the next :meth:`commit`."""
+               routes: Mapping[int, TileRoute] | None = None, block: tuple[str, int, int] | None = None) -> None:
+        """Note a finished cell, tile captions, routes and/or a block file ``(name, size, CRC-32)``
+        already made durable; recorded at the next :meth:`commit`."""
         if cell is not None:
             self._new_cells.append(cell)
         if captions:
             self._new_captions.update(captions)
         if routes:
             self._new_routes.update(routes)
+        if block is not None:
+            self._new_blocks[block[0]] = (block[1], block[2])
 
     def commit_due(self) -> bool:
         return time.monotonic() - self._last_commit >= COMMIT_SECONDS
@@ -243,13 +256,16 @@ class RunJournal:
     def commit(self, sync: Callable[[], None]) -> None:
         """Make recorded cells durable: ``sync()`` the pixels, then append the journal line."""
         self._last_commit = time.monotonic()
-        if not self._new_cells and not self._new_captions and not self._new_routes:
+        if not self._new_cells and not self._new_captions and not self._new_routes and not self._new_blocks:
             return
         sync()
-        line = json.dumps({
+        record = {
             "cells": [list(c) for c in self._new_cells], "captions": {str(k): v for k, v in self._new_captions.items()},
             "routes": {str(k): [r.path, r.texture, r.noise] for k, r in self._new_routes.items()},
-        })
+        }
+        if self._new_blocks:
+            record["blocks"] = {name: list(v) for name, v in self._new_blocks.items()}
+        line = json.dumps(record)
         try:
             with open(self.folder / self.JOURNAL, "a") as f:
                 f.write(line + "\n")
@@ -261,7 +277,11 @@ class RunJournal:
         self.valid_bytes += len(line) + 1
         self.captions.update(self._new_captions)
         self.routes.update(self._new_routes)
-        self._new_cells, self._new_captions, self._new_routes = [], {}, {}
+        self.blocks.update(self._new_blocks)
+        committed = self._new_cells
+        self._new_cells, self._new_captions, self._new_routes, self._new_blocks = [], {}, {}, {}
+        for listener in self.on_commit:
+            listener(committed)
 
     @property
     def finished(self) -> int:
@@ -269,7 +289,8 @@ class RunJournal:
         return len(self.records)
 
 
-def _parse_record(line: bytes) -> tuple[list[CellRecord], dict[int, str], dict[int, TileRoute]] | None:
+def _parse_record(line: bytes) -> tuple[list[CellRecord], dict[int, str], dict[int, TileRoute],
+                                        dict[str, tuple[int, int]]] | None:
     """One journal line, or None when it is not a record this module wrote."""
     try:
         rec = json.loads(line.decode("utf-8"))
@@ -278,6 +299,7 @@ def _parse_record(line: bytes) -> tuple[list[CellRecord], dict[int, str], dict[i
         cells = [CellRecord(*(int(v) for v in c)) for c in rec.get("cells", ())]  # TypeError: wrong length
         captions = {int(k): str(v) for k, v in rec.get("captions", {}).items()}
         routes = {int(k): TileRoute(str(v[0]), float(v[1]), float(v[2])) for k, v in rec.get("routes", {}).items()}
+        blocks = {str(k): (int(v[0]), int(v[1])) for k, v in rec.get("blocks", {}).items()}
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):
         return None
-    return cells, captions, routes
+    return cells, captions, routes, blocks

@@ -108,6 +108,8 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         "--aoi": f"{os.path.abspath(config.aoi)} sha256 {_file_digest(config.aoi)}" if config.aoi else None,
     }
     ident.update({k: str(v) for k, v in settings.items()})
+    if config.split is not None:  # absent from a single COG's identity, as before tiled output existed
+        ident["--split"] = str(config.split)
     if config.model and os.path.isfile(config.model):
         # a user's network file (.onnx, .pt) replaced at the same path makes other pixels
         st = os.stat(config.model)

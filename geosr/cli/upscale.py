@@ -63,11 +63,14 @@ from geosr.writer import check_file_name
                    + ", ".join(f"{k} {v}" for k, v in CALIBRATED_THRESHOLDS.items()) + ").")
 @click.option("--route-map", type=click.Path(dir_okay=False), help="Also write a small GeoTIFF, one pixel per tile: "
               "texture, noise and 1 where the model ran (open it over the scene in QGIS).")
+@click.option("--split", metavar="N", help="Tiled output: OUTPUT is a folder (or a .vrt) of COGs of N x N output "
+              "pixels (a multiple of 512) with a VRT over them and a STAC Collection; an OUTPUT ending in / or .vrt "
+              "alone means N = 16384.")
 @verbosity
 def upscale(inputs, output, scale, model, model_metadata, captioner, caption_every, tile, overlap, bands, bands_to_model, rgb_bands, aoi,
             blend, creation_options,
             overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, connect_timeout, local_workers,
-            performance_report, route, route_threshold, route_map, verbose, quiet):
+            performance_report, route, route_threshold, route_map, split, verbose, quiet):
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
 
     INPUT is one GeoTIFF, a .vrt, or several same-grid GeoTIFFs / a directory / a glob,
@@ -87,6 +90,7 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
       geosr upscale big.vrt out.tif --aoi field.geojson --bands 1,2,3
       geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
       geosr upscale big.vrt out.tif --resume      # after a pre-empted run
+      geosr upscale big.vrt out_x4/ --split 16384  # COG blocks + mosaic.vrt + STAC
     """
     import geosr
 
@@ -107,7 +111,7 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
                 batch_size=batch_size, seed=seed, address=address, connect_timeout=connect_timeout,
                 local_workers=local_workers,
                 performance_report=performance_report, progress=not quiet, route=route,
-                route_threshold=route_threshold, route_map=route_map,
+                route_threshold=route_threshold, route_map=route_map, split=split,
             )
 
     report = fail_cleanly(run, catch_all=True, verbose=verbose)

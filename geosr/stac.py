@@ -1,0 +1,157 @@
+"""STAC metadata of tiled output: one Item per block COG and a Collection over them.
+
+Written as plain JSON (STAC 1.0.0, no pystac: a few dictionaries), with the projection
+extension (``proj:epsg`` or ``proj:wkt2``, ``proj:transform``, ``proj:shape``), the raster
+extension (data type, nodata, scale, offset, unit per band) and the eo extension (band names
+and, for red, green and blue, common names). The geosr processing tags of the output
+(``GEOSR_MODEL``...) become ``geosr:model``... properties. Geometries are the blocks'
+footprints in EPSG:4326, their edges densified so a projected block's curved outline is
+followed. Links and asset hrefs are relative: the folder can be moved or uploaded whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Mapping, Sequence
+
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.transform import Affine
+from rasterio.warp import transform as warp_points
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+__all__ = ["STAC_VERSION", "stac_item", "stac_collection"]
+
+STAC_VERSION = "1.0.0"
+_EXTENSIONS = [
+    "https://stac-extensions.github.io/projection/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+]
+_COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+_COMMON_NAMES = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
+_EDGE_POINTS = 16  # per footprint edge
+
+
+def footprint(window: Window, transform: Affine, crs: CRS) -> dict:
+    """The GeoJSON polygon of ``window`` in EPSG:4326 (longitude, latitude)."""
+    c0, r0 = float(window.col_off), float(window.row_off)
+    c1, r1 = c0 + float(window.width), r0 + float(window.height)
+    corners = [(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)]
+    ring = []
+    for (ca, ra), (cb, rb) in zip(corners, corners[1:]):
+        ring += [(ca + (cb - ca) * k / _EDGE_POINTS, ra + (rb - ra) * k / _EDGE_POINTS) for k in range(_EDGE_POINTS)]
+    ring.append(ring[0])
+    xs, ys = zip(*(transform * p for p in ring))
+    lon, lat = warp_points(crs, "EPSG:4326", list(xs), list(ys))
+    return {"type": "Polygon", "coordinates": [[[x, y] for x, y in zip(lon, lat)]]}
+
+
+def _bbox(geometry: dict) -> list[float]:
+    lon, lat = zip(*geometry["coordinates"][0])
+    return [min(lon), min(lat), max(lon), max(lat)]
+
+
+def _projection(crs: CRS) -> dict:
+    epsg = crs.to_epsg()
+    return {"proj:epsg": epsg} if epsg else {"proj:epsg": None, "proj:wkt2": crs.to_wkt("WKT2_2019")}
+
+
+def _bands(band_meta: Mapping, dtype: str, nodata) -> tuple[list[dict], list[dict]]:
+    """``raster:bands`` and ``eo:bands`` as far as the band metadata says."""
+    count = len(band_meta.get("colorinterp", ()))
+    raster, eo = [], []
+    for i in range(count):
+        rb = {"data_type": str(dtype)}
+        if nodata is not None:
+            rb["nodata"] = nodata if nodata == nodata else "nan"
+        for key, name in (("scales", "scale"), ("offsets", "offset"), ("units", "unit")):
+            values = band_meta.get(key) or ()
+            if i < len(values) and values[i] not in (None, ""):
+                rb[name] = values[i]
+        raster.append(rb)
+        descriptions = band_meta.get("descriptions") or ()
+        eb = {"name": descriptions[i] if i < len(descriptions) and descriptions[i] else f"b{i + 1}"}
+        if band_meta["colorinterp"][i] in _COMMON_NAMES:
+            eb["common_name"] = _COMMON_NAMES[band_meta["colorinterp"][i]]
+        eo.append(eb)
+    return raster, eo
+
+
+def _acquired(tags: Mapping[str, str], created: dt.datetime) -> str:
+    """The source's TIFF date (``YYYY:MM:DD HH:MM:SS``, taken as UTC) if it has one, else the run's."""
+    try:
+        when = dt.datetime.strptime(tags["TIFFTAG_DATETIME"], "%Y:%m:%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    except (KeyError, ValueError):
+        when = created
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def stac_item(name: str, asset: str, window: Window, profile: Mapping, band_meta: Mapping, tags: Mapping[str, str],
+              collection: str, created: dt.datetime) -> dict:
+    """The STAC Item of the block ``name`` (output pixels ``window``; its COG at the relative ``asset``).
+
+    Parameters
+    ----------
+    profile : mapping
+        The whole output's rasterio profile (``crs``, ``transform``, ``dtype``, ``nodata``).
+    band_meta, tags : mapping
+        The output's band metadata (:func:`geosr.output_meta.band_meta`) and tags.
+    collection : str
+        The Collection's id.
+    created : datetime
+        When the run wrote the output (UTC): the Item's ``created``, and its ``datetime``
+        unless the source's tags date it.
+    """
+    transform = window_transform(window, profile["transform"])
+    geometry = footprint(window, profile["transform"], profile["crs"])
+    raster_bands, eo_bands = _bands(band_meta, profile["dtype"], profile.get("nodata"))
+    properties = {
+        "datetime": _acquired(tags, created),
+        "created": created.isoformat().replace("+00:00", "Z"),
+        **_projection(CRS.from_user_input(profile["crs"])),
+        "proj:transform": list(transform)[:6],
+        "proj:shape": [int(window.height), int(window.width)],
+        **{f"geosr:{k[len('GEOSR_'):].lower()}": v for k, v in sorted(tags.items()) if k.startswith("GEOSR_")},
+    }
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": _EXTENSIONS,
+        "id": name,
+        "collection": collection,
+        "geometry": geometry,
+        "bbox": _bbox(geometry),
+        "properties": properties,
+        "links": [
+            {"rel": "root", "href": "./collection.json", "type": "application/json"},
+            {"rel": "parent", "href": "./collection.json", "type": "application/json"},
+            {"rel": "collection", "href": "./collection.json", "type": "application/json"},
+        ],
+        "assets": {
+            "data": {"href": asset, "type": _COG, "roles": ["data"],
+                     "raster:bands": raster_bands, "eo:bands": eo_bands},
+        },
+    }
+
+
+def stac_collection(collection: str, items: Sequence[tuple[str, dict]], description: str) -> dict:
+    """The Collection over ``items`` (``(relative href, item)``): union of their bboxes, their dates."""
+    boxes = [item["bbox"] for _, item in items]
+    dates = sorted(item["properties"]["datetime"] for _, item in items)
+    return {
+        "type": "Collection",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": [],
+        "id": collection,
+        "description": description,
+        "license": "other",
+        "extent": {
+            "spatial": {"bbox": [[min(b[0] for b in boxes), min(b[1] for b in boxes),
+                                  max(b[2] for b in boxes), max(b[3] for b in boxes)]]},
+            "temporal": {"interval": [[dates[0], dates[-1]]]},
+        },
+        "links": [{"rel": "root", "href": "./collection.json", "type": "application/json"}]
+        + [{"rel": "item", "href": href, "type": "application/geo+json"} for href, _ in items],
+    }

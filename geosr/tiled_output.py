@@ -1,0 +1,369 @@
+"""Tiled output: the output grid cut into blocks, one COG each, a VRT over them and STAC.
+
+The single COG pass is a serial tail that grows with the output. With ``split=N`` (``--split
+N``, or an OUTPUT ending in ``/`` or ``.vrt``) the output grid is cut into blocks of N x N
+output pixels (ragged at the right and bottom edges) and each block becomes a complete COG
+(overviews, statistics, mask or nodata, the creation options, tags and band metadata of the
+single COG) as soon as every output cell under it is durable: the client follows the
+journal's commits (:attr:`geosr.journal.RunJournal.on_commit`) and submits the block's
+translation as a dask task that reads its window of the raw work raster in place
+(:meth:`geosr.writer.WorkRaster.write_vrt`). What is left after the last tile is the last
+blocks, the VRT over all blocks and the STAC Collection with one Item per block
+(:mod:`geosr.stac`).
+
+Layout: ``OUT_DIR/`` holds ``block_R_C.tif`` (R, C: block row and column), ``block_R_C.json``
+(its Item), ``collection.json``, ``mosaic.vrt`` and ``captions.geojson``; an OUTPUT ``NAME.vrt``
+puts the blocks, Items and Collection in ``NAME/`` beside it and the captions in
+``NAME.captions.geojson``. Everything is made in the run's work folder and renamed into place
+at the end (the folder, then the VRT): a failed run leaves nothing that looks complete.
+
+Resume: a block's file is fsynced before the journal names it with its size and CRC-32; a
+resumed run re-reads each named block and redoes those whose bytes differ (or are gone), and
+never trusts a block file the journal does not name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+from xml.sax.saxutils import escape
+
+import rasterio
+from rasterio.dtypes import dtype_rev, typename_fwd
+from rasterio.windows import Window
+
+from geosr.errors import InputError, OutputError, OutputExistsError
+from geosr.journal import CellRecord, RunJournal
+from geosr.resumable import StoppedRunWarning
+from geosr.stac import stac_collection, stac_item
+from geosr.tasks import shippable_errors
+from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, translate_to_cog,
+                          write_error)
+
+__all__ = ["DEFAULT_SPLIT", "TiledTarget", "BlockJob", "BlockWriter", "block_windows", "tiled_split", "write_block"]
+
+#: Block side in output pixels when OUTPUT asks for tiled output without ``split``: 16384 x
+#: 16384 RGB uint8 is 768 MiB raw, a COG a worker makes in tens of seconds.
+DEFAULT_SPLIT = 16384
+
+
+def tiled_split(output: str | os.PathLike, split: object, creation_options: Mapping[str, str] | None) -> int | None:
+    """The block size of a run writing ``output``, or None for a single COG.
+
+    ``split`` given, or OUTPUT ending in ``/`` or ``.vrt`` (then :data:`DEFAULT_SPLIT`), asks
+    for tiled output. The block size must be a positive multiple of the COG block size
+    (``BLOCKSIZE``, 512 unless ``creation_options`` say otherwise), so no COG tile straddles
+    two blocks' files.
+
+    Raises
+    ------
+    InputError
+        A block size that is not such a multiple, or ``split`` with an OUTPUT that names a
+        GeoTIFF file.
+    """
+    text = os.fspath(output)
+    folder_like = text.endswith(("/", os.sep)) or text.lower().endswith(".vrt")
+    if split is None:
+        if not folder_like:
+            return None
+        split = DEFAULT_SPLIT
+    if text.lower().endswith((".tif", ".tiff")):
+        raise InputError(f"--split writes a folder of COGs, but OUTPUT {text} names a GeoTIFF: give a folder "
+                         "(out/) or a .vrt")
+    options = {k.upper(): v for k, v in (creation_options or {}).items()}
+    block = int(options.get("BLOCKSIZE", DEFAULT_COG_OPTIONS["BLOCKSIZE"]))
+    n = int(split) if not isinstance(split, bool) and str(split).strip().isdigit() else None
+    if n is None or n <= 0 or n % block:
+        raise InputError(f"--split {split}: the block side must be a positive multiple of the COG block size {block} "
+                         f"(e.g. {DEFAULT_SPLIT})")
+    return n
+
+
+def block_windows(width: int, height: int, n: int) -> list[tuple[str, Window]]:
+    """``(name, window)`` of the blocks of n x n output pixels, row by row; ``block_R_C``."""
+    rows, cols = -(-height // n), -(-width // n)
+    digits = max(3, len(str(max(rows, cols) - 1)))
+    return [(f"block_{r:0{digits}d}_{c:0{digits}d}",
+             Window(c * n, r * n, min(n, width - c * n), min(n, height - r * n)))
+            for r in range(rows) for c in range(cols)]
+
+
+class TiledTarget:
+    """The OUTPUT of tiled output, checked before any work, and the final renames.
+
+    Parameters
+    ----------
+    output : path-like
+        A folder (``out/``, ``out``) or a ``.vrt``.
+    overwrite : bool
+        Replace what is there.
+    inputs : sequence of path-like
+        The run's inputs: none may lie in what would be replaced.
+
+    Attributes
+    ----------
+    output : Path
+        What the run's lock and work folder are named after (the folder, or the .vrt).
+    data : Path
+        The folder of the blocks, Items and Collection.
+    vrt, captions : Path
+        Where the mosaic VRT and the captions end up.
+    """
+
+    def __init__(self, output: str | os.PathLike, overwrite: bool = False,
+                 inputs: Sequence[str | os.PathLike] = ()) -> None:
+        self.output = Path(output).absolute()
+        check_file_name(self.output)
+        if self.output.suffix.lower() == ".vrt":
+            self.data, self.vrt = self.output.with_suffix(""), self.output
+            self.captions = self.output.with_name(self.output.stem + ".captions.geojson")
+        else:
+            self.data, self.vrt = self.output, self.output / "mosaic.vrt"
+            self.captions = self.output / "captions.geojson"
+        self.overwrite = overwrite
+        if not self.output.parent.exists():
+            raise OutputError(f"output folder {self.output.parent} does not exist")
+        if not os.access(self.output.parent, os.W_OK):
+            raise OutputError(f"output folder {self.output.parent} is not writable")
+        if self.data.exists() and not self.data.is_dir():
+            raise OutputError(f"{self.data} is a file; tiled output needs a folder there")
+        for path in (self.data, self.vrt, self.captions):
+            if path.exists() and not overwrite and not (path == self.data and not any(path.iterdir())):
+                raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        for path in inputs:
+            absolute = Path(path).absolute()
+            if absolute == self.vrt or self.data in absolute.parents:
+                raise OutputError(f"input {absolute} lies in the output {self.output}: write to another place")
+
+    def staging(self, work: Path) -> tuple[Path, Path, Path]:
+        """Where the run builds the data folder, the VRT and the captions in its work folder ``work``.
+
+        The VRT points at the blocks relative to itself, so the two keep their relative place.
+        """
+        data = work / self.data.name
+        inside = self.vrt.parent == self.data
+        return (data, data / self.vrt.name if inside else work / self.vrt.name,
+                data / self.captions.name if inside else work / self.captions.name)
+
+    def commit(self, work: Path, moves: Mapping[Path, Path]) -> None:
+        """Rename the staged data folder, then ``moves`` (sidecars), then the captions and VRT
+        beside a .vrt OUTPUT into place (the VRT last).
+
+        A folder being replaced (``overwrite``) goes into ``work`` first and is deleted after:
+        a rename cannot replace a folder that is not empty.
+        """
+        data, vrt, captions = self.staging(work)
+        if self.data.exists():
+            old = work / "replaced"
+            os.rename(self.data, old)
+            os.rename(data, self.data)
+            shutil.rmtree(old)
+        else:
+            os.rename(data, self.data)
+        for src, dst in moves.items():
+            os.replace(src, dst)
+        if self.vrt.parent != self.data:
+            os.replace(captions, self.captions)
+            os.replace(vrt, self.vrt)
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """One block's COG, for a dask task: its VRT over the work raster, where the COG goes, how."""
+
+    name: str
+    vrt: str
+    dst: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    write_mask: bool
+    creation_options: dict
+
+
+@shippable_errors
+def write_block(job: BlockJob) -> tuple[str, int, int]:
+    """Translate a block to its COG and make it durable (a dask task).
+
+    Returns
+    -------
+    tuple
+        ``(name, size, CRC-32)`` of the file, for the journal.
+    """
+    dst = Path(job.dst)
+    translate_to_cog(Path(job.vrt), dst, job.width, job.height, job.count, job.dtype, job.write_mask,
+                     job.creation_options, Path(job.vrt).with_suffix(".tiled.tif"))
+    try:
+        size, crc = _file_crc(dst)
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(dst, exc) from exc
+    return job.name, size, crc
+
+
+def _file_crc(path: Path) -> tuple[int, int]:
+    """Size and CRC-32 of a file."""
+    crc = size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return size, crc
+
+
+class BlockWriter:
+    """Submits each block's COG once all its cells are durable; journals the finished blocks.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    raster : WorkRaster
+        The run's work raster (read by the tasks through per-block VRTs).
+    journal : RunJournal
+        Followed through its commits; finished blocks are recorded in it.
+    split : int
+    data : Path
+        The staged data folder, where the block COGs are written.
+    cells : sequence of Window
+        HR windows of the output cells not finished yet; areas outside every cell (no tile
+        core) must be written before.
+    creation_options : mapping
+    """
+
+    def __init__(self, client, raster: WorkRaster, journal: RunJournal, split: int, data: Path,
+                 cells: Sequence[Window], creation_options: Mapping[str, str]) -> None:
+        self.client, self.raster, self.journal, self.data = client, raster, journal, data
+        self.blocks = block_windows(raster.width, raster.height, split)
+        self.creation_options = dict(creation_options)
+        self._split = split
+        (journal.folder / "blocks").mkdir(exist_ok=True)
+        data.mkdir(exist_ok=True)
+        self._check_finished()
+        self._waiting: dict[str, set[tuple[int, int]]] = {name: set() for name, _ in self.blocks
+                                                          if name not in journal.blocks}
+        for window in cells:
+            for name in self._blocks_of(window):
+                if name in self._waiting:
+                    self._waiting[name].add((int(window.col_off), int(window.row_off)))
+        self._futures: list = []
+        raster.sync()  # the tasks may read it from other processes
+        journal.on_commit.append(self._durable)
+        self._submit_ready()
+
+    def _check_finished(self) -> None:
+        """Forget journalled blocks whose file is gone or holds other bytes: they are made again."""
+        bad = []
+        for name, (size, crc) in self.journal.blocks.items():
+            try:
+                same = _file_crc(self.data / f"{name}.tif") == (size, crc)
+            except OSError:
+                same = False
+            if not same:
+                bad.append(name)
+        for name in bad:
+            del self.journal.blocks[name]
+        if bad:
+            warnings.warn(f"{len(bad)} finished block COGs in {self.data} are missing or changed: making them again",
+                          StoppedRunWarning, stacklevel=3)
+
+    def _blocks_of(self, window: Window) -> list[str]:
+        n, cols = self._split, -(-self.raster.width // self._split)
+        r0, r1 = int(window.row_off) // n, (int(window.row_off + window.height) - 1) // n
+        c0, c1 = int(window.col_off) // n, (int(window.col_off + window.width) - 1) // n
+        return [self.blocks[r * cols + c][0] for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
+
+    def _durable(self, cells: list[CellRecord]) -> None:
+        """The journal's commit listener: these cells are durable; collect finished blocks."""
+        for cell in cells:
+            for name in self._blocks_of(Window(cell.col_off, cell.row_off, cell.width, cell.height)):
+                if name in self._waiting:
+                    self._waiting[name].discard(cell.key)
+        self._submit_ready()
+        for future in [f for f in self._futures if f.done()]:
+            self._record(future)
+
+    def _submit_ready(self) -> None:
+        windows = dict(self.blocks)
+        for name in [n for n, waiting in self._waiting.items() if not waiting]:
+            del self._waiting[name]
+            window = windows[name]
+            vrt = self.raster.write_vrt(self.journal.folder / "blocks" / f"{name}.vrt", window)
+            job = BlockJob(name, str(vrt), str(self.data / f"{name}.tif"), int(window.width), int(window.height),
+                           self.raster.count, self.raster.dtype.name, self.raster.write_mask, self.creation_options)
+            self._futures.append(self.client.submit(write_block, job, pure=False))
+
+    def _record(self, future) -> None:
+        name, size, crc = future.result()  # a failed block raises its error here
+        self._futures.remove(future)
+        future.release()
+        self.journal.record(block=(name, size, crc))
+
+    def wait(self) -> None:
+        """Wait for every block's COG and journal them (after the last cells' commit)."""
+        import distributed
+
+        if any(self._waiting.values()):
+            raise RuntimeError("internal error: some blocks' cells were never finished")
+        self._submit_ready()
+        for future in distributed.as_completed(list(self._futures)):
+            self._record(future)
+        self.journal.commit(lambda: None)  # the block files were fsynced by their tasks
+
+    def write_mosaic(self, vrt: Path, captions: Path, captions_fc: dict, created: dt.datetime) -> None:
+        """Write the VRT over the blocks, the STAC Collection and Items, and the captions (staged)."""
+        rel = os.path.relpath(self.data, vrt.parent)
+        self._write_vrt(vrt, rel)
+        collection = self.data.name
+        items = []
+        for name, window in self.blocks:
+            item = stac_item(name, f"./{name}.tif", window, self.raster.profile, self.raster.band_meta,
+                             self.raster.tags, collection, created)
+            _write_json(self.data / f"{name}.json", item)
+            items.append((f"./{name}.json", item))
+        _write_json(self.data / "collection.json", stac_collection(
+            collection, items, f"geosr super-resolution output in {len(items)} COG blocks of "
+            f"{self._split} x {self._split} pixels"))
+        _write_json(captions, captions_fc)
+
+    def _write_vrt(self, vrt: Path, rel: str) -> None:
+        """A VRT of the whole output grid with each block's COG as a source, and the output's metadata."""
+        gdal_type = typename_fwd[dtype_rev[self.raster.dtype.name]]
+        r = self.raster
+
+        def sources(band: str) -> list[str]:
+            out = []
+            for name, w in self.blocks:
+                path = escape(f"{rel}/{name}.tif" if rel != "." else f"{name}.tif")
+                out.append(
+                    f'    <SimpleSource><SourceFilename relativeToVRT="1">{path}</SourceFilename>'
+                    f"<SourceBand>{band}</SourceBand>"
+                    f'<SrcRect xOff="0" yOff="0" xSize="{w.width}" ySize="{w.height}"/>'
+                    f'<DstRect xOff="{w.col_off}" yOff="{w.row_off}" xSize="{w.width}" ySize="{w.height}"/>'
+                    "</SimpleSource>")
+            return out
+
+        lines = [f'<VRTDataset rasterXSize="{r.width}" rasterYSize="{r.height}">']
+        for b in range(1, r.count + 1):
+            lines += [f'  <VRTRasterBand dataType="{gdal_type}" band="{b}">', *sources(str(b)), "  </VRTRasterBand>"]
+        if r.write_mask:
+            lines += ['  <MaskBand><VRTRasterBand dataType="Byte">', *sources("mask,1"), "  </VRTRasterBand></MaskBand>"]
+        lines.append("</VRTDataset>")
+        vrt.write_text("\n".join(lines) + "\n")
+        with rasterio.Env(**WRITER_GDAL_ENV), rasterio.open(vrt, "r+") as ds:
+            r.set_metadata(ds)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=1))

@@ -1,0 +1,187 @@
+"""Tiled output (issue 31): COG blocks + a VRT + STAC, equal to the single COG, resumable per block."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.warp
+from click.testing import CliRunner
+
+import geosr.journal
+import geosr.resumable
+import geosr.tiled_output
+from geosr.cli import cli
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import upscale_scene
+from geosr.errors import WriteError
+from geosr.validation import validate_output
+from geosr.writer import WorkRaster
+from tests.rasters import uint8_scene
+
+SPLIT = 512
+HEIGHT, WIDTH = 301, 517  # x2: 602 x 1034, blocks of 512 ragged on the right and at the bottom
+
+
+def cfg(**kw):
+    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH)
+
+
+def read_all(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    with rasterio.open(path) as ds:
+        return ds.read(), ds.read_masks(), dict(transform=ds.transform, crs=ds.crs, bounds=ds.bounds,
+                                                 nodata=ds.nodata, tags=ds.tags(), colorinterp=ds.colorinterp,
+                                                 descriptions=ds.descriptions)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_mosaic_equals_the_single_cog(tmp_path, masked):
+    mask = np.ones((HEIGHT, WIDTH), bool)
+    mask[40:90, 100:260] = False
+    src = uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH, mask=mask if masked else None)
+    upscale_scene([src], tmp_path / "single.tif", cfg())
+    report = upscale_scene([src], tmp_path / "out", cfg(split=SPLIT))
+
+    out = tmp_path / "out"
+    assert report.output == out and report.captions == out / "captions.geojson"
+    single, mosaic = read_all(tmp_path / "single.tif"), read_all(out / "mosaic.vrt")
+    np.testing.assert_array_equal(mosaic[0], single[0])
+    np.testing.assert_array_equal(mosaic[1], single[1])
+    assert mosaic[2] == single[2]  # transform, CRS, bounds, nodata, tags, band metadata
+    blocks = sorted(out.glob("block_*.tif"))
+    assert [b.stem for b in blocks] == [f"block_00{r}_00{c}" for r in range(2) for c in range(3)]
+    for block in blocks:
+        result = validate_output(block)
+        assert result.ok, (block.name, result.errors)
+    with rasterio.open(blocks[-1]) as ds:  # the ragged corner block, with overviews and statistics
+        assert (ds.width, ds.height) == (1034 - 1024, 602 - 512)
+        assert ds.tags(1).get("STATISTICS_MEAN") is not None
+    assert not list(tmp_path.glob(".out.geosr-*"))  # the work folder and the lock are gone
+
+
+def test_stac_items_place_their_blocks(tmp_path, scene):
+    upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT))
+    out = tmp_path / "out"
+    collection = json.loads((out / "collection.json").read_text())
+    items = [link["href"] for link in collection["links"] if link["rel"] == "item"]
+    assert len(items) == 6
+    with rasterio.open(tmp_path / "out" / "mosaic.vrt") as ds:
+        crs_epsg = ds.crs.to_epsg()
+    for href in items:
+        item = json.loads((out / href).read_text())
+        props = item["properties"]
+        block = out / item["assets"]["data"]["href"]
+        with rasterio.open(block) as ds:
+            assert props["proj:transform"] == list(ds.transform)[:6]
+            assert props["proj:shape"] == [ds.height, ds.width]
+            lon, lat = rasterio.warp.transform(ds.crs, "EPSG:4326", [ds.bounds.left, ds.bounds.right],
+                                               [ds.bounds.bottom, ds.bounds.top])
+        assert props["proj:epsg"] == crs_epsg
+        west, south, east, north = item["bbox"]
+        assert west <= min(lon) + 1e-9 and east >= max(lon) - 1e-9 and south <= min(lat) + 1e-9 and north >= max(lat) - 1e-9
+        assert props["geosr:model"] == "bicubic" and props["geosr:scale"] == "2"
+        assert item["assets"]["data"]["raster:bands"][0]["data_type"] == "uint8"
+        assert [b.get("common_name") for b in item["assets"]["data"]["eo:bands"]] == ["red", "green", "blue"]
+    bbox = collection["extent"]["spatial"]["bbox"][0]
+    assert bbox[0] < bbox[2] and bbox[1] < bbox[3]
+
+
+def test_a_vrt_output_puts_the_blocks_beside_it(tmp_path, scene):
+    upscale_scene([scene], tmp_path / "single.tif", cfg())
+    result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "big.vrt"), "--scale", "2", "--model", "bicubic",
+                                      "--captioner", "none", "--tile", "32", "--overlap", "8", "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == [
+        "block_000_000.json", "block_000_000.tif", "collection.json"]  # one block of the default 16384
+    assert (tmp_path / "big.captions.geojson").exists()
+    np.testing.assert_array_equal(read_all(tmp_path / "big.vrt")[0], read_all(tmp_path / "single.tif")[0])
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "1000", "-512", "512.0"])
+def test_bad_split_values_are_refused_in_one_line(tmp_path, scene, value):
+    result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "out"), "--scale", "2", "--model", "bicubic",
+                                      "--split", value])
+    assert result.exit_code == 3, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "--split" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_with_a_geotiff_output_is_refused(tmp_path, scene):
+    result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "out.tif"), "--split", "512"])
+    assert result.exit_code == 3 and "folder" in result.output
+
+
+def test_a_stopped_run_resumes_without_redoing_finished_blocks(tmp_path, scene, monkeypatch):
+    upscale_scene([scene], tmp_path / "reference", cfg(split=SPLIT))
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)  # commit after each batch: blocks start early
+    made: list[str] = []
+    real_translate = geosr.tiled_output.translate_to_cog
+
+    def counted_translate(vrt, *args):  # looked up by the task when it runs, here (threads)
+        made.append(Path(vrt).stem)
+        return real_translate(vrt, *args)
+
+    monkeypatch.setattr(geosr.tiled_output, "translate_to_cog", counted_translate)
+    real_rows = WorkRaster._write_rows
+
+    def full_once_a_block_is_journalled(self, *args):
+        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.geosr-run-*/journal.jsonl")):
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_block_is_journalled)
+    with pytest.raises(WriteError):
+        upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT))
+    assert not (tmp_path / "out").exists()  # nothing that looks like an output
+    (work,) = tmp_path.glob(".out.geosr-run-*")
+    finished = geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks
+    assert finished and len(finished) < 6
+    stamps = {name: os.stat(work / "out" / f"{name}.tif").st_mtime_ns for name in finished}
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
+    made.clear()
+    report = upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT, resume=True))
+    assert report.tiles_resumed > 0
+    assert not set(made) & set(finished) and len(made) == 6 - len(finished)
+    for name, stamp in stamps.items():
+        assert os.stat(tmp_path / "out" / f"{name}.tif").st_mtime_ns == stamp  # the very file, not rewritten
+    for block in sorted((tmp_path / "reference").glob("*.tif")):
+        assert (tmp_path / "out" / block.name).read_bytes() == block.read_bytes(), block.name
+    assert (tmp_path / "out" / "mosaic.vrt").read_bytes() == (tmp_path / "reference" / "mosaic.vrt").read_bytes()
+
+
+def test_a_changed_block_file_is_made_again(tmp_path, scene, monkeypatch):
+    """A journalled block whose file no longer holds its bytes is not trusted."""
+    real_rows = WorkRaster._write_rows
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)
+
+    def full_once_a_block_is_journalled(self, *args):
+        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.geosr-run-*/journal.jsonl")):
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_block_is_journalled)
+    with pytest.raises(WriteError):
+        upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT))
+    (work,) = tmp_path.glob(".out.geosr-run-*")
+    name = next(iter(geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks))
+    damaged = work / "out" / f"{name}.tif"
+    with open(damaged, "r+b") as f:
+        f.seek(4000)
+        f.write(b"\0" * 64)
+    monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
+    with pytest.warns(geosr.resumable.StoppedRunWarning, match="missing or changed"):
+        upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT, resume=True))
+    upscale_scene([scene], tmp_path / "reference", cfg(split=SPLIT))
+    assert (tmp_path / "out" / f"{name}.tif").read_bytes() == (tmp_path / "reference" / f"{name}.tif").read_bytes()
