@@ -19,7 +19,8 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
+
+from geosr.tiling import window_transform
 
 __all__ = ["STAC_VERSION", "stac_item", "stac_collection"]
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from affine import Affine
 from rasterio.windows import Window
 
-__all__ = ["Tile", "TileGrid", "axis_starts", "coarsen_window", "core_size", "scale_window"]
+__all__ = ["Tile", "TileGrid", "axis_starts", "coarsen_window", "core_size", "scale_window", "window_transform"]
 
 
 def core_size(size: int, tile: int) -> int:
@@ -53,6 +54,15 @@ def scale_window(window: Window, scale: int) -> Window:
         int(window.width) * scale,
         int(window.height) * scale,
     )
+
+
+def window_transform(window: Window, transform: Affine) -> Affine:
+    """The transform of ``window``'s grid: ``transform`` moved to its top-left corner.
+
+    What ``rasterio.windows.transform`` computes, with affine's ``@`` (its ``*`` on matrices
+    warns in a default run) and integer offsets.
+    """
+    return transform @ Affine.translation(int(window.col_off), int(window.row_off))
 
 
 def coarsen_window(window: Window, scale: int) -> Window:

@@ -29,6 +29,7 @@ from rasterio.windows import Window
 
 from geosr.errors import InputError, OutputError, OutputExistsError, WriteError
 from geosr.stoppable_gdal import GdalFailure, GdalPass
+from geosr.tiling import window_transform
 
 __all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path", "check_file_name",
            "translate_to_cog", "write_error"]
@@ -333,7 +334,7 @@ class WorkRaster:
             if p.get("crs"):
                 ds.crs = p["crs"]
             if p.get("transform") is not None:
-                ds.transform = p["transform"] if window is None else rasterio.windows.transform(window, p["transform"])
+                ds.transform = p["transform"] if window is None else window_transform(window, p["transform"])
         if self.rpcs is not None:
             ds.rpcs = self.rpcs
         if p.get("nodata") is not None:

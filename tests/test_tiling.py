@@ -1,7 +1,7 @@
 import pytest
 from rasterio.windows import Window
 
-from geosr.tiling import TileGrid, axis_starts, coarsen_window, core_size, scale_window
+from geosr.tiling import TileGrid, axis_starts, coarsen_window, core_size, scale_window, window_transform
 
 
 @pytest.mark.parametrize("size,tile", [(1, 8), (97, 32), (100, 25), (257, 256), (256, 256), (1000, 300)])
@@ -58,3 +58,19 @@ def test_windows_refine_and_coarsen_in_integers():
     assert coarsen_window(scale_window(w, 4), 4) == w
     with pytest.raises(ValueError, match="does not lie on the input grid"):
         coarsen_window(Window(2, 0, 4, 4), 4)
+
+
+def test_window_transform_is_rasterios_without_its_warning():
+    import warnings
+
+    import rasterio.windows
+    from affine import Affine
+
+    t = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4100000.0)
+    w = Window(12, 20, 28, 44)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mine = window_transform(w, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert mine.almost_equals(rasterio.windows.transform(w, t))
