@@ -16,6 +16,7 @@ from rasterio.enums import ColorInterp
 
 import geosr
 from geosr.aoi import window_polygon
+from geosr.captioning import split_speaker
 from geosr.config import RunConfig
 from geosr.georef import scale_transform
 from geosr.models import Upscaler
@@ -100,18 +101,22 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan
 def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
                       routes: dict[int, TileRoute] | None = None) -> dict:
     """One feature per processed tile: core footprint in the scene CRS, caption, index, and
-    for a routed run the tile's ``route`` (``model`` / ``bicubic``), ``texture`` and ``noise``."""
+    for a routed run the tile's ``route`` (``model`` / ``bicubic``), ``texture`` and ``noise``.
+    A caption attributed to the captioner that wrote it (``--captioner auto``) has its text in
+    ``caption`` and the captioner in ``captioner``."""
     georef = bool(scene.crs) and not scene.gcps
     transform = scene.transform if georef else rasterio.Affine.identity()
     features = []
     for t in tiles:
         poly = window_polygon(t.core, transform)
+        caption, speaker = split_speaker(captions.get(t.index, ""))
         features.append(
             {
                 "type": "Feature",
                 "geometry": poly.__geo_interface__,
                 "properties": {
-                    "tile": t.index, "row": t.row, "col": t.col, "caption": captions.get(t.index, ""),
+                    "tile": t.index, "row": t.row, "col": t.col, "caption": caption,
+                    **({"captioner": speaker} if speaker is not None else {}),
                     "col_off": int(t.core.col_off), "row_off": int(t.core.row_off),
                     "width": int(t.core.width), "height": int(t.core.height),
                     **(routes[t.index].properties() if routes and t.index in routes else {}),

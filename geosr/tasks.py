@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from geosr.captioning import Captioner, FixedCaptioner, load_captioner
+from geosr.captioning import Captioner, FixedCaptioner, attributed_captions, caption_text, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig
 from geosr.errors import GeosrError
@@ -124,14 +124,16 @@ def group_input(batch: np.ndarray, positions: Sequence[int]) -> torch.Tensor:
 
 def caption_batch(spec: str, x: torch.Tensor, plan: BandPlan) -> list[str]:
     """Caption the tiles captioning sees (:func:`model_input`): clipped to [0, 1], a single band
-    shown as grey RGB."""
+    shown as grey RGB. A captioner that says who wrote each caption (``auto``) gives them
+    attributed (:func:`geosr.captioning.attribute`): they travel so to the captions GeoJSON, and
+    :func:`upscale_batch` gives the models their text only."""
     captioner = captioner_for(spec)
     if isinstance(captioner, FixedCaptioner):
         return captioner.caption(x)  # the same text for every tile: no copy of the pixels
     x = x.clamp(0, 1)
     if len(plan.look) == 1:
         x = x.expand(-1, 3, -1, -1)
-    return list(captioner.caption(x))
+    return attributed_captions(captioner, x)
 
 
 def shippable_errors(task):
@@ -222,8 +224,10 @@ def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: Ban
     R, G, B group: the same text and noise for every band of a tile); ``x``, the input of
     ``plan.look``, serves the group that is those bands without a second copy. The bands
     ``plan`` leaves out go through bicubic. ``stretch`` (the scene's) is for a network that
-    reads raster values (:func:`geosr.models.own_network.upscale_in_units`).
+    reads raster values (:func:`geosr.models.own_network.upscale_in_units`). The models read
+    the captions' text, never who wrote them (:func:`geosr.captioning.caption_text`).
     """
+    captions = [caption_text(c) for c in captions]
     b, _, h, w = batch.shape
     out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
     for group in plan.groups:

@@ -2,7 +2,14 @@
 
 :func:`load_captioner` resolves a spec: ``degradation`` (default, no weights),
 ``mllm:<dir-or-hub-id>`` (or ``mllm:geosr-caption-tiny``, the VLM shipped in the package),
-``fixed:<text>`` or ``none``.
+``auto`` (the measuring captioner, and the shipped VLM for tiles it reads as JPEG-compressed:
+:mod:`geosr.captioning.auto`), ``fixed:<text>`` or ``none``.
+
+A captioner that combines others (``auto``) also says which one wrote each caption:
+``caption_attributed(tiles)`` returns the captions with the writer's name attached
+(:func:`attribute`). A run carries captions that way from the captioner to the captions
+GeoJSON (its ``captioner`` property); :func:`caption_text` gives back the text, the only part
+a model reads (:func:`geosr.tasks.upscale_batch`) and the only part in the ``caption`` property.
 """
 
 from __future__ import annotations
@@ -13,14 +20,46 @@ import torch
 
 from geosr.errors import CaptionerError
 
-__all__ = ["Captioner", "FixedCaptioner", "load_captioner", "register_captioner"]
+__all__ = [
+    "SPEAKER_MARK", "Captioner", "FixedCaptioner", "attribute", "attributed_captions", "caption_text",
+    "load_captioner", "register_captioner", "split_speaker",
+]
+
+#: Between a caption and the name of the captioner that wrote it (ASCII unit separator: in no
+#: caption grammar, and no model ever sees it: :func:`caption_text` cuts it off).
+SPEAKER_MARK = "\x1f"
+
+
+def attribute(text: str, speaker: str) -> str:
+    """``text`` attributed to the captioner named ``speaker`` (see :func:`split_speaker`)."""
+    return f"{text}{SPEAKER_MARK}{speaker}"
+
+
+def split_speaker(caption: str) -> tuple[str, str | None]:
+    """``(text, speaker)`` of a caption; a caption nobody is attributed has speaker None."""
+    text, mark, speaker = caption.rpartition(SPEAKER_MARK)
+    return (text, speaker) if mark else (caption, None)
+
+
+def caption_text(caption: str) -> str:
+    """The text of a caption, attributed or not: what a model reads."""
+    return split_speaker(caption)[0]
+
+
+def attributed_captions(captioner: "Captioner", tiles: torch.Tensor) -> list[str]:
+    """``captioner``'s captions of ``tiles``, attributed where the captioner says who wrote each
+    (``caption_attributed``), else as they are."""
+    attributed = getattr(captioner, "caption_attributed", None)
+    return list(attributed(tiles) if attributed is not None else captioner.caption(tiles))
 
 
 @runtime_checkable
 class Captioner(Protocol):
     """Writes one caption per tile.
 
-    ``name`` is recorded in the output's provenance tags.
+    ``name`` is recorded in the output's provenance tags. A captioner may also have
+    ``caption_attributed(tiles) -> list[str]``: the same captions, each attributed
+    (:func:`attribute`) to the captioner that wrote it.
     """
 
     name: str
@@ -65,6 +104,15 @@ def _mllm(arg: str) -> Captioner:
     return MLLMCaptioner(arg)
 
 
+def _auto(arg: str) -> Captioner:
+    from geosr.captioning.auto import AutoCaptioner
+
+    if arg:
+        raise CaptionerError(f"captioner 'auto' takes no argument, got {arg!r}")
+    return AutoCaptioner()
+
+
+_FACTORIES["auto"] = _auto
 _FACTORIES["degradation"] = _degradation
 _FACTORIES["mllm"] = _mllm
 
@@ -88,6 +136,8 @@ def load_captioner(spec: str) -> Captioner:
         raise CaptionerError(f"unknown captioner {spec!r}: use one of {known}")
     if prefix == "fixed" and not arg:
         raise CaptionerError("captioner 'fixed' needs a text: fixed:<text>")
+    if SPEAKER_MARK in arg:
+        raise CaptionerError(f"captioner {prefix!r}: no control character \\x1f in {arg!r}")
     return _FACTORIES[prefix](arg)
 
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import torch
 
-from geosr.captioning import Captioner
+from geosr.captioning import Captioner, attributed_captions, caption_text
 
 __all__ = ["CachingCaptioner", "tile_key"]
 
@@ -30,7 +30,9 @@ class CachingCaptioner:
     """Wraps a captioner with a least-recently-used cache by tile content hash.
 
     Misses of one batch go to the inner captioner together, so batching is kept.
-    Thread-safe (the engine captions from several threads).
+    Thread-safe (the engine captions from several threads). A caption is cached as the
+    inner captioner attributes it (``caption_attributed``, e.g. ``auto``), so a cached tile
+    keeps the name of the captioner that wrote its caption.
 
     Parameters
     ----------
@@ -51,6 +53,11 @@ class CachingCaptioner:
 
     def caption(self, tiles: torch.Tensor) -> list[str]:
         """Caption ``[B, C, h, w]`` tiles, asking the inner captioner for unseen ones only."""
+        captions = self.caption_attributed(tiles)
+        return [caption_text(c) for c in captions] if hasattr(self.inner, "caption_attributed") else captions
+
+    def caption_attributed(self, tiles: torch.Tensor) -> list[str]:
+        """The captions of :meth:`caption`, attributed where the inner captioner attributes them."""
         keys = [tile_key(t) for t in tiles]
         out: list[str | None] = [None] * len(keys)
         missing: dict[str, list[int]] = {}
@@ -64,7 +71,7 @@ class CachingCaptioner:
                     missing.setdefault(key, []).append(i)
         if missing:
             first = [idx[0] for idx in missing.values()]
-            texts = self.inner.caption(tiles[first])
+            texts = attributed_captions(self.inner, tiles[first])
             with self._lock:
                 for (key, idx), text in zip(missing.items(), texts):
                     for i in idx:

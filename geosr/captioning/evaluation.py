@@ -29,6 +29,7 @@ import numpy as np
 import rasterio
 import torch
 
+from geosr.captioning import attributed_captions, split_speaker
 from geosr.captioning.vocabulary import parse_caption
 from geosr.errors import InputError
 
@@ -173,8 +174,10 @@ def evaluate_captioner(
         ``aniso_accuracy`` (iso/aniso class right), ``angle_median_abs_err_deg``
         (anisotropic crops called anisotropic), ``jpeg_accuracy`` (JPEG or not right; with
         ``jpeg_share=0`` the share of crops not wrongly called JPEG),
-        ``jpeg_quality_median_abs_err`` (JPEG crops called JPEG); ``seconds_per_crop``; the
-        captioner's name and the setup.
+        ``jpeg_quality_median_abs_err`` (JPEG crops called JPEG); ``seconds_per_crop`` (after
+        the captioner's ``warm_up()`` where it has one: captioning, not loading); ``speakers``
+        (crops per captioner that wrote their caption, for a captioner that says so: ``auto``;
+        else empty); the captioner's name and the setup.
     """
     if captioner is None:
         from geosr.captioning.degradation import DegradationCaptioner
@@ -186,13 +189,21 @@ def evaluate_captioner(
             jpeg_share, jpeg_quality_range,
         )
     )
-    captions: list[str] = []
+    if hasattr(captioner, "warm_up"):  # what it loads on first use (auto: its VLM), loaded untimed like the rest
+        captioner.warm_up()
+    attributed: list[str] = []
     start = time.perf_counter()
     for first in range(0, len(crops), batch_size):
         batch = np.stack([lr for lr, _ in crops[first : first + batch_size]])
         tiles = torch.from_numpy(batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        captions.extend(captioner.caption(tiles))
+        attributed.extend(attributed_captions(captioner, tiles))
     seconds = time.perf_counter() - start
+    captions = [split_speaker(c)[0] for c in attributed]
+    speakers: dict[str, int] = {}
+    for c in attributed:
+        speaker = split_speaker(c)[1]
+        if speaker is not None:
+            speakers[speaker] = speakers.get(speaker, 0) + 1
     noise_err, blur_err, angle_err, quality_err = [], [], [], []
     aniso_right, jpeg_right = [], []
     parsed = 0
@@ -222,6 +233,7 @@ def evaluate_captioner(
         "jpeg_accuracy": float(np.mean(jpeg_right)) if jpeg_right else math.nan,
         "jpeg_quality_median_abs_err": _median(quality_err),
         "seconds_per_crop": seconds / len(captions),
+        "speakers": dict(sorted(speakers.items())),
         "setup": {
             "images": len(image_paths),
             "n_crops": n_crops,

@@ -43,7 +43,7 @@ def format_table(results: list[dict]) -> str:
 )
 @click.option(
     "--captioner", "specs", multiple=True, default=("degradation",), show_default=True,
-    help="Captioner spec (degradation, mllm:DIR-OR-HUB-ID, ...); repeat to compare several.",
+    help="Captioner spec (degradation, mllm:DIR-OR-HUB-ID, auto, ...); repeat to compare several.",
 )
 @click.option("--n", "n_crops", default=400, show_default=True, help="Number of degraded crops.")
 @click.option("--crop", default=96, show_default=True, help="Captioned (LR) crop size in px.")
@@ -74,5 +74,8 @@ def evaluate_captioner(roots, specs, n_crops, crop, scale, jpeg_share, seed, jso
 
     results = fail_cleanly(run)
     click.echo(format_table(results))
+    for r in results:  # a captioner that says who wrote each caption (auto)
+        if r.get("speakers"):
+            click.echo(f"`{r['captioner']}`: crops captioned by " + ", ".join(f"{k} {v}" for k, v in r["speakers"].items()))
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2) + "\n")
