@@ -64,6 +64,7 @@ _SCENE_PARAMETERS = """    source : path-like, sequence of path-like, rasterio d
         ``value_range`` (``0-1``, ``0-255``, ``raw/10000``...), ``tile_multiple``,
         ``tile_size``, ``min_overlap`` (:mod:`geosr.models.model_card`).
     captioner : str
+        ``auto`` (``degradation``, and the shipped VLM for tiles it reads as JPEG-compressed),
         ``degradation``, ``mllm:geosr-caption-tiny`` (the shipped VLM), ``mllm:DIR-OR-HUB-ID``,
         ``fixed:TEXT`` or ``none``.
     caption_every : str

@@ -10,7 +10,8 @@ from geosr.errors import InputError
 
 __all__ = ["TileSpec", "RunConfig", "check_device", "DEFAULT_CAPTIONER", "DEFAULT_OVERLAP", "DEFAULT_TILE"]
 
-DEFAULT_CAPTIONER = "degradation"
+#: The measuring captioner, and the shipped VLM for tiles it reads as JPEG-compressed (geosr.captioning.auto).
+DEFAULT_CAPTIONER = "auto"
 #: Tile core and halo in input pixels: the one place these defaults live (API, CLI, QGIS read them).
 DEFAULT_TILE, DEFAULT_OVERLAP = 256, 16
 SCALES = (2, 3, 4, 8)

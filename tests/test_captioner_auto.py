@@ -22,7 +22,7 @@ from geosr.captioning.cache import CachingCaptioner
 from geosr.captioning.degradation import DegradationCaptioner
 from geosr.captioning.evaluation import degraded_crops, evaluate_captioner
 from geosr.captioning.vocabulary import format_caption, parse_caption
-from geosr.config import RunConfig, TileSpec
+from geosr.config import DEFAULT_CAPTIONER, RunConfig, TileSpec
 from geosr.engine import caption_scene, upscale_scene
 from geosr.errors import CaptionerError
 
@@ -155,6 +155,11 @@ def test_load_captioner_auto_neither_loads_nor_imports_the_vlm():
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_auto_is_the_default_captioner():
+    assert DEFAULT_CAPTIONER == "auto"
+    assert RunConfig().captioner == "auto"
 
 
 # --- a run: who spoke goes to the captions GeoJSON, the models read the text ----------

@@ -1,9 +1,9 @@
 """Captioners: one "change caption" per tile, saying how it differs from a clean sharp image.
 
-:func:`load_captioner` resolves a spec: ``degradation`` (default, no weights),
+:func:`load_captioner` resolves a spec: ``degradation`` (no weights),
 ``mllm:<dir-or-hub-id>`` (or ``mllm:geosr-caption-tiny``, the VLM shipped in the package),
-``auto`` (the measuring captioner, and the shipped VLM for tiles it reads as JPEG-compressed:
-:mod:`geosr.captioning.auto`), ``fixed:<text>`` or ``none``.
+``auto`` (the default: the measuring captioner, and the shipped VLM for tiles it reads as
+JPEG-compressed: :mod:`geosr.captioning.auto`), ``fixed:<text>`` or ``none``.
 
 A captioner that combines others (``auto``) also says which one wrote each caption:
 ``caption_attributed(tiles)`` returns the captions with the writer's name attached

@@ -11,7 +11,7 @@ from geosr.config import DEFAULT_CAPTIONER
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", "output", required=True, type=click.Path(dir_okay=False), help="GeoJSON to write (tile footprints + captions).")
-@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
+@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="auto (degradation, and the shipped VLM for tiles read as JPEG-compressed), degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N or scene.")
 @tile_options
 @click.option("--bands", callback=parse_bands, help="Bands to look at, e.g. 1,2,3.")

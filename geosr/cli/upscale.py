@@ -26,7 +26,7 @@ from geosr.writer import check_file_name
 @click.option("--model-meta", "model_metadata", multiple=True, callback=parse_model_metadata, metavar="KEY=VALUE",
               help="What your own network (.onnx, .pt) takes, over its own metadata; repeatable: scale=4, bands=4, "
                    "value_range=0-255 (or raw/10000: raster values / 10000), tile_multiple=8, tile_size=64, min_overlap=8.")
-@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
+@click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="auto (degradation, and the shipped VLM for tiles read as JPEG-compressed), degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N (one caption per N x N tiles) or scene.")
 @tile_options
 @click.option("--bands", callback=parse_bands, help="Bands to process, e.g. 1,2,3 (default: all but alpha).")

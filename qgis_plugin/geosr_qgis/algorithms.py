@@ -101,7 +101,7 @@ class _GeosrAlgorithm(QgsProcessingAlgorithm):
 
     def _add_tiling_parameters(self):
         self.addParameter(QgsProcessingParameterString(
-            self.CAPTIONER, "Captioner (degradation, mllm:MODEL, fixed:TEXT or none)", defaultValue="degradation"))
+            self.CAPTIONER, "Captioner (auto, degradation, mllm:MODEL, fixed:TEXT or none)", defaultValue="auto"))
         self._advanced(QgsProcessingParameterString(
             self.CAPTION_EVERY, "Caption every (tile, window:N or scene)", defaultValue="tile"))
         self.addParameter(QgsProcessingParameterNumber(
@@ -128,7 +128,7 @@ class _GeosrAlgorithm(QgsProcessingAlgorithm):
         return paths
 
     def _tiling_args(self, parameters, context, feedback):
-        args = ["--captioner", self.parameterAsString(parameters, self.CAPTIONER, context) or "degradation",
+        args = ["--captioner", self.parameterAsString(parameters, self.CAPTIONER, context) or "auto",
                 "--caption-every", self.parameterAsString(parameters, self.CAPTION_EVERY, context) or "tile",
                 "--tile", str(self.parameterAsInt(parameters, self.TILE, context)),
                 "--overlap", str(self.parameterAsInt(parameters, self.OVERLAP, context))]
