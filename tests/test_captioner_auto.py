@@ -15,7 +15,12 @@ from PIL import Image
 
 from geosr import tasks
 from geosr.captioning import (
-    SPEAKER_MARK, attribute, caption_text, load_captioner, register_captioner, split_speaker,
+    SPEAKER_MARK,
+    attribute,
+    caption_text,
+    load_captioner,
+    register_captioner,
+    split_speaker,
 )
 from geosr.captioning.auto import AUTO_VLM, AutoCaptioner
 from geosr.captioning.cache import CachingCaptioner

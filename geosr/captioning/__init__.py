@@ -46,7 +46,7 @@ def caption_text(caption: str) -> str:
     return split_speaker(caption)[0]
 
 
-def attributed_captions(captioner: "Captioner", tiles: torch.Tensor) -> list[str]:
+def attributed_captions(captioner: Captioner, tiles: torch.Tensor) -> list[str]:
     """``captioner``'s captions of ``tiles``, attributed where the captioner says who wrote each
     (``caption_attributed``), else as they are."""
     attributed = getattr(captioner, "caption_attributed", None)

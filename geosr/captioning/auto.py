@@ -47,7 +47,7 @@ AUTO_VLM = "mllm:geosr-caption-tiny"
 
 
 def _load_shipped_vlm() -> Captioner:
-    from geosr.captioning.mllm import MLLMCaptioner, SHIPPED_CAPTIONER
+    from geosr.captioning.mllm import SHIPPED_CAPTIONER, MLLMCaptioner
 
     return MLLMCaptioner(SHIPPED_CAPTIONER)
 
