@@ -70,8 +70,8 @@ def _model_facts_on(client, config: RunConfig) -> ModelFacts:
 
     A threaded cluster shares this process: it loads here, once for all. Worker processes load
     their own copies, starting at once (:mod:`geosr.warm_up`), and one of them describes it; a
-    copy loaded here would only compete with theirs for the cores (x4 on two local workers:
-    13 s instead of 5 s on a 2-core machine) and never run.
+    copy loaded here would only compete with theirs for the cores and never run (measured in
+    docs/benchmarks.md, "Where warm-up and timings in the code came from").
     """
     if not config.on_worker_processes:
         return tasks.model_facts(config)

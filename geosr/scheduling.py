@@ -251,8 +251,8 @@ def undo_malloc_trim_threshold() -> bool:
 
     dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to return memory to
     the OS); any such setting also freezes glibc's mmap threshold at 128 KiB, so every tile-
-    and activation-sized array is a fresh ``mmap`` with its page faults: a geosr-tiny-x4
-    tile took 2.5 s instead of 1.4 s on one core. Large thresholds here (256 MiB) make those
+    and activation-sized array is a fresh ``mmap`` with its page faults (a tile nearly twice
+    as slow: docs/benchmarks.md). Large thresholds here (256 MiB) make those
     arrays reuse the heap again. Returns whether it applied (glibc, under that setting).
     """
     if "MALLOC_TRIM_THRESHOLD_" not in os.environ:

@@ -200,8 +200,7 @@ class WorkRaster:
 
         Cells side by side on the same rows are written as one run, one ``pwrite`` per row of
         the run: the halo strips make nine cells per tile, and a ``pwrite`` per row of each cell
-        (4096 x 4096 RGB at x2: 377 000 of them) took 2.4 s of the thread that blends, 0.4 s
-        as runs.
+        cost the blending thread six times as long (docs/benchmarks.md).
 
         Returns
         -------
@@ -362,7 +361,7 @@ def translate_to_cog(vrt: Path, dst: Path, width: int, height: int, count: int, 
     made on an uncompressed, tiled copy (``tiled``, deleted after) first and the GTiff driver
     copies them (``COPY_SRC_OVERVIEWS``, the layout GDAL's COG driver also writes): 2-3x
     faster than the COG driver, whose own overview step re-reads and re-encodes a temporary
-    file (4096 x 4096 RGB: 5.1 s -> 2.2 s). Any other options go through the COG driver.
+    file (docs/benchmarks.md). Any other options go through the COG driver.
 
     SIGINT/SIGTERM stop the pass within a block (:class:`~geosr.stoppable_gdal.GdalPass`)
     and raise their exception; a stopped or failed pass leaves no file at ``dst``. A full
