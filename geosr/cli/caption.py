@@ -15,11 +15,14 @@ from geosr.config import DEFAULT_CAPTIONER
 @click.option("--caption-every", default="tile", show_default=True, help="tile, window:N or scene.")
 @tile_options
 @click.option("--bands", callback=parse_bands, help="Bands to look at, e.g. 1,2,3.")
+@click.option("--rgb-bands", callback=parse_bands, help="The bands that are red, green, blue (what the captioner "
+              "reads), e.g. 3,2,1 for a B2,B3,B4 stack (default: read from band descriptions, wavelengths or colour "
+              "interpretation, as `geosr info` shows).")
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s) selecting tiles.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @click.option("--address", help="dask.distributed scheduler address.")
 @verbosity
-def caption(inputs, output, captioner, caption_every, tile, overlap, bands, aoi, overwrite, address, verbose, quiet):
+def caption(inputs, output, captioner, caption_every, tile, overlap, bands, rgb_bands, aoi, overwrite, address, verbose, quiet):
     """Caption the tiles of INPUT as `geosr upscale` would, into a GeoJSON of tile
     footprints (scene CRS) with their captions.
 
@@ -27,13 +30,14 @@ def caption(inputs, output, captioner, caption_every, tile, overlap, bands, aoi,
     Examples:
       geosr caption scene.tif --out captions.geojson
       geosr caption scene.tif --out c.geojson --captioner mllm:./Qwen2.5-VL-3B --caption-every window:4
+      geosr caption s2_stack.tif --out c.geojson --rgb-bands 3,2,1
     """
     import geosr
 
     setup_logging(verbose, quiet)
     fc = fail_cleanly(lambda: geosr.caption(
         list(inputs), output, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
-        bands=bands, aoi=aoi, overwrite=overwrite, address=address,
+        bands=bands, rgb_bands=rgb_bands, aoi=aoi, overwrite=overwrite, address=address,
     ))
     if not quiet:
         texts = [f["properties"]["caption"] for f in fc["features"]]
