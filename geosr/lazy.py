@@ -35,7 +35,7 @@ from geosr.tasks import BatchJob, batch_jobs, captioner_for, with_shared_caption
 from geosr.georef import scale_gcps, scale_transform
 from geosr.models import load_upscaler
 from geosr.scene import expand_inputs
-from geosr.scene_plan import plan_scene
+from geosr.scene_plan import band_tags, plan_scene
 from geosr.sources import SourceFiles
 
 __all__ = ["lazy_upscale"]
@@ -58,7 +58,10 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
     xarray.DataArray
         ``(band, y, x)`` on the input grid refined ``scale`` times, in the input dtype, with
         rioxarray's transform, CRS (or GCPs) and nodata; ``band`` holds the 1-based input
-        band numbers and ``long_name`` their descriptions.
+        band numbers and ``long_name`` their descriptions. The attributes ``GEOSR_MODEL_BANDS``,
+        ``GEOSR_BICUBIC_BANDS``, ``GEOSR_RGB_BANDS`` and ``GEOSR_RGB_SOURCE`` say which bands
+        went through the model and which were taken as R, G, B, as a written output's tags
+        (:func:`geosr.scene_plan.band_tags`).
     """
     model = load_upscaler(config.model, config.scale, **config.model_options())
     captioner_for(config.captioner)
@@ -97,7 +100,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
             )
     chunks = ((len(plan.bands),), tuple(s * (b - a) for a, b in zip(ys, ys[1:])), tuple(s * (b - a) for a, b in zip(xs, xs[1:])))
     data = dask.array.Array(HighLevelGraph.from_collections(name, dsk, dependencies=()), name, chunks, dtype=scene.dtype)
-    return _georeferenced(data, scene, plan.bands, s)
+    return _georeferenced(data, scene, plan.bands, s, band_tags(plan))
 
 
 def _upscale_tile(job: BatchJob) -> np.ndarray:
@@ -118,8 +121,8 @@ class _ChunkRenderer(CellRenderer):
     files: SourceFiles | None = None
 
 
-def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int) -> xr.DataArray:
-    """Wrap ``data`` with rioxarray's georeferencing of the refined grid."""
+def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int, tags: dict[str, str]) -> xr.DataArray:
+    """Wrap ``data`` with rioxarray's georeferencing of the refined grid and ``tags`` as attributes."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
     transform = scale_transform(scene.transform, s)
@@ -130,6 +133,7 @@ def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int
         coords["y"] = transform.f + transform.e * (np.arange(height) + 0.5)
     descriptions = [scene.descriptions[b - 1] for b in bands]
     attrs = {"long_name": tuple(d or "" for d in descriptions)} if any(descriptions) else {}
+    attrs.update(tags)
     out = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=attrs, name="geosr")
     if scene.gcps:
         gcps, crs = scene.gcps

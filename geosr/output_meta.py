@@ -22,7 +22,7 @@ from geosr.georef import scale_transform
 from geosr.models import Upscaler
 from geosr.routing import TileRoute
 from geosr.scene import Scene
-from geosr.scene_plan import BandPlan
+from geosr.scene_plan import BandPlan, band_tags  # there, torch-free: `geosr info` shows them too
 from geosr.tiling import Tile
 
 __all__ = ["CAPTIONS_SUFFIX", "band_meta", "band_tags", "captions_geojson", "output_profile", "output_tags"]
@@ -60,20 +60,6 @@ def band_meta(scene: Scene, plan: BandPlan) -> dict:
         offsets=[scene.offsets[i] for i in pick],
         units=[scene.units[i] for i in pick],
     )
-
-
-def band_tags(plan: BandPlan) -> dict[str, str]:
-    """What went where, in 1-based input band numbers: ``GEOSR_MODEL_BANDS`` (the model's
-    groups, ``;`` between calls: ``3,2,1;4;5``), ``GEOSR_BICUBIC_BANDS`` (when some bands were
-    left to bicubic), ``GEOSR_RGB_BANDS`` and ``GEOSR_RGB_SOURCE`` (the bands taken as red,
-    green and blue, and what said so: ``band descriptions``, ``assumed``...)."""
-    tags = {"GEOSR_MODEL_BANDS": ";".join(",".join(map(str, plan.input_bands(g.positions))) for g in plan.groups)}
-    if plan.extra:
-        tags["GEOSR_BICUBIC_BANDS"] = ",".join(map(str, plan.input_bands(plan.extra)))
-    if plan.rgb is not None:
-        tags["GEOSR_RGB_BANDS"] = ",".join(map(str, plan.rgb.bands))
-        tags["GEOSR_RGB_SOURCE"] = plan.rgb.source
-    return tags
 
 
 def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan) -> dict:

@@ -25,7 +25,7 @@ from geosr.reading import read_valid
 from geosr.scene import Scene, open_raster, open_scene
 from geosr.tiling import Tile, TileGrid
 
-__all__ = ["BandGroup", "BandPlan", "ScenePlan", "plan_scene", "plan_bands", "warn_rgb_assumed", "select_tiles", "tile_seed", "scene_key"]
+__all__ = ["BandGroup", "BandPlan", "ScenePlan", "plan_scene", "plan_bands", "band_tags", "warn_rgb_assumed", "select_tiles", "tile_seed", "scene_key"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,21 @@ def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | No
     extra = tuple(p for p in positions if p not in modelled)
     look = tuple(bands.index(b) for b in rgb.bands) if rgb else groups[0].positions
     return BandPlan(bands, tuple(groups), extra, look, rgb)
+
+
+def band_tags(plan: BandPlan) -> dict[str, str]:
+    """What went where, in 1-based input band numbers: ``GEOSR_MODEL_BANDS`` (the model's
+    groups, ``;`` between calls: ``3,2,1;4;5``), ``GEOSR_BICUBIC_BANDS`` (when some bands were
+    left to bicubic), ``GEOSR_RGB_BANDS`` and ``GEOSR_RGB_SOURCE`` (the bands taken as red,
+    green and blue, and what said so: ``band descriptions``, ``assumed``...). A written output
+    has them as tags, the lazy DataArray of :func:`geosr.upscale` as attributes."""
+    tags = {"GEOSR_MODEL_BANDS": ";".join(",".join(map(str, plan.input_bands(g.positions))) for g in plan.groups)}
+    if plan.extra:
+        tags["GEOSR_BICUBIC_BANDS"] = ",".join(map(str, plan.input_bands(plan.extra)))
+    if plan.rgb is not None:
+        tags["GEOSR_RGB_BANDS"] = ",".join(map(str, plan.rgb.bands))
+        tags["GEOSR_RGB_SOURCE"] = plan.rgb.source
+    return tags
 
 
 def warn_rgb_assumed(scene: Scene, rgb: RGBBands) -> None:

@@ -252,3 +252,18 @@ def test_undefined_bands_warn_in_a_run_and_the_output_says_so(tmp_path):
     tags = read(tmp_path / "b.tif")[1]
     assert tags["GEOSR_RGB_BANDS"] == "3,2,1" and tags["GEOSR_RGB_SOURCE"] == "given"
     assert tags["GEOSR_MODEL_BANDS"] == "3,2,1;4"
+
+
+def test_the_lazy_result_carries_the_band_tags_of_a_written_output(tmp_path):
+    src = scene_with(tmp_path, colorinterp=GRAY).source
+    options = dict(scale=2, rgb_bands=(3, 2, 1), bands_to_model="1,2,3", captioner="none")
+    geosr.upscale_to_file(src, tmp_path / "out.tif", **options)
+    tags = read(tmp_path / "out.tif")[1]
+    hr = geosr.upscale(src, **options)  # nothing computed: the attributes come from the plan
+    assert {k: v for k, v in hr.attrs.items() if k.startswith("GEOSR_")} == {
+        k: tags[k] for k in ("GEOSR_MODEL_BANDS", "GEOSR_BICUBIC_BANDS", "GEOSR_RGB_BANDS", "GEOSR_RGB_SOURCE")
+    } == {"GEOSR_MODEL_BANDS": "3,2,1", "GEOSR_BICUBIC_BANDS": "4", "GEOSR_RGB_BANDS": "3,2,1", "GEOSR_RGB_SOURCE": "given"}
+    with pytest.warns(RGBAssumedWarning):
+        assumed = geosr.upscale(src, scale=2, captioner="none")
+    assert assumed.attrs["GEOSR_RGB_SOURCE"] == "assumed" and assumed.attrs["GEOSR_MODEL_BANDS"] == "1,2,3;4"
+    assert "GEOSR_BICUBIC_BANDS" not in assumed.attrs
