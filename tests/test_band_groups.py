@@ -3,6 +3,7 @@ what the output says of it, and runs of 1-, 4- and 10-band scenes."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -267,3 +268,39 @@ def test_the_lazy_result_carries_the_band_tags_of_a_written_output(tmp_path):
         assumed = geosr.upscale(src, scale=2, captioner="none")
     assert assumed.attrs["GEOSR_RGB_SOURCE"] == "assumed" and assumed.attrs["GEOSR_MODEL_BANDS"] == "1,2,3;4"
     assert "GEOSR_BICUBIC_BANDS" not in assumed.attrs
+
+
+def info(*args):
+    res = CliRunner().invoke(cli, ["info", *map(str, args)])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_info_shows_rgb_and_the_model_groups(tmp_path):
+    s2 = sentinel2_stack(tmp_path / "s2.tif")
+    facts = json.loads(info(s2, "--json").stdout)
+    assert facts["rgb_bands"] == [3, 2, 1] and facts["rgb_source"] == "band descriptions"
+    assert facts["model_bands"] == [[3, 2, 1]] + [[b] for b in range(4, 11)] and "rgb_warning" not in facts
+    text = info(s2).stdout
+    assert "rgb_bands: 3,2,1 (from band descriptions)\n" in text
+    assert "model_bands: 3,2,1;4;5;6;7;8;9;10 (an RGB model, --bands-to-model all: one call per ;)\n" in text
+    (tmp_path / "w").mkdir()
+    wavelengths = scene_with(tmp_path / "w", band_tags={
+        b: ("IMAGERY", {"CENTRAL_WAVELENGTH_UM": um}) for b, um in {1: "0.842", 2: "0.665", 3: "0.560", 4: "0.490"}.items()})
+    assert json.loads(info(wavelengths.source, "--json").stdout)["rgb_source"] == "wavelengths"
+
+
+def test_info_says_when_rgb_is_assumed_and_takes_rgb_bands(tmp_path):
+    src = scene_with(tmp_path, colorinterp=GRAY).source
+    facts = json.loads(info(src, "--json").stdout)
+    assert facts["rgb_bands"] == [1, 2, 3] and facts["rgb_source"] == "assumed"
+    assert "bands 1,2,3 are taken as R,G,B (choose with --rgb-bands" in facts["rgb_warning"]
+    res = info(src)
+    assert "rgb_bands: 1,2,3 (assumed: nothing says which bands are red, green, blue)" in res.stdout and "warning: in.tif: no colour" in res.stderr
+    facts = json.loads(info(src, "--json", "--rgb-bands", "3,2,1").stdout)
+    assert (facts["rgb_bands"], facts["rgb_source"], facts["model_bands"]) == ([3, 2, 1], "given", [[3, 2, 1], [4]])
+    res = CliRunner().invoke(cli, ["info", src, "--rgb-bands", "3,2"])
+    assert res.exit_code != 0 and "--rgb-bands needs three different band numbers" in res.output
+    (tmp_path / "two").mkdir()
+    two = json.loads(info(scene_with(tmp_path / "two", count=2).source, "--json").stdout)
+    assert two["rgb_bands"] is None and two["model_bands"] == [[1], [2]]
