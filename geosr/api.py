@@ -233,6 +233,8 @@ def upscale_to_file(
         ``split`` pixels (a multiple of the COG block size, 512), one COG each, with a VRT and
         a STAC Collection; ``output`` is then a folder (``OUT_DIR/mosaic.vrt``) or a ``.vrt``.
         An ``output`` ending in ``/`` or ``.vrt`` asks for it with blocks of 16384.
+        An ``output`` ending in ``.zarr`` writes a Zarr store instead (:mod:`geosr.zarr_output`),
+        which takes neither ``split`` nor ``creation_options``.
 
     Returns
     -------

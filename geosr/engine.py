@@ -58,6 +58,7 @@ from geosr.tiled_output import BlockWriter, TiledTarget
 from geosr.tiling import coarsen_window, scale_window
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
+from geosr.zarr_output import ZARR_CHUNK, ZarrTarget, ZarrWriter, is_zarr_output
 from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path, write_error
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
@@ -118,7 +119,8 @@ def upscale_scene(
     inputs : sequence of path-like
         One raster / .vrt, or several same-grid rasters, a directory or a glob.
     output : path-like
-        Target GeoTIFF; nothing is written there unless the run succeeds.
+        Target GeoTIFF (or a folder / .vrt of tiled output, or a ``.zarr`` store:
+        :mod:`geosr.zarr_output`); nothing is written there unless the run succeeds.
     config : RunConfig
         ``config.resume`` continues a stopped run of the same output and settings.
     performance_report : str, optional
@@ -140,6 +142,8 @@ def upscale_scene(
     files = expand_inputs(inputs)
     if config.split is not None:
         target = TiledTarget(output, overwrite=config.overwrite, inputs=files)
+    elif is_zarr_output(output):
+        target = ZarrTarget(output, overwrite=config.overwrite, inputs=files)
     else:
         target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
     if route_map is not None:
@@ -148,6 +152,8 @@ def upscale_scene(
         # Models and captioners first: a bad spec fails before any tile is read.
         model = _model_facts_on(client, config)
         identity = run_identity(files, config)
+        if isinstance(target, ZarrTarget):  # absent from other outputs' identities, as before Zarr output existed
+            identity["zarr"] = f"format 2, chunks {ZARR_CHUNK}"
 
         with OutputLock(target.output):
             journal = open_journal(target.output, identity, config.resume)
@@ -165,7 +171,7 @@ def upscale_scene(
     return report
 
 
-def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget, config: RunConfig, model: ModelFacts, client,
+def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget | ZarrTarget, config: RunConfig, model: ModelFacts, client,
                 release_cluster: Callable[[], None], performance_report, route_map, cells: list[int]) -> RunReport:
     """The run itself, in the journal's work folder (see :func:`upscale_scene`); ``release_cluster()``
     once the tiles are done (the cluster closes during the COG pass)."""
@@ -178,6 +184,9 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget, 
     if config.split is not None and (not profile.get("crs") or profile.get("transform") is None):
         raise InputError(f"{scene.source}: tiled output (--split) needs a scene with a CRS and a geotransform "
                          "(its blocks and STAC Items are placed by them); write a single COG instead")
+    if isinstance(target, ZarrTarget) and (not profile.get("crs") or profile.get("transform") is None):
+        raise InputError(f"{scene.source}: Zarr output needs a scene with a CRS and a geotransform "
+                         "(its x/y coordinates and spatial_ref come from them); write a single COG instead")
     # skipped tiles (AOI, all no-data) are holes: without nodata they need a mask
     write_mask = (scene.masked or skipped > 0) and scene.nodata is None
 
@@ -217,6 +226,9 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget, 
             if config.split is not None:
                 blocks = BlockWriter(client, raster, journal, config.split, target.staging(folder.path)[0],
                                      [scale_window(w, s) for w, _ in acc.open_cells()], config.creation_options)
+            elif isinstance(target, ZarrTarget):
+                blocks = ZarrWriter(client, raster, journal, target.staging(folder.path)[0],
+                                    [scale_window(w, s) for w, _ in acc.open_cells()])
             todo = [t for t in tiles if acc.needs(t)]
             jobs = batch_jobs(scene_plan, todo, config)
             if caption_mode != "tile":
@@ -236,7 +248,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget, 
                                            performance_report, journal, writer)
         journal.commit(raster.sync)
         if blocks is not None:
-            blocks.wait()  # the last blocks' COGs, on the cluster
+            blocks.wait()  # the last blocks' COGs (or Zarr chunks), on the cluster
         release_cluster()
         cog = folder / "out.tif"
         if blocks is None:

@@ -69,6 +69,17 @@ def tiled_split(output: str | os.PathLike, split: object, creation_options: Mapp
         GeoTIFF file.
     """
     text = os.fspath(output)
+    if text.rstrip("/" + os.sep).lower().endswith(".zarr"):  # Zarr output (geosr.zarr_output)
+        if split is not None:
+            raise InputError(f"--split cuts the output into COG blocks, but OUTPUT {text} is a Zarr store, written in "
+                             "chunks already: drop --split")
+        if creation_options:
+            raise InputError(f"--co sets GDAL COG creation options, which a Zarr OUTPUT ({text}) does not take: drop --co")
+        import importlib.util
+
+        if importlib.util.find_spec("zarr") is None:
+            raise InputError(f"OUTPUT {text} is a Zarr store, which needs the zarr package (zarr>=3, Python 3.11+)")
+        return None
     folder_like = text.endswith(("/", os.sep)) or text.lower().endswith(".vrt")
     if split is None:
         if not folder_like:

@@ -1,0 +1,184 @@
+"""Zarr output (issue 31): a .zarr OUTPUT equal to the single COG, georeferenced for rioxarray, resumable per chunk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from click.testing import CliRunner
+
+import geosr.journal
+import geosr.resumable
+import geosr.zarr_output
+from geosr.cli import cli
+from geosr.config import RunConfig, TileSpec
+from geosr.engine import upscale_scene
+from geosr.errors import WriteError
+from geosr.writer import WorkRaster
+from tests.rasters import uint8_scene, write_raster
+
+pytest.importorskip("zarr")
+pytest.importorskip("rioxarray")
+
+HEIGHT, WIDTH = 301, 517  # x2: 602 x 1034, chunks of 512 ragged on the right and at the bottom
+
+
+def cfg(**kw):
+    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH)
+
+
+def open_store(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path, mask_and_scale=False)  # the stored values, as the COG holds them
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_store_equals_the_single_cog(tmp_path, masked):
+    mask = np.ones((HEIGHT, WIDTH), bool)
+    mask[40:90, 100:260] = False
+    src = uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH, mask=mask if masked else None)
+    upscale_scene([src], tmp_path / "single.tif", cfg())
+    report = upscale_scene([src], tmp_path / "out.zarr", cfg())
+
+    out = tmp_path / "out.zarr"
+    assert report.output == out and report.captions == tmp_path / "out.captions.geojson" and report.captions.exists()
+    assert (out / ".zmetadata").exists()  # consolidated
+    ds = open_store(out)
+    with rasterio.open(tmp_path / "single.tif") as cog:
+        np.testing.assert_array_equal(ds["band_data"].values, cog.read())
+        if masked:
+            np.testing.assert_array_equal(ds["mask"].values, cog.read_masks(1))
+            assert not ds["mask"].values.all()
+        else:
+            assert "mask" not in ds
+        da = ds["band_data"]
+        assert da.rio.crs == cog.crs
+        assert da.rio.transform().almost_equals(cog.transform)
+        assert list(da.attrs.get("long_name", [""] * cog.count)) == [d or "" for d in cog.descriptions]
+        assert list(da.attrs["colorinterp"]) == [c.name for c in cog.colorinterp]
+        assert ds.attrs["GEOSR_MODEL"] == cog.tags()["GEOSR_MODEL"]
+        assert da.dims == ("band", "y", "x") and da.dtype == np.uint8
+        assert ds["x"].values[0] == pytest.approx(cog.xy(0, 0)[0]) and ds["y"].values[0] == pytest.approx(cog.xy(0, 0)[1])
+    assert not list(tmp_path.glob(".out.zarr.geosr-*"))  # the work folder and the lock are gone
+
+
+def test_nodata_is_the_fill_value(tmp_path):
+    data = (np.arange(HEIGHT * WIDTH).reshape(1, HEIGHT, WIDTH) % 200 + 10).astype(np.float32)
+    data[0, 50:120, 30:200] = -9999
+    src = write_raster(tmp_path / "in.tif", data, nodata=-9999)
+    upscale_scene([src], tmp_path / "single.tif", cfg())
+    upscale_scene([src], tmp_path / "out.zarr", cfg())
+    ds = open_store(tmp_path / "out.zarr")
+    assert ds["band_data"].attrs["_FillValue"] == -9999 or ds["band_data"].encoding.get("_FillValue") == -9999
+    assert xr.open_zarr(tmp_path / "out.zarr")["band_data"].rio.encoded_nodata == -9999
+    with rasterio.open(tmp_path / "single.tif") as cog:
+        np.testing.assert_array_equal(ds["band_data"].values, cog.read())
+        assert (cog.read() == -9999).any()
+
+
+def test_gdal_reads_the_georeferencing(tmp_path, scene):
+    with rasterio.Env() as env:
+        if "Zarr" not in env.drivers():
+            pytest.skip("this GDAL has no Zarr driver")
+    upscale_scene([scene], tmp_path / "single.tif", cfg())
+    upscale_scene([scene], tmp_path / "out.zarr", cfg())
+    with rasterio.open(tmp_path / "single.tif") as cog, \
+            rasterio.open(f'ZARR:"{tmp_path / "out.zarr"}":/band_data') as z:
+        assert z.crs == cog.crs and z.transform.almost_equals(cog.transform)
+        np.testing.assert_array_equal(z.read(), cog.read())
+
+
+def test_bad_combinations_are_refused_in_one_line(tmp_path, scene):
+    for extra in (["--split", "512"], ["--co", "COMPRESS=ZSTD"]):
+        result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "out.zarr"), "--scale", "2",
+                                          "--model", "bicubic", "--captioner", "none", *extra])
+        assert result.exit_code == 3, result.output
+        assert len(result.output.strip().splitlines()) == 1 and extra[0] in result.output
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_scene_without_georeferencing_is_refused(tmp_path):
+    src = write_raster(tmp_path / "in.tif", np.zeros((1, 40, 50), np.uint8), crs=None, transform=None)
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.zarr"), "--scale", "2",
+                                      "--model", "bicubic", "--captioner", "none"])
+    assert result.exit_code == 3 and "Zarr" in result.output, result.output
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_stopped_run_resumes_without_rewriting_finished_chunks(tmp_path, scene, monkeypatch):
+    monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)  # one task per chunk: some finish before the stop
+    upscale_scene([scene], tmp_path / "reference.zarr", cfg())
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)  # commit after each batch: chunks start early
+    written: list[str] = []
+    real_fsync = geosr.zarr_output._fsync
+
+    def counted_fsync(path, directory=False):  # looked up by the task when it runs, here (threads)
+        if not directory and path.parent.name == "band_data":
+            written.append(path.name[2:])
+        return real_fsync(path, directory)
+
+    monkeypatch.setattr(geosr.zarr_output, "_fsync", counted_fsync)
+    real_rows = WorkRaster._write_rows
+
+    def full_once_a_chunk_is_journalled(self, *args):
+        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.zarr.geosr-run-*/journal.jsonl")):
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_chunk_is_journalled)
+    with pytest.raises(WriteError):
+        upscale_scene([scene], tmp_path / "out.zarr", cfg())
+    assert not (tmp_path / "out.zarr").exists()  # nothing at OUTPUT
+    (work,) = tmp_path.glob(".out.zarr.geosr-run-*")
+    finished = geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks
+    assert finished and len(finished) < 6
+    stamps = {name: os.stat(work / "out.zarr" / "band_data" / f"0.{name}").st_mtime_ns for name in finished}
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
+    written.clear()
+    report = upscale_scene([scene], tmp_path / "out.zarr", cfg(resume=True))
+    assert report.tiles_resumed > 0
+    names = set(written)
+    assert not names & set(finished) and len(names) == 6 - len(finished)
+    for name, stamp in stamps.items():  # the very files, not rewritten
+        assert os.stat(tmp_path / "out.zarr" / "band_data" / f"0.{name}").st_mtime_ns == stamp
+    np.testing.assert_array_equal(open_store(tmp_path / "out.zarr")["band_data"].values,
+                                  open_store(tmp_path / "reference.zarr")["band_data"].values)
+    for chunk in sorted((tmp_path / "reference.zarr" / "band_data").glob("0.*")):
+        assert (tmp_path / "out.zarr" / "band_data" / chunk.name).read_bytes() == chunk.read_bytes(), chunk.name
+
+
+def test_a_changed_chunk_is_written_again(tmp_path, scene, monkeypatch):
+    """A journalled chunk whose file no longer holds its bytes is not trusted."""
+    monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)
+    real_rows = WorkRaster._write_rows
+
+    def full_once_a_chunk_is_journalled(self, *args):
+        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.zarr.geosr-run-*/journal.jsonl")):
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_chunk_is_journalled)
+    with pytest.raises(WriteError):
+        upscale_scene([scene], tmp_path / "out.zarr", cfg())
+    (work,) = tmp_path.glob(".out.zarr.geosr-run-*")
+    name = next(iter(geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks))
+    damaged = work / "out.zarr" / "band_data" / f"0.{name}"
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
+    with pytest.warns(geosr.resumable.StoppedRunWarning, match="missing or changed"):
+        upscale_scene([scene], tmp_path / "out.zarr", cfg(resume=True))
+    upscale_scene([scene], tmp_path / "reference.zarr", cfg())
+    assert (tmp_path / "out.zarr" / "band_data" / f"0.{name}").read_bytes() == \
+        (tmp_path / "reference.zarr" / "band_data" / f"0.{name}").read_bytes()
