@@ -34,6 +34,7 @@ import geosr.tasks as tasks
 from geosr.tasks import BatchJob, batch_jobs, captioner_for, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
 from geosr.models import load_upscaler
+from geosr.remote import is_remote, remote_object
 from geosr.scene import expand_inputs
 from geosr.scene_plan import band_tags, plan_scene
 from geosr.sources import SourceFiles
@@ -81,7 +82,9 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
         for j in jobs for t, seed, caption in zip(j.tiles, j.seeds, j.captions)
     ]
     s = config.scale
-    token = tokenize(scene.source, os.path.getmtime(scene.source), config, stretch, plan)
+    # an object's version stands for a file's mtime (geosr.remote)
+    version = remote_object(scene.source).version if is_remote(scene.source) else os.path.getmtime(scene.source)
+    token = tokenize(scene.source, version, config, stretch, plan)
     tile_name, name = f"geosr-tile-{token}", f"geosr-upscale-{token}"
     dsk: dict = {(tile_name, job.tiles[0].index): (functools.partial(_upscale_tile, job),) for job in tile_jobs}
 

@@ -18,7 +18,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import rasterio
 from rasterio.windows import Window
@@ -27,6 +27,7 @@ import geosr
 from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
+from geosr.remote import is_remote, remote_object
 
 if TYPE_CHECKING:
     from geosr.writer import WorkRaster
@@ -55,37 +56,48 @@ def content_sample(path: str, size: int) -> str:
     Catches a file rewritten in place with the same size and mtime (a restored backup, a
     re-export) without reading a multi-gigabyte scene whole.
     """
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        if size <= SAMPLE_HEAD + SAMPLE_TAIL + SAMPLE_COUNT * SAMPLE_SIZE:
-            digest.update(f.read())
-        else:
-            digest.update(f.read(SAMPLE_HEAD))
-            step = (size - SAMPLE_HEAD - SAMPLE_TAIL) // SAMPLE_COUNT
-            for k in range(SAMPLE_COUNT):
-                f.seek(SAMPLE_HEAD + k * step)
-                digest.update(f.read(SAMPLE_SIZE))
-            f.seek(size - SAMPLE_TAIL)
-            digest.update(f.read())
+        def read(offset: int, length: int) -> bytes:
+            f.seek(offset)
+            return f.read(length)
+
+        return _sample_digest(read, size)
+
+
+def _sample_digest(read: Callable[[int, int], bytes], size: int) -> str:
+    """:func:`content_sample` over ``read(offset, length)``: a local file, or byte ranges of an object."""
+    digest = hashlib.sha256()
+    if size <= SAMPLE_HEAD + SAMPLE_TAIL + SAMPLE_COUNT * SAMPLE_SIZE:
+        digest.update(read(0, size))
+    else:
+        digest.update(read(0, SAMPLE_HEAD))
+        step = (size - SAMPLE_HEAD - SAMPLE_TAIL) // SAMPLE_COUNT
+        for k in range(SAMPLE_COUNT):
+            digest.update(read(SAMPLE_HEAD + k * step, SAMPLE_SIZE))
+        digest.update(read(size - SAMPLE_TAIL, SAMPLE_TAIL))
     return digest.hexdigest()[:16]
 
 
 def files_read(inputs: Sequence[str]) -> list[str]:
-    """Every local file the inputs make GDAL read: the inputs and, for VRTs, their sources, recursively.
+    """Every file the inputs make GDAL read: the inputs and, for VRTs, their sources, recursively.
 
     A VRT's own file list names its direct sources only (a VRT of VRTs lists the inner VRT,
-    not the files under it), so VRTs among the sources are opened in turn.
+    not the files under it), so VRTs among the sources are opened in turn. Objects in S3 or
+    behind a URL (:mod:`geosr.remote`) are kept as named.
     """
+    def named(f: str) -> str:
+        return f if is_remote(f) else os.path.abspath(f)
+
     seen: dict[str, None] = {}
-    todo = [os.path.abspath(f) for f in inputs]
+    todo = [named(f) for f in inputs]
     while todo:
         path = todo.pop(0)
         if path in seen:
             continue
         seen[path] = None
-        if path.lower().endswith(".vrt") and os.path.isfile(path):
+        if path.lower().endswith(".vrt") and (is_remote(path) or os.path.isfile(path)):
             with rasterio.open(path) as ds:
-                todo += [os.path.abspath(f) for f in ds.files[1:] if os.path.isfile(f)]
+                todo += [named(f) for f in ds.files[1:] if is_remote(f) or os.path.isfile(f)]
     return list(seen)
 
 
@@ -93,6 +105,10 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     """What must be equal for a stopped run to be resumed: inputs and output-changing settings."""
     ident = {"geosr version": geosr.__version__, "inputs": ", ".join(files)}
     for f in files_read(files):
+        if is_remote(f):
+            obj = remote_object(f)
+            ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {_sample_digest(obj.read, obj.size)}"
+            continue
         st = os.stat(f)
         ident[f"input {f}"] = (f"{st.st_size} bytes, modified {st.st_mtime_ns} ns, "
                                f"content sample {content_sample(f, st.st_size)}")

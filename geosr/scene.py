@@ -29,6 +29,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
 from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
+from geosr.remote import gdal_path, is_remote
 
 __all__ = [
     "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite", "categorical_reason",
@@ -149,12 +150,20 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Turn the user's INPUT arguments into a sorted list of raster files.
 
     Directories contribute their raster files (non-recursive); glob patterns are expanded
-    (for shells that do not). Raises :class:`InputError` naming what matched nothing.
+    (for shells that do not). Objects in S3 or behind a URL (``s3://bucket/key.tif``,
+    ``https://...``, ``/vsis3/...``: :mod:`geosr.remote`) are taken as named: GDAL says
+    whether they exist when the scene is opened. Raises :class:`InputError` naming what
+    matched nothing.
     """
     files: list[str] = []
     for item in inputs:
         text = os.fspath(item)
-        if os.path.isdir(text):
+        if is_remote(text):
+            if glob.has_magic(text) or text.endswith("/"):
+                raise InputError(f"input {text!r}: folders and patterns in object storage are not expanded; "
+                                 "name each object (s3://bucket/a.tif s3://bucket/b.tif)")
+            files.append(text)
+        elif os.path.isdir(text):
             found = sorted(
                 str(p) for p in Path(text).iterdir() if p.suffix.lower() in RASTER_SUFFIXES
             )
@@ -171,7 +180,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
         else:
             raise InputError(f"input {text!r} does not exist")
     # The same file given twice would be summed twice in a mosaic.
-    unique = list(dict.fromkeys(os.path.abspath(f) for f in files))
+    unique = list(dict.fromkeys(f if is_remote(f) else os.path.abspath(f) for f in files))
     if not unique:
         raise InputError("no input given")
     return unique
@@ -460,7 +469,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             # paints over its neighbour's valid pixels where pieces overlap.
             lines += [
                 "    <ComplexSource>",
-                f'      <SourceFilename relativeToVRT="0">{escape(os.path.abspath(info["path"]))}</SourceFilename>',
+                f'      <SourceFilename relativeToVRT="0">{escape(_vrt_source(info["path"]))}</SourceFilename>',
                 f"      <SourceBand>{b}</SourceBand>",
                 f'      <SrcRect xOff="0" yOff="0" xSize="{info["width"]}" ySize="{info["height"]}"/>',
                 f'      <DstRect xOff="{ox - xmin}" yOff="{oy - ymin}" xSize="{info["width"]}" ySize="{info["height"]}"/>',
@@ -483,6 +492,11 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             stacklevel=3,
         )
     return vrt
+
+
+def _vrt_source(path: str) -> str:
+    """A mosaic piece's name in the VRT: absolute, or GDAL's /vsis3/, /vsicurl/ name of an object."""
+    return gdal_path(path) if is_remote(path) else os.path.abspath(path)
 
 
 def _nodata_text(value: float) -> str:

@@ -29,6 +29,7 @@ import rasterio.shutil
 from rasterio.io import DatasetReaderBase
 
 from geosr.errors import GDAL_ERRORS, InputError
+from geosr.remote import is_remote
 
 if TYPE_CHECKING:
     import xarray
@@ -103,7 +104,7 @@ def _is_dataarray(obj: object) -> bool:
 def _dataset_files(ds: DatasetReaderBase) -> SourceFiles:
     if ds.closed:
         raise InputError(f"the rasterio dataset {ds.name!r} is closed")
-    if os.path.exists(ds.name):
+    if os.path.exists(ds.name) or is_remote(ds.name):  # a file, or an object GDAL reads (s3://, /vsis3/, URL)
         return SourceFiles([ds.name])
     files = SourceFiles([])
     copy = files.workdir / "dataset.tif"
