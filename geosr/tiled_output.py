@@ -44,6 +44,7 @@ from geosr.journal import CellRecord, RunJournal
 from geosr.resumable import StoppedRunWarning
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
+from geosr.tiling import squares_under
 from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, translate_to_cog,
                           write_error)
 
@@ -290,10 +291,8 @@ class BlockWriter:
                           StoppedRunWarning, stacklevel=3)
 
     def _blocks_of(self, window: Window) -> list[str]:
-        n, cols = self._split, -(-self.raster.width // self._split)
-        r0, r1 = int(window.row_off) // n, (int(window.row_off + window.height) - 1) // n
-        c0, c1 = int(window.col_off) // n, (int(window.col_off + window.width) - 1) // n
-        return [self.blocks[r * cols + c][0] for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
+        cols = -(-self.raster.width // self._split)
+        return [self.blocks[r * cols + c][0] for r, c in squares_under(window, self._split)]
 
     def _durable(self, cells: list[CellRecord]) -> None:
         """The journal's commit listener: these cells are durable; collect finished blocks."""

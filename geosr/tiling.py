@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from affine import Affine
 from rasterio.windows import Window
 
-__all__ = ["Tile", "TileGrid", "axis_starts", "coarsen_window", "core_size", "scale_window", "window_transform"]
+__all__ = ["Tile", "TileGrid", "axis_starts", "coarsen_window", "core_size", "scale_window", "squares_under", "window_transform"]
 
 
 def core_size(size: int, tile: int) -> int:
@@ -63,6 +63,13 @@ def window_transform(window: Window, transform: Affine) -> Affine:
     warns in a default run) and integer offsets.
     """
     return transform @ Affine.translation(int(window.col_off), int(window.row_off))
+
+
+def squares_under(window: Window, size: int) -> list[tuple[int, int]]:
+    """``(row, col)`` of the ``size`` px squares of a grid of them (from 0, 0) that ``window`` touches."""
+    r0, r1 = int(window.row_off) // size, (int(window.row_off + window.height) - 1) // size
+    c0, c1 = int(window.col_off) // size, (int(window.col_off + window.width) - 1) // size
+    return [(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
 
 
 def coarsen_window(window: Window, scale: int) -> Window:

@@ -45,6 +45,7 @@ from geosr.errors import OutputError, OutputExistsError
 from geosr.journal import CellRecord, RunJournal
 from geosr.resumable import StoppedRunWarning
 from geosr.tasks import shippable_errors
+from geosr.tiling import squares_under
 from geosr.writer import WorkRaster, check_file_name, sidecar_path, write_error
 
 __all__ = ["ZARR_CHUNK", "ZARR_GROUP", "ZarrTarget", "ZarrWriter", "ZarrJob", "is_zarr_output", "write_chunks"]
@@ -333,10 +334,7 @@ class ZarrWriter:
                           StoppedRunWarning, stacklevel=3)
 
     def _groups_of(self, window: Window) -> list[tuple[int, int]]:
-        g = self._group
-        r0, r1 = int(window.row_off) // g, (int(window.row_off + window.height) - 1) // g
-        c0, c1 = int(window.col_off) // g, (int(window.col_off + window.width) - 1) // g
-        return [(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
+        return squares_under(window, self._group)
 
     def _durable(self, cells: list[CellRecord]) -> None:
         """The journal's commit listener: these cells are durable; submit finished groups."""
