@@ -61,6 +61,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from geosr.pipelines.consistency import invisible_to_lr
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead
 from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
 
 __all__ = [
@@ -205,9 +207,13 @@ class GeoSRPipelineOutput(BaseOutput):
     ----------
     images : torch.Tensor or np.ndarray or list of PIL.Image.Image
         ``pt``: ``[B, C, H, W]`` float32 in ``[0, 1]``; ``np``: ``[B, H, W, C]``; ``pil``: a list.
+    uncertainty : torch.Tensor or None
+        With ``return_uncertainty``: the predicted root-mean-square error of each output pixel
+        and band, ``[B, C, H, W]`` float32 in the images' ``[0, 1]`` units; else None.
     """
 
     images: torch.Tensor | np.ndarray | list[PIL.Image.Image]
+    uncertainty: torch.Tensor | None = None
 
 
 class GeoSRPipeline(DiffusionPipeline):
@@ -253,6 +259,11 @@ class GeoSRPipeline(DiffusionPipeline):
     concat_lr : bool
         Concatenate the LR tile on the variable's grid to the networks' input (needs
         ``unshuffle_factor``).
+    detail : DetailHead, optional
+        Draws the detail a call's ``detail`` level adds (LR-space residual models only; see
+        :mod:`geosr.pipelines.lr_space_heads`).
+    uncertainty : UncertaintyHead, optional
+        Predicts the error of the output (``return_uncertainty``; LR-space residual models only).
 
     Examples
     --------
@@ -261,7 +272,7 @@ class GeoSRPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
-    _optional_components = ["vae"]
+    _optional_components = ["vae", "detail", "uncertainty"]
 
     def __init__(
         self,
@@ -279,6 +290,8 @@ class GeoSRPipeline(DiffusionPipeline):
         default_guidance_scale: float = 4.0,
         unshuffle_factor: int | None = None,
         concat_lr: bool = False,
+        detail: DetailHead | None = None,
+        uncertainty: UncertaintyHead | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -288,6 +301,8 @@ class GeoSRPipeline(DiffusionPipeline):
             unet=unet,
             controlnet=controlnet,
             scheduler=scheduler,
+            detail=detail,
+            uncertainty=uncertainty,
         )
         self.register_to_config(
             upscale_factor=int(upscale_factor),
@@ -456,6 +471,14 @@ class GeoSRPipeline(DiffusionPipeline):
                 f"condition is {self.condition_factor}x the diffusion variable's size: they must "
                 "agree (HR pixel space: one conditioning_embedding_out_channels entry)"
             )
+        for name in ("detail", "uncertainty"):
+            head = getattr(self, name)
+            if head is not None and (head.config.sample_channels, head.config.lr_channels) != (
+                    unet.out_channels, self.concat_channels):
+                raise ValueError(
+                    f"the {name} head reads {head.config.sample_channels} + {head.config.lr_channels} channels, "
+                    f"the pipeline's variable and LR grid have {unet.out_channels} + {self.concat_channels}"
+                )
         if self.text_encoder.config.hidden_size != unet.cross_attention_dim:
             raise ValueError(
                 f"text_encoder hidden size {self.text_encoder.config.hidden_size} != unet "
@@ -481,6 +504,8 @@ class GeoSRPipeline(DiffusionPipeline):
         output_type: str = "pt",
         controlnet_conditioning_scale: float = 1.0,
         return_dict: bool = True,
+        detail: float = 0.0,
+        return_uncertainty: bool = False,
     ) -> GeoSRPipelineOutput | tuple:
         """Super-resolve a batch of LR images.
 
@@ -505,11 +530,20 @@ class GeoSRPipeline(DiffusionPipeline):
             Multiplier of the ControlNet residuals.
         return_dict : bool
             Return a :class:`GeoSRPipelineOutput` instead of a tuple.
+        detail : float
+            Detail level ``D`` in ``[0, 1]``: ``D`` times the detail head's residual, drawn from
+            each image's generator and made invisible to the model's downsampling
+            (:func:`~geosr.pipelines.consistency.invisible_to_lr`), is added to the output.
+            0 (the default) is the output without the head, bit for bit.
+        return_uncertainty : bool
+            Also predict each output pixel's root-mean-square error (the uncertainty head's
+            variance, plus ``D**2`` times the squared detail added, which the head did not see).
 
         Returns
         -------
         GeoSRPipelineOutput or tuple
-            The HR images, ``upscale_factor`` times the input size.
+            The HR images, ``upscale_factor`` times the input size (and, with
+            ``return_uncertainty``, their predicted error: ``(images, uncertainty)`` as a tuple).
         """
         image = _image_to_tensor(image)
         batch = image.shape[0]
@@ -529,6 +563,7 @@ class GeoSRPipeline(DiffusionPipeline):
             output_type,
             controlnet_conditioning_scale,
         )
+        self._check_heads(detail, return_uncertainty)
         device = self._execution_device
         two_branches = self.runs_two_branches(guidance_scale)
 
@@ -597,7 +632,17 @@ class GeoSRPipeline(DiffusionPipeline):
             sample = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
         hr = target_to_image(
             sample, upsampled, self.config.predict_residual, self.config.residual_scale, self.unshuffle_factor
-        ).clamp(0.0, 1.0)
+        )
+        added = None
+        if lr_grid is not None:
+            lr_grid = lr_grid[-batch:]  # the heads run once per image, not per guidance branch
+        if detail > 0.0:
+            added = detail * self._detail_residual(sample, lr_grid, generator)
+            hr = hr + added
+        uncertainty = None
+        if return_uncertainty:
+            uncertainty = self._predicted_error(sample, lr_grid, added)
+        hr = hr.clamp(0.0, 1.0)
         self.maybe_free_model_hooks()
 
         if output_type == "pt":
@@ -607,8 +652,37 @@ class GeoSRPipeline(DiffusionPipeline):
             if output_type == "pil":
                 images = [_to_pil(a) for a in images]
         if not return_dict:
-            return (images,)
-        return GeoSRPipelineOutput(images=images)
+            return (images,) if uncertainty is None else (images, uncertainty)
+        return GeoSRPipelineOutput(images=images, uncertainty=uncertainty)
+
+    def _check_heads(self, detail: float, return_uncertainty: bool) -> None:
+        if not (isinstance(detail, (int, float)) and 0.0 <= detail <= 1.0):
+            raise ValueError(f"detail must be a number in [0, 1], got {detail!r}")
+        if detail > 0.0 and self.detail is None:
+            raise ValueError("this pipeline has no detail head: it takes detail = 0 only")
+        if return_uncertainty and self.uncertainty is None:
+            raise ValueError("this pipeline has no uncertainty head: it cannot predict its error")
+        if (detail > 0.0 or return_uncertainty) and not self.concat_channels:
+            raise ValueError("the detail and uncertainty heads need an LR-space pipeline with concat_lr")
+
+    def _detail_residual(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, generator) -> torch.Tensor:
+        """The detail head's residual at the HR size, float32, invisible to the model's downsampling."""
+        head = self.detail
+        noise = randn_tensor((sample.shape[0], head.config.noise_channels, *sample.shape[-2:]),
+                             generator=generator, device=sample.device, dtype=torch.float32)
+        residual = head(sample.to(head.dtype), lr_grid.to(head.dtype), noise.to(head.dtype)).float()
+        residual = F.pixel_shuffle(residual, self.unshuffle_factor) / self.config.residual_scale
+        return invisible_to_lr(residual, self.config.upscale_factor, self.config.upsample_mode)
+
+    def _predicted_error(self, sample: torch.Tensor, lr_grid: torch.Tensor | None,
+                         added: torch.Tensor | None) -> torch.Tensor:
+        """Predicted RMSE per HR pixel and band, float32 in ``[0, 1]`` units."""
+        head = self.uncertainty
+        variance = F.pixel_shuffle(head.variance(sample.to(head.dtype), lr_grid.to(head.dtype)), self.unshuffle_factor)
+        if added is not None:
+            # detail is drawn, not inferred: its own square adds to the error expected
+            variance = variance + added.square()
+        return variance.sqrt()
 
 
 def _image_to_tensor(image: ImageInput) -> torch.Tensor:

@@ -185,13 +185,17 @@ class DiffusionUpscaler:
         Guidance scale ``g`` (1 = no guidance); the checkpoint's default when not given.
     batch_size : int
         Tiles per pipeline call; halved for the rest of the run when CUDA runs out of memory.
+    detail : float
+        Detail level ``D`` in ``[0, 1]`` (the pipeline's ``detail``): 0 is the fidelity output,
+        1 the most detail the model's detail head has learnt; needs a model with one.
 
     Raises
     ------
     ModelError
-        The model cannot be found or loaded, or its scale differs from ``scale``.
+        The model cannot be found or loaded, its scale differs from ``scale``, or it has no
+        detail head and ``detail > 0``.
     InputError
-        Unknown ``dtype`` or a ``batch_size`` below 1.
+        Unknown ``dtype``, a ``batch_size`` below 1 or a ``detail`` outside ``[0, 1]``.
     """
 
     def __init__(
@@ -203,7 +207,11 @@ class DiffusionUpscaler:
         steps: int | None = None,
         guidance: float | None = None,
         batch_size: int = 4,
+        detail: float = 0.0,
     ) -> None:
+        if not 0.0 <= float(detail) <= 1.0:
+            raise InputError(f"detail must lie in [0, 1], got {detail}")
+        self.detail = float(detail)
         self.device = resolve_device(device)
         dtype = dtype or default_dtype_name(self.device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -217,12 +225,26 @@ class DiffusionUpscaler:
             raise ModelError(f"model {model!r} upscales x{config.upscale_factor}, but the scale asked for is {scale}")
         self.scale = int(scale)
         self.channels = self._pipe.image_channels
+        if self.detail > 0.0 and not self.has_detail:
+            raise ModelError(f"model {model!r} has no detail head: --detail needs a model trained with one "
+                             "(geosr.training.train_heads), or detail 0")
         self.steps = steps
         self.guidance = guidance
         kind = "student" if self._pipe.is_distilled else "teacher"
         shown_steps = steps if steps is not None else (config.default_num_inference_steps or "pipeline default")
         shown_guidance = config.default_guidance_scale if guidance is None else guidance
-        self.name = f"diffusion:{model} ({kind}, steps {shown_steps}, guidance {shown_guidance}, {dtype})"
+        shown_detail = f", detail {self.detail:g}" if self.detail else ""
+        self.name = f"diffusion:{model} ({kind}, steps {shown_steps}, guidance {shown_guidance}{shown_detail}, {dtype})"
+
+    @property
+    def has_detail(self) -> bool:
+        """Whether the model has a detail head (takes ``detail > 0``)."""
+        return getattr(self._pipe, "detail", None) is not None
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether the model has an uncertainty head (:meth:`upscale_with_uncertainty`)."""
+        return getattr(self._pipe, "uncertainty", None) is not None
 
     @property
     def pipeline(self):
@@ -247,6 +269,34 @@ class DiffusionUpscaler:
         Each tile's noise comes from its own seed (0 when ``seeds`` is not given), so a tile's
         pixels do not depend on the batch it is in, nor on the batch size.
         """
+        return self._upscale(tiles, captions, seeds, False)[0]
+
+    def upscale_with_uncertainty(
+        self,
+        tiles: torch.Tensor,
+        captions: Sequence[str],
+        seeds: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`upscale`, and the predicted root-mean-square error of each output pixel and band.
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            The output and its predicted error, both ``[B, C, h*s, w*s]`` float32 CPU in the
+            tiles' units (the error of values the clamp took away is not predicted: they are
+            bicubic's).
+
+        Raises
+        ------
+        ModelError
+            The model has no uncertainty head.
+        """
+        if not self.has_uncertainty:
+            raise ModelError(f"{self.name} has no uncertainty head: it cannot predict its error")
+        return self._upscale(tiles, captions, seeds, True)
+
+    def _upscale(self, tiles: torch.Tensor, captions: Sequence[str], seeds: Sequence[int] | None,
+                 uncertainty: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, channels, height, width = tiles.shape
         if channels != self.channels:
             raise InputError(f"the model takes {self.channels} channels, got {channels}")
@@ -264,7 +314,7 @@ class DiffusionUpscaler:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             tiles = F.pad(tiles, (0, pad_w, 0, pad_h), mode=mode)
         inside = tiles.clamp(0.0, 1.0)
-        hr = self._upscale_batches(inside, captions, seeds)
+        hr, error = self._upscale_batches(inside, captions, seeds, uncertainty)
         outside = tiles - inside
         if outside.any():
             # bicubic(tiles) - bicubic(inside) = bicubic(outside): interpolation is linear, and
@@ -272,22 +322,28 @@ class DiffusionUpscaler:
             from geosr.pipelines.pipeline_geosr import interpolate_lr
 
             hr += interpolate_lr(outside, self.scale, self._pipe.config.upsample_mode)
-        return hr[..., : height * self.scale, : width * self.scale].contiguous()
+        crop = (..., slice(0, height * self.scale), slice(0, width * self.scale))
+        return hr[crop].contiguous(), None if error is None else error[crop].contiguous()
 
-    def _upscale_batches(self, tiles: torch.Tensor, captions: list[str], seeds: list[int]) -> torch.Tensor:
+    def _upscale_batches(self, tiles: torch.Tensor, captions: list[str], seeds: list[int],
+                         uncertainty: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         def run(part: slice) -> torch.Tensor:
-            out = self._run(self._pipe, self._lock, tiles[part], captions[part], seeds[part])
-            self._redo_non_finite(out, tiles[part], captions[part], seeds[part])
+            out = self._run(self._pipe, self._lock, tiles[part], captions[part], seeds[part], uncertainty)
+            self._redo_non_finite(out, tiles[part], captions[part], seeds[part], uncertainty)
             return out
 
-        return run_in_batches(len(tiles), self.batch_size, run,
+        # with the error, each part is the output and its error side by side on the channels
+        both = run_in_batches(len(tiles), self.batch_size, run,
                               lambda exc: isinstance(exc, torch.cuda.OutOfMemoryError), self._shrink)
+        if not uncertainty:
+            return both, None
+        return both[:, : self.channels].contiguous(), both[:, self.channels :].contiguous()
 
     def _shrink(self, batch_size: int) -> None:
         self.batch_size = batch_size
 
     def _redo_non_finite(
-        self, out: torch.Tensor, tiles: torch.Tensor, captions: list[str], seeds: list[int]
+        self, out: torch.Tensor, tiles: torch.Tensor, captions: list[str], seeds: list[int], uncertainty: bool
     ) -> None:
         bad = [i for i in range(len(out)) if not torch.isfinite(out[i]).all()]
         if not bad:
@@ -299,26 +355,32 @@ class DiffusionUpscaler:
         logger.warning("non-finite output for %d tile(s): redoing them in float32", len(bad))
         pipe, lock = _load_pipeline(self.source, self.device, torch.float32)
         for i in bad:
-            redo = self._run(pipe, lock, tiles[i : i + 1], captions[i : i + 1], seeds[i : i + 1])
+            redo = self._run(pipe, lock, tiles[i : i + 1], captions[i : i + 1], seeds[i : i + 1], uncertainty)
             if not torch.isfinite(redo).all():
                 raise ModelError("the model produced non-finite values even in float32")
             out[i] = redo[0]
 
     def _run(
-        self, pipe, lock: threading.Lock, tiles: torch.Tensor, captions: list[str], seeds: list[int]
+        self, pipe, lock: threading.Lock, tiles: torch.Tensor, captions: list[str], seeds: list[int],
+        uncertainty: bool = False,
     ) -> torch.Tensor:
+        """The pipeline's output (with ``uncertainty``, and its predicted error after it on the channels)."""
         # CPU generators: the same seed draws the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with lock:
-            images = pipe(
+            result = pipe(
                 tiles,
                 prompt=captions,
                 num_inference_steps=self.steps,
                 guidance_scale=self.guidance,
                 generator=generators,
                 output_type="pt",
-            ).images
-        return images.float().cpu()
+                detail=self.detail,
+                return_uncertainty=uncertainty,
+            )
+        if uncertainty:
+            return torch.cat([result.images.float(), result.uncertainty.float()], dim=1).cpu()
+        return result.images.float().cpu()
 
 
 def register() -> None:

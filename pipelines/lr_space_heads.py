@@ -1,0 +1,118 @@
+"""The two small heads a GeoSRPipeline may carry beside its denoiser: detail and uncertainty.
+
+Both read what the one-step student predicted (its clean residual ``x0`` on the diffusion
+grid, :mod:`geosr.pipelines.pipeline_geosr`) and the LR tile on the same grid, and both run
+once per call after the denoising loop, so the student itself - and a ``detail = 0`` output -
+is exactly what it was without them.
+
+- :class:`DetailHead` draws a residual of high-frequency detail from a per-tile noise draw:
+  what a regression output (the mean of all plausible HR tiles, blurred by construction) lacks.
+  The pipeline scales it by the user's detail level ``D`` and removes from it what the model's
+  downsampling would see (:func:`geosr.pipelines.consistency.invisible_to_lr`), so no ``D``
+  changes the band means the sensor measured. Trained adversarially and on the HR's power
+  spectrum (``geosr.training.train_heads``).
+- :class:`UncertaintyHead` predicts the log variance of the student's error per HR pixel and
+  band (a heteroscedastic Gaussian head, trained by negative log-likelihood on freshly
+  degraded crops, then scaled so that its mean variance matches the error on held-out crops:
+  ``variance_scale``).
+
+Both are plain residual CNNs without normalisation, a few percent of the student's cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+__all__ = ["DetailHead", "UncertaintyHead"]
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.2))
+
+
+class _Trunk(nn.Module):
+    """conv -> residual blocks -> conv, the output convolution starting at zero."""
+
+    def __init__(self, in_channels: int, channels: int, num_blocks: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.blocks = nn.Sequential(*(_ResBlock(channels) for _ in range(num_blocks)))
+        self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.blocks(F.leaky_relu(self.conv_in(x), 0.2)))
+
+
+class DetailHead(ModelMixin, ConfigMixin):
+    """A residual of detail on the diffusion grid, from the student's ``x0``, the LR and noise.
+
+    Parameters
+    ----------
+    sample_channels : int
+        Channels of the diffusion variable (the student's ``x0``); also the output's.
+    lr_channels : int
+        Channels of the LR on the variable's grid (``lr_on_grid``).
+    noise_channels : int
+        Channels of the standard normal draw that makes the detail stochastic.
+    channels, num_blocks : int
+        Width and depth of the trunk.
+    """
+
+    @register_to_config
+    def __init__(self, sample_channels: int = 48, lr_channels: int = 3, noise_channels: int = 8,
+                 channels: int = 24, num_blocks: int = 2) -> None:
+        super().__init__()
+        self.trunk = _Trunk(sample_channels + lr_channels + noise_channels, channels, num_blocks, sample_channels)
+
+    def forward(self, x0: torch.Tensor, lr_grid: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The detail residual, in the units of ``x0`` (zero for a freshly made head)."""
+        return self.trunk(torch.cat([x0, lr_grid.to(x0.dtype), noise.to(x0.dtype)], dim=1))
+
+
+class UncertaintyHead(ModelMixin, ConfigMixin):
+    """Log variance of the student's error, per HR pixel and band, on the diffusion grid.
+
+    Parameters
+    ----------
+    sample_channels : int
+        Channels of the diffusion variable; the output has as many (pixel-unshuffled HR
+        pixels x bands).
+    lr_channels : int
+        Channels of the LR on the variable's grid.
+    channels, num_blocks : int
+        Width and depth of the trunk.
+    initial_log_variance : float
+        The output bias a new head starts from (an error of ``exp(v / 2)`` in [0, 1] units).
+    variance_scale : float
+        Post-hoc calibration: the predicted variance is multiplied by it (fitted on crops the
+        head was not trained on; 1 for a new head).
+    """
+
+    @register_to_config
+    def __init__(self, sample_channels: int = 48, lr_channels: int = 3, channels: int = 24, num_blocks: int = 2,
+                 initial_log_variance: float = -8.0, variance_scale: float = 1.0) -> None:
+        super().__init__()
+        self.trunk = _Trunk(sample_channels + lr_channels, channels, num_blocks, sample_channels)
+        nn.init.constant_(self.trunk.conv_out.bias, initial_log_variance)
+
+    def forward(self, x0: torch.Tensor, lr_grid: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated log variance (float32), in ``[0, 1]`` image units squared, on ``x0``'s grid."""
+        return self.trunk(torch.cat([x0, lr_grid.to(x0.dtype)], dim=1)).float().clamp(-30.0, 5.0)
+
+    def variance(self, x0: torch.Tensor, lr_grid: torch.Tensor) -> torch.Tensor:
+        """Calibrated variance (float32) on ``x0``'s grid: ``variance_scale * exp(log variance)``."""
+        return torch.exp(self(x0, lr_grid) + math.log(self.config.variance_scale))
