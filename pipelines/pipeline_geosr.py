@@ -564,7 +564,55 @@ class GeoSRPipeline(DiffusionPipeline):
             controlnet_conditioning_scale,
         )
         self._check_heads(detail, return_uncertainty)
+        sample, upsampled, lr_grid = self.denoise(
+            image, prompt, num_inference_steps, guidance_scale, generator, controlnet_conditioning_scale
+        )
+
+        # 4. Back to [0, 1] pixels.
+        if self.vae is not None:
+            latents = sample / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
+            sample = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
+        hr = target_to_image(
+            sample, upsampled, self.config.predict_residual, self.config.residual_scale, self.unshuffle_factor
+        )
+
+        added = None
+        if detail > 0.0:
+            added = detail * self._detail_residual(sample, lr_grid, generator)
+            hr = hr + added
+        uncertainty = None
+        if return_uncertainty:
+            uncertainty = self._predicted_error(sample, lr_grid, added)
+        hr = hr.clamp(0.0, 1.0)
+        self.maybe_free_model_hooks()
+
+        if output_type == "pt":
+            images = hr
+        else:
+            images = hr.permute(0, 2, 3, 1).cpu().numpy()
+            if output_type == "pil":
+                images = [_to_pil(a) for a in images]
+        if not return_dict:
+            return (images,) if uncertainty is None else (images, uncertainty)
+        return GeoSRPipelineOutput(images=images, uncertainty=uncertainty)
+
+    def denoise(
+        self,
+        image: torch.Tensor,
+        prompt: list[str],
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+        controlnet_conditioning_scale: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Steps 1-3 of a call on checked inputs: ``(x0, upsampled LR, LR on the variable's grid or None)``.
+
+        ``x0`` is the clean diffusion variable (float32; latents when the pipeline has a VAE),
+        what the heads of :mod:`~geosr.pipelines.lr_space_heads` read and what their training
+        (``geosr.training.train_heads``) computes with this same method.
+        """
         device = self._execution_device
+        batch = image.shape[0]
         two_branches = self.runs_two_branches(guidance_scale)
 
         # 1. Condition: upsampled LR (in float32: it is also the residual's base) and captions.
@@ -626,34 +674,9 @@ class GeoSRPipeline(DiffusionPipeline):
                 prediction = uncond + guidance_scale * (cond - uncond)
             sample = self.scheduler.step(prediction, t, sample, **extra_step_kwargs, return_dict=False)[0]
 
-        # 4. Back to [0, 1] pixels.
-        if self.vae is not None:
-            latents = sample / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
-            sample = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
-        hr = target_to_image(
-            sample, upsampled, self.config.predict_residual, self.config.residual_scale, self.unshuffle_factor
-        )
-        added = None
         if lr_grid is not None:
             lr_grid = lr_grid[-batch:]  # the heads run once per image, not per guidance branch
-        if detail > 0.0:
-            added = detail * self._detail_residual(sample, lr_grid, generator)
-            hr = hr + added
-        uncertainty = None
-        if return_uncertainty:
-            uncertainty = self._predicted_error(sample, lr_grid, added)
-        hr = hr.clamp(0.0, 1.0)
-        self.maybe_free_model_hooks()
-
-        if output_type == "pt":
-            images = hr
-        else:
-            images = hr.permute(0, 2, 3, 1).cpu().numpy()
-            if output_type == "pil":
-                images = [_to_pil(a) for a in images]
-        if not return_dict:
-            return (images,) if uncertainty is None else (images, uncertainty)
-        return GeoSRPipelineOutput(images=images, uncertainty=uncertainty)
+        return sample, upsampled, lr_grid
 
     def _check_heads(self, detail: float, return_uncertainty: bool) -> None:
         if not (isinstance(detail, (int, float)) and 0.0 <= detail <= 1.0):
