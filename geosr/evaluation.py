@@ -15,7 +15,23 @@ Protocol, per HR image (the ``i``-th of the list given):
    edge handling make the border meaningless) and compare with the HR on RGB in [0, 1]:
    PSNR, SSIM (Wang et al. 2004: 11 x 11 Gaussian window, sigma 1.5, per channel, averaged)
    and the sharpness ratio (gradient energy of the output / of the HR: below 1 is blurrier
-   than the truth, above 1 is over-sharpened or noisy).
+   than the truth, above 1 is over-sharpened or noisy); the high-frequency spectral error
+   (decades of power between the output's and the HR's spectra in the upper half of the
+   frequencies, :func:`geosr.detail_metrics.hf_spectral_error`) and the LR consistency
+   error (DN RMS between the output downsampled as the model assumes and the LR,
+   :func:`geosr.detail_metrics.consistency_error`; with the ``iso`` and ``aniso`` protocols
+   even the HR itself has one, so compare methods, not the figure with 0).
+
+Detail dial (``detail``): the model is loaded with that detail setting (diffusion models
+with a detail branch); the two detail metrics say what the dial bought and what it cost.
+
+Uncertainty (``uncertainty=True``): the model's output and its predicted per-band RMSE
+come from its ``upscale_with_uncertainty``; per pixel the predicted RMSE (``sqrt`` of the
+band mean of ``sigma^2``) and the actual error (``sqrt`` of the band mean of the squared
+difference of the 8-bit output and the HR) are taken in DN, the border shaved, and the
+pixels of all images pooled: calibration over deciles of the predicted RMSE and the rank
+correlation over 8 x 8 px blocks, next to that of the output's gradient magnitude, the free
+guess (:mod:`geosr.uncertainty_metrics`).
 
 LPIPS and CLIP-IQA are reported only when their weights are on this machine already; they
 are never downloaded, and the result says why each was skipped.
@@ -55,9 +71,17 @@ from geosr.captioning import load_captioner
 from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
 from geosr.errors import InputError
-from geosr.models import CLASSICAL, default_model, load_upscaler
+from geosr.models import CLASSICAL, default_model, load_upscaler, own_model_kind
 from geosr.routing import MODEL, cheap_path, route_tiles, routing_threshold
 from geosr.degradations import PROTOCOLS, DegradationParams, degrade
+from geosr.detail_metrics import consistency_error, hf_spectral_error
+from geosr.uncertainty_metrics import (
+    band_rms,
+    block_spearman,
+    calibration_bins,
+    calibration_error,
+    gradient_baseline,
+)
 
 __all__ = [
     "ABLATION_CAPTIONS",
@@ -84,6 +108,8 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 _CLIP_IQA_MODEL = "openai/clip-vit-base-patch16"
 _CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
 _SKIPPED = "skipped: weights not available locally"
+UNCERTAINTY_BLOCK = 8  # px a side of the blocks the uncertainty map is ranked over
+CALIBRATION_BINS = 10  # deciles of the predicted RMSE
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -350,6 +376,8 @@ class _Run:
         guidance: float | None,
         device: str | None,
         dtype: str | None = None,
+        detail: float | None = None,
+        uncertainty: bool = False,
     ) -> None:
         if degradation not in PROTOCOLS:
             raise InputError(f"unknown degradation {degradation!r}: use one of {', '.join(PROTOCOLS)}")
@@ -359,10 +387,21 @@ class _Run:
         self.scale, self.degradation = int(scale), degradation
         # the delta is reported against bicubic, so it is always a baseline
         self.baselines = {name: load_upscaler(name, scale) for name in dict.fromkeys(("bicubic", *baselines))}
-        options = dict(steps=steps, guidance=guidance, device=device, dtype=dtype)
+        options = dict(steps=steps, guidance=guidance, device=device, dtype=dtype, detail=detail)
         options = {k: v for k, v in options.items() if v is not None}
         self.model_spec = model or default_model(scale)  # what the figures are reported under
+        if detail is not None and (self.model_spec in CLASSICAL or own_model_kind(self.model_spec)):
+            # their loaders have no detail option: classical ones would ignore it silently
+            raise InputError(f"detail is a setting of diffusion models with a detail branch, not of "
+                             f"{self.model_spec}")
         self.model = load_upscaler(self.model_spec, scale, **options)
+        # a diffusion model has the method whether or not its checkpoint has the head: it says
+        # which in has_uncertainty, and would only fail on the first image
+        if uncertainty and not (
+            hasattr(self.model, "upscale_with_uncertainty") and getattr(self.model, "has_uncertainty", True)
+        ):
+            raise InputError(f"model {self.model_spec} has no uncertainty head")
+        self.uncertainty = uncertainty
         self.captioner = load_captioner(captioner)
 
     def make_lr(self, hr: np.ndarray, seed: int) -> tuple[np.ndarray, DegradationParams]:
@@ -372,13 +411,19 @@ class _Run:
     def super_resolve(self, lr: np.ndarray, seed: int) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
         """Caption, the baselines' outputs by name, and the model's output (all ``H x W x 3``).
 
-        The model's seconds are kept in :attr:`model_seconds`.
+        The model's seconds are kept in :attr:`model_seconds`; with ``uncertainty``, its
+        predicted per-band RMSE (``H x W x 3``, [0, 1] units) in :attr:`model_sigma`.
         """
         tiles = image_to_batch(lr)
         caption = self.captioner.caption(tiles)[0]
         baselines = {name: self.run(u, lr, caption, seed) for name, u in self.baselines.items()}
         t0 = time.perf_counter()
-        out = self.run(self.model, lr, caption, seed)
+        if self.uncertainty:
+            upscaled, sigma = self.model.upscale_with_uncertainty(tiles, [caption], seeds=[seed])
+            out = quantise_8bit(upscaled[0].float().cpu().numpy().transpose(1, 2, 0))
+            self.model_sigma = sigma[0].float().cpu().numpy().transpose(1, 2, 0)
+        else:
+            out = self.run(self.model, lr, caption, seed)
         self.model_seconds = time.perf_counter() - t0
         return caption, baselines, out
 
@@ -392,11 +437,14 @@ class _Run:
 # ----------------------------------------------------------------------- evaluation
 
 
-def _scores(out: np.ndarray, hr: np.ndarray, border: int, lpips_fn, clip_iqa_fn) -> dict[str, float]:
+def _scores(out: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: int, lpips_fn, clip_iqa_fn) -> dict[str, float]:
+    border = scale
     scores = {
         "psnr": psnr(out, hr, border),
         "ssim": ssim(out, hr, border),
         "sharpness": sharpness_ratio(out, hr, border),
+        "hf_spectral_error": hf_spectral_error(out, hr, border),
+        "consistency_error": consistency_error(out, lr, scale),
     }
     if lpips_fn is not None:
         scores["lpips"] = lpips_fn(_shave(out, border), _shave(hr, border))
@@ -426,6 +474,8 @@ def evaluate_sr(
     caption_ablation: bool = False,
     route: str = "auto",
     route_threshold: float | None = None,
+    detail: float | None = None,
+    uncertainty: bool = False,
 ) -> dict:
     """Super-resolve degraded HR images with a model and baselines; compare with the HR.
 
@@ -460,6 +510,12 @@ def evaluate_sr(
         With ``route="auto"`` and a neural model, each LR image is routed as ``geosr
         upscale`` routes a tile (:mod:`geosr.routing`); the model's figures stay those of
         the model on every image, and ``routing`` says what routing would change.
+    detail : float, optional
+        Detail setting the model is loaded with (``load_upscaler(..., detail=detail)``);
+        None keeps the model's default.
+    uncertainty : bool
+        Take the model's output and its predicted per-band RMSE from its
+        ``upscale_with_uncertainty`` and score the prediction (``uncertainty`` below).
 
     Returns
     -------
@@ -474,16 +530,26 @@ def evaluate_sr(
         ``cheap_path``, ``routed_share`` of images, ``psnr_change`` and ``ssim_change`` of the
         mean with routed images given the cheap path's output, ``model_time_saved``, the
         share of the model's seconds spent on routed images);
+        ``uncertainty`` (empty unless asked; pooled over all images, in DN: ``calibration``,
+        the bins of :func:`geosr.uncertainty_metrics.calibration_bins` over deciles of the
+        predicted RMSE, ``calibration_error``, their max ``|ratio - 1|``, ``spearman``, the
+        rank correlation of predicted and actual RMSE over 8 x 8 px blocks, and
+        ``spearman_gradient_baseline``, that of the output's gradient magnitude, the figure
+        to beat; ``predicted_rmse``, ``actual_rmse``, ``block``, ``n_pixels``, ``n_blocks``,
+        ``units``; per image, ``uncertainty`` holds ``predicted_rmse`` and ``actual_rmse``);
         ``skipped`` (``path``, ``reason``) and
         ``optional_metrics`` (``lpips`` / ``clip_iqa``: computed or why skipped). Metrics
-        are ``psnr`` (dB), ``ssim``, ``sharpness`` and, when available, ``lpips``, ``clip_iqa``.
+        are ``psnr`` (dB), ``ssim``, ``sharpness``, ``hf_spectral_error`` (decades),
+        ``consistency_error`` (DN) and, when available, ``lpips``, ``clip_iqa``.
 
     Raises
     ------
     InputError
-        Unknown degradation or baseline, or no usable image.
+        Unknown degradation or baseline, no usable image, or ``uncertainty`` asked of a
+        model without an uncertainty head.
     ModelError, CaptionerError
-        The model or the captioner cannot be loaded.
+        The model or the captioner cannot be loaded (a ``detail`` setting the model does
+        not have is one of the model's errors).
     """
     if limit is not None and limit < 1:
         raise InputError(f"limit must be >= 1, got {limit}")
@@ -491,7 +557,7 @@ def evaluate_sr(
         raise InputError(f"crop must be at least {MIN_LR_SIDE * scale} px at x{scale}, got {crop}")
     if not hr_paths:
         raise InputError("no HR images given")
-    run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device, dtype)
+    run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device, dtype, detail, uncertainty)
     threshold = routing_threshold(route, route_threshold, run.model_spec, run.scale)
     cheap = cheap_path(run.scale)
     cheap_options = {} if cheap in CLASSICAL else {k: v for k, v in dict(device=device, dtype=dtype).items() if v}
@@ -500,6 +566,7 @@ def evaluate_sr(
     lpips_fn, lpips_status = _lpips_metric(metric_device)
     clip_iqa_fn, clip_iqa_status = _clip_iqa_metric(metric_device)
     images, skipped = [], []
+    sigma_maps, error_maps, gradient_maps = [], [], []  # per image, in DN, border shaved
     # A progress bar on a terminal only (disable=None): a full validation set takes minutes.
     bar = tqdm(total=min(limit or len(hr_paths), len(hr_paths)), unit="image", desc="evaluate", disable=None)
     for index, path in enumerate(map(Path, hr_paths)):
@@ -523,20 +590,28 @@ def evaluate_sr(
                 "hr_size": list(hr.shape[:2]),
                 "degradation": asdict(params),
                 "caption": caption,
-                "model": _scores(model_out, hr, border, lpips_fn, clip_iqa_fn),
-                "baselines": {n: _scores(o, hr, border, lpips_fn, clip_iqa_fn) for n, o in base_out.items()},
+                "model": _scores(model_out, hr, lr, run.scale, lpips_fn, clip_iqa_fn),
+                "baselines": {n: _scores(o, hr, lr, run.scale, lpips_fn, clip_iqa_fn) for n, o in base_out.items()},
                 "model_seconds": run.model_seconds,
             }
         )
         if threshold is not None:
             images[-1]["route"] = route_tiles(image_to_batch(lr), threshold, cheap=cheap)[0].properties()
             if images[-1]["route"]["route"] != MODEL:  # what the run would write there instead
-                images[-1]["route"]["scores"] = _scores(run.run(cheap_model, lr, "", seed + index), hr, border,
-                                                        None, None)
+                images[-1]["route"]["scores"] = _scores(run.run(cheap_model, lr, "", seed + index), hr, lr,
+                                                        run.scale, None, None)
         if caption_ablation:
             images[-1]["caption_ablation"] = {
-                name: _scores(run.run(run.model, lr, text, seed + index), hr, border, None, None)
+                name: _scores(run.run(run.model, lr, text, seed + index), hr, lr, run.scale, None, None)
                 for name, text in ABLATION_CAPTIONS.items()
+            }
+        if uncertainty:
+            sigma_maps.append(_shave(band_rms(run.model_sigma) * 255.0, border))
+            error_maps.append(_shave(band_rms(model_out - hr) * 255.0, border))
+            gradient_maps.append(_shave(gradient_baseline(model_out * 255.0), border))
+            images[-1]["uncertainty"] = {
+                "predicted_rmse": _rms(sigma_maps[-1]),
+                "actual_rmse": _rms(error_maps[-1]),
             }
         logger.info("%d. %s: PSNR %.2f dB", len(images), path.name, images[-1]["model"]["psnr"])
         bar.update()
@@ -548,7 +623,9 @@ def evaluate_sr(
     worse = np.mean([im["model"]["psnr"] < im["baselines"]["bicubic"]["psnr"] for im in images])
     ablation = {}
     if caption_ablation:
-        ablation["measured"] = {k: model_means[k] for k in ("psnr", "ssim", "sharpness")}
+        ablation["measured"] = {
+            k: model_means[k] for k in ("psnr", "ssim", "sharpness", "hf_spectral_error", "consistency_error")
+        }
         for name in ABLATION_CAPTIONS:
             ablation[name] = _means([im["caption_ablation"][name] for im in images])
     return {
@@ -565,6 +642,8 @@ def evaluate_sr(
             "guidance": guidance,
             "device": device,
             "dtype": dtype,
+            "detail": detail,
+            "uncertainty": uncertainty,
             "border": run.scale,
             "n_images": len(images),
             "color": "RGB in [0, 1], 8-bit quantised LR and outputs",
@@ -579,9 +658,49 @@ def evaluate_sr(
         "baselines": base_means,
         "caption_ablation": ablation,
         "routing": _routing_summary(images, threshold, cheap) if threshold is not None else {},
+        "uncertainty": _uncertainty_summary(sigma_maps, error_maps, gradient_maps) if uncertainty else {},
         "images": images,
         "skipped": skipped,
         "optional_metrics": {"lpips": lpips_status, "clip_iqa": clip_iqa_status},
+    }
+
+
+def _rms(values: np.ndarray | list[np.ndarray]) -> float:
+    values = values if isinstance(values, list) else [values]
+    return math.sqrt(float(np.mean(np.concatenate([v.ravel() for v in values]) ** 2)))
+
+
+def _uncertainty_summary(sigma: list[np.ndarray], error: list[np.ndarray], gradient: list[np.ndarray]) -> dict:
+    """How far the model's predicted RMSE maps can be trusted, pooled over all images.
+
+    Parameters
+    ----------
+    sigma, error, gradient : list of numpy.ndarray
+        Per image, border shaved: the predicted per-pixel RMSE, the actual error and the
+        output's gradient magnitude, ``H x W`` in DN.
+
+    Returns
+    -------
+    dict
+        ``calibration`` (:func:`geosr.uncertainty_metrics.calibration_bins` over deciles of
+        the predicted RMSE), ``calibration_error`` (max ``|ratio - 1|``), ``spearman`` (block
+        rank correlation of the model's map with the error), ``spearman_gradient_baseline``
+        (the same for the gradient magnitude: the figure to beat), ``predicted_rmse`` and
+        ``actual_rmse`` (over all pixels, DN), ``block`` (px), ``n_pixels``, ``n_blocks``
+        and ``units``.
+    """
+    bins = calibration_bins(sigma, error, bins=CALIBRATION_BINS)
+    return {
+        "units": "DN (0-255)",
+        "calibration": bins,
+        "calibration_error": calibration_error(bins),
+        "spearman": block_spearman(sigma, error, UNCERTAINTY_BLOCK),
+        "spearman_gradient_baseline": block_spearman(gradient, error, UNCERTAINTY_BLOCK),
+        "predicted_rmse": _rms(sigma),
+        "actual_rmse": _rms(error),
+        "block": UNCERTAINTY_BLOCK,
+        "n_pixels": int(sum(m.size for m in sigma)),
+        "n_blocks": int(sum((m.shape[0] // UNCERTAINTY_BLOCK) * (m.shape[1] // UNCERTAINTY_BLOCK) for m in sigma)),
     }
 
 
@@ -620,12 +739,14 @@ def render_comparison(
     device: str | None = None,
     crop: int = 256,
     dtype: str | None = None,
+    detail: float | None = None,
 ) -> Path:
     """Write a PNG of side-by-side crops: LR (nearest-enlarged) | bicubic | model | HR.
 
     The image goes through the same steps as in :func:`evaluate_sr` (pass the image's seed,
-    ``seed + i`` there, to show the same LR); the panels are the centre ``crop`` px (HR
-    scale) of the outputs, labelled with the method and its whole-image PSNR.
+    ``seed + i`` there, and the same ``detail``, to show the same LR and model output); the
+    panels are the centre ``crop`` px (HR scale) of the outputs, labelled with the method and
+    its whole-image PSNR.
 
     Returns
     -------
@@ -634,7 +755,7 @@ def render_comparison(
     """
     from PIL import Image, ImageDraw
 
-    run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device, dtype)
+    run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device, dtype, detail)
     hr = read_hr_image(Path(hr_path), run.scale, None)
     lr, _params = run.make_lr(hr, seed)
     _caption, base_out, model_out = run.super_resolve(lr, seed)

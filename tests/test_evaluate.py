@@ -14,8 +14,9 @@ from PIL import Image
 from scipy import ndimage
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
+from geosr import evaluation
 from geosr.cli import cli
-from geosr.errors import InputError
+from geosr.errors import InputError, ModelError
 from geosr.evaluation import (
     ABLATION_CAPTIONS,
     evaluate_sr,
@@ -27,11 +28,13 @@ from geosr.evaluation import (
     ssim,
 )
 from geosr.degradations import degrade
+from geosr.detail_metrics import consistency_error, hf_spectral_error
+from geosr.models.classical import BicubicUpscaler
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 from rasters import texture, write_raster
 from tiny_models import tiny_pipeline_components, tiny_tokenizer
 
-METRICS = {"psnr", "ssim", "sharpness"}
+METRICS = {"psnr", "ssim", "sharpness", "hf_spectral_error", "consistency_error"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,7 +119,7 @@ def test_find_hr_images_recursive_and_sorted(hr_dir):
 
 def test_bicubic_model_is_its_own_baseline(hr_dir):
     result = evaluate_sr(find_hr_images([hr_dir]), 4, "iso", model="bicubic")
-    assert result["model"]["delta_vs_bicubic"] == {"psnr": 0.0, "ssim": 0.0, "sharpness": 0.0}
+    assert result["model"]["delta_vs_bicubic"] == dict.fromkeys(METRICS, 0.0)
     assert result["settings"]["n_images"] == 2 and result["settings"]["border"] == 4
     assert [im["seed"] for im in result["images"]] == [0, 1]
     # the HR is cut to a multiple of the scale; iso blurs only, so the output is softer than the HR
@@ -144,9 +147,9 @@ def test_without_a_model_the_shipped_one_of_the_scale_is_run_and_named(hr_dir):
 def test_tiny_diffusion_model_on_pngs_and_a_real_geotiff(hr_dir, tiny_model, data_dir):
     paths = [*find_hr_images([hr_dir]), data_dir / "neon_harv_plot.tif"]
     result = evaluate_sr(paths, 4, "aniso", model=tiny_model, crop=96, steps=1)
-    assert set(result) == {"settings", "model", "baselines", "caption_ablation", "routing", "images", "skipped",
-                           "optional_metrics"}
-    assert result["caption_ablation"] == {}
+    assert set(result) == {"settings", "model", "baselines", "caption_ablation", "routing", "uncertainty",
+                           "images", "skipped", "optional_metrics"}
+    assert result["caption_ablation"] == {} and result["uncertainty"] == {}
     # routing: routed images would get the cheap path's output; the mean change says what that costs
     cheap = [im["route"]["route"] != "model" for im in result["images"]]
     assert result["routing"]["routed_share"] == pytest.approx(np.mean(cheap))
@@ -250,7 +253,8 @@ def test_cli_table_json_and_png(hr_dir, tmp_path):
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    assert lines[header].split() == ["method", "PSNR", "dB", "dPSNR", "SSIM", "sharpness"]
+    assert lines[header].split() == ["method", "PSNR", "dB", "dPSNR", "SSIM", "sharpness", "HF", "err", "LR", "err",
+                                     "DN"]
     bicubic = lines[header + 1].split()
     assert bicubic[0] == "bicubic" and bicubic[2] == "+0.00"
     assert lines[header + 2].startswith("lanczos")
@@ -258,6 +262,126 @@ def test_cli_table_json_and_png(hr_dir, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["settings"]["n_images"] == 2 and result["model"]["name"] == "lanczos"
     assert (tmp_path / "r.png").is_file()
+
+
+# ------------------------------------------------------------ detail and uncertainty
+
+
+class _BicubicWithSigma:
+    """Stand-in for a model with an uncertainty head: bicubic, with a predicted per-band RMSE.
+
+    ``sigma`` None predicts half the output's gradient magnitude per band, else that constant.
+    """
+
+    channels = None
+
+    def __init__(self, scale: int, sigma: float | None) -> None:
+        self.scale, self.sigma = scale, sigma
+        self.name = "bicubic with a predicted RMSE (test stand-in)"
+        self.bicubic = BicubicUpscaler(scale)
+
+    def upscale(self, tiles, captions, seeds=None):
+        return self.bicubic.upscale(tiles, captions, seeds)
+
+    def upscale_with_uncertainty(self, tiles, captions, seeds=None):
+        out = self.upscale(tiles, captions, seeds)
+        if self.sigma is not None:
+            return out, torch.full_like(out, self.sigma)
+        gy, gx = torch.gradient(out, dim=(2, 3))
+        return out, 0.5 * torch.hypot(gx, gy)
+
+
+@pytest.fixture
+def stand_in(monkeypatch) -> dict:
+    """``test-sigma`` (gradient sigma) and ``test-sigma:0.02`` (constant) load the stand-in; the options they got."""
+    loaded = {}
+    load_upscaler = evaluation.load_upscaler
+
+    def load(spec, scale, **options):
+        if not spec.startswith("test-sigma"):
+            return load_upscaler(spec, scale, **options)
+        loaded[spec] = options
+        return _BicubicWithSigma(scale, float(spec.split(":")[1]) if ":" in spec else None)
+
+    monkeypatch.setattr(evaluation, "load_upscaler", load)
+    return loaded
+
+
+def test_detail_metrics_of_each_method(hr_dir):
+    paths = find_hr_images([hr_dir])
+    result = evaluate_sr(paths, 4, "iso", model="nearest", route="off")
+    # the figures are those of geosr.detail_metrics on the 8-bit output, the HR and the 8-bit LR
+    hr = read_hr_image(paths[1], 4, None)
+    lr = evaluation.quantise_8bit(degrade(hr, 4, "iso", seed=1)[0])
+    out = BicubicUpscaler(4).upscale(evaluation.image_to_batch(lr), [""])[0].numpy().transpose(1, 2, 0)
+    out = evaluation.quantise_8bit(out)
+    bicubic = result["images"][1]["baselines"]["bicubic"]
+    assert bicubic["hf_spectral_error"] == pytest.approx(hf_spectral_error(out, hr, border=4))
+    assert bicubic["consistency_error"] == pytest.approx(consistency_error(out, lr, 4))
+    # the HF error counts power, not where it is: bicubic of a blurred LR falls decades short
+    # of the HR's fine detail, nearest's blocky edges make up power (of the wrong kind)
+    assert result["baselines"]["bicubic"]["hf_spectral_error"] > result["model"]["hf_spectral_error"] > 0
+    assert result["model"]["consistency_error"] > 0
+
+
+def test_constant_sigma_calibration_matches_the_psnr(hr_dir, stand_in):
+    result = evaluate_sr(find_hr_images([hr_dir]), 4, "aniso", model="test-sigma:0.02", route="off", uncertainty=True)
+    u = result["uncertainty"]
+    assert len(u["calibration"]) == 10 and u["units"] == "DN (0-255)"
+    assert u["n_pixels"] == 56 * 56 + 64 * 72 and u["n_blocks"] == 7 * 7 + 8 * 9  # 4 px border shaved
+    for b in u["calibration"]:
+        assert b["predicted"] == pytest.approx(0.02 * 255)
+        assert b["ratio"] == pytest.approx(b["actual"] / (0.02 * 255))
+    assert u["calibration_error"] == pytest.approx(max(abs(b["ratio"] - 1) for b in u["calibration"]))
+    # the actual error is the one PSNR measures: RMSE = 255 * 10^(-PSNR / 20) per image
+    for im in result["images"]:
+        assert im["uncertainty"]["actual_rmse"] == pytest.approx(255 * 10 ** (-im["model"]["psnr"] / 20))
+        assert im["uncertainty"]["predicted_rmse"] == pytest.approx(0.02 * 255)
+    sizes = [56 * 56, 64 * 72]
+    pooled = math.sqrt(np.average([im["uncertainty"]["actual_rmse"] ** 2 for im in result["images"]], weights=sizes))
+    assert u["actual_rmse"] == pytest.approx(pooled)
+    assert math.isnan(u["spearman"])  # a constant map ranks nothing
+    assert 0 < u["spearman_gradient_baseline"] <= 1  # an upscaler errs on edges and texture
+    assert result["model"]["psnr"] == result["baselines"]["bicubic"]["psnr"]  # the head's output is scored
+
+
+def test_uncertainty_and_detail_from_the_cli(hr_dir, stand_in, tmp_path):
+    args = ["evaluate", "--hr", str(hr_dir), "--model", "test-sigma", "--route", "off", "--uncertainty",
+            "--detail", "1.0", "--json", str(tmp_path / "r.json"), "-q"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert stand_in["test-sigma"] == {"detail": 1.0}
+    lines = res.output.splitlines()
+    table = next(i for i, line in enumerate(lines) if line.startswith("decile"))
+    assert [line.split()[0] for line in lines[table + 1 : table + 12]] == [*map(str, range(1, 11)), "all"]
+    assert "calibration error" in res.output and "gradient baseline" in res.output
+    result = json.loads((tmp_path / "r.json").read_text())
+    u = result["uncertainty"]
+    assert result["settings"]["detail"] == 1.0 and result["settings"]["uncertainty"] is True
+    assert -1 <= u["spearman"] <= 1 and -1 <= u["spearman_gradient_baseline"] <= 1
+    # the stand-in's map is a gradient magnitude too: it ranks the blocks much as the baseline does
+    assert u["spearman"] == pytest.approx(u["spearman_gradient_baseline"], abs=0.15)
+    assert [b["predicted"] for b in u["calibration"]] == sorted(b["predicted"] for b in u["calibration"])
+
+
+def test_uncertainty_needs_a_head_and_detail_a_dial(hr_dir):
+    paths = find_hr_images([hr_dir])
+    with pytest.raises(InputError, match="model bicubic has no uncertainty head"):
+        evaluate_sr(paths, 4, "iso", model="bicubic", uncertainty=True)
+    with pytest.raises(InputError, match="detail is a setting of diffusion models"):
+        evaluate_sr(paths, 4, "iso", model="lanczos", detail=1.0)
+    res = CliRunner().invoke(cli, ["evaluate", "--hr", str(hr_dir), "--model", "bicubic", "--uncertainty"])
+    assert res.exit_code == 3 and "no uncertainty head" in res.output
+
+
+def test_a_diffusion_model_without_heads_says_so_before_the_first_image(hr_dir, tiny_model):
+    paths = find_hr_images([hr_dir])
+    with pytest.raises(InputError, match="has no uncertainty head"):
+        evaluate_sr(paths, 4, "iso", model=tiny_model, steps=1, uncertainty=True)
+    with pytest.raises(ModelError, match="no detail head"):
+        evaluate_sr(paths, 4, "iso", model=tiny_model, steps=1, detail=1.0)
+    res = CliRunner().invoke(cli, ["evaluate", "--hr", str(hr_dir), "--model", tiny_model, "--detail", "1"])
+    assert res.exit_code == 3 and "no detail head" in res.output
 
 
 # --------------------------------------------------------------------------- errors

@@ -1,4 +1,4 @@
-"""``geosr evaluate``: PSNR / SSIM / sharpness of a model against bicubic on degraded HR images."""
+"""``geosr evaluate``: PSNR / SSIM / sharpness / detail of a model against bicubic on degraded HR images."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ _COLUMNS = (  # metric key, header, format
     ("delta_psnr", "dPSNR", "{:+7.2f}"),
     ("ssim", "SSIM", "{:7.4f}"),
     ("sharpness", "sharpness", "{:9.3f}"),
+    ("hf_spectral_error", "HF err", "{:6.3f}"),
+    ("consistency_error", "LR err DN", "{:9.2f}"),
     ("lpips", "LPIPS", "{:7.4f}"),
     ("clip_iqa", "CLIP-IQA", "{:8.4f}"),
 )
@@ -48,6 +50,25 @@ def format_ablation(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_uncertainty(result: dict) -> str:
+    """The uncertainty block of a result: calibration per decile, then the block ranking."""
+    u = result["uncertainty"]
+    lines = [
+        f"uncertainty: predicted vs actual RMSE per pixel (DN), {u['n_pixels']} px of all images pooled",
+        "decile  predicted  actual  ratio",
+    ]
+    for i, b in enumerate(u["calibration"], 1):
+        lines.append(f"{i:>6}{b['predicted']:11.2f}{b['actual']:8.2f}{b['ratio']:7.2f}")
+    ratio = u["actual_rmse"] / u["predicted_rmse"] if u["predicted_rmse"] > 0 else float("inf")
+    lines.append(f"{'all':>6}{u['predicted_rmse']:11.2f}{u['actual_rmse']:8.2f}{ratio:7.2f}")
+    lines.append(f"calibration error (max |ratio - 1|): {u['calibration_error']:.3f}")
+    lines.append(
+        f"Spearman over {u['n_blocks']} blocks of {u['block']} x {u['block']} px: model {u['spearman']:.3f}, "
+        f"gradient baseline {u['spearman_gradient_baseline']:.3f}"
+    )
+    return "\n".join(lines)
+
+
 @click.command(short_help="Score a model against bicubic on synthetically degraded HR images.")
 @click.option(
     "--hr", "hr_dirs", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
@@ -71,6 +92,11 @@ def format_ablation(result: dict) -> str:
 @click.option("--seed", default=0, show_default=True, help="Image i is degraded and super-resolved with seed + i.")
 @click.option("--steps", type=click.IntRange(min=1), help="Diffusion steps (default: the model's).")
 @click.option("--guidance", type=float, help="Guidance scale (default: the model's).")
+@click.option("--detail", type=float,
+              help="Detail dial of the model (models with a detail branch; default: the model's).")
+@click.option("--uncertainty", is_flag=True,
+              help="Score the model's predicted per-pixel RMSE map: calibration per decile and block Spearman "
+                   "rank correlation with the actual error, next to the output's gradient magnitude.")
 @click.option("--device", help="Torch device (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]),
               help="Precision of the networks (default: as for geosr upscale).")
@@ -87,14 +113,17 @@ def format_ablation(result: dict) -> str:
 @verbosity
 def evaluate(
     hr_dirs, scale, degradation, caption_ablation, model, captioner, limit, crop, seed, steps, guidance,
-    device, dtype, route, route_threshold, json_out, png_out, verbose, quiet,
+    detail, uncertainty, device, dtype, route, route_threshold, json_out, png_out, verbose, quiet,
 ) -> None:
     """Degrade HR images with a training protocol, super-resolve them, compare with the HR.
 
     Every method sees the same LR (image i: seed + i). PSNR and SSIM are on RGB in [0, 1]
     with --scale px shaved off each border; the sharpness ratio is the gradient energy of the
-    output over that of the HR (1 = as detailed as the truth). LPIPS and CLIP-IQA are added
-    only when their weights are on this machine.
+    output over that of the HR (1 = as detailed as the truth). HF err is the high-frequency
+    spectral error (decades of power off the HR's spectrum in the upper half of the
+    frequencies; 0 = as much fine detail as the truth), LR err the RMS (DN) of the output,
+    downsampled as the model assumes, against the LR. LPIPS and CLIP-IQA are added only
+    when their weights are on this machine.
 
     \b
     Example:
@@ -106,11 +135,13 @@ def evaluate(
 
     setup_logging(verbose, quiet)
     model = model or default_model(int(scale))
-    options = dict(model=model, captioner=captioner, steps=steps, guidance=guidance, device=device, dtype=dtype)
+    options = dict(model=model, captioner=captioner, steps=steps, guidance=guidance, device=device, dtype=dtype,
+                   detail=detail)
     result = fail_cleanly(
         lambda: evaluate_sr(
             find_hr_images(hr_dirs), int(scale), degradation, seed=seed, limit=limit, crop=crop,
-            caption_ablation=caption_ablation, route=route, route_threshold=route_threshold, **options
+            caption_ablation=caption_ablation, route=route, route_threshold=route_threshold,
+            uncertainty=uncertainty, **options
         )
     )
     settings = result["settings"]
@@ -122,6 +153,8 @@ def evaluate(
         click.echo(f"skipped {item['path']}: {item['reason']}")
     click.echo(format_table(result))
     click.echo(f"images where the model's PSNR is below bicubic's: {100 * result['model']['worse_than_bicubic']:.1f} %")
+    if result["uncertainty"]:
+        click.echo(format_uncertainty(result))
     if result["caption_ablation"]:
         click.echo(format_ablation(result))
     if result["routing"]:
