@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import huggingface_hub
 import numpy as np
@@ -382,6 +383,30 @@ def test_a_diffusion_model_without_heads_says_so_before_the_first_image(hr_dir, 
         evaluate_sr(paths, 4, "iso", model=tiny_model, steps=1, detail=1.0)
     res = CliRunner().invoke(cli, ["evaluate", "--hr", str(hr_dir), "--model", tiny_model, "--detail", "1"])
     assert res.exit_code == 3 and "no detail head" in res.output
+
+
+def _shipped_heads(name: str) -> bool:
+    """Whether the shipped model ``name`` has both a detail and an uncertainty head."""
+    from geosr.models import shipped_model_path
+
+    path = shipped_model_path(name)
+    index = json.loads((Path(path) / "model_index.json").read_text()) if path else {}
+    return all(index.get(head, [None])[0] is not None for head in ("detail", "uncertainty"))
+
+
+@pytest.mark.skipif(not _shipped_heads("geosr-tiny-x4"), reason="geosr-tiny-x4 ships without its heads yet")
+def test_the_shipped_model_with_detail_and_uncertainty(data_dir):
+    paths = sorted((data_dir / "val_crops").glob("*.png"))[:2]
+    result = evaluate_sr(paths, 4, "aniso", model="geosr-tiny-x4", crop=64, route="off", detail=1.0,
+                         uncertainty=True)
+    assert "detail 1" in result["model"]["description"]
+    u = result["uncertainty"]
+    assert len(u["calibration"]) == 10 and sum(b["count"] for b in u["calibration"]) == u["n_pixels"] == 2 * 56 * 56
+    assert all(b["predicted"] > 0 and math.isfinite(b["ratio"]) for b in u["calibration"])
+    assert -1 <= u["spearman"] <= 1 and -1 <= u["spearman_gradient_baseline"] <= 1
+    assert 0 < u["predicted_rmse"] < 255 and 0 < u["actual_rmse"] < 255
+    for key in ("hf_spectral_error", "consistency_error"):
+        assert math.isfinite(result["model"][key]) and result["model"][key] >= 0
 
 
 # --------------------------------------------------------------------------- errors
