@@ -1,0 +1,130 @@
+"""The detail and uncertainty heads inside a GeoSRPipeline, and the consistency projection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import LCMScheduler
+
+from geosr.pipelines import GeoSRPipeline
+from geosr.pipelines.consistency import invisible_to_lr, model_downsample
+from geosr.training.train_heads import radial_log_power, spectral_loss
+from tests.tiny_models import tiny_pipeline_components, with_tiny_heads
+
+
+def _pipe(tmp_path, scale=4, factor=4, **heads) -> GeoSRPipeline:
+    components = tiny_pipeline_components(student=True, scale=scale, tmp_path=tmp_path, unshuffle_factor=factor)
+    pipe = GeoSRPipeline(**with_tiny_heads(components, **heads))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _lr(n=2, size=16, seed=0) -> torch.Tensor:
+    # mid-grey texture: outputs stay inside [0, 1], so no clamp hides what the detail adds
+    return 0.3 + 0.4 * torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _run(pipe, lr, seed=3, **kwargs):
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(lr))]
+    kwargs.setdefault("num_inference_steps", 1)  # the shipped students' one step
+    return pipe(lr, prompt=[""] * len(lr), generator=generators, **kwargs)
+
+
+@pytest.mark.parametrize("scale, factor", [(4, 4), (2, 4)])
+def test_detail_zero_is_the_pipeline_without_heads(tmp_path, scale, factor):
+    with_heads = _pipe(tmp_path, scale, factor)
+    bare = GeoSRPipeline(**tiny_pipeline_components(student=True, scale=scale, tmp_path=tmp_path,
+                                                    unshuffle_factor=factor))
+    bare.set_progress_bar_config(disable=True)
+    lr = _lr()
+    torch.testing.assert_close(_run(with_heads, lr, detail=0.0).images, _run(bare, lr).images, rtol=0, atol=0)
+
+
+def test_detail_changes_pixels_reproducibly_and_invisibly_to_the_lr(tmp_path):
+    pipe = _pipe(tmp_path)
+    # as the shipped students: v-prediction (an eps-predicting random student's x0 saturates
+    # at the last timestep) and small residuals
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(0.01)
+    lr = _lr()
+    base = _run(pipe, lr).images
+    one = _run(pipe, lr, detail=1.0).images
+    again = _run(pipe, lr, detail=1.0).images
+    other_seed = _run(pipe, lr, seed=11, detail=1.0).images
+    assert (one - base).abs().max() > 1e-3
+    torch.testing.assert_close(one, again, rtol=0, atol=0)
+    assert (other_seed - one).abs().max() > 1e-4  # the detail is drawn from the seed
+    # what the model's downsampling sees of the added detail is a small fraction of a DN
+    assert 0 < one.min() and one.max() < 1
+    seen = model_downsample(one - base, 4)[..., 1:-1, 1:-1]
+    assert 255 * seen.pow(2).mean().sqrt() < 0.5
+    half = _run(pipe, lr, detail=0.5).images
+    assert 0 < (half - base).abs().mean() < (one - base).abs().mean()
+
+
+def test_uncertainty_is_positive_finite_and_grows_with_detail(tmp_path):
+    pipe = _pipe(tmp_path)
+    lr = _lr()
+    out0 = _run(pipe, lr, return_uncertainty=True)
+    out1 = _run(pipe, lr, detail=1.0, return_uncertainty=True)
+    assert out0.uncertainty.shape == out0.images.shape
+    assert torch.isfinite(out0.uncertainty).all() and (out0.uncertainty > 0).all()
+    assert out0.uncertainty.std() > 0  # a map, not a constant
+    assert (out1.uncertainty >= out0.uncertainty - 1e-6).all()
+    # the uncertainty does not change the output
+    torch.testing.assert_close(out0.images, _run(pipe, lr).images, rtol=0, atol=0)
+
+
+def test_heads_survive_save_and_load(tmp_path):
+    pipe = _pipe(tmp_path)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = GeoSRPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    lr = _lr()
+    a, b = _run(pipe, lr, detail=1.0, return_uncertainty=True), _run(loaded, lr, detail=1.0, return_uncertainty=True)
+    torch.testing.assert_close(a.images, b.images)
+    torch.testing.assert_close(a.uncertainty, b.uncertainty)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(detail=1.5), "detail must be"),
+    (dict(detail=-0.1), "detail must be"),
+])
+def test_bad_detail_is_refused(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _run(_pipe(tmp_path), _lr(), **kwargs)
+
+
+def test_missing_heads_are_named(tmp_path):
+    pipe = _pipe(tmp_path, detail=False, uncertainty=False)
+    with pytest.raises(ValueError, match="no detail head"):
+        _run(pipe, _lr(), detail=0.5)
+    with pytest.raises(ValueError, match="no uncertainty head"):
+        _run(pipe, _lr(), return_uncertainty=True)
+
+
+def test_a_head_of_the_wrong_size_is_refused(tmp_path):
+    from geosr.pipelines.lr_space_heads import DetailHead
+
+    pipe = _pipe(tmp_path, detail=False)
+    pipe.register_modules(detail=DetailHead(sample_channels=12, lr_channels=3))
+    with pytest.raises(ValueError, match="detail head reads 12"):
+        _run(pipe, _lr(), detail=1.0)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_invisible_to_lr_removes_what_the_downsampling_sees(scale):
+    residual = 0.05 * torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    before = model_downsample(residual, scale).pow(2).mean().sqrt()
+    after = model_downsample(invisible_to_lr(residual, scale), scale).pow(2).mean().sqrt()
+    assert after < 0.06 * before  # white noise, the hardest case: most of a detail residual is high-pass
+
+
+def test_spectral_loss_sees_blur():
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1, padding=1)
+    assert spectral_loss(image, image, 0.3) == 0
+    assert spectral_loss(blurred, image, 0.3) > 0.5
+    low, high = radial_log_power(blurred)[0, [2, -2]]
+    assert low > high

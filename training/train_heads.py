@@ -1,0 +1,253 @@
+"""Train the detail and uncertainty heads of a one-step student (issue 30), the student frozen.
+
+    python -m geosr.training.train_heads --config configs/train/geosr_tiny_x4_heads.yaml
+
+The student (``--model``, a GeoSRPipeline) runs as at inference (:meth:`GeoSRPipeline.denoise`,
+one step, its default guidance) on freshly degraded training crops; only the two heads of
+:mod:`geosr.pipelines.lr_space_heads` learn, so a ``detail = 0`` output stays the student's.
+
+Uncertainty head
+    Heteroscedastic Gaussian negative log-likelihood of the student's per-pixel, per-band
+    error: ``log v + e**2 / v``, minimised by ``v = E[e**2 | LR]``. After training, a scalar
+    ``variance_scale`` is fitted on crops drawn with another seed (the ratio of the mean
+    squared error to the mean predicted variance), saved in the head's config.
+
+Detail head
+    Its residual is made invisible to the model's downsampling as at inference
+    (:func:`~geosr.pipelines.consistency.invisible_to_lr`), added at ``D = 1``, and trained
+    with what works from scratch on a CPU, without a pretrained perceptual network:
+
+    - a spectral loss: the L1 distance between the radially averaged log power spectra of
+      the output and of the HR above ``spectral_from`` of the Nyquist frequency (the blur of
+      a regression output is a missing top of the spectrum);
+    - a conditional PatchGAN hinge loss (Isola et al. 2017; spectral norm, Miyato et al. 2018):
+      a small discriminator sees the image beside the upsampled LR, so detail must fit the input;
+    - an L1 fidelity term that keeps the output near the HR (PSNR above bicubic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from geosr.pipelines.consistency import invisible_to_lr
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, target_to_image
+from geosr.training.launch import (
+    add_common_args,
+    end_step,
+    make_dataloader,
+    parse_with_config,
+    resume_run,
+    save_checkpoint,
+    start_run,
+    start_trackers,
+    training_batches,
+)
+
+__all__ = ["PatchDiscriminator", "main", "parse_args", "radial_log_power", "spectral_loss"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags (and ``--config`` YAML defaults) of a heads run."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    add = parser.add_argument
+    add("--model", type=str, required=False, default=None, help="The student pipeline (frozen).")
+    add("--head_channels", type=int, default=24)
+    add("--head_blocks", type=int, default=2)
+    add("--noise_channels", type=int, default=8)
+    add("--fidelity_weight", type=float, default=1.0, help="L1 to the HR of the D = 1 output.")
+    add("--spectral_weight", type=float, default=0.1, help="Log power spectrum distance (decades).")
+    add("--adversarial_weight", type=float, default=0.01, help="Generator hinge loss.")
+    add("--spectral_from", type=float, default=0.3, help="Spectral loss above this share of Nyquist.")
+    add("--discriminator_lr", type=float, default=2e-4)
+    add("--calibration_batches", type=int, default=24,
+        help="Batches of crops (another seed) that fit the uncertainty head's variance_scale.")
+    args = parse_with_config(parser, input_args, {})
+    if not args.model:
+        parser.error("--model is required (in the YAML or on the command line)")
+    return args
+
+
+class PatchDiscriminator(nn.Module):
+    """A conditional PatchGAN: image and upsampled LR in, a map of real/fake scores out."""
+
+    def __init__(self, channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.net = nn.Sequential(
+            sn(nn.Conv2d(2 * channels, width, 3, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * width, 1, 3, padding=1)),
+        )
+
+    def forward(self, image: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, upsampled], dim=1))
+
+
+def radial_log_power(image: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """``[B, bins]`` log10 of the Hann-windowed power spectrum, averaged over bands and rings.
+
+    Ring ``k`` holds the frequencies whose radius is in ``[k, k + 1) / bins`` of Nyquist
+    (corners beyond Nyquist are left out).
+    """
+    b, c, h, w = image.shape
+    window = torch.outer(torch.hann_window(h, periodic=False, device=image.device),
+                         torch.hann_window(w, periodic=False, device=image.device))
+    x = (image - image.mean(dim=(-2, -1), keepdim=True)) * window
+    power = torch.fft.rfft2(x.float()).abs().square().mean(dim=1).flatten(1)
+    fy = torch.fft.fftfreq(h, device=image.device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=image.device)[None, :]
+    radius = (torch.sqrt(fy**2 + fx**2) / 0.5).flatten()
+    ring = (radius * bins).long()
+    keep = ring < bins
+    sums = torch.zeros(b, bins, device=image.device).index_add_(1, ring[keep], power[:, keep])
+    counts = torch.bincount(ring[keep], minlength=bins).clamp(min=1)
+    return torch.log10(sums / counts + 1e-12)
+
+
+def spectral_loss(output: torch.Tensor, target: torch.Tensor, start: float, bins: int = 32) -> torch.Tensor:
+    """Mean absolute log10 power difference of the rings above ``start`` of Nyquist."""
+    first = int(start * bins)
+    return (radial_log_power(output, bins)[:, first:] - radial_log_power(target, bins)[:, first:]).abs().mean()
+
+
+def _student(args: argparse.Namespace, device, weight_dtype) -> GeoSRPipeline:
+    pipe = GeoSRPipeline.from_pretrained(args.model)
+    if not pipe.is_distilled or not pipe.concat_channels:
+        raise ValueError(f"{args.model}: the heads serve a CFG-distilled LR-space student with concat_lr")
+    if pipe.config.upscale_factor != args.scale:
+        raise ValueError(f"{args.model} upscales x{pipe.config.upscale_factor}, the data is made for x{args.scale}")
+    for net in (pipe.text_encoder, pipe.unet, pipe.controlnet):
+        net.requires_grad_(False).eval().to(device=device, dtype=weight_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def _student_output(pipe: GeoSRPipeline, batch: dict, device, seed: int):
+    lr = batch["lr"].to(device).clamp(0.0, 1.0)
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(lr.shape[0])]
+    steps = pipe.config.default_num_inference_steps or 1
+    sample, upsampled, lr_grid = pipe.denoise(lr, list(batch["caption"]), steps,
+                                              pipe.config.default_guidance_scale, generators)
+    cfg = pipe.config
+    base = target_to_image(sample, upsampled, cfg.predict_residual, cfg.residual_scale, pipe.unshuffle_factor)
+    return sample, upsampled, lr_grid, base.clamp(0.0, 1.0)
+
+
+def _nll(head: UncertaintyHead, pipe: GeoSRPipeline, sample, lr_grid, base, hr) -> torch.Tensor:
+    log_variance = F.pixel_shuffle(head(sample, lr_grid), pipe.unshuffle_factor)
+    error = (base - hr).square()
+    return (log_variance + error * torch.exp(-log_variance)).mean()
+
+
+def _detail(head: DetailHead, pipe: GeoSRPipeline, sample, lr_grid, base, generator) -> torch.Tensor:
+    noise = torch.randn((sample.shape[0], head.config.noise_channels, *sample.shape[-2:]), generator=generator)
+    residual = head(sample, lr_grid, noise.to(sample.device))
+    residual = F.pixel_shuffle(residual.float(), pipe.unshuffle_factor) / pipe.config.residual_scale
+    return (base + invisible_to_lr(residual, pipe.config.upscale_factor, pipe.config.upsample_mode)).clamp(0.0, 1.0)
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Train; returns the output directory (the student pipeline with both heads, plus checkpoints)."""
+    accelerator, output_dir = start_run(args)
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    pipe = _student(args, device, weight_dtype)
+    channels, lr_channels = pipe.unet.config.out_channels, pipe.concat_channels
+    detail = DetailHead(channels, lr_channels, args.noise_channels, args.head_channels, args.head_blocks)
+    uncertainty = UncertaintyHead(channels, lr_channels, args.head_channels, args.head_blocks)
+    critic = PatchDiscriminator(pipe.image_channels)
+    optimizer = torch.optim.AdamW(list(detail.parameters()) + list(uncertainty.parameters()),
+                                  lr=args.learning_rate, weight_decay=0.0)
+    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.discriminator_lr, betas=(0.5, 0.9),
+                                         weight_decay=0.0)
+    dataloader = make_dataloader(args)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=args.max_train_steps)
+    detail, uncertainty, critic, optimizer, critic_optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        detail, uncertainty, critic, optimizer, critic_optimizer, dataloader, lr_scheduler)
+    start_trackers(accelerator, args)
+    global_step = resume_run(accelerator, args, output_dir)
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
+                    disable=not accelerator.is_local_main_process)
+    for batch in training_batches(accelerator, dataloader, global_step, args):
+        seed = args.seed * 1_000_003 + global_step * 64
+        generator = torch.Generator().manual_seed(seed)
+        hr = batch["hr"].to(device)
+        sample, upsampled, lr_grid, base = _student_output(pipe, batch, device, seed)
+        with accelerator.autocast():
+            nll = _nll(accelerator.unwrap_model(uncertainty), pipe, sample, lr_grid, base, hr)
+            output = _detail(accelerator.unwrap_model(detail), pipe, sample, lr_grid, base, generator)
+            fidelity = (output - hr).abs().mean()
+            spectral = spectral_loss(output, hr, args.spectral_from)
+            adversarial = -critic(output, upsampled).mean()
+            loss = nll + args.fidelity_weight * fidelity + args.spectral_weight * spectral \
+                + args.adversarial_weight * adversarial
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(list(detail.parameters()) + list(uncertainty.parameters()), args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        with accelerator.autocast():
+            critic_loss = F.relu(1.0 - critic(hr, upsampled)).mean() + F.relu(1.0 + critic(output.detach(), upsampled)).mean()
+        critic_optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(critic_loss)
+        critic_optimizer.step()
+        global_step += 1
+        logs = dict(nll=nll.item(), fidelity=fidelity.item(), spectral=spectral.item(),
+                    adversarial=adversarial.item(), critic=critic_loss.item())
+        end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir)
+        if global_step >= args.max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    if accelerator.is_main_process:
+        uncertainty = accelerator.unwrap_model(uncertainty)
+        scale = _calibrate(pipe, uncertainty, args, device)
+        uncertainty.register_to_config(variance_scale=scale)
+        pipe.register_modules(detail=accelerator.unwrap_model(detail).float(), uncertainty=uncertainty.float())
+        pipe.to(dtype=torch.float32)
+        pipe.save_pretrained(str(output_dir))
+    accelerator.end_training()
+    return output_dir
+
+
+@torch.no_grad()
+def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namespace, device) -> float:
+    """``variance_scale``: mean squared error / mean predicted variance on crops of another seed."""
+    held_out = argparse.Namespace(**{**vars(args), "seed": args.seed + 7919})
+    loader = make_dataloader(held_out)
+    loader.dataset.set_epoch(0)
+    error = predicted = count = 0.0
+    head.register_to_config(variance_scale=1.0)
+    for k, batch in zip(range(args.calibration_batches), loader):
+        sample, _, lr_grid, base = _student_output(pipe, batch, device, 10_000_019 + k * 64)
+        variance = F.pixel_shuffle(head.variance(sample.float(), lr_grid.float()), pipe.unshuffle_factor)
+        predicted += variance.sum().item()
+        error += (base - batch["hr"].to(device)).square().sum().item()
+        count += variance.numel()
+    scale = error / predicted
+    logger.info("variance_scale %.4f from %d held-out batches: RMSE predicted %.2f DN, actual %.2f DN",
+                scale, args.calibration_batches, 255 * math.sqrt(predicted / count), 255 * math.sqrt(error / count))
+    return float(scale)
+
+
+if __name__ == "__main__":
+    main(parse_args())
