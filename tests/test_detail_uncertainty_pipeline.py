@@ -9,7 +9,7 @@ from diffusers import LCMScheduler
 from geosr.pipelines import GeoSRPipeline
 from geosr.pipelines.consistency import invisible_to_lr, model_downsample
 from geosr.training.train_heads import radial_log_power, spectral_loss
-from tests.tiny_models import tiny_pipeline_components, with_tiny_heads
+from tiny_models import tiny_pipeline_components, with_tiny_heads
 
 
 def _pipe(tmp_path, scale=4, factor=4, **heads) -> GeoSRPipeline:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geosr.training import distill_cfg, train_captioner, train_controlnet
+from geosr.training import distill_cfg, train_captioner, train_controlnet, train_heads
 
 ALL_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "train").glob("*.yaml"))
 # The captioning-VLM recipe builds a vision tower; every other recipe trains an SR model.
@@ -15,8 +15,11 @@ CONFIGS = [p for p in ALL_CONFIGS if p not in CAPTION_CONFIGS]
 
 
 def _script(path: Path):
-    # Distillation recipes name a teacher; ControlNet recipes do not.
-    return distill_cfg if "teacher_model" in yaml.safe_load(path.read_text()) else train_controlnet
+    # Distillation recipes name a teacher, heads recipes the student they serve; ControlNet recipes neither.
+    keys = yaml.safe_load(path.read_text())
+    if "teacher_model" in keys:
+        return distill_cfg
+    return train_heads if "model" in keys else train_controlnet
 
 
 # The teacher and the student stages of each shipped default, in training order: each student stage
@@ -35,7 +38,8 @@ def test_the_recipes_are_there():
     baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v2_regression_baseline_x4_6400",
                  "geosr_tiny_v3_regression_baseline_x2", "geosr_tiny_v3_regression_baseline_x2_continued",
                  "geosr_tiny_v3_regression_baseline_x2_stage3"}
-    assert shipped | baselines | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
+    heads = {"geosr_tiny_x4_heads", "geosr_tiny_x2_heads"}
+    assert shipped | baselines | heads | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from geosr.pipelines.consistency import invisible_to_lr
 from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead
-from geosr.pipelines.pipeline_geosr import GeoSRPipeline, target_to_image
+from geosr.pipelines.pipeline_geosr import STUDENT_STEPS, GeoSRPipeline, target_to_image
 from geosr.training.launch import (
     add_common_args,
     end_step,
@@ -142,7 +142,7 @@ def _student(args: argparse.Namespace, device, weight_dtype) -> GeoSRPipeline:
 def _student_output(pipe: GeoSRPipeline, batch: dict, device, seed: int):
     lr = batch["lr"].to(device).clamp(0.0, 1.0)
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(lr.shape[0])]
-    steps = pipe.config.default_num_inference_steps or 1
+    steps = pipe.config.default_num_inference_steps or STUDENT_STEPS  # as a call without steps runs
     sample, upsampled, lr_grid = pipe.denoise(lr, list(batch["caption"]), steps,
                                               pipe.config.default_guidance_scale, generators)
     cfg = pipe.config

@@ -1,0 +1,84 @@
+"""train_heads: the detail and uncertainty heads of a frozen student, trained, calibrated, resumed."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from diffusers import LCMScheduler
+
+from geosr.pipelines import GeoSRPipeline
+from geosr.training import train_heads
+from test_train_controlnet import common_run_config, write_yaml
+from tiny_models import tiny_pipeline_components
+
+
+@pytest.fixture
+def student_dir(tmp_path):
+    components = tiny_pipeline_components(student=True, scale=4, tmp_path=tmp_path, unshuffle_factor=4)
+    pipe = GeoSRPipeline(**components, default_num_inference_steps=1, default_guidance_scale=1.5)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    pipe.save_pretrained(tmp_path / "student")
+    return tmp_path / "student"
+
+
+def _argv(tmp_path, student_dir) -> list[str]:
+    config = dict(common_run_config(tmp_path), output_dir=str(tmp_path / "heads"), model=str(student_dir),
+                  captions="truth", degradation="mixed", calibration_batches=2, head_channels=8, head_blocks=1)
+    config.pop("validation_images")
+    config.pop("validation_inference_steps")
+    return ["--config", str(write_yaml(tmp_path, config))]
+
+
+def _outputs(pipe, lr, **kwargs):
+    generators = [torch.Generator().manual_seed(i) for i in range(len(lr))]
+    return pipe(lr, prompt=[""] * len(lr), generator=generators, **kwargs)
+
+
+def test_heads_train_calibrate_resume_and_leave_the_student_alone(tmp_path, student_dir):
+    argv = _argv(tmp_path, student_dir)
+    out = train_heads.main(train_heads.parse_args(argv))
+    trained = GeoSRPipeline.from_pretrained(out)
+    student = GeoSRPipeline.from_pretrained(student_dir)
+    assert trained.detail is not None and trained.uncertainty is not None
+    scale = trained.uncertainty.config.variance_scale
+    assert scale > 0 and scale != 1.0
+
+    lr = 0.2 + 0.6 * torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    for pipe in (trained, student):
+        pipe.set_progress_bar_config(disable=True)
+    # D = 0 is the student's output, bit for bit: its networks were frozen
+    torch.testing.assert_close(_outputs(trained, lr).images, _outputs(student, lr).images, rtol=0, atol=0)
+    result = _outputs(trained, lr, detail=1.0, return_uncertainty=True)
+    assert torch.isfinite(result.uncertainty).all() and (result.uncertainty > 0).all()
+
+    # the calibration makes the mean predicted variance the mean squared error on its crops
+    args = train_heads.parse_args(argv)
+    predicted = actual = 0.0
+    loader = train_heads.make_dataloader(type(args)(**{**vars(args), "seed": args.seed + 7919}))
+    loader.dataset.set_epoch(0)
+    for k, batch in zip(range(2), loader):
+        sample, _, grid, base = train_heads._student_output(trained, batch, "cpu", 10_000_019 + k * 64)
+        with torch.no_grad():
+            variance = torch.nn.functional.pixel_shuffle(trained.uncertainty.variance(sample, grid), 4)
+        predicted += variance.sum().item()
+        actual += (base - batch["hr"]).square().sum().item()
+    assert predicted == pytest.approx(actual, rel=1e-3)
+
+    # a resumed run continues the same optimisation
+    first = torch.load(out / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    shutil.rmtree(out / "checkpoint-4")
+    train_heads.main(train_heads.parse_args(argv + ["--resume_from_checkpoint", "latest"]))
+    second = torch.load(out / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    for key, state in first["state"].items():
+        torch.testing.assert_close(second["state"][key]["exp_avg"], state["exp_avg"])
+
+
+def test_a_teacher_or_another_scale_is_refused(tmp_path, student_dir):
+    teacher = GeoSRPipeline(**tiny_pipeline_components(student=False, scale=4, tmp_path=tmp_path, unshuffle_factor=4))
+    teacher.save_pretrained(tmp_path / "teacher")
+    with pytest.raises(ValueError, match="CFG-distilled"):
+        train_heads.main(train_heads.parse_args(_argv(tmp_path, tmp_path / "teacher")))
+    with pytest.raises(ValueError, match="upscales x4"):
+        train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + ["--scale", "2", "--crop_size", "32"]))
