@@ -7,7 +7,7 @@ import torch
 from diffusers import LCMScheduler
 
 from geosr.pipelines import GeoSRPipeline
-from geosr.pipelines.consistency import invisible_to_lr, model_downsample
+from geosr.pipelines.consistency import bicubic_upsample, invisible_to_lr, model_downsample
 from geosr.training.train_heads import radial_log_power, spectral_loss
 from tiny_models import tiny_pipeline_components, with_tiny_heads
 
@@ -113,12 +113,23 @@ def test_a_head_of_the_wrong_size_is_refused(tmp_path):
         _run(pipe, _lr(), detail=1.0)
 
 
-@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("scale", [2, 3, 4])
 def test_invisible_to_lr_removes_what_the_downsampling_sees(scale):
-    residual = 0.05 * torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    # white noise, the hardest case (a detail residual is mostly high-pass), on an odd-sized tile
+    residual = 0.05 * torch.randn(2, 3, 30 * scale, 21 * scale, generator=torch.Generator().manual_seed(0))
     before = model_downsample(residual, scale).pow(2).mean().sqrt()
-    after = model_downsample(invisible_to_lr(residual, scale), scale).pow(2).mean().sqrt()
-    assert after < 0.06 * before  # white noise, the hardest case: most of a detail residual is high-pass
+    kept = invisible_to_lr(residual, scale)
+    after = model_downsample(kept, scale).pow(2).mean().sqrt()
+    assert after < 1e-3 * before
+    # and it keeps what the downsampling does not see: most of white noise at x4
+    assert kept.pow(2).mean() > (0.6 if scale == 2 else 0.8) * residual.pow(2).mean()
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_upsample_is_torch_bicubic(scale):
+    image = torch.rand(2, 3, 13, 9, generator=torch.Generator().manual_seed(scale))
+    expected = torch.nn.functional.interpolate(image, scale_factor=scale, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(bicubic_upsample(image, scale), expected, rtol=0, atol=1e-5)
 
 
 def test_spectral_loss_sees_blur():
