@@ -23,6 +23,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead
 from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
 
 TEXT_DIM = 32
@@ -192,3 +193,37 @@ def _text_and_scheduler(student: bool, tmp_path) -> dict[str, Any]:
     )
     scheduler = LCMScheduler(**schedule) if student else DDIMScheduler(**schedule)
     return {"text_encoder": text_encoder.eval(), "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def with_tiny_heads(components: dict[str, Any], detail: bool = True, uncertainty: bool = True,
+                    seed: int = 0) -> dict[str, Any]:
+    """``components`` of an LR-space pipeline with a tiny detail and/or uncertainty head added.
+
+    A new head's output convolution starts at zero (no detail, a constant error): here it is
+    drawn from a seeded generator, so that a detail level changes pixels and the predicted
+    error varies from pixel to pixel, as a trained head's do.
+
+    Parameters
+    ----------
+    components : dict
+        :func:`tiny_pipeline_components` with ``unshuffle_factor`` (the heads read the LR on
+        the variable's grid, ``concat_lr``).
+    detail, uncertainty : bool
+        Which heads to add.
+    seed : int
+        Seed of the heads' weights.
+    """
+    unet = components["unet"]
+    sample, lr = unet.config.out_channels, unet.config.in_channels - unet.config.out_channels
+    heads: dict[str, Any] = {}
+    with torch.random.fork_rng():  # the trunks' default init draws from the global generator
+        torch.manual_seed(seed)
+        if detail:
+            heads["detail"] = DetailHead(sample_channels=sample, lr_channels=lr, channels=8, num_blocks=1)
+        if uncertainty:
+            heads["uncertainty"] = UncertaintyHead(sample_channels=sample, lr_channels=lr, channels=8, num_blocks=1,
+                                                   initial_log_variance=-6.0)  # errors of ~5 % of the range
+        with torch.no_grad():
+            for head in heads.values():
+                head.trunk.conv_out.weight.normal_(0.0, 0.01)
+    return {**components, **{name: head.eval() for name, head in heads.items()}}
