@@ -98,6 +98,12 @@ _SCENE_PARAMETERS = """    source : path-like, sequence of path-like, rasterio d
     route_threshold : float, optional
         Texture (RMS gradient, DN per input pixel) under which a clean tile is flat; default:
         the one calibrated for the cheap path.
+    detail : float
+        Detail level ``D`` in ``[0, 1]`` (diffusion models with a detail head, as the shipped
+        ones): 0 (default) is the fidelity output, 1 the most detail the model has learnt -
+        drawn, not measured: plausible texture that the input cannot confirm. Each tile's
+        draw comes from its seed (reproducible), and what it adds is invisible to the model's
+        downsampling, so the band means of the input stay as they were.
 """
 
 
@@ -124,7 +130,9 @@ def upscale(
     batch_size: int | None = None,
     route: str = "auto",
     route_threshold: float | None = None,
-) -> "xarray.DataArray":
+    detail: float = 0.0,
+    uncertainty: bool = False,
+) -> "xarray.DataArray | tuple[xarray.DataArray, xarray.DataArray]":
     """Super-resolve a scene lazily: a DataArray on the refined grid, computed where it is read.
 
     Nothing runs now. Computing a region runs only the tiles under it, on the current dask
@@ -133,15 +141,25 @@ def upscale(
 
     Parameters
     ----------
-%(scene_parameters)s
+%(scene_parameters)s    uncertainty : bool
+        Also return the map of the output's predicted error (a model with an uncertainty
+        head; every tile then goes to the model, none is routed), as
+        :func:`upscale_to_file` writes it.
+
     Returns
     -------
-    xarray.DataArray
+    xarray.DataArray or (xarray.DataArray, xarray.DataArray)
         A lazy ``(band, y, x)`` DataArray on the input grid refined ``scale`` times (same
         bounds and CRS, transform ``in.transform * Affine.scale(1 / scale)``), in the input
         dtype, with rioxarray's transform, CRS and nodata, ``band`` = input band numbers,
         ``long_name`` = their descriptions. Its dask chunks are the tile grid times ``scale``.
         Masks other than nodata (alpha, internal masks) are not carried: write a COG for those.
+        With ``uncertainty``, the tuple ``(output, error)``: ``error`` is a lazy ``(y, x)``
+        float32 DataArray on the same grid and chunks, the predicted root-mean-square error of
+        the output in its raster values (DN), averaged over the bands that went through the
+        model, NaN where the output is nodata (:mod:`geosr.uncertainty_map`). Both read the
+        same tile tasks: compute them together (``dask.compute(output, error)``) to run each
+        tile once.
 
     Raises
     ------
@@ -156,8 +174,12 @@ def upscale(
     >>> da = rioxarray.open_rasterio("scene.tif", chunks={"x": 1024, "y": 1024})
     >>> hr = geosr.upscale(da, scale=4, model="bicubic")
     >>> hr.isel(x=slice(0, 512), y=slice(0, 512)).compute()
+    >>> hr, error = geosr.upscale(da, scale=4, uncertainty=True)
     """
     with keyword_wording():
+        if not isinstance(uncertainty, bool):
+            raise InputError(f"uncertainty of geosr.upscale is True or False (the result is then (output, error)), "
+                             f"got {uncertainty!r}; upscale_to_file(..., uncertainty='error.tif') writes the map")
         config = _upscale_config(locals())
         from geosr.lazy import lazy_upscale
 
@@ -204,6 +226,8 @@ def upscale_to_file(
     progress: bool = False,
     route_map: str | os.PathLike | None = None,
     split: int | None = None,
+    detail: float = 0.0,
+    uncertainty: str | os.PathLike | None = None,
 ) -> "RunReport":
     """Super-resolve a scene into a Cloud Optimized GeoTIFF at ``output`` (what ``geosr upscale`` runs).
 
@@ -235,6 +259,13 @@ def upscale_to_file(
         An ``output`` ending in ``/`` or ``.vrt`` asks for it with blocks of 16384.
         An ``output`` ending in ``.zarr`` writes a Zarr store instead (:mod:`geosr.zarr_output`),
         which takes neither ``split`` nor ``creation_options``.
+    uncertainty : path-like, optional
+        Also write the map of the output's predicted error there (a model with an uncertainty
+        head): a float32 single-band COG on the output grid, each pixel the predicted
+        root-mean-square error of the output in its raster values (DN), averaged over the bands
+        that went through the model; NaN where the output is nodata or masked
+        (:mod:`geosr.uncertainty_map`). Every tile then goes to the model (none is routed).
+        Single-COG output only (not with ``split``, a ``.zarr`` output or ``route_map``).
 
     Returns
     -------
@@ -256,7 +287,9 @@ def upscale_to_file(
     """
     with keyword_wording():
         split = _split_of(output, split, creation_options)
-        config = _upscale_config(locals())
+        if isinstance(uncertainty, bool):
+            raise InputError(f"uncertainty is the file to write the map to (uncertainty='error.tif'), got {uncertainty!r}")
+        config = _upscale_config({**locals(), "uncertainty": uncertainty is not None})
         from geosr.engine import upscale_scene
 
         if performance_report is not None:
@@ -266,7 +299,8 @@ def upscale_to_file(
             _check_model(files.paths, config)
             report = os.fspath(performance_report) if performance_report is not None else None
             with _scheduler_timeout(connect_timeout):
-                return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map)
+                return upscale_scene(files.paths, output, config, performance_report=report, route_map=route_map,
+                                     uncertainty=uncertainty)
         finally:
             files.cleanup()
 

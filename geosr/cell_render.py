@@ -21,7 +21,7 @@ from geosr.reading import read_valid
 from geosr.scene import open_raster
 from geosr.tiling import Tile
 
-__all__ = ["CellRenderer", "avoid_nodata", "output_pixels", "overlap_slices"]
+__all__ = ["CellRenderer", "avoid_nodata", "error_pixels", "hr_validity", "output_pixels", "overlap_slices"]
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,33 @@ class CellRenderer:
 
         Pixels outside every tile core are holes (nodata, or 0), as in a run.
         """
+        bands = len(self.stretch.low)
+        acc, in_core = self._blend(window, tiles, hrs, slice(0, bands))
+        values, valid = output_pixels(acc, self.stretch, self._lr_valid(window), self.scale, self.nodata)
+        if not in_core.all():
+            values[:, ~in_core] = np.asarray(self.nodata if self.nodata is not None else 0).astype(values.dtype)
+        return values, valid
+
+    def render_error(self, window: Window, tiles: Sequence[Tile], hrs: Sequence[np.ndarray]) -> np.ndarray:
+        """The predicted error of ``window``'s output, ``[h, w]`` float32 (:func:`error_pixels`),
+        from tiles whose results end with their error variance (:func:`geosr.tasks.upscale_batch`)."""
+        bands = len(self.stretch.low)
+        acc, in_core = self._blend(window, tiles, hrs, slice(bands, bands + 1))
+        lr_valid = self._lr_valid(window)
+        valid = in_core if lr_valid is None else in_core & hr_validity(lr_valid, self.scale)
+        return error_pixels(acc[0], valid)
+
+    def _blend(self, window: Window, tiles: Sequence[Tile], hrs: Sequence[np.ndarray],
+               channels: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The tiles' ``channels`` blended over ``window`` (model units), and where a tile core lies."""
         s = self.scale
         h, w = int(window.height) * s, int(window.width) * s
-        acc = np.zeros((len(self.stretch.low), h, w), np.float32)
+        acc = np.zeros((channels.stop - channels.start, h, w), np.float32)
         wsum = np.zeros((h, w), np.float32)
         in_core = np.zeros((h, w), bool)
         for tile, hr in sorted(zip(tiles, hrs), key=lambda p: p[0].index):  # tile order: same bits as a run
             top, _, left, _ = (p * s for p in tile.pad)
-            data = hr[:, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
+            data = hr[channels, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
             wy, wx = tile_axis_weights(tile, self.overlap, s, self.blend)
             src, dst = overlap_slices(tile.read, window, s)
             weights = np.outer(wy[src[0]], wx[src[1]])  # only this window's part of the tile
@@ -72,14 +91,13 @@ class CellRenderer:
             wsum[dst] += weights
             in_core[overlap_slices(tile.core, window, s)[1]] = True
         acc /= np.maximum(wsum, 1e-12)[None]
-        lr_valid = None
-        if self.masked:
-            with open_raster(self.source) as ds:
-                lr_valid = read_valid(ds, window, True)
-        values, valid = output_pixels(acc, self.stretch, lr_valid, s, self.nodata)
-        if not in_core.all():
-            values[:, ~in_core] = np.asarray(self.nodata if self.nodata is not None else 0).astype(values.dtype)
-        return values, valid
+        return acc, in_core
+
+    def _lr_valid(self, window: Window) -> np.ndarray | None:
+        if not self.masked:
+            return None
+        with open_raster(self.source) as ds:
+            return read_valid(ds, window, True)
 
     def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
         """The output values of ``window`` (a dask task of the lazy result)."""
@@ -97,11 +115,28 @@ def output_pixels(
     values = stretch.inverse(data)
     if lr_valid is None:
         return values, None
-    valid = np.repeat(np.repeat(lr_valid, scale, axis=0), scale, axis=1)
+    valid = hr_validity(lr_valid, scale)
     if nodata is not None:
         avoid_nodata(values, valid, nodata)
         values[:, ~valid] = np.asarray(nodata).astype(values.dtype)
     return values, valid
+
+
+def hr_validity(lr_valid: np.ndarray, scale: int) -> np.ndarray:
+    """Each LR pixel's validity over its ``scale x scale`` block of output pixels."""
+    return np.repeat(np.repeat(lr_valid, scale, axis=0), scale, axis=1)
+
+
+def error_pixels(variance: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Blended error variance ``[h, w]`` -> the predicted RMSE, float32, NaN where ``valid`` is False.
+
+    NaN is the error map's nodata (:mod:`geosr.uncertainty_map`): no value there can be taken
+    for a small error.
+    """
+    error = np.sqrt(np.maximum(variance, 0.0), dtype=np.float32)
+    if valid is not None:
+        error[~valid] = np.nan
+    return error
 
 
 def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:

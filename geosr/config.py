@@ -99,6 +99,13 @@ class RunConfig:
     split : int or None
         Tiled output (:mod:`geosr.tiled_output`): blocks of ``split`` x ``split`` output pixels,
         one COG each, with a VRT and STAC; None writes one COG.
+    detail : float
+        Detail level ``D`` in ``[0, 1]`` of a diffusion model with a detail head (0: the
+        fidelity output; 1: the most detail the head has learnt, drawn from each tile's seed).
+    uncertainty : bool
+        Also predict each output pixel's error with the model's uncertainty head
+        (:mod:`geosr.uncertainty_map`). Every tile then goes to the model: routed tiles'
+        cheap path has no predicted error.
     """
 
     scale: int = 4
@@ -128,6 +135,8 @@ class RunConfig:
     model_metadata: Mapping[str, Any] = field(default_factory=dict)
     model_object: Any = None
     split: int | None = None
+    detail: float = 0.0
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -154,6 +163,31 @@ class RunConfig:
         from geosr.routing import routing_threshold
 
         routing_threshold(self.route, self.route_threshold, self.model, self.scale)  # refuses bad settings now
+        self._check_heads()
+
+    def _check_heads(self) -> None:
+        """Refuse ``detail`` and ``uncertainty`` where no model head can serve them."""
+        detail = self.detail
+        if isinstance(detail, bool) or not isinstance(detail, (int, float)) or not 0.0 <= detail <= 1.0:
+            raise InputError(f"--detail must be a number in [0, 1], got {detail!r}")
+        object.__setattr__(self, "detail", float(detail))
+        if not isinstance(self.uncertainty, bool):
+            raise InputError(f"uncertainty must be True or False here, got {self.uncertainty!r}")
+        asked = [(flag, head) for flag, head, on in (("--detail", "a detail head", self.detail > 0),
+                                                      ("--uncertainty", "an uncertainty head", self.uncertainty)) if on]
+        if not asked:
+            return
+        from geosr.models import CLASSICAL, own_model_kind
+
+        kind = ("the classical model" if self.model in CLASSICAL
+                else "your own network" if own_model_kind(self.model) else None)
+        if kind is not None:
+            flags, heads = (" and ".join(part) for part in zip(*asked))
+            raise InputError(f"{flags} need{'s' if len(asked) == 1 else ''} a diffusion model with {heads} "
+                             f"(the shipped geosr-tiny-x4 and geosr-tiny-x2 have them); {kind} {self.model} has none")
+        if self.uncertainty and self.route_threshold is not None:
+            raise InputError("--route-threshold routes flat tiles to the cheap path, which predicts no error: "
+                             "--uncertainty puts every tile on the model; drop --route-threshold")
 
     @property
     def routed_threshold(self) -> float | None:
@@ -161,7 +195,7 @@ class RunConfig:
         from geosr.models import own_model_kind
         from geosr.routing import routing_threshold
 
-        if own_model_kind(self.model):
+        if own_model_kind(self.model) or self.uncertainty:  # the cheap path predicts no error
             return None
         return routing_threshold(self.route, self.route_threshold, self.model, self.scale)
 
@@ -179,9 +213,11 @@ class RunConfig:
         return cheap_path(self.scale)
 
     def model_options(self) -> dict[str, Any]:
-        """Keyword options for non-classical model loaders (only the ones that are set)."""
+        """Keyword options for non-classical model loaders (only the ones that are set; ``detail``
+        only above 0, so that a model without a detail head loads as it did before there was one)."""
         opts = dict(device=self.device, dtype=self.dtype, steps=self.steps, guidance=self.guidance, batch_size=self.batch_size,
-                    metadata=tuple(sorted(self.model_metadata.items())) or None, module=self.model_object)
+                    metadata=tuple(sorted(self.model_metadata.items())) or None, module=self.model_object,
+                    detail=self.detail or None)
         return {k: v for k, v in opts.items() if v is not None}
 
 

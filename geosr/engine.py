@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 import geosr.tasks as tasks
 from geosr.blending import BlendAccumulator
-from geosr.cell_render import CellRenderer, output_pixels
+from geosr.cell_render import CellRenderer, error_pixels, output_pixels
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.diskspace import check_free_space, estimate_disk_use
@@ -56,6 +56,7 @@ from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_e
 from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
 from geosr.tiled_output import BlockWriter, TiledTarget
 from geosr.tiling import coarsen_window, scale_window
+from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, joint_crc, uncertainty_tags
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.zarr_output import ZARR_CHUNK, ZarrTarget, ZarrWriter, is_zarr_output
@@ -98,6 +99,7 @@ class RunReport:
     result_bytes: int = 0
     tiles_routed: int = 0  # tiles that went to the cheap path (geosr.routing)
     route_map: Path | None = None
+    uncertainty: Path | None = None  # the map of the output's predicted error (geosr.uncertainty_map)
 
     @property
     def megapixels_per_second(self) -> float:
@@ -111,6 +113,7 @@ def upscale_scene(
     config: RunConfig,
     performance_report: str | None = None,
     route_map: str | os.PathLike | None = None,
+    uncertainty: str | os.PathLike | None = None,
 ) -> RunReport:
     """Super-resolve a scene (or same-grid mosaic) into a COG at ``output``.
 
@@ -127,6 +130,9 @@ def upscale_scene(
         Write a dask performance report (HTML) there.
     route_map : path-like, optional
         Write the routing map there (:func:`geosr.route_map.write_route_map`), with the output.
+    uncertainty : path-like, optional
+        Write the map of the output's predicted error there (:mod:`geosr.uncertainty_map`),
+        with the output; sets ``config.uncertainty``.
 
     Returns
     -------
@@ -140,12 +146,19 @@ def upscale_scene(
     """
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
+    if uncertainty is not None and not config.uncertainty:
+        config = replace(config, uncertainty=True)
+    elif uncertainty is None and config.uncertainty:
+        raise InputError("uncertainty needs the file to write the map to (--uncertainty FILE.tif)")
     if config.split is not None:
         target = TiledTarget(output, overwrite=config.overwrite, inputs=files)
     elif is_zarr_output(output):
         target = ZarrTarget(output, overwrite=config.overwrite, inputs=files)
     else:
         target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
+    if uncertainty is not None:
+        uncertainty = check_uncertainty_target(uncertainty, config, target.output, files,
+                                               isinstance(target, ZarrTarget), route_map)
     if route_map is not None:
         check_route_map_target(route_map, config, target.output)
     with released_early(config.address, config.local_workers) as (client, release_cluster):
@@ -160,7 +173,7 @@ def upscale_scene(
             cells = [0]  # known once the tile plan exists; reported when the run stops
             try:
                 report = _upscale_in(journal, files, target, config, model, client, release_cluster,
-                                     performance_report, route_map, cells)
+                                     performance_report, route_map, uncertainty, cells)
             except BaseException as exc:
                 replacement = settle_stopped_run(journal, exc, cells[0])
                 if replacement is None:
@@ -172,7 +185,8 @@ def upscale_scene(
 
 
 def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget | ZarrTarget, config: RunConfig, model: ModelFacts, client,
-                release_cluster: Callable[[], None], performance_report, route_map, cells: list[int]) -> RunReport:
+                release_cluster: Callable[[], None], performance_report, route_map, uncertainty: Path | None,
+                cells: list[int]) -> RunReport:
     """The run itself, in the journal's work folder (see :func:`upscale_scene`); ``release_cluster()``
     once the tiles are done (the cluster closes during the COG pass)."""
     folder = journal.folder
@@ -192,32 +206,44 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
 
     # Everything that can be checked before the first tile is checked here.
     check_creation_options(config.creation_options, len(plan.bands), scene.dtype, write_mask, DEFAULT_COG_OPTIONS)
+    map_bytes = profile["width"] * profile["height"] * 4 if uncertainty is not None else 0  # float32, one band
     estimate = estimate_disk_use(
-        scene.source, plan.bands, WorkRaster.bytes_needed(profile, write_mask),
-        output_bytes=profile["width"] * profile["height"] * len(plan.bands) * np.dtype(scene.dtype).itemsize,
+        scene.source, plan.bands, WorkRaster.bytes_needed(profile, write_mask) + map_bytes,
+        output_bytes=profile["width"] * profile["height"] * len(plan.bands) * np.dtype(scene.dtype).itemsize + map_bytes,
         options={**DEFAULT_COG_OPTIONS, **config.creation_options},
     )
     check_free_space(target.output.parent, estimate, already_used=folder.size())
     stretch = scene_plan.stretch
 
+    tags = output_tags(scene, config, model, plan, uncertainty)
     raster = WorkRaster(
         folder=folder.path,
         profile=profile,
         write_mask=write_mask,
         band_meta=band_meta(scene, plan),
-        tags=output_tags(scene, config, model, plan),
+        tags=tags,
         gcps=(scale_gcps(scene.gcps[0], s), scene.gcps[1]) if scene.gcps else (),
         rpcs=scale_rpcs(scene.rpcs, s) if scene.rpcs is not None else None,
     )
-    verify_finished_cells(journal, raster)
+    errors = None
+    if uncertainty is not None:
+        errors = UncertaintyRaster.for_output(raster, uncertainty_tags(tags, target.output.name, plan),
+                                              f"predicted RMSE of {target.output.name} (DN)")
+
+    def sync() -> None:  # what the journal's commits make durable: the cells of both rasters
+        raster.sync()
+        if errors is not None:
+            errors.sync()
+
+    verify_finished_cells(journal, raster, errors)
     captions: dict[int, str] = dict(journal.captions)
     routes: dict[int, TileRoute] = dict(journal.routes)
     try:
         with open_raster(scene.source) as src:
-            writer = _CellWriter(raster, src, stretch, scene, s, journal)
-            acc = BlendAccumulator(
-                tiles, scene.width, scene.height, grid.overlap, s, len(plan.bands), writer.write, config.blend,
-                finished=journal.cells,
+            writer = _CellWriter(raster, src, stretch, scene, s, journal, errors)
+            acc = BlendAccumulator(  # the tiles' error variance, when they have it, blends as a band
+                tiles, scene.width, scene.height, grid.overlap, s, len(plan.bands) + config.uncertainty, writer.write,
+                config.blend, finished=journal.cells,
             )
             cells[0] = acc.cells
             for window in acc.uncovered():  # before the blocks over them can be written
@@ -235,7 +261,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
             # the tasks of a network ask for a GPU where workers declare one
             resources = gpu_resources(client, model.neural, config.device)
-            if config.on_worker_processes and workers_see(client, folder.path):
+            # the error map is blended and written here (worker cell tasks write the output only)
+            if config.on_worker_processes and errors is None and workers_see(client, folder.path):
                 # worker processes blend and write their cells: the tiles never come here
                 renderer = CellRenderer(
                     source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
@@ -245,23 +272,27 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                                                       config, performance_report, journal, raster)
             else:
                 peak, received = _run_jobs(client, jobs, todo, acc, resources, captions, routes, config,
-                                           performance_report, journal, writer)
-        journal.commit(raster.sync)
+                                           performance_report, journal, writer, sync)
+        journal.commit(sync)
         if blocks is not None:
             blocks.wait()  # the last blocks' COGs (or Zarr chunks), on the cluster
         release_cluster()
         cog = folder / "out.tif"
         if blocks is None:
             raster.to_cog(cog, config.creation_options)
+        if errors is not None:
+            errors.to_cog(folder / "uncertainty.tif")
     except BaseException:
         # Whatever stopped the run, the cells finished so far are worth keeping (and the blocks
         # journalled so far; no new block is started).
         journal.on_commit.clear()
         with contextlib.suppress(Exception):
-            journal.commit(raster.sync)
+            journal.commit(sync)
         raise
     finally:
         raster.close()
+        if errors is not None:
+            errors.close()
     if blocks is None:
         captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
         tmp_captions = folder / "captions.geojson"
@@ -276,6 +307,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     except OSError as exc:  # a disk that took the COG may not take its captions: exit 6, one line
         raise write_error(tmp_captions, exc) from exc
     moves = {cog: target.output, tmp_captions: captions_path} if blocks is None else {}
+    if errors is not None:
+        moves[folder / "uncertainty.tif"] = uncertainty
     if route_map is not None:
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
                                  config.routed_threshold)] = Path(route_map).absolute()
@@ -297,6 +330,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         result_bytes=received,
         tiles_routed=sum(r.path != MODEL for r in routes.values()),
         route_map=Path(route_map).absolute() if route_map is not None else None,
+        uncertainty=uncertainty,
     )
 
 
@@ -347,10 +381,11 @@ def _captions_on(client) -> CaptionRunner:
 
 
 def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None, captions: dict, routes: dict,
-              config: RunConfig, performance_report, journal: RunJournal, writer: _CellWriter) -> tuple[int, int]:
+              config: RunConfig, performance_report, journal: RunJournal, writer: _CellWriter,
+              sync: Callable[[], None]) -> tuple[int, int]:
     """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
     results here as they complete, write the cells each batch finishes, and commit finished cells
-    to the journal every few seconds.
+    to the journal every few seconds (``sync`` makes the written cells durable first).
 
     Returns the peak of bytes pending in the blender and the bytes of results received.
     """
@@ -368,7 +403,7 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None
                 received += r.hr.nbytes + len(r.caption)
             writer.flush()
             if journal.commit_due():
-                journal.commit(writer.raster.sync)
+                journal.commit(sync)
             peak = max(peak, acc.pending_bytes)
             progress([r.index for r in results])
     if not acc.done:
@@ -417,27 +452,39 @@ class _CellWriter:
 
     :meth:`write` (the blender's ``emit``) queues a cell; :meth:`flush` writes the queue, cells
     side by side as one run (:meth:`WorkRaster.write_cells`), and names the cells in the journal.
+    With an error map (``errors``) a cell's last band is its error variance: its square root goes
+    to the map's cell, and the journal's checksum covers both.
     """
 
-    def __init__(self, raster: WorkRaster, src, stretch: Stretch, scene: Scene, scale: int, journal: RunJournal) -> None:
+    def __init__(self, raster: WorkRaster, src, stretch: Stretch, scene: Scene, scale: int, journal: RunJournal,
+                 errors: UncertaintyRaster | None = None) -> None:
         self.raster, self.src, self.stretch, self.scene, self.scale = raster, src, stretch, scene, scale
-        self.journal = journal
+        self.journal, self.errors = journal, errors
         self._queue: list[tuple[Window, np.ndarray, np.ndarray | None]] = []
+        self._error_queue: list[tuple[Window, np.ndarray, None]] = []
 
     def write(self, window: Window, data: np.ndarray) -> None:
         lr_valid = read_valid(self.src, coarsen_window(window, self.scale), True) if self.scene.masked else None
-        self._queue.append((window, *output_pixels(data, self.stretch, lr_valid, self.scale, self.scene.nodata)))
+        bands = len(self.stretch.low)
+        values, valid = output_pixels(data[:bands], self.stretch, lr_valid, self.scale, self.scene.nodata)
+        self._queue.append((window, values, valid))
+        if self.errors is not None:
+            self._error_queue.append((window, error_pixels(data[bands], valid)[None], None))
 
     def flush(self) -> None:
         """Write the queued cells and record them in the journal."""
         crcs = self.raster.write_cells(self._queue)
+        if self.errors is not None:
+            crcs = [joint_crc(c, e) for c, e in zip(crcs, self.errors.write_cells(self._error_queue))]
         for (window, _, _), crc in zip(self._queue, crcs):
             self.journal.record(cell=CellRecord(int(window.col_off), int(window.row_off),
                                                 int(window.width), int(window.height), crc))
-        self._queue = []
+        self._queue, self._error_queue = [], []
 
     def write_empty(self, window: Window) -> None:
         fill = self.scene.nodata if self.scene.nodata is not None else 0
         shape = (len(self.stretch.low), int(window.height), int(window.width))
         values = np.full(shape, fill, dtype=self.stretch.dtype)
         self.raster.write(window, values, np.zeros(shape[1:], bool))
+        if self.errors is not None:
+            self.errors.write_holes(window)

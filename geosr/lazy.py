@@ -12,7 +12,8 @@ Output chunks are the tile grid's rows and columns times ``scale`` (tile cores, 
 overlap when the last row/column is shifted back, cut at the next core's start), so a chunk
 depends on the few tiles around it: ``.isel`` of a corner computes only the tiles under it.
 Pixel for pixel the result is what ``geosr upscale`` writes (each pixel sums the same
-contributions in the same order).
+contributions in the same order). With ``config.uncertainty`` a second array of the same
+chunks, the predicted error (:mod:`geosr.uncertainty_map`), reads the same tile tasks.
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ from geosr.config import RunConfig, parse_caption_every
 import geosr.tasks as tasks
 from geosr.tasks import BatchJob, batch_jobs, captioner_for, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
-from geosr.models import load_upscaler
 from geosr.remote import is_remote, remote_object
 from geosr.scene import expand_inputs
-from geosr.scene_plan import band_tags, plan_scene
+from geosr.scene_plan import BandPlan, band_tags, plan_scene
 from geosr.sources import SourceFiles
+from geosr.tiling import Tile
+from geosr.uncertainty_map import NODATA, uncertainty_tags
 
 __all__ = ["lazy_upscale"]
 
 
-def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
+def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     """A lazy DataArray of ``files`` upscaled with ``config`` (nothing is computed yet).
 
     Parameters
@@ -56,15 +58,16 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
 
     Returns
     -------
-    xarray.DataArray
+    xarray.DataArray or (xarray.DataArray, xarray.DataArray)
         ``(band, y, x)`` on the input grid refined ``scale`` times, in the input dtype, with
         rioxarray's transform, CRS (or GCPs) and nodata; ``band`` holds the 1-based input
         band numbers and ``long_name`` their descriptions. The attributes ``GEOSR_MODEL_BANDS``,
         ``GEOSR_BICUBIC_BANDS``, ``GEOSR_RGB_BANDS`` and ``GEOSR_RGB_SOURCE`` say which bands
         went through the model and which were taken as R, G, B, as a written output's tags
-        (:func:`geosr.scene_plan.band_tags`).
+        (:func:`geosr.scene_plan.band_tags`). With ``config.uncertainty``, also the ``(y, x)``
+        float32 map of its predicted error, nodata NaN, with the map's tags as attributes.
     """
-    model = load_upscaler(config.model, config.scale, **config.model_options())
+    model = tasks.run_model(config)
     captioner_for(config.captioner)
     paths = expand_inputs(files.paths)
     scene_plan = plan_scene(paths, config, model.channels, files.workdir if len(paths) > 1 else None)
@@ -85,8 +88,9 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
     # an object's version stands for a file's mtime (geosr.remote)
     version = remote_object(scene.source).version if is_remote(scene.source) else os.path.getmtime(scene.source)
     token = tokenize(scene.source, version, config, stretch, plan)
-    tile_name, name = f"geosr-tile-{token}", f"geosr-upscale-{token}"
-    dsk: dict = {(tile_name, job.tiles[0].index): (functools.partial(_upscale_tile, job),) for job in tile_jobs}
+    tile_name, name, error_name = f"geosr-tile-{token}", f"geosr-upscale-{token}", f"geosr-uncertainty-{token}"
+    tile_tasks: dict = {(tile_name, job.tiles[0].index): (functools.partial(_upscale_tile, job),) for job in tile_jobs}
+    dsk, error_dsk = dict(tile_tasks), dict(tile_tasks)
 
     renderer = _ChunkRenderer(
         files=files, source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
@@ -98,12 +102,18 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray:
         for j in range(len(xs) - 1):
             window = Window(xs[j], ys[i], xs[j + 1] - xs[j], ys[i + 1] - ys[i])
             under = tuple(t for t in tiles if _intersects(t.read, window))
-            dsk[(name, 0, i, j)] = (
-                functools.partial(renderer, window, under), *[(tile_name, t.index) for t in under]
-            )
-    chunks = ((len(plan.bands),), tuple(s * (b - a) for a, b in zip(ys, ys[1:])), tuple(s * (b - a) for a, b in zip(xs, xs[1:])))
-    data = dask.array.Array(HighLevelGraph.from_collections(name, dsk, dependencies=()), name, chunks, dtype=scene.dtype)
-    return _georeferenced(data, scene, plan.bands, s, band_tags(plan))
+            results = [(tile_name, t.index) for t in under]
+            dsk[(name, 0, i, j)] = (functools.partial(renderer, window, under), *results)
+            error_dsk[(error_name, i, j)] = (functools.partial(renderer.error, window, under), *results)
+    rows, cols = tuple(s * (b - a) for a, b in zip(ys, ys[1:])), tuple(s * (b - a) for a, b in zip(xs, xs[1:]))
+    data = dask.array.Array(HighLevelGraph.from_collections(name, dsk, dependencies=()), name,
+                            ((len(plan.bands),), rows, cols), dtype=scene.dtype)
+    out = _georeferenced(data, scene, plan.bands, s, band_tags(plan))
+    if not config.uncertainty:
+        return out
+    errors = dask.array.Array(HighLevelGraph.from_collections(error_name, error_dsk, dependencies=()), error_name,
+                              (rows, cols), dtype=np.float32)
+    return out, _error_array(errors, out, plan)
 
 
 def _upscale_tile(job: BatchJob) -> np.ndarray:
@@ -122,6 +132,18 @@ class _ChunkRenderer(CellRenderer):
     """A :class:`~geosr.cell_render.CellRenderer` that keeps the input files alive as long as the graph."""
 
     files: SourceFiles | None = None
+
+    def error(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
+        """The predicted error of ``window`` (a dask task of the lazy error map)."""
+        return self.render_error(window, tiles, hrs)
+
+
+def _error_array(errors: dask.array.Array, out: xr.DataArray, plan: BandPlan) -> xr.DataArray:
+    """The ``(y, x)`` error map on ``out``'s grid: its coordinates and georeferencing, the map's tags."""
+    attrs = uncertainty_tags(out.attrs, None, plan)
+    error = xr.DataArray(errors, dims=("y", "x"), coords={k: v for k, v in out.coords.items() if k != "band"},
+                         attrs=attrs, name="uncertainty")
+    return error.rio.write_nodata(NODATA, encoded=False)
 
 
 def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int, tags: dict[str, str]) -> xr.DataArray:

@@ -62,7 +62,11 @@ def band_meta(scene: Scene, plan: BandPlan) -> dict:
     )
 
 
-def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan) -> dict:
+def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan,
+                uncertainty: str | os.PathLike | None = None) -> dict:
+    """The source's tags and the run's ``GEOSR_*`` provenance; ``GEOSR_DETAIL`` for a detail level
+    above 0 (a run at 0 is tagged as before there were levels) and ``GEOSR_UNCERTAINTY``, the
+    file name of the ``uncertainty`` map written beside the output."""
     tags = {k: v for k, v in scene.tags.items() if not k.startswith("GEOSR_")}
     tags.update(
         GEOSR_VERSION=geosr.__version__,
@@ -81,6 +85,10 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan
         tags["GEOSR_STEPS"] = str(config.steps)
     if config.guidance is not None:
         tags["GEOSR_GUIDANCE"] = str(config.guidance)
+    if config.detail:
+        tags["GEOSR_DETAIL"] = f"{config.detail:g}"
+    if uncertainty is not None:
+        tags["GEOSR_UNCERTAINTY"] = os.path.basename(uncertainty)
     return tags
 
 

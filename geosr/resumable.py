@@ -28,8 +28,10 @@ from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
 from geosr.remote import is_remote, remote_object
+from geosr.uncertainty_map import joint_crc
 
 if TYPE_CHECKING:
+    from geosr.uncertainty_map import UncertaintyRaster
     from geosr.writer import WorkRaster
 
 __all__ = ["StoppedRunWarning", "files_read", "run_identity", "open_journal", "settle_stopped_run",
@@ -126,6 +128,11 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     ident.update({k: str(v) for k, v in settings.items()})
     if config.split is not None:  # absent from a single COG's identity, as before tiled output existed
         ident["--split"] = str(config.split)
+    # absent at their defaults, as before there were detail levels and error maps
+    if config.detail:
+        ident["--detail"] = f"{config.detail!r}"
+    if config.uncertainty:  # the work folder holds the map's cells too
+        ident["--uncertainty"] = "yes"
     if config.model and os.path.isfile(config.model):
         # a user's network file (.onnx, .pt) replaced at the same path makes other pixels
         st = os.stat(config.model)
@@ -184,25 +191,33 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
     return adopted if adopted is not None else RunJournal.start(WorkFolder.create(output), identity)
 
 
-def verify_finished_cells(journal: RunJournal, raster: "WorkRaster") -> list[tuple[int, int]]:
-    """Check each journalled cell's bytes in ``raster`` against its checksum; forget those that differ.
+def verify_finished_cells(journal: RunJournal, raster: "WorkRaster",
+                          errors: "UncertaintyRaster | None" = None) -> list[tuple[int, int]]:
+    """Check each journalled cell's bytes in ``raster`` (and in the ``errors`` map) against its
+    checksum; forget those that differ.
 
     The journal says a cell was written, not that its bytes are still there: a work raster
     deleted, truncated or overwritten since would otherwise be adopted as finished (black or
-    foreign pixels with exit 0). Cells that fail are recomputed; a warning says how many.
+    foreign pixels with exit 0). Cells that fail are recomputed; a warning says how many. With
+    an error map the checksum covers the cell of both (:func:`geosr.uncertainty_map.joint_crc`).
 
     Returns
     -------
     list of (int, int)
         The cells forgotten.
     """
-    bad = [key for key, rec in journal.records.items()
-           if raster.cell_crc(Window(rec.col_off, rec.row_off, rec.width, rec.height)) != rec.crc]
+    def crc(rec) -> int:
+        window = Window(rec.col_off, rec.row_off, rec.width, rec.height)
+        own = raster.cell_crc(window)
+        return own if errors is None else joint_crc(own, errors.cell_crc(window))
+
+    bad = [key for key, rec in journal.records.items() if crc(rec) != rec.crc]
     if bad:
-        resized = f" ({', '.join(raster.resized)} had the wrong size)" if raster.resized else ""
+        resized = raster.resized + (errors.resized if errors is not None else [])
+        resized_note = f" ({', '.join(resized)} had the wrong size)" if resized else ""
         warnings.warn(
             f"{len(bad)} of {journal.finished} finished output cells in {journal.folder.path} no longer hold "
-            f"the bytes that were written{resized}: recomputing them",
+            f"the bytes that were written{resized_note}: recomputing them",
             StoppedRunWarning,
             stacklevel=2,
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch
 from geosr.captioning import Captioner, FixedCaptioner, attributed_captions, caption_text, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig
-from geosr.errors import GeosrError
+from geosr.errors import GeosrError, ModelError
 from geosr.models import CLASSICAL, Upscaler, load_upscaler
 from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
 from geosr.models.own_network import upscale_in_units
@@ -35,8 +35,9 @@ from geosr.tiling import Tile, TileGrid
 
 __all__ = [
     "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for",
-    "cheap_model_for", "cheap_path_model", "group_input", "model_facts", "model_for", "model_input", "process_batch",
-    "read_batch", "read_batch_and_valid", "shippable_errors", "upscale_batch", "upscale_routed",
+    "cheap_model_for", "cheap_path_model", "error_variance", "group_input", "model_facts", "model_for", "model_input",
+    "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "upscale_batch",
+    "upscale_routed",
 ]
 
 
@@ -57,12 +58,13 @@ class BatchJob:
     captioner: str
     route_threshold: float | None = None  # None: every tile to the model (geosr.routing)
     route_to: str = BICUBIC  # where routed tiles go: bicubic or a fast network's spec
+    uncertainty: bool = False  # each tile's result ends with its error variance (geosr.uncertainty_map)
 
 
 @dataclass
 class TileResult:
     index: int
-    hr: np.ndarray
+    hr: np.ndarray  # [bands, H, W], and the error variance after them when the job asked for it
     caption: str
     route: TileRoute | None = None  # None: not routed (every tile went to the model)
 
@@ -179,8 +181,12 @@ def process_batch(job: BatchJob) -> list[TileResult]:
     if missing:
         for i, text in zip(missing, caption_batch(job.captioner, x[missing], plan)):
             captions[i] = text
-    out = upscale_routed(model_for(job), cheap_model_for(job, routes), batch, x, plan, captions, job.seeds, job.scale,
-                         routes, job.stretch)
+    if job.uncertainty:  # never routed (RunConfig.routed_threshold)
+        out = upscale_batch(model_for(job), batch, x, plan, captions, job.seeds, job.scale, job.stretch,
+                            uncertainty=True)
+    else:
+        out = upscale_routed(model_for(job), cheap_model_for(job, routes), batch, x, plan, captions, job.seeds,
+                             job.scale, routes, job.stretch)
     return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
 
 
@@ -217,7 +223,8 @@ def upscale_routed(model: Upscaler, cheap_model: Upscaler | None, batch: np.ndar
 
 
 def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: BandPlan, captions: Sequence[str],
-                  seeds: Sequence[int], s: int, stretch: Stretch | None = None) -> np.ndarray:
+                  seeds: Sequence[int], s: int, stretch: Stretch | None = None,
+                  uncertainty: bool = False) -> np.ndarray:
     """The model's part of a batch: ``[B, bands, h*s, w*s]`` from the read batch and its model input.
 
     Each group of ``plan`` is one model call with the tiles' captions and seeds (read from the
@@ -226,21 +233,66 @@ def upscale_batch(model: Upscaler, batch: np.ndarray, x: torch.Tensor, plan: Ban
     ``plan`` leaves out go through bicubic. ``stretch`` (the scene's) is for a network that
     reads raster values (:func:`geosr.models.own_network.upscale_in_units`). The models read
     the captions' text, never who wrote them (:func:`geosr.captioning.caption_text`).
+
+    With ``uncertainty`` (a model with an uncertainty head, and ``stretch``), one more band
+    follows the output's: the predicted squared error in raster values, averaged over the
+    bands that went through the model (:func:`error_variance`; bicubic's bands have no
+    prediction and are left out of the mean).
     """
     captions = [caption_text(c) for c in captions]
     b, _, h, w = batch.shape
-    out = np.empty((b, len(plan.bands), h * s, w * s), np.float32)
+    bands = len(plan.bands)
+    out = np.empty((b, bands + uncertainty, h * s, w * s), np.float32)
+    sigmas: dict[int, torch.Tensor] = {}  # predicted error per output band position, model units
     for group in plan.groups:
         xg = x if group.positions == plan.look else group_input(batch, group.positions)
         if group.replicate:
             xg = xg.expand(-1, group.replicate, -1, -1).contiguous()
-            hr = upscale_in_units(model, xg, captions, seeds, stretch, group.positions * group.replicate)
+            hr, sigma = _upscale_group(model, xg, captions, seeds, stretch, group.positions * group.replicate,
+                                       uncertainty)
             out[:, group.positions[0]] = hr.mean(dim=1).numpy()
+            if sigma is not None:
+                # the channels are one band's copies: their errors go together, and the mean
+                # of their sigmas bounds the error of their mean (Minkowski)
+                sigmas[group.positions[0]] = sigma.mean(dim=1)
         else:
-            out[:, list(group.positions)] = upscale_in_units(model, xg, captions, seeds, stretch, group.positions).numpy()
+            hr, sigma = _upscale_group(model, xg, captions, seeds, stretch, group.positions, uncertainty)
+            out[:, list(group.positions)] = hr.numpy()
+            if sigma is not None:
+                sigmas.update((p, sigma[:, k]) for k, p in enumerate(group.positions))
     if plan.extra:
         out[:, list(plan.extra)] = BicubicUpscaler(s).upscale(group_input(batch, plan.extra)).numpy()
+    if uncertainty:
+        out[:, bands] = error_variance(sigmas, stretch).numpy()
     return out
+
+
+def _upscale_group(model: Upscaler, xg: torch.Tensor, captions: Sequence[str], seeds: Sequence[int],
+                   stretch: Stretch | None, positions: Sequence[int],
+                   uncertainty: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One group's model call: its output, and its predicted error when asked (model units)."""
+    if uncertainty:  # a diffusion model's head: it reads and predicts in model units
+        return model.upscale_with_uncertainty(xg, captions, seeds)
+    return upscale_in_units(model, xg, captions, seeds, stretch, positions), None
+
+
+def error_variance(sigmas: Mapping[int, torch.Tensor], stretch: Stretch) -> torch.Tensor:
+    """The mean over bands of the squared predicted error in raster values: ``[B, H, W]`` float32.
+
+    Parameters
+    ----------
+    sigmas : mapping of int to torch.Tensor
+        Output band position -> its predicted RMSE ``[B, H, W]`` in model units.
+    stretch : Stretch
+        The scene stretch: a band's model unit is ``high - low`` of its raster values (the
+        offset ``low`` moves values, not errors).
+    """
+    total = None
+    for position, sigma in sigmas.items():
+        span = stretch.high[position] - stretch.low[position]
+        squared = (sigma.double() * span).square()
+        total = squared if total is None else total + squared
+    return (total / len(sigmas)).float()
 
 
 @dataclass(frozen=True)
@@ -253,10 +305,26 @@ class ModelFacts:
     neural: bool
 
 
+def run_model(config: RunConfig) -> Upscaler:
+    """``config``'s model (cached per process), refused when it cannot serve ``config.uncertainty``.
+
+    Raises
+    ------
+    ModelError
+        The model cannot be loaded (or has no detail head for ``config.detail``), or it has no
+        uncertainty head and ``config.uncertainty`` asks for its error.
+    """
+    model = load_upscaler(config.model, config.scale, **config.model_options())
+    if config.uncertainty and not getattr(model, "has_uncertainty", False):
+        raise ModelError(f"model {config.model!r} has no uncertainty head: --uncertainty needs a model trained "
+                         "with one (geosr.training.train_heads)")
+    return model
+
+
 @shippable_errors
 def model_facts(config: RunConfig) -> ModelFacts:
     """Load ``config``'s model and captioner (cached per process) and describe the model."""
-    model = load_upscaler(config.model, config.scale, **config.model_options())
+    model = run_model(config)
     captioner_for(config.captioner)
     return ModelFacts(getattr(model, "name", config.model), model.channels,
                       not isinstance(model, CLASSICAL_UPSCALERS))
@@ -276,7 +344,7 @@ def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) 
                 model=config.model, scale=config.scale, model_options=opts,
                 seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
                 captions=(None,) * len(chunk), captioner=config.captioner,
-                route_threshold=threshold, route_to=route_to,
+                route_threshold=threshold, route_to=route_to, uncertainty=config.uncertainty,
             )
         )
     return jobs

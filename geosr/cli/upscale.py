@@ -66,11 +66,19 @@ from geosr.writer import check_file_name
 @click.option("--split", metavar="N", help="Tiled output: OUTPUT is a folder (or a .vrt) of COGs of N x N output "
               "pixels (a multiple of 512) with a VRT over them and a STAC Collection; an OUTPUT ending in / or .vrt "
               "alone means N = 16384.")
+@click.option("--detail", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="D",
+              help="Detail level in [0, 1] (diffusion models with a detail head, as the shipped ones): 0 is the "
+                   "fidelity output, 1 the most detail the model has learnt - drawn, not measured: plausible texture "
+                   "the input cannot confirm. Reproducible (per-tile seeds); band means stay the input's.")
+@click.option("--uncertainty", type=click.Path(dir_okay=False), metavar="FILE.tif",
+              help="Also write the output's predicted error there: a float32 COG on the output grid, each pixel "
+                   "the predicted RMS error in output DN over the model's bands, NaN where the output is nodata "
+                   "(a model with an uncertainty head; every tile goes to the model, none is routed).")
 @verbosity
 def upscale(inputs, output, scale, model, model_metadata, captioner, caption_every, tile, overlap, bands, bands_to_model, rgb_bands, aoi,
             blend, creation_options,
             overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, connect_timeout, local_workers,
-            performance_report, route, route_threshold, route_map, split, verbose, quiet):
+            performance_report, route, route_threshold, route_map, split, detail, uncertainty, verbose, quiet):
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
 
     INPUT is one GeoTIFF, a .vrt, or several same-grid GeoTIFFs / a directory / a glob,
@@ -91,13 +99,14 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
       geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
       geosr upscale big.vrt out.tif --resume      # after a pre-empted run
       geosr upscale big.vrt out_x4/ --split 16384  # COG blocks + mosaic.vrt + STAC
+      geosr upscale scene.tif out.tif --detail 0.5 --uncertainty out_error.tif
     """
     import geosr
 
     setup_logging(verbose, quiet)
 
     def run():
-        for name in (*inputs, output):
+        for name in (*inputs, output, *([uncertainty] if uncertainty else [])):
             check_file_name(name)
         with warnings.catch_warnings(), stop_on_signals():
             # -q: errors only (one line each); warnings are remarks.
@@ -111,13 +120,15 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
                 batch_size=batch_size, seed=seed, address=address, connect_timeout=connect_timeout,
                 local_workers=local_workers,
                 performance_report=performance_report, progress=not quiet, route=route,
-                route_threshold=route_threshold, route_map=route_map, split=split,
+                route_threshold=route_threshold, route_map=route_map, split=split, detail=detail,
+                uncertainty=uncertainty,
             )
 
     report = fail_cleanly(run, catch_all=True, verbose=verbose)
     if not quiet:
         click.echo(
-            f"wrote {report.output} ({report.tiles_processed} tiles, {report.tiles_skipped} skipped, "
+            f"wrote {report.output}" + (f" and its error map {report.uncertainty}" if report.uncertainty else "")
+            + f" ({report.tiles_processed} tiles, {report.tiles_skipped} skipped, "
             + (f"{report.tiles_routed} routed to {cheap_path(scale)}, " if report.tiles_routed else "")
             + (f"{report.tiles_resumed} done before resuming, " if report.tiles_resumed else "")
             + _megapixels(report)
