@@ -130,6 +130,27 @@ def test_processing_run_writes_a_cog_and_loads_it_with_labelled_captions(tmp_pat
 
 
 @pyqgis
+def test_detail_and_the_predicted_error_map_are_run_and_loaded(tmp_path, data_dir):
+    from diffusers import LCMScheduler
+
+    from geosr.pipelines import GeoSRPipeline
+    from tiny_models import tiny_pipeline_components, with_tiny_heads
+
+    components = tiny_pipeline_components(student=True, scale=2, unshuffle_factor=4, tmp_path=tmp_path)
+    components["scheduler"] = LCMScheduler.from_config(components["scheduler"].config, prediction_type="sample")
+    GeoSRPipeline(**with_tiny_heads(components)).save_pretrained(tmp_path / "model")
+    out, error = tmp_path / "out.tif", tmp_path / "out_error.tif"
+    loaded = _drive("upscale", data_dir / "RGB.byte.tif", out, f"MODEL={tmp_path / 'model'}", "DETAIL=0.5",
+                    f"UNCERTAINTY={error}", "TILE=128", "CAPTIONER=none")
+    assert loaded["result"]["UNCERTAINTY"] == str(error)
+    layer = loaded["layers"]["Predicted error (RMSE in output DN; every tile on the model)"]
+    assert layer["valid"] and layer["source"] == str(error)
+    with rasterio.open(out) as ds, rasterio.open(error) as err:
+        assert ds.tags()["GEOSR_DETAIL"] == "0.5" and ds.tags()["GEOSR_UNCERTAINTY"] == error.name
+        assert (err.width, err.height, err.transform, err.crs) == (ds.width, ds.height, ds.transform, ds.crs)
+
+
+@pyqgis
 def test_a_bad_input_shows_geosr_s_one_line_error_and_writes_nothing(tmp_path, data_dir):
     failed = _drive("fail", data_dir / "RGB.byte.tif", tmp_path / "out.tif", "BANDS=1,9")
     assert failed["error"] == "Error: --bands: band 9 does not exist (the input has 3 bands)"

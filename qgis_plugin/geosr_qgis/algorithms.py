@@ -157,6 +157,7 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
 
     SCALE, MODEL, ROUTE, RESUME, DEVICE, EXTRA, OUTPUT, ROUTE_MAP, CAPTIONS = (
         "SCALE", "MODEL", "ROUTE", "RESUME", "DEVICE", "EXTRA", "OUTPUT", "ROUTE_MAP", "CAPTIONS")
+    DETAIL, UNCERTAINTY = "DETAIL", "UNCERTAINTY"
     BANDS_TO_MODEL, RGB_BANDS = "BANDS_TO_MODEL", "RGB_BANDS"
 
     def name(self):
@@ -169,6 +170,9 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         return ("Super-resolves a raster (or a mosaic of same-grid rasters) with geosr: tiles are captioned, "
                 "upscaled by the model and blended into a Cloud Optimized GeoTIFF on the input grid refined "
                 "SCALE times (same CRS and bounds). The tile captions are loaded as a labelled vector layer. "
+                "Detail level: 0 is the fidelity output, 1 the most (invented, plausible) detail the model has "
+                "learnt. Predicted error: a float32 raster on the output grid, the predicted RMS error of each "
+                "output pixel in its DN (no routing then). "
                 "Cancel stops geosr cleanly; with 'Resume' on, running again continues where it stopped.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -184,6 +188,9 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         self._advanced(QgsProcessingParameterString(
             self.RGB_BANDS, "Red, green, blue bands (e.g. 3,2,1; empty: read from the raster's band names)",
             optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.DETAIL, "Detail level (0: fidelity; 1: the most detail the model has learnt, drawn, not measured)",
+            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.ROUTE, "Texture-aware routing (flat, clean tiles to the fast network of the scale, or bicubic)", options=ROUTES, defaultValue=0))
         self._advanced(QgsProcessingParameterBoolean(
@@ -194,6 +201,9 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.ROUTE_MAP, "Route map (one pixel per tile)", optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.UNCERTAINTY, "Predicted error (RMSE in output DN; every tile on the model)", optional=True,
+            createByDefault=False))
         self.addOutput(QgsProcessingOutputVectorLayer(self.CAPTIONS, "Tile captions", QgsProcessing.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -217,6 +227,13 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         route_map = self.parameterAsOutputLayer(parameters, self.ROUTE_MAP, context) if parameters.get(self.ROUTE_MAP) else None
         if route_map:
             args += ["--route-map", route_map]
+        detail = self.parameterAsDouble(parameters, self.DETAIL, context)
+        if detail:
+            args += ["--detail", repr(detail)]
+        uncertainty = (self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context)
+                       if parameters.get(self.UNCERTAINTY) else None)
+        if uncertainty:
+            args += ["--uncertainty", uncertainty]
         args += self.parameterAsString(parameters, self.EXTRA, context).split()
         self._run(args, feedback)
         captions = _captions_path(output)
@@ -224,6 +241,8 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         results = {self.OUTPUT: output, self.CAPTIONS: captions}
         if route_map:
             results[self.ROUTE_MAP] = route_map
+        if uncertainty:
+            results[self.UNCERTAINTY] = uncertainty
         return results
 
 
