@@ -23,6 +23,8 @@ from geosr.models import default_model, load_upscaler
 
 
 def _panel(array: np.ndarray, side: int) -> Image.Image:
+    if array.dtype != np.uint8:  # images in [0, 1]
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
     return Image.fromarray(array).resize((side, side), Image.NEAREST)
 
 
@@ -60,7 +62,7 @@ def main() -> None:
         out0 = quantise_8bit(out0[0].numpy().transpose(1, 2, 0))
         out1 = quantise_8bit(out1.numpy().transpose(1, 2, 0))
         predicted = 255 * np.sqrt((sigma[0].numpy() ** 2).mean(axis=0))
-        actual = np.sqrt(((out0.astype(np.float32) - hr.astype(np.float32)) ** 2).mean(axis=2))
+        actual = 255 * np.sqrt(((out0 - hr) ** 2).mean(axis=2))
         h, w = hr.shape[:2]
         c, s = args.crop, args.scale
         y, x = (h - c) // 2 // s * s, (w - c) // 2 // s * s
