@@ -50,6 +50,7 @@ from geosr.reading import read_valid
 from geosr.resumable import open_journal, run_identity, settle_stopped_run, verify_finished_cells
 from geosr.route_map import check_route_map_target, write_route_map
 from geosr.routing import MODEL, TileRoute
+from geosr.s3_output import is_s3_output, s3_target
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
@@ -86,7 +87,7 @@ def _model_facts_on(client, config: RunConfig) -> ModelFacts:
 class RunReport:
     """What a run did, for the CLI summary and for benchmarks."""
 
-    output: Path
+    output: Path | str  # str: s3://bucket/key
     tiles_total: int
     tiles_processed: int
     tiles_skipped: int
@@ -150,7 +151,9 @@ def upscale_scene(
         config = replace(config, uncertainty=True)
     elif uncertainty is None and config.uncertainty:
         raise InputError("uncertainty needs the file to write the map to (--uncertainty FILE.tif)")
-    if config.split is not None:
+    if is_s3_output(output):  # a local stand-in, uploaded at the commit
+        target = s3_target(output, config.split, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
+    elif config.split is not None:
         target = TiledTarget(output, overwrite=config.overwrite, inputs=files)
     elif is_zarr_output(output):
         target = ZarrTarget(output, overwrite=config.overwrite, inputs=files)
@@ -317,7 +320,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     else:
         target.commit(folder.path, moves)
     return RunReport(
-        output=target.output,
+        output=getattr(target, "url", target.output),  # an object's URL, not its local stand-in
         tiles_total=len(grid),
         tiles_processed=len(todo),
         tiles_skipped=skipped,

@@ -1,0 +1,273 @@
+"""OUTPUT in S3: ``s3://bucket/key.tif``, ``s3://bucket/prefix/`` (tiled) or ``s3://bucket/key.zarr``.
+
+A run cannot write its work raster, journal and blocks into S3 (no ``pwrite``, no
+``fsync``, no rename), so it runs exactly as a local run does, on a local stand-in of
+OUTPUT: the same path under a local folder, :func:`work_root` ``/ bucket / key``. Its lock
+and work folder lie beside that stand-in, so ``--resume`` after a kill finds them as it
+finds a local run's. At the commit the local target assembles its files at the stand-in
+(:class:`~geosr.writer.OutputTarget`, :class:`~geosr.tiled_output.TiledTarget` or
+:class:`~geosr.zarr_output.ZarrTarget`, unchanged) and :class:`S3Upload` uploads them with
+boto3, then deletes the local copies.
+
+Why no temporary key: S3 makes an object visible only once its ``PutObject`` or
+``CompleteMultipartUpload`` succeeds, whole; a killed or failed upload leaves nothing at
+the key (at most parts of an unfinished multipart upload, invisible, which a bucket's
+``AbortIncompleteMultipartUpload`` lifecycle rule removes). Uploading to a temporary key and
+copying it would add a second full-size copy and nothing safer. The main object goes last
+(the COG after its captions; the VRT, ``collection.json`` and Zarr's ``.zgroup`` /
+``.zmetadata`` after the data), so a reader that finds it finds the rest. A run that fails
+during the upload deletes the objects it had uploaded unless it was replacing (--overwrite).
+
+Credentials and server: those of :func:`geosr.remote.s3_client` (boto3's default chain:
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles; the
+endpoint from ``AWS_ENDPOINT_URL`` or GDAL's ``AWS_S3_ENDPOINT``).
+
+Not locked across machines: the lock is local, so two machines writing the same URL race.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from geosr.errors import OutputError, OutputExistsError, WriteError
+from geosr.remote import s3_client
+from geosr.tiled_output import TiledTarget
+from geosr.writer import OutputTarget, sidecar_path
+from geosr.zarr_output import ZarrTarget, is_zarr_output
+
+__all__ = ["S3Upload", "S3CogTarget", "S3TiledTarget", "S3ZarrTarget", "is_s3_output", "s3_target", "work_root"]
+
+#: Files uploaded after everything else: the ones whose presence says the output is complete.
+_LAST = ("mosaic.vrt", "collection.json", ".zgroup", ".zmetadata")
+_CONTENT_TYPES = {
+    ".tif": "image/tiff; application=geotiff; profile=cloud-optimized",
+    ".json": "application/json",
+    ".geojson": "application/geo+json",
+    ".vrt": "application/xml",
+}
+_UPLOAD_THREADS = 16  # Zarr stores are thousands of small objects: latency, not bandwidth, bounds them
+
+
+def is_s3_output(output: str | os.PathLike) -> bool:
+    """Whether OUTPUT names S3 (``s3://`` or ``/vsis3/``)."""
+    return os.fspath(output).startswith(("s3://", "/vsis3/"))
+
+
+def work_root() -> Path:
+    """The local folder that holds the stand-ins of S3 OUTPUTs and their work folders.
+
+    ``GEOSR_S3_WORK_DIR`` when set (a disk with room for the work raster, or a filesystem the
+    dask workers share), else ``$XDG_CACHE_HOME/geosr/s3`` (``~/.cache/geosr/s3``).
+    """
+    if os.environ.get("GEOSR_S3_WORK_DIR"):
+        return Path(os.environ["GEOSR_S3_WORK_DIR"]).absolute()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).absolute() / "geosr" / "s3"
+
+
+def _split(output: str) -> tuple[str, str]:
+    rest = output.removeprefix("s3://").removeprefix("/vsis3/")
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key.strip("/") or ".." in key.split("/"):
+        raise OutputError(f"OUTPUT {output} names no object: give s3://bucket/key.tif, s3://bucket/prefix/ "
+                          "or s3://bucket/key.zarr")
+    return bucket, key
+
+
+class S3Upload:
+    """What an OUTPUT in S3 adds to its local target: the stand-in, the checks, the upload.
+
+    Mixed into :class:`~geosr.writer.OutputTarget`, :class:`~geosr.tiled_output.TiledTarget`
+    and :class:`~geosr.zarr_output.ZarrTarget` (:func:`s3_target` picks), so the engine treats
+    it as the local kind it is; its ``output`` (and ``data``, ``vrt``, ``captions``) are the
+    stand-in's, which the run's lock and work folder follow.
+
+    Attributes
+    ----------
+    url : str
+        OUTPUT as ``s3://bucket/key``.
+    bucket : str
+    root : Path
+        The local folder of the bucket's stand-ins (``work_root() / bucket``).
+    """
+
+    url: str
+    bucket: str
+    root: Path
+    _replace: bool
+    _trees: list[Path]
+    _sidecars: list[Path]
+
+    def _stand_in(self, output: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike]) -> Path:
+        """Check OUTPUT's name against the inputs; the local path the run writes to instead."""
+        text = os.fspath(output)
+        self.bucket, key = _split(text)
+        self.url = f"s3://{self.bucket}/{key}"
+        for path in inputs:
+            if os.fspath(path).removeprefix("s3://").removeprefix("/vsis3/") == f"{self.bucket}/{key}":
+                raise OutputError(f"output {self.url} is also an input: write to another object")
+        self._replace = overwrite
+        self.root = work_root() / self.bucket
+        stand_in = self.root / key
+        try:
+            stand_in.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the local work folder {stand_in.parent} of {self.url}: "
+                              f"{exc.strerror}; set GEOSR_S3_WORK_DIR to a writable folder") from exc
+        return stand_in
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _tops(self) -> set[Path]:
+        """The local target's files and folders at the stand-in (sidecars, VRT and captions included)."""
+        extra = (getattr(self, "vrt", None), getattr(self, "captions", None))  # tiled and Zarr outputs have them
+        return {self.output, *self._sidecars, *self._trees, *(p for p in extra if p is not None)}
+
+    def _final_files(self) -> tuple[list[Path], list[Path]]:
+        """The files at the stand-in: (the data, the main ones to upload last)."""
+        files = set()
+        for top in self._tops():
+            if top.is_dir():
+                files |= {p for p in top.rglob("*") if p.is_file()}
+            elif top.is_file():
+                files.add(top)
+        last = {p for p in files if p == self.output or p.name in _LAST}
+        return sorted(files - last), sorted(last)
+
+    def _check_objects(self) -> None:
+        """Refuse objects already there (unless overwriting); reach the bucket before any work."""
+        client = s3_client()
+        keys = [self._key(p) for p in self._tops() if p not in self._trees]
+        try:
+            client.head_bucket(Bucket=self.bucket)  # a missing bucket's objects are "not found" too
+            for tree in self._trees:
+                found = client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(tree) + "/", MaxKeys=1)
+                if found.get("KeyCount") and not self._replace:
+                    raise OutputExistsError(f"s3://{self.bucket}/{self._key(tree)}/ holds objects; "
+                                            "pass --overwrite to replace them")
+            for key in sorted(keys):
+                if self._exists(client, key) and not self._replace:
+                    raise OutputExistsError(f"s3://{self.bucket}/{key} exists; pass --overwrite to replace it")
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise OutputError(f"cannot reach the output bucket {self.bucket} of {self.url}: {exc}") from exc
+
+    def _exists(self, client, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def commit(self, *args, **kwargs) -> None:
+        """Assemble the output at the stand-in (the local target's commit, same arguments), upload
+        it, then delete the local copies.
+
+        Raises
+        ------
+        WriteError
+            An upload failed; the objects this commit uploaded are deleted again unless it was
+            replacing an output.
+        """
+        super().commit(*args, **kwargs)  # the local target's
+        groups = self._final_files()
+        client = s3_client()
+        uploaded: list[str] = []
+        try:
+            for group in groups:
+                with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
+                    # the pool's exit waits for every upload: all that succeeded are in `uploaded`
+                    list(pool.map(lambda p: uploaded.append(self._upload(client, p)), group))
+            self._delete_stale(client, set(uploaded))
+        except Exception as exc:
+            if not self._replace:
+                self._delete(client, uploaded)
+            raise WriteError(f"cannot upload {self.url}: {exc}") from exc
+        finally:
+            self._remove_local([p for group in groups for p in group])
+
+    def _upload(self, client, path: Path) -> str:
+        key = self._key(path)
+        extra = {"ContentType": _CONTENT_TYPES[path.suffix]} if path.suffix in _CONTENT_TYPES else None
+        client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+        return key
+
+    def _delete_stale(self, client, uploaded: set[str]) -> None:
+        """Under a replaced tiled or Zarr prefix, delete the objects the new output does not have."""
+        if not self._replace:
+            return
+        for tree in self._trees:
+            stale = []
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self._key(tree) + "/"):
+                stale += [o["Key"] for o in page.get("Contents", []) if o["Key"] not in uploaded]
+            self._delete(client, stale)
+
+    def _delete(self, client, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
+            client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                             "Quiet": True})
+
+    def _remove_local(self, files: Sequence[Path]) -> None:
+        for tree in self._trees:
+            shutil.rmtree(tree, ignore_errors=True)
+        for path in files:
+            path.unlink(missing_ok=True)
+
+
+class S3CogTarget(S3Upload, OutputTarget):
+    """A single COG (and its sidecars) at ``s3://bucket/key.tif``."""
+
+    def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = (),
+                 sidecars: Sequence[str] = ()) -> None:
+        # the stand-in is ours: what a failed upload left there is replaced, never refused
+        OutputTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True, sidecars=sidecars)
+        self._trees, self._sidecars = [], [sidecar_path(self.output, s) for s in sidecars]
+        self._check_objects()
+
+
+class S3TiledTarget(S3Upload, TiledTarget):
+    """Tiled output under ``s3://bucket/prefix/`` (or beside ``s3://bucket/name.vrt``)."""
+
+    def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:
+        TiledTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True)
+        self._trees, self._sidecars = [self.data], []
+        self._check_objects()
+
+
+class S3ZarrTarget(S3Upload, ZarrTarget):
+    """A Zarr store at ``s3://bucket/key.zarr`` (and its captions beside it)."""
+
+    def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:
+        ZarrTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True)
+        self._trees, self._sidecars = [self.output], []
+        self._check_objects()
+
+
+def s3_target(output: str | os.PathLike, split: int | None, overwrite: bool = False,
+              inputs: Sequence[str | os.PathLike] = (), sidecars: Sequence[str] = ()) -> S3Upload:
+    """The target of an OUTPUT in S3: tiled when ``split`` is set, Zarr for ``.zarr``, else a COG.
+
+    Raises
+    ------
+    OutputError
+        OUTPUT names no object, the bucket cannot be reached, or OUTPUT is an input.
+    OutputExistsError
+        An object of the output exists and ``overwrite`` is False.
+    """
+    text = os.fspath(output)
+    if split is not None:
+        return S3TiledTarget(text, overwrite, inputs)
+    if is_zarr_output(text):
+        return S3ZarrTarget(text, overwrite, inputs)
+    return S3CogTarget(text, overwrite, inputs, sidecars)

@@ -1,0 +1,186 @@
+"""OUTPUT in S3 (issue 31): a COG, a tiled prefix and a Zarr store uploaded to a local moto server.
+
+The run works on a local stand-in under GEOSR_S3_WORK_DIR (:mod:`geosr.s3_output`); these
+tests check that the objects equal a local run's output, that a failed or killed run leaves
+no object at OUTPUT, and that --resume continues from the local work folder.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+pytest.importorskip("moto", reason="the test extra installs moto[server]")
+pytest.importorskip("boto3")
+
+import geosr.s3_output
+from geosr.engine import upscale_scene
+from geosr.errors import WriteError
+from tests.rasters import uint8_scene
+from tests.test_faults import SLOW_SCENE, start_slow_run, wait_for
+from tests.test_object_storage import BUCKET, pixels, s3, server  # noqa: F401 (fixtures)
+from geosr.writer import WorkRaster
+from tests.test_resume_integrity import RUN, cfg, invoke, resume_cli
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """The local folder of S3 OUTPUTs' stand-ins and work folders."""
+    folder = tmp_path / "s3work"
+    monkeypatch.setenv("GEOSR_S3_WORK_DIR", str(folder))
+    return folder
+
+
+def keys(client, prefix: str = "") -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+
+
+def download(client, key: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    client.download_file(BUCKET, key, str(path))
+    return path
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Files left in the local work root (the lock files of finished runs are allowed)."""
+    return [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".geosr-lock")]
+
+
+def test_a_cog_in_s3_is_the_local_cog(s3, tmp_path, work):
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    upscale_scene([src], tmp_path / "ref.tif", cfg())
+    res = invoke("upscale", src, f"s3://{BUCKET}/runs/out.tif", *RUN)
+    assert res.exit_code == 0, res.stderr
+    assert keys(s3) == ["runs/out.captions.geojson", "runs/out.tif"]
+    head = s3.head_object(Bucket=BUCKET, Key="runs/out.tif")
+    assert head["ContentType"].startswith("image/tiff")
+    got = download(s3, "runs/out.tif", tmp_path / "got.tif")
+    assert got.read_bytes() == (tmp_path / "ref.tif").read_bytes()
+    assert download(s3, "runs/out.captions.geojson", tmp_path / "got.geojson").read_bytes() == \
+        (tmp_path / "ref.captions.geojson").read_bytes()
+    # GDAL reads it where it is
+    with rasterio.open(f"s3://{BUCKET}/runs/out.tif") as ds, rasterio.open(tmp_path / "ref.tif") as ref:
+        assert ds.profile == ref.profile
+        np.testing.assert_array_equal(ds.read(), ref.read())
+    assert leftovers(work) == []
+
+
+def test_an_existing_object_is_refused_then_replaced_with_overwrite(s3, tmp_path, work):
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    s3.put_object(Bucket=BUCKET, Key="out.tif", Body=b"old")
+    res = invoke("upscale", src, f"s3://{BUCKET}/out.tif", *RUN)
+    assert res.exit_code == 4 and f"s3://{BUCKET}/out.tif exists" in res.stderr
+    assert s3.get_object(Bucket=BUCKET, Key="out.tif")["Body"].read() == b"old"
+    assert invoke("upscale", src, f"s3://{BUCKET}/out.tif", *RUN, "--overwrite").exit_code == 0
+    assert s3.get_object(Bucket=BUCKET, Key="out.tif")["Body"].read()[:2] in (b"II", b"MM")
+
+
+def test_bad_s3_outputs_are_refused_in_one_line(s3, tmp_path, work):
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    res = invoke("upscale", src, "s3://no-such-bucket/out.tif", *RUN)
+    assert res.exit_code == 4 and "cannot reach the output bucket no-such-bucket" in res.stderr
+    res = invoke("upscale", src, f"s3://{BUCKET}", *RUN)
+    assert res.exit_code == 4 and "names no object" in res.stderr
+    url = f"s3://{BUCKET}/in.tif"
+    s3.upload_file(str(src), BUCKET, "in.tif")
+    res = invoke("upscale", url, url, *RUN, "--overwrite")
+    assert res.exit_code == 4 and "is also an input" in res.stderr
+
+
+def test_a_failed_run_leaves_no_object_and_resumes(s3, tmp_path, work, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    upscale_scene([src], tmp_path / "ref.tif", cfg())
+    url = f"s3://{BUCKET}/out.tif"
+    real, writes = WorkRaster._write_rows, [0]
+
+    def full_after_some_cells(self, *args):
+        writes[0] += 1
+        if writes[0] > 3:
+            raise WriteError("no space left on the device (simulated)")
+        return real(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_after_some_cells)
+    with pytest.raises(WriteError, match="simulated"):
+        upscale_scene([src], url, cfg())
+    monkeypatch.setattr(WorkRaster, "_write_rows", real)
+    assert keys(s3) == []
+    (folder,) = (work / BUCKET).glob(".out.tif.geosr-run-*")
+    res = resume_cli(src, url)
+    assert res.exit_code == 0, res.stderr
+    assert not folder.exists() and leftovers(work) == []
+    assert download(s3, "out.tif", tmp_path / "got.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+
+
+def test_a_failed_upload_leaves_no_object(s3, tmp_path, work, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    real = geosr.s3_output.S3Upload._upload
+
+    def fail_on_the_cog(self, client, path):
+        if path.suffix == ".tif":
+            raise OSError("connection reset (simulated)")
+        return real(self, client, path)
+
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", fail_on_the_cog)
+    with pytest.raises(WriteError, match=f"cannot upload s3://{BUCKET}/out.tif: connection reset"):
+        upscale_scene([src], f"s3://{BUCKET}/out.tif", cfg())
+    assert keys(s3) == []  # the captions, uploaded first, are deleted again
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", real)
+    assert invoke("upscale", src, f"s3://{BUCKET}/out.tif", *RUN, "--resume").exit_code == 0
+    assert keys(s3) == ["out.captions.geojson", "out.tif"]
+
+
+def test_a_killed_run_resumes_from_the_local_work_folder(s3, tmp_path, work):
+    src = uint8_scene(tmp_path / "in.tif", **SLOW_SCENE)
+    assert invoke("upscale", src, tmp_path / "ref.tif", *RUN, "--batch-size", "1").exit_code == 0
+    url = f"s3://{BUCKET}/runs/out.tif"
+    run = start_slow_run(tmp_path, src, url)  # the environment (server, GEOSR_S3_WORK_DIR) is inherited
+    journals = lambda: any(j.stat().st_size > 0 for j in (work / BUCKET / "runs").glob(".out.tif.geosr-run-*/journal.jsonl"))  # noqa: E731
+    wait_for(journals, run)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    assert keys(s3) == []
+    (folder,) = (work / BUCKET / "runs").glob(".out.tif.geosr-run-*")
+    res = invoke("upscale", src, url, *RUN, "--batch-size", "1", "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert not folder.exists()
+    assert download(s3, "runs/out.tif", tmp_path / "got.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+
+
+def test_a_tiled_prefix_in_s3_is_the_local_mosaic(s3, tmp_path, work):
+    src = uint8_scene(tmp_path / "in.tif", 300, 280)
+    upscale_scene([src], tmp_path / "ref.tif", cfg())
+    s3.put_object(Bucket=BUCKET, Key="tiles/block_009_009.tif", Body=b"stale")
+    res = invoke("upscale", src, f"s3://{BUCKET}/tiles/", *RUN, "--split", "512", "--overwrite")
+    assert res.exit_code == 0, res.stderr
+    found = keys(s3, "tiles/")
+    assert "tiles/block_009_009.tif" not in found  # a replaced prefix keeps no stale block
+    assert {"tiles/mosaic.vrt", "tiles/collection.json", "tiles/captions.geojson",
+            "tiles/block_000_000.tif", "tiles/block_000_000.json", "tiles/block_001_001.tif"} <= set(found)
+    with rasterio.open(f"/vsis3/{BUCKET}/tiles/mosaic.vrt") as ds, rasterio.open(tmp_path / "ref.tif") as ref:
+        assert (ds.crs, ds.transform, ds.shape) == (ref.crs, ref.transform, ref.shape)
+        np.testing.assert_array_equal(ds.read(), ref.read())
+    assert leftovers(work) == []
+
+
+def test_a_zarr_store_in_s3_is_the_local_store(s3, tmp_path, work):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("zarr")
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    upscale_scene([src], tmp_path / "ref.zarr", cfg())
+    res = invoke("upscale", src, f"s3://{BUCKET}/out.zarr", *RUN)
+    assert res.exit_code == 0, res.stderr
+    found = keys(s3)
+    assert "out.zarr/.zmetadata" in found and "out.captions.geojson" in found
+    for key in found:
+        if key.startswith("out.zarr/"):
+            download(s3, key, tmp_path / "got" / key)
+    local = sorted(p.relative_to(tmp_path / "ref.zarr").as_posix() for p in (tmp_path / "ref.zarr").rglob("*") if p.is_file())
+    assert local == [k.removeprefix("out.zarr/") for k in found if k.startswith("out.zarr/")]
+    got = xr.open_zarr(tmp_path / "got" / "out.zarr")
+    ref = xr.open_zarr(tmp_path / "ref.zarr")
+    xr.testing.assert_identical(got, ref)
+    assert leftovers(work) == []
