@@ -13,18 +13,24 @@ The store is Zarr format 2 (what GDAL's Zarr driver and xarray both read), one g
   variable with ``crs_wkt``, the CF grid mapping attributes and ``GeoTransform``, ``x`` and
   ``y`` coordinate arrays of pixel centres, ``grid_mapping`` on the data variables; and
   GDAL's own ``_CRS`` attribute;
-- the dataset tags as group attributes, and consolidated metadata (``.zmetadata``).
+- the dataset tags as group attributes, and consolidated metadata (``.zmetadata``);
+- overview levels ``2/``, ``4/``... (2 x 2 averages, the same variables on each level's
+  grid), listed in the root's ``multiscales`` attribute (:mod:`geosr.zarr_overviews`).
 
 Like the blocks of :mod:`geosr.tiled_output`, chunks are written by dask tasks as soon as
 every output cell under them is durable (the client follows
 :attr:`geosr.journal.RunJournal.on_commit`), each task writing a group of chunks
 (:data:`ZARR_GROUP` output pixels square) read in place from the raw work raster
-(``np.memmap``). The store is built in the run's work folder and renamed into place at the
-end; a failed run leaves nothing at OUTPUT.
+(``np.memmap``), and the overview levels under those chunks as long as the group covers
+whole chunks of the level (levels 2, 4 and 8 for groups of 8 x 8 chunks); the coarser levels
+follow once every group is done, a task per chunk, each from the level before. The store is
+built in the run's work folder and renamed into place at the end; a failed run leaves
+nothing at OUTPUT.
 
 Resume: a task fsyncs its chunk files before the journal names each chunk with the size and
-CRC-32 of its files; a resumed run re-reads the named chunks and writes again every group with
-a chunk that is unnamed, gone or changed.
+CRC-32 of its files (overview chunks as ``f/cy.cx``); a resumed run re-reads the named chunks
+and writes again every group with a chunk that is unnamed, gone or changed. The final pass's
+levels are not journalled: a resumed run makes them again.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from geosr.resumable import StoppedRunWarning
 from geosr.tasks import shippable_errors
 from geosr.tiling import squares_under
 from geosr.writer import WorkRaster, check_file_name, sidecar_path, write_error
+from geosr.zarr_overviews import halve, multiscales_attrs, overview_factors
 
 __all__ = ["ZARR_CHUNK", "ZARR_GROUP", "ZarrTarget", "ZarrWriter", "ZarrJob", "is_zarr_output", "write_chunks"]
 
@@ -124,17 +131,43 @@ class ZarrJob:
     count: int
     dtype: str
     chunks: tuple  # ((cy, cx), ...)
+    nodata: float | None = None
+    levels: tuple = ()  # decimation factors of the overview levels this task writes under its chunks
 
 
-def _chunk_name(cy: int, cx: int) -> str:
-    return f"{cy}.{cx}"
+def _chunk_name(cy: int, cx: int, level: int = 1) -> str:
+    """A chunk's name in the journal: ``cy.cx`` at the output's level, ``f/cy.cx`` at overview level ``f``."""
+    return f"{cy}.{cx}" if level == 1 else f"{level}/{cy}.{cx}"
 
 
-def _chunk_files(store: Path, cy: int, cx: int, masked: bool) -> list[Path]:
-    files = [store / DATA / f"0.{cy}.{cx}"]
+def _parse_chunk_name(name: str) -> tuple[int, int, int]:
+    """``(cy, cx, level)`` of a :func:`_chunk_name` (ValueError for anything else)."""
+    level, _, chunk = name.rpartition("/")
+    cy, cx = (int(v) for v in chunk.split("."))
+    return cy, cx, int(level) if level else 1
+
+
+def _level_path(store: Path, level: int) -> Path:
+    return store if level == 1 else store / str(level)
+
+
+def _chunk_files(store: Path, cy: int, cx: int, masked: bool, level: int = 1) -> list[Path]:
+    folder = _level_path(store, level)
+    files = [folder / DATA / f"0.{cy}.{cx}"]
     if masked:
-        files.append(store / MASK / f"{cy}.{cx}")
+        files.append(folder / MASK / f"{cy}.{cx}")
     return files
+
+
+def _level_chunks(chunks: Sequence[tuple[int, int]], level: int, width: int, height: int) -> list[tuple[int, int]]:
+    """The chunks of overview ``level`` under a group of output chunks (whole chunks: the group's
+    side divided by ``level`` is a multiple of the chunk side)."""
+    n = ZARR_CHUNK
+    rows = {cy for cy, _ in chunks}
+    cols = {cx for _, cx in chunks}
+    r0, r1 = min(rows) * n // level, -(-min((max(rows) + 1) * n, height) // level)
+    c0, c1 = min(cols) * n // level, -(-min((max(cols) + 1) * n, width) // level)
+    return [(cy, cx) for cy in range(r0 // n, -(-r1 // n)) for cx in range(c0 // n, -(-c1 // n))]
 
 
 def _files_crc(paths: Sequence[Path]) -> tuple[int, int]:
@@ -184,13 +217,74 @@ def write_chunks(job: ZarrJob) -> list[tuple[str, int, int]]:
             for path in files:
                 _fsync(path)
             out.append((_chunk_name(cy, cx), *_files_crc(files)))
-        for name in (DATA, MASK) if mask is not None else (DATA,):
-            _fsync(store / name, directory=True)
+        if job.levels:
+            out += _write_group_overviews(job, pixels, mask)
+        for level in (1, *job.levels):
+            for name in (DATA, MASK) if mask is not None else (DATA,):
+                _fsync(_level_path(store, level) / name, directory=True)
     except OSError as exc:
         raise write_error(store, exc) from exc
     finally:
         del pixels, mask
     return out
+
+
+def _write_group_overviews(job: ZarrJob, pixels: np.memmap, mask: np.memmap | None) -> list[tuple[str, int, int]]:
+    """Write the overview levels ``job.levels`` under the job's chunks, from the work raster; their
+    journal entries. Level 2 is made strip by strip (a group of RGB float64 at once is 400 MB)."""
+    import zarr
+
+    n, store = ZARR_CHUNK, Path(job.store)
+    rows, cols = sorted({cy for cy, _ in job.chunks}), sorted({cx for _, cx in job.chunks})
+    r0, r1 = rows[0] * n, min((rows[-1] + 1) * n, job.height)
+    c0, c1 = cols[0] * n, min((cols[-1] + 1) * n, job.width)
+    strip = 2 * n  # even: the strips' halves follow one another
+    halves, valids = [], []
+    for top in range(r0, r1, strip):
+        bottom = min(top + strip, r1)
+        data = np.moveaxis(np.asarray(pixels[top:bottom, c0:c1]), -1, 0)
+        valid = np.asarray(mask[top:bottom, c0:c1]) > 0 if mask is not None else None
+        half, half_valid = halve(data, valid, job.nodata)
+        halves.append(half)
+        valids.append(half_valid)
+    data = np.concatenate(halves, axis=1)
+    valid = np.concatenate(valids, axis=0) if mask is not None else None
+    out = []
+    for level in job.levels:
+        if level > 2:
+            data, valid = halve(data, valid, job.nodata)
+        folder = _level_path(store, level)
+        rows_at, cols_at = slice(r0 // level, r0 // level + data.shape[1]), slice(c0 // level, c0 // level + data.shape[2])
+        zarr.open_array(folder / DATA, mode="r+", zarr_format=2)[:, rows_at, cols_at] = data
+        if valid is not None:
+            zarr.open_array(folder / MASK, mode="r+", zarr_format=2)[rows_at, cols_at] = np.where(valid, 255, 0).astype(np.uint8)
+        for cy, cx in _level_chunks(job.chunks, level, job.width, job.height):
+            files = _chunk_files(store, cy, cx, mask is not None, level)
+            for path in files:
+                _fsync(path)
+            out.append((_chunk_name(cy, cx, level), *_files_crc(files)))
+    return out
+
+
+@shippable_errors
+def reduce_chunk(store: str, level: int, chunk: tuple[int, int], masked: bool, nodata: float | None) -> None:
+    """Write one chunk of overview ``level`` from the store's level ``level / 2`` (a dask task of
+    the final pass, for the levels too coarse for one group's task to own a whole chunk)."""
+    import zarr
+
+    n, (cy, cx) = ZARR_CHUNK, chunk
+    src, dst = _level_path(Path(store), level // 2), _level_path(Path(store), level)
+    rows, cols = slice(2 * cy * n, 2 * (cy + 1) * n), slice(2 * cx * n, 2 * (cx + 1) * n)
+    try:
+        data = zarr.open_array(src / DATA, mode="r", zarr_format=2)[:, rows, cols]
+        valid = zarr.open_array(src / MASK, mode="r", zarr_format=2)[rows, cols] > 0 if masked else None
+        data, valid = halve(data, valid, nodata)
+        out_rows, out_cols = slice(cy * n, cy * n + data.shape[1]), slice(cx * n, cx * n + data.shape[2])
+        zarr.open_array(dst / DATA, mode="r+", zarr_format=2)[:, out_rows, out_cols] = data
+        if masked:
+            zarr.open_array(dst / MASK, mode="r+", zarr_format=2)[out_rows, out_cols] = np.where(valid, 255, 0).astype(np.uint8)
+    except OSError as exc:
+        raise write_error(dst, exc) from exc
 
 
 class ZarrWriter:
@@ -213,6 +307,10 @@ class ZarrWriter:
         self.client, self.raster, self.journal, self.store = client, raster, journal, store
         self._group = max(ZARR_CHUNK, ZARR_GROUP // ZARR_CHUNK * ZARR_CHUNK)
         self._chunks_y, self._chunks_x = -(-raster.height // ZARR_CHUNK), -(-raster.width // ZARR_CHUNK)
+        self._factors = overview_factors(raster.width, raster.height, ZARR_CHUNK)
+        # The levels a group's task writes: those where the group covers whole chunks; the
+        # coarser ones are a final pass (:meth:`wait`), a 64th of the output's pixels or less.
+        self._task_levels = tuple(f for f in self._factors if f <= self._group // ZARR_CHUNK)
         self._create_store()
         self._check_finished()
         per = self._group // ZARR_CHUNK
@@ -221,7 +319,10 @@ class ZarrWriter:
             for gx in range(-(-self._chunks_x // per)):
                 chunks = tuple((cy, cx) for cy in range(gy * per, min((gy + 1) * per, self._chunks_y))
                                for cx in range(gx * per, min((gx + 1) * per, self._chunks_x)))
-                if any(_chunk_name(*c) not in journal.blocks for c in chunks):
+                names = [_chunk_name(*c) for c in chunks] + [
+                    _chunk_name(*c, level) for level in self._task_levels
+                    for c in _level_chunks(chunks, level, raster.width, raster.height)]
+                if any(name not in journal.blocks for name in names):
                     self._groups[gy, gx] = chunks
         self._waiting: dict[tuple[int, int], set[tuple[int, int]]] = {g: set() for g in self._groups}
         for window in cells:
@@ -244,8 +345,9 @@ class ZarrWriter:
             try:
                 group = zarr.open_group(self.store, mode="r", zarr_format=2)
                 data = group[DATA]
+                levels = [str(f) for f in self._factors]
                 if data.shape == (r.count, r.height, r.width) and data.dtype == r.dtype and (
-                        (MASK in group) == r.write_mask):
+                        (MASK in group) == r.write_mask) and all(f"{level}/{DATA}" in group for level in levels):
                     return
             except Exception:  # noqa: BLE001 - a store torn by a kill: made again
                 pass
@@ -256,13 +358,27 @@ class ZarrWriter:
             raise write_error(self.store, exc) from exc
 
     def _write_metadata(self) -> None:
-        import numcodecs
         import zarr
 
+        r, p = self.raster, self.raster.profile
+        attrs = {str(k): str(v) for k, v in r.tags.items()}
+        if self._factors:
+            attrs.update(multiscales_attrs(self._factors, r.width, r.height, p.get("transform"), DATA))
+        group = zarr.open_group(self.store, mode="w", zarr_format=2, attributes=attrs)
+        self._write_level(group, 1)
+        for f in self._factors:
+            self._write_level(group.create_group(str(f)), f)
+
+    def _write_level(self, group, f: int) -> None:
+        """The arrays of overview level ``f`` (1: the output) in ``group``: data, mask, coordinates."""
+        import numcodecs
+
         r, p, meta = self.raster, self.raster.profile, self.raster.band_meta
-        group = zarr.open_group(self.store, mode="w", zarr_format=2, attributes={str(k): str(v) for k, v in r.tags.items()})
+        height, width = -(-r.height // f), -(-r.width // f)
         compressor = numcodecs.Zlib(level=1)
         crs, transform = p.get("crs"), p.get("transform")
+        if transform is not None:
+            transform = transform * transform.scale(f)
         wkt = crs.to_wkt() if crs else None
         grid: dict = {}
         coords = "spatial_ref" if crs or transform is not None else ""
@@ -292,14 +408,14 @@ class ZarrWriter:
         if meta.get("colorinterp"):
             attrs["colorinterp"] = [getattr(c, "name", str(c)) for c in meta["colorinterp"]]
         nodata = p.get("nodata")
-        group.create_array(DATA, shape=(r.count, r.height, r.width), chunks=(r.count, ZARR_CHUNK, ZARR_CHUNK),
+        group.create_array(DATA, shape=(r.count, height, width), chunks=(r.count, ZARR_CHUNK, ZARR_CHUNK),
                            dtype=r.dtype, fill_value=nodata, compressors=compressor, attributes=attrs)
         if r.write_mask:
             mask_attrs = {"_ARRAY_DIMENSIONS": ["y", "x"], "flag_values": [0, 255],
                           "flag_meanings": "invalid valid", "long_name": "validity mask (GDAL mask band)"}
             if coords:
                 mask_attrs.update(grid_mapping="spatial_ref", coordinates=coords)
-            group.create_array(MASK, shape=(r.height, r.width), chunks=(ZARR_CHUNK, ZARR_CHUNK), dtype=np.uint8,
+            group.create_array(MASK, shape=(height, width), chunks=(ZARR_CHUNK, ZARR_CHUNK), dtype=np.uint8,
                                fill_value=None, compressors=compressor, attributes=mask_attrs)
         if coords:
             group.create_array("spatial_ref", shape=(), dtype=np.int64, fill_value=None,
@@ -308,7 +424,7 @@ class ZarrWriter:
                            attributes={"_ARRAY_DIMENSIONS": ["band"]})[:] = np.arange(1, r.count + 1)
         if transform is not None and transform.b == 0 and transform.d == 0:  # rectilinear: pixel centres
             t = transform
-            for name, n, origin, step, axis in (("x", r.width, t.c, t.a, "X"), ("y", r.height, t.f, t.e, "Y")):
+            for name, n, origin, step, axis in (("x", width, t.c, t.a, "X"), ("y", height, t.f, t.e, "Y")):
                 coord = {"_ARRAY_DIMENSIONS": [name], "axis": axis}
                 if crs:
                     coord.update(_axis_attrs(crs, name))
@@ -321,8 +437,8 @@ class ZarrWriter:
         bad = []
         for name, (size, crc) in self.journal.blocks.items():
             try:
-                cy, cx = (int(v) for v in name.split("."))
-                same = _files_crc(_chunk_files(self.store, cy, cx, self.raster.write_mask)) == (size, crc)
+                cy, cx, level = _parse_chunk_name(name)
+                same = _files_crc(_chunk_files(self.store, cy, cx, self.raster.write_mask, level)) == (size, crc)
             except (OSError, ValueError):
                 same = False
             if not same:
@@ -351,7 +467,8 @@ class ZarrWriter:
         for g in [g for g, waiting in self._waiting.items() if not waiting]:
             del self._waiting[g]
             job = ZarrJob(str(self.store), str(r.folder / r.PIXELS), str(r.folder / r.MASK) if r.write_mask else None,
-                          r.width, r.height, r.count, r.dtype.name, self._groups[g])
+                          r.width, r.height, r.count, r.dtype.name, self._groups[g], r.profile.get("nodata"),
+                          self._task_levels)
             self._futures.append(self.client.submit(write_chunks, job, pure=False))
 
     def _record(self, future) -> None:
@@ -371,6 +488,21 @@ class ZarrWriter:
         for future in distributed.as_completed(list(self._futures)):
             self._record(future)
         self.journal.commit(lambda: None)  # the chunk files were fsynced by their tasks
+        self._final_levels()
+
+    def _final_levels(self) -> None:
+        """Write the overview levels coarser than a group's tasks write, level after level, a task
+        per chunk. Not journalled: a resumed run makes them again (a 64th of the output or less)."""
+        r = self.raster
+        for f in self._factors:
+            if f in self._task_levels:
+                continue
+            height, width = -(-r.height // f), -(-r.width // f)
+            chunks = [(cy, cx) for cy in range(-(-height // ZARR_CHUNK)) for cx in range(-(-width // ZARR_CHUNK))]
+            futures = [self.client.submit(reduce_chunk, str(self.store), f, c, r.write_mask, r.profile.get("nodata"),
+                                          pure=False) for c in chunks]
+            for future in futures:
+                future.result()  # a failed chunk raises its error here
 
     def write_mosaic(self, vrt, captions: Path, captions_fc: dict, created) -> None:
         """Consolidate the store's metadata and write the captions (staged); ``vrt`` and ``created`` are unused."""

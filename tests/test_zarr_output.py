@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,46 @@ def test_a_changed_chunk_is_written_again(tmp_path, scene, monkeypatch):
     upscale_scene([scene], tmp_path / "reference.zarr", cfg())
     assert (tmp_path / "out.zarr" / "band_data" / f"0.{name}").read_bytes() == \
         (tmp_path / "reference.zarr" / "band_data" / f"0.{name}").read_bytes()
+
+
+def block_means(data: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """2 x 2 means of the valid pixels of ``[C, h, w]`` uint8, rounded half up; 0 where none is valid."""
+    c, h, w = data.shape
+    values = np.full((c, h + h % 2, w + w % 2), np.nan)
+    values[:, :h, :w] = np.where(valid, data, np.nan) if valid is not None else data
+    blocks = values.reshape(c, values.shape[1] // 2, 2, values.shape[2] // 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        mean = np.nanmean(blocks, axis=(2, 4))
+    return np.where(np.isnan(mean), 0, np.floor(mean + 0.5)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("where", ["group tasks", "final pass"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_overview_levels_are_georeferenced_block_means(tmp_path, monkeypatch, where, masked):
+    if where == "final pass":  # a group of one chunk owns no overview chunk: all levels come after the groups
+        monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)
+    mask = np.ones((HEIGHT, WIDTH), bool)
+    mask[40:91, 100:261] = False
+    src = uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH, mask=mask if masked else None)
+    upscale_scene([src], tmp_path / "out.zarr", cfg())
+    store = tmp_path / "out.zarr"
+    root = open_store(store)
+    layout = root.attrs["multiscales"]["layout"]
+    assert [e["asset"] for e in layout] == ["band_data", "2/band_data", "4/band_data"]  # 1034 -> 517 -> 259 px wide
+    assert root.attrs["zarr_conventions"][0]["name"] == "multiscales"
+    assert layout[2]["derived_from"] == "2/band_data" and layout[2]["transform"]["scale"] == [2.0, 2.0]
+    previous = root
+    for entry, f in zip(layout[1:], (2, 4)):
+        level = xr.open_zarr(store, group=str(f), mask_and_scale=False)
+        da = level["band_data"]
+        assert da.shape == (3, -(-2 * HEIGHT // f), -(-2 * WIDTH // f)) and entry["spatial:shape"] == list(da.shape[1:])
+        assert da.rio.crs == root["band_data"].rio.crs
+        expected = root["band_data"].rio.transform() * root["band_data"].rio.transform().scale(f)
+        assert da.rio.transform().almost_equals(expected)
+        assert tuple(entry["spatial:transform"]) == pytest.approx(expected.to_gdal())
+        valid = previous["mask"].values > 0 if masked else None
+        np.testing.assert_array_equal(da.values, block_means(previous["band_data"].values, valid))
+        if masked:
+            assert (level["mask"].values == 0).any() and (level["mask"].values == 255).any()
+        previous = level

@@ -1,0 +1,110 @@
+"""Overview levels of a Zarr output: 2 x 2 averages, and the ``multiscales`` attribute that lists them.
+
+Level ``f`` (``f`` = 2, 4, 8...) is the output decimated ``f`` times: each pixel the average
+of the valid pixels of a 2 x 2 block of level ``f / 2`` (level 1 being the output itself),
+integers rounded half up - the AVERAGE overviews of the single COG. A pixel is valid where
+the mask says so, or where a band is not nodata; a block with no valid pixel is nodata (or
+masked). Levels are added while the last one is wider or taller than one chunk (the COG
+driver's rule for its overviews).
+
+Each level is a child group ``f/`` of the store holding the same variables as the root
+(``band_data``, ``mask``, ``spatial_ref``, ``band``, ``x``, ``y``) on its own grid, so
+``xr.open_zarr(store, group="4")`` is a georeferenced dataset. The root group lists them
+in the ``multiscales`` attribute of the Zarr conventions
+(https://github.com/zarr-conventions/multiscales, v0.1.0: ``layout`` entries with ``asset``,
+``derived_from``, a relative ``transform`` of ``scale`` and ``translation``, and
+``resampling_method``), registered in ``zarr_conventions``; each entry also carries the
+level's absolute ``spatial:shape`` and ``spatial:transform`` (GDAL order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from affine import Affine
+
+__all__ = ["MULTISCALES", "halve", "overview_factors", "multiscales_attrs"]
+
+#: The convention's registry entry (zarr_conventions), as its README gives it.
+MULTISCALES = {
+    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
+    "name": "multiscales",
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v0.1.0/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v0.1.0/README.md",
+    "description": "Multiscale layout of zarr datasets",
+}
+
+
+def overview_factors(width: int, height: int, chunk: int) -> list[int]:
+    """Decimation factors of the levels: halve until a level fits in one ``chunk`` x ``chunk`` chunk."""
+    factors, f = [], 1
+    while -(-width // f) > chunk or -(-height // f) > chunk:
+        f *= 2
+        factors.append(f)
+    return factors
+
+
+def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The next level of ``data`` (``[C, h, w]``): averages of its valid pixels in 2 x 2 blocks.
+
+    Parameters
+    ----------
+    data : ndarray
+        ``[C, h, w]`` pixels of one level (odd sizes: the last block is what is there).
+    valid : ndarray of bool or None
+        ``[h, w]`` validity (a mask band), or None: then pixels equal to ``nodata`` (NaN
+        included) are invalid, band by band, and all are valid without nodata.
+    nodata : float or None
+        Written where a block has no valid pixel (0 when there is a mask instead).
+
+    Returns
+    -------
+    (ndarray, ndarray or None)
+        ``[C, ceil(h/2), ceil(w/2)]`` pixels in ``data``'s dtype and, with ``valid``, their validity.
+    """
+    c, h, w = data.shape
+    values = data.astype(np.float64)
+    if valid is not None:
+        weight = np.broadcast_to(valid, data.shape).astype(np.float64)
+    elif nodata is not None:
+        weight = (~(np.isnan(values) if np.isnan(nodata) else values == nodata)).astype(np.float64)
+    else:
+        weight = np.ones(data.shape)
+    values = np.where(weight > 0, values, 0.0)
+    pad = ((0, 0), (0, h % 2), (0, w % 2))  # padded pixels weigh nothing
+    sums = np.pad(values * weight, pad).reshape(c, -(-h // 2), 2, -(-w // 2), 2).sum(axis=(2, 4))
+    counts = np.pad(weight, pad).reshape(c, -(-h // 2), 2, -(-w // 2), 2).sum(axis=(2, 4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
+    dtype = data.dtype
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
+    empty = counts == 0
+    mean[empty] = nodata if nodata is not None and valid is None else 0
+    out = mean.astype(dtype)
+    return out, (None if valid is None else ~empty[0])
+
+
+def multiscales_attrs(factors: list[int], width: int, height: int, transform: Affine | None, data: str) -> dict:
+    """Root-group attributes that list the levels (``zarr_conventions`` and ``multiscales``).
+
+    ``data`` is the name of the data variable: level 1 is the root's, level ``f`` is ``f/data``,
+    each derived from the previous one.
+    """
+    layout = [_level(data, None, 1, width, height, transform)]
+    previous = data
+    for f in factors:
+        asset = f"{f}/{data}"
+        layout.append(_level(asset, previous, f, width, height, transform))
+        previous = asset
+    return {"zarr_conventions": [MULTISCALES], "multiscales": {"layout": layout, "resampling_method": "average"}}
+
+
+def _level(asset: str, derived_from: str | None, f: int, width: int, height: int, transform: Affine | None) -> dict:
+    entry: dict = {"asset": asset}
+    if derived_from is not None:
+        entry.update(derived_from=derived_from, transform={"scale": [2.0, 2.0], "translation": [0.0, 0.0]})
+    entry["spatial:shape"] = [-(-height // f), -(-width // f)]
+    if transform is not None:
+        entry["spatial:transform"] = list((transform * Affine.scale(f)).to_gdal())
+    return entry
