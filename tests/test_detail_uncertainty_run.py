@@ -28,7 +28,9 @@ from geosr.engine import upscale_scene
 from geosr.errors import ResumeError, WriteError
 from geosr.journal import RunJournal, WorkFolder
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline
+from geosr.radiometry import Stretch
 from geosr.resumable import StoppedRunWarning
+from geosr.tasks import error_variance
 from geosr.uncertainty_map import UncertaintyRaster
 from geosr.validation import validate_output
 from geosr.writer import WorkRaster
@@ -172,6 +174,12 @@ def test_a_multispectral_map_averages_the_bands_through_the_model(models, tmp_pa
     nir_variance = 4 * every**2 - 3 * rgb**2  # the same R, G, B predictions in both runs
     valid = np.isfinite(every)
     assert valid.any() and (nir_variance[valid] > -1e-3 * every[valid] ** 2).all()
+
+
+def test_each_band_s_error_is_converted_to_its_raster_values_before_the_mean():
+    sigmas = {0: torch.full((1, 2, 2), 0.1), 1: torch.full((1, 2, 2), 0.2)}  # model units
+    stretch = Stretch(low=(100.0, 0.0), high=(1100.0, 50.0), dtype="uint16")  # the offset moves no error
+    np.testing.assert_allclose(error_variance(sigmas, stretch).numpy(), ((0.1 * 1000) ** 2 + (0.2 * 50) ** 2) / 2)
 
 
 @pytest.mark.parametrize("model,args,code,message", [
