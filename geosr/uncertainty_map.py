@@ -15,8 +15,9 @@ writer takes its square root (:func:`geosr.cell_render.error_pixels`).
 - the map is written cell by cell beside the output in the run's work folder
   (:class:`UncertaintyRaster`), each journalled cell's checksum covers both
   (:func:`joint_crc`), and it is converted to a COG and moved into place with the output;
-- one COG only: tiled output (``--split``) and Zarr output are refused, and so is
-  ``--route-map`` (a run with the map does not route).
+- one local COG beside one COG: tiled output (``--split``) and Zarr output are refused, and so
+  are ``--route-map`` (a run with the map does not route) and a map in object storage (an
+  output in S3 gets its map on the local disk).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rasterio.windows import Window
 
 from geosr.config import RunConfig
 from geosr.errors import InputError, OutputError, OutputExistsError
+from geosr.remote import is_remote
 from geosr.scene_plan import BandPlan
 from geosr.writer import WorkRaster, translate_to_cog
 
@@ -101,7 +103,8 @@ def check_uncertainty_target(path: str | os.PathLike, config: RunConfig, output:
     Raises
     ------
     InputError
-        The output is tiled (``config.split``) or a Zarr store (``zarr``), or a route map is asked for too.
+        The output is tiled (``config.split``) or a Zarr store (``zarr``), the map's path is an
+        object-storage URL, or a route map is asked for too.
     OutputExistsError
         The file exists and ``config.overwrite`` is False.
     OutputError
@@ -111,6 +114,9 @@ def check_uncertainty_target(path: str | os.PathLike, config: RunConfig, output:
         kind = "tiled output (--split)" if config.split is not None else "Zarr output"
         raise InputError(f"--uncertainty writes one COG beside a single-COG output; {kind} is not supported "
                          "with it: write a single COG")
+    if is_remote(path):
+        raise InputError(f"--uncertainty {os.fspath(path)}: the map is written to a local file (even beside an "
+                         "output in S3); write it locally and upload it")
     if route_map is not None:
         raise InputError("--route-map shows how tiles were routed, and --uncertainty puts every tile on the model "
                          "(the cheap path predicts no error): drop --route-map")
