@@ -39,7 +39,7 @@ from geosr.tiled_output import TiledTarget
 from geosr.writer import OutputTarget, sidecar_path
 from geosr.zarr_output import ZarrTarget, is_zarr_output
 
-__all__ = ["S3Upload", "S3CogTarget", "S3TiledTarget", "S3ZarrTarget", "is_s3_output", "s3_target", "work_root"]
+__all__ = ["S3CogTarget", "S3TiledTarget", "S3Upload", "S3ZarrTarget", "is_s3_output", "s3_target", "work_root"]
 
 #: Files uploaded after everything else: the ones whose presence says the output is complete.
 _LAST = ("mosaic.vrt", "collection.json", ".zgroup", ".zmetadata")

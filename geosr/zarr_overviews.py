@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from affine import Affine
 
-__all__ = ["MULTISCALES", "halve", "overview_factors", "multiscales_attrs"]
+__all__ = ["MULTISCALES", "halve", "multiscales_attrs", "overview_factors"]
 
 #: The convention's registry entry (zarr_conventions), as its README gives it.
 MULTISCALES = {

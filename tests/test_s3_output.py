@@ -20,10 +20,10 @@ pytest.importorskip("boto3")
 import geosr.s3_output
 from geosr.engine import upscale_scene
 from geosr.errors import WriteError
+from geosr.writer import WorkRaster
 from tests.rasters import uint8_scene
 from tests.test_faults import SLOW_SCENE, start_slow_run, wait_for
 from tests.test_object_storage import BUCKET, s3, server  # noqa: F401 (fixtures)
-from geosr.writer import WorkRaster
 from tests.test_resume_integrity import RUN, cfg, invoke, resume_cli
 
 
@@ -138,8 +138,10 @@ def test_a_killed_run_resumes_from_the_local_work_folder(s3, tmp_path, work):
     assert invoke("upscale", src, tmp_path / "ref.tif", *RUN, "--batch-size", "1").exit_code == 0
     url = f"s3://{BUCKET}/runs/out.tif"
     run = start_slow_run(tmp_path, src, url)  # the environment (server, GEOSR_S3_WORK_DIR) is inherited
-    journals = lambda: any(j.stat().st_size > 0 for j in (work / BUCKET / "runs").glob(".out.tif.geosr-run-*/journal.jsonl"))  # noqa: E731
-    wait_for(journals, run)
+    def journal_has_cells() -> bool:
+        return any(j.stat().st_size > 0 for j in (work / BUCKET / "runs").glob(".out.tif.geosr-run-*/journal.jsonl"))
+
+    wait_for(journal_has_cells, run)
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
     assert keys(s3) == []
