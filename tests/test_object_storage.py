@@ -6,10 +6,6 @@ identity) reach it with fake credentials and the variables a local server needs.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,62 +14,16 @@ import rasterio
 from affine import Affine
 
 pytest.importorskip("moto", reason="the test extra installs moto[server]")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("boto3")
 
 from geosr.engine import upscale_scene
 from geosr.errors import InputError
 from geosr.remote import gdal_path, is_remote, remote_object
 from geosr.resumable import files_read, run_identity
 from geosr.scene import expand_inputs
+from tests.conftest import BUCKET
 from tests.rasters import NORTH_UP, uint8_scene
 from tests.test_resume_integrity import RUN, cfg, invoke, resume_cli, stop_half_way
-
-BUCKET = "scenes"
-
-
-@pytest.fixture(scope="module")
-def server():
-    """moto's server in a process of its own: in this process (ThreadedMotoServer) it would need
-    the GIL that a thread blocked in a GDAL read of it may hold, and the lazy API's reads hang."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start")
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-def s3(server, monkeypatch):
-    """A boto3 client of a fresh bucket; GDAL and geosr see the same server through the environment."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-        "AWS_S3_ENDPOINT": server, "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_NON_CACHED": f"/vsis3/{BUCKET}",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    client = boto3.client("s3", endpoint_url=f"http://{server}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
-        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
 
 
 def upload(client, path: Path, key: str) -> str:

@@ -21,9 +21,9 @@ import geosr.s3_output
 from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.writer import WorkRaster
+from tests.conftest import BUCKET
 from tests.rasters import uint8_scene
 from tests.test_faults import SLOW_SCENE, start_slow_run, wait_for
-from tests.test_object_storage import BUCKET, s3, server  # noqa: F401 (fixtures)
 from tests.test_resume_integrity import RUN, cfg, invoke, resume_cli
 
 
