@@ -112,7 +112,7 @@ def output_pixels(
     Inverse stretch; with the scene's LR validity mask, each invalid LR pixel's ``scale x
     scale`` block becomes nodata (when there is one) and valid pixels are kept off it.
     """
-    values = stretch.inverse(data)
+    values = stretch.inverse(data, interleaved=True)  # the writer's layout (WorkRaster)
     if lr_valid is None:
         return values, None
     valid = hr_validity(lr_valid, scale)

@@ -86,8 +86,9 @@ def read_tile(
             raw[i] = ds.read(b, window=tile.read)
     valid = read_valid(ds, tile.read, masked)
     data = stretch.forward(raw)
-    # NaN and inf are invalid (read_valid) and filled below; zeroed first for a scene whose
-    # pixels were not checked (open_scene(check_pixels=False)): a model takes finite values only
-    data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
+    if not np.issubdtype(raw.dtype, np.integer):  # integers are finite
+        # NaN and inf are invalid (read_valid) and filled below; zeroed first for a scene whose
+        # pixels were not checked (open_scene(check_pixels=False)): a model takes finite values only
+        data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
     data = fill_invalid(data, valid)
     return pad_reflect(data, tile.pad), valid

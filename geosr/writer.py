@@ -211,6 +211,10 @@ class WorkRaster:
         crcs = [self._crc(data, valid) for _, data, valid in cells]
         for run in _horizontal_runs(cells):
             first = run[0][0]
+            if len(run) == 1:  # written as it is: no copy when it is pixel-interleaved already
+                _, data, valid = run[0]
+                self._write_cell(first, data, valid)
+                continue
             h, w = int(first.height), sum(int(window.width) for window, _, _ in run)
             pixels = np.empty((h, w, self.count), self.dtype)
             mask = np.empty((h, w), np.uint8) if self.write_mask else None
@@ -226,6 +230,16 @@ class WorkRaster:
             if mask is not None:
                 self._write_rows(self.MASK, mask, col, row, 1)
         return crcs
+
+    def _write_cell(self, window: Window, data: np.ndarray, valid: np.ndarray | None) -> None:
+        """Write one cell's ``[C, h, w]`` pixels (and validity) at ``window``."""
+        col, row = int(window.col_off), int(window.row_off)
+        # a view of pixel-interleaved values (Stretch.inverse(interleaved=True)) needs no copy
+        self._write_rows(self.PIXELS, np.ascontiguousarray(np.moveaxis(data, 0, -1), dtype=self.dtype), col, row,
+                         self._pixel_bytes)
+        if self.write_mask:
+            mask = np.full(data.shape[1:], 255, np.uint8) if valid is None else np.where(valid, 255, 0).astype(np.uint8)
+            self._write_rows(self.MASK, mask, col, row, 1)
 
     def _crc(self, data: np.ndarray, valid: np.ndarray | None) -> int:
         """CRC-32 of a cell's bytes as they lie in the files: its pixel rows, then its mask rows."""
