@@ -61,25 +61,30 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> t
     (ndarray, ndarray or None)
         ``[C, ceil(h/2), ceil(w/2)]`` pixels in ``data``'s dtype and, with ``valid``, their validity.
     """
-    c, h, w = data.shape
-    values = data.astype(np.float64)
-    if valid is not None:
-        weight = np.broadcast_to(valid, data.shape).astype(np.float64)
-    elif nodata is not None:
-        weight = (~(np.isnan(values) if np.isnan(nodata) else values == nodata)).astype(np.float64)
-    else:
-        weight = np.ones(data.shape)
-    values = np.where(weight > 0, values, 0.0)
+    h, w = data.shape[-2:]
     pad = ((0, 0), (0, h % 2), (0, w % 2))  # padded pixels weigh nothing
-    sums = np.pad(values * weight, pad).reshape(c, -(-h // 2), 2, -(-w // 2), 2).sum(axis=(2, 4))
-    counts = np.pad(weight, pad).reshape(c, -(-h // 2), 2, -(-w // 2), 2).sum(axis=(2, 4))
+
+    def block_sums(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, pad[-a.ndim:]).reshape(*a.shape[:-2], -(-h // 2), 2, -(-w // 2), 2).sum(axis=(-3, -1))
+
+    if valid is None and nodata is not None:  # per band: the only case whose weights differ by band
+        values = data.astype(np.float64)
+        weight = (~(np.isnan(values) if np.isnan(nodata) else values == nodata)).astype(np.float64)
+        sums, counts = block_sums(np.where(weight > 0, values, 0.0) * weight), block_sums(weight)
+    else:
+        # One weight for all bands, made and summed once ([h, w], not [C, h, w]); weights are 0 or
+        # 1, so a weighted sum is the sum of the valid pixels. Integers are summed as integers
+        # (exact, as float64 sums of 4 of them are): the same means, several times faster.
+        kept = data if valid is None else np.where(valid, data, 0)
+        sums = block_sums(kept.astype(np.int64) if data.dtype.kind in "iu" else kept.astype(np.float64))
+        counts = block_sums(np.ones((h, w)) if valid is None else valid.astype(np.float64))[None]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / counts
     dtype = data.dtype
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
-    empty = counts == 0
+    empty = np.broadcast_to(counts == 0, mean.shape)
     mean[empty] = nodata if nodata is not None and valid is None else 0
     out = mean.astype(dtype)
     return out, (None if valid is None else ~empty[0])
