@@ -101,6 +101,9 @@ class RunReport:
     tiles_routed: int = 0  # tiles that went to the cheap path (geosr.routing)
     route_map: Path | None = None
     uncertainty: Path | None = None  # the map of the output's predicted error (geosr.uncertainty_map)
+    #: seconds from the last tile result to the end of the run: the serial tail a cluster cannot
+    #: shorten (the COG pass, or the last blocks / chunks and the mosaic, then the commit)
+    tail_seconds: float = 0.0
 
     @property
     def megapixels_per_second(self) -> float:
@@ -183,7 +186,9 @@ def upscale_scene(
                     raise
                 raise replacement from exc
             journal.folder.remove()
-    report.seconds = time.perf_counter() - t0
+    end = time.perf_counter()
+    report.seconds = end - t0
+    report.tail_seconds = end - report.tail_seconds  # it held the time of the last tile result
     return report
 
 
@@ -193,6 +198,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     """The run itself, in the journal's work folder (see :func:`upscale_scene`); ``release_cluster()``
     once the tiles are done (the cluster closes during the COG pass)."""
     folder = journal.folder
+    last_tile = [time.perf_counter()]  # when the last tile result came (now: a run with none to do)
     caption_mode, caption_n = parse_caption_every(config.caption_every)
     scene_plan = plan_scene(files, config, model.channels, folder.path)
     scene, plan, grid, tiles, skipped = scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.skipped
@@ -272,10 +278,10 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                     overlap=grid.overlap, blend=config.blend,
                 )
                 peak, received = _run_jobs_on_workers(client, jobs, todo, acc, renderer, resources, captions, routes,
-                                                      config, performance_report, journal, raster)
+                                                      config, performance_report, journal, raster, last_tile)
             else:
                 peak, received = _run_jobs(client, jobs, todo, acc, resources, captions, routes, config,
-                                           performance_report, journal, writer, sync)
+                                           performance_report, journal, writer, sync, last_tile)
         journal.commit(sync)
         if blocks is not None:
             blocks.wait()  # the last blocks' COGs (or Zarr chunks), on the cluster
@@ -334,6 +340,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         tiles_routed=sum(r.path != MODEL for r in routes.values()),
         route_map=Path(route_map).absolute() if route_map is not None else None,
         uncertainty=uncertainty,
+        tail_seconds=last_tile[0],  # upscale_scene makes it the seconds since
     )
 
 
@@ -385,16 +392,17 @@ def _captions_on(client) -> CaptionRunner:
 
 def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None, captions: dict, routes: dict,
               config: RunConfig, performance_report, journal: RunJournal, writer: _CellWriter,
-              sync: Callable[[], None]) -> tuple[int, int]:
+              sync: Callable[[], None], last_tile: list[float]) -> tuple[int, int]:
     """Run the jobs (a bounded window in flight, :func:`geosr.scheduling.bounded_map`), blend
     results here as they complete, write the cells each batch finishes, and commit finished cells
     to the journal every few seconds (``sync`` makes the written cells durable first).
+    ``last_tile[0]`` is set to the time each result comes.
 
     Returns the peak of bytes pending in the blender and the bytes of results received.
     """
     by_index = {t.index: t for t in tiles}
     peak = received = 0
-    with _progress(tiles, config, performance_report) as progress:
+    with _progress(tiles, config, performance_report, last_tile) as progress:
         for results in bounded_map(client, tasks.process_batch, jobs, resources):
             for r in results:
                 # The caption and route go in the journal before any cell this tile finishes.
@@ -416,22 +424,23 @@ def _run_jobs(client, jobs, tiles, acc: BlendAccumulator, resources: dict | None
 
 def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: CellRenderer, resources: dict | None,
                          captions: dict, routes: dict, config: RunConfig, performance_report, journal: RunJournal,
-                         raster: WorkRaster) -> tuple[int, int]:
-    """Run the jobs with workers blending and writing (:mod:`geosr.worker_writes`).
+                         raster: WorkRaster, last_tile: list[float]) -> tuple[int, int]:
+    """Run the jobs with workers blending and writing (:mod:`geosr.worker_writes`); ``last_tile``
+    as in :func:`_run_jobs`.
 
     Returns 0 pending bytes (nothing is blended here) and the bytes of results received.
     """
-    with _progress(tiles, config, performance_report) as progress:
+    with _progress(tiles, config, performance_report, last_tile) as progress:
         received = run_writing_on_workers(client, jobs, acc, renderer, raster, journal, captions, routes, resources,
                                           progress)
     return 0, received
 
 
 @contextlib.contextmanager
-def _progress(tiles, config: RunConfig, performance_report):
+def _progress(tiles, config: RunConfig, performance_report, last_tile: list[float]):
     """The progress bar (tiles, output MP/s) and the dask performance report of a run.
 
-    Yields ``progress(tile_indices)``, to call as tiles are done.
+    Yields ``progress(tile_indices)``, to call as tiles are done; it sets ``last_tile[0]`` to the time.
     """
     import distributed
 
@@ -442,6 +451,7 @@ def _progress(tiles, config: RunConfig, performance_report):
     done = [0]
 
     def progress(indices) -> None:
+        last_tile[0] = time.perf_counter()
         done[0] += sum(px[i] for i in indices)
         bar.update(len(indices))
         bar.set_postfix(MPps=f"{done[0] / 1e6 / max(time.perf_counter() - start, 1e-9):.2f}")
