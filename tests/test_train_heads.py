@@ -42,6 +42,9 @@ def test_heads_train_calibrate_resume_and_leave_the_student_alone(tmp_path, stud
     trained = GeoSRPipeline.from_pretrained(out)
     student = GeoSRPipeline.from_pretrained(student_dir)
     assert trained.detail is not None and trained.uncertainty is not None
+    for name in ("unet", "controlnet", "text_encoder"):
+        mine, theirs = getattr(trained, name).state_dict(), getattr(student, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
     scale = trained.uncertainty.config.variance_scale
     assert scale > 0 and scale != 1.0
 
@@ -75,6 +78,24 @@ def test_heads_train_calibrate_resume_and_leave_the_student_alone(tmp_path, stud
         torch.testing.assert_close(second["state"][key]["exp_avg"], state["exp_avg"])
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state, set by the first Accelerator (mixed_precision "no"
+    in the other training tests): a bf16 run needs it reset, and leaves it reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_a_bf16_run_saves_the_student_unrounded(tmp_path, student_dir, fresh_accelerator_state):
+    out = train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + [
+        "--mixed_precision", "bf16", "--max_train_steps", "1", "--calibration_batches", "1"]))
+    trained, student = GeoSRPipeline.from_pretrained(out), GeoSRPipeline.from_pretrained(student_dir)
+    assert all(torch.equal(trained.unet.state_dict()[k], v) for k, v in student.unet.state_dict().items())
+
+
 def test_a_teacher_or_another_scale_is_refused(tmp_path, student_dir):
     teacher = GeoSRPipeline(**tiny_pipeline_components(student=False, scale=4, tmp_path=tmp_path, unshuffle_factor=4))
     teacher.save_pretrained(tmp_path / "teacher")
@@ -82,3 +103,25 @@ def test_a_teacher_or_another_scale_is_refused(tmp_path, student_dir):
         train_heads.main(train_heads.parse_args(_argv(tmp_path, tmp_path / "teacher")))
     with pytest.raises(ValueError, match="upscales x4"):
         train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + ["--scale", "2", "--crop_size", "32"]))
+
+
+def test_ship_heads_into_the_student_they_were_trained_on(tmp_path, student_dir):
+    from geosr.training.ship_heads import ship_heads
+
+    out = train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + ["--max_train_steps", "1"]))
+    target = tmp_path / "shipped"
+    shutil.copytree(student_dir, target)
+    assert ship_heads(out, target) == ["detail", "uncertainty"]
+    shipped = GeoSRPipeline.from_pretrained(target)
+    assert shipped.detail is not None and shipped.uncertainty is not None
+    # another student (other weights) is refused, and left as it was
+    other = tmp_path / "other"
+    shutil.copytree(student_dir, other)
+    pipe = GeoSRPipeline.from_pretrained(other)
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(1.0)
+    pipe.save_pretrained(other)
+    index = (other / "model_index.json").read_text()
+    with pytest.raises(ValueError, match="not the student"):
+        ship_heads(out, other)
+    assert (other / "model_index.json").read_text() == index and not (other / "detail").exists()

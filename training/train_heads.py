@@ -222,9 +222,10 @@ def main(args: argparse.Namespace) -> Path:
         uncertainty = accelerator.unwrap_model(uncertainty)
         scale = _calibrate(pipe, uncertainty, args, device)
         uncertainty.register_to_config(variance_scale=scale)
-        pipe.register_modules(detail=accelerator.unwrap_model(detail).float(), uncertainty=uncertainty.float())
-        pipe.to(dtype=torch.float32)
-        pipe.save_pretrained(str(output_dir))
+        # the student as it was loaded, not the copy cast to the training precision and back
+        saved = GeoSRPipeline.from_pretrained(args.model)
+        saved.register_modules(detail=accelerator.unwrap_model(detail).float(), uncertainty=uncertainty.float())
+        saved.save_pretrained(str(output_dir))
     accelerator.end_training()
     return output_dir
 
