@@ -125,3 +125,15 @@ def test_ship_heads_into_the_student_they_were_trained_on(tmp_path, student_dir)
     with pytest.raises(ValueError, match="not the student"):
         ship_heads(out, other)
     assert (other / "model_index.json").read_text() == index and not (other / "detail").exists()
+
+
+def test_one_head_retrained_from_a_run_keeps_the_other(tmp_path, student_dir):
+    first = train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + ["--max_train_steps", "1"]))
+    before = GeoSRPipeline.from_pretrained(first)
+    argv = _argv(tmp_path, student_dir) + ["--max_train_steps", "2", "--heads", "uncertainty", "--init_heads",
+                                           str(first), "--output_dir", str(tmp_path / "stage2")]
+    after = GeoSRPipeline.from_pretrained(train_heads.main(train_heads.parse_args(argv)))
+    for k, v in before.detail.state_dict().items():
+        assert torch.equal(after.detail.state_dict()[k], v)
+    changed = [k for k, v in before.uncertainty.state_dict().items() if not torch.equal(after.uncertainty.state_dict()[k], v)]
+    assert changed

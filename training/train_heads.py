@@ -74,6 +74,12 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--adversarial_weight", type=float, default=0.01, help="Generator hinge loss.")
     add("--spectral_from", type=float, default=0.3, help="Spectral loss above this share of Nyquist.")
     add("--discriminator_lr", type=float, default=2e-4)
+    add("--heads", nargs="+", choices=("detail", "uncertainty"), default=["detail", "uncertainty"],
+        help="Which heads learn; the other keeps its --init_heads weights (or stays new).")
+    add("--init_heads", type=str, default=None,
+        help="A pipeline whose heads this run starts from (a later stage, or one head retrained).")
+    add("--uncertainty_channels", type=int, default=None, help="Width of the uncertainty head (default: head_channels).")
+    add("--uncertainty_blocks", type=int, default=None, help="Depth of the uncertainty head (default: head_blocks).")
     add("--calibration_batches", type=int, default=24,
         help="Batches of crops (another seed) that fit the uncertainty head's variance_scale.")
     args = parse_with_config(parser, input_args, {})
@@ -163,18 +169,35 @@ def _detail(head: DetailHead, pipe: GeoSRPipeline, sample, lr_grid, base, genera
     return (base + invisible_to_lr(residual, pipe.config.upscale_factor, pipe.config.upsample_mode)).clamp(0.0, 1.0)
 
 
+def _heads(args: argparse.Namespace, pipe: GeoSRPipeline) -> tuple[DetailHead, UncertaintyHead]:
+    """New heads for ``pipe``, or those of ``--init_heads`` (checked to fit the student's grid)."""
+    channels, lr_channels = pipe.unet.config.out_channels, pipe.concat_channels
+    if args.init_heads:
+        start = GeoSRPipeline.from_pretrained(args.init_heads)
+        if start.detail is None or start.uncertainty is None:
+            raise ValueError(f"--init_heads {args.init_heads}: a pipeline with both heads is needed")
+        for head in (start.detail, start.uncertainty):
+            if (head.config.sample_channels, head.config.lr_channels) != (channels, lr_channels):
+                raise ValueError(f"--init_heads {args.init_heads}: its heads read another grid than {args.model}'s")
+        return start.detail.float(), start.uncertainty.float()
+    detail = DetailHead(channels, lr_channels, args.noise_channels, args.head_channels, args.head_blocks)
+    uncertainty = UncertaintyHead(channels, lr_channels, args.uncertainty_channels or args.head_channels,
+                                  args.uncertainty_blocks or args.head_blocks)
+    return detail, uncertainty
+
+
 def main(args: argparse.Namespace) -> Path:
     """Train; returns the output directory (the student pipeline with both heads, plus checkpoints)."""
     accelerator, output_dir = start_run(args)
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     pipe = _student(args, device, weight_dtype)
-    channels, lr_channels = pipe.unet.config.out_channels, pipe.concat_channels
-    detail = DetailHead(channels, lr_channels, args.noise_channels, args.head_channels, args.head_blocks)
-    uncertainty = UncertaintyHead(channels, lr_channels, args.head_channels, args.head_blocks)
+    detail, uncertainty = _heads(args, pipe)
+    trains_detail, trains_uncertainty = "detail" in args.heads, "uncertainty" in args.heads
     critic = PatchDiscriminator(pipe.image_channels)
-    optimizer = torch.optim.AdamW(list(detail.parameters()) + list(uncertainty.parameters()),
-                                  lr=args.learning_rate, weight_decay=0.0)
+    trained = [h for h, on in ((detail, trains_detail), (uncertainty, trains_uncertainty)) if on]
+    optimizer = torch.optim.AdamW([p for h in trained for p in h.parameters()], lr=args.learning_rate,
+                                  weight_decay=0.0)
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.discriminator_lr, betas=(0.5, 0.9),
                                          weight_decay=0.0)
     dataloader = make_dataloader(args)
@@ -191,27 +214,33 @@ def main(args: argparse.Namespace) -> Path:
         generator = torch.Generator().manual_seed(seed)
         hr = batch["hr"].to(device)
         sample, upsampled, lr_grid, base = _student_output(pipe, batch, device, seed)
+        logs, loss = {}, torch.zeros((), device=device)
         with accelerator.autocast():
-            nll = _nll(accelerator.unwrap_model(uncertainty), pipe, sample, lr_grid, base, hr)
-            output = _detail(accelerator.unwrap_model(detail), pipe, sample, lr_grid, base, generator)
-            fidelity = (output - hr).abs().mean()
-            spectral = spectral_loss(output, hr, args.spectral_from)
-            adversarial = -critic(output, upsampled).mean()
-            loss = nll + args.fidelity_weight * fidelity + args.spectral_weight * spectral \
-                + args.adversarial_weight * adversarial
+            if trains_uncertainty:
+                nll = _nll(accelerator.unwrap_model(uncertainty), pipe, sample, lr_grid, base, hr)
+                logs["nll"], loss = nll.item(), loss + nll
+            if trains_detail:
+                output = _detail(accelerator.unwrap_model(detail), pipe, sample, lr_grid, base, generator)
+                fidelity = (output - hr).abs().mean()
+                spectral = spectral_loss(output, hr, args.spectral_from)
+                adversarial = -critic(output, upsampled).mean()
+                loss = loss + args.fidelity_weight * fidelity + args.spectral_weight * spectral \
+                    + args.adversarial_weight * adversarial
+                logs.update(fidelity=fidelity.item(), spectral=spectral.item(), adversarial=adversarial.item())
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(list(detail.parameters()) + list(uncertainty.parameters()), args.max_grad_norm)
+        accelerator.clip_grad_norm_([p for h in trained for p in h.parameters()], args.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
-        with accelerator.autocast():
-            critic_loss = F.relu(1.0 - critic(hr, upsampled)).mean() + F.relu(1.0 + critic(output.detach(), upsampled)).mean()
-        critic_optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(critic_loss)
-        critic_optimizer.step()
+        if trains_detail:
+            with accelerator.autocast():
+                critic_loss = F.relu(1.0 - critic(hr, upsampled)).mean() \
+                    + F.relu(1.0 + critic(output.detach(), upsampled)).mean()
+            critic_optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(critic_loss)
+            critic_optimizer.step()
+            logs["critic"] = critic_loss.item()
         global_step += 1
-        logs = dict(nll=nll.item(), fidelity=fidelity.item(), spectral=spectral.item(),
-                    adversarial=adversarial.item(), critic=critic_loss.item())
         end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir)
         if global_step >= args.max_train_steps:
             break
@@ -220,8 +249,8 @@ def main(args: argparse.Namespace) -> Path:
     save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
     if accelerator.is_main_process:
         uncertainty = accelerator.unwrap_model(uncertainty)
-        scale = _calibrate(pipe, uncertainty, args, device)
-        uncertainty.register_to_config(variance_scale=scale)
+        if trains_uncertainty:  # an untrained head keeps its weights and calibration
+            uncertainty.register_to_config(variance_scale=_calibrate(pipe, uncertainty, args, device))
         # the student as it was loaded, not the copy cast to the training precision and back
         saved = GeoSRPipeline.from_pretrained(args.model)
         saved.register_modules(detail=accelerator.unwrap_model(detail).float(), uncertainty=uncertainty.float())
