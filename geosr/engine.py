@@ -56,7 +56,7 @@ from geosr.scene_plan import plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
 from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
 from geosr.tiled_output import BlockWriter, TiledTarget
-from geosr.tiling import coarsen_window, scale_window
+from geosr.tiling import block_major, coarsen_window, scale_window
 from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, joint_crc, uncertainty_tags
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
@@ -265,6 +265,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                 blocks = ZarrWriter(client, raster, journal, target.staging(folder.path)[0],
                                     [scale_window(w, s) for w, _ in acc.open_cells()])
             todo = [t for t in tiles if acc.needs(t)]
+            if blocks is not None:  # blocks written as the run goes, not a row of them after it
+                todo = block_major(todo, max(1, blocks.side // s))
             jobs = batch_jobs(scene_plan, todo, config)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)

@@ -260,6 +260,7 @@ class BlockWriter:
         self.blocks = block_windows(raster.width, raster.height, split)
         self.creation_options = dict(creation_options)
         self._split = split
+        self.side = split  #: output px of a block's side: the engine orders the tiles by them
         (journal.folder / "blocks").mkdir(exist_ok=True)
         data.mkdir(exist_ok=True)
         self._check_finished()

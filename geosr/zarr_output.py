@@ -306,6 +306,7 @@ class ZarrWriter:
     def __init__(self, client, raster: WorkRaster, journal: RunJournal, store: Path, cells: Sequence[Window]) -> None:
         self.client, self.raster, self.journal, self.store = client, raster, journal, store
         self._group = max(ZARR_CHUNK, ZARR_GROUP // ZARR_CHUNK * ZARR_CHUNK)
+        self.side = self._group  #: output px of a group's side: the engine orders the tiles by them
         self._chunks_y, self._chunks_x = -(-raster.height // ZARR_CHUNK), -(-raster.width // ZARR_CHUNK)
         self._factors = overview_factors(raster.width, raster.height, ZARR_CHUNK)
         # The levels a group's task writes: those where the group covers whole chunks; the

@@ -1,7 +1,7 @@
 import pytest
 from rasterio.windows import Window
 
-from geosr.tiling import TileGrid, axis_starts, coarsen_window, core_size, scale_window, window_transform
+from geosr.tiling import TileGrid, axis_starts, block_major, coarsen_window, core_size, scale_window, window_transform
 
 
 @pytest.mark.parametrize("size,tile", [(1, 8), (97, 32), (100, 25), (257, 256), (256, 256), (1000, 300)])
@@ -74,3 +74,13 @@ def test_window_transform_is_rasterios_without_its_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert mine.almost_equals(rasterio.windows.transform(w, t))
+
+
+def test_block_major_finishes_one_block_of_tiles_after_another():
+    tiles = TileGrid(width=100, height=60, tile=10, overlap=2).tiles()  # cores at 0, 10, 20...
+    ordered = block_major(tiles, 40)
+    assert sorted(t.index for t in ordered) == [t.index for t in tiles]
+    blocks = [(int(t.core.row_off) // 40, int(t.core.col_off) // 40) for t in ordered]
+    assert blocks == sorted(blocks)  # each block's tiles together, blocks row-major
+    first = [t for t in ordered if (int(t.core.row_off) // 40, int(t.core.col_off) // 40) == (0, 0)]
+    assert [(t.row, t.col) for t in first] == [(r, c) for r in range(4) for c in range(4)]  # row-major inside
