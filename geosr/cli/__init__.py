@@ -7,7 +7,11 @@ none of it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import sys
 
 import click
 
@@ -48,6 +52,34 @@ class LazyGroup(click.Group):
             return None
         module, attribute, _ = SUBCOMMANDS[name]
         return getattr(importlib.import_module(module), attribute)
+
+    def main(self, args=None, *more, standalone_mode: bool = True, **kwargs):
+        """click's ``main``; run as the ``geosr`` program (no ``args``, standalone), the process
+        then ends without tearing the interpreter down.
+
+        Unloading torch, dask and the rest after a command took 0.5-0.6 s of every run
+        (docs/benchmarks.md, "The serial tail"): part of the tail a cluster cannot shorten. The
+        commands close their files, clusters and threads themselves; the streams and logs are
+        flushed here. Called with ``args`` (click's test runner, Python code) it returns or
+        raises as click's does.
+        """
+        if args is not None or not standalone_mode:
+            return super().main(args, *more, standalone_mode=standalone_mode, **kwargs)
+        try:
+            super().main(None, *more, standalone_mode=True, **kwargs)
+            code = 0
+        except SystemExit as exc:  # standalone click always ends so
+            code = exc.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):  # sys.exit("message"): printed, status 1
+            print(code, file=sys.stderr)
+            code = 1
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe (`geosr info x | head -1`)
+                stream.flush()
+        os._exit(code)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
