@@ -76,15 +76,32 @@ def squares_under(window: Window, size: int) -> list[tuple[int, int]]:
 
 def block_major(tiles: Sequence[Tile], side: int) -> list[Tile]:
     """``tiles`` block by block: the ``side`` px squares (LR) that their cores' corners fall in,
-    row-major, and row-major inside each square.
+    row-major; in each square its first row and first column of tiles first, then the rest,
+    row-major.
 
     An output written block by block (tiled COGs, Zarr chunk groups) then finishes its blocks
     one after another as the tiles come: in row-major order a whole row of blocks waits for
-    the last row of tiles and is written after it, the serial tail (docs/benchmarks.md). The
-    pixels do not depend on the order (:mod:`geosr.blending` sums in tile order).
+    the last row of tiles and is written after it, the serial tail (docs/benchmarks.md). A
+    block's edge cells wait for its neighbours' halos: the left neighbour for the first column
+    of tiles, the one above for the first row, so these come first. The pixels do not depend
+    on the order (:mod:`geosr.blending` sums in tile order).
     """
-    return sorted(tiles, key=lambda t: (int(t.core.row_off) // side, int(t.core.col_off) // side,
-                                        int(t.core.row_off), int(t.core.col_off)))
+    def block(t: Tile) -> tuple[int, int]:
+        return int(t.core.row_off) // side, int(t.core.col_off) // side
+
+    first_row: dict[tuple[int, int], int] = {}
+    first_col: dict[tuple[int, int], int] = {}
+    for t in tiles:
+        b = block(t)
+        first_row[b] = min(first_row.get(b, int(t.core.row_off)), int(t.core.row_off))
+        first_col[b] = min(first_col.get(b, int(t.core.col_off)), int(t.core.col_off))
+
+    def key(t: Tile) -> tuple:
+        b = block(t)
+        inner = int(t.core.row_off) != first_row[b] and int(t.core.col_off) != first_col[b]
+        return (*b, inner, int(t.core.row_off), int(t.core.col_off))
+
+    return sorted(tiles, key=key)
 
 
 def coarsen_window(window: Window, scale: int) -> Window:
