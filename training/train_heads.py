@@ -80,6 +80,9 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
         help="A pipeline whose heads this run starts from (a later stage, or one head retrained).")
     add("--uncertainty_channels", type=int, default=None, help="Width of the uncertainty head (default: head_channels).")
     add("--uncertainty_blocks", type=int, default=None, help="Depth of the uncertainty head (default: head_blocks).")
+    add("--nll_block", type=int, default=1,
+        help="Also fit the mean error of BLOCK x BLOCK px squares (1: pixels only).")
+    add("--pixel_nll_weight", type=float, default=1.0, help="Weight of the per-pixel NLL.")
     add("--calibration_batches", type=int, default=24,
         help="Batches of crops (another seed) that fit the uncertainty head's variance_scale.")
     args = parse_with_config(parser, input_args, {})
@@ -156,10 +159,23 @@ def _student_output(pipe: GeoSRPipeline, batch: dict, device, seed: int):
     return sample, upsampled, lr_grid, base.clamp(0.0, 1.0)
 
 
-def _nll(head: UncertaintyHead, pipe: GeoSRPipeline, sample, lr_grid, base, hr) -> torch.Tensor:
+def _nll(head: UncertaintyHead, pipe: GeoSRPipeline, sample, lr_grid, base, hr, block: int = 1,
+         pixel_weight: float = 1.0) -> torch.Tensor:
+    """Gaussian NLL of the student's error: per pixel and band, and over ``block`` px squares.
+
+    A block's mean squared error over its pixels and bands is far less noisy than a pixel's
+    (at x4 the pixel error is mostly detail no LR can predict): fitting it teaches the head
+    *where* the error is, which is what the map is read for; the pixel term keeps the pixels'
+    variances in scale.
+    """
     log_variance = F.pixel_shuffle(head(sample, lr_grid), pipe.unshuffle_factor)
     error = (base - hr).square()
-    return (log_variance + error * torch.exp(-log_variance)).mean()
+    loss = pixel_weight * (log_variance + error * torch.exp(-log_variance)).mean()
+    if block > 1:
+        variance = F.avg_pool2d(torch.exp(log_variance).mean(dim=1, keepdim=True), block)
+        block_error = F.avg_pool2d(error.mean(dim=1, keepdim=True), block)
+        loss = loss + (torch.log(variance) + block_error / variance).mean()
+    return loss
 
 
 def _detail(head: DetailHead, pipe: GeoSRPipeline, sample, lr_grid, base, generator) -> torch.Tensor:
@@ -179,7 +195,12 @@ def _heads(args: argparse.Namespace, pipe: GeoSRPipeline) -> tuple[DetailHead, U
         for head in (start.detail, start.uncertainty):
             if (head.config.sample_channels, head.config.lr_channels) != (channels, lr_channels):
                 raise ValueError(f"--init_heads {args.init_heads}: its heads read another grid than {args.model}'s")
-        return start.detail.float(), start.uncertainty.float()
+        uncertainty = start.uncertainty.float()
+        size = (args.uncertainty_channels, args.uncertainty_blocks)
+        if "uncertainty" in args.heads and size != (None, None) and size != (
+                uncertainty.config.channels, uncertainty.config.num_blocks):
+            uncertainty = UncertaintyHead(channels, lr_channels, *size)  # another size: a new head
+        return start.detail.float(), uncertainty
     detail = DetailHead(channels, lr_channels, args.noise_channels, args.head_channels, args.head_blocks)
     uncertainty = UncertaintyHead(channels, lr_channels, args.uncertainty_channels or args.head_channels,
                                   args.uncertainty_blocks or args.head_blocks)
@@ -217,7 +238,8 @@ def main(args: argparse.Namespace) -> Path:
         logs, loss = {}, torch.zeros((), device=device)
         with accelerator.autocast():
             if trains_uncertainty:
-                nll = _nll(accelerator.unwrap_model(uncertainty), pipe, sample, lr_grid, base, hr)
+                nll = _nll(accelerator.unwrap_model(uncertainty), pipe, sample, lr_grid, base, hr,
+                           args.nll_block, args.pixel_nll_weight)
                 logs["nll"], loss = nll.item(), loss + nll
             if trains_detail:
                 output = _detail(accelerator.unwrap_model(detail), pipe, sample, lr_grid, base, generator)
