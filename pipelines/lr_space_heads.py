@@ -100,6 +100,12 @@ class UncertaintyHead(ModelMixin, ConfigMixin):
     variance_scale : float
         Post-hoc calibration: the predicted variance is multiplied by it (fitted on crops the
         head was not trained on; 1 for a new head).
+    calibration : list of [float, float], optional
+        Post-hoc calibration per level, after ``variance_scale``: knots ``(ln v, ln r)``, the
+        predicted variance ``v`` multiplied by ``exp(r)`` interpolated at ``ln v`` (constant
+        beyond the end knots). Fitted on crops the head was not trained on, one knot per decile
+        of the prediction (the mean squared error over the mean prediction in it): monotone in
+        practice, so the ranking of the map is kept while each decile's level is right.
     gradient_channels : int
         Channels of the output's gradient magnitude on the grid (:func:`gradient_on_grid`,
         ``factor**2``) the head also reads; 0 for a head that does not. Where the output
@@ -110,7 +116,8 @@ class UncertaintyHead(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, sample_channels: int = 48, lr_channels: int = 3, channels: int = 24, num_blocks: int = 2,
-                 initial_log_variance: float = -8.0, variance_scale: float = 1.0, gradient_channels: int = 0) -> None:
+                 initial_log_variance: float = -8.0, variance_scale: float = 1.0, gradient_channels: int = 0,
+                 calibration: list[list[float]] | None = None) -> None:
         super().__init__()
         self.trunk = _Trunk(sample_channels + lr_channels + gradient_channels, channels, num_blocks, sample_channels)
         nn.init.constant_(self.trunk.conv_out.bias, initial_log_variance)
@@ -128,8 +135,22 @@ class UncertaintyHead(ModelMixin, ConfigMixin):
         return self.trunk(torch.cat(inputs, dim=1)).float().clamp(-30.0, 5.0)
 
     def variance(self, x0: torch.Tensor, lr_grid: torch.Tensor, gradient: torch.Tensor | None = None) -> torch.Tensor:
-        """Calibrated variance (float32) on ``x0``'s grid: ``variance_scale * exp(log variance)``."""
-        return torch.exp(self(x0, lr_grid, gradient) + math.log(self.config.variance_scale))
+        """Calibrated variance (float32) on ``x0``'s grid: ``variance_scale * exp(log variance)``, then per level."""
+        log_variance = self(x0, lr_grid, gradient) + math.log(self.config.variance_scale)
+        if self.config.calibration:
+            log_variance = log_variance + _interpolate(log_variance, self.config.calibration)
+        return torch.exp(log_variance)
+
+
+def _interpolate(x: torch.Tensor, knots: list[list[float]]) -> torch.Tensor:
+    """Piecewise-linear ``knots`` ``[(x, y), ...]`` (x increasing) at ``x``, constant beyond the ends."""
+    xs = torch.tensor([k[0] for k in knots], dtype=x.dtype, device=x.device)
+    ys = torch.tensor([k[1] for k in knots], dtype=x.dtype, device=x.device)
+    clamped = x.clamp(xs[0], xs[-1])
+    i = torch.searchsorted(xs, clamped.contiguous()).clamp(1, len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    t = (clamped - x0) / (x1 - x0).clamp(min=1e-12)
+    return y0 + t * (y1 - y0)
 
 
 def gradient_on_grid(image: torch.Tensor, factor: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ from diffusers import LCMScheduler
 
 from geosr.pipelines import GeoSRPipeline
 from geosr.training import train_heads
+from geosr.uncertainty_metrics import calibration_bins
 from test_train_controlnet import common_run_config, write_yaml
 from tiny_models import tiny_pipeline_components
 
@@ -56,18 +57,20 @@ def test_heads_train_calibrate_resume_and_leave_the_student_alone(tmp_path, stud
     result = _outputs(trained, lr, detail=1.0, return_uncertainty=True)
     assert torch.isfinite(result.uncertainty).all() and (result.uncertainty > 0).all()
 
-    # the calibration makes the mean predicted variance the mean squared error on its crops
+    # the calibration brings each decile of the prediction to the mean squared error on its crops
+    assert len(trained.uncertainty.config.calibration) == 10
     args = train_heads.parse_args(argv)
-    predicted = actual = 0.0
+    predicted, actual = [], []
     loader = train_heads.make_dataloader(type(args)(**{**vars(args), "seed": args.seed + 7919}))
     loader.dataset.set_epoch(0)
     for k, batch in zip(range(2), loader):
         sample, _, grid, base = train_heads._student_output(trained, batch, "cpu", 10_000_019 + k * 64)
         with torch.no_grad():
             variance = torch.nn.functional.pixel_shuffle(trained.uncertainty.variance(sample, grid), 4)
-        predicted += variance.sum().item()
-        actual += (base - batch["hr"]).square().sum().item()
-    assert predicted == pytest.approx(actual, rel=1e-3)
+        predicted.append(variance.mean(dim=1).sqrt().numpy())
+        actual.append((base - batch["hr"]).square().mean(dim=1).sqrt().numpy())
+    bins = calibration_bins(predicted, actual)
+    assert max(abs(b["ratio"] - 1) for b in bins) < 0.15
 
     # a resumed run continues the same optimisation
     first = torch.load(out / "checkpoint-4" / "optimizer.bin", weights_only=False)
@@ -137,3 +140,19 @@ def test_one_head_retrained_from_a_run_keeps_the_other(tmp_path, student_dir):
         assert torch.equal(after.detail.state_dict()[k], v)
     changed = [k for k, v in before.uncertainty.state_dict().items() if not torch.equal(after.uncertainty.state_dict()[k], v)]
     assert changed
+
+
+def test_recalibration_refits_a_saved_head(tmp_path, student_dir):
+    argv = _argv(tmp_path, student_dir) + ["--max_train_steps", "1"]
+    out = train_heads.main(train_heads.parse_args(argv))
+    knots = GeoSRPipeline.from_pretrained(out).uncertainty.config.calibration
+    train_heads.recalibrate(train_heads.parse_args(argv + ["--calibrate_only", "--calibration_batches", "1"]))
+    refitted = GeoSRPipeline.from_pretrained(out).uncertainty.config.calibration
+    assert len(refitted) == 10 and refitted != knots
+
+
+def test_calibration_knots_are_interpolated_and_held_beyond_the_ends():
+    from geosr.pipelines.lr_space_heads import _interpolate
+
+    x = torch.tensor([-5.0, 0.0, 0.5, 1.0, 9.0])
+    torch.testing.assert_close(_interpolate(x, [[0.0, 1.0], [1.0, 3.0]]), torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0]))

@@ -85,6 +85,8 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--nll_block", type=int, default=1,
         help="Also fit the mean error of BLOCK x BLOCK px squares (1: pixels only).")
     add("--pixel_nll_weight", type=float, default=1.0, help="Weight of the per-pixel NLL.")
+    add("--calibrate_only", action="store_true",
+        help="Refit the calibration of the uncertainty head in output_dir, and nothing else.")
     add("--calibration_batches", type=int, default=24,
         help="Batches of crops (another seed) that fit the uncertainty head's variance_scale.")
     args = parse_with_config(parser, input_args, {})
@@ -281,7 +283,7 @@ def main(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         uncertainty = accelerator.unwrap_model(uncertainty)
         if trains_uncertainty:  # an untrained head keeps its weights and calibration
-            uncertainty.register_to_config(variance_scale=_calibrate(pipe, uncertainty, args, device))
+            _calibrate(pipe, uncertainty, args, device)
         # the student as it was loaded, not the copy cast to the training precision and back
         saved = GeoSRPipeline.from_pretrained(args.model)
         saved.register_modules(detail=accelerator.unwrap_model(detail).float(), uncertainty=uncertainty.float())
@@ -291,25 +293,49 @@ def main(args: argparse.Namespace) -> Path:
 
 
 @torch.no_grad()
-def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namespace, device) -> float:
-    """``variance_scale``: mean squared error / mean predicted variance on crops of another seed."""
+def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namespace, device) -> None:
+    """Fit ``variance_scale`` and the per-decile ``calibration`` of ``head`` on crops of another seed.
+
+    First the scale (mean squared error over mean predicted variance), then, on the scaled
+    prediction, one knot per decile of the per-pixel prediction averaged over bands (what the
+    map shows): the log of the decile's mean squared error over its mean prediction.
+    """
     held_out = argparse.Namespace(**{**vars(args), "seed": args.seed + 7919})
     loader = make_dataloader(held_out)
     loader.dataset.set_epoch(0)
-    error = predicted = count = 0.0
-    head.register_to_config(variance_scale=1.0)
+    head.register_to_config(variance_scale=1.0, calibration=None)
+    predicted, actual = [], []
     for k, batch in zip(range(args.calibration_batches), loader):
         sample, _, lr_grid, base = _student_output(pipe, batch, device, 10_000_019 + k * 64)
         gradient = gradient_on_grid(base, pipe.unshuffle_factor) if head.config.gradient_channels else None
         variance = F.pixel_shuffle(head.variance(sample.float(), lr_grid.float(), gradient), pipe.unshuffle_factor)
-        predicted += variance.sum().item()
-        error += (base - batch["hr"].to(device)).square().sum().item()
-        count += variance.numel()
-    scale = error / predicted
-    logger.info("variance_scale %.4f from %d held-out batches: RMSE predicted %.2f DN, actual %.2f DN",
-                scale, args.calibration_batches, 255 * math.sqrt(predicted / count), 255 * math.sqrt(error / count))
-    return float(scale)
+        predicted.append(variance.mean(dim=1).flatten())
+        actual.append((base - batch["hr"].to(device)).square().mean(dim=1).flatten())
+    predicted, actual = torch.cat(predicted).double(), torch.cat(actual).double()
+    scale = float(actual.mean() / predicted.mean())
+    predicted = predicted * scale
+    order = torch.argsort(predicted)
+    knots = []
+    for part in torch.tensor_split(order, 10):
+        knots.append([math.log(predicted[part].mean().item()), math.log(actual[part].mean() / predicted[part].mean())])
+    head.register_to_config(variance_scale=scale, calibration=knots)
+    logger.info("variance_scale %.4f, decile ratios %s, from %d held-out batches: RMSE predicted %.2f DN, "
+                "actual %.2f DN", scale, " ".join(f"{math.exp(k[1]):.2f}" for k in knots), args.calibration_batches,
+                255 * math.sqrt(predicted.mean() / scale), 255 * math.sqrt(actual.mean()))
+
+
+def recalibrate(args: argparse.Namespace) -> Path:
+    """Refit the calibration of the uncertainty head saved in ``args.output_dir`` (``--calibrate_only``)."""
+    output_dir = Path(args.output_dir)
+    saved = GeoSRPipeline.from_pretrained(output_dir)
+    if saved.uncertainty is None:
+        raise ValueError(f"{output_dir} holds no uncertainty head to calibrate")
+    pipe = _student(args, "cpu", torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32)
+    _calibrate(pipe, saved.uncertainty, args, "cpu")
+    saved.save_pretrained(str(output_dir))
+    return output_dir
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    arguments = parse_args()
+    recalibrate(arguments) if arguments.calibrate_only else main(arguments)
