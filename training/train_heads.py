@@ -326,6 +326,7 @@ def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namesp
 
 def recalibrate(args: argparse.Namespace) -> Path:
     """Refit the calibration of the uncertainty head saved in ``args.output_dir`` (``--calibrate_only``)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = Path(args.output_dir)
     saved = GeoSRPipeline.from_pretrained(output_dir)
     if saved.uncertainty is None:
