@@ -706,11 +706,27 @@ class GeoSRPipeline(DiffusionPipeline):
         if head.config.gradient_channels:
             gradient = gradient_on_grid(fidelity, self.unshuffle_factor).to(head.dtype)
         variance = head.variance(sample.to(head.dtype), lr_grid.to(head.dtype), gradient)
-        variance = F.pixel_shuffle(variance, self.unshuffle_factor)
+        variance = _without_grid_pattern(F.pixel_shuffle(variance, self.unshuffle_factor), self.unshuffle_factor)
         if added is not None:
             # detail is drawn, not inferred: its own square adds to the error expected
             variance = variance + added.square()
         return variance.sqrt()
+
+
+def _without_grid_pattern(variance: torch.Tensor, factor: int) -> torch.Tensor:
+    """``variance`` smoothed by two ``factor``-wide box filters (a triangle, centred, mean kept).
+
+    Each pixel of the diffusion grid predicts its ``factor x factor`` HR pixels separately, and
+    their small differences repeat with the grid: a visible lattice over a map whose content
+    varies slowly. A box as wide as the period removes any pattern of that period exactly.
+    """
+    if factor < 2:
+        return variance
+    for left in (factor // 2, factor - 1 - factor // 2):  # the two pads mirror each other
+        right = factor - 1 - left
+        padded = F.pad(variance, (left, right, left, right), mode="replicate")
+        variance = F.avg_pool2d(padded, factor, stride=1)
+    return variance
 
 
 def _image_to_tensor(image: ImageInput) -> torch.Tensor:

@@ -160,3 +160,16 @@ def test_an_uncertainty_head_that_reads_the_output_gradient(tmp_path):
     assert torch.allclose(torch.nn.functional.pixel_shuffle(grid, 4)[0, 0, :, 3], torch.full((8,), 5.0))
     with pytest.raises(ValueError, match="reads the output's gradient"):
         head(torch.zeros(1, 48, 2, 2), torch.zeros(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_the_error_map_has_no_lattice_of_the_grid(factor):
+    from geosr.pipelines.pipeline_geosr import _without_grid_pattern
+
+    lattice = torch.rand(1, 3, factor, factor, generator=torch.Generator().manual_seed(0)).repeat(1, 1, 8, 8)
+    smooth = _without_grid_pattern(lattice, factor)
+    # a pattern of the grid's period becomes its mean, away from the replicated borders
+    inner = smooth[..., factor:-factor, factor:-factor]
+    torch.testing.assert_close(inner, lattice.mean(dim=(-2, -1), keepdim=True).expand_as(inner))
+    constant = torch.full((1, 3, 16, 16), 0.25)
+    torch.testing.assert_close(_without_grid_pattern(constant, factor), constant)
