@@ -258,6 +258,8 @@ def _model_only_child(argv: Sequence[str]) -> None:
 
     run_keys = ("overwrite", "resume", "address", "connect_timeout", "local_workers", "performance_report",
                 "creation_options", "route_map")
+    # --uncertainty names the map's file; the run's config asks for the map (as upscale_to_file's)
+    params["uncertainty"] = params.get("uncertainty") is not None
     config = config_from_options(**{k: v for k, v in params.items() if k not in run_keys + ("source",)})
     t0 = time.perf_counter()
     load_upscaler(config.model, config.scale, **config.model_options())  # cached: the timed part reuses it
