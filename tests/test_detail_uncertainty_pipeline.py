@@ -173,3 +173,18 @@ def test_the_error_map_has_no_lattice_of_the_grid(factor):
     torch.testing.assert_close(inner, lattice.mean(dim=(-2, -1), keepdim=True).expand_as(inner))
     constant = torch.full((1, 3, 16, 16), 0.25)
     torch.testing.assert_close(_without_grid_pattern(constant, factor), constant)
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_the_shipped_detail_dial_is_monotone_in_sharpness(data_dir, scale):
+    from geosr.evaluation import image_to_batch, quantise_8bit, read_hr_image, sharpness_ratio
+    from geosr.degradations import degrade
+    from geosr.models import load_upscaler
+
+    hr = read_hr_image(data_dir / "val_crops" / "denseresidential55.png", scale, None)
+    lr = quantise_8bit(degrade(hr, scale, "clean", seed=0)[0])
+    sharpness = []
+    for detail in (0.0, 0.5, 1.0):
+        out = load_upscaler(f"geosr-tiny-x{scale}", scale, detail=detail).upscale(image_to_batch(lr), ["no blur"], [7])
+        sharpness.append(sharpness_ratio(quantise_8bit(out[0].numpy().transpose(1, 2, 0)), hr, scale))
+    assert sharpness[0] < sharpness[1] < sharpness[2]
