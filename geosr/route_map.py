@@ -23,10 +23,11 @@ from rasterio.control import GroundControlPoint
 from rasterio.transform import Affine
 
 from geosr.config import RunConfig
-from geosr.errors import InputError, OutputError, OutputExistsError
+from geosr.errors import InputError
 from geosr.routing import MODEL, NOISE_LIMIT, TileRoute
 from geosr.scene import Scene
 from geosr.tiling import Tile, TileGrid, core_size
+from geosr.writer import check_companion_file
 
 __all__ = ["check_route_map_target", "write_route_map", "ROUTE_MAP_BANDS"]
 
@@ -48,15 +49,7 @@ def check_route_map_target(path: str | os.PathLike, config: RunConfig, output: P
     if config.routed_threshold is None:
         why = "--route off" if config.route == "off" else f"the classical model {config.model!r} is never routed"
         raise InputError(f"--route-map needs a routed run (--route auto with a neural model): {why}")
-    path = Path(path).absolute()
-    if path == output:
-        raise OutputError(f"the route map {path} is the output itself: give another file name")
-    if path.is_dir():
-        raise OutputError(f"route map {path} is a directory; give a file name such as route.tif")
-    if path.exists() and not config.overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise OutputError(f"route map folder {path.parent} does not exist")
+    check_companion_file(path, output, config.overwrite, "route map", "route.tif")
 
 
 def _statistics(band: np.ndarray) -> dict[str, str]:

@@ -31,10 +31,10 @@ import numpy as np
 from rasterio.windows import Window
 
 from geosr.config import RunConfig
-from geosr.errors import InputError, OutputError, OutputExistsError
+from geosr.errors import InputError
 from geosr.remote import is_remote
 from geosr.scene_plan import BandPlan
-from geosr.writer import WorkRaster, translate_to_cog
+from geosr.writer import WorkRaster, check_companion_file, translate_to_cog
 
 __all__ = ["NODATA", "UncertaintyRaster", "check_uncertainty_target", "joint_crc", "uncertainty_tags"]
 
@@ -120,15 +120,4 @@ def check_uncertainty_target(path: str | os.PathLike, config: RunConfig, output:
     if route_map is not None:
         raise InputError("--route-map shows how tiles were routed, and --uncertainty puts every tile on the model "
                          "(the cheap path predicts no error): drop --route-map")
-    path = Path(path).absolute()
-    if path == output:
-        raise OutputError(f"the uncertainty map {path} is the output itself: give another file name")
-    if any(path.exists() and os.path.samefile(path, f) for f in inputs if os.path.exists(f)):
-        raise OutputError(f"the uncertainty map {path} is also an input: write it to another file")
-    if path.is_dir():
-        raise OutputError(f"uncertainty map {path} is a directory; give a file name such as error.tif")
-    if path.exists() and not config.overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise OutputError(f"uncertainty map folder {path.parent} does not exist")
-    return path
+    return check_companion_file(path, output, config.overwrite, "uncertainty map", "error.tif", inputs)

@@ -54,6 +54,34 @@ def sidecar_path(output: Path, suffix: str) -> Path:
     return output.with_name(output.stem + suffix)
 
 
+def check_companion_file(path: str | os.PathLike, output: Path, overwrite: bool, name: str, example: str,
+                         inputs: Sequence[str] = ()) -> Path:
+    """Refuse, before any work, a file a run writes beside its output (a route map, an error map).
+
+    ``name`` says what it is in messages (``route map``), ``example`` is a file name to suggest.
+    Returns its absolute path.
+
+    Raises
+    ------
+    OutputExistsError
+        The file exists and ``overwrite`` is False.
+    OutputError
+        It is the output itself, one of ``inputs``, a directory, or its folder does not exist.
+    """
+    path = Path(path).absolute()
+    if path == output:
+        raise OutputError(f"the {name} {path} is the output itself: give another file name")
+    if any(path.exists() and os.path.samefile(path, f) for f in inputs if os.path.exists(f)):
+        raise OutputError(f"the {name} {path} is also an input: write it to another file")
+    if path.is_dir():
+        raise OutputError(f"{name} {path} is a directory; give a file name such as {example}")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise OutputError(f"{name} folder {path.parent} does not exist")
+    return path
+
+
 class OutputTarget:
     """The target path of a run, checked before any work, and the final commit.
 
