@@ -41,3 +41,11 @@ def test_train_and_run_as_an_own_model(tmp_path):
     upscaler = load_upscaler(str(out), 2)
     result = upscaler.upscale(torch.rand(1, 3, 10, 10), [""])
     assert result.shape == (1, 3, 20, 20) and torch.isfinite(result).all()
+
+
+def test_a_step_budget_trains_exactly_that_many_steps(tmp_path):
+    data = write_pngs(tmp_path / "train")
+    report = plain_cnn_baseline.main(plain_cnn_baseline.parse_args(
+        ["--scale", "2", "--train_data", str(data), "--steps", "7", "--out", str(tmp_path / "c.pt"),
+         "--crop", "16", "--channels", "8", "--depth", "3", "--dtype", "fp32"]))
+    assert report["steps"] == 7
