@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +38,11 @@ import rasterio
 from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.windows import Window
 
+from geosr.block_tasks import BlockTaskWriter
 from geosr.errors import InputError, OutputError, OutputExistsError
-from geosr.journal import CellRecord, RunJournal
-from geosr.resumable import StoppedRunWarning
+from geosr.journal import RunJournal
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
-from geosr.tiling import squares_under
 from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, translate_to_cog,
                           write_error)
 
@@ -235,8 +233,11 @@ def _file_crc(path: Path) -> tuple[int, int]:
     return size, crc
 
 
-class BlockWriter:
+class BlockWriter(BlockTaskWriter):
     """Submits each block's COG once all its cells are durable; journals the finished blocks.
+
+    The waiting, submitting and journalling are :class:`geosr.block_tasks.BlockTaskWriter`'s;
+    a block here is a COG, its task :func:`write_block`.
 
     Parameters
     ----------
@@ -254,83 +255,39 @@ class BlockWriter:
     creation_options : mapping
     """
 
+    finished_files = "block COGs"
+    block_name = "blocks"
+
     def __init__(self, client, raster: WorkRaster, journal: RunJournal, split: int, data: Path,
                  cells: Sequence[Window], creation_options: Mapping[str, str]) -> None:
-        self.client, self.raster, self.journal, self.data = client, raster, journal, data
+        self.data = data
         self.blocks = block_windows(raster.width, raster.height, split)
         self.creation_options = dict(creation_options)
         self._split = split
-        self.side = split  #: output px of a block's side: the engine orders the tiles by them
+        self._columns = -(-raster.width // split)
         (journal.folder / "blocks").mkdir(exist_ok=True)
         data.mkdir(exist_ok=True)
-        self._check_finished()
-        self._waiting: dict[str, set[tuple[int, int]]] = {name: set() for name, _ in self.blocks
-                                                          if name not in journal.blocks}
-        for window in cells:
-            for name in self._blocks_of(window):
-                if name in self._waiting:
-                    self._waiting[name].add((int(window.col_off), int(window.row_off)))
-        self._futures: list = []
-        raster.sync()  # the tasks may read it from other processes
-        journal.on_commit.append(self._durable)
-        self._submit_ready()
+        super().__init__(client, raster, journal, split, cells)
 
-    def _check_finished(self) -> None:
-        """Forget journalled blocks whose file is gone or holds other bytes: they are made again."""
-        bad = []
-        for name, (size, crc) in self.journal.blocks.items():
-            try:
-                same = _file_crc(self.data / f"{name}.tif") == (size, crc)
-            except OSError:
-                same = False
-            if not same:
-                bad.append(name)
-        for name in bad:
-            del self.journal.blocks[name]
-        if bad:
-            warnings.warn(f"{len(bad)} finished block COGs in {self.data} are missing or changed: making them again",
-                          StoppedRunWarning, stacklevel=3)
+    @property
+    def folder(self) -> Path:
+        return self.data
 
-    def _blocks_of(self, window: Window) -> list[str]:
-        cols = -(-self.raster.width // self._split)
-        return [self.blocks[r * cols + c][0] for r, c in squares_under(window, self._split)]
+    def _blocks_to_write(self) -> list[tuple[int, int]]:
+        return [divmod(i, self._columns) for i, (name, _) in enumerate(self.blocks) if name not in self.journal.blocks]
 
-    def _durable(self, cells: list[CellRecord]) -> None:
-        """The journal's commit listener: these cells are durable; collect finished blocks."""
-        for cell in cells:
-            for name in self._blocks_of(Window(cell.col_off, cell.row_off, cell.width, cell.height)):
-                if name in self._waiting:
-                    self._waiting[name].discard(cell.key)
-        self._submit_ready()
-        for future in [f for f in self._futures if f.done()]:
-            self._record(future)
+    def _journalled_bytes(self, name: str) -> tuple[int, int]:
+        return _file_crc(self.data / f"{name}.tif")
 
-    def _submit_ready(self) -> None:
-        windows = dict(self.blocks)
-        for name in [n for n, waiting in self._waiting.items() if not waiting]:
-            del self._waiting[name]
-            window = windows[name]
-            vrt = self.raster.write_vrt(self.journal.folder / "blocks" / f"{name}.vrt", window)
-            job = BlockJob(name, str(vrt), str(self.data / f"{name}.tif"), int(window.width), int(window.height),
-                           self.raster.count, self.raster.dtype.name, self.raster.write_mask, self.creation_options)
-            self._futures.append(self.client.submit(write_block, job, pure=False))
+    def _submit(self, key: tuple[int, int]):
+        name, window = self.blocks[key[0] * self._columns + key[1]]
+        vrt = self.raster.write_vrt(self.journal.folder / "blocks" / f"{name}.vrt", window)
+        job = BlockJob(name, str(vrt), str(self.data / f"{name}.tif"), int(window.width), int(window.height),
+                       self.raster.count, self.raster.dtype.name, self.raster.write_mask, self.creation_options)
+        return self.client.submit(write_block, job, pure=False)
 
-    def _record(self, future) -> None:
-        name, size, crc = future.result()  # a failed block raises its error here
-        self._futures.remove(future)
-        future.release()
-        self.journal.record(block=(name, size, crc))
-
-    def wait(self) -> None:
-        """Wait for every block's COG and journal them (after the last cells' commit)."""
-        import distributed
-
-        if any(self._waiting.values()):
-            raise RuntimeError("internal error: some blocks' cells were never finished")
-        self._submit_ready()
-        for future in distributed.as_completed(list(self._futures)):
-            self._record(future)
-        self.journal.commit(lambda: None)  # the block files were fsynced by their tasks
+    def _journal_entries(self, result: tuple[str, int, int]) -> list[tuple[str, int, int]]:
+        return [result]
 
     def write_mosaic(self, vrt: Path, captions: Path, captions_fc: dict, created: dt.datetime) -> None:
         """Write the VRT over the blocks, the STAC Collection and Items, and the captions (staged)."""

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +46,10 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
+from geosr.block_tasks import BlockTaskWriter
 from geosr.errors import OutputError, OutputExistsError
-from geosr.journal import CellRecord, RunJournal
-from geosr.resumable import StoppedRunWarning
+from geosr.journal import RunJournal
 from geosr.tasks import shippable_errors
-from geosr.tiling import squares_under
 from geosr.writer import WorkRaster, check_file_name, sidecar_path, write_error
 from geosr.zarr_overviews import halve, multiscales_attrs, overview_factors
 
@@ -287,8 +285,12 @@ def reduce_chunk(store: str, level: int, chunk: tuple[int, int], masked: bool, n
         raise write_error(dst, exc) from exc
 
 
-class ZarrWriter:
+class ZarrWriter(BlockTaskWriter):
     """Creates the store, submits each group of chunks once all its cells are durable, journals the chunks.
+
+    The waiting, submitting and journalling are :class:`geosr.block_tasks.BlockTaskWriter`'s;
+    a block here is a group of chunks (:data:`ZARR_GROUP` output pixels square), its task
+    :func:`write_chunks`, and the overview levels coarser than a group follow in :meth:`wait`.
 
     Parameters
     ----------
@@ -303,37 +305,53 @@ class ZarrWriter:
         HR windows of the output cells not finished yet.
     """
 
+    finished_files = "Zarr chunks"
+    block_name = "chunks"
+
     def __init__(self, client, raster: WorkRaster, journal: RunJournal, store: Path, cells: Sequence[Window]) -> None:
-        self.client, self.raster, self.journal, self.store = client, raster, journal, store
-        self._group = max(ZARR_CHUNK, ZARR_GROUP // ZARR_CHUNK * ZARR_CHUNK)
-        self.side = self._group  #: output px of a group's side: the engine orders the tiles by them
+        self.raster, self.store = raster, store  # _create_store reads them before the base class sets up
+        group = max(ZARR_CHUNK, ZARR_GROUP // ZARR_CHUNK * ZARR_CHUNK)
         self._chunks_y, self._chunks_x = -(-raster.height // ZARR_CHUNK), -(-raster.width // ZARR_CHUNK)
         self._factors = overview_factors(raster.width, raster.height, ZARR_CHUNK)
         # The levels a group's task writes: those where the group covers whole chunks; the
         # coarser ones are a final pass (:meth:`wait`), a 64th of the output's pixels or less.
-        self._task_levels = tuple(f for f in self._factors if f <= self._group // ZARR_CHUNK)
+        self._task_levels = tuple(f for f in self._factors if f <= group // ZARR_CHUNK)
         self._create_store()
-        self._check_finished()
-        per = self._group // ZARR_CHUNK
-        self._groups: dict[tuple[int, int], tuple] = {}
-        for gy in range(-(-self._chunks_y // per)):
-            for gx in range(-(-self._chunks_x // per)):
-                chunks = tuple((cy, cx) for cy in range(gy * per, min((gy + 1) * per, self._chunks_y))
-                               for cx in range(gx * per, min((gx + 1) * per, self._chunks_x)))
-                names = [_chunk_name(*c) for c in chunks] + [
-                    _chunk_name(*c, level) for level in self._task_levels
-                    for c in _level_chunks(chunks, level, raster.width, raster.height)]
-                if any(name not in journal.blocks for name in names):
-                    self._groups[gy, gx] = chunks
-        self._waiting: dict[tuple[int, int], set[tuple[int, int]]] = {g: set() for g in self._groups}
-        for window in cells:
-            for g in self._groups_of(window):
-                if g in self._waiting:
-                    self._waiting[g].add((int(window.col_off), int(window.row_off)))
-        self._futures: list = []
-        raster.sync()  # the tasks may read it from other processes
-        journal.on_commit.append(self._durable)
-        self._submit_ready()
+        per = group // ZARR_CHUNK
+        self._groups: dict[tuple[int, int], tuple] = {
+            (gy, gx): tuple((cy, cx) for cy in range(gy * per, min((gy + 1) * per, self._chunks_y))
+                            for cx in range(gx * per, min((gx + 1) * per, self._chunks_x)))
+            for gy in range(-(-self._chunks_y // per)) for gx in range(-(-self._chunks_x // per))}
+        super().__init__(client, raster, journal, group, cells)
+
+    @property
+    def folder(self) -> Path:
+        return self.store
+
+    def _blocks_to_write(self) -> list[tuple[int, int]]:
+        """The groups with a chunk (of the output or of a level their tasks write) not journalled."""
+        out = []
+        for g, chunks in self._groups.items():
+            names = [_chunk_name(*c) for c in chunks] + [
+                _chunk_name(*c, level) for level in self._task_levels
+                for c in _level_chunks(chunks, level, self.raster.width, self.raster.height)]
+            if any(name not in self.journal.blocks for name in names):
+                out.append(g)
+        return out
+
+    def _journalled_bytes(self, name: str) -> tuple[int, int]:
+        cy, cx, level = _parse_chunk_name(name)
+        return _files_crc(_chunk_files(self.store, cy, cx, self.raster.write_mask, level))
+
+    def _submit(self, key: tuple[int, int]):
+        r = self.raster
+        job = ZarrJob(str(self.store), str(r.folder / r.PIXELS), str(r.folder / r.MASK) if r.write_mask else None,
+                      r.width, r.height, r.count, r.dtype.name, self._groups[key], r.profile.get("nodata"),
+                      self._task_levels)
+        return self.client.submit(write_chunks, job, pure=False)
+
+    def _journal_entries(self, result: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+        return result
 
     # -- the store's metadata ------------------------------------------------------------
     def _create_store(self) -> None:
@@ -432,63 +450,11 @@ class ZarrWriter:
                 group.create_array(name, shape=(n,), dtype=np.float64, fill_value=None, attributes=coord)[:] = (
                     origin + (np.arange(n) + 0.5) * step)
 
-    # -- chunks --------------------------------------------------------------------------
-    def _check_finished(self) -> None:
-        """Forget journalled chunks whose files are gone or hold other bytes: they are made again."""
-        bad = []
-        for name, (size, crc) in self.journal.blocks.items():
-            try:
-                cy, cx, level = _parse_chunk_name(name)
-                same = _files_crc(_chunk_files(self.store, cy, cx, self.raster.write_mask, level)) == (size, crc)
-            except (OSError, ValueError):
-                same = False
-            if not same:
-                bad.append(name)
-        for name in bad:
-            del self.journal.blocks[name]
-        if bad:
-            warnings.warn(f"{len(bad)} finished Zarr chunks in {self.store} are missing or changed: making them again",
-                          StoppedRunWarning, stacklevel=3)
-
-    def _groups_of(self, window: Window) -> list[tuple[int, int]]:
-        return squares_under(window, self._group)
-
-    def _durable(self, cells: list[CellRecord]) -> None:
-        """The journal's commit listener: these cells are durable; submit finished groups."""
-        for cell in cells:
-            for g in self._groups_of(Window(cell.col_off, cell.row_off, cell.width, cell.height)):
-                if g in self._waiting:
-                    self._waiting[g].discard(cell.key)
-        self._submit_ready()
-        for future in [f for f in self._futures if f.done()]:
-            self._record(future)
-
-    def _submit_ready(self) -> None:
-        r = self.raster
-        for g in [g for g, waiting in self._waiting.items() if not waiting]:
-            del self._waiting[g]
-            job = ZarrJob(str(self.store), str(r.folder / r.PIXELS), str(r.folder / r.MASK) if r.write_mask else None,
-                          r.width, r.height, r.count, r.dtype.name, self._groups[g], r.profile.get("nodata"),
-                          self._task_levels)
-            self._futures.append(self.client.submit(write_chunks, job, pure=False))
-
-    def _record(self, future) -> None:
-        chunks = future.result()  # a failed group raises its error here
-        self._futures.remove(future)
-        future.release()
-        for chunk in chunks:
-            self.journal.record(block=chunk)
-
+    # -- the end ---------------------------------------------------------------------------
     def wait(self) -> None:
-        """Wait for every group's chunks and journal them (after the last cells' commit)."""
-        import distributed
-
-        if any(self._waiting.values()):
-            raise RuntimeError("internal error: some chunks' cells were never finished")
-        self._submit_ready()
-        for future in distributed.as_completed(list(self._futures)):
-            self._record(future)
-        self.journal.commit(lambda: None)  # the chunk files were fsynced by their tasks
+        """Wait for every group's chunks and journal them (after the last cells' commit), then
+        write the levels coarser than a group."""
+        super().wait()
         self._final_levels()
 
     def _final_levels(self) -> None:

@@ -1,0 +1,151 @@
+"""Output written block by block by dask tasks, each submitted once the cells under its block are durable.
+
+Tiled output (:mod:`geosr.tiled_output`: a COG per block) and Zarr output
+(:mod:`geosr.zarr_output`: a group of chunks per block) are written the same way; only what a
+block's task makes and how a finished block is checked differ. The output grid is cut into
+squares of :attr:`BlockTaskWriter.side` output pixels (ragged at the right and bottom edges),
+square ``(r, c)`` covering rows ``r * side`` to ``(r + 1) * side`` and the columns likewise.
+A block waits for the output cells under it; the client follows the journal's commits
+(:attr:`geosr.journal.RunJournal.on_commit`) and submits a block's task as soon as its last
+cell is durable: a block's task may read only pixels the journal promises, so a resume never
+finds a finished block made from cells it has to redo. The tasks' results are journalled as
+``blocks`` entries ``(name, size, CRC-32)`` of files the task made durable itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from rasterio.windows import Window
+
+from geosr.journal import CellRecord, RunJournal
+from geosr.resumable import StoppedRunWarning
+from geosr.tiling import squares_under
+from geosr.writer import WorkRaster
+
+__all__ = ["BlockTaskWriter"]
+
+
+class BlockTaskWriter:
+    """Submits each block's task once all its cells are durable; journals what the tasks made.
+
+    Subclasses say which blocks are left to write, what a block's task is, what its result
+    journals and how a journalled file is checked; this class follows the journal, keeps
+    the cells each block waits for, submits, collects and waits.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    raster : WorkRaster
+        The run's work raster (read in place by the tasks, from other processes too).
+    journal : RunJournal
+        Followed through its commits; the tasks' results are recorded in it (as ``blocks``).
+    side : int
+        A block's side in output pixels.
+    cells : sequence of Window
+        HR windows of the output cells not finished yet; areas outside every cell (no tile
+        core) must be written before.
+
+    Attributes
+    ----------
+    side : int
+        A block's side: the engine orders the tiles by it, so blocks finish one after another.
+    """
+
+    #: the journalled files in messages ("block COGs", "Zarr chunks")
+    finished_files = "blocks"
+    #: a block in messages ("blocks", "chunks")
+    block_name = "blocks"
+
+    def __init__(self, client, raster: WorkRaster, journal: RunJournal, side: int, cells: Sequence[Window]) -> None:
+        self.client, self.raster, self.journal, self.side = client, raster, journal, side
+        # Before the blocks left to do are known: a journalled file that is gone or changed
+        # puts its block back among them.
+        self._check_finished()
+        self._waiting: dict[tuple[int, int], set[tuple[int, int]]] = {key: set() for key in self._blocks_to_write()}
+        for window in cells:
+            for key in squares_under(window, side):
+                if key in self._waiting:
+                    self._waiting[key].add((int(window.col_off), int(window.row_off)))
+        self._futures: list = []
+        raster.sync()  # the tasks may read it from other processes
+        journal.on_commit.append(self._durable)
+        self._submit_ready()  # blocks whose cells a stopped run finished: at once
+
+    # -- what subclasses say -------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        """Where the journalled files are (named in the warning about changed ones)."""
+        raise NotImplementedError
+
+    def _blocks_to_write(self) -> Iterable[tuple[int, int]]:
+        """``(r, c)`` of the blocks this run writes, row by row (blocks a stopped run finished are left out)."""
+        raise NotImplementedError
+
+    def _journalled_bytes(self, name: str) -> tuple[int, int]:
+        """Size and CRC-32 of the files of a ``blocks`` journal entry now (OSError or ValueError:
+        gone, or not a name this output makes)."""
+        raise NotImplementedError
+
+    def _submit(self, key: tuple[int, int]):
+        """Submit block ``key``'s task; its future."""
+        raise NotImplementedError
+
+    def _journal_entries(self, result) -> Iterable[tuple[str, int, int]]:
+        """The ``(name, size, CRC-32)`` journal entries of a task's result."""
+        raise NotImplementedError
+
+    # -- the machinery -------------------------------------------------------------------
+    def _check_finished(self) -> None:
+        """Forget journalled entries whose files are gone or hold other bytes: they are made again."""
+        bad = []
+        for name, (size, crc) in self.journal.blocks.items():
+            try:
+                same = self._journalled_bytes(name) == (size, crc)
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                bad.append(name)
+        for name in bad:
+            del self.journal.blocks[name]
+        if bad:
+            # stacklevel: this method, __init__, the subclass's __init__, then the caller
+            warnings.warn(f"{len(bad)} finished {self.finished_files} in {self.folder} are missing or changed: "
+                          "making them again", StoppedRunWarning, stacklevel=4)
+
+    def _durable(self, cells: list[CellRecord]) -> None:
+        """The journal's commit listener: these cells are durable; submit the blocks they finish."""
+        for cell in cells:
+            for key in squares_under(Window(cell.col_off, cell.row_off, cell.width, cell.height), self.side):
+                if key in self._waiting:
+                    self._waiting[key].discard(cell.key)
+        self._submit_ready()
+        # Collected here, not only in wait(): a failed task fails the run at the next commit
+        # instead of after the last tile, and finished blocks reach the journal while the run goes.
+        for future in [f for f in self._futures if f.done()]:
+            self._record(future)
+
+    def _submit_ready(self) -> None:
+        for key in [k for k, waiting in self._waiting.items() if not waiting]:
+            del self._waiting[key]
+            self._futures.append(self._submit(key))
+
+    def _record(self, future) -> None:
+        result = future.result()  # a failed task raises its error here
+        self._futures.remove(future)
+        future.release()
+        for entry in self._journal_entries(result):
+            self.journal.record(block=entry)
+
+    def wait(self) -> None:
+        """Wait for every block's task and journal what they made (after the last cells' commit)."""
+        import distributed
+
+        if any(self._waiting.values()):
+            raise RuntimeError(f"internal error: some {self.block_name}' cells were never finished")
+        self._submit_ready()
+        for future in distributed.as_completed(list(self._futures)):
+            self._record(future)
+        self.journal.commit(lambda: None)  # the tasks fsynced their files
