@@ -18,12 +18,53 @@ import pytest  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 BUCKET = "scenes"  # the bucket of the s3 fixture
+#: The scene of the tiled and Zarr output tests: 602 x 1034 px at x2, so blocks and chunks of
+#: 512 are ragged on the right and at the bottom (the edge cases of both layouts).
+RAGGED_HEIGHT, RAGGED_WIDTH = 301, 517
+
+
+def bicubic_cfg(**kw):
+    """The RunConfig of a small, fast run: bicubic x2, no captioner, 32 px tiles with 8 px of
+    overlap, one tile per batch (many results, so commits and blocks come during the run); ``kw`` overrides."""
+    from geosr.config import RunConfig, TileSpec  # here, not at the top: every test session imports conftest
+
+    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def disk_full_once_a_block_is_journalled(monkeypatch, folder: Path, output: str):
+    """Make the work raster's writes fail (a full disk) as soon as a journal line names a finished
+    block or chunk of the run writing ``folder / output``: the run stops with some blocks done.
+
+    Returns the real ``WorkRaster._write_rows``, to put back before a resume.
+    """
+    from geosr.errors import WriteError
+    from geosr.writer import WorkRaster
+
+    real_rows = WorkRaster._write_rows
+
+    def full_once_a_block_is_journalled(self, *args):
+        if any(b'"blocks"' in j.read_bytes() for j in folder.glob(f".{output}.geosr-run-*/journal.jsonl")):
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_block_is_journalled)
+    return real_rows
 
 
 @pytest.fixture
 def data_dir() -> Path:
     """Folder of the small real fixtures shipped with the tests."""
     return DATA
+
+
+@pytest.fixture
+def ragged_scene(tmp_path) -> Path:
+    """A textured RGB uint8 scene of :data:`RAGGED_HEIGHT` x :data:`RAGGED_WIDTH` px, georeferenced."""
+    from tests.rasters import uint8_scene
+
+    return uint8_scene(tmp_path / "in.tif", RAGGED_HEIGHT, RAGGED_WIDTH)
 
 
 @pytest.fixture(scope="module")

@@ -16,26 +16,14 @@ import geosr.journal
 import geosr.resumable
 import geosr.tiled_output
 from geosr.cli import cli
-from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.validation import validate_output
 from geosr.writer import WorkRaster
+from tests.conftest import RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled
 from tests.rasters import uint8_scene
 
 SPLIT = 512
-HEIGHT, WIDTH = 301, 517  # x2: 602 x 1034, blocks of 512 ragged on the right and at the bottom
-
-
-def cfg(**kw):
-    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=1)
-    base.update(kw)
-    return RunConfig(**base)
-
-
-@pytest.fixture
-def scene(tmp_path):
-    return uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH)
 
 
 def read_all(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -47,11 +35,11 @@ def read_all(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_the_mosaic_equals_the_single_cog(tmp_path, masked):
-    mask = np.ones((HEIGHT, WIDTH), bool)
+    mask = np.ones((RAGGED_HEIGHT, RAGGED_WIDTH), bool)
     mask[40:90, 100:260] = False
-    src = uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH, mask=mask if masked else None)
-    upscale_scene([src], tmp_path / "single.tif", cfg())
-    report = upscale_scene([src], tmp_path / "out", cfg(split=SPLIT))
+    src = uint8_scene(tmp_path / "in.tif", RAGGED_HEIGHT, RAGGED_WIDTH, mask=mask if masked else None)
+    upscale_scene([src], tmp_path / "single.tif", bicubic_cfg())
+    report = upscale_scene([src], tmp_path / "out", bicubic_cfg(split=SPLIT))
 
     out = tmp_path / "out"
     assert report.output == out and report.captions == out / "captions.geojson"
@@ -70,8 +58,8 @@ def test_the_mosaic_equals_the_single_cog(tmp_path, masked):
     assert not list(tmp_path.glob(".out.geosr-*"))  # the work folder and the lock are gone
 
 
-def test_stac_items_place_their_blocks(tmp_path, scene):
-    upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT))
+def test_stac_items_place_their_blocks(tmp_path, ragged_scene):
+    upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
     out = tmp_path / "out"
     collection = json.loads((out / "collection.json").read_text())
     items = [link["href"] for link in collection["links"] if link["rel"] == "item"]
@@ -97,9 +85,9 @@ def test_stac_items_place_their_blocks(tmp_path, scene):
     assert bbox[0] < bbox[2] and bbox[1] < bbox[3]
 
 
-def test_a_vrt_output_puts_the_blocks_beside_it(tmp_path, scene):
-    upscale_scene([scene], tmp_path / "single.tif", cfg())
-    result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "big.vrt"), "--scale", "2", "--model", "bicubic",
+def test_a_vrt_output_puts_the_blocks_beside_it(tmp_path, ragged_scene):
+    upscale_scene([ragged_scene], tmp_path / "single.tif", bicubic_cfg())
+    result = CliRunner().invoke(cli, ["upscale", str(ragged_scene), str(tmp_path / "big.vrt"), "--scale", "2", "--model", "bicubic",
                                       "--captioner", "none", "--tile", "32", "--overlap", "8", "-q"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == [
@@ -109,21 +97,21 @@ def test_a_vrt_output_puts_the_blocks_beside_it(tmp_path, scene):
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "1000", "-512", "512.0"])
-def test_bad_split_values_are_refused_in_one_line(tmp_path, scene, value):
-    result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "out"), "--scale", "2", "--model", "bicubic",
+def test_bad_split_values_are_refused_in_one_line(tmp_path, ragged_scene, value):
+    result = CliRunner().invoke(cli, ["upscale", str(ragged_scene), str(tmp_path / "out"), "--scale", "2", "--model", "bicubic",
                                       "--split", value])
     assert result.exit_code == 3, result.output
     assert len(result.output.strip().splitlines()) == 1 and "--split" in result.output
     assert not (tmp_path / "out").exists()
 
 
-def test_split_with_a_geotiff_output_is_refused(tmp_path, scene):
-    result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "out.tif"), "--split", "512"])
+def test_split_with_a_geotiff_output_is_refused(tmp_path, ragged_scene):
+    result = CliRunner().invoke(cli, ["upscale", str(ragged_scene), str(tmp_path / "out.tif"), "--split", "512"])
     assert result.exit_code == 3 and "folder" in result.output
 
 
-def test_a_stopped_run_resumes_without_redoing_finished_blocks(tmp_path, scene, monkeypatch):
-    upscale_scene([scene], tmp_path / "reference", cfg(split=SPLIT))
+def test_a_stopped_run_resumes_without_redoing_finished_blocks(tmp_path, ragged_scene, monkeypatch):
+    upscale_scene([ragged_scene], tmp_path / "reference", bicubic_cfg(split=SPLIT))
     monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)  # commit after each batch: blocks start early
     made: list[str] = []
     real_translate = geosr.tiled_output.translate_to_cog
@@ -133,16 +121,9 @@ def test_a_stopped_run_resumes_without_redoing_finished_blocks(tmp_path, scene, 
         return real_translate(vrt, *args)
 
     monkeypatch.setattr(geosr.tiled_output, "translate_to_cog", counted_translate)
-    real_rows = WorkRaster._write_rows
-
-    def full_once_a_block_is_journalled(self, *args):
-        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.geosr-run-*/journal.jsonl")):
-            raise WriteError("no space left (test)")
-        return real_rows(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_block_is_journalled)
+    real_rows = disk_full_once_a_block_is_journalled(monkeypatch, tmp_path, "out")
     with pytest.raises(WriteError):
-        upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT))
+        upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
     assert not (tmp_path / "out").exists()  # nothing that looks like an output
     (work,) = tmp_path.glob(".out.geosr-run-*")
     finished = geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks
@@ -151,7 +132,7 @@ def test_a_stopped_run_resumes_without_redoing_finished_blocks(tmp_path, scene, 
 
     monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
     made.clear()
-    report = upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT, resume=True))
+    report = upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT, resume=True))
     assert report.tiles_resumed > 0
     assert not set(made) & set(finished) and len(made) == 6 - len(finished)
     for name, stamp in stamps.items():
@@ -161,19 +142,12 @@ def test_a_stopped_run_resumes_without_redoing_finished_blocks(tmp_path, scene, 
     assert (tmp_path / "out" / "mosaic.vrt").read_bytes() == (tmp_path / "reference" / "mosaic.vrt").read_bytes()
 
 
-def test_a_changed_block_file_is_made_again(tmp_path, scene, monkeypatch):
+def test_a_changed_block_file_is_made_again(tmp_path, ragged_scene, monkeypatch):
     """A journalled block whose file no longer holds its bytes is not trusted."""
-    real_rows = WorkRaster._write_rows
     monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)
-
-    def full_once_a_block_is_journalled(self, *args):
-        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.geosr-run-*/journal.jsonl")):
-            raise WriteError("no space left (test)")
-        return real_rows(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_block_is_journalled)
+    real_rows = disk_full_once_a_block_is_journalled(monkeypatch, tmp_path, "out")
     with pytest.raises(WriteError):
-        upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT))
+        upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
     (work,) = tmp_path.glob(".out.geosr-run-*")
     name = next(iter(geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks))
     damaged = work / "out" / f"{name}.tif"
@@ -182,6 +156,6 @@ def test_a_changed_block_file_is_made_again(tmp_path, scene, monkeypatch):
         f.write(b"\0" * 64)
     monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
     with pytest.warns(geosr.resumable.StoppedRunWarning, match="missing or changed"):
-        upscale_scene([scene], tmp_path / "out", cfg(split=SPLIT, resume=True))
-    upscale_scene([scene], tmp_path / "reference", cfg(split=SPLIT))
+        upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT, resume=True))
+    upscale_scene([ragged_scene], tmp_path / "reference", bicubic_cfg(split=SPLIT))
     assert (tmp_path / "out" / f"{name}.tif").read_bytes() == (tmp_path / "reference" / f"{name}.tif").read_bytes()

@@ -16,27 +16,14 @@ import geosr.journal
 import geosr.resumable
 import geosr.zarr_output
 from geosr.cli import cli
-from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.writer import WorkRaster
+from tests.conftest import RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled
 from tests.rasters import uint8_scene, write_raster
 
 pytest.importorskip("zarr")
 pytest.importorskip("rioxarray")
-
-HEIGHT, WIDTH = 301, 517  # x2: 602 x 1034, chunks of 512 ragged on the right and at the bottom
-
-
-def cfg(**kw):
-    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8), progress=False, batch_size=1)
-    base.update(kw)
-    return RunConfig(**base)
-
-
-@pytest.fixture
-def scene(tmp_path):
-    return uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH)
 
 
 def open_store(path: Path) -> xr.Dataset:
@@ -45,11 +32,11 @@ def open_store(path: Path) -> xr.Dataset:
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_the_store_equals_the_single_cog(tmp_path, masked):
-    mask = np.ones((HEIGHT, WIDTH), bool)
+    mask = np.ones((RAGGED_HEIGHT, RAGGED_WIDTH), bool)
     mask[40:90, 100:260] = False
-    src = uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH, mask=mask if masked else None)
-    upscale_scene([src], tmp_path / "single.tif", cfg())
-    report = upscale_scene([src], tmp_path / "out.zarr", cfg())
+    src = uint8_scene(tmp_path / "in.tif", RAGGED_HEIGHT, RAGGED_WIDTH, mask=mask if masked else None)
+    upscale_scene([src], tmp_path / "single.tif", bicubic_cfg())
+    report = upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg())
 
     out = tmp_path / "out.zarr"
     assert report.output == out and report.captions == tmp_path / "out.captions.geojson" and report.captions.exists()
@@ -74,11 +61,11 @@ def test_the_store_equals_the_single_cog(tmp_path, masked):
 
 
 def test_nodata_is_the_fill_value(tmp_path):
-    data = (np.arange(HEIGHT * WIDTH).reshape(1, HEIGHT, WIDTH) % 200 + 10).astype(np.float32)
+    data = (np.arange(RAGGED_HEIGHT * RAGGED_WIDTH).reshape(1, RAGGED_HEIGHT, RAGGED_WIDTH) % 200 + 10).astype(np.float32)
     data[0, 50:120, 30:200] = -9999
     src = write_raster(tmp_path / "in.tif", data, nodata=-9999)
-    upscale_scene([src], tmp_path / "single.tif", cfg())
-    upscale_scene([src], tmp_path / "out.zarr", cfg())
+    upscale_scene([src], tmp_path / "single.tif", bicubic_cfg())
+    upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg())
     ds = open_store(tmp_path / "out.zarr")
     assert ds["band_data"].attrs["_FillValue"] == -9999 or ds["band_data"].encoding.get("_FillValue") == -9999
     assert xr.open_zarr(tmp_path / "out.zarr")["band_data"].rio.encoded_nodata == -9999
@@ -87,21 +74,21 @@ def test_nodata_is_the_fill_value(tmp_path):
         assert (cog.read() == -9999).any()
 
 
-def test_gdal_reads_the_georeferencing(tmp_path, scene):
+def test_gdal_reads_the_georeferencing(tmp_path, ragged_scene):
     with rasterio.Env() as env:
         if "Zarr" not in env.drivers():
             pytest.skip("this GDAL has no Zarr driver")
-    upscale_scene([scene], tmp_path / "single.tif", cfg())
-    upscale_scene([scene], tmp_path / "out.zarr", cfg())
+    upscale_scene([ragged_scene], tmp_path / "single.tif", bicubic_cfg())
+    upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg())
     with rasterio.open(tmp_path / "single.tif") as cog, \
             rasterio.open(f'ZARR:"{tmp_path / "out.zarr"}":/band_data') as z:
         assert z.crs == cog.crs and z.transform.almost_equals(cog.transform)
         np.testing.assert_array_equal(z.read(), cog.read())
 
 
-def test_bad_combinations_are_refused_in_one_line(tmp_path, scene):
+def test_bad_combinations_are_refused_in_one_line(tmp_path, ragged_scene):
     for extra in (["--split", "512"], ["--co", "COMPRESS=ZSTD"]):
-        result = CliRunner().invoke(cli, ["upscale", str(scene), str(tmp_path / "out.zarr"), "--scale", "2",
+        result = CliRunner().invoke(cli, ["upscale", str(ragged_scene), str(tmp_path / "out.zarr"), "--scale", "2",
                                           "--model", "bicubic", "--captioner", "none", *extra])
         assert result.exit_code == 3, result.output
         assert len(result.output.strip().splitlines()) == 1 and extra[0] in result.output
@@ -116,9 +103,9 @@ def test_a_scene_without_georeferencing_is_refused(tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_a_stopped_run_resumes_without_rewriting_finished_chunks(tmp_path, scene, monkeypatch):
+def test_a_stopped_run_resumes_without_rewriting_finished_chunks(tmp_path, ragged_scene, monkeypatch):
     monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)  # one task per chunk: some finish before the stop
-    upscale_scene([scene], tmp_path / "reference.zarr", cfg())
+    upscale_scene([ragged_scene], tmp_path / "reference.zarr", bicubic_cfg())
     monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)  # commit after each batch: chunks start early
     written: list[str] = []
     real_fsync = geosr.zarr_output._fsync
@@ -129,16 +116,9 @@ def test_a_stopped_run_resumes_without_rewriting_finished_chunks(tmp_path, scene
         return real_fsync(path, directory)
 
     monkeypatch.setattr(geosr.zarr_output, "_fsync", counted_fsync)
-    real_rows = WorkRaster._write_rows
-
-    def full_once_a_chunk_is_journalled(self, *args):
-        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.zarr.geosr-run-*/journal.jsonl")):
-            raise WriteError("no space left (test)")
-        return real_rows(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_chunk_is_journalled)
+    real_rows = disk_full_once_a_block_is_journalled(monkeypatch, tmp_path, "out.zarr")
     with pytest.raises(WriteError):
-        upscale_scene([scene], tmp_path / "out.zarr", cfg())
+        upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg())
     assert not (tmp_path / "out.zarr").exists()  # nothing at OUTPUT
     (work,) = tmp_path.glob(".out.zarr.geosr-run-*")
     finished = geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks
@@ -147,7 +127,7 @@ def test_a_stopped_run_resumes_without_rewriting_finished_chunks(tmp_path, scene
 
     monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
     written.clear()
-    report = upscale_scene([scene], tmp_path / "out.zarr", cfg(resume=True))
+    report = upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg(resume=True))
     assert report.tiles_resumed > 0
     names = set(written)
     assert not names & set(finished) and len(names) == 6 - len(finished)
@@ -159,28 +139,21 @@ def test_a_stopped_run_resumes_without_rewriting_finished_chunks(tmp_path, scene
         assert (tmp_path / "out.zarr" / "band_data" / chunk.name).read_bytes() == chunk.read_bytes(), chunk.name
 
 
-def test_a_changed_chunk_is_written_again(tmp_path, scene, monkeypatch):
+def test_a_changed_chunk_is_written_again(tmp_path, ragged_scene, monkeypatch):
     """A journalled chunk whose file no longer holds its bytes is not trusted."""
     monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)
     monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)
-    real_rows = WorkRaster._write_rows
-
-    def full_once_a_chunk_is_journalled(self, *args):
-        if any(b'"blocks"' in j.read_bytes() for j in tmp_path.glob(".out.zarr.geosr-run-*/journal.jsonl")):
-            raise WriteError("no space left (test)")
-        return real_rows(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_chunk_is_journalled)
+    real_rows = disk_full_once_a_block_is_journalled(monkeypatch, tmp_path, "out.zarr")
     with pytest.raises(WriteError):
-        upscale_scene([scene], tmp_path / "out.zarr", cfg())
+        upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg())
     (work,) = tmp_path.glob(".out.zarr.geosr-run-*")
     name = next(iter(geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks))
     damaged = work / "out.zarr" / "band_data" / f"0.{name}"
     damaged.write_bytes(damaged.read_bytes()[:-7])
     monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
     with pytest.warns(geosr.resumable.StoppedRunWarning, match="missing or changed"):
-        upscale_scene([scene], tmp_path / "out.zarr", cfg(resume=True))
-    upscale_scene([scene], tmp_path / "reference.zarr", cfg())
+        upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg(resume=True))
+    upscale_scene([ragged_scene], tmp_path / "reference.zarr", bicubic_cfg())
     assert (tmp_path / "out.zarr" / "band_data" / f"0.{name}").read_bytes() == \
         (tmp_path / "reference.zarr" / "band_data" / f"0.{name}").read_bytes()
 
@@ -202,10 +175,10 @@ def block_means(data: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 def test_overview_levels_are_georeferenced_block_means(tmp_path, monkeypatch, where, masked):
     if where == "final pass":  # a group of one chunk owns no overview chunk: all levels come after the groups
         monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)
-    mask = np.ones((HEIGHT, WIDTH), bool)
+    mask = np.ones((RAGGED_HEIGHT, RAGGED_WIDTH), bool)
     mask[40:91, 100:261] = False
-    src = uint8_scene(tmp_path / "in.tif", HEIGHT, WIDTH, mask=mask if masked else None)
-    upscale_scene([src], tmp_path / "out.zarr", cfg())
+    src = uint8_scene(tmp_path / "in.tif", RAGGED_HEIGHT, RAGGED_WIDTH, mask=mask if masked else None)
+    upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg())
     store = tmp_path / "out.zarr"
     root = open_store(store)
     layout = root.attrs["multiscales"]["layout"]
@@ -216,7 +189,7 @@ def test_overview_levels_are_georeferenced_block_means(tmp_path, monkeypatch, wh
     for entry, f in zip(layout[1:], (2, 4)):
         level = xr.open_zarr(store, group=str(f), mask_and_scale=False)
         da = level["band_data"]
-        assert da.shape == (3, -(-2 * HEIGHT // f), -(-2 * WIDTH // f)) and entry["spatial:shape"] == list(da.shape[1:])
+        assert da.shape == (3, -(-2 * RAGGED_HEIGHT // f), -(-2 * RAGGED_WIDTH // f)) and entry["spatial:shape"] == list(da.shape[1:])
         assert da.rio.crs == root["band_data"].rio.crs
         expected = root["band_data"].rio.transform() * root["band_data"].rio.transform().scale(f)
         assert da.rio.transform().almost_equals(expected)
