@@ -44,6 +44,8 @@ _FLAG_WITH_VALUE = re.compile(r"(?<![\w-])--(?P<name>route|model) (?P<value>auto
 #: The parameters :func:`upscale` and :func:`upscale_to_file` share, written once for both docstrings.
 _SCENE_PARAMETERS = """    source : path-like, sequence of path-like, rasterio dataset or xarray.DataArray
         One raster or .vrt; several same-grid rasters, a directory or a glob (a mosaic);
+        a Sentinel-2 product (``.SAFE`` folder or ``MTD_MSIL2A.xml``: its 10 m subdataset) or a
+        GDAL subdataset name ``SENTINEL2_L2A:...:20m:EPSG_32633`` (:mod:`geosr.sentinel2`);
         an open rasterio dataset; or a DataArray with rioxarray georeferencing, dims
         ``(band, y, x)`` or ``(y, x)``, in memory or dask-backed. A DataArray is written to a
         temporary GeoTIFF first (computed chunk by chunk; the input is ``scale**2`` times

@@ -37,6 +37,7 @@ from geosr.georef import scale_gcps, scale_transform
 from geosr.remote import is_remote, remote_object
 from geosr.scene import expand_inputs
 from geosr.scene_plan import BandPlan, band_tags, plan_scene
+from geosr.sentinel2 import is_subdataset
 from geosr.sources import SourceFiles
 from geosr.tiling import Tile
 from geosr.uncertainty_map import NODATA, uncertainty_tags
@@ -70,7 +71,9 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     model = tasks.run_model(config)
     captioner_for(config.captioner)
     paths = expand_inputs(files.paths)
-    scene_plan = plan_scene(paths, config, model.channels, files.workdir if len(paths) > 1 else None)
+    # a mosaic's or a Sentinel-2 product's VRT lives as long as the sources
+    needs_vrt = len(paths) > 1 or is_subdataset(paths[0])
+    scene_plan = plan_scene(paths, config, model.channels, files.workdir if needs_vrt else None)
     scene, plan, grid, tiles, stretch = (
         scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.stretch
     )

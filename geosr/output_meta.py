@@ -23,6 +23,7 @@ from geosr.models import Upscaler
 from geosr.routing import TileRoute
 from geosr.scene import Scene
 from geosr.scene_plan import BandPlan, band_tags  # there, torch-free: `geosr info` shows them too
+from geosr.sentinel2 import source_name
 from geosr.tiling import Tile
 
 __all__ = ["CAPTIONS_SUFFIX", "band_meta", "band_tags", "captions_geojson", "output_profile", "output_tags"]
@@ -78,7 +79,7 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan
         GEOSR_OVERLAP=str(config.tiles.overlap),
         GEOSR_BLEND=config.blend,
         GEOSR_SEED=str(config.seed),
-        GEOSR_SOURCE=";".join(os.path.basename(p) for p in scene.paths),
+        GEOSR_SOURCE=";".join(source_name(p) for p in scene.paths),
     )
     tags.update(band_tags(plan))
     if config.steps is not None:

@@ -28,6 +28,7 @@ from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
 from geosr.remote import is_remote, remote_object
+from geosr.sentinel2 import is_subdataset, subdataset_files
 from geosr.uncertainty_map import joint_crc
 
 if TYPE_CHECKING:
@@ -85,13 +86,16 @@ def files_read(inputs: Sequence[str]) -> list[str]:
 
     A VRT's own file list names its direct sources only (a VRT of VRTs lists the inner VRT,
     not the files under it), so VRTs among the sources are opened in turn. Objects in S3 or
-    behind a URL (:mod:`geosr.remote`) are kept as named.
+    behind a URL (:mod:`geosr.remote`) are kept as named. A Sentinel-2 subdataset name stands
+    for the files GDAL reads for it: the product's metadata files and band images.
     """
     def named(f: str) -> str:
         return f if is_remote(f) else os.path.abspath(f)
 
     seen: dict[str, None] = {}
-    todo = [named(f) for f in inputs]
+    todo = []
+    for f in inputs:
+        todo += [named(p) for p in subdataset_files(f)] if is_subdataset(f) else [named(f)]
     while todo:
         path = todo.pop(0)
         if path in seen:

@@ -7,6 +7,10 @@ handle), so a scene can be shipped to dask workers.
 A mosaic (several files, a directory, a glob) is checked to share one CRS and one pixel
 grid, then described by a VRT written to a work folder; the VRT places every file at its
 whole-pixel offset, so tiles read across file boundaries like from one raster.
+
+A Sentinel-2 product (its ``.SAFE`` folder or metadata file) or one of GDAL's subdataset names
+for it is read through a VRT in the work folder too: its spectral bands with the product's
+nodata, scales and offsets (:mod:`geosr.sentinel2`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from rasterio.windows import Window
 
 from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
 from geosr.remote import gdal_path, is_remote
+from geosr.sentinel2 import is_subdataset, resolve_input, write_vrt
 
 __all__ = [
     "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite", "categorical_reason",
@@ -152,13 +157,19 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     Directories contribute their raster files (non-recursive); glob patterns are expanded
     (for shells that do not). Objects in S3 or behind a URL (``s3://bucket/key.tif``,
     ``https://...``, ``/vsis3/...``: :mod:`geosr.remote`) are taken as named: GDAL says
-    whether they exist when the scene is opened. Raises :class:`InputError` naming what
-    matched nothing.
+    whether they exist when the scene is opened. A Sentinel-2 product (a ``.SAFE`` folder,
+    its ``MTD_MSIL2A.xml`` / ``MTD_MSIL1C.xml``, its zip) becomes the name of its 10 m subdataset, and a
+    subdataset name (``SENTINEL2_L2A:/p/MTD_MSIL2A.xml:20m:EPSG_32633``) is checked and kept
+    (:func:`geosr.sentinel2.resolve_input`). Raises :class:`InputError` naming what matched
+    nothing or does not open.
     """
     files: list[str] = []
     for item in inputs:
         text = os.fspath(item)
-        if is_remote(text):
+        product = resolve_input(text) if not is_remote(text) or is_subdataset(text) else None
+        if product is not None:
+            files.append(product)
+        elif is_remote(text):
             if glob.has_magic(text) or text.endswith("/"):
                 raise InputError(f"input {text!r}: folders and patterns in object storage are not expanded; "
                                  "name each object (s3://bucket/a.tif s3://bucket/b.tif)")
@@ -180,7 +191,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
         else:
             raise InputError(f"input {text!r} does not exist")
     # The same file given twice would be summed twice in a mosaic.
-    unique = list(dict.fromkeys(f if is_remote(f) else os.path.abspath(f) for f in files))
+    unique = list(dict.fromkeys(f if is_remote(f) or is_subdataset(f) else os.path.abspath(f) for f in files))
     if not unique:
         raise InputError("no input given")
     return unique
@@ -194,9 +205,10 @@ def open_scene(
     Parameters
     ----------
     inputs : sequence of path-like
-        One raster or .vrt, or several same-grid rasters / a directory / a glob (a mosaic).
+        One raster or .vrt, or several same-grid rasters / a directory / a glob (a mosaic); a
+        Sentinel-2 product or subdataset (:func:`expand_inputs`).
     workdir : path-like, optional
-        Where a mosaic's VRT is written. Required for mosaics.
+        Where a mosaic's or a Sentinel-2 product's VRT is written. Required for them.
     check_pixels : bool
         Read a float raster's pixels for NaN and infinities (:attr:`Scene.non_finite`, with
         a :class:`NonFiniteInputWarning` when there are some). ``geosr info`` describes
@@ -210,11 +222,15 @@ def open_scene(
         Mosaic pieces on different CRS, resolution, band layout or pixel grid.
     """
     files = expand_inputs(inputs)
+    if workdir is None and (len(files) > 1 or is_subdataset(files[0])):
+        what = "a mosaic of several inputs" if len(files) > 1 else "a Sentinel-2 product"
+        raise InputError(f"{what} needs a work directory for its VRT")
+    # a Sentinel-2 subdataset is read through its VRT (its spectral bands, nodata, scales, offsets)
+    readable = [str(write_vrt(f, Path(workdir) / f"sentinel2-{i}.vrt")) if is_subdataset(f) else f
+                for i, f in enumerate(files, start=1)]
     if len(files) == 1:
-        return _describe(files[0], files, check_pixels)
-    if workdir is None:
-        raise InputError("a mosaic of several inputs needs a work directory for its VRT")
-    vrt = _write_mosaic_vrt(files, Path(workdir))
+        return _describe(readable[0], files, check_pixels)
+    vrt = _write_mosaic_vrt(readable, Path(workdir))
     return _describe(str(vrt), files, check_pixels)
 
 
@@ -274,6 +290,8 @@ def categorical_reason(path: str) -> str | None:
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot open {path!r} as a raster: {exc}") from exc
     with ds:
+        if not ds.count:
+            return None  # a container of subdatasets: opening the scene says so
         if ColorInterp.palette in ds.colorinterp:
             return "a colour table"
         aux = Path(path + ".aux.xml")
@@ -331,6 +349,10 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot open {source!r} as a raster: {exc}") from exc
     with ds:
+        if not ds.count:  # a container (HDF, NetCDF, a product GDAL opens as subdatasets)
+            listed = "".join(f"\n  {s}" for s in ds.subdatasets)
+            raise InputError(f"{paths[0]} holds no bands of its own" + (
+                f"; name one of its subdatasets as INPUT:{listed}" if listed else ""))
         if ds.dtypes[0] not in SUPPORTED_DTYPES:
             raise InputError(
                 f"{paths[0]} has {ds.dtypes[0]} pixels: geosr reads real-valued bands "

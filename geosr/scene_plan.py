@@ -23,6 +23,7 @@ from geosr.errors import InputError
 from geosr.radiometry import Stretch, fit_stretch
 from geosr.reading import read_valid
 from geosr.scene import Scene, open_raster, open_scene
+from geosr.sentinel2 import source_name
 from geosr.tiling import Tile, TileGrid
 
 __all__ = ["BandGroup", "BandPlan", "ScenePlan", "plan_scene", "plan_bands", "band_tags", "warn_rgb_assumed", "select_tiles", "tile_seed", "scene_key"]
@@ -173,7 +174,7 @@ def band_tags(plan: BandPlan) -> dict[str, str]:
 
 def warn_rgb_assumed(scene: Scene, rgb: RGBBands) -> None:
     """Say, in one line, which bands are taken as R, G, B without metadata saying so, and how to choose."""
-    name = os.path.basename(scene.paths[0]) + (f" (+{len(scene.paths) - 1} files)" if len(scene.paths) > 1 else "")
+    name = source_name(scene.paths[0]) + (f" (+{len(scene.paths) - 1} files)" if len(scene.paths) > 1 else "")
     r, g, b = rgb.bands
     warnings.warn(
         f"{name}: no colour interpretation, band description or wavelength says which bands are red, green "
@@ -195,7 +196,7 @@ def tile_seed(base_seed: int, scene_key: str, tile: Tile) -> int:
 
 def scene_key(scene: Scene) -> str:
     """Stable identifier of a scene's content layout (file names and size, not their folder)."""
-    names = ",".join(os.path.basename(p) for p in scene.paths)
+    names = ",".join(source_name(p) for p in scene.paths)
     return f"{names}:{scene.width}x{scene.height}x{scene.count}"
 
 
@@ -244,7 +245,8 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     channels : int or None
         Channels of the model the bands are planned for (3 for a captioner).
     workdir : path-like, optional
-        Where a mosaic's VRT goes (required for a mosaic); it must outlive the plan's use.
+        Where a mosaic's or a Sentinel-2 product's VRT goes (required for them); it must outlive
+        the plan's use.
     """
     scene = open_scene(files, workdir=workdir)
     bands = plan_bands(scene, config.bands, channels, bands_to_model=config.bands_to_model, rgb_bands=config.rgb_bands)

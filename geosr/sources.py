@@ -30,6 +30,7 @@ from rasterio.io import DatasetReaderBase
 
 from geosr.errors import GDAL_ERRORS, InputError
 from geosr.remote import is_remote
+from geosr.sentinel2 import is_subdataset
 
 if TYPE_CHECKING:
     import xarray
@@ -104,7 +105,8 @@ def _is_dataarray(obj: object) -> bool:
 def _dataset_files(ds: DatasetReaderBase) -> SourceFiles:
     if ds.closed:
         raise InputError(f"the rasterio dataset {ds.name!r} is closed")
-    if os.path.exists(ds.name) or is_remote(ds.name):  # a file, or an object GDAL reads (s3://, /vsis3/, URL)
+    if os.path.exists(ds.name) or is_remote(ds.name) or is_subdataset(ds.name):
+        # a file, an object GDAL reads (s3://, /vsis3/, URL), a Sentinel-2 subdataset (geosr.sentinel2)
         return SourceFiles([ds.name])
     files = SourceFiles([])
     copy = files.workdir / "dataset.tif"

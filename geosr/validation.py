@@ -11,6 +11,7 @@ other data (a damaged resume, a changed input) is an error even when the rest is
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,10 @@ import rasterio
 from rasterio.enums import MaskFlags, Resampling
 from rio_cogeo.cogeo import cog_validate
 
-from geosr.errors import GDAL_ERRORS, gdal_cause
+from geosr.errors import GDAL_ERRORS, InputError, gdal_cause
 from geosr.georef import scale_transform
 from geosr.scene import open_raster
+from geosr.sentinel2 import resolve_input, write_vrt
 
 __all__ = ["ValidationResult", "validate_output"]
 
@@ -54,9 +56,20 @@ def validate_output(path: str | os.PathLike, source: str | os.PathLike | None = 
     mask and overview readable; against the source: an integer scale, ``transform ==
     source.transform @ Affine.scale(1/scale)`` and the same bounds (for a georeferenced
     source), CRS, dtype, nodata and a mask when the source has one. Bands that are
-    constant (where the source's vary) are reported as warnings.
+    constant (where the source's vary) are reported as warnings. A Sentinel-2 product or
+    subdataset as ``source`` is read as ``geosr upscale`` reads it (:mod:`geosr.sentinel2`).
     """
-    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="geosr-") as tmp:
+        return _validate(Path(path), source, Path(tmp))
+
+
+def _source_raster(source: str, workdir: Path) -> str:
+    """The raster ``source`` is compared as: itself, or a Sentinel-2 product's VRT."""
+    name = resolve_input(source)
+    return str(write_vrt(name, workdir / "source.vrt")) if name else source
+
+
+def _validate(path: Path, source: str | os.PathLike | None, workdir: Path) -> ValidationResult:
     res = ValidationResult(path)
     if not path.exists():
         res.errors.append(f"{path} does not exist")
@@ -87,9 +100,11 @@ def validate_output(path: str | os.PathLike, source: str | os.PathLike | None = 
             src = None
             if source is not None:
                 try:
-                    src = open_raster(str(source))
+                    src = open_raster(_source_raster(os.fspath(source), workdir))
                 except GDAL_ERRORS as exc:
                     res.errors.append(f"cannot open the source {source}: {gdal_cause(exc)}")
+                except InputError as exc:
+                    res.errors.append(f"cannot open the source: {exc}")
             if src is None:
                 if ranges and all(lo == hi for lo, hi in ranges):
                     res.warnings.append(f"every band is constant ({ranges[0][0]:g}): is this the image you expect?")

@@ -12,6 +12,7 @@ from geosr.band_roles import RGBAssumedWarning
 from geosr.cli.options import fail_cleanly, one_line, parse_bands, tile_options
 from geosr.scene import open_scene
 from geosr.scene_plan import band_tags, plan_bands
+from geosr.sentinel2 import is_subdataset, product_subdatasets
 from geosr.tiling import TileGrid
 
 
@@ -27,7 +28,9 @@ def info(inputs, tile, overlap, scale, rgb_bands, as_json):
     dtype, nodata/mask, bands, and the tile plan. Also which bands an RGB model (the shipped
     ones) takes as R, G, B and what says so (band descriptions, wavelengths, colour
     interpretation, or nothing: the first three, with a warning), and the band groups it
-    gets with --bands-to-model all (one model call per group).
+    gets with --bands-to-model all (one model call per group). For a Sentinel-2 product
+    (.SAFE folder, MTD_MSIL2A.xml) or subdataset, also the product's subdatasets: name one
+    as INPUT for another resolution.
 
     \b
     Example:
@@ -67,6 +70,9 @@ def info(inputs, tile, overlap, scale, rgb_bands, as_json):
         },
         "output_size_at_scale": [scene.width * scale, scene.height * scale],
     }
+    if len(scene.paths) == 1 and is_subdataset(scene.paths[0]):
+        # the others a Sentinel-2 product offers: name one as INPUT to read it instead
+        facts["subdatasets"] = fail_cleanly(lambda: product_subdatasets(scene.paths[0]))
     if assumed:
         facts["rgb_warning"] = assumed[0]
     if as_json:
@@ -84,5 +90,8 @@ def info(inputs, tile, overlap, scale, rgb_bands, as_json):
             continue
         if key == "rgb_warning":
             click.echo(f"warning: {value}", err=True)
+            continue
+        if key == "subdatasets":
+            click.echo("subdatasets:" + "".join(f"\n  {s}" for s in value))
             continue
         click.echo(f"{key}: {text.get(key, value)}")

@@ -82,7 +82,10 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
 
     INPUT is one GeoTIFF, a .vrt, or several same-grid GeoTIFFs / a directory / a glob,
-    upscaled as one mosaic. The output grid is the input grid refined SCALE times (same
+    upscaled as one mosaic; or a Sentinel-2 product (a .SAFE folder, its MTD_MSIL2A.xml /
+    MTD_MSIL1C.xml or its zip: its 10 m bands B4, B3, B2, B8), or one of its GDAL subdatasets for
+    another resolution (SENTINEL2_L2A:S2..SAFE/MTD_MSIL2A.xml:20m:EPSG_32633; geosr info
+    PRODUCT lists them). The output grid is the input grid refined SCALE times (same
     CRS and bounds); nodata and masks are carried over, and tile footprints with their
     captions go to OUTPUT's name with .captions.geojson. A failed run leaves no OUTPUT.
 
@@ -96,6 +99,7 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
       geosr upscale scene.tif scene_x4.tif --scale 4
       geosr upscale tiles/ mosaic_x2.tif --scale 2 --model lanczos --co COMPRESS=ZSTD
       geosr upscale big.vrt out.tif --aoi field.geojson --bands 1,2,3
+      geosr upscale S2B_MSIL2A_20230823T095559_N0509_R122_T34UCF_20230823T124759.SAFE s2_x4.tif --scale 4
       geosr upscale big.vrt out.tif --address tcp://scheduler:8786 --device cuda
       geosr upscale big.vrt out.tif --resume      # after a pre-empted run
       geosr upscale big.vrt out_x4/ --split 16384  # COG blocks + mosaic.vrt + STAC

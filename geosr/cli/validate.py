@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
 
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("output", type=click.Path(exists=True, dir_okay=False))
-@click.option("--source", type=click.Path(exists=True, dir_okay=False), help="The input it was made from: checks grid, CRS, bounds, dtype, mask.")
+@click.option("--source", callback=lambda ctx, param, value: _existing_source(value),
+              help="The input it was made from: checks grid, CRS, bounds, dtype, mask. A raster file, or a "
+                   "Sentinel-2 product (.SAFE folder, MTD_MSIL2A.xml) or subdataset name, as geosr upscale took it.")
 def validate(output, source):
     """Check that OUTPUT is a valid COG and (with --source) the source grid refined.
 
@@ -32,3 +36,15 @@ def validate(output, source):
     click.echo("OK" if res.ok else "INVALID")
     if not res.ok:
         raise SystemExit(1)
+
+
+def _existing_source(value: str | None) -> str | None:
+    """``--source`` as click's ``Path(exists=True)`` checked it, with a .SAFE folder and a
+    Sentinel-2 subdataset name (``SENTINEL2_L2A:...``) let through."""
+    if value is None or value.upper().startswith("SENTINEL2_"):
+        return value
+    if not os.path.exists(value):
+        raise click.BadParameter(f"File {value!r} does not exist.")
+    if os.path.isdir(value) and not value.rstrip("/").upper().endswith(".SAFE"):
+        raise click.BadParameter(f"File {value!r} is a directory.")
+    return value
