@@ -14,6 +14,14 @@ each axis of the LR grid (:func:`lr_round_trip_kernel`), whose response lies in 
 21-tap filtering of ``A r`` (:func:`inverse_round_trip_kernel`). A second round takes what the
 borders leave. Plain iterative back-projection (Irani & Peleg 1991, ``r <- r - U(A(r))``) needs
 one HR-sized round per iteration, and the six it takes cost as much as the student itself.
+
+The same inverse makes a whole output consistent (:func:`project_to_lr`): ``x - U(m)`` with
+``A U m = A x - y``. That is right only where ``A`` is how the input was made. A blurred or noisy
+LR tile reproduced exactly brings its blur and noise back into the output (x4 on 25 val
+images: -0.8 dB with isotropic blur and noise, -2.0 dB with anisotropic blur), so the pipeline
+projects the tiles whose caption reads as a clean downsampling (:func:`reads_as_clean`): on 50
+val images per protocol this took x4 clean +0.035 dB (x2 +0.028 dB) and the consistency error
+from 0.8 to 0.06 DN, and changed the blurred and noisy protocols by 0.000 to +0.002 dB.
 """
 
 from __future__ import annotations
@@ -24,9 +32,19 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bicubic_upsample", "inverse_round_trip_kernel", "invisible_to_lr", "lr_round_trip_kernel", "model_downsample"]
+from geosr.captioning.vocabulary import parse_caption
+
+__all__ = [
+    "bicubic_upsample", "inverse_round_trip_kernel", "invisible_to_lr", "lr_round_trip_kernel", "model_downsample",
+    "project_to_lr", "reads_as_clean",
+]
 
 ROUNDS = 2
+# What a caption of a clean (antialiased bicubic, 8-bit) LR tile says: the antialiasing
+# kernel reads as 0.2-0.4 px of isotropic blur and 8-bit quantisation with fine texture as
+# up to 1 DN of noise (x4 and x2 LR of val images, DegradationCaptioner).
+CLEAN_BLUR_SIGMA = 0.4
+CLEAN_NOISE_SIGMA = 1.0
 RADIUS = 5  # of the round-trip filter
 INVERSE_RADIUS = 10  # of its inverse: taps beyond are below 3e-5
 
@@ -130,3 +148,38 @@ def invisible_to_lr(residual: torch.Tensor, scale: int, upsample_mode: str = "bi
         correction = _filter(model_downsample(residual, scale), inverse)
         residual = residual - _upsample(correction, scale, upsample_mode)
     return residual
+
+
+def project_to_lr(image: torch.Tensor, lr: torch.Tensor, scale: int, upsample_mode: str = "bicubic") -> torch.Tensor:
+    """``image`` corrected so that :func:`model_downsample` of it gives ``lr`` back (float32).
+
+    One round of ``x - U(k^-1 (A x - y))`` (module docstring): away from the borders, ``A`` of
+    the result is ``lr`` to 0.1 DN; a second round changes the result by less than 0.01 DN.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``[B, C, H, W]`` HR images, ``H`` and ``W`` ``scale`` times the LR's.
+    lr : torch.Tensor
+        ``[B, C, H / scale, W / scale]`` the inputs they were made from.
+    scale : int
+        The upscaling factor.
+    upsample_mode : str
+        The interpolation that maps an LR correction back to the HR grid.
+    """
+    image = image.float()
+    correction = _filter(model_downsample(image, scale) - lr.float(), inverse_round_trip_kernel(scale, upsample_mode))
+    return image - _upsample(correction, scale, upsample_mode)
+
+
+def reads_as_clean(caption: str) -> bool:
+    """Whether ``caption`` (the shared grammar) describes a clean downsampling: no blur beyond the
+    antialiasing kernel's, no noise beyond 8-bit quantisation's, no JPEG. Free text: False."""
+    facts = parse_caption(caption)
+    return (
+        facts is not None
+        and not facts.anisotropic
+        and facts.blur_sigma <= CLEAN_BLUR_SIGMA
+        and facts.noise_sigma <= CLEAN_NOISE_SIGMA
+        and facts.jpeg_quality is None
+    )

@@ -61,7 +61,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from geosr.pipelines.consistency import invisible_to_lr
+from geosr.pipelines.consistency import invisible_to_lr, project_to_lr, reads_as_clean
 from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid
 from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
 
@@ -506,6 +506,7 @@ class GeoSRPipeline(DiffusionPipeline):
         return_dict: bool = True,
         detail: float = 0.0,
         return_uncertainty: bool = False,
+        lr_consistency: str = "clean",
     ) -> GeoSRPipelineOutput | tuple:
         """Super-resolve a batch of LR images.
 
@@ -538,6 +539,13 @@ class GeoSRPipeline(DiffusionPipeline):
         return_uncertainty : bool
             Also predict each output pixel's root-mean-square error (the uncertainty head's
             variance, plus ``D**2`` times the squared detail added, which the head did not see).
+        lr_consistency : {"clean", "always", "off"}
+            Which outputs are projected onto their input, so that the model's downsampling of
+            the output gives the LR back (:func:`~geosr.pipelines.consistency.project_to_lr`;
+            LR-space residual pipelines only, others are left as they are): those whose
+            caption reads as a clean downsampling
+            (:func:`~geosr.pipelines.consistency.reads_as_clean`; a blurred or noisy LR
+            reproduced exactly would bring its blur and noise back), all, or none.
 
         Returns
         -------
@@ -564,6 +572,8 @@ class GeoSRPipeline(DiffusionPipeline):
             controlnet_conditioning_scale,
         )
         self._check_heads(detail, return_uncertainty)
+        if lr_consistency not in ("clean", "always", "off"):
+            raise ValueError(f"lr_consistency must be 'clean', 'always' or 'off', got {lr_consistency!r}")
         sample, upsampled, lr_grid = self.denoise(
             image, prompt, num_inference_steps, guidance_scale, generator, controlnet_conditioning_scale
         )
@@ -575,6 +585,14 @@ class GeoSRPipeline(DiffusionPipeline):
         hr = target_to_image(
             sample, upsampled, self.config.predict_residual, self.config.residual_scale, self.unshuffle_factor
         )
+
+        if self.unshuffle_factor and lr_consistency != "off":
+            project = [lr_consistency == "always" or reads_as_clean(text) for text in prompt]
+            if any(project):
+                chosen = torch.tensor(project, device=hr.device)[:, None, None, None]
+                projected = project_to_lr(hr, image.to(hr.device).clamp(0.0, 1.0), self.config.upscale_factor,
+                                          self.config.upsample_mode)
+                hr = torch.where(chosen, projected.to(hr.dtype), hr)
 
         added = None
         if detail > 0.0:

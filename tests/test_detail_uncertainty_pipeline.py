@@ -7,7 +7,7 @@ import torch
 from diffusers import LCMScheduler
 
 from geosr.pipelines import GeoSRPipeline
-from geosr.pipelines.consistency import bicubic_upsample, invisible_to_lr, model_downsample
+from geosr.pipelines.consistency import bicubic_upsample, invisible_to_lr, model_downsample, project_to_lr, reads_as_clean
 from geosr.training.train_heads import radial_log_power, spectral_loss
 from tiny_models import tiny_pipeline_components, with_tiny_heads
 
@@ -188,3 +188,57 @@ def test_the_shipped_detail_dial_is_monotone_in_sharpness(data_dir, scale):
         out = load_upscaler(f"geosr-tiny-x{scale}", scale, detail=detail).upscale(image_to_batch(lr), ["no blur"], [7])
         sharpness.append(sharpness_ratio(quantise_8bit(out[0].numpy().transpose(1, 2, 0)), hr, scale))
     assert sharpness[0] < sharpness[1] < sharpness[2]
+
+
+CLEAN = "mild isotropic blur sigma 0.3 px; low noise sigma 1; no jpeg"
+BLURRED = "moderate isotropic blur sigma 0.8 px; no noise; no jpeg"
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_project_to_lr_gives_the_lr_back(scale):
+    gen = torch.Generator().manual_seed(scale)
+    lr = 0.2 + 0.6 * torch.rand(1, 3, 24, 24, generator=gen)
+    image = bicubic_upsample(lr, scale) + 0.05 * torch.randn(1, 3, 24 * scale, 24 * scale, generator=gen)
+    before = (model_downsample(image, scale) - lr)[..., 4:-4, 4:-4].abs().max()
+    after = (model_downsample(project_to_lr(image, lr, scale), scale) - lr)[..., 4:-4, 4:-4].abs().max()
+    assert before > 5 / 255 and after < 0.1 / 255
+
+
+@pytest.mark.parametrize("caption, clean", [
+    ("no blur; no noise; no jpeg", True),
+    (CLEAN, True),
+    ("mild isotropic blur sigma 0.5 px; no noise; no jpeg", False),
+    ("no blur; low noise sigma 2; no jpeg", False),
+    ("no blur; no noise; jpeg quality 90", False),
+    ("mild anisotropic blur sigma 0.3 px along 45 deg; no noise; no jpeg", False),
+    ("", False),
+    ("a sharp aerial photo", False),
+])
+def test_only_captions_of_a_clean_downsampling_read_as_clean(caption, clean):
+    assert reads_as_clean(caption) is clean
+
+
+def test_outputs_whose_caption_reads_clean_are_made_consistent_with_their_input(tmp_path):
+    pipe = _pipe(tmp_path)
+    # small residuals, as the shipped students: the outputs stay inside [0, 1], unclamped
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(0.01)
+    lr = _lr()
+
+    def run(captions, **kwargs):
+        generators = [torch.Generator().manual_seed(3 + i) for i in range(len(lr))]
+        return pipe(lr, prompt=captions, generator=generators, num_inference_steps=1, **kwargs).images
+
+    def lr_error(out):  # per image, DN, borders aside (replicate padding there)
+        return ((model_downsample(out, 4) - lr)[..., 2:-2, 2:-2] * 255).abs().amax(dim=(1, 2, 3))
+
+    mixed, off = run([CLEAN, BLURRED]), run([CLEAN, BLURRED], lr_consistency="off")
+    assert lr_error(off).min() > 1.0
+    assert lr_error(mixed)[0] < 0.1  # the clean one projected
+    torch.testing.assert_close(mixed[1], off[1], rtol=0, atol=0)  # the blurred one as it was
+    always = run([CLEAN, BLURRED], lr_consistency="always")
+    torch.testing.assert_close(always[0], mixed[0], rtol=0, atol=0)
+    assert lr_error(always)[1] < 0.1
+    with pytest.raises(ValueError, match="lr_consistency"):
+        run([CLEAN, CLEAN], lr_consistency="yes")
