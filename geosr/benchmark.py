@@ -276,7 +276,7 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
     Tiles are read and captioned first (not timed), in the run's batches, then routed and
     given to the model exactly as the run gives them (:func:`geosr.tasks.upscale_routed`).
     """
-    from geosr.tasks import (batch_jobs, batch_routes, caption_batch, cheap_model_for, model_input,
+    from geosr.tasks import (batch_jobs, batch_routes, caption_batch, cheap_model_for, model_input, plan_step,
                              read_batch_and_valid, upscale_routed)
     from geosr.models import load_upscaler
     from geosr.scene import expand_inputs
@@ -284,7 +284,7 @@ def model_only_seconds(inputs: Sequence[str], config) -> tuple[float, "TileGrid"
 
     model = load_upscaler(config.model, config.scale, **config.model_options())
     with tempfile.TemporaryDirectory(prefix="geosr-bench-") as tmp:
-        scene_plan = plan_scene(expand_inputs(inputs), config, model.channels, Path(tmp))
+        scene_plan = plan_scene(expand_inputs(inputs), config, model.channels, Path(tmp), plan_step(model, config))
         seconds = 0.0
         for job in batch_jobs(scene_plan, list(scene_plan.tiles), config):
             batch, valid = read_batch_and_valid(job)

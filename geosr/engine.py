@@ -173,6 +173,8 @@ def upscale_scene(
         identity = run_identity(files, config)
         if isinstance(target, ZarrTarget):  # absent from other outputs' identities, as before Zarr output existed
             identity["zarr"] = f"format 2, chunks {ZARR_CHUNK}"
+        if model.grid_step > 1:  # another tile plan (geosr.tiling); absent at 1, as before there were grid steps
+            identity["tile grid step"] = str(model.grid_step)
 
         with OutputLock(target.output):
             journal = open_journal(target.output, identity, config.resume)
@@ -200,7 +202,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     folder = journal.folder
     last_tile = [time.perf_counter()]  # when the last tile result came (now: a run with none to do)
     caption_mode, caption_n = parse_caption_every(config.caption_every)
-    scene_plan = plan_scene(files, config, model.channels, folder.path)
+    scene_plan = plan_scene(files, config, model.channels, folder.path, model.grid_step)
     scene, plan, grid, tiles, skipped = scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.skipped
     s = config.scale
     profile = output_profile(scene, plan, s)

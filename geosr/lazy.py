@@ -73,7 +73,8 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     paths = expand_inputs(files.paths)
     # a mosaic's or a Sentinel-2 product's VRT lives as long as the sources
     needs_vrt = len(paths) > 1 or is_subdataset(paths[0])
-    scene_plan = plan_scene(paths, config, model.channels, files.workdir if needs_vrt else None)
+    scene_plan = plan_scene(paths, config, model.channels, files.workdir if needs_vrt else None,
+                            tasks.plan_step(model, config))
     scene, plan, grid, tiles, stretch = (
         scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.stretch
     )

@@ -4,11 +4,12 @@ A small float32 GeoTIFF beside the output (``--route-map``) that an analyst drap
 the scene in QGIS: band 1 ``texture`` and band 2 ``noise`` (DN, :mod:`geosr.routing`),
 band 3 ``model`` (1: the tile went to the model, 0: to bicubic). Its pixels are the
 tiles' cores: pixel ``(row, col)`` covers the core of tile ``(row, col)``, so its pixel
-size is the core size (:func:`geosr.tiling.core_size`) times the scene's. The last row and
-column of cores are shifted back inside the scene by less than one pixel per tile
-(:func:`geosr.tiling.axis_starts`); the map draws them on the regular grid, so its far
-edge overhangs the scene by that much. Tiles that were not processed (outside the AOI,
-all no-data) are NaN, the map's nodata.
+size is the core size (:attr:`geosr.tiling.TileGrid.core_shape`) times the scene's. The last
+row and column of cores are shifted back inside the scene by less than one pixel per tile
+(one grid step per tile in the plan of a model on a coarser grid than the LR,
+:func:`geosr.tiling.axis_starts`); the map draws them on the regular grid, so its far edge
+overhangs the scene by that much. Tiles that were not processed (outside the AOI, all
+no-data) are NaN, the map's nodata.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from geosr.config import RunConfig
 from geosr.errors import InputError
 from geosr.routing import MODEL, NOISE_LIMIT, TileRoute
 from geosr.scene import Scene
-from geosr.tiling import Tile, TileGrid, core_size
+from geosr.tiling import Tile, TileGrid
 from geosr.writer import check_companion_file
 
 __all__ = ["check_route_map_target", "write_route_map", "ROUTE_MAP_BANDS"]
@@ -79,7 +80,7 @@ def write_route_map(path: Path, scene: Scene, grid: TileGrid, tiles: Sequence[Ti
         r = routes.get(t.index)
         if r is not None:
             data[:, t.row, t.col] = (r.texture, r.noise, float(r.path == MODEL))
-    ch, cw = core_size(grid.height, grid.tile), core_size(grid.width, grid.tile)
+    ch, cw = grid.core_shape
     profile = dict(driver="GTiff", width=cols, height=rows, count=len(ROUTE_MAP_BANDS), dtype="float32",
                    nodata=float("nan"), compress="DEFLATE")
     gcps = None

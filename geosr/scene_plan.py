@@ -233,7 +233,8 @@ class ScenePlan:
         return fit_stretch(self.scene.source, self.bands.bands, self.scene.dtype)
 
 
-def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None) -> ScenePlan:
+def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None,
+               step: int = 1) -> ScenePlan:
     """Plan ``files`` (one raster, or a same-grid mosaic) for ``config``.
 
     Parameters
@@ -247,10 +248,13 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     workdir : path-like, optional
         Where a mosaic's or a Sentinel-2 product's VRT goes (required for them); it must outlive
         the plan's use.
+    step : int
+        The grid step the tiles keep (:class:`~geosr.tiling.TileGrid`): the run's
+        :func:`geosr.tasks.plan_step` (``ModelFacts.grid_step``), 1 for a model that has none.
     """
     scene = open_scene(files, workdir=workdir)
     bands = plan_bands(scene, config.bands, channels, bands_to_model=config.bands_to_model, rgb_bands=config.rgb_bands)
-    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap)
+    grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap, step)
     aoi = load_aoi(config.aoi, scene) if config.aoi else None
     return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi)), scene_key(scene))
 

@@ -12,6 +12,7 @@ whole (:func:`shippable_errors`). Nothing here knows about runs, journals or out
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
@@ -36,7 +37,7 @@ from geosr.tiling import Tile, TileGrid
 __all__ = [
     "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for",
     "cheap_model_for", "cheap_path_model", "error_variance", "group_input", "model_facts", "model_for", "model_input",
-    "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "upscale_batch",
+    "plan_step", "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "upscale_batch",
     "upscale_routed",
 ]
 
@@ -200,7 +201,10 @@ def batch_routes(job: BatchJob, x: torch.Tensor, valid: np.ndarray) -> list[Tile
         return [None] * len(job.tiles)
     in_core = np.zeros_like(valid)
     for i, t in enumerate(job.tiles):
-        top, left = ((n - int(c)) // 2 for n, c in zip(t.shape, (t.core.height, t.core.width)))
+        # the core's place in the padded tile (not its middle: a core cut at the raster's edge,
+        # geosr.tiling, is not)
+        top = t.pad[0] + int(t.core.row_off - t.read.row_off)
+        left = t.pad[2] + int(t.core.col_off - t.read.col_off)
         in_core[i, top : top + int(t.core.height), left : left + int(t.core.width)] = True
     return list(route_tiles(x, job.route_threshold, torch.from_numpy(valid & in_core), cheap=job.route_to))
 
@@ -298,11 +302,13 @@ def error_variance(sigmas: Mapping[int, torch.Tensor], stretch: Stretch) -> torc
 @dataclass(frozen=True)
 class ModelFacts:
     """What the client needs of a run's model: the name it is tagged with, its input channels
-    (None: any), and whether it is a network (its tasks then ask for a GPU where there is one)."""
+    (None: any), whether it is a network (its tasks then ask for a GPU where there is one), and
+    the grid step its tile plan keeps (:func:`plan_step`)."""
 
     name: str
     channels: int | None
     neural: bool
+    grid_step: int = 1
 
 
 def run_model(config: RunConfig) -> Upscaler:
@@ -321,13 +327,29 @@ def run_model(config: RunConfig) -> Upscaler:
     return model
 
 
+def plan_step(model: Upscaler, config: RunConfig) -> int:
+    """The grid step of a run's tile plan (:class:`geosr.tiling.TileGrid`): every network that
+    may upscale a tile sees it on the phase of its grid that it sees in an untiled run.
+
+    A model's ``grid_step`` (LR px; 1 where it has none: classical models, users' networks);
+    when the run routes tiles, the least common multiple with its cheap path's (geosr-tiny-fast-x2
+    runs on LR/2: 2), loaded as the routed tiles will load it (cached per process).
+    """
+    step = int(getattr(model, "grid_step", 1))
+    if config.routed_threshold is not None:
+        cheap = cheap_path_model(config.route_to, config.scale, config.model_options())
+        step = math.lcm(step, int(getattr(cheap, "grid_step", 1)))
+    return step
+
+
 @shippable_errors
 def model_facts(config: RunConfig) -> ModelFacts:
-    """Load ``config``'s model and captioner (cached per process) and describe the model."""
+    """Load ``config``'s model (and routing's cheap path) and captioner (cached per process) and
+    describe the model."""
     model = run_model(config)
     captioner_for(config.captioner)
     return ModelFacts(getattr(model, "name", config.model), model.channels,
-                      not isinstance(model, CLASSICAL_UPSCALERS))
+                      not isinstance(model, CLASSICAL_UPSCALERS), plan_step(model, config))
 
 
 def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) -> list[BatchJob]:

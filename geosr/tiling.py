@@ -7,6 +7,16 @@ the same shape (batches) and no sliver tile repeats work; the last row/column is
 back inside the raster (never dropped, never zero-padded). Where the halo leaves the raster it is filled by
 reflection (:func:`pad_widths` says how much on each side).
 
+A model whose network runs on a grid coarser than the LR pixels (an LR-space model with
+``unshuffle_factor > scale``: one network cell is ``unshuffle_factor / scale`` LR px, the grid
+*step*) gives the same pixels for the same input only on the same phase of that grid. Its plan
+(``step > 1``) starts every core and every tile window on a multiple of the step: cores are
+multiples of it (at most ``tile`` rounded down to one), the halo is ``overlap`` rounded up to
+one, and the last core is shifted back to the last multiple of the step that still reaches the
+raster's edge; where that overshoots the edge (a raster not a multiple of the step) the core is
+cut at the edge and the tile keeps its shape, reflection filling the rest. A tiled run then
+gives the pixels of an untiled one. With ``step`` 1 (every other model) nothing changes.
+
 All windows are integer :class:`rasterio.windows.Window` objects; high-resolution windows
 are low-resolution windows times ``scale`` in whole pixels, never derived from floats.
 """
@@ -24,28 +34,39 @@ __all__ = ["Tile", "TileGrid", "axis_starts", "block_major", "coarsen_window", "
            "window_transform"]
 
 
-def core_size(size: int, tile: int) -> int:
+def core_size(size: int, tile: int, step: int = 1) -> int:
     """Core length along an axis: the fewest cores of at most ``tile`` px, balanced.
 
     ``ceil(size / n)`` with ``n = ceil(size / tile)`` cores: a 276 px axis with ``tile=256``
     gets two 138 px cores rather than 256 + a 20 px sliver shifted back over the first, so
-    the model does not run on the same pixels twice.
+    the model does not run on the same pixels twice. With a grid ``step`` (see the module
+    docstring) ``tile`` is rounded down and the core up to a multiple of ``step`` (the core
+    may then exceed ``size`` by less than ``step``: it is cut at the edge).
     """
     if tile <= 0:
         raise ValueError(f"tile size must be positive, got {tile}")
-    n = math.ceil(size / tile)
-    return math.ceil(size / n)
+    if step < 1:
+        raise ValueError(f"grid step must be positive, got {step}")
+    n = math.ceil(size / max(step, tile // step * step))
+    return _round_up(math.ceil(size / n), step)
 
 
-def axis_starts(size: int, tile: int) -> list[int]:
+def axis_starts(size: int, tile: int, step: int = 1) -> list[int]:
     """Core start offsets along one axis of ``size`` pixels.
 
     Cores have the balanced length :func:`core_size`; the last one is shifted back (by less
-    than ``n`` px) so it ends at ``size``. A ``tile`` of at least ``size`` gives one core.
+    than ``n`` px) so it ends at ``size``, or with a grid ``step`` to the multiple of it that
+    ends at ``size`` or just beyond (its core is cut there). A ``tile`` of at least ``size``
+    gives one core.
     """
-    core = core_size(size, tile)
+    core = core_size(size, tile, step)
     n = math.ceil(size / core)
-    return [min(i * core, size - core) for i in range(n)]
+    return [min(i * core, _round_up(size - core, step)) for i in range(n)]
+
+
+def _round_up(n: int, step: int) -> int:
+    """The least multiple of ``step`` >= ``n`` (``n`` may be negative)."""
+    return -(-n // step) * step
 
 
 def scale_window(window: Window, scale: int) -> Window:
@@ -157,13 +178,18 @@ class TileGrid:
         Largest core size in LR pixels; cores are balanced to equal sizes of at most
         ``tile`` (see :func:`core_size`).
     overlap : int
-        Halo width in LR pixels on every side of a core.
+        Halo width in LR pixels on every side of a core; rounded up to a multiple of ``step``.
+    step : int
+        The model's grid step in LR pixels (see the module docstring): every core and tile
+        window starts on a multiple of it. 1 (the default) is the plan of every model whose
+        network sees each LR pixel on its own.
     """
 
     width: int
     height: int
     tile: int
     overlap: int
+    step: int = 1
 
     def __post_init__(self) -> None:
         if self.tile < 8:
@@ -172,14 +198,24 @@ class TileGrid:
             raise ValueError(f"overlap must be >= 0, got {self.overlap}")
         if self.width < 1 or self.height < 1:
             raise ValueError(f"empty raster ({self.width} x {self.height})")
+        if self.step < 1:
+            raise ValueError(f"grid step must be >= 1, got {self.step}")
+        # the halo the tiles have (and the blender's ramps): on the grid too
+        object.__setattr__(self, "overlap", _round_up(self.overlap, self.step))
 
     @property
     def rows(self) -> list[int]:
-        return axis_starts(self.height, self.tile)
+        return axis_starts(self.height, self.tile, self.step)
 
     @property
     def cols(self) -> list[int]:
-        return axis_starts(self.width, self.tile)
+        return axis_starts(self.width, self.tile, self.step)
+
+    @property
+    def core_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of every core (the last row's and column's cut at the edge where
+        a grid step makes them overshoot it)."""
+        return core_size(self.height, self.tile, self.step), core_size(self.width, self.tile, self.step)
 
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
@@ -188,7 +224,7 @@ class TileGrid:
         """All tiles, row-major."""
         out = []
         rows, cols = self.rows, self.cols
-        h, w = core_size(self.height, self.tile), core_size(self.width, self.tile)
+        h, w = self.core_shape
         for r, y0 in enumerate(rows):
             for c, x0 in enumerate(cols):
                 out.append(self._tile(len(out), r, c, x0, y0, w, h))
@@ -203,7 +239,8 @@ class TileGrid:
             index=index,
             row=r,
             col=c,
-            core=Window(x0, y0, w, h),
+            # cut at the edge: a grid step may make the last core overshoot it (never with step 1)
+            core=Window(x0, y0, min(w, self.width - x0), min(h, self.height - y0)),
             read=Window(rx0, ry0, rx1 - rx0, ry1 - ry0),
             pad=pad,
         )

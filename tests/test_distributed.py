@@ -79,3 +79,26 @@ def test_worker_processes_load_the_model_before_their_first_task():
         warm_up_workers(client, RunConfig(scale=2, model="./no-such-model", local_workers=2))
         time.sleep(1)
         assert all(client.run(_loaded_on_worker, "bicubic", 2, "degradation").values())
+
+
+def test_worker_processes_plan_on_the_grid_of_a_model_coarser_than_the_lr(tmp_path):
+    # The model's grid step (2 LR px, as geosr-tiny-fast-x2's) is learnt where the model loads,
+    # a worker process here, and the plan keeps it: the tiles written by the workers give the
+    # untiled run's pixels (tests/test_engine_invariants.py)
+    from diffusers import LCMScheduler
+
+    from geosr.pipelines.pipeline_geosr import GeoSRPipeline
+    from tests.rasters import uint8_scene
+    from tiny_models import tiny_pipeline_components
+
+    components = tiny_pipeline_components(student=True, scale=2, unshuffle_factor=4, tmp_path=tmp_path)
+    components["scheduler"] = LCMScheduler.from_config(components["scheduler"].config, prediction_type="sample")
+    GeoSRPipeline(**components).save_pretrained(tmp_path / "model")
+    src = uint8_scene(tmp_path / "in.tif", height=99, width=105)  # balanced cores of 33 x 35 px
+    base = dict(scale=2, model=str(tmp_path / "model"), captioner="none", route="off", device="cpu", dtype="fp32",
+                progress=False)
+    upscale_scene([src], tmp_path / "whole.tif", RunConfig(tiles=TileSpec(4096, 32), **base))
+    upscale_scene([src], tmp_path / "procs.tif", RunConfig(tiles=TileSpec(40, 32), local_workers=1, **base))
+    with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(tmp_path / "procs.tif") as b:
+        inner = (slice(None), slice(64, -64), slice(64, -64))
+        assert np.abs(a.read().astype(int) - b.read().astype(int))[inner].max() <= 1

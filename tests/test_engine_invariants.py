@@ -10,8 +10,8 @@ from geosr.engine import upscale_scene
 from tests.rasters import texture, uint8_scene, write_raster
 
 
-def run(src, dst, scale, tile, overlap, **kw):
-    cfg = RunConfig(scale=scale, model="bicubic", captioner="none", tiles=TileSpec(tile, overlap), progress=False, **kw)
+def run(src, dst, scale, tile, overlap, model="bicubic", **kw):
+    cfg = RunConfig(scale=scale, model=model, captioner="none", tiles=TileSpec(tile, overlap), progress=False, **kw)
     return upscale_scene([src], dst, cfg)
 
 
@@ -158,3 +158,57 @@ def test_band_metadata_and_tags_are_carried(tmp_path):
         tags = out.tags()
         assert tags["ACQUISITION"] == "2024-06-01" and tags["SENSOR"] == "demo"
         assert tags["GEOSR_MODEL"] == "bicubic" and tags["GEOSR_SCALE"] == "2"
+
+
+
+@pytest.fixture(scope="module")
+def coarse_grid_model(tmp_path_factory) -> str:
+    """A tiny x2 LR-space student whose network grid is 2 LR px (``unshuffle_factor`` 4), as
+    geosr-tiny-fast-x2's; its scheduler predicts the clean sample, so its output is a function
+    of the LR alone, local (tests/test_detail_uncertainty_run.py) but wider than bicubic's:
+    ~1e-3 of the range 8 LR px inside a tile's edge, ~1e-6 at 12."""
+    from diffusers import LCMScheduler
+
+    from geosr.pipelines.pipeline_geosr import GeoSRPipeline
+    from tiny_models import tiny_pipeline_components
+
+    folder = tmp_path_factory.mktemp("coarse-grid-model")
+    components = tiny_pipeline_components(student=True, scale=2, unshuffle_factor=4, tmp_path=folder)
+    components["scheduler"] = LCMScheduler.from_config(components["scheduler"].config, prediction_type="sample")
+    GeoSRPipeline(**components).save_pretrained(folder / "model")
+    return str(folder / "model")
+
+
+@pytest.mark.parametrize("height,width,tile,overlap,blend", [
+    (99, 105, 40, 32, "cosine"),  # cores of 33 x 35 px at odd rows and columns, on a 2 px grid 34 x 36
+    (69, 75, 32, 16, "none"),  # 23 x 25 px
+    (69, 75, 32, 15, "none"),  # an odd halo, rounded up to the grid: 16
+])
+def test_tiled_equals_whole_image_for_a_model_on_a_coarser_grid_than_the_lr(tmp_path, coarse_grid_model, height,
+                                                                           width, tile, overlap, blend):
+    # Balanced cores would start at odd LR columns and rows, where the network sees the tile on
+    # the other phase of its 2 px grid than in the untiled run (up to 124 DN off).
+    src = uint8_scene(tmp_path / "in.tif", height=height, width=width)
+    opts = dict(model=coarse_grid_model, route="off", device="cpu", dtype="fp32", blend=blend)
+    run(src, tmp_path / "whole.tif", 2, tile=4096, overlap=overlap, **opts)
+    report = run(src, tmp_path / "tiled.tif", 2, tile=tile, overlap=overlap, **opts)
+    assert report.tiles_total == 9
+    whole, tiled = read(tmp_path / "whole.tif"), read(tmp_path / "tiled.tif")
+    m = overlap * 2
+    inner = (slice(None), slice(m, -m), slice(m, -m))
+    diff = np.abs(whole.astype(int) - tiled.astype(int))[inner]
+    assert diff.max() <= 1, f"max diff {diff.max()} DN"  # float rounding
+
+
+def test_a_routed_run_plans_on_its_cheap_path_s_grid(tmp_path):
+    # geosr-tiny-fast-x2, the cheap path at x2, runs on LR/2: tiles routed to it must start on
+    # its grid too, whatever the model's (this one is on the LR grid)
+    from geosr.pipelines.pipeline_geosr import GeoSRPipeline
+    from geosr.tasks import model_facts
+    from tiny_models import tiny_pipeline_components
+
+    GeoSRPipeline(**tiny_pipeline_components(student=True, scale=2, unshuffle_factor=2, tmp_path=tmp_path)
+                  ).save_pretrained(tmp_path / "model")
+    base = dict(scale=2, model=str(tmp_path / "model"), captioner="none", device="cpu", dtype="fp32")
+    assert model_facts(RunConfig(**base, route="off")).grid_step == 1
+    assert model_facts(RunConfig(**base)).grid_step == 2

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from rasterio.windows import Window
 
@@ -42,6 +43,52 @@ def test_tiles_have_one_shape_and_pads_reach_full_extent():
         assert t.read.row_off - top == t.core.row_off - 7
         assert t.read.col_off + t.read.width + right == t.core.col_off + t.core.width + 7
         assert 0 <= t.read.col_off and t.read.col_off + t.read.width <= 131
+
+
+@pytest.mark.parametrize("width,height,tile,overlap,step", [
+    (75, 69, 32, 16, 2), (97, 83, 24, 12, 2), (131, 97, 40, 7, 2), (101, 77, 33, 5, 4), (37, 29, 4096, 16, 2),
+    (257, 255, 256, 16, 2), (1001, 517, 256, 16, 2), (1000, 999, 300, 9, 8),
+])
+def test_a_grid_step_starts_every_core_and_tile_window_on_it(width, height, tile, overlap, step):
+    # A network on a grid of `step` LR px (geosr-tiny-fast-x2: 2) sees a tile on the phase of
+    # an untiled run only where the tile's window starts on a multiple of the step.
+    grid = TileGrid(width, height, tile, overlap, step)
+    tiles = grid.tiles()
+    assert grid.overlap % step == 0 and overlap <= grid.overlap < overlap + step
+    ch, cw = grid.core_shape
+    assert ch % step == 0 and cw % step == 0 and ch <= max(step, tile) and cw <= max(step, tile)
+    assert len({t.shape for t in tiles}) == 1  # one shape: batches
+    covered = np.zeros((height, width), int)
+    for t in tiles:
+        assert t.core.col_off % step == 0 and t.core.row_off % step == 0
+        top, _, left, _ = t.pad
+        assert (t.read.col_off - left) % step == 0 and (t.read.row_off - top) % step == 0  # the model's input
+        assert t.read.col_off - left == t.core.col_off - grid.overlap
+        assert t.core.col_off + t.core.width <= width and t.core.row_off + t.core.height <= height
+        covered[t.core.row_off : t.core.row_off + t.core.height, t.core.col_off : t.core.col_off + t.core.width] += 1
+    assert covered.min() >= 1  # nothing dropped
+    for axis, size, core in ((grid.cols, width, cw), (grid.rows, height, ch)):
+        assert axis == sorted(set(axis)) and axis[-1] + core >= size > axis[-1]
+
+
+@pytest.mark.parametrize("width,height,tile,overlap", [(131, 97, 40, 7), (1001, 517, 256, 16), (50, 30, 512, 16)])
+def test_a_grid_step_of_1_is_the_plan_as_it_was(width, height, tile, overlap):
+    grid = TileGrid(width, height, tile, overlap, step=1)
+    assert grid == TileGrid(width, height, tile, overlap) and grid.overlap == overlap
+    assert grid.cols == axis_starts(width, tile) and grid.rows == axis_starts(height, tile)
+    assert grid.core_shape == (core_size(height, tile), core_size(width, tile))
+
+
+def test_a_core_a_grid_step_takes_past_the_edge_is_cut_there_and_the_tile_keeps_its_shape():
+    # 75 px in cores of at most 32: 3 of 25 (odd starts 25, 50); on a 2 px grid 3 of 26 at
+    # 0, 26 and 50, the last reaching 76: its core ends at the edge, reflection fills the rest
+    grid = TileGrid(width=75, height=64, tile=32, overlap=15, step=2)
+    assert grid.cols == [0, 26, 50] and grid.overlap == 16
+    last = grid.tiles()[2]
+    assert last.core == Window(50, 0, 25, 32)
+    assert last.read == Window(34, 0, 41, 48)
+    assert last.pad == (16, 0, 0, 17)
+    assert last.shape == (32 + 32, 26 + 32)
 
 
 def test_tile_larger_than_scene_is_one_tile():

@@ -247,6 +247,18 @@ class DiffusionUpscaler:
         return getattr(self._pipe, "uncertainty", None) is not None
 
     @property
+    def grid_step(self) -> int:
+        """LR pixels per step of the coarsest grid the networks run on (1: every LR pixel).
+
+        The tiles are padded to multiples of it, and the network gives the same pixels for
+        the same input only on the same phase of that grid: a tile plan starts its tiles on
+        multiples of it (:class:`geosr.tiling.TileGrid`). ``unshuffle_factor / scale`` in an
+        LR-space model (2 in geosr-tiny-fast-x2: x2 on LR/2), the UNet's and VAE's
+        downsampling over the scale in HR-space and latent ones.
+        """
+        return self._pipe.size_multiple // math.gcd(self._pipe.size_multiple, self.scale)
+
+    @property
     def pipeline(self):
         """The loaded :class:`~geosr.pipelines.pipeline_geosr.GeoSRPipeline` (shared per source/device/dtype)."""
         return self._pipe
@@ -308,7 +320,7 @@ class DiffusionUpscaler:
         # masked and non-finite pixels; a direct caller's NaN or inf reads as 0).
         tiles = tiles.float().nan_to_num(0.0, posinf=0.0, neginf=0.0)
         # Pad to the size the UNet can downsample, then crop the HR result back.
-        multiple = self._pipe.size_multiple // math.gcd(self._pipe.size_multiple, self.scale)
+        multiple = self.grid_step
         pad_h, pad_w = -height % multiple, -width % multiple
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
