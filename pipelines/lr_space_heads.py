@@ -106,6 +106,12 @@ class UncertaintyHead(ModelMixin, ConfigMixin):
         beyond the end knots). Fitted on crops the head was not trained on, one knot per decile
         of the prediction (the mean squared error over the mean prediction in it): monotone in
         practice, so the ranking of the map is kept while each decile's level is right.
+    clean_calibration : list of [float, float], optional
+        Knots as ``calibration``, fitted on crops whose caption reads as a clean downsampling
+        and used for such inputs in its place (``variance(..., clean=...)``): the student errs
+        less on clean input than on the training mixture the head learnt, and its output on
+        clean input is projected onto the LR (:mod:`geosr.pipelines.consistency`); the head,
+        which does not read the caption, cannot tell. None: ``calibration`` for every input.
     gradient_channels : int
         Channels of the output's gradient magnitude on the grid (:func:`gradient_on_grid`,
         ``factor**2``) the head also reads; 0 for a head that does not. Where the output
@@ -117,7 +123,8 @@ class UncertaintyHead(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, sample_channels: int = 48, lr_channels: int = 3, channels: int = 24, num_blocks: int = 2,
                  initial_log_variance: float = -8.0, variance_scale: float = 1.0, gradient_channels: int = 0,
-                 calibration: list[list[float]] | None = None) -> None:
+                 calibration: list[list[float]] | None = None,
+                 clean_calibration: list[list[float]] | None = None) -> None:
         super().__init__()
         self.trunk = _Trunk(sample_channels + lr_channels + gradient_channels, channels, num_blocks, sample_channels)
         nn.init.constant_(self.trunk.conv_out.bias, initial_log_variance)
@@ -134,11 +141,21 @@ class UncertaintyHead(ModelMixin, ConfigMixin):
             inputs.append(gradient.to(x0.dtype))
         return self.trunk(torch.cat(inputs, dim=1)).float().clamp(-30.0, 5.0)
 
-    def variance(self, x0: torch.Tensor, lr_grid: torch.Tensor, gradient: torch.Tensor | None = None) -> torch.Tensor:
-        """Calibrated variance (float32) on ``x0``'s grid: ``variance_scale * exp(log variance)``, then per level."""
+    def variance(self, x0: torch.Tensor, lr_grid: torch.Tensor, gradient: torch.Tensor | None = None,
+                 clean: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated variance (float32) on ``x0``'s grid: ``variance_scale * exp(log variance)``, then per level.
+
+        ``clean`` (``[B]`` bool): the inputs whose caption reads as a clean downsampling, which
+        take ``clean_calibration`` where the head has one.
+        """
         log_variance = self(x0, lr_grid, gradient) + math.log(self.config.variance_scale)
+        level = log_variance
         if self.config.calibration:
-            log_variance = log_variance + _interpolate(log_variance, self.config.calibration)
+            log_variance = level + _interpolate(level, self.config.calibration)
+        clean_knots = getattr(self.config, "clean_calibration", None)  # absent in older heads
+        if clean_knots and clean is not None and bool(clean.any()):
+            chosen = clean.to(level.device)[:, None, None, None]
+            log_variance = torch.where(chosen, level + _interpolate(level, clean_knots), log_variance)
         return torch.exp(log_variance)
 
 

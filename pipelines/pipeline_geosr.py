@@ -586,13 +586,7 @@ class GeoSRPipeline(DiffusionPipeline):
             sample, upsampled, self.config.predict_residual, self.config.residual_scale, self.unshuffle_factor
         )
 
-        if self.unshuffle_factor and lr_consistency != "off":
-            project = [lr_consistency == "always" or reads_as_clean(text) for text in prompt]
-            if any(project):
-                chosen = torch.tensor(project, device=hr.device)[:, None, None, None]
-                projected = project_to_lr(hr, image.to(hr.device).clamp(0.0, 1.0), self.config.upscale_factor,
-                                          self.config.upsample_mode)
-                hr = torch.where(chosen, projected.to(hr.dtype), hr)
+        hr = self.consistent_with_input(hr, image, prompt, lr_consistency)
 
         added = None
         if detail > 0.0:
@@ -601,7 +595,7 @@ class GeoSRPipeline(DiffusionPipeline):
         uncertainty = None
         if return_uncertainty:
             uncertainty = self._predicted_error(sample, lr_grid, (hr if added is None else hr - added).clamp(0.0, 1.0),
-                                                added)
+                                                added, [reads_as_clean(text) for text in prompt])
         hr = hr.clamp(0.0, 1.0)
         self.maybe_free_model_hooks()
 
@@ -697,6 +691,23 @@ class GeoSRPipeline(DiffusionPipeline):
             lr_grid = lr_grid[-batch:]  # the heads run once per image, not per guidance branch
         return sample, upsampled, lr_grid
 
+    def consistent_with_input(self, hr: torch.Tensor, image: torch.Tensor, prompt: Sequence[str],
+                              lr_consistency: str = "clean") -> torch.Tensor:
+        """``hr`` with the images that ``lr_consistency`` picks projected onto their LR ``image``.
+
+        See ``lr_consistency`` in :meth:`__call__`; pipelines that are not LR-space residual
+        ones return ``hr`` as it is.
+        """
+        if not self.unshuffle_factor or lr_consistency == "off":
+            return hr
+        project = [lr_consistency == "always" or reads_as_clean(text) for text in prompt]
+        if not any(project):
+            return hr
+        chosen = torch.tensor(project, device=hr.device)[:, None, None, None]
+        projected = project_to_lr(hr, image.to(hr.device).clamp(0.0, 1.0), self.config.upscale_factor,
+                                  self.config.upsample_mode)
+        return torch.where(chosen, projected.to(hr.dtype), hr)
+
     def _check_heads(self, detail: float, return_uncertainty: bool) -> None:
         if not (isinstance(detail, (int, float)) and 0.0 <= detail <= 1.0):
             raise ValueError(f"detail must be a number in [0, 1], got {detail!r}")
@@ -717,13 +728,15 @@ class GeoSRPipeline(DiffusionPipeline):
         return invisible_to_lr(residual, self.config.upscale_factor, self.config.upsample_mode)
 
     def _predicted_error(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, fidelity: torch.Tensor,
-                         added: torch.Tensor | None) -> torch.Tensor:
-        """Predicted RMSE per HR pixel and band, float32 in ``[0, 1]`` units (``fidelity``: the D = 0 output)."""
+                         added: torch.Tensor | None, clean: Sequence[bool]) -> torch.Tensor:
+        """Predicted RMSE per HR pixel and band, float32 in ``[0, 1]`` units (``fidelity``: the D = 0 output;
+        ``clean``: per image, whether its caption reads as a clean downsampling)."""
         head = self.uncertainty
         gradient = None
         if head.config.gradient_channels:
             gradient = gradient_on_grid(fidelity, self.unshuffle_factor).to(head.dtype)
-        variance = head.variance(sample.to(head.dtype), lr_grid.to(head.dtype), gradient)
+        variance = head.variance(sample.to(head.dtype), lr_grid.to(head.dtype), gradient,
+                                 torch.tensor(list(clean), dtype=torch.bool))
         variance = _without_grid_pattern(F.pixel_shuffle(variance, self.unshuffle_factor), self.unshuffle_factor)
         if added is not None:
             # detail is drawn, not inferred: its own square adds to the error expected

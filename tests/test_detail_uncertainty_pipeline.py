@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from diffusers import LCMScheduler
@@ -242,3 +244,22 @@ def test_outputs_whose_caption_reads_clean_are_made_consistent_with_their_input(
     assert lr_error(always)[1] < 0.1
     with pytest.raises(ValueError, match="lr_consistency"):
         run([CLEAN, CLEAN], lr_consistency="yes")
+
+
+def test_inputs_captioned_clean_take_the_clean_calibration_of_the_error(tmp_path):
+    pipe = _pipe(tmp_path)
+    lr = _lr()
+
+    def sigma(captions):
+        generators = [torch.Generator().manual_seed(3 + i) for i in range(len(lr))]
+        return pipe(lr, prompt=captions, generator=generators, num_inference_steps=1,
+                    return_uncertainty=True, lr_consistency="off").uncertainty
+
+    before = sigma([CLEAN, BLURRED])
+    # a head without clean knots (older checkpoints) predicts for clean input as for any
+    torch.testing.assert_close(before, sigma([BLURRED, BLURRED]), rtol=0, atol=0)
+    four = math.log(4.0)
+    pipe.uncertainty.register_to_config(clean_calibration=[[-30.0, four], [5.0, four]])
+    after = sigma([CLEAN, BLURRED])
+    torch.testing.assert_close(after[0], 2 * before[0])  # variance x4 on the clean one only
+    torch.testing.assert_close(after[1], before[1], rtol=0, atol=0)
