@@ -47,11 +47,14 @@ class BlockTaskWriter:
     cells : sequence of Window
         HR windows of the output cells not finished yet; areas outside every cell (no tile
         core) must be written before.
+    order_side : int, optional
+        The side of the squares the engine orders the tiles by (default ``side``).
 
     Attributes
     ----------
     side : int
-        A block's side: the engine orders the tiles by it, so blocks finish one after another.
+        ``order_side``: the engine runs the tiles square by square of this side, so blocks
+        finish one after another during the run instead of a row of them after it.
     """
 
     #: the journalled files in messages ("block COGs", "Zarr chunks")
@@ -59,14 +62,16 @@ class BlockTaskWriter:
     #: a block in messages ("blocks", "chunks")
     block_name = "blocks"
 
-    def __init__(self, client, raster: WorkRaster, journal: RunJournal, side: int, cells: Sequence[Window]) -> None:
-        self.client, self.raster, self.journal, self.side = client, raster, journal, side
+    def __init__(self, client, raster: WorkRaster, journal: RunJournal, side: int, cells: Sequence[Window],
+                 order_side: int | None = None) -> None:
+        self.client, self.raster, self.journal = client, raster, journal
+        self._block_side, self.side = side, order_side or side
         # Before the blocks left to do are known: a journalled file that is gone or changed
         # puts its block back among them.
         self._check_finished()
         self._waiting: dict[tuple[int, int], set[tuple[int, int]]] = {key: set() for key in self._blocks_to_write()}
         for window in cells:
-            for key in squares_under(window, side):
+            for key in squares_under(window, self._block_side):
                 if key in self._waiting:
                     self._waiting[key].add((int(window.col_off), int(window.row_off)))
         self._futures: list = []
@@ -93,8 +98,13 @@ class BlockTaskWriter:
         """Submit block ``key``'s task; its future."""
         raise NotImplementedError
 
-    def _journal_entries(self, result) -> Iterable[tuple[str, int, int]]:
-        """The ``(name, size, CRC-32)`` journal entries of a task's result."""
+    def _submit_blocks(self, keys: list[tuple[int, int]]) -> list:
+        """Submit the tasks of blocks ``keys`` (row by row; maybe none), and of any other work that
+        became possible since the last call; their futures. One task per block unless overridden."""
+        return [self._submit(key) for key in keys]
+
+    def _collect(self, result) -> Iterable[tuple[str, int, int]]:
+        """Take note of what a finished task made; the ``(name, size, CRC-32)`` journal entries of it."""
         raise NotImplementedError
 
     # -- the machinery -------------------------------------------------------------------
@@ -118,25 +128,27 @@ class BlockTaskWriter:
     def _durable(self, cells: list[CellRecord]) -> None:
         """The journal's commit listener: these cells are durable; submit the blocks they finish."""
         for cell in cells:
-            for key in squares_under(Window(cell.col_off, cell.row_off, cell.width, cell.height), self.side):
+            for key in squares_under(Window(cell.col_off, cell.row_off, cell.width, cell.height),
+                                     self._block_side):
                 if key in self._waiting:
                     self._waiting[key].discard(cell.key)
-        self._submit_ready()
         # Collected here, not only in wait(): a failed task fails the run at the next commit
         # instead of after the last tile, and finished blocks reach the journal while the run goes.
         for future in [f for f in self._futures if f.done()]:
             self._record(future)
+        self._submit_ready()
 
     def _submit_ready(self) -> None:
-        for key in [k for k, waiting in self._waiting.items() if not waiting]:
+        ready = [k for k, waiting in self._waiting.items() if not waiting]
+        for key in ready:
             del self._waiting[key]
-            self._futures.append(self._submit(key))
+        self._futures += self._submit_blocks(ready)
 
     def _record(self, future) -> None:
         result = future.result()  # a failed task raises its error here
         self._futures.remove(future)
         future.release()
-        for entry in self._journal_entries(result):
+        for entry in self._collect(result):
             self.journal.record(block=entry)
 
     def wait(self) -> None:
@@ -146,6 +158,10 @@ class BlockTaskWriter:
         if any(self._waiting.values()):
             raise RuntimeError(f"internal error: some {self.block_name}' cells were never finished")
         self._submit_ready()
-        for future in distributed.as_completed(list(self._futures)):
-            self._record(future)
+        # A finished task may make more work possible (Zarr's overview chunks over the chunks it
+        # wrote): submitted as soon as it is collected, not after the others.
+        while self._futures:
+            for future in distributed.wait(self._futures, return_when="FIRST_COMPLETED").done:
+                self._record(future)
+            self._submit_ready()
         self.journal.commit(lambda: None)  # the tasks fsynced their files

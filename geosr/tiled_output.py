@@ -286,7 +286,7 @@ class BlockWriter(BlockTaskWriter):
                        self.raster.count, self.raster.dtype.name, self.raster.write_mask, self.creation_options)
         return self.client.submit(write_block, job, pure=False)
 
-    def _journal_entries(self, result: tuple[str, int, int]) -> list[tuple[str, int, int]]:
+    def _collect(self, result: tuple[str, int, int]) -> list[tuple[str, int, int]]:
         return [result]
 
     def write_mosaic(self, vrt: Path, captions: Path, captions_fc: dict, created: dt.datetime) -> None:

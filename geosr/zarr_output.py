@@ -19,18 +19,23 @@ The store is Zarr format 2 (what GDAL's Zarr driver and xarray both read), one g
 
 Like the blocks of :mod:`geosr.tiled_output`, chunks are written by dask tasks as soon as
 every output cell under them is durable (the client follows
-:attr:`geosr.journal.RunJournal.on_commit`), each task writing a group of chunks
-(:data:`ZARR_GROUP` output pixels square) read in place from the raw work raster
-(``np.memmap``), and the overview levels under those chunks as long as the group covers
-whole chunks of the level (levels 2, 4 and 8 for groups of 8 x 8 chunks); the coarser levels
-follow once every group is done, a task per chunk, each from the level before. The store is
-built in the run's work folder and renamed into place at the end; a failed run leaves
-nothing at OUTPUT.
+:attr:`geosr.journal.RunJournal.on_commit`; :class:`geosr.block_tasks.BlockTaskWriter`), read
+in place from the raw work raster (``np.memmap``): the chunks one commit finishes, one task
+per :data:`ZARR_GROUP` square they lie in. Each overview chunk is the 2 x 2 average of the
+four chunks of the level before under it, and is written as soon as they are: by the task
+that wrote the last of them, or by a task of its own when they came from several. The engine
+runs the tiles square by square of :data:`ZARR_GROUP`, so every level fills in as the run
+goes, and what is left after the last tile is the last chunks and the overview chunks over
+them, one chain up the levels (before, the levels over a group were made once the whole group
+was: a group of 16.7 MP and its levels after the last tile). The store is built in the run's
+work folder and renamed into place at the end; a failed run leaves nothing at OUTPUT.
 
-Resume: a task fsyncs its chunk files before the journal names each chunk with the size and
-CRC-32 of its files (overview chunks as ``f/cy.cx``); a resumed run re-reads the named chunks
-and writes again every group with a chunk that is unnamed, gone or changed. The final pass's
-levels are not journalled: a resumed run makes them again.
+Resume: a task fsyncs the files of the chunks it writes, and their folders, before the journal
+names each chunk with the size and CRC-32 of its files (overview chunks as ``f/cy.cx``); a
+resumed run re-reads the named chunks and writes again every chunk that is unnamed, gone or
+changed, and the overview chunks over it. Levels up to :data:`ZARR_GROUP` / :data:`ZARR_CHUNK`
+(2, 4 and 8) are journalled; the coarser ones, a 64th of the output's pixels or less, are not
+fsynced nor journalled: a resumed run makes them again.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ __all__ = ["ZARR_CHUNK", "ZARR_GROUP", "ZarrTarget", "ZarrWriter", "ZarrJob", "i
 
 #: Chunk side in output pixels (part of a run's identity: it changes the store's bytes).
 ZARR_CHUNK = 512
-#: Side in output pixels of the square of chunks one task writes (a multiple of ZARR_CHUNK):
-#: 64 chunks, 48 MiB of RGB uint8.
+#: Side in output pixels of the squares the tiles run by and a task's chunks lie in (a multiple
+#: of ZARR_CHUNK): 64 chunks, 48 MiB of RGB uint8; overview levels up to its side in chunks
+#: (2, 4, 8) are journalled.
 ZARR_GROUP = 4096
 DATA, MASK = "band_data", "mask"
 CAPTIONS_SUFFIX = ".captions.geojson"
@@ -119,7 +125,14 @@ class ZarrTarget:
 
 @dataclass(frozen=True)
 class ZarrJob:
-    """One group of chunks for a dask task: the raw work raster, the store, the chunks."""
+    """Chunks for a dask task: the raw work raster, the store, the output's chunks and the
+    overview chunks to write after them.
+
+    ``overviews`` are ``(level, cy, cx)`` in the order to write them: each made from the four
+    chunks of the level before under it (:func:`_overview_source`), which are in the store
+    already or earlier in this job. ``journalled`` is the coarsest level whose chunks are made
+    durable and journalled (1: the output's only).
+    """
 
     store: str
     pixels: str
@@ -128,9 +141,10 @@ class ZarrJob:
     height: int
     count: int
     dtype: str
-    chunks: tuple  # ((cy, cx), ...)
+    chunks: tuple  # ((cy, cx), ...) of the output's level
     nodata: float | None = None
-    levels: tuple = ()  # decimation factors of the overview levels this task writes under its chunks
+    overviews: tuple = ()  # ((level, cy, cx), ...)
+    journalled: int = 1
 
 
 def _chunk_name(cy: int, cx: int, level: int = 1) -> str:
@@ -157,15 +171,8 @@ def _chunk_files(store: Path, cy: int, cx: int, masked: bool, level: int = 1) ->
     return files
 
 
-def _level_chunks(chunks: Sequence[tuple[int, int]], level: int, width: int, height: int) -> list[tuple[int, int]]:
-    """The chunks of overview ``level`` under a group of output chunks (whole chunks: the group's
-    side divided by ``level`` is a multiple of the chunk side)."""
-    n = ZARR_CHUNK
-    rows = {cy for cy, _ in chunks}
-    cols = {cx for _, cx in chunks}
-    r0, r1 = min(rows) * n // level, -(-min((max(rows) + 1) * n, height) // level)
-    c0, c1 = min(cols) * n // level, -(-min((max(cols) + 1) * n, width) // level)
-    return [(cy, cx) for cy in range(r0 // n, -(-r1 // n)) for cx in range(c0 // n, -(-c1 // n))]
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _files_crc(paths: Sequence[Path]) -> tuple[int, int]:
@@ -187,110 +194,103 @@ def _fsync(path: Path, directory: bool = False) -> None:
 
 
 @shippable_errors
-def write_chunks(job: ZarrJob) -> list[tuple[str, int, int]]:
-    """Write a group of chunks from the raw work raster and make them durable (a dask task).
+def write_chunks(job: ZarrJob) -> tuple[list[tuple[int, int, int]], list[tuple[str, int, int]]]:
+    """Write chunks from the raw work raster, then the job's overview chunks, and make the
+    journalled ones durable (a dask task).
 
     Returns
     -------
-    list of tuple
-        ``(name, size, CRC-32)`` of each chunk's files, for the journal.
+    (list, list)
+        The ``(level, cy, cx)`` of every chunk written, and ``(name, size, CRC-32)`` of the
+        files of each journalled one, for the journal.
     """
     import zarr
 
-    store, n = Path(job.store), ZARR_CHUNK
+    store, n, masked = Path(job.store), ZARR_CHUNK, job.mask is not None
     pixels = np.memmap(job.pixels, dtype=job.dtype, mode="r", shape=(job.height, job.width, job.count))
-    mask = np.memmap(job.mask, dtype=np.uint8, mode="r", shape=(job.height, job.width)) if job.mask else None
+    mask = np.memmap(job.mask, dtype=np.uint8, mode="r", shape=(job.height, job.width)) if masked else None
+    levels = sorted({1, *(level for level, _, _ in job.overviews)})
+    written: list[tuple[int, int, int]] = []
+    out: list[tuple[str, int, int]] = []
+    # what this job wrote, by chunk: the overview chunks over them read it here, not from the store
+    made: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray | None]] = {}
     try:
         with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk a file: each one journalled
-            data = zarr.open_array(store / DATA, mode="r+", zarr_format=2)
-            valid = zarr.open_array(store / MASK, mode="r+", zarr_format=2) if mask is not None else None
-        out = []
+            arrays = {level: (zarr.open_array(_level_path(store, level) / DATA, mode="r+", zarr_format=2),
+                              zarr.open_array(_level_path(store, level) / MASK, mode="r+", zarr_format=2)
+                              if masked else None) for level in levels}
+        data, valid = arrays[1]
         for cy, cx in job.chunks:
             rows = slice(cy * n, min((cy + 1) * n, job.height))
             cols = slice(cx * n, min((cx + 1) * n, job.width))
-            data[:, rows, cols] = np.moveaxis(np.asarray(pixels[rows, cols]), -1, 0)
+            values = np.moveaxis(np.asarray(pixels[rows, cols]), -1, 0)
+            data[:, rows, cols] = values
             if valid is not None:
                 valid[rows, cols] = np.asarray(mask[rows, cols])
-            files = _chunk_files(store, cy, cx, mask is not None)
+            made[1, cy, cx] = values, np.asarray(mask[rows, cols]) > 0 if masked else None
+            written.append((1, cy, cx))
+        for level, cy, cx in job.overviews:
+            source, source_valid = _overview_source(store, arrays, made, level, cy, cx, masked)
+            values, values_valid = halve(source, source_valid, job.nodata)
+            rows, cols = slice(cy * n, cy * n + values.shape[1]), slice(cx * n, cx * n + values.shape[2])
+            data, valid = arrays[level]
+            data[:, rows, cols] = values
+            if valid is not None:
+                valid[rows, cols] = np.where(values_valid, 255, 0).astype(np.uint8)
+            made[level, cy, cx] = values, values_valid
+            written.append((level, cy, cx))
+        # Durable before the journal names them: the chunk files, then their folders (new names).
+        durable = [(level, cy, cx) for level, cy, cx in written if level <= job.journalled]
+        for level, cy, cx in durable:
+            files = _chunk_files(store, cy, cx, masked, level)
             for path in files:
                 _fsync(path)
-            out.append((_chunk_name(cy, cx), *_files_crc(files)))
-        if job.levels:
-            out += _write_group_overviews(job, pixels, mask)
-        for level in (1, *job.levels):
-            for name in (DATA, MASK) if mask is not None else (DATA,):
+            out.append((_chunk_name(cy, cx, level), *_files_crc(files)))
+        for level in sorted({level for level, _, _ in durable}):
+            for name in (DATA, MASK) if masked else (DATA,):
                 _fsync(_level_path(store, level) / name, directory=True)
     except OSError as exc:
         raise write_error(store, exc) from exc
     finally:
         del pixels, mask
-    return out
+    return written, out
 
 
-def _write_group_overviews(job: ZarrJob, pixels: np.memmap, mask: np.memmap | None) -> list[tuple[str, int, int]]:
-    """Write the overview levels ``job.levels`` under the job's chunks, from the work raster; their
-    journal entries. Level 2 is made strip by strip (a group of RGB float64 at once is 400 MB)."""
+def _overview_source(store: Path, arrays: dict, made: dict, level: int, cy: int, cx: int,
+                     masked: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pixels (and validity) of level ``level / 2`` under chunk ``(cy, cx)`` of ``level``: its
+    up to 2 x 2 chunks, from ``made`` when this task wrote them all, else read from the store."""
     import zarr
 
-    n, store = ZARR_CHUNK, Path(job.store)
-    rows, cols = sorted({cy for cy, _ in job.chunks}), sorted({cx for _, cx in job.chunks})
-    r0, r1 = rows[0] * n, min((rows[-1] + 1) * n, job.height)
-    c0, c1 = cols[0] * n, min((cols[-1] + 1) * n, job.width)
-    strip = 2 * n  # even: the strips' halves follow one another
-    halves, valids = [], []
-    for top in range(r0, r1, strip):
-        bottom = min(top + strip, r1)
-        data = np.moveaxis(np.asarray(pixels[top:bottom, c0:c1]), -1, 0)
-        valid = np.asarray(mask[top:bottom, c0:c1]) > 0 if mask is not None else None
-        half, half_valid = halve(data, valid, job.nodata)
-        halves.append(half)
-        valids.append(half_valid)
-    data = np.concatenate(halves, axis=1)
-    valid = np.concatenate(valids, axis=0) if mask is not None else None
-    out = []
-    for level in job.levels:
-        if level > 2:
-            data, valid = halve(data, valid, job.nodata)
-        folder = _level_path(store, level)
-        rows_at, cols_at = slice(r0 // level, r0 // level + data.shape[1]), slice(c0 // level, c0 // level + data.shape[2])
-        zarr.open_array(folder / DATA, mode="r+", zarr_format=2)[:, rows_at, cols_at] = data
-        if valid is not None:
-            zarr.open_array(folder / MASK, mode="r+", zarr_format=2)[rows_at, cols_at] = np.where(valid, 255, 0).astype(np.uint8)
-        for cy, cx in _level_chunks(job.chunks, level, job.width, job.height):
-            files = _chunk_files(store, cy, cx, mask is not None, level)
-            for path in files:
-                _fsync(path)
-            out.append((_chunk_name(cy, cx, level), *_files_crc(files)))
-    return out
-
-
-@shippable_errors
-def reduce_chunk(store: str, level: int, chunk: tuple[int, int], masked: bool, nodata: float | None) -> None:
-    """Write one chunk of overview ``level`` from the store's level ``level / 2`` (a dask task of
-    the final pass, for the levels too coarse for one group's task to own a whole chunk)."""
-    import zarr
-
-    n, (cy, cx) = ZARR_CHUNK, chunk
-    src, dst = _level_path(Path(store), level // 2), _level_path(Path(store), level)
+    n, below = ZARR_CHUNK, level // 2
     rows, cols = slice(2 * cy * n, 2 * (cy + 1) * n), slice(2 * cx * n, 2 * (cx + 1) * n)
-    try:
-        data = zarr.open_array(src / DATA, mode="r", zarr_format=2)[:, rows, cols]
-        valid = zarr.open_array(src / MASK, mode="r", zarr_format=2)[rows, cols] > 0 if masked else None
-        data, valid = halve(data, valid, nodata)
-        out_rows, out_cols = slice(cy * n, cy * n + data.shape[1]), slice(cx * n, cx * n + data.shape[2])
-        zarr.open_array(dst / DATA, mode="r+", zarr_format=2)[:, out_rows, out_cols] = data
-        if masked:
-            zarr.open_array(dst / MASK, mode="r+", zarr_format=2)[out_rows, out_cols] = np.where(valid, 255, 0).astype(np.uint8)
-    except OSError as exc:
-        raise write_error(dst, exc) from exc
+    if below in arrays:
+        data, valid = arrays[below]
+    else:
+        data = zarr.open_array(_level_path(store, below) / DATA, mode="r", zarr_format=2)
+        valid = zarr.open_array(_level_path(store, below) / MASK, mode="r", zarr_format=2) if masked else None
+    rows_below, cols_below = -(-data.shape[1] // n), -(-data.shape[2] // n)
+    children = [[(below, y, x) for x in (2 * cx, 2 * cx + 1) if x < cols_below]
+                for y in (2 * cy, 2 * cy + 1) if y < rows_below]
+    if all(child in made for row in children for child in row):
+        values = np.block([[made[child][0] for child in row] for row in children])
+        validity = np.block([[made[child][1] for child in row] for row in children]) if masked else None
+        return values, validity
+    return data[:, rows, cols], (valid[rows, cols] > 0 if masked else None)
 
 
 class ZarrWriter(BlockTaskWriter):
-    """Creates the store, submits each group of chunks once all its cells are durable, journals the chunks.
+    """Creates the store, writes each chunk once all its cells are durable and each overview chunk
+    once the chunks under it are written; journals them.
 
     The waiting, submitting and journalling are :class:`geosr.block_tasks.BlockTaskWriter`'s;
-    a block here is a group of chunks (:data:`ZARR_GROUP` output pixels square), its task
-    :func:`write_chunks`, and the overview levels coarser than a group follow in :meth:`wait`.
+    a block here is one chunk of the output. The chunks whose cells one commit made durable
+    are written by one task per :data:`ZARR_GROUP` square they lie in, and that task goes on
+    with the overview chunks that become complete (level by level: 2 x 2 chunks of a level
+    make one of the next); an overview chunk whose chunks were written by other tasks follows
+    when they are collected. The engine runs the tiles square by square of
+    :data:`ZARR_GROUP`, so all levels are written as the run goes: what is left after the last
+    tile is its last chunks and the overview chunks over them, one chain up the levels.
 
     Parameters
     ----------
@@ -311,47 +311,91 @@ class ZarrWriter(BlockTaskWriter):
     def __init__(self, client, raster: WorkRaster, journal: RunJournal, store: Path, cells: Sequence[Window]) -> None:
         self.raster, self.store = raster, store  # _create_store reads them before the base class sets up
         group = max(ZARR_CHUNK, ZARR_GROUP // ZARR_CHUNK * ZARR_CHUNK)
-        self._chunks_y, self._chunks_x = -(-raster.height // ZARR_CHUNK), -(-raster.width // ZARR_CHUNK)
+        self._per = group // ZARR_CHUNK  # a group's side in chunks
         self._factors = overview_factors(raster.width, raster.height, ZARR_CHUNK)
-        # The levels a group's task writes: those where the group covers whole chunks; the
-        # coarser ones are a final pass (:meth:`wait`), a 64th of the output's pixels or less.
-        self._task_levels = tuple(f for f in self._factors if f <= group // ZARR_CHUNK)
+        # Levels up to a group's side in chunks (2, 4 and 8 for groups of 8 x 8) are journalled,
+        # each of their chunks under one group; the coarser ones, a 64th of the output's pixels
+        # or less, are made again by a resumed run.
+        self._journalled = max([1, *(f for f in self._factors if f <= self._per)])
+        #: chunks of each level, ``(rows, columns)``; level ``f`` is ceil(height / f) x ceil(width / f) px
+        self._grid = {f: (_ceil(_ceil(raster.height, f), ZARR_CHUNK), _ceil(_ceil(raster.width, f), ZARR_CHUNK))
+                      for f in (1, *self._factors)}
         self._create_store()
-        per = group // ZARR_CHUNK
-        self._groups: dict[tuple[int, int], tuple] = {
-            (gy, gx): tuple((cy, cx) for cy in range(gy * per, min((gy + 1) * per, self._chunks_y))
-                            for cx in range(gx * per, min((gx + 1) * per, self._chunks_x)))
-            for gy in range(-(-self._chunks_y // per)) for gx in range(-(-self._chunks_x // per))}
-        super().__init__(client, raster, journal, group, cells)
+        self._done: set[tuple[int, int, int]] = set()  # (level, cy, cx) written, by this run or journalled
+        self._assigned: set[tuple[int, int, int]] = set()  # overview chunks in tasks not collected yet
+        self._new: set[tuple[int, int, int]] = set()  # done since the last submission: their parents may be due
+        super().__init__(client, raster, journal, ZARR_CHUNK, cells, order_side=group)
 
     @property
     def folder(self) -> Path:
         return self.store
 
     def _blocks_to_write(self) -> list[tuple[int, int]]:
-        """The groups with a chunk (of the output or of a level their tasks write) not journalled."""
-        out = []
-        for g, chunks in self._groups.items():
-            names = [_chunk_name(*c) for c in chunks] + [
-                _chunk_name(*c, level) for level in self._task_levels
-                for c in _level_chunks(chunks, level, self.raster.width, self.raster.height)]
-            if any(name not in self.journal.blocks for name in names):
-                out.append(g)
-        return out
+        """The output's chunks not journalled (called once the journalled ones are checked)."""
+        for name in self.journal.blocks:
+            cy, cx, level = _parse_chunk_name(name)
+            self._done.add((level, cy, cx))
+        self._new = set(self._done)  # an overview chunk over journalled ones may be missing
+        rows, cols = self._grid[1]
+        return [(cy, cx) for cy in range(rows) for cx in range(cols) if (1, cy, cx) not in self._done]
 
     def _journalled_bytes(self, name: str) -> tuple[int, int]:
         cy, cx, level = _parse_chunk_name(name)
         return _files_crc(_chunk_files(self.store, cy, cx, self.raster.write_mask, level))
 
-    def _submit(self, key: tuple[int, int]):
+    def _children(self, level: int, cy: int, cx: int) -> list[tuple[int, int, int]]:
+        below = level // 2
+        rows, cols = self._grid[below]
+        return [(below, y, x) for y in (2 * cy, 2 * cy + 1) for x in (2 * cx, 2 * cx + 1) if y < rows and x < cols]
+
+    def _overviews_over(self, chunks, available: set) -> list[tuple[int, int, int]]:
+        """The overview chunks, level by level, over ``chunks`` whose chunks below are all in
+        ``available`` (grown with them), not written or given to a task yet; they are given to the caller."""
+        out = []
+        frontier = set(chunks)
+        for below, level in zip((1, *self._factors), self._factors):
+            parents = sorted({(level, cy // 2, cx // 2) for f, cy, cx in frontier if f == below})
+            for parent in parents:
+                if parent in self._done or parent in self._assigned:
+                    continue
+                if all(child in available for child in self._children(*parent)):
+                    self._assigned.add(parent)
+                    available.add(parent)
+                    frontier.add(parent)
+                    out.append(parent)
+        return out
+
+    def _submit_blocks(self, keys: list[tuple[int, int]]) -> list:
+        """One task per group square of the chunks ``keys``, with the overview chunks they complete;
+        then one for the overview chunks that chunks collected since the last call complete."""
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for cy, cx in keys:
+            groups.setdefault((cy // self._per, cx // self._per), []).append((cy, cx))
+        futures = []
+        for chunks in groups.values():
+            own = {(1, cy, cx) for cy, cx in chunks}
+            futures.append(self._submit_job(chunks, self._overviews_over(own, self._done | own)))
+        if self._new:
+            overviews = self._overviews_over(self._new, set(self._done))
+            self._new = set()
+            if overviews:
+                futures.append(self._submit_job([], overviews))
+        return futures
+
+    def _submit_job(self, chunks: list[tuple[int, int]], overviews: list[tuple[int, int, int]]):
         r = self.raster
         job = ZarrJob(str(self.store), str(r.folder / r.PIXELS), str(r.folder / r.MASK) if r.write_mask else None,
-                      r.width, r.height, r.count, r.dtype.name, self._groups[key], r.profile.get("nodata"),
-                      self._task_levels)
+                      r.width, r.height, r.count, r.dtype.name, tuple(chunks), r.profile.get("nodata"),
+                      tuple(overviews), self._journalled)
         return self.client.submit(write_chunks, job, pure=False)
 
-    def _journal_entries(self, result: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
-        return result
+    def _collect(self, result) -> list[tuple[str, int, int]]:
+        written, entries = result
+        for chunk in written:
+            self._assigned.discard(chunk)
+            self._done.add(chunk)
+            self._new.add(chunk)
+        return entries
 
     # -- the store's metadata ------------------------------------------------------------
     def _create_store(self) -> None:
@@ -452,24 +496,11 @@ class ZarrWriter(BlockTaskWriter):
 
     # -- the end ---------------------------------------------------------------------------
     def wait(self) -> None:
-        """Wait for every group's chunks and journal them (after the last cells' commit), then
-        write the levels coarser than a group."""
+        """Wait for every chunk of every level and journal them (after the last cells' commit)."""
         super().wait()
-        self._final_levels()
-
-    def _final_levels(self) -> None:
-        """Write the overview levels coarser than a group's tasks write, level after level, a task
-        per chunk. Not journalled: a resumed run makes them again (a 64th of the output or less)."""
-        r = self.raster
-        for f in self._factors:
-            if f in self._task_levels:
-                continue
-            height, width = -(-r.height // f), -(-r.width // f)
-            chunks = [(cy, cx) for cy in range(-(-height // ZARR_CHUNK)) for cx in range(-(-width // ZARR_CHUNK))]
-            futures = [self.client.submit(reduce_chunk, str(self.store), f, c, r.write_mask, r.profile.get("nodata"),
-                                          pure=False) for c in chunks]
-            for future in futures:
-                future.result()  # a failed chunk raises its error here
+        missing = sum(rows * cols for rows, cols in self._grid.values()) - len(self._done)
+        if missing:
+            raise RuntimeError(f"internal error: {missing} Zarr chunks were never written")
 
     def write_mosaic(self, vrt, captions: Path, captions_fc: dict, created) -> None:
         """Consolidate the store's metadata and write the captions (staged); ``vrt`` and ``created`` are unused."""

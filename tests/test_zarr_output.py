@@ -60,6 +60,19 @@ def test_the_store_equals_the_single_cog(tmp_path, masked):
     assert not list(tmp_path.glob(".out.zarr.geosr-*"))  # the work folder and the lock are gone
 
 
+def test_an_overview_chunk_with_no_valid_pixel_is_written_and_journalled(tmp_path):
+    """A chunk equal to the fill value everywhere is still a file: every chunk is journalled with its bytes."""
+    mask = np.ones((RAGGED_HEIGHT, RAGGED_WIDTH), bool)
+    mask[:, 500:] = False  # the last column of chunks, and of level 2's, holds no valid pixel
+    src = uint8_scene(tmp_path / "in.tif", RAGGED_HEIGHT, RAGGED_WIDTH, mask=mask)
+    upscale_scene([src], tmp_path / "single.tif", bicubic_cfg())
+    upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg())
+    level = xr.open_zarr(tmp_path / "out.zarr", group="2", mask_and_scale=False)
+    assert (tmp_path / "out.zarr" / "2" / "mask" / "0.1").exists() and not level["mask"].values[:, 500:].any()
+    with rasterio.open(tmp_path / "single.tif") as cog:
+        np.testing.assert_array_equal(open_store(tmp_path / "out.zarr")["mask"].values, cog.read_masks(1))
+
+
 def test_nodata_is_the_fill_value(tmp_path):
     data = (np.arange(RAGGED_HEIGHT * RAGGED_WIDTH).reshape(1, RAGGED_HEIGHT, RAGGED_WIDTH) % 200 + 10).astype(np.float32)
     data[0, 50:120, 30:200] = -9999
