@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
 
+from geosr.deferred_free import FREE_LATER_BYTES, unlink_freeing_later
 from geosr.errors import WriteError
 from geosr.routing import TileRoute
 
@@ -116,9 +117,19 @@ class WorkFolder:
         return total
 
     def remove(self) -> None:
+        """Delete the folder. Its names are gone on return; the blocks of its large files (the
+        work raster) are freed by a helper process after it (:mod:`geosr.deferred_free`)."""
+        large = []
         for root, dirs, files in os.walk(self.path, topdown=False):
             for name in files:
-                os.unlink(os.path.join(root, name))
+                path = os.path.join(root, name)
+                if os.stat(path, follow_symlinks=False).st_size >= FREE_LATER_BYTES:
+                    large.append(path)
+                else:
+                    os.unlink(path)
+            if large:
+                unlink_freeing_later(large)
+                large = []
             for name in dirs:
                 os.rmdir(os.path.join(root, name))
         os.rmdir(self.path)
