@@ -288,6 +288,14 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                                            performance_report, journal, writer, sync, last_tile)
         journal.commit(sync)
         if blocks is not None:
+            # The VRT, STAC and captions (Zarr: the consolidated metadata) need no block's bytes:
+            # written while the cluster makes the last blocks, not after them.
+            captions_path, (_, tmp_vrt, tmp_captions) = target.captions, target.staging(folder.path)
+            try:
+                blocks.write_mosaic(tmp_vrt, tmp_captions, captions_geojson(scene, tiles, captions, routes),
+                                    datetime.datetime.now(datetime.timezone.utc))
+            except OSError as exc:  # exit 6, one line
+                raise write_error(tmp_captions, exc) from exc
             blocks.wait()  # the last blocks' COGs (or Zarr chunks), on the cluster
         release_cluster()
         cog = folder / "out.tif"
@@ -309,16 +317,10 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     if blocks is None:
         captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
         tmp_captions = folder / "captions.geojson"
-    else:
-        captions_path, (_, tmp_vrt, tmp_captions) = target.captions, target.staging(folder.path)
-    fc = captions_geojson(scene, tiles, captions, routes)
-    try:
-        if blocks is None:
-            tmp_captions.write_text(json.dumps(fc))
-        else:
-            blocks.write_mosaic(tmp_vrt, tmp_captions, fc, datetime.datetime.now(datetime.timezone.utc))
-    except OSError as exc:  # a disk that took the COG may not take its captions: exit 6, one line
-        raise write_error(tmp_captions, exc) from exc
+        try:
+            tmp_captions.write_text(json.dumps(captions_geojson(scene, tiles, captions, routes)))
+        except OSError as exc:  # a disk that took the COG may not take its captions: exit 6, one line
+            raise write_error(tmp_captions, exc) from exc
     moves = {cog: target.output, tmp_captions: captions_path} if blocks is None else {}
     if errors is not None:
         moves[folder / "uncertainty.tif"] = uncertainty
