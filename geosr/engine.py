@@ -175,6 +175,8 @@ def upscale_scene(
             identity["zarr"] = f"format 2, chunks {ZARR_CHUNK}"
         if model.grid_step > 1:  # another tile plan (geosr.tiling); absent at 1, as before there were grid steps
             identity["tile grid step"] = str(model.grid_step)
+        if model.fingerprint:  # the networks' files and output consistency: other weights, other pixels
+            identity["model fingerprint"] = model.fingerprint
 
         with OutputLock(target.output):
             journal = open_journal(target.output, identity, config.resume)

@@ -303,12 +303,14 @@ def error_variance(sigmas: Mapping[int, torch.Tensor], stretch: Stretch) -> torc
 class ModelFacts:
     """What the client needs of a run's model: the name it is tagged with, its input channels
     (None: any), whether it is a network (its tasks then ask for a GPU where there is one), and
-    the grid step its tile plan keeps (:func:`plan_step`)."""
+    the grid step its tile plan keeps (:func:`plan_step`), and the fingerprint of the networks'
+    pixels (:func:`model_fingerprint`; None for models without one)."""
 
     name: str
     channels: int | None
     neural: bool
     grid_step: int = 1
+    fingerprint: str | None = None
 
 
 def run_model(config: RunConfig) -> Upscaler:
@@ -349,7 +351,21 @@ def model_facts(config: RunConfig) -> ModelFacts:
     model = run_model(config)
     captioner_for(config.captioner)
     return ModelFacts(getattr(model, "name", config.model), model.channels,
-                      not isinstance(model, CLASSICAL_UPSCALERS), plan_step(model, config))
+                      not isinstance(model, CLASSICAL_UPSCALERS), plan_step(model, config),
+                      model_fingerprint(model, config))
+
+
+def model_fingerprint(model: Upscaler, config: RunConfig) -> str | None:
+    """The ``fingerprint`` of a run's model and, when the run routes tiles, of its cheap path:
+    what their pixels depend on beyond the run's settings (a shipped model retrained under the
+    same name makes other pixels). None when neither has one (classical and own models: a
+    user's network file is in the identity by its content)."""
+    prints = [getattr(model, "fingerprint", None)]
+    if config.routed_threshold is not None:
+        prints.append(getattr(cheap_path_model(config.route_to, config.scale, config.model_options()),
+                              "fingerprint", None))
+    prints = [p for p in prints if p]
+    return ", ".join(prints) or None
 
 
 def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) -> list[BatchJob]:

@@ -229,3 +229,61 @@ def test_default_precision_follows_the_hardware(student_dir, monkeypatch):
     # a bool either way, whatever this machine is
     monkeypatch.undo()
     assert isinstance(diffusion.cpu_has_bf16_matrix_units(), bool)
+
+
+def test_the_fingerprint_follows_the_weights_and_the_consistency(tmp_path, student_dir):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(student_dir, copy)
+    first = DiffusionUpscaler(str(copy), 4).fingerprint
+    assert first == DiffusionUpscaler(student_dir, 4).fingerprint  # the same files elsewhere
+    assert DiffusionUpscaler(str(copy), 4, lr_consistency="off").fingerprint != first
+    (weights,) = (copy / "unet").glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # retrained in place: same name, same size
+    weights.write_bytes(bytes(data))
+    assert DiffusionUpscaler(str(copy), 4).fingerprint != first
+    with pytest.raises(InputError, match="lr_consistency"):
+        DiffusionUpscaler(student_dir, 4, lr_consistency="sometimes")
+
+
+def test_a_stopped_run_is_not_resumed_on_other_weights(tmp_path, data_dir, student_dir, monkeypatch):
+    import errno
+    import shutil
+
+    from geosr.config import RunConfig, TileSpec
+    from geosr.engine import upscale_scene
+    from geosr.errors import ResumeError, WriteError
+    from geosr.writer import WorkRaster
+
+    model = tmp_path / "model"
+    shutil.copytree(student_dir, model)
+    config = dict(scale=4, model=str(model), captioner="none", tiles=TileSpec(32, 8), progress=False,
+                  steps=1, bands=(1, 2, 3), route="off")
+    real, writes = WorkRaster._write_rows, [0]
+
+    def full(self, *args):  # the disk fills up after a few cells
+        writes[0] += 1
+        if writes[0] > 3:
+            raise WriteError("no space left on the device (simulated)") from OSError(errno.ENOSPC, "full")
+        return real(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full)
+    with pytest.raises(WriteError):
+        upscale_scene([str(data_dir / "rgbn_suba.tif")], tmp_path / "out.tif", RunConfig(**config))
+    monkeypatch.setattr(WorkRaster, "_write_rows", real)
+    (work,) = tmp_path.glob(".out.tif.geosr-run-*")
+    assert "model fingerprint" in json.loads((work / "run.json").read_text())
+    (weights,) = (model / "controlnet").glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    # the resume runs in a new process: nothing of the first run's models is cached
+    import geosr.models
+    import geosr.models.diffusion
+
+    monkeypatch.setattr(geosr.models, "_CACHE", {})
+    monkeypatch.setattr(geosr.models.diffusion, "_PIPELINES", {})
+    with pytest.raises(ResumeError, match="model fingerprint"):
+        upscale_scene([str(data_dir / "rgbn_suba.tif")], tmp_path / "out.tif", RunConfig(**config, resume=True))

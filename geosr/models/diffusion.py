@@ -8,6 +8,8 @@ use it (a dask worker serves every batch with one copy).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PIPELINE_CLASS = "GeoSRPipeline"
 # A hub id is "org/name"; anything else with a separator, or starting with "." or "~", is a path.
+LR_CONSISTENCY = ("clean", "always", "off")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # One pipeline per (source, device, dtype) and a lock per pipeline: a pipeline call is not
@@ -188,6 +191,9 @@ class DiffusionUpscaler:
     detail : float
         Detail level ``D`` in ``[0, 1]`` (the pipeline's ``detail``): 0 is the fidelity output,
         1 the most detail the model's detail head has learnt; needs a model with one.
+    lr_consistency : {"clean", "always", "off"}
+        Which tiles' outputs are projected onto their input (the pipeline's ``lr_consistency``):
+        those whose caption reads as a clean downsampling (default), all, or none.
 
     Raises
     ------
@@ -195,7 +201,8 @@ class DiffusionUpscaler:
         The model cannot be found or loaded, its scale differs from ``scale``, or it has no
         detail head and ``detail > 0``.
     InputError
-        Unknown ``dtype``, a ``batch_size`` below 1 or a ``detail`` outside ``[0, 1]``.
+        Unknown ``dtype``, a ``batch_size`` below 1, a ``detail`` outside ``[0, 1]`` or an
+        unknown ``lr_consistency``.
     """
 
     def __init__(
@@ -208,10 +215,14 @@ class DiffusionUpscaler:
         guidance: float | None = None,
         batch_size: int = 4,
         detail: float = 0.0,
+        lr_consistency: str = "clean",
     ) -> None:
         if not 0.0 <= float(detail) <= 1.0:
             raise InputError(f"detail must lie in [0, 1], got {detail}")
         self.detail = float(detail)
+        if lr_consistency not in LR_CONSISTENCY:
+            raise InputError(f"lr_consistency must be one of {', '.join(LR_CONSISTENCY)}, got {lr_consistency!r}")
+        self.lr_consistency = lr_consistency
         self.device = resolve_device(device)
         dtype = dtype or default_dtype_name(self.device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -235,6 +246,26 @@ class DiffusionUpscaler:
         shown_guidance = config.default_guidance_scale if guidance is None else guidance
         shown_detail = f", detail {self.detail:g}" if self.detail else ""
         self.name = f"diffusion:{model} ({kind}, steps {shown_steps}, guidance {shown_guidance}{shown_detail}, {dtype})"
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What this upscaler's pixels depend on beyond a run's settings, for a run's identity.
+
+        The checkpoint's files (names, sizes and content samples: a model retrained or
+        replaced under the same name or path makes other pixels) and how outputs are made
+        consistent with their input (what geosr did before that existed gave other pixels).
+        """
+        from geosr.resumable import content_sample  # the runs' own file digest; loaded with them
+
+        parts = [f"lr consistency {self.lr_consistency}"]
+        root = Path(self.source)
+        if root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                size = path.stat().st_size
+                parts.append(f"{path.relative_to(root).as_posix()} {size} {content_sample(str(path), size)}")
+        else:  # a hub id (its files live in the hub cache, under revisions this does not track)
+            parts.append(f"hub {self.source}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16] + f" (lr consistency {self.lr_consistency})"
 
     @property
     def has_detail(self) -> bool:
@@ -389,6 +420,7 @@ class DiffusionUpscaler:
                 output_type="pt",
                 detail=self.detail,
                 return_uncertainty=uncertainty,
+                lr_consistency=self.lr_consistency,
             )
         if uncertainty:
             return torch.cat([result.images.float(), result.uncertainty.float()], dim=1).cpu()

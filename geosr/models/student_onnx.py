@@ -7,7 +7,11 @@ guidance weight's embedding are constants; the tokenizer and text encoder stay o
 graph), and :func:`export_student` writes it to ONNX with the tile size dynamic and the
 metadata :mod:`geosr.models.onnx` reads: the graph takes ``lr`` ``[N, 3, h, w]`` in ``[0, 1]``
 and ``noise`` ``[N, 3 f^2, s h / f, s w / f]``, which :class:`~geosr.models.own_network.NetworkUpscaler`
-draws per tile seed as the pipeline does, so the graph makes the pipeline's pixels.
+draws per tile seed as the pipeline does, so the graph makes the pipeline's pixels - those it
+makes with ``lr_consistency="off"``: the projection of clean tiles onto their input
+(:func:`~geosr.pipelines.consistency.project_to_lr`) needs an antialiased bicubic
+downsampling that ONNX (opset 17) has no operator for, so the graph leaves it out and says so
+in its metadata (``lr_consistency: off``).
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ def export_student(model: str, output: str | Path, caption: str | None = None, g
     metadata = {
         "scale": s, "bands": channels, "value_range": "0-1", "noise_input": "noise",
         "noise_channels": channels * f * f, "noise_stride": f, "caption": caption, "guidance": student.guidance,
-        "source_model": model, "producer": "geosr export-onnx",
+        "source_model": model, "producer": "geosr export-onnx", "lr_consistency": "off",
     }
     graph = onnx.load(str(output))
     for key, value in metadata.items():
@@ -188,7 +192,8 @@ def compare_export(model: str, onnx_path: str | Path, caption: str | None = None
     exported = onnx.load(str(onnx_path), _scale_of(onnx_path))
     if tiles is None:
         tiles = torch.rand(len(seeds), exported.channels, 48, 48, generator=torch.Generator().manual_seed(0))
-    reference = DiffusionUpscaler(model, exported.scale, device="cpu", dtype="fp32", guidance=guidance)
+    reference = DiffusionUpscaler(model, exported.scale, device="cpu", dtype="fp32", guidance=guidance,
+                                  lr_consistency="off")  # as the graph (module docstring)
     captions = [caption] * len(tiles)
     ours = exported.upscale(tiles, captions, list(seeds))
     theirs = reference.upscale(tiles, captions, list(seeds))
