@@ -174,6 +174,9 @@ def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
     again = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.25)
     assert again["hours"] == 0.75 and len(again["history"]) == 2
+    # a stage started from those weights counts its steps from 0: the state records the total
+    staged = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.25, stage_start=9000)
+    assert staged["step"] == 9002 and staged["history"][-1]["step"] == 9002
 
     # a new run from that state starts from its weights (not a fresh init), in float32
     config2 = write_yaml(tmp_path, dict(common, max_train_steps=1, checkpointing_steps=10, learning_rate=0.0,

@@ -36,10 +36,14 @@ __all__ = ["export_state", "main"]
 STATE = "STATE.json"
 
 
-def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: float, note: str = "") -> dict:
+def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: float, note: str = "",
+                 stage_start: int = 0) -> dict:
     """Write the EMA networks of ``run_dir`` (its ``ema/``, else the run's final pipeline) to ``dest`` in fp16.
 
     ``dest`` is replaced in place; its previous ``STATE.json`` history is carried over.
+    ``stage_start``: the steps the network had had when ``run_dir``'s run started from them (a
+    stage started with ``--init_pipeline``, whose own step count starts at 0); the recorded step
+    is the network's total.
 
     Returns
     -------
@@ -49,7 +53,7 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     run_dir, dest = Path(run_dir), Path(dest)
     source = run_dir / "ema" if (run_dir / "ema").is_dir() else run_dir
     step_file = source / "STEP"
-    step = int(step_file.read_text()) if step_file.is_file() else None
+    step = stage_start + int(step_file.read_text()) if step_file.is_file() else None
     history = []
     if (dest / STATE).is_file():
         history = json.loads((dest / STATE).read_text()).get("history", [])
@@ -79,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--recipe", required=True, help="The YAML the run was trained with.")
     parser.add_argument("--hours", type=float, required=True, help="Hours of training since the last export.")
     parser.add_argument("--note", default="", help="What this stretch of training was (machine, threads, dtype).")
+    parser.add_argument("--stage_start", type=int, default=0,
+                        help="Steps the network had had when this run started from them (--init_pipeline).")
     args = parser.parse_args(argv)
-    state = export_state(args.run_dir, args.dest, args.recipe, args.hours, args.note)
+    state = export_state(args.run_dir, args.dest, args.recipe, args.hours, args.note, args.stage_start)
     print(json.dumps({k: v for k, v in state.items() if k != "history"}, indent=1))
     return state
 
