@@ -9,11 +9,14 @@ as the last step before the process could exit.
 
 :func:`unlink_freeing_later` removes the file's *name* at once - nothing can open it any
 more, the folder can go - and hands the last reference (an open descriptor) to a helper
-process, ``cat`` reading a pipe from this one; this process closes its own descriptor
-(cheap: the helper holds the file) and then the pipe, and the helper, at its end of input,
-exits and frees the blocks on its own time. A thread would not do where the process exits
-right after the run (the command line): the process's exit waits for a thread that is
-inside the kernel freeing blocks.
+process, ``cat`` reading a pipe from this one; this process closes its own descriptor (cheap:
+the helper holds the file), and the helper, at the end of its input, exits and frees the blocks
+on its own time. The end of input comes when this process exits, or
+:data:`RELEASE_AFTER_SECONDS` after the call where it lives on (library use), whichever is first:
+freeing takes the filesystem's journal for as long, and metadata operations that wait for it
+(seen: the work folder's own ``rmdir``, 1.4 s) must not be this process's last steps. A thread
+would not do where the process exits right after the run (the command line): the process's
+exit waits for a thread that is inside the kernel freeing blocks.
 
 Nothing can be left half done: a file without a name is freed by the kernel whenever its
 last descriptor closes (a killed helper included), and after a crash by the filesystem's
@@ -28,15 +31,19 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from typing import Iterable
 
-__all__ = ["FREE_LATER_BYTES", "unlink_freeing_later"]
+__all__ = ["FREE_LATER_BYTES", "RELEASE_AFTER_SECONDS", "unlink_freeing_later"]
 
 log = logging.getLogger(__name__)
 
 #: Files at least this large are freed by the helper; smaller ones are cheaper to delete here
 #: than a process is to start (about 10 ms).
 FREE_LATER_BYTES = 16 << 20
+#: Seconds after which a process that lives on lets the helper free the blocks: past the rest of
+#: a run (the lock, the local cluster's close: up to ~2 s with worker processes).
+RELEASE_AFTER_SECONDS = 5.0
 
 
 def unlink_freeing_later(paths: Iterable[str | os.PathLike]) -> None:
@@ -66,7 +73,7 @@ def unlink_freeing_later(paths: Iterable[str | os.PathLike]) -> None:
 def _hand_over(fds: list[int]) -> None:
     """Give the last references to ``fds``' files (already unlinked) to a helper, and close them here."""
     helper = None
-    read_end, write_end = os.pipe()
+    read_end, write_end = os.pipe()  # not inherited by other children (os.pipe's are not inheritable)
     try:
         # start_new_session: a Ctrl-C to the command's process group is not the helper's
         # business (were it killed, it would only free the blocks at once).
@@ -78,12 +85,17 @@ def _hand_over(fds: list[int]) -> None:
         os.close(read_end)
         for fd in fds:  # with a helper holding them, not the last references: nothing to free here
             os.close(fd)
-        # Only now: the helper reads to the end of its input and exits, freeing the blocks.
-        os.close(write_end)
-    if helper is not None:  # reaped without anyone waiting for it
-        threading.Thread(target=_reap, args=(helper,), name="geosr-free", daemon=True).start()
+        if helper is None:
+            os.close(write_end)
+    if helper is None:
+        return
+    # The helper's input ends at this process's exit, or here after RELEASE_AFTER_SECONDS; the
+    # thread also reaps it. A daemon: it never holds the process's exit.
+    threading.Thread(target=_release, args=(helper, write_end), name="geosr-free", daemon=True).start()
 
 
-def _reap(helper: subprocess.Popen) -> None:
+def _release(helper: subprocess.Popen, write_end: int) -> None:
+    time.sleep(RELEASE_AFTER_SECONDS)
+    os.close(write_end)
     with contextlib.suppress(Exception):
         helper.wait()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psutil
 
+import geosr.deferred_free
 from geosr.deferred_free import FREE_LATER_BYTES, unlink_freeing_later
 from geosr.journal import WorkFolder
 
@@ -24,7 +25,8 @@ def held_by_children(path: Path) -> bool:
     return False
 
 
-def test_the_names_go_at_once_and_no_process_keeps_the_files(tmp_path):
+def test_the_names_go_at_once_and_no_process_keeps_the_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(geosr.deferred_free, "RELEASE_AFTER_SECONDS", 0.1)
     big = tmp_path / "pixels.raw"
     with open(big, "wb") as f:
         f.truncate(FREE_LATER_BYTES)
@@ -32,7 +34,7 @@ def test_the_names_go_at_once_and_no_process_keeps_the_files(tmp_path):
     unlink_freeing_later([big])
     assert not big.exists() and list(tmp_path.iterdir()) == []
     deadline = time.monotonic() + 10
-    while held_by_children(big):  # the helper lets go once this process has closed its descriptor
+    while held_by_children(big):  # the helper lets go once this process closes the pipe
         assert time.monotonic() < deadline, "the helper kept the deleted file"
         time.sleep(0.05)
 
