@@ -106,6 +106,12 @@ _SCENE_PARAMETERS = """    source : path-like, sequence of path-like, rasterio d
         drawn, not measured: plausible texture that the input cannot confirm. Each tile's
         draw comes from its seed (reproducible), and what it adds is invisible to the model's
         downsampling, so the band means of the input stay as they were.
+    lr_consistency : {"off", "clean", "always"}
+        Project the diffusion model's output of each tile onto its input, so that the model's
+        downsampling (antialiased bicubic) of the output gives the input back: never
+        (default), on tiles whose caption reads as a clean downsampling, on every tile. Only
+        for input made that way (a synthetic downsample): on blurred, noisy or plainly
+        decimated input it brings the blur, noise or aliasing back.
 """
 
 
@@ -134,6 +140,7 @@ def upscale(
     route_threshold: float | None = None,
     detail: float = 0.0,
     uncertainty: bool = False,
+    lr_consistency: str = "off",
 ) -> "xarray.DataArray | tuple[xarray.DataArray, xarray.DataArray]":
     """Super-resolve a scene lazily: a DataArray on the refined grid, computed where it is read.
 
@@ -230,6 +237,7 @@ def upscale_to_file(
     split: int | None = None,
     detail: float = 0.0,
     uncertainty: str | os.PathLike | None = None,
+    lr_consistency: str = "off",
 ) -> "RunReport":
     """Super-resolve a scene into a Cloud Optimized GeoTIFF at ``output`` (what ``geosr upscale`` runs).
 

@@ -106,6 +106,10 @@ class RunConfig:
         Also predict each output pixel's error with the model's uncertainty head
         (:mod:`geosr.uncertainty_map`). Every tile then goes to the model: routed tiles'
         cheap path has no predicted error.
+    lr_consistency : {"off", "clean", "always"}
+        Which tiles' outputs a diffusion model projects onto their input, so that its
+        downsampling of the output gives the input back (:mod:`geosr.pipelines.consistency`):
+        none, those whose caption reads as a clean (antialiased bicubic) downsampling, all.
     """
 
     scale: int = 4
@@ -137,6 +141,7 @@ class RunConfig:
     split: int | None = None
     detail: float = 0.0
     uncertainty: bool = False
+    lr_consistency: str = "off"
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -173,14 +178,19 @@ class RunConfig:
         object.__setattr__(self, "detail", float(detail))
         if not isinstance(self.uncertainty, bool):
             raise InputError(f"uncertainty must be True or False here, got {self.uncertainty!r}")
+        if self.lr_consistency not in ("off", "clean", "always"):
+            raise InputError(f"--lr-consistency must be off, clean or always, got {self.lr_consistency!r}")
         asked = [(flag, head) for flag, head, on in (("--detail", "a detail head", self.detail > 0),
                                                       ("--uncertainty", "an uncertainty head", self.uncertainty)) if on]
-        if not asked:
-            return
         from geosr.models import CLASSICAL, own_model_kind
 
         kind = ("the classical model" if self.model in CLASSICAL
                 else "your own network" if own_model_kind(self.model) else None)
+        if kind is not None and self.lr_consistency != "off":
+            raise InputError(f"--lr-consistency is a setting of the diffusion models (the shipped geosr-tiny-x4 "
+                             f"and geosr-tiny-x2); {kind} {self.model} has none")
+        if not asked:
+            return
         if kind is not None:
             flags, heads = (" and ".join(part) for part in zip(*asked))
             raise InputError(f"{flags} need{'s' if len(asked) == 1 else ''} a diffusion model with {heads} "
@@ -214,10 +224,12 @@ class RunConfig:
 
     def model_options(self) -> dict[str, Any]:
         """Keyword options for non-classical model loaders (only the ones that are set; ``detail``
-        only above 0, so that a model without a detail head loads as it did before there was one)."""
+        only above 0 and ``lr_consistency`` only when on, so that a model loads as it did before
+        they existed)."""
         opts = dict(device=self.device, dtype=self.dtype, steps=self.steps, guidance=self.guidance, batch_size=self.batch_size,
                     metadata=tuple(sorted(self.model_metadata.items())) or None, module=self.model_object,
-                    detail=self.detail or None)
+                    detail=self.detail or None,
+                    lr_consistency=None if self.lr_consistency == "off" else self.lr_consistency)
         return {k: v for k, v in opts.items() if v is not None}
 
 

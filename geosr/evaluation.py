@@ -378,6 +378,7 @@ class _Run:
         dtype: str | None = None,
         detail: float | None = None,
         uncertainty: bool = False,
+        lr_consistency: str | None = None,
     ) -> None:
         if degradation not in PROTOCOLS:
             raise InputError(f"unknown degradation {degradation!r}: use one of {', '.join(PROTOCOLS)}")
@@ -387,13 +388,14 @@ class _Run:
         self.scale, self.degradation = int(scale), degradation
         # the delta is reported against bicubic, so it is always a baseline
         self.baselines = {name: load_upscaler(name, scale) for name in dict.fromkeys(("bicubic", *baselines))}
-        options = dict(steps=steps, guidance=guidance, device=device, dtype=dtype, detail=detail)
+        options = dict(steps=steps, guidance=guidance, device=device, dtype=dtype, detail=detail,
+                       lr_consistency=lr_consistency)
         options = {k: v for k, v in options.items() if v is not None}
         self.model_spec = model or default_model(scale)  # what the figures are reported under
-        if detail is not None and (self.model_spec in CLASSICAL or own_model_kind(self.model_spec)):
-            # their loaders have no detail option: classical ones would ignore it silently
-            raise InputError(f"detail is a setting of diffusion models with a detail branch, not of "
-                             f"{self.model_spec}")
+        for name, value in (("detail", detail), ("lr_consistency", lr_consistency)):
+            if value is not None and (self.model_spec in CLASSICAL or own_model_kind(self.model_spec)):
+                # their loaders have no such option: classical ones would ignore it silently
+                raise InputError(f"{name} is a setting of diffusion models, not of {self.model_spec}")
         self.model = load_upscaler(self.model_spec, scale, **options)
         # a diffusion model has the method whether or not its checkpoint has the head: it says
         # which in has_uncertainty, and would only fail on the first image
@@ -476,6 +478,7 @@ def evaluate_sr(
     route_threshold: float | None = None,
     detail: float | None = None,
     uncertainty: bool = False,
+    lr_consistency: str | None = None,
 ) -> dict:
     """Super-resolve degraded HR images with a model and baselines; compare with the HR.
 
@@ -513,6 +516,9 @@ def evaluate_sr(
     detail : float, optional
         Detail setting the model is loaded with (``load_upscaler(..., detail=detail)``);
         None keeps the model's default.
+    lr_consistency : {"off", "clean", "always"}, optional
+        Which outputs the model projects onto their LR (``load_upscaler(...,
+        lr_consistency=...)``); None keeps the model's default (off).
     uncertainty : bool
         Take the model's output and its predicted per-band RMSE from its
         ``upscale_with_uncertainty`` and score the prediction (``uncertainty`` below).
@@ -557,7 +563,8 @@ def evaluate_sr(
         raise InputError(f"crop must be at least {MIN_LR_SIDE * scale} px at x{scale}, got {crop}")
     if not hr_paths:
         raise InputError("no HR images given")
-    run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device, dtype, detail, uncertainty)
+    run = _Run(scale, degradation, model, captioner, baselines, steps, guidance, device, dtype, detail, uncertainty,
+               lr_consistency)
     threshold = routing_threshold(route, route_threshold, run.model_spec, run.scale)
     cheap = cheap_path(run.scale)
     cheap_options = {} if cheap in CLASSICAL else {k: v for k, v in dict(device=device, dtype=dtype).items() if v}
@@ -643,6 +650,7 @@ def evaluate_sr(
             "device": device,
             "dtype": dtype,
             "detail": detail,
+            "lr_consistency": lr_consistency,
             "uncertainty": uncertainty,
             "border": run.scale,
             "n_images": len(images),

@@ -506,7 +506,7 @@ class GeoSRPipeline(DiffusionPipeline):
         return_dict: bool = True,
         detail: float = 0.0,
         return_uncertainty: bool = False,
-        lr_consistency: str = "clean",
+        lr_consistency: str = "off",
     ) -> GeoSRPipelineOutput | tuple:
         """Super-resolve a batch of LR images.
 
@@ -539,13 +539,15 @@ class GeoSRPipeline(DiffusionPipeline):
         return_uncertainty : bool
             Also predict each output pixel's root-mean-square error (the uncertainty head's
             variance, plus ``D**2`` times the squared detail added, which the head did not see).
-        lr_consistency : {"clean", "always", "off"}
+        lr_consistency : {"off", "clean", "always"}
             Which outputs are projected onto their input, so that the model's downsampling of
             the output gives the LR back (:func:`~geosr.pipelines.consistency.project_to_lr`;
-            LR-space residual pipelines only, others are left as they are): those whose
-            caption reads as a clean downsampling
-            (:func:`~geosr.pipelines.consistency.reads_as_clean`; a blurred or noisy LR
-            reproduced exactly would bring its blur and noise back), all, or none.
+            LR-space residual pipelines only, others are left as they are): none (default),
+            those whose caption reads as a clean downsampling
+            (:func:`~geosr.pipelines.consistency.reads_as_clean`), or all. Right only where
+            the input was made the way the model assumes (antialiased bicubic); a blurred,
+            noisy or plainly decimated LR reproduced exactly brings its blur, noise or
+            aliasing back (module docstring of :mod:`~geosr.pipelines.consistency`).
 
         Returns
         -------
@@ -692,7 +694,7 @@ class GeoSRPipeline(DiffusionPipeline):
         return sample, upsampled, lr_grid
 
     def consistent_with_input(self, hr: torch.Tensor, image: torch.Tensor, prompt: Sequence[str],
-                              lr_consistency: str = "clean") -> torch.Tensor:
+                              lr_consistency: str = "off") -> torch.Tensor:
         """``hr`` with the images that ``lr_consistency`` picks projected onto their LR ``image``.
 
         See ``lr_consistency`` in :meth:`__call__`; pipelines that are not LR-space residual

@@ -235,7 +235,7 @@ def test_outputs_whose_caption_reads_clean_are_made_consistent_with_their_input(
     def lr_error(out):  # per image, DN, borders aside (replicate padding there)
         return ((model_downsample(out, 4) - lr)[..., 2:-2, 2:-2] * 255).abs().amax(dim=(1, 2, 3))
 
-    mixed, off = run([CLEAN, BLURRED]), run([CLEAN, BLURRED], lr_consistency="off")
+    mixed, off = run([CLEAN, BLURRED], lr_consistency="clean"), run([CLEAN, BLURRED])  # off: the default
     assert lr_error(off).min() > 1.0
     assert lr_error(mixed)[0] < 0.1  # the clean one projected
     torch.testing.assert_close(mixed[1], off[1], rtol=0, atol=0)  # the blurred one as it was
@@ -253,7 +253,7 @@ def test_inputs_captioned_clean_take_the_clean_calibration_of_the_error(tmp_path
     def sigma(captions):
         generators = [torch.Generator().manual_seed(3 + i) for i in range(len(lr))]
         return pipe(lr, prompt=captions, generator=generators, num_inference_steps=1,
-                    return_uncertainty=True, lr_consistency="off").uncertainty
+                    return_uncertainty=True).uncertainty
 
     before = sigma([CLEAN, BLURRED])
     # a head without clean knots (older checkpoints) predicts for clean input as for any

@@ -238,7 +238,7 @@ def test_the_fingerprint_follows_the_weights_and_the_consistency(tmp_path, stude
     shutil.copytree(student_dir, copy)
     first = DiffusionUpscaler(str(copy), 4).fingerprint
     assert first == DiffusionUpscaler(student_dir, 4).fingerprint  # the same files elsewhere
-    assert DiffusionUpscaler(str(copy), 4, lr_consistency="off").fingerprint != first
+    assert DiffusionUpscaler(str(copy), 4, lr_consistency="clean").fingerprint != first
     (weights,) = (copy / "unet").glob("*.safetensors")
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # retrained in place: same name, same size
@@ -287,3 +287,48 @@ def test_a_stopped_run_is_not_resumed_on_other_weights(tmp_path, data_dir, stude
     monkeypatch.setattr(geosr.models.diffusion, "_PIPELINES", {})
     with pytest.raises(ResumeError, match="model fingerprint"):
         upscale_scene([str(data_dir / "rgbn_suba.tif")], tmp_path / "out.tif", RunConfig(**config, resume=True))
+
+
+def test_lr_consistency_from_the_cli_makes_the_output_reproduce_the_input(tmp_path):
+    from click.testing import CliRunner
+    from diffusers import LCMScheduler
+
+    from geosr.cli import cli
+    from geosr.pipelines.consistency import model_downsample
+    from tests.rasters import texture, write_raster
+
+    # LR space, as the shipped students, with small residuals (a zero network plus a fixed
+    # pattern) on a mid-grey texture: outputs stay in range, so no clamp undoes the projection
+    pipe = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, student=True, unshuffle_factor=4))
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.zero_()
+        pipe.unet.conv_out.bias.copy_(0.05 + 0.02 * torch.randn(pipe.unet.conv_out.bias.shape,
+                                                                 generator=torch.Generator().manual_seed(0)))
+    student_dir = str(tmp_path / "student")
+    pipe.save_pretrained(student_dir)
+    src = write_raster(tmp_path / "in.tif", (texture(3, 96, 128, 1) * 120 + 70).astype(np.uint8))
+
+    errors = {}
+    for mode in ("off", "always"):
+        dst = tmp_path / f"{mode}.tif"
+        result = CliRunner().invoke(cli, ["upscale", str(src), str(dst), "--scale", "4", "--model", student_dir,
+                                          "--route", "off", "--steps", "1", "--lr-consistency", mode, "-q"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        with rasterio.open(src) as lr, rasterio.open(dst) as hr:
+            down = model_downsample(torch.from_numpy(hr.read().astype(np.float32))[None], 4)[0].numpy()
+            inner = (slice(None), slice(6, -6), slice(6, -6))  # the projection's borders replicate
+            errors[mode] = np.sqrt(np.mean((down - lr.read().astype(np.float32))[inner] ** 2))
+    # off its input by the pattern; projected, within about the 8-bit rounding of the output
+    assert errors["off"] > 2.0 and errors["always"] < 0.5, errors
+
+
+def test_lr_consistency_is_a_diffusion_setting():
+    from geosr.config import RunConfig
+
+    with pytest.raises(InputError, match="lr-consistency"):
+        RunConfig(scale=2, model="bicubic", lr_consistency="clean")
+    with pytest.raises(InputError, match="off, clean or always"):
+        RunConfig(scale=2, lr_consistency="yes")
+    assert RunConfig(scale=2, lr_consistency="clean").model_options()["lr_consistency"] == "clean"
+    assert "lr_consistency" not in RunConfig(scale=2).model_options()

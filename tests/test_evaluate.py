@@ -371,6 +371,8 @@ def test_uncertainty_needs_a_head_and_detail_a_dial(hr_dir):
         evaluate_sr(paths, 4, "iso", model="bicubic", uncertainty=True)
     with pytest.raises(InputError, match="detail is a setting of diffusion models"):
         evaluate_sr(paths, 4, "iso", model="lanczos", detail=1.0)
+    with pytest.raises(InputError, match="lr_consistency is a setting of diffusion models"):
+        evaluate_sr(paths, 4, "clean", model="bicubic", lr_consistency="clean")
     res = CliRunner().invoke(cli, ["evaluate", "--hr", str(hr_dir), "--model", "bicubic", "--uncertainty"])
     assert res.exit_code == 3 and "no uncertainty head" in res.output
 

@@ -160,8 +160,6 @@ def _student_output(pipe: GeoSRPipeline, batch: dict, device, seed: int):
                                               pipe.config.default_guidance_scale, generators)
     cfg = pipe.config
     base = target_to_image(sample, upsampled, cfg.predict_residual, cfg.residual_scale, pipe.unshuffle_factor)
-    # the output a call writes: crops captioned as clean projected onto their LR
-    base = pipe.consistent_with_input(base, lr, list(batch["caption"]))
     return sample, upsampled, lr_grid, base.clamp(0.0, 1.0)
 
 

@@ -94,6 +94,8 @@ def format_uncertainty(result: dict) -> str:
 @click.option("--guidance", type=float, help="Guidance scale (default: the model's).")
 @click.option("--detail", type=float,
               help="Detail dial of the model (models with a detail branch; default: the model's).")
+@click.option("--lr-consistency", type=click.Choice(["off", "clean", "always"]),
+              help="Project the model's outputs onto their LR (diffusion models; as for geosr upscale; default off).")
 @click.option("--uncertainty", is_flag=True,
               help="Score the model's predicted per-pixel RMSE map: calibration per decile and block Spearman "
                    "rank correlation with the actual error, next to the output's gradient magnitude.")
@@ -113,7 +115,7 @@ def format_uncertainty(result: dict) -> str:
 @verbosity
 def evaluate(
     hr_dirs, scale, degradation, caption_ablation, model, captioner, limit, crop, seed, steps, guidance,
-    detail, uncertainty, device, dtype, route, route_threshold, json_out, png_out, verbose, quiet,
+    detail, lr_consistency, uncertainty, device, dtype, route, route_threshold, json_out, png_out, verbose, quiet,
 ) -> None:
     """Degrade HR images with a training protocol, super-resolve them, compare with the HR.
 
@@ -136,7 +138,7 @@ def evaluate(
     setup_logging(verbose, quiet)
     model = model or default_model(int(scale))
     options = dict(model=model, captioner=captioner, steps=steps, guidance=guidance, device=device, dtype=dtype,
-                   detail=detail)
+                   detail=detail, lr_consistency=lr_consistency)
     result = fail_cleanly(
         lambda: evaluate_sr(
             find_hr_images(hr_dirs), int(scale), degradation, seed=seed, limit=limit, crop=crop,

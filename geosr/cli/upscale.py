@@ -74,11 +74,17 @@ from geosr.writer import check_file_name
               help="Also write the output's predicted error there: a float32 COG on the output grid, each pixel "
                    "the predicted RMS error in output DN over the model's bands, NaN where the output is nodata "
                    "(a model with an uncertainty head; every tile goes to the model, none is routed).")
+@click.option("--lr-consistency", type=click.Choice(["off", "clean", "always"]), default="off", show_default=True,
+              help="Project the diffusion model's output onto the input, so that downsampling it (antialiased "
+                   "bicubic, as the model assumes) gives the input back: on tiles captioned as a clean downsampling, "
+                   "or on all. Only for input made that way (a synthetic downsample): on blurred, noisy or plainly "
+                   "decimated input it brings the blur, noise or aliasing back.")
 @verbosity
 def upscale(inputs, output, scale, model, model_metadata, captioner, caption_every, tile, overlap, bands, bands_to_model, rgb_bands, aoi,
             blend, creation_options,
             overwrite, resume, steps, guidance, device, dtype, batch_size, seed, address, connect_timeout, local_workers,
-            performance_report, route, route_threshold, route_map, split, detail, uncertainty, verbose, quiet):
+            performance_report, route, route_threshold, route_map, split, detail, uncertainty, lr_consistency,
+            verbose, quiet):
     """Super-resolve INPUT into a Cloud Optimized GeoTIFF at OUTPUT.
 
     INPUT is one GeoTIFF, a .vrt, or several same-grid GeoTIFFs / a directory / a glob,
@@ -125,7 +131,7 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
                 local_workers=local_workers,
                 performance_report=performance_report, progress=not quiet, route=route,
                 route_threshold=route_threshold, route_map=route_map, split=split, detail=detail,
-                uncertainty=uncertainty,
+                uncertainty=uncertainty, lr_consistency=lr_consistency,
             )
 
     report = fail_cleanly(run, catch_all=True, verbose=verbose)

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PIPELINE_CLASS = "GeoSRPipeline"
 # A hub id is "org/name"; anything else with a separator, or starting with "." or "~", is a path.
-LR_CONSISTENCY = ("clean", "always", "off")
+LR_CONSISTENCY = ("off", "clean", "always")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # One pipeline per (source, device, dtype) and a lock per pipeline: a pipeline call is not
@@ -191,9 +191,9 @@ class DiffusionUpscaler:
     detail : float
         Detail level ``D`` in ``[0, 1]`` (the pipeline's ``detail``): 0 is the fidelity output,
         1 the most detail the model's detail head has learnt; needs a model with one.
-    lr_consistency : {"clean", "always", "off"}
+    lr_consistency : {"off", "clean", "always"}
         Which tiles' outputs are projected onto their input (the pipeline's ``lr_consistency``):
-        those whose caption reads as a clean downsampling (default), all, or none.
+        none (default), those whose caption reads as a clean downsampling, or all.
 
     Raises
     ------
@@ -215,7 +215,7 @@ class DiffusionUpscaler:
         guidance: float | None = None,
         batch_size: int = 4,
         detail: float = 0.0,
-        lr_consistency: str = "clean",
+        lr_consistency: str = "off",
     ) -> None:
         if not 0.0 <= float(detail) <= 1.0:
             raise InputError(f"detail must lie in [0, 1], got {detail}")
