@@ -748,11 +748,13 @@ def render_comparison(
     crop: int = 256,
     dtype: str | None = None,
     detail: float | None = None,
+    lr_consistency: str | None = None,
 ) -> Path:
     """Write a PNG of side-by-side crops: LR (nearest-enlarged) | bicubic | model | HR.
 
     The image goes through the same steps as in :func:`evaluate_sr` (pass the image's seed,
-    ``seed + i`` there, and the same ``detail``, to show the same LR and model output); the
+    ``seed + i`` there, and the same ``detail`` and ``lr_consistency``, to show the same LR and
+    model output); the
     panels are the centre ``crop`` px (HR scale) of the outputs, labelled with the method and
     its whole-image PSNR.
 
@@ -763,7 +765,8 @@ def render_comparison(
     """
     from PIL import Image, ImageDraw
 
-    run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device, dtype, detail)
+    run = _Run(scale, degradation, model, captioner, ("bicubic",), steps, guidance, device, dtype, detail,
+               lr_consistency=lr_consistency)
     hr = read_hr_image(Path(hr_path), run.scale, None)
     lr, _params = run.make_lr(hr, seed)
     _caption, base_out, model_out = run.super_resolve(lr, seed)
