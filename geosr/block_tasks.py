@@ -57,6 +57,9 @@ class BlockTaskWriter:
         finish one after another during the run instead of a row of them after it.
     """
 
+    #: dask priority of the blocks' tasks, above the tiles' (0): a block whose cells are durable
+    #: is written before the tiles queued after it, not left with others for after the last tile
+    TASK_PRIORITY = 1
     #: the journalled files in messages ("block COGs", "Zarr chunks")
     finished_files = "blocks"
     #: a block in messages ("blocks", "chunks")

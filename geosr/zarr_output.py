@@ -387,7 +387,7 @@ class ZarrWriter(BlockTaskWriter):
         job = ZarrJob(str(self.store), str(r.folder / r.PIXELS), str(r.folder / r.MASK) if r.write_mask else None,
                       r.width, r.height, r.count, r.dtype.name, tuple(chunks), r.profile.get("nodata"),
                       tuple(overviews), self._journalled)
-        return self.client.submit(write_chunks, job, pure=False)
+        return self.client.submit(write_chunks, job, pure=False, priority=self.TASK_PRIORITY)
 
     def _collect(self, result) -> list[tuple[str, int, int]]:
         written, entries = result
