@@ -62,7 +62,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from geosr.pipelines.consistency import invisible_to_lr, project_to_lr, reads_as_clean
-from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid, reads_as_mild
 from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
 
 __all__ = [
@@ -597,7 +597,7 @@ class GeoSRPipeline(DiffusionPipeline):
         uncertainty = None
         if return_uncertainty:
             uncertainty = self._predicted_error(sample, lr_grid, (hr if added is None else hr - added).clamp(0.0, 1.0),
-                                                added, [reads_as_clean(text) for text in prompt])
+                                                added, [reads_as_mild(text) for text in prompt])
         hr = hr.clamp(0.0, 1.0)
         self.maybe_free_model_hooks()
 
@@ -730,15 +730,15 @@ class GeoSRPipeline(DiffusionPipeline):
         return invisible_to_lr(residual, self.config.upscale_factor, self.config.upsample_mode)
 
     def _predicted_error(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, fidelity: torch.Tensor,
-                         added: torch.Tensor | None, clean: Sequence[bool]) -> torch.Tensor:
+                         added: torch.Tensor | None, mild: Sequence[bool]) -> torch.Tensor:
         """Predicted RMSE per HR pixel and band, float32 in ``[0, 1]`` units (``fidelity``: the D = 0 output;
-        ``clean``: per image, whether its caption reads as a clean downsampling)."""
+        ``mild``: per image, whether its caption reads as at most mildly degraded)."""
         head = self.uncertainty
         gradient = None
         if head.config.gradient_channels:
             gradient = gradient_on_grid(fidelity, self.unshuffle_factor).to(head.dtype)
         variance = head.variance(sample.to(head.dtype), lr_grid.to(head.dtype), gradient,
-                                 torch.tensor(list(clean), dtype=torch.bool))
+                                 torch.tensor(list(mild), dtype=torch.bool))
         variance = _without_grid_pattern(F.pixel_shuffle(variance, self.unshuffle_factor), self.unshuffle_factor)
         if added is not None:
             # detail is drawn, not inferred: its own square adds to the error expected

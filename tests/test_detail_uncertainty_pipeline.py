@@ -10,6 +10,7 @@ from diffusers import LCMScheduler
 
 from geosr.pipelines import GeoSRPipeline
 from geosr.pipelines.consistency import bicubic_upsample, invisible_to_lr, model_downsample, project_to_lr, reads_as_clean
+from geosr.pipelines.lr_space_heads import reads_as_mild
 from geosr.training.train_heads import radial_log_power, spectral_loss
 from tiny_models import tiny_pipeline_components, with_tiny_heads
 
@@ -246,7 +247,7 @@ def test_outputs_whose_caption_reads_clean_are_made_consistent_with_their_input(
         run([CLEAN, CLEAN], lr_consistency="yes")
 
 
-def test_inputs_captioned_clean_take_the_clean_calibration_of_the_error(tmp_path):
+def test_inputs_captioned_mild_take_the_mild_calibration_of_the_error(tmp_path):
     pipe = _pipe(tmp_path)
     lr = _lr()
 
@@ -256,10 +257,23 @@ def test_inputs_captioned_clean_take_the_clean_calibration_of_the_error(tmp_path
                     return_uncertainty=True).uncertainty
 
     before = sigma([CLEAN, BLURRED])
-    # a head without clean knots (older checkpoints) predicts for clean input as for any
+    # a head without mild knots (older checkpoints) predicts for mild input as for any
     torch.testing.assert_close(before, sigma([BLURRED, BLURRED]), rtol=0, atol=0)
     four = math.log(4.0)
-    pipe.uncertainty.register_to_config(clean_calibration=[[-30.0, four], [5.0, four]])
+    pipe.uncertainty.register_to_config(mild_calibration=[[-30.0, four], [5.0, four]])
     after = sigma([CLEAN, BLURRED])
-    torch.testing.assert_close(after[0], 2 * before[0])  # variance x4 on the clean one only
+    torch.testing.assert_close(after[0], 2 * before[0])  # variance x4 on the mild one only
     torch.testing.assert_close(after[1], before[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("caption, mild", [
+    (CLEAN, True),
+    ("mild isotropic blur sigma 0.5 px; low noise sigma 2; no jpeg", True),
+    ("moderate isotropic blur sigma 0.6 px; no noise; no jpeg", False),
+    ("no blur; low noise sigma 3; no jpeg", False),
+    ("mild anisotropic blur sigma 0.3 px along 45 deg; no noise; no jpeg", False),
+    ("no blur; no noise; jpeg quality 90", False),
+    ("a sharp aerial photo", False),
+])
+def test_which_captions_read_as_mild(caption, mild):
+    assert reads_as_mild(caption) is mild

@@ -9,7 +9,7 @@ import torch
 from diffusers import LCMScheduler
 
 from geosr.pipelines import GeoSRPipeline
-from geosr.pipelines.consistency import reads_as_clean
+from geosr.pipelines.lr_space_heads import reads_as_mild
 from geosr.training import train_heads
 from geosr.uncertainty_metrics import calibration_bins
 from test_train_controlnet import common_run_config, write_yaml
@@ -59,10 +59,10 @@ def test_heads_train_calibrate_resume_and_leave_the_student_alone(tmp_path, stud
     assert torch.isfinite(result.uncertainty).all() and (result.uncertainty > 0).all()
 
     # the calibration brings each decile of the prediction to the mean squared error on its crops,
-    # with its own knots for the crops captioned as a clean downsampling
+    # with its own knots for the crops captioned as mildly degraded at most
     config = trained.uncertainty.config
-    assert len(config.calibration) == 10 and len(config.clean_calibration) == 10
-    assert config.clean_calibration != config.calibration
+    assert len(config.calibration) == 10 and len(config.mild_calibration) == 10
+    assert config.mild_calibration != config.calibration
     args = train_heads.parse_args(argv)
     predicted, actual = [], []
     loader = train_heads.make_dataloader(type(args)(**{**vars(args), "seed": args.seed + 7919}))
@@ -70,8 +70,8 @@ def test_heads_train_calibrate_resume_and_leave_the_student_alone(tmp_path, stud
     for k, batch in zip(range(2), loader):
         sample, _, grid, base = train_heads._student_output(trained, batch, "cpu", 10_000_019 + k * 64)
         with torch.no_grad():
-            clean = torch.tensor([reads_as_clean(text) for text in batch["caption"]])
-            variance = torch.nn.functional.pixel_shuffle(trained.uncertainty.variance(sample, grid, clean=clean), 4)
+            mild = torch.tensor([reads_as_mild(text) for text in batch["caption"]])
+            variance = torch.nn.functional.pixel_shuffle(trained.uncertainty.variance(sample, grid, mild=mild), 4)
         predicted.append(variance.mean(dim=1).sqrt().numpy())
         actual.append((base - batch["hr"]).square().mean(dim=1).sqrt().numpy())
     bins = calibration_bins(predicted, actual)

@@ -39,8 +39,8 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from geosr.pipelines.consistency import invisible_to_lr, reads_as_clean
-from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid
+from geosr.pipelines.consistency import invisible_to_lr
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid, reads_as_mild
 from geosr.pipelines.pipeline_geosr import STUDENT_STEPS, GeoSRPipeline, target_to_image
 from geosr.training.launch import (
     add_common_args,
@@ -294,28 +294,28 @@ def main(args: argparse.Namespace) -> Path:
 
 @torch.no_grad()
 def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namespace, device) -> None:
-    """Fit ``variance_scale``, ``calibration`` and ``clean_calibration`` of ``head`` on crops of another seed.
+    """Fit ``variance_scale``, ``calibration`` and ``mild_calibration`` of ``head`` on crops of another seed.
 
     First the scale (mean squared error over mean predicted variance, all crops), then, on the
     scaled prediction, one knot per decile of the per-pixel prediction averaged over bands (what
     the map shows): the log of the decile's mean squared error over its mean prediction - on the
-    crops whose caption reads as a clean downsampling for ``clean_calibration``, on the others
+    crops whose caption reads as at most mildly degraded for ``mild_calibration``, on the others
     for ``calibration`` (each set for all crops when the other is empty).
     """
     held_out = argparse.Namespace(**{**vars(args), "seed": args.seed + 7919})
     loader = make_dataloader(held_out)
     loader.dataset.set_epoch(0)
-    head.register_to_config(variance_scale=1.0, calibration=None, clean_calibration=None)
-    predicted, actual, clean = [], [], []
+    head.register_to_config(variance_scale=1.0, calibration=None, mild_calibration=None)
+    predicted, actual, mild = [], [], []
     for k, batch in zip(range(args.calibration_batches), loader):
         sample, _, lr_grid, base = _student_output(pipe, batch, device, 10_000_019 + k * 64)
         gradient = gradient_on_grid(base, pipe.unshuffle_factor) if head.config.gradient_channels else None
         variance = F.pixel_shuffle(head.variance(sample.float(), lr_grid.float(), gradient), pipe.unshuffle_factor)
         predicted.append(variance.mean(dim=1).flatten())
         actual.append((base - batch["hr"].to(device)).square().mean(dim=1).flatten())
-        per_crop = torch.tensor([reads_as_clean(text) for text in batch["caption"]])
-        clean.append(per_crop.repeat_interleave(variance[0, 0].numel()))
-    predicted, actual, clean = torch.cat(predicted).double(), torch.cat(actual).double(), torch.cat(clean)
+        per_crop = torch.tensor([reads_as_mild(text) for text in batch["caption"]])
+        mild.append(per_crop.repeat_interleave(variance[0, 0].numel()))
+    predicted, actual, mild = torch.cat(predicted).double(), torch.cat(actual).double(), torch.cat(mild)
     scale = float(actual.mean() / predicted.mean())
     predicted = predicted * scale
 
@@ -325,13 +325,13 @@ def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namesp
         return [[math.log(p[part].mean().item()), math.log(a[part].mean() / p[part].mean())]
                 for part in torch.tensor_split(order, 10)]
 
-    knots, clean_knots = decile_knots(~clean), decile_knots(clean)
-    head.register_to_config(variance_scale=scale, calibration=knots, clean_calibration=clean_knots)
-    logger.info("variance_scale %.4f from %d held-out batches (%.0f %% of crops captioned clean): RMSE predicted "
-                "%.2f DN, actual %.2f DN; decile ratios %s, clean %s", scale, args.calibration_batches,
-                100 * clean.double().mean().item(), 255 * math.sqrt(predicted.mean() / scale),
+    knots, mild_knots = decile_knots(~mild), decile_knots(mild)
+    head.register_to_config(variance_scale=scale, calibration=knots, mild_calibration=mild_knots)
+    logger.info("variance_scale %.4f from %d held-out batches (%.0f %% of crops captioned mild): RMSE predicted "
+                "%.2f DN, actual %.2f DN; decile ratios %s, mild %s", scale, args.calibration_batches,
+                100 * mild.double().mean().item(), 255 * math.sqrt(predicted.mean() / scale),
                 255 * math.sqrt(actual.mean()), " ".join(f"{math.exp(k[1]):.2f}" for k in knots),
-                " ".join(f"{math.exp(k[1]):.2f}" for k in clean_knots))
+                " ".join(f"{math.exp(k[1]):.2f}" for k in mild_knots))
 
 
 def recalibrate(args: argparse.Namespace) -> Path:
