@@ -89,9 +89,10 @@ def model_for(job: BatchJob) -> Upscaler:
 
 
 def cheap_path_model(spec: str, scale: int, model_options: dict) -> Upscaler:
-    """Routing's cheap path ``spec`` on the run's device and precision (``model_options``' device
-    and dtype; a classical one takes none)."""
-    options = {k: v for k, v in model_options.items() if k in ("device", "dtype")}
+    """Routing's cheap path ``spec`` on the run's device and precision, projecting its outputs
+    onto their input as the model does (``model_options``' device, dtype and lr_consistency; a
+    classical one takes none)."""
+    options = {k: v for k, v in model_options.items() if k in ("device", "dtype", "lr_consistency")}
     return load_upscaler(spec, scale, **({} if spec in CLASSICAL else options))
 
 

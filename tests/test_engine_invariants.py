@@ -212,3 +212,14 @@ def test_a_routed_run_plans_on_its_cheap_path_s_grid(tmp_path):
     base = dict(scale=2, model=str(tmp_path / "model"), captioner="none", device="cpu", dtype="fp32")
     assert model_facts(RunConfig(**base, route="off")).grid_step == 1
     assert model_facts(RunConfig(**base)).grid_step == 2
+
+
+def test_the_cheap_path_projects_its_outputs_as_the_model_does():
+    # --lr-consistency always means every tile: the routed ones too (geosr-tiny-fast-x2 is a
+    # diffusion model, so it takes the setting; a classical cheap path takes none)
+    from geosr.tasks import cheap_path_model
+
+    options = dict(device="cpu", dtype="fp32", lr_consistency="always", detail=0.5)
+    assert cheap_path_model("geosr-tiny-fast-x2", 2, options).lr_consistency == "always"
+    assert cheap_path_model("geosr-tiny-fast-x2", 2, dict(device="cpu", dtype="fp32")).lr_consistency == "off"
+    assert cheap_path_model("bicubic", 2, options).scale == 2
