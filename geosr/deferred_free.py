@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Iterable
 
-__all__ = ["FREE_LATER_BYTES", "RELEASE_AFTER_SECONDS", "unlink_freeing_later"]
+__all__ = ["FREE_LATER_BYTES", "RELEASE_AFTER_SECONDS", "free_pending_now", "unlink_freeing_later"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ FREE_LATER_BYTES = 16 << 20
 #: Seconds after which a process that lives on lets the helper free the blocks: past the rest of
 #: a run (the lock, the local cluster's close: up to ~2 s with worker processes).
 RELEASE_AFTER_SECONDS = 5.0
+
+# Helpers still holding files, with the write end of their input: a run started in the same
+# process within RELEASE_AFTER_SECONDS (a script upscaling scenes in a loop) frees them first
+# (free_pending_now), or its free-space check would count blocks that are about to be free.
+_PENDING: dict[subprocess.Popen, int] = {}
+_PENDING_LOCK = threading.Lock()
 
 
 def unlink_freeing_later(paths: Iterable[str | os.PathLike]) -> None:
@@ -89,13 +95,38 @@ def _hand_over(fds: list[int]) -> None:
             os.close(write_end)
     if helper is None:
         return
-    # The helper's input ends at this process's exit, or here after RELEASE_AFTER_SECONDS; the
-    # thread also reaps it. A daemon: it never holds the process's exit.
-    threading.Thread(target=_release, args=(helper, write_end), name="geosr-free", daemon=True).start()
+    # The helper's input ends at this process's exit, or here after RELEASE_AFTER_SECONDS (or
+    # at free_pending_now); the thread also reaps it. A daemon: it never holds the process's exit.
+    with _PENDING_LOCK:
+        _PENDING[helper] = write_end
+    threading.Thread(target=_release, args=(helper,), name="geosr-free", daemon=True).start()
 
 
-def _release(helper: subprocess.Popen, write_end: int) -> None:
+def _end_input(helper: subprocess.Popen) -> None:
+    """Close ``helper``'s input (once: the timer and :func:`free_pending_now` may both ask)."""
+    with _PENDING_LOCK:
+        write_end = _PENDING.pop(helper, None)
+    if write_end is not None:
+        os.close(write_end)
+
+
+def _release(helper: subprocess.Popen) -> None:
     time.sleep(RELEASE_AFTER_SECONDS)
-    os.close(write_end)
+    _end_input(helper)
     with contextlib.suppress(Exception):
         helper.wait()
+
+
+def free_pending_now() -> None:
+    """Free the blocks of every file handed over and not freed yet, and wait until they are.
+
+    For a run that is about to check the free disk space in a process whose previous run ended
+    moments ago: its work raster's blocks would still count as used.
+    """
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+    for helper in pending:
+        _end_input(helper)
+    for helper in pending:
+        with contextlib.suppress(Exception):
+            helper.wait()

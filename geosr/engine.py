@@ -38,6 +38,7 @@ from geosr.blending import BlendAccumulator
 from geosr.cell_render import CellRenderer, error_pixels, output_pixels
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
+from geosr.deferred_free import free_pending_now
 from geosr.diskspace import check_free_space, estimate_disk_use
 from geosr.errors import InputError
 from geosr.georef import scale_gcps, scale_rpcs
@@ -225,6 +226,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         output_bytes=profile["width"] * profile["height"] * len(plan.bands) * np.dtype(scene.dtype).itemsize + map_bytes,
         options={**DEFAULT_COG_OPTIONS, **config.creation_options},
     )
+    free_pending_now()  # a previous run's work raster, still being freed (geosr.deferred_free)
     check_free_space(target.output.parent, estimate, already_used=folder.size())
     stretch = scene_plan.stretch
 

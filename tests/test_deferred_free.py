@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 import geosr.deferred_free
-from geosr.deferred_free import FREE_LATER_BYTES, unlink_freeing_later
+from geosr.deferred_free import FREE_LATER_BYTES, free_pending_now, unlink_freeing_later
 from geosr.journal import WorkFolder
 
 
@@ -60,3 +60,16 @@ def test_a_missing_file_raises_and_the_others_are_still_deleted(tmp_path):
     else:
         raise AssertionError("a missing file raises as os.unlink does")
     assert not big.exists()
+
+
+def test_a_next_run_frees_what_is_pending_at_once(tmp_path):
+    # a script's next run checks the free space: the last run's raster must not count there
+    big = tmp_path / "pixels.raw"
+    with open(big, "wb") as f:
+        f.truncate(FREE_LATER_BYTES)
+        f.write(b"x" * 4096)
+    unlink_freeing_later([big])
+    assert held_by_children(big)  # within RELEASE_AFTER_SECONDS (5 s) the helper still holds it
+    free_pending_now()
+    assert not held_by_children(big)
+    free_pending_now()  # nothing pending: a no-op
