@@ -162,3 +162,25 @@ def test_student_on_a_finer_grid_than_its_teacher(tmp_path):
     out = student(torch.rand(1, 3, 8, 8), prompt="no noise", num_inference_steps=1,
                   generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, 16, 16)
+
+
+def test_a_fidelity_only_stage_never_runs_the_teacher(tmp_path, monkeypatch):
+    teacher = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, scale=2, unshuffle_factor=2))
+    teacher.save_pretrained(tmp_path / "teacher")
+    config = write_yaml(tmp_path, dict(
+        common_run_config(tmp_path), scale=2, crop_size=32, output_dir=str(tmp_path / "student"),
+        teacher_model=str(tmp_path / "teacher"), guidance_embedding_dim=16, distill_weight=0.0,
+        fidelity_weight=1.0, final_timestep_prob=0.9, num_inference_steps=1, validation_images=[]))
+    for bad in (["--fidelity_weight", "0"], ["--step_distillation", "consistency"], ["--distill_weight", "-1"]):
+        with pytest.raises(SystemExit):
+            distill_cfg.parse_args(["--config", str(config), *bad])
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran in a fidelity-only stage")
+
+    monkeypatch.setattr(distill_cfg, "teacher_guided", no_teacher)
+    out = distill_cfg.main(distill_cfg.parse_args(["--config", str(config)]))
+    student = GeoSRPipeline.from_pretrained(out)
+    trained = dict(student.unet.named_parameters())
+    moved = [n for n, p in teacher.unet.named_parameters() if not torch.equal(p, trained[n])]
+    assert student.is_distilled and moved  # it trained, on the fidelity term alone

@@ -18,7 +18,10 @@ A fidelity term (``fidelity_weight``, as one-step SR students such as SinSR, OSE
 have) adds the L1 distance between the student's x0 estimate and the true HR, so that the
 student is pulled towards the data where the teacher is wrong instead of only copying it;
 ``final_timestep_prob`` draws that share of the batch at the last training timestep, the
-only one a 1-step student ever runs at.
+only one a 1-step student ever runs at. ``distill_weight`` scales the guidance-distillation
+term; at 0 the teacher does not run at all and a stage trains the student on the fidelity term
+alone (a plain-CNN-style stage of the campaign: cheap steps where the teacher is no better
+than the student).
 
 The student starts as the teacher (its new guidance projection zero-initialised: at first it
 is the conditional branch, exact for ``w = 0``), or, with a ``student_unet`` mapping of config
@@ -105,6 +108,9 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--validation_guidance_scale", type=float, default=4.0)
     add("--fidelity_weight", type=float, default=0.0,
         help="Weight of the L1 between the student's x0 estimate and the true HR x0.")
+    add("--distill_weight", type=float, default=1.0,
+        help="Weight of the guidance-distillation MSE; 0 trains on the fidelity term alone (the teacher "
+             "does not run; step_distillation none only).")
     add("--final_timestep_prob", type=float, default=0.0,
         help="Share of samples drawn at the last timestep (where a 1-step student runs).")
     add("--student_unshuffle_factor", type=int, default=None,
@@ -114,6 +120,10 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--teacher_model is required (in the YAML or on the command line)")
     if args.student_unshuffle_factor is not None and args.step_distillation == "consistency":
         parser.error("student_unshuffle_factor: consistency distillation keeps the teacher's grid")
+    if args.distill_weight < 0 or (args.distill_weight == 0 and args.fidelity_weight <= 0):
+        parser.error("distill_weight must be >= 0, and with 0 a fidelity_weight > 0 must give the loss")
+    if args.distill_weight != 1.0 and args.step_distillation == "consistency":
+        parser.error("distill_weight: consistency distillation has no separate distillation term")
     if not 1.0 <= args.guidance_scale_min <= args.guidance_scale_max:
         parser.error("need 1 <= guidance_scale_min <= guidance_scale_max (w = g - 1 >= 0)")
     return args
@@ -269,9 +279,10 @@ def guidance_distillation_loss(student, student_controlnet, teacher, batch) -> t
 
 def student_loss(
     student, student_controlnet, teacher, batch, noise_scheduler: DDPMScheduler | None = None,
-    fidelity_weight: float = 0.0,
+    fidelity_weight: float = 0.0, distill_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The guidance-distillation MSE, plus the fidelity term when ``fidelity_weight`` is set.
+    """``distill_weight`` times the guidance-distillation MSE, plus the fidelity term when
+    ``fidelity_weight`` is set (at ``distill_weight`` 0 the teacher does not run).
 
     ``batch`` holds ``noisy``, ``timesteps``, ``text``, ``empty``, ``condition``, ``g`` and,
     for the fidelity term, ``x0`` (the true clean variable), all on the teacher's grid. The
@@ -284,26 +295,32 @@ def student_loss(
     -------
     (loss, logs)
     """
-    target = teacher_guided(teacher, batch["noisy"], batch["timesteps"], batch["text"],
-                            batch["empty"], batch["condition"], batch["g"], batch.get("lr_grid"))
+    target = None
+    if distill_weight:
+        target = teacher_guided(teacher, batch["noisy"], batch["timesteps"], batch["text"],
+                                batch["empty"], batch["condition"], batch["g"], batch.get("lr_grid"))
     noisy, lr_grid, x0 = batch["noisy"], batch.get("lr_grid"), batch.get("x0")
     if "student_grid" in batch:
         grids = batch["student_grid"]
-        target, noisy = regrid(target, *grids), regrid(noisy, *grids)
+        noisy = regrid(noisy, *grids)
+        target = None if target is None else regrid(target, *grids)
         x0 = None if x0 is None else regrid(x0, *grids)
         lr_grid = batch.get("student_lr_grid")
     w_emb = guidance_embedding(batch["g"] - 1.0, student.config.time_cond_proj_dim)
     pred = predict(student, student_controlnet, noisy, batch["timesteps"], batch["text"],
                    batch["condition"], w_emb.to(noisy.dtype), lr_grid).float()
-    loss_distill = F.mse_loss(pred, target)
-    logs = {"loss_distill": loss_distill.detach().item()}
+    loss, logs = pred.new_zeros(()), {}
+    if target is not None:
+        loss_distill = F.mse_loss(pred, target)
+        logs["loss_distill"] = loss_distill.detach().item()
+        loss = distill_weight * loss_distill
     if not fidelity_weight:
-        return loss_distill, logs
+        return loss, logs
     alphas = noise_scheduler.alphas_cumprod.to(pred.device)[batch["timesteps"]]
     x0_student, _ = x0_eps(pred, noisy.float(), alphas, noise_scheduler.config.prediction_type)
     loss_fidelity = F.l1_loss(x0_student, x0.float())
     logs["loss_fidelity"] = loss_fidelity.detach().item()
-    return loss_distill + fidelity_weight * loss_fidelity, logs
+    return loss + fidelity_weight * loss_fidelity, logs
 
 
 def _boundary(timesteps: torch.Tensor, sigma_data: float = 0.5, scaling: float = 10.0):
@@ -450,7 +467,7 @@ def main(args: argparse.Namespace) -> Path:
                                         teacher, noise_scheduler, step, skip)
             else:
                 loss, logs = student_loss(student, student_controlnet, teacher, step,
-                                          noise_scheduler, args.fidelity_weight)
+                                          noise_scheduler, args.fidelity_weight, args.distill_weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(
