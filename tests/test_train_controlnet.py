@@ -172,6 +172,8 @@ def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
 
     with safe_open(tmp_path / "state" / "teacher" / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    kept = GeoSRPipeline.from_pretrained(tmp_path / "state" / "teacher").text_encoder  # frozen: kept exact
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), at_two.text_encoder.state_dict().values()))
     again = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.25)
     assert again["hours"] == 0.75 and len(again["history"]) == 2
     # a stage started from those weights counts its steps from 0: the state records the total
@@ -204,3 +206,34 @@ def test_a_teacher_can_take_the_caption_encoder_of_a_saved_pipeline():
     assert built["tokenizer"].get_vocab() == saved.tokenizer.get_vocab()
     for mine, theirs in zip(built["text_encoder"].state_dict().values(), saved.text_encoder.state_dict().values()):
         torch.testing.assert_close(mine, theirs)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state (mixed_precision "no" in the other tests here): a
+    bf16 run needs it reset, and leaves it reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_a_bf16_run_saves_its_frozen_caption_encoder_unrounded(tmp_path, fresh_accelerator_state):
+    base = dict(TINY_BASE, unet=dict(
+        {"class": "LRSpaceDenoiser"}, in_channels=51, out_channels=48, channels=8, num_blocks=2,
+        cross_attention_dim=32, attention_head_dim=4, embedding_dim=16, text_pool_heads=2,
+    ))
+    common = dict(common_run_config(tmp_path), train_base=True, predict_residual=True, residual_scale=10.0,
+                  unshuffle_factor=4, concat_lr=True, base=base, validation_images=[])
+    first = train_controlnet.main(train_controlnet.parse_args(
+        ["--config", str(write_yaml(tmp_path, dict(common, output_dir=str(tmp_path / "first"))))]))
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # the first run's precision ("no") is process-wide
+    config = write_yaml(tmp_path, dict(common, ema_decay=0.9, mixed_precision="bf16", output_dir=str(tmp_path / "bf16")))
+    out = train_controlnet.main(train_controlnet.parse_args(["--config", str(config), "--init_pipeline", str(first)]))
+    loaded = GeoSRPipeline.from_pretrained(first).text_encoder.state_dict()
+    for saved in (out, out / "ema"):
+        encoder = GeoSRPipeline.from_pretrained(saved).text_encoder.state_dict()
+        assert all(torch.equal(encoder[k], v) for k, v in loaded.items()), saved

@@ -57,7 +57,13 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     history = []
     if (dest / STATE).is_file():
         history = json.loads((dest / STATE).read_text()).get("history", [])
-    pipeline = GeoSRPipeline.from_pretrained(str(source)).to(dtype=torch.float16)
+    pipeline = GeoSRPipeline.from_pretrained(str(source))
+    # the trained networks in float16; the caption encoder stays float32: it is frozen, a shipped
+    # student's own, and a student stage started from this state checks it is that student's
+    # bit for bit (distill_cfg)
+    for name, component in pipeline.components.items():
+        if name != "text_encoder" and isinstance(component, torch.nn.Module):
+            component.to(dtype=torch.float16)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipeline.save_pretrained(str(tmp))

@@ -237,6 +237,9 @@ def main(args: argparse.Namespace) -> Path:
     unet, controlnet, noise_scheduler = models["unet"], models["controlnet"], models["scheduler"]
     # frozen parts run in the mixed-precision dtype; trained ones stay float32 (autocast)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    # the frozen caption encoder as loaded: saved pipelines carry it, not its half-precision copy
+    # (a student that shares it checks it bit for bit, distill_cfg.load_student_weights)
+    text_state = None if text_encoder is None else {k: v.clone() for k, v in text_encoder.state_dict().items()}
     for frozen in (vae, text_encoder) + (() if args.train_base else (unet,)):
         if frozen is not None:
             frozen.requires_grad_(False).to(accelerator.device)
@@ -358,6 +361,8 @@ def main(args: argparse.Namespace) -> Path:
                 with averaged_weights(ema, trained):
                     pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
                     pipeline.to(dtype=torch.float32)  # the frozen parts may run in half precision
+                    if text_state is not None:
+                        pipeline.text_encoder.load_state_dict(text_state)
                     pipeline.save_pretrained(str(output_dir / "ema"))
                     if text_encoder is not None:
                         text_encoder.to(dtype=weight_dtype)
@@ -377,6 +382,8 @@ def main(args: argparse.Namespace) -> Path:
         pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
         if weight_dtype != torch.float32:
             pipeline.to(dtype=torch.float32)  # the frozen parts ran in half precision
+            if text_state is not None:
+                pipeline.text_encoder.load_state_dict(text_state)
         pipeline.save_pretrained(str(output_dir))
         if pairs:
             render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
