@@ -10,6 +10,7 @@ import torch
 
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
 from geosr.training import distill_cfg
+from geosr.training.campaign_state import export_state
 from geosr.training.diffusion_batches import encode_captions
 from test_train_controlnet import common_run_config, write_yaml
 from tiny_models import tiny_pipeline_components
@@ -184,3 +185,9 @@ def test_a_fidelity_only_stage_never_runs_the_teacher(tmp_path, monkeypatch):
     trained = dict(student.unet.named_parameters())
     moved = [n for n, p in teacher.unet.named_parameters() if not torch.equal(p, trained[n])]
     assert student.is_distilled and moved  # it trained, on the fidelity term alone
+    # beside each checkpoint the student as a pipeline, which the campaign commits
+    assert (out / "latest" / "STEP").read_text().strip() == "2"
+    state = export_state(out, tmp_path / "state", recipe=str(config), hours=0.1)
+    assert state["step"] == 2 and (tmp_path / "state" / "unet").is_dir()
+    kept = GeoSRPipeline.from_pretrained(tmp_path / "state").text_encoder.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in teacher.text_encoder.state_dict().items())

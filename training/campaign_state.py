@@ -38,7 +38,9 @@ STATE = "STATE.json"
 
 def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: float, note: str = "",
                  stage_start: int = 0) -> dict:
-    """Write the EMA networks of ``run_dir`` (its ``ema/``, else the run's final pipeline) to ``dest`` in fp16.
+    """Write the networks of ``run_dir`` to ``dest`` in fp16: its ``ema/`` (a teacher's averaged
+    weights), else its ``latest/`` (a student stage's weights at its last checkpoint), else the
+    run's final pipeline.
 
     ``dest`` is replaced in place; its previous ``STATE.json`` history is carried over.
     ``stage_start``: the steps the network had had when ``run_dir``'s run started from them (a
@@ -51,7 +53,7 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
         The new ``STATE.json``.
     """
     run_dir, dest = Path(run_dir), Path(dest)
-    source = run_dir / "ema" if (run_dir / "ema").is_dir() else run_dir
+    source = next((run_dir / sub for sub in ("ema", "latest") if (run_dir / sub).is_dir()), run_dir)
     step_file = source / "STEP"
     step = stage_start + int(step_file.read_text()) if step_file.is_file() else None
     history = []
@@ -84,7 +86,7 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="A training run's output_dir (its ema/ is taken when there).")
+    parser.add_argument("run_dir", help="A training run's output_dir (its ema/ or latest/ is taken when there).")
     parser.add_argument("dest", help="training_state/<run>: replaced in place.")
     parser.add_argument("--recipe", required=True, help="The YAML the run was trained with.")
     parser.add_argument("--hours", type=float, required=True, help="Hours of training since the last export.")

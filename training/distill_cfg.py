@@ -73,6 +73,9 @@ from geosr.training.diffusion_batches import (
     x0_eps,
 )
 
+#: The folder beside the checkpoints that holds the student as a pipeline at the last one.
+LATEST = "latest"
+
 __all__ = [
     "consistency_loss",
     "guidance_distillation_loss",
@@ -377,6 +380,9 @@ def main(args: argparse.Namespace) -> Path:
     student_factor = _student_factor(args, teacher)
     if args.init_student:
         load_student_weights(student, student_controlnet, args.init_student, teacher.text_encoder)
+    # the frozen caption encoder as loaded: the saved student carries it, not the half-precision
+    # copy that runs here (the next stage checks it bit for bit, load_student_weights)
+    text_state = {k: v.clone() for k, v in teacher.text_encoder.state_dict().items()}
     for frozen in (teacher.vae, teacher.text_encoder, teacher.unet, teacher.controlnet):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(accelerator.device)
@@ -487,7 +493,16 @@ def main(args: argparse.Namespace) -> Path:
         if not accelerator.sync_gradients:
             continue
         global_step += 1
-        end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir)
+        if end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir):
+            if accelerator.is_main_process:
+                # beside the optimizer checkpoint, the student as a pipeline: what a campaign
+                # commits (geosr.training.campaign_state) when the machine may not outlive the session
+                _save_student(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
+                              text_state, output_dir / LATEST)
+                (output_dir / LATEST / "STEP").write_text(f"{global_step}\n")
+                for frozen in (teacher.vae, teacher.text_encoder):  # back to the precision they run in
+                    if frozen is not None:
+                        frozen.to(dtype=weight_dtype)
         if pairs and args.validation_steps and global_step % args.validation_steps == 0:
             render_validation(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
                               pairs, output_dir / "validation" / f"step-{global_step}.png",
@@ -498,15 +513,22 @@ def main(args: argparse.Namespace) -> Path:
     accelerator.wait_for_everyone()
     save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
     if accelerator.is_main_process:
-        pipeline = _student_pipeline(accelerator, teacher, student, student_controlnet, args)
-        if weight_dtype != torch.float32:
-            pipeline.to(dtype=torch.float32)  # the frozen teacher parts ran in half precision
-        pipeline.save_pretrained(str(output_dir))
+        pipeline = _save_student(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
+                                 text_state, output_dir)
         if pairs:
             render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
                               args.num_inference_steps, args.validation_guidance_scale)
     accelerator.end_training()
     return output_dir
+
+
+def _save_student(pipeline: GeoSRPipeline, text_state: dict, folder: Path) -> GeoSRPipeline:
+    """Save ``pipeline`` to ``folder`` in float32 (the frozen teacher parts run in half precision)
+    with the caption encoder's weights as loaded (``text_state``); returns it."""
+    pipeline.to(dtype=torch.float32)
+    pipeline.text_encoder.load_state_dict(text_state)
+    pipeline.save_pretrained(str(folder))
+    return pipeline
 
 
 def _student_pipeline(accelerator, teacher, student, student_controlnet, args) -> GeoSRPipeline:
