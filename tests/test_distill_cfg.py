@@ -189,5 +189,6 @@ def test_a_fidelity_only_stage_never_runs_the_teacher(tmp_path, monkeypatch):
     assert (out / "latest" / "STEP").read_text().strip() == "2"
     state = export_state(out, tmp_path / "state", recipe=str(config), hours=0.1)
     assert state["step"] == 2 and (tmp_path / "state" / "unet").is_dir()
+    assert "distill_cfg" in state["continue"] and f"--init_student {tmp_path / 'state'}" in state["continue"]
     kept = GeoSRPipeline.from_pretrained(tmp_path / "state").text_encoder.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in teacher.text_encoder.state_dict().items())

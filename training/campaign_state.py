@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import yaml
 
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline
 
@@ -74,14 +75,24 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
         "recipe": recipe,
         "step": step,
         "hours": round(sum(h["hours"] for h in history), 2),
-        "continue": (f"python -m geosr.training.train_controlnet --config {recipe} --init_pipeline {dest} "
-                     f"--lr_warmup_steps 200 --seed {1000 + len(history)}"),
+        "continue": _continue_command(recipe, dest, 1000 + len(history)),
         "history": history,
     }
     (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return state
+
+
+def _continue_command(recipe: str, dest: Path, seed: int) -> str:
+    """How a new machine continues ``recipe`` from ``dest``: a student stage (its recipe names a
+    teacher) starts its student there, a teacher or ControlNet run its pipeline."""
+    is_student = "teacher_model" in (yaml.safe_load(Path(recipe).read_text()) or {}) if Path(recipe).is_file() else False
+    if is_student:
+        return (f"python -m geosr.training.distill_cfg --config {recipe} --init_student {dest} "
+                f"--lr_warmup_steps 200 --seed {seed}")
+    return (f"python -m geosr.training.train_controlnet --config {recipe} --init_pipeline {dest} "
+            f"--lr_warmup_steps 200 --seed {seed}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
