@@ -66,8 +66,9 @@ def band_meta(scene: Scene, plan: BandPlan) -> dict:
 def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan,
                 uncertainty: str | os.PathLike | None = None) -> dict:
     """The source's tags and the run's ``GEOSR_*`` provenance; ``GEOSR_DETAIL`` for a detail level
-    above 0 (a run at 0 is tagged as before there were levels) and ``GEOSR_UNCERTAINTY``, the
-    file name of the ``uncertainty`` map written beside the output."""
+    above 0 (a run at 0 is tagged as before there were levels), ``GEOSR_LR_CONSISTENCY`` when
+    outputs were projected onto the input, and ``GEOSR_UNCERTAINTY``, the file name of the
+    ``uncertainty`` map written beside the output."""
     tags = {k: v for k, v in scene.tags.items() if not k.startswith("GEOSR_")}
     tags.update(
         GEOSR_VERSION=geosr.__version__,
@@ -88,6 +89,8 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan
         tags["GEOSR_GUIDANCE"] = str(config.guidance)
     if config.detail:
         tags["GEOSR_DETAIL"] = f"{config.detail:g}"
+    if config.lr_consistency != "off":
+        tags["GEOSR_LR_CONSISTENCY"] = config.lr_consistency
     if uncertainty is not None:
         tags["GEOSR_UNCERTAINTY"] = os.path.basename(uncertainty)
     return tags

@@ -316,6 +316,7 @@ def test_lr_consistency_from_the_cli_makes_the_output_reproduce_the_input(tmp_pa
                                           "--route", "off", "--steps", "1", "--lr-consistency", mode, "-q"])
         assert result.exit_code == 0, result.output + repr(result.exception)
         with rasterio.open(src) as lr, rasterio.open(dst) as hr:
+            assert hr.tags().get("GEOSR_LR_CONSISTENCY") == (None if mode == "off" else mode)
             down = model_downsample(torch.from_numpy(hr.read().astype(np.float32))[None], 4)[0].numpy()
             inner = (slice(None), slice(6, -6), slice(6, -6))  # the projection's borders replicate
             errors[mode] = np.sqrt(np.mean((down - lr.read().astype(np.float32))[inner] ** 2))
