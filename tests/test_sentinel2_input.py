@@ -9,7 +9,6 @@ and one lossless JPEG-2000 image per band.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -25,13 +24,11 @@ from click.testing import CliRunner
 import geosr
 from geosr import sentinel2
 from geosr.cli import cli
-from geosr.engine import upscale_scene
-from geosr.errors import InputError, WriteError
+from geosr.errors import InputError
 from geosr.resumable import files_read
 from geosr.scene import expand_inputs, open_scene
-from geosr.writer import WorkRaster
 from multispectral import RGBN, SENTINEL2_BANDS
-from tests.conftest import bicubic_cfg
+from tests.test_resume_integrity import stop_half_way
 
 #: Whether rasterio's GDAL reads the products built here (test_refused_without_the_drivers runs without).
 HAVE_DRIVERS = not sentinel2.missing_drivers()
@@ -365,33 +362,6 @@ RUN = ["--scale", "2", "--model", "bicubic", "--captioner", "none", "--tile", "3
        "--batch-size", "1", "-q"]
 
 
-def stop_half_way(monkeypatch, src, output: Path) -> None:
-    """Run until half the work raster's writes are done, then fail as a full disk does."""
-    real, writes = WorkRaster._write_rows, [0]
-
-    def count(self, *args):
-        writes[0] += 1
-        return real(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", count)
-    upscale_scene([src], output, bicubic_cfg())
-    output.unlink()
-    output.with_name(output.stem + ".captions.geojson").unlink()
-    total, writes[0] = writes[0], 0
-
-    def fill_up(self, *args):
-        writes[0] += 1
-        if writes[0] > total // 2:
-            raise WriteError("no space left on the device (simulated)") from OSError(errno.ENOSPC, "full")
-        return real(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", fill_up)
-    with pytest.raises(WriteError):
-        upscale_scene([src], output, bicubic_cfg())
-    monkeypatch.setattr(WorkRaster, "_write_rows", real)
-    assert list(output.parent.glob(f".{output.name}.geosr-run-*")) and not output.exists()
-
-
 def test_resume_a_product_and_refuse_it_once_a_band_image_changed(tmp_path, monkeypatch):
     safe = make_product(tmp_path)
     b04 = safe / "GRANULE" / PRODUCT["L2A"][1] / "IMG_DATA" / "R10m" / f"{STEM}_B04_10m.jp2"
@@ -399,14 +369,14 @@ def test_resume_a_product_and_refuse_it_once_a_band_image_changed(tmp_path, monk
     assert {str(safe / "MTD_MSIL2A.xml"), str(b04)} <= set(read) and not any(f.startswith("SENTINEL2") for f in read)
     reference = upscale(safe, tmp_path / "reference.tif", *RUN[6:])
     out = tmp_path / "out.tif"
-    stop_half_way(monkeypatch, str(safe), out)
+    stop_half_way(monkeypatch, [str(safe)], out)
     res = invoke("upscale", safe, out, *RUN, "--resume")
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as a, rasterio.open(reference) as b:
         np.testing.assert_array_equal(a.read(), b.read())
     out.unlink()
     out.with_name("out.captions.geojson").unlink()
-    stop_half_way(monkeypatch, str(safe), out)
+    stop_half_way(monkeypatch, [str(safe)], out)
     stat = b04.stat()
     with rasterio.open(b04) as ds:
         data = ds.read(1)
