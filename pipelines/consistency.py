@@ -35,7 +35,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from geosr.captioning.vocabulary import parse_caption
+from geosr.captioning.vocabulary import states_at_most
 
 __all__ = [
     "bicubic_upsample", "inverse_round_trip_kernel", "invisible_to_lr", "lr_round_trip_kernel", "model_downsample",
@@ -178,11 +178,4 @@ def project_to_lr(image: torch.Tensor, lr: torch.Tensor, scale: int, upsample_mo
 def reads_as_clean(caption: str) -> bool:
     """Whether ``caption`` (the shared grammar) describes a clean downsampling: no blur beyond the
     antialiasing kernel's, no noise beyond 8-bit quantisation's, no JPEG. Free text: False."""
-    facts = parse_caption(caption)
-    return (
-        facts is not None
-        and not facts.anisotropic
-        and facts.blur_sigma <= CLEAN_BLUR_SIGMA
-        and facts.noise_sigma <= CLEAN_NOISE_SIGMA
-        and facts.jpeg_quality is None
-    )
+    return states_at_most(caption, CLEAN_BLUR_SIGMA, CLEAN_NOISE_SIGMA)

@@ -183,3 +183,16 @@ def parse_caption(text: str) -> CaptionFacts | None:
     # the same numbers must write the same caption: words, clauses and steps all agree
     rewritten = format_caption(sigma, anisotropic, angle or 0.0, noise, jpeg)
     return facts if rewritten == text.strip().rstrip(".") else None
+
+
+def states_at_most(text: str, blur_sigma: float, noise_sigma: float) -> bool:
+    """Whether ``text`` follows the grammar (:func:`parse_caption`) and states an isotropic blur
+    of at most ``blur_sigma`` px, at most ``noise_sigma`` DN of noise and no JPEG."""
+    facts = parse_caption(text)
+    return (
+        facts is not None
+        and not facts.anisotropic
+        and facts.blur_sigma <= blur_sigma
+        and facts.noise_sigma <= noise_sigma
+        and facts.jpeg_quality is None
+    )
