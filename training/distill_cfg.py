@@ -368,7 +368,9 @@ def main(args: argparse.Namespace) -> Path:
     accelerator, output_dir = start_run(args)
 
     teacher = GeoSRPipeline.from_pretrained(args.teacher_model)
-    if teacher.is_distilled:
+    # at distill_weight 0 the "teacher" never runs: it only lends the caption encoder, tokenizer
+    # and noise schedule, which a shipped student has as well
+    if teacher.is_distilled and args.distill_weight:
         raise ValueError(f"{args.teacher_model} is already a distilled student")
     cfg = teacher.config
     noise_scheduler = DDPMScheduler.from_config(teacher.scheduler.config)
