@@ -192,3 +192,22 @@ def test_a_fidelity_only_stage_never_runs_the_teacher(tmp_path, monkeypatch):
     assert "distill_cfg" in state["continue"] and f"--init_student {tmp_path / 'state'}" in state["continue"]
     kept = GeoSRPipeline.from_pretrained(tmp_path / "state").text_encoder.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in teacher.text_encoder.state_dict().items())
+
+
+def test_a_fidelity_stage_may_borrow_captions_from_a_student_but_not_distil_from_one(tmp_path):
+    teacher = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, scale=2, unshuffle_factor=2))
+    teacher.save_pretrained(tmp_path / "teacher")
+    run = dict(common_run_config(tmp_path), scale=2, crop_size=32, guidance_embedding_dim=16,
+               fidelity_weight=1.0, final_timestep_prob=0.9, num_inference_steps=1, validation_images=[])
+    first = distill_cfg.main(distill_cfg.parse_args(["--config", str(write_yaml(tmp_path, dict(
+        run, output_dir=str(tmp_path / "first"), teacher_model=str(tmp_path / "teacher"), distill_weight=0.0)))]))
+    # the shipped x2 student's fidelity stage: the student lends its own caption encoder and schedule
+    (tmp_path / "again").mkdir()
+    second = dict(run, teacher_model=str(first), init_student=str(first), output_dir=str(tmp_path / "second"))
+    out = distill_cfg.main(distill_cfg.parse_args(
+        ["--config", str(write_yaml(tmp_path / "again", dict(second, distill_weight=0.0)))]))
+    assert GeoSRPipeline.from_pretrained(out).is_distilled
+    # distilling needs a guided teacher: a student has one branch
+    with pytest.raises(ValueError, match="already a distilled student"):
+        distill_cfg.main(distill_cfg.parse_args(["--config", str(write_yaml(tmp_path / "again", dict(
+            second, distill_weight=1.0, output_dir=str(tmp_path / "third"))))]))
