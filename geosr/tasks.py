@@ -334,7 +334,7 @@ def plan_step(model: Upscaler, config: RunConfig) -> int:
     """The grid step of a run's tile plan (:class:`geosr.tiling.TileGrid`): every network that
     may upscale a tile sees it on the phase of its grid that it sees in an untiled run.
 
-    A model's ``grid_step`` (LR px; 1 where it has none: classical models, users' networks);
+    A model's ``grid_step`` (LR px: users' networks their ``tile_multiple``; 1 where it has none: classical models);
     when the run routes tiles, the least common multiple with its cheap path's (geosr-tiny-fast-x2
     runs on LR/2: 2), loaded as the routed tiles will load it (cached per process).
     """

@@ -85,19 +85,24 @@ def whole_image(module, path, scale: int = 2) -> np.ndarray:
     return np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
 
 
-def away_from_seams(path, scale: int) -> np.ndarray:
-    """HR pixels at least ``OVERLAP`` LR px from every tile core boundary and the scene edge."""
+def away_from_seams(path, scale: int, step: int = 1) -> np.ndarray:
+    """HR pixels at least ``OVERLAP`` LR px from every tile core boundary (of a plan on grid
+    ``step``) and the scene edge."""
     with rasterio.open(path) as ds:
-        grid = TileGrid(ds.width, ds.height, TILE, OVERLAP)
+        grid = TileGrid(ds.width, ds.height, TILE, OVERLAP, step=step)
 
-    def keep(size: int, starts: list[int]) -> np.ndarray:
+    def keep(size: int, edges: set[int]) -> np.ndarray:
         lr = np.ones(size, bool)
-        for edge in [*starts, size]:
+        for edge in [*edges, size]:
             lr[max(edge - OVERLAP, 0): edge + OVERLAP] = False
         return np.repeat(lr, scale)
 
+    # both ends of every core: on a coarser grid the last core starts on the grid and overlaps
+    cores = [tile.core for tile in grid.tiles()]
+    rows = {c.row_off for c in cores} | {c.row_off + c.height for c in cores}
+    cols = {c.col_off for c in cores} | {c.col_off + c.width for c in cores}
     with rasterio.open(path) as ds:
-        return keep(ds.height, grid.rows)[:, None] & keep(ds.width, grid.cols)[None, :]
+        return keep(ds.height, rows)[:, None] & keep(ds.width, cols)[None, :]
 
 
 def read(path) -> tuple[np.ndarray, dict]:
@@ -317,3 +322,40 @@ def test_model_meta_on_the_command_line(tmp_path):
     assert res.exit_code == 3 and "upscales x4" in res.stderr and not (tmp_path / "out.tif").exists(), res.stderr
     bad = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--model-meta", "scale"])
     assert bad.exit_code == 2 and "NAME=VALUE" in bad.output + bad.stderr
+
+
+class CoarseGridNet(torch.nn.Module):
+    """A network on a grid 4 LR px coarse (pixel-unshuffled): its pixels depend on the tile's phase."""
+
+    geosr_metadata = {"scale": 2, "tile_multiple": 4}
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.body = torch.nn.Sequential(
+            # one 3x3 on the coarse grid: it sees at most 7 LR px beyond a pixel, inside the halo
+            torch.nn.Conv2d(48, 32, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(32, 3 * 64, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+        return skip + 0.2 * F.pixel_shuffle(self.body(F.pixel_unshuffle(x, 4)), 8)
+
+
+def test_a_network_on_a_coarser_grid_gets_its_tiles_on_that_grid(scene, tmp_path):
+    """``tile_multiple`` 4: every tile starts on a multiple of 4 LR px, as the whole image does, so the
+    tiled run gives the module's own pixels on the whole image (away from the blending zone)."""
+    net = CoarseGridNet().eval()
+    out = tmp_path / "out.tif"
+    geosr.upscale_to_file(scene, out, scale=2, model=net, **COMMON)
+    with rasterio.open(scene) as ds:
+        x = torch.from_numpy(ds.read().astype(np.float32) / 255)[None]
+        grid = TileGrid(ds.width, ds.height, TILE, OVERLAP)
+    assert any(start % 4 for start in [*grid.rows, *grid.cols])  # a step-1 plan would start off the grid
+    h, w = x.shape[-2:]
+    with torch.no_grad():
+        whole = net(F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect"))[0, :, : 2 * h, : 2 * w].numpy()
+    whole = np.clip(np.rint(whole * 255), 0, 255).astype(np.uint8)
+    pixels, meta = read(out)
+    diff = np.abs(pixels.astype(int) - whole.astype(int))[:, away_from_seams(scene, 2, step=4)]
+    assert diff.max() == 0, diff.max()
+    assert "tiles multiple of 4" in meta["tags"]["GEOSR_MODEL"]

@@ -113,6 +113,17 @@ class NetworkUpscaler:
         shown = spec if spec.startswith(f"{kind}:") else f"{kind}:{spec}"
         self.name = f"{shown} ({self.card.describe()}, {runner.description})"
 
+    @property
+    def grid_step(self) -> int:
+        """LR pixels per step of the coarsest grid the network runs on: its ``tile_multiple``.
+
+        A network that downsamples inside (pixel-unshuffle, strided convolutions) gives the
+        same pixels for the same input only on the same phase of that grid, so the run's tile
+        plan starts its tiles on multiples of it (:class:`geosr.tiling.TileGrid`), as the
+        diffusion models' :attr:`~geosr.models.diffusion.DiffusionUpscaler.grid_step` does.
+        """
+        return max(1, int(self.card.tile_multiple))
+
     def _probe(self, spec: str) -> int:
         """The network's scale, measured on one mid-range trial tile; checks the shape contract."""
         card = self.card
