@@ -8,7 +8,11 @@ square ``(r, c)`` covering rows ``r * side`` to ``(r + 1) * side`` and the colum
 A block waits for the output cells under it; the client follows the journal's commits
 (:attr:`geosr.journal.RunJournal.on_commit`) and submits a block's task as soon as its last
 cell is durable: a block's task may read only pixels the journal promises, so a resume never
-finds a finished block made from cells it has to redo. The tasks' results are journalled as
+finds a finished block made from cells it has to redo. The writer also follows the cells as they
+are recorded (:attr:`geosr.journal.RunJournal.on_record`): when the last cell of a block is
+recorded it asks the journal to commit at once (:meth:`geosr.journal.RunJournal.request_commit`)
+instead of at its next tick, up to :data:`geosr.journal.COMMIT_SECONDS` later - the blocks of the
+run's last second were all written after the last tile. The tasks' results are journalled as
 ``blocks`` entries ``(name, size, CRC-32)`` of files the task made durable itself.
 """
 
@@ -77,9 +81,12 @@ class BlockTaskWriter:
             for key in squares_under(window, self._block_side):
                 if key in self._waiting:
                     self._waiting[key].add((int(window.col_off), int(window.row_off)))
+        #: the cells of each block not recorded yet: when the last one is, the journal commits at once
+        self._unrecorded = {key: set(waiting) for key, waiting in self._waiting.items() if waiting}
         self._futures: list = []
         raster.sync()  # the tasks may read it from other processes
         journal.on_commit.append(self._durable)
+        journal.on_record.append(self._recorded)
         self._submit_ready()  # blocks whose cells a stopped run finished: at once
 
     # -- what subclasses say -------------------------------------------------------------
@@ -128,6 +135,17 @@ class BlockTaskWriter:
             warnings.warn(f"{len(bad)} finished {self.finished_files} in {self.folder} are missing or changed: "
                           "making them again", StoppedRunWarning, stacklevel=4)
 
+    def _recorded(self, cell: CellRecord) -> None:
+        """The journal's record listener: a cell is written (not durable yet); when it is the last
+        one of a block, the block's task need not wait for the journal's next tick."""
+        for key in squares_under(Window(cell.col_off, cell.row_off, cell.width, cell.height), self._block_side):
+            unrecorded = self._unrecorded.get(key)
+            if unrecorded is not None:
+                unrecorded.discard(cell.key)
+                if not unrecorded:
+                    del self._unrecorded[key]
+                    self.journal.request_commit()
+
     def _durable(self, cells: list[CellRecord]) -> None:
         """The journal's commit listener: these cells are durable; submit the blocks they finish."""
         for cell in cells:
@@ -164,7 +182,8 @@ class BlockTaskWriter:
         # A finished task may make more work possible (Zarr's overview chunks over the chunks it
         # wrote): submitted as soon as it is collected, not after the others.
         while self._futures:
-            for future in distributed.wait(self._futures, return_when="FIRST_COMPLETED").done:
+            done = distributed.wait(self._futures, return_when="FIRST_COMPLETED").done
+            for future in [f for f in self._futures if f in done]:  # as submitted: a task before those run after it
                 self._record(future)
             self._submit_ready()
         self.journal.commit(lambda: None)  # the tasks fsynced their files

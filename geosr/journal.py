@@ -16,7 +16,9 @@ the work raster (see :class:`geosr.writer.WorkRaster`) and two small files:
 A commit first makes the cells' pixels durable (``fdatasync`` of the work raster, done
 by the caller's ``sync``), then appends and ``fsync``s the journal line, so the journal
 never names a cell whose pixels could be lost with the node. Cells are committed every
-:data:`COMMIT_SECONDS`, so a SIGKILL loses at most that much work.
+:data:`COMMIT_SECONDS`, so a SIGKILL loses at most that much work, and at once when a
+follower asks for it (:meth:`RunJournal.request_commit`: tiled and Zarr output, when the last
+cell of a block or chunk is recorded, so its file is not written up to a second late).
 
 The journal is read up to its last valid record: a line torn by a kill or a full disk, or
 damaged in any other way (binary garbage, wrong types), ends it, and the damaged tail is
@@ -166,6 +168,9 @@ class RunJournal:
         self.blocks: dict[str, tuple[int, int]] = dict(blocks or {})
         #: called with the cells of each commit once they are durable (tiled output's blocks wait for them)
         self.on_commit: list[Callable[[list[CellRecord]], None]] = []
+        #: called with each cell as it is recorded, before it is durable (a follower may then
+        #: :meth:`request_commit`)
+        self.on_record: list[Callable[[CellRecord], None]] = []
         #: bytes of journal.jsonl up to the end of its last valid record, and after it
         self.valid_bytes, self.damaged_bytes = valid_bytes, damaged_bytes
         self._new_cells: list[CellRecord] = []
@@ -173,6 +178,7 @@ class RunJournal:
         self._new_routes: dict[int, TileRoute] = {}
         self._new_blocks: dict[str, tuple[int, int]] = {}
         self._last_commit = time.monotonic()
+        self._commit_wanted = False
 
     @classmethod
     def start(cls, folder: WorkFolder, identity: Mapping[str, object]) -> "RunJournal":
@@ -254,6 +260,8 @@ class RunJournal:
         already made durable; recorded at the next :meth:`commit`."""
         if cell is not None:
             self._new_cells.append(cell)
+            for listener in self.on_record:
+                listener(cell)
         if captions:
             self._new_captions.update(captions)
         if routes:
@@ -261,12 +269,18 @@ class RunJournal:
         if block is not None:
             self._new_blocks[block[0]] = (block[1], block[2])
 
+    def request_commit(self) -> None:
+        """Make the next :meth:`commit_due` true, whatever the time since the last commit (recorded
+        cells finish a block whose file waits for them to be durable)."""
+        self._commit_wanted = True
+
     def commit_due(self) -> bool:
-        return time.monotonic() - self._last_commit >= COMMIT_SECONDS
+        return self._commit_wanted or time.monotonic() - self._last_commit >= COMMIT_SECONDS
 
     def commit(self, sync: Callable[[], None]) -> None:
         """Make recorded cells durable: ``sync()`` the pixels, then append the journal line."""
         self._last_commit = time.monotonic()
+        self._commit_wanted = False
         if not self._new_cells and not self._new_captions and not self._new_routes and not self._new_blocks:
             return
         sync()

@@ -194,9 +194,10 @@ def _fsync(path: Path, directory: bool = False) -> None:
 
 
 @shippable_errors
-def write_chunks(job: ZarrJob) -> tuple[list[tuple[int, int, int]], list[tuple[str, int, int]]]:
+def write_chunks(job: ZarrJob, *after) -> tuple[list[tuple[int, int, int]], list[tuple[str, int, int]]]:
     """Write chunks from the raw work raster, then the job's overview chunks, and make the
-    journalled ones durable (a dask task).
+    journalled ones durable (a dask task). ``after``: the results of the tasks that write chunks
+    the overview chunks are made from (dask runs this task once they are done; unused here).
 
     Returns
     -------
@@ -287,8 +288,10 @@ class ZarrWriter(BlockTaskWriter):
     a block here is one chunk of the output. The chunks whose cells one commit made durable
     are written by one task per :data:`ZARR_GROUP` square they lie in, and that task goes on
     with the overview chunks that become complete (level by level: 2 x 2 chunks of a level
-    make one of the next); an overview chunk whose chunks were written by other tasks follows
-    when they are collected. The engine runs the tiles square by square of
+    make one of the next); the overview chunks over chunks of several tasks go in one task
+    submitted with them, which dask runs once those tasks are done (before, each level waited
+    for the client to collect the level below it: at the end of a run a chain of 4-6 tasks,
+    0.4-0.6 s at 67 MP, one round trip each). The engine runs the tiles square by square of
     :data:`ZARR_GROUP`, so all levels are written as the run goes: what is left after the last
     tile is its last chunks and the overview chunks over them, one chain up the levels.
 
@@ -324,6 +327,8 @@ class ZarrWriter(BlockTaskWriter):
         self._done: set[tuple[int, int, int]] = set()  # (level, cy, cx) written, by this run or journalled
         self._assigned: set[tuple[int, int, int]] = set()  # overview chunks in tasks not collected yet
         self._new: set[tuple[int, int, int]] = set()  # done since the last submission: their parents may be due
+        #: chunks of every level in tasks not collected yet, and the task writing each
+        self._pending: dict[tuple[int, int, int], object] = {}
         super().__init__(client, raster, journal, ZARR_CHUNK, cells, order_side=group)
 
     @property
@@ -375,23 +380,32 @@ class ZarrWriter(BlockTaskWriter):
         for chunks in groups.values():
             own = {(1, cy, cx) for cy, cx in chunks}
             futures.append(self._submit_job(chunks, self._overviews_over(own, self._done | own)))
-        if self._new:
-            overviews = self._overviews_over(self._new, set(self._done))
-            self._new = set()
+        # The overview chunks whose chunks below are done or in tasks not collected yet: one task,
+        # run after those tasks (no round trip through here per level).
+        frontier = self._new | set(self._pending)
+        self._new = set()
+        if frontier:
+            overviews = self._overviews_over(frontier, self._done | set(self._pending))
             if overviews:
-                futures.append(self._submit_job([], overviews))
+                below = {child for parent in overviews for child in self._children(*parent)}
+                after = {id(f): f for chunk, f in self._pending.items() if chunk in below}
+                futures.append(self._submit_job([], overviews, list(after.values())))
         return futures
 
-    def _submit_job(self, chunks: list[tuple[int, int]], overviews: list[tuple[int, int, int]]):
+    def _submit_job(self, chunks: list[tuple[int, int]], overviews: list[tuple[int, int, int]], after=()):
         r = self.raster
         job = ZarrJob(str(self.store), str(r.folder / r.PIXELS), str(r.folder / r.MASK) if r.write_mask else None,
                       r.width, r.height, r.count, r.dtype.name, tuple(chunks), r.profile.get("nodata"),
                       tuple(overviews), self._journalled)
-        return self.client.submit(write_chunks, job, pure=False, priority=self.TASK_PRIORITY)
+        future = self.client.submit(write_chunks, job, *after, pure=False, priority=self.TASK_PRIORITY)
+        for chunk in [*((1, cy, cx) for cy, cx in chunks), *overviews]:
+            self._pending[chunk] = future
+        return future
 
     def _collect(self, result) -> list[tuple[str, int, int]]:
         written, entries = result
         for chunk in written:
+            self._pending.pop(chunk, None)
             self._assigned.discard(chunk)
             self._done.add(chunk)
             self._new.add(chunk)

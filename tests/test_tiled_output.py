@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.warp
+import rasterio.windows
 from click.testing import CliRunner
 
 import geosr.journal
@@ -159,3 +160,51 @@ def test_a_changed_block_file_is_made_again(tmp_path, ragged_scene, monkeypatch)
         upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT, resume=True))
     upscale_scene([ragged_scene], tmp_path / "reference", bicubic_cfg(split=SPLIT))
     assert (tmp_path / "out" / f"{name}.tif").read_bytes() == (tmp_path / "reference" / f"{name}.tif").read_bytes()
+
+
+def test_a_block_is_written_once_its_cells_are_recorded_not_at_the_journal_tick(tmp_path, ragged_scene, monkeypatch):
+    """The last cell of a block asks the journal to commit at once: with a tick that never
+    comes during the run, blocks are still submitted while tiles are left (from durable cells)."""
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 3600.0)
+    submitted: list[tuple[int, int]] = []  # (durable cells, all cells) when each block was submitted
+    real_submit = geosr.tiled_output.BlockWriter._submit
+
+    def noted_submit(self, key):
+        durable, pending = len(self.journal.records), self.journal._new_cells
+        submitted.append((durable, durable + len(pending)))
+        _, block = self.blocks[key[0] * self._columns + key[1]]
+        for cell in pending:  # a block's task reads durable cells only
+            assert not rasterio.windows.intersect(block, rasterio.windows.Window(*cell[:4]))
+        return real_submit(self, key)
+
+    monkeypatch.setattr(geosr.tiled_output.BlockWriter, "_submit", noted_submit)
+    upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
+    total = submitted[-1][0]  # the last block waits for the last cells
+    assert len(submitted) == 6
+    assert sum(durable < total for durable, _ in submitted) >= 4  # all but the last row's last blocks
+
+
+def test_kill_and_resume_with_early_commits_gives_the_same_blocks(tmp_path, ragged_scene, monkeypatch):
+    """Stopped after blocks were started from early commits (no journal tick), a resumed run
+    writes the same bytes as an uninterrupted one."""
+    upscale_scene([ragged_scene], tmp_path / "reference", bicubic_cfg(split=SPLIT))
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 3600.0)
+    real_rows = WorkRaster._write_rows
+
+    def full_after_two_commits(self, *args):
+        journals = list(tmp_path.glob(".out.geosr-run-*/journal.jsonl"))
+        if journals and len(journals[0].read_bytes().splitlines()) >= 2:
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_after_two_commits)
+    with pytest.raises(WriteError):
+        upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
+    (work,) = tmp_path.glob(".out.geosr-run-*")
+    journal = geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work))
+    assert journal.records  # cells made durable by the blocks' early commits
+    monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
+    report = upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT, resume=True))
+    assert report.tiles_resumed > 0
+    for block in sorted((tmp_path / "reference").glob("*.tif")):
+        assert (tmp_path / "out" / block.name).read_bytes() == block.read_bytes(), block.name

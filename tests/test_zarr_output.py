@@ -212,3 +212,55 @@ def test_overview_levels_are_georeferenced_block_means(tmp_path, monkeypatch, wh
         if masked:
             assert (level["mask"].values == 0).any() and (level["mask"].values == 255).any()
         previous = level
+
+
+def test_kill_and_resume_with_early_commits_gives_the_same_store(tmp_path, ragged_scene, monkeypatch):
+    """Chunks start from early commits (the last cell of a chunk commits the journal; no tick
+    comes during the run) and overview chunks over several tasks' chunks run after those tasks:
+    stopped half way and resumed, every chunk file of every level is the uninterrupted run's."""
+    monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)  # one task per chunk: overviews over several
+    upscale_scene([ragged_scene], tmp_path / "reference.zarr", bicubic_cfg())
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 3600.0)
+    real_rows = WorkRaster._write_rows
+
+    def full_after_two_commits(self, *args):
+        journals = list(tmp_path.glob(".out.zarr.geosr-run-*/journal.jsonl"))
+        if journals and len(journals[0].read_bytes().splitlines()) >= 2:
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", full_after_two_commits)
+    with pytest.raises(WriteError):
+        upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg())
+    (work,) = tmp_path.glob(".out.zarr.geosr-run-*")
+    assert geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).records
+    monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
+    report = upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg(resume=True))
+    assert report.tiles_resumed > 0
+    reference = sorted(p.relative_to(tmp_path / "reference.zarr")
+                       for p in (tmp_path / "reference.zarr").rglob("*") if p.parent.name in ("band_data", "mask")
+                       and not p.name.startswith("."))
+    assert any(len(p.parts) > 2 for p in reference)  # overview levels too
+    for name in reference:
+        assert (tmp_path / "out.zarr" / name).read_bytes() == (tmp_path / "reference.zarr" / name).read_bytes(), name
+
+
+def test_overview_chunks_over_several_tasks_run_after_them_without_a_round_trip(tmp_path, ragged_scene, monkeypatch):
+    """An overview chunk whose chunks below are in tasks not collected yet is submitted with
+    them, as a task that dask runs after those tasks; the store is the same."""
+    monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)
+    upscale_scene([ragged_scene], tmp_path / "reference.zarr", bicubic_cfg())
+    afters: list[int] = []
+    real_submit = geosr.zarr_output.ZarrWriter._submit_job
+
+    def noted_submit(self, chunks, overviews, after=()):
+        afters.append(len(after))
+        return real_submit(self, chunks, overviews, after)
+
+    monkeypatch.setattr(geosr.zarr_output.ZarrWriter, "_submit_job", noted_submit)
+    upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg())
+    assert max(afters) > 0
+    for chunk in sorted((tmp_path / "reference.zarr").rglob("band_data/*")):
+        if not chunk.name.startswith("."):
+            name = chunk.relative_to(tmp_path / "reference.zarr")
+            assert (tmp_path / "out.zarr" / name).read_bytes() == chunk.read_bytes(), name
