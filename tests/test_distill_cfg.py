@@ -185,10 +185,13 @@ def test_a_fidelity_only_stage_never_runs_the_teacher(tmp_path, monkeypatch):
     trained = dict(student.unet.named_parameters())
     moved = [n for n, p in teacher.unet.named_parameters() if not torch.equal(p, trained[n])]
     assert student.is_distilled and moved  # it trained, on the fidelity term alone
-    # beside each checkpoint the student as a pipeline, which the campaign commits
-    assert (out / "latest" / "STEP").read_text().strip() == "2"
+    # beside each checkpoint the student as a pipeline, which the campaign commits: at the end
+    # the finished student (step 4), not the one of the checkpoint before (step 2)
+    assert (out / "latest" / "STEP").read_text().strip() == "4"
+    latest = dict(GeoSRPipeline.from_pretrained(out / "latest").unet.named_parameters())
+    assert all(torch.equal(p, latest[n]) for n, p in trained.items())
     state = export_state(out, tmp_path / "state", recipe=str(config), hours=0.1)
-    assert state["step"] == 2 and (tmp_path / "state" / "unet").is_dir()
+    assert state["step"] == 4 and (tmp_path / "state" / "unet").is_dir()
     assert "distill_cfg" in state["continue"] and f"--init_student {tmp_path / 'state'}" in state["continue"]
     kept = GeoSRPipeline.from_pretrained(tmp_path / "state").text_encoder.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in teacher.text_encoder.state_dict().items())

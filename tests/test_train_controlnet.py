@@ -156,29 +156,35 @@ def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
                   rescale_prob=0.5, color_jitter=0.1, learning_rate=1e-2)
     config = write_yaml(tmp_path, dict(common, ema_decay=0.9, output_dir=str(tmp_path / "ema_run")))
     out = train_controlnet.main(train_controlnet.parse_args(["--config", str(config)]))
-    # the checkpoint at step 2 wrote the averaged network beside the optimizer state
-    assert (out / "ema" / "STEP").read_text().strip() == "2"
-    at_two = GeoSRPipeline.from_pretrained(out / "ema")
+    # each checkpoint wrote the averaged network beside the optimizer state, and the end of the
+    # run the finished one (step 4, not the checkpoint's before it)
+    assert (out / "ema" / "STEP").read_text().strip() == "4"
+    at_end = GeoSRPipeline.from_pretrained(out / "ema")
     final = GeoSRPipeline.from_pretrained(out)
-    # the final pipeline is the average, not the last step's weights: it differs from step 2's average
     w_final = final.controlnet.conv_in.weight
-    assert not torch.equal(w_final, at_two.controlnet.conv_in.weight)
-    assert at_two.text_encoder.dtype == torch.float32
+    assert torch.equal(w_final, at_end.controlnet.conv_in.weight)
+    assert at_end.text_encoder.dtype == torch.float32
+    # the final pipeline is the average, not the last step's weights (in the optimizer checkpoint)
+    from safetensors.torch import load_file
+
+    raw = [load_file(f) for f in (out / "checkpoint-4").glob("model*.safetensors")]
+    online = next(w["conv_in.weight"] for w in raw if "controlnet_cond_embedding.conv_in.weight" in w)
+    assert not torch.equal(w_final, online)
 
     # the campaign's committed state: the EMA networks in float16, and how far they got
     state = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.5, note="test")
-    assert state["step"] == 2 and state["hours"] == 0.5 and "--init_pipeline" in state["continue"]
+    assert state["step"] == 4 and state["hours"] == 0.5 and "--init_pipeline" in state["continue"]
     from safetensors import safe_open
 
     with safe_open(tmp_path / "state" / "teacher" / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
     kept = GeoSRPipeline.from_pretrained(tmp_path / "state" / "teacher").text_encoder  # frozen: kept exact
-    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), at_two.text_encoder.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), at_end.text_encoder.state_dict().values()))
     again = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.25)
     assert again["hours"] == 0.75 and len(again["history"]) == 2
     # a stage started from those weights counts its steps from 0: the state records the total
     staged = export_state(out, tmp_path / "state" / "teacher", recipe=str(config), hours=0.25, stage_start=9000)
-    assert staged["step"] == 9002 and staged["history"][-1]["step"] == 9002
+    assert staged["step"] == 9004 and staged["history"][-1]["step"] == 9004
 
     # a new run from that state starts from its weights (not a fresh init), in float32
     config2 = write_yaml(tmp_path, dict(common, max_train_steps=1, checkpointing_steps=10, learning_rate=0.0,
@@ -187,7 +193,7 @@ def test_ema_weights_are_saved_and_a_run_starts_from_a_saved_pipeline(tmp_path):
         ["--config", str(config2), "--init_pipeline", str(tmp_path / "state" / "teacher")]))
     continued = GeoSRPipeline.from_pretrained(out2)
     assert continued.unet.dtype == torch.float32
-    for mine, theirs in zip(continued.unet.parameters(), at_two.unet.parameters()):
+    for mine, theirs in zip(continued.unet.parameters(), at_end.unet.parameters()):
         torch.testing.assert_close(mine, theirs.half().float())
 
 

@@ -499,9 +499,8 @@ def main(args: argparse.Namespace) -> Path:
             if accelerator.is_main_process:
                 # beside the optimizer checkpoint, the student as a pipeline: what a campaign
                 # commits (geosr.training.campaign_state) when the machine may not outlive the session
-                _save_student(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
-                              text_state, output_dir / LATEST)
-                (output_dir / LATEST / "STEP").write_text(f"{global_step}\n")
+                _save_latest(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
+                             text_state, output_dir, global_step)
                 for frozen in (teacher.vae, teacher.text_encoder):  # back to the precision they run in
                     if frozen is not None:
                         frozen.to(dtype=weight_dtype)
@@ -517,11 +516,20 @@ def main(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         pipeline = _save_student(_student_pipeline(accelerator, teacher, student, student_controlnet, args),
                                  text_state, output_dir)
+        # the last step too (end_step leaves the final checkpoint to this block): the campaign
+        # exports latest/, which would otherwise hold the student of the checkpoint before the end
+        _save_latest(pipeline, text_state, output_dir, global_step)
         if pairs:
             render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
                               args.num_inference_steps, args.validation_guidance_scale)
     accelerator.end_training()
     return output_dir
+
+
+def _save_latest(pipeline: GeoSRPipeline, text_state: dict, output_dir: Path, step: int) -> None:
+    """The student as a pipeline in ``output_dir/latest`` with its step in ``STEP``."""
+    _save_student(pipeline, text_state, output_dir / LATEST)
+    (output_dir / LATEST / "STEP").write_text(f"{step}\n")
 
 
 def _save_student(pipeline: GeoSRPipeline, text_state: dict, folder: Path) -> GeoSRPipeline:

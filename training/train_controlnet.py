@@ -385,6 +385,11 @@ def main(args: argparse.Namespace) -> Path:
             if text_state is not None:
                 pipeline.text_encoder.load_state_dict(text_state)
         pipeline.save_pretrained(str(output_dir))
+        if ema is not None:
+            # the last step too (end_step leaves the final checkpoint to this block): the campaign
+            # exports ema/, which would otherwise hold the network of the checkpoint before the end
+            pipeline.save_pretrained(str(output_dir / "ema"))
+            (output_dir / "ema" / "STEP").write_text(f"{global_step}\n")
         if pairs:
             render_validation(pipeline, pairs, output_dir / "validation" / f"step-{global_step}.png",
                               args.validation_inference_steps, args.validation_guidance_scale)
