@@ -2,8 +2,8 @@
 
 A run is resumable when an earlier run of the same OUTPUT stopped (SIGTERM, SIGKILL, a
 lost worker, a full disk) with the *same identity*: the same input files - every file GDAL
-reads for them, the sources of a VRT (nested ones too) included - each with its size, mtime
-and a hash of its header and a sample of its blocks, the same geosr version and every setting
+reads for them, the sources of a VRT (nested ones too) included - each with its size, mtime,
+ctime and a hash of its header and a sample of its blocks, the same geosr version and every setting
 that changes the output's bytes. Settings
 that only change how the work is spread (``--batch-size``, ``--address``,
 ``--local-workers``) are not part of it. Per-tile seeds and blending in tile order make a
@@ -116,7 +116,9 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
             ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {_sample_digest(obj.read, obj.size)}"
             continue
         st = os.stat(f)
-        ident[f"input {f}"] = (f"{st.st_size} bytes, modified {st.st_mtime_ns} ns, "
+        # ctime too: a file rewritten in place (or replaced) with its mtime set back has a new
+        # ctime, which no user-level tool can set; the content sample reads only part of a big file
+        ident[f"input {f}"] = (f"{st.st_size} bytes, modified {st.st_mtime_ns} ns, changed {st.st_ctime_ns} ns, "
                                f"content sample {content_sample(f, st.st_size)}")
     settings = {
         "--scale": config.scale, "--model": config.model, "--captioner": config.captioner,

@@ -160,6 +160,33 @@ def test_a_changed_vrt_source_refuses_the_resume(tmp_path, monkeypatch, nested):
     assert not (tmp_path / "out.tif").exists()
 
 
+def test_an_input_rewritten_in_place_with_its_mtime_set_back_refuses_the_resume(tmp_path, monkeypatch):
+    """Bytes the content sample does not read (a big file is only sampled) changed, size and mtime
+    kept: the ctime still tells (before, the resume was taken: exit 0, old and new pixels mixed)."""
+    from geosr.resumable import SAMPLE_COUNT, SAMPLE_HEAD, SAMPLE_SIZE, SAMPLE_TAIL
+
+    src = uint8_scene(tmp_path / "in.tif", 320, 320)
+    size = src.stat().st_size
+    assert size > SAMPLE_HEAD + SAMPLE_TAIL + SAMPLE_COUNT * SAMPLE_SIZE  # sampled, not read whole
+    stop_half_way(monkeypatch, [src], tmp_path / "out.tif")
+    stat = src.stat()
+    raw = bytearray(src.read_bytes())
+    step = (size - SAMPLE_HEAD - SAMPLE_TAIL) // SAMPLE_COUNT
+    gap = step - SAMPLE_SIZE - 32
+    assert gap > 500
+    for k in range(SAMPLE_COUNT):  # between the samples only
+        start = SAMPLE_HEAD + k * step + SAMPLE_SIZE + 16
+        raw[start : start + gap] = bytes(255 - b for b in raw[start : start + gap])
+    with open(src, "r+b") as f:
+        f.write(raw)
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert src.stat().st_size == size and src.stat().st_mtime_ns == stat.st_mtime_ns
+    res = resume_cli(src, tmp_path / "out.tif")
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 7 and len(lines) == 1 and f"input {src} was" in lines[0], res.stderr
+    assert not (tmp_path / "out.tif").exists()
+
+
 def journal_path(work: Path) -> Path:
     return work / RunJournal.JOURNAL
 
