@@ -5,8 +5,11 @@
 ``work`` is the per-tile model and engine time of all output megapixels (plus, for tiled and
 Zarr outputs, their blocks' or chunks' encoding, which the workers do beside the tiles);
 ``tasks x scheduler`` is the scheduler's serial cost per task; ``tail`` is what runs after
-the last tile: the whole COG pass on one machine for a single COG, only the last row of
-blocks (spread over the workers) for tiled and Zarr. Bytes moved between workers are priced
+the last tile: the whole COG pass on one machine for a single COG; for tiled and Zarr the
+work the last tiles make possible (the tiles run block by block and each block or chunk is
+written as soon as its last cell is committed, so this is one block, or the last chunks and
+their overview levels), measured (``--tiled-tail-s``, ``--zarr-tail-s``; docs/benchmarks.md,
+"fourth pass"), whatever the cluster. Bytes moved between workers are priced
 at ``--bandwidth`` and added to the work. The constants are those measured in
 docs/benchmarks.md ("A cost model"); pass others to see another machine or model.
 
@@ -27,9 +30,7 @@ def run_seconds(n: int, mode: str, a: argparse.Namespace) -> float:
         tail = a.megapixels * encode  # one process, after the last tile
     else:
         work += a.megapixels * encode  # blocks / chunks encoded by the workers during the run
-        side = a.split if mode == "tiled" else a.zarr_group
-        row_mp = a.width * side / 1e6  # the last row of blocks waits for the last tiles
-        tail = row_mp * encode / min(n, max(1, a.width // side)) + a.mosaic_s
+        tail = a.tiled_tail_s if mode == "tiled" else a.zarr_tail_s
     tasks = a.megapixels / a.tile_mp * a.tasks_per_tile
     return a.start_s + max(work / n, tasks * a.scheduler_s) + tail + a.exit_s
 
@@ -49,9 +50,10 @@ def main() -> None:
     p.add_argument("--scheduler-s", type=float, default=0.0021, help="scheduler time per task")
     p.add_argument("--moved-mib-per-mp", type=float, default=4.3, help="bytes between workers per output MP")
     p.add_argument("--bandwidth-mib-s", type=float, default=1100.0, help="network, MiB/s (10 Gb/s)")
-    p.add_argument("--split", type=int, default=2048, help="tiled output's block side, px")
-    p.add_argument("--zarr-group", type=int, default=4096, help="side of a Zarr task's group of chunks, px")
-    p.add_argument("--mosaic-s", type=float, default=0.3, help="VRT + STAC / consolidation after the blocks")
+    p.add_argument("--tiled-tail-s", type=float, default=0.64,
+                   help="after the last tile, tiled --split 2048: the last block's COG (+ the commit)")
+    p.add_argument("--zarr-tail-s", type=float, default=0.93,
+                   help="after the last tile, Zarr: the last chunks and their overview levels")
     p.add_argument("--start-s", type=float, default=1.8, help="imports + cluster (a network model: + its load)")
     p.add_argument("--exit-s", type=float, default=0.05, help="the process's exit (os._exit)")
     p.add_argument("--workers", default="1,2,8,64,512")
