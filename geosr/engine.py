@@ -62,7 +62,8 @@ from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, j
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.zarr_output import ZARR_CHUNK, ZarrTarget, ZarrWriter, is_zarr_output
-from geosr.writer import DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, sidecar_path, write_error
+from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, remove_files, sidecar_path, stage_beside,
+                          write_error)
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
 
@@ -331,10 +332,15 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     if route_map is not None:
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
                                  config.routed_threshold)] = Path(route_map).absolute()
-    if blocks is None:
-        target.commit(moves)
-    else:
-        target.commit(folder.path, moves)
+    moves, copies = stage_beside(moves)  # a map on another filesystem than OUTPUT: copied beside its place
+    try:
+        if blocks is None:
+            target.commit(moves)
+        else:
+            target.commit(folder.path, moves)
+    except BaseException:
+        remove_files(copies)
+        raise
     return RunReport(
         output=getattr(target, "url", target.output),  # an object's URL, not its local stand-in
         tiles_total=len(grid),

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -79,7 +81,56 @@ def check_companion_file(path: str | os.PathLike, output: Path, overwrite: bool,
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise OutputError(f"{name} folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):  # else found at the end, after the work
+        raise OutputError(f"{name} folder {path.parent} is not writable")
     return path
+
+
+def stage_beside(moves: Mapping[Path, Path]) -> tuple[dict[Path, Path], list[Path]]:
+    """``moves`` (finished file -> its final path) with each file that a rename cannot take to
+    its final path (another filesystem: EXDEV) copied first to a hidden temporary file beside
+    that path; and those copies, for the caller to delete if the commit fails.
+
+    A route map or an error map may go to another filesystem than OUTPUT, whose work folder
+    they are written in: their rename failed after all the work (exit 1), with the captions
+    already moved into place beside no OUTPUT.
+
+    Raises
+    ------
+    WriteError
+        A copy failed (a full disk there: exit 6); the copies made so far are deleted.
+    """
+    staged: dict[Path, Path] = {}
+    copies: list[Path] = []
+    try:
+        for src, dst in moves.items():
+            if os.stat(src).st_dev == os.stat(dst.parent).st_dev:
+                staged[src] = dst
+                continue
+            fd, name = tempfile.mkstemp(prefix=f".{dst.name}.geosr-part-", dir=dst.parent)
+            copies.append(Path(name))
+            try:
+                with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                shutil.copymode(src, name)
+            except OSError as exc:
+                raise write_error(dst, exc) from exc
+            staged[Path(name)] = dst
+    except BaseException:
+        remove_files(copies)
+        raise
+    return staged, copies
+
+
+def remove_files(paths: Sequence[Path]) -> None:
+    """Delete ``paths`` that still exist (what a failed commit leaves)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 class OutputTarget:

@@ -8,9 +8,11 @@ byte for byte. A stopped run must resume to the same bytes as an uninterrupted o
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -347,3 +349,69 @@ def test_validate_a_masked_output_with_an_empty_block(tmp_path):
     upscale_scene([src], tmp_path / "out.tif", cfg(tiles=TileSpec(200, 8), batch_size=4))
     res = validate_output(tmp_path / "out.tif", src)
     assert res.ok and not res.warnings, (res.errors, res.warnings)
+
+
+def another_filesystem(tmp_path: Path) -> Path:
+    """A writable folder on another filesystem than ``tmp_path`` (skips where there is none)."""
+    for root in (Path("/dev/shm"), Path("/run/user") / str(os.getuid())):
+        if root.is_dir() and os.access(root, os.W_OK) and os.stat(root).st_dev != os.stat(tmp_path).st_dev:
+            folder = Path(tempfile.mkdtemp(prefix="geosr-test-", dir=root))
+            return folder
+    pytest.skip("no writable folder on another filesystem")
+
+
+def test_a_route_map_on_another_filesystem_is_written(tmp_path):
+    # A rename cannot cross filesystems: the map's move failed after all the work (exit 1, EXDEV),
+    # with the captions already moved beside no OUTPUT.
+    other = another_filesystem(tmp_path)
+    try:
+        src = uint8_scene(tmp_path / "in.tif", 32, 32)
+        res = invoke("upscale", src, tmp_path / "out.tif", "--scale", "2", "--captioner", "none", "--tile", "32",
+                     "--overlap", "8", "-q", "--route-map", other / "route.tif")
+        assert res.exit_code == 0, res.stderr
+        with rasterio.open(other / "route.tif") as m:
+            assert m.descriptions == ("texture", "noise", "model")
+        assert sorted(p.name for p in other.iterdir()) == ["route.tif"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.captions.geojson", "out.tif"]
+    finally:
+        shutil.rmtree(other)
+
+
+def test_a_copy_to_another_filesystem_that_fails_leaves_nothing(tmp_path, monkeypatch):
+    from geosr.writer import stage_beside
+
+    other = another_filesystem(tmp_path)
+    try:
+        (tmp_path / "a.tif").write_bytes(b"a" * 100)
+        (tmp_path / "b.tif").write_bytes(b"b" * 100)
+        moves = {tmp_path / "a.tif": other / "a.tif", tmp_path / "b.tif": other / "b.tif"}
+        staged, copies = stage_beside(moves)
+        assert [p.parent for p in staged] == [other, other] and list(staged.values()) == list(moves.values())
+        assert [p.read_bytes() for p in staged] == [b"a" * 100, b"b" * 100] and copies == list(staged)
+        for p in copies:
+            p.unlink()
+        real, calls = os.fsync, [0]
+
+        def full(fd):
+            calls[0] += 1
+            if calls[0] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd)
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(WriteError, match=f"no space left on the device of {other} while writing b.tif"):
+            stage_beside(moves)
+        assert list(other.iterdir()) == []  # the first copy is deleted too
+    finally:
+        shutil.rmtree(other)
+
+
+def test_a_companion_file_in_a_folder_that_is_not_writable_is_refused_before_any_work(tmp_path, monkeypatch):
+    src = uint8_scene(tmp_path / "in.tif", 32, 32)
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path / "ro" else real(p, mode, **kw))
+    res = invoke("upscale", src, tmp_path / "out.tif", "--scale", "2", "--captioner", "none", "--tile", "32", "-q",
+                 "--route-map", tmp_path / "ro" / "route.tif")
+    assert res.exit_code == 4 and error_lines(res) == [f"Error: route map folder {tmp_path / 'ro'} is not writable"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "ro"]
