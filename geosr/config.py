@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -164,6 +166,13 @@ class RunConfig:
             object.__setattr__(self, "batch_size", default_batch_size(self.model, self.device))
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        # checked here, not first by the pipeline at its first tile (a ValueError: exit 1)
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral)
+                                       or self.steps < 1):
+            raise InputError(f"--steps must be a whole number >= 1, got {self.steps!r}")
+        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, numbers.Real)
+                                          or not math.isfinite(self.guidance) or self.guidance < 0):
+            raise InputError(f"--guidance must be a finite number >= 0, got {self.guidance!r}")
         # geosr.routing imports torch: imported here, not at the top, `import geosr` stays without it
         from geosr.routing import routing_threshold
 

@@ -126,6 +126,11 @@ MATRIX = {
     "AOI bad coordinates": (["in.tif", "out.tif", "--overwrite", "--aoi", "aoi_bad_coords.geojson"], 3, "invalid geometry", None),
     "AOI bad crs": (["in.tif", "out.tif", "--overwrite", "--aoi", "aoi_bad_crs.geojson"], 3, "crs member", None),
     "unknown model": (["in.tif", "out.tif", "--overwrite", "--model", "nosuchmodel"], 3, "unknown model", None),
+    # found by the pipeline at the first tile before (exit 1, "unexpected error")
+    "--steps 0": (["in.tif", "out.tif", "--overwrite", "--steps", "0"], 3, "--steps must be a whole number >= 1", None),
+    "--guidance nan": (["in.tif", "out.tif", "--overwrite", "--guidance", "nan"], 3,
+                       "--guidance must be a finite number >= 0, got nan", None),
+    "--guidance -1": (["in.tif", "out.tif", "--overwrite", "--guidance", "-1"], 3, "--guidance must be", None),
     "bad --bands": (["in.tif", "out.tif", "--overwrite", "--bands", "x"], 2, "comma-separated", None),
     "OUTPUT is the input": (["in.tif", "in.tif", "--overwrite"], 4, "is also an input", None),
     "OUTPUT exists": (["in.tif", "out.tif"], 4, "out.tif exists; pass --overwrite", None),
