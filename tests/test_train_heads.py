@@ -161,3 +161,32 @@ def test_calibration_knots_are_interpolated_and_held_beyond_the_ends():
 
     x = torch.tensor([-5.0, 0.0, 0.5, 1.0, 9.0])
     torch.testing.assert_close(_interpolate(x, [[0.0, 1.0], [1.0, 3.0]]), torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0]))
+
+
+def _other_weights(student_dir) -> None:
+    pipe = GeoSRPipeline.from_pretrained(student_dir)
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(1.0)
+    pipe.unet.save_pretrained(student_dir / "unet")
+
+
+def test_a_student_rewritten_during_the_run_is_not_paired_with_its_heads(tmp_path, student_dir, monkeypatch):
+    """The run saves the student from disk at its end: a folder rewritten meanwhile (a student
+    shipped anew) would have been saved beside heads trained on the one before, and ship_heads
+    would then have vouched for that pair."""
+    load = train_heads._student
+
+    def load_then_rewrite(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        _other_weights(student_dir)
+        return pipe
+
+    monkeypatch.setattr(train_heads, "_student", load_then_rewrite)
+    with pytest.raises(ValueError, match="changed on disk during the run"):
+        train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + ["--max_train_steps", "2"]))
+    assert not (tmp_path / "heads" / "model_index.json").exists()  # nothing saved as a pipeline
+    # resuming the checkpoint on the student the folder holds now is refused too
+    monkeypatch.setattr(train_heads, "_student", load)
+    with pytest.raises(ValueError, match="trained on another student"):
+        train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + [
+            "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]))

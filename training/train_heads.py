@@ -28,6 +28,7 @@ Detail head
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -40,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from geosr.pipelines.consistency import invisible_to_lr
+from geosr.resumable import content_sample
 from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid, reads_as_mild
 from geosr.pipelines.pipeline_geosr import STUDENT_STEPS, GeoSRPipeline, target_to_image
 from geosr.training.launch import (
@@ -151,6 +153,37 @@ def _student(args: argparse.Namespace, device, weight_dtype) -> GeoSRPipeline:
     return pipe
 
 
+STUDENT_PARTS = ("unet", "controlnet", "text_encoder", "vae", "scheduler")
+STUDENT_RECORD = "student.fingerprint"
+
+
+def student_fingerprint(model: str) -> str:
+    """Digest of the student's networks in the pipeline folder ``model`` (its heads left out:
+    runs train them): file names, sizes and content samples, as a run's model fingerprint.
+
+    The heads fit the student whose outputs they were trained on; the run saves the student
+    from ``model`` at its end, so a folder rewritten meanwhile (a student shipped anew) would
+    pair them with another one.
+    """
+    root = Path(model)
+    if not root.is_dir():
+        return f"hub {model}"  # a hub id: its revision is the hub's to track
+    parts = []
+    for path in sorted(p for part in STUDENT_PARTS for p in (root / part).rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        parts.append(f"{path.relative_to(root).as_posix()} {size} {content_sample(str(path), size)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _check_student(args: argparse.Namespace, output_dir: Path, fingerprint: str) -> None:
+    """Refuse to resume heads trained on another student than ``args.model`` holds now; record it."""
+    record = output_dir / STUDENT_RECORD
+    if args.resume_from_checkpoint and record.is_file() and record.read_text().strip() != fingerprint:
+        raise ValueError(f"{output_dir}'s heads were trained on another student than {args.model} holds now "
+                         f"(fingerprint {record.read_text().strip()} -> {fingerprint}): start a new output_dir")
+    record.write_text(f"{fingerprint}\n")
+
+
 @torch.no_grad()
 def _student_output(pipe: GeoSRPipeline, batch: dict, device, seed: int):
     lr = batch["lr"].to(device).clamp(0.0, 1.0)
@@ -223,6 +256,8 @@ def main(args: argparse.Namespace) -> Path:
     accelerator, output_dir = start_run(args)
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    student_id = student_fingerprint(args.model)
+    _check_student(args, output_dir, student_id)
     pipe = _student(args, device, weight_dtype)
     detail, uncertainty = _heads(args, pipe)
     trains_detail, trains_uncertainty = "detail" in args.heads, "uncertainty" in args.heads
@@ -285,6 +320,10 @@ def main(args: argparse.Namespace) -> Path:
         if trains_uncertainty:  # an untrained head keeps its weights and calibration
             _calibrate(pipe, uncertainty, args, device)
         # the student as it was loaded, not the copy cast to the training precision and back
+        if student_fingerprint(args.model) != student_id:
+            raise ValueError(f"{args.model}'s student changed on disk during the run: the heads (in the last "
+                             f"checkpoint of {output_dir}) fit the one loaded at its start; put it back and "
+                             "resume to save them")
         saved = GeoSRPipeline.from_pretrained(args.model)
         saved.register_modules(detail=accelerator.unwrap_model(detail).float(), uncertainty=uncertainty.float())
         saved.save_pretrained(str(output_dir))
