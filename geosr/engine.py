@@ -179,6 +179,8 @@ def upscale_scene(
             identity["tile grid step"] = str(model.grid_step)
         if model.fingerprint:  # the networks' files and output consistency: other weights, other pixels
             identity["model fingerprint"] = model.fingerprint
+        if model.runs_on:  # --device/--dtype as resolved: their defaults depend on the machine
+            identity["model runs on"] = model.runs_on
 
         with OutputLock(target.output):
             journal = open_journal(target.output, identity, config.resume)

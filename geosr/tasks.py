@@ -312,6 +312,7 @@ class ModelFacts:
     neural: bool
     grid_step: int = 1
     fingerprint: str | None = None
+    runs_on: str | None = None
 
 
 def run_model(config: RunConfig) -> Upscaler:
@@ -353,7 +354,24 @@ def model_facts(config: RunConfig) -> ModelFacts:
     captioner_for(config.captioner)
     return ModelFacts(getattr(model, "name", config.model), model.channels,
                       not isinstance(model, CLASSICAL_UPSCALERS), plan_step(model, config),
-                      model_fingerprint(model, config))
+                      model_fingerprint(model, config), model_runs_on(model))
+
+
+def model_runs_on(model: Upscaler) -> str | None:
+    """The kind of device and the precision a network runs in, as resolved (``cpu, float32``).
+
+    ``--device`` and ``--dtype`` left at their defaults resolve by the machine (CUDA when there
+    is one, bf16 on CUDA and on CPUs with bf16 matrix units): a run stopped on one machine and
+    resumed on another, or on other workers (``--address`` may change), makes other pixels.
+    None for models without a device (classical ones).
+    """
+    holder = model if getattr(model, "device", None) is not None else getattr(model, "runner", None)
+    device = getattr(holder, "device", None)
+    if device is None:
+        return None
+    kind = getattr(device, "type", None) or str(device).partition(":")[0]
+    dtype = getattr(holder, "dtype", None)
+    return kind if dtype is None else f"{kind}, {str(dtype).removeprefix('torch.')}"
 
 
 def model_fingerprint(model: Upscaler, config: RunConfig) -> str | None:

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
-from geosr.errors import WriteError
+from geosr.errors import ResumeError, WriteError
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.output_lock import OutputLock
 from geosr.resumable import StoppedRunWarning, files_read, open_journal
@@ -185,6 +186,37 @@ def test_an_input_rewritten_in_place_with_its_mtime_set_back_refuses_the_resume(
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.exit_code == 7 and len(lines) == 1 and f"input {src} was" in lines[0], res.stderr
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_resume_where_the_default_precision_resolves_otherwise_is_refused(tmp_path, monkeypatch):
+    """--dtype left at its default is bf16 or fp32 by the machine (and --device, cuda or cpu): a run
+    stopped on one machine and resumed on another (or on other --address workers) was resumed with
+    the pixels of both precisions (exit 0)."""
+    import geosr.models as models
+    import geosr.models.diffusion as diffusion
+
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    config = cfg(model="geosr-tiny-x2", route="off")
+    real, writes = WorkRaster._write_rows, [0]
+
+    def fill_up(self, *args):
+        writes[0] += 1
+        if writes[0] > 2:  # a few cells are written, not all
+            raise WriteError("no space left on the device (simulated)") from OSError(errno.ENOSPC, "full")
+        return real(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", fill_up)
+    with pytest.raises(WriteError):
+        upscale_scene([src], tmp_path / "out.tif", config)
+    monkeypatch.setattr(WorkRaster, "_write_rows", real)
+    (work,) = tmp_path.glob(".out.tif.geosr-run-*")
+    assert RunJournal.load(WorkFolder(work)).finished > 0
+    here = diffusion.default_dtype_name("cpu")
+    monkeypatch.setattr(diffusion, "default_dtype_name", lambda device: "fp32" if here == "bf16" else "bf16")
+    monkeypatch.setattr(models, "_CACHE", {})  # "another machine": the model loads again
+    with pytest.raises(ResumeError, match="model runs on was 'cpu, (bfloat16|float32)', now 'cpu, (float32|bfloat16)'"):
+        upscale_scene([src], tmp_path / "out.tif", replace(config, resume=True))
+    assert work.exists() and not (tmp_path / "out.tif").exists()
 
 
 def journal_path(work: Path) -> Path:
