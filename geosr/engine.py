@@ -23,7 +23,9 @@ import datetime
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -169,40 +171,77 @@ def upscale_scene(
                                                isinstance(target, ZarrTarget), route_map)
     if route_map is not None:
         check_route_map_target(route_map, config, target.output)
-    with released_early(config.address, config.local_workers) as (client, release_cluster):
-        # Models and captioners first: a bad spec fails before any tile is read.
-        model = _model_facts_on(client, config)
-        identity = run_identity(files, config)
-        if isinstance(target, ZarrTarget):  # absent from other outputs' identities, as before Zarr output existed
-            identity["zarr"] = f"format 2, chunks {ZARR_CHUNK}"
-        if model.grid_step > 1:  # another tile plan (geosr.tiling); absent at 1, as before there were grid steps
-            identity["tile grid step"] = str(model.grid_step)
-        if model.fingerprint:  # the networks' files and output consistency: other weights, other pixels
-            identity["model fingerprint"] = model.fingerprint
-        if model.runs_on:  # --device/--dtype as resolved: their defaults depend on the machine
-            identity["model runs on"] = model.runs_on
+    finishing = StopsDeferred()  # from the output's commit on (see _upscale_in)
+    try:
+        with released_early(config.address, config.local_workers) as (client, release_cluster):
+            # Models and captioners first: a bad spec fails before any tile is read.
+            model = _model_facts_on(client, config)
+            identity = run_identity(files, config)
+            if isinstance(target, ZarrTarget):  # absent from other outputs' identities, as before Zarr output existed
+                identity["zarr"] = f"format 2, chunks {ZARR_CHUNK}"
+            if model.grid_step > 1:  # another tile plan (geosr.tiling); absent at 1, as before there were grid steps
+                identity["tile grid step"] = str(model.grid_step)
+            if model.fingerprint:  # the networks' files and output consistency: other weights, other pixels
+                identity["model fingerprint"] = model.fingerprint
+            if model.runs_on:  # --device/--dtype as resolved: their defaults depend on the machine
+                identity["model runs on"] = model.runs_on
 
-        with OutputLock(target.output):
-            journal = open_journal(target.output, identity, config.resume)
-            cells = [0]  # known once the tile plan exists; reported when the run stops
-            try:
-                report = _upscale_in(journal, files, target, config, model, client, release_cluster,
-                                     performance_report, route_map, uncertainty, cells)
-            except BaseException as exc:
-                replacement = settle_stopped_run(journal, exc, cells[0])
-                if replacement is None:
-                    raise
-                raise replacement from exc
-            journal.folder.remove()
+            with OutputLock(target.output):
+                journal = open_journal(target.output, identity, config.resume)
+                cells = [0]  # known once the tile plan exists; reported when the run stops
+                try:
+                    report = _upscale_in(journal, files, target, config, model, client, release_cluster,
+                                         performance_report, route_map, uncertainty, cells, finishing)
+                except BaseException as exc:
+                    replacement = settle_stopped_run(journal, exc, cells[0])
+                    if replacement is None:
+                        raise
+                    raise replacement from exc
+                journal.folder.remove()
+    finally:
+        finishing.restore()
+    if finishing.came:
+        log.warning("%s came after %s was written: the run had finished", " and ".join(finishing.came), output)
     end = time.perf_counter()
     report.seconds = end - t0
     report.tail_seconds = end - report.tail_seconds  # it held the time of the last tile result
     return report
 
 
+class StopsDeferred:
+    """SIGTERM and SIGINT noted, not acted on, once :meth:`start` is called (at the output's commit):
+    the output is in place, or going there by renames, and what is left - the last renames,
+    deleting the work folder, releasing the lock - must not be cut short. A stop there exited 8
+    ("stopped") beside a finished OUTPUT, leaving a work folder without its run.json (or the
+    captions without their COG), and a rerun with --resume was refused: OUTPUT exists.
+
+    Only in the main thread (where Python runs signal handlers); :meth:`restore` puts the
+    previous handlers back, and ``came`` names the signals that came meanwhile.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.came: list[str] = []
+        self._previous: dict = {}
+
+    def start(self) -> None:
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            previous = signal.getsignal(sig)
+            signal.signal(sig, lambda signum, _frame: self.came.append(signal.Signals(signum).name))
+            self._previous[sig] = signal.SIG_DFL if previous is None else previous
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget | ZarrTarget, config: RunConfig, model: ModelFacts, client,
                 release_cluster: Callable[[], None], performance_report, route_map, uncertainty: Path | None,
-                cells: list[int]) -> RunReport:
+                cells: list[int], finishing: StopsDeferred | None = None) -> RunReport:
     """The run itself, in the journal's work folder (see :func:`upscale_scene`); ``release_cluster()``
     once the tiles are done (the cluster closes during the COG pass)."""
     folder = journal.folder
@@ -335,6 +374,9 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
                                  config.routed_threshold)] = Path(route_map).absolute()
     moves, copies = stage_beside(moves)  # a map on another filesystem than OUTPUT: copied beside its place
+    uploads = getattr(target, "url", None) is not None  # an S3 commit uploads: it may take long, and stop
+    if finishing is not None and not uploads:  # renames only: a stop between them left half an output
+        finishing.start()
     try:
         if blocks is None:
             target.commit(moves)
@@ -343,6 +385,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     except BaseException:
         remove_files(copies)
         raise
+    if finishing is not None:
+        finishing.start()
     return RunReport(
         output=getattr(target, "url", target.output),  # an object's URL, not its local stand-in
         tiles_total=len(grid),

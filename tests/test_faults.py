@@ -420,3 +420,27 @@ def test_a_companion_file_in_a_folder_that_is_not_writable_is_refused_before_any
                  "--route-map", tmp_path / "ro" / "route.tif")
     assert res.exit_code == 4 and error_lines(res) == [f"Error: route map folder {tmp_path / 'ro'} is not writable"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "ro"]
+
+
+@pytest.mark.parametrize("when", ["commit", "cleanup"])
+def test_a_stop_that_comes_once_the_output_is_committed_ends_the_run_done(tmp_path, monkeypatch, when):
+    # SIGTERM between the renames of the commit, or while the work folder was deleted: exit 8,
+    # "stopped", beside a finished OUTPUT (or captions without it) and a work folder without its
+    # run.json; the rerun with --resume was refused (OUTPUT exists).
+    from geosr.writer import OutputTarget
+
+    src = uint8_scene(tmp_path / "in.tif", 48, 48)
+    assert invoke("upscale", src, tmp_path / "ref.tif", *RUN).exit_code == 0
+    cls, name = (OutputTarget, "commit") if when == "commit" else (WorkFolder, "remove")
+    real = getattr(cls, name)
+
+    def stopped_there(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args)
+
+    monkeypatch.setattr(cls, name, stopped_there)
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN)
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.captions.geojson", "out.tif",
+                                                          "ref.captions.geojson", "ref.tif"]
