@@ -208,3 +208,56 @@ def test_kill_and_resume_with_early_commits_gives_the_same_blocks(tmp_path, ragg
     assert report.tiles_resumed > 0
     for block in sorted((tmp_path / "reference").glob("*.tif")):
         assert (tmp_path / "out" / block.name).read_bytes() == block.read_bytes(), block.name
+
+
+@pytest.mark.parametrize(("seconds_per_cell", "tick", "early"), [(1.0, 1.0, 1), (0.1, 1.0, 6), (1.0, 3600.0, 16)])
+def test_a_block_commits_early_only_near_the_end_of_the_cells(monkeypatch, seconds_per_cell, tick, early):
+    """The last cell of a block asks for an early commit only when the cells left would all be
+    recorded within EARLY_COMMIT_TICKS journal ticks at the rate so far; earlier blocks wait for
+    the tick, which comes before the last tile anyway (a commit and a task per block cost Zarr
+    runs more than the tail they saved)."""
+    import geosr.block_tasks as block_tasks
+
+    class Journal:
+        blocks: dict = {}
+
+        def __init__(self):
+            self.on_commit, self.on_record, self.requests = [], [], []
+
+        def request_commit(self):
+            self.requests.append(len(writer._cells_left))
+
+    class Raster:
+        def sync(self):
+            pass
+
+    class Writer(block_tasks.BlockTaskWriter):
+        folder = Path(".")
+
+        def _blocks_to_write(self):
+            return [(r, c) for r in range(4) for c in range(4)]
+
+        def _submit_blocks(self, keys):
+            return []
+
+    class Clock:
+        now = 100.0
+
+        def monotonic(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(block_tasks, "time", clock)
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", tick)
+    journal = Journal()
+    cells = [rasterio.windows.Window(x, y, 1, 1) for y in range(8) for x in range(8)]  # 4 cells a block of 2 px
+    writer = Writer(None, Raster(), journal, 2, cells)
+    for r in range(4):
+        for c in range(4):
+            for y in (2 * r, 2 * r + 1):
+                for x in (2 * c, 2 * c + 1):
+                    clock.now += seconds_per_cell
+                    writer._recorded(geosr.journal.CellRecord(x, y, 1, 1, 0))
+    assert len(journal.requests) == early
+    assert journal.requests[-1] == 0  # the last block always
+    assert all(left <= block_tasks.EARLY_COMMIT_TICKS * tick / seconds_per_cell for left in journal.requests)
