@@ -11,6 +11,9 @@ stable.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
+import threading
 from typing import Iterator
 
 from rasterio._err import CPLE_BaseError
@@ -144,17 +147,65 @@ def read_errors_named(path: str, window=None, band: int | str | None = None, wha
     GDAL's cause, e.g. ``cannot read in.tif, window col 64 row 0 size 96x96, band 2:
     TIFFReadEncodedTile() failed.``
     """
+    where = ""
+    if window is not None:
+        where += (
+            f", window col {int(window.col_off)} row {int(window.row_off)} "
+            f"size {int(window.width)}x{int(window.height)}"
+        )
+    if band is not None:
+        where += f", band {band}"
+    if what:
+        where += f" ({what})"
+    with _decoder_warnings() as heard:
+        try:
+            yield
+        except GDAL_ERRORS as exc:
+            raise ReadError(f"cannot read {path}{where}: {gdal_cause(exc)}") from exc
+    if heard.messages:  # garbage decoded "successfully" (a corrupt JPEG or PackBits block)
+        cause = re.sub(r"^CPLE_\w+:", "", " ".join(heard.messages[0].split()))
+        raise ReadError(f"cannot read {path}{where}: {cause}")
+
+
+#: GDAL warnings of a codec that decoded a damaged block: libjpeg's ("JPEGLib:Corrupt JPEG data:
+#: premature end of data segment"), libtiff's decoders' ("PackBitsDecode:Discarding 43 bytes to
+#: avoid buffer overrun"). The pixels are garbage, and no error is raised.
+_DECODER_WARNING = re.compile(r"JPEGLib|Corrupt|premature end|Decode|Discarding|overrun", re.IGNORECASE)
+_LEVEL_LOCK = threading.Lock()
+_LEVEL_USERS = [0, logging.NOTSET]  # blocks listening, and the rasterio logger's level before them
+
+
+class _DecoderWarningHandler(logging.Handler):
+    """Notes the decoder warnings (:data:`_DECODER_WARNING`) that rasterio logs in this thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread and _DECODER_WARNING.search(record.getMessage()):
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _decoder_warnings() -> Iterator[_DecoderWarningHandler]:
+    """Listen to the GDAL warnings rasterio logs (``rasterio._err``) in this thread while the block
+    runs; the rasterio logger hears warnings meanwhile even where logging is quieter (``-q``)."""
+    logger = logging.getLogger("rasterio._err")
+    handler = _DecoderWarningHandler()
+    with _LEVEL_LOCK:
+        if _LEVEL_USERS[0] == 0:
+            _LEVEL_USERS[1] = logger.level
+            if not logger.isEnabledFor(logging.WARNING):
+                logger.setLevel(logging.WARNING)
+        _LEVEL_USERS[0] += 1
+    logger.addHandler(handler)
     try:
-        yield
-    except GDAL_ERRORS as exc:
-        where = ""
-        if window is not None:
-            where += (
-                f", window col {int(window.col_off)} row {int(window.row_off)} "
-                f"size {int(window.width)}x{int(window.height)}"
-            )
-        if band is not None:
-            where += f", band {band}"
-        if what:
-            where += f" ({what})"
-        raise ReadError(f"cannot read {path}{where}: {gdal_cause(exc)}") from exc
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        with _LEVEL_LOCK:
+            _LEVEL_USERS[0] -= 1
+            if _LEVEL_USERS[0] == 0:
+                logger.setLevel(_LEVEL_USERS[1])

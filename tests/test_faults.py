@@ -49,17 +49,19 @@ def error_lines(res) -> list[str]:
     return [line for line in res.stderr.splitlines() if line.strip()]
 
 
-def corrupt_tile(src: Path, dst: Path, block: str = "1_0") -> Path:
-    """A DEFLATE-tiled copy of ``src`` whose 32 px block ``block`` ("col_row") holds garbage."""
+def corrupt_tile(src: Path, dst: Path, block: str = "1_0", compress: str = "deflate", keep: float = 0.0) -> Path:
+    """A tiled copy of ``src`` whose 32 px block ``block`` ("col_row") holds garbage (after the
+    first ``keep`` of its bytes: a JPEG block that keeps its header decodes, to garbage)."""
     with rasterio.open(src) as ds:
         prof = ds.profile
-        prof.update(tiled=True, blockxsize=32, blockysize=32, compress="deflate")
+        prof.update(tiled=True, blockxsize=32, blockysize=32, compress=compress)
         with rasterio.open(dst, "w", **prof) as out:
             out.write(ds.read())
     with rasterio.open(dst) as ds:
         offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{block}", "TIFF", bidx=1))
         size = int(ds.get_tag_item(f"BLOCK_SIZE_{block}", "TIFF", bidx=1))
     raw = bytearray(dst.read_bytes())
+    offset, size = offset + int(size * keep), size - int(size * keep)
     raw[offset : offset + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
     dst.write_bytes(bytes(raw))
     return dst
@@ -75,6 +77,9 @@ def scene(tmp_path):
     corrupt_tile(good, tmp_path / "corrupt.tif")
     # a block neither the classes sample (4 windows of 128 px a side) nor the stretch (the central 512 px) reads
     corrupt_tile(uint8_scene(tmp_path / "wide.tif", 40, 1200), tmp_path / "corrupt_wide.tif", block="5_0")
+    # a JPEG block libjpeg decodes to garbage with only a warning ("Corrupt JPEG data"): exit 0 before
+    corrupt_tile(uint8_scene(tmp_path / "wide_jpeg.tif", 40, 1200), tmp_path / "corrupt_jpeg.tif", block="5_0",
+                 compress="jpeg", keep=0.25)
     (tmp_path / "not_a_raster.tif").write_text("hello")
     write_raster(tmp_path / "complex.tif", (texture(1, 20, 20) * 100).astype("complex64"))
     write_raster(tmp_path / "u16.tif", (texture(3, 40, 40) * 4000).astype("uint16"))
@@ -116,6 +121,8 @@ MATRIX = {
     "corrupt tile": (["corrupt.tif", "out.tif", "--overwrite"], 3, "corrupt.tif, window col 0 row 0", None),
     "corrupt tile, met mid-run": (["corrupt_wide.tif", "out.tif", "--overwrite"], 3,
                                   "corrupt_wide.tif, window col 120 row 0 size 48x28, band 1: ZIPDecode", None),
+    "corrupt JPEG tile, decoded with a warning": (["corrupt_jpeg.tif", "out.tif", "--overwrite"], 3,
+                                                  "corrupt_jpeg.tif, window col 120 row 0 size 48x28, band 1: JPEGLib:Corrupt JPEG data", None),
     "complex dtype": (["complex.tif", "out.tif", "--overwrite"], 3, "complex64 pixels", None),
     "unknown --co": (["in.tif", "out.tif", "--overwrite", "--co", "FOO=1"], 3, "no option FOO", None),
     "bad --co value": (["in.tif", "out.tif", "--overwrite", "--co", "COMPRESS=FOO"], 3, "COMPRESS takes one of", None),
