@@ -260,7 +260,12 @@ class WorkRaster:
     def _open(self, name: str, size: int) -> None:
         path = self.folder / name
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                # not a file a run made (a link - whose target would be truncated and written -,
+                # a folder: exit 6 at every resume): replaced, its cells recomputed
+                self.resized.append(f"{name} (not a regular file)")
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             found = os.fstat(fd).st_size
             if found != size:
                 if found:

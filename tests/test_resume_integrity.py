@@ -86,12 +86,20 @@ def resume_cli(src, out):
     return invoke("upscale", src, out, *RUN, "--resume")
 
 
-@pytest.mark.parametrize("damage", ["deleted", "truncated", "overwritten"])
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "overwritten", "a folder", "a link"])
 def test_a_damaged_work_raster_is_recomputed_not_trusted(stopped, damage):
     src, ref, work = stopped
     pixels = work / WorkRaster.PIXELS
+    outside = work.parent / "not_ours.raw"
     if damage == "deleted":
         pixels.unlink()
+    elif damage == "a folder":  # it was exit 6 ("Is a directory") at every resume
+        pixels.unlink()
+        pixels.mkdir()
+    elif damage == "a link":  # it was followed: the file it names truncated and written
+        outside.write_bytes(b"\x01" * 1000)
+        pixels.unlink()
+        pixels.symlink_to(outside)
     elif damage == "truncated":
         os.truncate(pixels, pixels.stat().st_size // 5)
     else:  # same size, other bytes in the finished part
@@ -101,6 +109,8 @@ def test_a_damaged_work_raster_is_recomputed_not_trusted(stopped, damage):
         upscale_scene([src], ref.with_name("out.tif"), cfg(resume=True))
     assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
     assert not work.exists()
+    if damage == "a link":
+        assert outside.read_bytes() == b"\x01" * 1000
 
 
 def test_an_intact_work_raster_is_adopted_whole(stopped):
