@@ -24,12 +24,16 @@ def _script(path: Path):
 
 # The teacher and the student stages of each shipped default, in training order: each student stage
 # continues the one before it; the last one is shipped. x4: v2 (three stages with the teacher, then a
-# fourth); x2: the v3 student on the LR grid under the v2 x2 teacher (LR/2), three stages.
+# fourth), then v3's fidelity stage (L1 alone, distill_weight 0: from the shipped stage 4, its
+# "teacher" only lends the caption encoder and schedule); x2: the v3 student on the LR grid under
+# the v2 x2 teacher (LR/2), three stages.
 TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
 STUDENT_STAGES = {
-    4: ("geosr_tiny_v2_x4_student", "geosr_tiny_v2_x4_student_continued", "geosr_tiny_v2_x4_student_stage4"),
+    4: ("geosr_tiny_v2_x4_student", "geosr_tiny_v2_x4_student_continued", "geosr_tiny_v2_x4_student_stage4",
+        "geosr_tiny_v3_x4_student_fidelity"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3"),
 }
+SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
 
 
 def test_the_recipes_are_there():
@@ -38,7 +42,7 @@ def test_the_recipes_are_there():
     baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v2_regression_baseline_x4_6400",
                  "geosr_tiny_v3_regression_baseline_x2", "geosr_tiny_v3_regression_baseline_x2_continued",
                  "geosr_tiny_v3_regression_baseline_x2_stage3"}
-    heads = {"geosr_tiny_x4_heads", "geosr_tiny_x2_heads"}
+    heads = {"geosr_tiny_x4_heads", "geosr_tiny_x2_heads", "geosr_tiny_v3_x4_heads_refit"}
     assert shipped | baselines | heads | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
@@ -94,25 +98,38 @@ def _shipped_recipes(scale):
     return _recipe(TEACHERS[scale]), _recipe(STUDENT_STAGES[scale][-1])
 
 
+def _layout(stage, teacher) -> dict:
+    """The student's denoiser layout: the teacher's, with the stage's overrides."""
+    return {**teacher.base["unet"], **(stage.student_unet or {})}
+
+
+def _last_distilling_stage(scale):
+    """The last student stage that learnt from the teacher (fidelity-only stages do not run it)."""
+    return next(r for r in map(_recipe, reversed(STUDENT_STAGES[scale])) if r.distill_weight > 0)
+
+
 @pytest.mark.parametrize("scale", [2, 4])
 def test_student_stages_pair_teacher_and_student(scale):
     teacher = _recipe(TEACHERS[scale])
     stages = [_recipe(name) for name in STUDENT_STAGES[scale]]
     assert stages[0].teacher_model == teacher.output_dir and stages[0].scale == teacher.scale == scale
     assert not stages[0].init_student
-    # each later stage continues the one before, with the same teacher and the same student layout
+    # each later stage continues the one before (its output, or the shipped folder it was copied
+    # to), with the same teacher - a fidelity-only stage's only lends its caption encoder, which
+    # distill_cfg checks bit for bit against the student's - and the same student layout
     for before, stage in zip(stages, stages[1:]):
-        assert stage.init_student == before.output_dir != stage.output_dir
-        assert stage.teacher_model == before.teacher_model and stage.scale == scale
+        assert stage.init_student in (before.output_dir, SHIPPED_FOLDER[scale]) and stage.output_dir != before.output_dir
+        assert stage.teacher_model == before.teacher_model or stage.distill_weight == 0
+        assert stage.scale == scale
         assert stage.guidance_embedding_dim == before.guidance_embedding_dim
-        assert stage.student_unet == before.student_unet and stage.crop_size == before.crop_size
+        assert _layout(stage, teacher) == _layout(before, teacher) and stage.crop_size == before.crop_size
         assert stage.student_unshuffle_factor == before.student_unshuffle_factor
         assert set(stage.degradation_mix) <= {"clean", "iso", "aniso"}
 
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_shipped_recipes_pair_teacher_and_student(scale):
-    teacher, student = _shipped_recipes(scale)
+    teacher, student = _recipe(TEACHERS[scale]), _last_distilling_stage(scale)
     assert student.teacher_model == teacher.output_dir and student.scale == teacher.scale == scale
     assert student.crop_size == teacher.crop_size
     unet = teacher.base["unet"]
