@@ -62,6 +62,18 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> t
         ``[C, ceil(h/2), ceil(w/2)]`` pixels in ``data``'s dtype and, with ``valid``, their validity.
     """
     h, w = data.shape[-2:]
+    wide = {1: np.int16, 2: np.int32, 4: np.int64}.get(data.dtype.itemsize) if data.dtype.kind in "iu" else None
+    if wide is not None and h % 2 == 0 and w % 2 == 0 and _all_valid(data, valid, nodata):
+        # Every block of 4 valid integers (the usual chunk): (s + 2) >> 2 is floor(s / 4 + 0.5),
+        # what the general path below gives, in integers and a fifth of its time (its float64
+        # arrays: ~60 ms a 512 px chunk here; a Zarr run halves 85 chunks at 67 MP, the last
+        # ones after the last tile).
+        k = data.astype(wide)
+        sums = k[..., 0::2, :] + k[..., 1::2, :]
+        sums = sums[..., 0::2] + sums[..., 1::2]
+        sums += 2
+        sums >>= 2
+        return sums.astype(data.dtype), (None if valid is None else np.ones((h // 2, w // 2), bool))
     pad = ((0, 0), (0, h % 2), (0, w % 2))  # padded pixels weigh nothing
 
     def block_sums(a: np.ndarray) -> np.ndarray:
@@ -94,6 +106,15 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> t
     mean[empty] = nodata if nodata is not None and valid is None else 0
     out = mean.astype(dtype)
     return out, (None if valid is None else ~empty[0])
+
+
+def _all_valid(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> bool:
+    """Whether every pixel of integer ``data`` is valid (by ``valid``, else by not being ``nodata``)."""
+    if valid is not None:
+        return bool(valid.all())
+    if nodata is None or np.isnan(nodata):  # no integer is NaN
+        return True
+    return not np.any(data == np.float64(nodata))  # compared as the general path does: in float64
 
 
 def multiscales_attrs(factors: list[int], width: int, height: int, transform: Affine | None, data: str) -> dict:

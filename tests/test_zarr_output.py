@@ -264,3 +264,35 @@ def test_overview_chunks_over_several_tasks_run_after_them_without_a_round_trip(
         if not chunk.name.startswith("."):
             name = chunk.relative_to(tmp_path / "reference.zarr")
             assert (tmp_path / "out.zarr" / name).read_bytes() == chunk.read_bytes(), name
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32])
+def test_halving_integers_in_integers_gives_the_rounded_float_means(dtype):
+    """halve's integer path (every block of four valid pixels: (s + 2) >> 2) gives what the
+    float mean rounded half up gives, masked or with a nodata value that no pixel holds, and
+    the general path keeps blocks with invalid pixels."""
+    from geosr.zarr_overviews import halve
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    for valid_kind, nodata in [("none", None), ("none", -9999.0), ("none", float("nan")), ("all", None),
+                               ("some", None), ("none", 0.0)]:
+        data = rng.integers(info.min, info.max, (3, 64, 32), dtype=dtype, endpoint=True)
+        data[:, :2, :2] = 0  # a nodata of 0: one block with no valid pixel in every band
+        valid = {"none": None, "all": np.ones((64, 32), bool), "some": rng.random((64, 32)) > 0.3}[valid_kind]
+        values = data.astype(np.float64).reshape(3, 32, 2, 16, 2)
+        if valid is not None:
+            weight = np.broadcast_to(valid.reshape(1, 32, 2, 16, 2), values.shape).astype(np.float64)
+        elif nodata is not None and not np.isnan(nodata):
+            weight = (values != nodata).astype(np.float64)
+        else:
+            weight = np.ones_like(values)
+        counts = weight.sum(axis=(2, 4))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = np.floor((values * weight).sum(axis=(2, 4)) / counts + 0.5)
+        expected[counts == 0] = nodata if valid is None and nodata is not None else 0
+        out, out_valid = halve(data, valid, nodata)
+        assert out.dtype == dtype
+        assert np.array_equal(out, expected.astype(dtype)), (valid_kind, nodata)
+        if valid is not None:
+            assert np.array_equal(out_valid, counts[0] > 0)
