@@ -141,12 +141,13 @@ def test_detail_and_the_predicted_error_map_are_run_and_loaded(tmp_path, data_di
     GeoSRPipeline(**with_tiny_heads(components)).save_pretrained(tmp_path / "model")
     out, error = tmp_path / "out.tif", tmp_path / "out_error.tif"
     loaded = _drive("upscale", data_dir / "RGB.byte.tif", out, f"MODEL={tmp_path / 'model'}", "DETAIL=0.5",
-                    f"UNCERTAINTY={error}", "TILE=128", "CAPTIONER=none")
+                    f"UNCERTAINTY={error}", "TILE=128", "CAPTIONER=none", "LR_CONSISTENCY=2")
     assert loaded["result"]["UNCERTAINTY"] == str(error)
     layer = loaded["layers"]["Predicted error (RMSE in output DN; every tile on the model)"]
     assert layer["valid"] and layer["source"] == str(error)
     with rasterio.open(out) as ds, rasterio.open(error) as err:
         assert ds.tags()["GEOSR_DETAIL"] == "0.5" and ds.tags()["GEOSR_UNCERTAINTY"] == error.name
+        assert ds.tags()["GEOSR_LR_CONSISTENCY"] == "always"
         assert (err.width, err.height, err.transform, err.crs) == (ds.width, ds.height, ds.transform, ds.crs)
 
 

@@ -37,6 +37,7 @@ from .settings import executable
 
 SCALES = ["2", "3", "4", "8"]
 ROUTES = ["auto", "off"]
+LR_CONSISTENCY = ["off", "clean", "always"]
 
 # Processing keeps a reference to a post-processor only while it runs it: hold them here
 _post_processors = []
@@ -157,7 +158,7 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
 
     SCALE, MODEL, ROUTE, RESUME, DEVICE, EXTRA, OUTPUT, ROUTE_MAP, CAPTIONS = (
         "SCALE", "MODEL", "ROUTE", "RESUME", "DEVICE", "EXTRA", "OUTPUT", "ROUTE_MAP", "CAPTIONS")
-    DETAIL, UNCERTAINTY = "DETAIL", "UNCERTAINTY"
+    DETAIL, UNCERTAINTY, LR_CONSISTENCY = "DETAIL", "UNCERTAINTY", "LR_CONSISTENCY"
     BANDS_TO_MODEL, RGB_BANDS = "BANDS_TO_MODEL", "RGB_BANDS"
 
     def name(self):
@@ -191,6 +192,10 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.DETAIL, "Detail level (0: fidelity; 1: the most detail the model has learnt, drawn, not measured)",
             QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
+        self._advanced(QgsProcessingParameterEnum(
+            self.LR_CONSISTENCY, "Make the output reproduce the input when downsampled (off; clean: tiles "
+            "captioned as a clean downsample; always: only for an input that IS such a downsample)",
+            options=LR_CONSISTENCY, defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(
             self.ROUTE, "Texture-aware routing (flat, clean tiles to the fast network of the scale, or bicubic)", options=ROUTES, defaultValue=0))
         self._advanced(QgsProcessingParameterBoolean(
@@ -230,6 +235,9 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         detail = self.parameterAsDouble(parameters, self.DETAIL, context)
         if detail:
             args += ["--detail", repr(detail)]
+        consistency = LR_CONSISTENCY[self.parameterAsEnum(parameters, self.LR_CONSISTENCY, context)]
+        if consistency != "off":
+            args += ["--lr-consistency", consistency]
         uncertainty = (self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context)
                        if parameters.get(self.UNCERTAINTY) else None)
         if uncertainty:
