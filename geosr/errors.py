@@ -114,7 +114,8 @@ EXIT_CODES: dict[int, str] = {
     1: "unexpected error (a bug: rerun with -v for the traceback)",
     2: "usage error (unknown option, bad option syntax)",
     InputError.exit_code: "bad input or option (unreadable or corrupt raster, dtype, AOI, --co, model)",
-    OutputError.exit_code: "OUTPUT not writable there (exists, its captions exist, folder, OUTPUT is an input)",
+    OutputError.exit_code: "OUTPUT not writable there (exists, its captions exist, folder, OUTPUT is an input, "
+                           "--overwrite on a folder geosr did not write)",
     OutputLockedError.exit_code: "another run is writing OUTPUT",
     WriteError.exit_code: "not enough disk space, or writing failed",
     ResumeError.exit_code: "--resume refused: the stopped run used other inputs or settings",

@@ -35,6 +35,8 @@ from typing import Sequence
 
 from geosr.errors import OutputError, OutputExistsError, WriteError
 from geosr.remote import s3_client
+from geosr.replaceable import (TILED_MARK, ZARR_MARK, foreign_tiled_name, foreign_zarr_name, is_geosr_collection,
+                               is_geosr_zarr_attrs)
 from geosr.tiled_output import TiledTarget
 from geosr.writer import OutputTarget, sidecar_path
 from geosr.zarr_output import ZarrTarget, is_zarr_output
@@ -150,6 +152,8 @@ class S3Upload:
                 if found.get("KeyCount") and not self._replace:
                     raise OutputExistsError(f"s3://{self.bucket}/{self._key(tree)}/ holds objects; "
                                             "pass --overwrite to replace them")
+                if found.get("KeyCount"):
+                    self._check_replaceable(client, tree)
             for key in sorted(keys):
                 if self._exists(client, key) and not self._replace:
                     raise OutputExistsError(f"s3://{self.bucket}/{key} exists; pass --overwrite to replace it")
@@ -157,6 +161,30 @@ class S3Upload:
             raise
         except Exception as exc:
             raise OutputError(f"cannot reach the output bucket {self.bucket} of {self.url}: {exc}") from exc
+
+    def _check_replaceable(self, client, tree: Path) -> None:
+        """Refuse to replace a prefix holding objects geosr does not write there (the stale ones
+        would be deleted): every key must be a name of geosr's layout, and the Collection or the
+        store's ``.zattrs``, when there, geosr's (:mod:`geosr.replaceable`)."""
+        prefix = self._key(tree) + "/"
+        zarr = isinstance(self, ZarrTarget)
+        where = f"s3://{self.bucket}/{prefix}"
+        how = "--overwrite replaces only an output geosr wrote: delete them or write elsewhere"
+        names = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        for name in sorted(names):
+            directory = name.endswith("/")
+            odd = (foreign_zarr_name(name.rstrip("/"), directory) if zarr
+                   else directory or foreign_tiled_name(name))
+            if odd:
+                raise OutputError(f"{where} holds {name}, which geosr did not write there; --overwrite replaces "
+                                  f"only an output geosr wrote, with nothing else in it: delete {name} or write "
+                                  "elsewhere")
+        mark, is_mark = (ZARR_MARK, is_geosr_zarr_attrs) if zarr else (TILED_MARK, is_geosr_collection)
+        if mark in names and not is_mark(client.get_object(Bucket=self.bucket, Key=prefix + mark)["Body"].read()):
+            raise OutputError(f"{where} is not {'a Zarr store' if zarr else 'a tiled output'} geosr wrote "
+                              f"(its {mark} is not geosr's); {how}")
 
     def _exists(self, client, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -240,7 +268,7 @@ class S3TiledTarget(S3Upload, TiledTarget):
     """Tiled output under ``s3://bucket/prefix/`` (or beside ``s3://bucket/name.vrt``)."""
 
     def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:
-        TiledTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True)
+        TiledTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True, stand_in=True)
         self._trees, self._sidecars = [self.data], []
         self._check_objects()
 
@@ -249,7 +277,7 @@ class S3ZarrTarget(S3Upload, ZarrTarget):
     """A Zarr store at ``s3://bucket/key.zarr`` (and its captions beside it)."""
 
     def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:
-        ZarrTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True)
+        ZarrTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True, stand_in=True)
         self._trees, self._sidecars = [self.output], []
         self._check_objects()
 

@@ -42,6 +42,7 @@ from rasterio.windows import Window
 from geosr.block_tasks import BlockTaskWriter
 from geosr.errors import InputError, OutputError, OutputExistsError
 from geosr.journal import RunJournal
+from geosr.replaceable import check_replaceable_tiled
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
 from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, translate_to_cog,
@@ -114,9 +115,14 @@ class TiledTarget:
     output : path-like
         A folder (``out/``, ``out``) or a ``.vrt``.
     overwrite : bool
-        Replace what is there.
+        Replace what is there: an existing data folder must be empty or a tiled output geosr
+        wrote, holding nothing else (:func:`geosr.replaceable.check_replaceable_tiled`), with or
+        without ``overwrite``.
     inputs : sequence of path-like
         The run's inputs: none may lie in what would be replaced.
+    stand_in : bool
+        ``output`` is geosr's own local stand-in of an S3 OUTPUT (:mod:`geosr.s3_output`): what
+        is there is replaced unchecked.
 
     Attributes
     ----------
@@ -129,7 +135,7 @@ class TiledTarget:
     """
 
     def __init__(self, output: str | os.PathLike, overwrite: bool = False,
-                 inputs: Sequence[str | os.PathLike] = ()) -> None:
+                 inputs: Sequence[str | os.PathLike] = (), stand_in: bool = False) -> None:
         self.output = Path(output).absolute()
         check_file_name(self.output)
         if self.output.suffix.lower() == ".vrt":
@@ -138,16 +144,22 @@ class TiledTarget:
         else:
             self.data, self.vrt = self.output, self.output / "mosaic.vrt"
             self.captions = self.output / "captions.geojson"
-        self.overwrite = overwrite
+        self.overwrite, self.stand_in = overwrite, stand_in
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")
         if not os.access(self.output.parent, os.W_OK):
             raise OutputError(f"output folder {self.output.parent} is not writable")
         if self.data.exists() and not self.data.is_dir():
             raise OutputError(f"{self.data} is a file; tiled output needs a folder there")
+        for path in (self.vrt, self.captions):
+            if path.is_dir() and path.parent != self.data:
+                raise OutputError(f"{path} is a folder; tiled output writes a file there: move it away")
         for path in (self.data, self.vrt, self.captions):
             if path.exists() and not overwrite and not (path == self.data and not any(path.iterdir())):
                 raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        if not stand_in and (self.data.exists() or self.data.is_symlink()):
+            # an empty folder, or one geosr wrote and nothing else: never ~/ (geosr.replaceable)
+            check_replaceable_tiled(self.data)
         for path in inputs:
             absolute = Path(path).absolute()
             if absolute == self.vrt or self.data in absolute.parents:
@@ -171,6 +183,8 @@ class TiledTarget:
         a rename cannot replace a folder that is not empty.
         """
         data, vrt, captions = self.staging(work)
+        if self.data.exists() and not self.stand_in:  # what came there since the run's start
+            check_replaceable_tiled(self.data)
         if self.data.exists():
             old = work / "replaced"
             os.rename(self.data, old)

@@ -153,7 +153,8 @@ class OutputTarget:
     OutputExistsError
         OUTPUT or a sidecar exists and ``overwrite`` is False.
     OutputError
-        OUTPUT is a directory or an input; its folder is missing or not writable.
+        OUTPUT or a sidecar is a directory (never replaced, even with ``overwrite``: only
+        files are), OUTPUT is an input; its folder is missing or not writable.
     """
 
     def __init__(
@@ -170,6 +171,9 @@ class OutputTarget:
         for path in inputs:
             if _same_file(self.output, Path(path)):
                 raise OutputError(f"output {self.output} is also an input: write to another file")
+        for path in [sidecar_path(self.output, s) for s in sidecars]:
+            if path.is_dir():  # os.replace cannot put a file there: found after the work, and never deleted
+                raise OutputError(f"{path} is a directory; the run writes a file there: move it away")
         for path in [self.output] + [sidecar_path(self.output, s) for s in sidecars]:
             if path.exists() and not overwrite:
                 raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")

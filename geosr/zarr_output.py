@@ -54,6 +54,7 @@ from rasterio.windows import Window
 from geosr.block_tasks import BlockTaskWriter
 from geosr.errors import OutputError, OutputExistsError
 from geosr.journal import RunJournal
+from geosr.replaceable import check_replaceable_zarr
 from geosr.tasks import shippable_errors
 from geosr.writer import WorkRaster, check_file_name, sidecar_path, write_error
 from geosr.zarr_overviews import halve, multiscales_attrs, overview_factors
@@ -79,23 +80,32 @@ class ZarrTarget:
     """The ``.zarr`` OUTPUT, checked before any work, and the final renames.
 
     Same interface as :class:`geosr.tiled_output.TiledTarget`: the captions go beside the
-    store (``NAME.captions.geojson``).
+    store (``NAME.captions.geojson``). An existing OUTPUT must be an empty folder (used without
+    ``overwrite``) or, with ``overwrite``, a store geosr wrote holding nothing else
+    (:func:`geosr.replaceable.check_replaceable_zarr`); ``stand_in``: OUTPUT is geosr's own local
+    stand-in of an S3 store, replaced unchecked.
     """
 
     def __init__(self, output: str | os.PathLike, overwrite: bool = False,
-                 inputs: Sequence[str | os.PathLike] = ()) -> None:
+                 inputs: Sequence[str | os.PathLike] = (), stand_in: bool = False) -> None:
         self.output = Path(os.fspath(output).rstrip("/" + os.sep)).absolute()
         check_file_name(self.output)
         self.data = self.output
         self.captions = sidecar_path(self.output, CAPTIONS_SUFFIX)
-        self.overwrite = overwrite
+        self.overwrite, self.stand_in = overwrite, stand_in
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")
         if not os.access(self.output.parent, os.W_OK):
             raise OutputError(f"output folder {self.output.parent} is not writable")
+        if self.captions.is_dir():
+            raise OutputError(f"{self.captions} is a folder; the captions are written there: move it away")
+        empty = self.output.is_dir() and not self.output.is_symlink() and not any(self.output.iterdir())
         for path in (self.output, self.captions):
-            if (path.exists() or path.is_symlink()) and not overwrite:
+            if (path.exists() or path.is_symlink()) and not overwrite and not (path == self.output and empty):
                 raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        if not stand_in and (self.output.exists() or self.output.is_symlink()):
+            # an empty folder, or a store geosr wrote and nothing else: never ~/ (geosr.replaceable)
+            check_replaceable_zarr(self.output)
         for path in inputs:
             absolute = Path(path).absolute()
             if absolute == self.output or self.output in absolute.parents:
@@ -109,6 +119,8 @@ class ZarrTarget:
         """Rename the staged store into place (a replaced one goes into ``work`` and is deleted
         after), then ``moves`` (sidecars), then the captions."""
         store, _, captions = self.staging(work)
+        if not self.stand_in and (self.output.exists() or self.output.is_symlink()):
+            check_replaceable_zarr(self.output)  # what came there since the run's start
         if self.output.is_dir() and not self.output.is_symlink():
             old = work / "replaced"
             os.rename(self.output, old)

@@ -451,3 +451,15 @@ def test_a_stop_that_comes_once_the_output_is_committed_ends_the_run_done(tmp_pa
     assert (tmp_path / "out.tif").read_bytes() == (tmp_path / "ref.tif").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.captions.geojson", "out.tif",
                                                           "ref.captions.geojson", "ref.tif"]
+
+
+@pytest.mark.parametrize("where", ["output", "captions"])
+def test_overwrite_never_replaces_a_folder_at_a_single_cog_or_its_captions(tmp_path, where):
+    src = uint8_scene(tmp_path / "in.tif", 24, 40)
+    folder = tmp_path / ("out.tif" if where == "output" else "out.captions.geojson")
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2", "--model",
+                                      "bicubic", "--captioner", "none", "--overwrite", "-q"])
+    assert result.exit_code == 4 and "is a directory" in result.output and str(folder) in result.output
+    assert (folder / "keep.txt").read_text() == "mine" and not (tmp_path / "out.tif").is_file()

@@ -186,3 +186,20 @@ def test_a_zarr_store_in_s3_is_the_local_store(s3, tmp_path, work):
     ref = xr.open_zarr(tmp_path / "ref.zarr")
     xr.testing.assert_identical(got, ref)
     assert leftovers(work) == []
+
+
+@pytest.mark.parametrize("url, foreign", [("tiles/", "tiles/notes.txt"), ("out.zarr", "out.zarr/ndvi/.zarray")])
+def test_overwrite_refuses_a_prefix_with_objects_geosr_did_not_write(s3, tmp_path, work, url, foreign):
+    src = uint8_scene(tmp_path / "in.tif", 24, 40)
+    s3.put_object(Bucket=BUCKET, Key=foreign, Body=b"mine")
+    extra = ("--split", "512") if url.endswith("/") else ()
+    res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, "--overwrite")
+    assert res.exit_code == 4, res.stderr
+    assert foreign.split("/", 1)[1] in res.stderr and "geosr did not write" in res.stderr
+    assert keys(s3) == [foreign]
+    s3.delete_object(Bucket=BUCKET, Key=foreign)
+    mark = "tiles/collection.json" if url.endswith("/") else "out.zarr/.zattrs"
+    s3.put_object(Bucket=BUCKET, Key=mark, Body=b'{"type": "Collection", "title": "not geosr\'s"}')
+    res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, "--overwrite")
+    assert res.exit_code == 4 and "is not geosr's" in res.stderr
+    assert keys(s3) == [mark]
