@@ -169,9 +169,15 @@ def read_errors_named(path: str, window=None, band: int | str | None = None, wha
 
 
 #: GDAL warnings of a codec that decoded a damaged block: libjpeg's ("JPEGLib:Corrupt JPEG data:
-#: premature end of data segment"), libtiff's decoders' ("PackBitsDecode:Discarding 43 bytes to
-#: avoid buffer overrun"). The pixels are garbage, and no error is raised.
-_DECODER_WARNING = re.compile(r"JPEGLib|Corrupt|premature end|Decode|Discarding|overrun", re.IGNORECASE)
+#: premature end of data segment", "bad Huffman code", "found marker 0x.. instead of RST..",
+#: "Premature end of JPEG file"), libtiff's PackBits decoder's ("PackBitsDecode:Discarding 43 bytes
+#: to avoid buffer overrun"). The pixels are garbage, and no error is raised. Only these: codecs
+#: also warn about files they decode in full ("Corrupt JPEG data: 2 extraneous bytes before marker
+#: 0xd9" from some encoders, libjpeg's "unknown JFIF revision number", libtiff's "Old-style LZW
+#: codes, convert file"), which must read as they always did.
+_DECODER_WARNING = re.compile(
+    r"Corrupt JPEG data: (premature end of data segment|bad Huffman code|found marker)"
+    r"|Premature end of JPEG file|PackBitsDecode:\s*Discarding", re.IGNORECASE)
 _LEVEL_LOCK = threading.Lock()
 _LEVEL_USERS = [0, logging.NOTSET]  # blocks listening, and the rasterio logger's level before them
 

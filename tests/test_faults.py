@@ -463,3 +463,31 @@ def test_overwrite_never_replaces_a_folder_at_a_single_cog_or_its_captions(tmp_p
                                       "bicubic", "--captioner", "none", "--overwrite", "-q"])
     assert result.exit_code == 4 and "is a directory" in result.output and str(folder) in result.output
     assert (folder / "keep.txt").read_text() == "mine" and not (tmp_path / "out.tif").is_file()
+
+
+@pytest.mark.parametrize("message, fails", [
+    ("JPEGLib:Corrupt JPEG data: premature end of data segment", True),
+    ("JPEGLib:Corrupt JPEG data: bad Huffman code", True),
+    ("JPEGLib:Corrupt JPEG data: found marker 0xd9 instead of RST3", True),
+    ("JPEGLib:Premature end of JPEG file", True),
+    ("PackBitsDecode:Discarding 43 bytes to avoid buffer overrun", True),
+    # warnings of codecs that decode the block in full: files that always read keep reading
+    ("JPEGLib:Corrupt JPEG data: 2 extraneous bytes before marker 0xd9", False),
+    ("JPEGLib:Warning: unknown JFIF revision number 1.02", False),
+    ("LZWPreDecode:Old-style LZW codes, convert file", False),
+    ("TIFFReadDirectory:Sum of Photometric type-related color channels and ExtraSamples doesn't match", False),
+])
+def test_only_a_codec_warning_of_garbage_fails_a_read(message, fails):
+    import logging
+
+    from geosr.errors import ReadError, read_errors_named
+
+    def read():
+        with read_errors_named("scene.tif", band=1):
+            logging.getLogger("rasterio._err").warning(message)
+
+    if fails:
+        with pytest.raises(ReadError, match="scene.tif"):
+            read()
+    else:
+        read()
