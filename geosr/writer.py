@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -86,28 +87,58 @@ def check_companion_file(path: str | os.PathLike, output: Path, overwrite: bool,
     return path
 
 
+def _renames_into(src: Path, folder: Path) -> bool:
+    """Whether a rename can take ``src`` into ``folder``: a hard link of it made there (a name
+    of its own, deleted at once) says so. ``st_dev`` cannot: two bind mounts of one filesystem
+    share it, yet rename(2) between them fails with EXDEV, as ``link(2)`` does. A link refused
+    for any other reason (a filesystem without hard links) counts as no: the caller copies.
+
+    Raises
+    ------
+    OSError
+        The probe was made but could not be deleted.
+    """
+    for _ in range(8):
+        probe = folder / f".{src.name}.geosr-probe-{secrets.token_hex(6)}"
+        try:
+            os.link(src, probe)
+        except FileExistsError:
+            continue
+        except OSError:
+            return False  # EXDEV (another mount), EPERM/ENOTSUP/EMLINK...: a copy is sure to work
+        os.unlink(probe)
+        return True
+    return False
+
+
 def stage_beside(moves: Mapping[Path, Path]) -> tuple[dict[Path, Path], list[Path]]:
     """``moves`` (finished file -> its final path) with each file that a rename cannot take to
-    its final path (another filesystem: EXDEV) copied first to a hidden temporary file beside
-    that path; and those copies, for the caller to delete if the commit fails.
+    its final path (another filesystem or mount point: EXDEV) copied first to a hidden
+    temporary file beside that path; and those copies, for the caller to delete if the commit
+    fails.
 
     A route map or an error map may go to another filesystem than OUTPUT, whose work folder
     they are written in: their rename failed after all the work (exit 1), with the captions
-    already moved into place beside no OUTPUT.
+    already moved into place beside no OUTPUT. Whether a rename can is probed with a hard link
+    (:func:`_renames_into`), not by comparing ``st_dev``: two bind mounts of one filesystem
+    share it, and a rename between them fails all the same.
 
     Raises
     ------
     WriteError
-        A copy failed (a full disk there: exit 6); the copies made so far are deleted.
+        A copy (or the probe) failed (a full disk there: exit 6); the copies made so far are deleted.
     """
     staged: dict[Path, Path] = {}
     copies: list[Path] = []
     try:
         for src, dst in moves.items():
-            if os.stat(src).st_dev == os.stat(dst.parent).st_dev:
-                staged[src] = dst
-                continue
-            fd, name = tempfile.mkstemp(prefix=f".{dst.name}.geosr-part-", dir=dst.parent)
+            try:
+                if _renames_into(src, dst.parent):
+                    staged[src] = dst
+                    continue
+                fd, name = tempfile.mkstemp(prefix=f".{dst.name}.geosr-part-", dir=dst.parent)
+            except OSError as exc:
+                raise write_error(dst, exc) from exc
             copies.append(Path(name))
             try:
                 with open(src, "rb") as f, os.fdopen(fd, "wb") as out:

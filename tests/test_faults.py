@@ -418,6 +418,69 @@ def test_a_copy_to_another_filesystem_that_fails_leaves_nothing(tmp_path, monkey
         shutil.rmtree(other)
 
 
+def bind_mount(tmp_path: Path, monkeypatch) -> Path:
+    """A folder that acts as another mount point of ``tmp_path``'s filesystem (a bind mount):
+    the same ``st_dev``, but a link or rename between it and the rest fails with EXDEV."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert os.stat(mnt).st_dev == os.stat(tmp_path).st_dev
+
+    def crossing(real):
+        def call(src, dst, *args, **kwargs):
+            if (mnt in Path(src).absolute().parents) != (mnt in Path(dst).absolute().parents):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+            return real(src, dst, *args, **kwargs)
+        return call
+
+    for name in ("link", "rename", "replace"):
+        monkeypatch.setattr(os, name, crossing(getattr(os, name)))
+    return mnt
+
+
+def test_a_route_map_on_another_mount_of_the_same_filesystem_is_written(tmp_path, monkeypatch):
+    # Two bind mounts of one filesystem share st_dev, which said "a rename will do": the map's
+    # rename then failed with EXDEV after all the work (exit 1).
+    mnt = bind_mount(tmp_path, monkeypatch)
+    src = uint8_scene(tmp_path / "in.tif", 32, 32)
+    res = invoke("upscale", src, tmp_path / "out.tif", "--scale", "2", "--captioner", "none", "--tile", "32",
+                 "--overlap", "8", "-q", "--route-map", mnt / "route.tif")
+    assert res.exit_code == 0, res.stderr
+    with rasterio.open(mnt / "route.tif") as m:
+        assert m.descriptions == ("texture", "noise", "model")
+    assert sorted(p.name for p in mnt.iterdir()) == ["route.tif"]  # no copy or probe left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "mnt", "out.captions.geojson", "out.tif"]
+
+
+def test_stage_beside_probes_with_a_link_not_st_dev(tmp_path, monkeypatch):
+    from geosr.writer import stage_beside
+
+    (tmp_path / "a.tif").write_bytes(b"a" * 100)
+    (tmp_path / "same").mkdir()
+    staged, copies = stage_beside({tmp_path / "a.tif": tmp_path / "same" / "a.tif"})
+    assert staged == {tmp_path / "a.tif": tmp_path / "same" / "a.tif"} and copies == []  # a rename will do
+    assert list((tmp_path / "same").iterdir()) == []  # the probe is gone
+    mnt = bind_mount(tmp_path, monkeypatch)
+    (tmp_path / "b.tif").write_bytes(b"b" * 100)
+    moves = {tmp_path / "a.tif": mnt / "a.tif", tmp_path / "b.tif": mnt / "b.tif"}
+    staged, copies = stage_beside(moves)
+    assert [p.parent for p in staged] == [mnt, mnt] and list(staged.values()) == list(moves.values())
+    assert [p.read_bytes() for p in staged] == [b"a" * 100, b"b" * 100] and copies == list(staged)
+    for p in copies:
+        p.unlink()
+    real, calls = os.fsync, [0]
+
+    def full(fd):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match=f"no space left on the device of {mnt} while writing b.tif"):
+        stage_beside(moves)
+    assert list(mnt.iterdir()) == []  # nothing half-written, and the first copy deleted too
+
+
 def test_a_companion_file_in_a_folder_that_is_not_writable_is_refused_before_any_work(tmp_path, monkeypatch):
     src = uint8_scene(tmp_path / "in.tif", 32, 32)
     (tmp_path / "ro").mkdir()
