@@ -14,6 +14,7 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import warnings
@@ -50,7 +51,51 @@ class StoppedRunWarning(UserWarning):
 
 
 def _file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+#: The full-content digests of a run's local inputs, in its work folder (see :func:`open_journal`).
+INPUT_DIGESTS = "inputs.sha256.json"
+_CHANGED = " changed"  # the identity key of an input's ctime: "input PATH changed"
+
+
+def _write_input_digests(folder: WorkFolder, identity: dict[str, str]) -> None:
+    """Record every local input's full-content digest: a resume where an input's ctime moved
+    (chmod, a new hard link, a copy kept with ``cp -p``) checks its content against it."""
+    paths = [key[len("input "):-len(_CHANGED)] for key in identity if key.startswith("input ") and key.endswith(_CHANGED)]
+    digests = {path: _file_digest(path) for path in paths}
+    tmp = folder / (INPUT_DIGESTS + ".tmp")
+    tmp.write_text(json.dumps(digests))
+    os.replace(tmp, folder / INPUT_DIGESTS)
+
+
+def _same_run(journal: RunJournal, identity: dict[str, str]) -> bool:
+    """Whether ``journal``'s stopped run had ``identity``. An input whose ctime alone differs
+    (its size, mtime and content sample equal) is the same input when its full content is
+    the digest the stopped run recorded: ctime changes with chmod or a copy that keeps the
+    mtime, and only a full read tells a file rewritten in place with its mtime set back."""
+    old = journal.identity
+    if set(old) != set(identity):
+        return False
+    recorded = None
+    for key, value in identity.items():
+        if old[key] == value:
+            continue
+        if not (key.startswith("input ") and key.endswith(_CHANGED)):
+            return False
+        if recorded is None:
+            try:
+                recorded = json.loads((journal.folder / INPUT_DIGESTS).read_text())
+            except (OSError, ValueError):
+                return False  # stopped before its inputs' digests were written: nothing to check against
+        path = key[len("input "):-len(_CHANGED)]
+        if recorded.get(path) != _file_digest(path):
+            return False
+    return True
 
 
 def content_sample(path: str, size: int) -> str:
@@ -107,6 +152,17 @@ def files_read(inputs: Sequence[str]) -> list[str]:
     return list(seen)
 
 
+def _differences(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """:func:`identity_differences`, an input's moved ctime said as what it means."""
+    out = []
+    for line in identity_differences(old, new):
+        key = line.split(" was ", 1)[0]
+        if key.startswith("input ") and key.endswith(_CHANGED) and key in old and key in new:
+            line = f"{key[:-len(_CHANGED)]} is not what the stopped run read (its ctime moved and its content differs)"
+        out.append(line)
+    return out
+
+
 def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     """What must be equal for a stopped run to be resumed: inputs and output-changing settings."""
     ident = {"geosr version": geosr.__version__, "inputs": ", ".join(files)}
@@ -116,10 +172,11 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
             ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {_sample_digest(obj.read, obj.size)}"
             continue
         st = os.stat(f)
-        # ctime too: a file rewritten in place (or replaced) with its mtime set back has a new
-        # ctime, which no user-level tool can set; the content sample reads only part of a big file
-        ident[f"input {f}"] = (f"{st.st_size} bytes, modified {st.st_mtime_ns} ns, changed {st.st_ctime_ns} ns, "
-                               f"content sample {content_sample(f, st.st_size)}")
+        ident[f"input {f}"] = f"{st.st_size} bytes, modified {st.st_mtime_ns} ns, content sample {content_sample(f, st.st_size)}"
+        # ctime too: a file rewritten in place (or replaced) with its mtime set back has a new ctime,
+        # which no user-level tool can set, and the content sample reads only part of a big file;
+        # a ctime that moved for other reasons is checked against the full content (_same_run)
+        ident[f"input {f}{_CHANGED}"] = f"{st.st_ctime_ns} ns"
     settings = {
         "--scale": config.scale, "--model": config.model, "--captioner": config.captioner,
         "--caption-every": config.caption_every, "--tile": config.tiles.tile, "--overlap": config.tiles.overlap,
@@ -170,7 +227,7 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
             damaged[folder.path] = str(exc)
     adopted = None
     if resume:
-        same = [j for j in journals if j.identity == identity]
+        same = [j for j in journals if _same_run(j, identity)]
         if same:
             adopted = max(same, key=lambda j: j.finished)  # newest first: max keeps the newest of a tie
             adopted.cut_damaged_tail()
@@ -179,7 +236,7 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
             newest = journals[0]
             raise ResumeError(
                 f"--resume: the stopped run in {newest.folder.path} was made differently: "
-                f"{'; '.join(identity_differences(newest.identity, identity))}. "
+                f"{'; '.join(_differences(newest.identity, identity))}. "
                 "Rerun with its arguments, or delete that folder to start over"
             )
         else:
@@ -194,7 +251,11 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
             StoppedRunWarning,
             stacklevel=3,
         )
-    return adopted if adopted is not None else RunJournal.start(WorkFolder.create(output), identity)
+    if adopted is not None:
+        return adopted
+    journal = RunJournal.start(WorkFolder.create(output), identity)
+    _write_input_digests(journal.folder, identity)  # one read of each local input, before any tile
+    return journal
 
 
 def verify_finished_cells(journal: RunJournal, raster: "WorkRaster",

@@ -7,7 +7,6 @@ run fails), which leaves a real work folder: pixels.raw, run.json, journal.jsonl
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from dataclasses import replace
@@ -194,8 +193,34 @@ def test_an_input_rewritten_in_place_with_its_mtime_set_back_refuses_the_resume(
     assert src.stat().st_size == size and src.stat().st_mtime_ns == stat.st_mtime_ns
     res = resume_cli(src, tmp_path / "out.tif")
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.exit_code == 7 and len(lines) == 1 and f"input {src} was" in lines[0], res.stderr
+    assert res.exit_code == 7 and len(lines) == 1, res.stderr
+    assert f"input {src} is not what the stopped run read" in lines[0], res.stderr
     assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize("how", ["chmod", "cp -p", "hard link"])
+def test_an_input_whose_ctime_alone_moved_is_resumed(tmp_path, monkeypatch, how):
+    """chmod, a copy that keeps the mtime (cp -p, rsync -a: a job re-staging its inputs) or a new
+    hard link move an input's ctime, not its content: the resume is taken (its full content is
+    the digest the stopped run recorded) and writes the bytes of an uninterrupted run."""
+    src = uint8_scene(tmp_path / "in.tif", 160, 160)
+    whole = tmp_path / "whole.tif"
+    assert resume_cli(src, whole).exit_code == 0  # the uninterrupted run (--resume with nothing to resume)
+    stop_half_way(monkeypatch, [src], tmp_path / "out.tif")
+    ctime = src.stat().st_ctime_ns
+    if how == "chmod":
+        os.chmod(src, 0o600)
+    elif how == "cp -p":
+        staged = tmp_path / "staged.tif"
+        shutil.copy2(src, staged)
+        os.replace(staged, src)
+    else:
+        os.link(src, tmp_path / "snapshot.tif")
+    assert src.stat().st_ctime_ns != ctime
+    res = resume_cli(src, tmp_path / "out.tif")
+    assert res.exit_code == 0, res.stderr
+    with rasterio.open(tmp_path / "out.tif") as a, rasterio.open(whole) as b:
+        assert np.array_equal(a.read(), b.read())
 
 
 def test_a_resume_where_the_default_precision_resolves_otherwise_is_refused(tmp_path, monkeypatch):
