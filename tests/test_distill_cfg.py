@@ -214,3 +214,14 @@ def test_a_fidelity_stage_may_borrow_captions_from_a_student_but_not_distil_from
     with pytest.raises(ValueError, match="already a distilled student"):
         distill_cfg.main(distill_cfg.parse_args(["--config", str(write_yaml(tmp_path / "again", dict(
             second, distill_weight=1.0, output_dir=str(tmp_path / "third"))))]))
+
+
+def test_a_latest_folder_without_its_step_is_not_exported(tmp_path):
+    """STEP is written after the networks: a run killed mid-save leaves none, and the campaign
+    must not commit a folder of mixed networks as a step."""
+    run = tmp_path / "run"
+    GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path)).save_pretrained(run / "latest")
+    with pytest.raises(ValueError, match="no STEP"):
+        export_state(run, tmp_path / "state", recipe="r.yaml", hours=0.1)
+    (run / "latest" / "STEP").write_text("7\n")
+    assert export_state(run, tmp_path / "state", recipe="r.yaml", hours=0.1)["step"] == 7

@@ -56,6 +56,10 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     run_dir, dest = Path(run_dir), Path(dest)
     source = next((run_dir / sub for sub in ("ema", "latest") if (run_dir / sub).is_dir()), run_dir)
     step_file = source / "STEP"
+    if source != run_dir and not step_file.is_file():
+        # STEP is written after the networks: without it the save was cut short (mixed networks)
+        raise ValueError(f"{source} has no STEP: its last save was interrupted; let the run write its next "
+                         "checkpoint (or resume it) and export again")
     step = stage_start + int(step_file.read_text()) if step_file.is_file() else None
     history = []
     if (dest / STATE).is_file():

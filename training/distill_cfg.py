@@ -527,7 +527,10 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def _save_latest(pipeline: GeoSRPipeline, text_state: dict, output_dir: Path, step: int) -> None:
-    """The student as a pipeline in ``output_dir/latest`` with its step in ``STEP``."""
+    """The student as a pipeline in ``output_dir/latest`` with its step in ``STEP``, which is
+    removed first and written last: a run killed mid-save leaves no step to vouch for a
+    folder of mixed networks (campaign_state refuses a folder without one)."""
+    (output_dir / LATEST / "STEP").unlink(missing_ok=True)
     _save_student(pipeline, text_state, output_dir / LATEST)
     (output_dir / LATEST / "STEP").write_text(f"{step}\n")
 

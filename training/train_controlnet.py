@@ -358,6 +358,8 @@ def main(args: argparse.Namespace) -> Path:
         global_step += 1
         if end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir):
             if ema is not None and accelerator.is_main_process:
+                # STEP removed first and written last: a kill mid-save leaves no step to vouch for it
+                (output_dir / "ema" / "STEP").unlink(missing_ok=True)
                 with averaged_weights(ema, trained):
                     pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
                     pipeline.to(dtype=torch.float32)  # the frozen parts may run in half precision
@@ -388,6 +390,7 @@ def main(args: argparse.Namespace) -> Path:
         if ema is not None:
             # the last step too (end_step leaves the final checkpoint to this block): the campaign
             # exports ema/, which would otherwise hold the network of the checkpoint before the end
+            (output_dir / "ema" / "STEP").unlink(missing_ok=True)
             pipeline.save_pretrained(str(output_dir / "ema"))
             (output_dir / "ema" / "STEP").write_text(f"{global_step}\n")
         if pairs:
