@@ -36,11 +36,11 @@ def stretched_png(src: Path, dst: Path) -> None:
     if bands.shape[0] == 1:
         bands = np.repeat(bands, 3, axis=0)
     rows, cols = np.nonzero(valid)
-    box = bands[:, rows.min(): rows.max(), cols.min(): cols.max()].astype(np.float64)
+    box = bands[:, rows.min(): rows.max() + 1, cols.min(): cols.max() + 1].astype(np.float64)
     out = np.empty(box.shape, np.uint8)
     for i, band in enumerate(box):
         low, high = np.percentile(band, [1, 99])
-        out[i] = np.clip((band - low) / (high - low) * 255, 0, 255).round()
+        out[i] = np.clip((band - low) / max(high - low, 1e-9) * 255, 0, 255).round()
     Image.fromarray(out.transpose(1, 2, 0)).save(dst)
 
 
