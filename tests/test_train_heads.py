@@ -190,3 +190,22 @@ def test_a_student_rewritten_during_the_run_is_not_paired_with_its_heads(tmp_pat
     with pytest.raises(ValueError, match="trained on another student"):
         train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + [
             "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]))
+
+
+def test_each_checkpoint_records_its_student(tmp_path, student_dir):
+    """A folder may hold one student's checkpoints and a fresh run on another: the resume is checked
+    against the checkpoint it loads, and a run with nothing to resume is not refused."""
+    argv = _argv(tmp_path, student_dir)
+    first = train_heads.main(train_heads.parse_args(argv + ["--max_train_steps", "2"]))
+    record = (first / "checkpoint-2" / train_heads.STUDENT_RECORD).read_text().strip()
+    assert record == train_heads.student_fingerprint(str(student_dir))
+    _other_weights(student_dir)
+    with pytest.raises(ValueError, match="checkpoint-2's heads were trained on another student"):
+        train_heads.main(train_heads.parse_args(argv + ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"]))
+    # nothing to resume (another folder): --resume_from_checkpoint latest starts afresh
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    out = train_heads.main(train_heads.parse_args(_argv(fresh, student_dir) + [
+        "--max_train_steps", "1", "--resume_from_checkpoint", "latest"]))
+    assert (out / "checkpoint-1" / train_heads.STUDENT_RECORD).read_text().strip() == \
+        train_heads.student_fingerprint(str(student_dir))

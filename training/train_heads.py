@@ -41,11 +41,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from geosr.pipelines.consistency import invisible_to_lr
-from geosr.resumable import content_sample
 from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid, reads_as_mild
 from geosr.pipelines.pipeline_geosr import STUDENT_STEPS, GeoSRPipeline, target_to_image
 from geosr.training.launch import (
     add_common_args,
+    checkpoint_to_resume,
     end_step,
     make_dataloader,
     parse_with_config,
@@ -159,7 +159,7 @@ STUDENT_RECORD = "student.fingerprint"
 
 def student_fingerprint(model: str) -> str:
     """Digest of the student's networks in the pipeline folder ``model`` (its heads left out:
-    runs train them): file names, sizes and content samples, as a run's model fingerprint.
+    runs train them): file names and their whole content (a fine-tune can move only some weights).
 
     The heads fit the student whose outputs they were trained on; the run saves the student
     from ``model`` at its end, so a folder rewritten meanwhile (a student shipped anew) would
@@ -168,20 +168,30 @@ def student_fingerprint(model: str) -> str:
     root = Path(model)
     if not root.is_dir():
         return f"hub {model}"  # a hub id: its revision is the hub's to track
-    parts = []
+    digest = hashlib.sha256()
     for path in sorted(p for part in STUDENT_PARTS for p in (root / part).rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        parts.append(f"{path.relative_to(root).as_posix()} {size} {content_sample(str(path), size)}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _check_student(args: argparse.Namespace, output_dir: Path, fingerprint: str) -> None:
-    """Refuse to resume heads trained on another student than ``args.model`` holds now; record it."""
-    record = output_dir / STUDENT_RECORD
-    if args.resume_from_checkpoint and record.is_file() and record.read_text().strip() != fingerprint:
-        raise ValueError(f"{output_dir}'s heads were trained on another student than {args.model} holds now "
+    """Refuse to resume heads (a checkpoint) trained on another student than ``args.model`` holds now.
+
+    Each checkpoint records the student it was trained on (:func:`_record_student`): a folder
+    may hold checkpoints of one student and a fresh run on another.
+    """
+    resume = checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
+    record = None if resume is None else resume / STUDENT_RECORD
+    if record is not None and record.is_file() and record.read_text().strip() != fingerprint:
+        raise ValueError(f"{resume}'s heads were trained on another student than {args.model} holds now "
                          f"(fingerprint {record.read_text().strip()} -> {fingerprint}): start a new output_dir")
-    record.write_text(f"{fingerprint}\n")
+
+
+def _record_student(checkpoint: Path, fingerprint: str) -> None:
+    (checkpoint / STUDENT_RECORD).write_text(f"{fingerprint}\n")
 
 
 @torch.no_grad()
@@ -309,12 +319,13 @@ def main(args: argparse.Namespace) -> Path:
             critic_optimizer.step()
             logs["critic"] = critic_loss.item()
         global_step += 1
-        end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir)
+        if end_step(accelerator, progress, logs, loss, lr_scheduler, global_step, args, output_dir):
+            _record_student(output_dir / f"checkpoint-{global_step}", student_id)
         if global_step >= args.max_train_steps:
             break
 
     accelerator.wait_for_everyone()
-    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+    _record_student(save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit), student_id)
     if accelerator.is_main_process:
         uncertainty = accelerator.unwrap_model(uncertainty)
         if trains_uncertainty:  # an untrained head keeps its weights and calibration
