@@ -198,6 +198,7 @@ def upscale_scene(
                         raise
                     raise replacement from exc
                 journal.folder.remove()
+                finishing.restore()  # the output is in place and its work folder gone: stops act again
     finally:
         finishing.restore()
     if finishing.came:
@@ -384,6 +385,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
             target.commit(folder.path, moves)
     except BaseException:
         remove_files(copies)
+        if finishing is not None:  # a failed commit is a failed run: stops act again while it settles
+            finishing.restore()
         raise
     if finishing is not None:
         finishing.start()

@@ -554,3 +554,28 @@ def test_only_a_codec_warning_of_garbage_fails_a_read(message, fails):
             read()
     else:
         read()
+
+
+def test_a_failed_commit_lets_stops_act_again_while_the_run_settles(tmp_path, monkeypatch):
+    """Stops are held back from the commit on, for the renames; a commit that fails is a failed run,
+    and a SIGTERM while it settles (the stopped-run report, the cluster's shutdown) acts again."""
+    import geosr.engine as engine
+    from geosr.writer import OutputTarget
+
+    src = uint8_scene(tmp_path / "in.tif", 48, 48)
+
+    def failing_commit(self, *args):
+        raise OSError(errno.EIO, "input/output error", str(self.output))
+
+    heard = []
+    settle = engine.settle_stopped_run
+
+    def settle_and_look(*args):
+        heard.append(signal.getsignal(signal.SIGTERM))
+        return settle(*args)
+
+    monkeypatch.setattr(OutputTarget, "commit", failing_commit)
+    monkeypatch.setattr(engine, "settle_stopped_run", settle_and_look)
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN)
+    assert res.exit_code != 0 and heard
+    assert "StopsDeferred" not in getattr(heard[0], "__qualname__", "")  # the CLI's own stop, not the hold-back
