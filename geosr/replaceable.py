@@ -15,8 +15,12 @@ folder must be empty, or be geosr's output and hold nothing else:
   chunks, the overview groups ``2/``, ``4/``...).
 
 Anything else is refused before any work (:class:`geosr.errors.OutputError`, exit 4), with
-the path and the reason, and left as it is. The checks work on relative names, so an S3 prefix
-(:mod:`geosr.s3_output`) is judged by the same rules.
+the path and the reason, and left as it is. The checks work on relative names
+(:func:`check_entries`, :func:`foreign_entry`), so an S3 prefix (:mod:`geosr.s3_output`) is
+judged by the same rules, with one difference: a prefix without its marker whose keys are all
+geosr's is accepted there, since that is what a killed upload leaves (the marker is uploaded
+last; a local output is renamed into place whole). An S3 console's "folder" object at the
+prefix (an empty name) is ignored.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from pathlib import Path
 
 from geosr.errors import OutputError
 
-__all__ = ["TILED_MARK", "ZARR_MARK", "check_replaceable_tiled", "check_replaceable_zarr", "foreign_tiled_name",
-           "foreign_zarr_name", "is_geosr_collection", "is_geosr_zarr_attrs"]
+__all__ = ["TILED_MARK", "ZARR_MARK", "check_entries", "check_replaceable_tiled", "check_replaceable_zarr",
+           "foreign_entry", "foreign_tiled_name", "foreign_zarr_name", "is_geosr_collection", "is_geosr_zarr_attrs"]
 
 #: The file that marks a tiled output as geosr's, and the one of a Zarr store.
 TILED_MARK, ZARR_MARK = "collection.json", ".zattrs"
@@ -91,38 +95,100 @@ def is_geosr_zarr_attrs(text: bytes | str) -> bool:
     return isinstance(value, dict) and any(str(k).startswith("GEOSR_") for k in value)
 
 
-def _entries(folder: Path) -> Iterable[tuple[str, Path, bool]]:
-    """``(relative name, path, is a folder)`` of everything under ``folder``, links not followed;
-    a link or anything not a plain file or folder comes as a file (never geosr's: see callers)."""
+def foreign_entry(name: str, zarr: bool, directory: bool = False) -> bool:
+    """Whether ``name`` is not an entry geosr writes in a tiled output (``zarr`` False) or a Zarr
+    store: the one test of names that both the local checks and :mod:`geosr.s3_output` (the
+    prefix's check and which stale keys it deletes) use.
+
+    ``name`` is relative, ``/``-separated; one ending in ``/`` is a folder (an S3 "folder"
+    object, as the S3 console makes). The empty name (the folder itself: the console's object
+    at the prefix) is nobody's entry and never foreign.
+    """
+    if name.endswith("/"):
+        name, directory = name.rstrip("/"), True
+    if not name:
+        return False
+    return foreign_zarr_name(name, directory) if zarr else directory or foreign_tiled_name(name)
+
+
+#: A Zarr store's root files uploaded after its ``.zattrs`` (:mod:`geosr.s3_output` uploads them last).
+_ZARR_COMPLETE = frozenset({".zgroup", ".zmetadata"})
+
+
+def check_entries(where: str, zarr: bool, entries: Iterable[tuple[str, str]], mark: Callable[[], bytes | None],
+                  remedy: str, unmarked: bool = False) -> None:
+    """Refuse to replace the folder or prefix ``where`` unless it holds nothing, or is geosr's
+    output (its marker geosr's) holding nothing else.
+
+    Parameters
+    ----------
+    where : str
+        The folder or ``s3://`` prefix, for the messages.
+    zarr : bool
+        A Zarr store (marked by its ``.zattrs``), else a tiled output (``collection.json``).
+    entries : iterable of (name, kind)
+        Everything in it: the relative name and ``"file"``, ``"folder"`` or ``"other"`` (a link,
+        a device...: never geosr's). Empty names (see :func:`foreign_entry`) are ignored.
+    mark : callable
+        The marker's content, or None when there is none (or it is no plain file); called only
+        when an entry has the marker's name.
+    remedy : str
+        What to do with a foreign entry, ``{name}`` in it (``"move {name} away"``).
+    unmarked : bool
+        Accept a folder without the marker whose entries are all geosr's: what a killed upload
+        of an S3 prefix leaves (the marker goes last). Not a Zarr store with its root ``.zgroup``
+        or ``.zmetadata`` but no ``.zattrs``: geosr uploads those after its ``.zattrs``.
+
+    Raises
+    ------
+    OutputError
+        The message names ``where`` (and the foreign entry) and why.
+    """
+    entries = [(name, kind) for name, kind in entries if name.strip("/")]
+    if not entries:
+        return  # empty: nothing to lose
+    what, marker = ("a Zarr store", ZARR_MARK) if zarr else ("a tiled output", TILED_MARK)
+    is_mark = is_geosr_zarr_attrs if zarr else is_geosr_collection
+    names = {name for name, _ in entries}
+    if marker in names:
+        content = mark()
+        if content is None or not is_mark(content):
+            raise OutputError(f"{where} is not {what} geosr wrote (its {marker} is not geosr's); {_HOW}")
+    elif not unmarked or (zarr and names & _ZARR_COMPLETE):
+        raise OutputError(f"{where} is not {what} geosr wrote (no {marker} of geosr's in it); {_HOW}")
+    for name, kind in sorted(entries):
+        if kind == "other" or foreign_entry(name, zarr, kind == "folder"):
+            raise OutputError(f"{where} holds {name}, which geosr did not write there; --overwrite replaces "
+                              f"only an output geosr wrote, with nothing else in it: {remedy.format(name=name)} "
+                              "or write elsewhere")
+
+
+def _entries(folder: Path) -> Iterable[tuple[str, str]]:
+    """``(relative name, kind)`` of everything under ``folder``, links not followed: ``"folder"``,
+    ``"file"`` or ``"other"`` (a link, or anything not a plain file or folder)."""
     for root, dirs, files in os.walk(folder):
         for name in sorted(dirs):
             path = Path(root) / name
-            yield path.relative_to(folder).as_posix(), path, not path.is_symlink()
+            yield path.relative_to(folder).as_posix(), "other" if path.is_symlink() else "folder"
         for name in sorted(files):
             path = Path(root) / name
-            yield path.relative_to(folder).as_posix(), path, False
+            yield path.relative_to(folder).as_posix(), "other" if path.is_symlink() or not path.is_file() else "file"
 
 
-def _check_folder(folder: Path, what: str, mark: str, is_mark: Callable[[bytes], bool],
-                  foreign: Callable[[str, bool], bool]) -> None:
-    """Refuse ``folder`` unless it is empty, or ``mark`` in it passes ``is_mark`` and no entry is ``foreign``."""
+def _check_folder(folder: Path, zarr: bool) -> None:
+    """Refuse ``folder`` unless it is empty, or geosr's output holding nothing else (:func:`check_entries`)."""
+    what = "a Zarr store" if zarr else "a tiled output"
     if folder.is_symlink():
         raise OutputError(f"{folder} is a symbolic link, not {what} geosr wrote; {_HOW}")
     if not folder.is_dir():
         raise OutputError(f"{folder} is a file, not {what} geosr wrote; {_HOW}")
+    marker = folder / (ZARR_MARK if zarr else TILED_MARK)
+
+    def mark() -> bytes | None:
+        return None if marker.is_symlink() or not marker.is_file() else marker.read_bytes()
+
     try:
-        entries = list(_entries(folder))
-        if not entries:
-            return  # an empty folder: nothing to lose
-        marker = folder / mark
-        if marker.is_symlink() or not marker.is_file() or not is_mark(marker.read_bytes()):
-            raise OutputError(f"{folder} is not {what} geosr wrote (no {mark} of geosr's in it); {_HOW}")
-        for name, path, directory in entries:
-            odd = not directory and (path.is_symlink() or not path.is_file())
-            if odd or foreign(name, directory):
-                raise OutputError(f"{folder} holds {name}, which geosr did not write there; --overwrite replaces "
-                                  f"only an output geosr wrote, with nothing else in it: move {name} away or write "
-                                  "elsewhere")
+        check_entries(str(folder), zarr, list(_entries(folder)), mark, "move {name} away")
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
@@ -138,8 +204,7 @@ def check_replaceable_tiled(folder: Path) -> None:
         ``folder`` is a link or a file, or is neither empty nor a geosr tiled output holding
         only geosr's files; the message names it (and a foreign entry) and why.
     """
-    _check_folder(folder, "a tiled output", TILED_MARK, is_geosr_collection,
-                  lambda name, directory: directory or foreign_tiled_name(name))
+    _check_folder(folder, zarr=False)
 
 
 def check_replaceable_zarr(store: Path) -> None:
@@ -151,4 +216,4 @@ def check_replaceable_zarr(store: Path) -> None:
         ``store`` is a link or a file, or is neither empty nor a geosr store holding only
         geosr's files; the message names it (and a foreign entry) and why.
     """
-    _check_folder(store, "a Zarr store", ZARR_MARK, is_geosr_zarr_attrs, foreign_zarr_name)
+    _check_folder(store, zarr=True)

@@ -35,8 +35,7 @@ from typing import Sequence
 
 from geosr.errors import OutputError, OutputExistsError, WriteError
 from geosr.remote import s3_client
-from geosr.replaceable import (TILED_MARK, ZARR_MARK, foreign_tiled_name, foreign_zarr_name, is_geosr_collection,
-                               is_geosr_zarr_attrs)
+from geosr.replaceable import TILED_MARK, ZARR_MARK, check_entries, foreign_entry
 from geosr.tiled_output import TiledTarget
 from geosr.writer import OutputTarget, sidecar_path
 from geosr.zarr_output import ZarrTarget, is_zarr_output
@@ -148,11 +147,13 @@ class S3Upload:
         try:
             client.head_bucket(Bucket=self.bucket)  # a missing bucket's objects are "not found" too
             for tree in self._trees:
-                found = client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(tree) + "/", MaxKeys=1)
-                if found.get("KeyCount") and not self._replace:
-                    raise OutputExistsError(f"s3://{self.bucket}/{self._key(tree)}/ holds objects; "
-                                            "pass --overwrite to replace them")
-                if found.get("KeyCount"):
+                prefix = self._key(tree) + "/"
+                found = client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=2).get("Contents", [])
+                # the S3 console's "folder" object at the prefix (listed first) is no object of an output
+                if any(o["Key"][len(prefix):].strip("/") for o in found):
+                    if not self._replace:
+                        raise OutputExistsError(f"s3://{self.bucket}/{prefix} holds objects; "
+                                                "pass --overwrite to replace them")
                     self._check_replaceable(client, tree)
             for key in sorted(keys):
                 if self._exists(client, key) and not self._replace:
@@ -165,26 +166,44 @@ class S3Upload:
     def _check_replaceable(self, client, tree: Path) -> None:
         """Refuse to replace a prefix holding objects geosr does not write there (the stale ones
         would be deleted): every key must be a name of geosr's layout, and the Collection or the
-        store's ``.zattrs``, when there, geosr's (:mod:`geosr.replaceable`)."""
+        store's ``.zattrs``, when there, geosr's; a prefix without them is what a killed upload
+        leaves (they go last), accepted (:func:`geosr.replaceable.check_entries`). A "folder"
+        object at the prefix itself (the S3 console's) is ignored."""
         prefix = self._key(tree) + "/"
         zarr = isinstance(self, ZarrTarget)
-        where = f"s3://{self.bucket}/{prefix}"
-        how = "--overwrite replaces only an output geosr wrote: delete them or write elsewhere"
+        names = self._names(client, prefix)
+        mark = prefix + (ZARR_MARK if zarr else TILED_MARK)
+        check_entries(f"s3://{self.bucket}/{prefix}", zarr,
+                      [(name, "folder" if name.endswith("/") else "file") for name in names],
+                      lambda: client.get_object(Bucket=self.bucket, Key=mark)["Body"].read(),
+                      "delete {name}", unmarked=True)
+
+    def _names(self, client, prefix: str) -> list[str]:
+        """The names of the keys under ``prefix`` (the prefix cut off)."""
         names = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
-        for name in sorted(names):
-            directory = name.endswith("/")
-            odd = (foreign_zarr_name(name.rstrip("/"), directory) if zarr
-                   else directory or foreign_tiled_name(name))
-            if odd:
-                raise OutputError(f"{where} holds {name}, which geosr did not write there; --overwrite replaces "
-                                  f"only an output geosr wrote, with nothing else in it: delete {name} or write "
-                                  "elsewhere")
-        mark, is_mark = (ZARR_MARK, is_geosr_zarr_attrs) if zarr else (TILED_MARK, is_geosr_collection)
-        if mark in names and not is_mark(client.get_object(Bucket=self.bucket, Key=prefix + mark)["Body"].read()):
-            raise OutputError(f"{where} is not {'a Zarr store' if zarr else 'a tiled output'} geosr wrote "
-                              f"(its {mark} is not geosr's); {how}")
+        return names
+
+    def _recheck(self) -> None:
+        """At the commit, before anything is assembled or uploaded: check the prefixes again, as
+        the local targets check their folders (objects may have come there during the run).
+
+        Raises
+        ------
+        OutputError
+            A prefix now holds objects geosr did not write (or the bucket is out of reach);
+            the run's work is kept for ``--resume``.
+        """
+        client = s3_client()
+        try:
+            for tree in self._trees:
+                self._check_replaceable(client, tree)
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise OutputError(f"cannot check what s3://{self.bucket}/{self._key(tree)}/ holds before "
+                              f"writing {self.url}: {exc}") from exc
 
     def _exists(self, client, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -203,10 +222,14 @@ class S3Upload:
 
         Raises
         ------
+        OutputError
+            A prefix holds objects geosr did not write, come since the run's start
+            (:meth:`_recheck`); nothing was uploaded or deleted, and the work is kept.
         WriteError
             An upload failed; the objects this commit uploaded are deleted again unless it was
             replacing an output.
         """
+        self._recheck()
         super().commit(*args, **kwargs)  # the local target's
         groups = self._final_files()
         client = s3_client()
@@ -231,15 +254,17 @@ class S3Upload:
         return key
 
     def _delete_stale(self, client, uploaded: set[str]) -> None:
-        """Under a replaced tiled or Zarr prefix, delete the objects the new output does not have."""
+        """Under a replaced tiled or Zarr prefix, delete the objects the new output does not have:
+        only those named as geosr names its objects (:func:`geosr.replaceable.foreign_entry`),
+        never one written there by another hand after the commit's check, nor a "folder" object."""
         if not self._replace:
             return
+        zarr = isinstance(self, ZarrTarget)
         for tree in self._trees:
-            stale = []
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                          Prefix=self._key(tree) + "/"):
-                stale += [o["Key"] for o in page.get("Contents", []) if o["Key"] not in uploaded]
-            self._delete(client, stale)
+            prefix = self._key(tree) + "/"
+            self._delete(client, [prefix + name for name in self._names(client, prefix)
+                                  if prefix + name not in uploaded and name.strip("/") and not name.endswith("/")
+                                  and not foreign_entry(name, zarr)])
 
     def _delete(self, client, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most

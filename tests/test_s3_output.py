@@ -203,3 +203,83 @@ def test_overwrite_refuses_a_prefix_with_objects_geosr_did_not_write(s3, tmp_pat
     res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, "--overwrite")
     assert res.exit_code == 4 and "is not geosr's" in res.stderr
     assert keys(s3) == [mark]
+
+
+@pytest.mark.parametrize("url, foreign", [("tiles/", "tiles/notes.txt"), ("out.zarr", "out.zarr/ndvi/.zarray")])
+def test_a_foreign_object_come_during_the_run_is_refused_at_the_commit(s3, tmp_path, work, monkeypatch, url, foreign):
+    """Checked again at the commit, as a local folder is: an object put under the prefix while
+    the run went on is neither deleted as stale nor mixed in; the run exits 4 with its work kept."""
+    src = uint8_scene(tmp_path / "in.tif", 24, 40)
+    extra = ("--split", "512") if url.endswith("/") else ()
+    assert invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra).exit_code == 0
+    before = {k: s3.head_object(Bucket=BUCKET, Key=k)["ETag"] for k in keys(s3)}
+    real = WorkRaster._write_rows
+
+    def object_arrives(self, *args):
+        s3.put_object(Bucket=BUCKET, Key=foreign, Body=b"mine")
+        return real(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", object_arrives)
+    res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, "--overwrite")
+    monkeypatch.setattr(WorkRaster, "_write_rows", real)
+    assert res.exit_code == 4, res.stderr
+    assert foreign.split("/", 1)[1] in res.stderr and "geosr did not write" in res.stderr
+    assert "--resume" in res.stderr  # the finished work is kept
+    assert s3.get_object(Bucket=BUCKET, Key=foreign)["Body"].read() == b"mine"
+    assert {k: s3.head_object(Bucket=BUCKET, Key=k)["ETag"] for k in keys(s3) if k != foreign} == before
+    s3.delete_object(Bucket=BUCKET, Key=foreign)
+    res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, "--overwrite", "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert set(keys(s3)) == set(before) and leftovers(work) == []
+
+
+@pytest.mark.parametrize("url, foreign", [("tiles/", "tiles/notes.txt"), ("out.zarr", "out.zarr/ndvi/.zarray")])
+def test_stale_objects_deleted_are_only_geosr_names(s3, tmp_path, work, monkeypatch, url, foreign):
+    """An object put under a replaced prefix after the commit's check (during the upload) is not
+    deleted with the stale ones: only keys named as geosr names its objects are."""
+    src = uint8_scene(tmp_path / "in.tif", 24, 40)
+    extra = ("--split", "512") if url.endswith("/") else ()
+    stale = "tiles/block_009_009.tif" if url.endswith("/") else "out.zarr/band_data/9.9.9"
+    s3.put_object(Bucket=BUCKET, Key=stale, Body=b"stale")
+    real = geosr.s3_output.S3Upload._upload
+
+    def object_arrives(self, client, path):
+        s3.put_object(Bucket=BUCKET, Key=foreign, Body=b"mine")
+        return real(self, client, path)
+
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", object_arrives)
+    res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, "--overwrite")
+    assert res.exit_code == 0, res.stderr
+    found = keys(s3)
+    assert stale not in found and foreign in found
+    assert s3.get_object(Bucket=BUCKET, Key=foreign)["Body"].read() == b"mine"
+
+
+@pytest.mark.parametrize("url", ["tiles/", "out.zarr"])
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)])
+def test_a_console_folder_object_at_the_prefix_is_tolerated(s3, tmp_path, work, url, overwrite):
+    """The S3 console's "Create folder" puts an empty object named ``prefix/``: an empty prefix,
+    used as an empty local folder is (with or without --overwrite), and left there."""
+    src = uint8_scene(tmp_path / "in.tif", 24, 40)
+    extra = ("--split", "512") if url.endswith("/") else ()
+    folder = url.rstrip("/") + "/"
+    s3.put_object(Bucket=BUCKET, Key=folder, Body=b"")
+    res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, *overwrite)
+    assert res.exit_code == 0, res.stderr
+    found = keys(s3)
+    assert folder in found and any(k.endswith(("collection.json", ".zattrs")) for k in found)
+    if overwrite:  # and again, over geosr's output holding it
+        res = invoke("upscale", src, f"s3://{BUCKET}/{url}", *RUN, *extra, *overwrite)
+        assert res.exit_code == 0, res.stderr
+        assert keys(s3) == found
+
+
+def test_a_zarr_prefix_complete_but_without_geosr_attrs_is_refused(s3, tmp_path, work):
+    """A prefix without its marker is accepted only as what a killed upload leaves (the marker
+    goes last); a store's root .zgroup goes after its .zattrs, so one without the other is not geosr's."""
+    src = uint8_scene(tmp_path / "in.tif", 24, 40)
+    for key in ("out.zarr/.zgroup", "out.zarr/band_data/.zarray", "out.zarr/band_data/0.0.0"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+    res = invoke("upscale", src, f"s3://{BUCKET}/out.zarr", *RUN, "--overwrite")
+    assert res.exit_code == 4 and "no .zattrs of geosr's" in res.stderr, res.stderr
+    assert len(keys(s3)) == 3
