@@ -166,7 +166,11 @@ def check_entries(where: str, zarr: bool, entries: Iterable[tuple[str, str]], ma
 def _entries(folder: Path) -> Iterable[tuple[str, str]]:
     """``(relative name, kind)`` of everything under ``folder``, links not followed: ``"folder"``,
     ``"file"`` or ``"other"`` (a link, or anything not a plain file or folder)."""
-    for root, dirs, files in os.walk(folder):
+    def unreadable(exc: OSError) -> None:  # a folder not listed could hide anything: refuse, naming it
+        raise OutputError(f"{exc.filename} cannot be listed ({exc.strerror}); --overwrite replaces only an "
+                          "output geosr wrote, and this one cannot be checked") from exc
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         for name in sorted(dirs):
             path = Path(root) / name
             yield path.relative_to(folder).as_posix(), "other" if path.is_symlink() else "folder"

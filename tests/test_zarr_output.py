@@ -356,3 +356,25 @@ def test_an_empty_zarr_folder_is_used_with_or_without_overwrite(tmp_path):
         (tmp_path / name).mkdir()
         assert _upscale_cli(src, tmp_path / name, *extra).exit_code == 0
         assert (tmp_path / name / ".zmetadata").exists()
+
+
+def test_a_folder_that_cannot_be_listed_is_not_taken_as_checked(tmp_path, monkeypatch):
+    """--overwrite checks every entry under an output folder; a subfolder os.walk cannot list (no
+    permission) would have been skipped, unchecked, and deleted with the rest."""
+    import os
+
+    from geosr import replaceable
+    from geosr.errors import OutputError
+
+    hidden = tmp_path / "store.zarr" / "band_data"
+    hidden.mkdir(parents=True)
+    scandir = os.scandir
+
+    def no_permission(path="."):
+        if os.fspath(path) == str(hidden):
+            raise PermissionError(13, "Permission denied", str(hidden))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)
+    with pytest.raises(OutputError, match="band_data cannot be listed"):
+        list(replaceable._entries(tmp_path / "store.zarr"))
