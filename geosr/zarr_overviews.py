@@ -43,6 +43,12 @@ def overview_factors(width: int, height: int, chunk: int) -> list[int]:
     return factors
 
 
+def _wider(dtype: np.dtype):
+    """An integer type that holds the sum of four ``dtype`` integers exactly (None: not an integer
+    of up to 32 bits)."""
+    return {1: np.int16, 2: np.int32, 4: np.int64}.get(dtype.itemsize) if dtype.kind in "iu" else None
+
+
 def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> tuple[np.ndarray, np.ndarray | None]:
     """The next level of ``data`` (``[C, h, w]``): averages of its valid pixels in 2 x 2 blocks.
 
@@ -62,7 +68,7 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> t
         ``[C, ceil(h/2), ceil(w/2)]`` pixels in ``data``'s dtype and, with ``valid``, their validity.
     """
     h, w = data.shape[-2:]
-    wide = {1: np.int16, 2: np.int32, 4: np.int64}.get(data.dtype.itemsize) if data.dtype.kind in "iu" else None
+    wide = _wider(data.dtype)
     if wide is not None and h % 2 == 0 and w % 2 == 0 and _all_valid(data, valid, nodata):
         # Every block of 4 valid integers (the usual chunk): (s + 2) >> 2 is floor(s / 4 + 0.5),
         # what the general path below gives, in integers and a fifth of its time (its float64
@@ -92,7 +98,6 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> t
         # wide enough for four of them (exact, as float64 sums of them are): the same means,
         # an order of magnitude faster.
         kept = data if valid is None else np.where(valid, data, 0)
-        wide = {1: np.int16, 2: np.int32, 4: np.int64}.get(data.dtype.itemsize) if data.dtype.kind in "iu" else None
         kept = kept.astype(wide or np.float64)  # 64-bit integers: float64, as before
         sums = block_sums(kept)
         counts = block_sums(np.ones((h, w), np.uint8) if valid is None else valid.astype(np.uint8))[None]

@@ -33,6 +33,21 @@ def bicubic_cfg(**kw):
     return RunConfig(**base)
 
 
+def file_tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, by relative name: its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def upscale_bicubic_cli(src: Path, out, *extra: str):
+    """``geosr upscale SRC OUT`` through the CLI at :func:`bicubic_cfg`'s settings, quiet."""
+    from click.testing import CliRunner
+
+    from geosr.cli import cli
+
+    return CliRunner().invoke(cli, ["upscale", str(src), str(out), "--scale", "2", "--model", "bicubic", "--captioner",
+                                    "none", "--tile", "32", "--overlap", "8", "-q", *extra])
+
+
 def disk_full_once_a_block_is_journalled(monkeypatch, folder: Path, output: str):
     """Make the work raster's writes fail (a full disk) as soon as a journal line names a finished
     block or chunk of the run writing ``folder / output``: the run stops with some blocks done.

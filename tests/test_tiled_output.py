@@ -21,7 +21,8 @@ from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.validation import validate_output
 from geosr.writer import WorkRaster
-from tests.conftest import RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled
+from tests.conftest import (RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled, file_tree,
+                            upscale_bicubic_cli)
 from tests.rasters import uint8_scene
 
 SPLIT = 512
@@ -263,15 +264,6 @@ def test_a_block_commits_early_only_near_the_end_of_the_cells(monkeypatch, secon
     assert all(left <= block_tasks.EARLY_COMMIT_TICKS * tick / seconds_per_cell for left in journal.requests)
 
 
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _upscale_cli(src: Path, out: str, *extra: str):
-    return CliRunner().invoke(cli, ["upscale", str(src), out, "--scale", "2", "--model", "bicubic", "--captioner",
-                                    "none", "--tile", "32", "--overlap", "8", "-q", *extra])
-
-
 @pytest.mark.parametrize("how", ["folder/", "folder.vrt"])
 def test_overwrite_refuses_a_folder_geosr_did_not_write_and_leaves_it_alone(tmp_path, how):
     src = uint8_scene(tmp_path / "in.tif", 24, 40)
@@ -279,13 +271,13 @@ def test_overwrite_refuses_a_folder_geosr_did_not_write_and_leaves_it_alone(tmp_
     (folder / "sub").mkdir(parents=True)
     (folder / "keep.txt").write_text("mine")
     (folder / "sub" / "data.bin").write_bytes(b"\0" * 10)
-    before = _tree(folder)
-    result = _upscale_cli(src, f"{tmp_path}/{how}", "--overwrite")
+    before = file_tree(folder)
+    result = upscale_bicubic_cli(src, f"{tmp_path}/{how}", "--overwrite")
     assert result.exit_code == 4, result.output
     message = result.output.strip()
     assert len(message.splitlines()) == 1
     assert str(folder) in message and "not a tiled output geosr wrote" in message
-    assert _tree(folder) == before and (folder / "sub").is_dir()
+    assert file_tree(folder) == before and (folder / "sub").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "in.tif"]  # no lock, no work folder
 
 
@@ -293,23 +285,23 @@ def test_overwrite_replaces_geosr_own_tiled_output_but_not_with_a_foreign_file_i
     src = uint8_scene(tmp_path / "in.tif", 24, 40)
     other = uint8_scene(tmp_path / "other.tif", 24, 40, seed=1)
     out = tmp_path / "out"
-    assert _upscale_cli(src, f"{out}/").exit_code == 0
-    first = _tree(out)
+    assert upscale_bicubic_cli(src, f"{out}/").exit_code == 0
+    first = file_tree(out)
     (out / "block_000_000.tif.aux.xml").write_text("<PAMDataset/>")  # GDAL's, from opening a block: geosr's to drop
-    assert _upscale_cli(other, f"{out}/", "--overwrite").exit_code == 0  # geosr's own output: replaced
-    second = _tree(out)
+    assert upscale_bicubic_cli(other, f"{out}/", "--overwrite").exit_code == 0  # geosr's own output: replaced
+    second = file_tree(out)
     assert set(second) == set(first) and second["block_000_000.tif"] != first["block_000_000.tif"]
 
     (out / "notes.txt").write_text("mine")  # geosr's output, with a file of the user's in it
-    before = _tree(out)
-    result = _upscale_cli(src, f"{out}/", "--overwrite")
+    before = file_tree(out)
+    result = upscale_bicubic_cli(src, f"{out}/", "--overwrite")
     assert result.exit_code == 4, result.output
     assert "notes.txt" in result.output and str(out) in result.output
-    assert _tree(out) == before
+    assert file_tree(out) == before
 
     (out / "notes.txt").unlink()
     (out / "collection.json").write_text('{"type": "Collection", "description": "my own STAC"}')
-    result = _upscale_cli(src, f"{out}/", "--overwrite")
+    result = upscale_bicubic_cli(src, f"{out}/", "--overwrite")
     assert result.exit_code == 4 and "collection.json" in result.output
 
 
@@ -317,7 +309,7 @@ def test_an_empty_folder_is_used_with_or_without_overwrite(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", 24, 40)
     for name, extra in (("a", ()), ("b", ("--overwrite",))):
         (tmp_path / name).mkdir()
-        assert _upscale_cli(src, f"{tmp_path / name}/", *extra).exit_code == 0
+        assert upscale_bicubic_cli(src, f"{tmp_path / name}/", *extra).exit_code == 0
         assert (tmp_path / name / "mosaic.vrt").exists()
 
 
@@ -326,12 +318,12 @@ def test_a_link_or_a_file_in_the_place_of_the_folder_is_refused(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "keep.txt").write_text("mine")
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    result = _upscale_cli(src, f"{tmp_path / 'link'}.vrt", "--overwrite")
+    result = upscale_bicubic_cli(src, f"{tmp_path / 'link'}.vrt", "--overwrite")
     assert result.exit_code == 4 and "symbolic link" in result.output
     assert (tmp_path / "real" / "keep.txt").read_text() == "mine"
     (tmp_path / "big").mkdir()
     (tmp_path / "big.vrt").mkdir()  # a folder where the VRT goes: refused before the work, not at the end
-    result = _upscale_cli(src, str(tmp_path / "big.vrt"), "--overwrite")
+    result = upscale_bicubic_cli(src, str(tmp_path / "big.vrt"), "--overwrite")
     assert result.exit_code == 4 and "big.vrt is a folder" in result.output
 
 
@@ -346,7 +338,7 @@ def test_a_folder_changed_during_the_run_is_not_replaced(tmp_path, monkeypatch):
         return real_commit(self, work, moves)
 
     monkeypatch.setattr(geosr.tiled_output.TiledTarget, "commit", file_arrives)
-    result = _upscale_cli(src, f"{out}/", "--overwrite")
+    result = upscale_bicubic_cli(src, f"{out}/", "--overwrite")
     assert result.exit_code == 4 and "not a tiled output geosr wrote" in result.output
     assert "--resume" in result.output  # the finished work is kept: resumed once the folder is cleared
-    assert _tree(out) == {"keep.txt": b"mine"}
+    assert file_tree(out) == {"keep.txt": b"mine"}

@@ -19,7 +19,8 @@ from geosr.cli import cli
 from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.writer import WorkRaster
-from tests.conftest import RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled
+from tests.conftest import (RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled, file_tree,
+                            upscale_bicubic_cli)
 from tests.rasters import uint8_scene, write_raster
 
 pytest.importorskip("zarr")
@@ -298,30 +299,21 @@ def test_halving_integers_in_integers_gives_the_rounded_float_means(dtype):
             assert np.array_equal(out_valid, counts[0] > 0)
 
 
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _upscale_cli(src: Path, out: Path, *extra: str):
-    return CliRunner().invoke(cli, ["upscale", str(src), str(out), "--scale", "2", "--model", "bicubic", "--captioner",
-                                    "none", "--tile", "32", "--overlap", "8", "-q", *extra])
-
-
 def test_overwrite_refuses_a_zarr_folder_geosr_did_not_write_and_leaves_it_alone(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", 24, 40)
     store = tmp_path / "z.zarr"
     (store / "band_data").mkdir(parents=True)
     (store / "keep.txt").write_text("mine")
     (store / ".zattrs").write_text('{"title": "somebody else\'s store"}')
-    before = _tree(store)
-    result = _upscale_cli(src, store, "--overwrite")
+    before = file_tree(store)
+    result = upscale_bicubic_cli(src, store, "--overwrite")
     assert result.exit_code == 4, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert str(store) in result.output and "not a Zarr store geosr wrote" in result.output
-    assert _tree(store) == before
+    assert file_tree(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "z.zarr"]  # no lock, no work folder
     (tmp_path / "f.zarr").write_text("a file")
-    result = _upscale_cli(src, tmp_path / "f.zarr", "--overwrite")
+    result = upscale_bicubic_cli(src, tmp_path / "f.zarr", "--overwrite")
     assert result.exit_code == 4 and "is a file" in result.output
     assert (tmp_path / "f.zarr").read_text() == "a file"
 
@@ -330,21 +322,21 @@ def test_overwrite_replaces_geosr_own_store_but_not_with_a_foreign_entry_in_it(t
     src = uint8_scene(tmp_path / "in.tif", 24, 40)
     other = uint8_scene(tmp_path / "other.tif", 24, 40, seed=1)
     store = tmp_path / "out.zarr"
-    assert _upscale_cli(src, store).exit_code == 0
-    first = _tree(store)
-    assert _upscale_cli(other, store, "--overwrite").exit_code == 0  # geosr's own store: replaced
-    second = _tree(store)
+    assert upscale_bicubic_cli(src, store).exit_code == 0
+    first = file_tree(store)
+    assert upscale_bicubic_cli(other, store, "--overwrite").exit_code == 0  # geosr's own store: replaced
+    second = file_tree(store)
     assert set(second) == set(first) and second["band_data/0.0.0"] != first["band_data/0.0.0"]
 
     for extra, named in (("ndvi/.zarray", "ndvi"), ("band_data/notes.txt", "band_data/notes.txt"),
                          ("2/extra/0", "2/extra")):  # a variable or a file of the user's
         (store / extra).parent.mkdir(parents=True, exist_ok=True)
         (store / extra).write_text("mine")
-        before = _tree(store)
-        result = _upscale_cli(src, store, "--overwrite")
+        before = file_tree(store)
+        result = upscale_bicubic_cli(src, store, "--overwrite")
         assert result.exit_code == 4, result.output
         assert f"holds {named}," in result.output and str(store) in result.output
-        assert _tree(store) == before
+        assert file_tree(store) == before
         (store / extra).unlink()
         if (store / extra).parent.name in ("ndvi", "extra"):
             (store / extra).parent.rmdir()
@@ -354,7 +346,7 @@ def test_an_empty_zarr_folder_is_used_with_or_without_overwrite(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", 24, 40)
     for name, extra in (("a.zarr", ()), ("b.zarr", ("--overwrite",))):
         (tmp_path / name).mkdir()
-        assert _upscale_cli(src, tmp_path / name, *extra).exit_code == 0
+        assert upscale_bicubic_cli(src, tmp_path / name, *extra).exit_code == 0
         assert (tmp_path / name / ".zmetadata").exists()
 
 
