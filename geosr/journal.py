@@ -11,7 +11,8 @@ the work raster (see :class:`geosr.writer.WorkRaster`) and two small files:
   last commit (HR window, and the CRC-32 of the bytes written there: :class:`CellRecord`)
   and the captions and routes (:mod:`geosr.routing`) of the tiles that fed them; for tiled
   output (:mod:`geosr.tiled_output`) also the block COGs finished since, with their size and
-  CRC-32.
+  CRC-32. Each line ends in a tab and the CRC-32 of its JSON, so a changed byte that still
+  parses (a caption, a route) ends the journal there as a torn line does.
 
 A commit first makes the cells' pixels durable (``fdatasync`` of the work raster, done
 by the caller's ``sync``), then appends and ``fsync``s the journal line, so the journal
@@ -21,7 +22,7 @@ follower asks for it (:meth:`RunJournal.request_commit`: tiled and Zarr output, 
 cell of a block or chunk is recorded, so its file is not written up to a second late).
 
 The journal is read up to its last valid record: a line torn by a kill or a full disk, or
-damaged in any other way (binary garbage, wrong types), ends it, and the damaged tail is
+damaged in any other way (binary garbage, wrong types, a checksum that differs), ends it, and the damaged tail is
 cut (:meth:`RunJournal.cut_damaged_tail`) before a resumed run appends to it, so new records
 never hide behind a torn line. A record only says a cell *was* written: a resumed run
 checks each cell's bytes against its checksum (:meth:`geosr.writer.WorkRaster.cell_crc`)
@@ -36,6 +37,7 @@ import logging
 import os
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
 
@@ -290,7 +292,7 @@ class RunJournal:
         }
         if self._new_blocks:
             record["blocks"] = {name: list(v) for name, v in self._new_blocks.items()}
-        line = json.dumps(record)
+        line = _with_checksum(json.dumps(record))
         try:
             with open(self.folder / self.JOURNAL, "a") as f:
                 f.write(line + "\n")
@@ -314,11 +316,20 @@ class RunJournal:
         return len(self.records)
 
 
+def _with_checksum(body: str) -> str:
+    """A journal line: the record's JSON, a tab, its CRC-32 in hex. A flipped byte in a caption or a
+    route still parses as JSON; the checksum says the line is not what the run wrote."""
+    return f"{body}\t{zlib.crc32(body.encode('utf-8')):08x}"
+
+
 def _parse_record(line: bytes) -> tuple[list[CellRecord], dict[int, str], dict[int, TileRoute],
                                         dict[str, tuple[int, int]]] | None:
-    """One journal line, or None when it is not a record this module wrote."""
+    """One journal line, or None when it is not a record this module wrote (or not as it wrote it)."""
     try:
-        rec = json.loads(line.decode("utf-8"))
+        body, tab, crc = line.decode("utf-8").rstrip("\n").rpartition("\t")
+        if not tab or len(crc) != 8 or int(crc, 16) != zlib.crc32(body.encode("utf-8")):
+            return None
+        rec = json.loads(body)
         if not isinstance(rec, dict):
             return None
         cells = [CellRecord(*(int(v) for v in c)) for c in rec.get("cells", ())]  # TypeError: wrong length

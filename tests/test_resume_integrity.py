@@ -356,3 +356,25 @@ def test_a_disk_that_takes_the_cog_but_not_its_captions_is_a_write_error(tmp_pat
     with pytest.raises(WriteError, match="no space left on the device of .* while writing captions.geojson"):
         upscale_scene([src], tmp_path / "out.tif", cfg())
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_journal_record_changed_but_still_json_ends_the_journal(stopped):
+    """A flipped byte inside a caption parses as JSON as well: the line's checksum ends the journal
+    there, and the resumed run recaptions and rewrites what came after - the captions sidecar and
+    the pixels are the uninterrupted run's (before: exit 0 with the changed caption in the sidecar)."""
+    src, ref, work = stopped
+    lines = journal_path(work).read_bytes().splitlines(keepends=True)
+    where = next(i for i, line in enumerate(lines) if b'"captions": {"' in line)
+    before = RunJournal.load(WorkFolder(work))
+    body = lines[where]
+    start = body.index(b'"captions": {"')
+    colon = body.index(b'": "', start) + 4  # the first caption's text ("" without a captioner)
+    lines[where] = body[:colon] + b"edited " + body[colon:]
+    journal_path(work).write_bytes(b"".join(lines))
+    journal = RunJournal.load(WorkFolder(work))
+    assert journal.valid_bytes == sum(len(line) for line in lines[:where]) and journal.damaged_bytes > 0
+    assert journal.finished <= before.finished
+    res = resume_cli(src, ref.with_name("out.tif"))
+    assert res.exit_code == 0, res.stderr
+    assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
+    assert ref.with_name("out.captions.geojson").read_bytes() == ref.with_name("ref.captions.geojson").read_bytes()
