@@ -48,24 +48,35 @@ def upscale_bicubic_cli(src: Path, out, *extra: str):
                                     "none", "--tile", "32", "--overlap", "8", "-q", *extra])
 
 
+def _disk_full_when(monkeypatch, folder: Path, output: str, full) -> object:
+    """Make the work raster's writes fail (a full disk) once ``full(journal bytes)`` holds for the
+    journal of the run writing ``folder / output``; returns the real ``WorkRaster._write_rows``."""
+    from geosr.errors import WriteError
+    from geosr.writer import WorkRaster
+
+    real_rows = WorkRaster._write_rows
+
+    def rows_or_full(self, *args):
+        if any(full(j.read_bytes()) for j in folder.glob(f".{output}.geosr-run-*/journal.jsonl")):
+            raise WriteError("no space left (test)")
+        return real_rows(self, *args)
+
+    monkeypatch.setattr(WorkRaster, "_write_rows", rows_or_full)
+    return real_rows
+
+
 def disk_full_once_a_block_is_journalled(monkeypatch, folder: Path, output: str):
     """Make the work raster's writes fail (a full disk) as soon as a journal line names a finished
     block or chunk of the run writing ``folder / output``: the run stops with some blocks done.
 
     Returns the real ``WorkRaster._write_rows``, to put back before a resume.
     """
-    from geosr.errors import WriteError
-    from geosr.writer import WorkRaster
+    return _disk_full_when(monkeypatch, folder, output, lambda journal: b'"blocks"' in journal)
 
-    real_rows = WorkRaster._write_rows
 
-    def full_once_a_block_is_journalled(self, *args):
-        if any(b'"blocks"' in j.read_bytes() for j in folder.glob(f".{output}.geosr-run-*/journal.jsonl")):
-            raise WriteError("no space left (test)")
-        return real_rows(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", full_once_a_block_is_journalled)
-    return real_rows
+def disk_full_after_commits(monkeypatch, folder: Path, output: str, commits: int = 2):
+    """As :func:`disk_full_once_a_block_is_journalled`, once the journal has ``commits`` lines."""
+    return _disk_full_when(monkeypatch, folder, output, lambda journal: len(journal.splitlines()) >= commits)
 
 
 @pytest.fixture

@@ -389,31 +389,39 @@ def test_a_route_map_on_another_filesystem_is_written(tmp_path):
         shutil.rmtree(other)
 
 
-def test_a_copy_to_another_filesystem_that_fails_leaves_nothing(tmp_path, monkeypatch):
+def _copies_beside_then_none_on_a_full_disk(tmp_path, dest, monkeypatch):
+    """``tmp_path/a.tif`` and a new ``b.tif``, moved to ``dest`` where a rename cannot reach: both
+    are copied beside their place; with the disk full at the second copy, nothing is left there
+    (the first copy deleted too)."""
     from geosr.writer import stage_beside
+
+    (tmp_path / "b.tif").write_bytes(b"b" * 100)
+    moves = {tmp_path / "a.tif": dest / "a.tif", tmp_path / "b.tif": dest / "b.tif"}
+    staged, copies = stage_beside(moves)
+    assert [p.parent for p in staged] == [dest, dest] and list(staged.values()) == list(moves.values())
+    assert [p.read_bytes() for p in staged] == [b"a" * 100, b"b" * 100] and copies == list(staged)
+    for p in copies:
+        p.unlink()
+    real, calls = os.fsync, [0]
+
+    def full(fd):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match=f"no space left on the device of {dest} while writing b.tif"):
+        stage_beside(moves)
+    assert list(dest.iterdir()) == []  # nothing half-written, and the first copy deleted too
+
+
+def test_a_copy_to_another_filesystem_that_fails_leaves_nothing(tmp_path, monkeypatch):
 
     other = another_filesystem(tmp_path)
     try:
         (tmp_path / "a.tif").write_bytes(b"a" * 100)
-        (tmp_path / "b.tif").write_bytes(b"b" * 100)
-        moves = {tmp_path / "a.tif": other / "a.tif", tmp_path / "b.tif": other / "b.tif"}
-        staged, copies = stage_beside(moves)
-        assert [p.parent for p in staged] == [other, other] and list(staged.values()) == list(moves.values())
-        assert [p.read_bytes() for p in staged] == [b"a" * 100, b"b" * 100] and copies == list(staged)
-        for p in copies:
-            p.unlink()
-        real, calls = os.fsync, [0]
-
-        def full(fd):
-            calls[0] += 1
-            if calls[0] == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real(fd)
-
-        monkeypatch.setattr(os, "fsync", full)
-        with pytest.raises(WriteError, match=f"no space left on the device of {other} while writing b.tif"):
-            stage_beside(moves)
-        assert list(other.iterdir()) == []  # the first copy is deleted too
+        _copies_beside_then_none_on_a_full_disk(tmp_path, other, monkeypatch)
     finally:
         shutil.rmtree(other)
 
@@ -459,26 +467,7 @@ def test_stage_beside_probes_with_a_link_not_st_dev(tmp_path, monkeypatch):
     staged, copies = stage_beside({tmp_path / "a.tif": tmp_path / "same" / "a.tif"})
     assert staged == {tmp_path / "a.tif": tmp_path / "same" / "a.tif"} and copies == []  # a rename will do
     assert list((tmp_path / "same").iterdir()) == []  # the probe is gone
-    mnt = bind_mount(tmp_path, monkeypatch)
-    (tmp_path / "b.tif").write_bytes(b"b" * 100)
-    moves = {tmp_path / "a.tif": mnt / "a.tif", tmp_path / "b.tif": mnt / "b.tif"}
-    staged, copies = stage_beside(moves)
-    assert [p.parent for p in staged] == [mnt, mnt] and list(staged.values()) == list(moves.values())
-    assert [p.read_bytes() for p in staged] == [b"a" * 100, b"b" * 100] and copies == list(staged)
-    for p in copies:
-        p.unlink()
-    real, calls = os.fsync, [0]
-
-    def full(fd):
-        calls[0] += 1
-        if calls[0] == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(fd)
-
-    monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(WriteError, match=f"no space left on the device of {mnt} while writing b.tif"):
-        stage_beside(moves)
-    assert list(mnt.iterdir()) == []  # nothing half-written, and the first copy deleted too
+    _copies_beside_then_none_on_a_full_disk(tmp_path, bind_mount(tmp_path, monkeypatch), monkeypatch)
 
 
 def test_a_companion_file_in_a_folder_that_is_not_writable_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -21,7 +21,8 @@ from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.validation import validate_output
 from geosr.writer import WorkRaster
-from tests.conftest import (RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled, file_tree,
+from tests.conftest import (RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_after_commits,
+                            disk_full_once_a_block_is_journalled, file_tree,
                             upscale_bicubic_cli)
 from tests.rasters import uint8_scene
 
@@ -190,15 +191,7 @@ def test_kill_and_resume_with_early_commits_gives_the_same_blocks(tmp_path, ragg
     writes the same bytes as an uninterrupted one."""
     upscale_scene([ragged_scene], tmp_path / "reference", bicubic_cfg(split=SPLIT))
     monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 3600.0)
-    real_rows = WorkRaster._write_rows
-
-    def full_after_two_commits(self, *args):
-        journals = list(tmp_path.glob(".out.geosr-run-*/journal.jsonl"))
-        if journals and len(journals[0].read_bytes().splitlines()) >= 2:
-            raise WriteError("no space left (test)")
-        return real_rows(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", full_after_two_commits)
+    real_rows = disk_full_after_commits(monkeypatch, tmp_path, "out", commits=2)
     with pytest.raises(WriteError):
         upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
     (work,) = tmp_path.glob(".out.geosr-run-*")

@@ -19,7 +19,8 @@ from geosr.cli import cli
 from geosr.engine import upscale_scene
 from geosr.errors import WriteError
 from geosr.writer import WorkRaster
-from tests.conftest import (RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_once_a_block_is_journalled, file_tree,
+from tests.conftest import (RAGGED_HEIGHT, RAGGED_WIDTH, bicubic_cfg, disk_full_after_commits,
+                            disk_full_once_a_block_is_journalled, file_tree,
                             upscale_bicubic_cli)
 from tests.rasters import uint8_scene, write_raster
 
@@ -222,15 +223,7 @@ def test_kill_and_resume_with_early_commits_gives_the_same_store(tmp_path, ragge
     monkeypatch.setattr(geosr.zarr_output, "ZARR_GROUP", 512)  # one task per chunk: overviews over several
     upscale_scene([ragged_scene], tmp_path / "reference.zarr", bicubic_cfg())
     monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 3600.0)
-    real_rows = WorkRaster._write_rows
-
-    def full_after_two_commits(self, *args):
-        journals = list(tmp_path.glob(".out.zarr.geosr-run-*/journal.jsonl"))
-        if journals and len(journals[0].read_bytes().splitlines()) >= 2:
-            raise WriteError("no space left (test)")
-        return real_rows(self, *args)
-
-    monkeypatch.setattr(WorkRaster, "_write_rows", full_after_two_commits)
+    real_rows = disk_full_after_commits(monkeypatch, tmp_path, "out.zarr", commits=2)
     with pytest.raises(WriteError):
         upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg())
     (work,) = tmp_path.glob(".out.zarr.geosr-run-*")
