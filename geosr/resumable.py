@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from geosr.uncertainty_map import UncertaintyRaster
     from geosr.writer import WorkRaster
 
-__all__ = ["StoppedRunWarning", "files_read", "run_identity", "open_journal", "settle_stopped_run",
+__all__ = ["StoppedRunWarning", "file_digest", "files_read", "run_identity", "open_journal", "settle_stopped_run",
            "verify_finished_cells"]
 
 #: Bytes hashed from each input: the head (TIFF header, IFDs and often the first blocks), the
@@ -50,7 +50,8 @@ class StoppedRunWarning(UserWarning):
     """A stopped run left its work folder beside OUTPUT, and this run does not resume it."""
 
 
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """SHA-256 (16 hex digits) of a whole file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -67,7 +68,7 @@ def _write_input_digests(folder: WorkFolder, identity: dict[str, str]) -> None:
     """Record every local input's full-content digest: a resume where an input's ctime moved
     (chmod, a new hard link, a copy kept with ``cp -p``) checks its content against it."""
     paths = [key[len("input "):-len(_CHANGED)] for key in identity if key.startswith("input ") and key.endswith(_CHANGED)]
-    digests = {path: _file_digest(path) for path in paths}
+    digests = {path: file_digest(path) for path in paths}
     tmp = folder / (INPUT_DIGESTS + ".tmp")
     tmp.write_text(json.dumps(digests))
     os.replace(tmp, folder / INPUT_DIGESTS)
@@ -93,7 +94,7 @@ def _same_run(journal: RunJournal, identity: dict[str, str]) -> bool:
             except (OSError, ValueError):
                 return False  # stopped before its inputs' digests were written: nothing to check against
         path = key[len("input "):-len(_CHANGED)]
-        if recorded.get(path) != _file_digest(path):
+        if recorded.get(path) != file_digest(path):
             return False
     return True
 
@@ -186,7 +187,7 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         "--route": config.route, "--route-threshold": config.route_threshold,
         "--model-meta": sorted(config.model_metadata.items()) or None,
         "--co": sorted(config.creation_options.items()),
-        "--aoi": f"{os.path.abspath(config.aoi)} sha256 {_file_digest(config.aoi)}" if config.aoi else None,
+        "--aoi": f"{os.path.abspath(config.aoi)} sha256 {file_digest(config.aoi)}" if config.aoi else None,
     }
     ident.update({k: str(v) for k, v in settings.items()})
     if config.split is not None:  # absent from a single COG's identity, as before tiled output existed

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from geosr.pipelines.consistency import invisible_to_lr
 from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid, reads_as_mild
 from geosr.pipelines.pipeline_geosr import STUDENT_STEPS, GeoSRPipeline, target_to_image
+from geosr.resumable import file_digest
 from geosr.training.launch import (
     add_common_args,
     checkpoint_to_resume,
@@ -168,13 +169,9 @@ def student_fingerprint(model: str) -> str:
     root = Path(model)
     if not root.is_dir():
         return f"hub {model}"  # a hub id: its revision is the hub's to track
-    digest = hashlib.sha256()
-    for path in sorted(p for part in STUDENT_PARTS for p in (root / part).rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    files = sorted(p for part in STUDENT_PARTS for p in (root / part).rglob("*") if p.is_file())
+    lines = [f"{path.relative_to(root).as_posix()} {file_digest(str(path))}" for path in files]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def _check_student(args: argparse.Namespace, output_dir: Path, fingerprint: str) -> None:
