@@ -242,7 +242,7 @@ class StopsDeferred:
 
 def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget | ZarrTarget, config: RunConfig, model: ModelFacts, client,
                 release_cluster: Callable[[], None], performance_report, route_map, uncertainty: Path | None,
-                cells: list[int], finishing: StopsDeferred | None = None) -> RunReport:
+                cells: list[int], finishing: StopsDeferred) -> RunReport:
     """The run itself, in the journal's work folder (see :func:`upscale_scene`); ``release_cluster()``
     once the tiles are done (the cluster closes during the COG pass)."""
     folder = journal.folder
@@ -376,7 +376,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                                  config.routed_threshold)] = Path(route_map).absolute()
     moves, copies = stage_beside(moves)  # a map on another filesystem than OUTPUT: copied beside its place
     uploads = getattr(target, "url", None) is not None  # an S3 commit uploads: it may take long, and stop
-    if finishing is not None and not uploads:  # renames only: a stop between them left half an output
+    if not uploads:  # renames only: a stop between them left half an output
         finishing.start()
     try:
         if blocks is None:
@@ -385,11 +385,9 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
             target.commit(folder.path, moves)
     except BaseException:
         remove_files(copies)
-        if finishing is not None:  # a failed commit is a failed run: stops act again while it settles
-            finishing.restore()
+        finishing.restore()  # a failed commit is a failed run: stops act again while it settles
         raise
-    if finishing is not None:
-        finishing.start()
+    finishing.start()
     return RunReport(
         output=getattr(target, "url", target.output),  # an object's URL, not its local stand-in
         tiles_total=len(grid),
