@@ -28,6 +28,7 @@ def student_dir(tmp_path):
 def _argv(tmp_path, student_dir) -> list[str]:
     config = dict(common_run_config(tmp_path), output_dir=str(tmp_path / "heads"), model=str(student_dir),
                   captions="truth", degradation="mixed", calibration_batches=2, head_channels=8, head_blocks=1)
+    config["calibration_crop_size"] = config["crop_size"]
     config.pop("validation_images")
     config.pop("validation_inference_steps")
     return ["--config", str(write_yaml(tmp_path, config))]
@@ -65,7 +66,7 @@ def test_heads_train_calibrate_resume_and_leave_the_student_alone(tmp_path, stud
     assert config.mild_calibration != config.calibration
     args = train_heads.parse_args(argv)
     predicted, actual = [], []
-    loader = train_heads.make_dataloader(type(args)(**{**vars(args), "seed": args.seed + 7919}))
+    loader = train_heads.make_dataloader(train_heads.calibration_args(args))
     loader.dataset.set_epoch(0)
     for k, batch in zip(range(2), loader):
         sample, _, grid, base = train_heads._student_output(trained, batch, "cpu", 10_000_019 + k * 64)
@@ -209,3 +210,13 @@ def test_each_checkpoint_records_its_student(tmp_path, student_dir):
         "--max_train_steps", "1", "--resume_from_checkpoint", "latest"]))
     assert (out / "checkpoint-1" / train_heads.STUDENT_RECORD).read_text().strip() == \
         train_heads.student_fingerprint(str(student_dir))
+
+
+def test_calibration_crops_are_imagery_as_delivered(tmp_path, student_dir):
+    # another seed, tiles of calibration_crop_size at the images' own GSD, no jitter; the degradations kept
+    args = train_heads.parse_args(_argv(tmp_path, student_dir) + ["--rescale_prob", "0.5", "--color_jitter", "0.1",
+                                                                  "--calibration_crop_size", "64"])
+    held_out = train_heads.calibration_args(args)
+    assert (held_out.crop_size, held_out.rescale_prob, held_out.color_jitter) == (64, 0.0, 0.0)
+    assert held_out.seed != args.seed and held_out.degradation == args.degradation
+    assert (args.crop_size, args.rescale_prob, args.color_jitter) == (32, 0.5, 0.1)
