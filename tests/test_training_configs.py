@@ -31,7 +31,8 @@ TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
 STUDENT_STAGES = {
     4: ("geosr_tiny_v2_x4_student", "geosr_tiny_v2_x4_student_continued", "geosr_tiny_v2_x4_student_stage4",
         "geosr_tiny_v3_x4_student_fidelity"),
-    2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3"),
+    2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
+        "geosr_tiny_v3_x2_student_fidelity"),
 }
 SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
 
@@ -42,7 +43,8 @@ def test_the_recipes_are_there():
     baselines = {"geosr_tiny_v2_regression_baseline_x4_4800", "geosr_tiny_v2_regression_baseline_x4_6400",
                  "geosr_tiny_v3_regression_baseline_x2", "geosr_tiny_v3_regression_baseline_x2_continued",
                  "geosr_tiny_v3_regression_baseline_x2_stage3"}
-    heads = {"geosr_tiny_x4_heads", "geosr_tiny_x2_heads", "geosr_tiny_v3_x4_heads_refit"}
+    heads = {"geosr_tiny_x4_heads", "geosr_tiny_x2_heads", "geosr_tiny_v3_x4_heads_refit",
+             "geosr_tiny_v3_x2_heads_refit"}
     assert shipped | baselines | heads | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
