@@ -316,7 +316,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
             todo = [t for t in tiles if acc.needs(t)]
             if blocks is not None:  # blocks written as the run goes, not a row of them after it
                 todo = block_major(todo, max(1, blocks.side // s))
-            jobs = batch_jobs(scene_plan, todo, config)
+            jobs = batch_jobs(scene_plan, todo, config, single_last=config.batch_size if blocks is not None else 0)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
             # the tasks of a network ask for a GPU where workers declare one

@@ -387,14 +387,23 @@ def model_fingerprint(model: Upscaler, config: RunConfig) -> str | None:
     return ", ".join(prints) or None
 
 
-def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig) -> list[BatchJob]:
-    """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds."""
+def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig, single_last: int = 0) -> list[BatchJob]:
+    """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds; the last
+    ``single_last`` tiles one per job.
+
+    Single last jobs are for outputs written block by block as their cells are done (tiled
+    COGs, Zarr): the blocks a result finishes are written after the tiles already running, so
+    the blocks the last two results finish are the serial tail; one tile finishes 1-3 of them
+    where a batch of four finished 8-10 Zarr chunks (docs/benchmarks.md).
+    """
     scene, stretch = scene_plan.scene, scene_plan.stretch
     opts = tuple(sorted(config.model_options().items()))
     threshold, route_to = config.routed_threshold, config.route_to  # once: they look for shipped models
+    batched = max(0, len(tiles) - single_last)
+    starts = [*range(0, batched, config.batch_size), *range(batched, len(tiles))]
     jobs = []
-    for i in range(0, len(tiles), config.batch_size):
-        chunk = tuple(tiles[i : i + config.batch_size])
+    for i, end in zip(starts, [*starts[1:], len(tiles)]):
+        chunk = tuple(tiles[i:end])
         jobs.append(
             BatchJob(
                 source=scene.source, tiles=chunk, bands=scene_plan.bands, stretch=stretch, masked=scene.masked,

@@ -141,3 +141,27 @@ def test_block_major_finishes_one_block_of_tiles_after_another():
     # the first row and column (what the neighbours' edge cells wait for), then the rest row-major
     edge = [(r, c) for r in range(4) for c in range(4) if r == 0 or c == 0]
     assert first == edge + [(r, c) for r in range(1, 4) for c in range(1, 4)]
+
+
+def test_a_block_written_output_ends_on_single_tile_jobs(ragged_scene, tmp_path):
+    # the blocks the last two results finish are the serial tail: one tile finishes few of them
+    from conftest import bicubic_cfg
+    from geosr.scene import expand_inputs
+    from geosr.scene_plan import plan_scene
+    from geosr.tasks import batch_jobs
+
+    config = bicubic_cfg(batch_size=4)
+    plan = plan_scene(expand_inputs([str(ragged_scene)]), config, 3, tmp_path, 1)
+    tiles = list(plan.tiles)
+    assert len(tiles) > 8
+    for single_last in (0, 4, 100):
+        jobs = batch_jobs(plan, tiles, config, single_last=single_last)
+        assert [t.index for j in jobs for t in j.tiles] == [t.index for t in tiles]  # the same tiles, in order
+        sizes = [len(j.tiles) for j in jobs]
+        singles = min(single_last, len(tiles))
+        assert sizes[len(sizes) - singles:] == [1] * singles
+        batched = sizes[: len(sizes) - singles]
+        assert all(n == 4 for n in batched[:-1]) and 1 <= batched[-1] <= 4 if batched else singles == len(tiles)
+        # each tile keeps its seed whatever its job
+        assert {t.index: s for j in jobs for t, s in zip(j.tiles, j.seeds)} == {
+            t.index: s for j in batch_jobs(plan, tiles, config) for t, s in zip(j.tiles, j.seeds)}

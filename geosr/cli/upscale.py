@@ -143,7 +143,7 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
             + (f"{report.tiles_resumed} done before resuming, " if report.tiles_resumed else "")
             + _megapixels(report)
             + f" in {report.seconds:.1f} s, {report.megapixels_per_second:.2f} MP/s; "
-            + f"{report.tail_seconds:.1f} s of it after the last tile)",
+            + f"{report.tail_seconds:.2f} s of it after the last tile)",
             err=True,
         )
 
