@@ -50,9 +50,9 @@ def main() -> None:
     p.add_argument("--scheduler-s", type=float, default=0.0021, help="scheduler time per task")
     p.add_argument("--moved-mib-per-mp", type=float, default=4.3, help="bytes between workers per output MP")
     p.add_argument("--bandwidth-mib-s", type=float, default=1100.0, help="network, MiB/s (10 Gb/s)")
-    p.add_argument("--tiled-tail-s", type=float, default=0.42,
+    p.add_argument("--tiled-tail-s", type=float, default=0.31,
                    help="after the last tile, tiled --split 2048: the last block's COG (+ the commit)")
-    p.add_argument("--zarr-tail-s", type=float, default=0.62,
+    p.add_argument("--zarr-tail-s", type=float, default=0.37,
                    help="after the last tile, Zarr: the last chunks and their overview levels")
     p.add_argument("--start-s", type=float, default=1.8, help="imports + cluster (a network model: + its load)")
     p.add_argument("--exit-s", type=float, default=0.05, help="the process's exit (os._exit)")
