@@ -5,7 +5,8 @@ the two error maps on one colour scale (black 0, white ``--vmax`` DN). The LR is
 ``geosr evaluate`` makes it (image ``i`` of the list with seed ``seed + i``)::
 
     python docs/detail_quicklook.py --scale 4 --degradation clean --out docs/quicklook_detail_x4_clean.png \\
-        ../shared/data/val/ucmerced/denseresidential/denseresidential01.png ../shared/data/val/neon/SJER/SJER_012.tif
+        ../shared/data/val/ucmerced/denseresidential/denseresidential50.png \\
+        ../shared/data/val/ucmerced/harbor/harbor50.png ../shared/data/val/ucmerced/golfcourse/golfcourse50.png
 """
 
 from __future__ import annotations
