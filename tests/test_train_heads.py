@@ -220,3 +220,8 @@ def test_calibration_crops_are_imagery_as_delivered(tmp_path, student_dir):
     assert (held_out.crop_size, held_out.rescale_prob, held_out.color_jitter) == (64, 0.0, 0.0)
     assert held_out.seed != args.seed and held_out.degradation == args.degradation
     assert (args.crop_size, args.rescale_prob, args.color_jitter) == (32, 0.5, 0.1)
+
+
+def test_a_calibration_crop_size_off_the_scale_is_refused_before_training(tmp_path, student_dir):
+    with pytest.raises(SystemExit):
+        train_heads.parse_args(_argv(tmp_path, student_dir) + ["--calibration_crop_size", "30"])  # scale 4

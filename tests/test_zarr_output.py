@@ -32,13 +32,14 @@ def open_store(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, mask_and_scale=False)  # the stored values, as the COG holds them
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_the_store_equals_the_single_cog(tmp_path, masked):
+@pytest.mark.parametrize("masked,batch_size", [(False, 1), (True, 1), (False, 4)])
+def test_the_store_equals_the_single_cog(tmp_path, masked, batch_size):
+    # batch_size 4: the run ends on single-tile jobs (the single COG's run does not)
     mask = np.ones((RAGGED_HEIGHT, RAGGED_WIDTH), bool)
     mask[40:90, 100:260] = False
     src = uint8_scene(tmp_path / "in.tif", RAGGED_HEIGHT, RAGGED_WIDTH, mask=mask if masked else None)
     upscale_scene([src], tmp_path / "single.tif", bicubic_cfg())
-    report = upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg())
+    report = upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg(batch_size=batch_size))
 
     out = tmp_path / "out.zarr"
     assert report.output == out and report.captions == tmp_path / "out.captions.geojson" and report.captions.exists()

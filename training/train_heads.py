@@ -93,11 +93,16 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--calibration_batches", type=int, default=24,
         help="Batches of crops (another seed) that fit the uncertainty head's variance_scale.")
     add("--calibration_crop_size", type=int, default=256,
-        help="HR side of the calibration crops: the size of the tiles the map is drawn on, not of the "
-             "training crops (whose border pixels, a larger share of a small crop, err more).")
+        help="HR side of the calibration crops (a multiple of --scale): larger than the training crops, "
+             "whose border pixels - which err more, and which inference's tile halos discard - are a "
+             "larger share of a small crop.")
     args = parse_with_config(parser, input_args, {})
     if not args.model:
         parser.error("--model is required (in the YAML or on the command line)")
+    if args.calibration_crop_size <= 0 or args.calibration_crop_size % args.scale:
+        # checked here: the calibration crops are first drawn after the last training step
+        parser.error(f"--calibration_crop_size {args.calibration_crop_size} must be a positive multiple of "
+                     f"--scale {args.scale}")
     return args
 
 
@@ -353,11 +358,13 @@ def calibration_args(args: argparse.Namespace) -> argparse.Namespace:
 def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namespace, device) -> None:
     """Fit ``variance_scale``, ``calibration`` and ``mild_calibration`` of ``head`` on crops of another seed.
 
-    The crops are ``calibration_crop_size`` px at the images' own ground sample distance, without
-    colour jitter: imagery as a sensor delivers it, in tiles the size inference draws the map on
-    (the training crops' augmentations - coarser GSDs, jitter - err more for the same prediction:
-    knots fitted on them over-predicted by up to 1.4x on val's clean protocol). The degradation
-    mixture, JPEG included, is the training one. First the scale (mean squared error over mean predicted variance, all crops), then, on the
+    The crops are ``calibration_crop_size`` px (256: the crop borders, which err more and which
+    inference's tile halos discard, weigh a quarter of what they weigh in 128 px training crops;
+    it is also the size of a UC Merced image as ``geosr evaluate`` scores it) at the images' own
+    ground sample distance, without colour jitter: imagery as a sensor delivers it (the training
+    crops' augmentations - coarser GSDs, jitter - err more for the same prediction: knots fitted
+    on them over-predicted by up to 1.4x on val's clean protocol). Images smaller than the crop
+    are left out. The degradation mixture, JPEG included, is the training one. First the scale (mean squared error over mean predicted variance, all crops), then, on the
     scaled prediction, one knot per decile of the per-pixel prediction averaged over bands (what
     the map shows): the log of the decile's mean squared error over its mean prediction - on the
     crops whose caption reads as at most mildly degraded for ``mild_calibration``, on the others
