@@ -2,6 +2,9 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
+from geosr.scene import expand_inputs
+from geosr.scene_plan import plan_scene
+from geosr.tasks import batch_jobs
 from geosr.tiling import (
     TileGrid,
     axis_starts,
@@ -11,6 +14,7 @@ from geosr.tiling import (
     scale_window,
     window_transform,
 )
+from tests.conftest import bicubic_cfg
 
 
 @pytest.mark.parametrize("size,tile", [(1, 8), (97, 32), (100, 25), (257, 256), (256, 256), (1000, 300)])
@@ -145,11 +149,6 @@ def test_block_major_finishes_one_block_of_tiles_after_another():
 
 def test_a_block_written_output_ends_on_single_tile_jobs(ragged_scene, tmp_path):
     # the blocks the last two results finish are the serial tail: one tile finishes few of them
-    from conftest import bicubic_cfg
-    from geosr.scene import expand_inputs
-    from geosr.scene_plan import plan_scene
-    from geosr.tasks import batch_jobs
-
     config = bicubic_cfg(batch_size=4)
     plan = plan_scene(expand_inputs([str(ragged_scene)]), config, 3, tmp_path, 1)
     tiles = list(plan.tiles)

@@ -359,12 +359,14 @@ def _calibrate(pipe: GeoSRPipeline, head: UncertaintyHead, args: argparse.Namesp
     """Fit ``variance_scale``, ``calibration`` and ``mild_calibration`` of ``head`` on crops of another seed.
 
     The crops are ``calibration_crop_size`` px (256: the crop borders, which err more and which
-    inference's tile halos discard, weigh a quarter of what they weigh in 128 px training crops;
-    it is also the size of a UC Merced image as ``geosr evaluate`` scores it) at the images' own
+    inference's tile halos discard, weigh half of what they weigh in 128 px training crops; it
+    is also the size of a UC Merced image as ``geosr evaluate`` scores it) at the images' own
     ground sample distance, without colour jitter: imagery as a sensor delivers it (the training
     crops' augmentations - coarser GSDs, jitter - err more for the same prediction: knots fitted
     on them over-predicted by up to 1.4x on val's clean protocol). Images smaller than the crop
-    are left out. The degradation mixture, JPEG included, is the training one. First the scale (mean squared error over mean predicted variance, all crops), then, on the
+    are left out. The degradation mixture, JPEG included, is the training one.
+
+    First the scale (mean squared error over mean predicted variance, all crops), then, on the
     scaled prediction, one knot per decile of the per-pixel prediction averaged over bands (what
     the map shows): the log of the decile's mean squared error over its mean prediction - on the
     crops whose caption reads as at most mildly degraded for ``mild_calibration``, on the others
