@@ -9,7 +9,7 @@ Scenes: the synthetic 4096 x 4096 RGB scene of docs/engine_vs_gdal.py at x2 (67 
 VRT of it repeated 4 x 4 (16384 x 16384 px) at x2 (1.07 GP out). Outputs are deleted after
 each run.
 
-    .venv/bin/python docs/serial_tail.py [--repeat 4] [--modes cog,tiled,zarr] [--split 2048] [--folder /tmp/serial_tail]
+    .venv/bin/python docs/serial_tail.py [--repeat 4] [--modes cog,tiled,zarr] [--split N] [--folder /tmp/serial_tail]
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def repeated_vrt(src: Path, dst: Path, n: int) -> Path:
 def run(src: Path, out: Path, mode: str, split: int) -> tuple[float, float, float]:
     """One run: (whole wall time, the report's tail, the time from the summary line to the exit)."""
     geosr = str(Path(sys.executable).with_name("geosr"))
-    target = {"cog": out / "out.tif", "tiled": out / "tiled", "zarr": out / "out.zarr"}[mode]
-    extra = ["--split", str(split)] if mode == "tiled" else []
+    # tiled without --split: a folder OUTPUT, blocks of the side geosr chooses from the output's size
+    target = {"cog": out / "out.tif", "tiled": f"{out / 'tiled'}/", "zarr": out / "out.zarr"}[mode]
+    extra = ["--split", str(split)] if mode == "tiled" and split else []
     t0 = time.perf_counter()
     proc = subprocess.Popen([geosr, "upscale", str(src), str(target), "--scale", "2", "--model", "bicubic",
                              "--captioner", "none", "--overwrite", *extra],
@@ -78,7 +79,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="small,large")
     # the last row of blocks can only start once the last tiles are in: the tail grows with
     # the output's width times the block size
-    parser.add_argument("--split", type=int, default=2048, help="tiled output's block size")
+    parser.add_argument("--split", type=int, default=0,
+                        help="tiled output's block size (default: geosr's own choice, 1024 at 67 MP, 4096 at 1 GP)")
     parser.add_argument("--folder", type=Path, default=Path("/tmp/serial_tail"))
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)

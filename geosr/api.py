@@ -266,7 +266,9 @@ def upscale_to_file(
         Tiled output (:mod:`geosr.tiled_output`): the output grid in blocks of ``split`` x
         ``split`` pixels (a multiple of the COG block size, 512), one COG each, with a VRT and
         a STAC Collection; ``output`` is then a folder (``OUT_DIR/mosaic.vrt``) or a ``.vrt``.
-        An ``output`` ending in ``/`` or ``.vrt`` asks for it with blocks of 16384.
+        An ``output`` ending in ``/`` or ``.vrt`` asks for it with blocks the run chooses
+        from the output's size (:func:`geosr.tiled_output.auto_block_side`: 1024 to 16384, at
+        least 64 blocks where it can).
         An ``output`` ending in ``.zarr`` writes a Zarr store instead (:mod:`geosr.zarr_output`),
         which takes neither ``split`` nor ``creation_options``.
     uncertainty : path-like, optional

@@ -100,7 +100,8 @@ class RunConfig:
         The Python object ``model`` (``python:NAME@HASH``) names, carried to worker processes.
     split : int or None
         Tiled output (:mod:`geosr.tiled_output`): blocks of ``split`` x ``split`` output pixels,
-        one COG each, with a VRT and STAC; None writes one COG.
+        one COG each, with a VRT and STAC; 0 (:data:`~geosr.tiled_output.AUTO_SPLIT`) lets the
+        run choose from the output's size; None writes one COG.
     detail : float
         Detail level ``D`` in ``[0, 1]`` of a diffusion model with a detail head (0: the
         fidelity output; 1: the most detail the head has learnt, drawn from each tile's seed).

@@ -38,7 +38,7 @@ __all__ = ["TILED_MARK", "ZARR_MARK", "check_entries", "check_replaceable_tiled"
 
 #: The file that marks a tiled output as geosr's, and the one of a Zarr store.
 TILED_MARK, ZARR_MARK = "collection.json", ".zattrs"
-#: How the description of geosr's STAC Collection starts (geosr.tiled_output.BlockWriter.write_mosaic).
+#: How the description of geosr's STAC Collection starts (geosr.tiled_output.BlockWriter.write_index).
 _COLLECTION_DESCRIPTION = "geosr super-resolution output"
 _BLOCK_FILE = re.compile(r"block_\d+_\d+\.(?:tif|json)")
 _ZARR_ARRAYS = frozenset({"band_data", "mask", "band", "x", "y", "spatial_ref"})

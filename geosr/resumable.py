@@ -191,7 +191,9 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     }
     ident.update({k: str(v) for k, v in settings.items()})
     if config.split is not None:  # absent from a single COG's identity, as before tiled output existed
-        ident["--split"] = str(config.split)
+        # "auto": the side the output's size gives (geosr.tiled_output.auto_block_side), the same
+        # on resume; a stopped run of a geosr whose default was 16384 differs here
+        ident["--split"] = str(config.split) if config.split else "auto"
     # absent at their defaults, as before there were detail levels and error maps
     if config.detail:
         ident["--detail"] = f"{config.detail!r}"

@@ -48,20 +48,31 @@ from geosr.tasks import shippable_errors
 from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, translate_to_cog,
                           write_error)
 
-__all__ = ["DEFAULT_SPLIT", "TiledTarget", "BlockJob", "BlockWriter", "block_windows", "tiled_split", "write_block"]
+__all__ = ["AUTO_SPLIT", "MAX_AUTO_SPLIT", "MIN_AUTO_BLOCKS", "MIN_AUTO_SPLIT", "TiledTarget", "BlockJob", "BlockWriter",
+           "auto_block_side", "block_windows", "tiled_split", "write_block"]
 
-#: Block side in output pixels when OUTPUT asks for tiled output without ``split``: 16384 x
-#: 16384 RGB uint8 is 768 MiB raw, a COG a worker makes in tens of seconds.
-DEFAULT_SPLIT = 16384
+#: ``split`` of an OUTPUT that asks for tiled output without one: the block side is chosen from
+#: the output's size when the run knows it (:func:`auto_block_side`).
+AUTO_SPLIT = 0
+#: The largest block side chosen: 16384 x 16384 RGB uint8 is 768 MiB raw, a COG a worker makes
+#: in tens of seconds.
+MAX_AUTO_SPLIT = 16384
+#: A chosen block side cuts the output into at least this many blocks where it can: what is
+#: left after the last tile is about one block's COG, so its share of the run is about 1/64 of
+#: the writing, and 64 workers have a block each (a fixed 16384 made a 67 MP output one block -
+#: the single COG's whole tail - and a 1 GP output four, a 268 MP COG after the last tile).
+MIN_AUTO_BLOCKS = 64
+#: The smallest block side chosen (1024 x 1024: 1 MP a file; smaller blocks only add files).
+MIN_AUTO_SPLIT = 1024
 
 
 def tiled_split(output: str | os.PathLike, split: object, creation_options: Mapping[str, str] | None) -> int | None:
-    """The block size of a run writing ``output``, or None for a single COG.
+    """The block size of a run writing ``output``, None for a single COG, or :data:`AUTO_SPLIT`.
 
-    ``split`` given, or OUTPUT ending in ``/`` or ``.vrt`` (then :data:`DEFAULT_SPLIT`), asks
-    for tiled output. The block size must be a positive multiple of the COG block size
-    (``BLOCKSIZE``, 512 unless ``creation_options`` say otherwise), so no COG tile straddles
-    two blocks' files.
+    ``split`` given, or OUTPUT ending in ``/`` or ``.vrt`` (then :data:`AUTO_SPLIT`: the run
+    chooses, :func:`auto_block_side`), asks for tiled output. The block size must be a positive
+    multiple of the COG block size (``BLOCKSIZE``, 512 unless ``creation_options`` say
+    otherwise), so no COG tile straddles two blocks' files.
 
     Raises
     ------
@@ -83,19 +94,35 @@ def tiled_split(output: str | os.PathLike, split: object, creation_options: Mapp
         return None
     folder_like = text.endswith(("/", os.sep)) or text.lower().endswith(".vrt")
     if split is None:
-        if not folder_like:
-            return None
-        split = DEFAULT_SPLIT
+        return AUTO_SPLIT if folder_like else None
     if text.lower().endswith((".tif", ".tiff")):
         raise InputError(f"--split writes a folder of COGs, but OUTPUT {text} names a GeoTIFF: give a folder "
                          "(out/) or a .vrt")
-    options = {k.upper(): v for k, v in (creation_options or {}).items()}
-    block = int(options.get("BLOCKSIZE", DEFAULT_COG_OPTIONS["BLOCKSIZE"]))
+    block = _cog_block(creation_options)
     n = int(split) if not isinstance(split, bool) and str(split).strip().isdigit() else None
     if n is None or n <= 0 or n % block:
         raise InputError(f"--split {split}: the block side must be a positive multiple of the COG block size {block} "
-                         f"(e.g. {DEFAULT_SPLIT})")
+                         f"(e.g. {MAX_AUTO_SPLIT})")
     return n
+
+
+def _cog_block(creation_options: Mapping[str, str] | None) -> int:
+    options = {k.upper(): v for k, v in (creation_options or {}).items()}
+    return int(options.get("BLOCKSIZE", DEFAULT_COG_OPTIONS["BLOCKSIZE"]))
+
+
+def auto_block_side(width: int, height: int, creation_options: Mapping[str, str] | None = None) -> int:
+    """The block side of a tiled output of ``width`` x ``height`` pixels that asked for none.
+
+    The largest of 1024, 2048, ... :data:`MAX_AUTO_SPLIT` (doubled from the COG block size
+    when that is larger) that cuts the output into at least :data:`MIN_AUTO_BLOCKS` blocks,
+    or the smallest of them when none does: 1024 at 67 MP (8192 px square, 64 blocks), 4096
+    at 1 GP, 8192 at 10 GP, 16384 from 17 GP.
+    """
+    side = max(MIN_AUTO_SPLIT, _cog_block(creation_options))
+    while side * 2 <= MAX_AUTO_SPLIT and -(-width // (side * 2)) * -(-height // (side * 2)) >= MIN_AUTO_BLOCKS:
+        side *= 2
+    return side
 
 
 def block_windows(width: int, height: int, n: int) -> list[tuple[str, Window]]:
@@ -308,8 +335,9 @@ class BlockWriter(BlockTaskWriter):
     def _collect(self, result: tuple[str, int, int]) -> list[tuple[str, int, int]]:
         return [result]
 
-    def write_mosaic(self, vrt: Path, captions: Path, captions_fc: dict, created: dt.datetime) -> None:
-        """Write the VRT over the blocks, the STAC Collection and Items, and the captions (staged)."""
+    def write_index(self, vrt: Path, created: dt.datetime) -> None:
+        """Write the VRT over the blocks and the STAC Collection and Items (staged; they need no
+        block's pixels, so a run writes them before its tiles)."""
         rel = os.path.relpath(self.data, vrt.parent)
         self._write_vrt(vrt, rel)
         collection = self.data.name
@@ -322,7 +350,6 @@ class BlockWriter(BlockTaskWriter):
         _write_json(self.data / "collection.json", stac_collection(
             collection, items, f"geosr super-resolution output in {len(items)} COG blocks of "
             f"{self._split} x {self._split} pixels"))
-        _write_json(captions, captions_fc)
 
     def _write_vrt(self, vrt: Path, rel: str) -> None:
         """A VRT of the whole output grid with each block's COG as a source, and the output's metadata."""

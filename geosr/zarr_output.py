@@ -4,7 +4,7 @@ The store is Zarr format 2 (what GDAL's Zarr driver and xarray both read), one g
 
 - ``band_data`` (``band, y, x``): the output's pixels in its dtype, chunks of all bands x
   :data:`ZARR_CHUNK` x :data:`ZARR_CHUNK` output pixels (ragged at the right and bottom),
-  zlib-compressed; the output's nodata is the array's fill value (``_FillValue`` to xarray);
+  Zstandard-compressed (level 1); the output's nodata is the array's fill value (``_FillValue`` to xarray);
   band descriptions, scales, offsets, units and colour interpretation are attributes
   (``long_name``, ``scales``, ``offsets``, ``units``, ``colorinterp``);
 - ``mask`` (``y, x``, uint8: 255 valid, 0 not), only where the single COG would carry a mask
@@ -464,7 +464,11 @@ class ZarrWriter(BlockTaskWriter):
 
         r, p, meta = self.raster, self.raster.profile, self.raster.band_meta
         height, width = -(-r.height // f), -(-r.width // f)
-        compressor = numcodecs.Zlib(level=1)
+        # Zstandard, zarr's own default for format 2: GDAL's Zarr driver and numcodecs read it;
+        # level 1 encoded 40 aerial images 17x faster than zlib's level 1 (0.021 against 0.365 s)
+        # for 4.5 % more bytes (0.852 against 0.815 of raw); zlib was most of the serial tail
+        # (~16 ms a 512 px RGB chunk, the last chunks and their overview chain after the last tile).
+        compressor = numcodecs.Zstd(level=1)
         crs, transform = p.get("crs"), p.get("transform")
         if transform is not None:
             transform = transform * transform.scale(f)
@@ -528,15 +532,15 @@ class ZarrWriter(BlockTaskWriter):
         if missing:
             raise RuntimeError(f"internal error: {missing} Zarr chunks were never written")
 
-    def write_mosaic(self, vrt, captions: Path, captions_fc: dict, created) -> None:
-        """Consolidate the store's metadata and write the captions (staged); ``vrt`` and ``created`` are unused."""
+    def write_index(self, vrt, created) -> None:
+        """Consolidate the store's metadata (it needs no chunk, so a run does it before its tiles);
+        ``vrt`` and ``created`` are unused."""
         import zarr
 
         try:
             zarr.consolidate_metadata(self.store, zarr_format=2)
         except OSError as exc:
             raise write_error(self.store, exc) from exc
-        captions.write_text(json.dumps(captions_fc))
 
 
 def _axis_attrs(crs, name: str) -> dict:

@@ -94,10 +94,33 @@ def test_a_vrt_output_puts_the_blocks_beside_it(tmp_path, ragged_scene):
     result = CliRunner().invoke(cli, ["upscale", str(ragged_scene), str(tmp_path / "big.vrt"), "--scale", "2", "--model", "bicubic",
                                       "--captioner", "none", "--tile", "32", "--overlap", "8", "-q"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == [
-        "block_000_000.json", "block_000_000.tif", "collection.json"]  # one block of the default 16384
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == [  # 1034 x 602 px: blocks of 1024
+        "block_000_000.json", "block_000_000.tif", "block_000_001.json", "block_000_001.tif", "collection.json"]
     assert (tmp_path / "big.captions.geojson").exists()
     np.testing.assert_array_equal(read_all(tmp_path / "big.vrt")[0], read_all(tmp_path / "single.tif")[0])
+
+
+@pytest.mark.parametrize("width,height,options,side", [
+    (8192, 8192, None, 1024),  # 67 MP: 64 blocks
+    (32768, 32768, None, 4096),  # 1 GP: 64 blocks, not 4 of 16384
+    (100_000, 100_000, None, 8192),
+    (140_000, 140_000, None, 16384),
+    (400_000, 400_000, None, 16384),  # never above 16384
+    (1034, 602, None, 1024),  # fewer than 64 blocks at any side: the smallest
+    (65536, 8192, None, 2048),  # 32 x 4 blocks: a strip counts its blocks, not its side
+    (8192, 8192, {"blocksize": "2048"}, 2048),  # a multiple of the COG's own blocks
+])
+def test_the_default_block_side_follows_the_output_size(width, height, options, side):
+    assert geosr.tiled_output.auto_block_side(width, height, options) == side
+
+
+def test_a_folder_output_without_split_gets_the_size_based_blocks(tmp_path, ragged_scene):
+    report = upscale_scene([ragged_scene], tmp_path / "out/", bicubic_cfg(split=geosr.tiled_output.AUTO_SPLIT))
+    assert report.output == tmp_path / "out"
+    # 1034 x 602 output pixels: blocks of 1024, the smallest side chosen
+    assert sorted(p.stem for p in (tmp_path / "out").glob("block_*.tif")) == ["block_000_000", "block_000_001"]
+    journal_identity = geosr.resumable.run_identity([str(ragged_scene)], bicubic_cfg(split=0))
+    assert journal_identity["--split"] == "auto"  # a resumed run chooses the same side from the same scene
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "1000", "-512", "512.0"])

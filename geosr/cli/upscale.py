@@ -65,7 +65,7 @@ from geosr.writer import check_file_name
               "texture, noise and 1 where the model ran (open it over the scene in QGIS).")
 @click.option("--split", metavar="N", help="Tiled output: OUTPUT is a folder (or a .vrt) of COGs of N x N output "
               "pixels (a multiple of 512) with a VRT over them and a STAC Collection; an OUTPUT ending in / or .vrt "
-              "alone means N = 16384.")
+              "alone: N from the output's size (at least 64 blocks, N from 1024 to 16384).")
 @click.option("--detail", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="D",
               help="Detail level in [0, 1] (diffusion models with a detail head, as the shipped ones): 0 is the "
                    "fidelity output, 1 the most detail the model has learnt - drawn, not measured: plausible texture "
