@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 
+from geosr.tiled_output import auto_block_side
+
 
 def run_seconds(n: int, mode: str, a: argparse.Namespace) -> float:
     """Predicted wall time of one run on ``n`` workers, ``mode`` cog, tiled or zarr."""
@@ -30,7 +32,10 @@ def run_seconds(n: int, mode: str, a: argparse.Namespace) -> float:
         tail = a.megapixels * encode  # one process, after the last tile
     else:
         work += a.megapixels * encode  # blocks / chunks encoded by the workers during the run
-        tail = a.tiled_tail_s if mode == "tiled" else a.zarr_tail_s
+        # tiled: about one block's COG after the last tile, the block side geosr chooses for the
+        # output's size (geosr.tiled_output.auto_block_side) unless --split says
+        side = a.split or auto_block_side(a.width, round(a.megapixels * 1e6 / a.width))
+        tail = a.tiled_tail_s + side * side / 1e6 * a.block_tail_s_per_mp if mode == "tiled" else a.zarr_tail_s
     tasks = a.megapixels / a.tile_mp * a.tasks_per_tile
     return a.start_s + max(work / n, tasks * a.scheduler_s) + tail + a.exit_s
 
@@ -42,18 +47,21 @@ def main() -> None:
     p.add_argument("--model-s-per-mp", type=float, default=0.09,
                    help="read + model per output MP on one worker core (bicubic 0.09; geosr-tiny-x4 bf16 ~0.4)")
     p.add_argument("--engine-s-per-mp", type=float, default=0.03, help="blend + write cells per output MP")
-    p.add_argument("--cog-s-per-mp", type=float, default=0.076, help="COG pass (overviews, stats, DEFLATE) per MP")
-    p.add_argument("--tiled-s-per-mp", type=float, default=0.12, help="block COGs per MP, on the workers")
-    p.add_argument("--zarr-s-per-mp", type=float, default=0.18, help="Zarr chunks + overview levels per MP")
+    p.add_argument("--cog-s-per-mp", type=float, default=0.037, help="COG pass (overviews, stats, DEFLATE) per MP")
+    p.add_argument("--tiled-s-per-mp", type=float, default=0.089, help="block COGs per MP, on the workers")
+    p.add_argument("--zarr-s-per-mp", type=float, default=0.041, help="Zarr chunks + overview levels per MP")
     p.add_argument("--tile-mp", type=float, default=0.262, help="output MP per tile (256 px LR at x2)")
     p.add_argument("--tasks-per-tile", type=float, default=1.0, help="batch, strip and cell tasks per tile")
     p.add_argument("--scheduler-s", type=float, default=0.0021, help="scheduler time per task")
     p.add_argument("--moved-mib-per-mp", type=float, default=4.3, help="bytes between workers per output MP")
     p.add_argument("--bandwidth-mib-s", type=float, default=1100.0, help="network, MiB/s (10 Gb/s)")
-    p.add_argument("--tiled-tail-s", type=float, default=0.31,
-                   help="after the last tile, tiled --split 2048: the last block's COG (+ the commit)")
-    p.add_argument("--zarr-tail-s", type=float, default=0.37,
-                   help="after the last tile, Zarr: the last chunks and their overview levels")
+    p.add_argument("--split", type=int, default=0, help="tiled output's block side (0: geosr's choice)")
+    p.add_argument("--tiled-tail-s", type=float, default=0.078,
+                   help="after the last tile, tiled: commits and submission, besides the last block's COG")
+    p.add_argument("--block-tail-s-per-mp", type=float, default=0.069,
+                   help="after the last tile, tiled: the last block's COG per MP of block")
+    p.add_argument("--zarr-tail-s", type=float, default=0.42,
+                   help="after the last tile, Zarr: the last chunks and their overview levels (1 GP)")
     p.add_argument("--start-s", type=float, default=1.8, help="imports + cluster (a network model: + its load)")
     p.add_argument("--exit-s", type=float, default=0.05, help="the process's exit (os._exit)")
     p.add_argument("--workers", default="1,2,8,64,512")
