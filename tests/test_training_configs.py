@@ -26,13 +26,13 @@ def _script(path: Path):
 # continues the one before it; the last one is shipped. x4: v2 (three stages with the teacher, then a
 # fourth), then v3's two fidelity stages (L1 alone, distill_weight 0: from the shipped student, its
 # "teacher" only lends the caption encoder and schedule); x2: the v3 student on the LR grid under
-# the v2 x2 teacher (LR/2), three stages, then its fidelity stage.
+# the v2 x2 teacher (LR/2), three stages, then its two fidelity stages.
 TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
 STUDENT_STAGES = {
     4: ("geosr_tiny_v2_x4_student", "geosr_tiny_v2_x4_student_continued", "geosr_tiny_v2_x4_student_stage4",
         "geosr_tiny_v3_x4_student_fidelity", "geosr_tiny_v3_x4_student_fidelity2"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
-        "geosr_tiny_v3_x2_student_fidelity"),
+        "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2"),
 }
 SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
 
@@ -44,7 +44,7 @@ def test_the_recipes_are_there():
                  "geosr_tiny_v3_regression_baseline_x2", "geosr_tiny_v3_regression_baseline_x2_continued",
                  "geosr_tiny_v3_regression_baseline_x2_stage3"}
     heads = {"geosr_tiny_x4_heads", "geosr_tiny_x2_heads", "geosr_tiny_v3_x4_heads_refit",
-             "geosr_tiny_v3_x2_heads_refit", "geosr_tiny_v3_x4_heads_refit2"}
+             "geosr_tiny_v3_x2_heads_refit", "geosr_tiny_v3_x4_heads_refit2", "geosr_tiny_v3_x2_heads_refit2"}
     assert shipped | baselines | heads | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
