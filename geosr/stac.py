@@ -102,8 +102,9 @@ def stac_item(name: str, asset: str, window: Window, profile: Mapping, band_meta
     collection : str
         The Collection's id.
     created : datetime
-        When the run wrote the output (UTC): the Item's ``created``, and its ``datetime``
-        unless the source's tags date it.
+        When the run (or its last resume) started writing the output (UTC): the Item's
+        ``created``, and its ``datetime`` unless the source's tags date it. Items are written
+        before the first tile, so this is the start of the work, not its end.
     """
     transform = window_transform(window, profile["transform"])
     geometry = footprint(window, profile["transform"], profile["crs"])

@@ -7,9 +7,9 @@ output pixels (ragged at the right and bottom edges) and each block becomes a co
 single COG) as soon as every output cell under it is durable: the client follows the
 journal's commits (:attr:`geosr.journal.RunJournal.on_commit`) and submits the block's
 translation as a dask task that reads its window of the raw work raster in place
-(:meth:`geosr.writer.WorkRaster.write_vrt`). What is left after the last tile is the last
-blocks, the VRT over all blocks and the STAC Collection with one Item per block
-(:mod:`geosr.stac`).
+(:meth:`geosr.writer.WorkRaster.write_vrt`). The VRT over all blocks and the STAC Collection
+with one Item per block (:mod:`geosr.stac`) need no pixels and are written before the first
+tile; what is left after the last tile is the last blocks (and the captions).
 
 Layout: ``OUT_DIR/`` holds ``block_R_C.tif`` (R, C: block row and column), ``block_R_C.json``
 (its Item), ``collection.json``, ``mosaic.vrt`` and ``captions.geojson``; an OUTPUT ``NAME.vrt``
@@ -114,12 +114,15 @@ def _cog_block(creation_options: Mapping[str, str] | None) -> int:
 def auto_block_side(width: int, height: int, creation_options: Mapping[str, str] | None = None) -> int:
     """The block side of a tiled output of ``width`` x ``height`` pixels that asked for none.
 
-    The largest of 1024, 2048, ... :data:`MAX_AUTO_SPLIT` (doubled from the COG block size
-    when that is larger) that cuts the output into at least :data:`MIN_AUTO_BLOCKS` blocks,
-    or the smallest of them when none does: 1024 at 67 MP (8192 px square, 64 blocks), 4096
-    at 1 GP, 8192 at 10 GP, 16384 from 17 GP.
+    The largest of 1024, 2048, ... :data:`MAX_AUTO_SPLIT` that cuts the output into at least
+    :data:`MIN_AUTO_BLOCKS` blocks, or the smallest of them when none does: for a square output
+    1024 at 67 MP (8192 px, 64 blocks), 4096 at 1 GP, 8192 from 3.3 GP, 16384 from 13.2 GP.
+    With a COG block size (``BLOCKSIZE``) that does not divide 1024 the ladder starts at the
+    smallest multiple of it from 1024 (768 -> 1536, 3072 ...), so no COG tile straddles two
+    blocks' files.
     """
-    side = max(MIN_AUTO_SPLIT, _cog_block(creation_options))
+    block = _cog_block(creation_options)
+    side = -(-MIN_AUTO_SPLIT // block) * block
     while side * 2 <= MAX_AUTO_SPLIT and -(-width // (side * 2)) * -(-height // (side * 2)) >= MIN_AUTO_BLOCKS:
         side *= 2
     return side
@@ -337,9 +340,18 @@ class BlockWriter(BlockTaskWriter):
 
     def write_index(self, vrt: Path, created: dt.datetime) -> None:
         """Write the VRT over the blocks and the STAC Collection and Items (staged; they need no
-        block's pixels, so a run writes them before its tiles)."""
+        block's pixels, so a run writes them before its tiles).
+
+        Raises
+        ------
+        WriteError
+            A file could not be written (named; a full disk says so).
+        """
         rel = os.path.relpath(self.data, vrt.parent)
-        self._write_vrt(vrt, rel)
+        try:
+            self._write_vrt(vrt, rel)
+        except OSError as exc:
+            raise write_error(vrt, exc) from exc
         collection = self.data.name
         items = []
         for name, window in self.blocks:
@@ -380,4 +392,7 @@ class BlockWriter(BlockTaskWriter):
 
 
 def _write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=1))
+    try:
+        path.write_text(json.dumps(value, indent=1))
+    except OSError as exc:
+        raise write_error(path, exc) from exc

@@ -109,6 +109,7 @@ def test_a_vrt_output_puts_the_blocks_beside_it(tmp_path, ragged_scene):
     (1034, 602, None, 1024),  # fewer than 64 blocks at any side: the smallest
     (65536, 8192, None, 2048),  # 32 x 4 blocks: a strip counts its blocks, not its side
     (8192, 8192, {"blocksize": "2048"}, 2048),  # a multiple of the COG's own blocks
+    (8192, 8192, {"blocksize": "768"}, 1536),  # ... also when they do not divide 1024
 ])
 def test_the_default_block_side_follows_the_output_size(width, height, options, side):
     assert geosr.tiled_output.auto_block_side(width, height, options) == side
@@ -121,6 +122,22 @@ def test_a_folder_output_without_split_gets_the_size_based_blocks(tmp_path, ragg
     assert sorted(p.stem for p in (tmp_path / "out").glob("block_*.tif")) == ["block_000_000", "block_000_001"]
     journal_identity = geosr.resumable.run_identity([str(ragged_scene)], bicubic_cfg(split=0))
     assert journal_identity["--split"] == "auto"  # a resumed run chooses the same side from the same scene
+
+
+def test_a_full_disk_while_writing_the_index_names_the_file_and_leaves_no_output(tmp_path, ragged_scene, monkeypatch):
+    import errno
+
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name == "collection.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(WriteError, match="no space left on the device of .* while writing collection.json"):
+        upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
+    assert not (tmp_path / "out").exists()  # written before the first tile: nothing of the output yet
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "1000", "-512", "512.0"])
