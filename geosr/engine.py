@@ -343,10 +343,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         journal.commit(sync)
         if blocks is not None:
             # the captions need every tile's: written while the cluster makes the last blocks
-            try:
-                tmp_captions.write_text(json.dumps(captions_geojson(scene, tiles, captions, routes)))
-            except OSError as exc:  # exit 6, one line
-                raise write_error(tmp_captions, exc) from exc
+            _write_captions(tmp_captions, captions_geojson(scene, tiles, captions, routes))
             blocks.wait()  # the last blocks' COGs (or Zarr chunks), on the cluster
         release_cluster()
         cog = folder / "out.tif"
@@ -368,10 +365,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     if blocks is None:
         captions_path = sidecar_path(target.output, CAPTIONS_SUFFIX)
         tmp_captions = folder / "captions.geojson"
-        try:
-            tmp_captions.write_text(json.dumps(captions_geojson(scene, tiles, captions, routes)))
-        except OSError as exc:  # a disk that took the COG may not take its captions: exit 6, one line
-            raise write_error(tmp_captions, exc) from exc
+        # a disk that took the COG may not take its captions
+        _write_captions(tmp_captions, captions_geojson(scene, tiles, captions, routes))
     moves = {cog: target.output, tmp_captions: captions_path} if blocks is None else {}
     if errors is not None:
         moves[folder / "uncertainty.tif"] = uncertainty
@@ -409,6 +404,14 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         uncertainty=uncertainty,
         tail_seconds=last_tile[0],  # upscale_scene makes it the seconds since
     )
+
+
+def _write_captions(path: Path, feature_collection: dict) -> None:
+    """Write a run's captions GeoJSON (staged); a failed write is a one-line WriteError (exit 6)."""
+    try:
+        path.write_text(json.dumps(feature_collection))
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def caption_scene(
