@@ -17,8 +17,8 @@ VAL_CROPS = sorted((Path(__file__).parent / "data" / "val_crops").glob("*.png"))
 # Mean gain over bicubic on the five shipped val crops, per scale and degradation. The
 # full-val figures (README, `geosr evaluate`) are higher; these floors catch a broken model,
 # a wrong default or a lost caption path, not a small regression.
-# Measured when shipped (bf16, the default on the AMX CPU): x4 (v3) clean +1.45, aniso +2.16 dB (one fidelity
-# stage: +1.41, +2.12; stage 4: +1.15, +2.02);
+# Measured when shipped (bf16, the default on the AMX CPU): x4 (v3) clean +1.47, aniso +2.16 dB (worst crop
+# +0.38 / +0.85; two fidelity stages: +1.45, +2.16; one: +1.41, +2.12; stage 4: +1.15, +2.02);
 # x2 (v3) clean +2.95, aniso +3.65 dB (worst crop +1.03 / +2.17; one fidelity stage: +2.98, +3.62;
 # stage 3: +2.72, +3.37).
 MIN_GAIN_DB = {(4, "clean"): 0.5, (4, "aniso"): 1.0, (2, "clean"): 0.7, (2, "aniso"): 1.5}
