@@ -9,7 +9,6 @@ Made with (the synthetic fields scene of geosr bench, its clean x2 LR, a routed 
 """
 import sys
 
-import numpy as np
 import rasterio
 from PIL import Image, ImageDraw
 

@@ -16,9 +16,12 @@ import os
 import socket
 import struct
 import threading
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 from geosr.errors import InputError
+
+if TYPE_CHECKING:  # imported where a run needs a cluster: dask.distributed is slow to import
+    import distributed
 
 __all__ = ["dask_client", "released_early", "check_scheduler", "connect_timeout", "DEFAULT_CONNECT_TIMEOUT",
            "gpu_resources", "bounded_map", "in_flight", "undo_malloc_trim_threshold"]

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from geosr.config import RunConfig
 from geosr.tasks import cheap_path_model, model_facts
+
+if TYPE_CHECKING:
+    import distributed
 
 __all__ = ["warm_up_workers"]
 

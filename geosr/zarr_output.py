@@ -40,7 +40,6 @@ fsynced nor journalled: a resumed run makes them again.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zlib

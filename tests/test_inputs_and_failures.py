@@ -15,7 +15,7 @@ from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.errors import GridMismatchError, InputError, OutputExistsError
 from geosr.scene import NotGeoreferencedInputWarning
-from tests.rasters import NORTH_UP, texture, uint8_scene, write_raster
+from tests.rasters import NORTH_UP, texture, uint8_scene
 
 
 def cfg(**kw):
