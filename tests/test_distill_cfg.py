@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from geosr.pipelines.pipeline_geosr import GeoSRPipeline, image_to_target, upsample_lr
+from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, image_to_target, upsample_lr
 from geosr.training import distill_cfg
 from geosr.training.campaign_state import export_state
-from geosr.training.diffusion_batches import encode_captions
+from geosr.training.diffusion_batches import encode_captions, x0_eps
 from test_train_controlnet import common_run_config, write_yaml
 from tiny_models import tiny_pipeline_components
 
@@ -55,6 +55,27 @@ def test_student_error_against_guided_teacher_halves(teacher):
         after = distill_cfg.guidance_distillation_loss(student, controlnet, teacher, batch).item()
     print(f"student MSE vs guided teacher {before:.3g} -> {after:.3g} ({1 - after / before:.0%} drop)")
     assert after <= 0.5 * before
+
+
+def test_the_fidelity_term_is_the_chosen_distance_to_the_true_x0(teacher):
+    torch.manual_seed(0)
+    student, controlnet = distill_cfg.make_student(teacher, embedding_dim=16)
+    batch = fixed_batch(teacher)
+    batch["x0"] = torch.randn(batch["noisy"].shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pred = distill_cfg.predict(student, controlnet, batch["noisy"], batch["timesteps"], batch["text"],
+                                   batch["condition"], guidance_embedding(batch["g"] - 1.0, 16), None)
+        alphas = teacher.scheduler.alphas_cumprod[batch["timesteps"]]
+        x0_student, _ = x0_eps(pred.float(), batch["noisy"], alphas, teacher.scheduler.config.prediction_type)
+        scores = {name: distill_cfg.student_loss(student, controlnet, teacher, batch, teacher.scheduler, 1.0, 0.0,
+                                                 name)[1]["loss_fidelity"] for name in ("l1", "mse")}
+    assert scores["l1"] == pytest.approx((x0_student - batch["x0"]).abs().mean().item(), rel=1e-5)
+    assert scores["mse"] == pytest.approx((x0_student - batch["x0"]).square().mean().item(), rel=1e-5)
+    config = ["--teacher_model", "t", "--train_data", "d", "--fidelity_weight", "1", "--distill_weight", "0"]
+    assert distill_cfg.parse_args(config + ["--fidelity_loss", "mse"]).fidelity_loss == "mse"
+    assert distill_cfg.parse_args(config).fidelity_loss == "l1"  # the stages so far
+    with pytest.raises(SystemExit):
+        distill_cfg.parse_args(config + ["--fidelity_loss", "l2"])
 
 
 def _rows_per_step(pipe, steps=2, batch=2):

@@ -77,6 +77,7 @@ from geosr.training.diffusion_batches import (
 LATEST = "latest"
 
 __all__ = [
+    "FIDELITY_LOSSES",
     "consistency_loss",
     "guidance_distillation_loss",
     "load_student_weights",
@@ -89,6 +90,9 @@ __all__ = [
 ]
 
 logger = get_logger(__name__)
+
+#: The fidelity term's distances, by ``--fidelity_loss``.
+FIDELITY_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
 def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
@@ -110,7 +114,10 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
     add("--num_inference_steps", type=int, default=4, help="Default steps of the saved student.")
     add("--validation_guidance_scale", type=float, default=4.0)
     add("--fidelity_weight", type=float, default=0.0,
-        help="Weight of the L1 between the student's x0 estimate and the true HR x0.")
+        help="Weight of the fidelity term between the student's x0 estimate and the true HR x0.")
+    add("--fidelity_loss", choices=FIDELITY_LOSSES, default="l1",
+        help="The fidelity term: l1 (robust; what the stages so far used) or mse (what PSNR scores: "
+             "a last stage's fine-tuning, as EDSR-style recipes end).")
     add("--distill_weight", type=float, default=1.0,
         help="Weight of the guidance-distillation MSE; 0 trains on the fidelity term alone (the teacher "
              "does not run; step_distillation none only).")
@@ -282,14 +289,15 @@ def guidance_distillation_loss(student, student_controlnet, teacher, batch) -> t
 
 def student_loss(
     student, student_controlnet, teacher, batch, noise_scheduler: DDPMScheduler | None = None,
-    fidelity_weight: float = 0.0, distill_weight: float = 1.0,
+    fidelity_weight: float = 0.0, distill_weight: float = 1.0, fidelity_loss: str = "l1",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``distill_weight`` times the guidance-distillation MSE, plus the fidelity term when
     ``fidelity_weight`` is set (at ``distill_weight`` 0 the teacher does not run).
 
     ``batch`` holds ``noisy``, ``timesteps``, ``text``, ``empty``, ``condition``, ``g`` and,
     for the fidelity term, ``x0`` (the true clean variable), all on the teacher's grid. The
-    fidelity term is ``fidelity_weight * L1(x0_student, x0)``, with the student's x0 estimate
+    fidelity term is ``fidelity_weight * L(x0_student, x0)``, ``L`` the L1 or the MSE
+    (``fidelity_loss``), with the student's x0 estimate
     taken from its prediction through ``noise_scheduler``'s parametrisation. A student on
     another grid gets ``student_grid`` (teacher's, student's unshuffle factor) and
     ``student_lr_grid`` (the LR on its grid, ``concat_lr`` models).
@@ -321,7 +329,7 @@ def student_loss(
         return loss, logs
     alphas = noise_scheduler.alphas_cumprod.to(pred.device)[batch["timesteps"]]
     x0_student, _ = x0_eps(pred, noisy.float(), alphas, noise_scheduler.config.prediction_type)
-    loss_fidelity = F.l1_loss(x0_student, x0.float())
+    loss_fidelity = FIDELITY_LOSSES[fidelity_loss](x0_student, x0.float())
     logs["loss_fidelity"] = loss_fidelity.detach().item()
     return loss + fidelity_weight * loss_fidelity, logs
 
@@ -475,7 +483,8 @@ def main(args: argparse.Namespace) -> Path:
                                         teacher, noise_scheduler, step, skip)
             else:
                 loss, logs = student_loss(student, student_controlnet, teacher, step,
-                                          noise_scheduler, args.fidelity_weight, args.distill_weight)
+                                          noise_scheduler, args.fidelity_weight, args.distill_weight,
+                                          args.fidelity_loss)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(
