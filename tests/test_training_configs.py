@@ -46,7 +46,7 @@ def test_the_recipes_are_there():
                  "geosr_tiny_v3_regression_baseline_x2_stage3"}
     heads = {"geosr_tiny_x4_heads", "geosr_tiny_x2_heads", "geosr_tiny_v3_x4_heads_refit",
              "geosr_tiny_v3_x2_heads_refit", "geosr_tiny_v3_x4_heads_refit2", "geosr_tiny_v3_x2_heads_refit2",
-             "geosr_tiny_v3_x4_heads_refit3", "geosr_tiny_v3_x2_heads_refit3"}
+             "geosr_tiny_v3_x4_heads_refit3"}
     assert shipped | baselines | heads | {"tiny_cpu_controlnet", "tiny_cpu_distill"} <= names
 
 
