@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -123,6 +124,8 @@ def test_ship_heads_into_the_student_they_were_trained_on(tmp_path, student_dir)
     assert ship_heads(out, target) == ["detail", "uncertainty"]
     shipped = GeoSRPipeline.from_pretrained(target)
     assert shipped.detail is not None and shipped.uncertainty is not None
+    for head in ("detail", "uncertainty"):  # named by where they now are, not by the run
+        assert json.loads((target / head / "config.json").read_text())["_name_or_path"] == str(target / head)
     # another student (other weights) is refused, and left as it was
     other = tmp_path / "other"
     shutil.copytree(student_dir, other)

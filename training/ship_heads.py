@@ -50,6 +50,11 @@ def ship_heads(run: Path, target: Path) -> list[str]:
     for head in heads:
         shutil.rmtree(target / head, ignore_errors=True)
         shutil.copytree(run / head, target / head)
+        # a saved config names the folder it came from (a run, or a scratch copy): name the shipped one
+        config_path = target / head / "config.json"
+        config = json.loads(config_path.read_text())
+        config["_name_or_path"] = str(target / head)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         index[head] = run_index[head]
     index_path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
     return heads
