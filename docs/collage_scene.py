@@ -29,21 +29,22 @@ def collage(plots: list[Path], size: int) -> tuple[np.ndarray, dict]:
     with rasterio.open(plots[0]) as first:
         crs, pixel, origin = first.crs, first.res[0], (first.transform.c, first.transform.f)
         cell = min(first.width, first.height)
-    usable = []
-    for path in plots:  # plots cut by the site's edge, or of another CRS, are left out
-        with rasterio.open(path) as src:
-            if src.count >= 3 and src.dtypes[0] == "uint8" and min(src.width, src.height) >= cell and src.crs == crs:
-                usable.append(path)
     per_side = math.ceil(size / cell)
-    if len(usable) < per_side**2:
-        raise SystemExit(f"need {per_side ** 2} RGB uint8 plots of >= {cell} px on {crs} for a {size} px scene, "
-                         f"found {len(usable)}")
     out = np.zeros((3, per_side * cell, per_side * cell), np.uint8)
-    for k, path in enumerate(usable[: per_side**2]):
+    placed = 0
+    for path in plots:  # plots cut by the site's edge, or of another CRS, are left out
+        if placed == per_side**2:
+            break
         with rasterio.open(path) as src:
-            data = src.read((1, 2, 3), window=((0, cell), (0, cell)))
-        row, col = divmod(k, per_side)
-        out[:, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = data
+            if src.count < 3 or src.dtypes[0] != "uint8" or min(src.width, src.height) < cell or src.crs != crs:
+                continue
+            row, col = divmod(placed, per_side)
+            out[:, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = src.read(
+                (1, 2, 3), window=((0, cell), (0, cell)))
+        placed += 1
+    if placed < per_side**2:
+        raise SystemExit(f"need {per_side ** 2} RGB uint8 plots of >= {cell} px on {crs} for a {size} px scene, "
+                         f"found {placed}")
     profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
                    transform=from_origin(*origin, pixel, pixel), tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", photometric="RGB")
