@@ -246,3 +246,47 @@ def test_a_latest_folder_without_its_step_is_not_exported(tmp_path):
         export_state(run, tmp_path / "state", recipe="r.yaml", hours=0.1)
     (run / "latest" / "STEP").write_text("7\n")
     assert export_state(run, tmp_path / "state", recipe="r.yaml", hours=0.1)["step"] == 7
+
+
+def test_a_student_grows_deeper_as_the_same_function_then_trains(tmp_path):
+    """A later stage may add trunk blocks: step 0 is the saved student exactly (issue 25, capacity)."""
+    teacher = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, scale=2, unshuffle_factor=2))
+    teacher.save_pretrained(tmp_path / "teacher")
+    run = dict(common_run_config(tmp_path), scale=2, crop_size=32, guidance_embedding_dim=16,
+               fidelity_weight=1.0, final_timestep_prob=0.9, num_inference_steps=1, validation_images=[],
+               distill_weight=0.0, teacher_model=str(tmp_path / "teacher"))
+    first = distill_cfg.main(distill_cfg.parse_args(["--config", str(write_yaml(tmp_path, dict(
+        run, output_dir=str(tmp_path / "first"))))]))
+    saved = GeoSRPipeline.from_pretrained(first)
+    blocks, attention = saved.unet.config.num_blocks, saved.unet.attention_block
+    deeper = {"num_blocks": blocks + 2, "attention_index": attention}
+    cn_blocks = saved.controlnet.config.num_blocks
+
+    unet, controlnet = distill_cfg.make_student(teacher, 16, deeper, controlnet_blocks=cn_blocks)
+    distill_cfg.load_student_weights(unet, controlnet, str(first), teacher.text_encoder)
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def upscale(pipe):
+        return pipe(lr, prompt="mild blur", num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images
+
+    grown = GeoSRPipeline.from_pretrained(first, unet=unet, controlnet=controlnet)
+    assert torch.equal(upscale(grown), upscale(saved))
+    assert len(unet.blocks) == blocks + 2
+
+    # the cross-attention (and the ControlNet's mid residual) must stay after the same block
+    moved = distill_cfg.make_student(teacher, 16, dict(deeper, attention_index=attention + 1),
+                                     controlnet_blocks=cn_blocks)
+    with pytest.raises(ValueError, match="unet config differs"):
+        distill_cfg.load_student_weights(*moved, str(first))
+
+    (tmp_path / "grow").mkdir()
+    out = distill_cfg.main(distill_cfg.parse_args(["--config", str(write_yaml(tmp_path / "grow", dict(
+        run, init_student=str(first), output_dir=str(tmp_path / "deeper"),
+        student_unet=deeper, student_controlnet_blocks=cn_blocks)))]))
+    student = GeoSRPipeline.from_pretrained(out)
+    assert student.unet.config.num_blocks == blocks + 2 and student.controlnet.config.num_blocks == cn_blocks
+    new_conv = student.unet.blocks[blocks].conv2.weight
+    assert new_conv.abs().sum() > 0  # the new blocks trained
+    out = student(torch.rand(1, 3, 8, 8), prompt="no noise", num_inference_steps=1,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 3, 16, 16)

@@ -125,6 +125,9 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
         help="Share of samples drawn at the last timestep (where a 1-step student runs).")
     add("--student_unshuffle_factor", type=int, default=None,
         help="LR-space teachers: the student's grid (HR / f), when it differs from the teacher's.")
+    add("--student_controlnet_blocks", type=int, default=None,
+        help="Trunk blocks of a student_unet student's ControlNet (default: half the UNet's); set "
+             "it to keep an init_student's ControlNet when its UNet grows deeper.")
     args = parse_with_config(parser, input_args, yaml_only={"student_unet": None})
     if not args.teacher_model:
         parser.error("--teacher_model is required (in the YAML or on the command line)")
@@ -145,6 +148,7 @@ def make_student(
     overrides: dict | None = None,
     seed: int = 0,
     unshuffle_factor: int | None = None,
+    controlnet_blocks: int | None = None,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Student UNet (with ``time_cond_proj_dim``) and ControlNet.
 
@@ -154,6 +158,7 @@ def make_student(
     from the new UNet with the teacher's conditioning encoder layout. ``unshuffle_factor``
     (an LR-space teacher only) puts a fresh student on the grid ``HR / unshuffle_factor``:
     its channels and its ControlNet's condition encoder are set for that grid.
+    ``controlnet_blocks`` sets a fresh LR-space ControlNet's depth (default: half the UNet's).
 
     Raises
     ------
@@ -184,6 +189,7 @@ def make_student(
             # starts random; an LRSpaceControlNet copies the fresh trunk (its sample channels
             # start at zero there too, see LRSpaceDenoiser)
             load_weights_from_unet=isinstance(unet, LRSpaceDenoiser),
+            **({"num_blocks": controlnet_blocks} if controlnet_blocks else {}),
         )
         return unet, controlnet
     missing, unexpected = unet.load_state_dict(teacher.unet.state_dict(), strict=False)
@@ -214,13 +220,19 @@ def load_student_weights(unet: torch.nn.Module, controlnet: torch.nn.Module, pat
                          text_encoder: torch.nn.Module | None = None) -> None:
     """Load a saved student's UNet and ControlNet weights into ``unet`` and ``controlnet``.
 
+    An :class:`LRSpaceDenoiser` ``unet`` may be deeper than the saved one (the same config but
+    more ``num_blocks``, the cross-attention after the same block): the saved blocks load in
+    order and each extra block starts as the exact identity (its second convolution and its
+    FiLM at zero), so the grown student computes what the saved one did and training adds
+    capacity from there (Net2Net's deeper network, Chen et al. 2016).
+
     Raises
     ------
     ValueError
         ``path`` is not a distilled student, or its networks differ from these (another
-        teacher, ``student_unet`` or ``guidance_embedding_dim``), or its caption encoder is
-        not ``text_encoder`` (the teacher's, which the student is saved with: its caption
-        pathway would read other embeddings than it learnt to).
+        teacher, ``student_unet`` or ``guidance_embedding_dim``, other than a deeper UNet),
+        or its caption encoder is not ``text_encoder`` (the teacher's, which the student is
+        saved with: its caption pathway would read other embeddings than it learnt to).
     """
     saved = GeoSRPipeline.from_pretrained(path)
     if not saved.is_distilled:
@@ -230,10 +242,41 @@ def load_student_weights(unet: torch.nn.Module, controlnet: torch.nn.Module, pat
                                                           text_encoder.state_dict().values())):
         raise ValueError(f"init_student {path}: its caption encoder is not the teacher's "
                          "(give the teacher's base that student's text_encoder folder)")
-    for name, mine, theirs in (("unet", unet, saved.unet), ("controlnet", controlnet, saved.controlnet)):
-        if _architecture(mine.config) != _architecture(theirs.config):
-            raise ValueError(f"init_student {path}: its {name} config differs from this student's")
-        mine.load_state_dict(theirs.state_dict())
+    if _grows(unet, saved.unet):
+        _load_grown(unet, saved.unet)
+    elif _architecture(unet.config) != _architecture(saved.unet.config):
+        raise ValueError(f"init_student {path}: its unet config differs from this student's")
+    else:
+        unet.load_state_dict(saved.unet.state_dict())
+    if _architecture(controlnet.config) != _architecture(saved.controlnet.config):
+        raise ValueError(f"init_student {path}: its controlnet config differs from this student's")
+    controlnet.load_state_dict(saved.controlnet.state_dict())
+
+
+def _grows(mine: torch.nn.Module, saved: torch.nn.Module) -> bool:
+    """Whether ``mine`` is ``saved`` with more trunk blocks after the same attention block."""
+    if not (isinstance(mine, LRSpaceDenoiser) and isinstance(saved, LRSpaceDenoiser)):
+        return False
+    rest = ("num_blocks", "attention_index")
+    same = {k: v for k, v in _architecture(mine.config).items() if k not in rest} == {
+        k: v for k, v in _architecture(saved.config).items() if k not in rest}
+    return (same and mine.config.num_blocks > saved.config.num_blocks
+            and mine.attention_block == saved.attention_block)
+
+
+def _load_grown(mine: LRSpaceDenoiser, saved: LRSpaceDenoiser) -> None:
+    """``saved``'s weights into the deeper ``mine``; the extra blocks as exact identities."""
+    missing, unexpected = mine.load_state_dict(saved.state_dict(), strict=False)
+    first_new = saved.config.num_blocks
+    new_blocks = {f"blocks.{i}." for i in range(first_new, mine.config.num_blocks)}
+    if unexpected or any(not any(k.startswith(b) for b in new_blocks) for k in missing):
+        raise RuntimeError(f"grown student does not match the saved one: {missing} {unexpected}")
+    with torch.no_grad():
+        for block in mine.blocks[first_new:]:
+            # conv2 at zero: the block adds nothing, yet its conv2 gets a gradient at once
+            # (conv1's output is not zero), and through it conv1 and the FiLM afterwards
+            for p in (block.conv2.weight, block.conv2.bias, block.film.weight, block.film.bias):
+                p.zero_()
 
 
 def _architecture(config) -> dict:
@@ -385,7 +428,7 @@ def main(args: argparse.Namespace) -> Path:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     student, student_controlnet = make_student(
         teacher, args.guidance_embedding_dim, args.student_unet, seed=args.seed,
-        unshuffle_factor=args.student_unshuffle_factor,
+        unshuffle_factor=args.student_unshuffle_factor, controlnet_blocks=args.student_controlnet_blocks,
     )
     student_factor = _student_factor(args, teacher)
     if args.init_student:
