@@ -13,6 +13,7 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -75,28 +76,58 @@ def _write_input_digests(folder: WorkFolder, identity: dict[str, str]) -> None:
 
 
 def _same_run(journal: RunJournal, identity: dict[str, str]) -> bool:
-    """Whether ``journal``'s stopped run had ``identity``. An input whose ctime alone differs
-    (its size, mtime and content sample equal) is the same input when its full content is
-    the digest the stopped run recorded: ctime changes with chmod or a copy that keeps the
-    mtime, and only a full read tells a file rewritten in place with its mtime set back."""
+    """Whether ``journal``'s stopped run had ``identity``. An input whose times alone differ
+    (its size and content sample equal, its mtime or ctime moved) is the same input when its
+    full content is the digest the stopped run recorded: ``touch``, chmod or a copy that keeps
+    the mtime change them, and only a full read tells a file rewritten in place with its
+    mtime set back."""
     old = journal.identity
     if set(old) != set(identity):
         return False
-    recorded = None
-    for key, value in identity.items():
-        if old[key] == value:
-            continue
-        if not (key.startswith("input ") and key.endswith(_CHANGED)):
-            return False
-        if recorded is None:
-            try:
-                recorded = json.loads((journal.folder / INPUT_DIGESTS).read_text())
-            except (OSError, ValueError):
-                return False  # stopped before its inputs' digests were written: nothing to check against
-        path = key[len("input "):-len(_CHANGED)]
-        if recorded.get(path) != file_digest(path):
-            return False
-    return True
+    return all(old[key] == value or _same_content(journal, key, old[key], value) is True
+               for key, value in identity.items())
+
+
+def _times_only(key: str, old: str, new: str) -> bool:
+    """Whether an input's identity entry differs only in its times (ctime, or mtime alone)."""
+    if key.endswith(_CHANGED):
+        return True
+    return _without_mtime(old) is not None and _without_mtime(old) == _without_mtime(new)
+
+
+def _same_content(journal: RunJournal, key: str, old: str, new: str) -> bool | None:
+    """For an input's identity entry that differs only in its times: whether the input's full
+    content is the digest the stopped run recorded (None: none recorded). False for any
+    other entry."""
+    if not (key.startswith("input ") and _times_only(key, old, new)):
+        return False
+    path = key[len("input "):].removesuffix(_CHANGED)
+    try:
+        recorded = json.loads((journal.folder / INPUT_DIGESTS).read_text())
+    except (OSError, ValueError):
+        return None  # stopped before its inputs' digests were written: nothing to check against
+    if path not in recorded:
+        return None
+    try:
+        st = os.stat(path)
+        return recorded[path] == _digest_as_of(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_as_of(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """``file_digest(path)``, read once per state of the file (an input's mtime and ctime
+    entries both ask; a rewrite moves its ctime, which no user-level tool can set back)."""
+    return file_digest(path)
+
+
+def _without_mtime(entry: str) -> str | None:
+    """A local input's identity entry (size, mtime, content sample) without its mtime."""
+    size, sep, rest = entry.partition(", modified ")
+    if not sep:
+        return None
+    return size + ", " + rest.partition(", ")[2]
 
 
 def content_sample(path: str, size: int) -> str:
@@ -153,14 +184,27 @@ def files_read(inputs: Sequence[str]) -> list[str]:
     return list(seen)
 
 
-def _differences(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    """:func:`identity_differences`, an input's moved ctime said as what it means."""
+# identity keys absent at their defaults (run_identity), said as the value they stand for
+_ABSENT_MEANS = {"--detail": "0", "--uncertainty": "no"}
+
+
+def _differences(journal: RunJournal, new: dict[str, str]) -> list[str]:
+    """:func:`identity_differences` said as what they mean: an input whose times moved as
+    whether its content did, a setting left at its default as that default."""
+    old = journal.identity
     out = []
-    for line in identity_differences(old, new):
+    for line in identity_differences({**_ABSENT_MEANS, **old}, {**_ABSENT_MEANS, **new}):
         key = line.split(" was ", 1)[0]
-        if key.startswith("input ") and key.endswith(_CHANGED) and key in old and key in new:
-            line = f"{key[:-len(_CHANGED)]} is not what the stopped run read (its ctime moved and its content differs)"
-        out.append(line)
+        if key.startswith("input ") and key in old and key in new and _times_only(key, old[key], new[key]):
+            same = _same_content(journal, key, old[key], new[key])
+            path = key[len("input "):].removesuffix(_CHANGED)
+            if same is True:
+                continue  # touched, not changed: not why the runs differ
+            line = (f"input {path} is not what the stopped run read (its times moved and its content differs)"
+                    if same is False else
+                    f"input {path}: its times moved, and the stopped run recorded no digest to check its content against")
+        if line not in out:  # an input's mtime and ctime say it once
+            out.append(line)
     return out
 
 
@@ -239,7 +283,7 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
             newest = journals[0]
             raise ResumeError(
                 f"--resume: the stopped run in {newest.folder.path} was made differently: "
-                f"{'; '.join(_differences(newest.identity, identity))}. "
+                f"{'; '.join(_differences(newest, identity))}. "
                 "Rerun with its arguments, or delete that folder to start over"
             )
         else:

@@ -274,11 +274,12 @@ def test_a_damaged_map_is_recomputed_not_trusted(scene, stopped):
     assert (run / "error.tif").read_bytes() == (ref / "error.tif").read_bytes()
 
 
-@pytest.mark.parametrize("other,named", [(dict(detail=1.0), "--detail"), ({}, "--uncertainty")],
+@pytest.mark.parametrize("other,named", [(dict(detail=1.0), "--detail was '0', now '1.0'"),
+                                         ({}, "--uncertainty was 'yes', now 'no'")],
                          ids=["another-detail", "without-the-map"])
 def test_a_resume_with_another_detail_or_without_the_map_is_another_run(scene, stopped, other, named):
     heads, _, run, work = stopped
-    uncertainty = None if named == "--uncertainty" else run / "error.tif"
+    uncertainty = None if named.startswith("--uncertainty") else run / "error.tif"
     with pytest.raises(ResumeError, match=named):
         upscale_scene([scene], run / "out.tif", config(heads, resume=True, **other), uncertainty=uncertainty)
     assert work.exists() and not (run / "out.tif").exists()

@@ -198,11 +198,12 @@ def test_an_input_rewritten_in_place_with_its_mtime_set_back_refuses_the_resume(
     assert not (tmp_path / "out.tif").exists()
 
 
-@pytest.mark.parametrize("how", ["chmod", "cp -p", "hard link"])
-def test_an_input_whose_ctime_alone_moved_is_resumed(tmp_path, monkeypatch, how):
+@pytest.mark.parametrize("how", ["chmod", "cp -p", "hard link", "touch"])
+def test_an_input_whose_times_alone_moved_is_resumed(tmp_path, monkeypatch, how):
     """chmod, a copy that keeps the mtime (cp -p, rsync -a: a job re-staging its inputs) or a new
-    hard link move an input's ctime, not its content: the resume is taken (its full content is
-    the digest the stopped run recorded) and writes the bytes of an uninterrupted run."""
+    hard link move an input's ctime, `touch` its mtime too, not its content: the resume is taken
+    (its full content is the digest the stopped run recorded) and writes the bytes of an
+    uninterrupted run (touched, it was refused as "its content differs")."""
     src = uint8_scene(tmp_path / "in.tif", 160, 160)
     whole = tmp_path / "whole.tif"
     assert resume_cli(src, whole).exit_code == 0  # the uninterrupted run (--resume with nothing to resume)
@@ -214,6 +215,8 @@ def test_an_input_whose_ctime_alone_moved_is_resumed(tmp_path, monkeypatch, how)
         staged = tmp_path / "staged.tif"
         shutil.copy2(src, staged)
         os.replace(staged, src)
+    elif how == "touch":
+        os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 5_000_000_000))
     else:
         os.link(src, tmp_path / "snapshot.tif")
     assert src.stat().st_ctime_ns != ctime

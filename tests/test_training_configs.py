@@ -107,6 +107,23 @@ def _layout(stage, teacher) -> dict:
     return {**teacher.base["unet"], **(stage.student_unet or {})}
 
 
+def _same_or_grown(before: dict, after: dict, before_args, after_args) -> bool:
+    """The same student layout, or a deeper one that load_student_weights grows into: more trunk
+    blocks after the same cross-attention block, the ControlNet's depth kept."""
+    if before == after:
+        return after_args.student_controlnet_blocks in (None, before_args.student_controlnet_blocks)
+    rest = ("num_blocks", "attention_index")
+
+    def attention(layout):
+        index = layout.get("attention_index")
+        return layout["num_blocks"] // 2 if index is None else index
+
+    controlnet_before = before_args.student_controlnet_blocks or max(1, before["num_blocks"] // 2)
+    return ({k: v for k, v in before.items() if k not in rest} == {k: v for k, v in after.items() if k not in rest}
+            and after["num_blocks"] > before["num_blocks"] and attention(after) == attention(before)
+            and after_args.student_controlnet_blocks == controlnet_before)
+
+
 def _last_distilling_stage(scale):
     """The last student stage that learnt from the teacher (fidelity-only stages do not run it)."""
     return next(r for r in map(_recipe, reversed(STUDENT_STAGES[scale])) if r.distill_weight > 0)
@@ -126,7 +143,7 @@ def test_student_stages_pair_teacher_and_student(scale):
         assert stage.teacher_model == before.teacher_model or stage.distill_weight == 0
         assert stage.scale == scale
         assert stage.guidance_embedding_dim == before.guidance_embedding_dim
-        assert _layout(stage, teacher) == _layout(before, teacher)
+        assert _same_or_grown(_layout(before, teacher), _layout(stage, teacher), before, stage)
         # the teacher's outputs are only drawn at its crop size; a fidelity-only stage may take more context
         assert stage.crop_size == before.crop_size or (stage.distill_weight == 0 and stage.crop_size % scale == 0)
         assert stage.student_unshuffle_factor == before.student_unshuffle_factor
