@@ -366,7 +366,10 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
         if not ds.crs and not gcps and rpcs is None:
             warnings.warn(
                 f"{paths[0]} has no CRS or georeferencing: processed in pixel space, "
-                "and the output will not be georeferenced",
+                "and the output will not be georeferenced"
+                if transform.is_identity else
+                f"{paths[0]} has a geotransform but no CRS: the output gets the transform refined "
+                "to its grid, and no CRS (assign one with gdal_edit.py -a_srs, to input or output)",
                 NotGeoreferencedInputWarning,
                 stacklevel=3,
             )

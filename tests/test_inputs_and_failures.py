@@ -157,6 +157,21 @@ def test_not_georeferenced_input_warns_and_works(tmp_path):
         assert out.crs is None and (out.width, out.height) == (100, 80)
 
 
+def test_a_transform_without_crs_is_kept_and_the_warning_says_so(tmp_path):
+    """The warning said "no CRS or georeferencing ... not georeferenced" while the output kept the
+    refined transform: it now says what happens."""
+    path = tmp_path / "nocrs.tif"
+    transform = rasterio.Affine(2.0, 0, 1000.0, 0, -2.0, 5000.0)
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=3, dtype="uint8",
+                       transform=transform) as ds:
+        ds.write((texture(3, 30, 40) * 255).astype("uint8"))
+    with pytest.warns(NotGeoreferencedInputWarning, match="a geotransform but no CRS") as record:
+        upscale_scene([path], tmp_path / "out.tif", cfg())
+    assert not any("will not be georeferenced" in str(w.message) for w in record)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.crs is None and out.transform == transform * rasterio.Affine.scale(0.5)
+
+
 def test_gcps_are_scaled(tmp_path):
     from rasterio.control import GroundControlPoint as GCP
 
