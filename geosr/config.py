@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -17,6 +18,10 @@ DEFAULT_CAPTIONER = "auto"
 #: Tile core and halo in input pixels: the one place these defaults live (API, CLI, QGIS read them).
 DEFAULT_TILE, DEFAULT_OVERLAP = 256, 16
 SCALES = (2, 3, 4, 8)
+
+
+class NoShippedModelWarning(UserWarning):
+    """No model was named and none is shipped for the scale: the run interpolates (bicubic)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,11 @@ class RunConfig:
             from geosr.models import default_model
 
             object.__setattr__(self, "model", default_model(self.scale))
+            if self.model == "bicubic":
+                warnings.warn(
+                    f"no model is shipped for x{self.scale} (the shipped ones are x2 and x4): bicubic "
+                    "interpolation; name one with --model to use your own",
+                    NoShippedModelWarning, stacklevel=3)
         if self.batch_size is None:
             from geosr.models import default_batch_size
 

@@ -105,7 +105,7 @@ def test_beats_bicubic_on_shipped_validation_crops(shipped, degradation):
 
 
 def test_default_batch_size_follows_model_and_device():
-    from geosr.config import RunConfig
+    from geosr.config import NoShippedModelWarning, RunConfig
     from geosr.models import default_batch_size
 
     assert default_batch_size("bicubic") == 4
@@ -113,7 +113,9 @@ def test_default_batch_size_follows_model_and_device():
         assert default_batch_size(f"geosr-tiny-x{scale}", "cpu") == 1
         assert default_batch_size(f"geosr-tiny-x{scale}", "cuda:1") == 4
         assert RunConfig(scale=scale, device="cpu").batch_size == 1
-    assert RunConfig(scale=3).batch_size == 4  # bicubic: batching only saves task overhead
+    with pytest.warns(NoShippedModelWarning, match="no model is shipped for x3"):
+        assert RunConfig(scale=3).batch_size == 4  # bicubic: batching only saves task overhead
+    assert RunConfig(scale=3, model="bicubic").batch_size == 4  # named: no warning (warnings are errors here)
     assert RunConfig(scale=4, device="cpu", batch_size=3).batch_size == 3
 
 
