@@ -60,6 +60,7 @@ def band_meta(scene: Scene, plan: BandPlan) -> dict:
         scales=[scene.scales[i] for i in pick],
         offsets=[scene.offsets[i] for i in pick],
         units=[scene.units[i] for i in pick],
+        tags=[scene.band_metadata[i] if scene.band_metadata else {} for i in pick],
     )
 
 

@@ -102,6 +102,11 @@ class Scene:
         A per-dataset mask band (not nodata, not alpha).
     colorinterp, descriptions, scales, offsets, units : tuple
         Per-band metadata carried to the output.
+    band_metadata : tuple of dict
+        Per band, its tags by metadata domain (``""`` the default, ``"IMAGERY"``): centre
+        wavelengths, band names, a sensor's own keys - what tells other tools (and geosr, on
+        a later run) what each band is. Carried to the output; ``STATISTICS_*`` are left out
+        (the output computes its own).
     tags : dict
         Dataset tags of the (first) input.
     non_finite : int
@@ -128,6 +133,7 @@ class Scene:
     scales: tuple[float, ...] = ()
     offsets: tuple[float, ...] = ()
     units: tuple[str | None, ...] = ()
+    band_metadata: tuple[dict[str, dict[str, str]], ...] = ()
     tags: dict = field(default_factory=dict)
     non_finite: int = 0
 
@@ -407,9 +413,24 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             scales=tuple(ds.scales),
             offsets=tuple(ds.offsets),
             units=tuple(ds.units),
+            band_metadata=tuple(_band_metadata(ds, b) for b in range(1, ds.count + 1)),
             tags=dict(ds.tags()),
             non_finite=non_finite,
         )
+
+
+#: The band metadata domains carried to the output (see :attr:`Scene.band_metadata`).
+BAND_METADATA_DOMAINS = ("", "IMAGERY")
+
+
+def _band_metadata(ds, band: int) -> dict[str, dict[str, str]]:
+    """Band ``band``'s tags by domain, statistics left out; empty domains dropped."""
+    out = {}
+    for domain in BAND_METADATA_DOMAINS:
+        tags = {k: v for k, v in ds.tags(band, ns=domain or None).items() if not k.startswith("STATISTICS_")}
+        if tags:
+            out[domain] = tags
+    return out
 
 
 def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:

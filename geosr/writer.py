@@ -258,7 +258,8 @@ class WorkRaster:
     write_mask : bool
         Keep a validity mask (inputs with alpha or an internal mask, no nodata).
     band_meta : dict
-        ``colorinterp``, ``descriptions``, ``scales``, ``offsets``, ``units`` per band.
+        ``colorinterp``, ``descriptions``, ``scales``, ``offsets``, ``units`` per band, and
+        ``tags``: per band, its tags by metadata domain (``""``: the default one).
     tags : dict
         Dataset tags.
     """
@@ -483,6 +484,9 @@ class WorkRaster:
             ds.offsets = meta["offsets"]
         if meta.get("units") and any(meta["units"]):
             ds.units = [u or "" for u in meta["units"]]
+        for i, domains in enumerate(meta.get("tags", ()), start=1):
+            for domain, tags in domains.items():
+                ds.update_tags(i, ns=domain or None, **tags)
         ds.update_tags(**self.tags)
 
 

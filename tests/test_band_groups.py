@@ -93,6 +93,21 @@ def test_wavelengths(tmp_path):
     assert rgb_from_wavelengths({1: {"WAVELENGTH": "443"}, 2: {"WAVELENGTH": "560"}, 3: {"WAVELENGTH": "705"}}) is None
 
 
+def test_the_bands_own_tags_are_kept_so_the_output_tells_its_bands_apart(tmp_path):
+    """Wavelengths in band tags (default and IMAGERY domains) told the input's R, G, B; the output
+    lost them (only STATISTICS_* left) and a later run took its bands 1-3 as R, G, B, blue first."""
+    nm = {1: ("", {"WAVELENGTH": "490", "WAVELENGTH_UNIT": "nm"}), 2: ("", {"WAVELENGTH": "560", "WAVELENGTH_UNIT": "nm"}),
+          3: ("IMAGERY", {"CENTRAL_WAVELENGTH_UM": "0.665", "FWHM_UM": "0.03"}), 4: ("", {"SENSOR_BAND": "nir"})}
+    scene = scene_with(tmp_path, band_tags={b: (ns or None, v) for b, (ns, v) in nm.items()})
+    run(scene.source, tmp_path / "out.tif", model="bicubic", tile=32, overlap=8, bands=(1, 3, 4))
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.tags(1)["WAVELENGTH"] == "490" and out.tags(3)["SENSOR_BAND"] == "nir"
+        assert out.tags(2, ns="IMAGERY") == {"CENTRAL_WAVELENGTH_UM": "0.665", "FWHM_UM": "0.03"}
+        assert out.tags(2).get("WAVELENGTH") is None  # the picked bands', in the output's order
+    run(scene.source, tmp_path / "all.tif", model="bicubic", tile=32, overlap=8)
+    assert plan_bands(open_scene([tmp_path / "all.tif"]), None, 3).rgb.source == "wavelengths"
+
+
 def test_undefined_bands_are_assumed_rgb_with_one_warning(tmp_path):
     scene = scene_with(tmp_path, colorinterp=GRAY)
     with pytest.warns(RGBAssumedWarning, match=r"bands 1,2,3 are taken as R,G,B \(choose with --rgb-bands, e.g. "
