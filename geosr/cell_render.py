@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from geosr.blending import tile_axis_weights
 from geosr.radiometry import Stretch
-from geosr.reading import read_valid
+from geosr.reading import read_band_nodata, read_valid
 from geosr.scene import open_raster
 from geosr.tiling import Tile
 
@@ -40,6 +40,9 @@ class CellRenderer:
     scale, overlap : int
     blend : str
         Blend mode, see :func:`geosr.blending.axis_weights`.
+    bands : tuple of int
+        The source's bands (1-based) that are the output's, in its order: where one holds
+        the nodata value its output band is nodata (:func:`geosr.reading.read_band_nodata`).
     """
 
     source: str
@@ -49,6 +52,7 @@ class CellRenderer:
     scale: int
     overlap: int
     blend: str
+    bands: tuple[int, ...] = ()
 
     def render(
         self, window: Window, tiles: Sequence[Tile], hrs: Sequence[np.ndarray]
@@ -59,7 +63,8 @@ class CellRenderer:
         """
         bands = len(self.stretch.low)
         acc, in_core = self._blend(window, tiles, hrs, slice(0, bands))
-        values, valid = output_pixels(acc, self.stretch, self._lr_valid(window), self.scale, self.nodata)
+        values, valid = output_pixels(acc, self.stretch, *self._lr_valid(window, per_band=True), self.scale,
+                                      self.nodata)
         if not in_core.all():
             values[:, ~in_core] = np.asarray(self.nodata if self.nodata is not None else 0).astype(values.dtype)
         return values, valid
@@ -69,7 +74,7 @@ class CellRenderer:
         from tiles whose results end with their error variance (:func:`geosr.tasks.upscale_batch`)."""
         bands = len(self.stretch.low)
         acc, in_core = self._blend(window, tiles, hrs, slice(bands, bands + 1))
-        lr_valid = self._lr_valid(window)
+        lr_valid, _ = self._lr_valid(window)
         valid = in_core if lr_valid is None else in_core & hr_validity(lr_valid, self.scale)
         return error_pixels(acc[0], valid)
 
@@ -93,11 +98,13 @@ class CellRenderer:
         acc /= np.maximum(wsum, 1e-12)[None]
         return acc, in_core
 
-    def _lr_valid(self, window: Window) -> np.ndarray | None:
+    def _lr_valid(self, window: Window, per_band: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The LR validity of ``window`` (None: unmasked) and, ``per_band``, its bands' nodata."""
         if not self.masked:
-            return None
+            return None, None
         with open_raster(self.source) as ds:
-            return read_valid(ds, window, True)
+            band_nodata = read_band_nodata(ds, window, self.bands, self.nodata) if per_band else None
+            return read_valid(ds, window, True), band_nodata
 
     def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
         """The output values of ``window`` (a dask task of the lazy result)."""
@@ -105,26 +112,30 @@ class CellRenderer:
 
 
 def output_pixels(
-    data: np.ndarray, stretch: Stretch, lr_valid: np.ndarray | None, scale: int, nodata: float | None
+    data: np.ndarray, stretch: Stretch, lr_valid: np.ndarray | None, lr_band_nodata: np.ndarray | None,
+    scale: int, nodata: float | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Blended model units -> output values and their HR validity (None: all valid).
 
     Inverse stretch; with the scene's LR validity mask, each invalid LR pixel's ``scale x
-    scale`` block becomes nodata (when there is one) and valid pixels are kept off it.
+    scale`` block becomes nodata (when there is one) and valid pixels are kept off it. So
+    does, in one band, each LR pixel where that band alone holds nodata (``lr_band_nodata``,
+    ``[bands, h, w]``; :func:`geosr.reading.read_band_nodata`).
     """
     values = stretch.inverse(data, interleaved=True)  # the writer's layout (WorkRaster)
     if lr_valid is None:
         return values, None
     valid = hr_validity(lr_valid, scale)
     if nodata is not None:
-        avoid_nodata(values, valid, nodata)
-        values[:, ~valid] = np.asarray(nodata).astype(values.dtype)
+        keep = valid[None] if lr_band_nodata is None else valid[None] & ~hr_validity(lr_band_nodata, scale)
+        avoid_nodata(values, keep, nodata)
+        values[~np.broadcast_to(keep, values.shape)] = np.asarray(nodata).astype(values.dtype)
     return values, valid
 
 
 def hr_validity(lr_valid: np.ndarray, scale: int) -> np.ndarray:
-    """Each LR pixel's validity over its ``scale x scale`` block of output pixels."""
-    return np.repeat(np.repeat(lr_valid, scale, axis=0), scale, axis=1)
+    """Each LR pixel's validity (the last two axes) over its ``scale x scale`` block of output pixels."""
+    return np.repeat(np.repeat(lr_valid, scale, axis=-2), scale, axis=-1)
 
 
 def error_pixels(variance: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
@@ -143,11 +154,12 @@ def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
     """Move valid pixels that landed on the nodata value one step off it, in place.
 
     A dark valid pixel whose upscaled value rounds to nodata (0 in uint8, typically) would
-    otherwise turn into a hole in the output mask.
+    otherwise turn into a hole in the output mask. ``valid``: ``[h, w]``, or ``[1 or bands,
+    h, w]``.
     """
     if np.isnan(nodata):
         return
-    hit = (values == np.asarray(nodata).astype(values.dtype)) & valid[None]
+    hit = (values == np.asarray(nodata).astype(values.dtype)) & (valid if valid.ndim == 3 else valid[None])
     if not hit.any():
         return
     if np.issubdtype(values.dtype, np.integer):

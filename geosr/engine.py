@@ -49,7 +49,7 @@ from geosr.models import CLASSICAL
 from geosr.output_lock import OutputLock
 from geosr.output_meta import CAPTIONS_SUFFIX, band_meta, captions_geojson, output_profile, output_tags
 from geosr.radiometry import Stretch
-from geosr.reading import read_valid
+from geosr.reading import read_band_nodata, read_valid
 from geosr.resumable import open_journal, run_identity, settle_stopped_run, verify_finished_cells
 from geosr.route_map import check_route_map_target, write_route_map
 from geosr.routing import MODEL, TileRoute
@@ -298,7 +298,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     routes: dict[int, TileRoute] = dict(journal.routes)
     try:
         with open_raster(scene.source) as src:
-            writer = _CellWriter(raster, src, stretch, scene, s, journal, errors)
+            writer = _CellWriter(raster, src, stretch, scene, s, journal, errors, tuple(plan.bands))
             acc = BlendAccumulator(  # the tiles' error variance, when they have it, blends as a band
                 tiles, scene.width, scene.height, grid.overlap, s, len(plan.bands) + config.uncertainty, writer.write,
                 config.blend, finished=journal.cells,
@@ -333,7 +333,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                 # worker processes blend and write their cells: the tiles never come here
                 renderer = CellRenderer(
                     source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
-                    overlap=grid.overlap, blend=config.blend,
+                    overlap=grid.overlap, blend=config.blend, bands=tuple(plan.bands),
                 )
                 peak, received = _run_jobs_on_workers(client, jobs, todo, acc, renderer, resources, captions, routes,
                                                       config, performance_report, journal, raster, last_tile)
@@ -540,16 +540,18 @@ class _CellWriter:
     """
 
     def __init__(self, raster: WorkRaster, src, stretch: Stretch, scene: Scene, scale: int, journal: RunJournal,
-                 errors: UncertaintyRaster | None = None) -> None:
+                 errors: UncertaintyRaster | None = None, bands: tuple[int, ...] = ()) -> None:
         self.raster, self.src, self.stretch, self.scene, self.scale = raster, src, stretch, scene, scale
-        self.journal, self.errors = journal, errors
+        self.journal, self.errors, self.bands = journal, errors, bands
         self._queue: list[tuple[Window, np.ndarray, np.ndarray | None]] = []
         self._error_queue: list[tuple[Window, np.ndarray, None]] = []
 
     def write(self, window: Window, data: np.ndarray) -> None:
-        lr_valid = read_valid(self.src, coarsen_window(window, self.scale), True) if self.scene.masked else None
+        lr_window = coarsen_window(window, self.scale)
+        lr_valid = read_valid(self.src, lr_window, True) if self.scene.masked else None
+        band_nodata = read_band_nodata(self.src, lr_window, self.bands, self.scene.nodata) if self.scene.masked else None
         bands = len(self.stretch.low)
-        values, valid = output_pixels(data[:bands], self.stretch, lr_valid, self.scale, self.scene.nodata)
+        values, valid = output_pixels(data[:bands], self.stretch, lr_valid, band_nodata, self.scale, self.scene.nodata)
         self._queue.append((window, values, valid))
         if self.errors is not None:
             self._error_queue.append((window, error_pixels(data[bands], valid)[None], None))

@@ -98,7 +98,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
 
     renderer = _ChunkRenderer(
         files=files, source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
-        overlap=grid.overlap, blend=config.blend,
+        overlap=grid.overlap, blend=config.blend, bands=tuple(plan.bands),
     )
     ys = grid.rows + [scene.height]
     xs = grid.cols + [scene.width]

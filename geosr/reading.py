@@ -19,7 +19,7 @@ from geosr.errors import read_errors_named
 from geosr.radiometry import Stretch
 from geosr.tiling import Tile
 
-__all__ = ["read_tile", "read_valid", "fill_invalid", "pad_reflect"]
+__all__ = ["read_tile", "read_valid", "read_band_nodata", "fill_invalid", "pad_reflect"]
 
 
 def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
@@ -36,6 +36,22 @@ def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
             # GDAL's mask knows one nodata value; NaN and inf pixels without it are no-data too
             valid &= np.isfinite(ds.read(window=window)).all(axis=0)
     return valid
+
+
+def read_band_nodata(ds: DatasetReader, window, bands: tuple[int, ...], nodata: float | None) -> np.ndarray | None:
+    """Where each of ``bands`` (1-based) holds the nodata value in ``window``, ``[len(bands), h,
+    w]``; None when no band does, or there is no nodata value.
+
+    GDAL's nodata is per band: a pixel whose red band is 0 (nodata 0) has no red, even where
+    its other bands have values - and the dataset mask (:func:`read_valid`) counts it valid.
+    Written back as nodata in that band (not as the model's value, nudged off it).
+    """
+    if nodata is None or len(bands) < 2:
+        return None  # one band: the dataset mask is the band's
+    with read_errors_named(ds.name, window, "bands"):
+        data = ds.read(list(bands), window=window)
+    hit = np.isnan(data) if np.isnan(nodata) else data == np.asarray(nodata).astype(data.dtype)
+    return hit if hit.any() else None
 
 
 def pad_reflect(data: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:

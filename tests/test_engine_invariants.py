@@ -122,6 +122,30 @@ def test_alpha_band_becomes_output_mask(tmp_path):
         assert not valid[:12].any() and valid[12:].all()
 
 
+@pytest.mark.parametrize("nodata", [0, -9999.0])  # NaN in one band masks the pixel (test_value_range)
+@pytest.mark.parametrize("path", ["client", "lazy", "workers"])
+def test_a_band_holding_nodata_where_the_others_do_not_stays_nodata_in_that_band(tmp_path, path, nodata):
+    """GDAL's nodata is per band. A pixel whose band 2 alone is nodata (a Landsat collar's edge:
+    710 such pixels in rasterio's RGB.byte) counts as valid in the dataset mask, and its band 2
+    came out as the interpolated value nudged off nodata ([1, 0, 0] -> [1, 1, 1])."""
+    import geosr
+
+    dtype = "uint8" if nodata == 0 else "float32"
+    data = (texture(3, 40, 44, seed=5) * 200 + 20).astype(dtype)
+    data[:, :6, :8] = nodata  # a corner where all bands are nodata
+    data[1, 20:23, 30:34] = nodata  # band 2 alone
+    data[2, 5:9, 30] = nodata  # band 3 alone
+    src = write_raster(tmp_path / "in.tif", data, nodata=nodata)
+    s, out = 2, tmp_path / "out.tif"
+    if path == "lazy":
+        hr = geosr.upscale(src, scale=s, model="bicubic", captioner="none", tile=16, overlap=4).values
+    else:
+        run(src, out, s, tile=16, overlap=4, **({"local_workers": 1} if path == "workers" else {}))
+        hr = read(out)
+    lr_nodata, hr_nodata = data == nodata, hr == nodata
+    np.testing.assert_array_equal(hr_nodata, np.kron(lr_nodata, np.ones((1, s, s), bool)))
+
+
 def test_all_nodata_tiles_are_skipped_and_written_as_nodata(tmp_path):
     data = (texture(1, 64, 64) * 200 + 20).astype("uint8")
     data[:, :, :32] = 0
