@@ -27,6 +27,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -55,7 +56,7 @@ from geosr.route_map import check_route_map_target, write_route_map
 from geosr.routing import MODEL, TileRoute
 from geosr.s3_output import is_s3_output, s3_target
 from geosr.scene import Scene, expand_inputs, open_raster
-from geosr.scene_plan import plan_scene
+from geosr.scene_plan import NothingToUpscaleWarning, plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
 from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
 from geosr.tiled_output import BlockWriter, TiledTarget, auto_block_side
@@ -85,6 +86,10 @@ def _model_facts_on(client, config: RunConfig) -> ModelFacts:
     warm_up_workers(client, config)
     resources = gpu_resources(client, config.model not in CLASSICAL, config.device)
     return client.submit(tasks.model_facts, config, pure=False, resources=resources).result()
+
+
+class OutputNameWarning(UserWarning):
+    """A single-COG OUTPUT whose name does not end in .tif or .tiff (e.g. out.jpg)."""
 
 
 @dataclass
@@ -166,6 +171,9 @@ def upscale_scene(
         target = ZarrTarget(output, overwrite=config.overwrite, inputs=files)
     else:
         target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
+        if os.path.splitext(str(output))[1].lower() not in (".tif", ".tiff"):
+            warnings.warn(f"{output} is written as a GeoTIFF (COG), whatever its name says; name it .tif "
+                          "(or .zarr for a Zarr store)", OutputNameWarning, stacklevel=2)
     if uncertainty is not None:
         uncertainty = check_uncertainty_target(uncertainty, config, target.output, files,
                                                isinstance(target, ZarrTarget), route_map)
@@ -251,6 +259,9 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     scene_plan = plan_scene(files, config, model.channels, folder.path, model.grid_step)
     scene, plan, grid, tiles, skipped = scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.skipped
     s = config.scale
+    if not tiles:
+        warnings.warn(f"{scene.source}: every pixel is no-data{' or outside the AOI' if config.aoi else ''}: "
+                      "the output holds no value", NothingToUpscaleWarning, stacklevel=2)
     profile = output_profile(scene, plan, s)
     if config.split is not None and (not profile.get("crs") or profile.get("transform") is None):
         raise InputError(f"{scene.source}: tiled output (--split) needs a scene with a CRS and a geotransform "

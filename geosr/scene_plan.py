@@ -259,6 +259,10 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi)), scene_key(scene))
 
 
+class NothingToUpscaleWarning(UserWarning):
+    """Every tile of a scene is no-data (or outside the AOI): its output holds no value."""
+
+
 def select_tiles(scene: Scene, grid: TileGrid, aoi) -> list[Tile]:
     """Drop tiles whose core is all no-data or outside the AOI."""
     kept = []

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import caption_scene, upscale_scene
+from geosr.scene_plan import NothingToUpscaleWarning
 
 
 def test_caption_command_writes_geojson(tmp_path, data_dir):
@@ -51,7 +52,8 @@ def test_all_nodata_scene_has_nothing_to_caption(tmp_path, every):
 
     src = write_raster(tmp_path / "in.tif", np.zeros((3, 40, 40), "uint8"), nodata=0)
     cfg = RunConfig(scale=2, model="bicubic", captioner="degradation", caption_every=every, tiles=TileSpec(16, 4), progress=False)
-    report = upscale_scene([src], tmp_path / "o.tif", cfg)
+    with pytest.warns(NothingToUpscaleWarning, match="every pixel is no-data"):  # exit 0, but said
+        report = upscale_scene([src], tmp_path / "o.tif", cfg)
     assert report.tiles_processed == 0
     with rasterio.open(tmp_path / "o.tif") as out:
         assert (out.read() == 0).all() and not out.dataset_mask().any()

@@ -157,6 +157,17 @@ def test_not_georeferenced_input_warns_and_works(tmp_path):
         assert out.crs is None and (out.width, out.height) == (100, 80)
 
 
+def test_an_output_not_named_tif_is_said_to_be_a_geotiff(tmp_path):
+    from geosr.engine import OutputNameWarning
+
+    src = uint8_scene(tmp_path / "in.tif", 20, 24)
+    with pytest.warns(OutputNameWarning, match="out.jpg is written as a GeoTIFF"):
+        upscale_scene([src], tmp_path / "out.jpg", cfg())
+    with rasterio.open(tmp_path / "out.jpg") as out:
+        assert out.driver == "GTiff"
+    upscale_scene([src], tmp_path / "out.TIFF", cfg())  # no warning (warnings are errors here)
+
+
 def test_a_transform_without_crs_is_kept_and_the_warning_says_so(tmp_path):
     """The warning said "no CRS or georeferencing ... not georeferenced" while the output kept the
     refined transform: it now says what happens."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import click
-
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -24,9 +24,14 @@ def validate(output, source):
     Example:
       geosr validate scene_x4.tif --source scene.tif
     """
+    from rasterio.errors import NodataShadowWarning
+
     from geosr.validation import validate_output  # here: rio-cogeo's import would slow every geosr command
 
-    res = validate_output(output, source)
+    with warnings.catch_warnings():
+        # an RGBA file with a nodata value: GDAL uses the nodata, as geosr does (reading.read_valid)
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        res = validate_output(output, source)
     for key, value in res.facts.items():
         click.echo(f"{key}: {value}")
     for w in res.warnings:
