@@ -165,7 +165,7 @@ def test_an_output_not_named_tif_is_said_to_be_a_geotiff(tmp_path):
         upscale_scene([src], tmp_path / "out.jpg", cfg())
     with rasterio.open(tmp_path / "out.jpg") as out:
         assert out.driver == "GTiff"
-    upscale_scene([src], tmp_path / "out.TIFF", cfg())  # no warning (warnings are errors here)
+    upscale_scene([src], tmp_path / "other.TIFF", cfg())  # no warning (warnings are errors here)
 
 
 def test_a_transform_without_crs_is_kept_and_the_warning_says_so(tmp_path):
