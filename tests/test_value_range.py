@@ -20,6 +20,7 @@ from geosr.cli import cli
 from geosr.models import load_upscaler
 from geosr.radiometry import fit_stretch
 from geosr.scene import NonFiniteInputWarning
+from geosr.scene_plan import NothingToUpscaleWarning
 from tests.rasters import texture, write_raster
 
 SIDE = 192
@@ -119,7 +120,8 @@ def test_nan_beside_a_declared_nodata_becomes_nodata_too(tmp_path):
 
 def test_all_nan_scene_is_an_all_masked_output(tmp_path):
     src = write_raster(tmp_path / "in.tif", np.full((3, 40, 40), np.nan, np.float32), colorinterp=RGB)
-    with pytest.warns(NonFiniteInputWarning, match="1600 pixels are NaN or infinite"):
+    with pytest.warns(NonFiniteInputWarning, match="1600 pixels are NaN or infinite"), \
+            pytest.warns(NothingToUpscaleWarning, match="every pixel is no-data"):
         report = upscale(src, tmp_path / "out.tif", None)
     assert report.tiles_processed == 0
     with rasterio.open(tmp_path / "out.tif") as out:
