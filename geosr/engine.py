@@ -181,7 +181,9 @@ def upscale_scene(
         check_route_map_target(route_map, config, target.output)
     finishing = StopsDeferred()  # from the output's commit on (see _upscale_in)
     try:
-        with released_early(config.address, config.local_workers) as (client, release_cluster):
+        # the lock first: a second run on this OUTPUT is refused at once, not after its model loads
+        with OutputLock(target.output), \
+                released_early(config.address, config.local_workers) as (client, release_cluster):
             # Models and captioners first: a bad spec fails before any tile is read.
             model = _model_facts_on(client, config)
             identity = run_identity(files, config)
@@ -194,19 +196,18 @@ def upscale_scene(
             if model.runs_on:  # --device/--dtype as resolved: their defaults depend on the machine
                 identity["model runs on"] = model.runs_on
 
-            with OutputLock(target.output):
-                journal = open_journal(target.output, identity, config.resume)
-                cells = [0]  # known once the tile plan exists; reported when the run stops
-                try:
-                    report = _upscale_in(journal, files, target, config, model, client, release_cluster,
-                                         performance_report, route_map, uncertainty, cells, finishing)
-                except BaseException as exc:
-                    replacement = settle_stopped_run(journal, exc, cells[0])
-                    if replacement is None:
-                        raise
-                    raise replacement from exc
-                journal.folder.remove()
-                finishing.restore()  # the output is in place and its work folder gone: stops act again
+            journal = open_journal(target.output, identity, config.resume)
+            cells = [0]  # known once the tile plan exists; reported when the run stops
+            try:
+                report = _upscale_in(journal, files, target, config, model, client, release_cluster,
+                                     performance_report, route_map, uncertainty, cells, finishing)
+            except BaseException as exc:
+                replacement = settle_stopped_run(journal, exc, cells[0])
+                if replacement is None:
+                    raise
+                raise replacement from exc
+            journal.folder.remove()
+            finishing.restore()  # the output is in place and its work folder gone: stops act again
     finally:
         finishing.restore()
     if finishing.came:

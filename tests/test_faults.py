@@ -257,6 +257,22 @@ def journal_has_cells(folder: Path, output: str = "out.tif") -> bool:
     return any(j.stat().st_size > 0 for j in folder.glob(f".{output}.geosr-run-*/journal.jsonl"))
 
 
+def test_a_run_on_a_locked_output_is_refused_before_its_model_loads(tmp_path, monkeypatch):
+    """The lock was taken after the model loaded: a second run was refused ~9 s in (the default
+    model), or - when the first run finished meanwhile - not at all."""
+    import geosr.engine as engine
+    from geosr.errors import OutputLockedError
+
+    src = uint8_scene(tmp_path / "in.tif", 24, 24)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a run on a locked OUTPUT")
+
+    monkeypatch.setattr(engine, "_model_facts_on", no_model)
+    with OutputLock(tmp_path / "out.tif"), pytest.raises(OutputLockedError, match="another geosr run"):
+        upscale_scene([src], tmp_path / "out.tif", RunConfig(scale=2, model="bicubic", captioner="none"))
+
+
 def test_two_runs_on_one_output_one_refused_other_valid(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", **SLOW_SCENE)
     first = start_slow_run(tmp_path, src, tmp_path / "out.tif")
