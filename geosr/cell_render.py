@@ -154,12 +154,11 @@ def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
     """Move valid pixels that landed on the nodata value one step off it, in place.
 
     A dark valid pixel whose upscaled value rounds to nodata (0 in uint8, typically) would
-    otherwise turn into a hole in the output mask. ``valid``: ``[h, w]``, or ``[1 or bands,
-    h, w]``.
+    otherwise turn into a hole in the output mask. ``valid``: ``[1 or bands, h, w]``.
     """
     if np.isnan(nodata):
         return
-    hit = (values == np.asarray(nodata).astype(values.dtype)) & (valid if valid.ndim == 3 else valid[None])
+    hit = (values == np.asarray(nodata).astype(values.dtype)) & valid
     if not hit.any():
         return
     if np.issubdtype(values.dtype, np.integer):

@@ -559,9 +559,11 @@ class _CellWriter:
         self._error_queue: list[tuple[Window, np.ndarray, None]] = []
 
     def write(self, window: Window, data: np.ndarray) -> None:
-        lr_window = coarsen_window(window, self.scale)
-        lr_valid = read_valid(self.src, lr_window, True) if self.scene.masked else None
-        band_nodata = read_band_nodata(self.src, lr_window, self.bands, self.scene.nodata) if self.scene.masked else None
+        lr_valid = band_nodata = None
+        if self.scene.masked:
+            lr_window = coarsen_window(window, self.scale)
+            lr_valid = read_valid(self.src, lr_window, True)
+            band_nodata = read_band_nodata(self.src, lr_window, self.bands, self.scene.nodata)
         bands = len(self.stretch.low)
         values, valid = output_pixels(data[:bands], self.stretch, lr_valid, band_nodata, self.scale, self.scene.nodata)
         self._queue.append((window, values, valid))
