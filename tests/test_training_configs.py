@@ -33,7 +33,8 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_fidelity", "geosr_tiny_v3_x4_student_fidelity2",
         "geosr_tiny_v3_x4_student_fidelity3", "geosr_tiny_v3_x4_student_deeper"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
-        "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2"),
+        "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
+        "geosr_tiny_v3_x2_student_deeper"),
 }
 SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
 
