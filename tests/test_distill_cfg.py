@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import shutil
 
 import pytest
 import torch
+from diffusers.optimization import get_scheduler
 
 from geosr.pipelines.pipeline_geosr import GeoSRPipeline, guidance_embedding, image_to_target, upsample_lr
 from geosr.training import distill_cfg
 from geosr.training.campaign_state import export_state
 from geosr.training.diffusion_batches import encode_captions, x0_eps
+from geosr.training.launch import start_schedule_at
 from test_train_controlnet import common_run_config, write_yaml
 from tiny_models import tiny_pipeline_components
 
@@ -290,3 +293,56 @@ def test_a_student_grows_deeper_as_the_same_function_then_trains(tmp_path):
     out = student(torch.rand(1, 3, 8, 8), prompt="no noise", num_inference_steps=1,
                   generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, 16, 16)
+
+
+def test_a_schedule_moved_to_a_step_is_the_uninterrupted_one_from_there():
+    def schedule():
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=3, num_training_steps=20)
+
+    through, moved = schedule(), schedule()
+    for _ in range(7):
+        through.optimizer.step()
+        through.step()
+    args = argparse.Namespace(start_step=7, max_train_steps=20)
+    start_schedule_at(moved, args, "weights")
+    assert moved.get_last_lr() == through.get_last_lr() and 0 < moved.get_last_lr()[0] < 1e-3
+    for later in (through, moved):
+        later.optimizer.step()
+        later.step()
+    assert moved.get_last_lr() == through.get_last_lr()
+    untouched = schedule()
+    start_schedule_at(untouched, argparse.Namespace(start_step=0, max_train_steps=20), None)
+    assert untouched.last_epoch == 0
+    for bad, weights, match in ((7, None, "saved weights"), (20, "w", "not inside"), (-1, "w", "not inside")):
+        with pytest.raises(ValueError, match=match):
+            start_schedule_at(schedule(), argparse.Namespace(start_step=bad, max_train_steps=20), weights)
+
+
+def test_a_stage_cut_short_goes_on_from_its_committed_weights_where_it_stood(tmp_path):
+    """The campaign's continue command: a stage committed at step 2 of 4 goes on at step 2 - the
+    schedule and step count where they stood - not from the start of its schedule (issue 25)."""
+    teacher = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, scale=2, unshuffle_factor=2))
+    teacher.save_pretrained(tmp_path / "teacher")
+    stage = dict(common_run_config(tmp_path), scale=2, crop_size=32, guidance_embedding_dim=16, distill_weight=0.0,
+                 fidelity_weight=1.0, final_timestep_prob=0.9, num_inference_steps=1, validation_images=[],
+                 teacher_model=str(tmp_path / "teacher"), lr_scheduler="cosine", output_dir=str(tmp_path / "cut"))
+    recipe = write_yaml(tmp_path, stage)
+    # the session ends after 2 of the recipe's 4 steps
+    cut = distill_cfg.main(distill_cfg.parse_args(["--config", str(recipe), "--max_train_steps", "2"]))
+    state = export_state(cut, tmp_path / "state", recipe=str(recipe), hours=0.1, stage_start=10)
+    assert state["step"] == 12 and state["stage_step"] == 2 and state["stage_start"] == 10
+    command = state["continue"].split()
+    assert command[:3] == ["python", "-m", "geosr.training.distill_cfg"] and command[-2:] == ["--start_step", "2"]
+    assert "--seed" not in command  # the recipe's seed: the data order goes on as it would have
+    args = distill_cfg.parse_args(command[3:] + ["--output_dir", str(tmp_path / "next")])
+    assert args.init_student == str(tmp_path / "state") and args.start_step == 2
+    out = distill_cfg.main(args)
+    assert (out / "latest" / "STEP").read_text().strip() == "4"
+    assert not list(out.glob("checkpoint-2"))  # it ran steps 3 and 4 only
+    saved = dict(GeoSRPipeline.from_pretrained(tmp_path / "state").unet.named_parameters())
+    assert any(not torch.equal(p, saved[n].float()) for n, p in GeoSRPipeline.from_pretrained(out).unet.named_parameters())
+    # finished, the stage goes on as a new one: a warm-up and new crops
+    again = export_state(out, tmp_path / "state", recipe=str(recipe), hours=0.1, stage_start=10)
+    assert again["step"] == 14 and "--start_step" not in again["continue"]
+    assert "--lr_warmup_steps 200 --seed" in again["continue"]

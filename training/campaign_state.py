@@ -3,8 +3,9 @@
 Training runs span sessions on machines that may be gone by the next one. What survives is
 ``training_state/<run>/``: the run's averaged (EMA) networks as a GeoSRPipeline folder in
 float16 (a 3.9 M teacher is 8 MB), and ``STATE.json`` saying how far it got and how to go on.
-Optimizer state is not kept (it is 2x the weights in float32); a continued run rebuilds it
-with a short warm-up.
+Optimizer state is not kept (it is 2x the weights in float32): a continued run rebuilds it,
+going on at the stage's saved step (``--start_step``) or, after a finished stage, with a short
+warm-up.
 
     python -m geosr.training.campaign_state outputs/geosr-tiny-v3-x4-teacher \\
         training_state/geosr-tiny-v3-x4-teacher --recipe configs/train/geosr_tiny_v3_x4_teacher.yaml --hours 2.4
@@ -15,7 +16,7 @@ Continue on a machine that has ``outputs/`` (same session, or one that kept it):
 
 and on a new machine, from the committed weights (``STATE.json`` has the exact command)::
 
-    python -m geosr.training.train_controlnet --config RECIPE --init_pipeline training_state/<run> ...
+    python -m geosr.training.train_controlnet --config RECIPE --init_pipeline training_state/<run> --start_step N
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     run's final pipeline.
 
     ``dest`` is replaced in place; its previous ``STATE.json`` history is carried over.
-    ``stage_start``: the steps the network had had when ``run_dir``'s run started from them (a
-    stage started with ``--init_pipeline``, whose own step count starts at 0); the recorded step
-    is the network's total.
+    ``stage_start``: the steps the network had had when ``run_dir``'s stage began (a stage started
+    from committed weights counts its own steps from 0, and one going on with ``--start_step``
+    from there); the recorded step is the network's total, ``stage_step`` the stage's own, from
+    which the ``continue`` command goes on (:func:`_continue_command`).
 
     Returns
     -------
@@ -60,7 +62,8 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
         # STEP is written after the networks: without it the save was cut short (mixed networks)
         raise ValueError(f"{source} has no STEP: its last save was interrupted; let the run write its next "
                          "checkpoint (or resume it) and export again")
-    step = stage_start + int(step_file.read_text()) if step_file.is_file() else None
+    stage_step = int(step_file.read_text()) if step_file.is_file() else None
+    step = None if stage_step is None else stage_start + stage_step
     history = []
     if (dest / STATE).is_file():
         history = json.loads((dest / STATE).read_text()).get("history", [])
@@ -79,7 +82,9 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
         "recipe": recipe,
         "step": step,
         "hours": round(sum(h["hours"] for h in history), 2),
-        "continue": _continue_command(recipe, dest, 1000 + len(history)),
+        "stage_start": stage_start,
+        "stage_step": stage_step,
+        "continue": _continue_command(recipe, dest, stage_step, 1000 + len(history)),
         "history": history,
     }
     (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
@@ -88,15 +93,23 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     return state
 
 
-def _continue_command(recipe: str, dest: Path, seed: int) -> str:
-    """How a new machine continues ``recipe`` from ``dest``: a student stage (its recipe names a
-    teacher) starts its student there, a teacher or ControlNet run its pipeline."""
-    is_student = "teacher_model" in (yaml.safe_load(Path(recipe).read_text()) or {}) if Path(recipe).is_file() else False
-    if is_student:
-        return (f"python -m geosr.training.distill_cfg --config {recipe} --init_student {dest} "
-                f"--lr_warmup_steps 200 --seed {seed}")
-    return (f"python -m geosr.training.train_controlnet --config {recipe} --init_pipeline {dest} "
-            f"--lr_warmup_steps 200 --seed {seed}")
+def _continue_command(recipe: str, dest: Path, stage_step: int | None, seed: int) -> str:
+    """How a new machine goes on with ``recipe`` from ``dest``: a student stage (its recipe names a
+    teacher) starts its student there, a teacher or ControlNet run its pipeline.
+
+    A stage saved before its last step goes on at that step (``--start_step``: the schedule,
+    the data order and the step count where they stood, the recipe's seed); a finished one, or
+    one whose step is not known, starts again as a new stage from these weights, with a
+    warm-up and a new seed (new crops).
+    """
+    config = (yaml.safe_load(Path(recipe).read_text()) or {}) if Path(recipe).is_file() else {}
+    script, init = (("distill_cfg", "--init_student") if "teacher_model" in config
+                    else ("train_controlnet", "--init_pipeline"))
+    command = f"python -m geosr.training.{script} --config {recipe} {init} {dest}"
+    total = config.get("max_train_steps")
+    if stage_step is not None and total is not None and 0 < stage_step < int(total):
+        return f"{command} --start_step {stage_step}"
+    return f"{command} --lr_warmup_steps 200 --seed {seed}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -107,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--hours", type=float, required=True, help="Hours of training since the last export.")
     parser.add_argument("--note", default="", help="What this stretch of training was (machine, threads, dtype).")
     parser.add_argument("--stage_start", type=int, default=0,
-                        help="Steps the network had had when this run started from them (--init_pipeline).")
+                        help="Steps the network had had when this stage began (a stage started from committed "
+                             "weights; a stage going on with --start_step keeps its STATE.json's stage_start).")
     args = parser.parse_args(argv)
     state = export_state(args.run_dir, args.dest, args.recipe, args.hours, args.note, args.stage_start)
     print(json.dumps({k: v for k, v in state.items() if k != "history"}, indent=1))

@@ -57,6 +57,7 @@ from geosr.training.launch import (
     resume_run,
     save_checkpoint,
     start_run,
+    start_schedule_at,
     start_trackers,
     training_batches,
 )
@@ -468,6 +469,7 @@ def main(args: argparse.Namespace) -> Path:
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
+    start_schedule_at(lr_scheduler, args, args.init_student, accelerator.num_processes)
     student, student_controlnet, optimizer, dataloader, lr_scheduler = accelerator.prepare(
         student, student_controlnet, optimizer, dataloader, lr_scheduler
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "resume_run",
     "save_checkpoint",
     "start_run",
+    "start_schedule_at",
     "start_trackers",
     "training_batches",
 ]
@@ -85,6 +87,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--checkpoints_total_limit", type=int, default=None)
     add("--resume_from_checkpoint", type=str, default=None,
         help='A checkpoint-N folder, or "latest" (in output_dir).')
+    add("--start_step", type=int, default=0,
+        help="Go on with a stage from its weights saved at this step (with --init_student, --init_pipeline "
+             "or --init_heads; the continue command of training_state/<run>/STATE.json): the learning-rate "
+             "schedule, the data order and the step count start there, the optimizer's moments afresh.")
     add("--validation_images", type=str, nargs="*", default=[],
         help="HR images: degraded with a fixed seed, upscaled, written to output_dir/validation.")
     add("--validation_steps", type=int, default=0, help="0: validate only at the end.")
@@ -225,13 +231,47 @@ def start_trackers(accelerator: Accelerator, args: argparse.Namespace) -> None:
             k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
 
+def start_schedule_at(lr_scheduler, args: argparse.Namespace, weights: str | None, steps_per_update: int = 1) -> None:
+    """Move a new run's learning-rate schedule to ``args.start_step`` of its stage (before ``prepare``).
+
+    A stage cut short by the end of a session goes on, on another machine, from the weights it
+    committed (``weights``: ``--init_student``, ``--init_pipeline``, ``--init_heads``) at the
+    step they were saved: its schedule continues where it stood instead of restarting its
+    warm-up and decay; :func:`resume_run` then starts the step count, and with it the data
+    order, there. A checkpoint the run resumes replaces this schedule with its own.
+    ``steps_per_update``: the schedule's steps per optimisation step, as the script built it
+    (its process count where it scales the schedule by it).
+
+    Raises
+    ------
+    ValueError
+        ``start_step`` is not inside the stage's ``max_train_steps``, or there are no weights
+        to continue (a new network at a decayed learning rate would be a different recipe).
+    """
+    if not args.start_step:
+        return
+    if weights is None:
+        raise ValueError(f"--start_step {args.start_step} continues a stage from its saved weights: give them "
+                         "(--init_student, --init_pipeline or --init_heads)")
+    if not 0 < args.start_step < args.max_train_steps:
+        raise ValueError(f"--start_step {args.start_step} is not inside the stage's {args.max_train_steps} steps "
+                         "(a finished stage goes on as a new one, without --start_step)")
+    with warnings.catch_warnings():
+        # no optimizer step has run yet: the schedule is moved, not trained
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
+        for _ in range(args.start_step * steps_per_update):
+            lr_scheduler.step()
+    logger.info("continuing the stage at step %d, learning rate %.3g", args.start_step, lr_scheduler.get_last_lr()[0])
+
+
 def resume_run(accelerator: Accelerator, args: argparse.Namespace, output_dir: Path) -> int:
-    """Load the checkpoint ``resume_from_checkpoint`` names (prepared objects, registered ones, RNG); its step, else 0."""
+    """Load the checkpoint ``resume_from_checkpoint`` names (prepared objects, registered ones, RNG);
+    its step, else ``start_step`` (a stage going on from saved weights, :func:`start_schedule_at`)."""
     resume = checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
     if resume is None:
         if args.resume_from_checkpoint:
             logger.info("no checkpoint in %s: starting a new run", output_dir)
-        return 0
+        return args.start_step
     accelerator.load_state(str(resume))
     step = int(resume.name.split("-")[1])
     logger.info("resumed from %s at step %d", resume, step)

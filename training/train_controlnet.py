@@ -51,6 +51,7 @@ from geosr.training.launch import (
     resume_run,
     save_checkpoint,
     start_run,
+    start_schedule_at,
     start_trackers,
     training_batches,
 )
@@ -279,6 +280,7 @@ def main(args: argparse.Namespace) -> Path:
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
+    start_schedule_at(lr_scheduler, args, args.init_pipeline, accelerator.num_processes)
     prepared = accelerator.prepare(controlnet, optimizer, dataloader, lr_scheduler)
     controlnet, optimizer, dataloader, lr_scheduler = prepared
     if args.train_base:

@@ -53,6 +53,7 @@ from geosr.training.launch import (
     resume_run,
     save_checkpoint,
     start_run,
+    start_schedule_at,
     start_trackers,
     training_batches,
 )
@@ -285,6 +286,7 @@ def main(args: argparse.Namespace) -> Path:
     dataloader = make_dataloader(args)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=args.max_train_steps)
+    start_schedule_at(lr_scheduler, args, args.init_heads)
     detail, uncertainty, critic, optimizer, critic_optimizer, dataloader, lr_scheduler = accelerator.prepare(
         detail, uncertainty, critic, optimizer, critic_optimizer, dataloader, lr_scheduler)
     start_trackers(accelerator, args)
