@@ -8,7 +8,8 @@ the two error maps on one colour scale (black 0, white ``--vmax`` DN). The LR is
         ../shared/data/val/ucmerced/denseresidential/denseresidential50.png \\
         ../shared/data/val/ucmerced/harbor/harbor50.png ../shared/data/val/ucmerced/golfcourse/golfcourse50.png
 
-and the same three images with ``--degradation aniso --out docs/quicklook_detail_x4_aniso.png``.
+and the same three images with ``--degradation aniso --out docs/quicklook_detail_x4_aniso.png`` and
+``--scale 2 --degradation clean --out docs/quicklook_detail_x2_clean.png``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ is exactly what it was without them.
 
 - :class:`DetailHead` draws a residual of high-frequency detail from a per-tile noise draw:
   what a regression output (the mean of all plausible HR tiles, blurred by construction) lacks.
-  The pipeline scales it by the user's detail level ``D`` and removes from it what the model's
+  Its config may add an unsharp mask of the fidelity output to it (:meth:`DetailHead.compose`):
+  the regression output's edges are there but too soft, and boosting them costs far less
+  fidelity per unit of sharpness than drawn texture does.
+  The pipeline scales the sum by the user's detail level ``D`` and removes from it what the model's
   downsampling would see (:func:`geosr.pipelines.consistency.invisible_to_lr`), so no ``D``
   changes the band means the sensor measured. Trained adversarially and on the HR's power
   spectrum (``geosr.training.train_heads``).
@@ -22,6 +25,7 @@ Both are plain residual CNNs without normalisation, a few percent of the student
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +35,7 @@ from torch import nn
 
 from geosr.captioning.vocabulary import states_at_most
 
-__all__ = ["DetailHead", "UncertaintyHead", "gradient_on_grid", "reads_as_mild"]
+__all__ = ["DetailHead", "UncertaintyHead", "gradient_on_grid", "high_pass", "reads_as_mild"]
 
 # The words of the caption grammar for a light degradation: a "mild" blur (or none), at most
 # 2 DN of noise, no JPEG. On val, 87 % (x4) and 80 % (x2) of clean LR images read so, and a
@@ -78,17 +82,64 @@ class DetailHead(ModelMixin, ConfigMixin):
         Channels of the standard normal draw that makes the detail stochastic.
     channels, num_blocks : int
         Width and depth of the trunk.
+    texture_scale : float
+        Weight of the drawn texture in the detail at ``D = 1`` (:meth:`compose`).
+    sharpen_amount, sharpen_sigma : float
+        Weight of the unsharp mask of the fidelity output in the detail at ``D = 1``, and the
+        standard deviation (HR pixels) of the Gaussian it subtracts; amount 0 for none.
+    mild_composition : dict, optional
+        ``texture_scale``, ``sharpen_amount`` and ``sharpen_sigma`` for inputs whose caption
+        reads as at most mildly degraded (:func:`reads_as_mild`), in place of the three above:
+        a clean input's output has true edges to boost, a noisy or blurred one's is smooth and
+        takes its detail from the texture. None: the same for every input.
+        These are fitted after training, on training images (``python -m
+        geosr.training.tune_detail``); a new head has texture 1, no unsharp mask, no mild one.
     """
 
     @register_to_config
     def __init__(self, sample_channels: int = 48, lr_channels: int = 3, noise_channels: int = 8,
-                 channels: int = 24, num_blocks: int = 2) -> None:
+                 channels: int = 24, num_blocks: int = 2, texture_scale: float = 1.0,
+                 sharpen_amount: float = 0.0, sharpen_sigma: float = 1.0,
+                 mild_composition: dict[str, float] | None = None) -> None:
         super().__init__()
+        _check_composition(texture_scale, sharpen_amount, sharpen_sigma)
+        if mild_composition is not None:
+            _check_composition(**mild_composition)
         self.trunk = _Trunk(sample_channels + lr_channels + noise_channels, channels, num_blocks, sample_channels)
 
     def forward(self, x0: torch.Tensor, lr_grid: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The detail residual, in the units of ``x0`` (zero for a freshly made head)."""
         return self.trunk(torch.cat([x0, lr_grid.to(x0.dtype), noise.to(x0.dtype)], dim=1))
+
+    def composition(self, mild: bool) -> dict[str, float]:
+        """``texture_scale``, ``sharpen_amount`` and ``sharpen_sigma`` for an input (``mild``: its
+        caption reads as at most mildly degraded)."""
+        config = self.config
+        if mild and config.mild_composition is not None:
+            return dict(config.mild_composition)
+        return dict(texture_scale=config.texture_scale, sharpen_amount=config.sharpen_amount,
+                    sharpen_sigma=config.sharpen_sigma)
+
+    def compose(self, texture: torch.Tensor, fidelity: torch.Tensor, mild: Sequence[bool]) -> torch.Tensor:
+        """The detail at ``D = 1``: the drawn ``texture`` (HR pixels) plus the unsharp mask of ``fidelity``.
+
+        Both ``[B, C, H, W]`` float32 in [0, 1] units, ``mild`` per image (:meth:`composition`);
+        the result is not yet made invisible to the model's downsampling (the pipeline does that).
+        """
+        detail = torch.empty_like(texture)
+        for index, is_mild in enumerate(mild):
+            weights = self.composition(bool(is_mild))
+            detail[index] = weights["texture_scale"] * texture[index]
+            if weights["sharpen_amount"] > 0:
+                detail[index] += weights["sharpen_amount"] * high_pass(fidelity[index:index + 1],
+                                                                      weights["sharpen_sigma"])[0]
+        return detail
+
+
+def _check_composition(texture_scale: float, sharpen_amount: float, sharpen_sigma: float) -> None:
+    if texture_scale < 0 or sharpen_amount < 0 or sharpen_sigma <= 0:
+        raise ValueError(f"texture_scale {texture_scale} and sharpen_amount {sharpen_amount} must be >= 0, "
+                         f"sharpen_sigma {sharpen_sigma} > 0")
 
 
 class UncertaintyHead(ModelMixin, ConfigMixin):
@@ -177,6 +228,23 @@ def _interpolate(x: torch.Tensor, knots: list[list[float]]) -> torch.Tensor:
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     t = (clamped - x0) / (x1 - x0).clamp(min=1e-12)
     return y0 + t * (y1 - y0)
+
+
+def high_pass(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``image`` less its Gaussian blur of standard deviation ``sigma`` px (float32, same shape).
+
+    Separable, truncated at 3 sigma, borders reflected: a tile's halo (wider than 3 sigma at
+    the shipped settings) keeps its edge effects out of the blended output.
+    """
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=image.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = image.shape[1]
+    blurred = F.pad(image.float(), (radius, radius, radius, radius), mode="reflect")
+    blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return image.float() - blurred
 
 
 def gradient_on_grid(image: torch.Tensor, factor: int) -> torch.Tensor:

@@ -591,13 +591,14 @@ class GeoSRPipeline(DiffusionPipeline):
         hr = self.consistent_with_input(hr, image, prompt, lr_consistency)
 
         added = None
+        mild = [reads_as_mild(text) for text in prompt]
         if detail > 0.0:
-            added = detail * self._detail_residual(sample, lr_grid, generator)
+            added = detail * self._detail_residual(sample, lr_grid, generator, hr, mild)
             hr = hr + added
         uncertainty = None
         if return_uncertainty:
             uncertainty = self._predicted_error(sample, lr_grid, (hr if added is None else hr - added).clamp(0.0, 1.0),
-                                                added, [reads_as_mild(text) for text in prompt])
+                                                added, mild)
         hr = hr.clamp(0.0, 1.0)
         self.maybe_free_model_hooks()
 
@@ -720,13 +721,17 @@ class GeoSRPipeline(DiffusionPipeline):
         if (detail > 0.0 or return_uncertainty) and not self.concat_channels:
             raise ValueError("the detail and uncertainty heads need an LR-space pipeline with concat_lr")
 
-    def _detail_residual(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, generator) -> torch.Tensor:
-        """The detail head's residual at the HR size, float32, invisible to the model's downsampling."""
+    def _detail_residual(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, generator,
+                         fidelity: torch.Tensor, mild: Sequence[bool]) -> torch.Tensor:
+        """The detail at ``D = 1`` for the ``D = 0`` output ``fidelity`` (``mild``: per image, whether
+        its caption reads as at most mildly degraded): HR size, float32, invisible to the model's
+        downsampling."""
         head = self.detail
         noise = randn_tensor((sample.shape[0], head.config.noise_channels, *sample.shape[-2:]),
                              generator=generator, device=sample.device, dtype=torch.float32)
         residual = head(sample.to(head.dtype), lr_grid.to(head.dtype), noise.to(head.dtype)).float()
         residual = F.pixel_shuffle(residual, self.unshuffle_factor) / self.config.residual_scale
+        residual = head.compose(residual, fidelity.float(), mild)
         return invisible_to_lr(residual, self.config.upscale_factor, self.config.upsample_mode)
 
     def _predicted_error(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, fidelity: torch.Tensor,

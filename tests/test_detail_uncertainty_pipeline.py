@@ -66,6 +66,82 @@ def test_detail_changes_pixels_reproducibly_and_invisibly_to_the_lr(tmp_path):
     assert 0 < (half - base).abs().mean() < (one - base).abs().mean()
 
 
+def _gradient_energy(images: torch.Tensor) -> float:
+    return float((images.diff(dim=-1).square().mean() + images.diff(dim=-2).square().mean()))
+
+
+def test_a_sharpening_detail_boosts_edges_invisibly_to_the_lr_and_draws_nothing(tmp_path):
+    from geosr.pipelines.lr_space_heads import DetailHead, high_pass
+
+    pipe = _pipe(tmp_path)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(0.01)
+    drawn = pipe.detail
+    pipe.register_modules(detail=DetailHead(**{**drawn.config, "texture_scale": 0.0, "sharpen_amount": 1.5}))
+    pipe.detail.load_state_dict(drawn.state_dict())
+    # smooth mid-grey texture: the sharpened output stays inside [0, 1]
+    lr = 0.4 + 0.2 * torch.nn.functional.interpolate(_lr(size=4), size=16, mode="bilinear")
+    base = _run(pipe, lr).images
+    one = _run(pipe, lr, detail=1.0).images
+    assert 0 < one.min() and one.max() < 1
+    assert _gradient_energy(one) > 1.2 * _gradient_energy(base)
+    assert 255 * model_downsample(one - base, 4)[..., 1:-1, 1:-1].pow(2).mean().sqrt() < 0.5
+    # no texture: the unsharp mask of the D = 0 output, less what the downsampling sees of it
+    torch.testing.assert_close(one - base, invisible_to_lr(1.5 * high_pass(base, 1.0), 4), rtol=0, atol=1e-5)
+    # texture and sharpening add up: the composed detail is the sum of the two alone
+    pipe.register_modules(detail=DetailHead(**{**drawn.config, "texture_scale": 1.0, "sharpen_amount": 1.5}))
+    pipe.detail.load_state_dict(drawn.state_dict())
+    both = _run(pipe, lr, detail=1.0).images
+    pipe.register_modules(detail=drawn)
+    texture = _run(pipe, lr, detail=1.0).images
+    torch.testing.assert_close(both - base, (one - base) + (texture - base), rtol=0, atol=1e-5)
+
+
+def test_inputs_captioned_mild_take_the_mild_composition_of_the_detail(tmp_path):
+    from geosr.pipelines.lr_space_heads import DetailHead, high_pass
+
+    pipe = _pipe(tmp_path)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.mul_(0.01)
+    drawn = pipe.detail
+    sharpen_only = {"texture_scale": 0.0, "sharpen_amount": 1.5, "sharpen_sigma": 1.0}
+    pipe.register_modules(detail=DetailHead(**{**drawn.config, "mild_composition": sharpen_only}))
+    pipe.detail.load_state_dict(drawn.state_dict())
+    lr = 0.4 + 0.2 * torch.nn.functional.interpolate(_lr(size=4), size=16, mode="bilinear")
+    captions = [CLEAN, "no blur; strong noise sigma 8; no jpeg"]
+
+    def run(detail):
+        generators = [torch.Generator().manual_seed(3 + i) for i in range(len(lr))]
+        return pipe(lr, prompt=captions, generator=generators, num_inference_steps=1, detail=detail).images
+
+    base, one = run(0.0), run(1.0)
+    # the mild input: its output's unsharp mask only; the noisy one: the drawn texture, as before
+    torch.testing.assert_close(one[:1] - base[:1], invisible_to_lr(1.5 * high_pass(base[:1], 1.0), 4),
+                               rtol=0, atol=1e-5)
+    pipe.register_modules(detail=drawn)
+    torch.testing.assert_close(one[1:], run(1.0)[1:], rtol=0, atol=0)
+    assert pipe.detail.composition(True) == pipe.detail.composition(False)  # none: the same for every input
+
+
+def test_high_pass_is_zero_on_flat_and_linear_images_and_keeps_an_edge():
+    from geosr.pipelines.lr_space_heads import high_pass
+
+    flat = torch.full((1, 3, 32, 32), 0.4)
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)
+    edge = torch.zeros(1, 1, 32, 32)
+    edge[..., 16:] = 1.0
+    assert high_pass(flat, 1.0).abs().max() < 1e-6
+    assert high_pass(ramp, 1.0)[..., 4:-4].abs().max() < 1e-5  # borders are reflected: not linear there
+    boosted = high_pass(edge, 1.0)[0, 0, 8]
+    assert boosted[15] < -0.1 and boosted[16] > 0.1 and boosted[:12].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="sharpen_sigma"):
+        from geosr.pipelines.lr_space_heads import DetailHead
+
+        DetailHead(sharpen_sigma=0.0)
+
+
 def test_uncertainty_is_positive_finite_and_grows_with_detail(tmp_path):
     pipe = _pipe(tmp_path)
     lr = _lr()
