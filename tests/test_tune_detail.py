@@ -69,3 +69,10 @@ def test_nothing_is_written_when_no_setting_meets_the_bars(model, capsys):
     assert _run(model, "--min-sharpness", "100", "--write") == 1
     assert _config(model) == before
     assert "no setting meets the bars" in capsys.readouterr().err
+
+
+def test_a_model_without_a_detail_head_is_refused_in_one_line(tmp_path, capsys):
+    components = tiny_pipeline_components(student=True, scale=2, unshuffle_factor=4, tmp_path=tmp_path)
+    GeoSRPipeline(**with_tiny_heads(components, detail=False)).save_pretrained(tmp_path / "no_detail")
+    assert _run(tmp_path / "no_detail") == 2
+    assert "has no detail head" in capsys.readouterr().err

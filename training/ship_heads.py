@@ -5,7 +5,9 @@
 Copies the ``detail/`` and ``uncertainty/`` components of a ``train_heads`` output into the
 target pipeline folder and names them in its ``model_index.json``. Heads fit the student they
 were trained on only: the target's denoiser and ControlNet must hold the same weights as the
-run's (compared tensor by tensor), else nothing is written.
+run's (compared tensor by tensor), else nothing is written. A detail head comes with the
+composition of ``D = 1`` its run had (a new head: its texture alone): fit it to the new head
+with ``python -m geosr.training.tune_detail ... --write`` after shipping.
 """
 
 from __future__ import annotations

@@ -67,13 +67,18 @@ def score_settings(model: str, scale: int, hr_paths: Sequence[Path], degradation
 
     Returns a dict keyed ``"bicubic"``, ``"D=0"`` and ``str(setting)``, each ``[n_images, 3]``,
     and ``"mild"``, ``[n_images]`` bool.
+
+    Raises
+    ------
+    ValueError
+        ``model`` has no detail head.
     """
     bicubic = load_upscaler("bicubic", scale)
     fidelity = load_upscaler(model, scale, detail=0.0)
     detailed = load_upscaler(model, scale, detail=1.0)
     head = detailed.pipeline.detail
     if head is None:
-        raise SystemExit(f"{model} has no detail head")
+        raise ValueError(f"{model} has no detail head")
     kept = {name: head.config[name] for name in (*COMPOSITION, "mild_composition")}
     captioner = load_captioner("degradation")
     rows: dict[str, list] = {"bicubic": [], "D=0": [], **{str(s): [] for s in settings}}
@@ -124,7 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = paths[:: max(1, len(paths) // args.images)][: args.images]
     sharpen = [tuple(float(v) for v in pair.split(":")) for pair in args.sharpen]
     settings = [Setting(k, a, s) for k, (a, s) in itertools.product(args.texture_scales, sharpen)]
-    rows = score_settings(args.model, args.scale, paths, args.degradation, settings, args.seed)
+    try:
+        rows = score_settings(args.model, args.scale, paths, args.degradation, settings, args.seed)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
     mild = rows.pop("mild")
     keep = mild if args.caption_class == "mild" else np.ones(len(paths), dtype=bool)
     if not keep.any():
