@@ -70,18 +70,31 @@ def _gradient_energy(images: torch.Tensor) -> float:
     return float((images.diff(dim=-1).square().mean() + images.diff(dim=-2).square().mean()))
 
 
-def test_a_sharpening_detail_boosts_edges_invisibly_to_the_lr_and_draws_nothing(tmp_path):
-    from geosr.pipelines.lr_space_heads import DetailHead, high_pass
+def _composing_pipe(tmp_path, **composition):
+    """A pipeline as the shipped students (v-prediction, small residuals) whose detail head is the
+    tiny drawn one with ``composition`` in its config; also that drawn head as it was."""
+    from geosr.pipelines.lr_space_heads import DetailHead
 
     pipe = _pipe(tmp_path)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
     with torch.no_grad():
         pipe.unet.conv_out.weight.mul_(0.01)
     drawn = pipe.detail
-    pipe.register_modules(detail=DetailHead(**{**drawn.config, "texture_scale": 0.0, "sharpen_amount": 1.5}))
+    pipe.register_modules(detail=DetailHead(**{**drawn.config, **composition}))
     pipe.detail.load_state_dict(drawn.state_dict())
-    # smooth mid-grey texture: the sharpened output stays inside [0, 1]
-    lr = 0.4 + 0.2 * torch.nn.functional.interpolate(_lr(size=4), size=16, mode="bilinear")
+    return pipe, drawn
+
+
+def _smooth_lr() -> torch.Tensor:
+    # smooth mid-grey texture: a sharpened output stays inside [0, 1]
+    return 0.4 + 0.2 * torch.nn.functional.interpolate(_lr(size=4), size=16, mode="bilinear")
+
+
+def test_a_sharpening_detail_boosts_edges_invisibly_to_the_lr_and_draws_nothing(tmp_path):
+    from geosr.pipelines.lr_space_heads import DetailHead, high_pass
+
+    pipe, drawn = _composing_pipe(tmp_path, texture_scale=0.0, sharpen_amount=1.5)
+    lr = _smooth_lr()
     base = _run(pipe, lr).images
     one = _run(pipe, lr, detail=1.0).images
     assert 0 < one.min() and one.max() < 1
@@ -99,17 +112,11 @@ def test_a_sharpening_detail_boosts_edges_invisibly_to_the_lr_and_draws_nothing(
 
 
 def test_inputs_captioned_mild_take_the_mild_composition_of_the_detail(tmp_path):
-    from geosr.pipelines.lr_space_heads import DetailHead, high_pass
+    from geosr.pipelines.lr_space_heads import high_pass
 
-    pipe = _pipe(tmp_path)
-    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
-    with torch.no_grad():
-        pipe.unet.conv_out.weight.mul_(0.01)
-    drawn = pipe.detail
     sharpen_only = {"texture_scale": 0.0, "sharpen_amount": 1.5, "sharpen_sigma": 1.0}
-    pipe.register_modules(detail=DetailHead(**{**drawn.config, "mild_composition": sharpen_only}))
-    pipe.detail.load_state_dict(drawn.state_dict())
-    lr = 0.4 + 0.2 * torch.nn.functional.interpolate(_lr(size=4), size=16, mode="bilinear")
+    pipe, drawn = _composing_pipe(tmp_path, mild_composition=sharpen_only)
+    lr = _smooth_lr()
     captions = [CLEAN, "no blur; strong noise sigma 8; no jpeg"]
 
     def run(detail):
