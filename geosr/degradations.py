@@ -50,6 +50,7 @@ __all__ = [
     "degrade",
     "describe",
     "gaussian_kernel",
+    "gaussian_kernel_1d",
     "mixture_weights",
     "sample_params",
 ]
@@ -207,6 +208,14 @@ def sample_params(
     if rng.random() < jpeg_prob:
         jpeg = int(rng.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1))
     return DegradationParams(int(scale), sx, sy, theta, noise, jpeg, protocol)
+
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of standard deviation ``sigma`` px, truncated at ``ceil(3 sigma)``
+    (at least 1) each side: float32, ``2r+1`` taps, for separable filtering."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    return taps / taps.sum()
 
 
 def gaussian_kernel(

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geosr.degradations import gaussian_kernel_1d
 from geosr.errors import InputError
 
 __all__ = ["ROUTES", "CALIBRATED_THRESHOLDS", "NOISE_LIMIT", "BLUR_LIMIT", "NO_STRUCTURE", "TileRoute", "cheap_path",
@@ -110,15 +111,9 @@ def routing_threshold(route: str, threshold: float | None, model: str, scale: in
     return threshold if threshold is not None else CALIBRATED_THRESHOLDS[cheap_path(scale)]
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = int(np.ceil(3 * sigma))
-    g = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
-    return g / g.sum()
-
-
 def _smoothed_gradient_sq(y: torch.Tensor) -> torch.Tensor:
     """``|grad(G * y)|^2`` per pixel (central differences) of ``[B, 1, H, W]``, valid part only."""
-    g = _gaussian_kernel(_SMOOTH_SIGMA)
+    g = gaussian_kernel_1d(_SMOOTH_SIGMA)
     k = len(g)
     y = F.conv2d(F.conv2d(y, g.view(1, 1, 1, k)), g.view(1, 1, k, 1))
     gx = (y[..., 1:-1, 2:] - y[..., 1:-1, :-2]) / 2

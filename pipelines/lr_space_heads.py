@@ -34,6 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from geosr.captioning.vocabulary import states_at_most
+from geosr.degradations import gaussian_kernel_1d
 
 __all__ = ["DetailHead", "UncertaintyHead", "gradient_on_grid", "high_pass", "reads_as_mild"]
 
@@ -236,10 +237,8 @@ def high_pass(image: torch.Tensor, sigma: float) -> torch.Tensor:
     Separable, truncated at 3 sigma, borders reflected: a tile's halo (wider than 3 sigma at
     the shipped settings) keeps its edge effects out of the blended output.
     """
-    radius = max(1, math.ceil(3.0 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=image.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_kernel_1d(sigma).to(image.device)
+    radius = len(kernel) // 2
     channels = image.shape[1]
     blurred = F.pad(image.float(), (radius, radius, radius, radius), mode="reflect")
     blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)

@@ -40,7 +40,6 @@ from geosr.pipelines.lr_space_heads import reads_as_mild
 __all__ = ["Setting", "main", "score_settings"]
 
 TRAIN = ("../shared/data/train/ucmerced", "../shared/data/train/neon")
-COMPOSITION = ("texture_scale", "sharpen_amount", "sharpen_sigma")
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def score_settings(model: str, scale: int, hr_paths: Sequence[Path], degradation
     head = detailed.pipeline.detail
     if head is None:
         raise ValueError(f"{model} has no detail head")
-    kept = {name: head.config[name] for name in (*COMPOSITION, "mild_composition")}
+    kept = {**head.composition(mild=False), "mild_composition": head.config.mild_composition}
     captioner = load_captioner("degradation")
     rows: dict[str, list] = {"bicubic": [], "D=0": [], **{str(s): [] for s in settings}}
     mild = []
