@@ -761,10 +761,20 @@ def _without_grid_pattern(variance: torch.Tensor, factor: int) -> torch.Tensor:
     if factor < 2:
         return variance
     for left in (factor // 2, factor - 1 - factor // 2):  # the two pads mirror each other
-        right = factor - 1 - left
-        padded = F.pad(variance, (left, right, left, right), mode="replicate")
-        variance = F.avg_pool2d(padded, factor, stride=1)
+        variance = _box_sum(_box_sum(variance, factor, left, -1), factor, left, -2) / (factor * factor)
     return variance
+
+
+def _box_sum(image: torch.Tensor, width: int, left: int, dim: int) -> torch.Tensor:
+    """Sums of ``width`` neighbours along ``dim`` (-1 or -2), ``left`` of them before, borders replicated."""
+    # shifted slices: on a CPU twice as fast as avg_pool2d with stride 1 (the map is HR-sized)
+    right = width - 1 - left
+    padded = F.pad(image, (left, right, 0, 0) if dim == -1 else (0, 0, left, right), mode="replicate")
+    size = image.shape[dim]
+    total = padded.narrow(dim, 0, size).clone()
+    for shift in range(1, width):
+        total += padded.narrow(dim, shift, size)
+    return total
 
 
 def _image_to_tensor(image: ImageInput) -> torch.Tensor:
