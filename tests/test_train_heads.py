@@ -151,6 +151,18 @@ def test_one_head_retrained_from_a_run_keeps_the_other(tmp_path, student_dir):
     assert changed
 
 
+def test_a_detail_head_of_another_width_starts_anew_beside_the_kept_uncertainty_head(tmp_path, student_dir):
+    first = train_heads.main(train_heads.parse_args(_argv(tmp_path, student_dir) + ["--max_train_steps", "1"]))
+    before = GeoSRPipeline.from_pretrained(first)
+    argv = _argv(tmp_path, student_dir) + ["--max_train_steps", "1", "--heads", "detail", "--init_heads", str(first),
+                                           "--detail_channels", "4", "--output_dir", str(tmp_path / "narrow")]
+    after = GeoSRPipeline.from_pretrained(train_heads.main(train_heads.parse_args(argv)))
+    assert (after.detail.config.channels, after.detail.config.num_blocks) == (4, before.detail.config.num_blocks)
+    assert after.detail.trunk.conv_in.out_channels == 4
+    for k, v in before.uncertainty.state_dict().items():
+        assert torch.equal(after.uncertainty.state_dict()[k], v)
+
+
 def test_recalibration_refits_a_saved_head(tmp_path, student_dir):
     argv = _argv(tmp_path, student_dir) + ["--max_train_steps", "1"]
     out = train_heads.main(train_heads.parse_args(argv))

@@ -82,6 +82,10 @@ def parse_args(input_args: Sequence[str] | None = None) -> argparse.Namespace:
         help="Which heads learn; the other keeps its --init_heads weights (or stays new).")
     add("--init_heads", type=str, default=None,
         help="A pipeline whose heads this run starts from (a later stage, or one head retrained).")
+    add("--detail_channels", type=int, default=None,
+        help="Width of the detail head (default: head_channels, or --init_heads' head's; another width starts anew).")
+    add("--detail_blocks", type=int, default=None,
+        help="Depth of the detail head (default: head_blocks, or --init_heads' head's; another depth starts anew).")
     add("--uncertainty_channels", type=int, default=None, help="Width of the uncertainty head (default: head_channels).")
     add("--uncertainty_blocks", type=int, default=None, help="Depth of the uncertainty head (default: head_blocks).")
     add("--uncertainty_reads_gradient", action=argparse.BooleanOptionalAction, default=False,
@@ -239,6 +243,11 @@ def _detail(head: DetailHead, pipe: GeoSRPipeline, sample, lr_grid, base, genera
     return (base + invisible_to_lr(residual, pipe.config.upscale_factor, pipe.config.upsample_mode)).clamp(0.0, 1.0)
 
 
+def _detail_layout(args: argparse.Namespace, channels: int, blocks: int) -> tuple[int, int]:
+    """(width, depth) of the detail head the flags ask for (sizes not given: as passed)."""
+    return args.detail_channels or channels, args.detail_blocks or blocks
+
+
 def _uncertainty_layout(args: argparse.Namespace, pipe: GeoSRPipeline, channels: int, blocks: int) -> tuple[int, int, int]:
     """(width, depth, gradient channels) of the uncertainty head the flags ask for (sizes not given: as passed)."""
     gradient = pipe.unshuffle_factor**2 if args.uncertainty_reads_gradient else 0
@@ -255,13 +264,17 @@ def _heads(args: argparse.Namespace, pipe: GeoSRPipeline) -> tuple[DetailHead, U
         for head in (start.detail, start.uncertainty):
             if (head.config.sample_channels, head.config.lr_channels) != (channels, lr_channels):
                 raise ValueError(f"--init_heads {args.init_heads}: its heads read another grid than {args.model}'s")
-        uncertainty = start.uncertainty.float()
+        detail, uncertainty = start.detail.float(), start.uncertainty.float()
+        wanted_detail = _detail_layout(args, detail.config.channels, detail.config.num_blocks)
+        if "detail" in args.heads and wanted_detail != (detail.config.channels, detail.config.num_blocks):
+            detail = DetailHead(channels, lr_channels, args.noise_channels, *wanted_detail)
         wanted = _uncertainty_layout(args, pipe, uncertainty.config.channels, uncertainty.config.num_blocks)
         have = (uncertainty.config.channels, uncertainty.config.num_blocks, uncertainty.config.gradient_channels)
         if "uncertainty" in args.heads and wanted != have:
             uncertainty = UncertaintyHead(channels, lr_channels, wanted[0], wanted[1], gradient_channels=wanted[2])
-        return start.detail.float(), uncertainty
-    detail = DetailHead(channels, lr_channels, args.noise_channels, args.head_channels, args.head_blocks)
+        return detail, uncertainty
+    detail = DetailHead(channels, lr_channels, args.noise_channels, *_detail_layout(args, args.head_channels,
+                                                                                     args.head_blocks))
     wanted = _uncertainty_layout(args, pipe, args.head_channels, args.head_blocks)
     uncertainty = UncertaintyHead(channels, lr_channels, wanted[0], wanted[1], gradient_channels=wanted[2])
     return detail, uncertainty
