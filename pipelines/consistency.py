@@ -13,8 +13,9 @@ each axis of the LR grid (:func:`lr_round_trip_kernel`), whose response lies in 
 [0.47, 1.01], so its inverse decays fast (1e-5 at 10 taps) and ``m`` is one separable
 21-tap filtering of ``A r`` (:func:`inverse_round_trip_kernel`). One round leaves 1e-4 DN inside
 a tile and 0.02 DN at its borders of a residual that ``A`` saw at 6.6 DN RMS (an unsharp mask of
-a val image); a second would take the borders' to 1e-4 DN at a third more of the cost. Plain iterative back-projection (Irani & Peleg 1991, ``r <- r - U(A(r))``) needs
-one HR-sized round per iteration, and the six it takes cost as much as the student itself.
+a val image); a second would take the borders' to 1e-4 DN at a third more of the cost. Plain
+iterative back-projection (Irani & Peleg 1991, ``r <- r - U(A(r))``) needs one HR-sized round
+per iteration, and the six it takes cost as much as the student itself.
 
 The same inverse makes a whole output consistent (:func:`project_to_lr`): ``x - U(m)`` with
 ``A U m = A x - y``. That is right only where ``A`` is how the input was made. A blurred or noisy

@@ -239,7 +239,7 @@ def _interpolate(x: torch.Tensor, knots: list[list[float]]) -> torch.Tensor:
     slope = (ys[1:] - ys[:-1]) / (xs[1:] - xs[:-1]).clamp(min=1e-12)
     intercept = ys[:-1] - slope * xs[:-1]
     clamped = x.clamp(float(xs[0]), float(xs[-1]))
-    segment = torch.bucketize(clamped, xs[1:-1].to(x.dtype, copy=True).to(x.device))
+    segment = torch.bucketize(clamped, xs[1:-1].to(device=x.device, dtype=x.dtype))
     slope, intercept = slope.to(device=x.device, dtype=x.dtype), intercept.to(device=x.device, dtype=x.dtype)
     return torch.take(intercept, segment).addcmul_(torch.take(slope, segment), clamped)
 
