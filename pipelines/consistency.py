@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ from geosr.captioning.vocabulary import states_at_most
 
 __all__ = [
     "bicubic_upsample", "inverse_round_trip_kernel", "invisible_to_lr", "lr_round_trip_kernel", "model_downsample",
-    "project_to_lr", "reads_as_clean",
+    "project_to_lr", "reads_as_clean", "shifted_sum",
 ]
 
 ROUNDS = 1
@@ -126,13 +127,28 @@ def inverse_round_trip_kernel(scale: int, upsample_mode: str = "bicubic") -> tor
 
 def _filter(image: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """``image`` filtered by ``taps`` along x, then along y, borders replicated."""
-    # shifted slices: on a CPU several times faster than a grouped conv2d for one small filter
-    r = len(taps) // 2
-    h, w = image.shape[-2:]
-    padded = F.pad(image, (r, r, 0, 0), mode="replicate")
-    rows = sum(t * padded[..., i : i + w] for i, t in enumerate(taps.tolist()))
-    padded = F.pad(rows, (0, 0, r, r), mode="replicate")
-    return sum(t * padded[..., i : i + h, :] for i, t in enumerate(taps.tolist()))
+    weights, r = taps.tolist(), len(taps) // 2
+    return shifted_sum(shifted_sum(image, weights, r, -1), weights, r, -2)
+
+
+def shifted_sum(image: torch.Tensor, weights: Sequence[float], before: int, dim: int) -> torch.Tensor:
+    """``sum_i weights[i] * image`` shifted by ``i - before`` px along ``dim`` (-1 or -2), borders replicated.
+
+    A 1-D filter as shifted slices: on a CPU several times faster than a grouped conv2d for one
+    small filter. Weights of 1 are added without a multiply.
+    """
+    after = len(weights) - 1 - before
+    padded = F.pad(image, (before, after, 0, 0) if dim == -1 else (0, 0, before, after), mode="replicate")
+    size = image.shape[dim]
+    total = None
+    for shift, weight in enumerate(weights):
+        part = padded.narrow(dim, shift, size)
+        term = part if weight == 1.0 else weight * part
+        if total is None:
+            total = term.clone() if term is part else term
+        else:
+            total += term
+    return total
 
 
 def invisible_to_lr(residual: torch.Tensor, scale: int, upsample_mode: str = "bicubic") -> torch.Tensor:
