@@ -33,16 +33,17 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from geosr.captioning.vocabulary import states_at_most
+from geosr.captioning.vocabulary import parse_caption, states_at_most
 from geosr.degradations import gaussian_kernel_1d
 
-__all__ = ["DetailHead", "UncertaintyHead", "gradient_on_grid", "high_pass", "reads_as_mild"]
+__all__ = ["DetailHead", "UncertaintyHead", "caption_class", "gradient_on_grid", "high_pass", "reads_as_mild"]
 
 # The words of the caption grammar for a light degradation: a "mild" blur (or none), at most
 # 2 DN of noise, no JPEG. On val, 87 % (x4) and 80 % (x2) of clean LR images read so, and a
 # third of the blurred and noisy ones (those blurred least).
 MILD_BLUR_SIGMA = 0.5  # captions write sigma to 0.1 px: "mild" (under 0.6) is at most 0.5
 MILD_NOISE_SIGMA = 2.0
+CAPTION_CLASSES = ("mild", "noisy", "degraded")  # caption_class's answers
 
 
 class _ResBlock(nn.Module):
@@ -90,46 +91,57 @@ class DetailHead(ModelMixin, ConfigMixin):
         standard deviation (HR pixels) of the Gaussian it subtracts; amount 0 for none.
     mild_composition : dict, optional
         ``texture_scale``, ``sharpen_amount`` and ``sharpen_sigma`` for inputs whose caption
-        reads as at most mildly degraded (:func:`reads_as_mild`), in place of the three above:
-        a clean input's output has true edges to boost, a noisy or blurred one's is smooth and
-        takes its detail from the texture. None: the same for every input.
-        These are fitted after training, on training images (``python -m
-        geosr.training.tune_detail``); a new head has texture 1, no unsharp mask, no mild one.
+        reads as at most mildly degraded (:func:`caption_class` ``"mild"``), in place of the
+        three above: a clean input's output has true edges to boost. None: the three above.
+    noisy_composition : dict, optional
+        The same for inputs captioned with more noise than that (``"noisy"``): the student
+        denoises them into a smooth output whose edges an unsharp mask can still lift, where
+        on a blurred, noise-free input (whose output the student has already sharpened) the
+        same mask overshoots. None: the three above.
+        The compositions are fitted after training, on training images (``python -m
+        geosr.training.tune_detail``); a new head has texture 1, no unsharp mask, no mild or
+        noisy one.
     """
 
     @register_to_config
     def __init__(self, sample_channels: int = 48, lr_channels: int = 3, noise_channels: int = 8,
                  channels: int = 24, num_blocks: int = 2, texture_scale: float = 1.0,
                  sharpen_amount: float = 0.0, sharpen_sigma: float = 1.0,
-                 mild_composition: dict[str, float] | None = None) -> None:
+                 mild_composition: dict[str, float] | None = None,
+                 noisy_composition: dict[str, float] | None = None) -> None:
         super().__init__()
         _check_composition(texture_scale, sharpen_amount, sharpen_sigma)
-        if mild_composition is not None:
-            _check_composition(**mild_composition)
+        for composition in (mild_composition, noisy_composition):
+            if composition is not None:
+                _check_composition(**composition)
         self.trunk = _Trunk(sample_channels + lr_channels + noise_channels, channels, num_blocks, sample_channels)
 
     def forward(self, x0: torch.Tensor, lr_grid: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The detail residual, in the units of ``x0`` (zero for a freshly made head)."""
         return self.trunk(torch.cat([x0, lr_grid.to(x0.dtype), noise.to(x0.dtype)], dim=1))
 
-    def composition(self, mild: bool) -> dict[str, float]:
-        """``texture_scale``, ``sharpen_amount`` and ``sharpen_sigma`` for an input (``mild``: its
-        caption reads as at most mildly degraded)."""
+    def composition(self, kind: str) -> dict[str, float]:
+        """``texture_scale``, ``sharpen_amount`` and ``sharpen_sigma`` for an input whose caption is
+        of class ``kind`` (:func:`caption_class`)."""
+        if kind not in CAPTION_CLASSES:
+            raise ValueError(f"caption class {kind!r}: one of {CAPTION_CLASSES}")
         config = self.config
-        if mild and config.mild_composition is not None:
-            return dict(config.mild_composition)
+        own = {"mild": config.mild_composition, "noisy": config.noisy_composition}.get(kind)
+        if own is not None:
+            return dict(own)
         return dict(texture_scale=config.texture_scale, sharpen_amount=config.sharpen_amount,
                     sharpen_sigma=config.sharpen_sigma)
 
-    def compose(self, texture: torch.Tensor, fidelity: torch.Tensor, mild: Sequence[bool]) -> torch.Tensor:
+    def compose(self, texture: torch.Tensor, fidelity: torch.Tensor, kinds: Sequence[str]) -> torch.Tensor:
         """The detail at ``D = 1``: the drawn ``texture`` (HR pixels) plus the unsharp mask of ``fidelity``.
 
-        Both ``[B, C, H, W]`` float32 in [0, 1] units, ``mild`` per image (:meth:`composition`);
-        the result is not yet made invisible to the model's downsampling (the pipeline does that).
+        Both ``[B, C, H, W]`` float32 in [0, 1] units, ``kinds`` each image's caption class
+        (:meth:`composition`); the result is not yet made invisible to the model's downsampling
+        (the pipeline does that).
         """
         detail = torch.empty_like(texture)
-        for index, is_mild in enumerate(mild):
-            weights = self.composition(bool(is_mild))
+        for index, kind in enumerate(kinds):
+            weights = self.composition(kind)
             detail[index] = weights["texture_scale"] * texture[index]
             if weights["sharpen_amount"] > 0:
                 detail[index] += weights["sharpen_amount"] * high_pass(fidelity[index:index + 1],
@@ -269,6 +281,16 @@ def gradient_on_grid(image: torch.Tensor, factor: int) -> torch.Tensor:
     dy = F.pad(image[..., 1:, :] - image[..., :-1, :], (0, 0, 0, 1), mode="replicate")
     magnitude = torch.sqrt(dx.square() + dy.square()).mean(dim=1, keepdim=True)
     return F.pixel_unshuffle(10.0 * magnitude, factor)
+
+
+def caption_class(caption: str) -> str:
+    """Which of the detail head's compositions an input takes, from its caption: ``"mild"``
+    (:func:`reads_as_mild`), ``"noisy"`` (more than 2 DN of noise stated) or ``"degraded"``
+    (anything else: blur, JPEG, free text)."""
+    if reads_as_mild(caption):
+        return "mild"
+    facts = parse_caption(caption)
+    return "noisy" if facts is not None and facts.noise_sigma > MILD_NOISE_SIGMA else "degraded"
 
 
 def reads_as_mild(caption: str) -> bool:

@@ -62,7 +62,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from geosr.pipelines.consistency import invisible_to_lr, project_to_lr, reads_as_clean, shifted_sum
-from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid, reads_as_mild
+from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, caption_class, gradient_on_grid
 from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
 
 __all__ = [
@@ -591,9 +591,10 @@ class GeoSRPipeline(DiffusionPipeline):
         hr = self.consistent_with_input(hr, image, prompt, lr_consistency)
 
         added = None
-        mild = [reads_as_mild(text) for text in prompt]
+        kinds = [caption_class(text) for text in prompt]
+        mild = [kind == "mild" for kind in kinds]
         if detail > 0.0:
-            added = detail * self._detail_residual(sample, lr_grid, generator, hr, mild)
+            added = detail * self._detail_residual(sample, lr_grid, generator, hr, kinds)
             hr = hr + added
         uncertainty = None
         if return_uncertainty:
@@ -722,16 +723,16 @@ class GeoSRPipeline(DiffusionPipeline):
             raise ValueError("the detail and uncertainty heads need an LR-space pipeline with concat_lr")
 
     def _detail_residual(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, generator,
-                         fidelity: torch.Tensor, mild: Sequence[bool]) -> torch.Tensor:
-        """The detail at ``D = 1`` for the ``D = 0`` output ``fidelity`` (``mild``: per image, whether
-        its caption reads as at most mildly degraded): HR size, float32, invisible to the model's
-        downsampling."""
+                         fidelity: torch.Tensor, kinds: Sequence[str]) -> torch.Tensor:
+        """The detail at ``D = 1`` for the ``D = 0`` output ``fidelity`` (``kinds``: per image, its
+        caption's class, :func:`~geosr.pipelines.lr_space_heads.caption_class`): HR size, float32,
+        invisible to the model's downsampling."""
         head = self.detail
         noise = randn_tensor((sample.shape[0], head.config.noise_channels, *sample.shape[-2:]),
                              generator=generator, device=sample.device, dtype=torch.float32)
         residual = head(sample.to(head.dtype), lr_grid.to(head.dtype), noise.to(head.dtype)).float()
         residual = F.pixel_shuffle(residual, self.unshuffle_factor) / self.config.residual_scale
-        residual = head.compose(residual, fidelity.float(), mild)
+        residual = head.compose(residual, fidelity.float(), kinds)
         return invisible_to_lr(residual, self.config.upscale_factor, self.config.upsample_mode)
 
     def _predicted_error(self, sample: torch.Tensor, lr_grid: torch.Tensor | None, fidelity: torch.Tensor,

@@ -117,8 +117,29 @@ def test_rescaled_and_jittered_crops(tmp_path):
     assert all(0 <= jittered[i]["hr"].min() and jittered[i]["hr"].max() <= 1 for i in range(len(clean)))
 
 
+def test_single_band_crops_copy_one_band_into_every_channel(png_dir):
+    colour = SRPairDataset(png_dir, crop_size=32, scale=4, crops_per_image=6, seed=3, protocol="clean",
+                           augment=False)
+    single = SRPairDataset(png_dir, crop_size=32, scale=4, crops_per_image=6, seed=3, protocol="clean",
+                           augment=False, single_band_prob=1.0)
+    bands = set()
+    for i in range(len(single)):
+        hr, lr = single[i]["hr"], single[i]["lr"]
+        # one band everywhere, in the HR and (degraded per channel alike) in the LR
+        assert torch.equal(hr[0], hr[1]) and torch.equal(hr[0], hr[2])
+        assert torch.allclose(lr[0], lr[1], atol=1e-6) and torch.allclose(lr[0], lr[2], atol=1e-6)
+        # and it is one of the colour crop's bands: the same window, the same draws before it
+        bands.update(b for b in range(3) if torch.equal(hr[0], colour[i]["hr"][b]))
+    assert bands and bands <= {0, 1, 2}
+    half = SRPairDataset(png_dir, crop_size=32, scale=4, crops_per_image=6, seed=3, protocol="clean",
+                         single_band_prob=0.5)
+    grey = [bool(torch.equal(half[i]["hr"][0], half[i]["hr"][1])) for i in range(len(half))]
+    assert 0 < sum(grey) < len(grey)
+
+
 @pytest.mark.parametrize("kwargs", [dict(rescale_range=(0.5, 1.5)), dict(rescale_range=(0.0, 1.0)),
-                                    dict(rescale_prob=1.5), dict(color_jitter=-0.1)])
+                                    dict(rescale_prob=1.5), dict(color_jitter=-0.1),
+                                    dict(single_band_prob=-0.1), dict(single_band_prob=1.5)])
 def test_bad_augmentation_settings_are_refused(png_dir, kwargs):
     with pytest.raises(InputError):
         SRPairDataset(png_dir, crop_size=32, scale=4, **kwargs)

@@ -111,25 +111,44 @@ def test_a_sharpening_detail_boosts_edges_invisibly_to_the_lr_and_draws_nothing(
     torch.testing.assert_close(both - base, (one - base) + (texture - base), rtol=0, atol=1e-5)
 
 
-def test_inputs_captioned_mild_take_the_mild_composition_of_the_detail(tmp_path):
+def test_inputs_take_the_composition_of_their_caption_class(tmp_path):
     from geosr.pipelines.lr_space_heads import high_pass
 
     sharpen_only = {"texture_scale": 0.0, "sharpen_amount": 1.5, "sharpen_sigma": 1.0}
-    pipe, drawn = _composing_pipe(tmp_path, mild_composition=sharpen_only)
-    lr = _smooth_lr()
-    captions = [CLEAN, "no blur; strong noise sigma 8; no jpeg"]
+    half_texture = {"texture_scale": 0.5, "sharpen_amount": 0.0, "sharpen_sigma": 1.0}
+    pipe, drawn = _composing_pipe(tmp_path, mild_composition=sharpen_only, noisy_composition=half_texture)
+    lr = torch.cat([_smooth_lr(), _smooth_lr()[:1]])
+    captions = [CLEAN, "no blur; moderate noise sigma 8; no jpeg", "strong isotropic blur sigma 1.5 px; no noise; no jpeg"]
 
     def run(detail):
         generators = [torch.Generator().manual_seed(3 + i) for i in range(len(lr))]
         return pipe(lr, prompt=captions, generator=generators, num_inference_steps=1, detail=detail).images
 
     base, one = run(0.0), run(1.0)
-    # the mild input: its output's unsharp mask only; the noisy one: the drawn texture, as before
+    # the mild input: its output's unsharp mask only
     torch.testing.assert_close(one[:1] - base[:1], invisible_to_lr(1.5 * high_pass(base[:1], 1.0), 4),
                                rtol=0, atol=1e-5)
+    # the noisy one: half the drawn texture; the blurred, noise-free one: the texture at full weight
     pipe.register_modules(detail=drawn)
-    torch.testing.assert_close(one[1:], run(1.0)[1:], rtol=0, atol=0)
-    assert pipe.detail.composition(True) == pipe.detail.composition(False)  # none: the same for every input
+    texture = run(1.0)
+    torch.testing.assert_close(one[1:2] - base[1:2], 0.5 * (texture[1:2] - base[1:2]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(one[2:], texture[2:], rtol=0, atol=0)
+    assert (texture[1:2] - base[1:2]).abs().max() > 1e-3
+    # a head without its own compositions treats every class alike
+    assert drawn.composition("mild") == drawn.composition("noisy") == drawn.composition("degraded")
+    with pytest.raises(ValueError, match="caption class"):
+        drawn.composition("blurry")
+
+
+def test_caption_classes_follow_the_stated_noise_and_blur():
+    from geosr.pipelines.lr_space_heads import caption_class
+
+    assert caption_class(CLEAN) == "mild"
+    assert caption_class("no blur; low noise sigma 2; no jpeg") == "mild"
+    assert caption_class("no blur; low noise sigma 3; no jpeg") == "noisy"
+    assert caption_class("strong anisotropic blur sigma 1.5 px along 30 deg; moderate noise sigma 9; no jpeg") == "noisy"
+    assert caption_class("strong isotropic blur sigma 1.5 px; no noise; no jpeg") == "degraded"
+    assert caption_class("a blurry photo") == "degraded"  # free text: no stated noise
 
 
 def test_high_pass_is_zero_on_flat_and_linear_images_and_keeps_an_edge():

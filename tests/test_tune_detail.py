@@ -36,13 +36,15 @@ def _run(model: Path, *args: str) -> int:
 def test_every_setting_is_scored_through_the_pipeline_and_the_head_is_left_as_it_was(model):
     settings = [Setting(1.0, 0.0, 1.0), Setting(0.5, 1.5, 0.8)]
     rows = score_settings(str(model), 2, sorted(CROPS.glob("*.png"))[:2], "clean", settings)
-    assert set(rows) == {"bicubic", "D=0", "mild", *map(str, settings)}
-    assert all(value.shape == (2, 3) for key, value in rows.items() if key != "mild")
+    assert set(rows) == {"bicubic", "D=0", "class", *map(str, settings)}
+    assert all(value.shape == (2, 3) for key, value in rows.items() if key != "class")
+    assert set(rows["class"]) <= {"mild", "noisy", "degraded"}
     # the texture alone at full weight is the head as trained; the other setting differs from it
     assert (rows[str(settings[0])] != rows[str(settings[1])]).any()
     assert (rows[str(settings[0])] != rows["D=0"]).any()
     head = load_upscaler(str(model), 2, detail=1.0).pipeline.detail
-    assert (head.config.texture_scale, head.config.sharpen_amount, head.config.mild_composition) == (1.0, 0.0, None)
+    assert (head.config.texture_scale, head.config.sharpen_amount, head.config.mild_composition,
+            head.config.noisy_composition) == (1.0, 0.0, None, None)
 
 
 def test_the_most_faithful_setting_within_the_bars_is_written(model, capsys):
@@ -53,15 +55,16 @@ def test_the_most_faithful_setting_within_the_bars_is_written(model, capsys):
     assert str(written) == chosen and config.get("mild_composition") is None
 
 
-def test_the_mild_class_writes_the_mild_composition_only(model, capsys):
+@pytest.mark.parametrize("kind, degradation", [("mild", "clean"), ("noisy", "aniso")])
+def test_a_caption_class_writes_its_own_composition_only(model, capsys, kind, degradation):
     before = _config(model)
-    assert _run(model, "--caption-class", "mild", "--degradation", "clean", "--min-gain", "-100",
+    key = f"{kind}_composition"
+    assert _run(model, "--caption-class", kind, "--degradation", degradation, "--min-gain", "-100",
                 "--min-sharpness", "0", "--max-hf-fraction", "100", "--write") == 0
     after = _config(model)
-    assert set(after["mild_composition"]) == {"texture_scale", "sharpen_amount", "sharpen_sigma"}
-    assert {k: v for k, v in after.items() if k != "mild_composition"} == {
-        k: v for k, v in before.items() if k != "mild_composition"}
-    assert "(mild captions)" in capsys.readouterr().out
+    assert set(after[key]) == {"texture_scale", "sharpen_amount", "sharpen_sigma"}
+    assert {k: v for k, v in after.items() if k != key} == {k: v for k, v in before.items() if k != key}
+    assert f"({kind} captions)" in capsys.readouterr().out
 
 
 def test_nothing_is_written_when_no_setting_meets_the_bars(model, capsys):

@@ -171,6 +171,12 @@ class SRPairDataset(Dataset):
         Strength ``j`` of a random photometric change of the HR crop (before degradation):
         brightness and contrast by ``1 +- j``, per-band gain by ``1 +- j/3``, gamma by
         ``exp(+-j)``; clipped to [0, 1]. 0 turns it off.
+    single_band_prob : float
+        Probability that the crop is one of its bands (drawn at random) copied into every
+        channel: how geosr feeds a band that is not R, G or B - NIR, red edge, SWIR,
+        panchromatic - to an RGB model (:func:`geosr.tasks.upscale_batch`), which a model
+        trained on colour crops alone has never seen. Drawn after the colour jitter, so the
+        band carries its own gain and gamma.
     seed : int
         Base seed; see the module docstring.
     cache : bool
@@ -195,6 +201,7 @@ class SRPairDataset(Dataset):
         rescale_prob: float = 0.0,
         rescale_range: tuple[float, float] = (0.5, 1.0),
         color_jitter: float = 0.0,
+        single_band_prob: float = 0.0,
         seed: int = 0,
         cache: bool = False,
     ) -> None:
@@ -210,10 +217,11 @@ class SRPairDataset(Dataset):
         low, high = (float(v) for v in rescale_range)
         if not 0.0 < low <= high <= 1.0:
             raise InputError(f"rescale_range {rescale_range}: need 0 < low <= high <= 1")
-        if not 0.0 <= rescale_prob <= 1.0 or color_jitter < 0.0:
-            raise InputError(f"rescale_prob {rescale_prob} must lie in [0, 1], color_jitter {color_jitter} >= 0")
+        if not (0.0 <= rescale_prob <= 1.0 and 0.0 <= single_band_prob <= 1.0) or color_jitter < 0.0:
+            raise InputError(f"rescale_prob {rescale_prob} and single_band_prob {single_band_prob} must lie in "
+                             f"[0, 1], color_jitter {color_jitter} >= 0")
         self.rescale_prob, self.rescale_range = float(rescale_prob), (low, high)
-        self.color_jitter = float(color_jitter)
+        self.color_jitter, self.single_band_prob = float(color_jitter), float(single_band_prob)
         self.mix = None if mix is None else mixture_weights(mix)
         self.cache, self.shuffle = cache, bool(shuffle)
         self.epoch = 0
@@ -266,6 +274,10 @@ class SRPairDataset(Dataset):
             hr = _resize(hr, self.crop_size)
         if self.color_jitter:
             hr = _jitter(hr, self.color_jitter, rng)
+        # drawn only when asked, so that recipes without it keep their exact random streams
+        if self.single_band_prob and rng.random() < self.single_band_prob:
+            band = int(rng.integers(hr.shape[2]))
+            hr = np.repeat(hr[:, :, band : band + 1], hr.shape[2], axis=2)
         if self.augment:
             hr = np.rot90(hr, k=int(rng.integers(4)))
             if rng.random() < 0.5:

@@ -63,6 +63,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="Range of the GSD factor f of a rescaled crop (a 1/f px window resized to the crop).")
     add("--color_jitter", type=float, default=0.0,
         help="Strength of random brightness/contrast/gain/gamma of the HR crop (0: off).")
+    add("--single_band_prob", type=float, default=0.0,
+        help="Share of crops that are one band copied into every channel, as geosr feeds NIR, SWIR, pan.")
     add("--bands", type=int, nargs="+", default=[1, 2, 3])
     add("--crops_per_image", type=int, default=1)
     add("--cache_images", action=argparse.BooleanOptionalAction, default=True)
@@ -166,6 +168,7 @@ def make_dataloader(args: argparse.Namespace) -> torch.utils.data.DataLoader:
         rescale_prob=args.rescale_prob,
         rescale_range=tuple(args.rescale_range),
         color_jitter=args.color_jitter,
+        single_band_prob=args.single_band_prob,
         seed=args.seed,
         cache=args.cache_images,
     )

@@ -364,9 +364,9 @@ def main(args: argparse.Namespace) -> Path:
 
 def calibration_args(args: argparse.Namespace) -> argparse.Namespace:
     """The data arguments of the calibration crops: another seed, ``calibration_crop_size`` px, the
-    images' own ground sample distance, no colour jitter (see :func:`_calibrate`)."""
+    images' own ground sample distance, no colour jitter, colour crops only (see :func:`_calibrate`)."""
     return argparse.Namespace(**{**vars(args), "seed": args.seed + 7919, "crop_size": args.calibration_crop_size,
-                                 "rescale_prob": 0.0, "color_jitter": 0.0})
+                                 "rescale_prob": 0.0, "color_jitter": 0.0, "single_band_prob": 0.0})
 
 
 @torch.no_grad()

@@ -14,7 +14,9 @@ PSNR among those whose mean gain over bicubic, sharpness ratio and high-frequenc
 error meet the bars (``--min-gain``, ``--min-sharpness``, ``--max-hf-fraction`` of ``D = 0``'s).
 With ``--caption-class mild`` only the images whose caption reads as at most mildly degraded
 are scored, and the choice is the head's ``mild_composition`` (used for such inputs); with
-``all``, every image, and the head's composition for the others. ``--write`` stores it in the
+``noisy``, only those captioned with more noise than that, for ``noisy_composition``
+(:func:`~geosr.pipelines.lr_space_heads.caption_class`); with ``all``, every image, and the
+head's composition for the others. ``--write`` stores it in the
 model's ``detail/config.json``; nothing is written when no setting meets the bars.
 """
 
@@ -35,7 +37,7 @@ from geosr.degradations import degrade
 from geosr.detail_metrics import hf_spectral_error
 from geosr.evaluation import find_hr_images, image_to_batch, psnr, quantise_8bit, read_hr_image, sharpness_ratio
 from geosr.models import load_upscaler
-from geosr.pipelines.lr_space_heads import reads_as_mild
+from geosr.pipelines.lr_space_heads import caption_class
 
 __all__ = ["Setting", "main", "score_settings"]
 
@@ -62,10 +64,10 @@ def _output(upscaler, lr: np.ndarray, caption: str, seed: int) -> np.ndarray:
 def score_settings(model: str, scale: int, hr_paths: Sequence[Path], degradation: str,
                    settings: Sequence[Setting], seed: int = 0) -> dict[str, np.ndarray]:
     """Per image, ``[psnr, sharpness, hf_error]`` of bicubic, ``D = 0`` and each setting at ``D = 1``
-    (for every input, mild or not), and whether its caption reads as mild.
+    (for every input, whatever its caption), and its caption's class.
 
     Returns a dict keyed ``"bicubic"``, ``"D=0"`` and ``str(setting)``, each ``[n_images, 3]``,
-    and ``"mild"``, ``[n_images]`` bool.
+    and ``"class"``, ``[n_images]`` str (:func:`~geosr.pipelines.lr_space_heads.caption_class`).
 
     Raises
     ------
@@ -78,27 +80,28 @@ def score_settings(model: str, scale: int, hr_paths: Sequence[Path], degradation
     head = detailed.pipeline.detail
     if head is None:
         raise ValueError(f"{model} has no detail head")
-    kept = {**head.composition(mild=False), "mild_composition": head.config.mild_composition}
+    kept = {**head.composition("degraded"), "mild_composition": head.config.mild_composition,
+            "noisy_composition": head.config.noisy_composition}
     captioner = load_captioner("degradation")
     rows: dict[str, list] = {"bicubic": [], "D=0": [], **{str(s): [] for s in settings}}
-    mild = []
+    classes = []
     try:
         for index, path in enumerate(hr_paths):
             hr = read_hr_image(Path(path), scale, None)
             lr = quantise_8bit(degrade(hr, scale, degradation, seed=seed + index)[0])
             caption = captioner.caption(image_to_batch(lr))[0]
-            mild.append(reads_as_mild(caption))
+            classes.append(caption_class(caption))
             outputs = {"bicubic": _output(bicubic, lr, caption, seed + index),
                        "D=0": _output(fidelity, lr, caption, seed + index)}
             for setting in settings:
-                # read by the pipeline at each call; no mild composition: the setting for every input
-                head.register_to_config(**vars(setting), mild_composition=None)
+                # read by the pipeline at each call; no class's own composition: the setting for every input
+                head.register_to_config(**vars(setting), mild_composition=None, noisy_composition=None)
                 outputs[str(setting)] = _output(detailed, lr, caption, seed + index)
             for key, out in outputs.items():
                 rows[key].append([psnr(out, hr, scale), sharpness_ratio(out, hr, scale), hf_spectral_error(out, hr, scale)])
     finally:
         head.register_to_config(**kept)
-    return {**{key: np.asarray(value) for key, value in rows.items()}, "mild": np.asarray(mild, dtype=bool)}
+    return {**{key: np.asarray(value) for key, value in rows.items()}, "class": np.asarray(classes)}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -109,8 +112,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hr", action="append", default=None, help="HR image folders (default: train/).")
     parser.add_argument("--images", type=int, default=48, help="Images, evenly spaced over the folders.")
     parser.add_argument("--degradation", default="clean")
-    parser.add_argument("--caption-class", choices=("mild", "all"), default="all",
-                        help="Score the images whose caption reads as mild (for mild_composition), or all.")
+    parser.add_argument("--caption-class", choices=("mild", "noisy", "all"), default="all",
+                        help="Score the images whose caption reads as mild (for mild_composition), as noisy "
+                             "(for noisy_composition), or all (for the composition of every other input).")
     parser.add_argument("--texture-scales", type=float, nargs="+", default=[0.15, 0.2, 0.3, 0.4, 0.5, 1.0])
     parser.add_argument("--sharpen", nargs="+", default=["0:1", "1.5:1", "2:1", "2.5:1", "2:0.8", "3:0.8"],
                         help="AMOUNT:SIGMA pairs of the unsharp mask (0:1 for none).")
@@ -133,10 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    mild = rows.pop("mild")
-    keep = mild if args.caption_class == "mild" else np.ones(len(paths), dtype=bool)
+    classes = rows.pop("class")
+    keep = np.ones(len(paths), dtype=bool) if args.caption_class == "all" else classes == args.caption_class
     if not keep.any():
-        print("no image's caption reads as mild", file=sys.stderr)
+        print(f"no image's caption reads as {args.caption_class}", file=sys.stderr)
         return 1
     rows = {key: value[keep] for key, value in rows.items()}
     base = rows["bicubic"][:, 0]
@@ -163,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         path = Path(args.model) / "detail" / "config.json"
         config = json.loads(path.read_text())
-        if args.caption_class == "mild":
-            config["mild_composition"] = vars(chosen)
+        if args.caption_class != "all":
+            config[f"{args.caption_class}_composition"] = vars(chosen)
         else:
             config.update(vars(chosen))
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
