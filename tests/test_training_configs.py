@@ -28,7 +28,7 @@ def _script(path: Path):
 # "teacher" only lends the caption encoder and schedule), two that grow it deeper (6, 10, 16 blocks) and a
 # second stage at 16 blocks (shipped at its step 13 500 of 16 000); x2: the v3
 # student on the LR grid under the v2 x2 teacher (LR/2), three stages, then its two fidelity stages,
-# one that grows it deeper (6 -> 10 blocks) and one on coarser ground sample distances.
+# one that grows it deeper (6 -> 10 blocks) and two on coarser ground sample distances.
 TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
 STUDENT_STAGES = {
     4: ("geosr_tiny_v2_x4_student", "geosr_tiny_v2_x4_student_continued", "geosr_tiny_v2_x4_student_stage4",
@@ -37,7 +37,7 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_deeper2", "geosr_tiny_v3_x4_student_16b_stage2"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
-        "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd"),
+        "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
 }
 SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
 
