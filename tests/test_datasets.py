@@ -122,15 +122,13 @@ def test_single_band_crops_copy_one_band_into_every_channel(png_dir):
                            augment=False)
     single = SRPairDataset(png_dir, crop_size=32, scale=4, crops_per_image=6, seed=3, protocol="clean",
                            augment=False, single_band_prob=1.0)
-    bands = set()
     for i in range(len(single)):
         hr, lr = single[i]["hr"], single[i]["lr"]
         # one band everywhere, in the HR and (degraded per channel alike) in the LR
         assert torch.equal(hr[0], hr[1]) and torch.equal(hr[0], hr[2])
         assert torch.allclose(lr[0], lr[1], atol=1e-6) and torch.allclose(lr[0], lr[2], atol=1e-6)
         # and it is one of the colour crop's bands: the same window, the same draws before it
-        bands.update(b for b in range(3) if torch.equal(hr[0], colour[i]["hr"][b]))
-    assert bands and bands <= {0, 1, 2}
+        assert any(torch.equal(hr[0], colour[i]["hr"][b]) for b in range(3))
     half = SRPairDataset(png_dir, crop_size=32, scale=4, crops_per_image=6, seed=3, protocol="clean",
                          single_band_prob=0.5)
     grey = [bool(torch.equal(half[i]["hr"][0], half[i]["hr"][1])) for i in range(len(half))]
