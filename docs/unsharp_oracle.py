@@ -22,6 +22,7 @@ import torch
 from geosr.captioning import load_captioner
 from geosr.captioning.vocabulary import parse_caption
 from geosr.degradations import degrade
+from geosr.evaluation import _gradient_energy as energy  # the sharpness ratio's own measure
 from geosr.evaluation import (find_hr_images, image_to_batch, psnr, quantise_8bit, read_hr_image,
                               sharpness_ratio)
 from geosr.models import load_upscaler
@@ -30,13 +31,6 @@ from geosr.pipelines.lr_space_heads import high_pass
 
 AMOUNTS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 TRAIN = ("../shared/data/train/ucmerced", "../shared/data/train/neon")
-
-
-def _energy(image: np.ndarray) -> float:
-    """Mean squared gradient of the luminance (as :func:`geosr.evaluation.sharpness_ratio`)."""
-    luma = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    gy, gx = np.gradient(luma)
-    return float(np.mean(gx**2 + gy**2))
 
 
 def _at_target(grid: np.ndarray, target: float) -> np.ndarray:
@@ -74,9 +68,10 @@ def main() -> None:
         for index, path in enumerate(paths):
             hr = read_hr_image(Path(path), args.scale, None)
             lr = quantise_8bit(degrade(hr, args.scale, protocol, seed=7000 + 1000 * p_index + index)[0])
-            caption = captioner.caption(image_to_batch(lr))[0]
-            y = fidelity.upscale(image_to_batch(lr), [caption], seeds=[index])[0][None].float()
-            plain = quantise_8bit(bicubic.upscale(image_to_batch(lr), [caption])[0].float().numpy().transpose(1, 2, 0))
+            batch = image_to_batch(lr)
+            caption = captioner.caption(batch)[0]
+            y = fidelity.upscale(batch, [caption], seeds=[index])[0][None].float()
+            plain = quantise_8bit(bicubic.upscale(batch, [caption])[0].float().numpy().transpose(1, 2, 0))
             mask = invisible_to_lr(high_pass(y, args.sigma), args.scale)
             grid = []
             for amount in AMOUNTS:
@@ -86,9 +81,9 @@ def main() -> None:
             bicubic_psnr.append(psnr(plain, hr, args.scale))
             facts = parse_caption(caption)
             d0 = quantise_8bit(y[0].numpy().transpose(1, 2, 0))
-            features.append([1.0, np.log(_energy(d0)), np.log(_energy(plain)), np.log(_energy(lr)),
+            features.append([1.0, np.log(energy(d0)), np.log(energy(plain)), np.log(energy(lr)),
                              facts.blur_sigma if facts else 0.0, np.log1p(facts.noise_sigma if facts else 0.0)])
-            targets.append(np.log(_energy(hr) / _energy(d0)))
+            targets.append(np.log(energy(hr) / energy(d0)))
         grids, bicubic_psnr = np.stack(grids), np.asarray(bicubic_psnr)
         print(f"x{args.scale} {protocol}, {len(paths)} training images, mask sigma {args.sigma:g} px")
         for j, amount in enumerate(AMOUNTS):
