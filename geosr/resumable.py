@@ -2,7 +2,9 @@
 
 A run is resumable when an earlier run of the same OUTPUT stopped (SIGTERM, SIGKILL, a
 lost worker, a full disk) with the *same identity*: the same input files - every file GDAL
-reads for them, the sources of a VRT (nested ones too) included - each with its size, mtime,
+reads for them, the sources of a VRT (nested ones too) and the side files beside each
+(external overviews and masks, world files, PAM metadata: :mod:`geosr.gdal_side_files`)
+included - each with its size, mtime,
 ctime and a hash of its header and a sample of its blocks, the same geosr version and every setting
 that changes the output's bytes. Settings
 that only change how the work is spread (``--batch-size``, ``--address``,
@@ -26,9 +28,12 @@ import rasterio
 from rasterio.windows import Window
 
 import geosr
+from geosr.captioning import captioner_files
 from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
+from geosr.gdal_side_files import pam_settings_digest, side_files
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
+from geosr.models import own_model_files
 from geosr.remote import is_remote, remote_object
 from geosr.sentinel2 import is_subdataset, subdataset_files
 from geosr.uncertainty_map import joint_crc
@@ -159,7 +164,8 @@ def _sample_digest(read: Callable[[int, int], bytes], size: int) -> str:
 
 
 def files_read(inputs: Sequence[str]) -> list[str]:
-    """Every file the inputs make GDAL read: the inputs and, for VRTs, their sources, recursively.
+    """Every file the inputs make GDAL read: the inputs and, for VRTs, their sources, recursively,
+    each local one followed by its side files (:func:`geosr.gdal_side_files.side_files`).
 
     A VRT's own file list names its direct sources only (a VRT of VRTs lists the inner VRT,
     not the files under it), so VRTs among the sources are opened in turn. Objects in S3 or
@@ -178,6 +184,8 @@ def files_read(inputs: Sequence[str]) -> list[str]:
         if path in seen:
             continue
         seen[path] = None
+        if not is_remote(path):
+            seen.update(dict.fromkeys(side_files(path)))
         if path.lower().endswith(".vrt") and (is_remote(path) or os.path.isfile(path)):
             with rasterio.open(path) as ds:
                 todo += [named(f) for f in ds.files[1:] if is_remote(f) or os.path.isfile(f)]
@@ -216,6 +224,11 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
             obj = remote_object(f)
             ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {_sample_digest(obj.read, obj.size)}"
             continue
+        if f.lower().endswith(".aux.xml"):  # PAM: what it sets, not the statistics QGIS caches in it
+            settings_digest = pam_settings_digest(f)
+            if settings_digest is not None:
+                ident[f"input {f}"] = f"GDAL metadata, settings sha256 {settings_digest}"
+            continue
         st = os.stat(f)
         ident[f"input {f}"] = f"{st.st_size} bytes, modified {st.st_mtime_ns} ns, content sample {content_sample(f, st.st_size)}"
         # ctime too: a file rewritten in place (or replaced) with its mtime set back has a new ctime,
@@ -243,10 +256,15 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         ident["--detail"] = f"{config.detail!r}"
     if config.uncertainty:  # the work folder holds the map's cells too
         ident["--uncertainty"] = "yes"
-    if config.model and os.path.isfile(config.model):
-        # a user's network file (.onnx, .pt) replaced at the same path makes other pixels
-        st = os.stat(config.model)
-        ident["model file"] = f"{st.st_size} bytes, content sample {content_sample(config.model, st.st_size)}"
+    captioner = captioner_files(config.captioner)
+    if captioner is not None:  # a VLM retrained in place writes other captions, so other pixels
+        ident["captioner files"] = captioner
+    # a user's network (.onnx, .pt), its sidecar or its external weights replaced at the same
+    # path makes other pixels (shipped and diffusers models: the engine's "model fingerprint")
+    for k, path in enumerate(own_model_files(config.model) if config.model else []):
+        st = os.stat(path)
+        key = "model file" if k == 0 else f"model file {os.path.abspath(path)}"
+        ident[key] = f"{st.st_size} bytes, content sample {content_sample(path, st.st_size)}"
     return ident
 
 

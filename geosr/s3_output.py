@@ -240,9 +240,11 @@ class S3Upload:
                     # the pool's exit waits for every upload: all that succeeded are in `uploaded`
                     list(pool.map(lambda p: uploaded.append(self._upload(client, p)), group))
             self._delete_stale(client, set(uploaded))
-        except Exception as exc:
+        except BaseException as exc:  # a stop (SIGTERM, Ctrl-C) too: no half output left in the bucket
             if not self._replace:
                 self._delete(client, uploaded)
+            if not isinstance(exc, Exception):
+                raise
             raise WriteError(f"cannot upload {self.url}: {exc}") from exc
         finally:
             self._remove_local([p for group in groups for p in group])

@@ -45,8 +45,8 @@ from geosr.journal import RunJournal
 from geosr.replaceable import check_replaceable_tiled
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
-from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, translate_to_cog,
-                          write_error)
+from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably,
+                          translate_to_cog, write_error)
 
 __all__ = ["AUTO_SPLIT", "MAX_AUTO_SPLIT", "MIN_AUTO_BLOCKS", "MIN_AUTO_SPLIT", "TiledTarget", "BlockJob", "BlockWriter",
            "auto_block_side", "block_windows", "tiled_split", "write_block"]
@@ -222,11 +222,9 @@ class TiledTarget:
             shutil.rmtree(old)
         else:
             os.rename(data, self.data)
-        for src, dst in moves.items():
-            os.replace(src, dst)
-        if self.vrt.parent != self.data:
-            os.replace(captions, self.captions)
-            os.replace(vrt, self.vrt)
+        # the blocks were synced as they were written; the sidecars, VRT and renames now
+        beside = [(captions, self.captions), (vrt, self.vrt)] if self.vrt.parent != self.data else []
+        replace_durably(list(moves.items()) + beside, folders=[self.data.parent])
 
 
 @dataclass(frozen=True)

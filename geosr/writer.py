@@ -35,7 +35,7 @@ from geosr.stoppable_gdal import GdalFailure, GdalPass
 from geosr.tiling import window_transform
 
 __all__ = ["OutputTarget", "WorkRaster", "DEFAULT_COG_OPTIONS", "WRITER_GDAL_ENV", "sidecar_path", "check_file_name",
-           "translate_to_cog", "write_error"]
+           "replace_durably", "translate_to_cog", "write_error"]
 
 DEFAULT_COG_OPTIONS: dict[str, str] = {
     "COMPRESS": "DEFLATE",
@@ -214,10 +214,48 @@ class OutputTarget:
             raise OutputError(f"output folder {self.output.parent} is not writable")
 
     def commit(self, moves: Mapping[Path, Path]) -> None:
-        """Move finished temporary files to their final paths (the main output last)."""
-        items = sorted(moves.items(), key=lambda kv: kv[1] == self.output)
-        for src, dst in items:
-            os.replace(src, dst)
+        """Move finished temporary files to their final paths (the main output last).
+
+        Their contents are made durable first and the renames after: the run deletes its
+        work folder once this returns, so a node lost a moment after exit 0 must find
+        whole files at the final paths, not empty or truncated ones with nothing to resume.
+        """
+        replace_durably(sorted(moves.items(), key=lambda kv: kv[1] == self.output))
+
+
+def replace_durably(moves: Sequence[tuple[Path, Path]], folders: Sequence[Path] = ()) -> None:
+    """``os.replace`` each ``(src, dst)`` in order: the sources' contents made durable first, the
+    renames after (``fsync`` of the destinations' folders and of ``folders``, where a caller
+    renamed something itself).
+
+    A run deletes its work folder once its output is committed: a node lost a moment after
+    exit 0 must find whole files at the final paths, not empty or truncated ones with
+    nothing left to resume from.
+    """
+    for src, _ in moves:
+        _sync(src, directory=src.is_dir())
+    for src, dst in moves:
+        os.replace(src, dst)
+    for folder in dict.fromkeys([dst.parent for _, dst in moves] + list(folders)):
+        _sync(folder, directory=True)
+
+
+def _sync(path: Path, directory: bool = False) -> None:
+    """``fsync`` a file, or a folder's entries (``directory``: file systems that cannot, such as
+    some network ones, refuse it; the renames stand, as durable as that file system makes them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
 
 
 def check_file_name(path: str | os.PathLike) -> None:

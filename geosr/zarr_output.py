@@ -55,7 +55,7 @@ from geosr.errors import OutputError, OutputExistsError
 from geosr.journal import RunJournal
 from geosr.replaceable import check_replaceable_zarr
 from geosr.tasks import shippable_errors
-from geosr.writer import WorkRaster, check_file_name, sidecar_path, write_error
+from geosr.writer import WorkRaster, check_file_name, replace_durably, sidecar_path, write_error
 from geosr.zarr_overviews import halve, multiscales_attrs, overview_factors
 
 __all__ = ["ZARR_CHUNK", "ZARR_GROUP", "ZarrTarget", "ZarrWriter", "ZarrJob", "is_zarr_output", "write_chunks"]
@@ -129,9 +129,8 @@ class ZarrTarget:
             if self.output.exists() or self.output.is_symlink():
                 self.output.unlink()
             os.rename(store, self.output)
-        for src, dst in moves.items():
-            os.replace(src, dst)
-        os.replace(captions, self.captions)
+        # the chunks were synced as they were written; the sidecars, captions and renames now
+        replace_durably(list(moves.items()) + [(captions, self.captions)], folders=[self.output.parent])
 
 
 @dataclass(frozen=True)

@@ -584,3 +584,40 @@ def test_a_failed_commit_lets_stops_act_again_while_the_run_settles(tmp_path, mo
     res = invoke("upscale", src, tmp_path / "out.tif", *RUN)
     assert res.exit_code != 0 and heard
     assert "StopsDeferred" not in getattr(heard[0], "__qualname__", "")  # the CLI's own stop, not the hold-back
+
+
+@pytest.mark.parametrize("form", ["cog", "tiled", "zarr"])
+def test_the_commit_makes_the_output_durable_before_and_after_its_renames(tmp_path, monkeypatch, form):
+    """Each file is fsynced before it is renamed into place and the folders after: the work folder
+    is deleted at exit 0, so a node lost then must find whole files (before, the final COG was
+    never synced)."""
+    import geosr.writer
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(geosr.writer.os, "fsync", fsync)
+    monkeypatch.setattr(geosr.writer.os, "replace", replace)
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    out = tmp_path / {"cog": "out.tif", "tiled": "out.vrt", "zarr": "out.zarr"}[form]
+    extra = {"tiled": dict(split=32)}.get(form, {})
+    upscale_scene([src], out, RunConfig(scale=2, model="bicubic", captioner="none", tiles=TileSpec(32, 8),
+                                        progress=False, **extra))
+    # the commit's renames (os is one module: the work folder's own renames are seen too)
+    renames = [e for e in events if e[0] == "rename" and ".geosr-run-" not in e[2]]
+    assert renames, events
+    for rename in renames:
+        synced = [e[1] for e in events[: events.index(rename)] if e[0] == "sync"]
+        assert rename[1] in synced, (rename, events)  # the file's bytes, before its name moved
+    last = max(events.index(r) for r in renames)
+    assert ("sync", str(tmp_path)) in events[last:]  # the renames themselves
+    if form == "cog":
+        assert any(r[2] == str(out) for r in renames)

@@ -19,7 +19,7 @@ pytest.importorskip("boto3")
 
 import geosr.s3_output
 from geosr.engine import upscale_scene
-from geosr.errors import WriteError
+from geosr.errors import RunStopped, StopRequested, WriteError
 from geosr.writer import WorkRaster
 from tests.conftest import BUCKET
 from tests.rasters import uint8_scene
@@ -283,3 +283,24 @@ def test_a_zarr_prefix_complete_but_without_geosr_attrs_is_refused(s3, tmp_path,
     res = invoke("upscale", src, f"s3://{BUCKET}/out.zarr", *RUN, "--overwrite")
     assert res.exit_code == 4 and "no .zattrs of geosr's" in res.stderr, res.stderr
     assert len(keys(s3)) == 3
+
+
+def test_a_stop_during_the_upload_leaves_no_object_and_resumes(s3, tmp_path, work, monkeypatch):
+    """SIGTERM while the captions are up and the COG is not: before, the captions stayed in the
+    bucket and the resume was refused (exit 4, they exist)."""
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    real = geosr.s3_output.S3Upload._upload
+
+    def stopped_on_the_cog(self, client, path):
+        if path.suffix == ".tif":
+            raise StopRequested("SIGTERM")  # what SIGTERM raises in a CLI run
+        return real(self, client, path)
+
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", stopped_on_the_cog)
+    with pytest.raises((KeyboardInterrupt, RunStopped)):
+        upscale_scene([src], f"s3://{BUCKET}/out.tif", cfg())
+    assert keys(s3) == []
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", real)
+    res = resume_cli(src, f"s3://{BUCKET}/out.tif")
+    assert res.exit_code == 0, res.stderr
+    assert keys(s3) == ["out.captions.geojson", "out.tif"]

@@ -22,7 +22,7 @@ from geosr.errors import CaptionerError
 
 __all__ = [
     "SPEAKER_MARK", "Captioner", "FixedCaptioner", "attribute", "attributed_captions", "caption_text",
-    "load_captioner", "register_captioner", "split_speaker",
+    "captioner_files", "load_captioner", "register_captioner", "split_speaker",
 ]
 
 #: Between a caption and the name of the captioner that wrote it (ASCII unit separator: in no
@@ -139,6 +139,26 @@ def load_captioner(spec: str) -> Captioner:
     if SPEAKER_MARK in arg:
         raise CaptionerError(f"captioner {prefix!r}: no control character \\x1f in {arg!r}")
     return _FACTORIES[prefix](arg)
+
+
+def captioner_files(spec: str) -> str | None:
+    """What the network files of captioner ``spec`` are, in one line, or None for one without any.
+
+    A VLM's captions are the text the diffusion model is conditioned on, so its weights
+    change pixels: a run's identity records them (:mod:`geosr.resumable`), as
+    :func:`geosr.weights_fingerprint.source_fingerprint` says them. ``auto``: its VLM's.
+    """
+    prefix, _, arg = spec.partition(":")
+    if prefix == "auto":
+        from geosr.captioning.auto import AUTO_VLM
+
+        prefix, _, arg = AUTO_VLM.partition(":")
+    if prefix != "mllm" or not arg:
+        return None
+    from geosr.captioning.mllm import captioner_source
+    from geosr.weights_fingerprint import source_fingerprint
+
+    return source_fingerprint(captioner_source(arg), "config.json")
 
 
 def available() -> Sequence[str]:

@@ -28,8 +28,8 @@ from geosr.errors import CaptionerError
 from geosr.quiet_loading import quiet_loading
 
 __all__ = [
-    "MAX_WORDS", "SHIPPED_CAPTIONER", "MLLMCaptioner", "load_prompt_template", "shipped_captioner_path",
-    "shorten_caption",
+    "MAX_WORDS", "SHIPPED_CAPTIONER", "MLLMCaptioner", "captioner_source", "load_prompt_template",
+    "shipped_captioner_path", "shorten_caption",
 ]
 
 #: The multimodal captioner shipped inside the package (``mllm:geosr-caption-tiny``).
@@ -78,6 +78,12 @@ def shipped_captioner_path(name: str) -> str | None:
     if resource.is_dir() and resource.joinpath("config.json").is_file():
         return str(resource)
     return None
+
+
+def captioner_source(model: str) -> str:
+    """Where ``mllm:<model>`` loads from: the shipped folder of that name, a local folder, or a hub id."""
+    path = Path(model).expanduser()
+    return shipped_captioner_path(model) or (str(path) if path.exists() else model)
 
 
 def _looks_local(model: str) -> bool:
@@ -136,11 +142,9 @@ class MLLMCaptioner:
 
         if not model:
             raise CaptionerError("the MLLM captioner needs a model: mllm:<dir-or-hub-id>")
-        path = Path(model).expanduser()
-        shipped = shipped_captioner_path(model)
-        if shipped is None and not path.exists() and _looks_local(model):
+        if shipped_captioner_path(model) is None and not Path(model).expanduser().exists() and _looks_local(model):
             raise CaptionerError(f"MLLM model directory not found: {model}")
-        source = shipped or (str(path) if path.exists() else model)
+        source = captioner_source(model)
         self.name = f"mllm:{model}"
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = _resolve_dtype(dtype, self.device)

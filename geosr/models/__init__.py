@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, Callable
 
 from geosr.errors import ModelError
@@ -25,7 +26,7 @@ from geosr.models.classical import BicubicUpscaler, LanczosUpscaler, NearestUpsc
 
 __all__ = [
     "Upscaler", "load_upscaler", "register_upscaler", "shipped_model_path", "default_model",
-    "default_batch_size", "own_model_kind", "CLASSICAL",
+    "default_batch_size", "own_model_kind", "own_model_files", "CLASSICAL",
 ]
 
 CLASSICAL: dict[str, Callable[[int], Upscaler]] = {
@@ -90,6 +91,31 @@ def own_model_kind(spec: str) -> str | None:
     if suffix in (".pt", ".pth", ".ts", ".torchscript"):
         return "torchscript"
     return None
+
+
+def own_model_files(spec: str) -> list[str]:
+    """The files a user's own network is read from: the ONNX or TorchScript file, its sidecar
+    (:func:`~geosr.models.model_card.sidecar_path`) and an ONNX graph's external data
+    (:func:`~geosr.models.onnx.external_data_files`); [] for any other spec or a missing file.
+
+    ``~`` is expanded, as the loaders expand it. Each of these files changes the pixels:
+    the sidecar can set the value ranges and the tile size.
+    """
+    kind = own_model_kind(spec)
+    path = Path(spec).expanduser()
+    if kind not in ("onnx", "torchscript") or not path.is_file():
+        return []
+    from geosr.models.model_card import sidecar_path
+
+    found = [path]
+    sidecar = sidecar_path(path)
+    if sidecar is not None:
+        found.append(sidecar)
+    if kind == "onnx":
+        from geosr.models.onnx import external_data_files
+
+        found += external_data_files(path)
+    return [str(p) for p in found]
 
 
 def _load_own_model(spec: str, scale: int, steps: int | None = None, guidance: float | None = None,

@@ -26,6 +26,7 @@ from geosr.errors import InputError, ModelError
 from geosr.models import register_upscaler, shipped_model_path
 from geosr.models.batching import run_in_batches
 from geosr.quiet_loading import quiet_loading
+from geosr.weights_fingerprint import source_fingerprint
 
 __all__ = [
     "DiffusionUpscaler", "register", "matches", "resolve_model", "resolve_device", "resolve_dtype",
@@ -253,20 +254,12 @@ class DiffusionUpscaler:
     def fingerprint(self) -> str:
         """What this upscaler's pixels depend on beyond a run's settings, for a run's identity.
 
-        The checkpoint's files (names, sizes and content samples: a model retrained or
-        replaced under the same name or path makes other pixels) and how outputs are made
-        consistent with their input (what geosr did before that existed gave other pixels).
+        The checkpoint's files (:func:`geosr.weights_fingerprint.source_fingerprint`: a
+        model retrained or replaced under the same name, path or hub id makes other pixels)
+        and how outputs are made consistent with their input (what geosr did before that
+        existed gave other pixels).
         """
-        from geosr.resumable import content_sample  # the runs' own file digest; loaded with them
-
-        parts = [f"lr consistency {self.lr_consistency}"]
-        root = Path(self.source)
-        if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                size = path.stat().st_size
-                parts.append(f"{path.relative_to(root).as_posix()} {size} {content_sample(str(path), size)}")
-        else:  # a hub id (its files live in the hub cache, under revisions this does not track)
-            parts.append(f"hub {self.source}")
+        parts = [f"lr consistency {self.lr_consistency}", source_fingerprint(self.source, "model_index.json")]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16] + f" (lr consistency {self.lr_consistency})"
 
     @property

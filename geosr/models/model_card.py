@@ -49,7 +49,7 @@ import yaml
 from geosr.errors import InputError, ModelError
 
 __all__ = ["ModelCard", "ValueRange", "parse_value_range", "card_from_metadata", "sidecar_metadata",
-           "torchscript_metadata"]
+           "sidecar_path", "torchscript_metadata"]
 
 # Deepness' and other producers' names of the keys this module knows.
 ALIASES = {
@@ -213,17 +213,26 @@ def sidecar_metadata(path: str | os.PathLike) -> tuple[dict[str, Any], str] | No
     ModelError
         The sidecar exists but is not a JSON / YAML mapping.
     """
+    sidecar = sidecar_path(path)
+    if sidecar is None:
+        return None
+    try:
+        loaded = yaml.safe_load(sidecar.read_text())  # YAML reads JSON too
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"cannot read the model's sidecar {sidecar}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ModelError(f"the model's sidecar {sidecar} must hold a mapping of keys to values")
+    return loaded, str(sidecar)
+
+
+def sidecar_path(path: str | os.PathLike) -> Path | None:
+    """The sidecar beside ``path`` that :func:`sidecar_metadata` reads (the first of
+    ``NAME.json``, ``NAME.yaml``, ``NAME.yml`` that exists), or None."""
     stem = Path(path).with_suffix("")
     for suffix in SIDECAR_SUFFIXES:
         sidecar = stem.with_suffix(suffix)
         if sidecar.is_file() and sidecar != Path(path):
-            try:
-                loaded = yaml.safe_load(sidecar.read_text())  # YAML reads JSON too
-            except (OSError, yaml.YAMLError) as exc:
-                raise ModelError(f"cannot read the model's sidecar {sidecar}: {exc}") from exc
-            if not isinstance(loaded, dict):
-                raise ModelError(f"the model's sidecar {sidecar} must hold a mapping of keys to values")
-            return loaded, str(sidecar)
+            return sidecar
     return None
 
 

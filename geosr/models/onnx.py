@@ -13,14 +13,14 @@ import functools
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from geosr.errors import InputError, ModelError
 from geosr.models.model_card import ModelCard, card_from_metadata, sidecar_metadata
 
-__all__ = ["SUFFIXES", "read_card", "load", "OnnxRunner"]
+__all__ = ["SUFFIXES", "read_card", "load", "external_data_files", "OnnxRunner"]
 
 SUFFIXES = (".onnx",)
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -53,6 +53,47 @@ def _graph(path: str, mtime_ns: int, size: int) -> tuple[dict[str, str], tuple[t
     session = _session(path, ["CPUExecutionProvider"])
     inputs = tuple((i.name, tuple(i.shape)) for i in session.get_inputs())
     return dict(session.get_modelmeta().custom_metadata_map), inputs
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The files beside the graph at ``path`` that hold its tensors (ONNX external data), that exist.
+
+    A graph saved with external data (over 2 GB, or as exporters choose) keeps only offsets
+    into them: new weights re-exported under the same names leave the graph's bytes as they
+    were. The graph names them (each tensor's ``location``), read with the ``onnx`` package,
+    installed with onnxruntime by the ``onnx`` extra; without it, the names exporters give
+    them (``NAME.onnx.data``, ``NAME.onnx_data``, ``NAME.data``).
+    """
+    graph_path = Path(path)
+    try:
+        import onnx
+    except ImportError:
+        names = {graph_path.name + ".data", graph_path.name + "_data", graph_path.stem + ".data"}
+    else:
+        try:
+            model = onnx.load(str(graph_path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError and onnx's own
+            return []  # not a graph: loading it as a model fails with onnxruntime's own message
+        names = {entry.value for tensor in _tensors(model.graph) for entry in tensor.external_data
+                 if entry.key == "location"}
+    found = (graph_path.parent / name for name in sorted(names))
+    return [f for f in found if f.is_file()]
+
+
+def _tensors(graph) -> Iterator[Any]:
+    """Every tensor of an ONNX graph: initializers, sparse ones, node attributes, subgraphs'."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
 
 
 def _image_input(path: str, inputs: tuple[tuple[str, tuple], ...], noise_input: str | None) -> tuple[str, tuple]:
