@@ -24,7 +24,8 @@ __all__ = ["read_tile", "read_valid", "read_band_nodata", "fill_invalid", "pad_r
 
 def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
     """Boolean validity of ``window``: the dataset mask (nodata, alpha, internal mask) and,
-    in a float raster, no band NaN or infinite (:attr:`geosr.scene.Scene.non_finite`)."""
+    in a float raster, no band NaN or infinite (:attr:`geosr.scene.Scene.non_finite`) - but
+    for a NaN that is the declared nodata, which is a band's own (:func:`read_band_nodata`)."""
     if not masked:
         return np.ones((int(window.height), int(window.width)), bool)
     with warnings.catch_warnings(), read_errors_named(ds.name, window, "mask"):
@@ -33,8 +34,13 @@ def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
         warnings.simplefilter("ignore", NodataShadowWarning)
         valid = ds.dataset_mask(window=window) > 0
         if np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
-            # GDAL's mask knows one nodata value; NaN and inf pixels without it are no-data too
-            valid &= np.isfinite(ds.read(window=window)).all(axis=0)
+            data = ds.read(window=window)
+            if ds.nodata is not None and np.isnan(ds.nodata):
+                # NaN is nodata band by band, as GDAL reads it (a pixel is masked where every
+                # band is): one band's NaN leaves the others' values; inf is no value at all
+                valid &= ~np.isinf(data).any(axis=0)
+            else:  # GDAL's mask knows one nodata value; NaN and inf pixels without it are no-data too
+                valid &= np.isfinite(data).all(axis=0)
     return valid
 
 
@@ -106,5 +112,22 @@ def read_tile(
         # NaN and inf are invalid (read_valid) and filled below; zeroed first for a scene whose
         # pixels were not checked (open_scene(check_pixels=False)): a model takes finite values only
         data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
-    data = fill_invalid(data, valid)
-    return pad_reflect(data, tile.pad), valid
+    filled = fill_invalid(data, valid)
+    if masked and len(bands) > 1:  # one band: its nodata is the dataset mask's
+        # a band's own nodata in a valid pixel (its edge, a stripe): filled from that band's
+        # valid neighbours too - a network would ring around the value, as around a pixel's
+        for i, hit in _band_nodata(raw, [ds.nodatavals[b - 1] for b in bands]):
+            filled[i] = fill_invalid(data[i], valid & ~hit)
+    return pad_reflect(filled, tile.pad), valid
+
+
+def _band_nodata(raw: np.ndarray, nodata: Sequence[float | None]) -> list[tuple[int, np.ndarray]]:
+    """``(i, where band i holds its nodata value)`` for each band of ``raw`` that does somewhere."""
+    hits = []
+    for i, value in enumerate(nodata):
+        if value is None:
+            continue
+        hit = np.isnan(raw[i]) if np.isnan(value) else raw[i] == np.asarray(value).astype(raw.dtype)
+        if hit.any():
+            hits.append((i, hit))
+    return hits

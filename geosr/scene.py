@@ -265,9 +265,8 @@ def count_non_finite(ds: rasterio.io.DatasetReader) -> int:
         strip = Window(0, top, ds.width, min(rows, ds.height - top))
         with read_errors_named(ds.name, strip, what="a check for NaN and infinities"):
             block = ds.read(window=strip)
-        bad = ~np.isfinite(block).all(axis=0)
-        if nan_is_nodata:  # all-NaN pixels are the declared nodata, masked already
-            bad &= ~np.isnan(block).all(axis=0)
+        # NaN as the declared nodata is a band's own, as GDAL reads it (geosr.reading.read_valid)
+        bad = np.isinf(block).any(axis=0) if nan_is_nodata else ~np.isfinite(block).all(axis=0)
         found += int(np.count_nonzero(bad))
     return found
 

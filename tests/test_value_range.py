@@ -145,3 +145,37 @@ def test_command_says_it_once(tmp_path):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "NaN" in line]
     assert lines == [f"warning: {src}: 202 pixels are NaN or infinite (of 5120): treated as no-data, masked in the output"]
+
+
+def test_nan_as_the_declared_nodata_is_a_bands_own(tmp_path):
+    """A float stack with nodata NaN where one band is NaN alone (its own edge, as a coarser band
+    has): the other bands keep their values there and nothing is warned; before, every band of
+    those pixels came out NaN and the run warned of NaN 'treated as no-data'."""
+    data = (0.02 + 0.3 * texture(3, 64, 64, seed=4)).astype(np.float32)
+    data[2, :, 50:] = np.nan  # blue's own no-data stripe
+    src = write_raster(tmp_path / "in.tif", data, nodata=np.nan, colorinterp=RGB)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonFiniteInputWarning)
+        geosr.upscale_to_file(src, tmp_path / "out.tif", scale=2, model="bicubic", tile=32, overlap=8,
+                              captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr = out.read()
+        assert out.dataset_mask().all()  # every pixel has a band with a value
+    stripe = np.kron(np.isnan(data[2]), np.ones((2, 2), bool))
+    assert np.isnan(hr[2][stripe]).all() and np.isfinite(hr[2][~stripe]).all()
+    assert np.isfinite(hr[:2]).all()
+
+
+def test_a_bands_own_nodata_is_filled_before_the_model(tmp_path):
+    """uint16 4-band, nodata 0, the fourth band 0 alone over a stripe (its own footprint): its
+    valid pixels beside the stripe are upscaled from their own values, not pulled toward 0
+    (a lanczos / network rings around a hole the size of the value)."""
+    data = np.full((4, 64, 64), 1000, np.uint16)
+    data[:3] += (3000 * texture(3, 64, 64, seed=5)).astype(np.uint16)
+    data[3, :, 40:] = 0
+    src = write_raster(tmp_path / "in.tif", data, nodata=0)
+    geosr.upscale_to_file(src, tmp_path / "out.tif", scale=2, model="lanczos", tile=32, overlap=8, captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        nir = out.read(4)
+    assert (nir[:, 80:] == 0).all()  # its own no-data, written back as no-data
+    assert (nir[:, :80] == 1000).all(), np.unique(nir[:, :80])  # a constant band stays constant up to its edge
