@@ -16,13 +16,12 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import rasterio
 from rasterio.windows import Window
@@ -31,6 +30,7 @@ import geosr
 from geosr.captioning import captioner_files
 from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
+from geosr.file_sample import content_sample, file_digest, sample_digest
 from geosr.gdal_side_files import pam_settings_digest, side_files
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
 from geosr.models import own_model_files
@@ -42,27 +42,14 @@ if TYPE_CHECKING:
     from geosr.uncertainty_map import UncertaintyRaster
     from geosr.writer import WorkRaster
 
-__all__ = ["StoppedRunWarning", "file_digest", "files_read", "run_identity", "open_journal", "settle_stopped_run",
+__all__ = ["StoppedRunWarning", "files_read", "run_identity", "open_journal", "settle_stopped_run",
            "verify_finished_cells"]
-
-#: Bytes hashed from each input: the head (TIFF header, IFDs and often the first blocks), the
-#: tail (where GDAL appends rewritten blocks and IFDs) and evenly spaced samples in between.
-SAMPLE_HEAD, SAMPLE_TAIL, SAMPLE_COUNT, SAMPLE_SIZE = 65536, 65536, 32, 4096
 
 log = logging.getLogger(__name__)
 
 
 class StoppedRunWarning(UserWarning):
     """A stopped run left its work folder beside OUTPUT, and this run does not resume it."""
-
-
-def file_digest(path: str) -> str:
-    """SHA-256 (16 hex digits) of a whole file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 #: The full-content digests of a run's local inputs, in its work folder (see :func:`open_journal`).
@@ -135,34 +122,6 @@ def _without_mtime(entry: str) -> str | None:
     return size + ", " + rest.partition(", ")[2]
 
 
-def content_sample(path: str, size: int) -> str:
-    """SHA-256 (16 hex digits) of a file's head, tail and evenly spaced blocks between.
-
-    Catches a file rewritten in place with the same size and mtime (a restored backup, a
-    re-export) without reading a multi-gigabyte scene whole.
-    """
-    with open(path, "rb") as f:
-        def read(offset: int, length: int) -> bytes:
-            f.seek(offset)
-            return f.read(length)
-
-        return _sample_digest(read, size)
-
-
-def _sample_digest(read: Callable[[int, int], bytes], size: int) -> str:
-    """:func:`content_sample` over ``read(offset, length)``: a local file, or byte ranges of an object."""
-    digest = hashlib.sha256()
-    if size <= SAMPLE_HEAD + SAMPLE_TAIL + SAMPLE_COUNT * SAMPLE_SIZE:
-        digest.update(read(0, size))
-    else:
-        digest.update(read(0, SAMPLE_HEAD))
-        step = (size - SAMPLE_HEAD - SAMPLE_TAIL) // SAMPLE_COUNT
-        for k in range(SAMPLE_COUNT):
-            digest.update(read(SAMPLE_HEAD + k * step, SAMPLE_SIZE))
-        digest.update(read(size - SAMPLE_TAIL, SAMPLE_TAIL))
-    return digest.hexdigest()[:16]
-
-
 def files_read(inputs: Sequence[str]) -> list[str]:
     """Every file the inputs make GDAL read: the inputs and, for VRTs, their sources, recursively,
     each local one followed by its side files (:func:`geosr.gdal_side_files.side_files`).
@@ -222,7 +181,7 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     for f in files_read(files):
         if is_remote(f):
             obj = remote_object(f)
-            ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {_sample_digest(obj.read, obj.size)}"
+            ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {sample_digest(obj.read, obj.size)}"
             continue
         if f.lower().endswith(".aux.xml"):  # PAM: what it sets, not the statistics QGIS caches in it
             settings_digest = pam_settings_digest(f)

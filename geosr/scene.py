@@ -438,11 +438,17 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     for f in files:
         try:
             with rasterio.open(f) as ds:
+                flags = ds.mask_flag_enums[0] if ds.count else []
                 infos.append(
                     dict(
                         path=f, crs=ds.crs, transform=ds.transform, width=ds.width,
                         height=ds.height, count=ds.count, dtypes=ds.dtypes, nodata=ds.nodata,
                         colorinterp=ds.colorinterp, descriptions=ds.descriptions,
+                        scales=ds.scales, offsets=ds.offsets, units=ds.units,
+                        # an internal mask or an alpha band: which pixels hold data is the mask's
+                        masked=MaskFlags.per_dataset in flags or MaskFlags.alpha in flags,
+                        tags=dict(ds.tags()),
+                        band_tags=[_band_metadata(ds, b) for b in range(1, ds.count + 1)],
                     )
                 )
         except rasterio.errors.RasterioIOError as exc:
@@ -466,6 +472,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                 f"mosaic pieces differ in bands/dtype: {first['path']} has {first['count']} x {first['dtypes'][0]}, "
                 f"{name} has {info['count']} x {info['dtypes'][0]}"
             )
+        _check_same_values(first, info)
         t: Affine = info["transform"]
         for got, want, what in ((t.a, t0.a, "pixel width"), (t.e, t0.e, "pixel height")):
             if abs(got - want) * max(info["width"], info["height"]) > GRID_TOLERANCE_PX * abs(want):
@@ -496,10 +503,13 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
 
     dtype = typename_fwd[dtype_rev[first["dtypes"][0]]]
     nodata = first["nodata"]
+    masked = any(i["masked"] for i in infos)
+    placed = [(ox - xmin, oy - ymin, info) for (ox, oy), info in zip(offsets, infos)]
     lines = [
         f'<VRTDataset rasterXSize="{xmax - xmin}" rasterYSize="{ymax - ymin}">',
         f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(first["crs"].to_wkt())}</SRS>',
         f"  <GeoTransform>{', '.join(repr(float(v)) for v in gt)}</GeoTransform>",
+        *_metadata_lines(_common([i["tags"] for i in infos]), "  "),
     ]
     for b in range(1, first["count"] + 1):
         lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
@@ -509,27 +519,30 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         lines.append(f"    <ColorInterp>{ci.name.capitalize()}</ColorInterp>")
         if first["descriptions"][b - 1]:
             lines.append(f"    <Description>{escape(first['descriptions'][b - 1])}</Description>")
-        for (ox, oy), info in zip(offsets, infos):
-            # ComplexSource honours each piece's nodata, so a piece's nodata collar never
-            # paints over its neighbour's valid pixels where pieces overlap.
-            lines += [
-                "    <ComplexSource>",
-                f'      <SourceFilename relativeToVRT="0">{escape(_vrt_source(info["path"]))}</SourceFilename>',
-                f"      <SourceBand>{b}</SourceBand>",
-                f'      <SrcRect xOff="0" yOff="0" xSize="{info["width"]}" ySize="{info["height"]}"/>',
-                f'      <DstRect xOff="{ox - xmin}" yOff="{oy - ymin}" xSize="{info["width"]}" ySize="{info["height"]}"/>',
-            ]
-            if info["nodata"] is not None:
-                lines.append(f"      <NODATA>{_nodata_text(info['nodata'])}</NODATA>")
-            lines.append("    </ComplexSource>")
+        for domain in BAND_METADATA_DOMAINS:  # wavelengths, band names: what every piece says
+            tags = _common([i["band_tags"][b - 1].get(domain, {}) for i in infos])
+            lines += _metadata_lines(tags, "    ", domain)
+        if first["offsets"][b - 1] != 0.0 or first["scales"][b - 1] != 1.0:
+            lines += [f"    <Offset>{first['offsets'][b - 1]!r}</Offset>", f"    <Scale>{first['scales'][b - 1]!r}</Scale>"]
+        if first["units"][b - 1]:
+            lines.append(f"    <UnitType>{escape(first['units'][b - 1])}</UnitType>")
+        # ComplexSource honours each piece's nodata (and, with UseMaskBand, its mask or alpha),
+        # so a piece's collar never paints over its neighbour's valid pixels where pieces overlap
+        lines += _sources(placed, str(b), nodata=True, use_mask=masked)
         lines.append("  </VRTRasterBand>")
+    if masked:
+        # the pieces' masks (alpha, internal mask, or the all-valid or nodata mask GDAL gives the
+        # others), each painted where it is valid: uncovered and masked pixels stay 0, masked
+        lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">',
+                  *("  " + line for line in _sources(placed, "mask,1", nodata=False, use_mask=False, skip_zero=True)),
+                  "    </VRTRasterBand>", "  </MaskBand>"]
     lines.append("</VRTDataset>")
 
     workdir.mkdir(parents=True, exist_ok=True)
     vrt = workdir / "mosaic.vrt"
     vrt.write_text("\n".join(lines) + "\n")
     covered = sum(i["width"] * i["height"] for i in infos)
-    if nodata is None and covered < (xmax - xmin) * (ymax - ymin):
+    if nodata is None and not masked and covered < (xmax - xmin) * (ymax - ymin):
         warnings.warn(
             "mosaic pieces do not cover their whole bounding box and have no nodata value: "
             "gaps will read as 0 and be upscaled as data",
@@ -537,6 +550,59 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             stacklevel=3,
         )
     return vrt
+
+
+def _check_same_values(first: dict, info: dict) -> None:
+    """Refuse mosaic pieces whose pixels mean other things: nodata on one and not on another
+    (the mosaic's nodata is one value: the other piece's gaps, or its pixels of that value,
+    would be misread), other scales or offsets (other units for the same numbers)."""
+    if (first["nodata"] is None) != (info["nodata"] is None):
+        has, lacks = (first, info) if info["nodata"] is None else (info, first)
+        raise GridMismatchError(
+            f"mosaic pieces disagree on nodata: {has['path']} has {_nodata_text(has['nodata'])}, {lacks['path']} "
+            f"none; give it the same (gdal_edit.py -a_nodata {_nodata_text(has['nodata'])} {lacks['path']}) "
+            "or build a VRT with gdalbuildvrt and pass that"
+        )
+    if (info["scales"], info["offsets"]) != (first["scales"], first["offsets"]):
+        raise GridMismatchError(
+            f"mosaic pieces differ in band scales/offsets: {first['path']} has {first['scales']} / "
+            f"{first['offsets']}, {info['path']} {info['scales']} / {info['offsets']}; rescale them to one first"
+        )
+
+
+def _common(mappings: Sequence[dict[str, str]]) -> dict[str, str]:
+    """The items every one of ``mappings`` has, with the same value (what all pieces say)."""
+    return {k: v for k, v in mappings[0].items() if all(m.get(k) == v for m in mappings[1:])}
+
+
+def _metadata_lines(tags: dict[str, str], indent: str, domain: str = "") -> list[str]:
+    if not tags:
+        return []
+    opening = f'<Metadata domain="{escape(domain)}">' if domain else "<Metadata>"
+    items = [f'{indent}  <MDI key="{escape(k, {chr(34): "&quot;"})}">{escape(v)}</MDI>' for k, v in tags.items()]
+    return [indent + opening, *items, indent + "</Metadata>"]
+
+
+def _sources(placed: Sequence[tuple[int, int, dict]], band: str, nodata: bool, use_mask: bool,
+             skip_zero: bool = False) -> list[str]:
+    """A VRT band's ``ComplexSource`` elements: band ``band`` of each placed piece, in order."""
+    lines = []
+    for x, y, info in placed:
+        lines += [
+            "    <ComplexSource>",
+            f'      <SourceFilename relativeToVRT="0">{escape(_vrt_source(info["path"]))}</SourceFilename>',
+            f"      <SourceBand>{band}</SourceBand>",
+            f'      <SrcRect xOff="0" yOff="0" xSize="{info["width"]}" ySize="{info["height"]}"/>',
+            f'      <DstRect xOff="{x}" yOff="{y}" xSize="{info["width"]}" ySize="{info["height"]}"/>',
+        ]
+        if nodata and info["nodata"] is not None:
+            lines.append(f"      <NODATA>{_nodata_text(info['nodata'])}</NODATA>")
+        if skip_zero:
+            lines.append("      <NODATA>0</NODATA>")
+        if use_mask:
+            lines.append("      <UseMaskBand>true</UseMaskBand>")
+        lines.append("    </ComplexSource>")
+    return lines
 
 
 def _vrt_source(path: str) -> str:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from geosr.file_sample import content_sample
+
 __all__ = ["folder_fingerprint", "hub_snapshot", "source_fingerprint"]
 
 
 def folder_fingerprint(root: str | Path) -> str:
     """SHA-256 (16 hex digits) of every file under ``root``: relative path, size, content sample."""
-    from geosr.resumable import content_sample  # the runs' own file digest; resumable imports this module's users
-
     root = Path(root)
     lines = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

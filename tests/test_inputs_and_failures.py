@@ -61,6 +61,76 @@ def test_mosaic_on_different_grids_is_a_clear_error(tmp_path):
         assert not (tmp_path / "x.tif").exists()
 
 
+def masked_piece(path, data, col, mask):
+    """A uint8 RGB piece at column ``col`` of the NORTH_UP grid with an internal mask."""
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=3, dtype="uint8",
+            crs="EPSG:32618", transform=NORTH_UP @ Affine.translation(col, 0)) as ds:
+        ds.write(data)
+        ds.write_mask(mask.astype("uint8") * 255)
+    return path
+
+
+def test_a_mosaic_of_masked_pieces_keeps_their_masks(tmp_path):
+    """Ortho tiles with internal masks and overlapping collars: the collars are no-data in the
+    mosaic and in the output, and a piece's collar never paints over its neighbour's pixels
+    (before, the collars were upscaled as data and the later piece's hid the earlier's)."""
+    img = (texture(3, 40, 72, seed=3) * 200 + 20).astype("uint8")
+    a_mask = np.ones((40, 48), bool)
+    a_mask[:, 40:] = False  # a's collar: its last 8 columns
+    b_mask = np.ones((40, 48), bool)
+    b_mask[:, :8] = False  # b's collar: its first 8, over a's valid columns 24-31
+    a_data, b_data = img[:, :, :48].copy(), img[:, :, 24:].copy()
+    a_data[:, ~a_mask] = 7
+    b_data[:, ~b_mask] = 7
+    b_data[:, 20:30, 40:] = 0  # a black patch that is data: masks, not values, say what is no-data
+    a = masked_piece(tmp_path / "a.tif", a_data, 0, a_mask)
+    b = masked_piece(tmp_path / "b.tif", b_data, 24, b_mask)
+    c = masked_piece(tmp_path / "c.tif", img[:, :, 64:], 80, np.ones((40, 8), bool))  # a gap before it
+    upscale_scene([a, b, c], tmp_path / "out.tif", cfg(model="nearest"))
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr, valid = out.read(), out.dataset_mask() > 0
+    lr_valid = np.zeros((40, 88), bool)
+    lr_valid[:, :40] = lr_valid[:, 32:72] = lr_valid[:, 80:] = True
+    np.testing.assert_array_equal(valid, np.kron(lr_valid, np.ones((2, 2), bool)))
+    expect = np.zeros((3, 40, 88), "uint8")
+    expect[:, :, :40], expect[:, :, 32:72], expect[:, :, 80:] = a_data[:, :, :40], b_data[:, :, 8:], img[:, :, 64:]
+    np.testing.assert_array_equal(hr[:, valid], np.kron(expect, np.ones((2, 2), "uint8"))[:, valid])
+
+
+def test_a_mosaic_keeps_what_its_pieces_say_of_their_bands(tmp_path):
+    data = (texture(3, 20, 20, seed=1) * 3000 + 500).astype("uint16")
+    pieces = []
+    for i, extra in enumerate(({"TILE": "A"}, {"TILE": "B"})):
+        path = tmp_path / f"p{i}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=20, height=20, count=3, dtype="uint16", nodata=0,
+                           crs="EPSG:32618", transform=NORTH_UP @ Affine.translation(20 * i, 0)) as ds:
+            ds.write(data)
+            ds.scales, ds.offsets, ds.units = (1e-4,) * 3, (-0.1,) * 3, ("reflectance",) * 3
+            ds.update_tags(SENSOR="Sentinel-2", **extra)
+            for b, wavelength in enumerate(("0.665", "0.560", "0.490"), start=1):
+                ds.update_tags(b, WAVELENGTH=wavelength, PIECE=str(i))
+        pieces.append(path)
+    upscale_scene(pieces, tmp_path / "out.tif", cfg())
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.scales == (1e-4,) * 3 and out.offsets == (-0.1,) * 3 and out.units == ("reflectance",) * 3
+        assert out.tags()["SENSOR"] == "Sentinel-2" and "TILE" not in out.tags()  # what every piece says
+        assert out.tags(1)["WAVELENGTH"] == "0.665" and "PIECE" not in out.tags(1)
+
+
+def test_mosaic_pieces_that_disagree_on_nodata_or_scales_are_refused(tmp_path):
+    a = uint8_scene(tmp_path / "a.tif", 20, 20)
+    b = uint8_scene(tmp_path / "b.tif", 20, 20, transform=NORTH_UP @ Affine.translation(20, 0), nodata=0)
+    with pytest.raises(GridMismatchError, match=r"disagree on nodata: .*b.tif has 0, .*a.tif none"):
+        upscale_scene([a, b], tmp_path / "x.tif", cfg())
+    c = uint8_scene(tmp_path / "c.tif", 20, 20, transform=NORTH_UP @ Affine.translation(20, 0))
+    with rasterio.open(c, "r+") as ds:
+        ds.scales = (2.0,) * ds.count
+    with pytest.raises(GridMismatchError, match="differ in band scales/offsets"):
+        upscale_scene([a, c], tmp_path / "x.tif", cfg())
+    assert not (tmp_path / "x.tif").exists()
+
+
 def test_aoi_skips_tiles_outside(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", 64, 64)  # 2 m pixels, origin 500000, 4100000
     aoi = {

@@ -173,7 +173,7 @@ def test_a_changed_vrt_source_refuses_the_resume(tmp_path, monkeypatch, nested):
 def test_an_input_rewritten_in_place_with_its_mtime_set_back_refuses_the_resume(tmp_path, monkeypatch):
     """Bytes the content sample does not read (a big file is only sampled) changed, size and mtime
     kept: the ctime still tells (before, the resume was taken: exit 0, old and new pixels mixed)."""
-    from geosr.resumable import SAMPLE_COUNT, SAMPLE_HEAD, SAMPLE_SIZE, SAMPLE_TAIL
+    from geosr.file_sample import SAMPLE_COUNT, SAMPLE_HEAD, SAMPLE_SIZE, SAMPLE_TAIL
 
     src = uint8_scene(tmp_path / "in.tif", 320, 320)
     size = src.stat().st_size

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from geosr.pipelines.consistency import invisible_to_lr
 from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, gradient_on_grid, reads_as_mild
 from geosr.pipelines.pipeline_geosr import STUDENT_STEPS, GeoSRPipeline, target_to_image
-from geosr.resumable import file_digest
+from geosr.file_sample import file_digest
 from geosr.training.launch import (
     add_common_args,
     checkpoint_to_resume,
