@@ -48,7 +48,8 @@ from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.models import CLASSICAL
 from geosr.output_lock import OutputLock
-from geosr.output_meta import CAPTIONS_SUFFIX, band_meta, captions_geojson, output_profile, output_tags
+from geosr.output_meta import (CAPTIONS_SUFFIX, band_meta, captions_geojson, cog_creation_options, output_profile,
+                               output_tags, overview_resampling)
 from geosr.radiometry import Stretch
 from geosr.reading import read_band_nodata, read_valid
 from geosr.resumable import open_journal, run_identity, settle_stopped_run, verify_finished_cells
@@ -275,11 +276,12 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
 
     # Everything that can be checked before the first tile is checked here.
     check_creation_options(config.creation_options, len(plan.bands), scene.dtype, write_mask, DEFAULT_COG_OPTIONS)
+    cog_options = cog_creation_options(config)
     map_bytes = profile["width"] * profile["height"] * 4 if uncertainty is not None else 0  # float32, one band
     estimate = estimate_disk_use(
         scene.source, plan.bands, WorkRaster.bytes_needed(profile, write_mask) + map_bytes,
         output_bytes=profile["width"] * profile["height"] * len(plan.bands) * np.dtype(scene.dtype).itemsize + map_bytes,
-        options={**DEFAULT_COG_OPTIONS, **config.creation_options},
+        options={**DEFAULT_COG_OPTIONS, **cog_options},
     )
     free_pending_now()  # a previous run's work raster, still being freed (geosr.deferred_free)
     check_free_space(target.output.parent, estimate, already_used=folder.size())
@@ -320,12 +322,12 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                 writer.write_empty(window)
             blocks = None
             if config.split is not None:
-                side = config.split or auto_block_side(raster.width, raster.height, config.creation_options)
+                side = config.split or auto_block_side(raster.width, raster.height, cog_options)
                 blocks = BlockWriter(client, raster, journal, side, target.staging(folder.path)[0],
-                                     [scale_window(w, s) for w, _ in acc.open_cells()], config.creation_options)
+                                     [scale_window(w, s) for w, _ in acc.open_cells()], cog_options)
             elif isinstance(target, ZarrTarget):
                 blocks = ZarrWriter(client, raster, journal, target.staging(folder.path)[0],
-                                    [scale_window(w, s) for w, _ in acc.open_cells()])
+                                    [scale_window(w, s) for w, _ in acc.open_cells()], overview_resampling(config))
             if blocks is not None:
                 # The VRT and STAC (Zarr: the consolidated metadata) need no pixels: written before
                 # the tiles, not in the run's serial tail, where this Python competed with the last
@@ -360,7 +362,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         release_cluster()
         cog = folder / "out.tif"
         if blocks is None:
-            raster.to_cog(cog, config.creation_options)
+            raster.to_cog(cog, cog_options)
         if errors is not None:
             errors.to_cog(folder / "uncertainty.tif")
     except BaseException:

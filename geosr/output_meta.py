@@ -26,7 +26,8 @@ from geosr.scene_plan import BandPlan, band_tags  # there, torch-free: `geosr in
 from geosr.sentinel2 import source_name
 from geosr.tiling import Tile
 
-__all__ = ["CAPTIONS_SUFFIX", "band_meta", "band_tags", "captions_geojson", "output_profile", "output_tags"]
+__all__ = ["CAPTIONS_SUFFIX", "band_meta", "band_tags", "captions_geojson", "cog_creation_options", "output_profile",
+           "output_tags", "overview_resampling"]
 
 #: The sidecar of tile footprints and captions beside OUTPUT.
 CAPTIONS_SUFFIX = ".captions.geojson"
@@ -45,6 +46,22 @@ def output_profile(scene: Scene, plan: BandPlan, s: int) -> dict:
     return profile
 
 
+def overview_resampling(config: RunConfig) -> str:
+    """How a run's overviews are made: ``nearest`` for ``--model nearest`` (class rasters:
+    averages of class codes are codes of no class, at every zoom level below the full
+    resolution), else ``average``."""
+    return "nearest" if config.model == "nearest" else "average"
+
+
+def cog_creation_options(config: RunConfig) -> dict[str, str]:
+    """The COG options of a run's output (and its blocks): ``--co`` over the overviews'
+    :func:`overview_resampling`, when it is not the COG default's (AVERAGE)."""
+    resampling = overview_resampling(config)
+    options = {"OVERVIEW_RESAMPLING": resampling.upper()} if resampling != "average" else {}
+    options.update({k.upper(): str(v) for k, v in config.creation_options.items()})
+    return options
+
+
 def band_meta(scene: Scene, plan: BandPlan) -> dict:
     pick = [b - 1 for b in plan.bands]
     ci = [scene.colorinterp[i] for i in pick]
@@ -60,6 +77,7 @@ def band_meta(scene: Scene, plan: BandPlan) -> dict:
         scales=[scene.scales[i] for i in pick],
         offsets=[scene.offsets[i] for i in pick],
         units=[scene.units[i] for i in pick],
+        colormaps=[scene.colormaps[i] if scene.colormaps else None for i in pick],
         tags=[scene.band_metadata[i] if scene.band_metadata else {} for i in pick],
     )
 

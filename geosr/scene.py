@@ -102,6 +102,9 @@ class Scene:
         A per-dataset mask band (not nodata, not alpha).
     colorinterp, descriptions, scales, offsets, units : tuple
         Per-band metadata carried to the output.
+    colormaps : tuple of dict or None
+        Per band, its colour table (``{value: (r, g, b, a)}``) where its colour
+        interpretation is palette (class rasters), else None; carried to the output.
     band_metadata : tuple of dict
         Per band, its tags by metadata domain (``""`` the default, ``"IMAGERY"``): centre
         wavelengths, band names, a sensor's own keys - what tells other tools (and geosr, on
@@ -133,6 +136,7 @@ class Scene:
     scales: tuple[float, ...] = ()
     offsets: tuple[float, ...] = ()
     units: tuple[str | None, ...] = ()
+    colormaps: tuple[dict | None, ...] = ()
     band_metadata: tuple[dict[str, dict[str, str]], ...] = ()
     tags: dict = field(default_factory=dict)
     non_finite: int = 0
@@ -412,6 +416,7 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             scales=tuple(ds.scales),
             offsets=tuple(ds.offsets),
             units=tuple(ds.units),
+            colormaps=tuple(_colormap(ds, b) for b in range(1, ds.count + 1)),
             band_metadata=tuple(_band_metadata(ds, b) for b in range(1, ds.count + 1)),
             tags=dict(ds.tags()),
             non_finite=non_finite,
@@ -420,6 +425,16 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
 
 #: The band metadata domains carried to the output (see :attr:`Scene.band_metadata`).
 BAND_METADATA_DOMAINS = ("", "IMAGERY")
+
+
+def _colormap(ds, band: int) -> dict | None:
+    """Band ``band``'s colour table, or None (not a palette band, or it has none)."""
+    if ds.colorinterp[band - 1] != ColorInterp.palette:
+        return None
+    try:
+        return ds.colormap(band)
+    except ValueError:  # palette-tagged without a table
+        return None
 
 
 def _band_metadata(ds, band: int) -> dict[str, dict[str, str]]:

@@ -296,7 +296,7 @@ class WorkRaster:
     write_mask : bool
         Keep a validity mask (inputs with alpha or an internal mask, no nodata).
     band_meta : dict
-        ``colorinterp``, ``descriptions``, ``scales``, ``offsets``, ``units`` per band, and
+        ``colorinterp``, ``descriptions``, ``scales``, ``offsets``, ``units``, ``colormaps`` per band, and
         ``tags``: per band, its tags by metadata domain (``""``: the default one).
     tags : dict
         Dataset tags.
@@ -522,6 +522,9 @@ class WorkRaster:
             ds.offsets = meta["offsets"]
         if meta.get("units") and any(meta["units"]):
             ds.units = [u or "" for u in meta["units"]]
+        for i, colormap in enumerate(meta.get("colormaps", ()), start=1):
+            if colormap:  # a class raster's colours: QGIS draws it with them, as it drew the input
+                ds.write_colormap(i, colormap)
         for i, domains in enumerate(meta.get("tags", ()), start=1):
             for domain, tags in domains.items():
                 ds.update_tags(i, ns=domain or None, **tags)
@@ -546,8 +549,11 @@ def translate_to_cog(vrt: Path, dst: Path, width: int, height: int, count: int, 
     options.update({k.upper(): str(v) for k, v in (creation_options or {}).items()})
     try:
         with rasterio.Env(**WRITER_GDAL_ENV), GdalPass() as gdal:
-            if options == DEFAULT_COG_OPTIONS and not write_mask:
-                _default_cog(gdal, vrt, tiled, dst, width, height, count * np.dtype(dtype).itemsize, np.dtype(dtype))
+            resampling = options["OVERVIEW_RESAMPLING"]
+            if {**options, "OVERVIEW_RESAMPLING": DEFAULT_COG_OPTIONS["OVERVIEW_RESAMPLING"]} == DEFAULT_COG_OPTIONS \
+                    and not write_mask:
+                _default_cog(gdal, vrt, tiled, dst, width, height, count * np.dtype(dtype).itemsize, np.dtype(dtype),
+                             resampling)
             else:
                 gdal.create_copy(vrt, dst, "COG", options)
     except GdalFailure as exc:
@@ -564,9 +570,10 @@ def translate_to_cog(vrt: Path, dst: Path, width: int, height: int, count: int, 
 
 
 def _default_cog(gdal: GdalPass, vrt: Path, tiled: Path, dst: Path, width: int, height: int, pixel_bytes: int,
-                 dtype: np.dtype) -> None:
-    """The COG of :data:`DEFAULT_COG_OPTIONS`: AVERAGE overviews down to one 512 px block,
-    exact per-band statistics, DEFLATE with the predictor, 512 px tiles.
+                 dtype: np.dtype, resampling: str) -> None:
+    """The COG of :data:`DEFAULT_COG_OPTIONS` but its overviews' ``resampling`` (AVERAGE there):
+    overviews down to one 512 px block, exact per-band statistics, DEFLATE with the predictor,
+    512 px tiles.
 
     The raster is first copied to an uncompressed GeoTIFF tiled like the COG: the final
     copy reads its source block by block, and from the raw pixel-interleaved file that is one
@@ -588,7 +595,7 @@ def _default_cog(gdal: GdalPass, vrt: Path, tiled: Path, dst: Path, width: int, 
             COMPRESS="NONE", INTERLEAVE="PIXEL", BIGTIFF="IF_SAFER",  # its overviews come later
         ))
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", COMPRESS_OVERVIEW="NONE"):
-        gdal.overviews_and_statistics(tiled, levels, "AVERAGE")
+        gdal.overviews_and_statistics(tiled, levels, resampling)
     gdal.create_copy(tiled, dst, "GTiff", dict(
         TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
         COMPRESS="DEFLATE", PREDICTOR="3" if dtype.kind == "f" else "2", INTERLEAVE="PIXEL",

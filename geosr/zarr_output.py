@@ -155,6 +155,7 @@ class ZarrJob:
     nodata: float | None = None
     overviews: tuple = ()  # ((level, cy, cx), ...)
     journalled: int = 1
+    resampling: str = "average"  # of the overviews (geosr.zarr_overviews.halve)
 
 
 def _chunk_name(cy: int, cx: int, level: int = 1) -> str:
@@ -242,7 +243,7 @@ def write_chunks(job: ZarrJob, *after) -> tuple[list[tuple[int, int, int]], list
             written.append((1, cy, cx))
         for level, cy, cx in job.overviews:
             source, source_valid = _overview_source(store, arrays, made, level, cy, cx, masked)
-            values, values_valid = halve(source, source_valid, job.nodata)
+            values, values_valid = halve(source, source_valid, job.nodata, job.resampling)
             rows, cols = slice(cy * n, cy * n + values.shape[1]), slice(cx * n, cx * n + values.shape[2])
             data, valid = arrays[level]
             data[:, rows, cols] = values
@@ -316,12 +317,16 @@ class ZarrWriter(BlockTaskWriter):
         The staged store, in the work folder.
     cells : sequence of Window
         HR windows of the output cells not finished yet.
+    resampling : str
+        Of the overview levels, :func:`geosr.zarr_overviews.halve`'s: ``average`` or ``nearest``.
     """
 
     finished_files = "Zarr chunks"
     block_name = "chunks"
 
-    def __init__(self, client, raster: WorkRaster, journal: RunJournal, store: Path, cells: Sequence[Window]) -> None:
+    def __init__(self, client, raster: WorkRaster, journal: RunJournal, store: Path, cells: Sequence[Window],
+                 resampling: str = "average") -> None:
+        self.resampling = resampling
         self.raster, self.store = raster, store  # _create_store reads them before the base class sets up
         group = max(ZARR_CHUNK, ZARR_GROUP // ZARR_CHUNK * ZARR_CHUNK)
         self._per = group // ZARR_CHUNK  # a group's side in chunks
@@ -406,7 +411,7 @@ class ZarrWriter(BlockTaskWriter):
         r = self.raster
         job = ZarrJob(str(self.store), str(r.folder / r.PIXELS), str(r.folder / r.MASK) if r.write_mask else None,
                       r.width, r.height, r.count, r.dtype.name, tuple(chunks), r.profile.get("nodata"),
-                      tuple(overviews), self._journalled)
+                      tuple(overviews), self._journalled, self.resampling)
         future = self.client.submit(write_chunks, job, *after, pure=False, priority=self.TASK_PRIORITY)
         for chunk in [*((1, cy, cx) for cy, cx in chunks), *overviews]:
             self._pending[chunk] = future
@@ -450,7 +455,7 @@ class ZarrWriter(BlockTaskWriter):
         r, p = self.raster, self.raster.profile
         attrs = {str(k): str(v) for k, v in r.tags.items()}
         if self._factors:
-            attrs.update(multiscales_attrs(self._factors, r.width, r.height, p.get("transform"), DATA))
+            attrs.update(multiscales_attrs(self._factors, r.width, r.height, p.get("transform"), DATA, self.resampling))
         group = zarr.open_group(self.store, mode="w", zarr_format=2, attributes=attrs)
         self._write_level(group, 1)
         for f in self._factors:

@@ -2,7 +2,8 @@
 
 Level ``f`` (``f`` = 2, 4, 8...) is the output decimated ``f`` times: each pixel the average
 of the valid pixels of a 2 x 2 block of level ``f / 2`` (level 1 being the output itself),
-integers rounded half up - the AVERAGE overviews of the single COG. A pixel is valid where
+integers rounded half up - the AVERAGE overviews of the single COG; for ``--model nearest``
+(class rasters) each 2 x 2 block's top-left pixel, the NEAREST ones. A pixel is valid where
 the mask says so, or where a band is not nodata; a block with no valid pixel is nodata (or
 masked). Levels are added while the last one is wider or taller than one chunk (the COG
 driver's rule for its overviews).
@@ -49,8 +50,10 @@ def _wider(dtype: np.dtype):
     return {1: np.int16, 2: np.int32, 4: np.int64}.get(dtype.itemsize) if dtype.kind in "iu" else None
 
 
-def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The next level of ``data`` (``[C, h, w]``): averages of its valid pixels in 2 x 2 blocks.
+def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None,
+          resampling: str = "average") -> tuple[np.ndarray, np.ndarray | None]:
+    """The next level of ``data`` (``[C, h, w]``): averages of its valid pixels in 2 x 2 blocks,
+    or (``resampling`` ``nearest``, class rasters) each block's top-left pixel, as it is.
 
     Parameters
     ----------
@@ -67,6 +70,8 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None) -> t
     (ndarray, ndarray or None)
         ``[C, ceil(h/2), ceil(w/2)]`` pixels in ``data``'s dtype and, with ``valid``, their validity.
     """
+    if resampling == "nearest":  # a class code stays a class code, nodata stays nodata
+        return data[..., ::2, ::2].copy(), (None if valid is None else valid[::2, ::2].copy())
     h, w = data.shape[-2:]
     wide = _wider(data.dtype)
     if wide is not None and h % 2 == 0 and w % 2 == 0 and _all_valid(data, valid, nodata):
@@ -122,7 +127,8 @@ def _all_valid(data: np.ndarray, valid: np.ndarray | None, nodata: float | None)
     return not np.any(data == np.float64(nodata))  # compared as the general path does: in float64
 
 
-def multiscales_attrs(factors: list[int], width: int, height: int, transform: Affine | None, data: str) -> dict:
+def multiscales_attrs(factors: list[int], width: int, height: int, transform: Affine | None, data: str,
+                      resampling: str = "average") -> dict:
     """Root-group attributes that list the levels (``zarr_conventions`` and ``multiscales``).
 
     ``data`` is the name of the data variable: level 1 is the root's, level ``f`` is ``f/data``,
@@ -134,7 +140,7 @@ def multiscales_attrs(factors: list[int], width: int, height: int, transform: Af
         asset = f"{f}/{data}"
         layout.append(_level(asset, previous, f, width, height, transform))
         previous = asset
-    return {"zarr_conventions": [MULTISCALES], "multiscales": {"layout": layout, "resampling_method": "average"}}
+    return {"zarr_conventions": [MULTISCALES], "multiscales": {"layout": layout, "resampling_method": resampling}}
 
 
 def _level(asset: str, derived_from: str | None, f: int, width: int, height: int, transform: Affine | None) -> dict:

@@ -94,3 +94,42 @@ def test_imagery_is_not_taken_for_classes(tmp_path):
     assert categorical_reason(str(write_raster(tmp_path / "small.tif", lc[:, :40, :60]))) is None
     assert categorical_reason(str(write_raster(tmp_path / "flat.tif", np.full((1, 80, 80), 7, np.uint8)))) is None
     assert categorical_reason(str(write_raster(tmp_path / "float.tif", lc.astype(np.float32)))) is None
+
+
+PALETTE = {int(c): (int(c) * 2 % 256, 255 - int(c), int(c) * 3 % 256, 255) for c in CLASSES}
+
+
+def palette_land_cover(path):
+    """A 600 x 600 land cover (so that the x2 output has overviews) with a colour table."""
+    rng = np.random.default_rng(3)
+    data = CLASSES[np.kron(rng.integers(0, len(CLASSES), (75, 75)), np.ones((8, 8), int))][None]
+    src = write_raster(path, data, colorinterp=[rasterio.enums.ColorInterp.palette])
+    with rasterio.open(src, "r+") as ds:
+        ds.write_colormap(1, PALETTE)
+    return src
+
+
+@pytest.mark.parametrize("form", ["cog", "tiled", "zarr"])
+def test_nearest_keeps_the_colour_table_and_makes_overviews_of_classes(tmp_path, form):
+    """QGIS draws a palette raster with its colours, and zoomed out from its overviews: the
+    output keeps the table and its overviews hold class codes only (before: no table, and
+    AVERAGE overviews of codes, values of no class at every level below the full one)."""
+    src = palette_land_cover(tmp_path / "lc.tif")
+    out = tmp_path / {"cog": "out.tif", "tiled": "out.vrt", "zarr": "out.zarr"}[form]
+    geosr.upscale_to_file(src, out, scale=2, model="nearest", tile=128, overlap=16,
+                          **({"split": 1024} if form == "tiled" else {}))
+    if form == "zarr":
+        import zarr
+
+        group = zarr.open_group(str(out), mode="r")
+        assert group.attrs["multiscales"]["resampling_method"] == "nearest"
+        levels = [np.asarray(group[f"{f}/band_data"]) for f in (2,)]
+    else:
+        part = out if form == "cog" else sorted((tmp_path / "out").glob("*.tif"))[0]
+        with rasterio.open(part) as ds:
+            assert ds.colorinterp[0] == rasterio.enums.ColorInterp.palette
+            assert {k: v for k, v in ds.colormap(1).items() if k in PALETTE} == PALETTE
+            assert ds.overviews(1), "no overviews to check"
+            levels = [ds.read(1, out_shape=(ds.height // f, ds.width // f)) for f in ds.overviews(1)]
+    for level in levels:
+        assert set(np.unique(level)) <= set(CLASSES.tolist())
