@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 from geosr.errors import read_errors_named
 
@@ -21,6 +22,11 @@ __all__ = ["Stretch", "fit_stretch", "dtype_range"]
 # Pixels read to fit the stretch: enough for stable 0.1 / 99.9 percentiles, small enough
 # to be instant on any scene.
 FIT_PIXELS = 1_000_000
+#: A band with fewer valid pixels in the decimated read is fitted on all its valid pixels at full
+#: resolution: a small valid island in a large no-data canvas falls between the decimated grid's
+#: samples (a 30 px field in a 40 000 px canvas read every 40th pixel: 0 to 4 samples, a
+#: stretch of 0..1 DN or a 1 DN span, and an output no sharper than bicubic).
+MIN_FIT_SAMPLES = 1000
 
 
 def dtype_range(dtype: str) -> tuple[float, float]:
@@ -109,18 +115,24 @@ def fit_stretch(
     """Fit the scene stretch of ``bands`` (1-based) of ``source``.
 
     uint8 is mapped as 0..255. Other dtypes use ``percentiles`` of the valid pixels of a
-    decimated read (overviews when present); nodata / masked pixels never enter the fit.
+    decimated read (overviews when present), or of all a band's valid pixels where that read
+    holds fewer than :data:`MIN_FIT_SAMPLES`; nodata / masked pixels never enter the fit.
     """
     if np.dtype(dtype) == np.uint8:
         return Stretch((0.0,) * len(bands), (255.0,) * len(bands), dtype)
-    with rasterio.open(source) as ds, read_errors_named(source, what="a decimated read to fit the stretch"):
-        step = max(1, int(np.sqrt(ds.width * ds.height / FIT_PIXELS)))
-        shape = (max(1, ds.height // step), max(1, ds.width // step))
-        data = ds.read(list(bands), out_shape=(len(bands),) + shape, masked=True)
+    with rasterio.open(source) as ds:
+        with read_errors_named(source, what="a decimated read to fit the stretch"):
+            step = max(1, int(np.sqrt(ds.width * ds.height / FIT_PIXELS)))
+            shape = (max(1, ds.height // step), max(1, ds.width // step))
+            data = ds.read(list(bands), out_shape=(len(bands),) + shape, masked=True)
+        samples = [_finite(data[b].compressed()) for b in range(len(bands))]
+        sparse = [b for b in range(len(bands)) if samples[b].size < MIN_FIT_SAMPLES]
+        if step > 1 and sparse:
+            for b, values in zip(sparse, _all_valid_values(ds, [bands[b] for b in sparse])):
+                samples[b] = values
     lows, highs = [], []
     for b in range(len(bands)):
-        valid = data[b].compressed()
-        valid = valid[np.isfinite(valid)]
+        valid = samples[b]
         if valid.size == 0:
             lo, hi = 0.0, 1.0
         else:
@@ -130,3 +142,22 @@ def fit_stretch(
         lows.append(lo)
         highs.append(hi)
     return Stretch(tuple(lows), tuple(highs), dtype)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)] if values.dtype.kind == "f" else values
+
+
+def _all_valid_values(ds, bands: Sequence[int]) -> list[np.ndarray]:
+    """The valid values of ``bands`` (1-based) at full resolution, read in strips of about
+    :data:`FIT_PIXELS` pixels; at most about :data:`FIT_PIXELS` of them per band, evenly taken."""
+    rows = max(1, FIT_PIXELS // max(1, ds.width))
+    found: list[list[np.ndarray]] = [[] for _ in bands]
+    for top in range(0, ds.height, rows):
+        window = Window(0, top, ds.width, min(rows, ds.height - top))
+        with read_errors_named(ds.name, window, what="a full-resolution read to fit the stretch"):
+            strip = ds.read(list(bands), window=window, masked=True)
+        for i in range(len(bands)):
+            found[i].append(_finite(strip[i].compressed()))
+    values = [np.concatenate(parts) for parts in found]
+    return [v[:: max(1, v.size // FIT_PIXELS)] for v in values]

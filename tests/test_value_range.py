@@ -179,3 +179,15 @@ def test_a_bands_own_nodata_is_filled_before_the_model(tmp_path):
         nir = out.read(4)
     assert (nir[:, 80:] == 0).all()  # its own no-data, written back as no-data
     assert (nir[:, :80] == 1000).all(), np.unique(nir[:, :80])  # a constant band stays constant up to its edge
+
+
+def test_a_small_valid_island_in_a_large_canvas_is_fitted_on_its_own_pixels(tmp_path):
+    """A 2 x 2 px field in a 3000 px nodata canvas: the decimated read (every third pixel) finds
+    one of its pixels or none (a stretch of 0..1 DN, or a 1 DN span: an output no sharper than
+    bicubic); the fit now reads the band's valid pixels at full resolution."""
+    data = np.zeros((1, 3000, 3000), np.uint16)
+    data[0, 1001:1003, 1001:1003] = [[5000, 5300], [5600, 5900]]
+    src = write_raster(tmp_path / "canvas.tif", data, nodata=0, compress="deflate")
+    stretch = fit_stretch(str(src), (1,), "uint16")
+    np.testing.assert_allclose((stretch.low[0], stretch.high[0]),
+                               np.percentile([5000, 5300, 5600, 5900], (0.1, 99.9)), rtol=1e-9)
