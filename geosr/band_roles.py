@@ -8,7 +8,9 @@ order (a Sentinel-2 stack of B2, B3, B4 is blue, green, red) or among others (R,
 2. band descriptions that name a colour (``red``, ``Red``, ``R``, ``green``...) or a sensor's
    band number (``B04``, ``B4``, ``SR_B4``, GDAL's Sentinel-2 ``B4, central wavelength 665
    nm``): Sentinel-2 and Landsat 8-9 numbering (B2 blue, B3 green, B4 red), or Landsat 4-7's
-   (B1, B2, B3) where the dataset tags name one of those satellites;
+   (B1, B2, B3) where the dataset tags name one of those satellites or the bands are Landsat
+   4-7 surface reflectance's (B1-B5 and B7, no B6); where nothing tells the two numberings
+   apart (B2, B3, B4 alone, no sensor tag) the first is taken and the caller warns;
 3. band centre wavelengths in the band metadata (GDAL's ``IMAGERY`` domain
    ``CENTRAL_WAVELENGTH_UM``; ``WAVELENGTH`` with ``WAVELENGTH_UNIT`` as the Sentinel-2 and
    ENVI drivers write them);
@@ -31,7 +33,7 @@ from geosr.errors import InputError
 from geosr.scene import Scene, open_raster
 
 __all__ = [
-    "RGBBands", "RGBAssumedWarning", "find_rgb", "rgb_from_descriptions", "rgb_from_wavelengths",
+    "NUMBERING_ASSUMED", "RGBBands", "RGBAssumedWarning", "find_rgb", "rgb_from_descriptions", "rgb_from_wavelengths",
     "parse_bands_to_model", "parse_rgb_bands", "BANDS_TO_MODEL",
 ]
 
@@ -48,6 +50,12 @@ _COLOURS = {"red": (665.0, 620.0, 700.0), "green": (560.0, 520.0, 600.0), "blue"
 _OLI_NUMBERS = {4: "red", 3: "green", 2: "blue"}
 _TM_NUMBERS = {3: "red", 2: "green", 1: "blue"}
 _TM_SENSOR = re.compile(r"landsat[\s_-]*0?[457](?!\d)|(?<![a-z0-9])l[te]0?[457](?!\d)", re.I)
+_OLI_SENSOR = re.compile(r"sentinel|landsat[\s_-]*0?[89](?!\d)|(?<![a-z0-9])l[co]0?[89](?!\d)|(?<![a-z0-9])s2[abc]", re.I)
+# band numbers only Sentinel-2 and Landsat 8-9 have (Landsat 4-7 stop at B7, and B8 on ETM+)
+_OLI_ONLY_NUMBERS = {9, 10, 11, 12}
+# GDAL's Sentinel-2 driver's band descriptions, Sentinel-2's own band B8A and its zero-padded
+# names (B02; Landsat's are B2, SR_B2)
+_SENTINEL2_NAME = re.compile(r"central wavelength|^b0?8a$|^b0\d(?!\d)", re.I)
 
 # "B4", "B04", "SR_B4", "TOA_B4", "B4, central wavelength 665 nm"; not "B8A", "B10", "Band 4"
 # (a position, not a sensor band) nor "blue".
@@ -55,6 +63,10 @@ _BAND_NUMBER = re.compile(r"^(?:(?:sr|toa)_)?b0?(\d{1,2})(?![\da-z])", re.I)
 # Words that make "red"/"blue" in a description another band: red edge, coastal blue.
 _NOT_A_COLOUR = {"edge", "rededge", "coastal", "deep", "infrared", "nir", "ir"}
 _LETTERS = {"r": "red", "g": "green", "b": "blue"}
+
+
+#: :attr:`RGBBands.source` of bands read from band numbers in a numbering nothing confirmed.
+NUMBERING_ASSUMED = "band numbers, Sentinel-2 / Landsat 8-9 numbering assumed"
 
 
 class RGBAssumedWarning(UserWarning):
@@ -70,17 +82,24 @@ class RGBBands:
     bands : tuple of int
         1-based input band numbers of red, green and blue, in that order.
     source : str
-        ``given``, ``band descriptions``, ``wavelengths``, ``colour interpretation`` or
-        ``assumed`` (nothing said: the first three bands).
+        ``given``, ``band descriptions``, :data:`NUMBERING_ASSUMED` (band numbers, read in
+        Sentinel-2 / Landsat 8-9 numbering that nothing confirmed), ``wavelengths``,
+        ``colour interpretation`` or ``assumed`` (nothing said: the first three bands).
     """
 
     bands: tuple[int, int, int]
     source: str
+    other_numbering: tuple[int, int, int] | None = None  # R, G, B in Landsat 4-7's, when NUMBERING_ASSUMED
 
     @property
     def assumed(self) -> bool:
         """Whether no metadata said so (the caller warns)."""
         return self.source == "assumed"
+
+    @property
+    def numbering_assumed(self) -> bool:
+        """Whether band numbers said so, in a numbering nothing confirmed (the caller warns)."""
+        return self.source == NUMBERING_ASSUMED
 
 
 def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = None) -> RGBBands:
@@ -107,9 +126,14 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
             raise InputError(f"--rgb-bands needs three different bands among {','.join(map(str, bands))} "
                              f"(red, green, blue), got {','.join(map(str, given))}")
         return RGBBands(given, "given")
-    found = rgb_from_descriptions({b: scene.descriptions[b - 1] for b in bands}, scene.tags)
+    descriptions = {b: scene.descriptions[b - 1] for b in bands}
+    found = rgb_from_descriptions(descriptions, scene.tags)
     if found:
-        return RGBBands(found, "band descriptions")
+        by_numbers = any(_BAND_NUMBER.match((descriptions[b] or "").strip()) for b in found)
+        certain = _numbering(descriptions, scene.tags)[1]
+        if certain or not by_numbers:
+            return RGBBands(found, "band descriptions")
+        return RGBBands(found, NUMBERING_ASSUMED, _unique({b: _colour_named(d, _TM_NUMBERS) for b, d in descriptions.items()}))
     with open_raster(scene.source) as ds:
         band_tags = {b: {**ds.tags(b), **ds.tags(b, ns="IMAGERY")} for b in bands}
     found = rgb_from_wavelengths(band_tags)
@@ -135,8 +159,30 @@ def _unique(colours: Mapping[int, str | None]) -> tuple[int, int, int] | None:
 
 def rgb_from_descriptions(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str, str]) -> tuple[int, int, int] | None:
     """Red, green and blue bands by their descriptions (colour words or sensor band numbers), or None."""
-    numbers = _TM_NUMBERS if any(_TM_SENSOR.search(str(v)) for v in dataset_tags.values()) else _OLI_NUMBERS
+    numbers = _numbering(descriptions, dataset_tags)[0]
     return _unique({b: _colour_named(d, numbers) for b, d in descriptions.items()})
+
+
+def _numbering(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str, str]) -> tuple[Mapping[int, str], bool]:
+    """The sensor numbering the bands' numbers are in, and whether anything says so.
+
+    Landsat 4-7 where the dataset tags name one of them, or where the bands are Landsat 4-7
+    surface reflectance's (B7 without B6, nothing above B7); Sentinel-2 / Landsat 8-9 where
+    the tags name one of those, the names are Sentinel-2's (``B8A``, zero-padded ``B02``,
+    GDAL's ``central wavelength``) or a number only they have (B9-B12) is there; otherwise Sentinel-2 /
+    Landsat 8-9 numbering, unconfirmed.
+    """
+    tags = [str(v) for v in dataset_tags.values()]
+    if any(_TM_SENSOR.search(v) for v in tags):
+        return _TM_NUMBERS, True
+    names = [(d or "").strip() for d in descriptions.values()]
+    numbers = {int(m.group(1)) for d in names if (m := _BAND_NUMBER.match(d))}
+    if any(_OLI_SENSOR.search(v) for v in tags) or any(_SENTINEL2_NAME.search(d) for d in names) \
+            or numbers & _OLI_ONLY_NUMBERS:
+        return _OLI_NUMBERS, True
+    if 7 in numbers and 6 not in numbers and max(numbers) == 7:
+        return _TM_NUMBERS, True
+    return _OLI_NUMBERS, False
 
 
 def _colour_named(description: str | None, numbers: Mapping[int, str]) -> str | None:

@@ -138,7 +138,7 @@ def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | No
     first: tuple[int, ...] = ()
     if channels == 3 and len(bands) >= 3:
         rgb = find_rgb(scene, bands, rgb_bands)
-        if rgb.assumed:
+        if rgb.assumed or rgb.numbering_assumed:
             warn_rgb_assumed(scene, rgb)
         first = tuple(bands.index(b) for b in rgb.bands)
         if bands_to_model == "rgb":
@@ -176,12 +176,16 @@ def warn_rgb_assumed(scene: Scene, rgb: RGBBands) -> None:
     """Say, in one line, which bands are taken as R, G, B without metadata saying so, and how to choose."""
     name = source_name(scene.paths[0]) + (f" (+{len(scene.paths) - 1} files)" if len(scene.paths) > 1 else "")
     r, g, b = rgb.bands
-    warnings.warn(
-        f"{name}: no colour interpretation, band description or wavelength says which bands are red, green "
-        f"and blue; bands {r},{g},{b} are taken as R,G,B (choose with --rgb-bands, e.g. --rgb-bands {b},{g},{r})",
-        RGBAssumedWarning,
-        stacklevel=3,
-    )
+    if rgb.numbering_assumed:
+        other = rgb.other_numbering
+        said = (f"{name}: the band descriptions number the bands, and nothing says in which sensor's numbering; "
+                f"read as Sentinel-2 / Landsat 8-9's (B4 red), bands {r},{g},{b} are taken as R,G,B (Landsat 4-7 "
+                "number red B3" + (f": for theirs, --rgb-bands {','.join(map(str, other))})" if other else
+                                   "; choose with --rgb-bands)"))
+    else:
+        said = (f"{name}: no colour interpretation, band description or wavelength says which bands are red, green "
+                f"and blue; bands {r},{g},{b} are taken as R,G,B (choose with --rgb-bands, e.g. --rgb-bands {b},{g},{r})")
+    warnings.warn(said, RGBAssumedWarning, stacklevel=3)
 
 
 def tile_seed(base_seed: int, scene_key: str, tile: Tile) -> int:

@@ -14,7 +14,8 @@ from rasterio.enums import ColorInterp
 
 import geosr
 from geosr.band_evaluation import edge_offset
-from geosr.band_roles import RGBAssumedWarning, parse_bands_to_model, rgb_from_descriptions, rgb_from_wavelengths
+from geosr.band_roles import (NUMBERING_ASSUMED, RGBAssumedWarning, parse_bands_to_model, rgb_from_descriptions,
+                              rgb_from_wavelengths)
 from geosr.cli import cli
 from geosr.errors import InputError
 from geosr.output_meta import band_tags
@@ -319,3 +320,24 @@ def test_info_says_when_rgb_is_assumed_and_takes_rgb_bands(tmp_path):
     (tmp_path / "two").mkdir()
     two = json.loads(info(scene_with(tmp_path / "two", count=2).source, "--json").stdout)
     assert two["rgb_bands"] is None and two["model_bands"] == [[1], [2]]
+
+
+def test_landsat_4_to_7_surface_reflectance_bands_number_blue_green_red_1_2_3(tmp_path):
+    """An Earth Engine Landsat 5/7 export: SR_B1..SR_B5, SR_B7 (no B6) and no sensor tag. Before,
+    read in Landsat 8 numbering: B4 (NIR), B3 (red), B2 (green) went to the model as R, G, B."""
+    names = ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"]
+    scene = scene_with(tmp_path, count=6, descriptions=names)
+    rgb = plan_bands(scene, None, 3).rgb
+    assert rgb.bands == (3, 2, 1) and rgb.source == "band descriptions"
+    assert rgb_from_descriptions(dict(enumerate(["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"],
+                                                start=1)), {}) == (4, 3, 2)  # Landsat 8-9: B6 is SWIR 1
+
+
+def test_band_numbers_in_a_numbering_nothing_confirms_are_warned(tmp_path):
+    scene = scene_with(tmp_path, count=4, descriptions=["B1", "B2", "B3", "B4"])
+    with pytest.warns(RGBAssumedWarning, match=r"Sentinel-2 / Landsat 8-9's \(B4 red\), bands 4,3,2 .*--rgb-bands 3,2,1"):
+        rgb = plan_bands(scene, None, 3).rgb
+    assert rgb.bands == (4, 3, 2) and rgb.source == NUMBERING_ASSUMED
+    (tmp_path / "s2").mkdir()
+    tagged = scene_with(tmp_path / "s2", count=4, descriptions=["B1", "B2", "B3", "B4"], tags={"SPACECRAFT_NAME": "Sentinel-2A"})
+    assert plan_bands(tagged, None, 3).rgb.source == "band descriptions"  # no warning: the tag says
