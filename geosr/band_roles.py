@@ -65,8 +65,10 @@ _NOT_A_COLOUR = {"edge", "rededge", "coastal", "deep", "infrared", "nir", "ir"}
 _LETTERS = {"r": "red", "g": "green", "b": "blue"}
 
 
-#: :attr:`RGBBands.source` of bands read from band numbers in a numbering nothing confirmed.
-NUMBERING_ASSUMED = "band numbers, Sentinel-2 / Landsat 8-9 numbering assumed"
+#: :attr:`RGBBands.source` of bands read from band numbers in a numbering nothing confirmed:
+#: Sentinel-2 / Landsat 8-9's (B4 red), or Landsat 4-7's (B3 red) for their surface reflectance set.
+NUMBERING_ASSUMED = ("band numbers, Sentinel-2 / Landsat 8-9 numbering assumed",
+                     "band numbers, Landsat 4-7 numbering assumed")
 
 
 class RGBAssumedWarning(UserWarning):
@@ -82,14 +84,14 @@ class RGBBands:
     bands : tuple of int
         1-based input band numbers of red, green and blue, in that order.
     source : str
-        ``given``, ``band descriptions``, :data:`NUMBERING_ASSUMED` (band numbers, read in
-        Sentinel-2 / Landsat 8-9 numbering that nothing confirmed), ``wavelengths``,
+        ``given``, ``band descriptions``, one of :data:`NUMBERING_ASSUMED` (band numbers, read
+        in a numbering that nothing confirmed), ``wavelengths``,
         ``colour interpretation`` or ``assumed`` (nothing said: the first three bands).
     """
 
     bands: tuple[int, int, int]
     source: str
-    other_numbering: tuple[int, int, int] | None = None  # R, G, B in Landsat 4-7's, when NUMBERING_ASSUMED
+    other_numbering: tuple[int, int, int] | None = None  # R, G, B in the other numbering, when NUMBERING_ASSUMED
 
     @property
     def assumed(self) -> bool:
@@ -99,7 +101,7 @@ class RGBBands:
     @property
     def numbering_assumed(self) -> bool:
         """Whether band numbers said so, in a numbering nothing confirmed (the caller warns)."""
-        return self.source == NUMBERING_ASSUMED
+        return self.source in NUMBERING_ASSUMED
 
 
 def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = None) -> RGBBands:
@@ -127,13 +129,15 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
                              f"(red, green, blue), got {','.join(map(str, given))}")
         return RGBBands(given, "given")
     descriptions = {b: scene.descriptions[b - 1] for b in bands}
-    found = rgb_from_descriptions(descriptions, scene.tags)
+    # the numbering from all the raster's band names, not only those of the run's --bands
+    numbers, certain = _numbering(dict(enumerate(scene.descriptions, start=1)), scene.tags)
+    found = _unique({b: _colour_named(d, numbers) for b, d in descriptions.items()})
     if found:
-        by_numbers = any(_BAND_NUMBER.match((descriptions[b] or "").strip()) for b in found)
-        certain = _numbering(descriptions, scene.tags)[1]
-        if certain or not by_numbers:
+        if certain or not any(_BAND_NUMBER.match((descriptions[b] or "").strip()) for b in found):
             return RGBBands(found, "band descriptions")
-        return RGBBands(found, NUMBERING_ASSUMED, _unique({b: _colour_named(d, _TM_NUMBERS) for b, d in descriptions.items()}))
+        other = _TM_NUMBERS if numbers is _OLI_NUMBERS else _OLI_NUMBERS
+        return RGBBands(found, NUMBERING_ASSUMED[numbers is _TM_NUMBERS],
+                        _unique({b: _colour_named(d, other) for b, d in descriptions.items()}))
     with open_raster(scene.source) as ds:
         band_tags = {b: {**ds.tags(b), **ds.tags(b, ns="IMAGERY")} for b in bands}
     found = rgb_from_wavelengths(band_tags)
@@ -166,11 +170,11 @@ def rgb_from_descriptions(descriptions: Mapping[int, str | None], dataset_tags: 
 def _numbering(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str, str]) -> tuple[Mapping[int, str], bool]:
     """The sensor numbering the bands' numbers are in, and whether anything says so.
 
-    Landsat 4-7 where the dataset tags name one of them, or where the bands are Landsat 4-7
-    surface reflectance's (B7 without B6, nothing above B7); Sentinel-2 / Landsat 8-9 where
-    the tags name one of those, the names are Sentinel-2's (``B8A``, zero-padded ``B02``,
-    GDAL's ``central wavelength``) or a number only they have (B9-B12) is there; otherwise Sentinel-2 /
-    Landsat 8-9 numbering, unconfirmed.
+    Landsat 4-7 where the dataset tags name one of them; Sentinel-2 / Landsat 8-9 where the
+    tags name one of those, the names are Sentinel-2's (``B8A``, zero-padded ``B02``, GDAL's
+    ``central wavelength``) or a number only they have (B9-B12) is there. Unconfirmed: Landsat
+    4-7 where the bands look like their surface reflectance set (B7 without B6, nothing above
+    B7: a Landsat 8-9 stack without SWIR 1 does too), else Sentinel-2 / Landsat 8-9.
     """
     tags = [str(v) for v in dataset_tags.values()]
     if any(_TM_SENSOR.search(v) for v in tags):
@@ -181,7 +185,7 @@ def _numbering(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str
             or numbers & _OLI_ONLY_NUMBERS:
         return _OLI_NUMBERS, True
     if 7 in numbers and 6 not in numbers and max(numbers) == 7:
-        return _TM_NUMBERS, True
+        return _TM_NUMBERS, False
     return _OLI_NUMBERS, False
 
 

@@ -45,8 +45,8 @@ def side_files(path: str) -> list[str]:
 def pam_settings_digest(path: str) -> str | None:
     """SHA-256 (16 hex digits) of what a PAM ``.aux.xml`` says beyond cached statistics, or None.
 
-    Statistics items and histograms are dropped, then elements left without children or
-    text; None when nothing remains (a file of statistics alone reads like no file). A file
+    Statistics items and histograms are dropped, then elements left without children, text
+    or attributes (:func:`_drop_empty`); None when nothing remains (a file of statistics alone reads like no file). A file
     that is not XML is hashed whole: GDAL ignores it, but a run cannot tell what it meant.
     """
     with open(path, "rb") as f:
@@ -67,9 +67,14 @@ def pam_settings_digest(path: str) -> str | None:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+#: PAM elements that only hold others: left empty (their statistics gone), they say nothing.
+_CONTAINERS = {"PAMRasterBand", "Metadata"}
+
+
 def _drop_empty(element: ET.Element) -> None:
-    """Remove, depth first, the descendants of ``element`` left with no children and no text."""
+    """Remove, depth first, the descendants of ``element`` left with no children, no text and
+    no attributes (a colour table's ``<Entry c1=... />`` says something) - or containers left empty."""
     for child in list(element):
         _drop_empty(child)
-        if len(child) == 0 and not (child.text or "").strip():
+        if len(child) == 0 and not (child.text or "").strip() and (not child.attrib or child.tag in _CONTAINERS):
             element.remove(child)

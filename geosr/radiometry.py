@@ -16,6 +16,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geosr.errors import read_errors_named
+from geosr.remote import is_remote
 
 __all__ = ["Stretch", "fit_stretch", "dtype_range"]
 
@@ -27,6 +28,9 @@ FIT_PIXELS = 1_000_000
 #: samples (a 30 px field in a 40 000 px canvas read every 40th pixel: 0 to 4 samples, a
 #: stretch of 0..1 DN or a 1 DN span, and an output no sharper than bicubic).
 MIN_FIT_SAMPLES = 1000
+#: ... up to this many pixels a band, on local files (a whole band of a larger or remote scene,
+#: perhaps one that is all no-data, would cost more before the first tile than it can be worth).
+FULL_FIT_MAX_PIXELS = 400_000_000
 
 
 def dtype_range(dtype: str) -> tuple[float, float]:
@@ -116,7 +120,8 @@ def fit_stretch(
 
     uint8 is mapped as 0..255. Other dtypes use ``percentiles`` of the valid pixels of a
     decimated read (overviews when present), or of all a band's valid pixels where that read
-    holds fewer than :data:`MIN_FIT_SAMPLES`; nodata / masked pixels never enter the fit.
+    holds fewer than :data:`MIN_FIT_SAMPLES` (a local scene of up to :data:`FULL_FIT_MAX_PIXELS`);
+    nodata / masked pixels never enter the fit.
     """
     if np.dtype(dtype) == np.uint8:
         return Stretch((0.0,) * len(bands), (255.0,) * len(bands), dtype)
@@ -127,7 +132,7 @@ def fit_stretch(
             data = ds.read(list(bands), out_shape=(len(bands),) + shape, masked=True)
         samples = [_finite(data[b].compressed()) for b in range(len(bands))]
         sparse = [b for b in range(len(bands)) if samples[b].size < MIN_FIT_SAMPLES]
-        if step > 1 and sparse:
+        if step > 1 and sparse and ds.width * ds.height <= FULL_FIT_MAX_PIXELS and not is_remote(source):
             for b, values in zip(sparse, _all_valid_values(ds, [bands[b] for b in sparse])):
                 samples[b] = values
     lows, highs = [], []

@@ -52,8 +52,8 @@ def read_band_nodata(ds: DatasetReader, window, bands: tuple[int, ...], nodata: 
     its other bands have values - and the dataset mask (:func:`read_valid`) counts it valid.
     Written back as nodata in that band (not as the model's value, nudged off it).
     """
-    if nodata is None or len(bands) < 2:
-        return None  # one band: the dataset mask is the band's
+    if nodata is None or ds.count < 2:
+        return None  # a one-band raster: the dataset mask is the band's
     with read_errors_named(ds.name, window, "bands"):
         data = ds.read(list(bands), window=window)
     hit = np.isnan(data) if np.isnan(nodata) else data == np.asarray(nodata).astype(data.dtype)
@@ -113,11 +113,12 @@ def read_tile(
         # pixels were not checked (open_scene(check_pixels=False)): a model takes finite values only
         data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
     filled = fill_invalid(data, valid)
-    if masked and len(bands) > 1:  # one band: its nodata is the dataset mask's
+    if masked and ds.count > 1:  # a one-band raster: its nodata is the dataset mask's
         # a band's own nodata in a valid pixel (its edge, a stripe): filled from that band's
         # valid neighbours too - a network would ring around the value, as around a pixel's
         for i, hit in _band_nodata(raw, [ds.nodatavals[b - 1] for b in bands]):
-            filled[i] = fill_invalid(data[i], valid & ~hit)
+            if (hit & valid).any():  # else its nodata is where no band has a value: filled above
+                filled[i] = fill_invalid(data[i], valid & ~hit)
     return pad_reflect(filled, tile.pad), valid
 
 

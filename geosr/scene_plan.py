@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from geosr.aoi import load_aoi, window_polygon
-from geosr.band_roles import RGBAssumedWarning, RGBBands, find_rgb, parse_bands_to_model
+from geosr.band_roles import NUMBERING_ASSUMED, RGBAssumedWarning, RGBBands, find_rgb, parse_bands_to_model
 from geosr.config import RunConfig
 from geosr.errors import InputError
 from geosr.radiometry import Stretch, fit_stretch
@@ -177,11 +177,14 @@ def warn_rgb_assumed(scene: Scene, rgb: RGBBands) -> None:
     name = source_name(scene.paths[0]) + (f" (+{len(scene.paths) - 1} files)" if len(scene.paths) > 1 else "")
     r, g, b = rgb.bands
     if rgb.numbering_assumed:
-        other = rgb.other_numbering
+        taken, other = ("Landsat 4-7", "Sentinel-2 / Landsat 8-9") if rgb.source == NUMBERING_ASSUMED[1] else \
+            ("Sentinel-2 / Landsat 8-9", "Landsat 4-7")
+        red = {"Landsat 4-7": "B3", "Sentinel-2 / Landsat 8-9": "B4"}
+        choice = (f": for theirs, --rgb-bands {','.join(map(str, rgb.other_numbering))}" if rgb.other_numbering
+                  else "; choose with --rgb-bands")
         said = (f"{name}: the band descriptions number the bands, and nothing says in which sensor's numbering; "
-                f"read as Sentinel-2 / Landsat 8-9's (B4 red), bands {r},{g},{b} are taken as R,G,B (Landsat 4-7 "
-                "number red B3" + (f": for theirs, --rgb-bands {','.join(map(str, other))})" if other else
-                                   "; choose with --rgb-bands)"))
+                f"read as {taken}'s ({red[taken]} red), bands {r},{g},{b} are taken as R,G,B ({other} number "
+                f"red {red[other]}{choice})")
     else:
         said = (f"{name}: no colour interpretation, band description or wavelength says which bands are red, green "
                 f"and blue; bands {r},{g},{b} are taken as R,G,B (choose with --rgb-bands, e.g. --rgb-bands {b},{g},{r})")

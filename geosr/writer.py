@@ -550,8 +550,9 @@ def translate_to_cog(vrt: Path, dst: Path, width: int, height: int, count: int, 
     try:
         with rasterio.Env(**WRITER_GDAL_ENV), GdalPass() as gdal:
             resampling = options["OVERVIEW_RESAMPLING"]
-            if {**options, "OVERVIEW_RESAMPLING": DEFAULT_COG_OPTIONS["OVERVIEW_RESAMPLING"]} == DEFAULT_COG_OPTIONS \
-                    and not write_mask:
+            # AVERAGE (the default's) or NEAREST (--model nearest's): names GDAL and rasterio share
+            if resampling in ("AVERAGE", "NEAREST") and not write_mask \
+                    and {**options, "OVERVIEW_RESAMPLING": "AVERAGE"} == DEFAULT_COG_OPTIONS:
                 _default_cog(gdal, vrt, tiled, dst, width, height, count * np.dtype(dtype).itemsize, np.dtype(dtype),
                              resampling)
             else:

@@ -324,11 +324,16 @@ def test_info_says_when_rgb_is_assumed_and_takes_rgb_bands(tmp_path):
 
 def test_landsat_4_to_7_surface_reflectance_bands_number_blue_green_red_1_2_3(tmp_path):
     """An Earth Engine Landsat 5/7 export: SR_B1..SR_B5, SR_B7 (no B6) and no sensor tag. Before,
-    read in Landsat 8 numbering: B4 (NIR), B3 (red), B2 (green) went to the model as R, G, B."""
+    read in Landsat 8 numbering: B4 (NIR), B3 (red), B2 (green) went to the model as R, G, B. Now
+    read in Landsat 4-7's, with a warning (a Landsat 8-9 stack without SWIR 1 looks the same)."""
     names = ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"]
     scene = scene_with(tmp_path, count=6, descriptions=names)
-    rgb = plan_bands(scene, None, 3).rgb
-    assert rgb.bands == (3, 2, 1) and rgb.source == "band descriptions"
+    with pytest.warns(RGBAssumedWarning, match=r"Landsat 4-7's \(B3 red\), bands 3,2,1 .*--rgb-bands 4,3,2"):
+        rgb = plan_bands(scene, None, 3).rgb
+    assert rgb.bands == (3, 2, 1) and rgb.source == NUMBERING_ASSUMED[1]
+    # the numbering is read from all the raster's bands, not only those a run writes
+    with pytest.warns(RGBAssumedWarning, match="Landsat 4-7's"):
+        assert plan_bands(scene, (1, 2, 3, 4), 3).rgb.bands == (3, 2, 1)
     assert rgb_from_descriptions(dict(enumerate(["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"],
                                                 start=1)), {}) == (4, 3, 2)  # Landsat 8-9: B6 is SWIR 1
 
@@ -337,7 +342,7 @@ def test_band_numbers_in_a_numbering_nothing_confirms_are_warned(tmp_path):
     scene = scene_with(tmp_path, count=4, descriptions=["B1", "B2", "B3", "B4"])
     with pytest.warns(RGBAssumedWarning, match=r"Sentinel-2 / Landsat 8-9's \(B4 red\), bands 4,3,2 .*--rgb-bands 3,2,1"):
         rgb = plan_bands(scene, None, 3).rgb
-    assert rgb.bands == (4, 3, 2) and rgb.source == NUMBERING_ASSUMED
+    assert rgb.bands == (4, 3, 2) and rgb.source == NUMBERING_ASSUMED[0]
     (tmp_path / "s2").mkdir()
     tagged = scene_with(tmp_path / "s2", count=4, descriptions=["B1", "B2", "B3", "B4"], tags={"SPACECRAFT_NAME": "Sentinel-2A"})
     assert plan_bands(tagged, None, 3).rgb.source == "band descriptions"  # no warning: the tag says

@@ -62,6 +62,12 @@ def test_cached_statistics_are_not_settings(tmp_path):
     assert pam_settings_digest(str(pam)) == nodata
     pam.write_text(NODATA_SET.replace(">0<", ">255<"))
     assert pam_settings_digest(str(pam)) not in (None, nodata)
+    table = '<PAMDataset><PAMRasterBand band="1"><ColorTable><Entry c1="0" c2="0" c3="0" c4="255"/></ColorTable></PAMRasterBand></PAMDataset>'
+    pam.write_text(table)
+    colours = pam_settings_digest(str(pam))
+    assert colours is not None  # attributes are what a colour table's entries say
+    pam.write_text(table.replace('c1="0"', 'c1="9"'))
+    assert pam_settings_digest(str(pam)) not in (None, colours)
     pam.write_text("not xml")
     assert pam_settings_digest(str(pam)) is not None
 

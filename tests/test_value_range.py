@@ -191,3 +191,17 @@ def test_a_small_valid_island_in_a_large_canvas_is_fitted_on_its_own_pixels(tmp_
     stretch = fit_stretch(str(src), (1,), "uint16")
     np.testing.assert_allclose((stretch.low[0], stretch.high[0]),
                                np.percentile([5000, 5300, 5600, 5900], (0.1, 99.9)), rtol=1e-9)
+
+
+def test_one_band_of_a_stack_keeps_its_own_nan_nodata(tmp_path):
+    """--bands 3 of the stack above: the stripe where band 3 alone is NaN is no-data in the output
+    (the dataset mask is every band's: it counts those pixels valid)."""
+    data = (0.02 + 0.3 * texture(3, 64, 64, seed=4)).astype(np.float32)
+    data[2, :, 50:] = np.nan
+    src = write_raster(tmp_path / "in.tif", data, nodata=np.nan, colorinterp=RGB)
+    geosr.upscale_to_file(src, tmp_path / "out.tif", scale=2, model="bicubic", tile=32, overlap=8,
+                          captioner="none", bands=[3])
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr = out.read(1)
+    stripe = np.kron(np.isnan(data[2]), np.ones((2, 2), bool))
+    assert np.isnan(hr[stripe]).all() and np.isfinite(hr[~stripe]).all()
