@@ -56,8 +56,13 @@ def read_band_nodata(ds: DatasetReader, window, bands: tuple[int, ...], nodata: 
         return None  # a one-band raster: the dataset mask is the band's
     with read_errors_named(ds.name, window, "bands"):
         data = ds.read(list(bands), window=window)
-    hit = np.isnan(data) if np.isnan(nodata) else data == np.asarray(nodata).astype(data.dtype)
+    hit = _nodata_hit(data, nodata)
     return hit if hit.any() else None
+
+
+def _nodata_hit(values: np.ndarray, nodata: float) -> np.ndarray:
+    """Where ``values`` hold ``nodata`` (NaN included)."""
+    return np.isnan(values) if np.isnan(nodata) else values == np.asarray(nodata).astype(values.dtype)
 
 
 def pad_reflect(data: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
@@ -128,7 +133,7 @@ def _band_nodata(raw: np.ndarray, nodata: Sequence[float | None]) -> list[tuple[
     for i, value in enumerate(nodata):
         if value is None:
             continue
-        hit = np.isnan(raw[i]) if np.isnan(value) else raw[i] == np.asarray(value).astype(raw.dtype)
+        hit = _nodata_hit(raw[i], value)
         if hit.any():
             hits.append((i, hit))
     return hits
