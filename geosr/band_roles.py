@@ -131,13 +131,13 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
     descriptions = {b: scene.descriptions[b - 1] for b in bands}
     # the numbering from all the raster's band names, not only those of the run's --bands
     numbers, certain = _numbering(dict(enumerate(scene.descriptions, start=1)), scene.tags)
-    found = _unique({b: _colour_named(d, numbers) for b, d in descriptions.items()})
+    found = _rgb_named(descriptions, numbers)
     if found:
         if certain or not any(_BAND_NUMBER.match((descriptions[b] or "").strip()) for b in found):
             return RGBBands(found, "band descriptions")
         other = _TM_NUMBERS if numbers is _OLI_NUMBERS else _OLI_NUMBERS
         return RGBBands(found, NUMBERING_ASSUMED[numbers is _TM_NUMBERS],
-                        _unique({b: _colour_named(d, other) for b, d in descriptions.items()}))
+                        _rgb_named(descriptions, other))
     with open_raster(scene.source) as ds:
         band_tags = {b: {**ds.tags(b), **ds.tags(b, ns="IMAGERY")} for b in bands}
     found = rgb_from_wavelengths(band_tags)
@@ -163,7 +163,11 @@ def _unique(colours: Mapping[int, str | None]) -> tuple[int, int, int] | None:
 
 def rgb_from_descriptions(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str, str]) -> tuple[int, int, int] | None:
     """Red, green and blue bands by their descriptions (colour words or sensor band numbers), or None."""
-    numbers = _numbering(descriptions, dataset_tags)[0]
+    return _rgb_named(descriptions, _numbering(descriptions, dataset_tags)[0])
+
+
+def _rgb_named(descriptions: Mapping[int, str | None], numbers: Mapping[int, str]) -> tuple[int, int, int] | None:
+    """Red, green and blue by ``descriptions``, band numbers read in ``numbers``; None unless each has one band."""
     return _unique({b: _colour_named(d, numbers) for b, d in descriptions.items()})
 
 
