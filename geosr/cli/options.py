@@ -71,9 +71,12 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     handler.setLevel(level)
     if not verbose:
         # dask and tornado log a failed task with its traceback, a lost worker, a cancelled
-        # gather at ERROR; geosr reports those failures itself, in one line. (A filter on the
+        # gather at ERROR; geosr reports those failures itself, in one line. asyncio's "Future
+        # exception was never retrieved" is the same noise: only distributed's comms run on an
+        # event loop here, and a timed-out connect of a closed cluster surfaces when it is
+        # garbage collected, possibly during a later run in the same process. (A filter on the
         # handler: dask's config gives its loggers their own levels.) -v shows them again.
-        handler.addFilter(lambda record: not record.name.startswith(("distributed", "tornado")))
+        handler.addFilter(lambda record: not record.name.startswith(("distributed", "tornado", "asyncio")))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
