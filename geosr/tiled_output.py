@@ -19,7 +19,8 @@ at the end (the folder, then the VRT): a failed run leaves nothing that looks co
 
 Resume: a block's file is fsynced before the journal names it with its size and CRC-32; a
 resumed run re-reads each named block and redoes those whose bytes differ (or are gone), and
-never trusts a block file the journal does not name.
+never trusts a block file the journal does not name. The VRT, STAC files and captions are written again by
+each run and fsynced, with the folder, once the last block is.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from geosr.replaceable import check_replaceable_tiled
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
 from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably,
-                          translate_to_cog, write_error)
+                          sync_tree, translate_to_cog, write_error)
 
 __all__ = ["AUTO_SPLIT", "MAX_AUTO_SPLIT", "MIN_AUTO_BLOCKS", "MIN_AUTO_SPLIT", "TiledTarget", "BlockJob", "BlockWriter",
            "auto_block_side", "block_windows", "tiled_split", "write_block"]
@@ -319,6 +320,17 @@ class BlockWriter(BlockTaskWriter):
     @property
     def folder(self) -> Path:
         return self.data
+
+    def wait(self) -> None:
+        """Wait for every block, then make the rest of the data folder durable: the VRT, STAC
+        Items and Collection and captions written before the blocks (each block's task synced
+        its COG). The run deletes its work folder once committed: nothing left to make them again."""
+        super().wait()
+        blocks = {f"{name}.tif" for name, _ in self.blocks}
+        try:
+            sync_tree(self.data, lambda path: path.parent == self.data and path.name in blocks)
+        except OSError as exc:
+            raise write_error(self.data, exc) from exc
 
     def _blocks_to_write(self) -> list[tuple[int, int]]:
         return [divmod(i, self._columns) for i, (name, _) in enumerate(self.blocks) if name not in self.journal.blocks]

@@ -22,7 +22,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -237,6 +237,23 @@ def replace_durably(moves: Sequence[tuple[Path, Path]], folders: Sequence[Path] 
     for src, dst in moves:
         os.replace(src, dst)
     for folder in dict.fromkeys([dst.parent for _, dst in moves] + list(folders)):
+        _sync(folder, directory=True)
+
+
+def sync_tree(root: Path, synced: Callable[[Path], bool] = lambda path: False) -> None:
+    """``fsync`` every file under ``root`` that ``synced`` does not say is durable already, then
+    every folder under it, deepest first (their entries: new names).
+
+    What a run's tasks made durable as they went (journalled blocks and chunks) is skipped: an
+    fsync costs ~1 ms a file even with nothing left to write.
+    """
+    folders = []
+    for top, _, names in os.walk(root):
+        folders.append(Path(top))
+        for name in names:
+            if not synced(Path(top) / name):
+                _sync(Path(top) / name)
+    for folder in reversed(folders):
         _sync(folder, directory=True)
 
 

@@ -35,7 +35,8 @@ names each chunk with the size and CRC-32 of its files (overview chunks as ``f/c
 resumed run re-reads the named chunks and writes again every chunk that is unnamed, gone or
 changed, and the overview chunks over it. Levels up to :data:`ZARR_GROUP` / :data:`ZARR_CHUNK`
 (2, 4 and 8) are journalled; the coarser ones, a 64th of the output's pixels or less, are not
-fsynced nor journalled: a resumed run makes them again.
+journalled: a resumed run makes them again. The store's metadata is fsynced when it is made, and
+the coarser levels and the consolidated metadata once every chunk is written, before the commit.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from geosr.errors import OutputError, OutputExistsError
 from geosr.journal import RunJournal
 from geosr.replaceable import check_replaceable_zarr
 from geosr.tasks import shippable_errors
-from geosr.writer import WorkRaster, check_file_name, replace_durably, sidecar_path, write_error
+from geosr.writer import WorkRaster, check_file_name, replace_durably, sidecar_path, sync_tree, write_error
 from geosr.zarr_overviews import halve, multiscales_attrs, overview_factors
 
 __all__ = ["ZARR_CHUNK", "ZARR_GROUP", "ZarrTarget", "ZarrWriter", "ZarrJob", "is_zarr_output", "write_chunks"]
@@ -446,6 +447,8 @@ class ZarrWriter(BlockTaskWriter):
             shutil.rmtree(self.store)
         try:
             self._write_metadata()
+            # durable before the journal names a chunk: a resumed run keeps a store that opens
+            sync_tree(self.store)
         except OSError as exc:
             raise write_error(self.store, exc) from exc
 
@@ -534,6 +537,14 @@ class ZarrWriter(BlockTaskWriter):
         missing = sum(rows * cols for rows, cols in self._grid.values()) - len(self._done)
         if missing:
             raise RuntimeError(f"internal error: {missing} Zarr chunks were never written")
+        # The chunks of the journalled levels were synced by their tasks; the coarser levels'
+        # and the consolidated metadata now (the run deletes its work folder once committed).
+        journalled = {_level_path(self.store, f) / name for f in (1, *self._factors) if f <= self._journalled
+                      for name in (DATA, MASK)}
+        try:
+            sync_tree(self.store, lambda path: path.parent in journalled and not path.name.startswith("."))
+        except OSError as exc:
+            raise write_error(self.store, exc) from exc
 
     def write_index(self, vrt, created) -> None:
         """Consolidate the store's metadata (it needs no chunk, so a run does it before its tiles);

@@ -590,7 +590,7 @@ def test_a_failed_commit_lets_stops_act_again_while_the_run_settles(tmp_path, mo
 def test_the_commit_makes_the_output_durable_before_and_after_its_renames(tmp_path, monkeypatch, form):
     """Each file is fsynced before it is renamed into place and the folders after: the work folder
     is deleted at exit 0, so a node lost then must find whole files (before, the final COG was
-    never synced)."""
+    never synced, nor a tiled output's VRT and STAC or a Zarr store's metadata)."""
     import geosr.writer
 
     events = []
@@ -621,3 +621,10 @@ def test_the_commit_makes_the_output_durable_before_and_after_its_renames(tmp_pa
     assert ("sync", str(tmp_path)) in events[last:]  # the renames themselves
     if form == "cog":
         assert any(r[2] == str(out) for r in renames)
+    else:  # every file of the folder or store: blocks and chunks, and the VRT, STAC, metadata written before them
+        root = out.with_suffix("") if form == "tiled" else out
+        synced = {e[1] for e in events if e[0] == "sync"}
+        files = [f.relative_to(root) for f in root.rglob("*") if f.is_file()]
+        assert len(files) > 3
+        unsynced = [f for f in files if not any(p.endswith(f"/{root.name}/{f}") for p in synced)]
+        assert not unsynced, unsynced
