@@ -118,7 +118,7 @@ def measure_throughput(
         per_call = sorted(times)[len(times) // 2]  # median
         row = {
             "batch_size": b,
-            "seconds_per_call": round(per_call, 4),
+            "seconds_per_call": float(f"{per_call:.4g}"),  # 4 digits at any speed (a GPU call: < 1 ms)
             "tiles_per_second": round(b / per_call, 3),
             "hr_megapixels_per_second": round(b * hr_tile * hr_tile / 1e6 / per_call, 3),
         }

@@ -218,13 +218,16 @@ def test_disk_full_mid_run_keeps_cells_and_resumes_to_the_same_bytes(tmp_path, m
 # time to reach it mid-run; the pixels are those of a plain run.
 SLOW_GEOSR = textwrap.dedent(
     """
-    import sys, time
-    import geosr.tasks as tasks
+    import sys, threading, time
+    import geosr.journal, geosr.tasks as tasks
     real = tasks.process_batch
+    tasks.one_at_a_time = threading.Lock()  # on a module: dask pickles the task, a module by name
     def slow(job):
-        time.sleep(0.1 * len(job.tiles))
+        with tasks.one_at_a_time:  # ~3 s on any number of cores (the cluster runs cores / 2 threads)
+            time.sleep(0.1 * len(job.tiles))
         return real(job)
     tasks.process_batch = slow
+    geosr.journal.COMMIT_SECONDS = 0.0  # cells journalled as they finish, not only at the end
     from geosr.cli import cli
     cli(sys.argv[1:], prog_name="geosr")
     """

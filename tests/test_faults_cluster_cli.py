@@ -213,8 +213,9 @@ def test_sigterm_in_the_cog_pass_stops_it_within_about_a_second(tmp_path):
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=30)
-    # the stop itself takes ~0.2 s; the rest is Python (and torch) ending the process
-    assert time.monotonic() - sent < 3
+    # the stop itself takes ~0.2 s; the rest is Python (and torch) ending the process, slow on a
+    # loaded runner: the bound tells seconds from the minutes of a COG pass run to its end
+    assert time.monotonic() - sent < 10
     stderr = proc.stderr.read()
     assert code == 8, stderr
     assert_stopped_resumable(tmp_path, error_line(stderr))

@@ -121,6 +121,9 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
         with warnings.catch_warnings(), stop_on_signals():
             # -q: errors only (one line each); warnings are remarks.
             warnings.simplefilter("ignore" if quiet else "always")
+            # not Python's unclosed-socket notes of a dask cluster collected mid-run (its own
+            # default hides them; "always" would print them as geosr's remarks)
+            warnings.filterwarnings("ignore", category=ResourceWarning)
             warnings.showwarning = _show_warning
             return geosr.upscale_to_file(
                 list(inputs), output, scale=int(scale), model=model, model_metadata=model_metadata, captioner=captioner, caption_every=caption_every,
