@@ -26,8 +26,8 @@ def _script(path: Path):
 # continues the one before it; the last one is shipped. x4: v2 (three stages with the teacher, then a
 # fourth), then v3's three fidelity stages (L1 alone, distill_weight 0: from the shipped student, its
 # "teacher" only lends the caption encoder and schedule), two that grow it deeper (6, 10, 16 blocks) and a
-# second and a third stage at 16 blocks (the second stopped at its step 13 500 of 16 000; the third with
-# a share of single-band crops); x2: the v3
+# second, a third and a fourth stage at 16 blocks (the second stopped at its step 13 500 of 16 000; the
+# third with a share of single-band crops, the fourth at half the peak lr); x2: the v3
 # student on the LR grid under the v2 x2 teacher (LR/2), three stages, then its two fidelity stages,
 # one that grows it deeper (6 -> 10 blocks) and two on coarser ground sample distances.
 TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
@@ -36,7 +36,7 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_fidelity", "geosr_tiny_v3_x4_student_fidelity2",
         "geosr_tiny_v3_x4_student_fidelity3", "geosr_tiny_v3_x4_student_deeper",
         "geosr_tiny_v3_x4_student_deeper2", "geosr_tiny_v3_x4_student_16b_stage2",
-        "geosr_tiny_v3_x4_student_16b_stage3"),
+        "geosr_tiny_v3_x4_student_16b_stage3", "geosr_tiny_v3_x4_student_16b_stage4"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
         "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
