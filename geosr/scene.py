@@ -547,9 +547,16 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         lines.append("  </VRTRasterBand>")
     if masked:
         # the pieces' masks (alpha, internal mask, or the all-valid or nodata mask GDAL gives the
-        # others), each painted where it is valid: uncovered and masked pixels stay 0, masked
-        lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">',
-                  *("  " + line for line in _sources(placed, "mask,1", nodata=False, use_mask=False, skip_zero=True)),
+        # others), each painted where it is valid: uncovered and masked pixels stay 0, masked.
+        # A piece with only nodata has a mask per band: all of them painted, so a pixel is valid
+        # where any band is (as GDAL's dataset mask of that piece; band 1's alone would drop the
+        # other bands of a pixel whose first band holds the nodata value).
+        sources = []
+        for piece in placed:
+            per_band = piece[2]["nodata"] is not None and not piece[2]["masked"]
+            for band in range(1, (first["count"] if per_band else 1) + 1):
+                sources += _sources([piece], f"mask,{band}", nodata=False, use_mask=False, skip_zero=True)
+        lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', *("  " + line for line in sources),
                   "    </VRTRasterBand>", "  </MaskBand>"]
     lines.append("</VRTDataset>")
 
@@ -568,9 +575,9 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
 
 
 def _check_same_values(first: dict, info: dict) -> None:
-    """Refuse mosaic pieces whose pixels mean other things: nodata on one and not on another
-    (the mosaic's nodata is one value: the other piece's gaps, or its pixels of that value,
-    would be misread), other scales or offsets (other units for the same numbers)."""
+    """Refuse mosaic pieces whose pixels mean other things: nodata on one and not on another, or
+    other nodata values (the mosaic's nodata is one value: the other piece's gaps, or its pixels
+    of that value, would be misread), other scales or offsets (other units for the same numbers)."""
     if (first["nodata"] is None) != (info["nodata"] is None):
         has, lacks = (first, info) if info["nodata"] is None else (info, first)
         raise GridMismatchError(
@@ -578,11 +585,22 @@ def _check_same_values(first: dict, info: dict) -> None:
             f"none; give it the same (gdal_edit.py -a_nodata {_nodata_text(has['nodata'])} {lacks['path']}) "
             "or build a VRT with gdalbuildvrt and pass that"
         )
+    if first["nodata"] is not None and not _same_nodata(first["nodata"], info["nodata"]):
+        raise GridMismatchError(
+            f"mosaic pieces disagree on nodata: {first['path']} has {_nodata_text(first['nodata'])}, "
+            f"{info['path']} {_nodata_text(info['nodata'])} (the mosaic has one: the other's pixels of that value "
+            f"would read as gaps); give them one (gdal_edit.py -a_nodata ...) or build a VRT with gdalbuildvrt "
+            "-srcnodata and -vrtnodata and pass that"
+        )
     if (info["scales"], info["offsets"]) != (first["scales"], first["offsets"]):
         raise GridMismatchError(
             f"mosaic pieces differ in band scales/offsets: {first['path']} has {first['scales']} / "
             f"{first['offsets']}, {info['path']} {info['scales']} / {info['offsets']}; rescale them to one first"
         )
+
+
+def _same_nodata(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
 
 
 def _common(mappings: Sequence[dict[str, str]]) -> dict[str, str]:

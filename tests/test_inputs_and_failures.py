@@ -7,6 +7,7 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
+from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 import geosr.tasks as tasks
@@ -15,7 +16,7 @@ from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
 from geosr.errors import GridMismatchError, InputError, OutputExistsError
 from geosr.scene import NotGeoreferencedInputWarning
-from tests.rasters import NORTH_UP, texture, uint8_scene
+from tests.rasters import NORTH_UP, texture, uint8_scene, write_raster
 
 
 def cfg(**kw):
@@ -98,6 +99,28 @@ def test_a_mosaic_of_masked_pieces_keeps_their_masks(tmp_path):
     np.testing.assert_array_equal(hr[:, valid], np.kron(expect, np.ones((2, 2), "uint8"))[:, valid])
 
 
+def test_a_mosaic_of_masked_and_nodata_pieces_keeps_a_pixel_any_band_of_holds(tmp_path):
+    """One piece with an internal mask, one with nodata only: the mosaic's mask takes the second
+    one's from all its bands, so a pixel whose red is 0 (the nodata value) but whose green and
+    blue are data stays (before: band 1's mask alone dropped it in every band)."""
+    img = (texture(3, 20, 40, seed=5) * 200 + 20).astype("uint8")
+    a = write_raster(tmp_path / "a.tif", img[:, :, :20], nodata=0, mask=np.ones((20, 20), bool))
+    b_data = img[:, :, 20:].copy()
+    b_data[0, 5:8, 5:8] = 0  # red at the nodata value, green and blue data
+    b_data[:, 12:14, 12:14] = 0  # every band at it: a hole
+    b = write_raster(tmp_path / "b.tif", b_data, nodata=0, transform=NORTH_UP @ Affine.translation(20, 0))
+    with rasterio.open(a) as ds:
+        assert MaskFlags.per_dataset in ds.mask_flag_enums[0]  # the mask, not nodata, says what a holds
+    upscale_scene([a, b], tmp_path / "out.tif", cfg(model="nearest"))
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr, valid = out.read(), out.dataset_mask() > 0
+    lr_valid = np.ones((20, 40), bool)
+    lr_valid[12:14, 32:34] = False
+    np.testing.assert_array_equal(valid, np.kron(lr_valid, np.ones((2, 2), bool)))
+    expect = np.concatenate([img[:, :, :20], b_data], axis=2)
+    np.testing.assert_array_equal(hr[:, valid], np.kron(expect, np.ones((2, 2), "uint8"))[:, valid])
+
+
 def test_a_mosaic_keeps_what_its_pieces_say_of_their_bands(tmp_path):
     data = (texture(3, 20, 20, seed=1) * 3000 + 500).astype("uint16")
     pieces = []
@@ -128,6 +151,9 @@ def test_mosaic_pieces_that_disagree_on_nodata_or_scales_are_refused(tmp_path):
         ds.scales = (2.0,) * ds.count
     with pytest.raises(GridMismatchError, match="differ in band scales/offsets"):
         upscale_scene([a, c], tmp_path / "x.tif", cfg())
+    d = uint8_scene(tmp_path / "d.tif", 20, 20, transform=NORTH_UP @ Affine.translation(40, 0), nodata=255)
+    with pytest.raises(GridMismatchError, match=r"disagree on nodata: .*b.tif has 0, .*d.tif 255"):
+        upscale_scene([b, d], tmp_path / "x.tif", cfg())
     assert not (tmp_path / "x.tif").exists()
 
 

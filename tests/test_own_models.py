@@ -23,7 +23,7 @@ import geosr
 from geosr.errors import InputError, ModelError
 from geosr.models import load_upscaler, own_model_kind
 from geosr.models.callable import object_spec
-from geosr.models.model_card import ValueRange, card_from_metadata, parse_value_range
+from geosr.models.model_card import ValueRange, card_from_metadata, parse_value_range, sidecar_path
 from geosr.tiling import TileGrid
 from rasters import uint8_scene, write_raster
 
@@ -150,6 +150,18 @@ def test_value_range_0_255_and_a_sidecar_give_the_same_pixels(scene, net, tmp_pa
     geosr.upscale_to_file(scene, tmp_path / "b.tif", scale=2, model=net, **COMMON)
     a, b = read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_a_sidecar_is_the_models_full_name_with_its_suffix(tmp_path):
+    """``edsr.x4.onnx`` reads ``edsr.x4.json``: before, ``edsr.json`` (``with_suffix`` replaced
+    the ".x4"), so two models of one family in a folder shared one sidecar, or read none."""
+    for name in ("edsr.x2.onnx", "edsr.x4.onnx", "edsr.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "edsr.json").write_text("{}")
+    (tmp_path / "edsr.x4.yaml").write_text("scale: 4")
+    assert sidecar_path(tmp_path / "edsr.x4.onnx") == tmp_path / "edsr.x4.yaml"
+    assert sidecar_path(tmp_path / "edsr.x2.onnx") is None
+    assert sidecar_path(tmp_path / "edsr.onnx") == tmp_path / "edsr.json"
 
 
 def test_a_raw_value_network_reads_raster_values_not_the_stretch(tmp_path):

@@ -230,7 +230,8 @@ def sidecar_path(path: str | os.PathLike) -> Path | None:
     ``NAME.json``, ``NAME.yaml``, ``NAME.yml`` that exists), or None."""
     stem = Path(path).with_suffix("")
     for suffix in SIDECAR_SUFFIXES:
-        sidecar = stem.with_suffix(suffix)
+        # appended, not with_suffix: "edsr.x4.onnx" -> "edsr.x4.json", not "edsr.json"
+        sidecar = stem.with_name(stem.name + suffix)
         if sidecar.is_file() and sidecar != Path(path):
             return sidecar
     return None
