@@ -68,7 +68,8 @@ def pam_settings_digest(path: str) -> str | None:
 
 
 #: PAM elements that only hold others: left empty (their statistics gone), they say nothing.
-_CONTAINERS = {"PAMRasterBand", "Metadata"}
+#: (A subdataset's PAM - a Sentinel-2 product's - sits in ``<Subdataset name=...><PAMDataset>``.)
+_CONTAINERS = {"PAMRasterBand", "Metadata", "Subdataset", "PAMDataset"}
 
 
 def _drop_empty(element: ET.Element) -> None:

@@ -68,6 +68,13 @@ def test_cached_statistics_are_not_settings(tmp_path):
     assert colours is not None  # attributes are what a colour table's entries say
     pam.write_text(table.replace('c1="0"', 'c1="9"'))
     assert pam_settings_digest(str(pam)) not in (None, colours)
+    # a subdataset's PAM (a Sentinel-2 product's MTD_MSIL2A.xml.aux.xml) nests a band in it
+    inner = STATISTICS_ONLY.replace("<PAMDataset>", "").replace("</PAMDataset>", "")
+    pam.write_text(f'<PAMDataset><Subdataset name="SENTINEL2_L2A:x:10m:EPSG_32633"><PAMDataset>{inner}'
+                   "</PAMDataset></Subdataset></PAMDataset>")
+    assert pam_settings_digest(str(pam)) is None
+    pam.write_text(pam.read_text().replace("<Metadata>", "<NoDataValue>0</NoDataValue><Metadata>"))
+    assert pam_settings_digest(str(pam)) is not None
     pam.write_text("not xml")
     assert pam_settings_digest(str(pam)) is not None
 
