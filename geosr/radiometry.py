@@ -132,7 +132,10 @@ def fit_stretch(
             data = ds.read(list(bands), out_shape=(len(bands),) + shape, masked=True)
         samples = [_finite(data[b].compressed()) for b in range(len(bands))]
         sparse = [b for b in range(len(bands)) if samples[b].size < MIN_FIT_SAMPLES]
-        if step > 1 and sparse and ds.width * ds.height <= FULL_FIT_MAX_PIXELS and not is_remote(source):
+        # local only: a full read of an object store's pieces (a mosaic's VRT is local) skips their
+        # overviews and pulls up to FULL_FIT_MAX_PIXELS over the network per band
+        local = not any(is_remote(f) for f in (source, *ds.files))
+        if step > 1 and sparse and ds.width * ds.height <= FULL_FIT_MAX_PIXELS and local:
             for b, values in zip(sparse, _all_valid_values(ds, [bands[b] for b in sparse])):
                 samples[b] = values
     lows, highs = [], []

@@ -193,6 +193,23 @@ def test_a_small_valid_island_in_a_large_canvas_is_fitted_on_its_own_pixels(tmp_
                                np.percentile([5000, 5300, 5600, 5900], (0.1, 99.9)), rtol=1e-9)
 
 
+def test_the_full_resolution_fit_stays_off_remote_pieces(tmp_path, monkeypatch):
+    """A local VRT (a mosaic's) over pieces in an object store: the sparse band keeps the
+    decimated fit rather than reading every piece in full over the network."""
+    import rasterio.shutil
+
+    import geosr.radiometry
+
+    data = np.zeros((1, 3000, 3000), np.uint16)
+    data[0, 1001:1003, 1001:1003] = [[5000, 5300], [5600, 5900]]
+    src = write_raster(tmp_path / "canvas.tif", data, nodata=0, compress="deflate")
+    rasterio.shutil.copy(src, tmp_path / "mosaic.vrt", driver="VRT")
+    monkeypatch.setattr(geosr.radiometry, "is_remote", lambda path: str(path).endswith("canvas.tif"))
+    monkeypatch.setattr(geosr.radiometry, "_all_valid_values", lambda ds, bands: pytest.fail("read in full"))
+    stretch = fit_stretch(str(tmp_path / "mosaic.vrt"), (1,), "uint16")
+    assert stretch.high[0] > stretch.low[0]
+
+
 def test_one_band_of_a_stack_keeps_its_own_nan_nodata(tmp_path):
     """--bands 3 of the stack above: the stripe where band 3 alone is NaN is no-data in the output
     (the dataset mask is every band's: it counts those pixels valid)."""
