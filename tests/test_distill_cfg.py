@@ -342,7 +342,8 @@ def test_a_stage_cut_short_goes_on_from_its_committed_weights_where_it_stood(tmp
     assert not list(out.glob("checkpoint-2"))  # it ran steps 3 and 4 only
     saved = dict(GeoSRPipeline.from_pretrained(tmp_path / "state").unet.named_parameters())
     assert any(not torch.equal(p, saved[n].float()) for n, p in GeoSRPipeline.from_pretrained(out).unet.named_parameters())
-    # finished, the stage goes on as a new one: a warm-up and new crops
-    again = export_state(out, tmp_path / "state", recipe=str(recipe), hours=0.1, stage_start=10)
-    assert again["step"] == 14 and "--start_step" not in again["continue"]
+    # finished, the stage goes on as a new one: a warm-up and new crops. The same stage exported
+    # again keeps the steps the network had before it (a 15th-session export counted from 0)
+    again = export_state(out, tmp_path / "state", recipe=str(recipe), hours=0.1)
+    assert again["step"] == 14 and again["stage_start"] == 10 and "--start_step" not in again["continue"]
     assert "--lr_warmup_steps 200 --seed" in again["continue"]

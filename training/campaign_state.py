@@ -39,7 +39,7 @@ STATE = "STATE.json"
 
 
 def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: float, note: str = "",
-                 stage_start: int = 0) -> dict:
+                 stage_start: int | None = None) -> dict:
     """Write the networks of ``run_dir`` to ``dest`` in fp16: its ``ema/`` (a teacher's averaged
     weights), else its ``latest/`` (a student stage's weights at its last checkpoint), else the
     run's final pipeline.
@@ -47,7 +47,8 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     ``dest`` is replaced in place; its previous ``STATE.json`` history is carried over.
     ``stage_start``: the steps the network had had when ``run_dir``'s stage began (a stage started
     from committed weights counts its own steps from 0, and one going on with ``--start_step``
-    from there); the recorded step is the network's total, ``stage_step`` the stage's own, from
+    or ``--resume_from_checkpoint`` from there); None: what ``dest``'s ``STATE.json`` says when it
+    has the same recipe (the same stage, going on), else 0. The recorded step is the network's total, ``stage_step`` the stage's own, from
     which the ``continue`` command goes on (:func:`_continue_command`).
 
     Returns
@@ -63,10 +64,11 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
         raise ValueError(f"{source} has no STEP: its last save was interrupted; let the run write its next "
                          "checkpoint (or resume it) and export again")
     stage_step = int(step_file.read_text()) if step_file.is_file() else None
+    previous = json.loads((dest / STATE).read_text()) if (dest / STATE).is_file() else {}
+    history = previous.get("history", [])
+    if stage_start is None:
+        stage_start = (previous.get("stage_start") or 0) if previous.get("recipe") == recipe else 0
     step = None if stage_step is None else stage_start + stage_step
-    history = []
-    if (dest / STATE).is_file():
-        history = json.loads((dest / STATE).read_text()).get("history", [])
     pipeline = GeoSRPipeline.from_pretrained(str(source))
     # the trained networks in float16; the caption encoder stays float32: it is frozen, a shipped
     # student's own, and a student stage started from this state checks it is that student's
@@ -119,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--recipe", required=True, help="The YAML the run was trained with.")
     parser.add_argument("--hours", type=float, required=True, help="Hours of training since the last export.")
     parser.add_argument("--note", default="", help="What this stretch of training was (machine, threads, dtype).")
-    parser.add_argument("--stage_start", type=int, default=0,
+    parser.add_argument("--stage_start", type=int, default=None,
                         help="Steps the network had had when this stage began (a stage started from committed "
-                             "weights; a stage going on with --start_step keeps its STATE.json's stage_start).")
+                             "weights). Default: DEST's STATE.json's when it has the same recipe (a stage going on "
+                             "with --start_step or --resume_from_checkpoint), else 0.")
     args = parser.parse_args(argv)
     state = export_state(args.run_dir, args.dest, args.recipe, args.hours, args.note, args.stage_start)
     print(json.dumps({k: v for k, v in state.items() if k != "history"}, indent=1))
