@@ -106,7 +106,9 @@ class WorkFolder:
 
         Only meaningful while holding the OUTPUT lock: then no live run owns any of them.
         """
-        found = [p for p in output.parent.glob(cls.prefix(output) + "*") if p.is_dir()]
+        # startswith, not a glob: "out[1].tif" as a pattern matches ".out1.tif.geosr-run-*", not its own
+        prefix = cls.prefix(output)
+        found = [p for p in output.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
         return [cls(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
     def size(self) -> int:

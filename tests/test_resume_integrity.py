@@ -7,6 +7,7 @@ run fails), which leaves a real work folder: pixels.raw, run.json, journal.jsonl
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
 from dataclasses import replace
@@ -67,7 +68,7 @@ def stop_half_way(monkeypatch, inputs, output: Path) -> Path:
     with pytest.raises(WriteError):
         upscale_scene(inputs, output, cfg())
     monkeypatch.setattr(WorkRaster, "_write_rows", real)
-    (work,) = output.parent.glob(f".{output.name}.geosr-run-*")
+    (work,) = output.parent.glob(glob.escape(f".{output.name}.geosr-run-") + "*")
     return work
 
 
@@ -303,6 +304,18 @@ def test_a_damaged_run_identity_starts_over_and_says_so(stopped, identity):
     assert report.tiles_resumed == 0
     assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
     assert work.exists()  # not ours to delete: reported, left alone
+
+
+def test_an_output_whose_name_is_a_glob_pattern_resumes(tmp_path, monkeypatch):
+    """``out[1].tif``: the stopped run's folder was looked up as a pattern, which matched
+    ``.out1.tif.geosr-run-*`` and never its own: --resume started over."""
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    upscale_scene([src], tmp_path / "ref.tif", cfg())
+    out = tmp_path / "out[1].tif"
+    stop_half_way(monkeypatch, [src], out)
+    report = upscale_scene([src], out, cfg(resume=True))
+    assert report.tiles_resumed > 0
+    assert out.read_bytes() == (tmp_path / "ref.tif").read_bytes()
 
 
 def test_resume_adopts_the_stopped_run_with_the_most_cells(stopped, tmp_path):
