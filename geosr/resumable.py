@@ -5,8 +5,8 @@ lost worker, a full disk) with the *same identity*: the same input files - every
 reads for them, the sources of a VRT (nested ones too) and the side files beside each
 (external overviews and masks, world files, PAM metadata: :mod:`geosr.gdal_side_files`)
 included - each with its size, mtime,
-ctime and a hash of its header and a sample of its blocks, the same geosr version and every setting
-that changes the output's bytes. Settings
+ctime and a hash of its header and a sample of its blocks, the same geosr code and numeric
+libraries (:mod:`geosr.code_identity`) and every setting that changes the output's bytes. Settings
 that only change how the work is spread (``--batch-size``, ``--address``,
 ``--local-workers``) are not part of it. Per-tile seeds and blending in tile order make a
 tile's pixels independent of when and where it ran, so a resumed run writes the same bytes
@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 import geosr
 from geosr.captioning import captioner_files
+from geosr.code_identity import code_digest, library_versions
 from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.file_sample import content_sample, file_digest, sample_digest
@@ -177,7 +178,8 @@ def _differences(journal: RunJournal, new: dict[str, str]) -> list[str]:
 
 def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
     """What must be equal for a stopped run to be resumed: inputs and output-changing settings."""
-    ident = {"geosr version": geosr.__version__, "inputs": ", ".join(files)}
+    ident = {"geosr version": geosr.__version__, "geosr code": code_digest(), "libraries": library_versions(),
+             "inputs": ", ".join(files)}
     for f in files_read(files):
         if is_remote(f):
             obj = remote_object(f)

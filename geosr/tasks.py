@@ -358,7 +358,8 @@ def model_facts(config: RunConfig) -> ModelFacts:
 
 
 def model_runs_on(model: Upscaler) -> str | None:
-    """The kind of device and the precision a network runs in, as resolved (``cpu, float32``).
+    """The kind of device (a GPU by its model) and the precision a network runs in, as resolved
+    (``cpu, float32``, ``cuda (NVIDIA H100 80GB HBM3), bfloat16``).
 
     ``--device`` and ``--dtype`` left at their defaults resolve by the machine (CUDA when there
     is one, bf16 on CUDA and on CPUs with bf16 matrix units): a run stopped on one machine and
@@ -370,6 +371,10 @@ def model_runs_on(model: Upscaler) -> str | None:
     if device is None:
         return None
     kind = getattr(device, "type", None) or str(device).partition(":")[0]
+    if kind == "cuda":  # the GPU's model: another generation's kernels round otherwise
+        import torch
+
+        kind = f"cuda ({torch.cuda.get_device_name(device)})"
     dtype = getattr(holder, "dtype", None)
     return kind if dtype is None else f"{kind}, {str(dtype).removeprefix('torch.')}"
 

@@ -227,6 +227,19 @@ def test_an_input_whose_times_alone_moved_is_resumed(tmp_path, monkeypatch, how)
         assert np.array_equal(a.read(), b.read())
 
 
+@pytest.mark.parametrize("key, name", [("code_digest", "geosr code"), ("library_versions", "libraries")])
+def test_a_resume_under_other_geosr_code_or_libraries_is_refused(stopped, tmp_path, monkeypatch, key, name):
+    """geosr's version string stayed 0.1.0 across commits that changed pixels: a run stopped under
+    one and resumed under the next exited 0 with both in its output."""
+    import geosr.resumable
+
+    src, ref, work = stopped
+    monkeypatch.setattr(geosr.resumable, key, lambda: "another")
+    with pytest.raises(ResumeError, match=f"{name} was '.+', now 'another'"):
+        upscale_scene([src], tmp_path / "out.tif", cfg(resume=True))
+    assert work.exists() and not (tmp_path / "out.tif").exists()
+
+
 def test_a_resume_where_the_default_precision_resolves_otherwise_is_refused(tmp_path, monkeypatch):
     """--dtype left at its default is bf16 or fp32 by the machine (and --device, cuda or cpu): a run
     stopped on one machine and resumed on another (or on other --address workers) was resumed with
