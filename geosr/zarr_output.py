@@ -35,7 +35,8 @@ names each chunk with the size and CRC-32 of its files (overview chunks as ``f/c
 resumed run re-reads the named chunks and writes again every chunk that is unnamed, gone or
 changed, and the overview chunks over it. Levels up to :data:`ZARR_GROUP` / :data:`ZARR_CHUNK`
 (2, 4 and 8) are journalled; the coarser ones, a 64th of the output's pixels or less, are not
-journalled: a resumed run makes them again. The store's metadata is fsynced when it is made, and
+journalled: a resumed run makes them again. The store's metadata is made beside its name, fsynced
+and renamed into place (a store torn mid-way is never kept), and
 the coarser levels and the consolidated metadata once every chunk is written, before the commit.
 """
 
@@ -445,21 +446,26 @@ class ZarrWriter(BlockTaskWriter):
             except Exception:  # noqa: BLE001 - a store torn by a kill: made again
                 pass
             shutil.rmtree(self.store)
+        # Made beside it, synced, then renamed: a resumed run keeps a store that opens with the
+        # right arrays, so one torn by a kill or power loss mid-way (a level without its
+        # coordinates) must never be at its name.
+        new = self.store.with_name(self.store.name + ".new")
         try:
-            self._write_metadata()
-            # durable before the journal names a chunk: a resumed run keeps a store that opens
-            sync_tree(self.store)
+            shutil.rmtree(new, ignore_errors=True)
+            self._write_metadata(new)
+            sync_tree(new)
+            replace_durably([(new, self.store)])
         except OSError as exc:
             raise write_error(self.store, exc) from exc
 
-    def _write_metadata(self) -> None:
+    def _write_metadata(self, store: Path) -> None:
         import zarr
 
         r, p = self.raster, self.raster.profile
         attrs = {str(k): str(v) for k, v in r.tags.items()}
         if self._factors:
             attrs.update(multiscales_attrs(self._factors, r.width, r.height, p.get("transform"), DATA, self.resampling))
-        group = zarr.open_group(self.store, mode="w", zarr_format=2, attributes=attrs)
+        group = zarr.open_group(store, mode="w", zarr_format=2, attributes=attrs)
         self._write_level(group, 1)
         for f in self._factors:
             self._write_level(group.create_group(str(f)), f)

@@ -217,6 +217,37 @@ def test_overview_levels_are_georeferenced_block_means(tmp_path, monkeypatch, wh
         previous = level
 
 
+def test_a_store_cut_while_its_metadata_is_written_is_never_at_its_name(tmp_path, ragged_scene, monkeypatch):
+    """The store is made beside its name and renamed once synced: a run stopped while it wrote a
+    level's arrays left one that opened with the right data arrays, so a resume kept it - a
+    level without its coordinates, under an output that exited 0."""
+    import errno
+
+    upscale_scene([ragged_scene], tmp_path / "reference.zarr", bicubic_cfg())
+    real = geosr.zarr_output.ZarrWriter._write_level
+
+    def cut(self, group, f):
+        real(self, group, f)
+        if f == max(self._factors):  # the last level's data array is there, its coordinates not yet
+            raise OSError(errno.ENOSPC, "no space left on device")
+
+    monkeypatch.setattr(geosr.zarr_output.ZarrWriter, "_write_level", cut)
+    # a SIGKILL, not a failure the run settles: its work folder stays, with no cell finished
+    monkeypatch.setattr(geosr.journal.WorkFolder, "remove", lambda self: None)
+    with pytest.raises(WriteError):
+        upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg())
+    (work,) = tmp_path.glob(".out.zarr.geosr-run-*")
+    assert not (work / "out.zarr").exists() and (work / "out.zarr.new").is_dir()
+    monkeypatch.undo()
+    upscale_scene([ragged_scene], tmp_path / "out.zarr", bicubic_cfg(resume=True))
+    files = sorted(p.relative_to(tmp_path / "reference.zarr") for p in (tmp_path / "reference.zarr").rglob("*")
+                   if p.is_file() and p.name != ".zmetadata")
+    assert [p.relative_to(tmp_path / "out.zarr") for p in sorted((tmp_path / "out.zarr").rglob("*"))
+            if p.is_file() and p.name != ".zmetadata"] == files
+    for name in files:
+        assert (tmp_path / "out.zarr" / name).read_bytes() == (tmp_path / "reference.zarr" / name).read_bytes(), name
+
+
 def test_kill_and_resume_with_early_commits_gives_the_same_store(tmp_path, ragged_scene, monkeypatch):
     """Chunks start from early commits (the last cell of a chunk commits the journal; no tick
     comes during the run) and overview chunks over several tasks' chunks run after those tasks:
