@@ -183,7 +183,7 @@ def upscale_scene(
     finishing = StopsDeferred()  # from the output's commit on (see _upscale_in)
     try:
         # the lock first: a second run on this OUTPUT is refused at once, not after its model loads
-        with OutputLock(target.output), \
+        with OutputLock(target.lock_name), \
                 released_early(config.address, config.local_workers) as (client, release_cluster):
             # Models and captioners first: a bad spec fails before any tile is read.
             model = _model_facts_on(client, config)
@@ -445,7 +445,7 @@ def caption_scene(
     if target is None:
         with tempfile.TemporaryDirectory(prefix="geosr-") as tmp:  # a mosaic's VRT
             return _caption_features(files, config, Path(tmp))
-    with OutputLock(target.output):
+    with OutputLock(target.lock_name):
         folder = WorkFolder.create(target.output)
         try:
             fc = _caption_features(files, config, folder.path)

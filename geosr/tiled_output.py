@@ -158,9 +158,12 @@ class TiledTarget:
     Attributes
     ----------
     output : Path
-        What the run's lock and work folder are named after (the folder, or the .vrt).
+        What the run's work folder is named after (the folder, or the .vrt).
     data : Path
         The folder of the blocks, Items and Collection.
+    lock_name : Path
+        What the run's lock is named after: ``data``, which ``out/`` and ``out.vrt`` share (two
+        runs on the two spellings held two locks and the later commit replaced the other's).
     vrt, captions : Path
         Where the mosaic VRT and the captions end up.
     """
@@ -175,6 +178,7 @@ class TiledTarget:
         else:
             self.data, self.vrt = self.output, self.output / "mosaic.vrt"
             self.captions = self.output / "captions.geojson"
+        self.lock_name = self.data
         self.overwrite, self.stand_in = overwrite, stand_in
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")

@@ -196,6 +196,7 @@ class OutputTarget:
         sidecars: Sequence[str] = (),
     ) -> None:
         self.output = Path(output).absolute()
+        self.lock_name = self.output  # what the run's lock is named after
         check_file_name(self.output)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a file name such as out.tif")

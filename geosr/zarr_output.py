@@ -90,6 +90,7 @@ class ZarrTarget:
     def __init__(self, output: str | os.PathLike, overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike] = (), stand_in: bool = False) -> None:
         self.output = Path(os.fspath(output).rstrip("/" + os.sep)).absolute()
+        self.lock_name = self.output  # what the run's lock is named after
         check_file_name(self.output)
         self.data = self.output
         self.captions = sidecar_path(self.output, CAPTIONS_SUFFIX)

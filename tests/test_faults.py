@@ -276,6 +276,19 @@ def test_a_run_on_a_locked_output_is_refused_before_its_model_loads(tmp_path, mo
         upscale_scene([src], tmp_path / "out.tif", RunConfig(scale=2, model="bicubic", captioner="none"))
 
 
+@pytest.mark.parametrize("held, given", [("out", "out.vrt"), ("out", "out/"), ("out", "out")])
+def test_the_two_spellings_of_a_tiled_output_share_one_lock(tmp_path, held, given):
+    """``out/`` and ``out.vrt`` write one data folder: two runs on them took two locks, and the
+    later commit replaced the folder the other had just committed (both exit 0)."""
+    from geosr.errors import OutputLockedError
+
+    src = uint8_scene(tmp_path / "in.tif", 24, 24)
+    config = RunConfig(scale=2, model="bicubic", captioner="none", split=32)
+    with OutputLock(tmp_path / held), pytest.raises(OutputLockedError, match="another geosr run"):
+        upscale_scene([src], tmp_path / given, config)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.vrt").exists()
+
+
 def test_two_runs_on_one_output_one_refused_other_valid(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", **SLOW_SCENE)
     first = start_slow_run(tmp_path, src, tmp_path / "out.tif")
