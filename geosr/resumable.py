@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import rasterio
+import rasterio.errors
 from rasterio.windows import Window
 
 import geosr
@@ -35,7 +36,7 @@ from geosr.file_sample import content_sample, file_digest, sample_digest
 from geosr.gdal_side_files import pam_settings_digest, side_files
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
 from geosr.models import own_model_files
-from geosr.remote import is_remote, remote_object
+from geosr.remote import gdal_path, is_remote, remote_object
 from geosr.sentinel2 import is_subdataset, subdataset_files
 from geosr.uncertainty_map import joint_crc
 
@@ -129,7 +130,8 @@ def files_read(inputs: Sequence[str]) -> list[str]:
 
     A VRT's own file list names its direct sources only (a VRT of VRTs lists the inner VRT,
     not the files under it), so VRTs among the sources are opened in turn. Objects in S3 or
-    behind a URL (:mod:`geosr.remote`) are kept as named. A Sentinel-2 subdataset name stands
+    behind a URL (:mod:`geosr.remote`) are kept as named, followed by the objects GDAL lists
+    beside them. A Sentinel-2 subdataset name stands
     for the files GDAL reads for it: the product's metadata files and band images.
     """
     def named(f: str) -> str:
@@ -146,10 +148,24 @@ def files_read(inputs: Sequence[str]) -> list[str]:
         seen[path] = None
         if not is_remote(path):
             seen.update(dict.fromkeys(side_files(path)))
+        elif not path.lower().endswith(".vrt"):
+            seen.update(dict.fromkeys(_remote_side_files(path)))
         if path.lower().endswith(".vrt") and (is_remote(path) or os.path.isfile(path)):
             with rasterio.open(path) as ds:
                 todo += [named(f) for f in ds.files[1:] if is_remote(f) or os.path.isfile(f)]
     return list(seen)
+
+
+def _remote_side_files(path: str) -> list[str]:
+    """The objects GDAL reads beside the object ``path`` (``.ovr``, ``.msk``, ``.aux.xml``, as
+    its file list names them, ``/vsis3/...``): one uploaded after a stop changes the pixels of
+    the tiles redone. [] when the object cannot be opened (:func:`geosr.remote.remote_object`
+    then says why)."""
+    try:
+        with rasterio.open(gdal_path(path)) as ds:
+            return list(ds.files[1:])
+    except rasterio.errors.RasterioIOError:
+        return []
 
 
 # identity keys absent at their defaults (run_identity), said as the value they stand for

@@ -85,6 +85,21 @@ def test_the_identity_of_an_s3_input_is_its_size_version_and_content(s3, tmp_pat
         remote_object(f"s3://{BUCKET}/missing.tif")
 
 
+def test_the_identity_of_an_s3_input_covers_the_objects_gdal_reads_beside_it(s3, tmp_path, monkeypatch):
+    """scene.tif.ovr (QGIS's pyramids, read for the stretch's sample) or a .aux.xml setting
+    nodata, uploaded beside an object after a stop, changed the redone tiles' pixels unseen."""
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "FALSE")  # GDAL's default: it looks for them
+    url = upload(s3, uint8_scene(tmp_path / "scene.tif", 96, 128), "scene.tif")
+    overview = uint8_scene(tmp_path / "scene.tif.ovr", 48, 64)
+    upload(s3, overview, "scene.tif.ovr")
+    side = f"/vsis3/{BUCKET}/scene.tif.ovr"
+    assert files_read([url]) == [url, side]
+    first = run_identity([url], cfg())[f"input {side}"]
+    uint8_scene(overview, 48, 64, seed=7)
+    upload(s3, overview, "scene.tif.ovr")
+    assert run_identity([url], cfg())[f"input {side}"] != first
+
+
 def test_a_stopped_run_of_an_s3_input_resumes_and_refuses_a_changed_object(s3, tmp_path, monkeypatch):
     local = uint8_scene(tmp_path / "scene.tif", 96, 128)
     url = upload(s3, local, "scene.tif")
