@@ -243,9 +243,14 @@ class S3Upload:
         except BaseException as exc:  # a stop (SIGTERM, Ctrl-C) too: no half output left in the bucket
             if not self._replace:
                 self._delete(client, uploaded)
-            if not isinstance(exc, Exception):
+            error = exc if not isinstance(exc, Exception) else WriteError(f"cannot upload {self.url}: {exc}")
+            if self._replace and uploaded:  # what readers find there is neither output
+                error.__notes__ = [*getattr(error, "__notes__", []),
+                                   f"{self.url} now holds some of the new objects beside the old ones: "
+                                   "rerun with --resume --overwrite to finish replacing it"]
+            if error is exc:
                 raise
-            raise WriteError(f"cannot upload {self.url}: {exc}") from exc
+            raise error from exc
         finally:
             self._remove_local([p for group in groups for p in group])
 

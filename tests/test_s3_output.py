@@ -133,6 +133,28 @@ def test_a_failed_upload_leaves_no_object(s3, tmp_path, work, monkeypatch):
     assert keys(s3) == ["out.captions.geojson", "out.tif"]
 
 
+def test_a_failed_replacing_upload_says_the_output_is_mixed(s3, tmp_path, work, monkeypatch):
+    """--overwrite keeps the old objects through a failed upload (deleting them would lose both
+    outputs): the error says the prefix now mixes them, and how to finish."""
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    url = f"s3://{BUCKET}/out.tif"
+    assert invoke("upscale", src, url, *RUN).exit_code == 0
+    real = geosr.s3_output.S3Upload._upload
+
+    def fail_on_the_cog(self, client, path):
+        if path.suffix == ".tif":
+            raise OSError("connection reset (simulated)")
+        return real(self, client, path)
+
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", fail_on_the_cog)
+    res = invoke("upscale", src, url, *RUN, "--overwrite", "--seed", "3")
+    assert res.exit_code == 6 and "now holds some of the new objects beside the old ones" in res.stderr, res.stderr
+    assert "--resume --overwrite" in res.stderr
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", real)
+    assert invoke("upscale", src, url, *RUN, "--overwrite", "--seed", "3", "--resume").exit_code == 0
+    assert keys(s3) == ["out.captions.geojson", "out.tif"]
+
+
 def test_a_killed_run_resumes_from_the_local_work_folder(s3, tmp_path, work):
     src = uint8_scene(tmp_path / "in.tif", **SLOW_SCENE)
     assert invoke("upscale", src, tmp_path / "ref.tif", *RUN, "--batch-size", "1").exit_code == 0
