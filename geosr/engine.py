@@ -59,7 +59,7 @@ from geosr.s3_output import is_s3_output, s3_target
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import NothingToUpscaleWarning, plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
-from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_shared_captions
+from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_known_captions, with_shared_captions
 from geosr.tiled_output import BlockWriter, TiledTarget, auto_block_side
 from geosr.tiling import block_major, coarsen_window, scale_window
 from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, joint_crc, uncertainty_tags
@@ -339,7 +339,9 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                 todo = block_major(todo, max(1, blocks.side // s))
             jobs = batch_jobs(scene_plan, todo, config, single_last=config.batch_size if blocks is not None else 0)
             if caption_mode != "tile":
-                jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid)
+                jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid,
+                                            known=journal.captions)
+            jobs = with_known_captions(jobs, journal.captions)  # a redone tile: its kept cells' caption
             # the tasks of a network ask for a GPU where workers declare one
             resources = gpu_resources(client, model.neural, config.device)
             # the error map is blended and written here (worker cell tasks write the output only)

@@ -35,7 +35,7 @@ from geosr.scheduling import undo_malloc_trim_threshold
 from geosr.tiling import Tile, TileGrid
 
 __all__ = [
-    "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for",
+    "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_known_captions", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for",
     "cheap_model_for", "cheap_path_model", "error_variance", "group_input", "model_facts", "model_for", "model_input",
     "plan_step", "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "upscale_batch",
     "upscale_routed",
@@ -433,13 +433,28 @@ def caption_jobs(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[T
     return {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
 
 
+def with_known_captions(jobs: Sequence[BatchJob], known: Mapping[int, str]) -> list[BatchJob]:
+    """``jobs`` with the captions a stopped run recorded for their tiles (``known``, by tile
+    index; a resumed run's journal).
+
+    A tile is redone when one of its cells was not finished; its finished neighbours' cells
+    were blended with its pixels as made under that caption, and a captioner asked again may
+    answer otherwise (a VLM's batched decoding). A routed tile's empty caption is not kept:
+    routing, which is exact, says again whether it needs one.
+    """
+    if not known:
+        return list(jobs)
+    return [replace(j, captions=tuple(known.get(t.index) or c for t, c in zip(j.tiles, j.captions))) for j in jobs]
+
+
 def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[Tile], mode: str, n: int,
-                         grid: TileGrid) -> list[BatchJob]:
+                         grid: TileGrid, known: Mapping[int, str] | None = None) -> list[BatchJob]:
     """Caption one representative tile per N x N window (or per scene) and share it.
 
     The representative is the tile nearest the window's centre among the processed ones:
     an expensive captioner then runs a handful of times per scene. ``run`` captions a list
-    of jobs (on a dask client, or in this process for a lazy result).
+    of jobs (on a dask client, or in this process for a lazy result). A window one of whose
+    tiles has a ``known`` caption (:func:`with_known_captions`) keeps it.
     """
     if not jobs:  # every tile skipped (all no-data, outside the AOI): nothing to caption
         return list(jobs)
@@ -455,9 +470,15 @@ def with_shared_captions(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Se
         cy = np.mean([t.row for t in ts])
         cx = np.mean([t.col for t in ts])
         reps[g] = min(ts, key=lambda t: (t.row - cy) ** 2 + (t.col - cx) ** 2)
+    known = known or {}
+    by_group = {}  # windows a stopped run captioned: the caption it made their tiles with
+    for g, ts in members.items():
+        kept = [known[t.index] for t in ts if known.get(t.index)]
+        if kept:
+            by_group[g] = kept[0]
     template = jobs[0]
-    rep_tiles = list(reps.values())
+    rep_tiles = [t for g, t in reps.items() if g not in by_group]
     rep_jobs = [replace(template, tiles=(t,), seeds=(0,), captions=(None,)) for t in rep_tiles]
-    texts = {t.index: c[0] for t, c in zip(rep_tiles, run(rep_jobs))}
-    by_group = {g: texts[t.index] for g, t in reps.items()}
+    texts = {t.index: c[0] for t, c in zip(rep_tiles, run(rep_jobs) if rep_jobs else [])}
+    by_group.update({g: texts[t.index] for g, t in reps.items() if g not in by_group})
     return [replace(j, captions=tuple(by_group[group(t)] for t in j.tiles)) for j in jobs]

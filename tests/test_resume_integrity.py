@@ -18,6 +18,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+import geosr.tasks as tasks
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
@@ -43,8 +44,9 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def stop_half_way(monkeypatch, inputs, output: Path) -> Path:
+def stop_half_way(monkeypatch, inputs, output: Path, config: RunConfig | None = None) -> Path:
     """Run until half the work raster's writes are done, then fail as a full disk does; the work folder."""
+    config = config or cfg()
     real, writes = WorkRaster._write_rows, [0]
 
     def count(self, *args):
@@ -53,7 +55,7 @@ def stop_half_way(monkeypatch, inputs, output: Path) -> Path:
 
     monkeypatch.setattr(WorkRaster, "_write_rows", count)
     reference = output.with_name("full_" + output.name)
-    upscale_scene(inputs, reference, cfg())
+    upscale_scene(inputs, reference, config)
     reference.unlink()
     reference.with_name(reference.stem + ".captions.geojson").unlink()
     total, writes[0] = writes[0], 0
@@ -66,7 +68,7 @@ def stop_half_way(monkeypatch, inputs, output: Path) -> Path:
 
     monkeypatch.setattr(WorkRaster, "_write_rows", fill_up)
     with pytest.raises(WriteError):
-        upscale_scene(inputs, output, cfg())
+        upscale_scene(inputs, output, config)
     monkeypatch.setattr(WorkRaster, "_write_rows", real)
     (work,) = output.parent.glob(glob.escape(f".{output.name}.geosr-run-") + "*")
     return work
@@ -317,6 +319,38 @@ def test_a_damaged_run_identity_starts_over_and_says_so(stopped, identity):
     assert report.tiles_resumed == 0
     assert ref.with_name("out.tif").read_bytes() == ref.read_bytes()
     assert work.exists()  # not ours to delete: reported, left alone
+
+
+# the captions the resumed run's jobs carry, by tile (a module-level list: the task is pickled by
+# reference from an importable module, and runs in this process's threads)
+JOB_CAPTIONS: dict[int, str | None] = {}
+
+
+def recording_batch(job):
+    JOB_CAPTIONS.update({t.index: c for t, c in zip(job.tiles, job.captions)})
+    return REAL_PROCESS_BATCH(job)
+
+
+REAL_PROCESS_BATCH = tasks.process_batch
+
+
+@pytest.mark.parametrize("every", ["tile", "window:2"], ids=["per tile", "shared by 2 x 2"])
+def test_a_redone_tile_keeps_the_caption_its_kept_cells_were_made_with(tmp_path, monkeypatch, every):
+    """A tile whose cells were only partly finished is redone on resume: it was captioned again,
+    and a captioner that answers otherwise the second time (a VLM's batched decoding) made its
+    pixels under another caption than its kept neighbours'."""
+    src = uint8_scene(tmp_path / "in.tif", 64, 96)
+    config = cfg(model="geosr-tiny-x2", route="off", captioner="degradation", caption_every=every)
+    upscale_scene([src], tmp_path / "ref.tif", config)
+    work = stop_half_way(monkeypatch, [src], tmp_path / "out.tif", config)
+    kept = RunJournal.load(WorkFolder(work)).captions
+    assert kept
+    monkeypatch.setattr(tasks, "caption_batch", lambda spec, x, plan: ["heavy blur, strong noise"] * len(x))
+    monkeypatch.setattr(tasks, "process_batch", recording_batch)
+    JOB_CAPTIONS.clear()
+    upscale_scene([src], tmp_path / "out.tif", replace(config, resume=True))
+    redone = {i: c for i, c in JOB_CAPTIONS.items() if i in kept}
+    assert redone and all(c == kept[i] for i, c in redone.items()), (redone, kept)
 
 
 def test_an_output_whose_name_is_a_glob_pattern_resumes(tmp_path, monkeypatch):
