@@ -21,6 +21,31 @@ def test_caption_command_writes_geojson(tmp_path, data_dir):
     assert fc["crs"]["properties"]["name"].endswith("32618")
 
 
+def test_a_stopped_caption_run_ends_in_one_line_and_leaves_nothing(tmp_path, data_dir, monkeypatch):
+    """QGIS's Cancel sends SIGTERM: `geosr caption` had no handler, so Python died where it
+    stood and left its work folder (and Ctrl-C printed a traceback)."""
+    import geosr.engine
+    from geosr.errors import StopRequested
+
+    def stopped(*args, **kwargs):
+        raise StopRequested("SIGTERM")
+
+    monkeypatch.setattr(geosr.engine, "caption_jobs", stopped)
+    out = tmp_path / "c.geojson"
+    res = CliRunner().invoke(cli, ["caption", str(data_dir / "neon_harv_plot.tif"), "--out", str(out), "-q"])
+    assert res.exit_code == 8 and [line for line in res.stderr.splitlines() if line.strip()] == [
+        "Error: stopped before any work was kept"], res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_caption_runs_on_local_worker_processes(tmp_path, data_dir):
+    out = tmp_path / "c.geojson"
+    res = CliRunner().invoke(cli, ["caption", str(data_dir / "neon_harv_plot.tif"), "--out", str(out), "--tile", "128",
+                                   "--local-workers", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(out.read_text())["features"]) == 16
+
+
 @pytest.mark.parametrize("every,distinct_max", [("scene", 1), ("window:2", 16)])
 def test_caption_every_shares_captions(tmp_path, data_dir, every, distinct_max):
     cfg = RunConfig(captioner="degradation", caption_every=every, tiles=TileSpec(64, 8), progress=False)

@@ -188,3 +188,14 @@ def test_caption_algorithm_with_an_aoi_writes_and_labels_the_captions(tmp_path, 
     assert done["result"] == {"OUTPUT": str(out)} and done["labels"] == "caption"
     assert done["features"] == len(expected["features"]) < 20  # the AOI's tiles only
     assert done["captions"] == sorted({f["properties"]["caption"] for f in expected["features"]})
+
+
+@pyqgis
+def test_caption_algorithm_reads_the_red_green_blue_bands_it_is_given(tmp_path, data_dir):
+    """The caption algorithm had no RGB bands parameter: a B2,B3,B4 stack was read as R, G, B."""
+    import geosr
+
+    out = tmp_path / "captions.geojson"
+    done = _drive("caption", data_dir / "RGB.byte.tif", out, "TILE=96", "RGB_BANDS=3,2,1")
+    expected = geosr.caption(str(data_dir / "RGB.byte.tif"), tile=96, rgb_bands=(3, 2, 1))
+    assert done["captions"] == sorted({f["properties"]["caption"] for f in expected["features"]})

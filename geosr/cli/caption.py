@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
-from geosr.cli.options import fail_cleanly, parse_bands, setup_logging, tile_options, verbosity
+from geosr.cli.options import (OneLineErrors, exit_codes_help, fail_cleanly, parse_bands, setup_logging,
+                               stop_on_signals, tile_options, verbosity)
 from geosr.config import DEFAULT_CAPTIONER
 
 
-@click.command(context_settings={"max_content_width": 100})
+@click.command(cls=OneLineErrors, context_settings={"max_content_width": 100},
+               epilog="\b\nExit status:\n" + exit_codes_help())
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", "output", required=True, type=click.Path(dir_okay=False), help="GeoJSON to write (tile footprints + captions).")
 @click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="auto (degradation, and the shipped VLM for tiles read as JPEG-compressed), degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")
@@ -21,8 +23,10 @@ from geosr.config import DEFAULT_CAPTIONER
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s) selecting tiles.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @click.option("--address", help="dask.distributed scheduler address.")
+@click.option("--local-workers", type=click.IntRange(min=1), help="Run on a local dask.distributed cluster of N processes.")
 @verbosity
-def caption(inputs, output, captioner, caption_every, tile, overlap, bands, rgb_bands, aoi, overwrite, address, verbose, quiet):
+def caption(inputs, output, captioner, caption_every, tile, overlap, bands, rgb_bands, aoi, overwrite, address,
+            local_workers, verbose, quiet):
     """Caption the tiles of INPUT as `geosr upscale` would, into a GeoJSON of tile
     footprints (scene CRS) with their captions.
 
@@ -35,10 +39,16 @@ def caption(inputs, output, captioner, caption_every, tile, overlap, bands, rgb_
     import geosr
 
     setup_logging(verbose, quiet)
-    fc = fail_cleanly(lambda: geosr.caption(
-        list(inputs), output, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
-        bands=bands, rgb_bands=rgb_bands, aoi=aoi, overwrite=overwrite, address=address,
-    ))
+
+    def run():
+        with stop_on_signals():  # SIGTERM (QGIS's Cancel) and Ctrl-C end in one line, the work folder removed
+            return geosr.caption(
+                list(inputs), output, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
+                bands=bands, rgb_bands=rgb_bands, aoi=aoi, overwrite=overwrite, address=address,
+                local_workers=local_workers,
+            )
+
+    fc = fail_cleanly(run, catch_all=True, verbose=verbose)
     if not quiet:
         texts = [f["properties"]["caption"] for f in fc["features"]]
         click.echo(f"wrote {len(texts)} captions to {output}", err=True)

@@ -93,7 +93,8 @@ def format_uncertainty(result: dict) -> str:
 @click.option("--steps", type=click.IntRange(min=1), help="Diffusion steps (default: the model's).")
 @click.option("--guidance", type=float, help="Guidance scale (default: the model's).")
 @click.option("--detail", type=float,
-              help="Detail dial of the model (models with a detail branch; default: the model's).")
+              help="Detail dial of the model, 0..1 (models with a detail branch; default 0, the fidelity output, "
+                   "as for geosr upscale).")
 @click.option("--lr-consistency", type=click.Choice(["off", "clean", "always"]),
               help="Project the model's outputs onto their LR (diffusion models; as for geosr upscale; default off).")
 @click.option("--uncertainty", is_flag=True,

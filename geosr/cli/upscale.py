@@ -69,7 +69,8 @@ from geosr.writer import check_file_name
 @click.option("--detail", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="D",
               help="Detail level in [0, 1] (diffusion models with a detail head, as the shipped ones): 0 is the "
                    "fidelity output, 1 the most detail the model has learnt - drawn, not measured: plausible texture "
-                   "the input cannot confirm. Reproducible (per-tile seeds); band means stay the input's.")
+                   "the input cannot confirm. Reproducible (per-tile seeds); band means stay the input's. Tiles "
+                   "routed to the cheap path (--route auto: flat, clean ones) get none; --route off for every tile.")
 @click.option("--uncertainty", type=click.Path(dir_okay=False), metavar="FILE.tif",
               help="Also write the output's predicted error there: a float32 COG on the output grid, each pixel "
                    "the predicted RMS error in output DN over the model's bands, NaN where the output is nodata "

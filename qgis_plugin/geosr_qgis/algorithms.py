@@ -6,6 +6,7 @@ default renderer), the captions sidecar as a vector layer labelled with the capt
 """
 
 import os
+import shlex
 
 from qgis.core import (
     QgsFillSymbol,
@@ -84,8 +85,8 @@ def _captions_path(output):
 class _GeosrAlgorithm(QgsProcessingAlgorithm):
     """Parameters and running shared by both algorithms."""
 
-    INPUT, CAPTIONER, CAPTION_EVERY, TILE, OVERLAP, BANDS, AOI = (
-        "INPUT", "CAPTIONER", "CAPTION_EVERY", "TILE", "OVERLAP", "BANDS", "AOI")
+    INPUT, CAPTIONER, CAPTION_EVERY, TILE, OVERLAP, BANDS, RGB_BANDS, AOI = (
+        "INPUT", "CAPTIONER", "CAPTION_EVERY", "TILE", "OVERLAP", "BANDS", "RGB_BANDS", "AOI")
 
     def group(self):
         return ""
@@ -112,6 +113,10 @@ class _GeosrAlgorithm(QgsProcessingAlgorithm):
             minValue=0))
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, "Bands (e.g. 1,2,3; empty: all but alpha)", optional=True))
+        # the captioner reads R, G, B: a B2,B3,B4 stack's are 3,2,1 (both algorithms)
+        self._advanced(QgsProcessingParameterString(
+            self.RGB_BANDS, "Red, green, blue bands (e.g. 3,2,1; empty: read from the raster's band names)",
+            optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.AOI, "Area of interest (polygons; only tiles touching them)", [QgsProcessing.TypeVectorPolygon],
             optional=True))
@@ -136,6 +141,9 @@ class _GeosrAlgorithm(QgsProcessingAlgorithm):
         bands = self.parameterAsString(parameters, self.BANDS, context).strip()
         if bands:
             args += ["--bands", bands]
+        rgb_bands = self.parameterAsString(parameters, self.RGB_BANDS, context).strip()
+        if rgb_bands:
+            args += ["--rgb-bands", rgb_bands]
         if parameters.get(self.AOI):
             # geosr reads GeoJSON: QGIS converts any other polygon source (and selections) to it
             aoi = self.parameterAsCompatibleSourceLayerPath(parameters, self.AOI, context, ["geojson"], "geojson",
@@ -159,7 +167,7 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
     SCALE, MODEL, ROUTE, RESUME, DEVICE, EXTRA, OUTPUT, ROUTE_MAP, CAPTIONS = (
         "SCALE", "MODEL", "ROUTE", "RESUME", "DEVICE", "EXTRA", "OUTPUT", "ROUTE_MAP", "CAPTIONS")
     DETAIL, UNCERTAINTY, LR_CONSISTENCY = "DETAIL", "UNCERTAINTY", "LR_CONSISTENCY"
-    BANDS_TO_MODEL, RGB_BANDS = "BANDS_TO_MODEL", "RGB_BANDS"
+    BANDS_TO_MODEL = "BANDS_TO_MODEL"
 
     def name(self):
         return "upscale"
@@ -186,9 +194,6 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             self.BANDS_TO_MODEL, "Bands through the model (all; rgb: R, G, B only, the rest bicubic; or e.g. 4,5,6)",
             defaultValue="all"))
-        self._advanced(QgsProcessingParameterString(
-            self.RGB_BANDS, "Red, green, blue bands (e.g. 3,2,1; empty: read from the raster's band names)",
-            optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.DETAIL, "Detail level (0: fidelity; 1: the most detail the model has learnt, drawn, not measured)",
             QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
@@ -221,9 +226,6 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
             args += ["--model", model]
         args += self._tiling_args(parameters, context, feedback)
         args += ["--bands-to-model", self.parameterAsString(parameters, self.BANDS_TO_MODEL, context).strip() or "all"]
-        rgb_bands = self.parameterAsString(parameters, self.RGB_BANDS, context).strip()
-        if rgb_bands:
-            args += ["--rgb-bands", rgb_bands]
         if self.parameterAsBool(parameters, self.RESUME, context):
             args.append("--resume")
         device = self.parameterAsString(parameters, self.DEVICE, context).strip()
@@ -242,7 +244,8 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
                        if parameters.get(self.UNCERTAINTY) else None)
         if uncertainty:
             args += ["--uncertainty", uncertainty]
-        args += self.parameterAsString(parameters, self.EXTRA, context).split()
+        # as a shell splits them: --captioner "fixed:no blur; no noise" is one value
+        args += shlex.split(self.parameterAsString(parameters, self.EXTRA, context))
         self._run(args, feedback)
         captions = _captions_path(output)
         _load_captions(captions, "Tile captions", context, self.CAPTIONS)
