@@ -352,6 +352,8 @@ def _scheduler_timeout(seconds: float | None) -> Iterator[None]:
     if seconds is None:
         yield
         return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise InputError(f"connect_timeout must be a number of seconds > 0, got {seconds!r}")
     import dask
 
     with dask.config.set({"geosr.connect-timeout": float(seconds)}):

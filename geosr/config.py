@@ -157,6 +157,12 @@ class RunConfig:
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
         parse_caption_every(self.caption_every)
+        # each tile's seed is formatted from it: 1.0 would be another seed than 1 (other pixels)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise InputError(f"--seed must be a whole number, got {self.seed!r}")
+        # keys as geosr.models.model_card reads them (the CLI's --model-meta lowercases them too):
+        # {"Scale": 4} was dropped unseen
+        object.__setattr__(self, "model_metadata", {str(k).lower(): v for k, v in self.model_metadata.items()})
         object.__setattr__(self, "bands_to_model", parse_bands_to_model(self.bands_to_model))
         if self.rgb_bands is not None:
             object.__setattr__(self, "rgb_bands", parse_rgb_bands(self.rgb_bands))

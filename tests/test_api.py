@@ -139,9 +139,13 @@ def test_performance_report_without_bokeh_is_refused_up_front(scene, tmp_path, m
         (lambda src: geosr.upscale(src.parent / "missing.tif", scale=2, model="bicubic"), InputError),
         (lambda src: geosr.upscale(xr.DataArray(np.zeros((2, 3, 4, 5)), dims=("t", "band", "y", "x")), scale=2), InputError),
         (lambda src: geosr.caption(src, caption_every="sometimes"), InputError),
+        # 1.0 seeded other tiles than 1; a negative timeout was a ValueError deep in the socket code
+        (lambda src: geosr.upscale(src, scale=2, model="bicubic", seed=1.0), InputError),
+        (lambda src: geosr.upscale_to_file(src, src.parent / "o.tif", scale=2, model="bicubic", connect_timeout=-1),
+         InputError),
     ],
     ids=["scale", "scale-str", "bands-str", "band-missing", "tile", "model", "source-type",
-         "missing-file", "dataarray-dims", "caption-every"],
+         "missing-file", "dataarray-dims", "caption-every", "seed-float", "connect-timeout"],
 )
 def test_bad_arguments_raise_geosr_errors(scene, call, error):
     with pytest.raises(error) as info:

@@ -332,6 +332,11 @@ def test_model_meta_on_the_command_line(tmp_path):
     res = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2", "--model",
                                    str(tmp_path / "net.pt"), "--model-meta", "scale=4", "--captioner", "none", "-q"])
     assert res.exit_code == 3 and "upscales x4" in res.stderr and not (tmp_path / "out.tif").exists(), res.stderr
+    # the API reads keys as the command line does: {"Scale": 4} was dropped unseen
+    with pytest.raises(InputError, match="upscales x4"):
+        geosr.upscale_to_file(src, tmp_path / "out.tif", scale=2, model=str(tmp_path / "net.pt"),
+                              model_metadata={"Scale": 4}, captioner="none")
+    assert not (tmp_path / "out.tif").exists()
     bad = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--model-meta", "scale"])
     assert bad.exit_code == 2 and "NAME=VALUE" in bad.output + bad.stderr
 
