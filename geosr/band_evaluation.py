@@ -40,7 +40,7 @@ from geosr.api import upscale_to_file
 from geosr.degradations import degrade
 from geosr.errors import InputError
 from geosr.evaluation import largest_valid_rectangle
-from geosr.reading import fill_invalid
+from geosr.reading import dataset_valid, fill_invalid
 
 __all__ = ["evaluate_bands", "write_degraded_bands", "edge_offset", "normalised_difference"]
 
@@ -59,7 +59,7 @@ def write_degraded_bands(hr_path: str | os.PathLike, lr_path: str | os.PathLike,
     """
     with rasterio.open(hr_path) as ds:
         data = ds.read().astype(np.float64)
-        valid = ds.dataset_mask() > 0
+        valid = dataset_valid(ds)
         profile, meta = ds.profile, _band_metadata(ds)
     h, w = (n // scale * scale for n in data.shape[1:])
     if min(h, w) < 16 * scale:
@@ -149,7 +149,7 @@ def edge_offset(band: np.ndarray, reference: np.ndarray, max_shift: int = MAX_ED
 
 def _read(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     with rasterio.open(path) as ds:
-        return ds.read().astype(np.float64), ds.dataset_mask() > 0, _band_metadata(ds)
+        return ds.read().astype(np.float64), dataset_valid(ds), _band_metadata(ds)
 
 
 def _psnr(out: np.ndarray, hr: np.ndarray, keep: np.ndarray, peak: float) -> float:

@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 from geosr.captioning import load_captioner
 from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
+from geosr.reading import dataset_valid
 from geosr.errors import InputError
 from geosr.models import CLASSICAL, default_model, load_upscaler, own_model_kind
 from geosr.routing import MODEL, cheap_path, route_tiles, routing_threshold
@@ -330,7 +331,7 @@ def read_hr_image(path: Path, scale: int, crop: int | None) -> np.ndarray:
             if ds.count < 3 or ds.dtypes[0] != "uint8":
                 raise InputError(f"need an RGB uint8 image, got {ds.count} band(s) of {ds.dtypes[0]}")
             rgb = ds.read([1, 2, 3]).transpose(1, 2, 0)
-            valid = ds.dataset_mask() > 0
+            valid = dataset_valid(ds)
     if 1.0 - valid.mean() > MAX_FLAGGED_FRACTION:
         r0, r1, c0, c1 = largest_valid_rectangle(valid)
         rgb = rgb[r0:r1, c0:c1]

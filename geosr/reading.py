@@ -12,6 +12,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+from rasterio.enums import MaskFlags
 from rasterio.errors import NodataShadowWarning
 from rasterio.io import DatasetReader
 
@@ -19,7 +20,21 @@ from geosr.errors import read_errors_named
 from geosr.radiometry import Stretch
 from geosr.tiling import Tile
 
-__all__ = ["read_tile", "read_valid", "read_band_nodata", "fill_invalid", "pad_reflect"]
+__all__ = ["dataset_valid", "read_tile", "read_valid", "read_band_nodata", "fill_invalid", "pad_reflect"]
+
+
+def dataset_valid(ds: DatasetReader, window=None) -> np.ndarray:
+    """Where ``ds`` has data in ``window`` (all of it when None), as GDAL's masks say: a
+    per-dataset mask or alpha band where there is one, else a pixel any band of which is valid.
+
+    Not rasterio's ``dataset_mask``: on a 4-band raster whose first band is red it returns
+    band 4's mask alone, taking band 4 for alpha - on an RGBN scene with nodata 0 it masked
+    every pixel whose NIR was 0 (water), red, green and blue with it.
+    """
+    if MaskFlags.per_dataset in ds.mask_flag_enums[0]:  # an internal or .msk mask, or alpha
+        return ds.read_masks(1, window=window) > 0
+    masks = [ds.read_masks(b, window=window) > 0 for b in range(1, ds.count + 1)]
+    return np.logical_or.reduce(masks)
 
 
 def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
@@ -32,7 +47,7 @@ def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
         # nodata + alpha: GDAL (and geosr) use the nodata value; the user was told by GDAL
         # tools long before, and the warning would repeat for every tile.
         warnings.simplefilter("ignore", NodataShadowWarning)
-        valid = ds.dataset_mask(window=window) > 0
+        valid = dataset_valid(ds, window)
         if np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
             data = ds.read(window=window)
             if ds.nodata is not None and np.isnan(ds.nodata):

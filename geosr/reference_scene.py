@@ -19,6 +19,7 @@ from affine import Affine
 from scipy import ndimage
 
 from geosr.errors import InputError
+from geosr.reading import dataset_valid
 
 __all__ = ["write_degraded", "score_output"]
 
@@ -29,7 +30,7 @@ def _read_rgb(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
         if ds.count < 3 or ds.dtypes[0] != "uint8":
             raise InputError(f"{path}: a reference scene must be RGB uint8, got {ds.count} band(s) of {ds.dtypes[0]}")
         rgb = ds.read([1, 2, 3]).transpose(1, 2, 0).astype(np.float32) / 255.0
-        return rgb, ds.dataset_mask() > 0, ds.profile
+        return rgb, dataset_valid(ds), ds.profile
 
 
 def write_degraded(hr_path: str | os.PathLike, lr_path: str | os.PathLike, scale: int, protocol: str,

@@ -346,3 +346,24 @@ def test_band_numbers_in_a_numbering_nothing_confirms_are_warned(tmp_path):
     (tmp_path / "s2").mkdir()
     tagged = scene_with(tmp_path / "s2", count=4, descriptions=["B1", "B2", "B3", "B4"], tags={"SPACECRAFT_NAME": "Sentinel-2A"})
     assert plan_bands(tagged, None, 3).rgb.source == "band descriptions"  # no warning: the tag says
+
+
+def test_an_rgbn_pixel_whose_nir_alone_is_nodata_keeps_its_colours(tmp_path):
+    """rasterio's dataset_mask takes band 4 of a red-first 4-band raster for alpha: an RGBN scene
+    with nodata 0 lost red, green and blue wherever NIR was 0 (water), whole tiles skipped."""
+    data = (texture(4, 48, 48, seed=3) * 200 + 20).astype(np.uint8)
+    data[3, :, :24] = 0  # NIR at the nodata value over half the scene, the colours data
+    data[:, 40:, 40:] = 0  # every band at it: no data
+    colours = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
+    src = write_raster(tmp_path / "rgbn.tif", data, nodata=0, colorinterp=colours, photometric="minisblack")
+    with rasterio.open(src) as ds:  # the case: band 4 not alpha, and rasterio's mask is band 4's
+        assert ds.colorinterp[3] != ColorInterp.alpha and not (ds.dataset_mask()[:, :24] > 0).any()
+    geosr.upscale_to_file(src, tmp_path / "out.tif", scale=2, model="nearest", tile=32, overlap=8, captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr = out.read()
+        valid = np.any(out.read_masks() > 0, axis=0)
+    lr_valid = np.ones((48, 48), bool)
+    lr_valid[40:, 40:] = False
+    np.testing.assert_array_equal(valid, np.kron(lr_valid, np.ones((2, 2), bool)))
+    np.testing.assert_array_equal(hr[:3, :48, :48], np.kron(data[:3, :24, :24], np.ones((2, 2), np.uint8)))
+    assert (hr[3][np.kron(data[3] == 0, np.ones((2, 2), bool))] == 0).all()  # NIR's own nodata kept

@@ -32,6 +32,7 @@ import torch
 from geosr.captioning import attributed_captions, split_speaker
 from geosr.captioning.vocabulary import parse_caption
 from geosr.errors import InputError
+from geosr.reading import dataset_valid
 
 if TYPE_CHECKING:
     from geosr.captioning import Captioner
@@ -61,7 +62,7 @@ def _read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if ds.count < 3 or ds.dtypes[0] != "uint8":
             raise InputError(f"{path}: need an RGB uint8 image, got {ds.count} x {ds.dtypes[0]}")
         rgb = ds.read([1, 2, 3]).transpose(1, 2, 0)
-        valid = ds.dataset_mask() > 0
+        valid = dataset_valid(ds)
     return rgb, valid
 
 
