@@ -96,6 +96,10 @@ class Scene:
         ``(list of GroundControlPoint, CRS)`` when the raster is GCP-referenced, else ``()``.
     rpcs : rasterio.rpc.RPC or None
     nodata : float or None
+        Band 1's nodata value.
+    band_nodata : tuple of float or None
+        Per band, its own nodata value (GDAL's are per band; rasterio reads a value the band's
+        dtype cannot hold, which GDAL's masks ignore, as None).
     alpha_band : int or None
         1-based index of an alpha band, which is a mask, not data.
     has_internal_mask : bool
@@ -129,6 +133,7 @@ class Scene:
     gcps: tuple = ()
     rpcs: object | None = None
     nodata: float | None = None
+    band_nodata: tuple[float | None, ...] = ()
     alpha_band: int | None = None
     has_internal_mask: bool = False
     colorinterp: tuple[ColorInterp, ...] = ()
@@ -409,6 +414,7 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             gcps=(tuple(gcps), gcp_crs) if gcps else (),
             rpcs=rpcs,
             nodata=ds.nodata,
+            band_nodata=tuple(ds.nodatavals),
             alpha_band=alpha,
             has_internal_mask=internal_mask,
             colorinterp=tuple(ds.colorinterp),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -240,6 +241,23 @@ class ScenePlan:
         return fit_stretch(self.scene.source, self.bands.bands, self.scene.dtype)
 
 
+def check_one_nodata(scene: Scene, bands: Sequence[int]) -> None:
+    """Refuse bands to be written that hold different nodata values (a ``gdalbuildvrt -separate``
+    stack of imagery, nodata 0, and a DEM, -32768): the output has one, band 1's - a DEM's 0 m
+    would become no-data and its -32768 pixels values.
+
+    Raises
+    ------
+    InputError
+        Naming each band's value and how to go on.
+    """
+    values = {b: scene.band_nodata[b - 1] for b in bands if b - 1 < len(scene.band_nodata)}
+    if len({"nan" if v is not None and math.isnan(v) else v for v in values.values()}) > 1:
+        said = ", ".join(f"band {b}: {v}" for b, v in values.items())
+        raise InputError(f"the bands hold different nodata values ({said}) and the output has one: give them one "
+                         "(gdal_translate -a_nodata) or upscale them apart (--bands)")
+
+
 def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None,
                step: int = 1) -> ScenePlan:
     """Plan ``files`` (one raster, or a same-grid mosaic) for ``config``.
@@ -261,6 +279,7 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     """
     scene = open_scene(files, workdir=workdir)
     bands = plan_bands(scene, config.bands, channels, bands_to_model=config.bands_to_model, rgb_bands=config.rgb_bands)
+    check_one_nodata(scene, bands.bands)
     grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap, step)
     aoi = load_aoi(config.aoi, scene) if config.aoi else None
     return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi)), scene_key(scene))

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from click.testing import CliRunner
 from rasterio.enums import MaskFlags
@@ -313,3 +314,23 @@ def test_rpcs_are_scaled_consistently_with_gdal():
             np.testing.assert_allclose(
                 hr.xy(row * s, col * s, zs=100, offset="ul"), lr.xy(row, col, zs=100, offset="ul"), atol=1e-9
             )
+
+
+def test_bands_with_different_nodata_values_are_refused(tmp_path):
+    """A gdalbuildvrt -separate stack of imagery (nodata 0) and a DEM (nodata -32768): the
+    output has one nodata, which would turn the other's values into holes and holes into values."""
+    data = (texture(2, 32, 32, seed=4) * 200 + 20).astype("int16")
+    src = write_raster(tmp_path / "stack.tif", data)
+    vrt = tmp_path / "stack.vrt"
+    rasterio.shutil.copy(src, vrt, driver="VRT")
+    text = vrt.read_text()
+    for band, value in ((1, 0), (2, -32768)):
+        text = text.replace(f'<VRTRasterBand dataType="Int16" band="{band}">',
+                            f'<VRTRasterBand dataType="Int16" band="{band}">\n    <NoDataValue>{value}</NoDataValue>', 1)
+    vrt.write_text(text)
+    with rasterio.open(vrt) as ds:
+        assert ds.nodatavals == (0.0, -32768.0)
+    with pytest.raises(InputError, match=r"different nodata values \(band 1: 0.0, band 2: -32768.0\)"):
+        upscale_scene([vrt], tmp_path / "out.tif", cfg())
+    assert not (tmp_path / "out.tif").exists()
+    upscale_scene([vrt], tmp_path / "one.tif", cfg(bands=[2]))  # one band at a time: fine
