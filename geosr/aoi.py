@@ -37,7 +37,8 @@ def load_aoi(path: str | Path, scene) -> BaseGeometry:
     Raises
     ------
     InputError
-        Unreadable file, no polygon, a scene without CRS, or an AOI that misses the scene.
+        Unreadable file, no polygon, a scene without CRS or placed by ground control points, or
+        an AOI that misses the scene.
     """
     path = Path(path)
     try:
@@ -46,6 +47,9 @@ def load_aoi(path: str | Path, scene) -> BaseGeometry:
         raise InputError(f"--aoi: cannot read {path} as GeoJSON: {exc}") from exc
     if not scene.crs:
         raise InputError("--aoi needs a georeferenced input (the input has no CRS)")
+    if scene.gcps:  # its transform is the identity: the AOI would be matched against pixel numbers
+        raise InputError("--aoi needs an input with a geotransform; this one is placed by ground control points "
+                         "(warp it first: gdalwarp -t_srs EPSG:xxxx in.tif warped.tif)")
     try:
         geom, src_crs = _polygons(doc)
     except InputError as exc:

@@ -294,6 +294,14 @@ def test_gcps_are_scaled(tmp_path):
         got, crs = out.gcps
         assert crs.to_epsg() == 32618
         assert [(g.row, g.col, g.x, g.y) for g in got] == [(g.row * 2, g.col * 2, g.x, g.y) for g in gcps]
+    # an AOI cannot be placed on it (its transform is the identity: pixel numbers, not metres)
+    aoi = {"type": "Polygon", "coordinates": [[[500010, 4099990], [500030, 4099990], [500030, 4099970],
+                                               [500010, 4099970], [500010, 4099990]]]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": aoi,
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32618"}}}))
+    with pytest.raises(InputError, match="placed by ground control points"):
+        upscale_scene([path], tmp_path / "aoi.tif", cfg(aoi=str(tmp_path / "aoi.geojson")))
+    assert not (tmp_path / "aoi.tif").exists()
 
 
 def test_rpcs_are_scaled_consistently_with_gdal():
