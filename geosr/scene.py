@@ -372,6 +372,10 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
                 f"{paths[0]} has {ds.dtypes[0]} pixels: geosr reads real-valued bands "
                 f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. to its amplitude as float32"
             )
+        if len(set(ds.dtypes)) > 1:  # a gdalbuildvrt -separate stack of uint8 imagery and a float DEM
+            said = ", ".join(f"band {b}: {t}" for b, t in enumerate(ds.dtypes, start=1))
+            raise InputError(f"{paths[0]}'s bands are of different types ({said}); geosr reads one: convert them "
+                             "to one (gdal_translate -ot Float32) or upscale them apart")
         gcps, gcp_crs = ds.gcps
         rpcs = ds.rpcs
         transform = ds.transform

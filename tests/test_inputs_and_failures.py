@@ -342,3 +342,23 @@ def test_bands_with_different_nodata_values_are_refused(tmp_path):
         upscale_scene([vrt], tmp_path / "out.tif", cfg())
     assert not (tmp_path / "out.tif").exists()
     upscale_scene([vrt], tmp_path / "one.tif", cfg(bands=[2]))  # one band at a time: fine
+
+
+def test_bands_of_different_types_are_refused(tmp_path):
+    """uint8 imagery and a float32 band in one VRT: rasterio failed on its first multi-band read
+    ("more than one 'dtype' found"), an unexpected error; with --model nearest floats were
+    truncated into uint8."""
+    a = write_raster(tmp_path / "a.tif", (texture(1, 24, 24) * 200).astype("uint8"))
+    b = write_raster(tmp_path / "b.tif", texture(1, 24, 24, seed=1).astype("float32"))
+    vrt = tmp_path / "stack.vrt"
+    rasterio.shutil.copy(a, vrt, driver="VRT")
+    text = vrt.read_text()
+    second = text[text.index("  <VRTRasterBand"):text.index("</VRTRasterBand>") + len("</VRTRasterBand>")]
+    second = (second.replace('band="1"', 'band="2"').replace('dataType="Byte"', 'dataType="Float32"')
+              .replace("a.tif", "b.tif"))
+    vrt.write_text(text.replace("</VRTDataset>", second + "\n</VRTDataset>"))
+    with rasterio.open(vrt) as ds:
+        assert ds.dtypes == ("uint8", "float32")
+    with pytest.raises(InputError, match=r"bands are of different types \(band 1: uint8, band 2: float32\)"):
+        upscale_scene([vrt], tmp_path / "out.tif", cfg(model="nearest"))
+    assert not (tmp_path / "out.tif").exists()
