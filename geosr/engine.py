@@ -52,7 +52,7 @@ from geosr.output_meta import (CAPTIONS_SUFFIX, band_meta, captions_geojson, cog
                                output_tags, overview_resampling)
 from geosr.radiometry import Stretch
 from geosr.reading import read_band_nodata, read_valid
-from geosr.resumable import open_journal, run_identity, settle_stopped_run, verify_finished_cells
+from geosr.resumable import files_read, open_journal, run_identity, settle_stopped_run, verify_finished_cells
 from geosr.route_map import check_route_map_target, write_route_map
 from geosr.routing import MODEL, TileRoute
 from geosr.s3_output import is_s3_output, s3_target
@@ -160,18 +160,20 @@ def upscale_scene(
     """
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
+    # what the run reads, a VRT's sources too: none may be what it writes
+    read = files_read(files, remote_side_files=False)
     if uncertainty is not None and not config.uncertainty:
         config = replace(config, uncertainty=True)
     elif uncertainty is None and config.uncertainty:
         raise InputError("uncertainty needs the file to write the map to (--uncertainty FILE.tif)")
     if is_s3_output(output):  # a local stand-in, uploaded at the commit
-        target = s3_target(output, config.split, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
+        target = s3_target(output, config.split, overwrite=config.overwrite, inputs=read, sidecars=(CAPTIONS_SUFFIX,))
     elif config.split is not None:
-        target = TiledTarget(output, overwrite=config.overwrite, inputs=files)
+        target = TiledTarget(output, overwrite=config.overwrite, inputs=read)
     elif is_zarr_output(output):
-        target = ZarrTarget(output, overwrite=config.overwrite, inputs=files)
+        target = ZarrTarget(output, overwrite=config.overwrite, inputs=read)
     else:
-        target = OutputTarget(output, overwrite=config.overwrite, inputs=files, sidecars=(CAPTIONS_SUFFIX,))
+        target = OutputTarget(output, overwrite=config.overwrite, inputs=read, sidecars=(CAPTIONS_SUFFIX,))
         if os.path.splitext(str(output))[1].lower() not in (".tif", ".tiff"):
             warnings.warn(f"{output} is written as a GeoTIFF (COG), whatever its name says; name it .tif "
                           "(or .zarr for a Zarr store)", OutputNameWarning, stacklevel=2)

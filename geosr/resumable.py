@@ -124,14 +124,14 @@ def _without_mtime(entry: str) -> str | None:
     return size + ", " + rest.partition(", ")[2]
 
 
-def files_read(inputs: Sequence[str]) -> list[str]:
+def files_read(inputs: Sequence[str], remote_side_files: bool = True) -> list[str]:
     """Every file the inputs make GDAL read: the inputs and, for VRTs, their sources, recursively,
     each local one followed by its side files (:func:`geosr.gdal_side_files.side_files`).
 
     A VRT's own file list names its direct sources only (a VRT of VRTs lists the inner VRT,
     not the files under it), so VRTs among the sources are opened in turn. Objects in S3 or
     behind a URL (:mod:`geosr.remote`) are kept as named, followed by the objects GDAL lists
-    beside them. A Sentinel-2 subdataset name stands
+    beside them (unless not ``remote_side_files``: one request each). A Sentinel-2 subdataset name stands
     for the files GDAL reads for it: the product's metadata files and band images.
     """
     def named(f: str) -> str:
@@ -148,7 +148,7 @@ def files_read(inputs: Sequence[str]) -> list[str]:
         seen[path] = None
         if not is_remote(path):
             seen.update(dict.fromkeys(side_files(path)))
-        elif not path.lower().endswith(".vrt"):
+        elif remote_side_files and not path.lower().endswith(".vrt"):
             seen.update(dict.fromkeys(_remote_side_files(path)))
         if path.lower().endswith(".vrt") and (is_remote(path) or os.path.isfile(path)):
             with rasterio.open(path) as ds:

@@ -15,7 +15,7 @@ import geosr.tasks as tasks
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
-from geosr.errors import GridMismatchError, InputError, OutputExistsError
+from geosr.errors import GridMismatchError, InputError, OutputError, OutputExistsError
 from geosr.scene import NotGeoreferencedInputWarning
 from tests.rasters import NORTH_UP, texture, uint8_scene, write_raster
 
@@ -362,3 +362,13 @@ def test_bands_of_different_types_are_refused(tmp_path):
     with pytest.raises(InputError, match=r"bands are of different types \(band 1: uint8, band 2: float32\)"):
         upscale_scene([vrt], tmp_path / "out.tif", cfg(model="nearest"))
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_an_output_that_is_a_source_of_an_input_vrt_is_refused(tmp_path):
+    """stack.vrt over a.tif, written to a.tif with --overwrite: the input was destroyed unseen."""
+    a = uint8_scene(tmp_path / "a.tif", 24, 24)
+    rasterio.shutil.copy(a, tmp_path / "stack.vrt", driver="VRT")
+    before = a.read_bytes()
+    with pytest.raises(OutputError, match="is also an input"):
+        upscale_scene([tmp_path / "stack.vrt"], a, cfg(overwrite=True))
+    assert a.read_bytes() == before
