@@ -349,7 +349,7 @@ def test_bands_of_different_types_are_refused(tmp_path):
     ("more than one 'dtype' found"), an unexpected error; with --model nearest floats were
     truncated into uint8."""
     a = write_raster(tmp_path / "a.tif", (texture(1, 24, 24) * 200).astype("uint8"))
-    b = write_raster(tmp_path / "b.tif", texture(1, 24, 24, seed=1).astype("float32"))
+    write_raster(tmp_path / "b.tif", texture(1, 24, 24, seed=1).astype("float32"))
     vrt = tmp_path / "stack.vrt"
     rasterio.shutil.copy(a, vrt, driver="VRT")
     text = vrt.read_text()
