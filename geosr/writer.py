@@ -51,6 +51,17 @@ DEFAULT_COG_OPTIONS: dict[str, str] = {
 # the tiles in flight, not by the output size (GDAL's default is 5 % of RAM).
 WRITER_GDAL_ENV: dict = {"GDAL_CACHEMAX": 64, "GDAL_PAM_ENABLED": "NO"}
 
+#: The most a COG copy's swath (a row of output blocks, see :func:`translate_to_cog`) holds.
+MAX_SWATH_BYTES = 512 << 20
+
+
+def swath_bytes(block: int, width: int, pixel_bytes: int) -> int:
+    """GDAL's copy swath for a COG ``width`` px wide: one row of ``block`` px blocks, so GDAL
+    writes whole blocks (its default 10 MB made the copy 6x slower); memory grows with the
+    width, not the area - up to :data:`MAX_SWATH_BYTES` (200 float32 bands 20 000 px wide were
+    an 8 GB row: a kill, not a slower copy)."""
+    return min(max(10 << 20, block * width * pixel_bytes), MAX_SWATH_BYTES)
+
 
 def sidecar_path(output: Path, suffix: str) -> Path:
     """``out.tif`` -> ``out<suffix>`` (e.g. ``out.captions.geojson``)."""
@@ -605,10 +616,7 @@ def _default_cog(gdal: GdalPass, vrt: Path, tiled: Path, dst: Path, width: int, 
     while -(-width // factor) > block or -(-height // factor) > block:
         factor *= 2
         levels.append(factor)
-    # A swath of one row of blocks: GDAL then writes whole blocks (its default 10 MB swath
-    # made this copy 6x slower); memory grows with the output's width, not its area.
-    swath = max(10 << 20, block * width * pixel_bytes)
-    with rasterio.Env(GDAL_SWATH_SIZE=str(swath)):
+    with rasterio.Env(GDAL_SWATH_SIZE=str(swath_bytes(block, width, pixel_bytes))):
         gdal.create_copy(vrt, tiled, "GTiff", dict(
             TILED="YES", BLOCKXSIZE=str(block), BLOCKYSIZE=str(block),
             COMPRESS="NONE", INTERLEAVE="PIXEL", BIGTIFF="IF_SAFER",  # its overviews come later

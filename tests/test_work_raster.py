@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rasterio.windows import Window
 
-from geosr.writer import WorkRaster
+from geosr.writer import MAX_SWATH_BYTES, WorkRaster, swath_bytes
 
 
 def raster(tmp_path, write_mask: bool) -> WorkRaster:
@@ -68,3 +68,9 @@ def test_cells_written_together_or_one_by_one_give_the_same_bytes(tmp_path):
     together, apart = ((tmp_path / name / WorkRaster.PIXELS).read_bytes() for name in ("together", "apart"))
     assert together == apart
     assert not (tmp_path / "together" / WorkRaster.MASK).exists()
+
+
+def test_the_cog_copy_swath_is_a_row_of_blocks_up_to_a_cap():
+    assert swath_bytes(512, 8192, 3) == 512 * 8192 * 3  # an RGB 8192 px output: one row of blocks
+    assert swath_bytes(512, 1000, 3) == 10 << 20  # never below GDAL's default
+    assert swath_bytes(512, 20000, 200 * 4) == MAX_SWATH_BYTES  # 200 float32 bands: 8 GB, capped
