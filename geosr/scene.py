@@ -35,6 +35,7 @@ from rasterio.windows import Window
 from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
 from geosr.remote import gdal_path, is_remote
 from geosr.sentinel2 import is_subdataset, resolve_input, write_vrt
+from geosr.writer import check_file_name
 
 __all__ = [
     "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite", "categorical_reason",
@@ -209,6 +210,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     unique = list(dict.fromkeys(f if is_remote(f) or is_subdataset(f) else os.path.abspath(f) for f in files))
     if not unique:
         raise InputError("no input given")
+    for f in unique:  # what a folder or pattern found too, not only the names given
+        check_file_name(f)
     return unique
 
 

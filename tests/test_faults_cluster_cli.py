@@ -342,11 +342,15 @@ def test_a_device_torch_cannot_use_is_refused_up_front(device, words, scene):
 LATIN1 = os.fsdecode(b"sc\xe8ne.tif")  # what Python makes of a Latin-1 file name
 
 
-@pytest.mark.parametrize("which", ["input", "output"])
+@pytest.mark.parametrize("which", ["input", "output", "found in a folder"])
 def test_a_file_name_that_is_not_utf8_is_one_line(which, scene):
     if which == "input":
         os.link(scene / "in.tif", scene / LATIN1)
         args = [scene / LATIN1, scene / "out.tif"]
+    elif which == "found in a folder":  # the CLI checked only the names it was given
+        (scene / "tiles").mkdir()
+        os.link(scene / "in.tif", scene / "tiles" / LATIN1)
+        args = [scene / "tiles", scene / "out.tif"]
     else:
         args = [scene / "in.tif", scene / LATIN1]
     before = names(scene)
