@@ -104,7 +104,7 @@ class CellRenderer:
             return None, None
         with open_raster(self.source) as ds:
             band_nodata = read_band_nodata(ds, window, self.bands, self.nodata) if per_band else None
-            return read_valid(ds, window, True), band_nodata
+            return read_valid(ds, window, True, self.bands), band_nodata
 
     def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
         """The output values of ``window`` (a dask task of the lazy result)."""

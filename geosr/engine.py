@@ -568,7 +568,7 @@ class _CellWriter:
         lr_valid = band_nodata = None
         if self.scene.masked:
             lr_window = coarsen_window(window, self.scale)
-            lr_valid = read_valid(self.src, lr_window, True)
+            lr_valid = read_valid(self.src, lr_window, True, self.bands)
             band_nodata = read_band_nodata(self.src, lr_window, self.bands, self.scene.nodata)
         bands = len(self.stretch.low)
         values, valid = output_pixels(data[:bands], self.stretch, lr_valid, band_nodata, self.scale, self.scene.nodata)

@@ -37,10 +37,12 @@ def dataset_valid(ds: DatasetReader, window=None) -> np.ndarray:
     return np.logical_or.reduce(masks)
 
 
-def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
+def read_valid(ds: DatasetReader, window, masked: bool, bands: Sequence[int] | None = None) -> np.ndarray:
     """Boolean validity of ``window``: the dataset mask (nodata, alpha, internal mask) and,
-    in a float raster, no band NaN or infinite (:attr:`geosr.scene.Scene.non_finite`) - but
-    for a NaN that is the declared nodata, which is a band's own (:func:`read_band_nodata`)."""
+    in a float raster, none of ``bands`` (1-based; None: all) NaN or infinite
+    (:attr:`geosr.scene.Scene.non_finite`) - but for a NaN that is the declared nodata, which
+    is a band's own (:func:`read_band_nodata`). Bands the run does not write do not count: a
+    hyperspectral cube's NaN water-absorption bands masked every pixel of its others."""
     if not masked:
         return np.ones((int(window.height), int(window.width)), bool)
     with warnings.catch_warnings(), read_errors_named(ds.name, window, "mask"):
@@ -49,7 +51,7 @@ def read_valid(ds: DatasetReader, window, masked: bool) -> np.ndarray:
         warnings.simplefilter("ignore", NodataShadowWarning)
         valid = dataset_valid(ds, window)
         if np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
-            data = ds.read(window=window)
+            data = ds.read(list(bands) if bands else None, window=window)
             if ds.nodata is not None and np.isnan(ds.nodata):
                 # NaN is nodata band by band, as GDAL reads it (a pixel is masked where every
                 # band is): one band's NaN leaves the others' values; inf is no value at all
@@ -126,7 +128,7 @@ def read_tile(
     for i, b in enumerate(bands):  # band by band, so a failure names its band
         with read_errors_named(ds.name, tile.read, b):
             raw[i] = ds.read(b, window=tile.read)
-    valid = read_valid(ds, tile.read, masked)
+    valid = read_valid(ds, tile.read, masked, bands)
     data = stretch.forward(raw)
     if not np.issubdtype(raw.dtype, np.integer):  # integers are finite
         # NaN and inf are invalid (read_valid) and filled below; zeroed first for a scene whose

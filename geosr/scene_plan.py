@@ -282,21 +282,21 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     check_one_nodata(scene, bands.bands)
     grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap, step)
     aoi = load_aoi(config.aoi, scene) if config.aoi else None
-    return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi)), scene_key(scene))
+    return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi, bands.bands)), scene_key(scene))
 
 
 class NothingToUpscaleWarning(UserWarning):
     """Every tile of a scene is no-data (or outside the AOI): its output holds no value."""
 
 
-def select_tiles(scene: Scene, grid: TileGrid, aoi) -> list[Tile]:
-    """Drop tiles whose core is all no-data or outside the AOI."""
+def select_tiles(scene: Scene, grid: TileGrid, aoi, bands: Sequence[int] | None = None) -> list[Tile]:
+    """Drop tiles whose core is all no-data (in ``bands``, 1-based; None: all) or outside the AOI."""
     kept = []
     with open_raster(scene.source) as ds:
         for t in grid.tiles():
             if aoi is not None and not aoi.intersects(window_polygon(t.core, scene.transform)):
                 continue
-            if scene.masked and not read_valid(ds, t.core, True).any():
+            if scene.masked and not read_valid(ds, t.core, True, bands).any():
                 continue
             kept.append(t)
     return kept

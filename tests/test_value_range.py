@@ -222,3 +222,17 @@ def test_one_band_of_a_stack_keeps_its_own_nan_nodata(tmp_path):
         hr = out.read(1)
     stripe = np.kron(np.isnan(data[2]), np.ones((2, 2), bool))
     assert np.isnan(hr[stripe]).all() and np.isfinite(hr[~stripe]).all()
+
+
+def test_nan_in_a_band_not_written_masks_nothing(tmp_path):
+    """A hyperspectral cube whose water-absorption band is NaN everywhere: --bands 1,2,3 wrote an
+    output masked everywhere (every tile skipped as no-data), exit 0."""
+    data = (0.02 + 0.3 * texture(4, 48, 48, seed=6)).astype(np.float32)
+    data[3] = np.nan
+    src = write_raster(tmp_path / "cube.tif", data)
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        geosr.upscale_to_file(src, tmp_path / "out.tif", scale=2, model="bicubic", tile=32, overlap=8,
+                              captioner="none", bands=[1, 2, 3])
+    with rasterio.open(tmp_path / "out.tif") as out:
+        hr = out.read()
+        assert (out.dataset_mask() > 0).all() and np.isfinite(hr).all()
