@@ -25,15 +25,33 @@ PIXEL_LIBRARIES = ("numpy", "scipy", "rasterio", "torch", "diffusers", "transfor
 
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """sha256 (16 hex digits) of every file of the installed geosr package - its code and small
-    data - but compiled files and the shipped networks."""
-    files = sorted(p for p in _PACKAGE.rglob("*")
-                   if p.is_file() and "__pycache__" not in p.parts and _SHIPPED_MODELS not in p.parents)
+    """sha256 (16 hex digits) of the installed geosr package's code - its ``.py`` files, those of
+    ``geosr.pipelines`` wherever an editable install maps it - and its small data (``data/``, but
+    the shipped networks). Other files (an editor's swap file) do not count."""
+    roots = {"": _PACKAGE, "pipelines/": _pipelines_folder()}
+    files = {}
+    for prefix, root in roots.items():
+        if root is None:
+            continue
+        for path in root.rglob("*"):
+            data_file = _PACKAGE / "data" in path.parents and _SHIPPED_MODELS not in path.parents
+            if path.is_file() and "__pycache__" not in path.parts and (path.suffix == ".py" or data_file):
+                files.setdefault(path.resolve(), prefix + path.relative_to(root).as_posix())
     digest = hashlib.sha256()
-    for path in files:
-        name, data = path.relative_to(_PACKAGE).as_posix().encode(), path.read_bytes()
+    for path, name in sorted(files.items(), key=lambda item: item[1]):
+        data, name = path.read_bytes(), name.encode()
         digest.update(b"%d:%s%d:" % (len(name), name, len(data)) + data)  # lengths: no two trees alike
     return digest.hexdigest()[:16]
+
+
+def _pipelines_folder() -> Path | None:
+    """Where ``geosr.pipelines`` is (``pipelines/`` beside ``geosr/`` in an editable install of
+    this repository, ``geosr/pipelines/`` in a wheel), found without importing it (torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("geosr.pipelines")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else None
 
 
 @functools.lru_cache(maxsize=1)

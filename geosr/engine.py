@@ -178,7 +178,7 @@ def upscale_scene(
             warnings.warn(f"{output} is written as a GeoTIFF (COG), whatever its name says; name it .tif "
                           "(or .zarr for a Zarr store)", OutputNameWarning, stacklevel=2)
     if uncertainty is not None:
-        uncertainty = check_uncertainty_target(uncertainty, config, target.output, files,
+        uncertainty = check_uncertainty_target(uncertainty, config, target.output, read,
                                                isinstance(target, ZarrTarget), route_map)
     if route_map is not None:
         check_route_map_target(route_map, config, target.output)

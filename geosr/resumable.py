@@ -356,7 +356,9 @@ def settle_stopped_run(journal: RunJournal, exc: BaseException, cells_total: int
         note = "no output cell was finished; nothing was kept"
     if isinstance(exc, KeyboardInterrupt):
         how = f"stopped by {exc.args[0]}" if isinstance(exc, StopRequested) and exc.args else "interrupted"
-        return RunStopped(f"{how}; {note}")
+        stopped = RunStopped(f"{how}; {note}")
+        stopped.__notes__ = list(getattr(exc, "__notes__", []))  # what the stop left (an S3 prefix half replaced)
+        return stopped
     if isinstance(exc, distributed.KilledWorker):
         first = str(exc).split(". ")[0]
         return RunStopped(f"dask workers kept dying: {first}; {note}")

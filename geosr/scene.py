@@ -375,10 +375,7 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
                 f"{paths[0]} has {ds.dtypes[0]} pixels: geosr reads real-valued bands "
                 f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. to its amplitude as float32"
             )
-        if len(set(ds.dtypes)) > 1:  # a gdalbuildvrt -separate stack of uint8 imagery and a float DEM
-            said = ", ".join(f"band {b}: {t}" for b, t in enumerate(ds.dtypes, start=1))
-            raise InputError(f"{paths[0]}'s bands are of different types ({said}); geosr reads one: convert them "
-                             "to one (gdal_translate -ot Float32) or upscale them apart")
+        _check_one_dtype(paths[0], ds.dtypes, ds.colorinterp)
         gcps, gcp_crs = ds.gcps
         rpcs = ds.rpcs
         transform = ds.transform
@@ -483,6 +480,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             raise InputError(f"cannot open mosaic piece {f!r}: {exc}") from exc
 
     first = infos[0]
+    _check_one_dtype(first["path"], first["dtypes"], first["colorinterp"])  # the VRT would declare band 1's for all
     t0: Affine = first["transform"]
     if not first["crs"]:
         raise GeoreferenceError(f"mosaic piece {first['path']!r} has no CRS: pieces are placed by their georeferencing")
@@ -495,10 +493,10 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                 f"mosaic pieces are on different CRS: {first['path']} is {first['crs'].to_string()}, "
                 f"{name} is {info['crs'].to_string() if info['crs'] else 'none'}; reproject them to one grid first"
             )
-        if (info["count"], info["dtypes"][0]) != (first["count"], first["dtypes"][0]):
+        if (info["count"], info["dtypes"]) != (first["count"], first["dtypes"]):  # every band's, not band 1's
             raise GridMismatchError(
-                f"mosaic pieces differ in bands/dtype: {first['path']} has {first['count']} x {first['dtypes'][0]}, "
-                f"{name} has {info['count']} x {info['dtypes'][0]}"
+                f"mosaic pieces differ in bands/dtype: {first['path']} has {first['count']} bands of "
+                f"{', '.join(dict.fromkeys(first['dtypes']))}, {name} {info['count']} of {', '.join(dict.fromkeys(info['dtypes']))}"
             )
         _check_same_values(first, info)
         t: Affine = info["transform"]
@@ -585,6 +583,16 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             stacklevel=3,
         )
     return vrt
+
+
+def _check_one_dtype(path: str, dtypes: Sequence[str], colorinterp: Sequence[ColorInterp]) -> None:
+    """Refuse data bands of different types (a ``gdalbuildvrt -separate`` stack of uint8 imagery
+    and a float DEM): geosr reads and writes one. An alpha band, Byte beside any type with
+    ``-addalpha``, is a mask, not data."""
+    if len({t for t, ci in zip(dtypes, colorinterp) if ci != ColorInterp.alpha}) > 1:
+        said = ", ".join(f"band {b}: {t}" for b, t in enumerate(dtypes, start=1))
+        raise InputError(f"{path}'s bands are of different types ({said}); geosr reads one: convert them "
+                         "to one (gdal_translate -ot Float32) or upscale them apart")
 
 
 def _check_same_values(first: dict, info: dict) -> None:

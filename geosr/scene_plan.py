@@ -242,20 +242,24 @@ class ScenePlan:
 
 
 def check_one_nodata(scene: Scene, bands: Sequence[int]) -> None:
-    """Refuse bands to be written that hold different nodata values (a ``gdalbuildvrt -separate``
-    stack of imagery, nodata 0, and a DEM, -32768): the output has one, band 1's - a DEM's 0 m
-    would become no-data and its -32768 pixels values.
+    """Refuse bands to be written that hold other nodata values than band 1 (a ``gdalbuildvrt
+    -separate`` stack of imagery, nodata 0, and a DEM, -32768): the output has one, band 1's - a
+    DEM's 0 m would become no-data and its -32768 pixels values.
 
     Raises
     ------
     InputError
         Naming each band's value and how to go on.
     """
-    values = {b: scene.band_nodata[b - 1] for b in bands if b - 1 < len(scene.band_nodata)}
+    if not scene.band_nodata:
+        return
+    # band 1's is the one the run reads masks with and writes (Scene.nodata), written or not
+    values = {b: scene.band_nodata[b - 1] for b in dict.fromkeys((1, *bands))}
     if len({"nan" if v is not None and math.isnan(v) else v for v in values.values()}) > 1:
         said = ", ".join(f"band {b}: {v}" for b, v in values.items())
-        raise InputError(f"the bands hold different nodata values ({said}) and the output has one: give them one "
-                         "(gdal_translate -a_nodata) or upscale them apart (--bands)")
+        raise InputError(f"the bands hold different nodata values ({said}) and the output has one, band 1's: "
+                         "give them one (gdal_translate -a_nodata), or write the others apart from a copy "
+                         "without band 1 (gdal_translate -b)")
 
 
 def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, workdir: str | os.PathLike | None,

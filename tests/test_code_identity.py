@@ -18,6 +18,10 @@ def package(tmp_path, monkeypatch):
         (root / name).write_text(text)
     monkeypatch.setattr(code_identity, "_PACKAGE", root)
     monkeypatch.setattr(code_identity, "_SHIPPED_MODELS", root / "data" / "models")
+    pipelines = tmp_path / "pipelines"  # an editable install maps geosr.pipelines beside the package
+    pipelines.mkdir()
+    (pipelines / "pipeline_geosr.py").write_text("steps = 1\n")
+    monkeypatch.setattr(code_identity, "_pipelines_folder", lambda: pipelines)
 
     def digest() -> str:
         code_identity.code_digest.cache_clear()
@@ -43,6 +47,11 @@ def test_the_code_digest_follows_the_packages_files(package):
     (root / "data" / "models" / "net").mkdir(parents=True)
     (root / "data" / "models" / "net" / "weights.safetensors").write_bytes(b"\1")
     assert digest() == changed
+    (root / ".tiling.py.swp").write_bytes(b"\2")  # an editor's swap file: not code
+    assert digest() == changed
+    (root.parent / "pipelines" / "pipeline_geosr.py").write_text("steps = 2\n")  # the diffusion pipeline's code
+    assert digest() != changed
+    changed = digest()
     shutil.move(root / "tiling.py", root / "tiles.py")  # a rename is another tree
     assert digest() != changed
 

@@ -347,3 +347,7 @@ def test_a_stage_cut_short_goes_on_from_its_committed_weights_where_it_stood(tmp
     again = export_state(out, tmp_path / "state", recipe=str(recipe), hours=0.1)
     assert again["step"] == 14 and again["stage_start"] == 10 and "--start_step" not in again["continue"]
     assert "--lr_warmup_steps 200 --seed" in again["continue"]
+    # ... and a new stage of the same recipe, started by that command, counts from its end
+    args = distill_cfg.parse_args(again["continue"].split()[3:] + ["--output_dir", str(tmp_path / "third")])
+    third = distill_cfg.main(args)
+    assert export_state(third, tmp_path / "state", recipe=str(recipe), hours=0.1)["step"] == 14 + 4

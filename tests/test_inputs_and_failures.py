@@ -8,7 +8,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from click.testing import CliRunner
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
 import geosr.tasks as tasks
@@ -340,8 +340,11 @@ def test_bands_with_different_nodata_values_are_refused(tmp_path):
         assert ds.nodatavals == (0.0, -32768.0)
     with pytest.raises(InputError, match=r"different nodata values \(band 1: 0.0, band 2: -32768.0\)"):
         upscale_scene([vrt], tmp_path / "out.tif", cfg())
+    # band 1's is the output's, written or not: --bands 2 would declare 0 over the DEM
+    with pytest.raises(InputError, match="different nodata values"):
+        upscale_scene([vrt], tmp_path / "out.tif", cfg(bands=[2]))
     assert not (tmp_path / "out.tif").exists()
-    upscale_scene([vrt], tmp_path / "one.tif", cfg(bands=[2]))  # one band at a time: fine
+    upscale_scene([vrt], tmp_path / "one.tif", cfg(bands=[1]))  # band 1 alone: fine
 
 
 def test_bands_of_different_types_are_refused(tmp_path):
@@ -362,6 +365,21 @@ def test_bands_of_different_types_are_refused(tmp_path):
     with pytest.raises(InputError, match=r"bands are of different types \(band 1: uint8, band 2: float32\)"):
         upscale_scene([vrt], tmp_path / "out.tif", cfg(model="nearest"))
     assert not (tmp_path / "out.tif").exists()
+    # an alpha band is a mask: Byte beside uint16 data (gdalbuildvrt -addalpha) is fine
+    data = (texture(3, 24, 24) * 3000).astype("uint16")
+    rgba = write_raster(tmp_path / "rgb16.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue])
+    rasterio.shutil.copy(rgba, tmp_path / "rgba.vrt", driver="VRT")
+    text = (tmp_path / "rgba.vrt").read_text()
+    alpha = ('  <VRTRasterBand dataType="Byte" band="4">\n    <ColorInterp>Alpha</ColorInterp>\n'
+             '    <ComplexSource>\n      <SourceFilename relativeToVRT="1">rgb16.tif</SourceFilename>\n'
+             '      <SourceBand>1</SourceBand>\n      <ScaleOffset>255</ScaleOffset>\n      <ScaleRatio>0</ScaleRatio>\n'
+             '    </ComplexSource>\n  </VRTRasterBand>\n')
+    (tmp_path / "rgba.vrt").write_text(text.replace("</VRTDataset>", alpha + "</VRTDataset>"))
+    with rasterio.open(tmp_path / "rgba.vrt") as ds:
+        assert ds.dtypes == ("uint16",) * 3 + ("uint8",) and ds.colorinterp[3] == ColorInterp.alpha
+    upscale_scene([tmp_path / "rgba.vrt"], tmp_path / "rgba_x2.tif", cfg(model="nearest"))
+    with rasterio.open(tmp_path / "rgba_x2.tif") as out:
+        np.testing.assert_array_equal(out.read([1, 2, 3]), np.kron(data, np.ones((2, 2), "uint16")))
 
 
 def test_an_output_that_is_a_source_of_an_input_vrt_is_refused(tmp_path):

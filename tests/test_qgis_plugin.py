@@ -199,3 +199,19 @@ def test_caption_algorithm_reads_the_red_green_blue_bands_it_is_given(tmp_path, 
     done = _drive("caption", data_dir / "RGB.byte.tif", out, "TILE=96", "RGB_BANDS=3,2,1")
     expected = geosr.caption(str(data_dir / "RGB.byte.tif"), tile=96, rgb_bands=(3, 2, 1))
     assert done["captions"] == sorted({f["properties"]["caption"] for f in expected["features"]})
+
+
+@pyqgis
+def test_more_options_are_split_as_a_shell_splits_them():
+    code = ("import json, sys; sys.path.insert(0, 'qgis_plugin'); from geosr_qgis.algorithms import _split_options; "
+            "from qgis.core import QgsProcessingException\n"
+            "out = [_split_options('--steps 2 --captioner \"fixed:no blur; no noise\"')]\n"
+            "try:\n    _split_options('--captioner \"fixed:unbalanced')\nexcept QgsProcessingException as e:\n"
+            "    out.append(str(e))\nprint(json.dumps(out))")
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    split, error = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert split == ["--steps", "2", "--captioner", "fixed:no blur; no noise"]
+    assert error.startswith("More options: No closing quotation")

@@ -133,9 +133,12 @@ def test_a_failed_upload_leaves_no_object(s3, tmp_path, work, monkeypatch):
     assert keys(s3) == ["out.captions.geojson", "out.tif"]
 
 
-def test_a_failed_replacing_upload_says_the_output_is_mixed(s3, tmp_path, work, monkeypatch):
-    """--overwrite keeps the old objects through a failed upload (deleting them would lose both
-    outputs): the error says the prefix now mixes them, and how to finish."""
+@pytest.mark.parametrize("how", ["failed", "stopped"])
+def test_a_failed_replacing_upload_says_the_output_is_mixed(s3, tmp_path, work, monkeypatch, how):
+    """--overwrite keeps the old objects through a failed (or stopped) upload (deleting them would
+    lose both outputs): the error says the prefix now mixes them, and how to finish."""
+    from geosr.errors import StopRequested
+
     src = uint8_scene(tmp_path / "in.tif", 64, 64)
     url = f"s3://{BUCKET}/out.tif"
     assert invoke("upscale", src, url, *RUN).exit_code == 0
@@ -143,12 +146,13 @@ def test_a_failed_replacing_upload_says_the_output_is_mixed(s3, tmp_path, work, 
 
     def fail_on_the_cog(self, client, path):
         if path.suffix == ".tif":
-            raise OSError("connection reset (simulated)")
+            raise OSError("connection reset (simulated)") if how == "failed" else StopRequested("SIGTERM")
         return real(self, client, path)
 
     monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", fail_on_the_cog)
     res = invoke("upscale", src, url, *RUN, "--overwrite", "--seed", "3")
-    assert res.exit_code == 6 and "now holds some of the new objects beside the old ones" in res.stderr, res.stderr
+    assert res.exit_code == (6 if how == "failed" else 8), res.stderr
+    assert "now holds some of the new objects beside the old ones" in res.stderr, res.stderr
     assert "--resume --overwrite" in res.stderr
     monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", real)
     assert invoke("upscale", src, url, *RUN, "--overwrite", "--seed", "3", "--resume").exit_code == 0

@@ -67,7 +67,7 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     previous = json.loads((dest / STATE).read_text()) if (dest / STATE).is_file() else {}
     history = previous.get("history", [])
     if stage_start is None:
-        stage_start = (previous.get("stage_start") or 0) if previous.get("recipe") == recipe else 0
+        stage_start = _stage_start(previous, recipe)
     step = None if stage_step is None else stage_start + stage_step
     pipeline = GeoSRPipeline.from_pretrained(str(source))
     # the trained networks in float16; the caption encoder stays float32: it is frozen, a shipped
@@ -93,6 +93,20 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return state
+
+
+def _stage_start(previous: dict, recipe: str) -> int:
+    """The steps the network had when the stage being exported began, from ``dest``'s previous
+    STATE.json: that stage's own start while it was unfinished (the same stage, gone on with
+    ``--start_step`` or ``--resume_from_checkpoint``); its end when it had finished (its
+    ``continue`` starts a new stage of the same recipe from 0); 0 for another recipe's state."""
+    if previous.get("recipe") != recipe:
+        return 0
+    config = (yaml.safe_load(Path(recipe).read_text()) or {}) if Path(recipe).is_file() else {}
+    total, done = config.get("max_train_steps"), previous.get("stage_step")
+    if total is not None and done is not None and done >= int(total):
+        return previous.get("step") or 0
+    return previous.get("stage_start") or 0
 
 
 def _continue_command(recipe: str, dest: Path, stage_step: int | None, seed: int) -> str:

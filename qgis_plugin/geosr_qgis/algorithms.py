@@ -161,6 +161,18 @@ class _GeosrAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
 
 
+def _split_options(text: str) -> list[str]:
+    """The "More options" text as a shell splits it (``--captioner "fixed:no blur; no noise"`` is
+    one value); on Windows backslashes are path separators, not escapes."""
+    try:
+        if os.name != "nt":
+            return shlex.split(text)
+        return [part[1:-1] if len(part) > 1 and part[0] == part[-1] and part[0] in "\"'" else part
+                for part in shlex.split(text, posix=False)]
+    except ValueError as exc:  # an unbalanced quote
+        raise QgsProcessingException(f"More options: {exc}: {text}") from None
+
+
 class UpscaleAlgorithm(_GeosrAlgorithm):
     """geosr upscale: a COG on the refined grid, and its tile captions."""
 
@@ -244,8 +256,7 @@ class UpscaleAlgorithm(_GeosrAlgorithm):
                        if parameters.get(self.UNCERTAINTY) else None)
         if uncertainty:
             args += ["--uncertainty", uncertainty]
-        # as a shell splits them: --captioner "fixed:no blur; no noise" is one value
-        args += shlex.split(self.parameterAsString(parameters, self.EXTRA, context))
+        args += _split_options(self.parameterAsString(parameters, self.EXTRA, context))
         self._run(args, feedback)
         captions = _captions_path(output)
         _load_captions(captions, "Tile captions", context, self.CAPTIONS)
