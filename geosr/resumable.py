@@ -162,8 +162,10 @@ def _remote_side_files(path: str) -> list[str]:
     the tiles redone. [] when the object cannot be opened (:func:`geosr.remote.remote_object`
     then says why)."""
     try:
-        with rasterio.open(gdal_path(path)) as ds:
-            return list(ds.files[1:])
+        with warnings.catch_warnings():  # said once already, when the scene was opened
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(gdal_path(path)) as ds:
+                return list(ds.files[1:])
     except rasterio.errors.RasterioIOError:
         return []
 
