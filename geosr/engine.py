@@ -57,7 +57,7 @@ from geosr.route_map import check_route_map_target, write_route_map
 from geosr.routing import MODEL, TileRoute
 from geosr.s3_output import is_s3_output, s3_target
 from geosr.scene import Scene, expand_inputs, open_raster
-from geosr.scene_plan import NothingToUpscaleWarning, plan_scene
+from geosr.scene_plan import NothingToUpscaleWarning, check_one_nodata, plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
 from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_known_captions, with_shared_captions
 from geosr.tiled_output import BlockWriter, TiledTarget, auto_block_side
@@ -261,6 +261,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     last_tile = [time.perf_counter()]  # when the last tile result came (now: a run with none to do)
     caption_mode, caption_n = parse_caption_every(config.caption_every)
     scene_plan = plan_scene(files, config, model.channels, folder.path, model.grid_step)
+    check_one_nodata(scene_plan.scene, scene_plan.bands.bands)  # the output has one nodata
     scene, plan, grid, tiles, skipped = scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.skipped
     s = config.scale
     if not tiles:

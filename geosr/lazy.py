@@ -36,7 +36,7 @@ from geosr.tasks import BatchJob, batch_jobs, captioner_for, with_shared_caption
 from geosr.georef import scale_gcps, scale_transform
 from geosr.remote import is_remote, remote_object
 from geosr.scene import expand_inputs
-from geosr.scene_plan import BandPlan, band_tags, plan_scene
+from geosr.scene_plan import BandPlan, band_tags, check_one_nodata, plan_scene
 from geosr.sentinel2 import is_subdataset
 from geosr.sources import SourceFiles
 from geosr.tiling import Tile
@@ -75,6 +75,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     needs_vrt = len(paths) > 1 or is_subdataset(paths[0])
     scene_plan = plan_scene(paths, config, model.channels, files.workdir if needs_vrt else None,
                             tasks.plan_step(model, config))
+    check_one_nodata(scene_plan.scene, scene_plan.bands.bands)  # the result has one nodata
     scene, plan, grid, tiles, stretch = (
         scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.stretch
     )

@@ -242,9 +242,9 @@ class ScenePlan:
 
 
 def check_one_nodata(scene: Scene, bands: Sequence[int]) -> None:
-    """Refuse bands to be written that hold other nodata values than band 1 (a ``gdalbuildvrt
+    """Refuse bands an upscale writes that hold other nodata values than band 1 (a ``gdalbuildvrt
     -separate`` stack of imagery, nodata 0, and a DEM, -32768): the output has one, band 1's - a
-    DEM's 0 m would become no-data and its -32768 pixels values.
+    DEM's 0 m would become no-data and its -32768 pixels values. (Captions write no pixels.)
 
     Raises
     ------
@@ -283,7 +283,6 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     """
     scene = open_scene(files, workdir=workdir)
     bands = plan_bands(scene, config.bands, channels, bands_to_model=config.bands_to_model, rgb_bands=config.rgb_bands)
-    check_one_nodata(scene, bands.bands)
     grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap, step)
     aoi = load_aoi(config.aoi, scene) if config.aoi else None
     return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi, bands.bands)), scene_key(scene))

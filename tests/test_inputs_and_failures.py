@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
+import geosr
 import geosr.tasks as tasks
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
@@ -345,6 +346,9 @@ def test_bands_with_different_nodata_values_are_refused(tmp_path):
         upscale_scene([vrt], tmp_path / "out.tif", cfg(bands=[2]))
     assert not (tmp_path / "out.tif").exists()
     upscale_scene([vrt], tmp_path / "one.tif", cfg(bands=[1]))  # band 1 alone: fine
+    with pytest.raises(InputError, match="different nodata values"):  # the lazy result too
+        geosr.upscale(str(vrt), scale=2, model="bicubic", captioner="none")
+    assert geosr.caption(str(vrt), captioner="none")["features"]  # captions write no pixels
 
 
 def test_bands_of_different_types_are_refused(tmp_path):
