@@ -606,7 +606,7 @@ def _check_same_values(first: dict, info: dict) -> None:
             f"none; give it the same (gdal_edit.py -a_nodata {_nodata_text(has['nodata'])} {lacks['path']}) "
             "or build a VRT with gdalbuildvrt and pass that"
         )
-    if first["nodata"] is not None and not _same_nodata(first["nodata"], info["nodata"]):
+    if first["nodata"] is not None and not same_nodata(first["nodata"], info["nodata"]):
         raise GridMismatchError(
             f"mosaic pieces disagree on nodata: {first['path']} has {_nodata_text(first['nodata'])}, "
             f"{info['path']} {_nodata_text(info['nodata'])} (the mosaic has one: the other's pixels of that value "
@@ -620,7 +620,10 @@ def _check_same_values(first: dict, info: dict) -> None:
         )
 
 
-def _same_nodata(a: float, b: float) -> bool:
+def same_nodata(a: float | None, b: float | None) -> bool:
+    """Whether two nodata values are one: both none, both NaN (NaN != NaN), or equal."""
+    if a is None or b is None:
+        return a is b
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 

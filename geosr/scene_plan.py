@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from geosr.config import RunConfig
 from geosr.errors import InputError
 from geosr.radiometry import Stretch, fit_stretch
 from geosr.reading import read_valid
-from geosr.scene import Scene, open_raster, open_scene
+from geosr.scene import Scene, open_raster, open_scene, same_nodata
 from geosr.sentinel2 import source_name
 from geosr.tiling import Tile, TileGrid
 
@@ -255,7 +254,7 @@ def check_one_nodata(scene: Scene, bands: Sequence[int]) -> None:
         return
     # band 1's is the one the run reads masks with and writes (Scene.nodata), written or not
     values = {b: scene.band_nodata[b - 1] for b in dict.fromkeys((1, *bands))}
-    if len({"nan" if v is not None and math.isnan(v) else v for v in values.values()}) > 1:
+    if not all(same_nodata(values[1], v) for v in values.values()):
         said = ", ".join(f"band {b}: {v}" for b, v in values.items())
         raise InputError(f"the bands hold different nodata values ({said}) and the output has one, band 1's: "
                          "give them one (gdal_translate -a_nodata), or write the others apart from a copy "
