@@ -468,7 +468,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                     dict(
                         path=f, crs=ds.crs, transform=ds.transform, width=ds.width,
                         height=ds.height, count=ds.count, dtypes=ds.dtypes, nodata=ds.nodata,
-                        colorinterp=ds.colorinterp, descriptions=ds.descriptions,
+                        band_nodata=tuple(ds.nodatavals), colorinterp=ds.colorinterp, descriptions=ds.descriptions,
                         scales=ds.scales, offsets=ds.offsets, units=ds.units,
                         # an internal mask or an alpha band: which pixels hold data is the mask's
                         masked=MaskFlags.per_dataset in flags or MaskFlags.alpha in flags,
@@ -539,8 +539,8 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     ]
     for b in range(1, first["count"] + 1):
         lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
-        if nodata is not None:
-            lines.append(f"    <NoDataValue>{_nodata_text(nodata)}</NoDataValue>")
+        if first["band_nodata"][b - 1] is not None:  # each band's own: the run checks they are one
+            lines.append(f"    <NoDataValue>{_nodata_text(first['band_nodata'][b - 1])}</NoDataValue>")
         ci = first["colorinterp"][b - 1]
         lines.append(f"    <ColorInterp>{ci.name.capitalize()}</ColorInterp>")
         if first["descriptions"][b - 1]:
@@ -564,7 +564,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         # other bands of a pixel whose first band holds the nodata value).
         sources = []
         for piece in placed:
-            per_band = piece[2]["nodata"] is not None and not piece[2]["masked"]
+            per_band = any(v is not None for v in piece[2]["band_nodata"]) and not piece[2]["masked"]
             for band in range(1, (first["count"] if per_band else 1) + 1):
                 sources += _sources([piece], f"mask,{band}", nodata=False, use_mask=False, skip_zero=True)
         lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', *("  " + line for line in sources),
@@ -597,22 +597,24 @@ def _check_one_dtype(path: str, dtypes: Sequence[str], colorinterp: Sequence[Col
 
 def _check_same_values(first: dict, info: dict) -> None:
     """Refuse mosaic pieces whose pixels mean other things: nodata on one and not on another, or
-    other nodata values (the mosaic's nodata is one value: the other piece's gaps, or its pixels
-    of that value, would be misread), other scales or offsets (other units for the same numbers)."""
-    if (first["nodata"] is None) != (info["nodata"] is None):
-        has, lacks = (first, info) if info["nodata"] is None else (info, first)
-        raise GridMismatchError(
-            f"mosaic pieces disagree on nodata: {has['path']} has {_nodata_text(has['nodata'])}, {lacks['path']} "
-            f"none; give it the same (gdal_edit.py -a_nodata {_nodata_text(has['nodata'])} {lacks['path']}) "
-            "or build a VRT with gdalbuildvrt and pass that"
-        )
-    if first["nodata"] is not None and not same_nodata(first["nodata"], info["nodata"]):
-        raise GridMismatchError(
-            f"mosaic pieces disagree on nodata: {first['path']} has {_nodata_text(first['nodata'])}, "
-            f"{info['path']} {_nodata_text(info['nodata'])} (the mosaic has one: the other's pixels of that value "
-            f"would read as gaps); give them one (gdal_edit.py -a_nodata ...) or build a VRT with gdalbuildvrt "
-            "-srcnodata and -vrtnodata and pass that"
-        )
+    other nodata values, band by band (the mosaic's band has one: the other piece's gaps, or its
+    pixels of that value, would be misread), other scales or offsets (other units for the same numbers)."""
+    for band, (ours, theirs) in enumerate(zip(first["band_nodata"], info["band_nodata"]), start=1):
+        where = "" if band == 1 else f" in band {band}"
+        if (ours is None) != (theirs is None):
+            (has, value), lacks = ((first, ours), info) if theirs is None else ((info, theirs), first)
+            raise GridMismatchError(
+                f"mosaic pieces disagree on nodata{where}: {has['path']} has {_nodata_text(value)}, {lacks['path']} "
+                f"none; give it the same (gdal_edit.py -a_nodata {_nodata_text(value)} {lacks['path']}) "
+                "or build a VRT with gdalbuildvrt and pass that"
+            )
+        if not same_nodata(ours, theirs):
+            raise GridMismatchError(
+                f"mosaic pieces disagree on nodata{where}: {first['path']} has {_nodata_text(ours)}, "
+                f"{info['path']} {_nodata_text(theirs)} (the mosaic has one: the other's pixels of that value "
+                f"would read as gaps); give them one (gdal_edit.py -a_nodata ...) or build a VRT with gdalbuildvrt "
+                "-srcnodata and -vrtnodata and pass that"
+            )
     if (info["scales"], info["offsets"]) != (first["scales"], first["offsets"]):
         raise GridMismatchError(
             f"mosaic pieces differ in band scales/offsets: {first['path']} has {first['scales']} / "
@@ -652,8 +654,9 @@ def _sources(placed: Sequence[tuple[int, int, dict]], band: str, nodata: bool, u
             f'      <SrcRect xOff="0" yOff="0" xSize="{info["width"]}" ySize="{info["height"]}"/>',
             f'      <DstRect xOff="{x}" yOff="{y}" xSize="{info["width"]}" ySize="{info["height"]}"/>',
         ]
-        if nodata and info["nodata"] is not None:
-            lines.append(f"      <NODATA>{_nodata_text(info['nodata'])}</NODATA>")
+        value = info["band_nodata"][int(band) - 1] if nodata else None
+        if value is not None:
+            lines.append(f"      <NODATA>{_nodata_text(value)}</NODATA>")
         if skip_zero:
             lines.append("      <NODATA>0</NODATA>")
         if use_mask:

@@ -1,6 +1,7 @@
 """Mosaics, AOIs, odd inputs, and the guarantees when something goes wrong."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,37 @@ def test_mosaic_pieces_that_disagree_on_nodata_or_scales_are_refused(tmp_path):
     with pytest.raises(GridMismatchError, match=r"disagree on nodata: .*b.tif has 0, .*d.tif 255"):
         upscale_scene([b, d], tmp_path / "x.tif", cfg())
     assert not (tmp_path / "x.tif").exists()
+
+
+def _per_band_nodata_vrt(tmp_path, name: str, values: tuple, x0: int) -> Path:
+    """A 2-band int16 piece at ``x0`` whose bands hold the nodata ``values`` (a VRT: a GeoTIFF has one)."""
+    data = (texture(2, 20, 20, seed=x0) * 200 + 20).astype("int16")
+    src = write_raster(tmp_path / f"{name}.tif", data, transform=NORTH_UP @ Affine.translation(x0, 0))
+    vrt = tmp_path / f"{name}.vrt"
+    rasterio.shutil.copy(src, vrt, driver="VRT")
+    text = vrt.read_text()
+    for band, value in enumerate(values, start=1):
+        text = text.replace(f'<VRTRasterBand dataType="Int16" band="{band}">',
+                            f'<VRTRasterBand dataType="Int16" band="{band}">\n    <NoDataValue>{value}</NoDataValue>', 1)
+    vrt.write_text(text)
+    return vrt
+
+
+def test_mosaic_pieces_are_compared_and_mosaicked_band_by_band_on_nodata(tmp_path):
+    """Pieces that agree on band 1's nodata but not on band 2's are refused, naming band 2 (before:
+    band 1's alone was compared, and the mosaic declared it for every band); pieces that agree band
+    by band keep each band's value, so the run's one-nodata check sees a stack of imagery and a DEM."""
+    a = _per_band_nodata_vrt(tmp_path, "a", (0, -32768), 0)
+    b = _per_band_nodata_vrt(tmp_path, "b", (0, -9999), 20)
+    with pytest.raises(GridMismatchError, match=r"disagree on nodata in band 2: .*a.vrt has -32768, .*b.vrt -9999"):
+        upscale_scene([a, b], tmp_path / "x.tif", cfg())
+    c = _per_band_nodata_vrt(tmp_path, "c", (0, -32768), 20)
+    with pytest.raises(InputError, match=r"different nodata values \(band 1: 0.0, band 2: -32768.0\)"):
+        upscale_scene([a, c], tmp_path / "x.tif", cfg())
+    assert not (tmp_path / "x.tif").exists()
+    upscale_scene([a, c], tmp_path / "one.tif", cfg(bands=[1]))
+    with rasterio.open(tmp_path / "one.tif") as out:
+        assert out.nodata == 0 and out.count == 1
 
 
 def test_aoi_skips_tiles_outside(tmp_path):
