@@ -82,7 +82,10 @@ class RunConfig:
     guidance : float or None
     batch_size : int or None
         Tiles per model call; None picks :func:`geosr.models.default_batch_size` for the
-        model and device.
+        model and device (on a scheduler's workers, for theirs: see ``batch_size_picked``).
+    batch_size_picked : bool
+        Set, not given: whether ``batch_size`` was picked here for want of one (a run on a
+        scheduler at ``address`` picks it again for its workers' device).
     seed : int
         Base seed; each tile's seed is derived from it and the tile position.
     address : str or None
@@ -138,6 +141,7 @@ class RunConfig:
     steps: int | None = None
     guidance: float | None = None
     batch_size: int | None = None
+    batch_size_picked: bool = field(default=False, repr=False)
     seed: int = 0
     address: str | None = None
     local_workers: int | None = None
@@ -181,6 +185,7 @@ class RunConfig:
             from geosr.models import default_batch_size
 
             object.__setattr__(self, "batch_size", default_batch_size(self.model, self.device))
+            object.__setattr__(self, "batch_size_picked", True)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         # checked here, not first by the pipeline at its first tile (a ValueError: exit 1)

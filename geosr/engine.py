@@ -46,7 +46,7 @@ from geosr.diskspace import check_free_space, estimate_disk_use
 from geosr.errors import InputError
 from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
-from geosr.models import CLASSICAL
+from geosr.models import CLASSICAL, default_batch_size
 from geosr.output_lock import OutputLock
 from geosr.output_meta import (CAPTIONS_SUFFIX, band_meta, captions_geojson, cog_creation_options, output_profile,
                                output_tags, overview_resampling)
@@ -72,6 +72,18 @@ from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, remove_
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
 
 log = logging.getLogger(__name__)
+
+
+def _batch_size_on(client, config: RunConfig) -> RunConfig:
+    """``config`` with the batch size a scheduler's workers pick for their device when the user
+    gave none: this machine picked for its own (1 on a CPU, 4 on CUDA), and a laptop sending a
+    run to GPU workers would have them run one tile per call (a GPU client, CPU workers four:
+    four times the memory, no faster). Local workers share this machine's device."""
+    if not (config.address and config.batch_size_picked) or config.model in CLASSICAL:
+        return config
+    resources = gpu_resources(client, True, config.device)
+    picked = client.submit(default_batch_size, config.model, config.device, pure=False, resources=resources).result()
+    return config if picked == config.batch_size else replace(config, batch_size=picked)
 
 
 def _model_facts_on(client, config: RunConfig) -> ModelFacts:
@@ -188,6 +200,7 @@ def upscale_scene(
         with OutputLock(target.lock_name), \
                 released_early(config.address, config.local_workers) as (client, release_cluster):
             # Models and captioners first: a bad spec fails before any tile is read.
+            config = _batch_size_on(client, config)
             model = _model_facts_on(client, config)
             identity = run_identity(files, config)
             if isinstance(target, ZarrTarget):  # absent from other outputs' identities, as before Zarr output existed

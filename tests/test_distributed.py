@@ -4,7 +4,7 @@ import numpy as np
 import rasterio
 
 from geosr.config import RunConfig, TileSpec
-from geosr.engine import upscale_scene
+from geosr.engine import batch_jobs, upscale_scene
 
 
 def test_local_process_cluster_matches_threads_and_writes_report(tmp_path, data_dir):
@@ -102,3 +102,30 @@ def test_worker_processes_plan_on_the_grid_of_a_model_coarser_than_the_lr(tmp_pa
     with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(tmp_path / "procs.tif") as b:
         inner = (slice(None), slice(64, -64), slice(64, -64))
         assert np.abs(a.read().astype(int) - b.read().astype(int))[inner].max() <= 1
+
+
+def test_a_run_on_a_scheduler_tiles_per_call_as_its_workers_device_wants(tmp_path, monkeypatch):
+    """With no --batch-size, a run sent to a scheduler batches as its workers' device wants (a
+    CPU laptop's 1 would leave GPU workers running one tile per call); a given one is kept."""
+    import distributed
+
+    import geosr.engine as engine
+    from tests.rasters import uint8_scene
+
+    used = []
+    monkeypatch.setattr(engine, "batch_jobs", lambda plan, tiles, config, **kw: used.append(config.batch_size)
+                        or batch_jobs(plan, tiles, config, **kw))
+    # the workers' pick, as a CUDA worker's: the task runs the function the engine submits
+    monkeypatch.setattr(engine, "default_batch_size", lambda spec, device=None: 4)
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    base = dict(scale=2, model="geosr-tiny-fast-x2", captioner="none", route="off", tiles=TileSpec(32, 8),
+                progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        config = RunConfig(address=cluster.scheduler_address, **base)
+        assert config.batch_size == 1 and config.batch_size_picked  # this CPU's pick
+        upscale_scene([src], tmp_path / "picked.tif", config)
+        upscale_scene([src], tmp_path / "given.tif", RunConfig(address=cluster.scheduler_address, batch_size=2, **base))
+    assert used == [4, 2]
+    with rasterio.open(tmp_path / "picked.tif") as a, rasterio.open(tmp_path / "given.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())  # how tiles are batched changes no pixel
