@@ -531,9 +531,12 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     nodata = first["nodata"]
     masked = any(i["masked"] for i in infos)
     placed = [(ox - xmin, oy - ymin, info) for (ox, oy), info in zip(offsets, infos)]
+    # the SRS without dataAxisToSRSAxisMapping: GDAL then takes the traditional GIS order the
+    # GeoTransform is in (x = easting or longitude); "1,2" had GDAL tools read an EPSG:4326
+    # mosaic's x as latitude
     lines = [
         f'<VRTDataset rasterXSize="{xmax - xmin}" rasterYSize="{ymax - ymin}">',
-        f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(first["crs"].to_wkt())}</SRS>',
+        f'  <SRS>{escape(first["crs"].to_wkt())}</SRS>',
         f"  <GeoTransform>{', '.join(repr(float(v)) for v in gt)}</GeoTransform>",
         *_metadata_lines(_common([i["tags"] for i in infos]), "  "),
     ]

@@ -281,7 +281,7 @@ def _write_vrt(name: str, ds, vrt: Path) -> Path:
     dtype = typename_fwd[dtype_rev[ds.dtypes[0]]]
     lines = [
         f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">',
-        f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(ds.crs.to_wkt())}</SRS>' if ds.crs else "",
+        f'  <SRS>{escape(ds.crs.to_wkt())}</SRS>' if ds.crs else "",
         f"  <GeoTransform>{', '.join(repr(float(v)) for v in ds.transform.to_gdal())}</GeoTransform>",
         _metadata(tags, "  "),
     ]
