@@ -36,7 +36,8 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_fidelity", "geosr_tiny_v3_x4_student_fidelity2",
         "geosr_tiny_v3_x4_student_fidelity3", "geosr_tiny_v3_x4_student_deeper",
         "geosr_tiny_v3_x4_student_deeper2", "geosr_tiny_v3_x4_student_16b_stage2",
-        "geosr_tiny_v3_x4_student_16b_stage3", "geosr_tiny_v3_x4_student_16b_stage4"),
+        "geosr_tiny_v3_x4_student_16b_stage3", "geosr_tiny_v3_x4_student_16b_stage4",
+        "geosr_tiny_v3_x4_student_16b_stage5"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
         "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
@@ -141,11 +142,13 @@ def test_student_stages_pair_teacher_and_student(scale):
     stages = [_recipe(name) for name in STUDENT_STAGES[scale]]
     assert stages[0].teacher_model == teacher.output_dir and stages[0].scale == teacher.scale == scale
     assert not stages[0].init_student
-    # each later stage continues the one before (its output, or the shipped folder it was copied
-    # to), with the same teacher - a fidelity-only stage's only lends its caption encoder, which
+    # each later stage continues the one before (its output, the shipped folder it was copied to,
+    # or its weights in the campaign state, training_state/ + its run's name), with the same teacher - a fidelity-only stage's only lends its caption encoder, which
     # distill_cfg checks bit for bit against the student's - and the same student layout
     for before, stage in zip(stages, stages[1:]):
-        assert stage.init_student in (before.output_dir, SHIPPED_FOLDER[scale]) and stage.output_dir != before.output_dir
+        kept = f"training_state/{Path(before.output_dir).name}"
+        assert stage.init_student in (before.output_dir, SHIPPED_FOLDER[scale], kept)
+        assert stage.output_dir != before.output_dir
         assert stage.teacher_model == before.teacher_model or stage.distill_weight == 0
         assert stage.scale == scale
         assert stage.guidance_embedding_dim == before.guidance_embedding_dim
