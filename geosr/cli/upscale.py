@@ -46,7 +46,7 @@ from geosr.writer import check_file_name
 @click.option("--device", help="Torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Precision of neural models (default: bf16 on CUDA and on CPUs with AMX, else fp32).")
 @click.option("--batch-size", type=int, help="Tiles per model call (default: 4; 1 for a neural model on the CPU, "
-              "where batching saves no time and multiplies memory).")
+              "where batching saves no time and multiplies memory; with --address, as the workers' device wants).")
 @click.option("--seed", default=0, show_default=True, help="Base seed (per-tile seeds derive from it).")
 @click.option("--address", help="dask.distributed scheduler address, e.g. tcp://scheduler:8786.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CONNECT_TIMEOUT,
