@@ -83,9 +83,6 @@ class RunConfig:
     batch_size : int or None
         Tiles per model call; None picks :func:`geosr.models.default_batch_size` for the
         model and device (on a scheduler's workers, for theirs: see ``batch_size_picked``).
-    batch_size_picked : bool
-        Set, not given: whether ``batch_size`` was picked here for want of one (a run on a
-        scheduler at ``address`` picks it again for its workers' device).
     seed : int
         Base seed; each tile's seed is derived from it and the tile position.
     address : str or None
@@ -121,6 +118,9 @@ class RunConfig:
         Which tiles' outputs a diffusion model projects onto their input, so that its
         downsampling of the output gives the input back (:mod:`geosr.pipelines.consistency`):
         none, those whose caption reads as a clean (antialiased bicubic) downsampling, all.
+    batch_size_picked : int or None
+        Set, not passed: the ``batch_size`` picked here for want of one (a run on a scheduler
+        at ``address`` picks it again for its workers' device while ``batch_size`` is still it).
     """
 
     scale: int = 4
@@ -141,7 +141,6 @@ class RunConfig:
     steps: int | None = None
     guidance: float | None = None
     batch_size: int | None = None
-    batch_size_picked: bool = field(default=False, repr=False)
     seed: int = 0
     address: str | None = None
     local_workers: int | None = None
@@ -154,6 +153,9 @@ class RunConfig:
     detail: float = 0.0
     uncertainty: bool = False
     lr_consistency: str = "off"
+    # set by __post_init__, not passed: the batch size it picked for want of one (last, so that
+    # no positional argument moves; compared with batch_size, so that a replace() that sets one is the user's)
+    batch_size_picked: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -185,7 +187,7 @@ class RunConfig:
             from geosr.models import default_batch_size
 
             object.__setattr__(self, "batch_size", default_batch_size(self.model, self.device))
-            object.__setattr__(self, "batch_size_picked", True)
+            object.__setattr__(self, "batch_size_picked", self.batch_size)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         # checked here, not first by the pipeline at its first tile (a ValueError: exit 1)

@@ -78,8 +78,10 @@ def _batch_size_on(client, config: RunConfig) -> RunConfig:
     """``config`` with the batch size a scheduler's workers pick for their device when the user
     gave none: this machine picked for its own (1 on a CPU, 4 on CUDA), and a laptop sending a
     run to GPU workers would have them run one tile per call (a GPU client, CPU workers four:
-    four times the memory, no faster). Local workers share this machine's device."""
-    if not (config.address and config.batch_size_picked) or config.model in CLASSICAL:
+    four times the memory, no faster). Local workers share this machine's device, and a named
+    ``--device`` picks the same everywhere."""
+    picked_here = config.batch_size_picked is not None and config.batch_size == config.batch_size_picked
+    if not (config.address and picked_here) or config.device is not None or config.model in CLASSICAL:
         return config
     resources = gpu_resources(client, True, config.device)
     picked = client.submit(default_batch_size, config.model, config.device, pure=False, resources=resources).result()

@@ -557,7 +557,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             lines.append(f"    <UnitType>{escape(first['units'][b - 1])}</UnitType>")
         # ComplexSource honours each piece's nodata (and, with UseMaskBand, its mask or alpha),
         # so a piece's collar never paints over its neighbour's valid pixels where pieces overlap
-        lines += _sources(placed, str(b), nodata=True, use_mask=masked)
+        lines += _sources(placed, str(b), nodata_of=b, use_mask=masked)
         lines.append("  </VRTRasterBand>")
     if masked:
         # the pieces' masks (alpha, internal mask, or the all-valid or nodata mask GDAL gives the
@@ -569,7 +569,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         for piece in placed:
             per_band = any(v is not None for v in piece[2]["band_nodata"]) and not piece[2]["masked"]
             for band in range(1, (first["count"] if per_band else 1) + 1):
-                sources += _sources([piece], f"mask,{band}", nodata=False, use_mask=False, skip_zero=True)
+                sources += _sources([piece], f"mask,{band}", nodata_of=None, use_mask=False, skip_zero=True)
         lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', *("  " + line for line in sources),
                   "    </VRTRasterBand>", "  </MaskBand>"]
     lines.append("</VRTDataset>")
@@ -603,26 +603,35 @@ def _check_same_values(first: dict, info: dict) -> None:
     other nodata values, band by band (the mosaic's band has one: the other piece's gaps, or its
     pixels of that value, would be misread), other scales or offsets (other units for the same numbers)."""
     for band, (ours, theirs) in enumerate(zip(first["band_nodata"], info["band_nodata"]), start=1):
-        where = "" if band == 1 else f" in band {band}"
+        one_for_all = _one_value(first["band_nodata"]) and _one_value(info["band_nodata"])
         if (ours is None) != (theirs is None):
             (has, value), lacks = ((first, ours), info) if theirs is None else ((info, theirs), first)
+            # gdal_edit.py -a_nodata sets every band's: the way out only where the pieces have one value
+            fix = (f"give it the same (gdal_edit.py -a_nodata {_nodata_text(value)} {lacks['path']}) or build"
+                   if one_for_all else "build")
             raise GridMismatchError(
-                f"mosaic pieces disagree on nodata{where}: {has['path']} has {_nodata_text(value)}, {lacks['path']} "
-                f"none; give it the same (gdal_edit.py -a_nodata {_nodata_text(value)} {lacks['path']}) "
-                "or build a VRT with gdalbuildvrt and pass that"
+                f"mosaic pieces disagree on nodata{'' if band == 1 else f' in band {band}'}: {has['path']} has "
+                f"{_nodata_text(value)}, {lacks['path']} none; {fix} a VRT with gdalbuildvrt "
+                "(-srcnodata and -vrtnodata take one value per band) and pass that"
             )
         if not same_nodata(ours, theirs):
+            fix = "give them one (gdal_edit.py -a_nodata ...) or build" if one_for_all else "build"
             raise GridMismatchError(
-                f"mosaic pieces disagree on nodata{where}: {first['path']} has {_nodata_text(ours)}, "
-                f"{info['path']} {_nodata_text(theirs)} (the mosaic has one: the other's pixels of that value "
-                f"would read as gaps); give them one (gdal_edit.py -a_nodata ...) or build a VRT with gdalbuildvrt "
-                "-srcnodata and -vrtnodata and pass that"
+                f"mosaic pieces disagree on nodata{'' if band == 1 else f' in band {band}'}: {first['path']} has "
+                f"{_nodata_text(ours)}, {info['path']} {_nodata_text(theirs)} (the mosaic has one: the other's "
+                f"pixels of that value would read as gaps); {fix} a VRT with gdalbuildvrt (-srcnodata and "
+                "-vrtnodata take one value per band) and pass that"
             )
     if (info["scales"], info["offsets"]) != (first["scales"], first["offsets"]):
         raise GridMismatchError(
             f"mosaic pieces differ in band scales/offsets: {first['path']} has {first['scales']} / "
             f"{first['offsets']}, {info['path']} {info['scales']} / {info['offsets']}; rescale them to one first"
         )
+
+
+def _one_value(nodata: Sequence[float | None]) -> bool:
+    """Whether a piece's bands all hold one nodata (or none): what gdal_edit.py -a_nodata sets."""
+    return len({None if v is None else _nodata_text(v) for v in nodata}) == 1
 
 
 def same_nodata(a: float | None, b: float | None) -> bool:
@@ -645,9 +654,10 @@ def _metadata_lines(tags: dict[str, str], indent: str, domain: str = "") -> list
     return [indent + opening, *items, indent + "</Metadata>"]
 
 
-def _sources(placed: Sequence[tuple[int, int, dict]], band: str, nodata: bool, use_mask: bool,
+def _sources(placed: Sequence[tuple[int, int, dict]], band: str, nodata_of: int | None, use_mask: bool,
              skip_zero: bool = False) -> list[str]:
-    """A VRT band's ``ComplexSource`` elements: band ``band`` of each placed piece, in order."""
+    """A VRT band's ``ComplexSource`` elements: band ``band`` (``"2"``, ``"mask,2"``) of each
+    placed piece, in order, each with the piece's nodata of band ``nodata_of`` (None: none)."""
     lines = []
     for x, y, info in placed:
         lines += [
@@ -657,7 +667,7 @@ def _sources(placed: Sequence[tuple[int, int, dict]], band: str, nodata: bool, u
             f'      <SrcRect xOff="0" yOff="0" xSize="{info["width"]}" ySize="{info["height"]}"/>',
             f'      <DstRect xOff="{x}" yOff="{y}" xSize="{info["width"]}" ySize="{info["height"]}"/>',
         ]
-        value = info["band_nodata"][int(band) - 1] if nodata else None
+        value = None if nodata_of is None else info["band_nodata"][nodata_of - 1]
         if value is not None:
             lines.append(f"      <NODATA>{_nodata_text(value)}</NODATA>")
         if skip_zero:

@@ -279,6 +279,7 @@ def _write_vrt(name: str, ds, vrt: Path) -> Path:
     nodata = tags.get("SPECIAL_VALUE_NODATA")
     quantification = None if tci else _number(tags.get("BOA_QUANTIFICATION_VALUE") or tags.get("QUANTIFICATION_VALUE"))
     dtype = typename_fwd[dtype_rev[ds.dtypes[0]]]
+    # the SRS without dataAxisToSRSAxisMapping: GDAL takes the traditional GIS order (x = easting)
     lines = [
         f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">',
         f'  <SRS>{escape(ds.crs.to_wkt())}</SRS>' if ds.crs else "",

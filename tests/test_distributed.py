@@ -106,26 +106,32 @@ def test_worker_processes_plan_on_the_grid_of_a_model_coarser_than_the_lr(tmp_pa
 
 def test_a_run_on_a_scheduler_tiles_per_call_as_its_workers_device_wants(tmp_path, monkeypatch):
     """With no --batch-size, a run sent to a scheduler batches as its workers' device wants (a
-    CPU laptop's 1 would leave GPU workers running one tile per call); a given one is kept."""
+    CPU laptop's 1 would leave GPU workers running one tile per call); a given one is kept, also
+    one set by replace() on a config whose size was picked."""
+    import dataclasses
+
     import distributed
 
     import geosr.engine as engine
+    import geosr.models
     from tests.rasters import uint8_scene
 
     used = []
     monkeypatch.setattr(engine, "batch_jobs", lambda plan, tiles, config, **kw: used.append(config.batch_size)
                         or batch_jobs(plan, tiles, config, **kw))
-    # the workers' pick, as a CUDA worker's: the task runs the function the engine submits
-    monkeypatch.setattr(engine, "default_batch_size", lambda spec, device=None: 4)
+    # this machine's pick and the workers' (the task runs the function the engine submits): 3, which no machine picks
+    monkeypatch.setattr(geosr.models, "default_batch_size", lambda spec, device=None: 1)
+    monkeypatch.setattr(engine, "default_batch_size", lambda spec, device=None: 3)
     src = uint8_scene(tmp_path / "in.tif", 64, 64)
     base = dict(scale=2, model="geosr-tiny-fast-x2", captioner="none", route="off", tiles=TileSpec(32, 8),
                 progress=False)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                                   dashboard_address=None) as cluster:
-        config = RunConfig(address=cluster.scheduler_address, **base)
-        assert config.batch_size == 1 and config.batch_size_picked  # this CPU's pick
-        upscale_scene([src], tmp_path / "picked.tif", config)
+        picked = RunConfig(address=cluster.scheduler_address, **base)
+        assert picked.batch_size == 1
+        upscale_scene([src], tmp_path / "picked.tif", picked)
         upscale_scene([src], tmp_path / "given.tif", RunConfig(address=cluster.scheduler_address, batch_size=2, **base))
-    assert used == [4, 2]
+        upscale_scene([src], tmp_path / "replaced.tif", dataclasses.replace(picked, batch_size=2))
+    assert used == [3, 2, 2]
     with rasterio.open(tmp_path / "picked.tif") as a, rasterio.open(tmp_path / "given.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())  # how tiles are batched changes no pixel

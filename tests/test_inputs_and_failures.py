@@ -160,9 +160,10 @@ def test_mosaic_pieces_that_disagree_on_nodata_or_scales_are_refused(tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
-def _per_band_nodata_vrt(tmp_path, name: str, values: tuple, x0: int) -> Path:
-    """A 2-band int16 piece at ``x0`` whose bands hold the nodata ``values`` (a VRT: a GeoTIFF has one)."""
-    data = (texture(2, 20, 20, seed=x0) * 200 + 20).astype("int16")
+def _per_band_nodata_vrt(tmp_path, name: str, values: tuple, x0: int = 0, side: int = 20) -> Path:
+    """A textured int16 raster at ``x0`` whose bands hold the nodata ``values``, one each (a VRT:
+    a GeoTIFF has one for all bands)."""
+    data = (texture(len(values), side, side, seed=x0 + side) * 200 + 20).astype("int16")
     src = write_raster(tmp_path / f"{name}.tif", data, transform=NORTH_UP @ Affine.translation(x0, 0))
     vrt = tmp_path / f"{name}.vrt"
     rasterio.shutil.copy(src, vrt, driver="VRT")
@@ -171,6 +172,8 @@ def _per_band_nodata_vrt(tmp_path, name: str, values: tuple, x0: int) -> Path:
         text = text.replace(f'<VRTRasterBand dataType="Int16" band="{band}">',
                             f'<VRTRasterBand dataType="Int16" band="{band}">\n    <NoDataValue>{value}</NoDataValue>', 1)
     vrt.write_text(text)
+    with rasterio.open(vrt) as ds:
+        assert ds.nodatavals == tuple(map(float, values))
     return vrt
 
 
@@ -180,8 +183,9 @@ def test_mosaic_pieces_are_compared_and_mosaicked_band_by_band_on_nodata(tmp_pat
     by band keep each band's value, so the run's one-nodata check sees a stack of imagery and a DEM."""
     a = _per_band_nodata_vrt(tmp_path, "a", (0, -32768), 0)
     b = _per_band_nodata_vrt(tmp_path, "b", (0, -9999), 20)
-    with pytest.raises(GridMismatchError, match=r"disagree on nodata in band 2: .*a.vrt has -32768, .*b.vrt -9999"):
+    with pytest.raises(GridMismatchError, match=r"disagree on nodata in band 2: .*a.vrt has -32768, .*b.vrt -9999") as err:
         upscale_scene([a, b], tmp_path / "x.tif", cfg())
+    assert "gdal_edit" not in str(err.value)  # it sets every band's: band 1 would then disagree
     c = _per_band_nodata_vrt(tmp_path, "c", (0, -32768), 20)
     with pytest.raises(InputError, match=r"different nodata values \(band 1: 0.0, band 2: -32768.0\)"):
         upscale_scene([a, c], tmp_path / "x.tif", cfg())
@@ -189,6 +193,21 @@ def test_mosaic_pieces_are_compared_and_mosaicked_band_by_band_on_nodata(tmp_pat
     upscale_scene([a, c], tmp_path / "one.tif", cfg(bands=[1]))
     with rasterio.open(tmp_path / "one.tif") as out:
         assert out.nodata == 0 and out.count == 1
+
+
+def test_a_geographic_mosaic_keeps_longitude_as_x(tmp_path):
+    """Pieces in EPSG:4326 (latitude first in its definition): the mosaic's VRT leaves the axis
+    order to GDAL, which reads x as longitude (pinned "1,2", GDAL tools read it as latitude),
+    and the output covers the pieces' longitudes and latitudes."""
+    from geosr.scene import open_scene
+
+    pieces = [write_raster(tmp_path / f"p{i}.tif", (texture(3, 20, 20, seed=i) * 200).astype("uint8"), crs="EPSG:4326",
+                           transform=Affine(0.001, 0, 10.0 + 0.02 * i, 0, -0.001, 50.0)) for i in range(2)]
+    open_scene(pieces, workdir=tmp_path / "work")
+    assert "dataAxisToSRSAxisMapping" not in (tmp_path / "work" / "mosaic.vrt").read_text()
+    upscale_scene(pieces, tmp_path / "out.tif", cfg(model="nearest"))
+    with rasterio.open(tmp_path / "out.tif") as out:
+        np.testing.assert_allclose(tuple(out.bounds), (10.0, 49.98, 10.04, 50.0), atol=1e-9)
 
 
 def test_aoi_skips_tiles_outside(tmp_path):
@@ -360,17 +379,7 @@ def test_rpcs_are_scaled_consistently_with_gdal():
 def test_bands_with_different_nodata_values_are_refused(tmp_path):
     """A gdalbuildvrt -separate stack of imagery (nodata 0) and a DEM (nodata -32768): the
     output has one nodata, which would turn the other's values into holes and holes into values."""
-    data = (texture(2, 32, 32, seed=4) * 200 + 20).astype("int16")
-    src = write_raster(tmp_path / "stack.tif", data)
-    vrt = tmp_path / "stack.vrt"
-    rasterio.shutil.copy(src, vrt, driver="VRT")
-    text = vrt.read_text()
-    for band, value in ((1, 0), (2, -32768)):
-        text = text.replace(f'<VRTRasterBand dataType="Int16" band="{band}">',
-                            f'<VRTRasterBand dataType="Int16" band="{band}">\n    <NoDataValue>{value}</NoDataValue>', 1)
-    vrt.write_text(text)
-    with rasterio.open(vrt) as ds:
-        assert ds.nodatavals == (0.0, -32768.0)
+    vrt = _per_band_nodata_vrt(tmp_path, "stack", (0, -32768), side=32)
     with pytest.raises(InputError, match=r"different nodata values \(band 1: 0.0, band 2: -32768.0\)"):
         upscale_scene([vrt], tmp_path / "out.tif", cfg())
     # band 1's is the output's, written or not: --bands 2 would declare 0 over the DEM

@@ -143,8 +143,9 @@ def test_student_stages_pair_teacher_and_student(scale):
     assert stages[0].teacher_model == teacher.output_dir and stages[0].scale == teacher.scale == scale
     assert not stages[0].init_student
     # each later stage continues the one before (its output, the shipped folder it was copied to,
-    # or its weights in the campaign state, training_state/ + its run's name), with the same teacher - a fidelity-only stage's only lends its caption encoder, which
-    # distill_cfg checks bit for bit against the student's - and the same student layout
+    # or its weights in the campaign state, training_state/ + its run's name), with the same
+    # teacher - a fidelity-only stage's only lends its caption encoder, which distill_cfg checks
+    # bit for bit against the student's - and the same student layout
     for before, stage in zip(stages, stages[1:]):
         kept = f"training_state/{Path(before.output_dir).name}"
         assert stage.init_student in (before.output_dir, SHIPPED_FOLDER[scale], kept)
