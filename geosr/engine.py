@@ -80,8 +80,7 @@ def _batch_size_on(client, config: RunConfig) -> RunConfig:
     run to GPU workers would have them run one tile per call (a GPU client, CPU workers four:
     four times the memory, no faster). Local workers share this machine's device, and a named
     ``--device`` picks the same everywhere."""
-    picked_here = config.batch_size_picked is not None and config.batch_size == config.batch_size_picked
-    if not (config.address and picked_here) or config.device is not None or config.model in CLASSICAL:
+    if not config.address or config.batch_size != config.batch_size_picked or config.device is not None or config.model in CLASSICAL:
         return config
     resources = gpu_resources(client, True, config.device)
     picked = client.submit(default_batch_size, config.model, config.device, pure=False, resources=resources).result()

@@ -602,11 +602,11 @@ def _check_same_values(first: dict, info: dict) -> None:
     """Refuse mosaic pieces whose pixels mean other things: nodata on one and not on another, or
     other nodata values, band by band (the mosaic's band has one: the other piece's gaps, or its
     pixels of that value, would be misread), other scales or offsets (other units for the same numbers)."""
+    # gdal_edit.py -a_nodata sets every band's: the way out only where each piece has one value
+    one_for_all = _one_value(first["band_nodata"]) and _one_value(info["band_nodata"])
     for band, (ours, theirs) in enumerate(zip(first["band_nodata"], info["band_nodata"]), start=1):
-        one_for_all = _one_value(first["band_nodata"]) and _one_value(info["band_nodata"])
         if (ours is None) != (theirs is None):
             (has, value), lacks = ((first, ours), info) if theirs is None else ((info, theirs), first)
-            # gdal_edit.py -a_nodata sets every band's: the way out only where the pieces have one value
             fix = (f"give it the same (gdal_edit.py -a_nodata {_nodata_text(value)} {lacks['path']}) or build"
                    if one_for_all else "build")
             raise GridMismatchError(
@@ -631,7 +631,7 @@ def _check_same_values(first: dict, info: dict) -> None:
 
 def _one_value(nodata: Sequence[float | None]) -> bool:
     """Whether a piece's bands all hold one nodata (or none): what gdal_edit.py -a_nodata sets."""
-    return len({None if v is None else _nodata_text(v) for v in nodata}) == 1
+    return all(same_nodata(nodata[0], v) for v in nodata)
 
 
 def same_nodata(a: float | None, b: float | None) -> bool:
