@@ -37,7 +37,7 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_fidelity3", "geosr_tiny_v3_x4_student_deeper",
         "geosr_tiny_v3_x4_student_deeper2", "geosr_tiny_v3_x4_student_16b_stage2",
         "geosr_tiny_v3_x4_student_16b_stage3", "geosr_tiny_v3_x4_student_16b_stage4",
-        "geosr_tiny_v3_x4_student_16b_stage5"),
+        "geosr_tiny_v3_x4_student_16b_stage5", "geosr_tiny_v3_x4_student_16b_stage6"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
         "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
