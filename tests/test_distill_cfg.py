@@ -252,7 +252,9 @@ def test_a_latest_folder_without_its_step_is_not_exported(tmp_path):
 
 
 def test_a_student_grows_deeper_as_the_same_function_then_trains(tmp_path):
-    """A later stage may add trunk blocks: step 0 is the saved student exactly (issue 25, capacity)."""
+    """A later stage may add trunk blocks: step 0 is the saved student (issue 25, capacity), to
+    float rounding: its new blocks are exact identities, but the CPU's kernels need not sum in the
+    same order for the two models (seen on an AVX-512 CPU without AMX: one float32 ulp)."""
     teacher = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, scale=2, unshuffle_factor=2))
     teacher.save_pretrained(tmp_path / "teacher")
     run = dict(common_run_config(tmp_path), scale=2, crop_size=32, guidance_embedding_dim=16,
@@ -273,7 +275,7 @@ def test_a_student_grows_deeper_as_the_same_function_then_trains(tmp_path):
         return pipe(lr, prompt="mild blur", num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images
 
     grown = GeoSRPipeline.from_pretrained(first, unet=unet, controlnet=controlnet)
-    assert torch.equal(upscale(grown), upscale(saved))
+    torch.testing.assert_close(upscale(grown), upscale(saved), rtol=0, atol=1e-6)
     assert len(unet.blocks) == blocks + 2
 
     # the cross-attention (and the ControlNet's mid residual) must stay after the same block
