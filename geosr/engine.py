@@ -43,7 +43,7 @@ from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.deferred_free import free_pending_now
 from geosr.diskspace import check_free_space, estimate_disk_use
-from geosr.errors import InputError
+from geosr.errors import InputError, OutputError
 from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.models import CLASSICAL, default_batch_size
@@ -66,8 +66,8 @@ from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, j
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.zarr_output import ZARR_CHUNK, ZarrTarget, ZarrWriter, is_zarr_output
-from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, remove_files, sidecar_path, stage_beside,
-                          write_error)
+from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, check_companion_file, remove_files,
+                          sidecar_path, stage_beside, write_error)
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
 
@@ -191,10 +191,17 @@ def upscale_scene(
             warnings.warn(f"{output} is written as a GeoTIFF (COG), whatever its name says; name it .tif "
                           "(or .zarr for a Zarr store)", OutputNameWarning, stacklevel=2)
     if uncertainty is not None:
-        uncertainty = check_uncertainty_target(uncertainty, config, target.output, read,
+        uncertainty = check_uncertainty_target(uncertainty, config, target, read,
                                                isinstance(target, ZarrTarget), route_map)
     if route_map is not None:
-        check_route_map_target(route_map, config, target.output)
+        route_map = check_route_map_target(route_map, config, target, read)
+    if performance_report is not None:
+        performance_report = str(check_companion_file(performance_report, target, config.overwrite,
+                                                      "performance report", "report.html", read))
+        if Path(performance_report) in (uncertainty, route_map):
+            raise OutputError(f"the performance report {performance_report} is also the run's "
+                              f"{'uncertainty' if Path(performance_report) == uncertainty else 'route'} map: "
+                              "give it another file name")
     finishing = StopsDeferred()  # from the output's commit on (see _upscale_in)
     try:
         # the lock first: a second run on this OUTPUT is refused at once, not after its model loads

@@ -35,8 +35,9 @@ __all__ = ["check_route_map_target", "write_route_map", "ROUTE_MAP_BANDS"]
 ROUTE_MAP_BANDS = ("texture", "noise", "model")
 
 
-def check_route_map_target(path: str | os.PathLike, config: RunConfig, output: Path) -> None:
-    """Refuse, before any work, a route map that cannot be written or would say nothing.
+def check_route_map_target(path: str | os.PathLike, config: RunConfig, target, inputs: Sequence[str]) -> Path:
+    """Refuse, before any work, a route map that cannot be written or would say nothing; its
+    absolute path. ``target``: the run's output target, ``inputs``: every file the run reads.
 
     Raises
     ------
@@ -45,12 +46,13 @@ def check_route_map_target(path: str | os.PathLike, config: RunConfig, output: P
     OutputExistsError
         The file exists and ``config.overwrite`` is False.
     OutputError
-        It is the output itself, a directory, or its folder does not exist.
+        It is the output itself or a file the output writes, an input, a directory, or its
+        folder does not exist.
     """
     if config.routed_threshold is None:
         why = "--route off" if config.route == "off" else f"the classical model {config.model!r} is never routed"
         raise InputError(f"--route-map needs a routed run (--route auto with a neural model): {why}")
-    check_companion_file(path, output, config.overwrite, "route map", "route.tif")
+    return check_companion_file(path, target, config.overwrite, "route map", "route.tif", inputs)
 
 
 def _statistics(band: np.ndarray) -> dict[str, str]:

@@ -200,6 +200,11 @@ class TiledTarget:
             if absolute == self.vrt or self.data in absolute.parents:
                 raise OutputError(f"input {absolute} lies in the output {self.output}: write to another place")
 
+    def occupies(self, path: Path) -> bool:
+        """Whether the run writes the absolute ``path``: the data folder, anything in it, the VRT
+        or the captions."""
+        return path in (self.data, self.vrt, self.captions) or self.data in path.parents
+
     def staging(self, work: Path) -> tuple[Path, Path, Path]:
         """Where the run builds the data folder, the VRT and the captions in its work folder ``work``.
 

@@ -96,9 +96,10 @@ def uncertainty_tags(output_tags: Mapping[str, str], output_name: str | None, pl
     return tags
 
 
-def check_uncertainty_target(path: str | os.PathLike, config: RunConfig, output: Path, inputs: Sequence[str],
+def check_uncertainty_target(path: str | os.PathLike, config: RunConfig, target, inputs: Sequence[str],
                              zarr: bool, route_map: str | os.PathLike | None) -> Path:
     """Refuse, before any work, a map that this run cannot write; its absolute path.
+    ``target``: the run's output target, ``inputs``: every file the run reads.
 
     Raises
     ------
@@ -108,7 +109,8 @@ def check_uncertainty_target(path: str | os.PathLike, config: RunConfig, output:
     OutputExistsError
         The file exists and ``config.overwrite`` is False.
     OutputError
-        It is the output itself, an input, a directory, or its folder does not exist.
+        It is the output itself or a file the output writes, an input, a directory, or its
+        folder does not exist.
     """
     if config.split is not None or zarr:
         kind = "tiled output (--split)" if config.split is not None else "Zarr output"
@@ -120,4 +122,4 @@ def check_uncertainty_target(path: str | os.PathLike, config: RunConfig, output:
     if route_map is not None:
         raise InputError("--route-map shows how tiles were routed, and --uncertainty puts every tile on the model "
                          "(the cheap path predicts no error): drop --route-map")
-    return check_companion_file(path, output, config.overwrite, "uncertainty map", "error.tif", inputs)
+    return check_companion_file(path, target, config.overwrite, "uncertainty map", "error.tif", inputs)

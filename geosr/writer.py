@@ -68,23 +68,29 @@ def sidecar_path(output: Path, suffix: str) -> Path:
     return output.with_name(output.stem + suffix)
 
 
-def check_companion_file(path: str | os.PathLike, output: Path, overwrite: bool, name: str, example: str,
+def check_companion_file(path: str | os.PathLike, target, overwrite: bool, name: str, example: str,
                          inputs: Sequence[str] = ()) -> Path:
-    """Refuse, before any work, a file a run writes beside its output (a route map, an error map).
+    """Refuse, before any work, a file a run writes beside its output (a route map, an error
+    map, a performance report).
 
-    ``name`` says what it is in messages (``route map``), ``example`` is a file name to suggest.
-    Returns its absolute path.
+    ``target`` is the run's output target (:class:`OutputTarget`, a tiled or Zarr target: its
+    ``output`` and ``occupies``); ``name`` says what the file is in messages (``route map``),
+    ``example`` is a file name to suggest. Returns its absolute path.
 
     Raises
     ------
     OutputExistsError
         The file exists and ``overwrite`` is False.
     OutputError
-        It is the output itself, one of ``inputs``, a directory, or its folder does not exist.
+        It is the output itself, a file the output writes (its captions, a block of a tiled
+        output, anything in a Zarr store), one of ``inputs``, a directory, or its folder does
+        not exist.
     """
     path = Path(path).absolute()
-    if path == output:
+    if path == target.output:
         raise OutputError(f"the {name} {path} is the output itself: give another file name")
+    if target.occupies(path):
+        raise OutputError(f"the {name} {path} is a file the output {target.output} writes: give another file name")
     if any(path.exists() and os.path.samefile(path, f) for f in inputs if os.path.exists(f)):
         raise OutputError(f"the {name} {path} is also an input: write it to another file")
     if path.is_dir():
@@ -214,16 +220,21 @@ class OutputTarget:
         for path in inputs:
             if _same_file(self.output, Path(path)):
                 raise OutputError(f"output {self.output} is also an input: write to another file")
-        for path in [sidecar_path(self.output, s) for s in sidecars]:
+        self.sidecars = [sidecar_path(self.output, s) for s in sidecars]
+        for path in self.sidecars:
             if path.is_dir():  # os.replace cannot put a file there: found after the work, and never deleted
                 raise OutputError(f"{path} is a directory; the run writes a file there: move it away")
-        for path in [self.output] + [sidecar_path(self.output, s) for s in sidecars]:
+        for path in [self.output, *self.sidecars]:
             if path.exists() and not overwrite:
                 raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")
         if not os.access(self.output.parent, os.W_OK):
             raise OutputError(f"output folder {self.output.parent} is not writable")
+
+    def occupies(self, path: Path) -> bool:
+        """Whether the run writes the absolute ``path``: OUTPUT or one of its sidecars."""
+        return path in (self.output, *self.sidecars)
 
     def commit(self, moves: Mapping[Path, Path]) -> None:
         """Move finished temporary files to their final paths (the main output last).

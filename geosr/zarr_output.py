@@ -113,6 +113,10 @@ class ZarrTarget:
             if absolute == self.output or self.output in absolute.parents:
                 raise OutputError(f"input {absolute} lies in the output {self.output}: write to another place")
 
+    def occupies(self, path: Path) -> bool:
+        """Whether the run writes the absolute ``path``: the store, anything in it, or the captions."""
+        return path in (self.output, self.captions) or self.output in path.parents
+
     def staging(self, work: Path) -> tuple[Path, None, Path]:
         """Where the run builds the store and the captions in its work folder ``work``."""
         return work / self.output.name, None, work / "captions.geojson"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import geosr
 import geosr.tasks
 from geosr.cli import cli
-from geosr.errors import GeosrError, InputError, ModelError, OutputExistsError
+from geosr.errors import GeosrError, InputError, ModelError, OutputError, OutputExistsError
 from rasters import texture, write_raster
 
 # A 2-band uint16 scene with nodata and a no-data block that covers a whole tile core (a
@@ -123,6 +123,21 @@ def test_performance_report_without_bokeh_is_refused_up_front(scene, tmp_path, m
     monkeypatch.setitem(sys.modules, "bokeh", None)  # as if the [reports] extra were not installed
     with pytest.raises(InputError, match=r"geosr\[reports\]"):
         geosr.upscale_to_file(scene[0], tmp_path / "o.tif", performance_report=tmp_path / "r.html", **OPTIONS)
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_performance_report_replaces_neither_an_input_nor_a_file_unasked(scene, tmp_path):
+    """Found by review: --performance-report INPUT replaced the input with HTML (exit 0)."""
+    src = scene[0]
+    before = open(src, "rb").read()
+    with pytest.raises(OutputError, match="is also an input"):
+        geosr.upscale_to_file(src, tmp_path / "o.tif", performance_report=src, overwrite=True, **OPTIONS)
+    with pytest.raises(OutputError, match="a file the output .* writes"):
+        geosr.upscale_to_file(src, tmp_path / "o.tif", performance_report=tmp_path / "o.captions.geojson", **OPTIONS)
+    (tmp_path / "r.html").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        geosr.upscale_to_file(src, tmp_path / "o.tif", performance_report=tmp_path / "r.html", **OPTIONS)
+    assert open(src, "rb").read() == before and (tmp_path / "r.html").read_text() == "mine"
     assert not (tmp_path / "o.tif").exists()
 
 

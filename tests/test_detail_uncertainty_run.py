@@ -187,6 +187,7 @@ def test_each_band_s_error_is_converted_to_its_raster_values_before_the_mean():
     ("heads", ["--uncertainty", "{err}", "--route-map", "{tmp}/route.tif"], 3, "drop --route-map"),
     ("heads", ["--uncertainty", "{err}", "--route-threshold", "5"], 3, "drop --route-threshold"),
     ("heads", ["--uncertainty", "{out}"], 4, "is the output itself"),
+    ("heads", ["--uncertainty", "{tmp}/out.captions.geojson"], 4, "is a file the output"),
     ("heads", ["--uncertainty", "s3://bucket/error.tif"], 3, "the map is written to a local file"),
     ("plain", ["--uncertainty", "{err}"], 3, "has no uncertainty head"),
     ("plain", ["--detail", "0.5"], 3, "has no detail head"),
@@ -194,7 +195,7 @@ def test_each_band_s_error_is_converted_to_its_raster_values_before_the_mean():
     ("bicubic", ["--uncertainty", "{err}", "--detail", "1"], 3,
      "--detail and --uncertainty need a diffusion model with a detail head and an uncertainty head"),
     ("heads", ["--detail", "1.5"], 2, "1.5 is not in the range 0<=x<=1"),
-], ids=["split", "route-map", "route-threshold", "same-file", "object-storage", "no-uncertainty-head", "no-detail-head",
+], ids=["split", "route-map", "route-threshold", "same-file", "captions-file", "object-storage", "no-uncertainty-head", "no-detail-head",
         "classical-detail", "classical-both", "detail-range"])
 def test_what_cannot_be_done_is_refused_before_any_work_and_leaves_nothing(models, scene, tmp_path, model, args,
                                                                         code, message):

@@ -14,7 +14,7 @@ from geosr.benchmark import seam_score
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
-from geosr.errors import InputError, OutputExistsError
+from geosr.errors import InputError, OutputError, OutputExistsError
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.routing import (CALIBRATED_THRESHOLDS, MODEL, NO_STRUCTURE, NOISE_LIMIT, TileRoute, cheap_path, measure_tiles,
                            route_tiles)
@@ -164,6 +164,22 @@ def test_route_map_is_refused_where_it_would_say_nothing_or_overwrite(tmp_path):
     with pytest.raises(OutputExistsError):
         _routed_run(src, tmp_path / "a.tif", route_map=tmp_path / "r.tif")
     assert not (tmp_path / "a.tif").exists() and (tmp_path / "r.tif").read_text() == "keep"
+
+
+@pytest.mark.parametrize("where", ["input", "captions", "tiled block"])
+def test_a_route_map_never_lands_on_a_file_the_run_reads_or_writes(tmp_path, where):
+    """Found by review: --route-map onto the input, the captions or a block of a tiled output
+    replaced it with the map (exit 0) - a check that knew only OUTPUT's own path."""
+    src = _half_flat_scene(tmp_path / "in.tif", width=128)
+    before = open(src, "rb").read()
+    output, split = (tmp_path / "tiles", 64) if where == "tiled block" else (tmp_path / "a.tif", None)
+    route_map = {"input": src, "captions": tmp_path / "a.captions.geojson",
+                 "tiled block": output / "block_000_000.tif"}[where]
+    cfg = RunConfig(scale=2, captioner="degradation", tiles=TileSpec(64, 16), progress=False, split=split,
+                    overwrite=True)
+    with pytest.raises(OutputError, match="the output itself|a file the output .* writes|is also an input"):
+        upscale_scene([src], output, cfg, route_map=route_map)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"] and open(src, "rb").read() == before
 
 
 def test_cli_routes_and_reports_it(tmp_path):
