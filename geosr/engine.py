@@ -37,6 +37,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 import geosr.tasks as tasks
+from geosr import stop_requests
 from geosr.blending import BlendAccumulator
 from geosr.cell_render import CellRenderer, error_pixels, output_pixels
 from geosr.config import RunConfig, parse_caption_every
@@ -415,6 +416,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                                  config.routed_threshold)] = Path(route_map).absolute()
     moves, copies = stage_beside(moves)  # a map on another filesystem than OUTPUT: copied beside its place
     uploads = getattr(target, "url", None) is not None  # an S3 commit uploads: it may take long, and stop
+    stop_requests.raise_if_noted()  # the last point a stop is acted on: none may be lost
     if not uploads:  # renames only: a stop between them left half an output
         finishing.start()
     try:
@@ -561,6 +563,7 @@ def _progress(tiles, config: RunConfig, performance_report, last_tile: list[floa
     done = [0]
 
     def progress(indices) -> None:
+        stop_requests.raise_if_noted()  # a stop raised where Python dropped it (geosr.stop_requests)
         last_tile[0] = time.perf_counter()
         done[0] += sum(px[i] for i in indices)
         bar.update(len(indices))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from geosr.cli import SUBCOMMANDS, cli
 
@@ -58,3 +59,16 @@ def test_the_help_listing_says_what_each_command_says(name):
     assert cli.get_command(None, name) is command
     own = " ".join((command.short_help or command.help).split())
     assert own.startswith(summary.rstrip(".")), (summary, own)
+
+
+def test_ctrl_c_before_a_command_takes_signals_is_a_stop_not_a_bug(monkeypatch):
+    """Found by review: Ctrl-C in a command's first second (before it handles stop signals)
+    ended in click's "Aborted!" with exit 1, the status the README gives a bug."""
+    import geosr.cli.upscale
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(geosr.cli.upscale, "setup_logging", interrupted)
+    result = CliRunner().invoke(cli, ["upscale", "in.tif", "out.tif"])
+    assert result.exit_code == 8 and "stopped by SIGINT before any work was kept" in result.output

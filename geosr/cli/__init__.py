@@ -81,6 +81,19 @@ class LazyGroup(click.Group):
                 stream.flush()
         os._exit(code)
 
+    def invoke(self, ctx: click.Context):
+        """The subcommand; Ctrl-C before it takes stop signals itself ends as a stop (exit 8), in
+        one line, not as click's "Aborted!" with exit 1 - the status of a bug."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            from geosr.errors import RunStopped, StopRequested
+
+            name = exc.args[0] if isinstance(exc, StopRequested) and exc.args else "SIGINT"
+            err = click.ClickException(f"stopped by {name} before any work was kept")
+            err.exit_code = RunStopped.exit_code
+            raise err from exc
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(len(n) for n in names)

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 import click
 
+from geosr import stop_requests
 from geosr.api import command_line_wording
 from geosr.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from geosr.errors import EXIT_CODES, GeosrError, RunStopped, StopRequested
@@ -133,15 +134,21 @@ def stop_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT raise :class:`StopRequested` in the main thread, naming the signal.
 
     Schedulers pre-empt jobs with SIGTERM: the run then stops like after Ctrl-C, keeping
-    its finished cells and saying how to resume.
+    its finished cells and saying how to resume. Each signal is noted too
+    (:mod:`geosr.stop_requests`): raised inside a callback that Python runs and ignores the
+    errors of, it would be lost.
     """
 
     def stop(signum, _frame):
-        raise StopRequested(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        stop_requests.note(name)
+        raise StopRequested(name)
 
+    stop_requests.forget()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        stop_requests.forget()
