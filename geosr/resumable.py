@@ -35,7 +35,7 @@ from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.file_sample import content_sample, file_digest, sample_digest
 from geosr.gdal_side_files import pam_settings_digest, side_files
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
-from geosr.models import own_model_files
+from geosr.models import CLASSICAL, own_model_files
 from geosr.remote import gdal_path, is_remote, remote_object
 from geosr.sentinel2 import is_subdataset, subdataset_files
 from geosr.uncertainty_map import joint_crc
@@ -226,6 +226,10 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         "--aoi": f"{os.path.abspath(config.aoi)} sha256 {file_digest(config.aoi)}" if config.aoi else None,
     }
     ident.update({k: str(v) for k, v in settings.items()})
+    if config.model not in CLASSICAL:
+        # a network's kernels sum in another order for another number of tiles a call: its last
+        # bits, 1 DN on a few pixels, differ (classical models are exact at any batch size)
+        ident["--batch-size"] = str(config.batch_size)
     if config.split is not None:  # absent from a single COG's identity, as before tiled output existed
         # "auto": the side the output's size gives (geosr.tiled_output.auto_block_side), the same
         # on resume; a stopped run of a geosr whose default was 16384 differs here
