@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -152,8 +153,36 @@ def files_read(inputs: Sequence[str], remote_side_files: bool = True) -> list[st
             seen.update(dict.fromkeys(_remote_side_files(path)))
         if path.lower().endswith(".vrt") and (is_remote(path) or os.path.isfile(path)):
             with rasterio.open(path) as ds:
-                todo += [named(f) for f in ds.files[1:] if is_remote(f) or os.path.isfile(f)]
+                todo += [named(_file_behind(f)) for f in ds.files[1:]]
     return list(seen)
+
+
+# GDAL's archive readers: /vsizip/{archive}/member, /vsizip//vsis3/bucket/a.zip/member ...
+_ARCHIVE_PREFIXES = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".7z", ".rar")
+
+
+def _file_behind(source: str) -> str:
+    """The file (or object) whose bytes a VRT's ``source`` reads: ``source`` itself when it is
+    a file or an object, an archive's file for a member (``/vsizip//data/a.zip/a.tif`` ->
+    ``/data/a.zip``), the file of a ``GTIFF_DIR:n:file.tif``. A source named through anything
+    else GDAL reads (``/vsimem/``...) is kept as named: :func:`run_identity` then cannot vouch
+    for it, and says so."""
+    if is_remote(source) or os.path.isfile(source):
+        return source
+    if source.startswith("GTIFF_DIR:"):
+        return _file_behind(source.split(":", 2)[-1])
+    for prefix in _ARCHIVE_PREFIXES:
+        if source.startswith(prefix):
+            rest = source[len(prefix):]
+            if rest.startswith("{") and "}" in rest:  # /vsizip/{archive}/member
+                return _file_behind(rest[1:rest.index("}")])
+            parts = rest.split("/")
+            for end in range(1, len(parts) + 1):  # the shortest leading path that is a file
+                head = "/".join(parts[:end])
+                if os.path.isfile(head) or (is_remote(head) and head.lower().endswith(_ARCHIVE_SUFFIXES)):
+                    return head
+    return source
 
 
 def _remote_side_files(path: str) -> list[str]:
@@ -202,6 +231,9 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         if is_remote(f):
             obj = remote_object(f)
             ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {sample_digest(obj.read, obj.size)}"
+            continue
+        if not os.path.isfile(f):  # a source GDAL reads through a path geosr cannot trace (_file_behind)
+            ident[f"input {f}"] = f"read through a path geosr cannot check ({secrets.token_hex(8)}): not resumable"
             continue
         if f.lower().endswith(".aux.xml"):  # PAM: what it sets, not the statistics QGIS caches in it
             settings_digest = pam_settings_digest(f)

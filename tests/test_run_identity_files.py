@@ -185,3 +185,66 @@ def test_a_hub_id_is_fingerprinted_by_its_cached_revision(tmp_path, monkeypatch)
     assert before == f"hub org/model revision {'a' * 40}, files {folder_fingerprint(snapshot)}"
     (snapshot / "unet" / "w.bin").write_bytes(bytes(9) + b"\x01")  # the cached files changed
     assert source_fingerprint("org/model", "model_index.json") != before
+
+
+def _vrt_of(source: str, vrt, width: int, height: int, like=None) -> None:
+    """A one-band VRT reading band 1 of ``source`` (any name GDAL opens), on the grid of the
+    raster ``like`` (none: not georeferenced)."""
+    grid = ""
+    if like is not None:
+        with rasterio.open(like) as ds:
+            grid = (f"<SRS>{ds.crs.to_wkt()}</SRS><GeoTransform>{', '.join(map(str, ds.transform.to_gdal()))}"
+                    "</GeoTransform>")
+    vrt.write_text(f"""<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{grid}
+  <VRTRasterBand dataType="Byte" band="1">
+    <SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>1</SourceBand></SimpleSource>
+  </VRTRasterBand>
+</VRTDataset>
+""")
+
+
+def test_a_vrt_source_in_an_archive_is_in_the_identity_by_its_archive(tmp_path, monkeypatch):
+    """Found by review: a VRT source read through /vsizip/ was left out of the identity, and a
+    resume after the zip was rebuilt with other pixels mixed the two images with exit 0."""
+    import zipfile
+
+    from geosr.errors import ResumeError
+    from geosr.engine import upscale_scene
+
+    src = uint8_scene(tmp_path / "a.tif", 96, 128)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.write(src, "a.tif")
+    vrt = tmp_path / "a.vrt"
+    _vrt_of(f"/vsizip/{tmp_path}/a.zip/a.tif", vrt, 128, 96, like=src)
+    assert str(tmp_path / "a.zip") in files_read([str(vrt)])
+    stop_half_way(monkeypatch, [str(vrt)], tmp_path / "out.tif")
+    with rasterio.open(src) as ds:
+        other = 255 - ds.read()
+        profile = ds.profile
+    with rasterio.open(src, "w", **profile) as ds:
+        ds.write(other)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.write(src, "a.tif")
+    with pytest.raises(ResumeError, match="a.zip"):
+        upscale_scene([str(vrt)], tmp_path / "out.tif", cfg(resume=True))
+
+
+@pytest.mark.parametrize("name, behind", [
+    ("/vsizip/{{{tmp}/a.zip}}/sub/a.tif", "{tmp}/a.zip"),
+    ("/vsitar/{tmp}/a.zip/a.tif", "{tmp}/a.zip"),
+    ("GTIFF_DIR:2:{tmp}/a.zip", "{tmp}/a.zip"),
+    ("/vsizip//vsis3/bucket/x/a.zip/a.tif", "/vsis3/bucket/x/a.zip"),
+])
+def test_the_file_behind_a_gdal_name_is_found(tmp_path, name, behind):
+    from geosr.resumable import _file_behind
+
+    (tmp_path / "a.zip").write_bytes(b"PK")
+    assert _file_behind(name.format(tmp=tmp_path)) == behind.format(tmp=tmp_path)
+
+
+def test_a_source_geosr_cannot_trace_makes_a_run_that_never_resumes(tmp_path):
+    vrt = tmp_path / "m.vrt"
+    _vrt_of("/vsimem/somewhere.tif", vrt, 8, 8)
+    first, second = (run_identity([str(vrt)], cfg()) for _ in range(2))
+    key = "input /vsimem/somewhere.tif"
+    assert "cannot check" in first[key] and first[key] != second[key]
