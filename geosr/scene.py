@@ -499,6 +499,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                 f"{', '.join(dict.fromkeys(first['dtypes']))}, {name} {info['count']} of {', '.join(dict.fromkeys(info['dtypes']))}"
             )
         _check_same_values(first, info)
+        _check_same_band_order(first, info)
         t: Affine = info["transform"]
         for got, want, what in ((t.a, t0.a, "pixel width"), (t.e, t0.e, "pixel height")):
             if abs(got - want) * max(info["width"], info["height"]) > GRID_TOLERANCE_PX * abs(want):
@@ -627,6 +628,28 @@ def _check_same_values(first: dict, info: dict) -> None:
             f"mosaic pieces differ in band scales/offsets: {first['path']} has {first['scales']} / "
             f"{first['offsets']}, {info['path']} {info['scales']} / {info['offsets']}; rescale them to one first"
         )
+
+
+def _check_same_band_order(first: dict, info: dict) -> None:
+    """Refuse mosaic pieces whose bands say they are other things: a colour interpretation, or a
+    description, that both pieces give a band and that differs (R, G, B in one and B, G, R in
+    the other). The mosaic combines bands by number and labels them as the first piece does: one
+    piece's blue would be written as red. Undefined and gray interpretations say nothing."""
+    silent = (ColorInterp.undefined, ColorInterp.gray)
+    for band, (ours, theirs) in enumerate(zip(first["colorinterp"], info["colorinterp"]), start=1):
+        if ours not in silent and theirs not in silent and ours != theirs:
+            raise GridMismatchError(
+                f"mosaic pieces differ in band order: band {band} of {first['path']} is {ours.name}, of "
+                f"{info['path']} {theirs.name}; reorder one (gdal_translate -b ...) so that each band holds "
+                "the same thing in every piece"
+            )
+    for band, (ours, theirs) in enumerate(zip(first["descriptions"], info["descriptions"]), start=1):
+        if ours and theirs and ours.strip().lower() != theirs.strip().lower():
+            raise GridMismatchError(
+                f"mosaic pieces differ in band order: band {band} of {first['path']} is described {ours!r}, of "
+                f"{info['path']} {theirs!r}; reorder one (gdal_translate -b ...), or give both the same "
+                "descriptions, so that each band holds the same thing in every piece"
+            )
 
 
 def _one_value(nodata: Sequence[float | None]) -> bool:

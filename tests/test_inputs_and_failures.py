@@ -160,6 +160,31 @@ def test_mosaic_pieces_that_disagree_on_nodata_or_scales_are_refused(tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
+@pytest.mark.parametrize("label", ["colorinterp", "descriptions"])
+def test_mosaic_pieces_whose_bands_are_in_another_order_are_refused(tmp_path, label):
+    """Found by review: an R, G, B piece beside a B, G, R one was mosaicked by band number, the
+    second's blue written as red (exit 0)."""
+    from rasterio.enums import ColorInterp
+
+    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    names = ("red", "green", "blue")
+    pieces = []
+    for i, order in enumerate(((0, 1, 2), (0, 1, 2), (2, 1, 0))):
+        path = uint8_scene(tmp_path / f"{'abc'[i]}.tif", 20, 20, transform=NORTH_UP @ Affine.translation(20 * i, 0))
+        with rasterio.open(path, "r+") as ds:
+            if label == "colorinterp":
+                ds.colorinterp = [rgb[k] for k in order]
+            else:
+                ds.descriptions = tuple(names[k].upper() if i else names[k] for k in order)  # case is no order
+        pieces.append(path)
+    upscale_scene(pieces[:2], tmp_path / "same.tif", cfg())  # same bands, same order: one mosaic
+    match = (r"differ in band order: band 1 of .*a.tif is red, of .*c.tif blue" if label == "colorinterp" else
+             r"differ in band order: band 1 of .*a.tif is described 'red', of .*c.tif 'BLUE'")
+    with pytest.raises(GridMismatchError, match=match):
+        upscale_scene([pieces[0], pieces[2]], tmp_path / "x.tif", cfg())
+    assert not (tmp_path / "x.tif").exists()
+
+
 def _per_band_nodata_vrt(tmp_path, name: str, values: tuple, x0: int = 0, side: int = 20) -> Path:
     """A textured int16 raster at ``x0`` whose bands hold the nodata ``values``, one each (a VRT:
     a GeoTIFF has one for all bands)."""
