@@ -31,7 +31,11 @@ from rasterio.io import MemoryFile
 from geosr.errors import GDAL_ERRORS, InputError, gdal_cause
 from geosr.stoppable_gdal import loaded_libgdal
 
-__all__ = ["check_creation_options", "cog_creation_options"]
+__all__ = ["REPROJECTION_OPTIONS", "check_creation_options", "cog_creation_options"]
+
+#: The COG driver's options that warp the output to another grid (or only act with one that does).
+REPROJECTION_OPTIONS = frozenset({"TARGET_SRS", "TILING_SCHEME", "RES", "EXTENT", "ALIGNED_LEVELS", "ADD_ALPHA",
+                                  "WARP_RESAMPLING", "ZOOM_LEVEL", "ZOOM_LEVEL_STRATEGY"})
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +160,10 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
     """
     specs = cog_creation_options()
     for name, value in options.items():
+        if name in REPROJECTION_OPTIONS:
+            raise InputError(f"--co {name}={value}: the COG driver's {name} reprojects or re-grids the output, and "
+                             "geosr writes it on the input's grid refined by the scale (its georeferencing exact); "
+                             "reproject the output afterwards (gdalwarp)")
         if specs and name not in specs:
             raise InputError(f"--co {name}={value}: the COG driver has no option {name} (it has {', '.join(sorted(specs))})")
         why = (_check_value(specs[name], value) if specs else None) or _out_of_range(name, value, {**defaults, **options})
@@ -180,4 +188,7 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
             rasterio.shutil.delete("/vsimem/geosr-co-check.tif")
     except GDAL_ERRORS as exc:
         given = " ".join(f"--co {k}={v}" for k, v in options.items()) or "the default creation options"
-        raise InputError(f"{given}: GDAL cannot write a {count}-band {dtype} COG with them: {gdal_cause(exc)}") from exc
+        kept = " ".join(f"{k}={v}" for k, v in defaults.items() if k not in options and k != "NUM_THREADS")
+        beside = f" beside geosr's defaults {kept} (each replaced by a --co of its name)" if options and kept else ""
+        raise InputError(f"{given}{beside}: GDAL cannot write a {count}-band {dtype} COG with them: "
+                         f"{gdal_cause(exc)}") from exc

@@ -35,6 +35,8 @@ __all__ = ["DiskEstimate", "estimate_disk_use", "check_free_space"]
 # Creation options that change the compressed size (the rest only lay it out).
 COMPRESSION_OPTIONS = ("COMPRESS", "PREDICTOR", "LEVEL", "QUALITY", "MAX_Z_ERROR", "NBITS")
 SAMPLE_PX = 512
+# the COG driver's PREDICTOR values as GTiff's numbers (YES: 2 for integers, 3 for floats)
+_COG_PREDICTORS = {"YES": None, "NO": "1", "STANDARD": "2", "FLOATING_POINT": "3"}
 # Full image + overviews (1/4 + 1/16 + ... = 1/3), of the compressed size.
 COG_FACTOR = 1 + 1 / 3
 # Temporary files of the COG pass, of the uncompressed output size: the default options' tiled
@@ -65,8 +67,10 @@ def _compression_ratio(source: str, bands: Sequence[int], options: Mapping[str, 
         with read_errors_named(source, window, what="a sample to estimate the output's size"):
             data = ds.read(list(bands), window=window)
     opts = {k: v for k, v in options.items() if k in COMPRESSION_OPTIONS}
-    if opts.get("PREDICTOR", "").upper() == "YES":  # a COG-driver spelling; GTiff wants the number
-        opts["PREDICTOR"] = "3" if np.issubdtype(data.dtype, np.floating) else "2"
+    predictor = opts.get("PREDICTOR", "").upper()
+    if predictor in _COG_PREDICTORS:  # the COG driver's spellings; GTiff wants the number
+        opts["PREDICTOR"] = (_COG_PREDICTORS[predictor] if predictor != "YES"
+                             else "3" if np.issubdtype(data.dtype, np.floating) else "2")
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as mem, warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a bare sample raster
         with mem.open(driver="GTiff", width=w, height=h, count=len(bands), dtype=data.dtype,

@@ -23,6 +23,7 @@ from pathlib import Path
 import dask
 import distributed
 import pytest
+import rasterio
 import torch
 from click.testing import CliRunner
 
@@ -366,12 +367,35 @@ def test_a_file_name_that_is_not_utf8_is_one_line(which, scene):
     (["COMPRESS=ZSTD", "LEVEL=23"], "--co LEVEL=23: LEVEL must be 1 to 22 with COMPRESS=ZSTD"),
     (["NUM_THREADS=-5"], "--co NUM_THREADS=-5: NUM_THREADS takes a number of threads of at least 1, or ALL_CPUS"),
     (["MAX_Z_ERROR=-1"], "--co MAX_Z_ERROR=-1: MAX_Z_ERROR must be at least 0"),
-], ids=["QUALITY", "LEVEL", "ZSTD LEVEL", "NUM_THREADS", "MAX_Z_ERROR"])
+    (["TARGET_SRS=EPSG:4326"], "--co TARGET_SRS=EPSG:4326: the COG driver's TARGET_SRS reprojects or re-grids"),
+    (["TILING_SCHEME=GoogleMapsCompatible"], "TILING_SCHEME reprojects or re-grids the output"),
+    (["RES=10"], "reproject the output afterwards (gdalwarp)"),
+    # the predictor in the message is geosr's default, not the user's: say so
+    (["NBITS=4"], "--co NBITS=4 beside geosr's defaults COMPRESS=DEFLATE PREDICTOR=YES"),
+], ids=["QUALITY", "LEVEL", "ZSTD LEVEL", "NUM_THREADS", "MAX_Z_ERROR", "TARGET_SRS", "TILING_SCHEME", "RES",
+        "NBITS"])
 def test_creation_options_out_of_range_are_refused(options, words, scene):
     co = [arg for option in options for arg in ("--co", option)]
     res, seconds = timed("upscale", scene / "in.tif", scene / "out.tif", *RUN, *co)
     assert res.exit_code == 3 and words in error_line(res.stderr), res.stderr
     assert seconds < 5 and names(scene) == ["in.tif"]
+
+
+@pytest.mark.parametrize("predictor", ["NO", "STANDARD", "FLOATING_POINT", "YES"])
+def test_every_cog_predictor_is_taken(predictor, scene):
+    """Found by review: PREDICTOR=NO, STANDARD or FLOATING_POINT passed the --co check and then
+    crashed the disk-space estimate (exit 1), which tried them on the GTiff driver."""
+    dtype = "float32" if predictor == "FLOATING_POINT" else "uint8"
+    src = scene / "in.tif"
+    if dtype == "float32":
+        with rasterio.open(src) as ds:
+            data, profile = ds.read().astype("float32"), ds.profile
+        src = scene / "in_f.tif"
+        with rasterio.open(src, "w", **{**profile, "dtype": "float32"}) as ds:
+            ds.write(data)
+    res = invoke("upscale", src, scene / "out.tif", *RUN, "--co", f"PREDICTOR={predictor}", "--co", "NBITS=8"
+                 if predictor == "NO" else "LEVEL=6")
+    assert res.exit_code == 0, res.stderr
 
 
 def test_creation_options_in_range_are_taken(scene):
