@@ -53,7 +53,7 @@ from geosr.output_meta import (CAPTIONS_SUFFIX, band_meta, captions_geojson, cog
                                output_tags, overview_resampling)
 from geosr.radiometry import Stretch
 from geosr.reading import read_band_nodata, read_valid
-from geosr.resumable import files_read, open_journal, run_identity, settle_stopped_run, verify_finished_cells
+from geosr.resumable import check_inputs_unchanged, files_read, open_journal, run_identity, settle_stopped_run, verify_finished_cells
 from geosr.route_map import check_route_map_target, write_route_map
 from geosr.routing import MODEL, TileRoute
 from geosr.s3_output import is_s3_output, s3_target
@@ -417,6 +417,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     moves, copies = stage_beside(moves)  # a map on another filesystem than OUTPUT: copied beside its place
     uploads = getattr(target, "url", None) is not None  # an S3 commit uploads: it may take long, and stop
     stop_requests.raise_if_noted()  # the last point a stop is acted on: none may be lost
+    check_inputs_unchanged(journal, files, config)  # read from start to end as they were
     if not uploads:  # renames only: a stop between them left half an output
         finishing.start()
     try:

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from geosr.uncertainty_map import UncertaintyRaster
     from geosr.writer import WorkRaster
 
-__all__ = ["StoppedRunWarning", "files_read", "run_identity", "open_journal", "settle_stopped_run",
-           "verify_finished_cells"]
+__all__ = ["StoppedRunWarning", "check_inputs_unchanged", "files_read", "run_identity", "open_journal",
+           "settle_stopped_run", "verify_finished_cells"]
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,29 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
     return journal
 
 
+def check_inputs_unchanged(journal: RunJournal, files: Sequence[str], config: RunConfig) -> None:
+    """Refuse to finish a run whose inputs changed while it read them: each file its identity
+    named at the start (:func:`run_identity`: size, times, a content sample; the full content
+    where only the times moved) is checked again before the output is committed.
+
+    Raises
+    ------
+    InputError
+        An input, or a file GDAL reads beside one, is gone or was rewritten: the tiles read
+        before and after hold two versions of it.
+    """
+    now = run_identity(files, config)
+    for key, was in journal.identity.items():
+        if not key.startswith("input ") or "cannot check" in was:  # inputs only; untraceable ones never resume
+            continue
+        if now.get(key) == was or (key in now and _same_content(journal, key, was, now[key]) is True):
+            continue
+        path = key[len("input "):].removesuffix(_CHANGED)
+        raise InputError(f"input {path} {'is gone' if key not in now else 'changed'} while the run read it: its "
+                         "tiles would mix two versions of it; nothing was written - rerun once it is no longer "
+                         "being written")
+
+
 def verify_finished_cells(journal: RunJournal, raster: "WorkRaster",
                           errors: "UncertaintyRaster | None" = None) -> list[tuple[int, int]]:
     """Check each journalled cell's bytes in ``raster`` (and in the ``errors`` map) against its
@@ -391,7 +414,8 @@ def settle_stopped_run(journal: RunJournal, exc: BaseException, cells_total: int
         )
     else:
         journal.folder.remove()
-        note = "no output cell was finished; nothing was kept"
+        note = ("no output cell was finished; nothing was kept" if not journal.finished else
+                f"its {journal.finished} finished output cells were deleted: they came from the input as it was")
     if isinstance(exc, KeyboardInterrupt):
         how = f"stopped by {exc.args[0]}" if isinstance(exc, StopRequested) and exc.args else "interrupted"
         stopped = RunStopped(f"{how}; {note}")

@@ -22,7 +22,7 @@ import geosr.tasks as tasks
 from geosr.cli import cli
 from geosr.config import RunConfig, TileSpec
 from geosr.engine import upscale_scene
-from geosr.errors import ResumeError, WriteError
+from geosr.errors import InputError, ResumeError, WriteError
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.output_lock import OutputLock
 from geosr.resumable import StoppedRunWarning, files_read, open_journal
@@ -460,3 +460,33 @@ def test_a_classical_run_resumes_at_any_batch_size(stopped, tmp_path):
     src, ref, _ = stopped
     upscale_scene([src], tmp_path / "out.tif", cfg(batch_size=3, resume=True))
     assert (tmp_path / "out.tif").read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["rewritten", "touched"])
+def test_an_input_rewritten_during_the_run_fails_it(tmp_path, monkeypatch, how):
+    """Found by review: an input overwritten while the run read it gave a mosaic of its two
+    versions with exit 0. Rewritten: refused before the commit, nothing left; only touched (its
+    times moved, its bytes the same): the run finishes."""
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    with rasterio.open(src) as ds:
+        other, profile = 255 - ds.read(), ds.profile
+    real, marker = tasks.process_batch, tmp_path / "changed"  # the task may run in a worker process
+
+    def changes_it(job):
+        if job.tiles[0].index == 2 and not marker.exists():
+            marker.touch()
+            if how == "rewritten":
+                with rasterio.open(src, "w", **profile) as ds:
+                    ds.write(other)
+            else:
+                os.utime(src)
+        return real(job)
+
+    monkeypatch.setattr(tasks, "process_batch", changes_it)
+    if how == "rewritten":
+        with pytest.raises(InputError, match=r"in.tif changed while the run read it"):
+            upscale_scene([src], tmp_path / "out.tif", cfg())
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["changed", "in.tif"]
+    else:
+        upscale_scene([src], tmp_path / "out.tif", cfg())
+        assert (tmp_path / "out.tif").exists()
