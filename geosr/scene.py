@@ -204,6 +204,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
             if not found:
                 raise InputError(f"pattern {text!r} matches no file")
             files.extend(found)
+        elif text.startswith("/vsi"):
+            raise InputError(f"input {text!r}: GDAL's virtual file systems other than /vsis3/ and /vsicurl/ are not "
+                             "read directly; extract the file, or name it as a source in a .vrt and pass that")
         else:
             raise InputError(f"input {text!r} does not exist")
     # The same file given twice would be summed twice in a mosaic.

@@ -302,6 +302,7 @@ def test_bad_inputs_fail_before_any_output(tmp_path):
     runner = CliRunner()
     cases = [
         (["upscale", str(tmp_path / "missing.tif"), str(tmp_path / "o.tif")], "does not exist"),
+        (["upscale", f"/vsizip/{tmp_path}/a.zip/a.tif", str(tmp_path / "o.tif")], "name it as a source in a .vrt"),
         (["upscale", str(src), str(tmp_path / "o.tif"), "--bands", "1,7"], "band 7 does not exist"),
         (["upscale", str(src), str(tmp_path / "o.tif"), "--model", "nosuchmodel"], "unknown model"),
         (["upscale", str(src), str(tmp_path / "o.tif"), "--captioner", "telepathy"], "unknown captioner"),
