@@ -347,8 +347,8 @@ def test_a_stop_that_python_dropped_still_stops_the_run(tmp_path, monkeypatch, w
         with contextlib.suppress(StopRequested):  # raised by geosr's handler, dropped as Python drops it
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
-    real = tasks.process_batch if when == "tiles" else geosr.engine.stage_beside
-    monkeypatch.setattr(*((tasks, "process_batch") if when == "tiles" else (geosr.engine, "stage_beside")),
+    real = tasks.process_batch if when == "tiles" else geosr.engine._write_captions
+    monkeypatch.setattr(*((tasks, "process_batch") if when == "tiles" else (geosr.engine, "_write_captions")),
                         lambda *args: (dropped_stop(), real(*args))[1])
     with stop_on_signals(), pytest.raises(RunStopped, match="stopped by SIGINT"):
         upscale_scene([src], tmp_path / "out.tif", config)
