@@ -415,7 +415,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         moves[write_route_map(folder / "route_map.tif", scene, grid, tiles, routes,
                                  config.routed_threshold)] = Path(route_map).absolute()
     stop_requests.raise_if_noted()  # the last point a stop is acted on: none may be lost
-    check_inputs_unchanged(journal, files, config)  # read from start to end as they were
+    check_inputs_unchanged(journal, files)  # read from start to end as they were
     moves, copies = stage_beside(moves)  # a map on another filesystem than OUTPUT: copied beside its place
     uploads = getattr(target, "url", None) is not None  # an S3 commit uploads: it may take long, and stop
     if not uploads:  # renames only: a stop between them left half an output

@@ -223,17 +223,21 @@ def _differences(journal: RunJournal, new: dict[str, str]) -> list[str]:
     return out
 
 
-def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
-    """What must be equal for a stopped run to be resumed: inputs and output-changing settings."""
-    ident = {"geosr version": geosr.__version__, "geosr code": code_digest(), "libraries": library_versions(),
-             "inputs": ", ".join(files)}
+_UNTRACEABLE = "read through a path geosr cannot check"
+
+
+def _input_identity(files: Sequence[str]) -> dict[str, str]:
+    """The identity entries of every file the inputs make GDAL read (:func:`files_read`): an
+    object's size, version and content sample; a local file's size, times and content sample; what
+    a ``.aux.xml`` sets; a source geosr cannot trace, an entry no other run has."""
+    ident = {}
     for f in files_read(files):
         if is_remote(f):
             obj = remote_object(f)
             ident[f"input {f}"] = f"{obj.size} bytes, {obj.version}, content sample {sample_digest(obj.read, obj.size)}"
             continue
         if not os.path.isfile(f):  # a source GDAL reads through a path geosr cannot trace (_file_behind)
-            ident[f"input {f}"] = f"read through a path geosr cannot check ({secrets.token_hex(8)}): not resumable"
+            ident[f"input {f}"] = f"{_UNTRACEABLE} ({secrets.token_hex(8)}): not resumable"
             continue
         if f.lower().endswith(".aux.xml"):  # PAM: what it sets, not the statistics QGIS caches in it
             settings_digest = pam_settings_digest(f)
@@ -246,6 +250,13 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         # which no user-level tool can set, and the content sample reads only part of a big file;
         # a ctime that moved for other reasons is checked against the full content (_same_run)
         ident[f"input {f}{_CHANGED}"] = f"{st.st_ctime_ns} ns"
+    return ident
+
+
+def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
+    """What must be equal for a stopped run to be resumed: inputs and output-changing settings."""
+    ident = {"geosr version": geosr.__version__, "geosr code": code_digest(), "libraries": library_versions(),
+             "inputs": ", ".join(files), **_input_identity(files)}
     settings = {
         "--scale": config.scale, "--model": config.model, "--captioner": config.captioner,
         "--caption-every": config.caption_every, "--tile": config.tiles.tile, "--overlap": config.tiles.overlap,
@@ -338,9 +349,9 @@ def open_journal(output: Path, identity: dict[str, str], resume: bool) -> RunJou
     return journal
 
 
-def check_inputs_unchanged(journal: RunJournal, files: Sequence[str], config: RunConfig) -> None:
+def check_inputs_unchanged(journal: RunJournal, files: Sequence[str]) -> None:
     """Refuse to finish a run whose inputs changed while it read them: each file its identity
-    named at the start (:func:`run_identity`: size, times, a content sample; the full content
+    named at the start (:func:`_input_identity`: size, times, a content sample; the full content
     where only the times moved) is checked again before the output is committed.
 
     Raises
@@ -349,9 +360,9 @@ def check_inputs_unchanged(journal: RunJournal, files: Sequence[str], config: Ru
         An input, or a file GDAL reads beside one, is gone or was rewritten: the tiles read
         before and after hold two versions of it.
     """
-    now = run_identity(files, config)
+    now = _input_identity(files)
     for key, was in journal.identity.items():
-        if not key.startswith("input ") or "cannot check" in was:  # inputs only; untraceable ones never resume
+        if not key.startswith("input ") or was.startswith(_UNTRACEABLE):  # inputs only; untraceable ones never resume
             continue
         if now.get(key) == was or (key in now and _same_content(journal, key, was, now[key]) is True):
             continue
