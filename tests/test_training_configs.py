@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from geosr.training import distill_cfg, train_captioner, train_controlnet, train_heads
@@ -23,11 +24,12 @@ def _script(path: Path):
 
 
 # The teacher and the student stages of each shipped default, in training order: each student stage
-# continues the one before it; the last one is shipped. x4: v2 (three stages with the teacher, then a
-# fourth), then v3's three fidelity stages (L1 alone, distill_weight 0: from the shipped student, its
+# continues the one before it; the last one is shipped (or, where SHIPPED_AVERAGE says, the mean
+# of the last ones). x4: v2 (three stages with the teacher, then a fourth), then v3's three fidelity stages (L1 alone, distill_weight 0: from the shipped student, its
 # "teacher" only lends the caption encoder and schedule), two that grow it deeper (6, 10, 16 blocks) and a
 # second, a third and a fourth stage at 16 blocks (the second stopped at its step 13 500 of 16 000; the
-# third with a share of single-band crops, the fourth at half the peak lr); x2: the v3
+# third with a share of single-band crops, the fourth at half the peak lr, then three more warm restarts;
+# the shipped x4 is the mean of the last two, SHIPPED_AVERAGE); x2: the v3
 # student on the LR grid under the v2 x2 teacher (LR/2), three stages, then its two fidelity stages,
 # one that grows it deeper (6 -> 10 blocks) and two on coarser ground sample distances.
 TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
@@ -37,12 +39,16 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_fidelity3", "geosr_tiny_v3_x4_student_deeper",
         "geosr_tiny_v3_x4_student_deeper2", "geosr_tiny_v3_x4_student_16b_stage2",
         "geosr_tiny_v3_x4_student_16b_stage3", "geosr_tiny_v3_x4_student_16b_stage4",
-        "geosr_tiny_v3_x4_student_16b_stage5", "geosr_tiny_v3_x4_student_16b_stage6"),
+        "geosr_tiny_v3_x4_student_16b_stage5", "geosr_tiny_v3_x4_student_16b_stage6",
+        "geosr_tiny_v3_x4_student_16b_stage7"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
         "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
 }
 SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
+# Where the shipped networks are the mean of the last stages' weights (training/average_weights.py),
+# those stages, by recipe: their weights are the campaign state's (training_state/ + the run's name).
+SHIPPED_AVERAGE = {4: ("geosr_tiny_v3_x4_student_16b_stage6", "geosr_tiny_v3_x4_student_16b_stage7")}
 
 
 def test_the_recipes_are_there():
@@ -97,6 +103,21 @@ def test_shipped_models_match_their_recipes(scale):
     assert {k: unet[k] for k in recipe_unet} == recipe_unet
     for key, value in teacher.base["scheduler"].items():
         assert scheduler[key] == value, key
+
+
+@pytest.mark.parametrize("scale", sorted(SHIPPED_AVERAGE))
+def test_shipped_average_is_the_mean_of_its_stages_committed_weights(scale):
+    from geosr.training.average_weights import WEIGHTS, load_file
+
+    root = Path(__file__).parents[1]
+    assert SHIPPED_AVERAGE[scale] == STUDENT_STAGES[scale][-len(SHIPPED_AVERAGE[scale]):]
+    stages = [root / "training_state" / Path(_recipe(name).output_dir).name for name in SHIPPED_AVERAGE[scale]]
+    for net in ("unet", "controlnet"):
+        shipped = load_file(str(root / SHIPPED_FOLDER[scale] / net / WEIGHTS))
+        states = [load_file(str(stage / net / WEIGHTS)) for stage in stages]
+        for key, value in shipped.items():
+            mean = sum(s[key].float() / len(states) for s in states)
+            torch.testing.assert_close(value, mean, rtol=0, atol=1e-7, msg=f"{net} {key}")
 
 
 def _recipe(name):
