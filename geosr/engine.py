@@ -40,6 +40,7 @@ import geosr.tasks as tasks
 from geosr import stop_requests
 from geosr.blending import BlendAccumulator
 from geosr.cell_render import CellRenderer, error_pixels, output_pixels
+from geosr.code_identity import code_digest
 from geosr.config import RunConfig, parse_caption_every
 from geosr.creation_options import check_creation_options
 from geosr.deferred_free import free_pending_now
@@ -362,7 +363,10 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
             todo = [t for t in tiles if acc.needs(t)]
             if blocks is not None:  # blocks written as the run goes, not a row of them after it
                 todo = block_major(todo, max(1, blocks.side // s))
-            jobs = batch_jobs(scene_plan, todo, config, single_last=config.batch_size if blocks is not None else 0)
+            # every worker checks it runs the code and device the identity records (a cluster's
+            # odd machine would write other pixels into an output that exits 0)
+            jobs = batch_jobs(scene_plan, todo, config, single_last=config.batch_size if blocks is not None else 0,
+                              code=code_digest(), runs_on=model.runs_on)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid,
                                             known=journal.captions)

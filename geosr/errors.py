@@ -22,7 +22,7 @@ from rasterio.errors import RasterioError
 __all__ = [
     "EXIT_CODES", "GeosrError", "InputError", "ReadError", "GridMismatchError", "GeoreferenceError",
     "OutputError", "OutputExistsError", "OutputLockedError", "WriteError", "ResumeError", "RunStopped",
-    "ModelError", "CaptionerError", "StopRequested", "GDAL_ERRORS", "gdal_cause",
+    "ModelError", "CaptionerError", "StopRequested", "WorkerMismatchError", "GDAL_ERRORS", "gdal_cause",
     "read_errors_named",
 ]
 
@@ -100,6 +100,13 @@ class RunStopped(GeosrError):
     exit_code = 8
 
 
+class WorkerMismatchError(GeosrError):
+    """A dask worker runs other geosr code, or its network on another kind of device or precision,
+    than the run's identity records: its tiles would not be this run's pixels."""
+
+    exit_code = 9
+
+
 class StopRequested(KeyboardInterrupt):
     """A termination signal (SIGTERM) asked the run to stop.
 
@@ -120,6 +127,8 @@ EXIT_CODES: dict[int, str] = {
     WriteError.exit_code: "not enough disk space, or writing failed",
     ResumeError.exit_code: "--resume refused: the stopped run used other inputs or settings",
     RunStopped.exit_code: "stopped (SIGTERM/SIGINT, lost worker): finished cells kept, rerun with --resume",
+    WorkerMismatchError.exit_code: "a worker runs other geosr code, device or precision than the run: "
+                                   "finished cells kept, make the workers alike and rerun with --resume",
 }
 
 

@@ -22,7 +22,8 @@ import torch
 from geosr.captioning import Captioner, FixedCaptioner, attributed_captions, caption_text, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig
-from geosr.errors import GeosrError, ModelError
+from geosr.code_identity import code_digest
+from geosr.errors import GeosrError, ModelError, WorkerMismatchError
 from geosr.models import CLASSICAL, Upscaler, load_upscaler
 from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
 from geosr.models.own_network import upscale_in_units
@@ -35,7 +36,7 @@ from geosr.scheduling import undo_malloc_trim_threshold
 from geosr.tiling import Tile, TileGrid
 
 __all__ = [
-    "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_known_captions", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for",
+    "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_known_captions", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for", "check_worker",
     "cheap_model_for", "cheap_path_model", "error_variance", "group_input", "model_facts", "model_for", "model_input",
     "plan_step", "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "upscale_batch",
     "upscale_routed",
@@ -60,6 +61,10 @@ class BatchJob:
     route_threshold: float | None = None  # None: every tile to the model (geosr.routing)
     route_to: str = BICUBIC  # where routed tiles go: bicubic or a fast network's spec
     uncertainty: bool = False  # each tile's result ends with its error variance (geosr.uncertainty_map)
+    # the geosr code and the model's device and precision the run's identity records (None:
+    # unchecked): a worker that differs refuses the job (check_worker) before it reads a tile
+    code: str | None = None
+    runs_on: str | None = None
 
 
 @dataclass
@@ -159,9 +164,41 @@ def shippable_errors(task):
     return run
 
 
+def check_worker(job: BatchJob, model: Upscaler | None = None) -> None:
+    """Refuse ``job`` on a worker that would make other pixels than the run's identity records
+    (``job.code``, ``job.runs_on``, taken from the client and from one worker, :func:`model_facts`):
+    other geosr code (an older install on one machine of a cluster), or ``model`` on another
+    kind of device or precision (another GPU model rounds otherwise; ``--device``/``--dtype`` left
+    at their defaults resolve by the machine).
+
+    Raises
+    ------
+    WorkerMismatchError
+        Naming the worker and what differs.
+    """
+    if job.code is not None and code_digest() != job.code:
+        raise WorkerMismatchError(f"worker {_worker_address()} runs geosr code {code_digest()}, the run {job.code}: "
+                                  "install the same geosr on the client and every worker")
+    runs_on = model_runs_on(model) if model is not None and job.runs_on is not None else job.runs_on
+    if runs_on != job.runs_on:
+        raise WorkerMismatchError(f"worker {_worker_address()} runs the model on {runs_on}, the run on {job.runs_on}: "
+                                  "use workers of one kind (one GPU model), or --device and --dtype that all of "
+                                  "them resolve alike")
+
+
+def _worker_address() -> str:
+    import distributed
+
+    try:
+        return distributed.get_worker().address
+    except ValueError:  # not in a dask worker: the client's own process
+        return "(the client's process)"
+
+
 @shippable_errors
 def caption_tiles(job: BatchJob) -> list[str]:
     """Caption the tiles of ``job`` (runs on a worker)."""
+    check_worker(job)
     return caption_batch(job.captioner, model_input(read_batch(job), job.bands), job.bands)
 
 
@@ -173,6 +210,8 @@ def process_batch(job: BatchJob) -> list[TileResult]:
     (their caption is empty) nor given to the model; the others go to the model as one batch.
     """
     undo_malloc_trim_threshold()
+    model = model_for(job)
+    check_worker(job, model)
     batch, valid = read_batch_and_valid(job)
     plan = job.bands
     x = model_input(batch, plan)
@@ -184,10 +223,10 @@ def process_batch(job: BatchJob) -> list[TileResult]:
         for i, text in zip(missing, caption_batch(job.captioner, x[missing], plan)):
             captions[i] = text
     if job.uncertainty:  # never routed (RunConfig.routed_threshold)
-        out = upscale_batch(model_for(job), batch, x, plan, captions, job.seeds, job.scale, job.stretch,
+        out = upscale_batch(model, batch, x, plan, captions, job.seeds, job.scale, job.stretch,
                             uncertainty=True)
     else:
-        out = upscale_routed(model_for(job), cheap_model_for(job, routes), batch, x, plan, captions, job.seeds,
+        out = upscale_routed(model, cheap_model_for(job, routes), batch, x, plan, captions, job.seeds,
                              job.scale, routes, job.stretch)
     return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
 
@@ -392,9 +431,11 @@ def model_fingerprint(model: Upscaler, config: RunConfig) -> str | None:
     return ", ".join(prints) or None
 
 
-def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig, single_last: int = 0) -> list[BatchJob]:
+def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig, single_last: int = 0,
+               code: str | None = None, runs_on: str | None = None) -> list[BatchJob]:
     """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds; the last
-    ``single_last`` tiles one per job.
+    ``single_last`` tiles one per job; ``code`` and ``runs_on``: what the workers must run
+    (:func:`check_worker`; None: unchecked).
 
     Single last jobs are for outputs written block by block as their cells are done (tiled
     COGs, Zarr): the blocks a result finishes are written after the tiles already running, so
@@ -416,6 +457,7 @@ def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig, 
                 seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
                 captions=(None,) * len(chunk), captioner=config.captioner,
                 route_threshold=threshold, route_to=route_to, uncertainty=config.uncertainty,
+                code=code, runs_on=runs_on,
             )
         )
     return jobs

@@ -9,6 +9,7 @@ it hung, and that nothing is left at OUTPUT nor beside it but a resumable work f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import os
 import re
@@ -163,6 +164,29 @@ def test_a_real_scheduler_passes_the_check(scene):
         res = invoke("upscale", scene / "in.tif", scene / "out.tif", *RUN, "--address", cluster.scheduler_address)
     assert res.exit_code == 0 and res.stderr == "", res.stderr
     assert names(scene) == ["in.tif", "out.captions.geojson", "out.tif"]
+
+
+@pytest.mark.parametrize("differs", ["code", "device"])
+def test_a_worker_unlike_the_run_refuses_its_tiles_in_one_line(differs, scene, monkeypatch):
+    """A cluster's odd machine - an older geosr, another GPU model - would write other pixels into an
+    output that exits 0: each worker checks itself against the run's identity and refuses (exit 9)."""
+    from geosr import engine
+
+    if differs == "code":  # the client's digest, as an older install on the client would have it
+        monkeypatch.setattr(engine, "code_digest", lambda: "0123456789abcdef")
+        words = "runs geosr code"
+    else:  # the worker asked for the model's facts ran it on a GPU; the others on this CPU
+        facts = engine._model_facts_on
+        monkeypatch.setattr(engine, "_model_facts_on", lambda client, config: dataclasses.replace(
+            facts(client, config), runs_on="cuda (NVIDIA H100 80GB HBM3), bfloat16"))
+        words = "runs the model on None, the run on cuda (NVIDIA H100 80GB HBM3), bfloat16"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        res = invoke("upscale", scene / "in.tif", scene / "out.tif", *RUN, "--address", cluster.scheduler_address)
+    assert res.exit_code == 9, res.output
+    line = error_line(res.stderr)
+    assert words in line and "worker tcp://" in line, line
+    assert names(scene) == ["in.tif"]  # no cell was finished: nothing kept
 
 
 @pytest.mark.parametrize("workers", [[], ["--local-workers", "2"]], ids=["threads", "local workers"])
