@@ -179,8 +179,7 @@ def check_worker(job: BatchJob, model: Upscaler | None = None) -> None:
     if job.code is not None and code_digest() != job.code:
         raise WorkerMismatchError(f"worker {_worker_address()} runs geosr code {code_digest()}, the run {job.code}: "
                                   "install the same geosr on the client and every worker")
-    runs_on = model_runs_on(model) if model is not None and job.runs_on is not None else job.runs_on
-    if runs_on != job.runs_on:
+    if model is not None and job.runs_on is not None and (runs_on := model_runs_on(model)) != job.runs_on:
         raise WorkerMismatchError(f"worker {_worker_address()} runs the model on {runs_on}, the run on {job.runs_on}: "
                                   "use workers of one kind (one GPU model), or --device and --dtype that all of "
                                   "them resolve alike")
