@@ -62,7 +62,7 @@ def average_networks(sources: Sequence[str | Path], into: str | Path,
     weights = [1.0 / len(sources)] * len(sources) if weights is None else [float(w) for w in weights]
     if len(weights) != len(sources) or abs(sum(weights) - 1.0) > 1e-6 or min(weights) < 0:
         raise ValueError(f"weights {weights}: need one non-negative weight per checkpoint, summing to 1")
-    into, counts, averaged = Path(into), {}, {}
+    into, averaged = Path(into), {}
     for component in components:
         configs = [_config(source / component) for source in sources]
         if any(c != configs[0] for c in configs[1:]):
@@ -77,11 +77,10 @@ def average_networks(sources: Sequence[str | Path], into: str | Path,
             name: (sum(w * s[name].float() for w, s in zip(weights, states)).to(dtype)
                    if tensor.is_floating_point() else tensor)
             for name, tensor in states[0].items()}
-        counts[component] = len(averaged[component])
     # every check passed before anything is written: a refused average leaves ``into`` as it was
     for component, state in averaged.items():
         save_file(state, str(into / component / WEIGHTS), metadata={"format": "pt"})
-    return counts
+    return {component: len(state) for component, state in averaged.items()}
 
 
 def _config(folder: Path) -> dict:
