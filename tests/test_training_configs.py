@@ -29,7 +29,7 @@ def _script(path: Path):
 # "teacher" only lends the caption encoder and schedule), two that grow it deeper (6, 10, 16 blocks) and a
 # second, a third and a fourth stage at 16 blocks (the second stopped at its step 13 500 of 16 000; the
 # third with a share of single-band crops, the fourth at half the peak lr, then three more warm restarts;
-# the shipped x4 is the mean of the last two, SHIPPED_AVERAGE); x2: the v3
+# the shipped x4 is a weighted mean of the last three, SHIPPED_AVERAGE); x2: the v3
 # student on the LR grid under the v2 x2 teacher (LR/2), three stages, then its two fidelity stages,
 # one that grows it deeper (6 -> 10 blocks) and two on coarser ground sample distances.
 TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
@@ -40,7 +40,7 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_deeper2", "geosr_tiny_v3_x4_student_16b_stage2",
         "geosr_tiny_v3_x4_student_16b_stage3", "geosr_tiny_v3_x4_student_16b_stage4",
         "geosr_tiny_v3_x4_student_16b_stage5", "geosr_tiny_v3_x4_student_16b_stage6",
-        "geosr_tiny_v3_x4_student_16b_stage7"),
+        "geosr_tiny_v3_x4_student_16b_stage7", "geosr_tiny_v3_x4_student_16b_stage8"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
         "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
@@ -48,7 +48,10 @@ STUDENT_STAGES = {
 SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
 # Where the shipped networks are the mean of the last stages' weights (training/average_weights.py),
 # those stages, by recipe: their weights are the campaign state's (training_state/ + the run's name).
-SHIPPED_AVERAGE = {4: ("geosr_tiny_v3_x4_student_16b_stage6", "geosr_tiny_v3_x4_student_16b_stage7")}
+# each averaged stage with its weight: x4's eighth stage was annealed from the mean of the sixth and
+# seventh, and the shipped x4 is the mean of that and the eighth
+SHIPPED_AVERAGE = {4: (("geosr_tiny_v3_x4_student_16b_stage6", 0.25), ("geosr_tiny_v3_x4_student_16b_stage7", 0.25),
+                       ("geosr_tiny_v3_x4_student_16b_stage8", 0.5))}
 
 
 def test_the_recipes_are_there():
@@ -110,13 +113,14 @@ def test_shipped_average_is_the_mean_of_its_stages_committed_weights(scale):
     from geosr.training.average_weights import WEIGHTS, load_file
 
     root = Path(__file__).parents[1]
-    assert SHIPPED_AVERAGE[scale] == STUDENT_STAGES[scale][-len(SHIPPED_AVERAGE[scale]):]
-    stages = [root / "training_state" / Path(_recipe(name).output_dir).name for name in SHIPPED_AVERAGE[scale]]
+    names, weights = zip(*SHIPPED_AVERAGE[scale])
+    assert names == STUDENT_STAGES[scale][-len(names):] and sum(weights) == 1
+    stages = [root / "training_state" / Path(_recipe(name).output_dir).name for name in names]
     for net in ("unet", "controlnet"):
         shipped = load_file(str(root / SHIPPED_FOLDER[scale] / net / WEIGHTS))
         states = [load_file(str(stage / net / WEIGHTS)) for stage in stages]
         for key, value in shipped.items():
-            mean = sum(s[key].float() / len(states) for s in states)
+            mean = sum(w * s[key].float() for w, s in zip(weights, states))
             torch.testing.assert_close(value, mean, rtol=0, atol=1e-7, msg=f"{net} {key}")
 
 
