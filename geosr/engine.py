@@ -61,7 +61,7 @@ from geosr.s3_output import is_s3_output, s3_target
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import NothingToUpscaleWarning, check_one_nodata, plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
-from geosr.tasks import CaptionRunner, ModelFacts, batch_jobs, caption_jobs, with_known_captions, with_shared_captions
+from geosr.tasks import CaptionRunner, ModelFacts, WorkerCheck, batch_jobs, caption_jobs, with_known_captions, with_shared_captions
 from geosr.tiled_output import BlockWriter, TiledTarget, auto_block_side
 from geosr.tiling import block_major, coarsen_window, scale_window
 from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, joint_crc, uncertainty_tags
@@ -212,7 +212,7 @@ def upscale_scene(
             # Models and captioners first: a bad spec fails before any tile is read.
             config = _batch_size_on(client, config)
             model = _model_facts_on(client, config)
-            identity = run_identity(files, config)
+            identity = run_identity(files, config, model.captioner_files)  # the files captions are made with
             if isinstance(target, ZarrTarget):  # absent from other outputs' identities, as before Zarr output existed
                 identity["zarr"] = f"format 2, chunks {ZARR_CHUNK}"
             if model.grid_step > 1:  # another tile plan (geosr.tiling); absent at 1, as before there were grid steps
@@ -363,10 +363,11 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
             todo = [t for t in tiles if acc.needs(t)]
             if blocks is not None:  # blocks written as the run goes, not a row of them after it
                 todo = block_major(todo, max(1, blocks.side // s))
-            # every worker checks it runs the code and device the identity records (a cluster's
-            # odd machine would write other pixels into an output that exits 0)
+            # every worker checks it runs the code, device and files the identity records (a
+            # cluster's odd machine would write other pixels into an output that exits 0)
+            worker = WorkerCheck(code_digest(), model.runs_on, model.fingerprint, model.captioner_files)
             jobs = batch_jobs(scene_plan, todo, config, single_last=config.batch_size if blocks is not None else 0,
-                              code=code_digest(), runs_on=model.runs_on)
+                              worker=worker)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid,
                                             known=journal.captions)

@@ -101,8 +101,9 @@ class RunStopped(GeosrError):
 
 
 class WorkerMismatchError(GeosrError):
-    """A dask worker runs other geosr code, or its network on another kind of device or precision,
-    than the run's identity records: its tiles would not be this run's pixels."""
+    """A dask worker runs other geosr code, its network on another kind of device or precision, or
+    loads the model or captioner from other files, than the run's identity records: its tiles
+    would not be this run's pixels."""
 
     exit_code = 9
 
@@ -127,7 +128,8 @@ EXIT_CODES: dict[int, str] = {
     WriteError.exit_code: "not enough disk space, or writing failed",
     ResumeError.exit_code: "--resume refused: the stopped run used other inputs or settings",
     RunStopped.exit_code: "stopped (SIGTERM/SIGINT, lost worker): finished cells kept, rerun with --resume",
-    WorkerMismatchError.exit_code: "a worker runs other geosr code, device or precision than the run: "
+    WorkerMismatchError.exit_code: "a worker runs other geosr code, device or precision, or other model or "
+                                   "captioner files, than the run: "
                                    "finished cells kept, make the workers alike and rerun with --resume",
 }
 

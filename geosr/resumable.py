@@ -253,8 +253,13 @@ def _input_identity(files: Sequence[str]) -> dict[str, str]:
     return ident
 
 
-def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
-    """What must be equal for a stopped run to be resumed: inputs and output-changing settings."""
+def run_identity(files: Sequence[str], config: RunConfig, captioner: str | None = None) -> dict[str, str]:
+    """What must be equal for a stopped run to be resumed: inputs and output-changing settings.
+
+    ``captioner``: the files of ``config.captioner`` as the worker that described the run's
+    model found them (:class:`geosr.tasks.ModelFacts`; workers caption, and a cluster's client
+    may not have the files); None: as this process finds them.
+    """
     ident = {"geosr version": geosr.__version__, "geosr code": code_digest(), "libraries": library_versions(),
              "inputs": ", ".join(files), **_input_identity(files)}
     settings = {
@@ -282,7 +287,7 @@ def run_identity(files: Sequence[str], config: RunConfig) -> dict[str, str]:
         ident["--detail"] = f"{config.detail!r}"
     if config.uncertainty:  # the work folder holds the map's cells too
         ident["--uncertainty"] = "yes"
-    captioner = captioner_files(config.captioner)
+    captioner = captioner or captioner_files(config.captioner)
     if captioner is not None:  # a VLM retrained in place writes other captions, so other pixels
         ident["captioner files"] = captioner
     # a user's network (.onnx, .pt), its sidecar or its external weights replaced at the same

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from geosr.captioning import Captioner, FixedCaptioner, attributed_captions, caption_text, load_captioner
+from geosr.captioning import Captioner, FixedCaptioner, attributed_captions, caption_text, captioner_files, load_captioner
 from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig
 from geosr.code_identity import code_digest
@@ -36,11 +36,27 @@ from geosr.scheduling import undo_malloc_trim_threshold
 from geosr.tiling import Tile, TileGrid
 
 __all__ = [
-    "BatchJob", "CaptionRunner", "batch_jobs", "caption_jobs", "with_known_captions", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for", "check_worker",
+    "BatchJob", "CaptionRunner", "WorkerCheck", "batch_jobs", "caption_jobs", "with_known_captions", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for", "captioner_files_here", "check_captioner", "check_worker",
     "cheap_model_for", "cheap_path_model", "error_variance", "group_input", "model_facts", "model_for", "model_input",
     "plan_step", "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "upscale_batch",
     "upscale_routed",
 ]
+
+
+@dataclass(frozen=True)
+class WorkerCheck:
+    """What every worker of a run must have to make the pixels the run's identity records
+    (:func:`check_worker`); a field left None is not checked.
+
+    ``code``: the client's geosr code digest; ``runs_on``, ``fingerprint`` and ``captioner_files``:
+    the model's device and precision, its networks' files, and the captioner's, as the worker
+    that described the model found them (:class:`ModelFacts`).
+    """
+
+    code: str | None = None
+    runs_on: str | None = None
+    fingerprint: str | None = None
+    captioner_files: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,10 +77,9 @@ class BatchJob:
     route_threshold: float | None = None  # None: every tile to the model (geosr.routing)
     route_to: str = BICUBIC  # where routed tiles go: bicubic or a fast network's spec
     uncertainty: bool = False  # each tile's result ends with its error variance (geosr.uncertainty_map)
-    # the geosr code and the model's device and precision the run's identity records (None:
-    # unchecked): a worker that differs refuses the job (check_worker) before it reads a tile
-    code: str | None = None
-    runs_on: str | None = None
+    # what the run's identity records of the worker's code, device and files: a worker that
+    # differs refuses the job (check_worker) before it reads a tile
+    worker: WorkerCheck = WorkerCheck()
 
 
 @dataclass
@@ -166,23 +181,53 @@ def shippable_errors(task):
 
 def check_worker(job: BatchJob, model: Upscaler | None = None) -> None:
     """Refuse ``job`` on a worker that would make other pixels than the run's identity records
-    (``job.code``, ``job.runs_on``, taken from the client and from one worker, :func:`model_facts`):
-    other geosr code (an older install on one machine of a cluster), or ``model`` on another
-    kind of device or precision (another GPU model rounds otherwise; ``--device``/``--dtype`` left
-    at their defaults resolve by the machine).
+    (``job.worker``, taken from the client and from one worker, :func:`model_facts`): other geosr
+    code (an older install on one machine of a cluster), ``model`` on another kind of device or
+    precision (another GPU model rounds otherwise; ``--device``/``--dtype`` left at their
+    defaults resolve by the machine), or ``model`` loaded from other files (a shipped model
+    retrained under the same name: the code is the same, the weights are not).
 
     Raises
     ------
     WorkerMismatchError
         Naming the worker and what differs.
     """
-    if job.code is not None and code_digest() != job.code:
-        raise WorkerMismatchError(f"worker {_worker_address()} runs geosr code {code_digest()}, the run {job.code}: "
+    want = job.worker
+    if want.code is not None and code_digest() != want.code:
+        raise WorkerMismatchError(f"worker {_worker_address()} runs geosr code {code_digest()}, the run {want.code}: "
                                   "install the same geosr on the client and every worker")
-    if model is not None and job.runs_on is not None and (runs_on := model_runs_on(model)) != job.runs_on:
-        raise WorkerMismatchError(f"worker {_worker_address()} runs the model on {runs_on}, the run on {job.runs_on}: "
+    if model is None:
+        return
+    if want.runs_on is not None and (runs_on := model_runs_on(model)) != want.runs_on:
+        raise WorkerMismatchError(f"worker {_worker_address()} runs the model on {runs_on}, the run on {want.runs_on}: "
                                   "use workers of one kind (one GPU model), or --device and --dtype that all of "
                                   "them resolve alike")
+    cheap = cheap_path_model(job.route_to, job.scale, dict(job.model_options)) if job.route_threshold is not None else None
+    if want.fingerprint is not None and (files := networks_fingerprint(model, cheap)) != want.fingerprint:
+        raise WorkerMismatchError(f"worker {_worker_address()} loads model {job.model!r} from other files ({files}) "
+                                  f"than the run ({want.fingerprint}): give every worker the same model files")
+
+
+def check_captioner(job: BatchJob) -> None:
+    """Refuse to caption ``job``'s tiles on a worker whose captioner loads from other files than
+    the run's identity records (a VLM retrained in place writes other captions, so other pixels).
+
+    Raises
+    ------
+    WorkerMismatchError
+        Naming the worker and both files' fingerprints.
+    """
+    want = job.worker.captioner_files
+    if want is not None and (files := captioner_files_here(job.captioner)) != want:
+        raise WorkerMismatchError(f"worker {_worker_address()} loads captioner {job.captioner!r} from other files "
+                                  f"({files}) than the run ({want}): give every worker the same captioner files")
+
+
+@functools.lru_cache(maxsize=8)
+def captioner_files_here(spec: str) -> str | None:
+    """:func:`geosr.captioning.captioner_files` of ``spec`` in this process, once (as
+    :func:`captioner_for` loads it once)."""
+    return captioner_files(spec)
 
 
 def _worker_address() -> str:
@@ -198,6 +243,7 @@ def _worker_address() -> str:
 def caption_tiles(job: BatchJob) -> list[str]:
     """Caption the tiles of ``job`` (runs on a worker)."""
     check_worker(job)
+    check_captioner(job)
     return caption_batch(job.captioner, model_input(read_batch(job), job.bands), job.bands)
 
 
@@ -219,6 +265,7 @@ def process_batch(job: BatchJob) -> list[TileResult]:
     captions = ["" if (c is None and r is not None and r.path != MODEL) else c for c, r in zip(job.captions, routes)]
     missing = [i for i, c in enumerate(captions) if c is None]
     if missing:
+        check_captioner(job)
         for i, text in zip(missing, caption_batch(job.captioner, x[missing], plan)):
             captions[i] = text
     if job.uncertainty:  # never routed (RunConfig.routed_threshold)
@@ -351,6 +398,7 @@ class ModelFacts:
     grid_step: int = 1
     fingerprint: str | None = None
     runs_on: str | None = None
+    captioner_files: str | None = None
 
 
 def run_model(config: RunConfig) -> Upscaler:
@@ -392,7 +440,7 @@ def model_facts(config: RunConfig) -> ModelFacts:
     captioner_for(config.captioner)
     return ModelFacts(getattr(model, "name", config.model), model.channels,
                       not isinstance(model, CLASSICAL_UPSCALERS), plan_step(model, config),
-                      model_fingerprint(model, config), model_runs_on(model))
+                      model_fingerprint(model, config), model_runs_on(model), captioner_files_here(config.captioner))
 
 
 def model_runs_on(model: Upscaler) -> str | None:
@@ -422,19 +470,23 @@ def model_fingerprint(model: Upscaler, config: RunConfig) -> str | None:
     what their pixels depend on beyond the run's settings (a shipped model retrained under the
     same name makes other pixels). None when neither has one (classical and own models: a
     user's network file is in the identity by its content)."""
-    prints = [getattr(model, "fingerprint", None)]
-    if config.routed_threshold is not None:
-        prints.append(getattr(cheap_path_model(config.route_to, config.scale, config.model_options()),
-                              "fingerprint", None))
-    prints = [p for p in prints if p]
-    return ", ".join(prints) or None
+    cheap = (cheap_path_model(config.route_to, config.scale, config.model_options())
+             if config.routed_threshold is not None else None)
+    return networks_fingerprint(model, cheap)
+
+
+def networks_fingerprint(model: Upscaler, cheap: Upscaler | None) -> str | None:
+    """The ``fingerprint`` of ``model`` and of routing's cheap path ``cheap`` (None: the run
+    does not route), in one line; None when neither has one."""
+    prints = [getattr(m, "fingerprint", None) for m in (model, cheap) if m is not None]
+    return ", ".join(p for p in prints if p) or None
 
 
 def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig, single_last: int = 0,
-               code: str | None = None, runs_on: str | None = None) -> list[BatchJob]:
+               worker: WorkerCheck = WorkerCheck()) -> list[BatchJob]:
     """Jobs of ``config.batch_size`` tiles of ``scene_plan`` each, with their seeds; the last
-    ``single_last`` tiles one per job; ``code`` and ``runs_on``: what the workers must run
-    (:func:`check_worker`; None: unchecked).
+    ``single_last`` tiles one per job; ``worker``: what the workers must have
+    (:func:`check_worker`; its None fields unchecked).
 
     Single last jobs are for outputs written block by block as their cells are done (tiled
     COGs, Zarr): the blocks a result finishes are written after the tiles already running, so
@@ -456,7 +508,7 @@ def batch_jobs(scene_plan: ScenePlan, tiles: Sequence[Tile], config: RunConfig, 
                 seeds=tuple(tile_seed(config.seed, scene_plan.key, t) for t in chunk),
                 captions=(None,) * len(chunk), captioner=config.captioner,
                 route_threshold=threshold, route_to=route_to, uncertainty=config.uncertainty,
-                code=code, runs_on=runs_on,
+                worker=worker,
             )
         )
     return jobs

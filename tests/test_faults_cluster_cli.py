@@ -166,20 +166,33 @@ def test_a_real_scheduler_passes_the_check(scene):
     assert names(scene) == ["in.tif", "out.captions.geojson", "out.tif"]
 
 
-@pytest.mark.parametrize("differs", ["code", "device"])
+# what the worker that described the model found, where the others find otherwise
+ODD_FACTS = {
+    "device": ({"runs_on": "cuda (NVIDIA H100 80GB HBM3), bfloat16"},
+               "runs the model on None, the run on cuda (NVIDIA H100 80GB HBM3), bfloat16"),
+    # a shipped model retrained under its name: the same code, other weights
+    "model files": ({"fingerprint": "0123456789abcdef (lr consistency 1)"},
+                    "loads model 'bicubic' from other files (None) than the run (0123456789abcdef"),
+    "captioner files": ({"captioner_files": "files 0123456789abcdef"},
+                        "loads captioner 'none' from other files (None) than the run (files 0123456789abcdef)"),
+}
+
+
+@pytest.mark.parametrize("differs", ["code", *ODD_FACTS])
 def test_a_worker_unlike_the_run_refuses_its_tiles_in_one_line(differs, scene, monkeypatch):
-    """A cluster's odd machine - an older geosr, another GPU model - would write other pixels into an
-    output that exits 0: each worker checks itself against the run's identity and refuses (exit 9)."""
+    """A cluster's odd machine - an older geosr, another GPU model, other weights under the model's
+    name - would write other pixels into an output that exits 0: each worker checks itself against
+    the run's identity and refuses (exit 9)."""
     from geosr import engine
 
     if differs == "code":  # the client's digest, as an older install on the client would have it
         monkeypatch.setattr(engine, "code_digest", lambda: "0123456789abcdef")
         words = "runs geosr code"
-    else:  # the worker asked for the model's facts ran it on a GPU; the others on this CPU
+    else:
+        odd, words = ODD_FACTS[differs]
         facts = engine._model_facts_on
         monkeypatch.setattr(engine, "_model_facts_on", lambda client, config: dataclasses.replace(
-            facts(client, config), runs_on="cuda (NVIDIA H100 80GB HBM3), bfloat16"))
-        words = "runs the model on None, the run on cuda (NVIDIA H100 80GB HBM3), bfloat16"
+            facts(client, config), **odd))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                                   dashboard_address=None) as cluster:
         res = invoke("upscale", scene / "in.tif", scene / "out.tif", *RUN, "--address", cluster.scheduler_address)

@@ -166,6 +166,9 @@ def test_the_identity_covers_a_captioners_folder(tmp_path):
     assert run_identity([src], cfg(captioner=f"mllm:{folder}"))["captioner files"] != first["captioner files"]
     assert "captioner files" not in run_identity([src], cfg(captioner="degradation"))
     assert run_identity([src], cfg(captioner="auto"))["captioner files"].startswith("files ")  # the shipped VLM's
+    # on a cluster the files are the ones the worker that described the model found, not the client's
+    assert run_identity([src], cfg(captioner=f"mllm:{folder}"), "files 0123456789abcdef")["captioner files"] == \
+        "files 0123456789abcdef"
 
 
 def test_a_hub_id_is_fingerprinted_by_its_cached_revision(tmp_path, monkeypatch):
