@@ -68,7 +68,7 @@ from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, j
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.zarr_output import ZARR_CHUNK, ZarrTarget, ZarrWriter, is_zarr_output
-from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, check_companion_file, remove_files,
+from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, check_companion_file, remove_files, resolved,
                           sidecar_path, stage_beside, write_error)
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]
@@ -200,10 +200,10 @@ def upscale_scene(
     if performance_report is not None:
         performance_report = str(check_companion_file(performance_report, target, config.overwrite,
                                                       "performance report", "report.html", read))
-        if Path(performance_report) in (uncertainty, route_map):
-            raise OutputError(f"the performance report {performance_report} is also the run's "
-                              f"{'uncertainty' if Path(performance_report) == uncertainty else 'route'} map: "
-                              "give it another file name")
+        for other, name in ((uncertainty, "uncertainty map"), (route_map, "route map")):
+            if other is not None and resolved(performance_report) == resolved(other):
+                raise OutputError(f"the performance report {performance_report} is also the run's {name}: "
+                                  "give it another file name")
     finishing = StopsDeferred()  # from the output's commit on (see _upscale_in)
     try:
         # the lock first: a second run on this OUTPUT is refused at once, not after its model loads

@@ -46,7 +46,7 @@ from geosr.journal import RunJournal
 from geosr.replaceable import check_replaceable_tiled
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
-from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably,
+from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably, resolved,
                           sync_tree, translate_to_cog, write_error)
 
 __all__ = ["AUTO_SPLIT", "MAX_AUTO_SPLIT", "MIN_AUTO_BLOCKS", "MIN_AUTO_SPLIT", "TiledTarget", "BlockJob", "BlockWriter",
@@ -196,14 +196,15 @@ class TiledTarget:
             # an empty folder, or one geosr wrote and nothing else: never ~/ (geosr.replaceable)
             check_replaceable_tiled(self.data)
         for path in inputs:
-            absolute = Path(path).absolute()
-            if absolute == self.vrt or self.data in absolute.parents:
-                raise OutputError(f"input {absolute} lies in the output {self.output}: write to another place")
+            if self.occupies(Path(path)):
+                raise OutputError(f"input {Path(path).absolute()} lies in the output {self.output}: "
+                                  "write to another place")
 
     def occupies(self, path: Path) -> bool:
-        """Whether the run writes the absolute ``path``: the data folder, anything in it, the VRT
-        or the captions."""
-        return path in (self.data, self.vrt, self.captions) or self.data in path.parents
+        """Whether the run writes ``path`` (:func:`geosr.writer.resolved`): the data folder,
+        anything in it, the VRT or the captions."""
+        place, data = resolved(path), resolved(self.data)
+        return place in (data, resolved(self.vrt), resolved(self.captions)) or data in place.parents
 
     def staging(self, work: Path) -> tuple[Path, Path, Path]:
         """Where the run builds the data folder, the VRT and the captions in its work folder ``work``.

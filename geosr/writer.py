@@ -68,6 +68,13 @@ def sidecar_path(output: Path, suffix: str) -> Path:
     return output.with_name(output.stem + suffix)
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """``path`` as the OS resolves it when the run writes there - symlinks and ``..`` followed,
+    the file itself need not exist - for telling whether two paths name one place
+    (``sub/../out.tif`` is ``out.tif``)."""
+    return Path(os.path.realpath(path))
+
+
 def check_companion_file(path: str | os.PathLike, target, overwrite: bool, name: str, example: str,
                          inputs: Sequence[str] = ()) -> Path:
     """Refuse, before any work, a file a run writes beside its output (a route map, an error
@@ -87,7 +94,7 @@ def check_companion_file(path: str | os.PathLike, target, overwrite: bool, name:
         not exist.
     """
     path = Path(path).absolute()
-    if path == target.output:
+    if resolved(path) == resolved(target.output):
         raise OutputError(f"the {name} {path} is the output itself: give another file name")
     if target.occupies(path):
         raise OutputError(f"the {name} {path} is a file the output {target.output} writes: give another file name")
@@ -233,8 +240,8 @@ class OutputTarget:
             raise OutputError(f"output folder {self.output.parent} is not writable")
 
     def occupies(self, path: Path) -> bool:
-        """Whether the run writes the absolute ``path``: OUTPUT or one of its sidecars."""
-        return path in (self.output, *self.sidecars)
+        """Whether the run writes ``path`` (:func:`resolved`): OUTPUT or one of its sidecars."""
+        return resolved(path) in {resolved(p) for p in (self.output, *self.sidecars)}
 
     def commit(self, moves: Mapping[Path, Path]) -> None:
         """Move finished temporary files to their final paths (the main output last).
@@ -315,9 +322,9 @@ def check_file_name(path: str | os.PathLike) -> None:
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
-        return os.path.samefile(a, b)
+        return os.path.samefile(a, b)  # hard links too
     except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
+        return resolved(a) == resolved(b)
 
 
 @dataclass

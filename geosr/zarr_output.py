@@ -57,7 +57,7 @@ from geosr.errors import OutputError, OutputExistsError
 from geosr.journal import RunJournal
 from geosr.replaceable import check_replaceable_zarr
 from geosr.tasks import shippable_errors
-from geosr.writer import WorkRaster, check_file_name, replace_durably, sidecar_path, sync_tree, write_error
+from geosr.writer import WorkRaster, check_file_name, replace_durably, resolved, sidecar_path, sync_tree, write_error
 from geosr.zarr_overviews import halve, multiscales_attrs, overview_factors
 
 __all__ = ["ZARR_CHUNK", "ZARR_GROUP", "ZarrTarget", "ZarrWriter", "ZarrJob", "is_zarr_output", "write_chunks"]
@@ -109,13 +109,16 @@ class ZarrTarget:
             # an empty folder, or a store geosr wrote and nothing else: never ~/ (geosr.replaceable)
             check_replaceable_zarr(self.output)
         for path in inputs:
-            absolute = Path(path).absolute()
-            if absolute == self.output or self.output in absolute.parents:
-                raise OutputError(f"input {absolute} lies in the output {self.output}: write to another place")
+            place = resolved(path)
+            if place == resolved(self.output) or resolved(self.output) in place.parents:
+                raise OutputError(f"input {Path(path).absolute()} lies in the output {self.output}: "
+                                  "write to another place")
 
     def occupies(self, path: Path) -> bool:
-        """Whether the run writes the absolute ``path``: the store, anything in it, or the captions."""
-        return path in (self.output, self.captions) or self.output in path.parents
+        """Whether the run writes ``path`` (:func:`geosr.writer.resolved`): the store, anything in
+        it, or the captions."""
+        place, store = resolved(path), resolved(self.output)
+        return place in (store, resolved(self.captions)) or store in place.parents
 
     def staging(self, work: Path) -> tuple[Path, None, Path]:
         """Where the run builds the store and the captions in its work folder ``work``."""

@@ -134,6 +134,13 @@ def test_a_performance_report_replaces_neither_an_input_nor_a_file_unasked(scene
         geosr.upscale_to_file(src, tmp_path / "o.tif", performance_report=src, overwrite=True, **OPTIONS)
     with pytest.raises(OutputError, match="a file the output .* writes"):
         geosr.upscale_to_file(src, tmp_path / "o.tif", performance_report=tmp_path / "o.captions.geojson", **OPTIONS)
+    # the output or its captions named another way (the run exited 0 without the report)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(OutputError, match="is the output itself"):
+        geosr.upscale_to_file(src, tmp_path / "o.tif", performance_report=tmp_path / "sub" / ".." / "o.tif", **OPTIONS)
+    with pytest.raises(OutputError, match="a file the output .* writes"):
+        geosr.upscale_to_file(src, tmp_path / "sub" / ".." / "o.tif", performance_report=tmp_path / "o.captions.geojson",
+                              **OPTIONS)
     (tmp_path / "r.html").write_text("mine")
     with pytest.raises(OutputExistsError):
         geosr.upscale_to_file(src, tmp_path / "o.tif", performance_report=tmp_path / "r.html", **OPTIONS)

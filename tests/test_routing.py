@@ -166,20 +166,40 @@ def test_route_map_is_refused_where_it_would_say_nothing_or_overwrite(tmp_path):
     assert not (tmp_path / "a.tif").exists() and (tmp_path / "r.tif").read_text() == "keep"
 
 
-@pytest.mark.parametrize("where", ["input", "captions", "tiled block"])
+@pytest.mark.parametrize("where", ["input", "captions", "tiled block", "output by '..'", "captions by a link",
+                                   "tiled block by '..'"])
 def test_a_route_map_never_lands_on_a_file_the_run_reads_or_writes(tmp_path, where):
     """Found by review: --route-map onto the input, the captions or a block of a tiled output
-    replaced it with the map (exit 0) - a check that knew only OUTPUT's own path."""
+    replaced it with the map (exit 0) - a check that knew only OUTPUT's own path; then (19th
+    session) the same files named another way, ``sub/../a.tif`` or through a folder link: the
+    run exited 0 without the map (the output's commit replaced it)."""
     src = _half_flat_scene(tmp_path / "in.tif", width=128)
     before = open(src, "rb").read()
-    output, split = (tmp_path / "tiles", 64) if where == "tiled block" else (tmp_path / "a.tif", None)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+    tiled = where.startswith("tiled block")
+    output, split = (tmp_path / "tiles", 64) if tiled else (tmp_path / "a.tif", None)
     route_map = {"input": src, "captions": tmp_path / "a.captions.geojson",
-                 "tiled block": output / "block_000_000.tif"}[where]
+                 "tiled block": output / "block_000_000.tif", "output by '..'": tmp_path / "sub" / ".." / "a.tif",
+                 "captions by a link": tmp_path / "link" / "a.captions.geojson",
+                 "tiled block by '..'": tmp_path / "sub" / ".." / "tiles" / "block_000_000.tif"}[where]
     cfg = RunConfig(scale=2, captioner="degradation", tiles=TileSpec(64, 16), progress=False, split=split,
                     overwrite=True)
     with pytest.raises(OutputError, match="the output itself|a file the output .* writes|is also an input"):
         upscale_scene([src], output, cfg, route_map=route_map)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"] and open(src, "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "link", "sub"]
+    assert open(src, "rb").read() == before
+
+
+def test_a_performance_report_never_lands_on_the_route_map(tmp_path):
+    """Two companion files that are one file by another name: one would replace the other (exit 0)."""
+    src = _half_flat_scene(tmp_path / "in.tif", width=128)
+    (tmp_path / "sub").mkdir()
+    cfg = RunConfig(scale=2, captioner="degradation", tiles=TileSpec(64, 16), progress=False)
+    with pytest.raises(OutputError, match="is also the run's route map"):
+        upscale_scene([src], tmp_path / "a.tif", cfg, route_map=tmp_path / "r.tif",
+                      performance_report=str(tmp_path / "sub" / ".." / "r.tif"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "sub"]
 
 
 def test_cli_routes_and_reports_it(tmp_path):
