@@ -175,8 +175,8 @@ def upscale_scene(
     """
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
-    # what the run reads, a VRT's sources too: none may be what it writes
-    read = files_read(files, remote_side_files=False)
+    # what the run reads, a VRT's sources and the AOI too: none may be what it writes
+    read = files_read(files, remote_side_files=False) + ([config.aoi] if config.aoi else [])
     if uncertainty is not None and not config.uncertainty:
         config = replace(config, uncertainty=True)
     elif uncertainty is None and config.uncertainty:
@@ -474,7 +474,8 @@ def caption_scene(
     FeatureCollection written to ``output`` (only returned when ``output`` is None).
     """
     files = expand_inputs(inputs)
-    target = OutputTarget(output, overwrite=config.overwrite, inputs=files) if output is not None else None
+    read = [*files, *([config.aoi] if config.aoi else [])]  # the captions must not replace the AOI
+    target = OutputTarget(output, overwrite=config.overwrite, inputs=read) if output is not None else None
     tasks.captioner_for(config.captioner)
     if target is None:
         with tempfile.TemporaryDirectory(prefix="geosr-") as tmp:  # a mosaic's VRT

@@ -30,9 +30,10 @@ from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window
 
 from geosr.cell_render import CellRenderer
+from geosr.code_identity import code_digest
 from geosr.config import RunConfig, parse_caption_every
 import geosr.tasks as tasks
-from geosr.tasks import BatchJob, batch_jobs, captioner_for, with_shared_captions
+from geosr.tasks import BatchJob, WorkerCheck, batch_jobs, captioner_for, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
 from geosr.remote import is_remote, remote_object
 from geosr.scene import expand_inputs
@@ -79,7 +80,12 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     scene, plan, grid, tiles, stretch = (
         scene_plan.scene, scene_plan.bands, scene_plan.grid, list(scene_plan.tiles), scene_plan.stretch
     )
-    jobs = batch_jobs(scene_plan, tiles, config)
+    # the workers that compute the chunks check they run this code and load the files loaded
+    # here (a cluster's odd machine refuses its tiles, WorkerMismatchError); the device and
+    # precision are theirs to resolve: a graph may be computed on GPU workers from a laptop
+    worker = WorkerCheck(code=code_digest(), fingerprint=tasks.model_fingerprint(model, config),
+                         captioner_files=tasks.captioner_files_here(config.captioner))
+    jobs = batch_jobs(scene_plan, tiles, config, worker=worker)
     mode, n = parse_caption_every(config.caption_every)
     if mode != "tile":
         jobs = with_shared_captions(lambda js: [tasks.caption_tiles(j) for j in js], jobs, tiles, mode, n, grid)

@@ -224,10 +224,14 @@ class OutputTarget:
         check_file_name(self.output)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a file name such as out.tif")
+        self.sidecars = [sidecar_path(self.output, s) for s in sidecars]
         for path in inputs:
             if _same_file(self.output, Path(path)):
                 raise OutputError(f"output {self.output} is also an input: write to another file")
-        self.sidecars = [sidecar_path(self.output, s) for s in sidecars]
+            for sidecar in self.sidecars:  # e.g. --aoi out.captions.geojson
+                if _same_file(sidecar, Path(path)):
+                    raise OutputError(f"{sidecar}, which the run writes beside {self.output}, is also an input: "
+                                      "write to another file")
         for path in self.sidecars:
             if path.is_dir():  # os.replace cannot put a file there: found after the work, and never deleted
                 raise OutputError(f"{path} is a directory; the run writes a file there: move it away")

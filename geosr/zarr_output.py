@@ -109,8 +109,7 @@ class ZarrTarget:
             # an empty folder, or a store geosr wrote and nothing else: never ~/ (geosr.replaceable)
             check_replaceable_zarr(self.output)
         for path in inputs:
-            place = resolved(path)
-            if place == resolved(self.output) or resolved(self.output) in place.parents:
+            if self.occupies(Path(path)):
                 raise OutputError(f"input {Path(path).absolute()} lies in the output {self.output}: "
                                   "write to another place")
 

@@ -57,6 +57,18 @@ def test_lazy_result_is_the_cli_output_on_the_refined_grid(scene):
     assert (cli_pixels[:, :50, :54] == 0).all()  # the skipped tile is a hole in both
 
 
+def test_a_lazy_result_computed_by_other_code_refuses(scene, monkeypatch):
+    """The graph's tiles carry the code that built it: a worker running other geosr code refuses
+    them (as in a run) instead of mixing its pixels into the array."""
+    import geosr.lazy
+    from geosr.errors import WorkerMismatchError
+
+    monkeypatch.setattr(geosr.lazy, "code_digest", lambda: "0123456789abcdef")  # as an older client would have it
+    hr = geosr.upscale(scene[0], **OPTIONS)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(WorkerMismatchError, match="runs geosr code"):
+        hr.isel(y=slice(0, 4), x=slice(0, 4)).values
+
+
 def test_lazy_result_computes_only_the_tiles_under_the_selection(scene, monkeypatch):
     src, cli_pixels, _ = scene
     upscaled = []

@@ -257,6 +257,24 @@ def test_aoi_skips_tiles_outside(tmp_path):
     assert [f["properties"]["tile"] for f in fc["features"]] == [0]
 
 
+def test_the_aoi_is_never_replaced_by_what_the_run_writes(tmp_path):
+    """Found by review: a captions file is a polygon FeatureCollection, so it serves as an AOI -
+    and ``--aoi out.captions.geojson --overwrite`` replaced it with the new captions (exit 0)."""
+    from geosr.engine import caption_scene
+
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    upscale_scene([src], tmp_path / "out.tif", cfg())
+    captions = tmp_path / "out.captions.geojson"
+    before = captions.read_text()
+    with pytest.raises(OutputError, match="is also an input"):
+        upscale_scene([src], tmp_path / "out.tif", cfg(aoi=str(captions), overwrite=True))
+    with pytest.raises(OutputError, match="is also an input"):
+        caption_scene([src], captions, cfg(aoi=str(captions), overwrite=True))
+    with pytest.raises(OutputError, match="is also an input"):
+        upscale_scene([src], tmp_path / "b.tif", cfg(aoi=str(captions), overwrite=True), performance_report=str(captions))
+    assert captions.read_text() == before
+
+
 def test_aoi_that_misses_the_scene_is_an_error(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", 32, 32)
     far = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
