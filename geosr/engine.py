@@ -61,7 +61,7 @@ from geosr.s3_output import is_s3_output, s3_target
 from geosr.scene import Scene, expand_inputs, open_raster
 from geosr.scene_plan import NothingToUpscaleWarning, check_one_nodata, plan_scene
 from geosr.scheduling import bounded_map, dask_client, gpu_resources, released_early
-from geosr.tasks import CaptionRunner, ModelFacts, WorkerCheck, batch_jobs, caption_jobs, with_known_captions, with_shared_captions
+from geosr.tasks import CaptionRunner, ModelFacts, WorkerCheck, batch_jobs, still_needed, caption_jobs, with_known_captions, with_shared_captions
 from geosr.tiled_output import BlockWriter, TiledTarget, auto_block_side
 from geosr.tiling import block_major, coarsen_window, scale_window
 from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, joint_crc, uncertainty_tags
@@ -360,14 +360,15 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
                 # block's GDAL pass for the cores (64 STAC Items: 0.11 s of a 0.23 s tail).
                 captions_path, (_, tmp_vrt, tmp_captions) = target.captions, target.staging(folder.path)
                 blocks.write_index(tmp_vrt, datetime.datetime.now(datetime.timezone.utc))  # WriteError: exit 6
-            todo = [t for t in tiles if acc.needs(t)]
-            if blocks is not None:  # blocks written as the run goes, not a row of them after it
-                todo = block_major(todo, max(1, blocks.side // s))
+            # blocks written as the run goes, not a row of them after it
+            order = block_major(tiles, max(1, blocks.side // s)) if blocks is not None else tiles
+            todo = [t for t in order if acc.needs(t)]
             # every worker checks it runs the code, device and files the identity records (a
             # cluster's odd machine would write other pixels into an output that exits 0)
             worker = WorkerCheck(code_digest(), model.runs_on, model.fingerprint, model.captioner_files)
-            jobs = batch_jobs(scene_plan, todo, config, single_last=config.batch_size if blocks is not None else 0,
-                              worker=worker)
+            # a resumed run computes each tile in the batch an uninterrupted run computes it in
+            jobs = still_needed(batch_jobs(scene_plan, order, config, worker=worker,
+                                           single_last=config.batch_size if blocks is not None else 0), acc.needs)
             if caption_mode != "tile":
                 jobs = with_shared_captions(_captions_on(client), jobs, tiles, caption_mode, caption_n, grid,
                                             known=journal.captions)

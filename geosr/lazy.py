@@ -12,7 +12,9 @@ Output chunks are the tile grid's rows and columns times ``scale`` (tile cores, 
 overlap when the last row/column is shifted back, cut at the next core's start), so a chunk
 depends on the few tiles around it: ``.isel`` of a corner computes only the tiles under it.
 Pixel for pixel the result is what ``geosr upscale`` writes (each pixel sums the same
-contributions in the same order). With ``config.uncertainty`` a second array of the same
+contributions in the same order; a network computes each tile in the batch of ``batch_size``
+tiles the run computes it in - on a scheduler whose workers pick another default batch size
+than this process, give ``batch_size``). With ``config.uncertainty`` a second array of the same
 chunks, the predicted error (:mod:`geosr.uncertainty_map`), reads the same tile tasks.
 """
 
@@ -35,6 +37,7 @@ from geosr.config import RunConfig, parse_caption_every
 import geosr.tasks as tasks
 from geosr.tasks import BatchJob, WorkerCheck, batch_jobs, captioner_for, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
+from geosr.models.classical import CLASSICAL_UPSCALERS
 from geosr.remote import is_remote, remote_object
 from geosr.scene import expand_inputs
 from geosr.scene_plan import BandPlan, band_tags, check_one_nodata, plan_scene
@@ -89,18 +92,26 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     mode, n = parse_caption_every(config.caption_every)
     if mode != "tile":
         jobs = with_shared_captions(lambda js: [tasks.caption_tiles(j) for j in js], jobs, tiles, mode, n, grid)
-    # One tile per task, so an output chunk waits for its own tiles only. Seeds and captions
-    # are per tile, so the pixels do not depend on the batching.
-    tile_jobs = [
-        replace(j, tiles=(t,), seeds=(seed,), captions=(caption,))
-        for j in jobs for t, seed, caption in zip(j.tiles, j.seeds, j.captions)
-    ]
     s = config.scale
     # an object's version stands for a file's mtime (geosr.remote)
     version = remote_object(scene.source).version if is_remote(scene.source) else os.path.getmtime(scene.source)
     token = tokenize(scene.source, version, config, stretch, plan)
     tile_name, name, error_name = f"geosr-tile-{token}", f"geosr-upscale-{token}", f"geosr-uncertainty-{token}"
-    tile_tasks: dict = {(tile_name, job.tiles[0].index): (functools.partial(_upscale_tile, job),) for job in tile_jobs}
+    tile_tasks: dict = {}
+    if isinstance(model, CLASSICAL_UPSCALERS):
+        # exact at any batch size: one tile per task, so an output chunk waits for its own tiles only
+        for j in jobs:
+            for t, seed, caption in zip(j.tiles, j.seeds, j.captions):
+                one = replace(j, tiles=(t,), seeds=(seed,), captions=(caption,))
+                tile_tasks[(tile_name, t.index)] = (functools.partial(_upscale_tile, one, 0),)
+    else:
+        # a network's pixels depend on the batch a tile is computed in (its kernels round otherwise
+        # per batch shape): each tile is taken from the batch ``geosr upscale`` computes it in
+        batch_name = f"geosr-batch-{token}"
+        for k, j in enumerate(jobs):
+            tile_tasks[(batch_name, k)] = (functools.partial(tasks.process_batch, j),)
+            for position, t in enumerate(j.tiles):
+                tile_tasks[(tile_name, t.index)] = (functools.partial(_tile_of, position), (batch_name, k))
     dsk, error_dsk = dict(tile_tasks), dict(tile_tasks)
 
     renderer = _ChunkRenderer(
@@ -127,8 +138,12 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     return out, _error_array(errors, out, plan)
 
 
-def _upscale_tile(job: BatchJob) -> np.ndarray:
-    return tasks.process_batch(job)[0].hr
+def _upscale_tile(job: BatchJob, position: int) -> np.ndarray:
+    return _tile_of(position, tasks.process_batch(job))
+
+
+def _tile_of(position: int, results: list[tasks.TileResult]) -> np.ndarray:
+    return results[position].hr
 
 
 def _intersects(a: Window, b: Window) -> bool:

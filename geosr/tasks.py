@@ -38,7 +38,7 @@ from geosr.tiling import Tile, TileGrid
 __all__ = [
     "BatchJob", "CaptionRunner", "WorkerCheck", "batch_jobs", "caption_jobs", "with_known_captions", "with_shared_captions", "ModelFacts", "TileResult", "batch_routes", "caption_batch", "caption_tiles", "captioner_for", "captioner_files_here", "check_captioner", "check_worker",
     "cheap_model_for", "cheap_path_model", "error_variance", "group_input", "model_facts", "model_for", "model_input",
-    "plan_step", "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "upscale_batch",
+    "plan_step", "process_batch", "read_batch", "read_batch_and_valid", "run_model", "shippable_errors", "still_needed", "upscale_batch",
     "upscale_routed",
 ]
 
@@ -80,6 +80,14 @@ class BatchJob:
     # what the run's identity records of the worker's code, device and files: a worker that
     # differs refuses the job (check_worker) before it reads a tile
     worker: WorkerCheck = WorkerCheck()
+    # the indices of the tiles whose results the job returns (None: all): a resumed run computes
+    # an uninterrupted run's batch whole and keeps the tiles it still needs (still_needed)
+    keep: tuple[int, ...] | None = None
+
+    @property
+    def returns(self) -> tuple[int, ...]:
+        """The indices of the tiles whose results the job returns, in its order."""
+        return tuple(t.index for t in self.tiles if self.keep is None or t.index in self.keep)
 
 
 @dataclass
@@ -274,7 +282,8 @@ def process_batch(job: BatchJob) -> list[TileResult]:
     else:
         out = upscale_routed(model, cheap_model_for(job, routes), batch, x, plan, captions, job.seeds,
                              job.scale, routes, job.stretch)
-    return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles)]
+    returns = set(job.returns)
+    return [TileResult(t.index, out[i], captions[i], routes[i]) for i, t in enumerate(job.tiles) if t.index in returns]
 
 
 def batch_routes(job: BatchJob, x: torch.Tensor, valid: np.ndarray) -> list[TileRoute | None]:
@@ -524,6 +533,24 @@ def caption_jobs(run: CaptionRunner, jobs: Sequence[BatchJob], tiles: Sequence[T
         return {t.index: c for j, cs in zip(jobs, run(jobs)) for t, c in zip(j.tiles, cs)}
     shared = with_shared_captions(run, jobs, tiles, mode, n, grid)
     return {t.index: c for j in shared for t, c in zip(j.tiles, j.captions)}
+
+
+def still_needed(jobs: Sequence[BatchJob], needs: Callable[[Tile], bool]) -> list[BatchJob]:
+    """The jobs of an uninterrupted run (all its tiles, in its order) that a resumed run still
+    needs: those with a tile it ``needs``, each computed whole and returning those tiles only
+    (``BatchJob.keep``).
+
+    A tile's pixels depend on the batch it is computed in - a network's kernels round otherwise
+    per batch shape (1 DN on a few pixels), a VLM decodes a batch otherwise - so a resumed run
+    computes each tile in the very batch an uninterrupted run computes it in, not in batches of
+    what is left, at the cost of recomputing at most a batch's other tiles.
+    """
+    kept = []
+    for job in jobs:
+        needed = tuple(t.index for t in job.tiles if needs(t))
+        if needed:
+            kept.append(job if len(needed) == len(job.tiles) else replace(job, keep=needed))
+    return kept
 
 
 def with_known_captions(jobs: Sequence[BatchJob], known: Mapping[int, str]) -> list[BatchJob]:

@@ -222,7 +222,7 @@ def run_writing_on_workers(
             users[a] -= 1
             if users[a] == 0:  # no cell task left needs this batch: free it on its worker
                 batch_futures.pop(a).release()
-                progress([t.index for t in jobs[a].tiles])
+                progress(list(jobs[a].returns))
         if journal.commit_due():
             journal.commit(raster.sync)
         submit_next()

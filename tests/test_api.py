@@ -57,6 +57,35 @@ def test_lazy_result_is_the_cli_output_on_the_refined_grid(scene):
     assert (cli_pixels[:, :50, :54] == 0).all()  # the skipped tile is a hole in both
 
 
+# module level: a run's cluster pickles the function by reference and runs it in this process
+BATCHES: list[tuple[int, ...]] = []
+PROCESS_BATCH = geosr.tasks.process_batch
+
+
+def recording_batch(job):
+    BATCHES.append(tuple(t.index for t in job.tiles))
+    return PROCESS_BATCH(job)
+
+
+def test_a_lazy_network_result_is_the_written_one_at_its_batch_size(tmp_path, monkeypatch):
+    """A network rounds otherwise per batch shape (1 DN on a few pixels): the lazy tiles are taken
+    from the batches a run computes them in (they were computed one by one)."""
+    from rasters import uint8_scene
+
+    batches = BATCHES
+    batches.clear()
+    monkeypatch.setattr(geosr.tasks, "process_batch", recording_batch)
+    src = uint8_scene(tmp_path / "in.tif", 96, 128)
+    options = dict(scale=2, model="geosr-tiny-fast-x2", captioner="none", tile=32, overlap=8, batch_size=4)
+    geosr.upscale_to_file(src, tmp_path / "out.tif", **options)
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        written = ds.read()
+    run, batches[:] = set(batches), []
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(geosr.upscale(src, **options).values, written)
+    assert set(batches) == run and len(batches) == len(run)  # each batch once, as the run's
+
+
 def test_a_lazy_result_computed_by_other_code_refuses(scene, monkeypatch):
     """The graph's tiles carry the code that built it: a worker running other geosr code refuses
     them (as in a run) instead of mixing its pixels into the array."""
