@@ -49,7 +49,7 @@ from geosr.errors import InputError, OutputError
 from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.models import CLASSICAL, default_batch_size
-from geosr.output_lock import OutputLock
+from geosr.output_lock import OutputLocks
 from geosr.output_meta import (CAPTIONS_SUFFIX, band_meta, captions_geojson, cog_creation_options, output_profile,
                                output_tags, overview_resampling)
 from geosr.radiometry import Stretch
@@ -207,7 +207,7 @@ def upscale_scene(
     finishing = StopsDeferred()  # from the output's commit on (see _upscale_in)
     try:
         # the lock first: a second run on this OUTPUT is refused at once, not after its model loads
-        with OutputLock(target.lock_name), \
+        with OutputLocks(target.lock_names), \
                 released_early(config.address, config.local_workers) as (client, release_cluster):
             # Models and captioners first: a bad spec fails before any tile is read.
             config = _batch_size_on(client, config)
@@ -481,7 +481,7 @@ def caption_scene(
     if target is None:
         with tempfile.TemporaryDirectory(prefix="geosr-") as tmp:  # a mosaic's VRT
             return _caption_features(files, config, Path(tmp))
-    with OutputLock(target.lock_name):
+    with OutputLocks(target.lock_names):
         folder = WorkFolder.create(target.output)
         try:
             fc = _caption_features(files, config, folder.path)

@@ -11,6 +11,7 @@ good as the filesystem's lock support (NFSv4, Lustre and GPFS with locking enabl
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from geosr.errors import OutputError, OutputLockedError
 
-__all__ = ["OutputLock", "lock_path"]
+__all__ = ["OutputLock", "OutputLocks", "lock_path"]
 
 
 def lock_path(output: Path) -> Path:
@@ -81,3 +82,29 @@ class OutputLock:
             pass
         os.close(self._fd)
         self._fd = None
+
+
+class OutputLocks(contextlib.ExitStack):
+    """:class:`OutputLock` on each of several paths - an output and the sidecars other outputs
+    write too (``out.tif``, ``out.tiff``, ``out.vrt`` and ``out.zarr`` all write
+    ``out.captions.geojson``) - taken in turn, all released if one is refused.
+
+    Raises
+    ------
+    OutputLockedError
+        Another run holds one of them.
+    """
+
+    def __init__(self, paths) -> None:
+        super().__init__()
+        self.paths = list(paths)
+
+    def __enter__(self) -> "OutputLocks":
+        super().__enter__()
+        try:
+            for path in self.paths:
+                self.enter_context(OutputLock(path))
+        except BaseException:
+            self.close()
+            raise
+        return self

@@ -161,9 +161,10 @@ class TiledTarget:
         What the run's work folder is named after (the folder, or the .vrt).
     data : Path
         The folder of the blocks, Items and Collection.
-    lock_name : Path
-        What the run's lock is named after: ``data``, which ``out/`` and ``out.vrt`` share (two
-        runs on the two spellings held two locks and the later commit replaced the other's).
+    lock_names : tuple of Path
+        What the run's locks are named after: ``data``, which ``out/`` and ``out.vrt`` share (two
+        runs on the two spellings held two locks and the later commit replaced the other's), and
+        the captions where they are beside the .vrt.
     vrt, captions : Path
         Where the mosaic VRT and the captions end up.
     """
@@ -178,7 +179,8 @@ class TiledTarget:
         else:
             self.data, self.vrt = self.output, self.output / "mosaic.vrt"
             self.captions = self.output / "captions.geojson"
-        self.lock_name = self.data
+        # beside the .vrt the captions are out.captions.geojson, which out.tif's run writes too
+        self.lock_names = (self.data,) if self.captions.parent == self.data else (self.data, self.captions)
         self.overwrite, self.stand_in = overwrite, stand_in
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")

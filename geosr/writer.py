@@ -220,11 +220,12 @@ class OutputTarget:
         sidecars: Sequence[str] = (),
     ) -> None:
         self.output = Path(output).absolute()
-        self.lock_name = self.output  # what the run's lock is named after
         check_file_name(self.output)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a file name such as out.tif")
         self.sidecars = [sidecar_path(self.output, s) for s in sidecars]
+        # what the run's locks are named after: out.tiff or out.zarr writes out.tif's captions too
+        self.lock_names = (self.output, *self.sidecars)
         for path in inputs:
             if _same_file(self.output, Path(path)):
                 raise OutputError(f"output {self.output} is also an input: write to another file")

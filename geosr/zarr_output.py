@@ -90,10 +90,10 @@ class ZarrTarget:
     def __init__(self, output: str | os.PathLike, overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike] = (), stand_in: bool = False) -> None:
         self.output = Path(os.fspath(output).rstrip("/" + os.sep)).absolute()
-        self.lock_name = self.output  # what the run's lock is named after
         check_file_name(self.output)
         self.data = self.output
         self.captions = sidecar_path(self.output, CAPTIONS_SUFFIX)
+        self.lock_names = (self.output, self.captions)  # out.tif's run writes these captions too
         self.overwrite, self.stand_in = overwrite, stand_in
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")

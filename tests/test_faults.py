@@ -291,6 +291,25 @@ def test_the_two_spellings_of_a_tiled_output_share_one_lock(tmp_path, held, give
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.vrt").exists()
 
 
+@pytest.mark.parametrize("given, split", [("out.tif", None), ("out.tiff", None), ("out.zarr", None),
+                                          ("out.vrt", 32), ("x.tif", None)])
+def test_outputs_that_write_one_captions_file_share_its_lock(tmp_path, given, split):
+    """Found by review: out.tif, out.tiff, out.zarr and out.vrt all write out.captions.geojson
+    but took their own locks: two such runs at once both exited 0 and out.tif was left beside the
+    other run's captions. A run holding out.captions.geojson (held here) refuses the others."""
+    from geosr.errors import OutputLockedError
+
+    src = uint8_scene(tmp_path / "in.tif", 24, 24)
+    config = RunConfig(scale=2, model="bicubic", captioner="none", split=split)
+    with OutputLock(tmp_path / "out.captions.geojson"):
+        if given == "x.tif":  # its own captions: not held
+            upscale_scene([src], tmp_path / given, config)
+            return
+        with pytest.raises(OutputLockedError, match="out.captions.geojson is being written by another geosr run"):
+            upscale_scene([src], tmp_path / given, config)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["in.tif"]
+
+
 def test_two_runs_on_one_output_one_refused_other_valid(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", **SLOW_SCENE)
     first = start_slow_run(tmp_path, src, tmp_path / "out.tif")
