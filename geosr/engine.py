@@ -49,6 +49,7 @@ from geosr.errors import InputError, OutputError
 from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.models import CLASSICAL, default_batch_size
+from geosr.local_paths import resolved
 from geosr.output_lock import OutputLocks
 from geosr.output_meta import (CAPTIONS_SUFFIX, band_meta, captions_geojson, cog_creation_options, output_profile,
                                output_tags, overview_resampling)
@@ -68,7 +69,7 @@ from geosr.uncertainty_map import UncertaintyRaster, check_uncertainty_target, j
 from geosr.warm_up import warm_up_workers
 from geosr.worker_writes import run_writing_on_workers, workers_see
 from geosr.zarr_output import ZARR_CHUNK, ZarrTarget, ZarrWriter, is_zarr_output
-from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, check_companion_file, remove_files, resolved,
+from geosr.writer import (DEFAULT_COG_OPTIONS, OutputTarget, WorkRaster, check_companion_file, remove_files,
                           sidecar_path, stage_beside, write_error)
 
 __all__ = ["RunReport", "upscale_scene", "caption_scene", "batch_jobs", "caption_jobs", "dask_client"]

@@ -36,6 +36,7 @@ from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.file_sample import content_sample, file_digest, sample_digest
 from geosr.gdal_side_files import pam_settings_digest, side_files
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
+from geosr.local_paths import absolute_input
 from geosr.models import CLASSICAL, own_model_files
 from geosr.remote import gdal_path, is_remote, remote_object
 from geosr.sentinel2 import is_subdataset, subdataset_files
@@ -136,7 +137,7 @@ def files_read(inputs: Sequence[str], remote_side_files: bool = True) -> list[st
     for the files GDAL reads for it: the product's metadata files and band images.
     """
     def named(f: str) -> str:
-        return f if is_remote(f) else os.path.abspath(f)
+        return f if is_remote(f) else absolute_input(f)
 
     seen: dict[str, None] = {}
     todo = []

@@ -33,6 +33,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
 from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
+from geosr.local_paths import absolute_input
 from geosr.remote import gdal_path, is_remote
 from geosr.sentinel2 import is_subdataset, resolve_input, write_vrt
 from geosr.writer import check_file_name
@@ -210,7 +211,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
         else:
             raise InputError(f"input {text!r} does not exist")
     # The same file given twice would be summed twice in a mosaic.
-    unique = list(dict.fromkeys(f if is_remote(f) or is_subdataset(f) else os.path.abspath(f) for f in files))
+    unique = list(dict.fromkeys(f if is_remote(f) or is_subdataset(f) else absolute_input(f) for f in files))
     if not unique:
         raise InputError("no input given")
     for f in unique:  # what a folder or pattern found too, not only the names given

@@ -43,10 +43,11 @@ from rasterio.windows import Window
 from geosr.block_tasks import BlockTaskWriter
 from geosr.errors import InputError, OutputError, OutputExistsError
 from geosr.journal import RunJournal
+from geosr.local_paths import resolved
 from geosr.replaceable import check_replaceable_tiled
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
-from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably, resolved,
+from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably,
                           sync_tree, translate_to_cog, write_error)
 
 __all__ = ["AUTO_SPLIT", "MAX_AUTO_SPLIT", "MIN_AUTO_BLOCKS", "MIN_AUTO_SPLIT", "TiledTarget", "BlockJob", "BlockWriter",
@@ -203,7 +204,7 @@ class TiledTarget:
                                   "write to another place")
 
     def occupies(self, path: Path) -> bool:
-        """Whether the run writes ``path`` (:func:`geosr.writer.resolved`): the data folder,
+        """Whether the run writes ``path`` (:func:`geosr.local_paths.resolved`): the data folder,
         anything in it, the VRT or the captions."""
         place, data = resolved(path), resolved(self.data)
         return place in (data, resolved(self.vrt), resolved(self.captions)) or data in place.parents

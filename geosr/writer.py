@@ -31,6 +31,7 @@ from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.windows import Window
 
 from geosr.errors import InputError, OutputError, OutputExistsError, WriteError
+from geosr.local_paths import resolved
 from geosr.stoppable_gdal import GdalFailure, GdalPass
 from geosr.tiling import window_transform
 
@@ -66,13 +67,6 @@ def swath_bytes(block: int, width: int, pixel_bytes: int) -> int:
 def sidecar_path(output: Path, suffix: str) -> Path:
     """``out.tif`` -> ``out<suffix>`` (e.g. ``out.captions.geojson``)."""
     return output.with_name(output.stem + suffix)
-
-
-def resolved(path: str | os.PathLike) -> Path:
-    """``path`` as the OS resolves it when the run writes there - symlinks and ``..`` followed,
-    the file itself need not exist - for telling whether two paths name one place
-    (``sub/../out.tif`` is ``out.tif``)."""
-    return Path(os.path.realpath(path))
 
 
 def check_companion_file(path: str | os.PathLike, target, overwrite: bool, name: str, example: str,

@@ -55,9 +55,10 @@ from rasterio.windows import Window
 from geosr.block_tasks import BlockTaskWriter
 from geosr.errors import OutputError, OutputExistsError
 from geosr.journal import RunJournal
+from geosr.local_paths import resolved
 from geosr.replaceable import check_replaceable_zarr
 from geosr.tasks import shippable_errors
-from geosr.writer import WorkRaster, check_file_name, replace_durably, resolved, sidecar_path, sync_tree, write_error
+from geosr.writer import WorkRaster, check_file_name, replace_durably, sidecar_path, sync_tree, write_error
 from geosr.zarr_overviews import halve, multiscales_attrs, overview_factors
 
 __all__ = ["ZARR_CHUNK", "ZARR_GROUP", "ZarrTarget", "ZarrWriter", "ZarrJob", "is_zarr_output", "write_chunks"]
@@ -114,7 +115,7 @@ class ZarrTarget:
                                   "write to another place")
 
     def occupies(self, path: Path) -> bool:
-        """Whether the run writes ``path`` (:func:`geosr.writer.resolved`): the store, anything in
+        """Whether the run writes ``path`` (:func:`geosr.local_paths.resolved`): the store, anything in
         it, or the captions."""
         place, store = resolved(path), resolved(self.output)
         return place in (store, resolved(self.captions)) or store in place.parents

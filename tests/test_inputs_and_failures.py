@@ -235,6 +235,19 @@ def test_a_geographic_mosaic_keeps_longitude_as_x(tmp_path):
         np.testing.assert_allclose(tuple(out.bounds), (10.0, 49.98, 10.04, 50.0), atol=1e-9)
 
 
+def test_an_input_named_through_a_folder_link_and_dotdot_is_the_file_the_os_opens(tmp_path):
+    """Found by review: ``latest/../a.tif``, with ``latest`` a link to ``2024/run7``, names
+    ``2024/a.tif`` to the OS; geosr collapsed the ``..`` as text and upscaled ``./a.tif``."""
+    (tmp_path / "2024" / "run7").mkdir(parents=True)
+    (tmp_path / "latest").symlink_to(tmp_path / "2024" / "run7")
+    meant = uint8_scene(tmp_path / "2024" / "a.tif", 32, 32, seed=1)
+    uint8_scene(tmp_path / "a.tif", 32, 32, seed=2)  # what the text names
+    upscale_scene([str(tmp_path / "latest" / ".." / "a.tif")], tmp_path / "out.tif", cfg())
+    upscale_scene([meant], tmp_path / "ref.tif", cfg())
+    with rasterio.open(tmp_path / "out.tif") as out, rasterio.open(tmp_path / "ref.tif") as ref:
+        np.testing.assert_array_equal(out.read(), ref.read())
+
+
 def test_aoi_skips_tiles_outside(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", 64, 64)  # 2 m pixels, origin 500000, 4100000
     aoi = {
