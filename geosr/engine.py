@@ -46,6 +46,7 @@ from geosr.creation_options import check_creation_options
 from geosr.deferred_free import free_pending_now
 from geosr.diskspace import check_free_space, estimate_disk_use
 from geosr.errors import InputError, OutputError
+from geosr.gdal_read_settings import gdal_read_settings
 from geosr.georef import scale_gcps, scale_rpcs
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.models import CLASSICAL, default_batch_size
@@ -366,7 +367,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
             todo = [t for t in order if acc.needs(t)]
             # every worker checks it runs the code, device and files the identity records (a
             # cluster's odd machine would write other pixels into an output that exits 0)
-            worker = WorkerCheck(code_digest(), model.runs_on, model.fingerprint, model.captioner_files)
+            worker = WorkerCheck(code_digest(), model.runs_on, model.fingerprint, model.captioner_files,
+                                 gdal_read_settings())
             # a resumed run computes each tile in the batch an uninterrupted run computes it in
             jobs = still_needed(batch_jobs(scene_plan, order, config, worker=worker,
                                            single_last=config.batch_size if blocks is not None else 0), acc.needs)

@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from geosr.cell_render import CellRenderer
 from geosr.code_identity import code_digest
 from geosr.config import RunConfig, parse_caption_every
+from geosr.gdal_read_settings import gdal_read_settings
 import geosr.tasks as tasks
 from geosr.tasks import BatchJob, WorkerCheck, batch_jobs, captioner_for, with_shared_captions
 from geosr.georef import scale_gcps, scale_transform
@@ -87,7 +88,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     # here (a cluster's odd machine refuses its tiles, WorkerMismatchError); the device and
     # precision are theirs to resolve: a graph may be computed on GPU workers from a laptop
     worker = WorkerCheck(code=code_digest(), fingerprint=tasks.model_fingerprint(model, config),
-                         captioner_files=tasks.captioner_files_here(config.captioner))
+                         captioner_files=tasks.captioner_files_here(config.captioner), gdal_reads=gdal_read_settings())
     jobs = batch_jobs(scene_plan, tiles, config, worker=worker)
     mode, n = parse_caption_every(config.caption_every)
     if mode != "tile":

@@ -34,6 +34,7 @@ from geosr.code_identity import code_digest, library_versions
 from geosr.config import RunConfig
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.file_sample import content_sample, file_digest, sample_digest
+from geosr.gdal_read_settings import gdal_read_settings
 from geosr.gdal_side_files import pam_settings_digest, side_files
 from geosr.journal import DamagedJournal, RunJournal, WorkFolder, describe_size, identity_differences
 from geosr.local_paths import absolute_input
@@ -288,6 +289,8 @@ def run_identity(files: Sequence[str], config: RunConfig, captioner: str | None 
         ident["--detail"] = f"{config.detail!r}"
     if config.uncertainty:  # the work folder holds the map's cells too
         ident["--uncertainty"] = "yes"
+    if reads := gdal_read_settings():  # absent when none is set, as before it was recorded
+        ident["GDAL read settings"] = reads
     captioner = captioner or captioner_files(config.captioner)
     if captioner is not None:  # a VLM retrained in place writes other captions, so other pixels
         ident["captioner files"] = captioner

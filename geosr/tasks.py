@@ -24,6 +24,7 @@ from geosr.captioning.cache import CachingCaptioner
 from geosr.config import RunConfig
 from geosr.code_identity import code_digest
 from geosr.errors import GeosrError, ModelError, WorkerMismatchError
+from geosr.gdal_read_settings import gdal_read_settings
 from geosr.models import CLASSICAL, Upscaler, load_upscaler
 from geosr.models.classical import CLASSICAL_UPSCALERS, BicubicUpscaler
 from geosr.models.own_network import upscale_in_units
@@ -48,15 +49,18 @@ class WorkerCheck:
     """What every worker of a run must have to make the pixels the run's identity records
     (:func:`check_worker`); a field left None is not checked.
 
-    ``code``: the client's geosr code digest; ``runs_on``, ``fingerprint`` and ``captioner_files``:
-    the model's device and precision, its networks' files, and the captioner's, as the worker
-    that described the model found them (:class:`ModelFacts`).
+    ``code`` and ``gdal_reads``: the client's geosr code digest and GDAL read settings
+    (:func:`geosr.gdal_read_settings.gdal_read_settings`; the client plans what the workers
+    read); ``runs_on``, ``fingerprint`` and ``captioner_files``: the model's device and
+    precision, its networks' files, and the captioner's, as the worker that described the
+    model found them (:class:`ModelFacts`).
     """
 
     code: str | None = None
     runs_on: str | None = None
     fingerprint: str | None = None
     captioner_files: str | None = None
+    gdal_reads: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,10 @@ def check_worker(job: BatchJob, model: Upscaler | None = None) -> None:
     if want.code is not None and code_digest() != want.code:
         raise WorkerMismatchError(f"worker {_worker_address()} runs geosr code {code_digest()}, the run {want.code}: "
                                   "install the same geosr on the client and every worker")
+    if want.gdal_reads is not None and (reads := gdal_read_settings()) != want.gdal_reads:
+        raise WorkerMismatchError(f"worker {_worker_address()} reads with the GDAL settings '{reads or 'none'}', "
+                                  f"the run with '{want.gdal_reads or 'none'}': set the same GDAL options in the "
+                                  "environment of the client and every worker")
     if model is None:
         return
     if want.runs_on is not None and (runs_on := model_runs_on(model)) != want.runs_on:

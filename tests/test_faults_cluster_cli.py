@@ -178,7 +178,7 @@ ODD_FACTS = {
 }
 
 
-@pytest.mark.parametrize("differs", ["code", *ODD_FACTS])
+@pytest.mark.parametrize("differs", ["code", "GDAL settings", *ODD_FACTS])
 def test_a_worker_unlike_the_run_refuses_its_tiles_in_one_line(differs, scene, monkeypatch):
     """A cluster's odd machine - an older geosr, another GPU model, other weights under the model's
     name - would write other pixels into an output that exits 0: each worker checks itself against
@@ -188,6 +188,9 @@ def test_a_worker_unlike_the_run_refuses_its_tiles_in_one_line(differs, scene, m
     if differs == "code":  # the client's digest, as an older install on the client would have it
         monkeypatch.setattr(engine, "code_digest", lambda: "0123456789abcdef")
         words = "runs geosr code"
+    elif differs == "GDAL settings":  # the client's environment ignores side files; the workers' does not
+        monkeypatch.setattr(engine, "gdal_read_settings", lambda: "GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR")
+        words = "reads with the GDAL settings 'none', the run with 'GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR'"
     else:
         odd, words = ODD_FACTS[differs]
         facts = engine._model_facts_on

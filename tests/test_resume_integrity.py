@@ -25,7 +25,7 @@ from geosr.engine import upscale_scene
 from geosr.errors import InputError, ResumeError, WriteError
 from geosr.journal import CellRecord, RunJournal, WorkFolder
 from geosr.output_lock import OutputLock
-from geosr.resumable import StoppedRunWarning, files_read, open_journal
+from geosr.resumable import StoppedRunWarning, files_read, open_journal, run_identity
 from geosr.validation import validate_output
 from geosr.writer import WorkRaster
 from tests.rasters import uint8_scene, write_raster
@@ -487,6 +487,22 @@ def test_a_resumed_run_computes_each_tile_in_its_uninterrupted_batch(tmp_path, m
     files = sorted(p.relative_to(ref) for p in ref.rglob("*.tif")) if split else [Path()]
     for name in files:
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def test_a_resume_under_other_gdal_read_settings_is_refused(stopped, tmp_path, monkeypatch):
+    """Found by review: GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR (often exported for cloud reads)
+    hides a raster's mask, overviews and PAM nodata; a run stopped without it and resumed with it
+    read other pixels and exited 0."""
+    src, ref, _ = stopped
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    monkeypatch.setenv("GDAL_CACHEMAX", "64")  # changes no pixel: not in the identity
+    with pytest.raises(ResumeError, match="GDAL read settings"):
+        upscale_scene([src], tmp_path / "out.tif", cfg(resume=True))
+    assert run_identity([str(src)], cfg())["GDAL read settings"] == "GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR"
+    monkeypatch.delenv("GDAL_DISABLE_READDIR_ON_OPEN")
+    assert "GDAL read settings" not in run_identity([str(src)], cfg())
+    upscale_scene([src], tmp_path / "out.tif", cfg(resume=True))
+    assert (tmp_path / "out.tif").read_bytes() == ref.read_bytes()
 
 
 def test_a_classical_run_resumes_at_any_batch_size(stopped, tmp_path):
