@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass, replace
 
 import dask.array
@@ -47,7 +48,11 @@ from geosr.sources import SourceFiles
 from geosr.tiling import Tile
 from geosr.uncertainty_map import NODATA, uncertainty_tags
 
-__all__ = ["lazy_upscale"]
+__all__ = ["UnmarkedHolesWarning", "lazy_upscale"]
+
+
+class UnmarkedHolesWarning(UserWarning):
+    """The lazy result has holes (outside the AOI) that nothing marks: the scene has no nodata."""
 
 
 def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
@@ -89,6 +94,11 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     # precision are theirs to resolve: a graph may be computed on GPU workers from a laptop
     worker = WorkerCheck(code=code_digest(), fingerprint=tasks.model_fingerprint(model, config),
                          captioner_files=tasks.captioner_files_here(config.captioner), gdal_reads=gdal_read_settings())
+    if config.aoi and scene.nodata is None and len(tiles) < len(grid):
+        # a written COG marks them in its mask; a DataArray carries nodata only
+        warnings.warn(f"{scene.source}: the pixels outside the AOI are 0 in the result, and nothing marks them "
+                      "(the scene has no nodata value): write a COG (upscale_to_file), whose mask does",
+                      UnmarkedHolesWarning, stacklevel=3)
     jobs = batch_jobs(scene_plan, tiles, config, worker=worker)
     mode, n = parse_caption_every(config.caption_every)
     if mode != "tile":

@@ -288,6 +288,30 @@ def test_the_aoi_is_never_replaced_by_what_the_run_writes(tmp_path):
     assert captions.read_text() == before
 
 
+def test_a_lazy_result_with_unmarked_aoi_holes_says_so(tmp_path):
+    """Outside the AOI a written COG is masked; a DataArray of a scene without nodata can only
+    hold 0 there, so it says so."""
+    from geosr.lazy import UnmarkedHolesWarning
+
+    aoi = {"type": "Polygon", "coordinates": [[[500002, 4099998], [500020, 4099998], [500020, 4099980],
+                                               [500002, 4099980], [500002, 4099998]]]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": aoi,
+                                                      "crs": {"type": "name", "properties": {"name": "EPSG:32618"}}}))
+    plain = uint8_scene(tmp_path / "in.tif", 64, 64)
+    with pytest.warns(UnmarkedHolesWarning, match="outside the AOI are 0"):
+        hr = geosr.upscale(plain, scale=2, model="bicubic", captioner="none", tile=32, overlap=8,
+                           aoi=str(tmp_path / "aoi.geojson"))
+    assert (hr.values[:, 64:, :] == 0).all()
+    marked = uint8_scene(tmp_path / "nodata.tif", 64, 64, nodata=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnmarkedHolesWarning)
+        hr = geosr.upscale(marked, scale=2, model="bicubic", captioner="none", tile=32, overlap=8,
+                           aoi=str(tmp_path / "aoi.geojson"))
+    assert hr.rio.nodata == 0
+
+
 def test_aoi_that_misses_the_scene_is_an_error(tmp_path):
     src = uint8_scene(tmp_path / "in.tif", 32, 32)
     far = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
