@@ -15,7 +15,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geosr.errors import read_errors_named
+from geosr.errors import InputError, read_errors_named
 from geosr.remote import is_remote
 
 __all__ = ["Stretch", "fit_stretch", "dtype_range"]
@@ -31,6 +31,11 @@ MIN_FIT_SAMPLES = 1000
 #: ... up to this many pixels a band, on local files (a whole band of a larger or remote scene,
 #: perhaps one that is all no-data, would cost more before the first tile than it can be worth).
 FULL_FIT_MAX_PIXELS = 400_000_000
+
+#: A band whose stretch spans this many times the range of its middle half holds a fill value
+#: that is not declared as no-data (-3.4e38 in a DEM, -2147483648 in an int32 band): the
+#: stretch would squeeze the real values into a few float32 steps - all of them one value.
+FILL_SPAN_RATIO = 2**16
 
 
 def dtype_range(dtype: str) -> tuple[float, float]:
@@ -145,11 +150,31 @@ def fit_stretch(
             lo, hi = 0.0, 1.0
         else:
             lo, hi = (float(v) for v in np.percentile(valid, percentiles))
+            _check_no_fill_value(source, bands[b], valid, lo, hi)
         if not hi > lo:  # constant band: any positive span round-trips it exactly
             hi = lo + 1.0
         lows.append(lo)
         highs.append(hi)
     return Stretch(tuple(lows), tuple(highs), dtype)
+
+
+def _check_no_fill_value(source: str, band: int, valid: np.ndarray, lo: float, hi: float) -> None:
+    """Refuse a band whose stretch ``lo..hi`` spans :data:`FILL_SPAN_RATIO` times the range of
+    its middle half (an undeclared fill value, on up to a quarter of the pixels): every output
+    pixel would come out wrong. Real values, skewed or heavy-tailed, span tens to hundreds of it.
+
+    Raises
+    ------
+    InputError
+        Naming the band, the extreme value and how to declare it.
+    """
+    q1, q3 = (float(v) for v in np.percentile(valid, (25, 75)))
+    if q3 > q1 and hi - lo > FILL_SPAN_RATIO * (q3 - q1):
+        fill = lo if q1 - lo > hi - q3 else hi
+        raise InputError(
+            f"{source}: band {band} holds {fill:g} beside values whose middle half lies within {q1:g}..{q3:g}: "
+            f"a fill value not declared as no-data? Declare it (gdal_edit.py -a_nodata {fill:g} FILE, or a .vrt "
+            "with <NoDataValue>) or mask it, and run again")
 
 
 def _finite(values: np.ndarray) -> np.ndarray:

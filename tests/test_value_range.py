@@ -236,3 +236,25 @@ def test_nan_in_a_band_not_written_masks_nothing(tmp_path):
     with rasterio.open(tmp_path / "out.tif") as out:
         hr = out.read()
         assert (out.dataset_mask() > 0).all() and np.isfinite(hr).all()
+
+
+@pytest.mark.parametrize("dtype, fill", [("float32", -3.4028235e38), ("int32", -2147483648)])
+def test_an_undeclared_fill_value_is_refused_not_squeezed_into_the_stretch(tmp_path, dtype, fill):
+    """Found by review: a DEM's -3.4e38 fill, not declared as no-data, on more than 0.1 % of the
+    pixels became the stretch's low end; every real elevation came out 0.0 (exit 0)."""
+    data = (texture(1, 64, 80, seed=4) * 4000).astype(dtype)
+    data[:, :8, :8] = fill  # a rotated footprint's corner
+    src = write_raster(tmp_path / "dem.tif", data)
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2",
+                                      "--model", "bicubic", "--captioner", "none", "-q"])
+    assert result.exit_code == 3, result.output
+    assert f"band 1 holds {fill:g}" in result.output and "gdal_edit.py -a_nodata" in result.output
+    assert not (tmp_path / "out.tif").exists()
+    with rasterio.open(src, "r+") as ds:  # declared: the run goes through, the DEM kept
+        ds.nodata = fill
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2",
+                                      "--model", "bicubic", "--captioner", "none", "-q"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "out.tif") as out:
+        valid = out.read(1, masked=True).compressed()
+    assert valid.min() > -100 and valid.max() > 1000
