@@ -158,7 +158,11 @@ def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
     """
     if np.isnan(nodata):
         return
-    hit = (values == np.asarray(nodata).astype(values.dtype)) & valid
+    with np.errstate(invalid="ignore", over="ignore"):
+        target = np.asarray(nodata).astype(values.dtype)
+    if float(target) != nodata:  # no pixel can hold it (-9999 in uint8: its cast, 241, is a value like any)
+        return
+    hit = (values == target) & valid
     if not hit.any():
         return
     if np.issubdtype(values.dtype, np.integer):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from affine import Affine
 
+from geosr.cell_render import avoid_nodata
+
 __all__ = ["MULTISCALES", "halve", "multiscales_attrs", "overview_factors"]
 
 #: The convention's registry entry (zarr_conventions), as its README gives it.
@@ -84,7 +86,10 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None,
         sums = sums[..., 0::2] + sums[..., 1::2]
         sums += 2
         sums >>= 2
-        return sums.astype(data.dtype), (None if valid is None else np.ones((h // 2, w // 2), bool))
+        out = sums.astype(data.dtype)
+        if valid is None and nodata is not None:  # a mean of valid pixels that lands on nodata is no hole
+            avoid_nodata(out, np.ones((1, *out.shape[-2:]), bool), nodata)
+        return out, (None if valid is None else np.ones((h // 2, w // 2), bool))
     pad = ((0, 0), (0, h % 2), (0, w % 2))  # padded pixels weigh nothing
 
     def block_sums(a: np.ndarray) -> np.ndarray:
@@ -115,6 +120,8 @@ def halve(data: np.ndarray, valid: np.ndarray | None, nodata: float | None,
     empty = np.broadcast_to(counts == 0, mean.shape)
     mean[empty] = nodata if nodata is not None and valid is None else 0
     out = mean.astype(dtype)
+    if nodata is not None and valid is None:  # {-1, 1, -1, 1} averages to a nodata of 0: no hole
+        avoid_nodata(out, ~empty, nodata)
     return out, (None if valid is None else ~empty[0])
 
 

@@ -317,11 +317,38 @@ def test_halving_integers_in_integers_gives_the_rounded_float_means(dtype):
         with np.errstate(invalid="ignore", divide="ignore"):
             expected = np.floor((values * weight).sum(axis=(2, 4)) / counts + 0.5)
         expected[counts == 0] = nodata if valid is None and nodata is not None else 0
+        if valid is None and nodata is not None:  # a mean of valid pixels on nodata moves off it
+            expected[(counts > 0) & (expected == nodata)] = nodata + (-1 if nodata >= info.max else 1)
         out, out_valid = halve(data, valid, nodata)
         assert out.dtype == dtype
         assert np.array_equal(out, expected.astype(dtype)), (valid_kind, nodata)
         if valid is not None:
             assert np.array_equal(out_valid, counts[0] > 0)
+
+
+@pytest.mark.parametrize("side", [2, 3], ids=["whole blocks", "odd edge"])
+def test_an_overview_mean_of_valid_pixels_never_lands_on_nodata(side):
+    """Found by review: int16 {-1, 1, -1, 1} with nodata 0 averaged to 0, a hole in the level."""
+    from geosr.zarr_overviews import halve
+
+    data = np.array([[[-1, 1, 5], [1, -1, 5], [5, 5, 5]]], np.int16)[:, :side, :side]
+    out, _ = halve(data, None, 0.0)
+    assert out[0, 0, 0] != 0 and abs(int(out[0, 0, 0])) == 1
+    floats = data.astype(np.float32) * 0.5
+    out, _ = halve(floats, None, 0.0)
+    assert out[0, 0, 0] != 0
+
+
+def test_a_nodata_no_pixel_can_hold_moves_no_pixel():
+    """-9999 declared on a uint8 band casts to 241: valid pixels of 241 were moved to 242."""
+    from geosr.cell_render import avoid_nodata
+
+    values = np.array([[[241, 0, 255]]], np.uint8)
+    avoid_nodata(values, np.ones_like(values, bool), -9999.0)
+    avoid_nodata(values, np.ones_like(values, bool), 0.5)
+    assert values.tolist() == [[[241, 0, 255]]]
+    avoid_nodata(values, np.ones_like(values, bool), 0.0)  # one it can hold: moved off
+    assert values.tolist() == [[[241, 1, 255]]]
 
 
 def test_overwrite_refuses_a_zarr_folder_geosr_did_not_write_and_leaves_it_alone(tmp_path):
