@@ -162,6 +162,8 @@ class RunConfig:
             raise InputError(f"--scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
         if self.blend not in ("cosine", "none"):
             raise InputError(f"--blend must be cosine or none, got {self.blend!r}")
+        if self.model == "nearest":  # its tiles agree: a weighted mean of equal values only rounds them
+            object.__setattr__(self, "blend", "none")
         parse_caption_every(self.caption_every)
         # each tile's seed is formatted from it: 1.0 would be another seed than 1 (other pixels)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):

@@ -32,6 +32,9 @@ MIN_FIT_SAMPLES = 1000
 #: perhaps one that is all no-data, would cost more before the first tile than it can be worth).
 FULL_FIT_MAX_PIXELS = 400_000_000
 
+#: Integers from here on are not all exact in float32, the model units' precision.
+FLOAT32_EXACT = 2**24
+
 #: A band whose stretch spans this many times the range of its middle half holds a fill value
 #: that is not declared as no-data (-3.4e38 in a DEM, -2147483648 in an int32 band): the
 #: stretch would squeeze the real values into a few float32 steps - all of them one value.
@@ -57,11 +60,21 @@ class Stretch:
         Per band, in raster units.
     dtype : str
         Raster dtype restored by :meth:`inverse`.
+    exact : bool
+        The identity (low 0, high 1) of a run that must make no new values (``--model
+        nearest``) on a raster whose values the usual stretch would round in float32 (32-bit
+        integers, float32): :meth:`inverse` refuses integers float32 cannot hold.
     """
 
     low: tuple[float, ...]
     high: tuple[float, ...]
     dtype: str
+    exact: bool = False
+
+    @classmethod
+    def identity(cls, bands: int, dtype: str) -> "Stretch":
+        """The exact stretch (:attr:`exact`) of ``bands`` bands of ``dtype``."""
+        return cls((0.0,) * bands, (1.0,) * bands, dtype, exact=True)
 
     def _coeffs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n != len(self.low):
@@ -97,6 +110,10 @@ class Stretch:
         out += low.astype(work)
         if np.issubdtype(dtype, np.integer):
             np.rint(out, out=out)
+        if self.exact and np.issubdtype(dtype, np.integer) and out.size and np.abs(out).max() >= FLOAT32_EXACT:
+            raise InputError(f"--model nearest keeps {self.dtype} values exactly below {FLOAT32_EXACT:,}, and this "
+                             "raster holds larger ones: upscale it with gdal_translate -r nearest -tr XRES YRES "
+                             "(or gdalwarp -r near) instead")
         lo, hi = dtype_range(self.dtype)
         np.clip(out, lo, hi, out=out)
         if not interleaved:

@@ -16,6 +16,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from geosr.aoi import load_aoi, window_polygon
 from geosr.band_roles import NUMBERING_ASSUMED, RGBAssumedWarning, RGBBands, find_rgb, parse_bands_to_model
 from geosr.config import RunConfig
@@ -220,6 +222,9 @@ class ScenePlan:
         The tiles to process (all no-data and outside-AOI tiles dropped), row-major.
     key : str
         :func:`scene_key` of the scene, for :func:`tile_seed`.
+    exact : bool
+        The run must make no new values (``--model nearest``): 32-bit and float32 rasters pass
+        as they are (:meth:`Stretch.identity`), not through a stretch float32 rounds.
     """
 
     scene: Scene
@@ -227,6 +232,7 @@ class ScenePlan:
     grid: TileGrid
     tiles: tuple[Tile, ...]
     key: str
+    exact: bool = False
 
     @property
     def skipped(self) -> int:
@@ -237,6 +243,8 @@ class ScenePlan:
     def stretch(self) -> Stretch:
         """The scene stretch of the planned bands, fitted on first use (a decimated read):
         a run checks its options and disk space first."""
+        if self.exact and np.dtype(self.scene.dtype).itemsize >= 4:
+            return Stretch.identity(len(self.bands.bands), self.scene.dtype)
         return fit_stretch(self.scene.source, self.bands.bands, self.scene.dtype)
 
 
@@ -284,7 +292,11 @@ def plan_scene(files: Sequence[str], config: RunConfig, channels: int | None, wo
     bands = plan_bands(scene, config.bands, channels, bands_to_model=config.bands_to_model, rgb_bands=config.rgb_bands)
     grid = TileGrid(scene.width, scene.height, config.tiles.tile, config.tiles.overlap, step)
     aoi = load_aoi(config.aoi, scene) if config.aoi else None
-    return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi, bands.bands)), scene_key(scene))
+    exact = config.model == "nearest"
+    if exact and np.dtype(scene.dtype) == np.float64:
+        raise InputError(f"--model nearest keeps values exactly in float32 and below, and {scene.source} is float64: "
+                         "convert it (gdal_translate -ot Float32) or upscale it with gdal_translate -r nearest")
+    return ScenePlan(scene, bands, grid, tuple(select_tiles(scene, grid, aoi, bands.bands)), scene_key(scene), exact)
 
 
 class NothingToUpscaleWarning(UserWarning):

@@ -133,3 +133,39 @@ def test_nearest_keeps_the_colour_table_and_makes_overviews_of_classes(tmp_path,
             levels = [ds.read(1, out_shape=(ds.height // f, ds.width // f)) for f in ds.overviews(1)]
     for level in levels:
         assert set(np.unique(level)) <= set(CLASSES.tolist())
+
+
+@pytest.mark.parametrize("dtype, values", [
+    ("float32", np.linspace(0.1, 7.3, 400)),  # codes float32 rounds through a stretch
+    ("int32", np.arange(400) * 900 - 200_003),
+    ("uint32", np.arange(400) * 40_000 + 1_000_001),  # parcel ids up to 17 M: a span float32 rounds
+])
+def test_nearest_makes_no_new_values_in_32_bit_rasters(tmp_path, dtype, values):
+    """Found by review: nearest made 53 new values of 2000 float32 codes and 153 of 2000 uint32
+    ids (a stretch to float32 model units and back, and blended overlaps)."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    data = np.kron(values[rng.integers(0, len(values), (12, 12))], np.ones((8, 8))).astype(dtype)
+    if dtype == "uint32":
+        data = np.minimum(data, 2**24 - 1)
+    src = tmp_path / "ids.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=96, height=96, count=1, dtype=dtype, crs="EPSG:32618",
+                       transform=from_origin(0, 96, 1, 1)) as ds:
+        ds.write(data[None])
+    geosr.upscale_to_file(src, tmp_path / "out.tif", scale=2, model="nearest", captioner="none", tile=32, overlap=8)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        np.testing.assert_array_equal(out.read(1), np.kron(data, np.ones((2, 2), data.dtype)))
+
+
+def test_nearest_refuses_what_it_cannot_keep_exactly(tmp_path):
+    from rasterio.transform import from_origin
+
+    for dtype, value in (("uint32", 50_000_001), ("float64", 0.5)):
+        src = tmp_path / f"{dtype}.tif"
+        with rasterio.open(src, "w", driver="GTiff", width=40, height=40, count=1, dtype=dtype, crs="EPSG:32618",
+                           transform=from_origin(0, 40, 1, 1)) as ds:
+            ds.write(np.full((1, 40, 40), value, dtype) + np.arange(40, dtype=dtype)[None, None, :])
+        with pytest.raises(InputError, match="nearest"):
+            geosr.upscale_to_file(src, tmp_path / f"{dtype}_x2.tif", scale=2, model="nearest", captioner="none")
+        assert not (tmp_path / f"{dtype}_x2.tif").exists()
