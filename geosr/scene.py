@@ -478,6 +478,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                         masked=MaskFlags.per_dataset in flags or MaskFlags.alpha in flags,
                         tags=dict(ds.tags()),
                         band_tags=[_band_metadata(ds, b) for b in range(1, ds.count + 1)],
+                        colormaps=[_colormap(ds, b) for b in range(1, ds.count + 1)],
                     )
                 )
         except rasterio.errors.RasterioIOError as exc:
@@ -551,6 +552,8 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             lines.append(f"    <NoDataValue>{_nodata_text(first['band_nodata'][b - 1])}</NoDataValue>")
         ci = first["colorinterp"][b - 1]
         lines.append(f"    <ColorInterp>{ci.name.capitalize()}</ColorInterp>")
+        if first["colormaps"][b - 1]:  # a palette band's classes keep their colours (the pieces' one table)
+            lines += _color_table_lines(first["colormaps"][b - 1])
         if first["descriptions"][b - 1]:
             lines.append(f"    <Description>{escape(first['descriptions'][b - 1])}</Description>")
         for domain in BAND_METADATA_DOMAINS:  # wavelengths, band names: what every piece says
@@ -603,6 +606,13 @@ def _check_one_dtype(path: str, dtypes: Sequence[str], colorinterp: Sequence[Col
                          "to one (gdal_translate -ot Float32) or upscale them apart")
 
 
+def _color_table_lines(colormap: dict) -> list[str]:
+    """A VRT band's ``<ColorTable>``: entries 0 to the largest index, absent ones transparent black."""
+    entries = [colormap.get(i, (0, 0, 0, 0)) for i in range(max(colormap) + 1)]
+    return ["    <ColorTable>", *(f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>' for r, g, b, a in entries),
+            "    </ColorTable>"]
+
+
 def _check_same_values(first: dict, info: dict) -> None:
     """Refuse mosaic pieces whose pixels mean other things: nodata on one and not on another, or
     other nodata values, band by band (the mosaic's band has one: the other piece's gaps, or its
@@ -627,6 +637,11 @@ def _check_same_values(first: dict, info: dict) -> None:
                 f"pixels of that value would read as gaps); {fix} a VRT with gdalbuildvrt (-srcnodata and "
                 "-vrtnodata take one value per band) and pass that"
             )
+    for band, (ours, theirs) in enumerate(zip(first["colormaps"], info["colormaps"]), start=1):
+        if ours != theirs:  # index 5 forest in one piece, water in the other: one mosaic, one meaning
+            raise GridMismatchError(
+                f"mosaic pieces have other colour tables{'' if band == 1 else f' in band {band}'}: {first['path']} "
+                f"and {info['path']} (the same class code would mean other classes); give them one legend first")
     if (info["scales"], info["offsets"]) != (first["scales"], first["offsets"]):
         raise GridMismatchError(
             f"mosaic pieces differ in band scales/offsets: {first['path']} has {first['scales']} / "

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import geosr
 from geosr.cli import cli
-from geosr.errors import InputError
+from geosr.errors import GridMismatchError, InputError
 from geosr.scene import categorical_reason
 from tests.rasters import texture, uint8_scene, write_raster
 
@@ -169,3 +169,28 @@ def test_nearest_refuses_what_it_cannot_keep_exactly(tmp_path):
         with pytest.raises(InputError, match="nearest"):
             geosr.upscale_to_file(src, tmp_path / f"{dtype}_x2.tif", scale=2, model="nearest", captioner="none")
         assert not (tmp_path / f"{dtype}_x2.tif").exists()
+
+
+def test_a_mosaic_of_palette_pieces_keeps_their_table_and_refuses_two_legends(tmp_path):
+    """Found by review: the mosaic's VRT said Palette but held no table (the output had none),
+    and pieces whose tables gave one code two classes were joined."""
+    whole = palette_land_cover(tmp_path / "lc.tif")
+    with rasterio.open(whole) as ds:
+        profile, data = ds.profile, ds.read()
+    pieces = []
+    for name, cols in (("west.tif", slice(0, 304)), ("east.tif", slice(304, 600))):
+        piece = dict(profile, width=cols.stop - cols.start,
+                     transform=profile["transform"] * rasterio.Affine.translation(cols.start, 0))
+        with rasterio.open(tmp_path / name, "w", **piece) as ds:
+            ds.write(data[:, :, cols])
+            ds.write_colormap(1, PALETTE)
+        pieces.append(tmp_path / name)
+    geosr.upscale_to_file(pieces, tmp_path / "out.tif", scale=2, model="nearest", tile=128, overlap=16)
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        assert {k: v for k, v in ds.colormap(1).items() if k in PALETTE} == PALETTE
+    other = {k: tuple(reversed(v[:3])) + (255,) for k, v in PALETTE.items()}
+    with rasterio.open(pieces[1], "r+") as ds:
+        ds.write_colormap(1, other)
+    with pytest.raises(GridMismatchError, match="other colour tables"):
+        geosr.upscale_to_file(pieces, tmp_path / "out2.tif", scale=2, model="nearest", tile=128, overlap=16)
+    assert not (tmp_path / "out2.tif").exists()
