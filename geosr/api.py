@@ -163,7 +163,8 @@ def upscale(
         dtype, with rioxarray's transform, CRS and nodata, ``band`` = input band numbers,
         ``long_name`` = their descriptions. Its dask chunks are the tile grid times ``scale``.
         Masks other than nodata (alpha, internal masks) are not carried: write a COG for those
-        (outside an ``aoi`` of a scene without nodata the result is 0, with an ``UnmarkedHolesWarning``).
+        (a float scene without nodata is NaN there, its nodata NaN; an integer one is 0 outside
+        an ``aoi``, with an ``UnmarkedHolesWarning``).
         With ``uncertainty``, the tuple ``(output, error)``: ``error`` is a lazy ``(y, x)``
         float32 DataArray on the same grid and chunks, the predicted root-mean-square error of
         the output in its raster values (DN), averaged over the bands that went through the

@@ -32,7 +32,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window
 
-from geosr.cell_render import CellRenderer
+from geosr.cell_render import CellRenderer, overlap_slices
 from geosr.code_identity import code_digest
 from geosr.config import RunConfig, parse_caption_every
 from geosr.gdal_read_settings import gdal_read_settings
@@ -94,7 +94,7 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
     # precision are theirs to resolve: a graph may be computed on GPU workers from a laptop
     worker = WorkerCheck(code=code_digest(), fingerprint=tasks.model_fingerprint(model, config),
                          captioner_files=tasks.captioner_files_here(config.captioner), gdal_reads=gdal_read_settings())
-    if config.aoi and scene.nodata is None and len(tiles) < len(grid):
+    if config.aoi and scene.nodata is None and np.dtype(scene.dtype).kind != "f" and len(tiles) < len(grid):
         # a written COG marks them in its mask; a DataArray carries nodata only
         warnings.warn(f"{scene.source}: the pixels outside the AOI are 0 in the result, and nothing marks them "
                       "(the scene has no nodata value): write a COG (upscale_to_file), whose mask does",
@@ -170,6 +170,27 @@ class _ChunkRenderer(CellRenderer):
 
     files: SourceFiles | None = None
 
+    def __call__(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
+        """The output values of ``window``; in a float scene without nodata, NaN where a written
+        COG's mask marks no data (masked pixels, holes outside the tiles): a DataArray has no mask."""
+        values, valid = self.render(window, tiles, hrs)
+        if self.nodata is not None or values.dtype.kind != "f":
+            return values
+        invalid = ~self._in_cores(window, tiles)
+        if valid is not None:
+            invalid |= ~valid
+        if invalid.any():
+            values = values.copy()
+            values[:, invalid] = np.nan
+        return values
+
+    def _in_cores(self, window: Window, tiles: tuple[Tile, ...]) -> np.ndarray:
+        s = self.scale
+        inside = np.zeros((int(window.height) * s, int(window.width) * s), bool)
+        for tile in tiles:
+            inside[overlap_slices(tile.core, window, s)[1]] = True
+        return inside
+
     def error(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
         """The predicted error of ``window`` (a dask task of the lazy error map)."""
         return self.render_error(window, tiles, hrs)
@@ -205,4 +226,6 @@ def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int
         out = out.rio.write_crs(scene.crs)
     if scene.nodata is not None:
         out = out.rio.write_nodata(scene.nodata, encoded=False)
+    elif np.dtype(scene.dtype).kind == "f":  # no data is NaN there (_ChunkRenderer)
+        out = out.rio.write_nodata(np.nan, encoded=False)
     return out

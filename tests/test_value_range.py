@@ -258,3 +258,20 @@ def test_an_undeclared_fill_value_is_refused_not_squeezed_into_the_stretch(tmp_p
     with rasterio.open(tmp_path / "out.tif") as out:
         valid = out.read(1, masked=True).compressed()
     assert valid.min() > -100 and valid.max() > 1000
+
+
+def test_the_lazy_result_of_a_float_scene_without_nodata_is_nan_where_the_cog_is_masked(tmp_path):
+    """Found by review: NaN no-data in a float scene without a nodata value came back from the lazy
+    API as interpolated numbers (a DataArray has no mask); the written COG masks those pixels."""
+    src, _ = nan_scene(tmp_path / "in.tif")
+    options = dict(scale=2, model="bicubic", captioner="none", tile=32, overlap=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteInputWarning)
+        geosr.upscale_to_file(src, tmp_path / "out.tif", **options)
+        hr = geosr.upscale(src, **options)
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        written, mask = ds.read(), ds.read_masks(1) > 0
+    values = hr.values
+    assert np.isnan(hr.rio.nodata)
+    assert np.isnan(values[:, ~mask]).all() and not np.isnan(values[:, mask]).any()
+    np.testing.assert_array_equal(values[:, mask], written[:, mask])
