@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.rpc import RPC
 
-__all__ = ["scale_transform", "scale_gcps", "scale_rpcs"]
+__all__ = ["scale_transform", "scale_gcps", "scale_rpcs", "window_rpcs"]
 
 
 def scale_transform(transform: Affine, scale: int) -> Affine:
@@ -46,6 +46,12 @@ def scale_rpcs(rpcs: RPC, scale: int) -> RPC:
         line_scale=rpcs.line_scale * scale,
         samp_scale=rpcs.samp_scale * scale,
     )
+
+
+def window_rpcs(rpcs: RPC, row_off: int, col_off: int) -> RPC:
+    """RPCs of a window of the grid starting at ``row_off``, ``col_off``: its pixel ``(0, 0)``
+    is the grid's ``(row_off, col_off)``, so the image offsets move back by as much."""
+    return _replace_rpc(rpcs, line_off=rpcs.line_off - row_off, samp_off=rpcs.samp_off - col_off)
 
 
 def _replace_rpc(rpcs: RPC, **changes: float) -> RPC:

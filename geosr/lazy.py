@@ -220,11 +220,12 @@ def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int
     out = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=attrs, name="geosr")
     if scene.gcps:
         gcps, crs = scene.gcps
-        return out.rio.write_gcps(scale_gcps(gcps, s), crs)
-    out = out.rio.write_transform(transform)
-    if scene.crs:
-        out = out.rio.write_crs(scene.crs)
-    if scene.nodata is not None:
+        out = out.rio.write_gcps(scale_gcps(gcps, s), crs)
+    else:
+        out = out.rio.write_transform(transform)
+        if scene.crs:
+            out = out.rio.write_crs(scene.crs)
+    if scene.nodata is not None:  # a GCP scene's too
         out = out.rio.write_nodata(scene.nodata, encoded=False)
     elif np.dtype(scene.dtype).kind == "f":  # no data is NaN there (_ChunkRenderer)
         out = out.rio.write_nodata(np.nan, encoded=False)

@@ -31,6 +31,7 @@ from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.windows import Window
 
 from geosr.errors import InputError, OutputError, OutputExistsError, WriteError
+from geosr.georef import window_rpcs
 from geosr.local_paths import resolved
 from geosr.stoppable_gdal import GdalFailure, GdalPass
 from geosr.tiling import window_transform
@@ -504,7 +505,7 @@ class WorkRaster:
 
         A window is the same raw layout starting further into the files (its first pixel's
         offset, the full line length): a block of the output is read in place, never copied.
-        The window's transform is the output's shifted to its corner; GCPs and RPCs are not
+        The window's transform and RPCs are the output's shifted to its corner; GCPs are not
         shifted, so a window needs a geotransform (:mod:`geosr.tiled_output` checks it).
         """
         window = window or Window(0, 0, self.width, self.height)
@@ -552,8 +553,8 @@ class WorkRaster:
                 ds.crs = p["crs"]
             if p.get("transform") is not None:
                 ds.transform = p["transform"] if window is None else window_transform(window, p["transform"])
-        if self.rpcs is not None:
-            ds.rpcs = self.rpcs
+        if self.rpcs is not None:  # a block's own: its image coordinates start at its corner
+            ds.rpcs = self.rpcs if window is None else window_rpcs(self.rpcs, int(window.row_off), int(window.col_off))
         if p.get("nodata") is not None:
             ds.nodata = p["nodata"]
         meta = self.band_meta

@@ -419,10 +419,12 @@ def test_gcps_are_scaled(tmp_path):
     data = (texture(1, 30, 40) * 255).astype("uint8")
     gcps = [GCP(0, 0, 500000, 4100000), GCP(0, 40, 500080, 4100000), GCP(30, 0, 500000, 4099940), GCP(30, 40, 500080, 4099940)]
     path = tmp_path / "gcp.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8") as ds:
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8", nodata=0) as ds:
         ds.write(data)
         ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32618))
     upscale_scene([path], tmp_path / "out.tif", cfg())
+    # the lazy result keeps the nodata of a GCP scene too (it was dropped with the transform)
+    assert geosr.upscale(str(path), scale=2, model="bicubic", captioner="none").rio.nodata == 0
     with rasterio.open(tmp_path / "out.tif") as out:
         got, crs = out.gcps
         assert crs.to_epsg() == 32618
@@ -516,3 +518,35 @@ def test_an_output_that_is_a_source_of_an_input_vrt_is_refused(tmp_path):
     with pytest.raises(OutputError, match="is also an input"):
         upscale_scene([tmp_path / "stack.vrt"], a, cfg(overwrite=True))
     assert a.read_bytes() == before
+
+
+def test_a_tiled_outputs_blocks_carry_their_own_rpcs(tmp_path):
+    """Found by review: every block COG of a map-projected input with RPCs (an OR2A product) got
+    the whole output's RPCs, so anything using them put each block at the scene's corner."""
+    from rasterio.rpc import RPC
+    from rasterio.transform import RPCTransformer
+
+    from geosr.georef import scale_rpcs
+
+    rpc = RPC(
+        height_off=100, height_scale=500, lat_off=40.0, lat_scale=0.05, long_off=-75.0, long_scale=0.05,
+        line_off=32, line_scale=32, samp_off=40, samp_scale=40,
+        line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
+        samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19,
+    )
+    src = uint8_scene(tmp_path / "in.tif", 64, 80)
+    with rasterio.open(src, "r+") as ds:
+        ds.rpcs = rpc
+    upscale_scene([src], tmp_path / "out", cfg(split=64))
+    whole = scale_rpcs(rpc, 2)
+    blocks = sorted((tmp_path / "out").glob("*.tif"))
+    assert len(blocks) > 1
+    with rasterio.open(src) as ds:
+        origin = ds.transform
+    for block in blocks:
+        with rasterio.open(block) as ds:
+            col, row = ~(origin * rasterio.Affine.scale(0.5)) * (ds.transform.c, ds.transform.f)
+            row_off, col_off = round(row), round(col)
+            with RPCTransformer(ds.rpcs) as own, RPCTransformer(whole) as full:
+                np.testing.assert_allclose(own.xy(3, 5, zs=100, offset="ul"),
+                                           full.xy(3 + row_off, 5 + col_off, zs=100, offset="ul"), atol=1e-9)
