@@ -241,9 +241,17 @@ class S3Upload:
                     list(pool.map(lambda p: uploaded.append(self._upload(client, p)), group))
             self._delete_stale(client, set(uploaded))
         except BaseException as exc:  # a stop (SIGTERM, Ctrl-C) too: no half output left in the bucket
+            left = None
             if not self._replace:
-                self._delete(client, uploaded)
+                try:
+                    self._delete(client, uploaded)
+                except Exception as cleanup:  # the network that failed the upload may fail this too
+                    left = cleanup
             error = exc if not isinstance(exc, Exception) else WriteError(f"cannot upload {self.url}: {exc}")
+            if left is not None:  # say what is left in the bucket, never leave it unsaid
+                error.__notes__ = [*getattr(error, "__notes__", []),
+                                   f"the {len(uploaded)} object(s) uploaded so far could not all be deleted "
+                                   f"({left}): delete them by hand, e.g. {', '.join(uploaded[:3])}"]
             if self._replace and uploaded:  # what readers find there is neither output
                 error.__notes__ = [*getattr(error, "__notes__", []),
                                    f"{self.url} now holds some of the new objects beside the old ones: "
@@ -274,9 +282,22 @@ class S3Upload:
                                   and not foreign_entry(name, zarr)])
 
     def _delete(self, client, keys: Sequence[str]) -> None:
+        """Delete ``keys``.
+
+        Raises
+        ------
+        WriteError
+            Some were not deleted: DeleteObjects answers 200 and lists them (a role without
+            s3:DeleteObject), which boto3 does not raise for.
+        """
+        failed = []
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
-            client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
-                                                             "Quiet": True})
+            answer = client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+            failed += [f"{e.get('Key')} ({e.get('Code')}: {e.get('Message')})" for e in answer.get("Errors", [])]
+        if failed:
+            raise WriteError(f"cannot delete {len(failed)} object(s) of s3://{self.bucket}: {'; '.join(failed[:3])}"
+                             + (" ..." if len(failed) > 3 else ""))
 
     def _remove_local(self, files: Sequence[Path]) -> None:
         for tree in self._trees:

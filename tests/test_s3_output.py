@@ -330,3 +330,37 @@ def test_a_stop_during_the_upload_leaves_no_object_and_resumes(s3, tmp_path, wor
     res = resume_cli(src, f"s3://{BUCKET}/out.tif")
     assert res.exit_code == 0, res.stderr
     assert keys(s3) == ["out.captions.geojson", "out.tif"]
+
+
+def _refusing_deletes(real_client):
+    """A client whose DeleteObjects answers 200 with every key failed, as for a role without s3:DeleteObject."""
+    class Client:
+        def __getattr__(self, name):
+            return getattr(real_client, name)
+
+        def delete_objects(self, Bucket, Delete):  # noqa: N803 (boto3's names)
+            return {"Errors": [{"Key": o["Key"], "Code": "AccessDenied", "Message": "Access Denied"}
+                               for o in Delete["Objects"]]}
+    return Client()
+
+
+def test_deletes_the_bucket_refuses_are_never_passed_over(s3, tmp_path, work, monkeypatch):
+    """Found by review: DeleteObjects answers 200 and lists the keys it did not delete; geosr
+    dropped the answer - a failed upload left its objects unsaid, a replaced prefix its stale ones
+    (exit 0)."""
+    src = uint8_scene(tmp_path / "in.tif", 24, 40)
+    real_client, real_upload = geosr.s3_output.s3_client, geosr.s3_output.S3Upload._upload
+    monkeypatch.setattr(geosr.s3_output, "s3_client", lambda: _refusing_deletes(real_client()))
+
+    def fail_on_the_cog(self, client, path):
+        if path.suffix == ".tif":
+            raise OSError("connection reset (simulated)")
+        return real_upload(self, client, path)
+
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", fail_on_the_cog)
+    res = invoke("upscale", src, f"s3://{BUCKET}/out.tif", *RUN)
+    assert res.exit_code == 6 and "could not all be deleted" in res.stderr and "out.captions.geojson" in res.stderr
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", real_upload)
+    s3.put_object(Bucket=BUCKET, Key="tiles/block_009_009.tif", Body=b"stale")
+    res = invoke("upscale", src, f"s3://{BUCKET}/tiles/", *RUN, "--split", "512", "--overwrite")
+    assert res.exit_code == 6 and "cannot delete 1 object(s)" in res.stderr and "AccessDenied" in res.stderr, res.stderr
