@@ -9,10 +9,12 @@ footprints with their captions (and routes) go to the ``OUTPUT.captions.geojson`
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import rasterio
 from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
 
 import geosr
 from geosr.aoi import window_polygon
@@ -115,6 +117,25 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan
     return tags
 
 
+def _gcp_footprint(gcps) -> Callable[[Window], BaseGeometry]:
+    """A window's footprint placed by ``gcps`` (GDAL's GCP transformer, as QGIS places the
+    raster): its edges sampled every eighth of a side, since the fit may bend them."""
+    from rasterio.transform import GCPTransformer
+    from shapely.geometry import Polygon
+
+    def footprint(window: Window) -> BaseGeometry:
+        c0, r0 = float(window.col_off), float(window.row_off)
+        c1, r1 = c0 + float(window.width), r0 + float(window.height)
+        steps = [i / 8 for i in range(8)]
+        ring = ([(r0, c0 + (c1 - c0) * f) for f in steps] + [(r0 + (r1 - r0) * f, c1) for f in steps]
+                + [(r1, c1 - (c1 - c0) * f) for f in steps] + [(r1 - (r1 - r0) * f, c0) for f in steps])
+        with GCPTransformer(gcps) as gcp:
+            xs, ys = gcp.xy([r for r, _ in ring], [c for _, c in ring], offset="ul")
+        return Polygon(list(zip(xs, ys)))
+
+    return footprint
+
+
 def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
                       routes: dict[int, TileRoute] | None = None) -> dict:
     """One feature per processed tile: core footprint in the scene CRS, caption, index, and
@@ -123,9 +144,10 @@ def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, st
     ``caption`` and the captioner in ``captioner``."""
     georef = bool(scene.crs) and not scene.gcps
     transform = scene.transform if georef else rasterio.Affine.identity()
+    place = _gcp_footprint(scene.gcps[0]) if scene.gcps else (lambda window: window_polygon(window, transform))
     features = []
     for t in tiles:
-        poly = window_polygon(t.core, transform)
+        poly = place(t.core)
         caption, speaker = split_speaker(captions.get(t.index, ""))
         features.append(
             {
@@ -141,9 +163,10 @@ def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, st
             }
         )
     fc = {"type": "FeatureCollection", "features": features}
-    if georef:
-        epsg = scene.crs.to_epsg()
+    if georef or scene.gcps:  # a GCP scene's footprints are in its GCPs' CRS
+        crs = scene.gcps[1] if scene.gcps else scene.crs
+        epsg = crs.to_epsg()
         # RFC 7946 dropped "crs", but QGIS and GDAL still read this member for non-WGS84 data.
-        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else scene.crs.to_wkt()
+        name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else crs.to_wkt()
         fc["crs"] = {"type": "name", "properties": {"name": name}}
     return fc

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
+import shapely.geometry
 from affine import Affine
 from click.testing import CliRunner
 from rasterio.enums import ColorInterp, MaskFlags
@@ -423,6 +424,14 @@ def test_gcps_are_scaled(tmp_path):
         ds.write(data)
         ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32618))
     upscale_scene([path], tmp_path / "out.tif", cfg())
+    # the captions' footprints are placed by the GCPs, in their CRS (they were pixel numbers, read as lon/lat)
+    fc = json.loads((tmp_path / "out.captions.geojson").read_text())
+    assert fc["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32618"
+    for f in fc["features"]:
+        p = f["properties"]
+        x0, y0, x1, y1 = shapely.geometry.shape(f["geometry"]).bounds
+        np.testing.assert_allclose((x0, x1), (500000 + 2 * p["col_off"], 500000 + 2 * (p["col_off"] + p["width"])))
+        np.testing.assert_allclose((y1, y0), (4100000 - 2 * p["row_off"], 4100000 - 2 * (p["row_off"] + p["height"])))
     # the lazy result keeps the nodata of a GCP scene too (it was dropped with the transform)
     assert geosr.upscale(str(path), scale=2, model="bicubic", captioner="none").rio.nodata == 0
     with rasterio.open(tmp_path / "out.tif") as out:
