@@ -21,7 +21,7 @@ from geosr.reading import read_band_nodata, read_valid
 from geosr.scene import open_raster
 from geosr.tiling import Tile
 
-__all__ = ["CellRenderer", "avoid_nodata", "error_pixels", "hr_validity", "output_pixels", "overlap_slices"]
+__all__ = ["CellRenderer", "avoid_nodata", "cores_in", "error_pixels", "hr_validity", "output_pixels", "overlap_slices"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,6 @@ class CellRenderer:
         h, w = int(window.height) * s, int(window.width) * s
         acc = np.zeros((channels.stop - channels.start, h, w), np.float32)
         wsum = np.zeros((h, w), np.float32)
-        in_core = np.zeros((h, w), bool)
         for tile, hr in sorted(zip(tiles, hrs), key=lambda p: p[0].index):  # tile order: same bits as a run
             top, _, left, _ = (p * s for p in tile.pad)
             data = hr[channels, top : top + int(tile.read.height) * s, left : left + int(tile.read.width) * s]
@@ -94,9 +93,8 @@ class CellRenderer:
             weights = np.outer(wy[src[0]], wx[src[1]])  # only this window's part of the tile
             acc[(slice(None),) + dst] += data[(slice(None),) + src] * weights
             wsum[dst] += weights
-            in_core[overlap_slices(tile.core, window, s)[1]] = True
         acc /= np.maximum(wsum, 1e-12)[None]
-        return acc, in_core
+        return acc, cores_in(window, tiles, s)
 
     def _lr_valid(self, window: Window, per_band: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The LR validity of ``window`` (None: unmasked) and, ``per_band``, its bands' nodata."""
@@ -170,6 +168,14 @@ def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> None:
         values[hit] = np.asarray(nodata + step).astype(values.dtype)
     else:
         values[hit] = np.nextafter(values.dtype.type(nodata), values.dtype.type(np.inf))
+
+
+def cores_in(window: Window, tiles: Sequence[Tile], scale: int) -> np.ndarray:
+    """``[h, w]`` HR mask of ``window``: where a core of ``tiles`` lies (elsewhere holes)."""
+    inside = np.zeros((int(window.height) * scale, int(window.width) * scale), bool)
+    for tile in tiles:
+        inside[overlap_slices(tile.core, window, scale)[1]] = True
+    return inside
 
 
 def overlap_slices(a: Window, b: Window, s: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:

@@ -32,7 +32,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window
 
-from geosr.cell_render import CellRenderer, overlap_slices
+from geosr.cell_render import CellRenderer, cores_in
 from geosr.code_identity import code_digest
 from geosr.config import RunConfig, parse_caption_every
 from geosr.gdal_read_settings import gdal_read_settings
@@ -176,20 +176,13 @@ class _ChunkRenderer(CellRenderer):
         values, valid = self.render(window, tiles, hrs)
         if self.nodata is not None or values.dtype.kind != "f":
             return values
-        invalid = ~self._in_cores(window, tiles)
+        invalid = ~cores_in(window, tiles, self.scale)
         if valid is not None:
             invalid |= ~valid
         if invalid.any():
             values = values.copy()
             values[:, invalid] = np.nan
         return values
-
-    def _in_cores(self, window: Window, tiles: tuple[Tile, ...]) -> np.ndarray:
-        s = self.scale
-        inside = np.zeros((int(window.height) * s, int(window.width) * s), bool)
-        for tile in tiles:
-            inside[overlap_slices(tile.core, window, s)[1]] = True
-        return inside
 
     def error(self, window: Window, tiles: tuple[Tile, ...], *hrs: np.ndarray) -> np.ndarray:
         """The predicted error of ``window`` (a dask task of the lazy error map)."""

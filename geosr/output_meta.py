@@ -9,7 +9,7 @@ footprints with their captions (and routes) go to the ``OUTPUT.captions.geojson`
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import rasterio
 from rasterio.enums import ColorInterp
@@ -117,23 +117,24 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan
     return tags
 
 
-def _gcp_footprint(gcps) -> Callable[[Window], BaseGeometry]:
-    """A window's footprint placed by ``gcps`` (GDAL's GCP transformer, as QGIS places the
-    raster): its edges sampled every eighth of a side, since the fit may bend them."""
+def _gcp_footprints(gcps, windows: Sequence[Window]) -> list[BaseGeometry]:
+    """The windows' footprints placed by ``gcps`` (GDAL's GCP transformer, as QGIS places the
+    raster, opened once): their edges sampled every eighth of a side, since the fit may bend them."""
     from rasterio.transform import GCPTransformer
     from shapely.geometry import Polygon
 
-    def footprint(window: Window) -> BaseGeometry:
+    steps = [i / 8 for i in range(8)]
+    rings = []
+    for window in windows:
         c0, r0 = float(window.col_off), float(window.row_off)
         c1, r1 = c0 + float(window.width), r0 + float(window.height)
-        steps = [i / 8 for i in range(8)]
-        ring = ([(r0, c0 + (c1 - c0) * f) for f in steps] + [(r0 + (r1 - r0) * f, c1) for f in steps]
-                + [(r1, c1 - (c1 - c0) * f) for f in steps] + [(r1 - (r1 - r0) * f, c0) for f in steps])
-        with GCPTransformer(gcps) as gcp:
-            xs, ys = gcp.xy([r for r, _ in ring], [c for _, c in ring], offset="ul")
-        return Polygon(list(zip(xs, ys)))
-
-    return footprint
+        rings.append([(r0, c0 + (c1 - c0) * f) for f in steps] + [(r0 + (r1 - r0) * f, c1) for f in steps]
+                     + [(r1, c1 - (c1 - c0) * f) for f in steps] + [(r1 - (r1 - r0) * f, c0) for f in steps])
+    points = [p for ring in rings for p in ring]
+    with GCPTransformer(gcps) as gcp:
+        xs, ys = gcp.xy([r for r, _ in points], [c for _, c in points], offset="ul")
+    n = len(steps) * 4
+    return [Polygon(list(zip(xs[k * n:(k + 1) * n], ys[k * n:(k + 1) * n]))) for k in range(len(rings))]
 
 
 def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
@@ -144,10 +145,10 @@ def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, st
     ``caption`` and the captioner in ``captioner``."""
     georef = bool(scene.crs) and not scene.gcps
     transform = scene.transform if georef else rasterio.Affine.identity()
-    place = _gcp_footprint(scene.gcps[0]) if scene.gcps else (lambda window: window_polygon(window, transform))
+    polys = (_gcp_footprints(scene.gcps[0], [t.core for t in tiles]) if scene.gcps and tiles
+             else [window_polygon(t.core, transform) for t in tiles])
     features = []
-    for t in tiles:
-        poly = place(t.core)
+    for t, poly in zip(tiles, polys):
         caption, speaker = split_speaker(captions.get(t.index, ""))
         features.append(
             {

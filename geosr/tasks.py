@@ -218,8 +218,10 @@ def check_worker(job: BatchJob, model: Upscaler | None = None) -> None:
         raise WorkerMismatchError(f"worker {_worker_address()} runs the model on {runs_on}, the run on {want.runs_on}: "
                                   "use workers of one kind (one GPU model), or --device and --dtype that all of "
                                   "them resolve alike")
+    if want.fingerprint is None:
+        return
     cheap = cheap_path_model(job.route_to, job.scale, dict(job.model_options)) if job.route_threshold is not None else None
-    if want.fingerprint is not None and (files := networks_fingerprint(model, cheap)) != want.fingerprint:
+    if (files := networks_fingerprint(model, cheap)) != want.fingerprint:
         raise WorkerMismatchError(f"worker {_worker_address()} loads model {job.model!r} from other files ({files}) "
                                   f"than the run ({want.fingerprint}): give every worker the same model files")
 
