@@ -18,7 +18,7 @@ from rasterio.windows import Window
 from geosr.errors import InputError, read_errors_named
 from geosr.remote import is_remote
 
-__all__ = ["Stretch", "fit_stretch", "dtype_range"]
+__all__ = ["Stretch", "fit_stretch", "dtype_range", "refuse_far_values"]
 
 # Pixels read to fit the stretch: enough for stable 0.1 / 99.9 percentiles, small enough
 # to be instant on any scene.
@@ -192,6 +192,45 @@ def _check_no_fill_value(source: str, band: int, valid: np.ndarray, lo: float, h
             f"{source}: band {band} holds {fill:g} beside values whose middle half lies within {q1:g}..{q3:g}: "
             f"a fill value not declared as no-data? Declare it (gdal_edit.py -a_nodata {fill:g} FILE, or a .vrt "
             "with <NoDataValue>) or mask it, and run again")
+
+
+def refuse_far_values(
+    source: str, bands: Sequence[int], raw: np.ndarray, data: np.ndarray, valid: np.ndarray, window: Window
+) -> None:
+    """Refuse a tile whose valid pixels lie :data:`FILL_SPAN_RATIO` stretch spans or more outside
+    the scene stretch: a fill value not declared as no-data, on too few pixels for the fit to see
+    (:func:`fit_stretch` refuses it from 0.1 % of the pixels on). Fed to a model or an
+    interpolator, one -3.4e38 pixel rings over its neighbours as +-1e37.
+
+    Parameters
+    ----------
+    source : str
+        The raster, named in the error.
+    bands : sequence of int
+        1-based bands of ``raw`` and ``data``.
+    raw, data : np.ndarray
+        ``[C, h, w]`` raster values and the same in model units (:meth:`Stretch.forward`).
+    valid : np.ndarray
+        ``[h, w]`` pixels that have data (non-finite ones are not valid).
+    window : rasterio.windows.Window
+        Where ``raw`` lies in ``source``.
+
+    Raises
+    ------
+    InputError
+        Naming the band, the value, its pixel and how to declare it.
+    """
+    with np.errstate(invalid="ignore"):
+        far = (np.abs(data - np.float32(0.5)) >= FILL_SPAN_RATIO) & valid
+    if not far.any():
+        return
+    b, r, c = (int(i) for i in np.argwhere(far)[0])
+    value = float(raw[b, r, c])
+    raise InputError(
+        f"{source}: band {bands[b]} holds {value:g} at row {int(window.row_off) + r}, column "
+        f"{int(window.col_off) + c}, over {FILL_SPAN_RATIO:,} times its stretch's range away from the scene's "
+        f"values ({int(far[b].sum())} such pixel(s) in this tile): a fill value not declared as no-data? Declare "
+        f"it (gdal_edit.py -a_nodata {value:g} FILE, or a .vrt with <NoDataValue>) or mask it, and run again")
 
 
 def _finite(values: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from rasterio.errors import NodataShadowWarning
 from rasterio.io import DatasetReader
 
 from geosr.errors import read_errors_named
-from geosr.radiometry import Stretch
+from geosr.radiometry import Stretch, refuse_far_values
 from geosr.tiling import Tile
 
 __all__ = ["dataset_valid", "read_tile", "read_valid", "read_band_nodata", "fill_invalid", "pad_reflect"]
@@ -130,6 +130,8 @@ def read_tile(
             raw[i] = ds.read(b, window=tile.read)
     valid = read_valid(ds, tile.read, masked, bands)
     data = stretch.forward(raw)
+    if not stretch.exact:  # --model nearest copies values, fills included
+        refuse_far_values(ds.name, bands, raw, data, valid, tile.read)
     if not np.issubdtype(raw.dtype, np.integer):  # integers are finite
         # NaN and inf are invalid (read_valid) and filled below; zeroed first for a scene whose
         # pixels were not checked (open_scene(check_pixels=False)): a model takes finite values only
