@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
@@ -144,9 +143,10 @@ def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, st
     A caption attributed to the captioner that wrote it (``--captioner auto``) has its text in
     ``caption`` and the captioner in ``captioner``."""
     georef = bool(scene.crs) and not scene.gcps
-    transform = scene.transform if georef else rasterio.Affine.identity()
+    # a transform without a CRS is the output's too (output_profile): the footprints lie on it
+    # (a non-georeferenced scene's transform is the identity: pixel numbers)
     polys = (_gcp_footprints(scene.gcps[0], [t.core for t in tiles]) if scene.gcps and tiles
-             else [window_polygon(t.core, transform) for t in tiles])
+             else [window_polygon(t.core, scene.transform) for t in tiles])
     features = []
     for t, poly in zip(tiles, polys):
         caption, speaker = split_speaker(captions.get(t.index, ""))

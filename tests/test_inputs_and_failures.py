@@ -412,6 +412,12 @@ def test_a_transform_without_crs_is_kept_and_the_warning_says_so(tmp_path):
     assert not any("will not be georeferenced" in str(w.message) for w in record)
     with rasterio.open(tmp_path / "out.tif") as out:
         assert out.crs is None and out.transform == transform * rasterio.Affine.scale(0.5)
+        bounds = out.bounds
+    # the captions lie on the output (they were in pixel numbers, away from it), with no CRS named
+    fc = json.loads((tmp_path / "out.captions.geojson").read_text())
+    assert "crs" not in fc
+    footprints = shapely.union_all([shapely.geometry.shape(f["geometry"]) for f in fc["features"]])
+    np.testing.assert_allclose(footprints.bounds, (bounds.left, bounds.bottom, bounds.right, bounds.top))
 
 
 def test_gcps_are_scaled(tmp_path):
