@@ -138,6 +138,12 @@ class RunReport:
         return self.processed_megapixels / self.seconds if self.seconds > 0 else float("nan")
 
 
+def _paths_read(files: Sequence[str], config: RunConfig) -> list[str]:
+    """What a run reads - the inputs, a VRT's sources, their side files and the AOI: none may be
+    what it writes (an output or its captions file in their place would replace them)."""
+    return files_read(files, remote_side_files=False) + ([config.aoi] if config.aoi else [])
+
+
 def upscale_scene(
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
@@ -177,8 +183,7 @@ def upscale_scene(
     """
     t0 = time.perf_counter()
     files = expand_inputs(inputs)
-    # what the run reads, a VRT's sources and the AOI too: none may be what it writes
-    read = files_read(files, remote_side_files=False) + ([config.aoi] if config.aoi else [])
+    read = _paths_read(files, config)
     if uncertainty is not None and not config.uncertainty:
         config = replace(config, uncertainty=True)
     elif uncertainty is None and config.uncertainty:
@@ -478,7 +483,7 @@ def caption_scene(
     FeatureCollection written to ``output`` (only returned when ``output`` is None).
     """
     files = expand_inputs(inputs)
-    read = [*files, *([config.aoi] if config.aoi else [])]  # the captions must not replace the AOI
+    read = _paths_read(files, config)
     target = OutputTarget(output, overwrite=config.overwrite, inputs=read) if output is not None else None
     tasks.captioner_for(config.captioner)
     if target is None:

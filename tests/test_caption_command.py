@@ -83,3 +83,17 @@ def test_all_nodata_scene_has_nothing_to_caption(tmp_path, every):
     with rasterio.open(tmp_path / "o.tif") as out:
         assert (out.read() == 0).all() and not out.dataset_mask().any()
     assert json.loads((tmp_path / "o.captions.geojson").read_text())["features"] == []
+
+
+def test_caption_never_replaces_a_file_the_run_reads(tmp_path, data_dir):
+    """A VRT's source is read too: ``geosr caption mosaic.vrt --out piece.tif --overwrite`` replaced
+    the piece with GeoJSON (only the named inputs and the AOI were checked), exit 0."""
+    import rasterio.shutil
+
+    piece = tmp_path / "piece.tif"
+    piece.write_bytes((data_dir / "neon_harv_plot.tif").read_bytes())
+    rasterio.shutil.copy(piece, tmp_path / "mosaic.vrt", driver="VRT")
+    before = piece.read_bytes()
+    res = CliRunner().invoke(cli, ["caption", str(tmp_path / "mosaic.vrt"), "--out", str(piece), "--overwrite", "-q"])
+    assert res.exit_code == 4, res.output  # an output error
+    assert "piece.tif is also an input" in res.output and piece.read_bytes() == before
