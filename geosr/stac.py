@@ -12,8 +12,12 @@ followed. Links and asset hrefs are relative: the folder can be moved or uploade
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Mapping, Sequence
 
+import numpy as np
+import shapely.affinity
+import shapely.geometry
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
@@ -36,7 +40,9 @@ _EDGE_POINTS = 16  # per footprint edge
 
 
 def footprint(window: Window, transform: Affine, crs: CRS) -> dict:
-    """The GeoJSON polygon of ``window`` in EPSG:4326 (longitude, latitude)."""
+    """The GeoJSON geometry of ``window`` in EPSG:4326 (longitude, latitude), as RFC 7946 asks:
+    a block across the antimeridian is a MultiPolygon of its two sides (not a polygon the other way
+    round the globe), a block around a pole is closed along the pole's latitude."""
     c0, r0 = float(window.col_off), float(window.row_off)
     c1, r1 = c0 + float(window.width), r0 + float(window.height)
     corners = [(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)]
@@ -46,12 +52,55 @@ def footprint(window: Window, transform: Affine, crs: CRS) -> dict:
     ring.append(ring[0])
     xs, ys = zip(*(transform * p for p in ring))
     lon, lat = warp_points(crs, "EPSG:4326", list(xs), list(ys))
-    return {"type": "Polygon", "coordinates": [[[x, y] for x, y in zip(lon, lat)]]}
+    lon, lat = np.unwrap(np.asarray(lon, float), period=360.0), np.asarray(lat, float)
+    turns = round((lon[-1] - lon[0]) / 360.0)
+    if turns:  # the ring goes round a pole: close it along the pole's latitude
+        pole = 90.0 if np.mean(lat) > 0 else -90.0
+        lon = np.concatenate([lon, [lon[-1], lon[0], lon[0]]])
+        lat = np.concatenate([lat, [pole, pole, lat[0]]])
+    lon -= 360.0 * np.floor((lon.min() + 180.0) / 360.0)  # west end in [-180, 180)
+    shape = shapely.geometry.Polygon(zip(lon.tolist(), lat.tolist()))
+    if lon.max() <= 180.0:
+        return _rounded(shape)
+    west = shape.intersection(shapely.geometry.box(-180.0, -90.0, 180.0, 90.0))
+    east = shapely.affinity.translate(shape.intersection(shapely.geometry.box(180.0, -90.0, 540.0, 90.0)), -360.0)
+    parts = [p for side in (west, east) for p in getattr(side, "geoms", [side]) if p.geom_type == "Polygon" and p.area > 0]
+    return _rounded(shapely.geometry.MultiPolygon(parts) if len(parts) > 1 else parts[0])
+
+
+def _rounded(shape) -> dict:
+    """GeoJSON of ``shape`` with plain float coordinates."""
+    return json.loads(json.dumps(shapely.geometry.mapping(shape)))
 
 
 def _bbox(geometry: dict) -> list[float]:
-    lon, lat = zip(*geometry["coordinates"][0])
-    return [min(lon), min(lat), max(lon), max(lat)]
+    """RFC 7946 bbox: west > east across the antimeridian; all longitudes around a pole."""
+    polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+    points = [p for polygon in polygons for p in polygon[0]]
+    lat = [p[1] for p in points]
+    spans = [(min(p[0] for p in polygon[0]), max(p[0] for p in polygon[0])) for polygon in polygons]
+    west, east = _lon_cover(spans)
+    return [west, min(lat), east, max(lat)]
+
+
+def _lon_cover(spans: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The narrowest ``(west, east)`` longitude interval covering ``spans`` (each ``west <= east``,
+    or ``west > east`` across the antimeridian): ``(-180, 180)`` when they leave no gap."""
+    arcs = []
+    for w, e in spans:
+        arcs += [(w, 180.0), (-180.0, e)] if w > e else [(w, e)]
+    arcs.sort()
+    merged = [list(arcs[0])]
+    for w, e in arcs[1:]:
+        if w <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([w, e])
+    # the widest gap between covered arcs, the one over the antimeridian included
+    gaps = [(merged[i + 1][0] - merged[i][1], merged[i + 1][0], merged[i][1]) for i in range(len(merged) - 1)]
+    gaps.append((merged[0][0] + 360.0 - merged[-1][1], merged[0][0], merged[-1][1]))
+    width, west, east = max(gaps)
+    return (-180.0, 180.0) if width <= 0 else (west, east)
 
 
 def _projection(crs: CRS) -> dict:
@@ -150,8 +199,8 @@ def stac_collection(collection: str, items: Sequence[tuple[str, dict]], descript
         "description": description,
         "license": "other",
         "extent": {
-            "spatial": {"bbox": [[min(b[0] for b in boxes), min(b[1] for b in boxes),
-                                  max(b[2] for b in boxes), max(b[3] for b in boxes)]]},
+            "spatial": {"bbox": [[_lon_cover([(b[0], b[2]) for b in boxes])[0], min(b[1] for b in boxes),
+                                  _lon_cover([(b[0], b[2]) for b in boxes])[1], max(b[3] for b in boxes)]]},
             "temporal": {"interval": [[dates[0], dates[-1]]]},
         },
         "links": [{"rel": "root", "href": "./collection.json", "type": "application/json"}]
