@@ -15,10 +15,13 @@ order (a Sentinel-2 stack of B2, B3, B4 is blue, green, red) or among others (R,
    ``CENTRAL_WAVELENGTH_UM``; ``WAVELENGTH`` with ``WAVELENGTH_UNIT`` as the Sentinel-2 and
    ENVI drivers write them);
 4. the colour interpretation (GDAL gives a 3- or 4-band uint8 GeoTIFF R, G, B by default,
-   whatever it holds, so the bands' own names go first).
+   whatever it holds, so the bands' own names go first: one that names another band or colour
+   overrules it).
 
 Otherwise the first three bands are *assumed* to be R, G, B, and the caller warns
-(:class:`RGBAssumedWarning`). Which bands go to the model is :func:`parse_bands_to_model`'s.
+(:class:`RGBAssumedWarning`) - unless their names, wavelengths or colour interpretations place
+them outside red, green and blue: then no band is (:func:`find_rgb` returns None). Which bands
+go to the model is :func:`parse_bands_to_model`'s.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ _BAND_NUMBER = re.compile(r"^(?:(?:sr|toa)_)?b0?(\d{1,2})(?![\da-z])", re.I)
 # Words that make "red"/"blue" in a description another band: red edge, coastal blue.
 _NOT_A_COLOUR = {"edge", "rededge", "coastal", "deep", "infrared", "nir", "ir"}
 _LETTERS = {"r": "red", "g": "green", "b": "blue"}
+# Words that name a band outside red, green and blue.
+_OTHER_BANDS = _NOT_A_COLOUR | {"swir", "mwir", "lwir", "tir", "thermal", "pan", "panchromatic", "aerosol",
+                                 "cirrus", "vapour", "vapor", "yellow", "re", "ndvi"}
+# Colour interpretations of bands outside the visible colours (GDAL 3.10: Sentinel-2's 20 m bands).
+_NOT_VISIBLE = {ColorInterp.pan, ColorInterp.coastal, ColorInterp.rededge, ColorInterp.nir, ColorInterp.swir,
+                ColorInterp.mwir, ColorInterp.lwir, ColorInterp.tir, ColorInterp.other_ir}
 
 
 #: :attr:`RGBBands.source` of bands read from band numbers in a numbering nothing confirmed:
@@ -104,8 +113,10 @@ class RGBBands:
         return self.source in NUMBERING_ASSUMED
 
 
-def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = None) -> RGBBands:
-    """R, G, B among ``bands`` (at least three) of ``scene``, read as the module docstring says.
+def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = None) -> RGBBands | None:
+    """R, G, B among ``bands`` (at least three) of ``scene``, read as the module docstring says;
+    None where no three are R, G, B and the metadata places the first three elsewhere (a NIR, R, G
+    file; Sentinel-2's 20 m red-edge and SWIR bands): then each band goes to the model alone.
 
     Parameters
     ----------
@@ -143,18 +154,50 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
     found = rgb_from_wavelengths(band_tags)
     if found:
         return RGBBands(found, "wavelengths")
+    # what the bands' names and wavelengths say each is, where they say: a colour, or "other"
+    said = {b: _band_said(descriptions[b], numbers, band_tags[b]) for b in bands}
     interp = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
     found = _unique({b: interp.get(scene.colorinterp[b - 1]) for b in bands})
-    if found:
+    # GDAL gives any 3-band uint8 GeoTIFF R, G, B: a colour-infrared NIR, R, G file's names overrule it
+    if found and _agrees(found, said):
         return RGBBands(found, "colour interpretation")
-    return RGBBands(tuple(bands[:3]), "assumed")
+    assumed = tuple(bands[:3])
+    if not _agrees(assumed, said) or any(scene.colorinterp[b - 1] in _NOT_VISIBLE for b in assumed):
+        return None  # the metadata places them elsewhere: no band is taken for a colour
+    return RGBBands(assumed, "assumed")
 
 
-def _unique(colours: Mapping[int, str | None]) -> tuple[int, int, int] | None:
-    """The one band of each colour, or None when a colour has none or several."""
+def _agrees(rgb: Sequence[int], said: Mapping[int, str | None]) -> bool:
+    """Whether what the metadata says of the bands ``rgb`` allows them to be red, green, blue."""
+    return all(said[b] in (None, colour) for b, colour in zip(rgb, ("red", "green", "blue")))
+
+
+def _band_said(description: str | None, numbers: Mapping[int, str], tags: Mapping[str, str]) -> str | None:
+    """What a band's description or centre wavelength says it is: ``red``, ``green``, ``blue``,
+    ``other`` (a named band outside the visible colours: NIR, red edge, SWIR, coastal, a sensor band
+    number that is none of R, G, B, a wavelength outside the colours' windows), or None (nothing)."""
+    colour = _colour_named(description, numbers)
+    if colour:
+        return colour
+    text = (description or "").strip()
+    match = _BAND_NUMBER.match(text)
+    if match or set(re.findall(r"[a-z]+", text.lower())) & _OTHER_BANDS:
+        return "other"
+    nm = _centre_nm(tags)
+    if nm is None:
+        return None
+    return next((c for c, (_, low, high) in _COLOURS.items() if low <= nm < high), "other")
+
+
+def _unique(colours: Mapping[int, str | None], exact: Mapping[int, bool] | None = None) -> tuple[int, int, int] | None:
+    """The one band of each colour, or None when a colour has none or several - but for several of
+    which one alone is ``exact`` (named the colour and nothing else: PlanetScope's ``green`` beside
+    its ``green_i``)."""
     chosen = []
     for colour in ("red", "green", "blue"):
         hits = [b for b, c in colours.items() if c == colour]
+        if len(hits) > 1 and exact:
+            hits = [b for b in hits if exact.get(b)] or hits
         if len(hits) != 1:
             return None
         chosen.append(hits[0])
@@ -168,7 +211,8 @@ def rgb_from_descriptions(descriptions: Mapping[int, str | None], dataset_tags: 
 
 def _rgb_named(descriptions: Mapping[int, str | None], numbers: Mapping[int, str]) -> tuple[int, int, int] | None:
     """Red, green and blue by ``descriptions``, band numbers read in ``numbers``; None unless each has one band."""
-    return _unique({b: _colour_named(d, numbers) for b, d in descriptions.items()})
+    colours = {b: _colour_named(d, numbers) for b, d in descriptions.items()}
+    return _unique(colours, {b: (d or "").strip().lower() == colours[b] for b, d in descriptions.items()})
 
 
 def _numbering(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str, str]) -> tuple[Mapping[int, str], bool]:

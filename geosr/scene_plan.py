@@ -140,10 +140,10 @@ def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | No
     first: tuple[int, ...] = ()
     if channels == 3 and len(bands) >= 3:
         rgb = find_rgb(scene, bands, rgb_bands)
-        if rgb.assumed or rgb.numbering_assumed:
+        if rgb is not None and (rgb.assumed or rgb.numbering_assumed):
             warn_rgb_assumed(scene, rgb)
-        first = tuple(bands.index(b) for b in rgb.bands)
-        if bands_to_model == "rgb":
+        first = tuple(bands.index(b) for b in rgb.bands) if rgb is not None else ()
+        if bands_to_model == "rgb" and first:
             modelled = first
         elif not set(first) <= set(modelled):
             first = ()  # not all of R, G, B go to the model: those that do go alone

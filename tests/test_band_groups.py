@@ -119,6 +119,42 @@ def test_undefined_bands_are_assumed_rgb_with_one_warning(tmp_path):
     assert band_tags(plan) == {"GEOSR_MODEL_BANDS": "1,2,3;4", "GEOSR_RGB_BANDS": "1,2,3", "GEOSR_RGB_SOURCE": "assumed"}
 
 
+def test_names_that_contradict_the_colour_interpretation_overrule_it(tmp_path):
+    """Found by review: a colour-infrared NIR, R, G uint8 file (GDAL labels it R, G, B) sent NIR as
+    red, red as green and green as blue, silently; no three bands are R, G, B: each goes alone."""
+    scene = scene_with(tmp_path, count=3, dtype="uint8", descriptions=["nir", "red", "green"])
+    assert scene.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = plan_bands(scene, None, 3)
+    assert plan.rgb is None and plan.groups == tuple(BandGroup((p,), replicate=3) for p in range(3))
+    assert band_tags(plan) == {"GEOSR_MODEL_BANDS": "1;2;3"}
+
+
+@pytest.mark.parametrize("how", ["colorinterp", "descriptions", "wavelengths"])
+def test_bands_the_metadata_places_outside_red_green_blue_are_not_assumed_rgb(tmp_path, how):
+    """Found by review: Sentinel-2's 20 m bands (B5, B6, B7 red edge, B8A, B11, B12) went to the
+    model and the captioner as R, G, B, with a warning that nothing said what they were."""
+    colorinterp = [ColorInterp.rededge] * 3 + [ColorInterp.nir] if how == "colorinterp" else GRAY
+    descriptions = ["B5", "B6", "B7", "B8A"] if how == "descriptions" else None
+    wavelengths = {b: ("IMAGERY", {"CENTRAL_WAVELENGTH_UM": um})
+                   for b, um in enumerate((0.705, 0.740, 0.783, 0.865), start=1)} if how == "wavelengths" else None
+    scene = scene_with(tmp_path, colorinterp=colorinterp, descriptions=descriptions, band_tags=wavelengths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = plan_bands(scene, None, 3)
+    assert plan.rgb is None and [g.positions for g in plan.groups] == [(0,), (1,), (2,), (3,)]
+    assert plan.look == (0,)  # the first band is captioned, as grey
+    assert plan_bands(scene, None, 3, bands_to_model="rgb").groups == plan.groups  # no R, G, B: as "all"
+
+
+def test_an_exact_colour_name_wins_a_tie():
+    """PlanetScope's 8 bands name two greens (green_i, green): neither was taken, and the run fell
+    back to the colour interpretation or to bands 1-3 (coastal blue, blue, green_i)."""
+    names = ["coastal_blue", "blue", "green_i", "green", "yellow", "red", "rededge", "nir"]
+    assert rgb_from_descriptions(dict(enumerate(names, start=1)), {}) == (6, 4, 2)
+
+
 def test_given_rgb_bands(tmp_path):
     scene = scene_with(tmp_path, colorinterp=GRAY)
     with warnings.catch_warnings():
