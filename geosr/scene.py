@@ -313,6 +313,7 @@ def categorical_reason(path: str) -> str | None:
     with ds:
         if not ds.count:
             return None  # a container of subdatasets: opening the scene says so
+        _check_one_dtype(path, ds.dtypes, ds.colorinterp)  # before reading samples of every band
         if ColorInterp.palette in ds.colorinterp:
             return "a colour table"
         aux = Path(path + ".aux.xml")

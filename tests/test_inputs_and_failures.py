@@ -508,6 +508,9 @@ def test_bands_of_different_types_are_refused(tmp_path):
     with pytest.raises(InputError, match=r"bands are of different types \(band 1: uint8, band 2: float32\)"):
         upscale_scene([vrt], tmp_path / "out.tif", cfg(model="nearest"))
     assert not (tmp_path / "out.tif").exists()
+    # the default model's look for class codes read every band first: an unexpected error (exit 1)
+    result = CliRunner().invoke(cli, ["upscale", str(vrt), str(tmp_path / "out.tif"), "--scale", "2", "-q"])
+    assert result.exit_code == 3 and "bands are of different types" in result.output, result.output
     # an alpha band is a mask: Byte beside uint16 data (gdalbuildvrt -addalpha) is fine
     data = (texture(3, 24, 24) * 3000).astype("uint16")
     rgba = write_raster(tmp_path / "rgb16.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue])
