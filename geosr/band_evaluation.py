@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.enums import ColorInterp
 from scipy import ndimage
 
 from geosr.api import upscale_to_file
@@ -41,6 +42,7 @@ from geosr.degradations import degrade
 from geosr.errors import InputError
 from geosr.evaluation import largest_valid_rectangle
 from geosr.reading import dataset_valid, fill_invalid
+from geosr.scene import data_bands_of
 
 __all__ = ["evaluate_bands", "write_degraded_bands", "edge_offset", "normalised_difference"]
 
@@ -58,9 +60,10 @@ def write_degraded_bands(hr_path: str | os.PathLike, lr_path: str | os.PathLike,
         The raster is too small for ``scale``, or has no valid pixel.
     """
     with rasterio.open(hr_path) as ds:
-        data = ds.read().astype(np.float64)
+        bands = data_bands_of(ds)  # an alpha band is the mask (valid), not a band to score
+        data = ds.read(bands).astype(np.float64)
         valid = dataset_valid(ds)
-        profile, meta = ds.profile, _band_metadata(ds)
+        profile, meta = ds.profile, _band_metadata(ds, bands)
     h, w = (n // scale * scale for n in data.shape[1:])
     if min(h, w) < 16 * scale:
         raise InputError(f"{hr_path}: {data.shape[2]} x {data.shape[1]} px is too small to degrade x{scale}")
@@ -91,10 +94,17 @@ def write_degraded_bands(hr_path: str | os.PathLike, lr_path: str | os.PathLike,
     return Path(lr_path)
 
 
-def _band_metadata(ds) -> dict:
-    return dict(dtype=ds.dtypes[0], nodata=ds.nodata, descriptions=ds.descriptions, scales=ds.scales, offsets=ds.offsets, units=ds.units,
-                colorinterp=ds.colorinterp, tags=ds.tags(),
-                band_tags=[(ds.tags(b), ds.tags(b, ns="IMAGERY")) for b in range(1, ds.count + 1)])
+def _band_metadata(ds, bands: Sequence[int] | None = None) -> dict:
+    """The metadata of ``bands`` (1-based; default all) of ``ds``; a data band labelled alpha
+    (:func:`geosr.scene.alpha_band_of`) is written back undefined."""
+    bands = list(bands or range(1, ds.count + 1))
+    pick = [b - 1 for b in bands]
+    return dict(dtype=ds.dtypes[pick[0]], nodata=ds.nodata, descriptions=[ds.descriptions[i] for i in pick],
+                scales=[ds.scales[i] for i in pick], offsets=[ds.offsets[i] for i in pick],
+                units=[ds.units[i] for i in pick],
+                colorinterp=[ColorInterp.undefined if ds.colorinterp[i] == ColorInterp.alpha else ds.colorinterp[i]
+                             for i in pick],
+                tags=ds.tags(), band_tags=[(ds.tags(b), ds.tags(b, ns="IMAGERY")) for b in bands])
 
 
 def _write_band_metadata(dst, meta: dict) -> None:
@@ -149,7 +159,8 @@ def edge_offset(band: np.ndarray, reference: np.ndarray, max_shift: int = MAX_ED
 
 def _read(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     with rasterio.open(path) as ds:
-        return ds.read().astype(np.float64), dataset_valid(ds), _band_metadata(ds)
+        bands = data_bands_of(ds)
+        return ds.read(bands).astype(np.float64), dataset_valid(ds), _band_metadata(ds, bands)
 
 
 def _psnr(out: np.ndarray, hr: np.ndarray, keep: np.ndarray, peak: float) -> float:

@@ -37,7 +37,7 @@ from geosr.scene import Scene, open_raster
 
 __all__ = [
     "NUMBERING_ASSUMED", "RGBBands", "RGBAssumedWarning", "find_rgb", "rgb_from_descriptions", "rgb_from_wavelengths",
-    "parse_bands_to_model", "parse_rgb_bands", "BANDS_TO_MODEL",
+    "parse_bands_to_model", "parse_rgb_bands", "BANDS_TO_MODEL", "names_a_band",
 ]
 
 #: ``bands_to_model`` words: every band through the model, or only the R, G, B group.
@@ -165,6 +165,11 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
     if not _agrees(assumed, said) or any(scene.colorinterp[b - 1] in _NOT_VISIBLE for b in assumed):
         return None  # the metadata places them elsewhere: no band is taken for a colour
     return RGBBands(assumed, "assumed")
+
+
+def names_a_band(description: str | None) -> bool:
+    """Whether ``description`` names a band of imagery: a colour, a sensor band number, NIR..."""
+    return _band_said(description, _OLI_NUMBERS, {}) is not None
 
 
 def _agrees(rgb: Sequence[int], said: Mapping[int, str | None]) -> bool:

@@ -40,7 +40,8 @@ from geosr.writer import check_file_name
 
 __all__ = [
     "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite", "categorical_reason",
-    "NotGeoreferencedInputWarning", "NonFiniteInputWarning",
+    "NotGeoreferencedInputWarning", "NonFiniteInputWarning", "AlphaNamedAsDataWarning", "alpha_band_of",
+    "data_bands_of",
 ]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".img")
@@ -71,6 +72,35 @@ GRID_TOLERANCE_PX = 1e-3
 
 class NotGeoreferencedInputWarning(UserWarning):
     """The input has no CRS / transform: the output will not be georeferenced either."""
+
+
+class AlphaNamedAsDataWarning(UserWarning):
+    """A band labelled alpha is named as a band of imagery (``nir``): it is read as data."""
+
+
+def alpha_band_of(ds: rasterio.io.DatasetReader, warn: bool = False) -> int | None:
+    """The 1-based band of ``ds`` that is a mask, not data: the first whose colour interpretation
+    is alpha - unless its description names a band of imagery (``nir``, ``B8``, ``red``): GDAL
+    labels the fourth band of every 4-band Byte GeoTIFF alpha unless told otherwise, an RGBN
+    scene's NIR too, and that band was dropped from the output (``warn``: say it is read as data)."""
+    from geosr.band_roles import names_a_band  # band_roles reads scenes: imported here, not above
+
+    for i, ci in enumerate(ds.colorinterp):
+        if ci != ColorInterp.alpha:
+            continue
+        if not names_a_band(ds.descriptions[i]):
+            return i + 1
+        if warn:
+            warnings.warn(f"{ds.name}: band {i + 1} is labelled alpha (GDAL's default for a 4-band Byte GeoTIFF) "
+                          f"and named {ds.descriptions[i]!r}: read as data, not as a mask", AlphaNamedAsDataWarning,
+                          stacklevel=3)
+    return None
+
+
+def data_bands_of(ds: rasterio.io.DatasetReader) -> list[int]:
+    """1-based bands of ``ds`` that hold data: all but :func:`alpha_band_of`'s."""
+    alpha = alpha_band_of(ds)
+    return [b for b in range(1, ds.count + 1) if b != alpha]
 
 
 class NonFiniteInputWarning(UserWarning):
@@ -321,10 +351,12 @@ def categorical_reason(path: str) -> str | None:
             return "a raster attribute table"
         if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
             return None
-        bands = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] != ColorInterp.alpha]
+        bands = data_bands_of(ds)
         samples = []
         for window in _sample_windows(ds.width, ds.height):
-            with read_errors_named(path, window, what="a sample to look for classes"):
+            with read_errors_named(path, window, what="a sample to look for classes"), warnings.catch_warnings():
+                # nodata + alpha: GDAL uses the nodata value, as geosr does (geosr.reading.read_valid)
+                warnings.simplefilter("ignore", rasterio.errors.NodataShadowWarning)
                 samples.append(ds.read(bands, window=window, masked=True))
     counts = []
     for b in range(len(bands)):
@@ -398,9 +430,7 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             )
         if transform.is_identity and (gcps or rpcs is not None) and not ds.crs:
             transform = Affine.identity()
-        alpha = next(
-            (i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha), None
-        )
+        alpha = alpha_band_of(ds, warn=True)
         flags = ds.mask_flag_enums[0] if ds.count else []
         internal_mask = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags and alpha is None
         non_finite = count_non_finite(ds) if check_pixels else 0

@@ -403,3 +403,36 @@ def test_an_rgbn_pixel_whose_nir_alone_is_nodata_keeps_its_colours(tmp_path):
     np.testing.assert_array_equal(valid, np.kron(lr_valid, np.ones((2, 2), bool)))
     np.testing.assert_array_equal(hr[:3, :48, :48], np.kron(data[:3, :24, :24], np.ones((2, 2), np.uint8)))
     assert (hr[3][np.kron(data[3] == 0, np.ones((2, 2), bool))] == 0).all()  # NIR's own nodata kept
+
+
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_a_nir_band_gdal_labels_alpha_is_kept_as_data(tmp_path, nodata):
+    """Found by review: GDAL labels the fourth band of a 4-band Byte GeoTIFF alpha by default; an
+    RGBN scene written so (bands named red, green, blue, nir) lost its NIR from the output, exit 0."""
+    data = (texture(4, 48, 48, seed=3) * 200 + 20).astype("uint8")
+    path = write_raster(tmp_path / "rgbn.tif", data, nodata=nodata)
+    with rasterio.open(path, "r+") as ds:
+        for b, name in enumerate(("red", "green", "blue", "nir"), start=1):
+            ds.set_band_description(b, name)
+    with rasterio.open(path) as ds:
+        assert ds.colorinterp[3] == ColorInterp.alpha  # GDAL's default, what the files in the wild have
+    with pytest.warns(UserWarning, match="band 4 is labelled alpha .* named 'nir': read as data"):
+        geosr.upscale_to_file(path, tmp_path / "out.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.count == 4 and out.descriptions == ("red", "green", "blue", "nir")
+        assert out.colorinterp[3] != ColorInterp.alpha
+        assert (out.dataset_mask() > 0).all()
+
+
+def test_evaluate_bands_scores_the_data_bands_of_an_rgba_scene(tmp_path):
+    """Found by review: evaluate-bands read the alpha band as data and failed (IndexError, exit 1)
+    on any RGBA scene; the alpha is the mask, the three colours are scored."""
+    data = (texture(4, 96, 96, seed=5) * 200 + 20).astype("uint8")
+    data[3] = 255
+    data[3, :, :10] = 0
+    path = write_raster(tmp_path / "rgba.tif", data)
+    result = CliRunner().invoke(cli, ["evaluate-bands", str(path), "--scale", "2", "--model", "bicubic",
+                                      "--json", str(tmp_path / "s.json"), "-q"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert [b["band"] for b in scores["bands"]] == [1, 2, 3]
