@@ -557,6 +557,14 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     offsets = [
         (round((i["transform"].c - t0.c) / t0.a), round((i["transform"].f - t0.f) / t0.e)) for i in infos
     ]
+    same = {}
+    for o, info in zip(offsets, infos):  # one footprint twice: bands of one scene, one file a band
+        earlier = same.setdefault((*o, info["width"], info["height"]), info["path"])
+        if earlier != info["path"]:
+            raise GridMismatchError(
+                f"mosaic pieces {earlier} and {info['path']} cover the same ground: a mosaic places pieces side "
+                "by side and the later would hide the earlier. Bands of one scene, one file a band (Landsat's "
+                "*_B2.TIF...)? Stack them as bands: gdalbuildvrt -separate stack.vrt FILES, and pass stack.vrt")
     xmin = min(o[0] for o in offsets)
     ymin = min(o[1] for o in offsets)
     xmax = max(o[0] + i["width"] for o, i in zip(offsets, infos))

@@ -66,6 +66,18 @@ def test_mosaic_on_different_grids_is_a_clear_error(tmp_path):
         assert not (tmp_path / "x.tif").exists()
 
 
+def test_a_folder_of_one_band_files_is_refused_not_painted_over_itself(tmp_path):
+    """Found by review: Landsat-style one-file-a-band folders passed every mosaic check and came out
+    as one band holding the last file's values (exit 0)."""
+    folder = tmp_path / "landsat"
+    folder.mkdir()
+    for b in (2, 3, 4, 5):
+        write_raster(folder / f"LC08_SR_B{b}.TIF", np.full((1, 24, 24), 1000 * b, np.uint16))
+    with pytest.raises(GridMismatchError, match=r"cover the same ground.*gdalbuildvrt -separate"):
+        upscale_scene([str(folder)], tmp_path / "x.tif", cfg())
+    assert not (tmp_path / "x.tif").exists()
+
+
 def masked_piece(path, data, col, mask):
     """A uint8 RGB piece at column ``col`` of the NORTH_UP grid with an internal mask."""
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
