@@ -452,3 +452,13 @@ def test_unusable_images_only(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "gray.png")
     with pytest.raises(InputError, match="none of the 1 image.*RGB uint8"):
         evaluate_sr([tmp_path / "gray.png"], 4, "iso", model="bicubic")
+
+
+@pytest.mark.parametrize("option", ["--json", "--png"])
+def test_a_report_into_a_missing_folder_is_refused_before_the_work(hr_dir, tmp_path, option):
+    """Found by review: --json/--png into a folder that does not exist failed with a traceback after
+    the whole evaluation, its figures lost."""
+    res = CliRunner().invoke(cli, ["evaluate", "--hr", str(hr_dir), "--model", "lanczos",
+                                   option, str(tmp_path / "nodir" / "r.out"), "-q"])
+    assert res.exit_code == 2 and "nodir' does not exist" in res.output, res.output
+    assert "image(s)" not in res.output  # nothing was evaluated

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from geosr.cli.options import report_file
 from geosr.degradations import PROTOCOLS
 
 
@@ -14,7 +15,7 @@ from geosr.degradations import PROTOCOLS
 @click.option("--synthetic", multiple=True, type=int, help="Also measure a synthetic square uint8 scene of this size (repeatable).")
 @click.option("--synthetic-fields", multiple=True, type=int, help="Also measure a synthetic square RGB scene of "
               "this size, half water and fields, half texture (repeatable).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), callback=report_file, help="Write the results as JSON.")
 @click.option("--upscale-args", default="", help="Extra 'geosr upscale' options, quoted, e.g. \"--scale 4 --model bicubic\".")
 @click.option("--degrade", type=click.Choice(PROTOCOLS), help="Treat each INPUT (RGB uint8) as the HR truth: run on its "
               "LR made by this protocol and score the output against it (PSNR, SSIM).")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geosr.cli.options import fail_cleanly, setup_logging, verbosity
+from geosr.cli.options import fail_cleanly, report_file, setup_logging, verbosity
 from geosr.routing import ROUTES
 
 _COLUMNS = (  # metric key, header, format
@@ -108,9 +108,10 @@ def format_uncertainty(result: dict) -> str:
                    "image) changes: images routed to the cheap path, PSNR / SSIM change, model time saved.")
 @click.option("--route-threshold", type=float,
               help="Texture under which a clean image is flat (as for geosr upscale; default: calibrated).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write all figures here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), callback=report_file,
+              help="Write all figures here.")
 @click.option(
-    "--png", "png_out", type=click.Path(dir_okay=False, path_type=Path),
+    "--png", "png_out", type=click.Path(dir_okay=False, path_type=Path), callback=report_file,
     help="Write a comparison LR | bicubic | model | HR of the first image here.",
 )
 @verbosity

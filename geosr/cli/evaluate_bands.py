@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geosr.cli.options import fail_cleanly, parse_bands, setup_logging, verbosity
+from geosr.cli.options import fail_cleanly, parse_bands, report_file, setup_logging, verbosity
 
 
 def parse_pairs(_ctx, _param, values: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -71,7 +71,8 @@ def format_report(result: dict) -> str:
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="Precision of the networks.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the LR (lr.tif) and the outputs (model.tif, bicubic.tif) in this folder.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write all figures here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), callback=report_file,
+              help="Write all figures here.")
 @verbosity
 def evaluate_bands(hr, scale, degradation, seed, indices, model, bands_to_model, rgb_bands, tile, device, dtype, keep,
                    json_out, verbose, quiet) -> None:

@@ -11,7 +11,7 @@ import click
 from geosr.captioning import load_captioner
 from geosr.captioning.evaluation import evaluate_captioner as run_evaluation
 from geosr.captioning.evaluation import find_images
-from geosr.cli.options import fail_cleanly
+from geosr.cli.options import fail_cleanly, report_file
 
 # (result key, row label, format)
 _ROWS = (
@@ -50,7 +50,8 @@ def format_table(results: list[dict]) -> str:
 @click.option("--scale", default=2, show_default=True, help="HR -> LR downsampling of each crop.")
 @click.option("--jpeg-share", default=0.25, show_default=True, help="Share of crops re-encoded as JPEG (quality 10-90).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the whole draw.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), callback=report_file,
+              help="Also write the figures here.")
 def evaluate_captioner(roots, specs, n_crops, crop, scale, jpeg_share, seed, json_out) -> None:
     """Degrade random crops with known blur, noise and JPEG and score each captioner's captions.
 
