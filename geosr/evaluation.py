@@ -341,7 +341,10 @@ def read_hr_image(path: Path, scale: int, crop: int | None) -> np.ndarray:
         size = f"{rgb.shape[0]} x {rgb.shape[1]}"
         raise InputError(f"the image (its valid area) is {size} px, under {MIN_LR_SIDE * scale} px a side")
     y, x = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
-    return rgb[y : y + h, x : x + w].astype(np.float32) / 255.0
+    rgb = rgb[y : y + h, x : x + w]
+    if (rgb == rgb[:1, :1]).all():  # PSNR infinite, no gradient for the sharpness ratio: every mean NaN
+        raise InputError("the image (its scored area) is one flat colour: nothing to score")
+    return rgb.astype(np.float32) / 255.0
 
 
 #: Deliberately wrong captions of the caption ablation, in the captioner's vocabulary.

@@ -462,3 +462,17 @@ def test_a_report_into_a_missing_folder_is_refused_before_the_work(hr_dir, tmp_p
                                    option, str(tmp_path / "nodir" / "r.out"), "-q"])
     assert res.exit_code == 2 and "nodir' does not exist" in res.output, res.output
     assert "image(s)" not in res.output  # nothing was evaluated
+
+
+def test_a_flat_image_is_skipped_not_made_the_mean_nan(hr_dir, tmp_path):
+    """Found by review: one flat HR image (PSNR infinite, no gradient) made every mean inf or NaN
+    and "100 % below bicubic"; it is skipped, with the reason."""
+    root = tmp_path / "hr"
+    root.mkdir()
+    for p in find_hr_images([hr_dir]):
+        (root / p.name).write_bytes(p.read_bytes())
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(root / "flat.png")
+    result = evaluate_sr(find_hr_images([root]), 2, "clean", model="lanczos")
+    assert result["settings"]["n_images"] == 2
+    assert [s["reason"] for s in result["skipped"]] == ["the image (its scored area) is one flat colour: nothing to score"]
+    assert np.isfinite(result["model"]["delta_vs_bicubic"]["psnr"]) and np.isfinite(result["model"]["sharpness"])
