@@ -171,6 +171,40 @@ def invisible_to_lr(residual: torch.Tensor, scale: int, upsample_mode: str = "bi
     return residual
 
 
+def invisible_within_range(base: torch.Tensor, residual: torch.Tensor, scale: int, upsample_mode: str = "bicubic",
+                           rounds: int = 8) -> torch.Tensor:
+    """``residual`` (invisible to :func:`model_downsample`, :func:`invisible_to_lr`'s) made to keep
+    ``base + residual`` within ``[0, 1]`` too, by alternating projections onto the two sets.
+
+    The output is clipped to ``[0, 1]``: a residual that leaves it near saturated or black pixels
+    (snow, clouds, water) loses one side there, and what the downsampling sees of the output - its
+    band means - moves (-1.4 DN over a saturated area at D = 1). Each round clips ``base + residual``
+    and removes what the downsampling sees of the result; images already inside cost one check.
+
+    Parameters
+    ----------
+    base : torch.Tensor
+        ``[B, C, H, W]`` the output the residual is added to, within ``[0, 1]``.
+    residual : torch.Tensor
+        Same shape, invisible to the downsampling.
+    scale, upsample_mode
+        As :func:`invisible_to_lr`.
+    rounds : int
+        At most this many clip-and-project rounds.
+    """
+    for _ in range(rounds):
+        total = base + residual
+        out = (total < 0.0) | (total > 1.0)
+        hit = out.flatten(1).any(dim=1)
+        if not hit.any():
+            break
+        pick = hit.nonzero().flatten()
+        inside = torch.where(out[pick], total[pick].clamp(0.0, 1.0) - base[pick], residual[pick])
+        residual = residual.clone()
+        residual[pick] = invisible_to_lr(inside, scale, upsample_mode)
+    return residual
+
+
 def project_to_lr(image: torch.Tensor, lr: torch.Tensor, scale: int, upsample_mode: str = "bicubic") -> torch.Tensor:
     """``image`` corrected so that :func:`model_downsample` of it gives ``lr`` back (float32).
 

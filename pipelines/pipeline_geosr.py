@@ -61,7 +61,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from geosr.pipelines.consistency import invisible_to_lr, project_to_lr, reads_as_clean, shifted_sum
+from geosr.pipelines.consistency import (invisible_to_lr, invisible_within_range, project_to_lr, reads_as_clean,
+                                         shifted_sum)
 from geosr.pipelines.lr_space_heads import DetailHead, UncertaintyHead, caption_class, gradient_on_grid
 from geosr.pipelines.lr_space_models import LRSpaceControlNet, LRSpaceDenoiser
 
@@ -594,7 +595,9 @@ class GeoSRPipeline(DiffusionPipeline):
         kinds = [caption_class(text) for text in prompt]
         mild = [kind == "mild" for kind in kinds]
         if detail > 0.0:
-            added = detail * self._detail_residual(sample, lr_grid, generator, hr, kinds)
+            hr = hr.clamp(0.0, 1.0)  # what D = 0 writes; the detail keeps what it downsamples to
+            added = invisible_within_range(hr, detail * self._detail_residual(sample, lr_grid, generator, hr, kinds),
+                                           self.config.upscale_factor, self.config.upsample_mode)
             hr = hr + added
         uncertainty = None
         if return_uncertainty:

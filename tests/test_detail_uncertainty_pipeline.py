@@ -66,6 +66,22 @@ def test_detail_changes_pixels_reproducibly_and_invisibly_to_the_lr(tmp_path):
     assert 0 < (half - base).abs().mean() < (one - base).abs().mean()
 
 
+def test_detail_near_saturated_pixels_keeps_what_the_output_downsamples_to(tmp_path):
+    """Found by review: the detail was made invisible to the downsampling, then the output clipped
+    to [0, 1], cutting one side of it over saturated and black pixels: band means moved (-1.4 DN
+    over a saturated area at D = 1 on the shipped x2)."""
+    pipe, _ = _composing_pipe(tmp_path, texture_scale=0.0, sharpen_amount=2.0)
+    lr = _smooth_lr()
+    lr[:, :, :, :8] = 1.0  # a saturated cloud's edge, and black water's
+    lr[:, 2, 8:, 8:] = 0.0
+    base = _run(pipe, lr).images
+    one = _run(pipe, lr, detail=1.0).images
+    assert (one == 1).sum() > (base == 1).sum() and (one == 0).any()  # the sharpening overshoots: clipped
+    seen = model_downsample(one - base, 4)[..., 1:-1, 1:-1]
+    assert 255 * seen.pow(2).mean().sqrt() < 0.5
+    assert 255 * seen.mean(dim=(-1, -2)).abs().max() < 0.5  # band means
+
+
 def _gradient_energy(images: torch.Tensor) -> float:
     return float((images.diff(dim=-1).square().mean() + images.diff(dim=-2).square().mean()))
 
