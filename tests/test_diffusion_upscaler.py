@@ -324,6 +324,38 @@ def test_lr_consistency_from_the_cli_makes_the_output_reproduce_the_input(tmp_pa
     assert errors["off"] > 2.0 and errors["always"] < 0.5, errors
 
 
+def test_lr_consistency_holds_beside_values_outside_the_scene_stretch(tmp_path):
+    """Found by review: a uint16 scene's pixels beyond its stretch (0.1 / 99.9 percentiles) were
+    clamped off the model's input and added back as bicubic, which does not downsample to them:
+    300 DN off the input beside them with --lr-consistency always (0.3 DN elsewhere)."""
+    from click.testing import CliRunner
+    from diffusers import LCMScheduler
+
+    from geosr.cli import cli
+    from geosr.pipelines.consistency import model_downsample
+    from tests.rasters import texture, write_raster
+
+    pipe = GeoSRPipeline(**tiny_pipeline_components(tmp_path=tmp_path, student=True, unshuffle_factor=4))
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    with torch.no_grad():
+        pipe.unet.conv_out.weight.zero_()
+        pipe.unet.conv_out.bias.zero_()
+    student_dir = str(tmp_path / "student")
+    pipe.save_pretrained(student_dir)
+    data = (texture(3, 96, 128, 1) * 600 + 1000).astype(np.uint16)
+    rows, cols = np.random.default_rng(0).integers(8, 88, 8), np.random.default_rng(1).integers(8, 120, 8)
+    data[:, rows, cols] = 2400  # glints: above the 99.9th percentile
+    src = write_raster(tmp_path / "in.tif", data)
+    dst = tmp_path / "out.tif"
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(dst), "--scale", "4", "--model", student_dir,
+                                      "--route", "off", "--steps", "1", "--lr-consistency", "always", "-q"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    with rasterio.open(dst) as hr:
+        down = model_downsample(torch.from_numpy(hr.read().astype(np.float32))[None], 4)[0].numpy()
+    error = np.abs(down - data.astype(np.float32))[:, 6:-6, 6:-6]
+    assert error.max() < 3.0, error.max()
+
+
 def test_lr_consistency_is_a_diffusion_setting():
     from geosr.config import RunConfig
 

@@ -357,9 +357,24 @@ class DiffusionUpscaler:
         if outside.any():
             # bicubic(tiles) - bicubic(inside) = bicubic(outside): interpolation is linear, and
             # zero wherever no pixel under the kernel was clamped
+            from geosr.pipelines.consistency import project_to_lr, reads_as_clean
             from geosr.pipelines.pipeline_geosr import interpolate_lr
 
-            hr += interpolate_lr(outside, self.scale, self._pipe.config.upsample_mode)
+            mode = self._pipe.config.upsample_mode
+            hr += interpolate_lr(outside, self.scale, mode)
+            # a tile the pipeline made consistent with its input (lr_consistency) is made so again
+            # with the part clamped off it: bicubic's does not downsample to it, and the pipeline's
+            # own output was clipped to the clamped input's range (300 DN off beside a uint16
+            # scene's glints at 1.5x its stretch's top; 0.3 DN elsewhere). A spike the dtype's
+            # range cannot reproduce (its HR would need values below 0) stays a little off.
+            projected = [bool(outside[i].any()) and (self.lr_consistency == "always" or (
+                self.lr_consistency == "clean" and reads_as_clean(c))) for i, c in enumerate(captions)]
+            if getattr(self._pipe, "unshuffle_factor", 0) and any(projected):
+                pick = torch.tensor(projected, device=hr.device)
+                total = hr[pick]
+                for _ in range(2):
+                    total = project_to_lr(total, tiles[pick], self.scale, mode)
+                hr[pick] = total.to(hr.dtype)
         crop = (..., slice(0, height * self.scale), slice(0, width * self.scale))
         return hr[crop].contiguous(), None if error is None else error[crop].contiguous()
 
