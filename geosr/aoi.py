@@ -16,7 +16,7 @@ from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from geosr.errors import InputError
+from geosr.errors import GDAL_ERRORS, InputError
 
 __all__ = ["load_aoi", "window_polygon"]
 
@@ -61,7 +61,7 @@ def load_aoi(path: str | Path, scene) -> BaseGeometry:
     if src_crs != scene.crs:
         try:
             geom = shape(transform_geom(src_crs, scene.crs, geom.__geo_interface__))
-        except (ValueError, CRSError, TransformError) as exc:
+        except (ValueError, CRSError, TransformError, *GDAL_ERRORS) as exc:  # a local CS: no operation
             raise InputError(f"--aoi: cannot transform {path} to the scene CRS: {exc}") from exc
     footprint = window_polygon(Window(0, 0, scene.width, scene.height), scene.transform)
     if not geom.intersects(footprint):

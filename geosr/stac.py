@@ -19,11 +19,13 @@ import numpy as np
 import shapely.affinity
 import shapely.geometry
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 
+from geosr.errors import GDAL_ERRORS
 from geosr.tiling import window_transform
 
 __all__ = ["STAC_VERSION", "stac_item", "stac_collection"]
@@ -105,7 +107,7 @@ def _lon_cover(spans: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 def _projection(crs: CRS) -> dict:
     epsg = crs.to_epsg()
-    return {"proj:epsg": epsg} if epsg else {"proj:epsg": None, "proj:wkt2": crs.to_wkt("WKT2_2019")}
+    return {"proj:epsg": epsg} if epsg else {"proj:epsg": None, "proj:wkt2": crs.to_wkt(version="WKT2_2019")}
 
 
 def _bands(band_meta: Mapping, dtype: str, nodata) -> tuple[list[dict], list[dict]]:
@@ -156,7 +158,10 @@ def stac_item(name: str, asset: str, window: Window, profile: Mapping, band_meta
         before the first tile, so this is the start of the work, not its end.
     """
     transform = window_transform(window, profile["transform"])
-    geometry = footprint(window, profile["transform"], profile["crs"])
+    try:
+        geometry = footprint(window, profile["transform"], profile["crs"])
+    except (CRSError, *GDAL_ERRORS):  # a local (engineering) CRS has no way to longitudes and latitudes
+        geometry = None  # STAC allows a null geometry, then without a bbox
     raster_bands, eo_bands = _bands(band_meta, profile["dtype"], profile.get("nodata"))
     properties = {
         "datetime": _acquired(tags, created),
@@ -173,7 +178,7 @@ def stac_item(name: str, asset: str, window: Window, profile: Mapping, band_meta
         "id": name,
         "collection": collection,
         "geometry": geometry,
-        "bbox": _bbox(geometry),
+        **({"bbox": _bbox(geometry)} if geometry else {}),
         "properties": properties,
         "links": [
             {"rel": "root", "href": "./collection.json", "type": "application/json"},
@@ -189,7 +194,8 @@ def stac_item(name: str, asset: str, window: Window, profile: Mapping, band_meta
 
 def stac_collection(collection: str, items: Sequence[tuple[str, dict]], description: str) -> dict:
     """The Collection over ``items`` (``(relative href, item)``): union of their bboxes, their dates."""
-    boxes = [item["bbox"] for _, item in items]
+    # items without a place on the globe (a local CRS): the Collection's extent is required, and then whole
+    boxes = [item["bbox"] for _, item in items if "bbox" in item] or [[-180.0, -90.0, 180.0, 90.0]]
     dates = sorted(item["properties"]["datetime"] for _, item in items)
     return {
         "type": "Collection",

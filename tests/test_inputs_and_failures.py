@@ -333,6 +333,33 @@ def test_aoi_that_misses_the_scene_is_an_error(tmp_path):
         upscale_scene([src], tmp_path / "out.tif", cfg(aoi=str(tmp_path / "aoi.geojson")))
 
 
+LOCAL_CS = ('LOCAL_CS["site grid",UNIT["metre",1,AUTHORITY["EPSG","9001"]],AXIS["Easting",EAST],'
+            'AXIS["Northing",NORTH]]')
+
+
+def test_a_scene_in_a_local_crs_takes_an_aoi_error_and_writes_tiled_output(tmp_path):
+    """Found by review: a drone orthophoto on a site grid (a local CRS, no way to longitudes) crashed
+    with --aoi and with tiled output (CPLE_NotSupportedError, exit 1); the AOI is refused naming the
+    reason, and the blocks' STAC Items have no geometry (STAC allows it)."""
+    src = uint8_scene(tmp_path / "in.tif", 64, 64, crs=LOCAL_CS)
+    aoi = {"type": "Polygon", "coordinates": [[[500002, 4099998], [500020, 4099998], [500020, 4099980],
+                                               [500002, 4099998]]]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    with pytest.raises(InputError, match="--aoi: cannot transform"):
+        upscale_scene([src], tmp_path / "out.tif", cfg(aoi=str(tmp_path / "aoi.geojson")))
+    upscale_scene([src], tmp_path / "out", cfg(split=64))
+    items = sorted((tmp_path / "out").glob("*.json"))
+    assert items
+    for path in items:
+        doc = json.loads(path.read_text())
+        if doc["type"] == "Feature":
+            assert doc["geometry"] is None and "bbox" not in doc
+            # WKT2 as the projection extension names it (it was ESRI's WKT1: a positional argument)
+            assert doc["properties"]["proj:wkt2"].startswith("ENGCRS[")
+        else:
+            assert doc["extent"]["spatial"]["bbox"] == [[-180.0, -90.0, 180.0, 90.0]]
+
+
 def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
     src = uint8_scene(tmp_path / "in.tif", 64, 64)
     real = tasks.process_batch
