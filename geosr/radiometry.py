@@ -187,11 +187,18 @@ def _check_no_fill_value(source: str, band: int, valid: np.ndarray, lo: float, h
     """
     q1, q3 = (float(v) for v in np.percentile(valid, (25, 75)))
     if q3 > q1 and hi - lo > FILL_SPAN_RATIO * (q3 - q1):
-        fill = lo if q1 - lo > hi - q3 else hi
+        # the value itself (the percentile of a band holding it on more than 0.1 % of its pixels)
+        fill = valid.min() if q1 - lo > hi - q3 else valid.max()
         raise InputError(
-            f"{source}: band {band} holds {fill:g} beside values whose middle half lies within {q1:g}..{q3:g}: "
-            f"a fill value not declared as no-data? Declare it (gdal_edit.py -a_nodata {fill:g} FILE, or a .vrt "
+            f"{source}: band {band} holds {_exact(fill)} beside values whose middle half lies within {q1:g}..{q3:g}: "
+            f"a fill value not declared as no-data? Declare it (gdal_edit.py -a_nodata {_exact(fill)} FILE, or a .vrt "
             "with <NoDataValue>) or mask it, and run again")
+
+
+def _exact(value: np.generic) -> str:
+    """``value`` as GDAL reads it back to the same pixel value: all digits (``-2147483648``, not
+    ``-2.14748e+09``, which declares a value no pixel holds)."""
+    return str(int(value)) if np.issubdtype(np.asarray(value).dtype, np.integer) else repr(float(value))
 
 
 def refuse_far_values(
@@ -225,12 +232,12 @@ def refuse_far_values(
     if not far.any():
         return
     b, r, c = (int(i) for i in np.argwhere(far)[0])
-    value = float(raw[b, r, c])
+    value = _exact(raw[b, r, c])
     raise InputError(
-        f"{source}: band {bands[b]} holds {value:g} at row {int(window.row_off) + r}, column "
+        f"{source}: band {bands[b]} holds {value} at row {int(window.row_off) + r}, column "
         f"{int(window.col_off) + c}, over {FILL_SPAN_RATIO:,} times its stretch's range away from the scene's "
         f"values ({int(far[b].sum())} such pixel(s) in this tile): a fill value not declared as no-data? Declare "
-        f"it (gdal_edit.py -a_nodata {value:g} FILE, or a .vrt with <NoDataValue>) or mask it, and run again")
+        f"it (gdal_edit.py -a_nodata {value} FILE, or a .vrt with <NoDataValue>) or mask it, and run again")
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
