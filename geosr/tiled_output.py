@@ -110,7 +110,11 @@ def tiled_split(output: str | os.PathLike, split: object, creation_options: Mapp
 
 def _cog_block(creation_options: Mapping[str, str] | None) -> int:
     options = {k.upper(): v for k, v in (creation_options or {}).items()}
-    return int(options.get("BLOCKSIZE", DEFAULT_COG_OPTIONS["BLOCKSIZE"]))
+    value = options.get("BLOCKSIZE", DEFAULT_COG_OPTIONS["BLOCKSIZE"])
+    try:
+        return int(value)
+    except ValueError:  # read before the creation options are checked: the same message
+        raise InputError(f"--co BLOCKSIZE={value}: BLOCKSIZE takes an integer") from None
 
 
 def auto_block_side(width: int, height: int, creation_options: Mapping[str, str] | None = None) -> int:

@@ -67,3 +67,19 @@ def test_info_and_validate(tmp_path, data_dir):
 def test_help_has_examples():
     res = invoke("upscale", "--help")
     assert "Examples" in res.output and "--scale" in res.output and "--aoi" in res.output
+
+
+def test_info_checks_the_tile_plan_as_a_run_does(data_dir):
+    """Found by review: --tile 4 was a ValueError traceback (exit 1), --overlap 300 a plan that
+    upscale refuses."""
+    for option, value, said in (("--tile", 4, "--tile must be at least 8 px"), ("--overlap", 300, "--overlap must be in")):
+        res = CliRunner().invoke(cli, ["info", str(data_dir / "rgbn_suba.tif"), option, str(value)])
+        assert res.exit_code == 3 and said in res.output, res.output
+
+
+def test_a_split_output_with_a_bad_blocksize_is_a_clear_error(tmp_path, data_dir):
+    """Found by review: --split with --co BLOCKSIZE=abc was an unexpected ValueError (exit 1)."""
+    res = CliRunner().invoke(cli, ["upscale", str(data_dir / "rgbn_suba.tif"), str(tmp_path / "out"), "--split", "1024",
+                                   "--co", "BLOCKSIZE=abc", "--model", "bicubic", "-q"])
+    assert res.exit_code == 3 and "BLOCKSIZE takes an integer" in res.output, res.output
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import click
 
 from geosr.band_roles import RGBAssumedWarning
 from geosr.cli.options import fail_cleanly, one_line, parse_bands, tile_options
+from geosr.config import TileSpec
 from geosr.scene import open_scene
 from geosr.scene_plan import band_tags, plan_bands
 from geosr.sentinel2 import is_subdataset, product_subdatasets
@@ -36,6 +37,7 @@ def info(inputs, tile, overlap, scale, rgb_bands, as_json):
     Example:
       geosr info scene.tif --tile 512
     """
+    fail_cleanly(lambda: TileSpec(tile, overlap))  # the limits a run checks (a bad --tile was a traceback)
     with tempfile.TemporaryDirectory() as tmp:
         # metadata only: no read of every pixel for NaN (a run does that), no torch (the command starts fast)
         scene = fail_cleanly(lambda: open_scene(inputs, workdir=tmp, check_pixels=False))
