@@ -574,8 +574,10 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
 
     dtype = typename_fwd[dtype_rev[first["dtypes"][0]]]
     nodata = first["nodata"]
-    masked = any(i["masked"] for i in infos)
     placed = [(ox - xmin, oy - ymin, info) for (ox, oy), info in zip(offsets, infos)]
+    # gaps between pieces without nodata are masked (as pieces' masks are): they read as 0 otherwise,
+    # upscaled as data and ringing into the pieces' edge pixels
+    masked = any(i["masked"] for i in infos) or (nodata is None and _has_gaps(placed))
     # the SRS without dataAxisToSRSAxisMapping: GDAL then takes the traditional GIS order the
     # GeoTransform is in (x = easting or longitude); "1,2" had GDAL tools read an EPSG:4326
     # mosaic's x as latitude
@@ -624,15 +626,19 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     vrt = workdir / "mosaic.vrt"
     vrt.write_text("\n".join(lines) + "\n")
-    covered = sum(i["width"] * i["height"] for i in infos)
-    if nodata is None and not masked and covered < (xmax - xmin) * (ymax - ymin):
-        warnings.warn(
-            "mosaic pieces do not cover their whole bounding box and have no nodata value: "
-            "gaps will read as 0 and be upscaled as data",
-            UserWarning,
-            stacklevel=3,
-        )
     return vrt
+
+
+def _has_gaps(placed: Sequence[tuple[int, int, dict]]) -> bool:
+    """Whether the pieces ``(column, row, info)`` leave part of their bounding box uncovered (overlaps
+    counted once: summed areas hid a gap behind an overlap)."""
+    xs = np.unique([v for x, _, i in placed for v in (x, x + i["width"])])
+    ys = np.unique([v for _, y, i in placed for v in (y, y + i["height"])])
+    covered = np.zeros((len(ys) - 1, len(xs) - 1), bool)  # the cells between the pieces' edges
+    for x, y, i in placed:
+        covered[np.searchsorted(ys, y):np.searchsorted(ys, y + i["height"]),
+                np.searchsorted(xs, x):np.searchsorted(xs, x + i["width"])] = True
+    return not covered.all()
 
 
 def _check_one_dtype(path: str, dtypes: Sequence[str], colorinterp: Sequence[ColorInterp]) -> None:

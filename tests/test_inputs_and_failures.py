@@ -78,6 +78,20 @@ def test_a_folder_of_one_band_files_is_refused_not_painted_over_itself(tmp_path)
     assert not (tmp_path / "x.tif").exists()
 
 
+def test_gaps_between_pieces_without_nodata_are_masked_even_where_pieces_overlap(tmp_path):
+    """Found by review: gaps of a mosaic whose pieces overlap elsewhere went unnoticed (summed areas)
+    and read as valid zeros, upscaled as data and ringing into the pieces' edges (exit 0)."""
+    folder = tmp_path / "pieces"
+    folder.mkdir()
+    for k, (row, col) in enumerate([(0, 0), (0, 16), (0, 32), (32, 32)]):  # the bottom left quarter: empty
+        write_raster(folder / f"p{k}.tif", (texture(3, 32, 32, seed=k) * 200 + 30).astype(np.uint8),
+                     transform=NORTH_UP @ Affine.translation(col, row))
+    upscale_scene([str(folder)], tmp_path / "out.tif", cfg())
+    with rasterio.open(tmp_path / "out.tif") as out:
+        valid = out.dataset_mask() > 0
+    assert not valid[64:, :64].any() and valid[:64, :].all() and valid[64:, 64:].all()
+
+
 def masked_piece(path, data, col, mask):
     """A uint8 RGB piece at column ``col`` of the NORTH_UP grid with an internal mask."""
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
