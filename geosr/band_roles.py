@@ -32,12 +32,13 @@ from typing import Mapping, Sequence
 
 from rasterio.enums import ColorInterp
 
+from geosr.band_names import BAND_NUMBER, OTHER_BANDS, colour_named
 from geosr.errors import InputError
 from geosr.scene import Scene, open_raster
 
 __all__ = [
     "NUMBERING_ASSUMED", "RGBBands", "RGBAssumedWarning", "find_rgb", "rgb_from_descriptions", "rgb_from_wavelengths",
-    "parse_bands_to_model", "parse_rgb_bands", "BANDS_TO_MODEL", "names_a_band",
+    "parse_bands_to_model", "parse_rgb_bands", "BANDS_TO_MODEL",
 ]
 
 #: ``bands_to_model`` words: every band through the model, or only the R, G, B group.
@@ -60,15 +61,6 @@ _OLI_ONLY_NUMBERS = {9, 10, 11, 12}
 # names (B02; Landsat's are B2, SR_B2)
 _SENTINEL2_NAME = re.compile(r"central wavelength|^b0?8a$|^b0\d(?!\d)", re.I)
 
-# "B4", "B04", "SR_B4", "TOA_B4", "B4, central wavelength 665 nm"; not "B8A", "B10", "Band 4"
-# (a position, not a sensor band) nor "blue".
-_BAND_NUMBER = re.compile(r"^(?:(?:sr|toa)_)?b0?(\d{1,2})(?![\da-z])", re.I)
-# Words that make "red"/"blue" in a description another band: red edge, coastal blue.
-_NOT_A_COLOUR = {"edge", "rededge", "coastal", "deep", "infrared", "nir", "ir"}
-_LETTERS = {"r": "red", "g": "green", "b": "blue"}
-# Words that name a band outside red, green and blue.
-_OTHER_BANDS = _NOT_A_COLOUR | {"swir", "mwir", "lwir", "tir", "thermal", "pan", "panchromatic", "aerosol",
-                                 "cirrus", "vapour", "vapor", "yellow", "re", "ndvi"}
 # Colour interpretations of bands outside the visible colours (GDAL 3.10: Sentinel-2's 20 m bands).
 _NOT_VISIBLE = {ColorInterp.pan, ColorInterp.coastal, ColorInterp.rededge, ColorInterp.nir, ColorInterp.swir,
                 ColorInterp.mwir, ColorInterp.lwir, ColorInterp.tir, ColorInterp.other_ir}
@@ -144,7 +136,7 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
     numbers, certain = _numbering(dict(enumerate(scene.descriptions, start=1)), scene.tags)
     found = _rgb_named(descriptions, numbers)
     if found:
-        if certain or not any(_BAND_NUMBER.match((descriptions[b] or "").strip()) for b in found):
+        if certain or not any(BAND_NUMBER.match((descriptions[b] or "").strip()) for b in found):
             return RGBBands(found, "band descriptions")
         other = _TM_NUMBERS if numbers is _OLI_NUMBERS else _OLI_NUMBERS
         return RGBBands(found, NUMBERING_ASSUMED[numbers is _TM_NUMBERS],
@@ -167,11 +159,6 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
     return RGBBands(assumed, "assumed")
 
 
-def names_a_band(description: str | None) -> bool:
-    """Whether ``description`` names a band of imagery: a colour, a sensor band number, NIR..."""
-    return _band_said(description, _OLI_NUMBERS, {}) is not None
-
-
 def _agrees(rgb: Sequence[int], said: Mapping[int, str | None]) -> bool:
     """Whether what the metadata says of the bands ``rgb`` allows them to be red, green, blue."""
     return all(said[b] in (None, colour) for b, colour in zip(rgb, ("red", "green", "blue")))
@@ -181,12 +168,12 @@ def _band_said(description: str | None, numbers: Mapping[int, str], tags: Mappin
     """What a band's description or centre wavelength says it is: ``red``, ``green``, ``blue``,
     ``other`` (a named band outside the visible colours: NIR, red edge, SWIR, coastal, a sensor band
     number that is none of R, G, B, a wavelength outside the colours' windows), or None (nothing)."""
-    colour = _colour_named(description, numbers)
+    colour = colour_named(description, numbers)
     if colour:
         return colour
     text = (description or "").strip()
-    match = _BAND_NUMBER.match(text)
-    if match or set(re.findall(r"[a-z]+", text.lower())) & _OTHER_BANDS:
+    match = BAND_NUMBER.match(text)
+    if match or set(re.findall(r"[a-z]+", text.lower())) & OTHER_BANDS:
         return "other"
     nm = _centre_nm(tags)
     if nm is None:
@@ -216,7 +203,7 @@ def rgb_from_descriptions(descriptions: Mapping[int, str | None], dataset_tags: 
 
 def _rgb_named(descriptions: Mapping[int, str | None], numbers: Mapping[int, str]) -> tuple[int, int, int] | None:
     """Red, green and blue by ``descriptions``, band numbers read in ``numbers``; None unless each has one band."""
-    colours = {b: _colour_named(d, numbers) for b, d in descriptions.items()}
+    colours = {b: colour_named(d, numbers) for b, d in descriptions.items()}
     return _unique(colours, {b: (d or "").strip().lower() == colours[b] for b, d in descriptions.items()})
 
 
@@ -233,27 +220,13 @@ def _numbering(descriptions: Mapping[int, str | None], dataset_tags: Mapping[str
     if any(_TM_SENSOR.search(v) for v in tags):
         return _TM_NUMBERS, True
     names = [(d or "").strip() for d in descriptions.values()]
-    numbers = {int(m.group(1)) for d in names if (m := _BAND_NUMBER.match(d))}
+    numbers = {int(m.group(1)) for d in names if (m := BAND_NUMBER.match(d))}
     if any(_OLI_SENSOR.search(v) for v in tags) or any(_SENTINEL2_NAME.search(d) for d in names) \
             or numbers & _OLI_ONLY_NUMBERS:
         return _OLI_NUMBERS, True
     if 7 in numbers and 6 not in numbers and max(numbers) == 7:
         return _TM_NUMBERS, False
     return _OLI_NUMBERS, False
-
-
-def _colour_named(description: str | None, numbers: Mapping[int, str]) -> str | None:
-    if not description:
-        return None
-    text = description.strip()
-    if text.lower() in _LETTERS:
-        return _LETTERS[text.lower()]
-    match = _BAND_NUMBER.match(text)
-    if match:
-        return numbers.get(int(match.group(1)))
-    words = set(re.findall(r"[a-z]+", text.lower()))
-    colours = [c for c in ("red", "green", "blue") if c in words]
-    return colours[0] if len(colours) == 1 and not words & _NOT_A_COLOUR else None
 
 
 def rgb_from_wavelengths(band_tags: Mapping[int, Mapping[str, str]]) -> tuple[int, int, int] | None:

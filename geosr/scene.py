@@ -32,6 +32,7 @@ from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
+from geosr.band_names import names_a_band
 from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
 from geosr.local_paths import absolute_input
 from geosr.remote import gdal_path, is_remote
@@ -83,8 +84,6 @@ def alpha_band_of(ds: rasterio.io.DatasetReader, warn: bool = False) -> int | No
     is alpha - unless its description names a band of imagery (``nir``, ``B8``, ``red``): GDAL
     labels the fourth band of every 4-band Byte GeoTIFF alpha unless told otherwise, an RGBN
     scene's NIR too, and that band was dropped from the output (``warn``: say it is read as data)."""
-    from geosr.band_roles import names_a_band  # band_roles reads scenes: imported here, not above
-
     for i, ci in enumerate(ds.colorinterp):
         if ci != ColorInterp.alpha:
             continue
