@@ -100,7 +100,10 @@ def _validate(path: Path, source: str | os.PathLike | None, workdir: Path) -> Va
             src = None
             if source is not None:
                 try:
-                    src = open_raster(_source_raster(os.fspath(source), workdir))
+                    # the source as a run reads it: its .aux.xml (a CRS, nodata QGIS saved there) counts;
+                    # PAM is off for the output only, whose metadata must live in the file
+                    with rasterio.Env(GDAL_PAM_ENABLED="YES"):
+                        src = open_raster(_source_raster(os.fspath(source), workdir))
                 except GDAL_ERRORS as exc:
                     res.errors.append(f"cannot open the source {source}: {gdal_cause(exc)}")
                 except InputError as exc:

@@ -435,6 +435,23 @@ def test_validate_source_without_georeferencing(tmp_path):
     assert res.ok, res.errors
 
 
+def test_validate_reads_the_source_as_a_run_does_with_its_aux_xml(tmp_path):
+    """Found by review: validate opened the source with PAM off, so a PNG whose CRS lives in its
+    .aux.xml (as QGIS saves it) was "CRS differs: source None", INVALID, for a correct output."""
+    from PIL import Image
+
+    Image.fromarray((texture(3, 40, 50).transpose(1, 2, 0) * 255).astype("uint8")).save(tmp_path / "photo.png")
+    (tmp_path / "photo.pgw").write_text("2\n0\n0\n-2\n500001\n4099999\n")
+    (tmp_path / "photo.png.aux.xml").write_text('<PAMDataset><SRS dataAxisToSRSAxisMapping="1,2">EPSG:32633</SRS>'
+                                                '</PAMDataset>')
+    res = invoke("upscale", tmp_path / "photo.png", tmp_path / "out.tif", *RUN)
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.crs.to_epsg() == 32633
+    res = validate_output(tmp_path / "out.tif", tmp_path / "photo.png")
+    assert res.ok, res.errors
+
+
 def test_validate_a_masked_output_with_an_empty_block(tmp_path):
     data = (texture(3, 600, 600) * 250 + 3).astype("uint8")
     valid = np.zeros((600, 600), bool)
