@@ -404,6 +404,10 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
     with ds:
         if not ds.count:  # a container (HDF, NetCDF, a product GDAL opens as subdatasets)
             listed = "".join(f"\n  {s}" for s in ds.subdatasets)
+            if ds.subdatasets and not all(is_subdataset(s) for s in ds.subdatasets):
+                # geosr takes Sentinel-2's subdataset names only (their files are known for --resume)
+                raise InputError(f"{paths[0]} holds no bands of its own; geosr reads files, not these subdatasets: "
+                                 f"copy one to a GeoTIFF first (gdal_translate SUBDATASET one.tif) and pass that:{listed}")
             raise InputError(f"{paths[0]} holds no bands of its own" + (
                 f"; name one of its subdatasets as INPUT:{listed}" if listed else ""))
         if ds.dtypes[0] not in SUPPORTED_DTYPES:

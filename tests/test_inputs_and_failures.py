@@ -374,6 +374,19 @@ def test_a_scene_in_a_local_crs_takes_an_aoi_error_and_writes_tiled_output(tmp_p
             assert doc["extent"]["spatial"]["bbox"] == [[-180.0, -90.0, 180.0, 90.0]]
 
 
+def test_a_container_of_other_subdatasets_says_how_to_take_one(tmp_path):
+    """Found by review: a GeoPackage of two rasters was refused telling the user to name one of its
+    subdatasets as INPUT, which was then refused as "does not exist" (geosr takes Sentinel-2's only)."""
+    path = tmp_path / "two.gpkg"
+    for table in ("t1", "t2"):
+        with rasterio.open(path, "w", driver="GPKG", width=32, height=32, count=3, dtype="uint8", crs="EPSG:32618",
+                           transform=NORTH_UP, RASTER_TABLE=table, APPEND_SUBDATASET="YES") as ds:
+            ds.write(np.full((3, 32, 32), 50, np.uint8))
+    with pytest.raises(InputError, match=r"(?s)copy one to a GeoTIFF first \(gdal_translate SUBDATASET one.tif\)"
+                                         r".*GPKG:.*two.gpkg:t1"):
+        upscale_scene([str(path)], tmp_path / "out.tif", cfg())
+
+
 def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
     src = uint8_scene(tmp_path / "in.tif", 64, 64)
     real = tasks.process_batch
