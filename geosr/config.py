@@ -224,6 +224,11 @@ class RunConfig:
         if kind is not None and self.lr_consistency != "off":
             raise InputError(f"--lr-consistency is a setting of the diffusion models (the shipped geosr-tiny-x4 "
                              f"and geosr-tiny-x2); {kind} {self.model} has none")
+        # the output's tags would record steps and guidance no network took
+        unused = [flag for flag, value in (("--steps", self.steps), ("--guidance", self.guidance)) if value is not None]
+        if kind is not None and unused:
+            raise InputError(f"{' and '.join(unused)} {'are settings' if len(unused) > 1 else 'is a setting'} of the "
+                             f"diffusion models; {kind} {self.model} has none")
         if not asked:
             return
         if kind is not None:

@@ -365,3 +365,15 @@ def test_lr_consistency_is_a_diffusion_setting():
         RunConfig(scale=2, lr_consistency="yes")
     assert RunConfig(scale=2, lr_consistency="clean").model_options()["lr_consistency"] == "clean"
     assert "lr_consistency" not in RunConfig(scale=2).model_options()
+
+
+def test_steps_and_guidance_are_diffusion_settings():
+    """Found by review: --steps 4 --guidance 3 with --model bicubic ran and tagged the output
+    GEOSR_STEPS=4, GEOSR_GUIDANCE=3.0: provenance of settings no network took."""
+    from geosr.config import RunConfig
+
+    for kw, said in ((dict(steps=4), "--steps is a setting"), (dict(guidance=3.0), "--guidance is a setting"),
+                     (dict(steps=4, guidance=3.0), "--steps and --guidance are settings")):
+        with pytest.raises(InputError, match=said):
+            RunConfig(scale=2, model="bicubic", **kw)
+    RunConfig(scale=2, model="bicubic")  # unset: fine
