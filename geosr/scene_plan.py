@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from geosr.aoi import load_aoi, window_polygon
-from geosr.band_roles import NUMBERING_ASSUMED, RGBAssumedWarning, RGBBands, find_rgb, parse_bands_to_model
+from geosr.band_roles import (NUMBERING_ASSUMED, RGBAssumedWarning, RGBBands, find_rgb, parse_bands_to_model,
+                              parse_rgb_bands)
 from geosr.config import RunConfig
 from geosr.errors import InputError
 from geosr.radiometry import Stretch, fit_stretch
@@ -126,13 +127,18 @@ def plan_bands(scene: Scene, requested: Sequence[int] | None, channels: int | No
         raise InputError(f"--bands lists a band twice: {','.join(map(str, bands))}")
     bands_to_model = parse_bands_to_model(bands_to_model)
     positions = tuple(range(len(bands)))
-    if channels is None:
-        return BandPlan(bands, (BandGroup(positions),), look=positions)
+    # checked for every model (a classical one takes all bands at once and reads neither): a typo is refused
     if isinstance(bands_to_model, tuple):
         missing = sorted(set(bands_to_model) - set(bands))
         if missing:
             raise InputError(f"--bands-to-model: band {missing[0]} is not among the bands written "
                              f"({','.join(map(str, bands))})")
+    if rgb_bands is not None and not set(parse_rgb_bands(rgb_bands)) <= set(bands):
+        raise InputError(f"--rgb-bands needs three different bands among {','.join(map(str, bands))} "
+                         f"(red, green, blue), got {','.join(map(str, parse_rgb_bands(rgb_bands)))}")
+    if channels is None:
+        return BandPlan(bands, (BandGroup(positions),), look=positions)
+    if isinstance(bands_to_model, tuple):
         modelled = tuple(p for p in positions if bands[p] in bands_to_model)
     else:
         modelled = positions

@@ -436,3 +436,13 @@ def test_evaluate_bands_scores_the_data_bands_of_an_rgba_scene(tmp_path):
     assert result.exit_code == 0, result.output
     scores = json.loads((tmp_path / "s.json").read_text())
     assert [b["band"] for b in scores["bands"]] == [1, 2, 3]
+
+
+def test_band_options_are_checked_for_classical_models_too(tmp_path):
+    """Found by review: --rgb-bands 1,2,9 and --bands-to-model 9 ran with --model bicubic (exit 0)."""
+    scene = scene_with(tmp_path, colorinterp=GRAY)
+    with pytest.raises(InputError, match="--rgb-bands needs three different bands among 1,2,3,4"):
+        plan_bands(scene, None, None, rgb_bands=(1, 2, 9))
+    with pytest.raises(InputError, match="--bands-to-model: band 9 is not among the bands written"):
+        plan_bands(scene, None, None, bands_to_model=(9,))
+    assert plan_bands(scene, None, None, rgb_bands=(3, 2, 1)).groups == (BandGroup((0, 1, 2, 3)),)
