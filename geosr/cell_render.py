@@ -74,9 +74,9 @@ class CellRenderer:
         from tiles whose results end with their error variance (:func:`geosr.tasks.upscale_batch`)."""
         bands = len(self.stretch.low)
         acc, in_core = self._blend(window, tiles, hrs, slice(bands, bands + 1))
-        lr_valid, _ = self._lr_valid(window)
+        lr_valid, band_nodata = self._lr_valid(window, per_band=True)
         valid = in_core if lr_valid is None else in_core & hr_validity(lr_valid, self.scale)
-        return error_pixels(acc[0], valid)
+        return error_pixels(acc[0], valid, band_nodata, self.scale)
 
     def _blend(self, window: Window, tiles: Sequence[Tile], hrs: Sequence[np.ndarray],
                channels: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +136,11 @@ def hr_validity(lr_valid: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(lr_valid, scale, axis=-2), scale, axis=-1)
 
 
-def error_pixels(variance: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """Blended error variance ``[h, w]`` -> the predicted RMSE, float32, NaN where ``valid`` is False.
+def error_pixels(variance: np.ndarray, valid: np.ndarray | None, lr_band_nodata: np.ndarray | None = None,
+                 scale: int = 1) -> np.ndarray:
+    """Blended error variance ``[h, w]`` -> the predicted RMSE, float32, NaN where ``valid`` is False
+    and where a band of the output is nodata (``lr_band_nodata``, ``[bands, h / scale, w / scale]``:
+    the error is the bands' mean, and that band has no value to err).
 
     NaN is the error map's nodata (:mod:`geosr.uncertainty_map`): no value there can be taken
     for a small error.
@@ -145,6 +148,8 @@ def error_pixels(variance: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     error = np.sqrt(np.maximum(variance, 0.0), dtype=np.float32)
     if valid is not None:
         error[~valid] = np.nan
+    if lr_band_nodata is not None:
+        error[hr_validity(lr_band_nodata.any(axis=0), scale)] = np.nan
     return error
 
 

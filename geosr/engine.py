@@ -615,7 +615,7 @@ class _CellWriter:
         values, valid = output_pixels(data[:bands], self.stretch, lr_valid, band_nodata, self.scale, self.scene.nodata)
         self._queue.append((window, values, valid))
         if self.errors is not None:
-            self._error_queue.append((window, error_pixels(data[bands], valid)[None], None))
+            self._error_queue.append((window, error_pixels(data[bands], valid, band_nodata, self.scale)[None], None))
 
     def flush(self) -> None:
         """Write the queued cells and record them in the journal."""

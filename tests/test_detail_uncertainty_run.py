@@ -153,6 +153,31 @@ def test_the_lazy_result_is_the_written_one_with_detail_and_its_map(models, scen
     np.testing.assert_array_equal(error.values, read(tmp_path / "err.tif")[0])
 
 
+def test_the_map_is_nan_where_a_band_of_the_output_is_nodata(models, tmp_path):
+    """Found by review: where one band alone held the nodata value (its output band nodata there),
+    the map was a finite error averaged over that band's prediction too; README: NaN wherever the
+    output is nodata. The file and the lazy map agree."""
+    _, heads = models
+    with rasterio.open(DATA / "RGB.byte.tif") as src:
+        window = Window(200, 200, 96, 64)
+        profile = dict(src.profile, width=96, height=64, transform=src.window_transform(window))
+        data = src.read(window=window)
+    data[2, 20:30, 40:50] = 0  # blue alone holds nodata 0 on a 10 x 10 block
+    path = tmp_path / "in.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    upscale(path, tmp_path / "out.tif", *RUN, "--model", heads, "--uncertainty", tmp_path / "err.tif")
+    error = read(tmp_path / "err.tif")[0]
+    with rasterio.open(tmp_path / "out.tif") as out:
+        band_missing = out.read_masks(3) == 0
+        whole_missing = out.dataset_mask() == 0
+    assert band_missing[40:60, 80:100].all() and not whole_missing[40:60, 80:100].any()
+    assert np.isnan(error[band_missing]).all() and np.isfinite(error[~band_missing & ~whole_missing]).all()
+    _, lazy = geosr.upscale(str(path), scale=2, model=heads, captioner="none", tile=32, overlap=16, dtype="fp32",
+                            device="cpu", uncertainty=True)
+    np.testing.assert_array_equal(lazy.values, error)
+
+
 def test_a_multispectral_map_averages_the_bands_through_the_model(models, tmp_path):
     _, heads = models
     with rasterio.open(DATA / "rgbn_suba.tif") as src:  # R, G, B, NIR
