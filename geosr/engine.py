@@ -214,7 +214,9 @@ def upscale_scene(
     finishing = StopsDeferred()  # from the output's commit on (see _upscale_in)
     try:
         # the lock first: a second run on this OUTPUT is refused at once, not after its model loads
-        with OutputLocks(target.lock_names), \
+        # the map files too: two runs of other outputs naming one --uncertainty / --route-map / report
+        companions = tuple(Path(p) for p in (uncertainty, route_map, performance_report) if p is not None)
+        with OutputLocks((*target.lock_names, *companions)), \
                 released_early(config.address, config.local_workers) as (client, release_cluster):
             # Models and captioners first: a bad spec fails before any tile is read.
             config = _batch_size_on(client, config)

@@ -711,3 +711,16 @@ def test_the_commit_makes_the_output_durable_before_and_after_its_renames(tmp_pa
         assert len(files) > 3
         unsynced = [f for f in files if not any(p.endswith(f"/{root.name}/{f}") for p in synced)]
         assert not unsynced, unsynced
+
+
+def test_a_companion_file_is_locked_as_the_output_is(tmp_path):
+    """Found by review: --uncertainty, --route-map and --performance-report files took no lock: two
+    runs of other outputs naming one map both exited 0, the later replacing the earlier's map."""
+    from geosr.errors import OutputLockedError
+
+    src = uint8_scene(tmp_path / "in.tif", 24, 24)
+    config = RunConfig(scale=2, model="bicubic", captioner="none")
+    with OutputLock(tmp_path / "report.html"), \
+            pytest.raises(OutputLockedError, match="report.html is being written by another geosr run"):
+        upscale_scene([src], tmp_path / "b.tif", config, performance_report=tmp_path / "report.html")
+    assert not (tmp_path / "b.tif").exists() and not (tmp_path / "report.html").exists()
