@@ -17,6 +17,7 @@ from rasterio.windows import Window
 
 from geosr.errors import InputError, read_errors_named
 from geosr.remote import is_remote
+from geosr.scene import alpha_mask_band
 
 __all__ = ["Stretch", "fit_stretch", "dtype_range", "refuse_far_values"]
 
@@ -152,6 +153,9 @@ def fit_stretch(
             step = max(1, int(np.sqrt(ds.width * ds.height / FIT_PIXELS)))
             shape = (max(1, ds.height // step), max(1, ds.width // step))
             data = ds.read(list(bands), out_shape=(len(bands),) + shape, masked=True)
+            alpha = alpha_mask_band(ds)
+            if alpha is not None:  # an alpha band GDAL does not use: its zeros are no data either
+                data.mask = np.ma.getmaskarray(data) | (ds.read(alpha, out_shape=shape) == 0)[None]
         samples = [_finite(data[b].compressed()) for b in range(len(bands))]
         sparse = [b for b in range(len(bands)) if samples[b].size < MIN_FIT_SAMPLES]
         # local only: a full read of an object store's pieces (a mosaic's VRT is local) skips their
@@ -253,6 +257,9 @@ def _all_valid_values(ds, bands: Sequence[int]) -> list[np.ndarray]:
         window = Window(0, top, ds.width, min(rows, ds.height - top))
         with read_errors_named(ds.name, window, what="a full-resolution read to fit the stretch"):
             strip = ds.read(list(bands), window=window, masked=True)
+            alpha = alpha_mask_band(ds)
+            if alpha is not None:
+                strip.mask = np.ma.getmaskarray(strip) | (ds.read(alpha, window=window) == 0)[None]
         for i in range(len(bands)):
             found[i].append(_finite(strip[i].compressed()))
     values = [np.concatenate(parts) for parts in found]

@@ -18,6 +18,7 @@ from rasterio.io import DatasetReader
 
 from geosr.errors import read_errors_named
 from geosr.radiometry import Stretch, refuse_far_values
+from geosr.scene import alpha_mask_band
 from geosr.tiling import Tile
 
 __all__ = ["dataset_valid", "read_tile", "read_valid", "read_band_nodata", "fill_invalid", "pad_reflect"]
@@ -33,6 +34,9 @@ def dataset_valid(ds: DatasetReader, window=None) -> np.ndarray:
     """
     if MaskFlags.per_dataset in ds.mask_flag_enums[0]:  # an internal or .msk mask, or alpha
         return ds.read_masks(1, window=window) > 0
+    alpha = alpha_mask_band(ds)
+    if alpha is not None:  # beside four bands or more: GDAL calls every pixel valid
+        return ds.read(alpha, window=window) > 0
     masks = [ds.read_masks(b, window=window) > 0 for b in range(1, ds.count + 1)]
     return np.logical_or.reduce(masks)
 

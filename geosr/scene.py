@@ -42,7 +42,7 @@ from geosr.writer import check_file_name
 __all__ = [
     "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite", "categorical_reason",
     "NotGeoreferencedInputWarning", "NonFiniteInputWarning", "AlphaNamedAsDataWarning", "alpha_band_of",
-    "data_bands_of",
+    "alpha_mask_band", "data_bands_of",
 ]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".img")
@@ -94,6 +94,21 @@ def alpha_band_of(ds: rasterio.io.DatasetReader, warn: bool = False) -> int | No
                           f"and named {ds.descriptions[i]!r}: read as data, not as a mask", AlphaNamedAsDataWarning,
                           stacklevel=3)
     return None
+
+
+def alpha_mask_band(ds: rasterio.io.DatasetReader) -> int | None:
+    """The alpha band whose zeros geosr masks itself, or None where GDAL's masks serve.
+
+    GDAL takes an alpha band for the dataset's mask beside one or three other bands only (grey +
+    alpha, RGBA); beside four or more - an RGBN scene warped with ``gdalwarp -dstalpha`` - it
+    calls every pixel valid, and the transparent collar's zeros were upscaled as data and entered
+    the stretch. A nodata value shadows the alpha, as GDAL reads it.
+    """
+    alpha = alpha_band_of(ds)
+    flags = ds.mask_flag_enums[0]
+    if alpha is None or ds.nodata is not None or MaskFlags.alpha in flags or MaskFlags.per_dataset in flags:
+        return None
+    return alpha
 
 
 def data_bands_of(ds: rasterio.io.DatasetReader) -> list[int]:

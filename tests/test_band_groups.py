@@ -446,3 +446,25 @@ def test_band_options_are_checked_for_classical_models_too(tmp_path):
     with pytest.raises(InputError, match="--bands-to-model: band 9 is not among the bands written"):
         plan_bands(scene, None, None, bands_to_model=(9,))
     assert plan_bands(scene, None, None, rgb_bands=(3, 2, 1)).groups == (BandGroup((0, 1, 2, 3)),)
+
+
+def test_an_alpha_band_beside_four_bands_masks_the_output(tmp_path):
+    """Found by review: GDAL takes an alpha band for the mask beside one or three bands only; an
+    RGBN scene warped with gdalwarp -dstalpha (5 bands) had its alpha dropped and its transparent
+    collar's zeros upscaled as data (output all valid) and fitted into the stretch."""
+    from geosr.radiometry import fit_stretch
+
+    data = (texture(5, 48, 64, seed=2) * 2000 + 500).astype("uint16")
+    data[4] = 65535
+    data[:, :, :16] = 0  # the collar, zeros in every band, alpha 0
+    path = write_raster(tmp_path / "warped.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green,
+                                                                    ColorInterp.blue, ColorInterp.undefined,
+                                                                    ColorInterp.alpha])
+    with rasterio.open(path) as ds:
+        assert ds.mask_flag_enums[0] == [rasterio.enums.MaskFlags.all_valid]  # GDAL's own view
+    assert min(fit_stretch(str(path), (1, 2, 3, 4), "uint16").low) >= 500  # the collar is not fitted
+    geosr.upscale_to_file(path, tmp_path / "out.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.count == 4
+        valid = out.dataset_mask() > 0
+    assert not valid[:, :32].any() and valid[:, 34:].all()
