@@ -66,9 +66,8 @@ def cog_creation_options(config: RunConfig) -> dict[str, str]:
 def band_meta(scene: Scene, plan: BandPlan) -> dict:
     pick = [b - 1 for b in plan.bands]
     ci = [scene.colorinterp[i] for i in pick]
-    # GTiff can only tag R,G,B as the first three bands; others become undefined/gray.
-    if len(ci) >= 3 and ci[:3] != [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
-        ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) else c for c in ci]
+    # kept where they are: GDAL's GTiff stores R, G, B on any bands (a PlanetScope stack's blue on
+    # band 2, red on 6; a B, G, R stack), and a rerun, QGIS and STAC read which bands they are
     if len(ci) < 3:
         ci = [ColorInterp.gray if c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha) else c for c in ci]
     ci = [ColorInterp.undefined if c == ColorInterp.alpha else c for c in ci]

@@ -468,3 +468,20 @@ def test_an_alpha_band_beside_four_bands_masks_the_output(tmp_path):
         assert out.count == 4
         valid = out.dataset_mask() > 0
     assert not valid[:, :32].any() and valid[:, 34:].all()
+
+
+@pytest.mark.parametrize("colorinterp", [
+    [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.nir],
+    [ColorInterp.undefined, ColorInterp.blue, ColorInterp.green, ColorInterp.red]])
+def test_colour_interpretation_is_kept_on_whichever_bands_it_is(tmp_path, colorinterp):
+    """Found by review: R, G, B not on bands 1-3 were written gray (GTiff was thought unable to store
+    them): the output lost which bands are red, green, blue, and a rerun on it assumed bands 1-3."""
+    data = (texture(4, 40, 48, seed=1) * 3000).astype("uint16")
+    path = write_raster(tmp_path / "in.tif", data, colorinterp=colorinterp)
+    geosr.upscale_to_file(path, tmp_path / "out.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert list(out.colorinterp) == colorinterp
+    again = plan_bands(open_scene([str(tmp_path / "out.tif")]), None, 3)
+    assert again.rgb.source == "colour interpretation"
+    assert again.rgb.bands == tuple(colorinterp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green,
+                                                                         ColorInterp.blue))
