@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -194,21 +195,37 @@ def checkpoint_to_resume(output_dir: str | Path, spec: str | None) -> Path | Non
     if spec != "latest":
         path = Path(spec)
         return path if path.is_absolute() or path.exists() else Path(output_dir) / spec
-    found = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    found = sorted(_checkpoints(Path(output_dir)), key=lambda p: int(p.name.split("-")[1]))
     return found[-1] if found else None
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None) -> Path:
-    """``accelerator.save_state`` to ``output_dir/checkpoint-{step}``, oldest beyond the limit removed."""
+    """``accelerator.save_state`` to ``output_dir/checkpoint-{step}``, then the oldest beyond the limit
+    removed - after the new one is whole: it is written to a hidden folder and renamed, so a run
+    stopped while saving keeps its last checkpoint (``checkpoint_to_resume`` never sees a partial one)."""
     output_dir = Path(output_dir)
-    if total_limit is not None and accelerator.is_main_process:
-        existing = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in existing[: max(len(existing) - total_limit + 1, 0)]:
-            shutil.rmtree(old)
     path = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
+    partial = output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)  # a save a stopped run left half-written
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        if path.exists():
+            shutil.rmtree(path)
+        partial.rename(path)
+        if total_limit is not None:
+            existing = sorted(_checkpoints(output_dir), key=lambda p: int(p.name.split("-")[1]))
+            for old in existing[: max(len(existing) - total_limit, 0)]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     logger.info("saved state to %s", path)
     return path
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The whole ``checkpoint-N`` folders of a run."""
+    return [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
 
 
 def start_run(args: argparse.Namespace) -> tuple[Accelerator, Path]:
@@ -307,10 +324,14 @@ def training_batches(accelerator: Accelerator, dataloader: torch.utils.data.Data
     """
     if global_step >= args.max_train_steps:
         return
-    updates_per_epoch = len(dataloader) // args.gradient_accumulation_steps
+    # accelerate steps the optimizer at an epoch's end whatever is accumulated: a short last group counts
+    updates_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     epoch, skip = divmod(global_step, updates_per_epoch)
     skip *= args.gradient_accumulation_steps
     while True:
-        dataloader.dataset.set_epoch(epoch)
-        yield from (accelerator.skip_first_batches(dataloader, skip) if skip else dataloader)
+        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        # on the loader, not its dataset: accelerate's loader sets the dataset's epoch to its own count
+        # of epochs when it is iterated, 0 in a new process - a resumed run drew epoch 0's crops again
+        loader.set_epoch(epoch)
+        yield from loader
         skip, epoch = 0, epoch + 1
