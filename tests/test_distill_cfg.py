@@ -353,3 +353,6 @@ def test_a_stage_cut_short_goes_on_from_its_committed_weights_where_it_stood(tmp
     args = distill_cfg.parse_args(again["continue"].split()[3:] + ["--output_dir", str(tmp_path / "third")])
     third = distill_cfg.main(args)
     assert export_state(third, tmp_path / "state", recipe=str(recipe), hours=0.1)["step"] == 14 + 4
+    # a finished run exported again is that stage, not another (review: 194 500 steps became 210 500)
+    repeat = export_state(third, tmp_path / "state", recipe=str(recipe), hours=0.0)
+    assert repeat["step"] == 14 + 4 and repeat["stage_start"] == 14

@@ -1,8 +1,8 @@
 """The committed state of the training campaign: the networks being trained, small enough for git.
 
 Training runs span sessions on machines that may be gone by the next one. What survives is
-``training_state/<run>/``: the run's averaged (EMA) networks as a GeoSRPipeline folder in
-float16 (a 3.9 M teacher is 8 MB), and ``STATE.json`` saying how far it got and how to go on.
+``training_state/<run>/``: the run's networks (a teacher's EMA average, a student's weights at
+its last checkpoint) as a GeoSRPipeline folder in float16 (a 3.9 M teacher is 8 MB), and ``STATE.json`` saying how far it got and how to go on.
 Optimizer state is not kept (it is 2x the weights in float32): a continued run rebuilds it,
 going on at the stage's saved step (``--start_step``) or, after a finished stage, with a short
 warm-up.
@@ -67,7 +67,7 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     previous = json.loads((dest / STATE).read_text()) if (dest / STATE).is_file() else {}
     history = previous.get("history", [])
     if stage_start is None:
-        stage_start = _stage_start(previous, recipe)
+        stage_start = _stage_start(previous, recipe, run_dir)
     step = None if stage_step is None else stage_start + stage_step
     pipeline = GeoSRPipeline.from_pretrained(str(source))
     # the trained networks in float16; the caption encoder stays float32: it is frozen, a shipped
@@ -82,11 +82,13 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     history.append({"date": time.strftime("%Y-%m-%d %H:%M"), "step": step, "hours": hours, "note": note})
     state = {
         "recipe": recipe,
+        "run": str(run_dir.resolve()),  # a later export of this run is the same stage, not a new one
         "step": step,
         "hours": round(sum(h["hours"] for h in history), 2),
         "stage_start": stage_start,
         "stage_step": stage_step,
-        "continue": _continue_command(recipe, dest, stage_step, 1000 + len(history)),
+        # a new stage's seed from the network's steps: a count of exports repeated across networks
+        "continue": _continue_command(recipe, dest, stage_step, 1000 + (step or 0) // 500 % 8000),
         "history": history,
     }
     (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
@@ -95,13 +97,16 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     return state
 
 
-def _stage_start(previous: dict, recipe: str) -> int:
+def _stage_start(previous: dict, recipe: str, run_dir: Path) -> int:
     """The steps the network had when the stage being exported began, from ``dest``'s previous
-    STATE.json: that stage's own start while it was unfinished (the same stage, gone on with
-    ``--start_step`` or ``--resume_from_checkpoint``); its end when it had finished (its
-    ``continue`` starts a new stage of the same recipe from 0); 0 for another recipe's state."""
+    STATE.json: that stage's own start when it was an export of this same run (exported again, or
+    gone on with ``--resume_from_checkpoint``) or unfinished (gone on with ``--start_step``); its
+    end when it had finished (its ``continue`` starts a new stage of the same recipe from 0); 0 for
+    another recipe's state."""
     if previous.get("recipe") != recipe:
         return 0
+    if previous.get("run") == str(run_dir.resolve()):  # a finished run exported twice counted twice
+        return previous.get("stage_start") or 0
     config = (yaml.safe_load(Path(recipe).read_text()) or {}) if Path(recipe).is_file() else {}
     total, done = config.get("max_train_steps"), previous.get("stage_step")
     if total is not None and done is not None and done >= int(total):
