@@ -59,6 +59,43 @@ def test_nodata_windows_are_rejected(tmp_path):
     assert any(lenient[i]["hr"].min() == 0 for i in range(len(lenient)))
 
 
+def test_a_saturated_band_is_no_nodata_where_every_band_rule_applies(tmp_path):
+    """Found by review: NEON plots declare 255 as nodata, so a pixel with one saturated band (207,
+    255, 194) was masked and any window holding one redrawn - at 224 px crops two thirds of the plots
+    were never drawn. ``masked_where="every_band"`` reads the mask as GDAL does."""
+    path = tmp_path / "plot.tif"
+    data = np.random.default_rng(0).integers(20, 200, (3, 64, 64)).astype(np.uint8)
+    data[1, ::8, ::8] = 255  # saturated green here and there, everywhere
+    data[:, :, :8] = 255  # and a true nodata strip: every band
+    profile = dict(driver="GTiff", width=64, height=64, count=3, dtype="uint8", nodata=255,
+                   crs="EPSG:32618", transform=from_origin(500000, 4000000, 1, 1))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    old = SRPairDataset(path, crop_size=32, scale=4, crops_per_image=4, protocol="clean", augment=False)
+    with pytest.raises(InputError, match="masked everywhere"):
+        old[0]
+    new = SRPairDataset(path, crop_size=32, scale=4, crops_per_image=4, protocol="clean", augment=False,
+                        masked_where="every_band")
+    crops = [new[i]["hr"] for i in range(len(new))]
+    assert all((c == 1).any() for c in crops)  # the saturated pixels are drawn
+    assert all(not (c == 1).all(dim=0).any() for c in crops)  # the nodata strip is not
+    with pytest.raises(InputError, match="masked_where"):
+        SRPairDataset(path, crop_size=32, scale=4, masked_where="some")
+
+
+def test_quantised_lrs_are_8_bit_levels_and_keep_the_random_streams(png_dir):
+    """Found by review: training LRs were never rounded to 8 bits, the tiles geosr upscales and
+    evaluate's LRs are; 4 of 40 clean LRs were captioned otherwise once rounded."""
+    plain = SRPairDataset(png_dir, crop_size=32, scale=4, crops_per_image=2, protocol="aniso", seed=5)
+    rounded = SRPairDataset(png_dir, crop_size=32, scale=4, crops_per_image=2, protocol="aniso", seed=5,
+                            quantise_lr=True, captions="none")
+    for i in range(len(plain)):
+        a, b = plain[i], rounded[i]
+        assert torch.equal(a["hr"], b["hr"])
+        torch.testing.assert_close(b["lr"] * 255, (b["lr"] * 255).round(), rtol=0, atol=1e-4)
+        assert (b["lr"] - a["lr"].clamp(0, 1)).abs().max() <= 0.5 / 255 + 1e-6
+
+
 def test_real_geotiff_fixture(data_dir):
     ds = SRPairDataset(data_dir / "neon_harv_plot.tif", crop_size=64, scale=4, crops_per_image=4)
     item = ds[3]

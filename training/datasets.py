@@ -27,7 +27,7 @@ from geosr.captioning import Captioner, load_captioner
 from geosr.errors import InputError
 from geosr.degradations import MIXED, PROTOCOLS, degrade, describe, mixture_weights
 
-__all__ = ["IMAGE_SUFFIXES", "SRPairDataset", "find_images"]
+__all__ = ["IMAGE_SUFFIXES", "MASK_RULES", "SRPairDataset", "find_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,10 @@ def _load_captions(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in captions.items()}
 
 
+#: ``masked_where`` rules of :class:`SRPairDataset`.
+MASK_RULES = ("any_band", "every_band")
+
+
 class SRPairDataset(Dataset):
     """Random HR crops with their synthetically degraded LR and a caption.
 
@@ -177,6 +181,14 @@ class SRPairDataset(Dataset):
         panchromatic - to an RGB model (:func:`geosr.tasks.upscale_batch`), which a model
         trained on colour crops alone has never seen. Drawn after the colour jitter, so the
         band carries its own gain and gamma.
+    masked_where : {"any_band", "every_band"}
+        Which pixels of a masked image count as no-data for ``max_nodata_fraction``: where any band
+        holds nodata (the first recipes' rule; a NEON plot declares 255, so one saturated band
+        rejected the window, and at 224 px crops two thirds of the plots were never drawn) or
+        where every band does (GDAL's dataset mask, as :func:`geosr.reading.dataset_valid`).
+    quantise_lr : bool
+        Round the LR to 8-bit levels (1/255), as the tiles geosr upscales and ``geosr evaluate``'s
+        LRs are; draws no random number, so a recipe's random streams stay.
     seed : int
         Base seed; see the module docstring.
     cache : bool
@@ -202,9 +214,14 @@ class SRPairDataset(Dataset):
         rescale_range: tuple[float, float] = (0.5, 1.0),
         color_jitter: float = 0.0,
         single_band_prob: float = 0.0,
+        masked_where: str = "any_band",
+        quantise_lr: bool = False,
         seed: int = 0,
         cache: bool = False,
     ) -> None:
+        if masked_where not in MASK_RULES:
+            raise InputError(f"masked_where {masked_where!r}: use one of {', '.join(MASK_RULES)}")
+        self.masked_where, self.quantise_lr = masked_where, bool(quantise_lr)
         if crop_size % scale:
             raise InputError(f"crop_size {crop_size} is not a multiple of scale {scale}")
         if protocol not in PROTOCOLS + (MIXED,):
@@ -286,6 +303,8 @@ class SRPairDataset(Dataset):
         lr, params = degrade(
             hr, self.scale, self.protocol, rng=rng, jpeg_prob=self.jpeg_prob, mix=self.mix
         )
+        if self.quantise_lr:
+            lr = np.round(np.clip(lr, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
         hr_t = torch.from_numpy(hr.transpose(2, 0, 1).copy())
         lr_t = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))
         return {"hr": hr_t, "lr": lr_t, "caption": self._caption(info, lr_t, describe(params))}
@@ -306,7 +325,8 @@ class SRPairDataset(Dataset):
                     size,
                 )
                 if info.masked:
-                    valid = src.read_masks(self.bands, window=window).min(axis=0) > 0
+                    masks = src.read_masks(self.bands, window=window)
+                    valid = (masks.max(axis=0) if self.masked_where == "every_band" else masks.min(axis=0)) > 0
                     if 1.0 - valid.mean() > self.max_nodata_fraction:
                         continue
                 return _to_unit(src.read(self.bands, window=window))

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from geosr.errors import InputError
-from geosr.training.datasets import SRPairDataset
+from geosr.training.datasets import MASK_RULES, SRPairDataset
 from geosr.degradations import mixture_weights
 
 __all__ = [
@@ -66,6 +66,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="Strength of random brightness/contrast/gain/gamma of the HR crop (0: off).")
     add("--single_band_prob", type=float, default=0.0,
         help="Share of crops that are one band copied into every channel, as geosr feeds NIR, SWIR, pan.")
+    add("--masked_where", choices=MASK_RULES, default="any_band",
+        help="A pixel of a masked image is no-data where any band holds nodata (the old rule: a NEON "
+             "plot's saturated band, 255 = its nodata, rejected the window) or where every band does "
+             "(GDAL's dataset mask, as geosr reads scenes).")
+    add("--max_nodata_fraction", type=float, default=0.0,
+        help="Windows of a masked image with a larger share of no-data pixels are drawn again.")
+    add("--quantise_lr", action=argparse.BooleanOptionalAction, default=False,
+        help="Round the LR to 8-bit levels, as the tiles geosr upscales are (and evaluate's LRs).")
     add("--bands", type=int, nargs="+", default=[1, 2, 3])
     add("--crops_per_image", type=int, default=1)
     add("--cache_images", action=argparse.BooleanOptionalAction, default=True)
@@ -170,6 +178,9 @@ def make_dataloader(args: argparse.Namespace) -> torch.utils.data.DataLoader:
         rescale_range=tuple(args.rescale_range),
         color_jitter=args.color_jitter,
         single_band_prob=args.single_band_prob,
+        masked_where=args.masked_where,
+        max_nodata_fraction=args.max_nodata_fraction,
+        quantise_lr=args.quantise_lr,
         seed=args.seed,
         cache=args.cache_images,
     )
