@@ -243,3 +243,28 @@ def test_a_bf16_run_saves_its_frozen_caption_encoder_unrounded(tmp_path, fresh_a
     for saved in (out, out / "ema"):
         encoder = GeoSRPipeline.from_pretrained(saved).text_encoder.state_dict()
         assert all(torch.equal(encoder[k], v) for k, v in loaded.items()), saved
+
+
+def test_a_bf16_run_on_a_frozen_base_trains_and_keeps_it_in_bf16(tmp_path, fresh_accelerator_state):
+    """Found by review: the README's SD 1.5 recipe (train_base false, bf16) failed at its first step
+    (a frozen base is not prepared, so not autocast: float32 inputs met bf16 weights); after its first
+    EMA save the frozen base stayed float32."""
+    import geosr.training.train_controlnet as module
+
+    config = write_yaml(tmp_path, dict(common_run_config(tmp_path), train_base=False, predict_residual=True,
+                                       base=TINY_BASE, mixed_precision="bf16", ema_decay=0.9, validation_images=[],
+                                       output_dir=str(tmp_path / "frozen")))
+    seen = []
+    real = module.diffusion_loss
+
+    def recording(unet, *args, **kwargs):
+        seen.append(next(unet.parameters()).dtype)
+        return real(unet, *args, **kwargs)
+
+    module.diffusion_loss = recording
+    try:
+        out = train_controlnet.main(train_controlnet.parse_args(["--config", str(config)]))
+    finally:
+        module.diffusion_loss = real
+    assert (out / "ema" / "STEP").is_file() and len(seen) == 4
+    assert set(seen) == {torch.bfloat16}  # after the EMA saves too

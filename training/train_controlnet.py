@@ -177,12 +177,15 @@ def diffusion_loss(
     down, mid = controlnet(
         noisy, timesteps, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False
     )
+    # a frozen base is not prepared (no autocast of its own) and holds the mixed-precision dtype: its
+    # inputs in that dtype, as diffusers' ControlNet training does (float32 ones met bf16 weights)
+    dtype = next(unet.parameters()).dtype
     pred = unet(
-        noisy,
+        noisy.to(dtype),
         timesteps,
-        encoder_hidden_states=text,
-        down_block_additional_residuals=down,
-        mid_block_additional_residual=mid,
+        encoder_hidden_states=text.to(dtype),
+        down_block_additional_residuals=[d.to(dtype) for d in down],
+        mid_block_additional_residual=mid.to(dtype),
         return_dict=False,
     )[0]
     if objective == "regression":
@@ -368,8 +371,11 @@ def main(args: argparse.Namespace) -> Path:
                     if text_state is not None:
                         pipeline.text_encoder.load_state_dict(text_state)
                     pipeline.save_pretrained(str(output_dir / "ema"))
-                    if text_encoder is not None:
-                        text_encoder.to(dtype=weight_dtype)
+                    # the frozen parts back to the mixed-precision dtype they train in (a later step, and a
+                    # resume, run them as the steps before did)
+                    for frozen in (vae, text_encoder) + (() if args.train_base else (unet,)):
+                        if frozen is not None:
+                            frozen.to(dtype=weight_dtype)
                 (output_dir / "ema" / "STEP").write_text(f"{global_step}\n")
         if pairs and args.validation_steps and global_step % args.validation_steps == 0:
             pipeline = _make_pipeline(accelerator, models, controlnet, unet, args)
