@@ -55,6 +55,11 @@ class UnmarkedHolesWarning(UserWarning):
     """The lazy result has holes (outside the AOI) that nothing marks: the scene has no nodata."""
 
 
+#: The temporary copies of the lazy results' sources, kept until the process exits (a few MB each:
+#: the LR input), not as long as a result's graph object: its tasks may run after it is dropped.
+_KEPT: list[SourceFiles] = []
+
+
 def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     """A lazy DataArray of ``files`` upscaled with ``config`` (nothing is computed yet).
 
@@ -125,6 +130,10 @@ def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[
                 tile_tasks[(tile_name, t.index)] = (functools.partial(_tile_of, position), (batch_name, k))
     dsk, error_dsk = dict(tile_tasks), dict(tile_tasks)
 
+    if files.tempdir is not None:
+        # copies (a DataArray's, a mosaic's VRT) outlive this graph object: hr.persist() or
+        # client.compute(hr) then del hr dropped it while the tasks read them (no such file)
+        _KEPT.append(files)
     renderer = _ChunkRenderer(
         files=files, source=scene.source, stretch=stretch, masked=scene.masked, nodata=scene.nodata, scale=s,
         overlap=grid.overlap, blend=config.blend, bands=tuple(plan.bands),

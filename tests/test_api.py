@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import dask
+import dask.array
 import numpy as np
 import pytest
 import rasterio
@@ -135,6 +136,24 @@ def test_accessor_on_an_in_memory_dataarray(scene):
     np.testing.assert_array_equal(hr.values, cli_pixels)
     one_band = da.isel(band=1, drop=True)  # (y, x)
     np.testing.assert_array_equal(one_band.geosr.upscale(**OPTIONS).values[0], cli_pixels[1])
+
+
+def test_a_lazy_result_computes_after_its_graph_object_is_dropped(scene):
+    """Found by review: on a distributed client, hr = hr.persist() (or client.compute(hr); del hr)
+    dropped the DataArray's temporary copy while the tasks, shipped as pickled copies, read it."""
+    import gc
+    import pickle
+
+    src, cli_pixels, _ = scene
+    da = rioxarray.open_rasterio(src).load()
+    da.encoding.pop("source", None)
+    hr = da.geosr.upscale(**OPTIONS)
+    data = hr.data
+    shipped = pickle.dumps((dict(data.__dask_graph__()), data.name, data.chunks, data.dtype))  # as a scheduler gets it
+    del hr, data
+    gc.collect()
+    graph, name, chunks, dtype = pickle.loads(shipped)
+    np.testing.assert_array_equal(dask.array.Array(graph, name, chunks, dtype).compute(scheduler="sync"), cli_pixels)
 
 
 def test_output_mode_from_a_rasterio_dataset_writes_the_cli_pixels(scene, tmp_path):
