@@ -206,6 +206,26 @@ def _error_array(errors: dask.array.Array, out: xr.DataArray, plan: BandPlan) ->
     return error.rio.write_nodata(NODATA, encoded=False)
 
 
+def _radiometric_attrs(scene, bands: tuple[int, ...]) -> dict:
+    """The bands' scales, offsets and units as rioxarray's ``open_rasterio`` gives them (one
+    ``scale_factor`` / ``add_offset`` where all bands share it, else per-band ``scales`` /
+    ``offsets``), which ``rio.to_raster`` writes back: the values are raster values, not decoded.
+    Without them a Sentinel-2 result's reflectance scale was lost, and a decoded input's came back
+    as raw numbers with nothing saying so."""
+    scales = tuple(float(scene.scales[b - 1]) for b in bands)
+    offsets = tuple(float(scene.offsets[b - 1]) for b in bands)
+    units = tuple(scene.units[b - 1] or "" for b in bands)
+    attrs: dict = {}
+    if any(v != 1.0 for v in scales) or any(v != 0.0 for v in offsets):
+        if len(set(scales)) == 1 and len(set(offsets)) == 1:
+            attrs.update(scale_factor=scales[0], add_offset=offsets[0])
+        else:
+            attrs.update(scales=scales, offsets=offsets)
+    if any(units):
+        attrs["units"] = units
+    return attrs
+
+
 def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int, tags: dict[str, str]) -> xr.DataArray:
     """Wrap ``data`` with rioxarray's georeferencing of the refined grid and ``tags`` as attributes."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
@@ -218,6 +238,7 @@ def _georeferenced(data: dask.array.Array, scene, bands: tuple[int, ...], s: int
         coords["y"] = transform.f + transform.e * (np.arange(height) + 0.5)
     descriptions = [scene.descriptions[b - 1] for b in bands]
     attrs = {"long_name": tuple(d or "" for d in descriptions)} if any(descriptions) else {}
+    attrs.update(_radiometric_attrs(scene, bands))
     attrs.update(tags)
     out = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=attrs, name="geosr")
     if scene.gcps:

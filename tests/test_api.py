@@ -294,3 +294,19 @@ def test_python_spelling_of_command_line_options(cli_text, python_text):
 def test_model_docstring_names_the_default_at_each_scale():
     doc = " ".join(geosr.upscale.__doc__.split())
     assert "``geosr-tiny-x4`` at x4 and ``geosr-tiny-x2`` at x2; bicubic at x3 and x8" in doc
+
+
+@pytest.mark.parametrize("scales, offsets", [((0.5, 0.5, 0.5), (1.0, 1.0, 1.0)), ((0.5, 0.25, 0.5), (1.0, 2.0, 1.0))])
+def test_the_lazy_result_carries_scales_offsets_and_units(tmp_path, scales, offsets):
+    """Found by review: the lazy DataArray dropped the bands' scales, offsets and units: exported
+    with rio.to_raster it wrote 1 and 0 where the COG keeps the sensor's scaling."""
+    data = (texture(3, 32, 40, seed=2) * 3000).astype("uint16")
+    path = write_raster(tmp_path / "in.tif", data)
+    with rasterio.open(path, "r+") as ds:
+        ds.scales, ds.offsets, ds.units = scales, offsets, ("W", "W", "W")
+    hr = geosr.upscale(str(path), scale=2, model="bicubic", captioner="none")
+    hr.rio.to_raster(tmp_path / "lazy.tif")
+    geosr.upscale_to_file(path, tmp_path / "file.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "lazy.tif") as lazy, rasterio.open(tmp_path / "file.tif") as written:
+        assert lazy.scales == written.scales == scales and lazy.offsets == written.offsets == offsets
+    assert hr.attrs["units"] == ("W", "W", "W")
