@@ -520,6 +520,13 @@ class ZarrWriter(BlockTaskWriter):
             attrs["units"] = [u or "" for u in meta["units"]]
         if meta.get("colorinterp"):
             attrs["colorinterp"] = [getattr(c, "name", str(c)) for c in meta["colorinterp"]]
+        # a palette band's colour table and each band's own tags (wavelengths, names), as the COG keeps
+        # them: "palette" alone named a table the store did not hold
+        if any(meta.get("colormaps") or ()):
+            attrs["colormaps"] = [None if not table else [[int(i), *map(int, rgba)] for i, rgba in sorted(table.items())]
+                                  for table in meta["colormaps"]]
+        if any(meta.get("tags") or ()):
+            attrs["band_tags"] = [_json_tags(t) for t in meta["tags"]]
         nodata = p.get("nodata")
         group.create_array(DATA, shape=(r.count, height, width), chunks=(r.count, ZARR_CHUNK, ZARR_CHUNK),
                            dtype=r.dtype, fill_value=nodata, compressors=compressor, attributes=attrs)
@@ -579,3 +586,8 @@ def _axis_attrs(crs, name: str) -> dict:
     units = crs.linear_units or "metre"
     return {"standard_name": "projection_x_coordinate" if name == "x" else "projection_y_coordinate",
             "units": "m" if units in ("metre", "meter") else units}
+
+
+def _json_tags(tags) -> dict:
+    """A band's tags (``{domain: {key: value}}`` or ``{key: value}``) as JSON-safe strings."""
+    return {str(k): (_json_tags(v) if isinstance(v, dict) else str(v)) for k, v in (tags or {}).items()}

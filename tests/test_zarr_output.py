@@ -422,3 +422,20 @@ def test_a_folder_that_cannot_be_listed_is_not_taken_as_checked(tmp_path, monkey
     monkeypatch.setattr(os, "scandir", no_permission)
     with pytest.raises(OutputError, match="band_data cannot be listed"):
         list(replaceable._entries(tmp_path / "store.zarr"))
+
+
+def test_a_palette_band_keeps_its_colour_table_and_band_tags_in_the_store(tmp_path):
+    """Found by review: the store said colorinterp "palette" but held no colour table, and dropped
+    each band's own tags (wavelength, name) the COG keeps."""
+    data = np.random.default_rng(0).integers(0, 4, (1, 40, 48)).astype(np.uint8)
+    src = write_raster(tmp_path / "classes.tif", data)
+    table = {0: (0, 0, 0, 255), 1: (255, 0, 0, 255), 2: (0, 255, 0, 255), 3: (0, 0, 255, 255)}
+    with rasterio.open(src, "r+") as ds:
+        ds.write_colormap(1, table)
+        ds.update_tags(1, WAVELENGTH="665", BANDNAME="B4")
+    upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg(model="nearest"))
+    attrs = open_store(tmp_path / "out.zarr")["band_data"].attrs
+    assert attrs["colorinterp"] == ["palette"]
+    (stored,) = attrs["colormaps"]
+    assert {i: tuple(rgba) for i, *rgba in stored if i < 4} == table
+    assert attrs["band_tags"][0][""]["WAVELENGTH"] == "665" and attrs["band_tags"][0][""]["BANDNAME"] == "B4"
