@@ -189,7 +189,8 @@ def upscale_scene(
     elif uncertainty is None and config.uncertainty:
         raise InputError("uncertainty needs the file to write the map to (--uncertainty FILE.tif)")
     if is_s3_output(output):  # a local stand-in, uploaded at the commit
-        target = s3_target(output, config.split, overwrite=config.overwrite, inputs=read, sidecars=(CAPTIONS_SUFFIX,))
+        target = s3_target(output, config.split, overwrite=config.overwrite, inputs=read, sidecars=(CAPTIONS_SUFFIX,),
+                           resume=config.resume)
     elif config.split is not None:
         target = TiledTarget(output, overwrite=config.overwrite, inputs=read)
     elif is_zarr_output(output):

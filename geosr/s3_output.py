@@ -44,6 +44,7 @@ __all__ = ["S3CogTarget", "S3TiledTarget", "S3Upload", "S3ZarrTarget", "is_s3_ou
 
 #: Files uploaded after everything else: the ones whose presence says the output is complete.
 _LAST = ("mosaic.vrt", "collection.json", ".zgroup", ".zmetadata")
+_LAST_ZARR = ".zmetadata"  # a store's consolidated metadata: uploaded last, there when it is whole
 _CONTENT_TYPES = {
     ".tif": "image/tiff; application=geotiff; profile=cloud-optimized",
     ".json": "application/json",
@@ -146,17 +147,27 @@ class S3Upload:
         keys = [self._key(p) for p in self._tops() if p not in self._trees]
         try:
             client.head_bucket(Bucket=self.bucket)  # a missing bucket's objects are "not found" too
+            zarr = isinstance(self, ZarrTarget)
             for tree in self._trees:
                 prefix = self._key(tree) + "/"
                 found = client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=2).get("Contents", [])
                 # the S3 console's "folder" object at the prefix (listed first) is no object of an output
                 if any(o["Key"][len(prefix):].strip("/") for o in found):
-                    if not self._replace:
+                    # --resume after a killed upload: geosr's objects without the mark that goes last
+                    # are that upload's, replaced by this one's (a finished output has the mark)
+                    killed = self._resume and not self._exists(client, prefix + (_LAST_ZARR if zarr else TILED_MARK))
+                    if not (self._replace or killed):
                         raise OutputExistsError(f"s3://{self.bucket}/{prefix} holds objects; "
                                                 "pass --overwrite to replace them")
                     self._check_replaceable(client, tree)
+            # --resume: a sidecar a killed upload left is taken over - unless the output is whole (its
+            # object that goes last is there: the COG, a prefix's Collection or consolidated metadata)
+            whole = (any(self._exists(client, f"{self._key(t)}/{_LAST_ZARR if zarr else TILED_MARK}") for t in self._trees)
+                     if self._trees else self._exists(client, self._key(self.output)))
             for key in sorted(keys):
                 if self._exists(client, key) and not self._replace:
+                    if self._resume and not whole and key != self._key(self.output):
+                        continue
                     raise OutputExistsError(f"s3://{self.bucket}/{key} exists; pass --overwrite to replace it")
         except OutputError:
             raise
@@ -310,34 +321,37 @@ class S3CogTarget(S3Upload, OutputTarget):
     """A single COG (and its sidecars) at ``s3://bucket/key.tif``."""
 
     def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = (),
-                 sidecars: Sequence[str] = ()) -> None:
+                 sidecars: Sequence[str] = (), resume: bool = False) -> None:
         # the stand-in is ours: what a failed upload left there is replaced, never refused
         OutputTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True, sidecars=sidecars)
-        self._trees, self._sidecars = [], [sidecar_path(self.output, s) for s in sidecars]
+        self._trees, self._sidecars, self._resume = [], [sidecar_path(self.output, s) for s in sidecars], resume
         self._check_objects()
 
 
 class S3TiledTarget(S3Upload, TiledTarget):
     """Tiled output under ``s3://bucket/prefix/`` (or beside ``s3://bucket/name.vrt``)."""
 
-    def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = (),
+                 resume: bool = False) -> None:
         TiledTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True, stand_in=True)
-        self._trees, self._sidecars = [self.data], []
+        self._trees, self._sidecars, self._resume = [self.data], [], resume
         self._check_objects()
 
 
 class S3ZarrTarget(S3Upload, ZarrTarget):
     """A Zarr store at ``s3://bucket/key.zarr`` (and its captions beside it)."""
 
-    def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    def __init__(self, output: str, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = (),
+                 resume: bool = False) -> None:
         ZarrTarget.__init__(self, self._stand_in(output, overwrite, inputs), overwrite=True, stand_in=True)
-        self._trees, self._sidecars = [self.output], []
+        self._trees, self._sidecars, self._resume = [self.output], [], resume
         self._check_objects()
 
 
 def s3_target(output: str | os.PathLike, split: int | None, overwrite: bool = False,
-              inputs: Sequence[str | os.PathLike] = (), sidecars: Sequence[str] = ()) -> S3Upload:
+              inputs: Sequence[str | os.PathLike] = (), sidecars: Sequence[str] = (), resume: bool = False) -> S3Upload:
     """The target of an OUTPUT in S3: tiled when ``split`` is set, Zarr for ``.zarr``, else a COG.
+    ``resume``: objects a killed upload left (all but the one that goes last) are this run's.
 
     Raises
     ------
@@ -348,7 +362,7 @@ def s3_target(output: str | os.PathLike, split: int | None, overwrite: bool = Fa
     """
     text = os.fspath(output)
     if split is not None:
-        return S3TiledTarget(text, overwrite, inputs)
+        return S3TiledTarget(text, overwrite, inputs, resume)
     if is_zarr_output(text):
-        return S3ZarrTarget(text, overwrite, inputs)
-    return S3CogTarget(text, overwrite, inputs, sidecars)
+        return S3ZarrTarget(text, overwrite, inputs, resume)
+    return S3CogTarget(text, overwrite, inputs, sidecars, resume)

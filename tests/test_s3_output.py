@@ -364,3 +364,31 @@ def test_deletes_the_bucket_refuses_are_never_passed_over(s3, tmp_path, work, mo
     s3.put_object(Bucket=BUCKET, Key="tiles/block_009_009.tif", Body=b"stale")
     res = invoke("upscale", src, f"s3://{BUCKET}/tiles/", *RUN, "--split", "512", "--overwrite")
     assert res.exit_code == 6 and "cannot delete 1 object(s)" in res.stderr and "AccessDenied" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("url, last", [("out.tif", ".tif"), ("out.zarr", ".zmetadata")])
+def test_a_killed_upload_s_objects_are_taken_over_by_the_resume(s3, tmp_path, work, monkeypatch, url, last):
+    """Found by review: SIGKILL during the upload (no cleanup runs) left the captions (or a store's
+    chunks), and --resume was refused: they exist. The object that goes last is not there: they are
+    that upload's, and the resume replaces them; a whole output is still refused."""
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    real = geosr.s3_output.S3Upload._upload
+
+    def killed_on_the_last(self, client, path):
+        if path.name.endswith(last):
+            raise StopRequested("SIGKILL")
+        return real(self, client, path)
+
+    real_delete = geosr.s3_output.S3Upload._delete
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", killed_on_the_last)
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_delete", lambda self, client, keys: None)  # killed: no cleanup
+    with pytest.raises((KeyboardInterrupt, RunStopped)):
+        upscale_scene([src], f"s3://{BUCKET}/{url}", cfg())
+    assert keys(s3)  # what the killed upload left
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_upload", real)
+    monkeypatch.setattr(geosr.s3_output.S3Upload, "_delete", real_delete)
+    res = resume_cli(src, f"s3://{BUCKET}/{url}")
+    assert res.exit_code == 0, res.stderr
+    # whole now: another resume (nothing stopped) or run is refused as before
+    again = resume_cli(src, f"s3://{BUCKET}/{url}")
+    assert again.exit_code == 4 and ("exists" in again.stderr or "holds objects" in again.stderr), again.stderr
