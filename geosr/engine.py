@@ -123,7 +123,7 @@ class RunReport:
     output_megapixels: float  # the whole output grid (an AOI run keeps it, masked outside the AOI)
     processed_megapixels: float  # output pixels this run computed: its tiles' cores, times scale**2
     peak_pending_bytes: int = 0
-    captions: Path | None = None
+    captions: Path | str | None = None  # an object's URL for an output in S3
     result_bytes: int = 0
     tiles_routed: int = 0  # tiles that went to the cheap path (geosr.routing)
     route_map: Path | None = None
@@ -457,7 +457,7 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
         output_megapixels=scene.width * scene.height * s * s / 1e6,
         processed_megapixels=sum(int(t.core.width * t.core.height) for t in todo) * s * s / 1e6,
         peak_pending_bytes=peak,
-        captions=captions_path,
+        captions=target.url_of(captions_path) if hasattr(target, "url_of") else captions_path,
         result_bytes=received,
         tiles_routed=sum(r.path != MODEL for r in routes.values()),
         route_map=Path(route_map).absolute() if route_map is not None else None,

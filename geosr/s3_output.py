@@ -125,6 +125,10 @@ class S3Upload:
     def _key(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
+    def url_of(self, path: Path) -> str:
+        """The object URL of a file at the stand-in (a run's report names objects, not local copies)."""
+        return f"s3://{self.bucket}/{self._key(path)}"
+
     def _tops(self) -> set[Path]:
         """The local target's files and folders at the stand-in (sidecars, VRT and captions included)."""
         extra = (getattr(self, "vrt", None), getattr(self, "captions", None))  # tiled and Zarr outputs have them

@@ -53,6 +53,11 @@ def leftovers(folder: Path) -> list[Path]:
 def test_a_cog_in_s3_is_the_local_cog(s3, tmp_path, work):
     src = uint8_scene(tmp_path / "in.tif", 96, 128)
     upscale_scene([src], tmp_path / "ref.tif", cfg())
+    # the report names the objects (its captions were a local copy deleted after the upload)
+    report = upscale_scene([src], f"s3://{BUCKET}/report/out.tif", cfg())
+    assert (report.output, report.captions) == (f"s3://{BUCKET}/report/out.tif",
+                                                f"s3://{BUCKET}/report/out.captions.geojson")
+    s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys(s3, "report/")]})
     res = invoke("upscale", src, f"s3://{BUCKET}/runs/out.tif", *RUN)
     assert res.exit_code == 0, res.stderr
     assert keys(s3) == ["runs/out.captions.geojson", "runs/out.tif"]
