@@ -154,6 +154,22 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tens
     return (values * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1)
 
 
+#: The smallest side the measurements take (their filters): smaller tiles are mirrored up to it.
+MIN_SIDE = 16
+
+
+def _mirrored_to(t: torch.Tensor, side: int) -> torch.Tensor:
+    """``[B, C, h, w]`` mirrored at its bottom and right edges until both sides reach ``side``
+    (a side of one pixel is repeated: it has nothing to mirror)."""
+    while min(t.shape[-2:]) < side:
+        h, w = t.shape[-2:]
+        grow_h, grow_w = max(side - h, 0), max(side - w, 0)
+        mode = "reflect" if min(h if grow_h else 2, w if grow_w else 2) > 1 else "replicate"
+        reach = (lambda n, g: min(g, n - 1)) if mode == "reflect" else (lambda n, g: g)
+        t = F.pad(t, (0, reach(w, grow_w), 0, reach(h, grow_h)), mode=mode)
+    return t
+
+
 def measure_tiles(x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Texture and noise (DN) of each model-input tile.
 
@@ -172,8 +188,14 @@ def measure_tiles(x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[n
     texture, noise : numpy.ndarray
         ``[B]`` float64 each; see the module docstring.
     """
-    if x.ndim != 4 or min(x.shape[-2:]) < 16:
-        raise InputError(f"routing needs [B, C, h, w] tiles of at least 16 px, got {tuple(x.shape)}")
+    if x.ndim != 4 or 0 in x.shape:
+        raise InputError(f"routing needs [B, C, h, w] tiles, got {tuple(x.shape)}")
+    if min(x.shape[-2:]) < MIN_SIDE:
+        # a small tile (a 1 x 50 px raster; --tile 10 --overlap 2) is measured on its mirror image up to
+        # the filters' size, not refused at the first tile of a run
+        x = _mirrored_to(x, MIN_SIDE)
+        if valid is not None:
+            valid = _mirrored_to(valid[:, None].float(), MIN_SIDE)[:, 0] > 0.5
     y = _luminance(x)
     # Immerkaer: sigma = sqrt(pi / 2) / (6 (W - 2)(H - 2)) * sum |y * N|
     noise = np.sqrt(np.pi / 2) / 6 * _masked_mean(F.conv2d(y, _IMMERKAER.view(1, 1, 3, 3)).abs(), valid)

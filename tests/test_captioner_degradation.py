@@ -105,7 +105,7 @@ def test_a_blur_that_rounds_to_zero_is_no_blur():
 def test_bad_images():
     cap = DegradationCaptioner()
     with pytest.raises(InputError):
-        cap.estimate(np.zeros((8, 8, 3), np.uint8))
+        cap.estimate(np.zeros((0, 8, 3), np.uint8))
     with pytest.raises(InputError):
         cap.estimate(np.zeros((32, 32, 3), np.int32))
 
@@ -155,3 +155,13 @@ def test_blurred_noise_free_crops_are_not_called_jpeg():
             assert params.jpeg_quality is None and params.noise_sigma == 0
             called += cap.estimate(lr).jpeg_quality is not None
     assert called <= 2
+
+
+@pytest.mark.parametrize("shape", [(1, 50), (14, 14), (3, 70)])
+def test_a_small_tile_is_measured_not_refused(shape):
+    """Found by review: tiles under 16 px (a 1 x 50 raster, --tile 10 --overlap 2) failed the run at
+    its first tile ("need ... at least 16 x 16 px") with the default captioner."""
+    rng = np.random.default_rng(0)
+    tile = np.clip(0.5 + 0.1 * rng.standard_normal((3, *shape)), 0, 1).astype(np.float32)
+    (caption,) = DegradationCaptioner().caption(torch.from_numpy(tile)[None])
+    assert parse_caption(caption) is not None  # a caption of the shared grammar

@@ -108,13 +108,22 @@ class DegradationEstimate:
         )
 
 
+#: The smallest side the measurements take (their patches and kernels): smaller images are mirrored up to it.
+MIN_SIDE = 16
+
+
 def _as_dn(image: np.ndarray) -> np.ndarray:
     """``H x W x C`` uint8 or float-in-[0, 1] -> float64 DN (0-255); 2-D is one band."""
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.ndim != 3 or min(arr.shape[:2]) < 16:
-        raise InputError(f"need an H x W x C image of at least 16 x 16 px, got {arr.shape}")
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise InputError(f"need an H x W x C image, got {arr.shape}")
+    if min(arr.shape[:2]) < MIN_SIDE:
+        # a small tile (a 1 x 50 px raster; --tile 10 --overlap 2) is measured on its mirror image up to
+        # the patches' size, not refused at the first tile of a run
+        pad = [((MIN_SIDE - n + 1) // 2, (MIN_SIDE - n) // 2) if n < MIN_SIDE else (0, 0) for n in arr.shape[:2]]
+        arr = np.pad(arr, pad + [(0, 0)], mode="symmetric")  # numpy repeats the mirror past the side
     if arr.dtype == np.uint8:
         return arr.astype(np.float64)
     if arr.dtype.kind != "f":
