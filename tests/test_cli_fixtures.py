@@ -83,3 +83,18 @@ def test_a_split_output_with_a_bad_blocksize_is_a_clear_error(tmp_path, data_dir
                                    "--co", "BLOCKSIZE=abc", "--model", "bicubic", "-q"])
     assert res.exit_code == 3 and "BLOCKSIZE takes an integer" in res.output, res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_info_and_caption_say_warnings_in_one_line_and_caption_q_is_quiet(tmp_path):
+    """Found by review: info and caption printed Python's "file:line: Category: message" and the
+    source line of a warning, and caption -q printed them too (-q: errors only)."""
+    from tests.rasters import uint8_scene
+
+    src = uint8_scene(tmp_path / "nogeo.tif", 40, 40, crs=None, transform=None)
+    res = CliRunner().invoke(cli, ["info", str(src)])
+    assert res.exit_code == 0 and "warning: " in res.stderr and ".py:" not in res.stderr, res.stderr
+    out = tmp_path / "c.geojson"
+    res = CliRunner().invoke(cli, ["caption", str(src), "--out", str(out), "-q"])
+    assert res.exit_code == 0 and res.stderr == "", res.stderr
+    res = CliRunner().invoke(cli, ["caption", str(src), "--out", str(out), "--overwrite"])
+    assert "warning: " in res.stderr and ".py:" not in res.stderr, res.stderr

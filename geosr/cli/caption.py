@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geosr.cli.options import (OneLineErrors, exit_codes_help, fail_cleanly, parse_bands, setup_logging,
+from geosr.cli.options import (OneLineErrors, exit_codes_help, fail_cleanly, parse_bands, remarks, setup_logging,
                                stop_on_signals, tile_options, verbosity)
 from geosr.config import DEFAULT_CAPTIONER
 
@@ -41,7 +41,8 @@ def caption(inputs, output, captioner, caption_every, tile, overlap, bands, rgb_
     setup_logging(verbose, quiet)
 
     def run():
-        with stop_on_signals():  # SIGTERM (QGIS's Cancel) and Ctrl-C end in one line, the work folder removed
+        # SIGTERM (QGIS's Cancel) and Ctrl-C end in one line, the work folder removed; -q: errors only
+        with remarks(quiet), stop_on_signals():
             return geosr.caption(
                 list(inputs), output, captioner=captioner, caption_every=caption_every, tile=tile, overlap=overlap,
                 bands=bands, rgb_bands=rgb_bands, aoi=aoi, overwrite=overwrite, address=address,

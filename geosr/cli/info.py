@@ -9,7 +9,7 @@ import warnings
 import click
 
 from geosr.band_roles import RGBAssumedWarning
-from geosr.cli.options import fail_cleanly, one_line, parse_bands, tile_options
+from geosr.cli.options import fail_cleanly, one_line, parse_bands, remarks, tile_options
 from geosr.config import TileSpec
 from geosr.scene import open_scene
 from geosr.scene_plan import band_tags, plan_bands
@@ -40,7 +40,8 @@ def info(inputs, tile, overlap, scale, rgb_bands, as_json):
     fail_cleanly(lambda: TileSpec(tile, overlap))  # the limits a run checks (a bad --tile was a traceback)
     with tempfile.TemporaryDirectory() as tmp:
         # metadata only: no read of every pixel for NaN (a run does that), no torch (the command starts fast)
-        scene = fail_cleanly(lambda: open_scene(inputs, workdir=tmp, check_pixels=False))
+        with remarks(quiet=False):  # "warning: ..." lines on stderr, not Python's file:line and source
+            scene = fail_cleanly(lambda: open_scene(inputs, workdir=tmp, check_pixels=False))
         # the plan of an RGB model (the shipped ones) with --bands-to-model all; its warning
         # that nothing says which bands are R, G, B is one of the facts shown
         with warnings.catch_warnings(record=True) as caught:

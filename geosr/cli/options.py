@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -111,6 +112,23 @@ def report_file(ctx: click.Context, param: click.Parameter, value):
     if not os.access(folder, os.W_OK):
         raise click.BadParameter(f"folder {str(folder)!r} is not writable", ctx, param)
     return value
+
+
+@contextlib.contextmanager
+def remarks(quiet: bool) -> Iterator[None]:
+    """Warnings as one ``warning: ...`` line each on stderr, none with ``-q`` (errors only): not
+    Python's ``file:line: Category: message`` and source line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if quiet else "always")
+        # not Python's unclosed-socket notes of a dask cluster collected mid-run (its own
+        # default hides them; "always" would print them as geosr's remarks)
+        warnings.filterwarnings("ignore", category=ResourceWarning)
+        warnings.showwarning = _show_warning
+        yield
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {one_line(message)}", err=True)
 
 
 def fail_cleanly(fn: Callable[[], object], catch_all: bool = False, verbose: int = 0) -> object:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 
 import click
 
 from geosr.cli.options import (
-    OneLineErrors, exit_codes_help, fail_cleanly, one_line, parse_bands, parse_creation_options, parse_model_metadata, setup_logging, stop_on_signals, tile_options,
+    OneLineErrors, exit_codes_help, fail_cleanly, parse_bands, parse_creation_options, parse_model_metadata, remarks,
+    setup_logging, stop_on_signals, tile_options,
     verbosity,
 )
 from geosr.config import DEFAULT_CAPTIONER
@@ -119,13 +119,7 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
     def run():
         for name in (*inputs, output, *([uncertainty] if uncertainty else [])):
             check_file_name(name)
-        with warnings.catch_warnings(), stop_on_signals():
-            # -q: errors only (one line each); warnings are remarks.
-            warnings.simplefilter("ignore" if quiet else "always")
-            # not Python's unclosed-socket notes of a dask cluster collected mid-run (its own
-            # default hides them; "always" would print them as geosr's remarks)
-            warnings.filterwarnings("ignore", category=ResourceWarning)
-            warnings.showwarning = _show_warning
+        with remarks(quiet), stop_on_signals():  # -q: errors only (one line each); warnings are remarks
             return geosr.upscale_to_file(
                 list(inputs), output, scale=int(scale), model=model, model_metadata=model_metadata, captioner=captioner, caption_every=caption_every,
                 tile=tile, overlap=overlap, bands=bands, bands_to_model=bands_to_model, rgb_bands=rgb_bands, aoi=aoi,
@@ -158,6 +152,3 @@ def _megapixels(report) -> str:
         return f"{report.output_megapixels:.1f} MP"
     return f"{report.processed_megapixels:.1f} MP computed of a {report.output_megapixels:.1f} MP output"
 
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {one_line(message)}", err=True)
