@@ -339,6 +339,13 @@ def test_a_stage_cut_short_goes_on_from_its_committed_weights_where_it_stood(tmp
     assert "--seed" not in command  # the recipe's seed: the data order goes on as it would have
     args = distill_cfg.parse_args(command[3:] + ["--output_dir", str(tmp_path / "next")])
     assert args.init_student == str(tmp_path / "state") and args.start_step == 2
+    # the recipe's own init weights (not the stage's committed state) are refused: trained from the
+    # middle of a schedule they never began (review)
+    with pytest.raises(ValueError, match="carry no STATE.json"):
+        distill_cfg.main(distill_cfg.parse_args(["--config", str(recipe), "--init_student", str(cut),
+                                                 "--start_step", "2", "--output_dir", str(tmp_path / "wrong")]))
+    with pytest.raises(ValueError, match="were saved at step 2 of"):
+        distill_cfg.main(distill_cfg.parse_args(command[3:-1] + ["1", "--output_dir", str(tmp_path / "wrong")]))
     out = distill_cfg.main(args)
     assert (out / "latest" / "STEP").read_text().strip() == "4"
     assert not list(out.glob("checkpoint-2"))  # it ran steps 3 and 4 only

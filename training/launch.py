@@ -8,6 +8,7 @@ mapping (``base``, ``student_unet``) exist only in YAML.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import shutil
@@ -287,12 +288,30 @@ def start_schedule_at(lr_scheduler, args: argparse.Namespace, weights: str | Non
     if not 0 < args.start_step < args.max_train_steps:
         raise ValueError(f"--start_step {args.start_step} is not inside the stage's {args.max_train_steps} steps "
                          "(a finished stage goes on as a new one, without --start_step)")
+    if Path(weights).is_dir():
+        _check_stage_state(Path(weights), args)
     with warnings.catch_warnings():
         # no optimizer step has run yet: the schedule is moved, not trained
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
         for _ in range(args.start_step * steps_per_update):
             lr_scheduler.step()
     logger.info("continuing the stage at step %d, learning rate %.3g", args.start_step, lr_scheduler.get_last_lr()[0])
+
+
+def _check_stage_state(weights: Path, args: argparse.Namespace) -> None:
+    """Refuse ``--start_step`` from weights that are not the stage's committed state at that step:
+    the recipe's own ``init_student`` (the stage's start, or the stage before's end) would be trained
+    on from the middle of a schedule it never began, silently."""
+    state_file = weights / "STATE.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    recipe = getattr(args, "config", None)
+    same_recipe = recipe is None or Path(state.get("recipe", "")).name == Path(recipe).name
+    if state.get("stage_step") != args.start_step or not same_recipe:
+        said = (f"were saved at step {state.get('stage_step')} of {state.get('recipe')}" if state
+                else "carry no STATE.json (not a stage's committed state)")
+        raise ValueError(f"--start_step {args.start_step} goes on with a stage cut short from its committed state, and "
+                         f"{weights} {said}: pass the state folder whose STATE.json says this stage and step "
+                         "(its 'continue' command)")
 
 
 def resume_run(accelerator: Accelerator, args: argparse.Namespace, output_dir: Path) -> int:
