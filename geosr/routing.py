@@ -31,6 +31,7 @@ val); README "Texture-aware routing" gives the command and the figures.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -77,8 +78,12 @@ class TileRoute:
     noise: float
 
     def properties(self) -> dict:
-        """The route as the captions sidecar and ``geosr evaluate`` record it."""
-        return {"route": self.path, "texture": self.texture, "noise": self.noise}
+        """The route as the captions sidecar and ``geosr evaluate`` record it (an unmeasured value: null)."""
+        return {"route": self.path, "texture": _number(self.texture), "noise": _number(self.noise)}
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def cheap_path(scale: int) -> str:
@@ -151,7 +156,10 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tens
     k = 2 * radius + 1  # separable: two 1-D max filters cost a fraction of one k x k
     supported = F.max_pool2d(F.max_pool2d(invalid, (1, k), stride=1), (k, 1), stride=1) == 0  # [B, 1, h', w']
     w = supported.to(values.dtype)
-    return (values * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1)
+    count = w.sum(dim=(1, 2, 3))
+    # no pixel with a whole valid support (a core narrower than the filter, a thin or speckled valid
+    # area): nothing measured, NaN - read as 0, such a textured tile took the cheap path
+    return torch.where(count > 0, (values * w).sum(dim=(1, 2, 3)) / count.clamp_min(1), torch.nan)
 
 
 #: The smallest side the measurements take (their filters): smaller tiles are mirrored up to it.
@@ -181,7 +189,7 @@ def measure_tiles(x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[n
         ``[B, h, w]`` bool: only pixels whose filters see valid pixels alone are measured
         (filled no-data is flat and would dilute the texture of a tile's valid part; a
         neighbour's texture must not keep a flat core on the model). A tile without any
-        such pixel is 0, 0.
+        such pixel is NaN, NaN: not measured, it stays on the model.
 
     Returns
     -------

@@ -12,7 +12,6 @@ whole (:func:`shippable_errors`). Nothing here knows about runs, journals or out
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
@@ -437,18 +436,16 @@ def run_model(config: RunConfig) -> Upscaler:
 
 
 def plan_step(model: Upscaler, config: RunConfig) -> int:
-    """The grid step of a run's tile plan (:class:`geosr.tiling.TileGrid`): every network that
-    may upscale a tile sees it on the phase of its grid that it sees in an untiled run.
+    """The grid step of a run's tile plan (:class:`geosr.tiling.TileGrid`): the model sees every
+    tile on the phase of its grid that it sees in an untiled run.
 
-    A model's ``grid_step`` (LR px: users' networks their ``tile_multiple``; 1 where it has none: classical models);
-    when the run routes tiles, the least common multiple with its cheap path's (geosr-tiny-fast-x2
-    runs on LR/2: 2), loaded as the routed tiles will load it (cached per process).
+    The model's ``grid_step`` (LR px: users' networks their ``tile_multiple``; 1 where it has none:
+    classical models). Not the cheap path's: routing must change the routed tiles only - planned on
+    geosr-tiny-fast-x2's step (2) too, an x2 run with routing on moved every core and wrote other
+    pixels than ``--route off`` with no tile routed. The cheap path pads a tile to its own multiple
+    (:class:`~geosr.models.diffusion.DiffusionUpscaler`): on flat tiles its phase is of no account.
     """
-    step = int(getattr(model, "grid_step", 1))
-    if config.routed_threshold is not None:
-        cheap = cheap_path_model(config.route_to, config.scale, config.model_options())
-        step = math.lcm(step, int(getattr(cheap, "grid_step", 1)))
-    return step
+    return int(getattr(model, "grid_step", 1))
 
 
 @shippable_errors

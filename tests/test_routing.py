@@ -271,3 +271,20 @@ def test_a_run_with_tiles_under_16_px_goes_through(tmp_path):
     result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2", "--tile", "10",
                                       "--overlap", "2", "--model", "bicubic", "-q"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_tile_with_nothing_measurable_stays_on_the_model():
+    """Found by review: a tile without a pixel whose filter support is all valid (a thin valid strip,
+    speckled no-data, a core narrower than the filter) read texture 0.0 and took the cheap path,
+    however textured; it is not measured (NaN, null in the sidecar) and stays on the model."""
+    from geosr.routing import MODEL, measure_tiles, route_tiles
+
+    busy = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    strip = torch.zeros(1, 64, 64, dtype=torch.bool)
+    strip[:, :, 20:27] = True  # 7 px of valid pixels
+    texture, noise = measure_tiles(busy, strip)
+    assert np.isnan(texture).all()
+    (route,) = route_tiles(busy, threshold=1e9, valid=strip)
+    assert route.path == MODEL and route.properties()["texture"] is None
+    speckled = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(1)) > 0.12
+    assert route_tiles(busy, threshold=1e9, valid=speckled)[0].path == MODEL
