@@ -171,7 +171,7 @@ def fit_stretch(
             lo, hi = 0.0, 1.0
         else:
             lo, hi = (float(v) for v in np.percentile(valid, percentiles))
-            _check_no_fill_value(source, bands[b], valid, lo, hi)
+            _check_no_fill_value(source, bands[b], valid)
         if not hi > lo:  # constant band: any positive span round-trips it exactly
             hi = lo + 1.0
         lows.append(lo)
@@ -179,24 +179,34 @@ def fit_stretch(
     return Stretch(tuple(lows), tuple(highs), dtype)
 
 
-def _check_no_fill_value(source: str, band: int, valid: np.ndarray, lo: float, hi: float) -> None:
-    """Refuse a band whose stretch ``lo..hi`` spans :data:`FILL_SPAN_RATIO` times the range of
-    its middle half (an undeclared fill value, on up to a quarter of the pixels): every output
-    pixel would come out wrong. Real values, skewed or heavy-tailed, span tens to hundreds of it.
+def _check_no_fill_value(source: str, band: int, valid: np.ndarray) -> None:
+    """Refuse a band holding a fill value that is not declared as no-data: its minimum or maximum,
+    on at least 0.1 % of the pixels (fewer are refused by the tile that reads them,
+    :func:`refuse_far_values`), lying :data:`FILL_SPAN_RATIO` times the range of the middle half
+    of the other values away from it. Squeezed into the stretch every real value comes out one value;
+    on over a quarter of the pixels the fill is the middle half's own end, and was missed (a DEM tile
+    that is a third fill came out all 0.0, exit 0). Real values, skewed or heavy-tailed, lie tens to
+    hundreds of that range away.
 
     Raises
     ------
     InputError
         Naming the band, the extreme value and how to declare it.
     """
-    q1, q3 = (float(v) for v in np.percentile(valid, (25, 75)))
-    if q3 > q1 and hi - lo > FILL_SPAN_RATIO * (q3 - q1):
-        # the value itself (the percentile of a band holding it on more than 0.1 % of its pixels)
-        fill = valid.min() if q1 - lo > hi - q3 else valid.max()
-        raise InputError(
-            f"{source}: band {band} holds {_exact(fill)} beside values whose middle half lies within {q1:g}..{q3:g}: "
-            f"a fill value not declared as no-data? Declare it (gdal_edit.py -a_nodata {_exact(fill)} FILE, or a .vrt "
-            "with <NoDataValue>) or mask it, and run again")
+    if valid.size == 0:
+        return
+    for fill in dict.fromkeys((valid.min(), valid.max())):
+        at_fill = valid == fill
+        if at_fill.mean() < 0.001 or at_fill.all():
+            continue
+        rest = valid[~at_fill]
+        q1, q3 = (float(v) for v in np.percentile(rest, (25, 75)))
+        reach = FILL_SPAN_RATIO * (q3 - q1)
+        if q3 > q1 and not q1 - reach <= float(fill) <= q3 + reach:
+            raise InputError(
+                f"{source}: band {band} holds {_exact(fill)} on {100 * at_fill.mean():.1f} % of its pixels, beside "
+                f"values whose middle half lies within {q1:g}..{q3:g}: a fill value not declared as no-data? Declare "
+                f"it (gdal_edit.py -a_nodata {_exact(fill)} FILE, or a .vrt with <NoDataValue>) or mask it, and run again")
 
 
 def _exact(value: np.generic) -> str:

@@ -238,18 +238,19 @@ def test_nan_in_a_band_not_written_masks_nothing(tmp_path):
         assert (out.dataset_mask() > 0).all() and np.isfinite(hr).all()
 
 
+@pytest.mark.parametrize("share", [8 / 64, 40 / 64])  # a corner; a third of the DEM (review: all 0.0, exit 0)
 @pytest.mark.parametrize("dtype, fill", [("float32", -3.4028235e38), ("int32", -2147483648)])
-def test_an_undeclared_fill_value_is_refused_not_squeezed_into_the_stretch(tmp_path, dtype, fill):
+def test_an_undeclared_fill_value_is_refused_not_squeezed_into_the_stretch(tmp_path, dtype, fill, share):
     """Found by review: a DEM's -3.4e38 fill, not declared as no-data, on more than 0.1 % of the
     pixels became the stretch's low end; every real elevation came out 0.0 (exit 0)."""
     data = (texture(1, 64, 80, seed=4) * 4000).astype(dtype)
-    data[:, :8, :8] = fill  # a rotated footprint's corner
+    data[:, :round(64 * share), :8 if share < 0.5 else 80] = fill  # a rotated footprint's corner, a tile's edge
     src = write_raster(tmp_path / "dem.tif", data)
     result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.tif"), "--scale", "2",
                                       "--model", "bicubic", "--captioner", "none", "-q"])
     assert result.exit_code == 3, result.output
     said = str(int(fill)) if dtype == "int32" else repr(float(np.float32(fill)))  # every digit (review)
-    assert f"band 1 holds {said} beside" in result.output and f"gdal_edit.py -a_nodata {said} FILE" in result.output
+    assert f"band 1 holds {said} on " in result.output and f"gdal_edit.py -a_nodata {said} FILE" in result.output
     assert not (tmp_path / "out.tif").exists()
     with rasterio.open(src, "r+") as ds:  # declared as the message says: the run goes through, the DEM kept
         ds.nodata = float(said)
