@@ -120,7 +120,7 @@ class StopRequested(KeyboardInterrupt):
 EXIT_CODES: dict[int, str] = {
     0: "done",
     1: "unexpected error (a bug: rerun with -v for the traceback)",
-    2: "usage error (unknown option, bad option syntax, a value outside its choices or range)",
+    2: "usage error (unknown option, bad option syntax, a value outside the choices or range --help lists)",
     InputError.exit_code: "bad input or option (unreadable or corrupt raster, dtype, AOI, --co, model)",
     OutputError.exit_code: "OUTPUT not writable there (exists, its captions exist, folder, OUTPUT is an input, "
                            "--overwrite on a folder geosr did not write)",

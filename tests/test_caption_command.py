@@ -97,3 +97,11 @@ def test_caption_never_replaces_a_file_the_run_reads(tmp_path, data_dir):
     res = CliRunner().invoke(cli, ["caption", str(tmp_path / "mosaic.vrt"), "--out", str(piece), "--overwrite", "-q"])
     assert res.exit_code == 4, res.output  # an output error
     assert "piece.tif is also an input" in res.output and piece.read_bytes() == before
+
+
+def test_caption_help_lists_its_own_exit_statuses():
+    """Found by review: caption's --help showed upscale's table (exit 7, "rerun with --resume"),
+    while caption has no --resume and its stops keep nothing."""
+    text = CliRunner().invoke(cli, ["caption", "--help"]).output
+    assert "--resume" not in text.split("Exit status:")[1] and "\n    7  " not in text
+    assert "8  stopped (SIGTERM/SIGINT, lost worker): nothing written" in text

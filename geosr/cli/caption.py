@@ -10,7 +10,7 @@ from geosr.config import DEFAULT_CAPTIONER
 
 
 @click.command(cls=OneLineErrors, context_settings={"max_content_width": 100},
-               epilog="\b\nExit status:\n" + exit_codes_help())
+               epilog="\b\nExit status:\n" + exit_codes_help(resumable=False))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", "output", required=True, type=click.Path(dir_okay=False), help="GeoJSON to write (tile footprints + captions).")
 @click.option("--captioner", default=DEFAULT_CAPTIONER, show_default=True, help="auto (degradation, and the shipped VLM for tiles read as JPEG-compressed), degradation, mllm:geosr-caption-tiny (shipped VLM), mllm:DIR-OR-HUB-ID, fixed:TEXT or none.")

@@ -16,7 +16,7 @@ import click
 from geosr import stop_requests
 from geosr.api import command_line_wording
 from geosr.config import DEFAULT_OVERLAP, DEFAULT_TILE
-from geosr.errors import EXIT_CODES, GeosrError, RunStopped, StopRequested
+from geosr.errors import EXIT_CODES, GeosrError, ResumeError, RunStopped, StopRequested, WorkerMismatchError
 
 
 def parse_bands(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
@@ -158,9 +158,17 @@ def _exit(message: str, code: int) -> click.ClickException:
     return err
 
 
-def exit_codes_help() -> str:
-    """The exit status table, for a command's --help."""
-    return "\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
+def exit_codes_help(resumable: bool = True) -> str:
+    """The exit status table, for a command's --help; a command that keeps no work (``geosr
+    caption``) has no --resume: no exit 7, and its stops keep nothing."""
+    if resumable:
+        codes = EXIT_CODES
+    else:
+        codes = {code: text for code, text in EXIT_CODES.items() if code != ResumeError.exit_code}
+        codes[RunStopped.exit_code] = "stopped (SIGTERM/SIGINT, lost worker): nothing written"
+        codes[WorkerMismatchError.exit_code] = ("a worker runs other geosr code, device or precision, or other model "
+                                                "or captioner files, than the run: nothing written")
+    return "\n".join(f"  {code}  {text}" for code, text in sorted(codes.items()))
 
 
 @contextlib.contextmanager

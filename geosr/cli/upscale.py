@@ -94,7 +94,10 @@ def upscale(inputs, output, scale, model, model_metadata, captioner, caption_eve
     another resolution (SENTINEL2_L2A:S2..SAFE/MTD_MSIL2A.xml:20m:EPSG_32633; geosr info
     PRODUCT lists them). The output grid is the input grid refined SCALE times (same
     CRS and bounds); nodata and masks are carried over, and tile footprints with their
-    captions go to OUTPUT's name with .captions.geojson. A failed run leaves no OUTPUT.
+    captions go to OUTPUT's name with .captions.geojson (a folder OUTPUT: captions.geojson
+    inside it). OUTPUT is a COG, a folder of block COGs with a VRT (--split, or a name ending
+    in / or .vrt), a Zarr store (.zarr), or any of them in S3 (s3://bucket/key). A failed
+    run leaves no OUTPUT.
 
     One run per OUTPUT: a second run is refused while the first holds OUTPUT's lock. A run
     that stops (SIGTERM, SIGINT, SIGKILL, a full disk, lost workers) keeps its finished
