@@ -191,3 +191,15 @@ def test_tokenizer_keeps_caption_numbers_whole_and_decodes_exactly():
     assert "Ġ2.4" in tokens and "Ġ135" in tokens and len(tokens) == 18
     for caption in captions[:50] + ["unseen words, even ü and 12.345!"]:
         assert tokenizer.decode(tokenizer(caption).input_ids) == caption
+
+
+def test_a_tile_smaller_than_the_crop_is_shown_mirrored_not_in_a_black_frame(shipped):
+    """Found by review: the shipped processor centre-crops 64 px without resizing, and padded a
+    smaller tile with black: the model described the frame (a 24 px tile read "anisotropic ...
+    jpeg quality 90", a flat grey 12 px one "jpeg quality 40")."""
+    flat = torch.full((1, 3, 12, 24), 0.5)
+    (image,) = shipped._to_images(flat)
+    assert image.size == (64, 64)
+    pixels = shipped.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    spread = pixels.amax(dim=(0, 2, 3)) - pixels.amin(dim=(0, 2, 3))  # per channel
+    assert float(spread.max()) < 1e-6  # grey throughout: no black frame

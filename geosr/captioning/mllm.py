@@ -179,13 +179,33 @@ class MLLMCaptioner:
         )
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    @staticmethod
-    def _to_images(tiles: torch.Tensor) -> list[Image.Image]:
+    def _to_images(self, tiles: torch.Tensor) -> list[Image.Image]:
         x = tiles.detach().to("cpu", torch.float32).clamp(0, 1)
         # RGB from the first three bands; a single band is shown as grey
         x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
         arr = (x.numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8)
+        side = self._crop_side()
+        if side and min(arr.shape[1:3]) < side:
+            # a processor that centre-crops without resizing pads a smaller image with black: the
+            # model described a black frame (a 24 px tile read "anisotropic, jpeg 90"); it sees the
+            # tile mirrored up to the crop instead
+            pad = [(0, 0)] + [((side - n + 1) // 2, (side - n) // 2) if n < side else (0, 0) for n in arr.shape[1:3]]
+            arr = np.pad(arr, pad + [(0, 0)], mode="symmetric")
         return [Image.fromarray(a) for a in arr]
+
+    def _crop_side(self) -> int:
+        """The side a centre-cropping, non-resizing image processor crops to (0: it resizes, or
+        does not crop)."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is None or not getattr(image_processor, "do_center_crop", False) \
+                or getattr(image_processor, "do_resize", True):
+            return 0
+        crop = getattr(image_processor, "crop_size", None)
+        if isinstance(crop, (int, float)):
+            return int(crop)
+        # a dict, or transformers' SizeDict
+        sides = [crop.get(k) if isinstance(crop, dict) else getattr(crop, k, None) for k in ("height", "width")]
+        return int(max((v for v in sides if v), default=0))
 
     @torch.inference_mode()
     def caption(self, tiles: torch.Tensor) -> list[str]:
