@@ -86,6 +86,23 @@ def test_cancel_stops_the_executable_with_sigterm(tmp_path):
     assert "stopped by SIGTERM" in feedback.lines
 
 
+def test_a_cancel_during_the_commit_that_geosr_finishes_is_no_failure(tmp_path):
+    """Found by review: Cancel during the output's commit (geosr defers the stop and exits 0 with the
+    output written) raised "geosr stopped and wrote nothing", and the layer was not loaded."""
+    exe = _fake_geosr(tmp_path, """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *a: None)  # the commit defers the stop
+        sys.stderr.write("\\rupscale: 100%| | 10/10 [00:01<00:00]")
+        sys.stderr.flush()
+        time.sleep(1)
+        sys.stderr.write("\\nwrote out.tif\\n")
+        sys.exit(0)
+    """)
+    feedback = Feedback(cancel_at=100)
+    run_geosr(exe, [], feedback)
+    assert "wrote out.tif" in feedback.lines
+
+
 def test_a_missing_executable_says_where_to_set_it(tmp_path, monkeypatch):
     monkeypatch.delenv("GEOSR_EXECUTABLE", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))

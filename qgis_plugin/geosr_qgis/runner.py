@@ -105,8 +105,10 @@ def run_geosr(executable: str, args: list[str], feedback) -> None:
         log.append(pending)
     code = proc.wait()
     proc.stdout.close()
-    if canceled:
+    if canceled and code != 0:
         raise GeosrCanceled("canceled: geosr stopped and wrote nothing at the output")
+    # canceled while the output was being committed: geosr finishes the commit (exit 0), and the
+    # output is whole - loaded, not reported as "wrote nothing"
     if code != 0:
         errors = [line for line in log if line.startswith("Error:")]
         raise GeosrFailed(errors[-1] if errors else (log[-1] if log else f"geosr exited with status {code}"))
