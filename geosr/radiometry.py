@@ -92,7 +92,8 @@ class Stretch:
             # exact, and a float32 division rounds the exact quotient once, as rounding the
             # float64 one does (53 >= 2 x 24 + 2 bits: double rounding of a quotient is innocuous)
             return np.divide(np.subtract(data, low.astype(np.float32), dtype=np.float32), span.astype(np.float32))
-        return ((data.astype(np.float64) - low) / span).astype(np.float32)
+        with np.errstate(over="ignore"):  # a fill far beyond float32 in model units: -inf, invalid anyway
+            return ((data.astype(np.float64) - low) / span).astype(np.float32)
 
     def inverse(self, data: np.ndarray, interleaved: bool = False) -> np.ndarray:
         """``[C, h, w]`` model units -> raster values in :attr:`dtype`, clipped and rounded.
@@ -215,13 +216,19 @@ def _exact(value: np.generic) -> str:
     return str(int(value)) if np.issubdtype(np.asarray(value).dtype, np.integer) else repr(float(value))
 
 
+#: Float values from this magnitude on are fills (-3.4e38, ArcGIS's float32 default; -1e30; 1e38), not data.
+FLOAT_FILL_MAGNITUDE = 1e30
+
+
 def refuse_far_values(
     source: str, bands: Sequence[int], raw: np.ndarray, data: np.ndarray, valid: np.ndarray, window: Window
 ) -> None:
-    """Refuse a tile whose valid pixels lie :data:`FILL_SPAN_RATIO` stretch spans or more outside
-    the scene stretch: a fill value not declared as no-data, on too few pixels for the fit to see
-    (:func:`fit_stretch` refuses it from 0.1 % of the pixels on). Fed to a model or an
-    interpolator, one -3.4e38 pixel rings over its neighbours as +-1e37.
+    """Refuse a tile whose valid pixels hold a fill value that is not declared as no-data, on too
+    few pixels for the fit to see (:func:`fit_stretch` refuses one from 0.1 % of the pixels on): a
+    float of magnitude :data:`FLOAT_FILL_MAGNITUDE` or more, or a 32-bit integer type's minimum or
+    maximum, :data:`FILL_SPAN_RATIO` stretch spans or more away from the scene's values. Fed to a
+    model or an interpolator, one -3.4e38 pixel rings over its neighbours as +-1e37. Real bright
+    targets (a ship in SAR backscatter, a specular glint) are data, however far: not refused.
 
     Parameters
     ----------
@@ -232,7 +239,8 @@ def refuse_far_values(
     raw, data : np.ndarray
         ``[C, h, w]`` raster values and the same in model units (:meth:`Stretch.forward`).
     valid : np.ndarray
-        ``[h, w]`` pixels that have data (non-finite ones are not valid).
+        ``[h, w]``, or ``[C, h, w]`` per band (a band's own declared nodata is not valid in it):
+        the pixels that have data (non-finite ones are not valid).
     window : rasterio.windows.Window
         Where ``raw`` lies in ``source``.
 
@@ -241,8 +249,18 @@ def refuse_far_values(
     InputError
         Naming the band, the value, its pixel and how to declare it.
     """
+    if np.issubdtype(raw.dtype, np.integer):
+        if raw.dtype.itemsize < 4:
+            return  # 8- and 16-bit extremes are saturation as often as fills; the fit sees the rest
+        info = np.iinfo(raw.dtype)
+        fill_like = (raw == info.min) | (raw == info.max)
+    else:
+        with np.errstate(invalid="ignore"):
+            fill_like = np.abs(raw) >= FLOAT_FILL_MAGNITUDE
+    if not fill_like.any():
+        return
     with np.errstate(invalid="ignore"):
-        far = (np.abs(data - np.float32(0.5)) >= FILL_SPAN_RATIO) & valid
+        far = fill_like & (np.abs(data - np.float32(0.5)) >= FILL_SPAN_RATIO) & valid
     if not far.any():
         return
     b, r, c = (int(i) for i in np.argwhere(far)[0])

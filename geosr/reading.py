@@ -134,8 +134,12 @@ def read_tile(
             raw[i] = ds.read(b, window=tile.read)
     valid = read_valid(ds, tile.read, masked, bands)
     data = stretch.forward(raw)
+    own_nodata = _band_nodata(raw, [ds.nodatavals[b - 1] for b in bands]) if masked and ds.count > 1 else []
     if not stretch.exact:  # --model nearest copies values, fills included
-        refuse_far_values(ds.name, bands, raw, data, valid, tile.read)
+        band_valid = np.repeat(valid[None], len(bands), axis=0)
+        for i, hit in own_nodata:  # a band's own declared nodata is no fill to refuse
+            band_valid[i] &= ~hit
+        refuse_far_values(ds.name, bands, raw, data, band_valid, tile.read)
     if not np.issubdtype(raw.dtype, np.integer):  # integers are finite
         # NaN and inf are invalid (read_valid) and filled below; zeroed first for a scene whose
         # pixels were not checked (open_scene(check_pixels=False)): a model takes finite values only
@@ -144,7 +148,7 @@ def read_tile(
     if masked and ds.count > 1:  # a one-band raster: its nodata is the dataset mask's
         # a band's own nodata in a valid pixel (its edge, a stripe): filled from that band's
         # valid neighbours too - a network would ring around the value, as around a pixel's
-        for i, hit in _band_nodata(raw, [ds.nodatavals[b - 1] for b in bands]):
+        for i, hit in own_nodata:
             if (hit & valid).any():  # else its nodata is where no band has a value: filled above
                 filled[i] = fill_invalid(data[i], valid & ~hit)
     return pad_reflect(filled, tile.pad), valid

@@ -301,3 +301,22 @@ def test_the_lazy_result_of_a_float_scene_without_nodata_is_nan_where_the_cog_is
     assert np.isnan(hr.rio.nodata)
     assert np.isnan(values[:, ~mask]).all() and not np.isnan(values[:, mask]).any()
     np.testing.assert_array_equal(values[:, mask], written[:, mask])
+
+
+def test_a_band_s_own_declared_nodata_and_real_bright_targets_are_not_taken_for_fills(tmp_path):
+    """Found by a review of the fill refusal: a band's own declared nodata (-3.4e38, where only that
+    band has none) and real bright targets (ships in SAR backscatter, 10^5 times the sea) were refused
+    as undeclared fills (exit 3); both ran before and run again."""
+    rng = np.random.default_rng(0)
+    data = (0.02 + 0.3 * texture(3, 48, 64, seed=1)).astype(np.float32)
+    data[1, :, -3:] = -3.4028235e38  # band 2's footprint 3 px narrower; ArcGIS's default nodata
+    src = write_raster(tmp_path / "refl.tif", data, nodata=-3.4028235e38)
+    geosr.upscale_to_file(src, tmp_path / "refl_x2.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "refl_x2.tif") as out:
+        assert (out.read_masks(2)[:, -6:] == 0).all() and (out.read_masks(1)[:, -6:] > 0).all()
+    sea = rng.exponential(0.003, (1, 64, 64)).astype(np.float32)
+    sea[0, [10, 20, 40, 50], [12, 30, 44, 60]] = [2000.0, 3000.0, 5000.0, 8000.0]  # ships
+    src = write_raster(tmp_path / "sigma0.tif", sea)
+    geosr.upscale_to_file(src, tmp_path / "sigma0_x2.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "sigma0_x2.tif") as out:
+        assert out.read(1).max() > 1000
