@@ -147,7 +147,7 @@ def find_rgb(scene: Scene, bands: Sequence[int], given: Sequence[int] | None = N
     if found:
         return RGBBands(found, "wavelengths")
     # what the bands' names and wavelengths say each is, where they say: a colour, or "other"
-    said = {b: _band_said(descriptions[b], numbers, band_tags[b]) for b in bands}
+    said = {b: _band_said(descriptions[b], numbers if certain else None, band_tags[b]) for b in bands}
     interp = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
     found = _unique({b: interp.get(scene.colorinterp[b - 1]) for b in bands})
     # GDAL gives any 3-band uint8 GeoTIFF R, G, B: a colour-infrared NIR, R, G file's names overrule it
@@ -164,15 +164,19 @@ def _agrees(rgb: Sequence[int], said: Mapping[int, str | None]) -> bool:
     return all(said[b] in (None, colour) for b, colour in zip(rgb, ("red", "green", "blue")))
 
 
-def _band_said(description: str | None, numbers: Mapping[int, str], tags: Mapping[str, str]) -> str | None:
+def _band_said(description: str | None, numbers: Mapping[int, str] | None, tags: Mapping[str, str]) -> str | None:
     """What a band's description or centre wavelength says it is: ``red``, ``green``, ``blue``,
     ``other`` (a named band outside the visible colours: NIR, red edge, SWIR, coastal, a sensor band
-    number that is none of R, G, B, a wavelength outside the colours' windows), or None (nothing)."""
-    colour = colour_named(description, numbers)
-    if colour:
-        return colour
+    number that is none of R, G, B, a wavelength outside the colours' windows), or None (nothing).
+    ``numbers``: the sensor numbering band numbers are read in, None where nothing confirms one - then
+    they say nothing (Earth Engine names any image's bands ``b1, b2, b3``)."""
     text = (description or "").strip()
     match = BAND_NUMBER.match(text)
+    if match and numbers is None:
+        return None
+    colour = colour_named(description, numbers or {})
+    if colour:
+        return colour
     if match or set(re.findall(r"[a-z]+", text.lower())) & OTHER_BANDS:
         return "other"
     nm = _centre_nm(tags)

@@ -483,3 +483,18 @@ def test_colour_interpretation_is_kept_on_whichever_bands_it_is(tmp_path, colori
     assert again.rgb.source == "colour interpretation"
     assert again.rgb.bands == tuple(colorinterp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green,
                                                                          ColorInterp.blue))
+
+
+@pytest.mark.parametrize("names", [["b1", "b2", "b3"], ["B1", "B2", "B3"]])
+def test_unconfirmed_band_numbers_do_not_overrule_the_colour_interpretation(tmp_path, names):
+    """Found by a review of the band-role change: Earth Engine names any image's bands b1, b2, b3;
+    read in the Sentinel-2 numbering b1 is coastal, and an R, G, B file lost its RGB group."""
+    scene = scene_with(tmp_path, count=3, dtype="uint8", descriptions=names)
+    plan = plan_bands(scene, None, 3)
+    assert plan.rgb is not None and plan.rgb.bands == (1, 2, 3) and plan.rgb.source == "colour interpretation"
+
+
+def test_info_says_why_no_band_is_red_green_blue(tmp_path):
+    scene = scene_with(tmp_path, colorinterp=[ColorInterp.rededge] * 3 + [ColorInterp.nir])
+    res = CliRunner().invoke(cli, ["info", scene.source])
+    assert res.exit_code == 0 and "place them outside red, green and blue" in res.output, res.output

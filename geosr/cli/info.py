@@ -82,7 +82,9 @@ def info(inputs, tile, overlap, scale, rgb_bands, as_json):
         click.echo(json.dumps(facts, indent=2))
         return
     text = {
-        "rgb_bands": "none (fewer than three bands: each goes alone)" if not plan.rgb else (
+        "rgb_bands": ("none (fewer than three bands: each goes alone)" if len(plan.bands) < 3 else
+                      "none (the bands' names, wavelengths or colour interpretations place them outside red, green "
+                      "and blue: each goes alone)") if not plan.rgb else (
             f"{band_tags(plan)['GEOSR_RGB_BANDS']} ("
             + {"given": "given with --rgb-bands", "assumed": "assumed: nothing says which bands are red, green, blue"}
             .get(plan.rgb.source, f"from {plan.rgb.source}") + ")"),
