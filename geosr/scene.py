@@ -575,12 +575,16 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     offsets = [
         (round((i["transform"].c - t0.c) / t0.a), round((i["transform"].f - t0.f) / t0.e)) for i in infos
     ]
-    same = {}
-    for o, info in zip(offsets, infos):  # one footprint twice: bands of one scene, one file a band
-        earlier = same.setdefault((*o, info["width"], info["height"]), info["path"])
-        if earlier != info["path"]:
+    same: dict = {}
+    for o, info in zip(offsets, infos):
+        # one footprint twice where the later hides the earlier whole (no nodata, no mask to see
+        # through): bands of one scene, one file a band. With nodata or masks they composite (one
+        # tile from two orbits); one file under two names (a link) is the same pixels.
+        earlier = same.setdefault((*o, info["width"], info["height"]), info)
+        if earlier is not info and first["nodata"] is None and not (earlier["masked"] or info["masked"]) \
+                and os.path.realpath(earlier["path"]) != os.path.realpath(info["path"]):
             raise GridMismatchError(
-                f"mosaic pieces {earlier} and {info['path']} cover the same ground: a mosaic places pieces side "
+                f"mosaic pieces {earlier['path']} and {info['path']} cover the same ground: a mosaic places pieces side "
                 "by side and the later would hide the earlier. Bands of one scene, one file a band (Landsat's "
                 "*_B2.TIF...)? Stack them as bands: gdalbuildvrt -separate stack.vrt FILES, and pass stack.vrt")
     xmin = min(o[0] for o in offsets)

@@ -76,6 +76,17 @@ def test_a_folder_of_one_band_files_is_refused_not_painted_over_itself(tmp_path)
     with pytest.raises(GridMismatchError, match=r"cover the same ground.*gdalbuildvrt -separate"):
         upscale_scene([str(folder)], tmp_path / "x.tif", cfg())
     assert not (tmp_path / "x.tif").exists()
+    # pieces with nodata composite (one tile from two orbits, each with part of the swath): a mosaic
+    west, east = np.zeros((1, 24, 24), np.uint16), np.zeros((1, 24, 24), np.uint16)
+    west[:, :, :12], east[:, :, 12:] = 1000, 2000
+    orbits = tmp_path / "orbits"
+    orbits.mkdir()
+    write_raster(orbits / "a.tif", west, nodata=0)
+    write_raster(orbits / "b.tif", east, nodata=0)
+    upscale_scene([str(orbits)], tmp_path / "two_orbits.tif", cfg())
+    with rasterio.open(tmp_path / "two_orbits.tif") as out:
+        composite = out.read(1)
+    assert (composite[:, :20] == 1000).all() and (composite[:, 28:] == 2000).all()
 
 
 def test_gaps_between_pieces_without_nodata_are_masked_even_where_pieces_overlap(tmp_path):
