@@ -62,8 +62,9 @@ _OLI_ONLY_NUMBERS = {9, 10, 11, 12}
 _SENTINEL2_NAME = re.compile(r"central wavelength|^b0?8a$|^b0\d(?!\d)", re.I)
 
 # Colour interpretations of bands outside the visible colours (GDAL 3.10: Sentinel-2's 20 m bands).
-_NOT_VISIBLE = {ColorInterp.pan, ColorInterp.coastal, ColorInterp.rededge, ColorInterp.nir, ColorInterp.swir,
-                ColorInterp.mwir, ColorInterp.lwir, ColorInterp.tir, ColorInterp.other_ir}
+# (rasterio 1.4+; the names are absent from 1.3's enum)
+_NOT_VISIBLE = {c for name in ("pan", "coastal", "rededge", "nir", "swir", "mwir", "lwir", "tir", "other_ir")
+                if (c := getattr(ColorInterp, name, None)) is not None}
 
 
 #: :attr:`RGBBands.source` of bands read from band numbers in a numbering nothing confirmed:

@@ -363,3 +363,11 @@ def test_a_stage_cut_short_goes_on_from_its_committed_weights_where_it_stood(tmp
     # a finished run exported again is that stage, not another (review: 194 500 steps became 210 500)
     repeat = export_state(third, tmp_path / "state", recipe=str(recipe), hours=0.0)
     assert repeat["step"] == 14 + 4 and repeat["stage_start"] == 14
+    # ... and a new stage in that same run folder (a finished stage's continue reuses the recipe's
+    # output_dir) counts from its end, not from the finished stage's start
+    args = distill_cfg.parse_args(repeat["continue"].split()[3:] + ["--output_dir", str(third), "--max_train_steps", "2"])
+    import shutil
+
+    shutil.rmtree(third)
+    distill_cfg.main(args)
+    assert export_state(third, tmp_path / "state", recipe=str(recipe), hours=0.1)["step"] == 18 + 2

@@ -67,7 +67,7 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     previous = json.loads((dest / STATE).read_text()) if (dest / STATE).is_file() else {}
     history = previous.get("history", [])
     if stage_start is None:
-        stage_start = _stage_start(previous, recipe, run_dir)
+        stage_start = _stage_start(previous, recipe, run_dir, stage_step)
     step = None if stage_step is None else stage_start + stage_step
     pipeline = GeoSRPipeline.from_pretrained(str(source))
     # the trained networks in float16; the caption encoder stays float32: it is frozen, a shipped
@@ -97,16 +97,16 @@ def export_state(run_dir: str | Path, dest: str | Path, recipe: str, hours: floa
     return state
 
 
-def _stage_start(previous: dict, recipe: str, run_dir: Path) -> int:
+def _stage_start(previous: dict, recipe: str, run_dir: Path, stage_step: int | None) -> int:
     """The steps the network had when the stage being exported began, from ``dest``'s previous
-    STATE.json: that stage's own start when it was an export of this same run (exported again, or
-    gone on with ``--resume_from_checkpoint``) or unfinished (gone on with ``--start_step``); its
-    end when it had finished (its ``continue`` starts a new stage of the same recipe from 0); 0 for
-    another recipe's state."""
+    STATE.json: that stage's own start when this is the same export again (the same run folder at
+    the same stage step) or the stage was unfinished (gone on with ``--start_step`` or
+    ``--resume_from_checkpoint``); its end when it had finished (its ``continue`` starts a new stage
+    of the same recipe from 0, in the same run folder); 0 for another recipe's state."""
     if previous.get("recipe") != recipe:
         return 0
-    if previous.get("run") == str(run_dir.resolve()):  # a finished run exported twice counted twice
-        return previous.get("stage_start") or 0
+    if previous.get("run") == str(run_dir.resolve()) and previous.get("stage_step") == stage_step:
+        return previous.get("stage_start") or 0  # a finished run exported twice was counted twice
     config = (yaml.safe_load(Path(recipe).read_text()) or {}) if Path(recipe).is_file() else {}
     total, done = config.get("max_train_steps"), previous.get("stage_step")
     if total is not None and done is not None and done >= int(total):

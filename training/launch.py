@@ -222,6 +222,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
         shutil.rmtree(partial)  # a save a stopped run left half-written
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process's part (its random states) written before the rename
     if accelerator.is_main_process:
         if path.exists():
             shutil.rmtree(path)
