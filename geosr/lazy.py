@@ -20,6 +20,8 @@ chunks, the predicted error (:mod:`geosr.uncertainty_map`), reads the same tile 
 
 from __future__ import annotations
 
+import collections
+
 import functools
 import os
 import warnings
@@ -55,9 +57,12 @@ class UnmarkedHolesWarning(UserWarning):
     """The lazy result has holes (outside the AOI) that nothing marks: the scene has no nodata."""
 
 
-#: The temporary copies of the lazy results' sources, kept until the process exits (a few MB each:
-#: the LR input), not as long as a result's graph object: its tasks may run after it is dropped.
-_KEPT: list[SourceFiles] = []
+#: The temporary copies of the latest lazy results' sources (a DataArray's, a mosaic's VRT), kept
+#: beyond their graph objects: ``hr = hr.persist()`` on a distributed client drops the object while its
+#: tasks read them. The last :data:`KEPT_SOURCES` results' only - a loop over scenes would fill the
+#: disk otherwise; an older one's copy goes with its result, as before.
+KEPT_SOURCES = 16
+_KEPT: collections.deque[SourceFiles] = collections.deque(maxlen=KEPT_SOURCES)
 
 
 def lazy_upscale(files: SourceFiles, config: RunConfig) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:

@@ -50,7 +50,8 @@ class SourceFiles:
         Raster files (or one .vrt) for :func:`geosr.scene.open_scene`.
     tempdir : tempfile.TemporaryDirectory or None
         Owns temporary copies; removed by :meth:`cleanup` or when this object is garbage
-        collected (a lazy result keeps it alive as long as its graph).
+        collected (a lazy result keeps it alive as long as its graph, and the lazy API as long as
+        the result is among its latest: :data:`geosr.lazy.KEPT_SOURCES`).
     """
 
     paths: list[str]

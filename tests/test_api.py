@@ -310,3 +310,22 @@ def test_the_lazy_result_carries_scales_offsets_and_units(tmp_path, scales, offs
     with rasterio.open(tmp_path / "lazy.tif") as lazy, rasterio.open(tmp_path / "file.tif") as written:
         assert lazy.scales == written.scales == scales and lazy.offsets == written.offsets == offsets
     assert hr.attrs["units"] == ("W", "W", "W")
+
+
+def test_the_lazy_api_keeps_the_latest_results_copies_only(scene):
+    """Found by a review of the keep-alive: every lazy result's temporary copy stayed until the
+    process exited, so a loop over scenes filled the disk; the latest KEPT_SOURCES stay."""
+    import gc
+
+    import geosr.lazy
+
+    src, _, _ = scene
+    da = rioxarray.open_rasterio(src).load()
+    da.encoding.pop("source", None)
+    folders = []
+    for _ in range(geosr.lazy.KEPT_SOURCES + 3):
+        hr = da.geosr.upscale(**OPTIONS)
+        folders.append(Path(geosr.lazy._KEPT[-1].tempdir.name))
+        del hr
+    gc.collect()
+    assert not any(f.exists() for f in folders[:3]) and all(f.exists() for f in folders[3:])
