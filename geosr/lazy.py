@@ -21,7 +21,6 @@ chunks, the predicted error (:mod:`geosr.uncertainty_map`), reads the same tile 
 from __future__ import annotations
 
 import collections
-
 import functools
 import os
 import warnings
