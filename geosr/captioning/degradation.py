@@ -112,6 +112,17 @@ class DegradationEstimate:
 MIN_SIDE = 16
 
 
+def mirrored_to(arr: np.ndarray, side: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """``arr`` mirrored evenly on both sides of ``axes`` until each reaches ``side`` (numpy repeats
+    the mirror past a side shorter than the pad); unchanged where both do already."""
+    pad = [(0, 0)] * arr.ndim
+    for axis in axes:
+        n = arr.shape[axis]
+        if n < side:
+            pad[axis] = ((side - n + 1) // 2, (side - n) // 2)
+    return np.pad(arr, pad, mode="symmetric") if any(p != (0, 0) for p in pad) else arr
+
+
 def _as_dn(image: np.ndarray) -> np.ndarray:
     """``H x W x C`` uint8 or float-in-[0, 1] -> float64 DN (0-255); 2-D is one band."""
     arr = np.asarray(image)
@@ -119,11 +130,9 @@ def _as_dn(image: np.ndarray) -> np.ndarray:
         arr = arr[..., None]
     if arr.ndim != 3 or 0 in arr.shape:
         raise InputError(f"need an H x W x C image, got {arr.shape}")
-    if min(arr.shape[:2]) < MIN_SIDE:
-        # a small tile (a 1 x 50 px raster; --tile 10 --overlap 2) is measured on its mirror image up to
-        # the patches' size, not refused at the first tile of a run
-        pad = [((MIN_SIDE - n + 1) // 2, (MIN_SIDE - n) // 2) if n < MIN_SIDE else (0, 0) for n in arr.shape[:2]]
-        arr = np.pad(arr, pad + [(0, 0)], mode="symmetric")  # numpy repeats the mirror past the side
+    # a small tile (a 1 x 50 px raster; --tile 10 --overlap 2) is measured on its mirror image up to
+    # the patches' size, not refused at the first tile of a run
+    arr = mirrored_to(arr, MIN_SIDE)
     if arr.dtype == np.uint8:
         return arr.astype(np.float64)
     if arr.dtype.kind != "f":

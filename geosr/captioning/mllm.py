@@ -24,6 +24,7 @@ import torch
 import yaml
 from PIL import Image
 
+from geosr.captioning.degradation import mirrored_to
 from geosr.errors import CaptionerError
 from geosr.quiet_loading import quiet_loading
 
@@ -184,13 +185,10 @@ class MLLMCaptioner:
         # RGB from the first three bands; a single band is shown as grey
         x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
         arr = (x.numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8)
-        side = self._crop_side()
-        if side and min(arr.shape[1:3]) < side:
-            # a processor that centre-crops without resizing pads a smaller image with black: the
-            # model described a black frame (a 24 px tile read "anisotropic, jpeg 90"); it sees the
-            # tile mirrored up to the crop instead
-            pad = [(0, 0)] + [((side - n + 1) // 2, (side - n) // 2) if n < side else (0, 0) for n in arr.shape[1:3]]
-            arr = np.pad(arr, pad + [(0, 0)], mode="symmetric")
+        # a processor that centre-crops without resizing pads a smaller image with black: the model
+        # described a black frame (a 24 px tile read "anisotropic, jpeg 90"); it sees the tile
+        # mirrored up to the crop instead
+        arr = mirrored_to(arr, self._crop_side(), axes=(1, 2))
         return [Image.fromarray(a) for a in arr]
 
     def _crop_side(self) -> int:
