@@ -281,11 +281,11 @@ def _all_valid_values(ds, bands: Sequence[int]) -> list[np.ndarray]:
     :data:`FIT_PIXELS` pixels; at most about :data:`FIT_PIXELS` of them per band, evenly taken."""
     rows = max(1, FIT_PIXELS // max(1, ds.width))
     found: list[list[np.ndarray]] = [[] for _ in bands]
+    alpha = alpha_mask_band(ds)  # an alpha band GDAL does not use: its zeros are no data either
     for top in range(0, ds.height, rows):
         window = Window(0, top, ds.width, min(rows, ds.height - top))
         with read_errors_named(ds.name, window, what="a full-resolution read to fit the stretch"):
             strip = ds.read(list(bands), window=window, masked=True)
-            alpha = alpha_mask_band(ds)
             if alpha is not None:
                 strip.mask = np.ma.getmaskarray(strip) | (ds.read(alpha, window=window) == 0)[None]
         for i in range(len(bands)):
