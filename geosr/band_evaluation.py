@@ -38,6 +38,7 @@ from rasterio.enums import ColorInterp
 from scipy import ndimage
 
 from geosr.api import upscale_to_file
+from geosr.band_roles import parse_bands_to_model, parse_rgb_bands
 from geosr.degradations import degrade
 from geosr.errors import InputError
 from geosr.evaluation import largest_valid_rectangle
@@ -74,13 +75,13 @@ def write_degraded_bands(hr_path: str | os.PathLike, lr_path: str | os.PathLike,
     span = np.maximum(data.reshape(len(data), -1).max(axis=1)[:, None, None] - low, 1e-12)
     lr, _ = degrade(((data - low) / span).transpose(1, 2, 0).astype(np.float32), scale, degradation, seed=seed)
     lr = lr.transpose(2, 0, 1) * span + low
-    dtype = np.dtype(profile["dtype"])
+    dtype = np.dtype(meta["dtype"])  # the data bands' (the profile's is band 1's: maybe an alpha's)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         lr = np.clip(np.rint(lr), info.min, info.max)
     lr = lr.astype(dtype)
     lr_valid = valid.reshape(h // scale, scale, w // scale, scale).all(axis=(1, 3))
-    nodata = profile.get("nodata")
+    nodata = meta["nodata"]
     if nodata is not None:
         lr[:, ~lr_valid] = nodata
     out = dict(driver="GTiff", width=w // scale, height=h // scale, count=len(lr), dtype=dtype.name, nodata=nodata,
@@ -99,7 +100,7 @@ def _band_metadata(ds, bands: Sequence[int] | None = None) -> dict:
     (:func:`geosr.scene.alpha_band_of`) is written back undefined."""
     bands = list(bands or range(1, ds.count + 1))
     pick = [b - 1 for b in bands]
-    return dict(dtype=ds.dtypes[pick[0]], nodata=ds.nodata, descriptions=[ds.descriptions[i] for i in pick],
+    return dict(dtype=ds.dtypes[pick[0]], nodata=ds.nodatavals[pick[0]], descriptions=[ds.descriptions[i] for i in pick],
                 scales=[ds.scales[i] for i in pick], offsets=[ds.offsets[i] for i in pick],
                 units=[ds.units[i] for i in pick],
                 colorinterp=[ColorInterp.undefined if ds.colorinterp[i] == ColorInterp.alpha else ds.colorinterp[i]
@@ -223,10 +224,23 @@ def evaluate_bands(
         left to score.
     """
     with rasterio.open(hr_path) as ds:
-        count = ds.count
+        data_bands = data_bands_of(ds)  # the LR holds these, as its bands 1..n: an alpha is the mask
     for pair in indices:
-        if len(pair) != 2 or not all(1 <= b <= count for b in pair):
-            raise InputError(f"--ndvi takes two bands of the {count} (e.g. 4,1 for NIR, red), got {pair}")
+        if len(pair) != 2 or not all(b in data_bands for b in pair):
+            raise InputError(f"--ndvi takes two of the bands {_listed(data_bands)} (e.g. 4,1 for NIR, red), got {pair}")
+    position = {b: data_bands.index(b) + 1 for b in data_bands}
+    given = dict(upscale_options)
+    for option, parse in (("rgb_bands", parse_rgb_bands), ("bands_to_model", parse_bands_to_model)):
+        # the user's numbers are the HR file's, the run's the LR's (all, rgb: as they are)
+        chosen = upscale_options.get(option)
+        chosen = None if chosen is None else parse(chosen)
+        if isinstance(chosen, str):
+            continue
+        if chosen is not None and any(b not in position for b in chosen):
+            raise InputError(f"--{option.replace('_', '-')} takes bands among {_listed(data_bands)}, got "
+                             f"{','.join(map(str, chosen))}")
+        if chosen is not None:
+            upscale_options = {**upscale_options, option: tuple(position[b] for b in chosen)}
     with tempfile.TemporaryDirectory(prefix="geosr-bands-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -253,7 +267,7 @@ def evaluate_bands(
         peak = 255.0 if meta["dtype"] == "uint8" else float(np.ptp(hr[i][keep])) or 1.0
         scores = {name: _psnr(img[i], hr[i], keep, peak) for name, img in (("model", model), ("bicubic", bicubic))}
         bands.append({
-            "band": i + 1,
+            "band": data_bands[i],
             "description": meta["descriptions"][i],
             "psnr": scores,
             "gain": scores["model"] - scores["bicubic"],
@@ -262,7 +276,7 @@ def evaluate_bands(
         })
     scored = []
     for a, b in indices:
-        values = {name: normalised_difference(*(_physical(img, meta, k) for k in (a, b)))
+        values = {name: normalised_difference(*(_physical(img, meta, position[k]) for k in (a, b)))
                   for name, img in (("hr", hr), ("model", model), ("bicubic", bicubic))}
         rmse = {name: _rmse(values[name], values["hr"], keep) for name in ("model", "bicubic")}
         scored.append({"bands": [a, b], "rmse": rmse, "change": rmse["model"] / rmse["bicubic"] - 1.0})
@@ -270,7 +284,7 @@ def evaluate_bands(
     return {
         "settings": {"hr": str(hr_path), "scale": scale, "degradation": degradation, "seed": seed,
                      "border": 2 * scale, "scored_fraction": float(keep.mean()),
-                     **{k: v for k, v in upscale_options.items() if isinstance(v, (str, int, float, tuple, list))}},
+                     **{k: v for k, v in given.items() if isinstance(v, (str, int, float, tuple, list))}},
         "bands": bands,
         "indices": scored,
         "run": {"seconds": seconds, "megapixels": report.processed_megapixels,
@@ -279,7 +293,11 @@ def evaluate_bands(
     }
 
 
+def _listed(bands: Sequence[int]) -> str:
+    return ",".join(map(str, bands))
+
+
 def _physical(img: np.ndarray, meta: dict, band: int) -> np.ndarray:
-    """Band ``band`` (1-based) in the units its scale and offset give (reflectance for Sentinel-2 L2A)."""
+    """Band ``band`` (1-based among the data bands) in the units its scale and offset give (reflectance for Sentinel-2 L2A)."""
     return img[band - 1] * meta["scales"][band - 1] + meta["offsets"][band - 1]
 

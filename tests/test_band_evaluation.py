@@ -14,7 +14,7 @@ from geosr.band_evaluation import edge_offset, normalised_difference, write_degr
 from geosr.cli import cli
 from geosr.errors import InputError
 from multispectral import RGBN, SENTINEL2_BANDS, sentinel2_stack
-from rasters import texture
+from rasters import texture, write_alpha_first_vrt, write_raster
 
 
 def test_ndvi_from_the_model_is_closer_to_the_hr_than_bicubic_s_on_the_rgbn_fixture(tmp_path):
@@ -62,5 +62,32 @@ def test_normalised_difference():
 def test_an_index_of_a_band_that_does_not_exist_is_refused(tmp_path):
     from geosr.band_evaluation import evaluate_bands
 
-    with pytest.raises(InputError, match="--ndvi takes two bands of the 4"):
+    with pytest.raises(InputError, match="--ndvi takes two of the bands 1,2,3,4"):
         evaluate_bands(RGBN, 2, indices=[(5, 1)], workdir=tmp_path)
+
+
+def test_an_alpha_first_rgbn_is_scored_in_its_own_band_numbers(tmp_path):
+    """Found by review: the LR of an alpha-first VRT (Byte alpha, UInt16 R, G, B, NIR) was written in
+    band 1's type (clipped at 255), and its --ndvi / --rgb-bands numbers and the report's band numbers
+    were positions among the data bands, not the file's (5,2 was refused, 4,1 scored NIR on blue)."""
+    from geosr.band_evaluation import evaluate_bands
+
+    data = (texture(4, 96, 96, seed=5) * 3000 + 500).astype("uint16")
+    data[3] = 4000 - data[0]  # NIR: the red band's complement
+    rgbn = write_raster(tmp_path / "rgbn.tif", data)
+    alpha = write_raster(tmp_path / "alpha.tif", np.full((1, 96, 96), 255, "uint8"))
+    vrt = write_alpha_first_vrt(tmp_path / "argbn.vrt", rgbn, alpha, ["Red", "Green", "Blue", "Undefined"])
+    lr = write_degraded_bands(vrt, tmp_path / "lr.tif", 2, "clean")
+    with rasterio.open(lr) as low:
+        assert low.dtypes == ("uint16",) * 4 and low.read().max() > 3000
+    with pytest.raises(InputError, match="--ndvi takes two of the bands 2,3,4,5"):
+        evaluate_bands(vrt, 2, indices=[(4, 1)], model="bicubic", workdir=tmp_path / "refused")
+    with pytest.raises(InputError, match="--rgb-bands takes bands among 2,3,4,5, got 1,2,3"):
+        evaluate_bands(vrt, 2, indices=[(5, 2)], model="bicubic", rgb_bands=(1, 2, 3), workdir=tmp_path / "refused")
+    result = evaluate_bands(vrt, 2, indices=[(5, 2)], model="bicubic", rgb_bands=(2, 3, 4), workdir=tmp_path / "run")
+    assert [b["band"] for b in result["bands"]] == [2, 3, 4, 5]
+    assert result["settings"]["rgb_bands"] == (2, 3, 4)
+    ndvi = result["indices"][0]
+    assert ndvi["bands"] == [5, 2] and ndvi["rmse"]["model"] == pytest.approx(ndvi["rmse"]["bicubic"])
+    with rasterio.open(tmp_path / "run" / "lr.tif") as low:  # the file's band 5, NIR, is the LR's fourth
+        assert low.read(4).mean() == pytest.approx(data[3].mean(), rel=0.02)
