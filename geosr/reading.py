@@ -18,7 +18,7 @@ from rasterio.io import DatasetReader
 
 from geosr.errors import read_errors_named
 from geosr.radiometry import Stretch, refuse_far_values
-from geosr.scene import alpha_mask_band
+from geosr.scene import alpha_mask_band, data_bands_of, data_dtype
 from geosr.tiling import Tile
 
 __all__ = ["dataset_valid", "read_tile", "read_valid", "read_band_nodata", "fill_invalid", "pad_reflect"]
@@ -37,7 +37,9 @@ def dataset_valid(ds: DatasetReader, window=None) -> np.ndarray:
     alpha = alpha_mask_band(ds)
     if alpha is not None:  # beside four bands or more: GDAL calls every pixel valid
         return ds.read(alpha, window=window) > 0
-    masks = [ds.read_masks(b, window=window) > 0 for b in range(1, ds.count + 1)]
+    # the data bands' only: an alpha shadowed by the nodata value (gdalwarp -dstalpha -dstnodata) holds
+    # its own, which its 0 in the collar is not, and counted every collar pixel valid
+    masks = [ds.read_masks(b, window=window) > 0 for b in data_bands_of(ds) or range(1, ds.count + 1)]
     return np.logical_or.reduce(masks)
 
 
@@ -54,7 +56,7 @@ def read_valid(ds: DatasetReader, window, masked: bool, bands: Sequence[int] | N
         # tools long before, and the warning would repeat for every tile.
         warnings.simplefilter("ignore", NodataShadowWarning)
         valid = dataset_valid(ds, window)
-        if np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
+        if np.issubdtype(np.dtype(data_dtype(ds)), np.floating):
             data = ds.read(list(bands) if bands else None, window=window)
             if ds.nodata is not None and np.isnan(ds.nodata):
                 # NaN is nodata band by band, as GDAL reads it (a pixel is masked where every
@@ -128,7 +130,7 @@ def read_tile(
     valid : np.ndarray
         ``[h, w]`` bool validity of the read window (not padded): :func:`read_valid`.
     """
-    raw = np.empty((len(bands), int(tile.read.height), int(tile.read.width)), ds.dtypes[0])
+    raw = np.empty((len(bands), int(tile.read.height), int(tile.read.width)), data_dtype(ds))
     for i, b in enumerate(bands):  # band by band, so a failure names its band
         with read_errors_named(ds.name, tile.read, b):
             raw[i] = ds.read(b, window=tile.read)

@@ -117,6 +117,14 @@ def data_bands_of(ds: rasterio.io.DatasetReader) -> list[int]:
     return [b for b in range(1, ds.count + 1) if b != alpha]
 
 
+def data_dtype(ds: rasterio.io.DatasetReader) -> str:
+    """The type of ``ds``'s data bands (one: :func:`_check_one_dtype`), not of its band 1: a VRT
+    may put a Byte alpha first, before UInt16 bands, and reading those as Byte clipped every value
+    to 255. A dataset of one alpha band and nothing else has that band's."""
+    bands = data_bands_of(ds)
+    return ds.dtypes[bands[0] - 1] if bands else ds.dtypes[0]
+
+
 class NonFiniteInputWarning(UserWarning):
     """Pixels of a float input are NaN or infinite without nodata saying so: they are no-data."""
 
@@ -263,6 +271,10 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return unique
 
 
+#: the folder of a run's work folder that holds the VRTs geosr reads its input through
+INPUT_VRTS = ".geosr-inputs"
+
+
 def open_scene(
     inputs: Sequence[str | os.PathLike], workdir: str | os.PathLike | None = None, check_pixels: bool = True
 ) -> Scene:
@@ -291,12 +303,15 @@ def open_scene(
     if workdir is None and (len(files) > 1 or is_subdataset(files[0])):
         what = "a mosaic of several inputs" if len(files) > 1 else "a Sentinel-2 product"
         raise InputError(f"{what} needs a work directory for its VRT")
+    # in a folder of their own: a run's work folder also stages its output, which may be named
+    # mosaic.vrt (a tiled output's VRT) - and the tiles read the input through this one
+    vrts = Path(workdir) / INPUT_VRTS if workdir is not None else None
     # a Sentinel-2 subdataset is read through its VRT (its spectral bands, nodata, scales, offsets)
-    readable = [str(write_vrt(f, Path(workdir) / f"sentinel2-{i}.vrt")) if is_subdataset(f) else f
+    readable = [str(write_vrt(f, vrts / f"sentinel2-{i}.vrt")) if is_subdataset(f) else f
                 for i, f in enumerate(files, start=1)]
     if len(files) == 1:
         return _describe(readable[0], files, check_pixels)
-    vrt = _write_mosaic_vrt(readable, Path(workdir))
+    vrt = _write_mosaic_vrt(readable, vrts)
     return _describe(str(vrt), files, check_pixels)
 
 
@@ -316,15 +331,17 @@ def count_non_finite(ds: rasterio.io.DatasetReader) -> int:
     Every pixel is read (in strips of about 64 MB): one NaN or inf pixel is enough to make a
     dark spot, and a decimated read would miss it. Integer rasters hold none and are not read.
     """
-    if not np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
+    dtype = np.dtype(data_dtype(ds))
+    if not np.issubdtype(dtype, np.floating):
         return 0
     nan_is_nodata = ds.nodata is not None and math.isnan(ds.nodata)
-    rows = max(1, NON_FINITE_STRIP_BYTES // (ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize))
+    bands = data_bands_of(ds)  # not a Byte alpha beside them: a read of two types fails
+    rows = max(1, NON_FINITE_STRIP_BYTES // (ds.width * len(bands) * dtype.itemsize))
     found = 0
     for top in range(0, ds.height, rows):
         strip = Window(0, top, ds.width, min(rows, ds.height - top))
         with read_errors_named(ds.name, strip, what="a check for NaN and infinities"):
-            block = ds.read(window=strip)
+            block = ds.read(bands, window=strip)
         # NaN as the declared nodata is a band's own, as GDAL reads it (geosr.reading.read_valid)
         bad = np.isinf(block).any(axis=0) if nan_is_nodata else ~np.isfinite(block).all(axis=0)
         found += int(np.count_nonzero(bad))
@@ -363,7 +380,7 @@ def categorical_reason(path: str) -> str | None:
         aux = Path(path + ".aux.xml")
         if aux.is_file() and "<GDALRasterAttributeTable" in aux.read_text(errors="replace"):
             return "a raster attribute table"
-        if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+        if not np.issubdtype(np.dtype(data_dtype(ds)), np.integer):
             return None
         bands = data_bands_of(ds)
         samples = []
@@ -425,12 +442,12 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
                                  f"copy one to a GeoTIFF first (gdal_translate SUBDATASET one.tif) and pass that:{listed}")
             raise InputError(f"{paths[0]} holds no bands of its own" + (
                 f"; name one of its subdatasets as INPUT:{listed}" if listed else ""))
-        if ds.dtypes[0] not in SUPPORTED_DTYPES:
+        _check_one_dtype(paths[0], ds.dtypes, ds.colorinterp)
+        if data_dtype(ds) not in SUPPORTED_DTYPES:
             raise InputError(
-                f"{paths[0]} has {ds.dtypes[0]} pixels: geosr reads real-valued bands "
+                f"{paths[0]} has {data_dtype(ds)} pixels: geosr reads real-valued bands "
                 f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. to its amplitude as float32"
             )
-        _check_one_dtype(paths[0], ds.dtypes, ds.colorinterp)
         gcps, gcp_crs = ds.gcps
         rpcs = ds.rpcs
         transform = ds.transform
@@ -465,7 +482,7 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             width=ds.width,
             height=ds.height,
             count=ds.count,
-            dtype=ds.dtypes[0],
+            dtype=data_dtype(ds),
             crs=ds.crs if ds.crs else (gcp_crs if gcps else None),
             transform=transform,
             gcps=(tuple(gcps), gcp_crs) if gcps else (),
@@ -513,10 +530,17 @@ def _band_metadata(ds, band: int) -> dict[str, dict[str, str]]:
 def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     """Check that ``files`` share one grid and write a VRT that mosaics them."""
     infos = []
-    for f in files:
+    for n, f in enumerate(files):
         try:
             with rasterio.open(f) as ds:
                 flags = ds.mask_flag_enums[0] if ds.count else []
+                # GDAL's and geosr's alpha differ for two layouts, each read through a VRT of the piece
+                # that says geosr's: an alpha GDAL leaves as data (beside 4+ bands, or first) is made
+                # the piece's mask - else its transparent collar painted over its neighbour's pixels -
+                # and a band GDAL takes for the mask that is named as data (an RGBN's NIR) is not
+                alpha = alpha_mask_band(ds) if ds.count else None
+                named = (None if alpha or MaskFlags.alpha not in flags or alpha_band_of(ds) is not None
+                         else list(ds.colorinterp).index(ColorInterp.alpha) + 1)
                 infos.append(
                     dict(
                         path=f, crs=ds.crs, transform=ds.transform, width=ds.width,
@@ -524,7 +548,10 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                         band_nodata=tuple(ds.nodatavals), colorinterp=ds.colorinterp, descriptions=ds.descriptions,
                         scales=ds.scales, offsets=ds.offsets, units=ds.units,
                         # an internal mask or an alpha band: which pixels hold data is the mask's
-                        masked=MaskFlags.per_dataset in flags or MaskFlags.alpha in flags,
+                        masked=alpha is not None or (named is None and (MaskFlags.per_dataset in flags
+                                                                        or MaskFlags.alpha in flags)),
+                        alpha=alpha_band_of(ds),
+                        source=_piece_vrt(f, ds, alpha, named, workdir / f"piece{n}.vrt") if alpha or named else f,
                         tags=dict(ds.tags()),
                         band_tags=[_band_metadata(ds, b) for b in range(1, ds.count + 1)],
                         colormaps=[_colormap(ds, b) for b in range(1, ds.count + 1)],
@@ -554,6 +581,12 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
             )
         _check_same_values(first, info)
         _check_same_band_order(first, info)
+        if info["alpha"] != first["alpha"]:  # one piece's mask would be another's data band, or the reverse
+            said = [f"{i['path']} {'band ' + str(i['alpha']) if i['alpha'] else 'none'}" for i in (first, info)]
+            band = first["alpha"] or info["alpha"]
+            raise GridMismatchError(
+                f"mosaic pieces disagree on which band is alpha (the mask): {said[0]}, {said[1]}; label it in each "
+                f"piece the same (gdal_edit.py -colorinterp_{band} alpha, or undefined where band {band} is data)")
         t: Affine = info["transform"]
         for got, want, what in ((t.a, t0.a, "pixel width"), (t.e, t0.e, "pixel height")):
             if abs(got - want) * max(info["width"], info["height"]) > GRID_TOLERANCE_PX * abs(want):
@@ -594,7 +627,6 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     origin = t0 @ (xmin, ymin)
     gt = (origin[0], t0.a, 0.0, origin[1], 0.0, t0.e)
 
-    dtype = typename_fwd[dtype_rev[first["dtypes"][0]]]
     nodata = first["nodata"]
     placed = [(ox - xmin, oy - ymin, info) for (ox, oy), info in zip(offsets, infos)]
     # gaps between pieces without nodata are masked (as pieces' masks are): they read as 0 otherwise,
@@ -610,6 +642,8 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         *_metadata_lines(_common([i["tags"] for i in infos]), "  "),
     ]
     for b in range(1, first["count"] + 1):
+        # each band's own type: an alpha first (Byte) is not the data bands' type
+        dtype = typename_fwd[dtype_rev[first["dtypes"][b - 1]]]
         lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
         if first["band_nodata"][b - 1] is not None:  # each band's own: the run checks they are one
             lines.append(f"    <NoDataValue>{_nodata_text(first['band_nodata'][b - 1])}</NoDataValue>")
@@ -639,7 +673,8 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         sources = []
         for piece in placed:
             per_band = any(v is not None for v in piece[2]["band_nodata"]) and not piece[2]["masked"]
-            for band in range(1, (first["count"] if per_band else 1) + 1):
+            data = [b for b in range(1, first["count"] + 1) if b != piece[2]["alpha"]]  # an alpha's own nodata is not data's
+            for band in data if per_band else [1]:
                 sources += _sources([piece], f"mask,{band}", nodata_of=None, use_mask=False, skip_zero=True)
         lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', *("  " + line for line in sources),
                   "    </VRTRasterBand>", "  </MaskBand>"]
@@ -763,6 +798,32 @@ def _metadata_lines(tags: dict[str, str], indent: str, domain: str = "") -> list
     return [indent + opening, *items, indent + "</Metadata>"]
 
 
+def _piece_vrt(piece: str, ds: rasterio.io.DatasetReader, alpha: int | None, named: int | None, path: Path) -> Path:
+    """A VRT of every band of ``piece`` (open as ``ds``) as geosr reads it: with band ``alpha`` its
+    dataset mask (what GDAL makes of an alpha beside one or three bands, for one it leaves as data:
+    :func:`alpha_mask_band`), or band ``named``, labelled alpha but named as data, not an alpha."""
+    def source(band: int, ratio: float | None = None) -> str:
+        kind = "ComplexSource" if ratio else "SimpleSource"
+        return (f'<{kind}><SourceFilename relativeToVRT="0">{escape(_vrt_source(piece))}</SourceFilename>'
+                f"<SourceBand>{band}</SourceBand>{f'<ScaleRatio>{ratio!r}</ScaleRatio>' if ratio else ''}</{kind}>")
+
+    lines = [f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">']
+    for b in range(1, ds.count + 1):
+        dtype = typename_fwd[dtype_rev[ds.dtypes[b - 1]]]
+        nodata = ds.nodatavals[b - 1]
+        lines += [f'  <VRTRasterBand dataType="{dtype}" band="{b}">',
+                  *([f"    <NoDataValue>{_nodata_text(nodata)}</NoDataValue>"] if nodata is not None else []),
+                  f"    <ColorInterp>{'Undefined' if b == named else ds.colorinterp[b - 1].name.capitalize()}</ColorInterp>",
+                  f"    {source(b)}", "  </VRTRasterBand>"]
+    if alpha:  # scaled up first: a float alpha's 0.3 is valid, as geosr reads a file's (> 0), not rounded to 0
+        lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', f"      {source(alpha, 1e6)}",
+                  "    </VRTRasterBand>", "  </MaskBand>"]
+    lines.append("</VRTDataset>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _sources(placed: Sequence[tuple[int, int, dict]], band: str, nodata_of: int | None, use_mask: bool,
              skip_zero: bool = False) -> list[str]:
     """A VRT band's ``ComplexSource`` elements: band ``band`` (``"2"``, ``"mask,2"``) of each
@@ -771,7 +832,7 @@ def _sources(placed: Sequence[tuple[int, int, dict]], band: str, nodata_of: int 
     for x, y, info in placed:
         lines += [
             "    <ComplexSource>",
-            f'      <SourceFilename relativeToVRT="0">{escape(_vrt_source(info["path"]))}</SourceFilename>',
+            f'      <SourceFilename relativeToVRT="0">{escape(_vrt_source(str(info["source"])))}</SourceFilename>',
             f"      <SourceBand>{band}</SourceBand>",
             f'      <SrcRect xOff="0" yOff="0" xSize="{info["width"]}" ySize="{info["height"]}"/>',
             f'      <DstRect xOff="{x}" yOff="{y}" xSize="{info["width"]}" ySize="{info["height"]}"/>',

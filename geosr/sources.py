@@ -109,6 +109,10 @@ def _dataset_files(ds: DatasetReaderBase) -> SourceFiles:
     if os.path.exists(ds.name) or is_remote(ds.name) or is_subdataset(ds.name):
         # a file, an object GDAL reads (s3://, /vsis3/, URL), a Sentinel-2 subdataset (geosr.sentinel2)
         return SourceFiles([ds.name])
+    if len(set(ds.dtypes)) > 1:  # a GeoTIFF holds one type (GDAL's copy fails, naming TIFF's limit)
+        raise InputError(f"the rasterio dataset {ds.name!r} has bands of several types ({', '.join(ds.dtypes)}) and "
+                         "no file: geosr copies such a dataset to a GeoTIFF, which holds one; write it to a VRT or "
+                         "a file of one type and pass its path")
     files = SourceFiles([])
     copy = files.workdir / "dataset.tif"
     try:

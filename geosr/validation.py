@@ -22,7 +22,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from geosr.errors import GDAL_ERRORS, InputError, gdal_cause
 from geosr.georef import scale_transform
-from geosr.scene import open_raster, same_nodata
+from geosr.scene import data_dtype, open_raster, same_nodata
 from geosr.sentinel2 import resolve_input, write_vrt
 
 __all__ = ["ValidationResult", "validate_output"]
@@ -203,8 +203,8 @@ def _check_against_source(res: ValidationResult, out, src) -> None:
             res.errors.append(f"bounds differ: source {tuple(src.bounds)}, output {tuple(out.bounds)}")
     elif not src.gcps[0] and not out.transform.is_identity:
         res.errors.append("the source is not georeferenced, the output has a transform")
-    if out.dtypes[0] != src.dtypes[0]:
-        res.errors.append(f"dtype differs: source {src.dtypes[0]}, output {out.dtypes[0]}")
+    if data_dtype(out) != data_dtype(src):
+        res.errors.append(f"dtype differs: source {data_dtype(src)}, output {data_dtype(out)}")
     if src.nodata is not None and not same_nodata(src.nodata, out.nodata):
         res.errors.append(f"nodata differs: source {src.nodata}, output {out.nodata}")
     src_masked = src.nodata is not None or any(MaskFlags.per_dataset in f for f in src.mask_flag_enums)

@@ -56,3 +56,25 @@ def write_raster(
 def uint8_scene(path: Path, height: int = 97, width: int = 131, count: int = 3, seed: int = 0, **kw) -> Path:
     data = (texture(count, height, width, seed) * 250 + 3).astype(np.uint8)
     return write_raster(path, data, **kw)
+
+
+def write_alpha_first_vrt(path: Path, data_path: Path, alpha_path: Path, interps: list[str],
+                          columns_east: int = 0) -> Path:
+    """A VRT of ``alpha_path``'s band 1 as an Alpha band 1, then ``data_path``'s bands (their own
+    type) named by ``interps`` (``"Red"``, ``"Undefined"``...): bands of two types, which a
+    GeoTIFF cannot hold. ``columns_east`` shifts its grid east by that many pixels (a mosaic piece)."""
+    with rasterio.open(data_path) as ds:
+        crs, width, height, dtype = ds.crs.to_wkt(), ds.width, ds.height, ds.dtypes[0]
+        gt = (ds.transform * Affine.translation(columns_east, 0)).to_gdal()
+    names = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}
+
+    def band(n: int, source: Path, source_band: int, type_: str, interp: str) -> str:
+        return (f'<VRTRasterBand dataType="{type_}" band="{n}"><ColorInterp>{interp}</ColorInterp><SimpleSource>'
+                f'<SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>{source_band}</SourceBand>'
+                "</SimpleSource></VRTRasterBand>")
+
+    Path(path).write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{crs}</SRS>'
+        f'<GeoTransform>{", ".join(map(str, gt))}</GeoTransform>' + band(1, alpha_path, 1, "Byte", "Alpha")
+        + "".join(band(n + 2, data_path, n + 1, names[dtype], c) for n, c in enumerate(interps)) + "</VRTDataset>")
+    return Path(path)

@@ -329,3 +329,25 @@ def test_the_lazy_api_keeps_the_latest_results_copies_only(scene):
         del hr
     gc.collect()
     assert not any(f.exists() for f in folders[:3]) and all(f.exists() for f in folders[3:])
+
+
+def test_an_in_memory_dataset_of_two_band_types_is_refused_up_front(tmp_path):
+    """A dataset with no file is copied to a GeoTIFF, which holds one type: a Byte alpha + UInt16 R, G,
+    B VRT read from memory failed in GDAL's copy ("Unable to export GeoTIFF file with different
+    datatypes"); the refusal says why and what to pass instead."""
+    from rasterio.io import MemoryFile
+
+    from rasters import write_alpha_first_vrt
+
+    data = (texture(3, 40, 48, seed=6) * 3000 + 500).astype("uint16")
+    rgb = write_raster(tmp_path / "rgb.tif", data)
+    alpha = write_raster(tmp_path / "alpha.tif", np.full((1, 40, 48), 255, "uint8"))
+    xml = write_alpha_first_vrt(tmp_path / "a.vrt", rgb, alpha, ["Red", "Green", "Blue"]).read_bytes()
+    with MemoryFile(xml, ext=".vrt") as mem, mem.open() as ds:
+        with pytest.raises(InputError, match=r"bands of several types \(uint8, uint16, uint16, uint16\)"):
+            geosr.upscale_to_file(ds, tmp_path / "out.tif", scale=2, model="bicubic", captioner="none")
+    assert not (tmp_path / "out.tif").exists()
+    with MemoryFile(rgb.read_bytes(), ext=".tif") as mem, mem.open() as ds:  # one type: copied, as before
+        geosr.upscale_to_file(ds, tmp_path / "one.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "one.tif") as out:
+        assert out.dtypes == ("uint16",) * 3 and out.read().max() > 3000

@@ -22,7 +22,7 @@ from geosr.output_meta import band_tags
 from geosr.scene import open_scene
 from geosr.scene_plan import BandGroup, plan_bands
 from multispectral import RGBN, SENTINEL2_BANDS, sentinel2_stack
-from rasters import texture, write_raster
+from rasters import texture, write_alpha_first_vrt, write_raster
 
 GRAY = [ColorInterp.gray] + [ColorInterp.undefined] * 3
 
@@ -468,6 +468,37 @@ def test_an_alpha_band_beside_four_bands_masks_the_output(tmp_path):
     assert not valid[:, :32].any() and valid[:, 34:].all()
 
 
+def test_a_byte_alpha_first_does_not_make_uint16_bands_byte(tmp_path):
+    """Found by review: a hand-made VRT with its Byte alpha as band 1 before UInt16 R, G, B took band
+    1's type for the scene's: every value read as Byte, written clipped at 255 (exit 0)."""
+    from geosr.validation import validate_output
+
+    data = (texture(3, 40, 48, seed=3) * 3000 + 500).astype("uint16")
+    rgb = write_raster(tmp_path / "rgb.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue])
+    alpha = np.full((1, 40, 48), 255, "uint8")
+    alpha[:, :, :8] = 0
+    mask = write_raster(tmp_path / "alpha.tif", alpha, colorinterp=[ColorInterp.gray])
+    vrt = write_alpha_first_vrt(tmp_path / "alpha_first.vrt", rgb, mask, ["Red", "Green", "Blue"])
+    assert open_scene([str(vrt)]).dtype == "uint16"
+    geosr.upscale_to_file(vrt, tmp_path / "out.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.dtypes == ("uint16",) * 3
+        got, valid = out.read(), out.dataset_mask() > 0
+    assert got[:, valid].max() > 3000  # not clipped at 255
+    assert not valid[:, :16].any() and valid[:, 18:].all()  # the alpha is the mask
+    assert not [e for e in validate_output(str(tmp_path / "out.tif"), source=str(vrt)).errors if "dtype" in e]
+    # two such pieces side by side: the mosaic's VRT declared band 1's Byte for every band
+    pieces = [str(vrt), str(write_alpha_first_vrt(tmp_path / "east.vrt", rgb, mask, ["Red", "Green", "Blue"], 48))]
+    (tmp_path / "work").mkdir()
+    assert open_scene(pieces, workdir=tmp_path / "work").dtype == "uint16"
+    geosr.upscale_to_file(pieces, tmp_path / "mosaic.tif", scale=2, model="bicubic", captioner="none")
+    with rasterio.open(tmp_path / "mosaic.tif") as out:
+        assert out.dtypes == ("uint16",) * 3 and out.width == 192
+        got, valid = out.read(), out.dataset_mask() > 0
+    assert got[:, valid].max() > 3000
+    assert not valid[:, 96:112].any() and valid[:, 114:].all()
+
+
 @pytest.mark.parametrize("colorinterp", [
     [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.nir],
     [ColorInterp.undefined, ColorInterp.blue, ColorInterp.green, ColorInterp.red]])
@@ -498,3 +529,89 @@ def test_info_says_why_no_band_is_red_green_blue(tmp_path):
     scene = scene_with(tmp_path, colorinterp=[ColorInterp.rededge] * 3 + [ColorInterp.nir])
     res = CliRunner().invoke(cli, ["info", scene.source])
     assert res.exit_code == 0 and "place them outside red, green and blue" in res.output, res.output
+
+
+def test_overlapping_rgbn_pieces_with_alpha_keep_each_other_s_pixels(tmp_path):
+    """Found by review: two gdalwarp -dstalpha RGBN pieces (5 bands: GDAL calls every pixel valid)
+    mosaicked without masks - the later piece's transparent collar painted zeros and alpha 0 over
+    the earlier piece's valid pixels: a masked hole where both had data."""
+    west = (texture(5, 40, 64, seed=4) * 2000 + 500).astype("uint16")
+    west[4] = 65535
+    east = (texture(5, 40, 64, seed=5) * 2000 + 500).astype("uint16")
+    east[4] = 65535
+    east[:, :, :16] = 0  # east's collar, over west's columns 32-47
+    interps = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined, ColorInterp.alpha]
+    a = write_raster(tmp_path / "west.tif", west, colorinterp=interps)
+    b = write_raster(tmp_path / "east.tif", east, colorinterp=interps,
+                     transform=rasterio.Affine(2.0, 0.0, 500000.0 + 2 * 32, 0.0, -2.0, 4100000.0))
+    geosr.upscale_to_file([a, b], tmp_path / "out.tif", scale=2, model="nearest", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.count == 4 and out.width == 2 * 96
+        got, valid = out.read(), out.dataset_mask() > 0
+    assert valid.all()
+    np.testing.assert_array_equal(got[:, ::2, 64:96:2], west[:4, :, 32:48])  # west's, not east's collar
+    np.testing.assert_array_equal(got[:, ::2, 96::2], east[:4, :, 16:])
+
+
+def test_mosaic_pieces_of_rgbn_with_a_nir_gdal_labels_alpha_keep_its_zeros(tmp_path):
+    """Found by review: in a mosaic, a 4-band Byte RGBN piece whose NIR GDAL labels alpha (named nir:
+    data, as a single file reads it) still lent GDAL's alpha mask to the mosaic - every pixel where
+    the NIR is 0 (water) came out no-data."""
+    pieces = []
+    for i in range(2):
+        data = (texture(4, 40, 48, seed=10 + i) * 200 + 20).astype("uint8")
+        data[3, 10:20, 10:30] = 0  # dark water in the NIR
+        path = write_raster(tmp_path / f"p{i}.tif", data,
+                            transform=rasterio.Affine(2.0, 0.0, 500000.0 + 2 * 48 * i, 0.0, -2.0, 4100000.0))
+        with rasterio.open(path, "r+") as ds:
+            for b, name in enumerate(("red", "green", "blue", "nir"), start=1):
+                ds.set_band_description(b, name)
+        with rasterio.open(path) as ds:
+            assert ds.colorinterp[3] == ColorInterp.alpha
+        pieces.append(path)
+    with pytest.warns(UserWarning, match="named 'nir': read as data"):
+        geosr.upscale_to_file(pieces, tmp_path / "out.tif", scale=2, model="nearest", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.count == 4 and (out.dataset_mask() > 0).all()
+        assert (out.read(4)[20:40, 20:60] == 0).all() and (out.read(4)[20:40, 116:156] == 0).all()
+
+
+def test_mosaic_pieces_that_disagree_on_the_alpha_band_are_refused(tmp_path):
+    """Found by review: one RGBN piece's band 5 alpha (gdalwarp -dstalpha), another's band 5 undefined
+    (the same product copied by a script): the second's collar counted valid, or the first's alpha
+    was upscaled as a fifth data band, depending on their order (exit 0)."""
+    from geosr.errors import GridMismatchError
+
+    data = (texture(5, 40, 48, seed=4) * 2000 + 500).astype("uint16")
+    data[4] = 65535
+    pieces = [write_raster(tmp_path / f"p{i}.tif", data, colorinterp=[
+        ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined,
+        ColorInterp.alpha if i == 0 else ColorInterp.undefined],
+        transform=rasterio.Affine(2.0, 0.0, 500000.0 + 2 * 48 * i, 0.0, -2.0, 4100000.0)) for i in range(2)]
+    with pytest.raises(GridMismatchError, match=r"disagree on which band is alpha.*p0.tif band 5, .*p1.tif none; "
+                                                r".*gdal_edit.py -colorinterp_5 alpha"):
+        geosr.upscale_to_file(pieces, tmp_path / "out.tif", scale=2, model="nearest", captioner="none")
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_an_alpha_that_holds_the_nodata_value_too_does_not_make_the_collar_valid(tmp_path):
+    """Found by review: gdalwarp -dstalpha -dstnodata 65535 gives the alpha band the nodata too; its
+    0 in the collar is not that value, so the union of every band's nodata mask counted each collar
+    pixel valid (tiles of collar alone were upscaled, not skipped) - alone and in a mosaic."""
+    from geosr.reading import dataset_valid
+
+    data = (texture(5, 40, 48, seed=7) * 2000 + 500).astype("uint16")
+    data[4] = 65535
+    data[:4, :, :16], data[4, :, :16] = 65535, 0  # the collar: nodata in the data bands, alpha 0
+    interps = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined, ColorInterp.alpha]
+    pieces = [write_raster(tmp_path / f"p{i}.tif", data, nodata=65535, colorinterp=interps,
+                           transform=rasterio.Affine(2.0, 0.0, 500000.0 + 2 * 48 * i, 0.0, -2.0, 4100000.0))
+              for i in range(2)]
+    with rasterio.open(pieces[0]) as ds:
+        valid = dataset_valid(ds)
+    assert not valid[:, :16].any() and valid[:, 16:].all()
+    geosr.upscale_to_file(pieces, tmp_path / "out.tif", scale=2, model="nearest", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.count == 4 and out.nodata == 65535
+        valid = out.dataset_mask() > 0
+    assert not valid[:, :32].any() and valid[:, 32:96].all() and not valid[:, 96:128].any() and valid[:, 128:].all()

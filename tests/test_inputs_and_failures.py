@@ -267,7 +267,7 @@ def test_a_geographic_mosaic_keeps_longitude_as_x(tmp_path):
     pieces = [write_raster(tmp_path / f"p{i}.tif", (texture(3, 20, 20, seed=i) * 200).astype("uint8"), crs="EPSG:4326",
                            transform=Affine(0.001, 0, 10.0 + 0.02 * i, 0, -0.001, 50.0)) for i in range(2)]
     open_scene(pieces, workdir=tmp_path / "work")
-    assert "dataAxisToSRSAxisMapping" not in (tmp_path / "work" / "mosaic.vrt").read_text()
+    assert "dataAxisToSRSAxisMapping" not in (tmp_path / "work" / ".geosr-inputs" / "mosaic.vrt").read_text()
     upscale_scene(pieces, tmp_path / "out.tif", cfg(model="nearest"))
     with rasterio.open(tmp_path / "out.tif") as out:
         np.testing.assert_allclose(tuple(out.bounds), (10.0, 49.98, 10.04, 50.0), atol=1e-9)

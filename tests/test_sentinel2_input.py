@@ -204,7 +204,7 @@ def test_the_folder_the_metadata_file_and_the_subdataset_name_give_the_10m_subda
 
 def test_the_10m_bands_with_their_nodata_scales_offsets_and_descriptions(product, tmp_path):
     scene = open_scene([product], workdir=tmp_path)
-    assert scene.paths == (subdataset(product),) and scene.source == str(tmp_path / "sentinel2-1.vrt")
+    assert scene.paths == (subdataset(product),) and scene.source == str(tmp_path / ".geosr-inputs" / "sentinel2-1.vrt")
     assert (scene.count, scene.dtype, scene.width, scene.height) == (4, "uint16", SIZE, SIZE)
     assert scene.crs.to_epsg() == EPSG and scene.transform == Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
     assert scene.descriptions == DESCRIPTIONS_10M  # not AOT, WVP: no reflectance

@@ -376,3 +376,21 @@ def test_a_folder_changed_during_the_run_is_not_replaced(tmp_path, monkeypatch):
     assert result.exit_code == 4 and "not a tiled output geosr wrote" in result.output
     assert "--resume" in result.output  # the finished work is kept: resumed once the folder is cleared
     assert file_tree(out) == {"keep.txt": b"mine"}
+
+
+def test_a_mosaic_input_and_an_output_named_mosaic_vrt(tmp_path):
+    """Found by review: a mosaic's input VRT was written as mosaic.vrt in the run's work folder, where
+    a tiled output named mosaic.vrt is staged too - its index replaced the input, and the tiles read
+    the output's blocks, not yet there (the run failed on a missing block file)."""
+    left = uint8_scene(tmp_path / "left.tif", 200, 300, seed=1)
+    with rasterio.open(left) as ds:
+        east = ds.transform * rasterio.Affine.translation(300, 0)
+    right = uint8_scene(tmp_path / "right.tif", 200, 300, seed=2)
+    with rasterio.open(right, "r+") as ds:
+        ds.transform = east
+    upscale_scene([left, right], tmp_path / "single.tif", bicubic_cfg())
+    (tmp_path / "res").mkdir()
+    upscale_scene([left, right], tmp_path / "res" / "mosaic.vrt", bicubic_cfg(split=SPLIT))
+    single, mosaic = read_all(tmp_path / "single.tif"), read_all(tmp_path / "res" / "mosaic.vrt")
+    np.testing.assert_array_equal(mosaic[0], single[0])
+    assert mosaic[2]["transform"] == single[2]["transform"]

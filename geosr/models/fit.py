@@ -75,9 +75,7 @@ def check_model_fits(files: Sequence[str], config: RunConfig) -> None:
 def _input_bands(files: Sequence[str], config: RunConfig) -> int:
     if config.bands:
         return len(config.bands)
-    from rasterio.enums import ColorInterp
+    from geosr.scene import data_bands_of, expand_inputs, open_raster
 
-    from geosr.scene import expand_inputs, open_raster
-
-    with open_raster(expand_inputs(files)[0]) as ds:
-        return ds.count - (ColorInterp.alpha in ds.colorinterp)
+    with open_raster(expand_inputs(files)[0]) as ds:  # a band labelled alpha but named NIR is data
+        return len(data_bands_of(ds))
