@@ -29,7 +29,7 @@ def _script(path: Path):
 # "teacher" only lends the caption encoder and schedule), two that grow it deeper (6, 10, 16 blocks) and a
 # second, a third and a fourth stage at 16 blocks (the second stopped at its step 13 500 of 16 000; the
 # third with a share of single-band crops, the fourth at half the peak lr, then three more warm restarts;
-# the shipped x4 is a weighted mean of the last four, SHIPPED_AVERAGE); x2: the v3
+# the shipped x4 is a weighted mean of the last five, SHIPPED_AVERAGE); x2: the v3
 # student on the LR grid under the v2 x2 teacher (LR/2), three stages, then its two fidelity stages,
 # one that grows it deeper (6 -> 10 blocks) and two on coarser ground sample distances.
 TEACHERS = {4: "geosr_tiny_v2_x4_teacher", 2: "geosr_tiny_v2_x2_teacher"}
@@ -41,7 +41,7 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_16b_stage3", "geosr_tiny_v3_x4_student_16b_stage4",
         "geosr_tiny_v3_x4_student_16b_stage5", "geosr_tiny_v3_x4_student_16b_stage6",
         "geosr_tiny_v3_x4_student_16b_stage7", "geosr_tiny_v3_x4_student_16b_stage8",
-        "geosr_tiny_v3_x4_student_16b_stage9"),
+        "geosr_tiny_v3_x4_student_16b_stage9", "geosr_tiny_v3_x4_student_16b_stage10"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
         "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
@@ -50,10 +50,11 @@ SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in T
 # Where the shipped networks are the mean of the last stages' weights (training/average_weights.py),
 # those stages, by recipe: their weights are the campaign state's (training_state/ + the run's name).
 # each averaged stage with its weight: x4's eighth stage was annealed from the mean of the sixth and
-# seventh, the ninth restarted from the eighth, and the shipped x4 is the mean of the ninth and the
-# mean of the eighth with the 6 + 7 mean
-SHIPPED_AVERAGE = {4: (("geosr_tiny_v3_x4_student_16b_stage6", 0.125), ("geosr_tiny_v3_x4_student_16b_stage7", 0.125),
-                       ("geosr_tiny_v3_x4_student_16b_stage8", 0.25), ("geosr_tiny_v3_x4_student_16b_stage9", 0.5))}
+# seventh, the ninth restarted from the eighth, the tenth from the mean of the ninth and the mean of
+# the eighth with the 6 + 7 mean, and the shipped x4 is the mean of the tenth and the mean it started from
+SHIPPED_AVERAGE = {4: (("geosr_tiny_v3_x4_student_16b_stage6", 0.0625), ("geosr_tiny_v3_x4_student_16b_stage7", 0.0625),
+                       ("geosr_tiny_v3_x4_student_16b_stage8", 0.125), ("geosr_tiny_v3_x4_student_16b_stage9", 0.25),
+                       ("geosr_tiny_v3_x4_student_16b_stage10", 0.5))}
 
 
 def test_the_recipes_are_there():
