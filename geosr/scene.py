@@ -84,7 +84,7 @@ def alpha_band_of(ds: rasterio.io.DatasetReader, warn: bool = False) -> int | No
     is alpha - unless its description names a band of imagery (``nir``, ``B8``, ``red``): GDAL
     labels the fourth band of every 4-band Byte GeoTIFF alpha unless told otherwise, an RGBN
     scene's NIR too, and that band was dropped from the output (``warn``: say it is read as data)."""
-    for i, ci in enumerate(ds.colorinterp):
+    for i, ci in enumerate(ds.colorinterp):  # as a mosaic's pieces are read (_read_alpha_as_geosr_does)
         if ci != ColorInterp.alpha:
             continue
         if not names_a_band(ds.descriptions[i]):
@@ -104,9 +104,12 @@ def alpha_mask_band(ds: rasterio.io.DatasetReader) -> int | None:
     calls every pixel valid, and the transparent collar's zeros were upscaled as data and entered
     the stretch. A nodata value shadows the alpha, as GDAL reads it.
     """
-    alpha = alpha_band_of(ds)
-    flags = ds.mask_flag_enums[0]
-    if alpha is None or ds.nodata is not None or MaskFlags.alpha in flags or MaskFlags.per_dataset in flags:
+    return _alpha_gdal_ignores(alpha_band_of(ds), ds.nodata, ds.mask_flag_enums[0])
+
+
+def _alpha_gdal_ignores(alpha: int | None, nodata: float | None, flags: Sequence[MaskFlags]) -> int | None:
+    """``alpha`` where GDAL's mask is not it (:func:`alpha_mask_band`), else None."""
+    if alpha is None or nodata is not None or MaskFlags.alpha in flags or MaskFlags.per_dataset in flags:
         return None
     return alpha
 
@@ -335,7 +338,7 @@ def count_non_finite(ds: rasterio.io.DatasetReader) -> int:
     if not np.issubdtype(dtype, np.floating):
         return 0
     nan_is_nodata = ds.nodata is not None and math.isnan(ds.nodata)
-    bands = data_bands_of(ds)  # not a Byte alpha beside them: a read of two types fails
+    bands = data_bands_of(ds) or list(range(1, ds.count + 1))  # not a Byte alpha beside them: a read of two types fails
     rows = max(1, NON_FINITE_STRIP_BYTES // (ds.width * len(bands) * dtype.itemsize))
     found = 0
     for top in range(0, ds.height, rows):
@@ -530,28 +533,16 @@ def _band_metadata(ds, band: int) -> dict[str, dict[str, str]]:
 def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     """Check that ``files`` share one grid and write a VRT that mosaics them."""
     infos = []
-    for n, f in enumerate(files):
+    for f in files:
         try:
             with rasterio.open(f) as ds:
                 flags = ds.mask_flag_enums[0] if ds.count else []
-                # GDAL's and geosr's alpha differ for two layouts, each read through a VRT of the piece
-                # that says geosr's: an alpha GDAL leaves as data (beside 4+ bands, or first) is made
-                # the piece's mask - else its transparent collar painted over its neighbour's pixels -
-                # and a band GDAL takes for the mask that is named as data (an RGBN's NIR) is not
-                alpha = alpha_mask_band(ds) if ds.count else None
-                named = (None if alpha or MaskFlags.alpha not in flags or alpha_band_of(ds) is not None
-                         else list(ds.colorinterp).index(ColorInterp.alpha) + 1)
                 infos.append(
                     dict(
                         path=f, crs=ds.crs, transform=ds.transform, width=ds.width,
                         height=ds.height, count=ds.count, dtypes=ds.dtypes, nodata=ds.nodata,
                         band_nodata=tuple(ds.nodatavals), colorinterp=ds.colorinterp, descriptions=ds.descriptions,
-                        scales=ds.scales, offsets=ds.offsets, units=ds.units,
-                        # an internal mask or an alpha band: which pixels hold data is the mask's
-                        masked=alpha is not None or (named is None and (MaskFlags.per_dataset in flags
-                                                                        or MaskFlags.alpha in flags)),
-                        alpha=alpha_band_of(ds),
-                        source=_piece_vrt(f, ds, alpha, named, workdir / f"piece{n}.vrt") if alpha or named else f,
+                        scales=ds.scales, offsets=ds.offsets, units=ds.units, flags=flags,
                         tags=dict(ds.tags()),
                         band_tags=[_band_metadata(ds, b) for b in range(1, ds.count + 1)],
                         colormaps=[_colormap(ds, b) for b in range(1, ds.count + 1)],
@@ -559,6 +550,13 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                 )
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"cannot open mosaic piece {f!r}: {exc}") from exc
+    # a band's name is the first piece's that gives one (a piece re-exported without names is the
+    # same product): the mosaic carries it, and it says which alpha-labelled band is data
+    named_as = [next((i["descriptions"][b] for i in infos if b < i["count"] and i["descriptions"][b]), None)
+                for b in range(max(i["count"] for i in infos))]
+    for n, info in enumerate(infos):
+        info["names"] = tuple(named_as[:info["count"]])
+        _read_alpha_as_geosr_does(info, workdir / f"piece{n}.vrt")
 
     first = infos[0]
     _check_one_dtype(first["path"], first["dtypes"], first["colorinterp"])  # the VRT would declare band 1's for all
@@ -651,8 +649,8 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         lines.append(f"    <ColorInterp>{ci.name.capitalize()}</ColorInterp>")
         if first["colormaps"][b - 1]:  # a palette band's classes keep their colours (the pieces' one table)
             lines += _color_table_lines(first["colormaps"][b - 1])
-        if first["descriptions"][b - 1]:
-            lines.append(f"    <Description>{escape(first['descriptions'][b - 1])}</Description>")
+        if first["names"][b - 1]:  # the first piece's that gives one
+            lines.append(f"    <Description>{escape(first['names'][b - 1])}</Description>")
         for domain in BAND_METADATA_DOMAINS:  # wavelengths, band names: what every piece says
             tags = _common([i["band_tags"][b - 1].get(domain, {}) for i in infos])
             lines += _metadata_lines(tags, "    ", domain)
@@ -798,23 +796,39 @@ def _metadata_lines(tags: dict[str, str], indent: str, domain: str = "") -> list
     return [indent + opening, *items, indent + "</Metadata>"]
 
 
-def _piece_vrt(piece: str, ds: rasterio.io.DatasetReader, alpha: int | None, named: int | None, path: Path) -> Path:
-    """A VRT of every band of ``piece`` (open as ``ds``) as geosr reads it: with band ``alpha`` its
-    dataset mask (what GDAL makes of an alpha beside one or three bands, for one it leaves as data:
-    :func:`alpha_mask_band`), or band ``named``, labelled alpha but named as data, not an alpha."""
+def _read_alpha_as_geosr_does(info: dict, path: Path) -> None:
+    """Set a mosaic piece's ``alpha`` (:func:`alpha_band_of`, by the mosaic's band ``names``), ``masked``
+    and ``source``: the piece, or a VRT of it at ``path`` where GDAL's alpha and geosr's differ. An
+    alpha GDAL leaves as data (beside 4+ bands, or first: :func:`alpha_mask_band`) is made the piece's
+    mask - else its transparent collar painted over its neighbour's pixels - and a band GDAL takes for
+    the mask that is named as data (an RGBN's NIR) is not: its zeros were masked."""
+    labelled = [b for b, ci in enumerate(info["colorinterp"], start=1) if ci == ColorInterp.alpha]
+    info["alpha"] = next((b for b in labelled if not names_a_band(info["names"][b - 1])), None)
+    flags = info["flags"]
+    mask = _alpha_gdal_ignores(info["alpha"], info["nodata"], flags)
+    named = labelled[0] if MaskFlags.alpha in flags and info["alpha"] is None else None
+    # an internal mask or an alpha band: which pixels hold data is the mask's
+    info["masked"] = mask is not None or (named is None and (MaskFlags.alpha in flags or MaskFlags.per_dataset in flags))
+    info["source"] = _piece_vrt(info, mask, named, path) if mask or named else info["path"]
+
+
+def _piece_vrt(info: dict, alpha: int | None, named: int | None, path: Path) -> Path:
+    """A VRT of every band of the mosaic piece ``info`` as geosr reads it: with band ``alpha`` its
+    dataset mask (what GDAL makes of an alpha beside one or three bands), or band ``named``, labelled
+    alpha but named as data, not an alpha."""
     def source(band: int, ratio: float | None = None) -> str:
         kind = "ComplexSource" if ratio else "SimpleSource"
-        return (f'<{kind}><SourceFilename relativeToVRT="0">{escape(_vrt_source(piece))}</SourceFilename>'
+        return (f'<{kind}><SourceFilename relativeToVRT="0">{escape(_vrt_source(info["path"]))}</SourceFilename>'
                 f"<SourceBand>{band}</SourceBand>{f'<ScaleRatio>{ratio!r}</ScaleRatio>' if ratio else ''}</{kind}>")
 
-    lines = [f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">']
-    for b in range(1, ds.count + 1):
-        dtype = typename_fwd[dtype_rev[ds.dtypes[b - 1]]]
-        nodata = ds.nodatavals[b - 1]
+    lines = [f'<VRTDataset rasterXSize="{info["width"]}" rasterYSize="{info["height"]}">']
+    for b in range(1, info["count"] + 1):
+        dtype = typename_fwd[dtype_rev[info["dtypes"][b - 1]]]
+        nodata = info["band_nodata"][b - 1]
+        interp = "Undefined" if b == named else info["colorinterp"][b - 1].name.capitalize()
         lines += [f'  <VRTRasterBand dataType="{dtype}" band="{b}">',
                   *([f"    <NoDataValue>{_nodata_text(nodata)}</NoDataValue>"] if nodata is not None else []),
-                  f"    <ColorInterp>{'Undefined' if b == named else ds.colorinterp[b - 1].name.capitalize()}</ColorInterp>",
-                  f"    {source(b)}", "  </VRTRasterBand>"]
+                  f"    <ColorInterp>{interp}</ColorInterp>", f"    {source(b)}", "  </VRTRasterBand>"]
     if alpha:  # scaled up first: a float alpha's 0.3 is valid, as geosr reads a file's (> 0), not rounded to 0
         lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', f"      {source(alpha, 1e6)}",
                   "    </VRTRasterBand>", "  </MaskBand>"]

@@ -45,6 +45,7 @@ from geosr.errors import InputError, OutputError, OutputExistsError
 from geosr.journal import RunJournal
 from geosr.local_paths import resolved
 from geosr.replaceable import check_replaceable_tiled
+from geosr.scene import INPUT_VRTS
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
 from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably,
@@ -186,6 +187,9 @@ class TiledTarget:
             self.captions = self.output / "captions.geojson"
         # beside the .vrt the captions are out.captions.geojson, which out.tif's run writes too
         self.lock_names = (self.data,) if self.captions.parent == self.data else (self.data, self.captions)
+        if self.data.name == INPUT_VRTS:  # staged in the run's work folder beside the input's VRTs, under that name
+            raise OutputError(f"{self.data.name} is the name of geosr's own folder in a run's work folder: "
+                              "name the output otherwise")
         self.overwrite, self.stand_in = overwrite, stand_in
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")

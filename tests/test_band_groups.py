@@ -615,3 +615,26 @@ def test_an_alpha_that_holds_the_nodata_value_too_does_not_make_the_collar_valid
         assert out.count == 4 and out.nodata == 65535
         valid = out.dataset_mask() > 0
     assert not valid[:, :32].any() and valid[:, 32:96].all() and not valid[:, 96:128].any() and valid[:, 128:].all()
+
+
+def test_mosaic_pieces_that_differ_only_in_naming_their_nir_are_one_product(tmp_path):
+    """Found by a review of the alpha refusal: two RGBN Byte tiles whose NIR GDAL labels alpha, one
+    with band names (red ... nir), one without (re-exported by a script): refused as disagreeing on
+    the alpha. The first piece that names a band names it for the mosaic; the unnamed tile's NIR is
+    read as data too, zeros kept."""
+    pieces = []
+    for i in range(2):
+        data = (texture(4, 40, 48, seed=20 + i) * 200 + 20).astype("uint8")
+        data[3, 10:20, 10:30] = 0
+        path = write_raster(tmp_path / f"p{i}.tif", data,
+                            transform=rasterio.Affine(2.0, 0.0, 500000.0 + 2 * 48 * i, 0.0, -2.0, 4100000.0))
+        if i == 0:
+            with rasterio.open(path, "r+") as ds:
+                for b, name in enumerate(("red", "green", "blue", "nir"), start=1):
+                    ds.set_band_description(b, name)
+        pieces.append(path)
+    with pytest.warns(UserWarning, match="named 'nir': read as data"):
+        geosr.upscale_to_file(pieces, tmp_path / "out.tif", scale=2, model="nearest", captioner="none")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.count == 4 and out.descriptions == ("red", "green", "blue", "nir")
+        assert (out.dataset_mask() > 0).all() and (out.read(4)[20:40, 116:156] == 0).all()

@@ -13,6 +13,7 @@ import rasterio.warp
 import rasterio.windows
 from click.testing import CliRunner
 
+import geosr.errors
 import geosr.journal
 import geosr.resumable
 import geosr.tiled_output
@@ -394,3 +395,13 @@ def test_a_mosaic_input_and_an_output_named_mosaic_vrt(tmp_path):
     single, mosaic = read_all(tmp_path / "single.tif"), read_all(tmp_path / "res" / "mosaic.vrt")
     np.testing.assert_array_equal(mosaic[0], single[0])
     assert mosaic[2]["transform"] == single[2]["transform"]
+
+
+@pytest.mark.parametrize("name", [".geosr-inputs", ".geosr-inputs.vrt"])
+def test_a_tiled_output_named_as_the_input_vrts_folder_is_refused(tmp_path, name):
+    """Found by review: a tiled output is staged in the run's work folder under its own name, and
+    the input's VRTs live there in .geosr-inputs/: the output would replace them."""
+    src = uint8_scene(tmp_path / "in.tif", 60, 80)
+    with pytest.raises(geosr.errors.OutputError, match="geosr's own folder"):
+        upscale_scene([src], tmp_path / name, bicubic_cfg(split=SPLIT))
+    assert not (tmp_path / name).exists()
