@@ -44,8 +44,13 @@ STUDENT_STAGES = {
         "geosr_tiny_v3_x4_student_16b_stage9", "geosr_tiny_v3_x4_student_16b_stage10"),
     2: ("geosr_tiny_v3_x2_student", "geosr_tiny_v3_x2_student_continued", "geosr_tiny_v3_x2_student_stage3",
         "geosr_tiny_v3_x2_student_fidelity", "geosr_tiny_v3_x2_student_fidelity2",
-        "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2"),
+        "geosr_tiny_v3_x2_student_deeper", "geosr_tiny_v3_x2_student_gsd", "geosr_tiny_v3_x2_student_gsd2",
+        "geosr_tiny_v3_x2_student_gsd3", "geosr_tiny_v3_x2_student_gsd4"),
 }
+# Stages that started from the mean of earlier stages' committed weights, folded by the commands in
+# their recipe's header (a copy of the shipped folder, then average_weights of those training_state/
+# folders into it): x2's fourth coarser-GSD stage, from the mean of the second and third.
+AVERAGED_STARTS = {"geosr_tiny_v3_x2_student_gsd4": ("geosr_tiny_v3_x2_student_gsd2", "geosr_tiny_v3_x2_student_gsd3")}
 SHIPPED_FOLDER = {scale: f"geosr/data/models/geosr-tiny-x{scale}" for scale in TEACHERS}
 # Where the shipped networks are the mean of the last stages' weights (training/average_weights.py),
 # those stages, by recipe: their weights are the campaign state's (training_state/ + the run's name).
@@ -174,9 +179,17 @@ def test_student_stages_pair_teacher_and_student(scale):
     # or its weights in the campaign state, training_state/ + its run's name), with the same
     # teacher - a fidelity-only stage's only lends its caption encoder, which distill_cfg checks
     # bit for bit against the student's - and the same student layout
-    for before, stage in zip(stages, stages[1:]):
+    for name, before, stage in zip(STUDENT_STAGES[scale][1:], stages, stages[1:]):
         kept = f"training_state/{Path(before.output_dir).name}"
-        assert stage.init_student in (before.output_dir, SHIPPED_FOLDER[scale], kept)
+        if name in AVERAGED_STARTS:  # the recipe says how its start was made, from the stages before it
+            header = (CONFIGS[0].parent / f"{name}.yaml").read_text().split("\nteacher_model:")[0]
+            sources = [f"training_state/{Path(_recipe(n).output_dir).name}" for n in AVERAGED_STARTS[name]]
+            assert AVERAGED_STARTS[name] == STUDENT_STAGES[scale][STUDENT_STAGES[scale].index(name) - len(sources):
+                                                                 STUDENT_STAGES[scale].index(name)]
+            assert "average_weights" in header and all(src in header for src in sources)
+            assert f"--into {stage.init_student}" in header
+        else:
+            assert stage.init_student in (before.output_dir, SHIPPED_FOLDER[scale], kept)
         assert stage.output_dir != before.output_dir
         assert stage.teacher_model == before.teacher_model or stage.distill_weight == 0
         assert stage.scale == scale
