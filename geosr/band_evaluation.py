@@ -233,14 +233,12 @@ def evaluate_bands(
     for option, parse in (("rgb_bands", parse_rgb_bands), ("bands_to_model", parse_bands_to_model)):
         # the user's numbers are the HR file's, the run's the LR's (all, rgb: as they are)
         chosen = upscale_options.get(option)
-        chosen = None if chosen is None else parse(chosen)
-        if isinstance(chosen, str):
+        if chosen is None or isinstance(chosen := parse(chosen), str):
             continue
-        if chosen is not None and any(b not in position for b in chosen):
+        if any(b not in position for b in chosen):
             raise InputError(f"--{option.replace('_', '-')} takes bands among {_listed(data_bands)}, got "
                              f"{','.join(map(str, chosen))}")
-        if chosen is not None:
-            upscale_options = {**upscale_options, option: tuple(position[b] for b in chosen)}
+        upscale_options = {**upscale_options, option: tuple(position[b] for b in chosen)}
     with tempfile.TemporaryDirectory(prefix="geosr-bands-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ from geosr.captioning import load_captioner
 from geosr.captioning.vocabulary import format_caption
 from geosr.captioning.evaluation import find_images
 from geosr.reading import dataset_valid
-from geosr.scene import data_bands_of, data_dtype
+from geosr.scene import data_bands_of, data_dtype, rgb_uint8_bands
 from geosr.errors import InputError
 from geosr.models import CLASSICAL, default_model, load_upscaler, own_model_kind
 from geosr.routing import MODEL, cheap_path, route_tiles, routing_threshold
@@ -329,10 +329,10 @@ def read_hr_image(path: Path, scale: int, crop: int | None) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
-            bands = data_bands_of(ds)  # an alpha, wherever it is, is the mask
-            if len(bands) < 3 or data_dtype(ds) != "uint8":
-                raise InputError(f"need an RGB uint8 image, got {len(bands)} band(s) of {data_dtype(ds)}")
-            rgb = ds.read(bands[:3]).transpose(1, 2, 0)
+            bands = rgb_uint8_bands(ds)
+            if bands is None:
+                raise InputError(f"need an RGB uint8 image, got {len(data_bands_of(ds))} band(s) of {data_dtype(ds)}")
+            rgb = ds.read(bands).transpose(1, 2, 0)
             valid = dataset_valid(ds)
     if 1.0 - valid.mean() > MAX_FLAGGED_FRACTION:
         r0, r1, c0, c1 = largest_valid_rectangle(valid)

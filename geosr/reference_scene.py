@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from geosr.errors import InputError
 from geosr.reading import dataset_valid
-from geosr.scene import data_bands_of, data_dtype
+from geosr.scene import data_bands_of, data_dtype, rgb_uint8_bands
 
 __all__ = ["write_degraded", "score_output"]
 
@@ -28,10 +28,11 @@ __all__ = ["write_degraded", "score_output"]
 def _read_rgb(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     """``H x W x 3`` float32 in [0, 1], validity ``H x W`` and the profile of an RGB uint8 raster."""
     with rasterio.open(path) as ds:
-        bands = data_bands_of(ds)  # an alpha, wherever it is, is the mask
-        if len(bands) < 3 or data_dtype(ds) != "uint8":
-            raise InputError(f"{path}: a reference scene must be RGB uint8, got {len(bands)} band(s) of {data_dtype(ds)}")
-        rgb = ds.read(bands[:3]).transpose(1, 2, 0).astype(np.float32) / 255.0
+        bands = rgb_uint8_bands(ds)
+        if bands is None:
+            raise InputError(f"{path}: a reference scene must be RGB uint8, got {len(data_bands_of(ds))} band(s) of "
+                             f"{data_dtype(ds)}")
+        rgb = ds.read(bands).transpose(1, 2, 0).astype(np.float32) / 255.0
         return rgb, dataset_valid(ds), ds.profile
 
 

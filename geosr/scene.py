@@ -84,16 +84,20 @@ def alpha_band_of(ds: rasterio.io.DatasetReader, warn: bool = False) -> int | No
     is alpha - unless its description names a band of imagery (``nir``, ``B8``, ``red``): GDAL
     labels the fourth band of every 4-band Byte GeoTIFF alpha unless told otherwise, an RGBN
     scene's NIR too, and that band was dropped from the output (``warn``: say it is read as data)."""
-    for i, ci in enumerate(ds.colorinterp):  # as a mosaic's pieces are read (_read_alpha_as_geosr_does)
-        if ci != ColorInterp.alpha:
-            continue
-        if not names_a_band(ds.descriptions[i]):
-            return i + 1
-        if warn:
-            warnings.warn(f"{ds.name}: band {i + 1} is labelled alpha (GDAL's default for a 4-band Byte GeoTIFF) "
-                          f"and named {ds.descriptions[i]!r}: read as data, not as a mask", AlphaNamedAsDataWarning,
-                          stacklevel=3)
-    return None
+    alpha = _unnamed_alpha(ds.colorinterp, ds.descriptions)
+    named = [b for b, ci in enumerate(ds.colorinterp, start=1)
+             if ci == ColorInterp.alpha and b < (alpha or ds.count + 1)]  # labelled alpha before it: named
+    for b in named if warn else []:
+        warnings.warn(f"{ds.name}: band {b} is labelled alpha (GDAL's default for a 4-band Byte GeoTIFF) "
+                      f"and named {ds.descriptions[b - 1]!r}: read as data, not as a mask", AlphaNamedAsDataWarning,
+                      stacklevel=3)
+    return alpha
+
+
+def _unnamed_alpha(colorinterp: Sequence[ColorInterp], names: Sequence[str | None]) -> int | None:
+    """The first 1-based band labelled alpha whose name is no band of imagery (:func:`alpha_band_of`)."""
+    return next((b for b, ci in enumerate(colorinterp, start=1)
+                 if ci == ColorInterp.alpha and not names_a_band(names[b - 1])), None)
 
 
 def alpha_mask_band(ds: rasterio.io.DatasetReader) -> int | None:
@@ -118,6 +122,13 @@ def data_bands_of(ds: rasterio.io.DatasetReader) -> list[int]:
     """1-based bands of ``ds`` that hold data: all but :func:`alpha_band_of`'s."""
     alpha = alpha_band_of(ds)
     return [b for b in range(1, ds.count + 1) if b != alpha]
+
+
+def rgb_uint8_bands(ds: rasterio.io.DatasetReader) -> list[int] | None:
+    """The first three data bands of ``ds`` where it is an RGB uint8 image (an alpha, wherever it is,
+    is the mask), else None: what the val evaluators and reference scenes read."""
+    bands = data_bands_of(ds)
+    return bands[:3] if len(bands) >= 3 and data_dtype(ds) == "uint8" else None
 
 
 def data_dtype(ds: rasterio.io.DatasetReader) -> str:
@@ -446,9 +457,10 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             raise InputError(f"{paths[0]} holds no bands of its own" + (
                 f"; name one of its subdatasets as INPUT:{listed}" if listed else ""))
         _check_one_dtype(paths[0], ds.dtypes, ds.colorinterp)
-        if data_dtype(ds) not in SUPPORTED_DTYPES:
+        dtype = data_dtype(ds)
+        if dtype not in SUPPORTED_DTYPES:
             raise InputError(
-                f"{paths[0]} has {data_dtype(ds)} pixels: geosr reads real-valued bands "
+                f"{paths[0]} has {dtype} pixels: geosr reads real-valued bands "
                 f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. to its amplitude as float32"
             )
         gcps, gcp_crs = ds.gcps
@@ -485,7 +497,7 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             width=ds.width,
             height=ds.height,
             count=ds.count,
-            dtype=data_dtype(ds),
+            dtype=dtype,
             crs=ds.crs if ds.crs else (gcp_crs if gcps else None),
             transform=transform,
             gcps=(tuple(gcps), gcp_crs) if gcps else (),
@@ -559,7 +571,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
         _read_alpha_as_geosr_does(info, workdir / f"piece{n}.vrt")
 
     first = infos[0]
-    _check_one_dtype(first["path"], first["dtypes"], first["colorinterp"])  # the VRT would declare band 1's for all
+    _check_one_dtype(first["path"], first["dtypes"], first["colorinterp"])  # geosr reads one type of data band
     t0: Affine = first["transform"]
     if not first["crs"]:
         raise GeoreferenceError(f"mosaic piece {first['path']!r} has no CRS: pieces are placed by their georeferencing")
@@ -802,11 +814,11 @@ def _read_alpha_as_geosr_does(info: dict, path: Path) -> None:
     alpha GDAL leaves as data (beside 4+ bands, or first: :func:`alpha_mask_band`) is made the piece's
     mask - else its transparent collar painted over its neighbour's pixels - and a band GDAL takes for
     the mask that is named as data (an RGBN's NIR) is not: its zeros were masked."""
-    labelled = [b for b, ci in enumerate(info["colorinterp"], start=1) if ci == ColorInterp.alpha]
-    info["alpha"] = next((b for b in labelled if not names_a_band(info["names"][b - 1])), None)
+    info["alpha"] = _unnamed_alpha(info["colorinterp"], info["names"])
     flags = info["flags"]
     mask = _alpha_gdal_ignores(info["alpha"], info["nodata"], flags)
-    named = labelled[0] if MaskFlags.alpha in flags and info["alpha"] is None else None
+    named = (list(info["colorinterp"]).index(ColorInterp.alpha) + 1
+             if MaskFlags.alpha in flags and info["alpha"] is None else None)
     # an internal mask or an alpha band: which pixels hold data is the mask's
     info["masked"] = mask is not None or (named is None and (MaskFlags.alpha in flags or MaskFlags.per_dataset in flags))
     info["source"] = _piece_vrt(info, mask, named, path) if mask or named else info["path"]

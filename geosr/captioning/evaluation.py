@@ -33,7 +33,7 @@ from geosr.captioning import attributed_captions, split_speaker
 from geosr.captioning.vocabulary import parse_caption
 from geosr.errors import InputError
 from geosr.reading import dataset_valid
-from geosr.scene import data_bands_of, data_dtype
+from geosr.scene import data_bands_of, data_dtype, rgb_uint8_bands
 
 if TYPE_CHECKING:
     from geosr.captioning import Captioner
@@ -60,10 +60,10 @@ def find_images(roots: Iterable[str | Path]) -> list[Path]:
 def _read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """First three bands as ``H x W x 3`` uint8 and the valid-pixel mask."""
     with rasterio.open(path) as ds:
-        bands = data_bands_of(ds)  # an alpha, wherever it is, is the mask
-        if len(bands) < 3 or data_dtype(ds) != "uint8":
-            raise InputError(f"{path}: need an RGB uint8 image, got {len(bands)} x {data_dtype(ds)}")
-        rgb = ds.read(bands[:3]).transpose(1, 2, 0)
+        bands = rgb_uint8_bands(ds)
+        if bands is None:
+            raise InputError(f"{path}: need an RGB uint8 image, got {len(data_bands_of(ds))} x {data_dtype(ds)}")
+        rgb = ds.read(bands).transpose(1, 2, 0)
         valid = dataset_valid(ds)
     return rgb, valid
 
