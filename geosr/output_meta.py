@@ -64,6 +64,10 @@ def cog_creation_options(config: RunConfig) -> dict[str, str]:
 
 
 def band_meta(scene: Scene, plan: BandPlan) -> dict:
+    """Each output band's metadata, taken from the input band it was made from: colour
+    interpretation (alpha written as undefined; R, G, B as gray below three bands), description,
+    scale, offset, unit, colour table, band tags, and ``input_bands``, the 1-based input band
+    numbers (a Zarr store's ``band`` coordinate, as in the lazy result of :func:`geosr.upscale`)."""
     pick = [b - 1 for b in plan.bands]
     ci = [scene.colorinterp[i] for i in pick]
     # kept where they are: GDAL's GTiff stores R, G, B on any bands (a PlanetScope stack's blue on
@@ -79,6 +83,7 @@ def band_meta(scene: Scene, plan: BandPlan) -> dict:
         units=[scene.units[i] for i in pick],
         colormaps=[scene.colormaps[i] if scene.colormaps else None for i in pick],
         tags=[scene.band_metadata[i] if scene.band_metadata else {} for i in pick],
+        input_bands=list(plan.bands),
     )
 
 

@@ -344,7 +344,8 @@ class WorkRaster:
         Keep a validity mask (inputs with alpha or an internal mask, no nodata).
     band_meta : dict
         ``colorinterp``, ``descriptions``, ``scales``, ``offsets``, ``units``, ``colormaps`` per band, and
-        ``tags``: per band, its tags by metadata domain (``""``: the default one).
+        ``tags``: per band, its tags by metadata domain (``""``: the default one); ``input_bands``,
+        the input band each output band was made from (a Zarr store's ``band`` coordinate).
     tags : dict
         Dataset tags.
     """

@@ -3,7 +3,8 @@
 The store is Zarr format 2 (what GDAL's Zarr driver and xarray both read), one group:
 
 - ``band_data`` (``band, y, x``): the output's pixels in its dtype, chunks of all bands x
-  :data:`ZARR_CHUNK` x :data:`ZARR_CHUNK` output pixels (ragged at the right and bottom),
+  :data:`ZARR_CHUNK` x :data:`ZARR_CHUNK` output pixels (ragged at the right and bottom), its
+  ``band`` coordinate the input band numbers (as the lazy result of :func:`geosr.upscale`),
   Zstandard-compressed (level 1); the output's nodata is the array's fill value (``_FillValue`` to xarray);
   band descriptions, scales, offsets, units and colour interpretation are attributes
   (``long_name``, ``scales``, ``offsets``, ``units``, ``colorinterp``);
@@ -540,8 +541,9 @@ class ZarrWriter(BlockTaskWriter):
         if coords:
             group.create_array("spatial_ref", shape=(), dtype=np.int64, fill_value=None,
                                attributes={"_ARRAY_DIMENSIONS": [], **grid})[...] = 0
+        # the input's band numbers, as the lazy result's coordinate: 4, 3, 2 for ``--bands 4,3,2``
         group.create_array("band", shape=(r.count,), dtype=np.int64, fill_value=None,
-                           attributes={"_ARRAY_DIMENSIONS": ["band"]})[:] = np.arange(1, r.count + 1)
+                           attributes={"_ARRAY_DIMENSIONS": ["band"]})[:] = meta.get("input_bands") or np.arange(1, r.count + 1)
         if transform is not None and transform.b == 0 and transform.d == 0:  # rectilinear: pixel centres
             t = transform
             for name, n, origin, step, axis in (("x", width, t.c, t.a, "X"), ("y", height, t.f, t.e, "Y")):

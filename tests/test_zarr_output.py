@@ -63,6 +63,21 @@ def test_the_store_equals_the_single_cog(tmp_path, masked, batch_size):
     assert not list(tmp_path.glob(".out.zarr.geosr-*"))  # the work folder and the lock are gone
 
 
+def test_the_band_coordinate_is_the_input_bands_as_in_the_lazy_result(tmp_path):
+    """``--bands 5,2``: the store's ``band`` coordinate says which input bands it holds (5, 2, as the
+    lazy DataArray's), at every level; it was 1, 2 whatever the bands were."""
+    import geosr
+
+    data = (np.arange(5 * RAGGED_HEIGHT * RAGGED_WIDTH).reshape(5, RAGGED_HEIGHT, RAGGED_WIDTH) % 251).astype(np.uint8)
+    src = write_raster(tmp_path / "in.tif", data)
+    upscale_scene([src], tmp_path / "out.zarr", bicubic_cfg(bands=(5, 2)))
+    store = open_store(tmp_path / "out.zarr")
+    lazy = geosr.upscale(src, scale=2, model="bicubic", captioner="none", bands=(5, 2), tile=32, overlap=8)
+    assert list(store["band"].values) == list(lazy["band"].values) == [5, 2]
+    assert list(xr.open_zarr(tmp_path / "out.zarr", group="2")["band"].values) == [5, 2]
+    np.testing.assert_array_equal(store["band_data"].values, lazy.values)
+
+
 def test_an_overview_chunk_with_no_valid_pixel_is_written_and_journalled(tmp_path):
     """A chunk equal to the fill value everywhere is still a file: every chunk is journalled with its bytes."""
     mask = np.ones((RAGGED_HEIGHT, RAGGED_WIDTH), bool)
