@@ -4,7 +4,8 @@ GDAL publishes what each driver accepts (``DMD_CREATIONOPTIONLIST``: names, type
 values, bounds); geosr reads the COG driver's list and checks names and values against
 it, then writes a tiny COG of the output's band count and dtype in memory with the same
 options, so combinations GDAL refuses (JPEG on float32...) fail in a second, not after
-every tile was computed. The values are checked *before* the trial write because some
+every tile was computed; with the output's nodata value in the trial, it also says whether the
+codec keeps which pixels are no-data (lossy ones do not). The values are checked *before* the trial write because some
 bad values (``BLOCKSIZE=abc``) abort GDAL's process instead of raising an error, and GDAL
 only warns about others (``COMPRESS=FOO`` silently writes an uncompressed file).
 
@@ -146,7 +147,8 @@ def _out_of_range(name: str, value: str, options: Mapping[str, str]) -> str | No
     return None
 
 
-def check_creation_options(options: Mapping[str, str], count: int, dtype: str, mask: bool, defaults: Mapping[str, str]) -> None:
+def check_creation_options(options: Mapping[str, str], count: int, dtype: str, mask: bool, defaults: Mapping[str, str],
+                           nodata: float | None = None) -> None:
     """Raise :class:`InputError` when GDAL's COG driver would not honour ``options``.
 
     Parameters
@@ -157,6 +159,10 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
         Band count, dtype and mask of the output.
     defaults : mapping
         geosr's own COG options, which ``options`` override.
+    nodata : float, optional
+        The output's nodata value: options whose compression moves pixels onto or off it
+        (JPEG, WEBP, LERC with a MAX_Z_ERROR) are refused, as they would change which pixels
+        are valid (:func:`_nodata_survives`).
     """
     specs = cog_creation_options()
     for name, value in options.items():
@@ -176,19 +182,58 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
     merged = {**defaults, **options, "NUM_THREADS": "1"}
     # One pixel more than a tile, so the trial also builds an overview.
     size = int(merged.get("BLOCKSIZE", 512)) + 1
-    data = np.zeros((count, size, size), dtype)
+    data = np.zeros((count, size, size), dtype) if nodata is None else _nodata_pattern(count, size, dtype, nodata)
     try:
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as mem, warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a bare trial raster
-            with mem.open(driver="GTiff", width=size, height=size, count=count, dtype=dtype) as ds:
+            with mem.open(driver="GTiff", width=size, height=size, count=count, dtype=dtype, nodata=nodata) as ds:
                 ds.write(data)
                 if mask:
                     ds.write_mask(np.full((size, size), 255, np.uint8))
             rasterio.shutil.copy(mem.name, "/vsimem/geosr-co-check.tif", driver="COG", **merged)
-            rasterio.shutil.delete("/vsimem/geosr-co-check.tif")
+            try:
+                if nodata is not None:
+                    with rasterio.open("/vsimem/geosr-co-check.tif") as trial:
+                        written = trial.read()
+            finally:
+                rasterio.shutil.delete("/vsimem/geosr-co-check.tif")
     except GDAL_ERRORS as exc:
         given = " ".join(f"--co {k}={v}" for k, v in options.items()) or "the default creation options"
         kept = " ".join(f"{k}={v}" for k, v in defaults.items() if k not in options and k != "NUM_THREADS")
         beside = f" beside geosr's defaults {kept} (each replaced by a --co of its name)" if options and kept else ""
         raise InputError(f"{given}{beside}: GDAL cannot write a {count}-band {dtype} COG with them: "
                          f"{gdal_cause(exc)}") from exc
+    if nodata is not None and not _nodata_survives(data, written, nodata):
+        given = " ".join(f"--co {k}={v}" for k, v in options.items())
+        raise InputError(f"{given}: this compression is lossy and the output has a nodata value ({nodata:g}): it would turn "
+                         "pixels next to no-data into valid values and valid pixels near the nodata value into no-data; "
+                         "choose a lossless COMPRESS (DEFLATE, ZSTD, LZW, LERC without MAX_Z_ERROR), or give the input "
+                         "a mask instead of a nodata value (geosr then writes an internal mask, which GDAL keeps exact)")
+
+
+def _nodata_pattern(count: int, size: int, dtype: str, nodata: float) -> np.ndarray:
+    """A trial raster for :func:`_nodata_survives`: 16 px squares of ``nodata`` on a checkerboard,
+    the others random values in the range imagery of ``dtype`` holds (0-255; 0-10 000 for wider
+    integers, reflectance-like; 0-1 for floats), none equal to ``nodata``."""
+    rng = np.random.default_rng(0)
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        lo, hi = 0.0, 1.0
+        data = rng.random((count, size, size)).astype(dtype)
+    else:
+        info = np.iinfo(kind)
+        lo, hi = max(info.min, 0), min(info.max, 255 if kind.itemsize == 1 else 10_000)
+        data = rng.integers(lo, hi, (count, size, size), endpoint=True).astype(dtype)
+    data[data == nodata] = hi if nodata != hi else lo
+    holes = (np.arange(size)[:, None] // 16 + np.arange(size)[None, :] // 16) % 2 == 0
+    data[:, holes] = nodata
+    return data
+
+
+def _nodata_survives(data: np.ndarray, written: np.ndarray, nodata: float) -> bool:
+    """Whether the pixels equal to ``nodata`` are the same in ``data`` and in ``written``, its
+    trial COG: a lossy codec blurs the no-data squares' edges and moves values near the nodata
+    value onto it (JPEG, WEBP; LERC within its MAX_Z_ERROR)."""
+    if np.isnan(nodata):
+        return bool(np.array_equal(np.isnan(data), np.isnan(written)))
+    return bool(np.array_equal(data == nodata, written == nodata))

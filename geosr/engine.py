@@ -311,7 +311,8 @@ def _upscale_in(journal: RunJournal, files, target: OutputTarget | TiledTarget |
     write_mask = (scene.masked or skipped > 0) and scene.nodata is None
 
     # Everything that can be checked before the first tile is checked here.
-    check_creation_options(config.creation_options, len(plan.bands), scene.dtype, write_mask, DEFAULT_COG_OPTIONS)
+    check_creation_options(config.creation_options, len(plan.bands), scene.dtype, write_mask, DEFAULT_COG_OPTIONS,
+                           profile.get("nodata"))
     cog_options = cog_creation_options(config)
     map_bytes = profile["width"] * profile["height"] * 4 if uncertainty is not None else 0  # float32, one band
     estimate = estimate_disk_use(

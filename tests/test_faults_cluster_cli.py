@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dask
 import distributed
+import numpy as np
 import pytest
 import rasterio
 import torch
@@ -33,7 +34,7 @@ from geosr.cli import cli
 from geosr.errors import InputError
 from geosr.stoppable_gdal import GdalPass
 from geosr.validation import validate_output
-from tests.rasters import uint8_scene
+from tests.rasters import texture, uint8_scene, write_raster
 
 RUN = ["--scale", "2", "--model", "bicubic", "--captioner", "none", "-q"]
 SCHEDULER = "a dask scheduler, e.g. tcp://host:8786"
@@ -436,6 +437,33 @@ def test_every_cog_predictor_is_taken(predictor, scene):
     res = invoke("upscale", src, scene / "out.tif", *RUN, "--co", f"PREDICTOR={predictor}", "--co", "NBITS=8"
                  if predictor == "NO" else "LEVEL=6")
     assert res.exit_code == 0, res.stderr
+
+
+@pytest.mark.parametrize("options, dtype, refused", [
+    (["COMPRESS=JPEG"], "uint8", True),
+    (["COMPRESS=WEBP"], "uint8", True),
+    (["COMPRESS=LERC", "MAX_Z_ERROR=3"], "uint8", True),
+    (["COMPRESS=WEBP", "QUALITY=100"], "uint8", False),  # lossless WEBP
+    (["COMPRESS=LERC", "MAX_Z_ERROR=0.001"], "float32", False),  # nodata -9999, far from every value
+], ids=["JPEG", "WEBP", "LERC lossy", "WEBP lossless", "LERC far from nodata"])
+def test_lossy_compression_that_would_move_nodata_is_refused(options, dtype, refused, tmp_path):
+    """Found by review: --co COMPRESS=JPEG on a scene with nodata 0 turned 99 no-data pixels valid
+    (with junk) and 25 valid ones no-data, exit 0; a trial COG now says whether the codec keeps them."""
+    nodata = 0 if dtype == "uint8" else -9999
+    data = (texture(3, 64, 80, 0) * 250 + 3).astype(dtype) if dtype == "uint8" else texture(3, 64, 80, 0).astype(dtype)
+    data[:, :10, :12] = nodata
+    data[:, 30:33, 40:60] = 1 if dtype == "uint8" else data[:, 30:33, 40:60]  # valid, next to the nodata value
+    src = write_raster(tmp_path / "in.tif", data, nodata=nodata)
+    co = [arg for option in options for arg in ("--co", option)]
+    res = invoke("upscale", src, tmp_path / "out.tif", *RUN, *co)
+    if refused:
+        assert res.exit_code == 3 and "this compression is lossy and the output has a nodata value" in error_line(res.stderr)
+        assert names(tmp_path) == ["in.tif"]
+        return
+    assert res.exit_code == 0, res.stderr
+    assert invoke("upscale", src, tmp_path / "plain.tif", *RUN).exit_code == 0
+    with rasterio.open(tmp_path / "out.tif") as out, rasterio.open(tmp_path / "plain.tif") as plain:
+        np.testing.assert_array_equal(out.read_masks(), plain.read_masks())
 
 
 def test_creation_options_in_range_are_taken(scene):

@@ -37,7 +37,7 @@ from geosr.writer import check_file_name
               "stack (default: read from band descriptions, wavelengths or colour interpretation).")
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), help="GeoJSON polygon(s): only tiles touching them are processed.")
 @click.option("--blend", type=click.Choice(["cosine", "none"]), default="cosine", show_default=True, help="Tile blending (none shows the seams).")
-@click.option("--co", "creation_options", multiple=True, callback=parse_creation_options, metavar="NAME=VALUE", help="GDAL COG creation option, repeatable (e.g. --co COMPRESS=ZSTD).")
+@click.option("--co", "creation_options", multiple=True, callback=parse_creation_options, metavar="NAME=VALUE", help="GDAL COG creation option, repeatable (e.g. --co COMPRESS=ZSTD; a lossy compression that would move pixels onto or off the nodata value is refused).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT (and its captions) if they exist.")
 @click.option("--resume", is_flag=True, help="Continue a stopped run of OUTPUT (same inputs and settings; refused "
               "with the reason if they differ); without one, start from the beginning.")
