@@ -389,6 +389,7 @@ def categorical_reason(path: str) -> str | None:
         if not ds.count:
             return None  # a container of subdatasets: opening the scene says so
         _check_one_dtype(path, ds.dtypes, ds.colorinterp)  # before reading samples of every band
+        _check_has_data(path, ds)
         if ColorInterp.palette in ds.colorinterp:
             return "a colour table"
         aux = Path(path + ".aux.xml")
@@ -457,12 +458,12 @@ def _describe(source: str, paths: Sequence[str], check_pixels: bool = True) -> S
             raise InputError(f"{paths[0]} holds no bands of its own" + (
                 f"; name one of its subdatasets as INPUT:{listed}" if listed else ""))
         _check_one_dtype(paths[0], ds.dtypes, ds.colorinterp)
+        _check_has_data(paths[0], ds)
         dtype = data_dtype(ds)
         if dtype not in SUPPORTED_DTYPES:
-            raise InputError(
-                f"{paths[0]} has {dtype} pixels: geosr reads real-valued bands "
-                f"({', '.join(SUPPORTED_DTYPES)}); convert it first, e.g. to its amplitude as float32"
-            )
+            how = ("to its amplitude as float32" if np.dtype(dtype).kind == "c" else
+                   "gdal_translate -ot Float32, or -ot Int32 / UInt32 where its values fit")
+            raise InputError(f"{paths[0]} has {dtype} pixels: geosr reads {', '.join(SUPPORTED_DTYPES)}; convert it first, {how}")
         gcps, gcp_crs = ds.gcps
         rpcs = ds.rpcs
         transform = ds.transform
@@ -532,6 +533,13 @@ def _colormap(ds, band: int) -> dict | None:
         return None
 
 
+def _placed_by(ds) -> str | None:
+    """``"GCPs"`` or ``"RPCs"`` for a raster georeferenced only by them (no geotransform), else None."""
+    if not ds.transform.is_identity:
+        return None
+    return "GCPs" if ds.gcps[0] else "RPCs" if ds.rpcs is not None else None
+
+
 def _band_metadata(ds, band: int) -> dict[str, dict[str, str]]:
     """Band ``band``'s tags by domain, statistics left out; empty domains dropped."""
     out = {}
@@ -555,7 +563,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                         height=ds.height, count=ds.count, dtypes=ds.dtypes, nodata=ds.nodata,
                         band_nodata=tuple(ds.nodatavals), colorinterp=ds.colorinterp, descriptions=ds.descriptions,
                         scales=ds.scales, offsets=ds.offsets, units=ds.units, flags=flags,
-                        tags=dict(ds.tags()),
+                        tags=dict(ds.tags()), placed_by=_placed_by(ds),
                         band_tags=[_band_metadata(ds, b) for b in range(1, ds.count + 1)],
                         colormaps=[_colormap(ds, b) for b in range(1, ds.count + 1)],
                     )
@@ -573,6 +581,10 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
     first = infos[0]
     _check_one_dtype(first["path"], first["dtypes"], first["colorinterp"])  # geosr reads one type of data band
     t0: Affine = first["transform"]
+    for info in infos:
+        if info["placed_by"]:  # "has no CRS" said of a piece whose GCPs have one
+            raise GeoreferenceError(f"mosaic piece {info['path']!r} is georeferenced by {info['placed_by']}, not a "
+                                    "geotransform: pieces are placed on one grid by theirs; warp each first (gdalwarp)")
     if not first["crs"]:
         raise GeoreferenceError(f"mosaic piece {first['path']!r} has no CRS: pieces are placed by their georeferencing")
     if t0.b != 0 or t0.d != 0:
@@ -599,6 +611,12 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                 f"piece the same (gdal_edit.py -colorinterp_{band} alpha, or undefined where band {band} is data)")
         t: Affine = info["transform"]
         for got, want, what in ((t.a, t0.a, "pixel width"), (t.e, t0.e, "pixel height")):
+            if (got > 0) != (want > 0):  # the same size, one piece flipped: "10.0 vs 10.0" said nothing
+                flipped = name if (what == "pixel height") == (got > 0) else first["path"]
+                raise GridMismatchError(
+                    f"mosaic pieces are not on one pixel grid: {flipped} is "
+                    f"{'south-up' if what == 'pixel height' else 'mirrored east-west'} ({what} {got!r} in {name}, "
+                    f"{want!r} in {first['path']}); warp it north-up first (gdalwarp)")
             if abs(got - want) * max(info["width"], info["height"]) > GRID_TOLERANCE_PX * abs(want):
                 raise GridMismatchError(
                     f"mosaic pieces are not on one pixel grid: {what} of {name} is {abs(got)!r}, "
@@ -716,6 +734,14 @@ def _check_one_dtype(path: str, dtypes: Sequence[str], colorinterp: Sequence[Col
         said = ", ".join(f"band {b}: {t}" for b, t in enumerate(dtypes, start=1))
         raise InputError(f"{path}'s bands are of different types ({said}); geosr reads one: convert them "
                          "to one (gdal_translate -ot Float32) or upscale them apart")
+
+
+def _check_has_data(path: str, ds: rasterio.io.DatasetReader) -> None:
+    """Refuse a raster whose only band is labelled alpha (a mask exported with ExtraSamples=alpha):
+    it has no data band for geosr to read (it was "No indexes to read", exit 1)."""
+    if not data_bands_of(ds):
+        raise InputError(f"{path}'s only band is labelled alpha, a mask, so it has no data to upscale; if it holds "
+                         "data, label it gray (gdal_edit.py -colorinterp_1 gray)")
 
 
 def _color_table_lines(colormap: dict) -> list[str]:

@@ -66,6 +66,40 @@ def test_mosaic_on_different_grids_is_a_clear_error(tmp_path):
         assert not (tmp_path / "x.tif").exists()
 
 
+def test_mosaic_refusals_name_what_is_wrong(tmp_path):
+    """Found by review: a south-up piece beside a north-up one was refused as "pixel height of b is
+    2.0, of a 2.0", and pieces placed by GCPs as having "no CRS" (their GCPs have one)."""
+    from rasterio.control import GroundControlPoint
+
+    a = uint8_scene(tmp_path / "a.tif", 20, 20)
+    south_up = uint8_scene(tmp_path / "s.tif", 20, 20, transform=Affine(2.0, 0, 500040.0, 0, 2.0, 4099960.0))
+    with pytest.raises(GridMismatchError, match=r"s.tif is south-up \(pixel height 2.0 in .*s.tif, -2.0 in .*a.tif\)"):
+        upscale_scene([a, south_up], tmp_path / "x.tif", cfg())
+    gcps = [GroundControlPoint(row, col, 500000.0 + 2 * col, 4100000.0 - 2 * row) for row, col in ((0, 0), (0, 20), (20, 0))]
+    placed = [uint8_scene(tmp_path / f"g{k}.tif", 20, 20, transform=None, crs=None) for k in range(2)]
+    for piece in placed:
+        with rasterio.open(piece, "r+") as ds:
+            ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32618))
+    with pytest.raises(InputError, match=r"g0.tif' is georeferenced by GCPs, not a geotransform.*gdalwarp"):
+        upscale_scene(placed, tmp_path / "x.tif", cfg())
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_a_raster_of_one_alpha_band_and_an_int64_raster_are_refused_in_words(tmp_path):
+    """Found by review: a mask exported as one alpha-labelled band failed with "No indexes to read"
+    (exit 1) in upscale and a traceback in info; int64 was told to take "its amplitude"."""
+    alpha = write_raster(tmp_path / "alpha.tif", np.full((1, 24, 24), 255, np.uint8), colorinterp=[ColorInterp.alpha])
+    wide = write_raster(tmp_path / "wide.tif", np.arange(24 * 24, dtype=np.int64).reshape(1, 24, 24))
+    for command in (["upscale", str(alpha), str(tmp_path / "x.tif"), "--scale", "2", "--model", "bicubic"],
+                    ["info", str(alpha), "--scale", "2"]):
+        res = CliRunner().invoke(cli, command)
+        assert res.exit_code == 3 and "only band is labelled alpha" in res.output and "-colorinterp_1 gray" in res.output, \
+            res.output
+    res = CliRunner().invoke(cli, ["upscale", str(wide), str(tmp_path / "x.tif"), "--scale", "2", "--model", "bicubic"])
+    assert res.exit_code == 3 and "int64 pixels" in res.output and "gdal_translate -ot Float32" in res.output, res.output
+    assert "amplitude" not in res.output and not (tmp_path / "x.tif").exists()
+
+
 def test_a_folder_of_one_band_files_is_refused_not_painted_over_itself(tmp_path):
     """Found by review: Landsat-style one-file-a-band folders passed every mosaic check and came out
     as one band holding the last file's values (exit 0)."""
