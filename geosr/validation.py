@@ -21,7 +21,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rio_cogeo.cogeo import cog_validate
 
 from geosr.errors import GDAL_ERRORS, InputError, gdal_cause
-from geosr.georef import scale_transform
+from geosr.georef import scale_gcps, scale_rpcs, scale_transform
 from geosr.scene import data_dtype, open_raster, same_nodata
 from geosr.sentinel2 import resolve_input, write_vrt
 
@@ -203,14 +203,40 @@ def _check_against_source(res: ValidationResult, out, src) -> None:
             res.errors.append(f"bounds differ: source {tuple(src.bounds)}, output {tuple(out.bounds)}")
     elif not src.gcps[0] and not out.transform.is_identity:
         res.errors.append("the source is not georeferenced, the output has a transform")
+    _check_gcps_and_rpcs(res, out, src, s)
     if data_dtype(out) != data_dtype(src):
         res.errors.append(f"dtype differs: source {data_dtype(src)}, output {data_dtype(out)}")
     if src.nodata is not None and not same_nodata(src.nodata, out.nodata):
         res.errors.append(f"nodata differs: source {src.nodata}, output {out.nodata}")
+    elif src.nodata is None and out.nodata is not None and not np.isnan(out.nodata):
+        # NaN is how geosr marks a float source's non-finite pixels; any other value is data in the source
+        res.errors.append(f"the output has nodata {out.nodata:g}, the source none: its pixels of that value read as no-data")
     src_masked = src.nodata is not None or any(MaskFlags.per_dataset in f for f in src.mask_flag_enums)
     out_masked = out.nodata is not None or any(MaskFlags.per_dataset in f for f in out.mask_flag_enums)
     if src_masked and not out_masked:
         res.errors.append("the source has a mask or nodata, the output has neither")
+
+
+def _check_gcps_and_rpcs(res: ValidationResult, out, src, s: int) -> None:
+    """Error where the source's GCPs or RPCs are not the output's scaled by ``s``
+    (:func:`geosr.georef.scale_gcps`, :func:`~geosr.georef.scale_rpcs`): unscaled, they put the
+    output at 1/s of its size on the ground."""
+    gcps, gcp_crs = src.gcps
+    if gcps:
+        got, got_crs = out.gcps
+        want = scale_gcps(gcps, s)
+        same = got_crs == gcp_crs and len(got) == len(want) and all(
+            np.allclose([g.row, g.col, g.x, g.y], [w.row, w.col, w.x, w.y], rtol=1e-9, atol=1e-6) for g, w in zip(got, want))
+        if not same:
+            res.errors.append(f"GCPs differ from the source's scaled by {s} (pixel and line x {s}, the same ground points)")
+    if src.rpcs is not None:
+        if out.rpcs is None:
+            res.errors.append("the source has RPCs, the output none")
+            return
+        want, got = scale_rpcs(src.rpcs, s).to_dict(), out.rpcs.to_dict()
+        if any(not np.allclose(got[key], value, rtol=1e-9, atol=1e-9) for key, value in want.items() if key != "err_bias" and
+               key != "err_rand"):
+            res.errors.append(f"RPCs differ from the source's scaled by {s} (line and sample offsets and scales)")
 
 
 def _check_agreement(res: ValidationResult, out, src) -> None:

@@ -452,6 +452,42 @@ def test_validate_reads_the_source_as_a_run_does_with_its_aux_xml(tmp_path):
     assert res.ok, res.errors
 
 
+def test_validate_compares_gcps_rpcs_and_a_nodata_the_source_lacks(tmp_path):
+    """Found by review: validate --source said OK for an output carrying the source's unscaled GCPs
+    or RPCs (placed at half its size on the ground) and for one that gained a nodata value."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.rpc import RPC
+
+    def tampered(out: Path, name: str, **georef) -> Path:
+        copy = tmp_path / name
+        copy.write_bytes(out.read_bytes())
+        with rasterio.open(copy, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as ds:
+            for key, value in georef.items():
+                setattr(ds, key, value)
+        return copy
+
+    gcps = [GroundControlPoint(row, col, 500000.0 + 2 * col, 4100000.0 - 2 * row) for row, col in ((0, 0), (0, 40), (30, 0))]
+    rpc = RPC(height_off=100, height_scale=500, lat_off=40.0, lat_scale=0.05, long_off=-75.0, long_scale=0.05,
+              line_off=15, line_scale=15, samp_off=20, samp_scale=20,
+              line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
+              samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
+    crs = rasterio.crs.CRS.from_epsg(32618)
+    for name, georef in (("gcps", dict(gcps=(gcps, crs))), ("rpcs", dict(rpcs=rpc))):
+        src = uint8_scene(tmp_path / f"{name}.tif", 30, 40, transform=None, crs=None)
+        with rasterio.open(src, "r+") as ds:
+            for key, value in georef.items():
+                setattr(ds, key, value)
+        out = tmp_path / f"{name}_x2.tif"
+        upscale_scene([src], out, cfg())
+        assert validate_output(out, src).ok, validate_output(out, src).errors
+        res = validate_output(tampered(out, f"{name}_unscaled.tif", **georef), src)
+        assert f"{name[:-1].upper()}s differ from the source's scaled by 2" in " ".join(res.errors), res.errors
+    src = uint8_scene(tmp_path / "in.tif", 30, 40)
+    upscale_scene([src], tmp_path / "out.tif", cfg())
+    res = validate_output(tampered(tmp_path / "out.tif", "nodata.tif", nodata=3), src)
+    assert "the output has nodata 3, the source none" in " ".join(res.errors), res.errors
+
+
 def test_validate_a_masked_output_with_an_empty_block(tmp_path):
     data = (texture(3, 600, 600) * 250 + 3).astype("uint8")
     valid = np.zeros((600, 600), bool)
