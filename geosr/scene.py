@@ -32,6 +32,7 @@ from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
+from geosr.attribute_tables import has_thematic_attribute_table
 from geosr.band_names import names_a_band
 from geosr.errors import GeoreferenceError, GridMismatchError, InputError, read_errors_named
 from geosr.local_paths import absolute_input
@@ -366,7 +367,8 @@ def categorical_reason(path: str) -> str | None:
     """Why the raster at ``path`` holds classes (land cover, a mask) rather than measurements,
     or None when it does not look like it.
 
-    A colour table (palette indices) or a raster attribute table in its ``.aux.xml`` says so.
+    A colour table (palette indices) or a thematic raster attribute table (wherever GDAL finds it:
+    a ``.vrt``'s XML, an ``.img``, an ``.aux.xml``; :mod:`geosr.attribute_tables`) says so.
     Otherwise an integer raster is judged on full-resolution windows (neighbours must stay
     neighbours): it holds classes when every data band has 2 to
     :data:`CATEGORICAL_MAX_VALUES` distinct values, lies in uniform patches (at least
@@ -392,8 +394,8 @@ def categorical_reason(path: str) -> str | None:
         _check_has_data(path, ds)
         if ColorInterp.palette in ds.colorinterp:
             return "a colour table"
-        aux = Path(path + ".aux.xml")
-        if aux.is_file() and "<GDALRasterAttributeTable" in aux.read_text(errors="replace"):
+        # a remote file's is read by rasterio's session only; its .aux.xml was never fetched either
+        if not is_remote(path) and has_thematic_attribute_table(path):
             return "a raster attribute table"
         if not np.issubdtype(np.dtype(data_dtype(ds)), np.integer):
             return None
