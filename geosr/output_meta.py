@@ -120,10 +120,10 @@ def output_tags(scene: Scene, config: RunConfig, model: Upscaler, plan: BandPlan
     return tags
 
 
-def _gcp_footprints(gcps, windows: Sequence[Window]) -> list[BaseGeometry]:
-    """The windows' footprints placed by ``gcps`` (GDAL's GCP transformer, as QGIS places the
-    raster, opened once): their edges sampled every eighth of a side, since the fit may bend them."""
-    from rasterio.transform import GCPTransformer
+def _placed_footprints(transformer, windows: Sequence[Window], height: float = 0.0) -> list[BaseGeometry]:
+    """The windows' footprints placed by ``transformer`` (rasterio's GCP or RPC transformer: GDAL's,
+    as QGIS places the raster; opened once here; RPCs at ``height``): their edges sampled every
+    eighth of a side, since the fit may bend them."""
     from shapely.geometry import Polygon
 
     steps = [i / 8 for i in range(8)]
@@ -134,23 +134,34 @@ def _gcp_footprints(gcps, windows: Sequence[Window]) -> list[BaseGeometry]:
         rings.append([(r0, c0 + (c1 - c0) * f) for f in steps] + [(r0 + (r1 - r0) * f, c1) for f in steps]
                      + [(r1, c1 - (c1 - c0) * f) for f in steps] + [(r1 - (r1 - r0) * f, c0) for f in steps])
     points = [p for ring in rings for p in ring]
-    with GCPTransformer(gcps) as gcp:
-        xs, ys = gcp.xy([r for r, _ in points], [c for _, c in points], offset="ul")
+    with transformer as place:
+        xs, ys = place.xy([r for r, _ in points], [c for _, c in points], zs=[height] * len(points), offset="ul")
     n = len(steps) * 4
     return [Polygon(list(zip(xs[k * n:(k + 1) * n], ys[k * n:(k + 1) * n]))) for k in range(len(rings))]
 
 
 def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, str],
                       routes: dict[int, TileRoute] | None = None) -> dict:
-    """One feature per processed tile: core footprint in the scene CRS, caption, index, and
+    """One feature per processed tile: core footprint in the scene CRS (a scene placed by RPCs
+    alone: longitude and latitude at the RPCs' mean height), caption, index, and
     for a routed run the tile's ``route`` (``model`` / ``bicubic``), ``texture`` and ``noise``.
     A caption attributed to the captioner that wrote it (``--captioner auto``) has its text in
     ``caption`` and the captioner in ``captioner``."""
+    from rasterio.transform import GCPTransformer, RPCTransformer
+
     georef = bool(scene.crs) and not scene.gcps
+    # RPCs alone place the scene in longitude and latitude (WGS 84, GeoJSON's own): pixel numbers
+    # there were drawn by GIS as degrees, over 0-48 E for a 48 px wide scene
+    by_rpcs = not georef and not scene.gcps and scene.rpcs is not None
     # a transform without a CRS is the output's too (output_profile): the footprints lie on it
     # (a non-georeferenced scene's transform is the identity: pixel numbers)
-    polys = (_gcp_footprints(scene.gcps[0], [t.core for t in tiles]) if scene.gcps and tiles
-             else [window_polygon(t.core, scene.transform) for t in tiles])
+    cores = [t.core for t in tiles]
+    if scene.gcps and tiles:
+        polys = _placed_footprints(GCPTransformer(scene.gcps[0]), cores)
+    elif by_rpcs and tiles:
+        polys = _placed_footprints(RPCTransformer(scene.rpcs), cores, height=float(scene.rpcs.height_off))
+    else:
+        polys = [window_polygon(core, scene.transform) for core in cores]
     features = []
     for t, poly in zip(tiles, polys):
         caption, speaker = split_speaker(captions.get(t.index, ""))

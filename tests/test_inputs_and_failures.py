@@ -585,6 +585,31 @@ def test_rpcs_are_scaled_consistently_with_gdal():
             )
 
 
+def test_a_scene_placed_by_rpcs_has_its_caption_footprints_in_longitude_and_latitude(tmp_path):
+    """Found by review: an RPC-only scene's captions were pixel numbers with no CRS named, which GIS
+    draws as degrees (over 0-40 E, 0-30 N for this scene); they are now where its RPCs place it."""
+    from rasterio.rpc import RPC
+    from rasterio.transform import RPCTransformer
+
+    rpc = RPC(height_off=100, height_scale=500, lat_off=40.0, lat_scale=0.05, long_off=-75.0, long_scale=0.05,
+              line_off=15, line_scale=15, samp_off=20, samp_scale=20,
+              line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
+              samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
+    src = uint8_scene(tmp_path / "rpc.tif", 30, 40, transform=None, crs=None)
+    with rasterio.open(src, "r+") as ds:
+        ds.rpcs = rpc
+    upscale_scene([src], tmp_path / "out.tif", cfg())
+    fc = json.loads((tmp_path / "out.captions.geojson").read_text())
+    assert "crs" not in fc  # WGS 84 longitude, latitude: GeoJSON's own
+    with RPCTransformer(rpc) as place:
+        for f in fc["features"]:
+            p = f["properties"]
+            corner = place.xy(p["row_off"], p["col_off"], zs=100, offset="ul")
+            x0, y0, x1, y1 = shapely.geometry.shape(f["geometry"]).bounds
+            assert -75.1 < x0 < x1 < -74.9 and 39.9 < y0 < y1 < 40.1
+            assert min(abs(x0 - corner[0]), abs(x1 - corner[0])) < 1e-9 and min(abs(y0 - corner[1]), abs(y1 - corner[1])) < 1e-9
+
+
 def test_bands_with_different_nodata_values_are_refused(tmp_path):
     """A gdalbuildvrt -separate stack of imagery (nodata 0) and a DEM (nodata -32768): the
     output has one nodata, which would turn the other's values into holes and holes into values."""
