@@ -11,6 +11,7 @@ from rasterio.errors import CRSError, TransformError
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 from shapely import make_valid, prepare
+from shapely.affinity import translate
 from shapely.errors import ShapelyError
 from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
@@ -64,6 +65,10 @@ def load_aoi(path: str | Path, scene) -> BaseGeometry:
         except (ValueError, CRSError, TransformError, *GDAL_ERRORS) as exc:  # a local CS: no operation
             raise InputError(f"--aoi: cannot transform {path} to the scene CRS: {exc}") from exc
     footprint = window_polygon(Window(0, 0, scene.width, scene.height), scene.transform)
+    if scene.crs.is_geographic:
+        # a scene warped across the antimeridian runs past 180 (or -180) degrees, an AOI in
+        # -180..180 does not: its part beyond was missed, or the whole AOI refused as elsewhere
+        geom = unary_union([geom, translate(geom, xoff=360.0), translate(geom, xoff=-360.0)])
     if not geom.intersects(footprint):
         raise InputError(f"--aoi: {path} does not overlap the input scene")
     prepare(geom)

@@ -342,6 +342,29 @@ def test_aoi_skips_tiles_outside(tmp_path):
     assert [f["properties"]["tile"] for f in fc["features"]] == [0]
 
 
+def test_an_aoi_across_the_antimeridian_meets_a_scene_that_runs_past_180(tmp_path):
+    """Found by review: a lon/lat scene warped across the antimeridian (179.9 to 180.38 E) missed the
+    part of an AOI beyond 180 given as -180..-179.75, and an AOI wholly there was "does not overlap"."""
+    src = uint8_scene(tmp_path / "in.tif", 40, 48, transform=Affine(0.01, 0, 179.9, 0, -0.01, 10.0), crs="EPSG:4326")
+
+    def aoi(name: str, *boxes: tuple[float, float]) -> str:
+        polygons = [[[[w, 9.5], [e, 9.5], [e, 10.1], [w, 10.1], [w, 9.5]]] for w, e in boxes]
+        (tmp_path / name).write_text(json.dumps({"type": "MultiPolygon", "coordinates": polygons}))
+        return str(tmp_path / name)
+
+    # tiles of 16 columns: 0-16 (179.90-180.06 E), 16-32 (to 180.22), 32-48 (to 180.38)
+    split = aoi("split.geojson", (179.95, 180.0), (-180.0, -179.9))  # 179.95 E to 180.10 E: the first two
+    upscale_scene([src], tmp_path / "split.tif", cfg(aoi=split, tiles=TileSpec(16, 4)))
+    with rasterio.open(tmp_path / "split.tif") as out:
+        valid = out.dataset_mask() > 0
+    assert valid[:, :64].all() and not valid[:, 64:].any()
+    west = aoi("west.geojson", (-179.75, -179.65))  # inside the scene, at 180.25-180.35 E: the third
+    upscale_scene([src], tmp_path / "west.tif", cfg(aoi=west, tiles=TileSpec(16, 4)))
+    with rasterio.open(tmp_path / "west.tif") as out:
+        valid = out.dataset_mask() > 0
+    assert valid[:, 64:].all() and not valid[:, :64].any()
+
+
 def test_the_aoi_is_never_replaced_by_what_the_run_writes(tmp_path):
     """Found by review: a captions file is a polygon FeatureCollection, so it serves as an AOI -
     and ``--aoi out.captions.geojson --overwrite`` replaced it with the new captions (exit 0)."""
