@@ -32,6 +32,7 @@ import geosr
 from geosr.captioning import captioner_files
 from geosr.code_identity import code_digest, library_versions
 from geosr.config import RunConfig
+from geosr.digest_cache import whole_file_digest
 from geosr.errors import InputError, ResumeError, RunStopped, StopRequested
 from geosr.file_sample import content_sample, file_digest, sample_digest
 from geosr.gdal_read_settings import gdal_read_settings
@@ -294,12 +295,12 @@ def run_identity(files: Sequence[str], config: RunConfig, captioner: str | None 
     captioner = captioner or captioner_files(config.captioner)
     if captioner is not None:  # a VLM retrained in place writes other captions, so other pixels
         ident["captioner files"] = captioner
-    # a user's network (.onnx, .pt), its sidecar or its external weights replaced at the same
-    # path makes other pixels (shipped and diffusers models: the engine's "model fingerprint")
+    # a user's network (.onnx, .pt), its sidecar or its external weights replaced or edited at the
+    # same path makes other pixels (shipped and diffusers models: the engine's "model fingerprint");
+    # whole files: a content sample missed a layer rewritten in place (exit 0, two networks' tiles)
     for k, path in enumerate(own_model_files(config.model) if config.model else []):
-        st = os.stat(path)
         key = "model file" if k == 0 else f"model file {os.path.abspath(path)}"
-        ident[key] = f"{st.st_size} bytes, content sample {content_sample(path, st.st_size)}"
+        ident[key] = f"{os.stat(path).st_size} bytes, sha256 {whole_file_digest(path)}"
     return ident
 
 

@@ -2,8 +2,9 @@
 
 A model or captioner retrained or replaced under the same name, folder or hub id makes
 other pixels, so a stopped run is resumed only with the files it started with
-(:mod:`geosr.resumable`). A folder is fingerprinted by its files' names, sizes and content
-samples; a hub id by the revision the local hub cache resolves it to, and that revision's
+(:mod:`geosr.resumable`). A folder is fingerprinted by its files' names and whole contents
+(:func:`geosr.digest_cache.whole_file_digest`: a content sample missed one layer rewritten in
+place); a hub id by the revision the local hub cache resolves it to, and that revision's
 files - never by asking the hub (a run needs no network).
 """
 
@@ -12,18 +13,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from geosr.file_sample import content_sample
+from geosr.digest_cache import whole_file_digest
 
 __all__ = ["folder_fingerprint", "hub_snapshot", "source_fingerprint"]
 
 
 def folder_fingerprint(root: str | Path) -> str:
-    """SHA-256 (16 hex digits) of every file under ``root``: relative path, size, content sample."""
+    """SHA-256 (16 hex digits) of every file under ``root``: relative path and whole content."""
     root = Path(root)
     lines = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        lines.append(f"{path.relative_to(root).as_posix()} {size} {content_sample(str(path), size)}")
+        lines.append(f"{path.relative_to(root).as_posix()} {whole_file_digest(path)}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 

@@ -396,6 +396,42 @@ def test_validate_source_catches_black_tiles(tmp_path):
     assert res.exit_code != 0 and "does not match the source" in res.output + res.stderr
 
 
+def _edit_between_samples(path: Path) -> None:
+    """Flip bytes of ``path`` that its content sample does not read, size and mtime kept."""
+    from geosr.file_sample import SAMPLE_COUNT, SAMPLE_HEAD, SAMPLE_SIZE, SAMPLE_TAIL, content_sample
+
+    stat, raw = path.stat(), bytearray(path.read_bytes())
+    step = (len(raw) - SAMPLE_HEAD - SAMPLE_TAIL) // SAMPLE_COUNT
+    start = SAMPLE_HEAD + SAMPLE_SIZE + 16
+    raw[start:start + step // 2] = bytes(255 - b for b in raw[start:start + step // 2])
+    before = content_sample(str(path), len(raw))
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert content_sample(str(path), len(raw)) == before and path.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+def test_a_network_edited_in_place_between_its_sampled_bytes_is_another_identity(tmp_path):
+    """Found by review: one layer of a user's .onnx (or of a diffusers folder's weights) rewritten at
+    the same size, outside the bytes the content sample reads, left the identity as it was: the stopped
+    run was resumed with the new network, exit 0, its output matching neither network. Whole files now."""
+    from geosr.resumable import run_identity
+    from geosr.weights_fingerprint import folder_fingerprint
+
+    src = uint8_scene(tmp_path / "in.tif", 32, 32)
+    net = tmp_path / "net.onnx"
+    net.write_bytes(np.random.default_rng(0).integers(0, 256, 2_000_000, dtype=np.uint8).tobytes())
+    first = run_identity([str(src)], cfg(model=str(net)))["model file"]
+    _edit_between_samples(net)
+    assert run_identity([str(src)], cfg(model=str(net)))["model file"] != first
+    folder = tmp_path / "pipeline" / "unet"
+    folder.mkdir(parents=True)
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(net.read_bytes())
+    before = folder_fingerprint(tmp_path / "pipeline")
+    assert folder_fingerprint(tmp_path / "pipeline") == before  # the remembered digest: the same state
+    _edit_between_samples(folder / "diffusion_pytorch_model.safetensors")
+    assert folder_fingerprint(tmp_path / "pipeline") != before
+
+
 def test_the_identity_covers_a_network_file_and_its_metadata(tmp_path):
     from geosr.resumable import run_identity
 
