@@ -103,6 +103,9 @@ class S3Upload:
     _replace: bool
     _trees: list[Path]
     _sidecars: list[Path]
+    #: Prefixes a killed upload left, taken over by ``--resume`` (:meth:`_check_objects`): their
+    #: objects the new output does not have are deleted at the commit, as with ``--overwrite``.
+    _killed_trees: frozenset[Path] = frozenset()
 
     def _stand_in(self, output: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike]) -> Path:
         """Check OUTPUT's name against the inputs; the local path the run writes to instead."""
@@ -164,6 +167,8 @@ class S3Upload:
                         raise OutputExistsError(f"s3://{self.bucket}/{prefix} holds objects; "
                                                 "pass --overwrite to replace them")
                     self._check_replaceable(client, tree)
+                    if killed:
+                        self._killed_trees |= {tree}
             # --resume: a sidecar a killed upload left is taken over - unless the output is whole (its
             # object that goes last is there: the COG, a prefix's Collection or consolidated metadata)
             whole = (any(self._exists(client, f"{self._key(t)}/{_LAST_ZARR if zarr else TILED_MARK}") for t in self._trees)
@@ -284,13 +289,13 @@ class S3Upload:
         return key
 
     def _delete_stale(self, client, uploaded: set[str]) -> None:
-        """Under a replaced tiled or Zarr prefix, delete the objects the new output does not have:
-        only those named as geosr names its objects (:func:`geosr.replaceable.foreign_entry`),
-        never one written there by another hand after the commit's check, nor a "folder" object."""
-        if not self._replace:
-            return
+        """Under a replaced tiled or Zarr prefix (``--overwrite``, or one a killed upload left),
+        delete the objects the new output does not have: only those named as geosr names its
+        objects (:func:`geosr.replaceable.foreign_entry`), never one written there by another
+        hand after the commit's check, nor a "folder" object. A killed upload's blocks of another
+        grid were kept beside the new output's, exit 0."""
         zarr = isinstance(self, ZarrTarget)
-        for tree in self._trees:
+        for tree in self._trees if self._replace else [t for t in self._trees if t in self._killed_trees]:
             prefix = self._key(tree) + "/"
             self._delete(client, [prefix + name for name in self._names(client, prefix)
                                   if prefix + name not in uploaded and name.strip("/") and not name.endswith("/")

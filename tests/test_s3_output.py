@@ -397,3 +397,18 @@ def test_a_killed_upload_s_objects_are_taken_over_by_the_resume(s3, tmp_path, wo
     # whole now: another resume (nothing stopped) or run is refused as before
     again = resume_cli(src, f"s3://{BUCKET}/{url}")
     assert again.exit_code == 4 and ("exists" in again.stderr or "holds objects" in again.stderr), again.stderr
+
+
+def test_a_resume_over_a_killed_tiled_upload_deletes_its_blocks_the_new_output_lacks(s3, tmp_path, work):
+    """Found by review: a prefix a killed upload left (blocks, no collection.json) was taken over by
+    --resume, but its blocks of another grid were kept beside the new output's (exit 0): the prefix is
+    replaced, as the README says, not added to."""
+    src = uint8_scene(tmp_path / "in.tif", 64, 64)
+    for name in ("block_001_001.tif", "block_001_001.json", "captions.geojson"):
+        s3.put_object(Bucket=BUCKET, Key=f"tiles/{name}", Body=b"a killed upload's")
+    res = invoke("upscale", src, f"s3://{BUCKET}/tiles/", *RUN, "--split", "512", "--resume")
+    assert res.exit_code == 0, res.stderr
+    left = keys(s3, "tiles/")
+    assert "tiles/collection.json" in left and "tiles/block_001_001.tif" not in left and "tiles/block_001_001.json" not in left
+    body = s3.get_object(Bucket=BUCKET, Key="tiles/captions.geojson")["Body"].read()
+    assert body != b"a killed upload's"
