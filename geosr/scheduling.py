@@ -67,6 +67,7 @@ def released_early(
                                             daemon=True))
             closing[0].start()
 
+    client, failing = None, False
     try:
         if address:
             client = client_exit.enter_context(_remote_client(address))
@@ -74,12 +75,20 @@ def released_early(
             cluster = cluster_exit.enter_context(_local_cluster(local_workers))
             client = client_exit.enter_context(distributed.Client(cluster))
         yield client, release
+    except BaseException:
+        failing = True
+        if not closing:
+            _close_client_briefly(client, client_exit)
+        raise
     finally:
         if closing:
             closing[0].join()
         else:
-            client_exit.close()
-            cluster_exit.close()
+            client_exit.close()  # empty where _close_client_briefly took the client
+            if failing:
+                _close_quietly(cluster_exit)
+            else:
+                cluster_exit.close()
 
 
 # Seconds to wait for a scheduler at --address: dask's own 30 s (then a bare "OSError") made a
@@ -187,6 +196,23 @@ def _local_cluster(local_workers: int | None) -> "distributed.LocalCluster":
     # Threads share the model cache; torch already uses several cores per call.
     threads = max(1, (os.cpu_count() or 2) // 2)
     return distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, **kwargs)
+
+
+#: Seconds a client may take to close while a stop or a failure is on its way out (dask's own: 60).
+STOP_CLOSE_SECONDS = 5
+
+
+def _close_client_briefly(client: "distributed.Client | None", client_exit: contextlib.ExitStack) -> None:
+    """Close ``client`` within :data:`STOP_CLOSE_SECONDS`, errors logged, not raised: a SIGTERM
+    landing while the client talked to the scheduler left its close waiting dask's 60 s, then
+    raising a TimeoutError that replaced the stop (exit 1 for 8, past a batch system's grace)."""
+    client_exit.pop_all()  # not closed a second time at dask's pace
+    if client is None:
+        return
+    try:
+        client.close(timeout=STOP_CLOSE_SECONDS)
+    except Exception:  # noqa: BLE001 - the error on its way out says what happened, not this
+        log.debug("closing the dask client during a stop failed", exc_info=True)
 
 
 def _close_quietly(cluster_exit: contextlib.ExitStack) -> None:

@@ -39,6 +39,36 @@ def test_a_released_cluster_closes_beside_the_rest_of_the_block():
     assert client.status == "closed"
 
 
+def test_a_stop_is_not_replaced_by_a_slow_client_close(monkeypatch):
+    """Found by review: a SIGTERM that landed while the client talked to the scheduler left its close
+    waiting dask's 60 s, then a TimeoutError replaced the stop (exit 1 for 8). On the way out of a
+    failure the client gets a few seconds, and what it raises is logged, not raised."""
+    import gc
+
+    import distributed
+    import pytest
+
+    from geosr.scheduling import STOP_CLOSE_SECONDS, released_early
+
+    real_close, timeouts = distributed.Client.close, []
+
+    def stuck_close(self, timeout=None):
+        timeouts.append((self, timeout))
+        real_close(self)
+        raise TimeoutError("simulated: the close took 60 s")
+
+    class Stop(Exception):
+        pass
+
+    gc.collect()  # other tests' clients: their __del__ closes them, not through this stuck close
+    monkeypatch.setattr(distributed.Client, "close", stuck_close)
+    with pytest.raises(Stop):
+        with released_early() as (client, release):
+            raise Stop("SIGTERM")
+    monkeypatch.setattr(distributed.Client, "close", real_close)
+    assert [t for c, t in timeouts if c is client] == [STOP_CLOSE_SECONDS] and client.status == "closed"
+
+
 def test_workers_get_glibc_adaptive_allocation_back(monkeypatch):
     # dask's nannies export MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold: the
     # tasks undo it once per process (a tile took 2.5 s instead of 1.4 s under it)
