@@ -206,7 +206,10 @@ def upscale_scene(
     if route_map is not None:
         route_map = check_route_map_target(route_map, config, target, read)
     if performance_report is not None:
-        performance_report = str(check_companion_file(performance_report, target, config.overwrite,
+        # a stopped run wrote its report (dask writes it on any exit): "the same command with
+        # --resume" replaces a dask report, not any other file of that name
+        replace = config.overwrite or (config.resume and _is_dask_report(performance_report))
+        performance_report = str(check_companion_file(performance_report, target, replace,
                                                       "performance report", "report.html", read))
         for other, name in ((uncertainty, "uncertainty map"), (route_map, "route map")):
             if other is not None and resolved(performance_report) == resolved(other):
@@ -566,6 +569,15 @@ def _run_jobs_on_workers(client, jobs, tiles, acc: BlendAccumulator, renderer: C
         received = run_writing_on_workers(client, jobs, acc, renderer, raster, journal, captions, routes, resources,
                                           progress)
     return 0, received
+
+
+def _is_dask_report(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file dask's ``performance_report`` wrote (its HTML title says so)."""
+    try:
+        with open(path, "rb") as f:
+            return b"<title>Dask Performance Report</title>" in f.read(1 << 16)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -21,6 +21,27 @@ def test_local_process_cluster_matches_threads_and_writes_report(tmp_path, data_
     assert (tmp_path / "procs.captions.geojson").read_text() == (tmp_path / "threads.captions.geojson").read_text()
 
 
+def test_a_resume_replaces_the_report_of_the_stopped_run_and_nothing_else(tmp_path, data_dir):
+    """Found by review: dask writes the report on any exit, so a stopped run left it and "the same
+    command with --resume" was refused (exit 4, it exists). A dask report is replaced on --resume;
+    another file of that name still needs --overwrite."""
+    import pytest
+
+    from geosr.errors import OutputExistsError
+
+    src = data_dir / "rgbn_suba.tif"
+    base = dict(scale=2, model="bicubic", captioner="none", tiles=TileSpec(128, 8), progress=False)
+    report = tmp_path / "report.html"
+    upscale_scene([src], tmp_path / "first.tif", RunConfig(**base), performance_report=str(report))
+    first = report.read_bytes()
+    upscale_scene([src], tmp_path / "out.tif", RunConfig(resume=True, **base), performance_report=str(report))
+    assert report.read_bytes() != first and b"Dask Performance Report" in report.read_bytes()
+    report.write_text("my notes")
+    with pytest.raises(OutputExistsError, match="report.html exists; pass --overwrite"):
+        upscale_scene([src], tmp_path / "again.tif", RunConfig(resume=True, **base), performance_report=str(report))
+    assert report.read_text() == "my notes"
+
+
 def test_a_released_cluster_closes_beside_the_rest_of_the_block():
     import time
 

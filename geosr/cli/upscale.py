@@ -52,7 +52,7 @@ from geosr.writer import check_file_name
 @click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CONNECT_TIMEOUT,
               show_default=True, metavar="SECONDS", help="How long to wait for the --address scheduler to answer.")
 @click.option("--local-workers", type=click.IntRange(min=1), help="Run on a local dask.distributed cluster of N processes.")
-@click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML).")
+@click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a dask performance report (HTML; a stopped run writes its own, which --resume replaces).")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
               help="auto: flat, clean, sharp tiles go to a cheap path instead of the model (never where there is texture, "
                    "noise or blur to restore): the shipped fast network geosr-tiny-fast-x2/-x4 at x2/x4, bicubic at other scales; "
