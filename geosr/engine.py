@@ -208,8 +208,8 @@ def upscale_scene(
     if performance_report is not None:
         # a stopped run wrote its report (dask writes it on any exit): "the same command with
         # --resume" replaces a dask report, not any other file of that name
-        replace = config.overwrite or (config.resume and _is_dask_report(performance_report))
-        performance_report = str(check_companion_file(performance_report, target, replace,
+        replaceable = config.overwrite or (config.resume and _is_dask_report(performance_report))
+        performance_report = str(check_companion_file(performance_report, target, replaceable,
                                                       "performance report", "report.html", read))
         for other, name in ((uncertainty, "uncertainty map"), (route_map, "route map")):
             if other is not None and resolved(performance_report) == resolved(other):
