@@ -45,7 +45,6 @@ from geosr.errors import InputError, OutputError, OutputExistsError
 from geosr.journal import RunJournal
 from geosr.local_paths import resolved
 from geosr.replaceable import check_replaceable_tiled
-from geosr.scene import INPUT_VRTS
 from geosr.stac import stac_collection, stac_item
 from geosr.tasks import shippable_errors
 from geosr.writer import (DEFAULT_COG_OPTIONS, WRITER_GDAL_ENV, WorkRaster, check_file_name, replace_durably,
@@ -57,6 +56,8 @@ __all__ = ["AUTO_SPLIT", "MAX_AUTO_SPLIT", "MIN_AUTO_BLOCKS", "MIN_AUTO_SPLIT", 
 #: ``split`` of an OUTPUT that asks for tiled output without one: the block side is chosen from
 #: the output's size when the run knows it (:func:`auto_block_side`).
 AUTO_SPLIT = 0
+#: The subfolder of a run's work folder where the output is built (:meth:`TiledTarget.staging`).
+STAGED = "output"
 #: The largest block side chosen: 16384 x 16384 RGB uint8 is 768 MiB raw, a COG a worker makes
 #: in tens of seconds.
 MAX_AUTO_SPLIT = 16384
@@ -187,9 +188,6 @@ class TiledTarget:
             self.captions = self.output / "captions.geojson"
         # beside the .vrt the captions are out.captions.geojson, which out.tif's run writes too
         self.lock_names = (self.data,) if self.captions.parent == self.data else (self.data, self.captions)
-        if self.data.name == INPUT_VRTS:  # staged in the run's work folder beside the input's VRTs, under that name
-            raise OutputError(f"{self.data.name} is the name of geosr's own folder in a run's work folder: "
-                              "name the output otherwise")
         self.overwrite, self.stand_in = overwrite, stand_in
         if not self.output.parent.exists():
             raise OutputError(f"output folder {self.output.parent} does not exist")
@@ -218,14 +216,17 @@ class TiledTarget:
         return place in (data, resolved(self.vrt), resolved(self.captions)) or data in place.parents
 
     def staging(self, work: Path) -> tuple[Path, Path, Path]:
-        """Where the run builds the data folder, the VRT and the captions in its work folder ``work``.
+        """Where the run builds the data folder, the VRT and the captions in its work folder ``work``:
+        in its :data:`STAGED` subfolder, apart from the work folder's own files (an output named
+        ``blocks/``, ``replaced/`` or ``run.json/`` was staged onto them: journal records in the
+        output, or a commit that failed after all the work).
 
         The VRT points at the blocks relative to itself, so the two keep their relative place.
         """
-        data = work / self.data.name
+        data = work / STAGED / self.data.name
         inside = self.vrt.parent == self.data
-        return (data, data / self.vrt.name if inside else work / self.vrt.name,
-                data / self.captions.name if inside else work / self.captions.name)
+        return (data, data / self.vrt.name if inside else work / STAGED / self.vrt.name,
+                data / self.captions.name if inside else work / STAGED / self.captions.name)
 
     def commit(self, work: Path, moves: Mapping[Path, Path]) -> None:
         """Rename the staged data folder, then ``moves`` (sidecars), then the captions and VRT
@@ -335,7 +336,7 @@ class BlockWriter(BlockTaskWriter):
         self._split = split
         self._columns = -(-raster.width // split)
         (journal.folder / "blocks").mkdir(exist_ok=True)
-        data.mkdir(exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
         super().__init__(client, raster, journal, split, cells)
 
     @property

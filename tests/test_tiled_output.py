@@ -173,7 +173,7 @@ def test_a_stopped_run_resumes_without_redoing_finished_blocks(tmp_path, ragged_
     (work,) = tmp_path.glob(".out.geosr-run-*")
     finished = geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks
     assert finished and len(finished) < 6
-    stamps = {name: os.stat(work / "out" / f"{name}.tif").st_mtime_ns for name in finished}
+    stamps = {name: os.stat(work / geosr.tiled_output.STAGED / "out" / f"{name}.tif").st_mtime_ns for name in finished}
 
     monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
     made.clear()
@@ -397,11 +397,27 @@ def test_a_mosaic_input_and_an_output_named_mosaic_vrt(tmp_path):
     assert mosaic[2]["transform"] == single[2]["transform"]
 
 
-@pytest.mark.parametrize("name", [".geosr-inputs", ".geosr-inputs.vrt"])
-def test_a_tiled_output_named_as_the_input_vrts_folder_is_refused(tmp_path, name):
-    """Found by review: a tiled output is staged in the run's work folder under its own name, and
-    the input's VRTs live there in .geosr-inputs/: the output would replace them."""
-    src = uint8_scene(tmp_path / "in.tif", 60, 80)
-    with pytest.raises(geosr.errors.OutputError, match="geosr's own folder"):
+@pytest.mark.parametrize("name", [".geosr-inputs", ".geosr-inputs.vrt", "blocks", "replaced", "replaced.vrt", "run.json",
+                                  "journal.jsonl"])
+def test_a_tiled_output_named_as_a_file_of_the_work_folder_is_written_and_resumed(tmp_path, monkeypatch, name):
+    """Found by review: a tiled output was staged in the run's work folder under its own name, beside
+    the work folder's own files: ``replaced/`` failed its commit after all the work (exit 1, and every
+    --resume again), ``run.json/`` and ``journal.jsonl/`` failed, ``blocks/`` shared the journal's
+    block records' folder, ``.geosr-inputs/`` the input's VRTs' (it was refused for that). It is built
+    in a subfolder of its own now."""
+    src = uint8_scene(tmp_path / "in.tif", RAGGED_HEIGHT, RAGGED_WIDTH)
+    upscale_scene([src], tmp_path / "single.tif", bicubic_cfg())
+    monkeypatch.setattr(geosr.journal, "COMMIT_SECONDS", 0.0)  # commit after each batch: blocks start early
+    real_rows = disk_full_once_a_block_is_journalled(monkeypatch, tmp_path, name)
+    with pytest.raises(WriteError):
         upscale_scene([src], tmp_path / name, bicubic_cfg(split=SPLIT))
-    assert not (tmp_path / name).exists()
+    monkeypatch.setattr(WorkRaster, "_write_rows", real_rows)
+    report = upscale_scene([src], tmp_path / name, bicubic_cfg(split=SPLIT, resume=True))
+    assert report.tiles_resumed > 0
+    data = tmp_path / name.removesuffix(".vrt")
+    vrt = tmp_path / name if name.endswith(".vrt") else data / "mosaic.vrt"
+    np.testing.assert_array_equal(read_all(vrt)[0], read_all(tmp_path / "single.tif")[0])
+    assert sorted(p.name for p in data.iterdir() if not p.name.startswith("block_")) == (
+        ["collection.json"] if name.endswith(".vrt") else ["captions.geojson", "collection.json", "mosaic.vrt"])
+    upscale_scene([src], tmp_path / name, bicubic_cfg(split=SPLIT, overwrite=True))  # replacing it commits too
+    np.testing.assert_array_equal(read_all(vrt)[0], read_all(tmp_path / "single.tif")[0])
