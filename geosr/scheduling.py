@@ -203,16 +203,20 @@ STOP_CLOSE_SECONDS = 5
 
 
 def _close_client_briefly(client: "distributed.Client | None", client_exit: contextlib.ExitStack) -> None:
-    """Close ``client`` within :data:`STOP_CLOSE_SECONDS`, errors logged, not raised: a SIGTERM
-    landing while the client talked to the scheduler left its close waiting dask's 60 s, then
-    raising a TimeoutError that replaced the stop (exit 1 for 8, past a batch system's grace)."""
-    client_exit.pop_all()  # not closed a second time at dask's pace
-    if client is None:
-        return
+    """Leave ``client`` as its ``__exit__`` does - dask's current client set back first (left on a
+    closed one, every later computation of the process failed), then closed - but within
+    :data:`STOP_CLOSE_SECONDS`, errors logged, not raised: a SIGTERM landing while the client
+    talked to the scheduler left its close waiting dask's 60 s, then raising a TimeoutError that
+    replaced the stop (exit 1 for 8, past a batch system's grace)."""
+    if client is not None:  # the close __exit__ calls, with the short timeout
+        client.close = functools.partial(type(client).close, client, timeout=STOP_CLOSE_SECONDS)
     try:
-        client.close(timeout=STOP_CLOSE_SECONDS)
+        client_exit.close()
     except Exception:  # noqa: BLE001 - the error on its way out says what happened, not this
         log.debug("closing the dask client during a stop failed", exc_info=True)
+    finally:
+        if client is not None:
+            del client.close
 
 
 def _close_quietly(cluster_exit: contextlib.ExitStack) -> None:

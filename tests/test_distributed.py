@@ -66,6 +66,7 @@ def test_a_stop_is_not_replaced_by_a_slow_client_close(monkeypatch):
     failure the client gets a few seconds, and what it raises is logged, not raised."""
     import gc
 
+    import dask
     import distributed
     import pytest
 
@@ -88,6 +89,12 @@ def test_a_stop_is_not_replaced_by_a_slow_client_close(monkeypatch):
             raise Stop("SIGTERM")
     monkeypatch.setattr(distributed.Client, "close", real_close)
     assert [t for c, t in timeouts if c is client] == [STOP_CLOSE_SECONDS] and client.status == "closed"
+    # dask's current client is set back: a later computation does not meet the closed one
+    assert dask.delayed(sum)([1, 2]).compute() == 3
+    with pytest.raises(Stop):
+        with released_early() as (client, release):
+            raise Stop("SIGTERM")
+    assert dask.delayed(sum)([1, 2]).compute() == 3 and client.status == "closed"
 
 
 def test_workers_get_glibc_adaptive_allocation_back(monkeypatch):

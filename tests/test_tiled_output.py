@@ -195,7 +195,7 @@ def test_a_changed_block_file_is_made_again(tmp_path, ragged_scene, monkeypatch)
         upscale_scene([ragged_scene], tmp_path / "out", bicubic_cfg(split=SPLIT))
     (work,) = tmp_path.glob(".out.geosr-run-*")
     name = next(iter(geosr.journal.RunJournal.load(geosr.journal.WorkFolder(work)).blocks))
-    damaged = work / "out" / f"{name}.tif"
+    damaged = work / geosr.tiled_output.STAGED / "out" / f"{name}.tif"
     with open(damaged, "r+b") as f:
         f.seek(4000)
         f.write(b"\0" * 64)
