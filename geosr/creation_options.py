@@ -19,6 +19,7 @@ import ctypes
 import functools
 import logging
 import math
+import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
     # One pixel more than a tile, so the trial also builds an overview.
     size = int(merged.get("BLOCKSIZE", 512)) + 1
     data = np.zeros((count, size, size), dtype) if nodata is None else _nodata_pattern(count, size, dtype, nodata)
+    trial_name = f"/vsimem/geosr-co-check-{uuid.uuid4().hex}.tif"  # runs in threads of one process: one each
     try:
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as mem, warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a bare trial raster
@@ -190,13 +192,13 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
                 ds.write(data)
                 if mask:
                     ds.write_mask(np.full((size, size), 255, np.uint8))
-            rasterio.shutil.copy(mem.name, "/vsimem/geosr-co-check.tif", driver="COG", **merged)
+            rasterio.shutil.copy(mem.name, trial_name, driver="COG", **merged)
             try:
                 if nodata is not None:
-                    with rasterio.open("/vsimem/geosr-co-check.tif") as trial:
+                    with rasterio.open(trial_name) as trial:
                         written = trial.read()
             finally:
-                rasterio.shutil.delete("/vsimem/geosr-co-check.tif")
+                rasterio.shutil.delete(trial_name)
     except GDAL_ERRORS as exc:
         given = " ".join(f"--co {k}={v}" for k, v in options.items()) or "the default creation options"
         kept = " ".join(f"{k}={v}" for k, v in defaults.items() if k not in options and k != "NUM_THREADS")
@@ -214,7 +216,8 @@ def check_creation_options(options: Mapping[str, str], count: int, dtype: str, m
 def _nodata_pattern(count: int, size: int, dtype: str, nodata: float) -> np.ndarray:
     """A trial raster for :func:`_nodata_survives`: 16 px squares of ``nodata`` on a checkerboard,
     the others random values in the range imagery of ``dtype`` holds (0-255; 0-10 000 for wider
-    integers, reflectance-like; 0-1 for floats), none equal to ``nodata``."""
+    integers, reflectance-like; 0-1 for floats), none equal to ``nodata``; for integers, rows of
+    values 1-16 from ``nodata``."""
     rng = np.random.default_rng(0)
     kind = np.dtype(dtype)
     if kind.kind == "f":
@@ -225,6 +228,12 @@ def _nodata_pattern(count: int, size: int, dtype: str, nodata: float) -> np.ndar
         lo, hi = max(info.min, 0), min(info.max, 255 if kind.itemsize == 1 else 10_000)
         data = rng.integers(lo, hi, (count, size, size), endpoint=True).astype(dtype)
     data[data == nodata] = hi if nodata != hi else lo
+    if kind.kind != "f":
+        # dark water a few DN above a nodata of 0: every eighth row of values 1-16 away from the nodata
+        # value, where a codec's error bound (LERC's MAX_Z_ERROR) would fold them onto it
+        info = np.iinfo(kind)
+        near = np.array([nodata + d for d in range(-16, 17) if d and info.min <= nodata + d <= info.max])
+        data[:, ::8, :] = near[np.arange(size) % near.size].astype(dtype)
     holes = (np.arange(size)[:, None] // 16 + np.arange(size)[None, :] // 16) % 2 == 0
     data[:, holes] = nodata
     return data

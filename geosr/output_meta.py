@@ -149,10 +149,11 @@ def captions_geojson(scene: Scene, tiles: Sequence[Tile], captions: dict[int, st
     ``caption`` and the captioner in ``captioner``."""
     from rasterio.transform import GCPTransformer, RPCTransformer
 
-    georef = bool(scene.crs) and not scene.gcps
     # RPCs alone place the scene in longitude and latitude (WGS 84, GeoJSON's own): pixel numbers
-    # there were drawn by GIS as degrees, over 0-48 E for a 48 px wide scene
-    by_rpcs = not georef and not scene.gcps and scene.rpcs is not None
+    # there were drawn by GIS as degrees, over 0-48 E for a 48 px wide scene (a CRS beside them
+    # without a transform places nothing)
+    by_rpcs = not scene.gcps and scene.rpcs is not None and scene.transform.is_identity
+    georef = bool(scene.crs) and not scene.gcps and not by_rpcs
     # a transform without a CRS is the output's too (output_profile): the footprints lie on it
     # (a non-georeferenced scene's transform is the identity: pixel numbers)
     cores = [t.core for t in tiles]

@@ -152,3 +152,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _own_digest_cache(tmp_path_factory, monkeypatch):
+    """Each test's whole-file digests (geosr.digest_cache) in a cache of its own, not the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))

@@ -443,16 +443,17 @@ def test_every_cog_predictor_is_taken(predictor, scene):
     (["COMPRESS=JPEG"], "uint8", True),
     (["COMPRESS=WEBP"], "uint8", True),
     (["COMPRESS=LERC", "MAX_Z_ERROR=3"], "uint8", True),
+    (["COMPRESS=LERC", "MAX_Z_ERROR=10"], "uint16", True),  # found by review: dark water at 1-19 DN turned no-data
     (["COMPRESS=WEBP", "QUALITY=100"], "uint8", False),  # lossless WEBP
     (["COMPRESS=LERC", "MAX_Z_ERROR=0.001"], "float32", False),  # nodata -9999, far from every value
-], ids=["JPEG", "WEBP", "LERC lossy", "WEBP lossless", "LERC far from nodata"])
+], ids=["JPEG", "WEBP", "LERC lossy", "LERC lossy uint16", "WEBP lossless", "LERC far from nodata"])
 def test_lossy_compression_that_would_move_nodata_is_refused(options, dtype, refused, tmp_path):
     """Found by review: --co COMPRESS=JPEG on a scene with nodata 0 turned 99 no-data pixels valid
     (with junk) and 25 valid ones no-data, exit 0; a trial COG now says whether the codec keeps them."""
-    nodata = 0 if dtype == "uint8" else -9999
-    data = (texture(3, 64, 80, 0) * 250 + 3).astype(dtype) if dtype == "uint8" else texture(3, 64, 80, 0).astype(dtype)
+    nodata = -9999 if dtype == "float32" else 0
+    data = texture(3, 64, 80, 0).astype(dtype) if dtype == "float32" else (texture(3, 64, 80, 0) * 250 + 3).astype(dtype)
     data[:, :10, :12] = nodata
-    data[:, 30:33, 40:60] = 1 if dtype == "uint8" else data[:, 30:33, 40:60]  # valid, next to the nodata value
+    data[:, 30:33, 40:60] = data[:, 30:33, 40:60] if dtype == "float32" else 1  # valid, next to the nodata value
     src = write_raster(tmp_path / "in.tif", data, nodata=nodata)
     co = [arg for option in options for arg in ("--co", option)]
     res = invoke("upscale", src, tmp_path / "out.tif", *RUN, *co)
