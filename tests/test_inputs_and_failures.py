@@ -608,23 +608,36 @@ def test_rpcs_are_scaled_consistently_with_gdal():
             )
 
 
+def _rpc_40n_75w():
+    from rasterio.rpc import RPC
+
+    return RPC(height_off=100, height_scale=500, lat_off=40.0, lat_scale=0.05, long_off=-75.0, long_scale=0.05,
+               line_off=15, line_scale=15, samp_off=20, samp_scale=20,
+               line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
+               samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
+
+
+RPC_40N_75W = _rpc_40n_75w()
+
+
 def test_a_scene_placed_by_rpcs_has_its_caption_footprints_in_longitude_and_latitude(tmp_path):
     """Found by review: an RPC-only scene's captions were pixel numbers with no CRS named, which GIS
     draws as degrees (over 0-40 E, 0-30 N for this scene); they are now where its RPCs place it."""
-    from rasterio.rpc import RPC
+    for crs in (None, "EPSG:4326"):  # a CRS beside the RPCs, with no transform, places nothing
+        src = uint8_scene(tmp_path / f"rpc{crs is None}.tif", 30, 40, transform=None, crs=crs)
+        with rasterio.open(src, "r+") as ds:
+            ds.rpcs = RPC_40N_75W
+        upscale_scene([src], tmp_path / "out.tif", cfg(overwrite=True))
+        fc = json.loads((tmp_path / "out.captions.geojson").read_text())
+        assert "crs" not in fc  # WGS 84 longitude, latitude: GeoJSON's own
+        check_footprints(fc)
+
+
+def check_footprints(fc) -> None:
+    """Each caption footprint of ``fc`` at its tile's corner as :data:`RPC_40N_75W` places it."""
     from rasterio.transform import RPCTransformer
 
-    rpc = RPC(height_off=100, height_scale=500, lat_off=40.0, lat_scale=0.05, long_off=-75.0, long_scale=0.05,
-              line_off=15, line_scale=15, samp_off=20, samp_scale=20,
-              line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
-              samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
-    src = uint8_scene(tmp_path / "rpc.tif", 30, 40, transform=None, crs=None)
-    with rasterio.open(src, "r+") as ds:
-        ds.rpcs = rpc
-    upscale_scene([src], tmp_path / "out.tif", cfg())
-    fc = json.loads((tmp_path / "out.captions.geojson").read_text())
-    assert "crs" not in fc  # WGS 84 longitude, latitude: GeoJSON's own
-    with RPCTransformer(rpc) as place:
+    with RPCTransformer(RPC_40N_75W) as place:
         for f in fc["features"]:
             p = f["properties"]
             corner = place.xy(p["row_off"], p["col_off"], zs=100, offset="ul")
