@@ -20,6 +20,14 @@ __all__ = ["has_thematic_attribute_table"]
 
 _GDAL_OF_RASTER = 0x02
 _GRTT_THEMATIC = 0  # GDALRATTableType: a RAT without a tableType reads as thematic
+_GFU_NAME, _GFT_STRING = 2, 2  # a column of class names (GDALRATFieldUsage), of text (GDALRATFieldType)
+
+
+def _names_classes(lib: ctypes.CDLL, rat: int) -> bool:
+    """Whether a RAT GDAL calls athematic still names classes (a name or text column): an ERDAS
+    ``.img`` written by gdal_translate reads as athematic, while one with only a histogram does not."""
+    return any(lib.GDALRATGetUsageOfCol(rat, c) == _GFU_NAME or lib.GDALRATGetTypeOfCol(rat, c) == _GFT_STRING
+               for c in range(lib.GDALRATGetColumnCount(rat)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,30 +43,48 @@ def _gdal() -> ctypes.CDLL | None:
         ("GDALGetRasterBand", vp, [vp, ctypes.c_int]),
         ("GDALGetDefaultRAT", vp, [vp]),
         ("GDALRATGetTableType", ctypes.c_int, [vp]),
+        ("GDALRATGetColumnCount", ctypes.c_int, [vp]),
+        ("GDALRATGetUsageOfCol", ctypes.c_int, [vp, ctypes.c_int]),
+        ("GDALRATGetTypeOfCol", ctypes.c_int, [vp, ctypes.c_int]),
+        ("CPLPushErrorHandler", None, [vp]),
+        ("CPLPopErrorHandler", None, []),
     ):
         function = getattr(lib, name)
         function.restype, function.argtypes = restype, argtypes
+    lib.GDALAllRegister()  # rasterio registers the drivers only inside its own environment
     return lib
 
 
 def has_thematic_attribute_table(path: str) -> bool:
     """Whether any band of the raster at ``path`` has a thematic RAT (GDAL's view of it).
 
-    Where libgdal cannot be reached through ``ctypes``, the ``.aux.xml`` beside ``path`` is
-    read as text instead (any RAT there counts).
+    Where libgdal cannot be reached through ``ctypes``, or does not open ``path`` here, the
+    ``.aux.xml`` beside ``path`` is read as text instead (any RAT there counts). GDAL's warnings
+    about the file are silenced for this open: the scene's own read reports what matters.
     """
     lib = _gdal()
     if lib is None:
-        aux = Path(path + ".aux.xml")
-        return aux.is_file() and "<GDALRasterAttributeTable" in aux.read_text(errors="replace")
-    handle = lib.GDALOpenEx(path.encode(), _GDAL_OF_RASTER, None, None, None)
+        return _aux_xml_has_one(path)
+    # GDAL's warnings about the file (an odd TIFF tag) went to stderr on every run: rasterio's
+    # handler does not see calls made here, and the scene's own read reports what matters
+    lib.CPLPushErrorHandler(ctypes.cast(lib.CPLQuietErrorHandler, ctypes.c_void_p))
+    try:
+        handle = lib.GDALOpenEx(path.encode(), _GDAL_OF_RASTER, None, None, None)
+    finally:
+        lib.CPLPopErrorHandler()
     if not handle:
-        return False  # rasterio opened it; whatever GDAL says here, it says when the scene is read
+        return _aux_xml_has_one(path)
     try:
         for band in range(1, lib.GDALGetRasterCount(handle) + 1):
             rat = lib.GDALGetDefaultRAT(lib.GDALGetRasterBand(handle, band))
-            if rat and lib.GDALRATGetTableType(rat) == _GRTT_THEMATIC:
+            if rat and (lib.GDALRATGetTableType(rat) == _GRTT_THEMATIC or _names_classes(lib, rat)):
                 return True
         return False
     finally:
         lib.GDALClose(handle)
+
+
+def _aux_xml_has_one(path: str) -> bool:
+    """Whether the ``.aux.xml`` beside ``path`` holds a RAT (read as text: any counts)."""
+    aux = Path(path + ".aux.xml")
+    return aux.is_file() and "<GDALRasterAttributeTable" in aux.read_text(errors="replace")

@@ -76,16 +76,21 @@ def test_colour_tables_and_attribute_tables_mark_classes(tmp_path):
     speckled = np.random.default_rng(3).integers(0, 20, (1, 96, 120)).astype(np.uint8)  # no uniform patches
     assert categorical_reason(str(write_raster(tmp_path / "speckled.tif", speckled))) is None
     size = 'rasterXSize="120" rasterYSize="96"'
-    for kind, reason in (("thematic", "a raster attribute table"), ("athematic", None)):
-        vrt = tmp_path / f"{kind}.vrt"
+    # thematic; athematic but naming classes (an ERDAS .img from gdal_translate reads so); a histogram
+    names = '<FieldDefn index="1"><Name>Class</Name><Type>2</Type><Usage>2</Usage></FieldDefn>'
+    counts = '<FieldDefn index="1"><Name>Count</Name><Type>0</Type><Usage>1</Usage></FieldDefn>'
+    for kind, column, value, reason in (("thematic", names, "forest", "a raster attribute table"),
+                                        ("athematic", names, "forest", "a raster attribute table"),
+                                        ("athematic", counts, "17", None)):
+        vrt = tmp_path / f"{kind}_{value}.vrt"
         vrt.write_text(
             f'<VRTDataset {size}><VRTRasterBand dataType="Byte" band="1">'
             f'<GDALRasterAttributeTable tableType="{kind}"><FieldDefn index="0"><Name>Value</Name><Type>0</Type>'
-            '<Usage>5</Usage></FieldDefn><FieldDefn index="1"><Name>Class</Name><Type>2</Type><Usage>2</Usage></FieldDefn>'
-            '<Row index="0"><F>1</F><F>forest</F></Row></GDALRasterAttributeTable>'
+            f'<Usage>5</Usage></FieldDefn>{column}'
+            f'<Row index="0"><F>1</F><F>{value}</F></Row></GDALRasterAttributeTable>'
             f'<SimpleSource><SourceFilename relativeToVRT="0">{tmp_path / "speckled.tif"}</SourceFilename>'
             "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>")
-        assert categorical_reason(str(vrt)) == reason, kind
+        assert categorical_reason(str(vrt)) == reason, (kind, value)
 
 
 def test_imagery_is_not_taken_for_classes(tmp_path):
