@@ -41,7 +41,7 @@ from geosr.sentinel2 import is_subdataset, resolve_input, write_vrt
 from geosr.writer import check_file_name
 
 __all__ = [
-    "Scene", "open_scene", "open_raster", "expand_inputs", "count_non_finite", "categorical_reason",
+    "Scene", "open_scene", "open_raster", "placed_by", "expand_inputs", "count_non_finite", "categorical_reason",
     "NotGeoreferencedInputWarning", "NonFiniteInputWarning", "AlphaNamedAsDataWarning", "alpha_band_of",
     "alpha_mask_band", "data_bands_of",
 ]
@@ -535,8 +535,9 @@ def _colormap(ds, band: int) -> dict | None:
         return None
 
 
-def _placed_by(ds) -> str | None:
-    """``"GCPs"`` or ``"RPCs"`` for a raster georeferenced only by them (no geotransform), else None."""
+def placed_by(ds: rasterio.io.DatasetReader) -> str | None:
+    """``"GCPs"`` or ``"RPCs"`` for a raster georeferenced only by them (no geotransform), else None:
+    GCPs beside a real transform are ignored, as a run ignores them (:func:`_describe`)."""
     if not ds.transform.is_identity:
         return None
     return "GCPs" if ds.gcps[0] else "RPCs" if ds.rpcs is not None else None
@@ -565,7 +566,7 @@ def _write_mosaic_vrt(files: Sequence[str], workdir: Path) -> Path:
                         height=ds.height, count=ds.count, dtypes=ds.dtypes, nodata=ds.nodata,
                         band_nodata=tuple(ds.nodatavals), colorinterp=ds.colorinterp, descriptions=ds.descriptions,
                         scales=ds.scales, offsets=ds.offsets, units=ds.units, flags=flags,
-                        tags=dict(ds.tags()), placed_by=_placed_by(ds),
+                        tags=dict(ds.tags()), placed_by=placed_by(ds),
                         band_tags=[_band_metadata(ds, b) for b in range(1, ds.count + 1)],
                         colormaps=[_colormap(ds, b) for b in range(1, ds.count + 1)],
                     )

@@ -22,7 +22,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from geosr.errors import GDAL_ERRORS, InputError, gdal_cause
 from geosr.georef import scale_gcps, scale_rpcs, scale_transform
-from geosr.scene import data_dtype, open_raster, same_nodata
+from geosr.scene import data_dtype, open_raster, placed_by, same_nodata
 from geosr.sentinel2 import resolve_input, write_vrt
 
 __all__ = ["ValidationResult", "validate_output"]
@@ -221,9 +221,8 @@ def _check_gcps_and_rpcs(res: ValidationResult, out, src, s: int) -> None:
     """Error where the source's GCPs or RPCs are not the output's scaled by ``s``
     (:func:`geosr.georef.scale_gcps`, :func:`~geosr.georef.scale_rpcs`): unscaled, they put the
     output at 1/s of its size on the ground."""
-    # GCPs beside a real transform are ignored, as the run ignores them (geosr.scene._describe)
-    gcps, gcp_crs = src.gcps if src.transform.is_identity else ([], None)
-    if gcps:
+    gcps, gcp_crs = src.gcps
+    if placed_by(src) == "GCPs":
         got, got_crs = out.gcps
         want = scale_gcps(gcps, s)
         same = got_crs == gcp_crs and len(got) == len(want) and all(
